@@ -1,0 +1,3 @@
+//! The Ark client.
+
+pub mod wire;

@@ -1,0 +1,600 @@
+//! The model catalogue: what each Seedance model accepts, its account limits and its price.
+//!
+//! Data, not code paths: the built-in entries come from the Seedance tutorial (1.0 family) and
+//! `ark-api.md` §13 (newer families); `[models."<id>"]` tables in `config.toml` override fields
+//! of a built-in entry or add new models (with `base = "<built-in id>"` to start from one).
+//! Unknown model ids and endpoint ids (`ep-…`) have no entry: they get server-side validation
+//! only. Shared by enqueue-time validation, the dispatcher's limits and the simulator.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// The pixel-size table a model family uses (ark-api.md §7).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PixelTable {
+    /// Seedance 1.0.
+    V1,
+    /// Seedance 1.5 pro and 2.x.
+    V2,
+}
+
+/// How the generation parameters travel in the request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ParamStyle {
+    /// Top-level JSON fields (current SDKs and docs).
+    #[default]
+    Fields,
+    /// `--rs 720p --dur 5 …` appended to the prompt (the 1.0-era docs).
+    Inline,
+}
+
+/// Per-account, per-model limits (the tutorial's 限流 column).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Creates per minute.
+    pub rpm: u32,
+    /// Tasks in progress (remote queued + running) at once.
+    pub concurrency: u32,
+    /// Flex tier tokens per day; `None` when the model has no flex tier.
+    pub flex_tpd: Option<u64>,
+}
+
+/// Everything seedq knows about one model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// A human-readable family name, e.g. `seedance-1.0-pro`.
+    pub family: String,
+    /// Text-to-video (prompt only).
+    pub text_to_video: bool,
+    /// One image as the first frame.
+    pub first_frame: bool,
+    /// First and last frame images.
+    pub first_last_frame: bool,
+    /// Maximum `reference_image` items; 0 when the mode is unsupported.
+    pub max_reference_images: u32,
+    /// Maximum `reference_video` items (2.x only).
+    pub max_reference_videos: u32,
+    /// Maximum `reference_audio` items (2.x only).
+    pub max_reference_audios: u32,
+    /// Allowed `resolution` values.
+    pub resolutions: Vec<String>,
+    /// The resolution used when none is given.
+    pub default_resolution: String,
+    /// Allowed `ratio` values (including `adaptive` where the model supports it).
+    pub ratios: Vec<String>,
+    /// `adaptive` is only accepted with an input image (the 1.0 family).
+    pub adaptive_needs_image: bool,
+    /// Reference-image mode does not allow 1080p (1.0 family).
+    pub reference_max_720p: bool,
+    /// First/last-frame modes require `ratio: adaptive` (2.5).
+    pub frame_modes_need_adaptive: bool,
+    /// Inclusive duration range in seconds.
+    pub duration_min: i64,
+    pub duration_max: i64,
+    /// `duration: -1` lets the model choose.
+    pub duration_auto: bool,
+    /// `frames` (25 + 4n in [29, 289]) is accepted.
+    pub frames: bool,
+    /// `seed` is accepted.
+    pub seed: bool,
+    /// `camera_fixed` is accepted (never in reference-image mode).
+    pub camera_fixed: bool,
+    /// The flex (offline, half price) tier is available.
+    pub flex: bool,
+    /// `draft: true` is accepted (1.5 pro).
+    pub draft: bool,
+    /// `generate_audio` is accepted.
+    pub generate_audio: bool,
+    /// The remote `priority` (0–9) is accepted.
+    pub priority: bool,
+    /// `tools` (web search) is accepted.
+    pub tools: bool,
+    /// Allowed `output_format` values; empty means the field is not accepted.
+    pub output_formats: Vec<String>,
+    /// Which pixel-size table applies.
+    pub pixel_table: PixelTable,
+    /// Account limits.
+    pub limits: Limits,
+    /// CNY per million tokens on the default tier; flex costs half.
+    pub price_per_million: f64,
+    /// How parameters are rendered into the request.
+    #[serde(default)]
+    pub param_style: ParamStyle,
+}
+
+/// The frames-per-second every Seedance model produces.
+pub const FPS: i64 = 24;
+
+/// The ratios every family knows.
+const RATIOS: [&str; 6] = ["16:9", "4:3", "1:1", "3:4", "9:16", "21:9"];
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_string()).collect()
+}
+
+fn ratios_with_adaptive() -> Vec<String> {
+    let mut r = strings(&RATIOS);
+    r.push("adaptive".into());
+    r
+}
+
+/// The Seedance 1.0 shape, shared by its four models.
+fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec {
+    ModelSpec {
+        family: family.into(),
+        text_to_video: true,
+        first_frame: true,
+        first_last_frame: false,
+        max_reference_images: 0,
+        max_reference_videos: 0,
+        max_reference_audios: 0,
+        resolutions: strings(&["480p", "720p", "1080p"]),
+        default_resolution: "1080p".into(),
+        ratios: ratios_with_adaptive(),
+        adaptive_needs_image: true,
+        reference_max_720p: true,
+        frame_modes_need_adaptive: false,
+        duration_min: 2,
+        duration_max: 12,
+        duration_auto: false,
+        frames: true,
+        seed: true,
+        camera_fixed: true,
+        flex: true,
+        draft: false,
+        generate_audio: false,
+        priority: false,
+        tools: false,
+        output_formats: vec![],
+        pixel_table: PixelTable::V1,
+        limits: Limits {
+            rpm,
+            concurrency,
+            flex_tpd: Some(tpd),
+        },
+        price_per_million: 15.0,
+        param_style: ParamStyle::Fields,
+    }
+}
+
+/// The Seedance 2.x shape.
+fn seedance_2(
+    family: &str,
+    resolutions: &[&str],
+    max_dur: i64,
+    refs: (u32, u32, u32),
+) -> ModelSpec {
+    ModelSpec {
+        family: family.into(),
+        text_to_video: true,
+        first_frame: true,
+        first_last_frame: true,
+        max_reference_images: refs.0,
+        max_reference_videos: refs.1,
+        max_reference_audios: refs.2,
+        resolutions: strings(resolutions),
+        default_resolution: "720p".into(),
+        ratios: ratios_with_adaptive(),
+        adaptive_needs_image: false,
+        reference_max_720p: false,
+        frame_modes_need_adaptive: false,
+        duration_min: 4,
+        duration_max: max_dur,
+        duration_auto: true,
+        frames: false,
+        seed: false,
+        camera_fixed: false,
+        // ark-api.md: "Seedance 2.0 series supports only default".
+        flex: false,
+        draft: false,
+        generate_audio: true,
+        priority: true,
+        tools: true,
+        output_formats: strings(&["mp4"]),
+        pixel_table: PixelTable::V2,
+        // Not published for 2.x in our sources: conservative values, override in config.toml.
+        limits: Limits {
+            rpm: 300,
+            concurrency: 5,
+            flex_tpd: None,
+        },
+        price_per_million: 46.0,
+        param_style: ParamStyle::Fields,
+    }
+}
+
+/// The built-in catalogue, keyed by model id.
+pub fn builtin() -> BTreeMap<String, ModelSpec> {
+    const TPD_PRO: u64 = 500_000_000_000; // 5000亿
+    const TPD_LITE: u64 = 250_000_000_000; // 2500亿
+    let mut m = BTreeMap::new();
+
+    let mut pro = seedance_1_0("seedance-1.0-pro", 600, 10, TPD_PRO);
+    pro.first_last_frame = true;
+    m.insert("doubao-seedance-1-0-pro-250528".to_string(), pro);
+
+    // pro-fast: text-to-video and first frame only. Its price is not in our sources; the pro
+    // price keeps estimates on the safe (high) side.
+    let fast = seedance_1_0("seedance-1.0-pro-fast", 600, 10, TPD_PRO);
+    m.insert("doubao-seedance-1-0-pro-fast-251015".to_string(), fast);
+
+    let mut lite_t2v = seedance_1_0("seedance-1.0-lite-t2v", 300, 5, TPD_LITE);
+    lite_t2v.first_frame = false;
+    lite_t2v.default_resolution = "720p".into();
+    lite_t2v.price_per_million = 10.0;
+    m.insert("doubao-seedance-1-0-lite-t2v-250428".to_string(), lite_t2v);
+
+    let mut lite_i2v = seedance_1_0("seedance-1.0-lite-i2v", 300, 5, TPD_LITE);
+    lite_i2v.text_to_video = false;
+    lite_i2v.first_last_frame = true;
+    lite_i2v.max_reference_images = 4;
+    lite_i2v.default_resolution = "720p".into();
+    lite_i2v.price_per_million = 10.0;
+    m.insert("doubao-seedance-1-0-lite-i2v-250428".to_string(), lite_i2v);
+
+    let mut v20 = seedance_2(
+        "seedance-2.0",
+        &["480p", "720p", "1080p", "4k"],
+        15,
+        (9, 3, 3),
+    );
+    v20.price_per_million = 46.0;
+    m.insert("doubao-seedance-2-0-260128".to_string(), v20);
+    m.insert(
+        "doubao-seedance-2-0-fast-260128".to_string(),
+        seedance_2("seedance-2.0-fast", &["480p", "720p"], 15, (9, 3, 3)),
+    );
+    m.insert(
+        "doubao-seedance-2-0-mini-260615".to_string(),
+        seedance_2("seedance-2.0-mini", &["480p", "720p"], 15, (9, 3, 3)),
+    );
+    let mut v25 = seedance_2("seedance-2.5", &["480p", "720p", "1080p"], 30, (30, 10, 10));
+    v25.frame_modes_need_adaptive = true;
+    v25.output_formats = strings(&["mp4", "mov"]);
+    m.insert("doubao-seedance-2-5-260628".to_string(), v25);
+    m
+}
+
+/// Errors building the catalogue from configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogueError {
+    #[error("models.{model}: base {base:?} is not a built-in model (known: {known})")]
+    UnknownBase {
+        model: String,
+        base: String,
+        known: String,
+    },
+    #[error(
+        "models.{model}: a new model needs `base = \"<built-in id>\"` to start from (known: {known})"
+    )]
+    NoBase { model: String, known: String },
+    #[error("models.{model}: {source}")]
+    Field {
+        model: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The catalogue in force: built-ins plus the overrides from `config.toml`.
+#[derive(Clone, Debug)]
+pub struct Catalogue {
+    models: BTreeMap<String, ModelSpec>,
+}
+
+impl Default for Catalogue {
+    fn default() -> Self {
+        Self { models: builtin() }
+    }
+}
+
+impl Catalogue {
+    /// Applies `[models."<id>"]` override tables (as JSON objects) on top of the built-ins.
+    ///
+    /// # Errors
+    /// A table with an unknown field or a wrongly typed value, or a new model without `base`.
+    pub fn with_overrides(
+        overrides: &BTreeMap<String, serde_json::Value>,
+    ) -> Result<Self, CatalogueError> {
+        let mut models = builtin();
+        let known = || models_list(&builtin());
+        for (id, table) in overrides {
+            let mut table = table.clone();
+            let base_id = table
+                .as_object_mut()
+                .and_then(|o| o.remove("base"))
+                .and_then(|b| b.as_str().map(str::to_string));
+            let base = match (&base_id, models.get(id)) {
+                (Some(b), _) => builtin()
+                    .remove(b)
+                    .ok_or_else(|| CatalogueError::UnknownBase {
+                        model: id.clone(),
+                        base: b.clone(),
+                        known: known(),
+                    })?,
+                (None, Some(existing)) => existing.clone(),
+                (None, None) => {
+                    return Err(CatalogueError::NoBase {
+                        model: id.clone(),
+                        known: known(),
+                    });
+                }
+            };
+            let mut value =
+                serde_json::to_value(&base).map_err(|source| CatalogueError::Field {
+                    model: id.clone(),
+                    source,
+                })?;
+            merge(&mut value, table);
+            let spec: ModelSpec =
+                serde_json::from_value(value).map_err(|source| CatalogueError::Field {
+                    model: id.clone(),
+                    source,
+                })?;
+            models.insert(id.clone(), spec);
+        }
+        Ok(Self { models })
+    }
+
+    /// The spec for `model`, if seedq knows it.
+    pub fn get(&self, model: &str) -> Option<&ModelSpec> {
+        self.models.get(model)
+    }
+
+    /// Every known model.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &ModelSpec)> {
+        self.models.iter()
+    }
+
+    /// The known ids, comma-separated, for error messages.
+    pub fn names(&self) -> String {
+        models_list(&self.models)
+    }
+}
+
+fn models_list(m: &BTreeMap<String, ModelSpec>) -> String {
+    m.keys().cloned().collect::<Vec<_>>().join(", ")
+}
+
+/// Recursive JSON merge: objects merge key by key, anything else replaces.
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    match (into, from) {
+        (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
+            for (k, v) in b {
+                match a.get_mut(&k) {
+                    Some(slot) => merge(slot, v),
+                    None => {
+                        a.insert(k, v);
+                    }
+                }
+            }
+        }
+        (slot, v) => *slot = v,
+    }
+}
+
+/// Output pixel size for a resolution and a concrete ratio (ark-api.md §7).
+///
+/// `4k` is not in the published table; its sizes are inferred as twice 1080p's 16:9 edge.
+pub fn pixel_size(table: PixelTable, resolution: &str, ratio: &str) -> Option<(u32, u32)> {
+    let v1 = table == PixelTable::V1;
+    let size = match (resolution, ratio) {
+        ("480p", "16:9") => {
+            if v1 {
+                (864, 480)
+            } else {
+                (864, 496)
+            }
+        }
+        ("480p", "4:3") => {
+            if v1 {
+                (736, 544)
+            } else {
+                (752, 560)
+            }
+        }
+        ("480p", "1:1") => (640, 640),
+        ("480p", "3:4") => {
+            if v1 {
+                (544, 736)
+            } else {
+                (560, 752)
+            }
+        }
+        ("480p", "9:16") => {
+            if v1 {
+                (480, 864)
+            } else {
+                (496, 864)
+            }
+        }
+        ("480p", "21:9") => {
+            if v1 {
+                (960, 416)
+            } else {
+                (992, 432)
+            }
+        }
+        ("720p", "16:9") => {
+            if v1 {
+                (1248, 704)
+            } else {
+                (1280, 720)
+            }
+        }
+        ("720p", "4:3") => {
+            if v1 {
+                (1120, 832)
+            } else {
+                (1112, 834)
+            }
+        }
+        ("720p", "1:1") => (960, 960),
+        ("720p", "3:4") => {
+            if v1 {
+                (832, 1120)
+            } else {
+                (834, 1112)
+            }
+        }
+        ("720p", "9:16") => {
+            if v1 {
+                (704, 1248)
+            } else {
+                (720, 1280)
+            }
+        }
+        ("720p", "21:9") => {
+            if v1 {
+                (1504, 640)
+            } else {
+                (1470, 630)
+            }
+        }
+        ("1080p", "16:9") => {
+            if v1 {
+                (1920, 1088)
+            } else {
+                (1920, 1080)
+            }
+        }
+        ("1080p", "4:3") => (1664, 1248),
+        ("1080p", "1:1") => (1440, 1440),
+        ("1080p", "3:4") => (1248, 1664),
+        ("1080p", "9:16") => {
+            if v1 {
+                (1088, 1920)
+            } else {
+                (1080, 1920)
+            }
+        }
+        ("1080p", "21:9") => {
+            if v1 {
+                (2176, 928)
+            } else {
+                (2206, 946)
+            }
+        }
+        ("4k", "16:9") => (3840, 2160),
+        ("4k", "4:3") => (3328, 2496),
+        ("4k", "1:1") => (2880, 2880),
+        ("4k", "3:4") => (2496, 3328),
+        ("4k", "9:16") => (2160, 3840),
+        ("4k", "21:9") => (4412, 1892),
+        _ => return None,
+    };
+    Some(size)
+}
+
+/// The concrete ratio closest to an image's aspect, for `adaptive`.
+pub fn closest_ratio(width: u32, height: u32) -> &'static str {
+    let aspect = f64::from(width) / f64::from(height.max(1));
+    let value = |r: &str| -> f64 {
+        let (a, b) = r.split_once(':').unwrap_or(("16", "9"));
+        a.parse::<f64>().unwrap_or(16.0) / b.parse::<f64>().unwrap_or(9.0)
+    };
+    RATIOS
+        .into_iter()
+        .min_by(|a, b| {
+            let da = (value(a).ln() - aspect.ln()).abs();
+            let db = (value(b).ln() - aspect.ln()).abs();
+            da.total_cmp(&db)
+        })
+        .unwrap_or("16:9")
+}
+
+/// Frame count for a duration: 24 fps plus the extra frame of the 25 + 4n grid.
+pub fn frames_for_duration(duration_secs: i64) -> i64 {
+    FPS * duration_secs + 1
+}
+
+/// Tokens billed for a video: `W × H × frames / 1024` (ark-api.md §10, fits observed usage).
+pub fn tokens(width: u32, height: u32, frames: i64) -> i64 {
+    i64::from(width) * i64::from(height) * frames / 1024
+}
+
+/// Estimated cost in CNY for `tokens` on the given tier.
+pub fn cost(spec: &ModelSpec, tokens: i64, flex: bool) -> f64 {
+    let per_token = spec.price_per_million / 1_000_000.0;
+    let tier = if flex { 0.5 } else { 1.0 };
+    tokens as f64 * per_token * tier
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tutorial_limits_for_the_1_0_models() {
+        let c = Catalogue::default();
+        let pro = c.get("doubao-seedance-1-0-pro-250528").expect("pro");
+        assert_eq!((pro.limits.rpm, pro.limits.concurrency), (600, 10));
+        assert_eq!(pro.limits.flex_tpd, Some(500_000_000_000));
+        let lite = c.get("doubao-seedance-1-0-lite-i2v-250428").expect("lite");
+        assert_eq!((lite.limits.rpm, lite.limits.concurrency), (300, 5));
+        assert_eq!(lite.max_reference_images, 4);
+        assert!(!lite.text_to_video);
+        let fast = c.get("doubao-seedance-1-0-pro-fast-251015").expect("fast");
+        assert!(!fast.first_last_frame);
+    }
+
+    #[test]
+    fn observed_usage_numbers_match_the_formula() {
+        let (w, h) = pixel_size(PixelTable::V2, "720p", "16:9").expect("size");
+        assert_eq!(tokens(w, h, frames_for_duration(5)), 108_900);
+        let (w, h) = pixel_size(PixelTable::V2, "1080p", "16:9").expect("size");
+        assert_eq!(tokens(w, h, frames_for_duration(12)), 585_225);
+    }
+
+    #[test]
+    fn overrides_change_fields_and_add_models() {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "doubao-seedance-1-0-pro-250528".to_string(),
+            serde_json::json!({"limits": {"concurrency": 3}}),
+        );
+        o.insert(
+            "ep-20250101-abc".to_string(),
+            serde_json::json!({"base": "doubao-seedance-1-0-lite-t2v-250428", "param_style": "inline"}),
+        );
+        let c = Catalogue::with_overrides(&o).expect("valid overrides");
+        let pro = c.get("doubao-seedance-1-0-pro-250528").expect("pro");
+        assert_eq!(pro.limits.concurrency, 3);
+        assert_eq!(pro.limits.rpm, 600, "other fields are kept");
+        let ep = c.get("ep-20250101-abc").expect("ep");
+        assert_eq!(ep.param_style, ParamStyle::Inline);
+        assert_eq!(ep.limits.rpm, 300);
+    }
+
+    #[test]
+    fn bad_overrides_are_named() {
+        let mut o = BTreeMap::new();
+        o.insert(
+            "new-model".to_string(),
+            serde_json::json!({"limits": {"rpm": 1}}),
+        );
+        let e = Catalogue::with_overrides(&o).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("new-model") && e.contains("base")));
+        let mut o = BTreeMap::new();
+        o.insert(
+            "doubao-seedance-1-0-pro-250528".to_string(),
+            serde_json::json!({"limitz": 1}),
+        );
+        let e = Catalogue::with_overrides(&o).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("limitz")));
+    }
+
+    #[test]
+    fn closest_ratio_picks_the_nearest() {
+        assert_eq!(closest_ratio(1920, 1080), "16:9");
+        assert_eq!(closest_ratio(1000, 1000), "1:1");
+        assert_eq!(closest_ratio(1080, 1920), "9:16");
+        assert_eq!(closest_ratio(800, 600), "4:3");
+        assert_eq!(closest_ratio(2100, 900), "21:9");
+    }
+}

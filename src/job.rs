@@ -1,0 +1,313 @@
+//! The job domain: identifiers, the state machine and the retry backoff policy.
+//!
+//! Pure code: no IO, no async. The store enforces these transitions with guarded
+//! compare-and-set updates; this module only says which ones are legal.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// A job's local identifier: a ULID, so ids sort by creation time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(String);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    pub fn generate() -> Self {
+        Self(ulid::Ulid::new().to_string().to_ascii_lowercase())
+    }
+
+    /// The id as stored and printed.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// A seed in `[0, 2^32 - 1]` derived from the id, sent when the user pinned none.
+    ///
+    /// It must be stable across retries and restarts, since reconciliation identifies an
+    /// ambiguously-submitted task by the seed it echoes back.
+    pub fn derived_seed(&self) -> i64 {
+        use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.0.as_bytes());
+        i64::from(u32::from_be_bytes([
+            digest[0], digest[1], digest[2], digest[3],
+        ]))
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<String> for JobId {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+/// Where a job is in its life. See `design.md` for the diagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting locally for a submit slot.
+    Queued,
+    /// The intent to POST is recorded; the POST may be under way.
+    Submitting,
+    /// The POST's outcome is unknown; reconciliation must find or rule out the task.
+    SubmitUnknown,
+    /// Ark accepted the task (remote queued or running).
+    Submitted,
+    /// Ark finished the task; the video waits to be archived.
+    Succeeded,
+    /// The video is being copied into the object store.
+    Archiving,
+    /// The video is in the object store. Terminal.
+    Archived,
+    /// Ark rejected or failed the task, or its result is gone. Terminal.
+    Failed,
+    /// Cancelled by the user. Terminal.
+    Cancelled,
+    /// Its deadline passed before it finished. Terminal.
+    Expired,
+    /// Retries exhausted. Terminal.
+    Dead,
+}
+
+impl JobState {
+    /// Every state, in lifecycle order.
+    pub const ALL: [JobState; 11] = [
+        JobState::Queued,
+        JobState::Submitting,
+        JobState::SubmitUnknown,
+        JobState::Submitted,
+        JobState::Succeeded,
+        JobState::Archiving,
+        JobState::Archived,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Expired,
+        JobState::Dead,
+    ];
+
+    /// The name stored in the database and printed by the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Submitting => "submitting",
+            JobState::SubmitUnknown => "submit_unknown",
+            JobState::Submitted => "submitted",
+            JobState::Succeeded => "succeeded",
+            JobState::Archiving => "archiving",
+            JobState::Archived => "archived",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Expired => "expired",
+            JobState::Dead => "dead",
+        }
+    }
+
+    /// No transition leaves a terminal state except an explicit `retry`.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Archived
+                | JobState::Failed
+                | JobState::Cancelled
+                | JobState::Expired
+                | JobState::Dead
+        )
+    }
+
+    /// States in which Ark may hold (or be about to hold) a task we pay for.
+    pub fn is_remote(self) -> bool {
+        matches!(
+            self,
+            JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
+        )
+    }
+
+    /// Whether `self -> to` is a legal transition.
+    pub fn can_transition(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (Queued, Submitting | Cancelled | Expired | Failed) => true,
+            // A safe failure (never sent, 429) puts the job back in the queue.
+            (Submitting, Submitted | SubmitUnknown | Queued | Failed | Dead) => true,
+            // Reconciliation adopts a match, or policy resubmits, parks (stays) or gives up.
+            (SubmitUnknown, Submitted | Queued | Failed | Dead | Cancelled) => true,
+            // A transient remote failure goes back to the queue for another attempt.
+            (Submitted, Succeeded | Failed | Cancelled | Expired | Dead | Queued) => true,
+            (Succeeded, Archiving | Failed) => true,
+            // A failed upload attempt returns the job to `succeeded` for a later retry.
+            (Archiving, Archived | Succeeded | Failed) => true,
+            // `seedq retry`: terminal failures go back to the queue.
+            (Failed | Dead | Expired | Cancelled, Queued) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An unknown state name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown job state {0:?}; expected one of: {list}", list = state_names())]
+pub struct UnknownState(pub String);
+
+fn state_names() -> String {
+    JobState::ALL
+        .iter()
+        .map(|s| s.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl FromStr for JobState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        JobState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// Exponential backoff with full jitter, capped, honouring a server's `Retry-After`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay before the first retry (before jitter).
+    pub base: Duration,
+    /// Upper bound for any delay.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The delay before retry number `attempt` (1-based), with `jitter` in `[0, 1]`.
+    ///
+    /// Full jitter (`rand(0, min(max, base·2^(attempt-1)))`) spreads retries of many jobs that
+    /// failed together. A `Retry-After` from the server is a floor: never retry sooner.
+    pub fn delay(&self, attempt: u32, jitter: f64, retry_after: Option<Duration>) -> Duration {
+        let exp = attempt.saturating_sub(1).min(30);
+        let ceiling = self
+            .base
+            .saturating_mul(1u32 << exp)
+            .min(self.max)
+            .max(Duration::from_millis(1));
+        let jittered = ceiling.mul_f64(jitter.clamp(0.0, 1.0));
+        match retry_after {
+            Some(ra) => jittered.max(ra),
+            None => jittered,
+        }
+    }
+
+    /// [`Backoff::delay`] with a random jitter.
+    pub fn delay_random(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        self.delay(attempt, rand::random::<f64>(), retry_after)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use JobState::*;
+
+    #[test]
+    fn happy_path_is_allowed() {
+        let path = [
+            Queued, Submitting, Submitted, Succeeded, Archiving, Archived,
+        ];
+        for w in path.windows(2) {
+            assert!(w[0].can_transition(w[1]), "{} -> {}", w[0], w[1]);
+        }
+    }
+
+    #[test]
+    fn ambiguous_submit_is_reconciled_not_requeued_blindly() {
+        assert!(Submitting.can_transition(SubmitUnknown));
+        assert!(SubmitUnknown.can_transition(Submitted));
+        // Going straight from submitting to submitting again would be a second POST.
+        assert!(!Submitting.can_transition(Submitting));
+        assert!(!SubmitUnknown.can_transition(Submitting));
+    }
+
+    #[test]
+    fn terminal_states_only_leave_by_retry() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                let ok = from.can_transition(to);
+                let expected = to == Queued && from != Archived;
+                assert_eq!(ok, expected, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn archived_is_final() {
+        for to in JobState::ALL {
+            assert!(!Archived.can_transition(to));
+        }
+    }
+
+    #[test]
+    fn no_skipping_the_remote_steps() {
+        assert!(!Queued.can_transition(Submitted));
+        assert!(!Queued.can_transition(Succeeded));
+        assert!(!Submitted.can_transition(Archived));
+        assert!(!Succeeded.can_transition(Archived));
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in JobState::ALL {
+            assert_eq!(s.as_str().parse::<JobState>().ok(), Some(s));
+        }
+        let err = "bogus".parse::<JobState>().err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("bogus") && e.contains("submit_unknown")));
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        assert_eq!(b.delay(1, 1.0, None), Duration::from_secs(1));
+        assert_eq!(b.delay(2, 1.0, None), Duration::from_secs(2));
+        assert_eq!(b.delay(4, 1.0, None), Duration::from_secs(8));
+        assert_eq!(b.delay(20, 1.0, None), Duration::from_secs(60));
+        assert_eq!(b.delay(u32::MAX, 1.0, None), Duration::from_secs(60));
+        assert_eq!(b.delay(3, 0.5, None), Duration::from_secs(2));
+        assert_eq!(b.delay(3, 0.0, None), Duration::ZERO);
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let b = Backoff {
+            base: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        };
+        let ra = Some(Duration::from_secs(30));
+        assert_eq!(b.delay(1, 1.0, ra), Duration::from_secs(30));
+        assert_eq!(b.delay(10, 1.0, ra), Duration::from_secs(60));
+    }
+
+    #[test]
+    fn derived_seed_is_stable_and_in_range() {
+        let id = JobId::from("01jabcdefghjkmnpqrstvwxyz0".to_string());
+        let a = id.derived_seed();
+        assert_eq!(a, id.derived_seed());
+        assert!((0..=i64::from(u32::MAX)).contains(&a));
+        let other = JobId::generate();
+        assert!((0..=i64::from(u32::MAX)).contains(&other.derived_seed()));
+    }
+}

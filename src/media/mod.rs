@@ -1,0 +1,1 @@
+//! Real MP4 files: encoding, probing and stitching.

@@ -12,3 +12,4 @@ pub mod ark;
 pub mod catalogue;
 pub mod job;
 pub mod media;
+pub mod request;

@@ -1,0 +1,214 @@
+//! The tutorial's inline text commands: `--rs 720p --rt 16:9 --dur 5 --fps 24 --wm true …`.
+//!
+//! `parse` takes the commands out of a prompt and returns the prompt without them; `render`
+//! appends them again. Parsing then rendering is the identity on the parameters. Tokens that
+//! look like commands but are not known ones stay in the prompt text: a prompt may contain
+//! `--` for reasons of its own.
+
+use super::Invalid;
+
+/// Parameters that may travel as inline commands.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InlineParams {
+    pub resolution: Option<String>,
+    pub ratio: Option<String>,
+    pub duration: Option<i64>,
+    pub frames: Option<i64>,
+    pub framespersecond: Option<i64>,
+    pub seed: Option<i64>,
+    pub camera_fixed: Option<bool>,
+    pub watermark: Option<bool>,
+}
+
+impl InlineParams {
+    /// True when no command was present.
+    pub fn is_empty(&self) -> bool {
+        *self == InlineParams::default()
+    }
+}
+
+/// The commands, as (long name, short name).
+const COMMANDS: [(&str, &str); 8] = [
+    ("resolution", "rs"),
+    ("ratio", "rt"),
+    ("duration", "dur"),
+    ("frames", "frames"),
+    ("framespersecond", "fps"),
+    ("seed", "seed"),
+    ("camerafixed", "cf"),
+    ("watermark", "wm"),
+];
+
+fn long_name(flag: &str) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .find(|(long, short)| flag == *long || flag == *short)
+        .map(|(long, _)| *long)
+}
+
+/// Splits `text` into the prompt and its inline commands.
+///
+/// # Errors
+/// A known command with a missing or unparsable value, e.g. `--dur five`.
+pub fn parse(text: &str, model: &str) -> Result<(String, InlineParams), Invalid> {
+    let mut params = InlineParams::default();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut tokens = text.split_whitespace().peekable();
+    while let Some(tok) = tokens.next() {
+        let Some(name) = tok.strip_prefix("--").and_then(long_name) else {
+            kept.push(tok);
+            continue;
+        };
+        let param = format!("--{}", tok.trim_start_matches('-'));
+        let Some(value) = tokens.next() else {
+            return Err(Invalid::missing(&param, model, "a value after the command"));
+        };
+        let int = |allowed: &str| {
+            value
+                .parse::<i64>()
+                .map_err(|_| Invalid::malformed(&param, value, model, allowed))
+        };
+        let boolean = || match value {
+            "true" => Ok(true),
+            "false" => Ok(false),
+            _ => Err(Invalid::malformed(&param, value, model, "true or false")),
+        };
+        match name {
+            "resolution" => params.resolution = Some(value.to_string()),
+            "ratio" => params.ratio = Some(value.to_string()),
+            "duration" => params.duration = Some(int("whole seconds")?),
+            "frames" => params.frames = Some(int("a frame count (25 + 4n)")?),
+            "framespersecond" => params.framespersecond = Some(int("24")?),
+            "seed" => params.seed = Some(int("an integer in [-1, 4294967295]")?),
+            "camerafixed" => params.camera_fixed = Some(boolean()?),
+            "watermark" => params.watermark = Some(boolean()?),
+            _ => kept.push(tok),
+        }
+    }
+    Ok((kept.join(" "), params))
+}
+
+/// Appends `params` to `prompt` as short-form commands, in the tutorial's order.
+pub fn render(prompt: &str, p: &InlineParams) -> String {
+    let mut out = prompt.trim_end().to_string();
+    let mut push = |flag: &str, v: String| {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str("--");
+        out.push_str(flag);
+        out.push(' ');
+        out.push_str(&v);
+    };
+    if let Some(v) = &p.resolution {
+        push("rs", v.clone());
+    }
+    if let Some(v) = &p.ratio {
+        push("rt", v.clone());
+    }
+    if let Some(v) = p.duration {
+        push("dur", v.to_string());
+    }
+    if let Some(v) = p.frames {
+        push("frames", v.to_string());
+    }
+    if let Some(v) = p.framespersecond {
+        push("fps", v.to_string());
+    }
+    if let Some(v) = p.watermark {
+        push("wm", v.to_string());
+    }
+    if let Some(v) = p.seed {
+        push("seed", v.to_string());
+    }
+    if let Some(v) = p.camera_fixed {
+        push("cf", v.to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const M: &str = "doubao-seedance-1-0-pro-250528";
+
+    #[test]
+    fn tutorial_example_parses() {
+        let (prompt, p) = parse(
+            "小猫对着镜头打哈欠。 --rs 720p --rt 16:9 --dur 5 --fps 24 --wm true --seed 11 --cf false",
+            M,
+        )
+        .expect("parses");
+        assert_eq!(prompt, "小猫对着镜头打哈欠。");
+        assert_eq!(p.resolution.as_deref(), Some("720p"));
+        assert_eq!(p.ratio.as_deref(), Some("16:9"));
+        assert_eq!(p.duration, Some(5));
+        assert_eq!(p.framespersecond, Some(24));
+        assert_eq!(p.watermark, Some(true));
+        assert_eq!(p.seed, Some(11));
+        assert_eq!(p.camera_fixed, Some(false));
+    }
+
+    #[test]
+    fn long_forms_parse() {
+        let (prompt, p) = parse(
+            "a cat --resolution 480p --ratio 1:1 --frames 57 --framespersecond 24 --watermark false --camerafixed true",
+            M,
+        )
+        .expect("parses");
+        assert_eq!(prompt, "a cat");
+        assert_eq!(p.frames, Some(57));
+        assert_eq!(p.camera_fixed, Some(true));
+        assert_eq!(p.resolution.as_deref(), Some("480p"));
+    }
+
+    #[test]
+    fn parse_render_round_trips() {
+        let cases = [
+            InlineParams::default(),
+            InlineParams {
+                resolution: Some("720p".into()),
+                ratio: Some("16:9".into()),
+                duration: Some(5),
+                framespersecond: Some(24),
+                watermark: Some(true),
+                seed: Some(11),
+                camera_fixed: Some(false),
+                ..Default::default()
+            },
+            InlineParams {
+                frames: Some(121),
+                seed: Some(-1),
+                ..Default::default()
+            },
+        ];
+        for p in cases {
+            let text = render("a dog runs  ", &p);
+            let (prompt, back) = parse(&text, M).expect("rendered text parses");
+            assert_eq!(prompt, "a dog runs");
+            assert_eq!(back, p, "{text}");
+            assert_eq!(render(&prompt, &back), text);
+        }
+    }
+
+    #[test]
+    fn unknown_dashes_stay_in_the_prompt() {
+        let (prompt, p) = parse("a -- b --loud music --dur 3", M).expect("parses");
+        assert_eq!(prompt, "a -- b --loud music");
+        assert_eq!(p.duration, Some(3));
+    }
+
+    #[test]
+    fn bad_values_name_the_command() {
+        let e = parse("x --dur five", M).err().map(|e| e.to_string());
+        assert!(
+            e.is_some_and(|e| e.contains("--dur") && e.contains("five")),
+            "got error"
+        );
+        let e = parse("x --wm yes", M).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("true or false")));
+        let e = parse("x --seed", M).err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("--seed")));
+    }
+}

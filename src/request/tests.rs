@@ -1,0 +1,866 @@
+//! Validation tables: every invalid request names the field and the rule it breaks.
+
+use super::*;
+use crate::request::image::tests::{jpeg, png};
+
+const PRO: &str = "doubao-seedance-1-0-pro-250528";
+const FAST: &str = "doubao-seedance-1-0-pro-fast-251015";
+const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
+const LITE_I2V: &str = "doubao-seedance-1-0-lite-i2v-250428";
+const V20: &str = "doubao-seedance-2-0-260128";
+const V20_FAST: &str = "doubao-seedance-2-0-fast-260128";
+const V25: &str = "doubao-seedance-2-5-260628";
+
+fn text(t: &str) -> ContentItem {
+    ContentItem::Text { text: t.into() }
+}
+
+fn img(url: &str, role: Option<&str>) -> ContentItem {
+    ContentItem::ImageUrl {
+        image_url: MediaUrl { url: url.into() },
+        role: role.map(str::to_string),
+    }
+}
+
+fn data_png(w: u32, h: u32) -> String {
+    use base64::Engine;
+    let b = png(w, h);
+    format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(b)
+    )
+}
+
+fn req(model: &str, content: Vec<ContentItem>) -> CreateTaskRequest {
+    CreateTaskRequest {
+        model: model.into(),
+        content,
+        ..Default::default()
+    }
+}
+
+fn t2v(model: &str) -> CreateTaskRequest {
+    req(model, vec![text("a cat yawns")])
+}
+
+const URL: &str = "https://example.com/a.png";
+
+/// (case name, request, expected param, expected fragment of the message).
+fn invalid_cases() -> Vec<(&'static str, CreateTaskRequest, &'static str, &'static str)> {
+    let mut v = Vec::new();
+    let mut add = |name, r, param, frag| v.push((name, r, param, frag));
+    add("no model", req("", vec![text("x")]), "model", "is missing");
+    add("empty content", req(PRO, vec![]), "content", "is missing");
+    add(
+        "empty prompt t2v",
+        req(PRO, vec![text("  ")]),
+        "content[].text",
+        "is missing",
+    );
+    add(
+        "duration too long",
+        CreateTaskRequest {
+            duration: Some(15),
+            ..t2v(PRO)
+        },
+        "duration",
+        "2..=12 seconds",
+    );
+    add(
+        "duration too short",
+        CreateTaskRequest {
+            duration: Some(1),
+            ..t2v(PRO)
+        },
+        "duration",
+        "out of range",
+    );
+    add(
+        "duration -1 on 1.0",
+        CreateTaskRequest {
+            duration: Some(-1),
+            ..t2v(PRO)
+        },
+        "duration",
+        "2..=12",
+    );
+    add(
+        "duration 16 on 2.0",
+        CreateTaskRequest {
+            duration: Some(16),
+            ..t2v(V20)
+        },
+        "duration",
+        "-1 to let the model choose",
+    );
+    add(
+        "duration 3 on 2.0",
+        CreateTaskRequest {
+            duration: Some(3),
+            ..t2v(V20)
+        },
+        "duration",
+        "4..=15",
+    );
+    add(
+        "duration 31 on 2.5",
+        CreateTaskRequest {
+            duration: Some(31),
+            ..t2v(V25)
+        },
+        "duration",
+        "4..=30",
+    );
+    add(
+        "frames off grid",
+        CreateTaskRequest {
+            frames: Some(30),
+            ..t2v(PRO)
+        },
+        "frames",
+        "25 + 4n",
+    );
+    add(
+        "frames too few",
+        CreateTaskRequest {
+            frames: Some(25),
+            ..t2v(PRO)
+        },
+        "frames",
+        "[29, 289]",
+    );
+    add(
+        "frames too many",
+        CreateTaskRequest {
+            frames: Some(293),
+            ..t2v(PRO)
+        },
+        "frames",
+        "[29, 289]",
+    );
+    add(
+        "frames on 2.0",
+        CreateTaskRequest {
+            frames: Some(121),
+            ..t2v(V20)
+        },
+        "frames",
+        "not supported",
+    );
+    add(
+        "seed too big",
+        CreateTaskRequest {
+            seed: Some(MAX_SEED + 1),
+            ..t2v(PRO)
+        },
+        "seed",
+        "-1..=4294967295",
+    );
+    add(
+        "seed too small",
+        CreateTaskRequest {
+            seed: Some(-2),
+            ..t2v(PRO)
+        },
+        "seed",
+        "out of range",
+    );
+    add(
+        "seed on 2.0",
+        CreateTaskRequest {
+            seed: Some(5),
+            ..t2v(V20)
+        },
+        "seed",
+        "not supported",
+    );
+    add(
+        "unknown ratio",
+        CreateTaskRequest {
+            ratio: Some("2:1".into()),
+            ..t2v(PRO)
+        },
+        "ratio",
+        "one of 16:9",
+    );
+    add(
+        "adaptive t2v on 1.0",
+        CreateTaskRequest {
+            ratio: Some("adaptive".into()),
+            ..t2v(PRO)
+        },
+        "ratio",
+        "needs an input image",
+    );
+    add(
+        "unknown resolution",
+        CreateTaskRequest {
+            resolution: Some("2k".into()),
+            ..t2v(PRO)
+        },
+        "resolution",
+        "480p, 720p, 1080p",
+    );
+    add(
+        "1080p on 2.0 fast",
+        CreateTaskRequest {
+            resolution: Some("1080p".into()),
+            ..t2v(V20_FAST)
+        },
+        "resolution",
+        "480p, 720p",
+    );
+    add(
+        "bad tier",
+        CreateTaskRequest {
+            service_tier: Some("cheap".into()),
+            ..t2v(PRO)
+        },
+        "service_tier",
+        "default, flex",
+    );
+    add(
+        "flex on 2.0",
+        CreateTaskRequest {
+            service_tier: Some("flex".into()),
+            ..t2v(V20)
+        },
+        "service_tier",
+        "not supported",
+    );
+    add(
+        "expires too short",
+        CreateTaskRequest {
+            execution_expires_after: Some(3599),
+            ..t2v(PRO)
+        },
+        "execution_expires_after",
+        "3600..=259200",
+    );
+    add(
+        "expires too long",
+        CreateTaskRequest {
+            execution_expires_after: Some(345_600),
+            ..t2v(PRO)
+        },
+        "execution_expires_after",
+        "out of range",
+    );
+    add("t2v on lite i2v", t2v(LITE_I2V), "content", "not supported");
+    add(
+        "first frame on lite t2v",
+        req(LITE_T2V, vec![text("x"), img(URL, Some("first_frame"))]),
+        "content",
+        "text-to-video",
+    );
+    add(
+        "first+last on pro fast",
+        req(
+            FAST,
+            vec![img(URL, Some("first_frame")), img(URL, Some("last_frame"))],
+        ),
+        "content",
+        "first-frame",
+    );
+    add(
+        "refs on pro",
+        req(PRO, vec![img(URL, Some("reference_image"))]),
+        "content",
+        "not supported",
+    );
+    add(
+        "5 refs on lite",
+        req(
+            LITE_I2V,
+            (0..5).map(|_| img(URL, Some("reference_image"))).collect(),
+        ),
+        "content",
+        "1..=4 reference images",
+    );
+    add(
+        "mixed modes",
+        req(
+            LITE_I2V,
+            vec![
+                img(URL, Some("first_frame")),
+                img(URL, Some("reference_image")),
+            ],
+        ),
+        "content",
+        "not both",
+    );
+    add(
+        "two untyped images",
+        req(PRO, vec![img(URL, None), img(URL, None)]),
+        "content",
+        "first_frame and last_frame",
+    );
+    add(
+        "last without first",
+        req(PRO, vec![img(URL, Some("last_frame"))]),
+        "content",
+        "wrong image count",
+    );
+    add(
+        "two last frames",
+        req(
+            PRO,
+            vec![
+                img(URL, Some("first_frame")),
+                img(URL, Some("last_frame")),
+                img(URL, Some("last_frame")),
+            ],
+        ),
+        "content",
+        "wrong image count",
+    );
+    add(
+        "bad role",
+        req(PRO, vec![img(URL, Some("middle_frame"))]),
+        "content[0].role",
+        "first_frame, last_frame, reference_image",
+    );
+    add(
+        "empty image url",
+        req(PRO, vec![img("", None)]),
+        "content[0].image_url.url",
+        "is missing",
+    );
+    add(
+        "ftp image url",
+        req(PRO, vec![img("ftp://x/y.png", None)]),
+        "content[0].image_url.url",
+        "malformed",
+    );
+    add(
+        "uppercase data url",
+        req(
+            PRO,
+            vec![img(&data_png(640, 360).replacen("png", "PNG", 1), None)],
+        ),
+        "content[0].image_url.url",
+        "lowercase",
+    );
+    add(
+        "image too small",
+        req(PRO, vec![img(&data_png(200, 200), None)]),
+        "content[0].image_url.url",
+        "between 300 and 6000",
+    );
+    add(
+        "image too wide",
+        req(PRO, vec![img(&data_png(1300, 500), None)]),
+        "content[0].image_url.url",
+        "aspect ratio",
+    );
+    add(
+        "not an image",
+        req(PRO, vec![img("data:image/png;base64,aGVsbG8=", None)]),
+        "content[0].image_url.url",
+        "not a supported image",
+    );
+    add(
+        "declared type mismatch",
+        req(
+            PRO,
+            vec![img(
+                &data_png(640, 360).replacen("image/png", "image/gif", 1),
+                None,
+            )],
+        ),
+        "content[0].image_url.url",
+        "does not match",
+    );
+    add(
+        "1080p reference on lite",
+        CreateTaskRequest {
+            resolution: Some("1080p".into()),
+            ..req(LITE_I2V, vec![img(URL, Some("reference_image"))])
+        },
+        "resolution",
+        "480p or 720p with reference images",
+    );
+    add(
+        "camera_fixed with refs",
+        CreateTaskRequest {
+            camera_fixed: Some(true),
+            ..req(LITE_I2V, vec![img(URL, Some("reference_image"))])
+        },
+        "camera_fixed",
+        "never with reference images",
+    );
+    add(
+        "camera_fixed on 2.0",
+        CreateTaskRequest {
+            camera_fixed: Some(false),
+            ..t2v(V20)
+        },
+        "camera_fixed",
+        "not supported",
+    );
+    add(
+        "generate_audio on 1.0",
+        CreateTaskRequest {
+            generate_audio: Some(true),
+            ..t2v(PRO)
+        },
+        "generate_audio",
+        "not supported",
+    );
+    add(
+        "draft on 1.0",
+        CreateTaskRequest {
+            draft: Some(true),
+            resolution: Some("480p".into()),
+            ..t2v(PRO)
+        },
+        "draft",
+        "not supported",
+    );
+    add(
+        "priority on 1.0",
+        CreateTaskRequest {
+            priority: Some(3),
+            ..t2v(PRO)
+        },
+        "priority",
+        "not supported",
+    );
+    add(
+        "priority 10 on 2.0",
+        CreateTaskRequest {
+            priority: Some(10),
+            ..t2v(V20)
+        },
+        "priority",
+        "0..=9",
+    );
+    add(
+        "bad tool",
+        CreateTaskRequest {
+            tools: Some(vec![Tool {
+                kind: "calculator".into(),
+            }]),
+            ..t2v(V20)
+        },
+        "tools[].type",
+        "web_search",
+    );
+    add(
+        "tools on 1.0",
+        CreateTaskRequest {
+            tools: Some(vec![Tool {
+                kind: "web_search".into(),
+            }]),
+            ..t2v(PRO)
+        },
+        "tools",
+        "not supported",
+    );
+    add(
+        "mov on 2.0",
+        CreateTaskRequest {
+            output_format: Some("mov".into()),
+            ..t2v(V20)
+        },
+        "output_format",
+        "one of mp4",
+    );
+    add(
+        "2.5 first frame needs adaptive",
+        CreateTaskRequest {
+            ratio: Some("16:9".into()),
+            ..req(V25, vec![text("x"), img(URL, None)])
+        },
+        "ratio",
+        "adaptive for first-frame",
+    );
+    add(
+        "bad callback",
+        CreateTaskRequest {
+            callback_url: Some("not a url".into()),
+            ..t2v(PRO)
+        },
+        "callback_url",
+        "http(s) URL",
+    );
+    add(
+        "inline bad duration",
+        req(PRO, vec![text("cat --dur 20")]),
+        "duration",
+        "2..=12",
+    );
+    add(
+        "inline fps 30",
+        req(PRO, vec![text("cat --fps 30")]),
+        "--fps",
+        "24",
+    );
+    add(
+        "inline malformed",
+        req(PRO, vec![text("cat --rs")]),
+        "--rs",
+        "is missing",
+    );
+    add(
+        "audio only",
+        req(
+            V20,
+            vec![
+                text("x"),
+                ContentItem::AudioUrl {
+                    audio_url: MediaUrl { url: URL.into() },
+                    role: None,
+                },
+            ],
+        ),
+        "content",
+        "at least one image or video",
+    );
+    add(
+        "video ref on 1.0",
+        req(
+            PRO,
+            vec![
+                text("x"),
+                ContentItem::VideoUrl {
+                    video_url: MediaUrl { url: URL.into() },
+                    role: None,
+                },
+            ],
+        ),
+        "content",
+        "at most 0 reference videos",
+    );
+    add(
+        "bad video role",
+        req(
+            V20,
+            vec![
+                text("x"),
+                ContentItem::VideoUrl {
+                    video_url: MediaUrl { url: URL.into() },
+                    role: Some("reference_image".into()),
+                },
+            ],
+        ),
+        "content[1].role",
+        "reference_video",
+    );
+    add(
+        "two text items",
+        req(PRO, vec![text("a"), text("b")]),
+        "content[1]",
+        "one text item",
+    );
+    add(
+        "draft_task on 1.0",
+        req(
+            PRO,
+            vec![ContentItem::DraftTask {
+                draft_task: DraftTaskRef { id: "cgt-1".into() },
+            }],
+        ),
+        "content",
+        "draft_task",
+    );
+    add(
+        "unknown model still checks expiry",
+        CreateTaskRequest {
+            execution_expires_after: Some(10),
+            ..t2v("ep-20250101-xyz")
+        },
+        "execution_expires_after",
+        "3600..=259200",
+    );
+    add(
+        "unknown model still checks frames",
+        CreateTaskRequest {
+            frames: Some(30),
+            ..t2v("ep-20250101-xyz")
+        },
+        "frames",
+        "25 + 4n",
+    );
+    v
+}
+
+#[test]
+fn invalid_requests_name_field_and_rule() {
+    let cat = Catalogue::default();
+    let cases = invalid_cases();
+    assert!(cases.len() >= 40, "the table has {} cases", cases.len());
+    for (name, r, param, frag) in cases {
+        match check(&r, &cat) {
+            Ok(eff) => panic!("{name}: accepted, effective = {eff:?}"),
+            Err(e) => {
+                assert_eq!(e.param, param, "{name}: wrong param in {e}");
+                let msg = e.to_string();
+                assert!(msg.contains(frag), "{name}: {msg:?} lacks {frag:?}");
+                if !r.model.is_empty() {
+                    assert!(
+                        msg.contains(&r.model),
+                        "{name}: {msg:?} does not name the model"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn the_brief_example_message() {
+    let e = check(
+        &CreateTaskRequest {
+            duration: Some(15),
+            ..t2v(PRO)
+        },
+        &Catalogue::default(),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some("duration 15 is out of range for doubao-seedance-1-0-pro-250528: 2..=12 seconds")
+    );
+}
+
+#[test]
+fn valid_requests_fill_defaults() {
+    let cat = Catalogue::default();
+    let e = check(&t2v(PRO), &cat).expect("valid");
+    assert_eq!((e.resolution.as_str(), e.ratio.as_str()), ("1080p", "16:9"));
+    assert_eq!(e.duration, Some(5));
+    assert_eq!(e.size, Some((1920, 1088)));
+    assert_eq!(e.expires_after, DEFAULT_EXPIRES_AFTER);
+
+    let e = check(&req(PRO, vec![img(&data_png(1080, 1920), None)]), &cat).expect("valid");
+    assert_eq!(e.mode, Mode::FirstFrame);
+    assert_eq!(
+        (e.ratio.as_str(), e.concrete_ratio.as_str()),
+        ("adaptive", "9:16")
+    );
+
+    let e = check(
+        &req(
+            LITE_I2V,
+            vec![
+                text("x"),
+                img(URL, Some("reference_image")),
+                img(URL, Some("reference_image")),
+            ],
+        ),
+        &cat,
+    )
+    .expect("valid");
+    assert_eq!(e.mode, Mode::ReferenceImages(2));
+    assert_eq!(e.ratio, "16:9");
+
+    let e = check(
+        &CreateTaskRequest {
+            frames: Some(57),
+            duration: Some(5),
+            ..t2v(PRO)
+        },
+        &cat,
+    )
+    .expect("frames win");
+    assert_eq!((e.frames, e.duration), (Some(57), None));
+
+    let e = check(
+        &CreateTaskRequest {
+            duration: Some(-1),
+            ..t2v(V20)
+        },
+        &cat,
+    )
+    .expect("auto duration");
+    assert_eq!(e.duration, Some(-1));
+    assert_eq!(e.ratio, "adaptive");
+
+    let e = check(&req("ep-123", vec![text("x")]), &cat).expect("unknown models pass");
+    assert_eq!(e.size, None);
+}
+
+#[test]
+fn top_level_fields_win_over_inline_commands() {
+    let cat = Catalogue::default();
+    let r = CreateTaskRequest {
+        resolution: Some("480p".into()),
+        ..req(PRO, vec![text("cat --rs 720p --dur 7")])
+    };
+    let e = check(&r, &cat).expect("valid");
+    assert_eq!(e.resolution, "480p");
+    assert_eq!(e.duration, Some(7));
+    assert_eq!(e.prompt, "cat");
+}
+
+#[test]
+fn usage_estimate_for_the_1_0_pro_720p_5s() {
+    let cat = Catalogue::default();
+    let r = CreateTaskRequest {
+        resolution: Some("720p".into()),
+        ..t2v(PRO)
+    };
+    let e = check(&r, &cat).expect("valid");
+    assert_eq!(e.tokens(cat.get(PRO)), Some(1248 * 704 * 121 / 1024));
+}
+
+fn spec(model: &str, prompt: &str) -> JobSpec {
+    JobSpec {
+        model: Some(model.into()),
+        prompt: Some(prompt.into()),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn prepare_freezes_inline_commands_and_derives_a_seed() {
+    let cat = Catalogue::default();
+    let p = prepare(
+        spec(PRO, "a cat --rs 720p --rt 4:3 --dur 3 --wm true"),
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    let r = &p.request;
+    assert_eq!(r.content, vec![text("a cat")]);
+    assert_eq!(r.resolution.as_deref(), Some("720p"));
+    assert_eq!(r.ratio.as_deref(), Some("4:3"));
+    assert_eq!(r.duration, Some(3));
+    assert_eq!(r.watermark, Some(true));
+    assert_eq!(r.seed, Some(p.id.derived_seed()));
+    assert_eq!(p.seed, r.seed);
+    assert_eq!(p.est_tokens, Some(1120 * 832 * 73 / 1024));
+
+    let pinned = prepare(
+        JobSpec {
+            seed: Some(42),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(pinned.request.seed, Some(42));
+    let v2 = prepare(spec(V20, "x"), &cat, Path::new(".")).expect("valid");
+    assert_eq!(v2.request.seed, None, "2.x takes no seed");
+}
+
+#[test]
+fn prepare_reads_local_images() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("a.png"), png(640, 360)).expect("write");
+    std::fs::write(dir.path().join("b.jpg"), jpeg(640, 360)).expect("write");
+    std::fs::write(dir.path().join("tiny.png"), png(100, 100)).expect("write");
+    let cat = Catalogue::default();
+    let p = prepare(
+        JobSpec {
+            first_frame: Some("a.png".into()),
+            last_frame: Some("b.jpg".into()),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        dir.path(),
+    )
+    .expect("valid");
+    assert_eq!(p.effective.mode, Mode::FirstLastFrame);
+    let urls: Vec<_> = p
+        .request
+        .content
+        .iter()
+        .filter_map(|i| match i {
+            ContentItem::ImageUrl { image_url, .. } => Some(image_url.url.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(urls[0].starts_with("data:image/png;base64,"));
+    assert!(urls[1].starts_with("data:image/jpeg;base64,"));
+
+    let e = prepare(
+        JobSpec {
+            first_frame: Some("tiny.png".into()),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        dir.path(),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("first_frame")
+        && e.contains("tiny.png")
+        && e.contains("100x100")));
+    let e = prepare(
+        JobSpec {
+            first_frame: Some("missing.png".into()),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        dir.path(),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("first_frame") && e.contains("missing.png")));
+}
+
+#[test]
+fn inline_param_style_renders_commands() {
+    let mut o = std::collections::BTreeMap::new();
+    o.insert(
+        PRO.to_string(),
+        serde_json::json!({"param_style": "inline"}),
+    );
+    let cat = Catalogue::with_overrides(&o).expect("override");
+    let p = prepare(
+        JobSpec {
+            seed: Some(11),
+            resolution: Some("720p".into()),
+            ..spec(PRO, "cat")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(p.request.content, vec![text("cat --rs 720p --seed 11")]);
+    assert_eq!(p.request.resolution, None);
+    assert_eq!(p.effective.resolution, "720p");
+}
+
+#[test]
+fn prepare_errors_are_specific() {
+    let cat = Catalogue::default();
+    let e = prepare(
+        JobSpec {
+            model: None,
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("model is missing") && e.contains(PRO)));
+    let e = prepare(
+        JobSpec {
+            expires_after: Some("soon".into()),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert!(e.is_some_and(|e| e.contains("expires_after") && e.contains("soon")));
+    let p = prepare(
+        JobSpec {
+            flex: Some(true),
+            expires_after: Some("24h".into()),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(p.request.service_tier.as_deref(), Some("flex"));
+    assert_eq!(p.request.execution_expires_after, Some(86_400));
+}

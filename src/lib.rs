@@ -13,3 +13,4 @@ pub mod catalogue;
 pub mod job;
 pub mod media;
 pub mod request;
+pub mod store;

@@ -1,0 +1,50 @@
+//! Embedded schema migrations, tracked with `PRAGMA user_version`.
+//!
+//! Each file in `migrations/` is compiled in. They are applied in order inside one
+//! `BEGIN IMMEDIATE` transaction, so two processes opening a fresh database at once cannot both
+//! migrate it: the second waits (busy_timeout), then sees the new version and does nothing.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+/// The migrations, in order. Append only.
+pub const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_init.sql",
+    include_str!("../../migrations/0001_init.sql"),
+)];
+
+/// The schema version this binary expects.
+pub fn latest() -> i64 {
+    MIGRATIONS.len() as i64
+}
+
+/// Applies every migration the database lacks; returns how many were applied.
+///
+/// # Errors
+/// A migration fails (the transaction rolls back), or the database is newer than this binary.
+pub fn apply(conn: &mut Connection) -> Result<usize, super::StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > latest() {
+        return Err(super::StoreError::TooNew {
+            found: current,
+            supported: latest(),
+        });
+    }
+    let pending = &MIGRATIONS[usize::try_from(current).unwrap_or(0)..];
+    for (name, sql) in pending {
+        tx.execute_batch(sql)
+            .map_err(|source| super::StoreError::Migration { name, source })?;
+    }
+    // PRAGMA does not take bound parameters; the value is our own integer.
+    tx.execute_batch(&format!("PRAGMA user_version = {}", latest()))?;
+    tx.commit()?;
+    Ok(pending.len())
+}
+
+/// The version recorded in the database.
+///
+/// # Errors
+/// The database cannot be read.
+pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}

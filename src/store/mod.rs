@@ -1,0 +1,897 @@
+//! The durable job store: the only place SQL lives.
+//!
+//! One narrow interface (enqueue, claim, transition, query) over one SQLite connection thread
+//! (`conn`). Every state change is a guarded compare-and-set on `(id, state, lease_token)`
+//! that also appends a `job_events` row in the same transaction; zero rows changed is a
+//! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
+//! could sit behind the same methods.
+
+mod conn;
+pub mod migrate;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use crate::job::{JobId, JobState};
+
+pub use conn::BUSY_TIMEOUT;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create the database directory {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot open the database {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("migration {name} failed")]
+    Migration {
+        name: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error(
+        "the database has schema version {found}, newer than this seedq supports ({supported})"
+    )]
+    TooNew { found: i64, supported: i64 },
+    #[error("job {id} changed under us: expected state {expected} with lease token {token}")]
+    Conflict {
+        id: JobId,
+        expected: JobState,
+        token: i64,
+    },
+    #[error("illegal transition {from} -> {to} for job {id}")]
+    IllegalTransition {
+        id: JobId,
+        from: JobState,
+        to: JobState,
+    },
+    #[error("cannot start the database thread")]
+    Thread(#[source] std::io::Error),
+    #[error("the database thread has stopped")]
+    Closed,
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// Unix milliseconds now.
+pub fn now_ms() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A job as stored.
+#[derive(Clone, Debug, Serialize)]
+pub struct Job {
+    pub id: JobId,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub state: JobState,
+    pub model: String,
+    pub service_tier: String,
+    pub priority: i64,
+    pub request_json: String,
+    pub idempotency_key: Option<String>,
+    pub tags: Vec<String>,
+    pub batch_id: Option<String>,
+    pub shape: Option<String>,
+    pub est_tokens: Option<i64>,
+    pub deadline_at: Option<i64>,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub lease_owner: Option<String>,
+    pub lease_until: Option<i64>,
+    pub lease_token: i64,
+    pub submit_started_at: Option<i64>,
+    pub submitted_at: Option<i64>,
+    pub remote_task_id: Option<String>,
+    pub remote_status: Option<String>,
+    pub remote_created_at: Option<i64>,
+    pub seed: Option<i64>,
+    pub poll_count: i64,
+    pub cancel_requested: bool,
+    #[serde(skip)]
+    pub callback_token: Option<String>,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub usage_tokens: Option<i64>,
+    pub video_url: Option<String>,
+    pub last_frame_url: Option<String>,
+    pub url_expires_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub archive_key: Option<String>,
+    pub archive_sha256: Option<String>,
+    pub archive_size: Option<i64>,
+    pub archived_at: Option<i64>,
+}
+
+impl Job {
+    /// True for flex-tier jobs.
+    pub fn is_flex(&self) -> bool {
+        self.service_tier == "flex"
+    }
+}
+
+const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
+    request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, attempts, \
+    next_attempt_at, lease_owner, lease_until, lease_token, submit_started_at, submitted_at, \
+    remote_task_id, remote_status, remote_created_at, seed, poll_count, cancel_requested, \
+    callback_token, last_error_code, last_error_message, usage_tokens, video_url, \
+    last_frame_url, url_expires_at, finished_at, archive_key, archive_sha256, archive_size, \
+    archived_at";
+
+fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = r.get(3)?;
+    let tags: String = r.get(9)?;
+    let corrupt = |i: usize, e: String| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, e.into())
+    };
+    Ok(Job {
+        id: JobId::from(r.get::<_, String>(0)?),
+        created_at: r.get(1)?,
+        updated_at: r.get(2)?,
+        state: state
+            .parse()
+            .map_err(|e: crate::job::UnknownState| corrupt(3, e.to_string()))?,
+        model: r.get(4)?,
+        service_tier: r.get(5)?,
+        priority: r.get(6)?,
+        request_json: r.get(7)?,
+        idempotency_key: r.get(8)?,
+        tags: serde_json::from_str(&tags).map_err(|e| corrupt(9, e.to_string()))?,
+        batch_id: r.get(10)?,
+        shape: r.get(11)?,
+        est_tokens: r.get(12)?,
+        deadline_at: r.get(13)?,
+        attempts: r.get(14)?,
+        next_attempt_at: r.get(15)?,
+        lease_owner: r.get(16)?,
+        lease_until: r.get(17)?,
+        lease_token: r.get(18)?,
+        submit_started_at: r.get(19)?,
+        submitted_at: r.get(20)?,
+        remote_task_id: r.get(21)?,
+        remote_status: r.get(22)?,
+        remote_created_at: r.get(23)?,
+        seed: r.get(24)?,
+        poll_count: r.get(25)?,
+        cancel_requested: r.get::<_, i64>(26)? != 0,
+        callback_token: r.get(27)?,
+        last_error_code: r.get(28)?,
+        last_error_message: r.get(29)?,
+        usage_tokens: r.get(30)?,
+        video_url: r.get(31)?,
+        last_frame_url: r.get(32)?,
+        url_expires_at: r.get(33)?,
+        finished_at: r.get(34)?,
+        archive_key: r.get(35)?,
+        archive_sha256: r.get(36)?,
+        archive_size: r.get(37)?,
+        archived_at: r.get(38)?,
+    })
+}
+
+/// One row of the audit trail.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobEvent {
+    pub at: i64,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub detail: Option<String>,
+}
+
+/// A job to insert.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub id: JobId,
+    pub model: String,
+    pub flex: bool,
+    pub priority: i64,
+    pub request_json: String,
+    pub key: Option<String>,
+    pub tags: Vec<String>,
+    pub batch: Option<String>,
+    pub shape: Option<String>,
+    pub est_tokens: Option<i64>,
+    /// Seconds after enqueue when a flex job that has not started expires locally.
+    pub expires_after: Option<i64>,
+    pub seed: Option<i64>,
+}
+
+/// What `enqueue` did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EnqueueReport {
+    /// Ids of the new jobs, in input order.
+    pub inserted: Vec<JobId>,
+    /// Jobs whose idempotency key already existed: (key, existing job id).
+    pub skipped: Vec<(String, JobId)>,
+}
+
+/// Filters for [`Store::list`].
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub state: Option<JobState>,
+    pub model: Option<String>,
+    pub tag: Option<String>,
+    pub batch: Option<String>,
+    pub limit: Option<u32>,
+}
+
+/// Count of jobs per (state, model).
+#[derive(Clone, Debug, Serialize)]
+pub struct StatRow {
+    pub state: JobState,
+    pub model: String,
+    pub jobs: i64,
+    pub est_tokens: i64,
+    pub usage_tokens: i64,
+}
+
+/// Column updates that ride along with a transition.
+#[derive(Clone, Debug, Default)]
+pub struct Patch(Vec<(&'static str, Value)>);
+
+impl Patch {
+    /// An empty patch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets `column` to `value`. Column names are compile-time constants, never user input.
+    pub fn set(mut self, column: &'static str, value: impl Into<Value>) -> Self {
+        self.0.push((column, value.into()));
+        self
+    }
+
+    /// Sets `column` to NULL.
+    pub fn clear(mut self, column: &'static str) -> Self {
+        self.0.push((column, Value::Null));
+        self
+    }
+}
+
+/// The outcome of `cancel`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum CancelOutcome {
+    /// The job was queued locally and is now cancelled.
+    Cancelled,
+    /// The job is remote; the worker will send DELETE.
+    Requested,
+    /// Nothing to cancel.
+    AlreadyFinal {
+        state: JobState,
+    },
+    NotFound,
+}
+
+/// The outcome of `retry`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum RetryOutcome {
+    Requeued,
+    NotRetryable { state: JobState },
+    NotFound,
+}
+
+/// Handle to the store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    conn: conn::Conn,
+    path: PathBuf,
+}
+
+fn insert_event(
+    conn: &Connection,
+    id: &str,
+    at: i64,
+    from: Option<JobState>,
+    to: JobState,
+    detail: Option<&str>,
+) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO job_events (job_id, at, from_state, to_state, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![id, at, from.map(JobState::as_str), to.as_str(), detail],
+    )?;
+    Ok(())
+}
+
+fn load_job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
+    conn.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        [id],
+        job_from_row,
+    )
+    .optional()
+}
+
+impl Store {
+    /// Opens (creating and migrating as needed) the database at `path`.
+    ///
+    /// # Errors
+    /// See [`StoreError`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: conn::open(path)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a closure on the connection thread. Only `store` submodules and tests use this.
+    async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.conn.call(f).await
+    }
+
+    /// The schema version in the file.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        self.call(|c| Ok(migrate::version(c)?)).await
+    }
+
+    /// Inserts jobs in one transaction. Jobs whose idempotency key exists are skipped.
+    ///
+    /// # Errors
+    /// Any SQL error rolls the whole batch back: nothing is inserted.
+    pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
+        self.call(move |conn| {
+            let now = now_ms();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut report = EnqueueReport::default();
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+                     priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
+                     deadline_at, next_attempt_at, seed) \
+                     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?2, ?13) \
+                     ON CONFLICT (idempotency_key) DO NOTHING",
+                )?;
+                let mut event = tx.prepare_cached(
+                    "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
+                     VALUES (?1, ?2, NULL, 'queued', 'enqueued')",
+                )?;
+                let mut existing =
+                    tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
+                for j in jobs {
+                    let tags = serde_json::to_string(&j.tags)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    let deadline = if j.flex {
+                        j.expires_after.map(|s| now + s * 1000)
+                    } else {
+                        None
+                    };
+                    let n = insert.execute(params![
+                        j.id.as_str(),
+                        now,
+                        j.model,
+                        if j.flex { "flex" } else { "default" },
+                        j.priority,
+                        j.request_json,
+                        j.key,
+                        tags,
+                        j.batch,
+                        j.shape,
+                        j.est_tokens,
+                        deadline,
+                        j.seed,
+                    ])?;
+                    if n == 1 {
+                        event.execute(params![j.id.as_str(), now])?;
+                        report.inserted.push(j.id);
+                    } else if let Some(key) = j.key {
+                        let id: String = existing.query_row([&key], |r| r.get(0))?;
+                        report.skipped.push((key, JobId::from(id)));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(report)
+        })
+        .await
+    }
+
+    /// One job by id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| Ok(load_job(c, &id)?)).await
+    }
+
+    /// A job by its remote task id.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn job_by_remote(&self, remote: &str) -> Result<Option<Job>, StoreError> {
+        let remote = remote.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE remote_task_id = ?1"),
+                [remote],
+                job_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The audit trail of a job, oldest first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = ?1 ORDER BY id",
+            )?;
+            let rows = st.query_map([id], |r| {
+                Ok(JobEvent {
+                    at: r.get(0)?,
+                    from_state: r.get(1)?,
+                    to_state: r.get(2)?,
+                    detail: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Jobs matching `f`, newest first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn list(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.call(move |c| {
+            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+            let mut args: Vec<Value> = Vec::new();
+            if let Some(s) = f.state {
+                sql.push_str(" AND state = ?");
+                args.push(s.as_str().to_string().into());
+            }
+            if let Some(m) = f.model {
+                sql.push_str(" AND model = ?");
+                args.push(m.into());
+            }
+            if let Some(b) = f.batch {
+                sql.push_str(" AND batch_id = ?");
+                args.push(b.into());
+            }
+            if let Some(t) = f.tag {
+                sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
+                args.push(t.into());
+            }
+            sql.push_str(" ORDER BY id DESC");
+            if let Some(l) = f.limit {
+                sql.push_str(&format!(" LIMIT {l}"));
+            }
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args), job_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Counts and tokens per (state, model).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn stats(&self) -> Result<Vec<StatRow>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT state, model, COUNT(*), COALESCE(SUM(est_tokens), 0), COALESCE(SUM(usage_tokens), 0) \
+                 FROM jobs GROUP BY state, model ORDER BY model, state",
+            )?;
+            let rows = st.query_map([], |r| {
+                let s: String = r.get(0)?;
+                Ok((s, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, model, jobs, est_tokens, usage_tokens) = row?;
+                let state = s
+                    .parse()
+                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?;
+                out.push(StatRow {
+                    state,
+                    model,
+                    jobs,
+                    est_tokens,
+                    usage_tokens,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Cancels a queued job at once, or flags a remote one for the worker to DELETE.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(job) = load_job(&tx, &id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            let now = now_ms();
+            let out = match job.state {
+                JobState::Queued => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 \
+                         WHERE id = ?1 AND state = 'queued'",
+                        params![id, now],
+                    )?;
+                    insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("cancelled by user"))?;
+                    CancelOutcome::Cancelled
+                }
+                s if s.is_remote() => {
+                    tx.execute(
+                        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
+                        params![id, now],
+                    )?;
+                    insert_event(&tx, &id, now, Some(s), s, Some("cancel requested"))?;
+                    CancelOutcome::Requested
+                }
+                s => CancelOutcome::AlreadyFinal { state: s },
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Puts a failed, dead, expired or cancelled job back in the queue with fresh attempts.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn retry(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(job) = load_job(&tx, &id)? else {
+                return Ok(RetryOutcome::NotFound);
+            };
+            if !job.state.can_transition(JobState::Queued) || !job.state.is_terminal() {
+                return Ok(RetryOutcome::NotRetryable { state: job.state });
+            }
+            let now = now_ms();
+            // A retried job is a new remote task: forget the old one's traces. The frozen body
+            // (and its seed) stays: a retry asks for exactly the same video.
+            tx.execute(
+                "UPDATE jobs SET state = 'queued', updated_at = ?2, attempts = 0, next_attempt_at = ?2, \
+                 remote_task_id = NULL, remote_status = NULL, remote_created_at = NULL, \
+                 submit_started_at = NULL, submitted_at = NULL, cancel_requested = 0, \
+                 last_error_code = NULL, last_error_message = NULL, finished_at = NULL, \
+                 deadline_at = CASE WHEN deadline_at IS NULL THEN NULL ELSE ?2 + (deadline_at - created_at) END, \
+                 lease_token = lease_token + 1, lease_until = NULL, lease_owner = NULL \
+                 WHERE id = ?1 AND state = ?3",
+                params![id, now, job.state.as_str()],
+            )?;
+            insert_event(&tx, &id, now, Some(job.state), JobState::Queued, Some("retried by user"))?;
+            tx.commit()?;
+            Ok(RetryOutcome::Requeued)
+        })
+        .await
+    }
+
+    /// Moves a job from `from` (holding `token`) to `to`, applying `patch`, and records the
+    /// event. The lease token is bumped so that any stale holder's later write conflicts.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] if the job is no longer in `from` with `token`;
+    /// [`StoreError::IllegalTransition`] if the state machine forbids it.
+    pub async fn transition(
+        &self,
+        id: &JobId,
+        from: JobState,
+        token: i64,
+        to: JobState,
+        patch: Patch,
+        detail: Option<String>,
+    ) -> Result<i64, StoreError> {
+        if from != to && !from.can_transition(to) {
+            return Err(StoreError::IllegalTransition {
+                id: id.clone(),
+                from,
+                to,
+            });
+        }
+        let id = id.clone();
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut sql = String::from(
+                "UPDATE jobs SET state = ?1, updated_at = ?2, lease_token = lease_token + 1",
+            );
+            let mut args: Vec<Value> = vec![to.as_str().to_string().into(), now.into()];
+            for (col, val) in patch.0 {
+                args.push(val);
+                sql.push_str(&format!(", {col} = ?{}", args.len()));
+            }
+            if to.is_terminal() {
+                sql.push_str(", finished_at = COALESCE(finished_at, ?2), lease_until = NULL");
+            }
+            args.push(id.as_str().to_string().into());
+            sql.push_str(&format!(" WHERE id = ?{}", args.len()));
+            args.push(from.as_str().to_string().into());
+            sql.push_str(&format!(" AND state = ?{}", args.len()));
+            args.push(token.into());
+            sql.push_str(&format!(" AND lease_token = ?{}", args.len()));
+            let n = tx.execute(&sql, rusqlite::params_from_iter(args))?;
+            if n == 0 {
+                return Err(StoreError::Conflict {
+                    id,
+                    expected: from,
+                    token,
+                });
+            }
+            if from != to || detail.is_some() {
+                insert_event(&tx, id.as_str(), now, Some(from), to, detail.as_deref())?;
+            }
+            tx.commit()?;
+            Ok(token + 1)
+        })
+        .await
+    }
+
+    /// Claims the best due queued job of `model` (priority, then age) into `submitting`,
+    /// recording the intent to POST. The lease covers the POST.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn claim_for_submit(
+        &self,
+        model: &str,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<Job>, StoreError> {
+        let (model, owner) = (model.to_string(), owner.to_string());
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let job = tx
+                .query_row(
+                    &format!(
+                        "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
+                         attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
+                         next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
+                         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
+                                     AND next_attempt_at <= ?1 ORDER BY priority DESC, id LIMIT 1) \
+                         RETURNING {JOB_COLUMNS}"
+                    ),
+                    params![now, owner, lease_ms, model],
+                    job_from_row,
+                )
+                .optional()?;
+            if let Some(j) = &job {
+                insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
+            }
+            tx.commit()?;
+            Ok(job)
+        })
+        .await
+    }
+
+    /// Claims up to `limit` jobs in `state` that are due, bumping their lease token and pushing
+    /// `next_attempt_at` to the lease's end, so a crashed holder's jobs come due again by
+    /// themselves.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn claim_due(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let jobs = {
+                let mut st = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET lease_owner = ?1, lease_until = ?2 + ?3, next_attempt_at = ?2 + ?3, \
+                     lease_token = lease_token + 1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE state = ?4 AND next_attempt_at <= ?2 \
+                                  ORDER BY next_attempt_at LIMIT ?5) \
+                     RETURNING {JOB_COLUMNS}"
+                ))?;
+                let rows = st.query_map(
+                    params![owner, now, lease_ms, state.as_str(), limit],
+                    job_from_row,
+                )?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Updates columns of a job held with `token` without changing its state (no event).
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the token or state moved on.
+    pub async fn update(
+        &self,
+        id: &JobId,
+        state: JobState,
+        token: i64,
+        patch: Patch,
+    ) -> Result<i64, StoreError> {
+        self.transition(id, state, token, state, patch, None).await
+    }
+
+    /// Models with queued jobs that are due, with their count.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn queued_models(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT model, COUNT(*) FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?1 GROUP BY model",
+            )?;
+            let rows = st.query_map([now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Tasks that occupy a remote slot, per model: submitting, submit_unknown and submitted.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submit_unknown', 'submitted') GROUP BY model",
+            )?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
+        })
+        .await
+    }
+
+    /// Estimated flex tokens submitted for `model` since `since_ms` (the TPD budget's day).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+        let model = model.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+                 WHERE model = ?1 AND service_tier = 'flex' AND submitted_at >= ?2",
+                params![model, since_ms],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Queued flex jobs whose local deadline has passed become `expired`, without any API
+    /// call. Returns their ids.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError> {
+        self.call(|c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let ids: Vec<String> = {
+                let mut st = tx.prepare_cached(
+                    "UPDATE jobs SET state = 'expired', updated_at = ?1, finished_at = ?1, \
+                     lease_token = lease_token + 1, last_error_code = 'deadline_passed', \
+                     last_error_message = 'execution_expires_after passed before the job was submitted' \
+                     WHERE state = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?1 RETURNING id",
+                )?;
+                let rows = st.query_map([now], |r| r.get(0))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            for id in &ids {
+                insert_event(&tx, id, now, Some(JobState::Queued), JobState::Expired, Some("deadline passed while queued locally"))?;
+            }
+            tx.commit()?;
+            Ok(ids.into_iter().map(JobId::from).collect())
+        })
+        .await
+    }
+
+    /// Mean generation time (submitted → finished, ms) of the last `n` succeeded jobs with the
+    /// same model, tier and shape; `None` without history.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn recent_generation_ms(
+        &self,
+        model: &str,
+        tier: &str,
+        shape: Option<&str>,
+        n: u32,
+    ) -> Result<Option<i64>, StoreError> {
+        let (model, tier, shape) = (
+            model.to_string(),
+            tier.to_string(),
+            shape.map(str::to_string),
+        );
+        self.call(move |c| {
+            let v: Option<f64> = c.query_row(
+                "SELECT AVG(d) FROM (SELECT finished_at - submitted_at AS d FROM jobs \
+                 WHERE model = ?1 AND service_tier = ?2 AND shape IS ?3 AND remote_status = 'succeeded' \
+                 AND finished_at IS NOT NULL AND submitted_at IS NOT NULL \
+                 ORDER BY finished_at DESC LIMIT ?4)",
+                params![model, tier, shape, n],
+                |r| r.get(0),
+            )?;
+            Ok(v.map(|x| x as i64))
+        })
+        .await
+    }
+
+    /// Counts of jobs per state (all models).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
+        let rows = self.stats().await?;
+        let mut m = HashMap::new();
+        for r in rows {
+            *m.entry(r.state).or_insert(0) += r.jobs;
+        }
+        Ok(m)
+    }
+
+    /// The earliest `next_attempt_at` among jobs in `states`, to sleep exactly until then.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
+        self.call(move |c| {
+            let list = states
+                .iter()
+                .map(|s| format!("'{}'", s.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            Ok(c.query_row(
+                &format!("SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({list})"),
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests;

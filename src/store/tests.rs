@@ -1,0 +1,258 @@
+//! Store tests on a real file database in a temp dir.
+
+use super::*;
+
+fn new_job(model: &str, key: Option<&str>, priority: i64) -> NewJob {
+    NewJob {
+        id: JobId::generate(),
+        model: model.into(),
+        flex: false,
+        priority,
+        request_json: "{}".into(),
+        key: key.map(str::to_string),
+        tags: vec!["t1".into()],
+        batch: None,
+        shape: Some("720p/5s".into()),
+        est_tokens: Some(100),
+        expires_after: None,
+        seed: Some(1),
+    }
+}
+
+fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("q.db")).expect("open");
+    (dir, s)
+}
+
+#[tokio::test]
+async fn migrations_apply_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("q.db");
+    let s = Store::open(&path).expect("open");
+    assert_eq!(
+        s.schema_version().await.expect("version"),
+        migrate::latest()
+    );
+    drop(s);
+    let mut c = Connection::open(&path).expect("raw open");
+    assert_eq!(
+        migrate::apply(&mut c).expect("re-apply"),
+        0,
+        "a migrated db is a no-op"
+    );
+    c.execute_batch("PRAGMA user_version = 99").expect("bump");
+    assert!(matches!(
+        migrate::apply(&mut c),
+        Err(StoreError::TooNew { found: 99, .. })
+    ));
+}
+
+#[tokio::test]
+async fn idempotency_keys_skip_duplicates() {
+    let (_d, s) = store();
+    let r = s
+        .enqueue(vec![new_job("m", Some("k1"), 0), new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    assert_eq!(r.inserted.len(), 2);
+    let first = r.inserted[0].clone();
+    let r = s
+        .enqueue(vec![new_job("m", Some("k1"), 0)])
+        .await
+        .expect("enqueue");
+    assert!(r.inserted.is_empty());
+    assert_eq!(r.skipped, vec![("k1".to_string(), first)]);
+    assert_eq!(s.list(ListFilter::default()).await.expect("list").len(), 2);
+}
+
+#[tokio::test]
+async fn claims_by_priority_then_age_and_fences_on_the_token() {
+    let (_d, s) = store();
+    let low = new_job("m", None, 0);
+    let high = new_job("m", None, 5);
+    let other = new_job("other", None, 9);
+    s.enqueue(vec![low.clone(), high.clone(), other])
+        .await
+        .expect("enqueue");
+    let j = s
+        .claim_for_submit("m", "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("a job");
+    assert_eq!(j.id, high.id);
+    assert_eq!(j.state, JobState::Submitting);
+    assert_eq!(j.attempts, 1);
+    let j2 = s
+        .claim_for_submit("m", "w", 60_000)
+        .await
+        .expect("claim")
+        .expect("a job");
+    assert_eq!(j2.id, low.id);
+    assert!(
+        s.claim_for_submit("m", "w", 60_000)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+
+    // A stale token conflicts; the right one wins once.
+    let stale = s
+        .transition(
+            &j.id,
+            JobState::Submitting,
+            j.lease_token - 1,
+            JobState::Submitted,
+            Patch::new(),
+            None,
+        )
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict { .. })));
+    let next = s
+        .transition(
+            &j.id,
+            JobState::Submitting,
+            j.lease_token,
+            JobState::Submitted,
+            Patch::new().set("remote_task_id", "cgt-1".to_string()),
+            Some("accepted".into()),
+        )
+        .await
+        .expect("transition");
+    assert_eq!(next, j.lease_token + 1);
+    let again = s
+        .transition(
+            &j.id,
+            JobState::Submitting,
+            j.lease_token,
+            JobState::Submitted,
+            Patch::new(),
+            None,
+        )
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict { .. })));
+    let illegal = s
+        .transition(
+            &j.id,
+            JobState::Submitted,
+            next,
+            JobState::Archived,
+            Patch::new(),
+            None,
+        )
+        .await;
+    assert!(matches!(illegal, Err(StoreError::IllegalTransition { .. })));
+
+    let got = s
+        .job_by_remote("cgt-1")
+        .await
+        .expect("query")
+        .expect("found");
+    assert_eq!(got.id, j.id);
+    let ev: Vec<String> = s
+        .events(j.id.as_str())
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.to_state)
+        .collect();
+    assert_eq!(ev, vec!["queued", "submitting", "submitted"]);
+    assert_eq!(s.in_flight().await.expect("in flight").get("m"), Some(&2));
+}
+
+#[tokio::test]
+async fn cancel_and_retry() {
+    let (_d, s) = store();
+    let a = new_job("m", None, 0);
+    s.enqueue(vec![a.clone()]).await.expect("enqueue");
+    assert_eq!(
+        s.cancel(a.id.as_str()).await.expect("cancel"),
+        CancelOutcome::Cancelled
+    );
+    assert_eq!(
+        s.cancel(a.id.as_str()).await.expect("cancel"),
+        CancelOutcome::AlreadyFinal {
+            state: JobState::Cancelled
+        }
+    );
+    assert_eq!(
+        s.cancel("nope").await.expect("cancel"),
+        CancelOutcome::NotFound
+    );
+    assert_eq!(
+        s.retry(a.id.as_str()).await.expect("retry"),
+        RetryOutcome::Requeued
+    );
+    let j = s.job(a.id.as_str()).await.expect("get").expect("exists");
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(
+        s.retry(a.id.as_str()).await.expect("retry"),
+        RetryOutcome::NotRetryable {
+            state: JobState::Queued
+        }
+    );
+    // Remote jobs are only flagged.
+    let c = s
+        .claim_for_submit("m", "w", 1000)
+        .await
+        .expect("claim")
+        .expect("job");
+    assert_eq!(
+        s.cancel(c.id.as_str()).await.expect("cancel"),
+        CancelOutcome::Requested
+    );
+    let j = s.job(c.id.as_str()).await.expect("get").expect("exists");
+    assert!(j.cancel_requested);
+    assert_eq!(j.state, JobState::Submitting);
+}
+
+#[tokio::test]
+async fn claim_due_pushes_next_attempt_to_the_lease_end() {
+    let (_d, s) = store();
+    s.enqueue(vec![new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    let j = s
+        .claim_for_submit("m", "w", 1000)
+        .await
+        .expect("claim")
+        .expect("job");
+    let tok = s
+        .transition(
+            &j.id,
+            JobState::Submitting,
+            j.lease_token,
+            JobState::Submitted,
+            Patch::new().set("next_attempt_at", 0i64),
+            None,
+        )
+        .await
+        .expect("submitted");
+    let due = s
+        .claim_due(JobState::Submitted, "p", 60_000, 10)
+        .await
+        .expect("claim");
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].lease_token, tok + 1);
+    assert!(
+        s.claim_due(JobState::Submitted, "p", 60_000, 10)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn flex_deadline_expires_queued_jobs_locally() {
+    let (_d, s) = store();
+    let mut j = new_job("m", None, 0);
+    j.flex = true;
+    j.expires_after = Some(0);
+    s.enqueue(vec![j.clone(), new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    let expired = s.expire_overdue().await.expect("expire");
+    assert_eq!(expired, vec![j.id.clone()]);
+    let got = s.job(j.id.as_str()).await.expect("get").expect("exists");
+    assert_eq!(got.state, JobState::Expired);
+}

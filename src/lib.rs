@@ -10,6 +10,7 @@
 
 pub mod ark;
 pub mod catalogue;
+pub mod config;
 pub mod job;
 pub mod media;
 pub mod request;

@@ -1,3 +1,485 @@
-//! The Ark client.
+//! The Ark client: create, get, list and delete generation tasks.
+//!
+//! It owns auth, timeouts and error classification. It never retries a create by itself: the
+//! API has no idempotency key, so only the dispatcher, which knows what was recorded, may
+//! decide (design.md, "Never pay twice"). Reads (get, list) and delete are retried here with
+//! backon and jitter. Wire types stay in `wire`; callers get typed errors.
 
 pub mod wire;
+
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use rand::Rng;
+use reqwest::StatusCode;
+use secrecy::{ExposeSecret, SecretString};
+
+use wire::{CreateTaskResponse, ErrorEnvelope, ListTasksResponse, TASKS_PATH, Task};
+
+/// How a failed call should be treated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request provably never reached the API (connect or DNS failure): safe to retry.
+    NeverSent,
+    /// The API refused it for good (400/401/403/404…).
+    Rejected,
+    /// 429: slow down, retry later (`Retry-After` when the server sent one).
+    Throttled(Option<Duration>),
+    /// A create may or may not have made a task: timeout after sending, reset, 5xx, or an
+    /// unreadable success body.
+    Ambiguous,
+    /// A read failed in a way worth retrying (5xx, timeout, reset).
+    Transient,
+}
+
+/// A failed Ark call.
+#[derive(Debug, thiserror::Error)]
+pub enum ArkError {
+    #[error("ark {status} {code}: {message}")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        param: Option<String>,
+        kind: Option<String>,
+        request_id: String,
+        retry_after: Option<Duration>,
+        /// True for the create call, where a 5xx is ambiguous.
+        create: bool,
+    },
+    #[error("cannot reach ark at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ark request failed after it was sent ({what})")]
+    Transport {
+        what: &'static str,
+        create: bool,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ark answered {status} with a body that is not the expected JSON: {snippet}")]
+    Decode {
+        status: u16,
+        snippet: String,
+        create: bool,
+    },
+    #[error("invalid ark base URL {0:?}")]
+    BaseUrl(String),
+    #[error("cannot build the HTTP client")]
+    Client(#[source] reqwest::Error),
+}
+
+impl ArkError {
+    /// Classifies the failure (see [`ErrorClass`]).
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ArkError::Api {
+                status,
+                retry_after,
+                create,
+                ..
+            } => match *status {
+                429 => ErrorClass::Throttled(*retry_after),
+                408 | 409 if !create => ErrorClass::Transient,
+                s if s >= 500 && *create => ErrorClass::Ambiguous,
+                s if s >= 500 => ErrorClass::Transient,
+                _ => ErrorClass::Rejected,
+            },
+            ArkError::Connect { .. } => ErrorClass::NeverSent,
+            ArkError::Transport { create: true, .. } | ArkError::Decode { create: true, .. } => {
+                ErrorClass::Ambiguous
+            }
+            ArkError::Transport { .. } | ArkError::Decode { .. } => ErrorClass::Transient,
+            ArkError::BaseUrl(_) | ArkError::Client(_) => ErrorClass::Rejected,
+        }
+    }
+
+    /// The API error code, when the server sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ArkError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, when there was a response.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ArkError::Api { status, .. } | ArkError::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    fn retryable_read(&self) -> bool {
+        matches!(
+            self.class(),
+            ErrorClass::Transient | ErrorClass::NeverSent | ErrorClass::Throttled(_)
+        )
+    }
+}
+
+/// Query for the list call.
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub page_num: Option<u32>,
+    pub page_size: Option<u32>,
+    pub status: Option<String>,
+    pub task_ids: Vec<String>,
+    pub model: Option<String>,
+    pub service_tier: Option<String>,
+}
+
+/// The Ark HTTP client. Cheap to clone.
+#[derive(Clone)]
+pub struct ArkClient {
+    http: reqwest::Client,
+    base: String,
+    key: SecretString,
+    read_retries: usize,
+}
+
+impl std::fmt::Debug for ArkClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ArkClient")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `YYYYmmddHHMMSS` + 20 random alphanumerics, like the Python SDK; fresh on every attempt.
+pub fn client_request_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let mut s = format!(
+        "{:04}{:02}{:02}{:02}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
+    let mut rng = rand::rng();
+    s.extend((0..20).map(|_| rng.sample(rand::distr::Alphanumeric) as char));
+    s
+}
+
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    headers
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64)
+}
+
+impl ArkClient {
+    /// A client for `base_url` (e.g. `https://ark.cn-beijing.volces.com/api/v3`).
+    ///
+    /// # Errors
+    /// A malformed base URL or an HTTP client that cannot be built.
+    pub fn new(
+        base_url: &str,
+        key: SecretString,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> Result<Self, ArkError> {
+        let parsed = url::Url::parse(base_url).map_err(|_| ArkError::BaseUrl(base_url.into()))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ArkError::BaseUrl(base_url.into()));
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .user_agent(concat!("seedq/", env!("CARGO_PKG_VERSION")))
+            .pool_max_idle_per_host(64)
+            .build()
+            .map_err(ArkError::Client)?;
+        Ok(Self {
+            http,
+            base: base_url.trim_end_matches('/').to_string(),
+            key,
+            read_retries: 2,
+        })
+    }
+
+    /// Sets how many times reads are retried (default 2, like the SDKs).
+    pub fn with_read_retries(mut self, n: usize) -> Self {
+        self.read_retries = n;
+        self
+    }
+
+    fn url(&self, suffix: &str) -> String {
+        format!("{}{TASKS_PATH}{suffix}", self.base)
+    }
+
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, url)
+            .bearer_auth(self.key.expose_secret())
+            .header("Accept", "application/json")
+            .header("X-Client-Request-Id", client_request_id())
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        create: bool,
+    ) -> Result<T, ArkError> {
+        let resp = req.send().await.map_err(|source| {
+            if source.is_connect() {
+                ArkError::Connect {
+                    url: url.to_string(),
+                    source,
+                }
+            } else {
+                let what = if source.is_timeout() {
+                    "timeout"
+                } else {
+                    "connection error"
+                };
+                ArkError::Transport {
+                    what,
+                    create,
+                    source,
+                }
+            }
+        })?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.map_err(|source| ArkError::Transport {
+            what: "reading the response body",
+            create,
+            source,
+        })?;
+        if status.is_success() {
+            return serde_json::from_slice(&body).map_err(|_| ArkError::Decode {
+                status: status.as_u16(),
+                snippet: snippet(&body),
+                create,
+            });
+        }
+        Err(api_error(status, &headers, &body, create))
+    }
+
+    /// Creates a task from the frozen JSON body. Never retried here.
+    ///
+    /// # Errors
+    /// See [`ArkError::class`]: `Ambiguous` means a task may exist.
+    pub async fn create(&self, body_json: &str) -> Result<CreateTaskResponse, ArkError> {
+        let url = self.url("");
+        let req = self
+            .request(reqwest::Method::POST, &url)
+            .header("Content-Type", "application/json")
+            .body(body_json.to_string());
+        self.send(req, &url, true).await
+    }
+
+    /// Gets one task, retrying transient failures.
+    ///
+    /// # Errors
+    /// The last failure; 404 when the task is unknown or gone.
+    pub async fn get(&self, id: &str) -> Result<Task, ArkError> {
+        let url = self.url(&format!("/{id}"));
+        self.retrying(|| async {
+            self.send(self.request(reqwest::Method::GET, &url), &url, false)
+                .await
+        })
+        .await
+    }
+
+    /// Lists tasks, retrying transient failures.
+    ///
+    /// # Errors
+    /// The last failure.
+    pub async fn list(&self, q: &ListQuery) -> Result<ListTasksResponse, ArkError> {
+        let mut url =
+            url::Url::parse(&self.url("")).map_err(|_| ArkError::BaseUrl(self.base.clone()))?;
+        {
+            let mut qp = url.query_pairs_mut();
+            if let Some(n) = q.page_num {
+                qp.append_pair("page_num", &n.to_string());
+            }
+            if let Some(n) = q.page_size {
+                qp.append_pair("page_size", &n.to_string());
+            }
+            if let Some(s) = &q.status {
+                qp.append_pair("filter.status", s);
+            }
+            // One key per id, as both SDKs and the docs do.
+            for id in &q.task_ids {
+                qp.append_pair("filter.task_ids", id);
+            }
+            if let Some(m) = &q.model {
+                qp.append_pair("filter.model", m);
+            }
+            if let Some(t) = &q.service_tier {
+                qp.append_pair("filter.service_tier", t);
+            }
+        }
+        let url = url.to_string();
+        self.retrying(|| async {
+            self.send(self.request(reqwest::Method::GET, &url), &url, false)
+                .await
+        })
+        .await
+    }
+
+    /// Cancels a queued task or deletes a finished record.
+    ///
+    /// # Errors
+    /// The last failure; a refusal (e.g. a running task) is `Rejected`.
+    pub async fn delete(&self, id: &str) -> Result<(), ArkError> {
+        let url = self.url(&format!("/{id}"));
+        self.retrying(|| async {
+            let _: serde_json::Value = self
+                .send(self.request(reqwest::Method::DELETE, &url), &url, false)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn retrying<T, F, Fut>(&self, f: F) -> Result<T, ArkError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ArkError>>,
+    {
+        let policy = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(250))
+            .with_max_delay(Duration::from_secs(8))
+            .with_max_times(self.read_retries)
+            .with_jitter();
+        f.retry(policy).when(ArkError::retryable_read).await
+    }
+
+    /// The underlying HTTP client, for downloads of result URLs (which take no auth).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    s.chars().take(200).collect()
+}
+
+fn api_error(
+    status: StatusCode,
+    headers: &reqwest::header::HeaderMap,
+    body: &[u8],
+    create: bool,
+) -> ArkError {
+    let request_id = headers
+        .get("X-Client-Request-Id")
+        .or_else(|| headers.get("X-Request-Id"))
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let parsed = serde_json::from_slice::<ErrorEnvelope>(body)
+        .ok()
+        .map(|e| e.error);
+    let (code, message, param, kind) = match parsed {
+        Some(e) => (e.code, e.message, e.param.filter(|p| !p.is_empty()), e.kind),
+        None => (
+            status
+                .canonical_reason()
+                .unwrap_or("Error")
+                .replace(' ', ""),
+            snippet(body),
+            None,
+            None,
+        ),
+    };
+    ArkError::Api {
+        status: status.as_u16(),
+        code,
+        message,
+        param,
+        kind,
+        request_id,
+        retry_after: retry_after(headers),
+        create,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(status: u16, create: bool) -> ArkError {
+        ArkError::Api {
+            status,
+            code: "X".into(),
+            message: "m".into(),
+            param: None,
+            kind: None,
+            request_id: String::new(),
+            retry_after: None,
+            create,
+        }
+    }
+
+    #[test]
+    fn classification_follows_the_never_pay_twice_rules() {
+        assert_eq!(api(400, true).class(), ErrorClass::Rejected);
+        assert_eq!(api(401, false).class(), ErrorClass::Rejected);
+        assert_eq!(api(404, false).class(), ErrorClass::Rejected);
+        assert_eq!(api(429, true).class(), ErrorClass::Throttled(None));
+        assert_eq!(api(500, true).class(), ErrorClass::Ambiguous);
+        assert_eq!(api(503, false).class(), ErrorClass::Transient);
+        let d = ArkError::Decode {
+            status: 200,
+            snippet: "<html>".into(),
+            create: true,
+        };
+        assert_eq!(d.class(), ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn request_ids_look_like_the_sdks() {
+        let a = client_request_id();
+        let b = client_request_id();
+        assert_eq!(a.len(), 34);
+        assert_ne!(a, b);
+        assert!(a[..14].chars().all(|c| c.is_ascii_digit()));
+        assert!(a[14..].chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+
+    #[test]
+    fn error_bodies_parse_into_fields() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("Retry-After", "3".parse().expect("header"));
+        h.insert("X-Client-Request-Id", "rid".parse().expect("header"));
+        let body = br#"{"error":{"code":"ModelAccountRpmRateLimitExceeded","message":"slow down","param":"","type":"TooManyRequests"}}"#;
+        let e = api_error(StatusCode::TOO_MANY_REQUESTS, &h, body, true);
+        assert_eq!(
+            e.class(),
+            ErrorClass::Throttled(Some(Duration::from_secs(3)))
+        );
+        assert_eq!(e.code(), Some("ModelAccountRpmRateLimitExceeded"));
+        match e {
+            ArkError::Api {
+                param,
+                kind,
+                request_id,
+                ..
+            } => {
+                assert_eq!(param, None, "empty param means not applicable");
+                assert_eq!(kind.as_deref(), Some("TooManyRequests"));
+                assert_eq!(request_id, "rid");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let e = api_error(
+            StatusCode::BAD_GATEWAY,
+            &h,
+            b"<html>bad gateway</html>",
+            false,
+        );
+        assert_eq!(e.code(), Some("BadGateway"));
+    }
+}

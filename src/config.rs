@@ -1,0 +1,641 @@
+//! Configuration: typed structs, layered loading and validation.
+//!
+//! Layers, last wins: built-in defaults, the TOML file, environment `SEEDQ__SECTION__KEY`,
+//! then a few CLI flags (applied by `cli`). Loaded and validated once, in `cli`; nothing else
+//! reads the environment. Secrets (the Ark API key, S3 keys) are `SecretString`s that never
+//! print, and never come from the committed `config.toml`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::catalogue::{Catalogue, CatalogueError};
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub store: StoreConfig,
+    pub ark: ArkConfig,
+    pub dispatch: DispatchConfig,
+    pub poll: PollConfig,
+    pub archive: ArchiveConfig,
+    pub admin: AdminConfig,
+    pub callback: CallbackConfig,
+    pub service: ServiceConfig,
+    pub log: LogConfig,
+    /// `[models."<id>"]` overrides of the model catalogue.
+    pub models: BTreeMap<String, toml::Value>,
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// The SQLite file.
+    pub path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_data_dir().join("seedq.db"),
+        }
+    }
+}
+
+/// The state directory: `$STATE_DIRECTORY` under systemd, else `$XDG_DATA_HOME/seedq`, else
+/// `~/.local/share/seedq`.
+pub fn default_data_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("STATE_DIRECTORY") {
+        // systemd may pass several colon-separated directories; the first is ours.
+        let first = d
+            .to_string_lossy()
+            .split(':')
+            .next()
+            .unwrap_or("")
+            .to_string();
+        if !first.is_empty() {
+            return PathBuf::from(first);
+        }
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(d).join("seedq");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/seedq"),
+        None => PathBuf::from("/var/lib/seedq"),
+    }
+}
+
+/// `[ark]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArkConfig {
+    pub base_url: String,
+    /// A file holding the API key (e.g. a systemd credential). `ARK_API_KEY` wins when set.
+    pub api_key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Tasks per list request when polling in batches (the API allows up to 500).
+    pub list_page_size: u32,
+    /// Status calls (GET/list) per second across all models; a separate budget from creates.
+    pub status_rps: u32,
+    /// The API key, loaded from the environment or `api_key_file`; never serialised.
+    #[serde(skip)]
+    pub api_key: Option<SecretString>,
+}
+
+impl Default for ArkConfig {
+    fn default() -> Self {
+        Self {
+            base_url: "https://ark.cn-beijing.volces.com/api/v3".into(),
+            api_key_file: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            list_page_size: 100,
+            status_rps: 20,
+            api_key: None,
+        }
+    }
+}
+
+/// What to do with a submit whose outcome stays unknown after the grace period.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmbiguousPolicy {
+    /// Leave the job in `submit_unknown` for an operator.
+    #[default]
+    Park,
+    /// Put it back in the queue (may pay twice if the task exists but was not found).
+    Resubmit,
+}
+
+/// `[dispatch]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    /// How long a claim holds a job before another worker may take it over.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// Attempts before a job is `dead`.
+    pub max_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    pub backoff_max: Duration,
+    /// Pause of a model's creates after a 429 without `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub throttle_pause: Duration,
+    pub on_ambiguous_submit: AmbiguousPolicy,
+    /// How long reconciliation keeps looking for an ambiguous submit's task.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_grace: Duration,
+    /// How often reconciliation runs while there is something to reconcile.
+    #[serde(with = "humantime_serde")]
+    pub reconcile_interval: Duration,
+    /// How often idle stages look for work another process (the CLI) added.
+    #[serde(with = "humantime_serde")]
+    pub idle_interval: Duration,
+    /// Time zone offset in hours for the flex TPD day (Ark counts days in Beijing time).
+    pub tpd_utc_offset_hours: i32,
+    /// Concurrent create requests in flight.
+    pub workers: u32,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(120),
+            max_attempts: 5,
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(600),
+            throttle_pause: Duration::from_secs(10),
+            on_ambiguous_submit: AmbiguousPolicy::Park,
+            reconcile_grace: Duration::from_secs(600),
+            reconcile_interval: Duration::from_secs(15),
+            idle_interval: Duration::from_secs(2),
+            tpd_utc_offset_hours: 8,
+            workers: 8,
+        }
+    }
+}
+
+/// `[poll]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PollConfig {
+    /// First poll after submit when there is no history for the model and shape.
+    #[serde(with = "humantime_serde")]
+    pub first_poll_after: Duration,
+    /// The same for flex tasks, which wait in a slower queue.
+    #[serde(with = "humantime_serde")]
+    pub flex_first_poll_after: Duration,
+    /// Smallest wait between polls of one task.
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Largest wait between polls of one task.
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub flex_max_interval: Duration,
+    /// Poll this fraction of the expected generation time early, so the first poll lands
+    /// just after the finish rather than well before it.
+    pub first_poll_fraction: f64,
+    /// Transient remote failures (`InternalServiceError`…) retried before `dead`.
+    pub max_remote_retries: u32,
+    /// With callbacks configured, the safety-net poll interval.
+    #[serde(with = "humantime_serde")]
+    pub callback_safety_interval: Duration,
+}
+
+impl Default for PollConfig {
+    fn default() -> Self {
+        Self {
+            first_poll_after: Duration::from_secs(60),
+            flex_first_poll_after: Duration::from_secs(600),
+            min_interval: Duration::from_secs(2),
+            max_interval: Duration::from_secs(60),
+            flex_max_interval: Duration::from_secs(600),
+            first_poll_fraction: 1.02,
+            max_remote_retries: 2,
+            callback_safety_interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// `[archive]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `file:///…`, `s3://bucket/prefix`, `memory://`; empty disables archiving.
+    pub url: String,
+    /// Object key template: `{date}`, `{model}`, `{job_id}`, `{task_id}`, `{batch}`, `{tag}`.
+    pub key_template: String,
+    /// DELETE the remote task record after a successful archive.
+    pub delete_remote: bool,
+    /// Parallel archive uploads.
+    pub workers: u32,
+    pub s3: S3Config,
+}
+
+impl Default for ArchiveConfig {
+    fn default() -> Self {
+        Self {
+            url: format!("file://{}", default_data_dir().join("archive").display()),
+            key_template: "{date}/{model}/{job_id}.mp4".into(),
+            delete_remote: false,
+            workers: 4,
+            s3: S3Config::default(),
+        }
+    }
+}
+
+/// `[archive.s3]`. Keys come from `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY`, never here.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub allow_http: bool,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by most non-AWS servers.
+    pub path_style: bool,
+    #[serde(skip)]
+    pub access_key_id: Option<SecretString>,
+    #[serde(skip)]
+    pub secret_access_key: Option<SecretString>,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".into(),
+            allow_http: false,
+            path_style: true,
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+/// `[admin]`: health and metrics HTTP.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Empty disables the admin server.
+    pub listen: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9187".into(),
+        }
+    }
+}
+
+/// `[callback]`: Ark's status callbacks.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallbackConfig {
+    /// The public URL Ark can reach, e.g. `https://seedq.example.com/callback`. Empty: off.
+    pub public_url: String,
+    /// Where the callback server listens (behind your reverse proxy).
+    pub listen: String,
+}
+
+/// `[service]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// How long SIGTERM waits for in-flight steps before aborting them.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: Duration::from_secs(45),
+        }
+    }
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// An `EnvFilter` directive; `RUST_LOG` wins.
+    pub level: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            level: "seedq=info".into(),
+            format: "text".into(),
+        }
+    }
+}
+
+/// Configuration errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("{key} = {value:?} is invalid: {allowed}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        allowed: String,
+    },
+    #[error("cannot read the API key file {path}")]
+    KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Models(#[from] CatalogueError),
+}
+
+/// Where the config file was found, if anywhere.
+pub fn discover(explicit: Option<&Path>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = std::env::var_os("SEEDQ_CONFIG").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    ["/etc/seedq/config.toml", "config.toml"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// Loads the file (if any) and the environment overrides, then reads the secrets.
+///
+/// # Errors
+/// Unreadable or invalid file, a bad environment override, an unreadable key file.
+pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+    let mut doc = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| ConfigError::Parse {
+                    path: p.to_path_buf(),
+                    message: e.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    apply_env(&mut doc, std::env::vars())?;
+    let mut cfg: Config = toml::Value::Table(doc)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError::Parse {
+            path: path.map_or_else(|| PathBuf::from("(environment)"), Path::to_path_buf),
+            message: e.to_string(),
+        })?;
+    load_secrets(&mut cfg)?;
+    Ok(cfg)
+}
+
+/// Applies `SEEDQ__SECTION__KEY=value` overrides. Values parse as TOML scalars when they can
+/// (`5`, `true`), else as strings.
+fn apply_env(
+    doc: &mut toml::Table,
+    vars: impl Iterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    for (var, value) in vars {
+        let Some(rest) = var.strip_prefix("SEEDQ__") else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty key segment".into(),
+            });
+        }
+        let parsed = format!("v = {value}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        let mut table = &mut *doc;
+        for seg in &path[..path.len() - 1] {
+            let entry = table
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("{seg} is not a section"),
+                    });
+                }
+            };
+        }
+        if let Some(last) = path.last() {
+            table.insert(last.clone(), parsed);
+        }
+    }
+    Ok(())
+}
+
+fn load_secrets(cfg: &mut Config) -> Result<(), ConfigError> {
+    let env_key = std::env::var("ARK_API_KEY").ok().filter(|k| !k.is_empty());
+    // A systemd credential (LoadCredential=ark_api_key:…) when no file is configured.
+    let cred = std::env::var_os("CREDENTIALS_DIRECTORY")
+        .map(|d| PathBuf::from(d).join("ark_api_key"))
+        .filter(|p| p.is_file());
+    cfg.ark.api_key = match (env_key, cfg.ark.api_key_file.clone().or(cred)) {
+        (Some(k), _) => Some(SecretString::from(k)),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::KeyFile { path, source })?;
+            Some(SecretString::from(text.trim().to_string()))
+        }
+        (None, None) => None,
+    };
+    let secret = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from)
+    };
+    cfg.archive.s3.access_key_id = secret("AWS_ACCESS_KEY_ID");
+    cfg.archive.s3.secret_access_key = secret("AWS_SECRET_ACCESS_KEY");
+    Ok(())
+}
+
+impl Config {
+    /// Checks cross-field rules and builds the model catalogue.
+    ///
+    /// # Errors
+    /// The first rule broken, naming the key.
+    pub fn validate(&self) -> Result<Catalogue, ConfigError> {
+        let url = url::Url::parse(&self.ark.base_url);
+        if !url.is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
+            return Err(ConfigError::Invalid {
+                key: "ark.base_url",
+                value: self.ark.base_url.clone(),
+                allowed: "an http(s) URL such as https://ark.cn-beijing.volces.com/api/v3".into(),
+            });
+        }
+        if self.ark.request_timeout >= self.service.shutdown_grace {
+            return Err(ConfigError::Invalid {
+                key: "service.shutdown_grace",
+                value: humantime::format_duration(self.service.shutdown_grace).to_string(),
+                allowed: format!(
+                    "longer than ark.request_timeout ({}), so in-flight requests can finish",
+                    humantime::format_duration(self.ark.request_timeout)
+                ),
+            });
+        }
+        if self.dispatch.lease <= self.ark.request_timeout {
+            return Err(ConfigError::Invalid {
+                key: "dispatch.lease",
+                value: humantime::format_duration(self.dispatch.lease).to_string(),
+                allowed:
+                    "longer than ark.request_timeout, so a lease outlives the request it covers"
+                        .into(),
+            });
+        }
+        if self.dispatch.max_attempts == 0 {
+            return Err(ConfigError::Invalid {
+                key: "dispatch.max_attempts",
+                value: "0".into(),
+                allowed: "at least 1".into(),
+            });
+        }
+        if !(1..=500).contains(&self.ark.list_page_size) {
+            return Err(ConfigError::Invalid {
+                key: "ark.list_page_size",
+                value: self.ark.list_page_size.to_string(),
+                allowed: "1..=500 (the API's page_size range)".into(),
+            });
+        }
+        if !["text", "json"].contains(&self.log.format.as_str()) {
+            return Err(ConfigError::Invalid {
+                key: "log.format",
+                value: self.log.format.clone(),
+                allowed: "text or json".into(),
+            });
+        }
+        if !self.archive.url.is_empty() {
+            let ok = url::Url::parse(&self.archive.url).is_ok_and(|u| {
+                matches!(u.scheme(), "file" | "s3" | "memory" | "gs" | "az" | "abfs")
+            });
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "archive.url",
+                    value: self.archive.url.clone(),
+                    allowed:
+                        "file:///path, s3://bucket/prefix, memory://, gs://bucket or az://container"
+                            .into(),
+                });
+            }
+        }
+        if !self.callback.public_url.is_empty() {
+            let ok = url::Url::parse(&self.callback.public_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "callback.public_url",
+                    value: self.callback.public_url.clone(),
+                    allowed: "an http(s) URL that Ark can reach".into(),
+                });
+            }
+        }
+        let models = self
+            .models
+            .iter()
+            .map(|(k, v)| {
+                let json = serde_json::to_value(v).unwrap_or(serde_json::Value::Null);
+                (k.clone(), json)
+            })
+            .collect();
+        Ok(Catalogue::with_overrides(&models)?)
+    }
+
+    /// The effective configuration as TOML, secrets redacted.
+    pub fn redacted_toml(&self) -> String {
+        let mut text = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# {e}\n"));
+        let mark = |s: &Option<SecretString>| {
+            if s.as_ref().is_some_and(|k| !k.expose_secret().is_empty()) {
+                "\"[redacted]\""
+            } else {
+                "(unset)"
+            }
+        };
+        text.push_str(&format!(
+            "\n# secrets (from the environment or key files, never from config.toml)\n\
+             # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n",
+            mark(&self.ark.api_key),
+            mark(&self.archive.s3.access_key_id),
+            mark(&self.archive.s3.secret_access_key),
+        ));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_overrides_nest_and_parse_scalars() {
+        let mut doc: toml::Table = "[dispatch]\nmax_attempts = 3\n".parse().expect("toml");
+        let vars = vec![
+            ("SEEDQ__DISPATCH__MAX_ATTEMPTS".to_string(), "7".to_string()),
+            (
+                "SEEDQ__ARK__BASE_URL".to_string(),
+                "http://127.0.0.1:1/api/v3".to_string(),
+            ),
+            (
+                "SEEDQ__ARCHIVE__S3__ALLOW_HTTP".to_string(),
+                "true".to_string(),
+            ),
+            ("UNRELATED".to_string(), "x".to_string()),
+        ];
+        apply_env(&mut doc, vars.into_iter()).expect("apply");
+        let cfg: Config = toml::Value::Table(doc).try_into().expect("config");
+        assert_eq!(cfg.dispatch.max_attempts, 7);
+        assert_eq!(cfg.ark.base_url, "http://127.0.0.1:1/api/v3");
+        assert!(cfg.archive.s3.allow_http);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let doc: toml::Table = "[poll]\nfirst_pol_after = \"5s\"\n".parse().expect("toml");
+        let err = toml::Value::Table(doc)
+            .try_into::<Config>()
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("first_pol_after")));
+    }
+
+    #[test]
+    fn validate_names_the_key() {
+        let mut cfg = Config::default();
+        cfg.service.shutdown_grace = Duration::from_secs(1);
+        let e = cfg.validate().err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("service.shutdown_grace")));
+        let mut cfg = Config::default();
+        cfg.archive.url = "ftp://x".into();
+        let e = cfg.validate().err().map(|e| e.to_string());
+        assert!(e.is_some_and(|e| e.contains("archive.url") && e.contains("ftp://x")));
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn secrets_never_serialise() {
+        let mut cfg = Config::default();
+        cfg.ark.api_key = Some(SecretString::from("sk-very-secret".to_string()));
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("sk-very-secret"));
+        assert!(shown.contains("[redacted]"));
+        assert!(!format!("{cfg:?}").contains("sk-very-secret"));
+    }
+}

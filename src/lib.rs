@@ -10,8 +10,10 @@
 
 pub mod ark;
 pub mod catalogue;
+pub mod cli;
 pub mod config;
 pub mod job;
 pub mod media;
 pub mod request;
 pub mod store;
+pub mod telemetry;

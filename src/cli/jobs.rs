@@ -1,0 +1,536 @@
+//! Job commands: submit, ls, show, stats, cancel, retry.
+
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+
+use super::Ctx;
+use crate::job::JobState;
+use crate::request::{self, JobSpec, Prepared};
+use crate::store::{CancelOutcome, Job, ListFilter, NewJob, RetryOutcome};
+
+/// `--json` alone.
+#[derive(Debug, Args)]
+pub struct JsonArg {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `seedq submit`.
+#[derive(Debug, Args, Default)]
+pub struct SubmitArgs {
+    /// The prompt (may contain inline commands such as `--rs 720p`; quote it).
+    pub prompt: Option<String>,
+    /// Read one JSON job per line from FILE (`-` for stdin) instead.
+    #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
+    pub file: Option<PathBuf>,
+    /// Model id or endpoint id; for --file, the default for lines without one.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    /// First-frame image: a file, an http(s) URL, a data: URL or asset://ID.
+    #[arg(long, value_name = "IMG")]
+    pub first_frame: Option<String>,
+    /// Last-frame image (with --first-frame).
+    #[arg(long, value_name = "IMG")]
+    pub last_frame: Option<String>,
+    /// Reference image (repeatable).
+    #[arg(long = "ref", value_name = "IMG")]
+    pub refs: Vec<String>,
+    /// Reference video URL or asset://ID (repeatable; 2.x models).
+    #[arg(long = "video-ref", value_name = "URL")]
+    pub video_refs: Vec<String>,
+    /// Reference audio URL or asset://ID (repeatable; 2.x models).
+    #[arg(long = "audio-ref", value_name = "URL")]
+    pub audio_refs: Vec<String>,
+    /// 480p, 720p or 1080p (model-dependent).
+    #[arg(long)]
+    pub resolution: Option<String>,
+    /// 16:9, 4:3, 1:1, 3:4, 9:16, 21:9 or adaptive.
+    #[arg(long)]
+    pub ratio: Option<String>,
+    /// Seconds.
+    #[arg(long, conflicts_with = "frames")]
+    pub duration: Option<i64>,
+    /// Frame count, 25 + 4n in [29, 289].
+    #[arg(long)]
+    pub frames: Option<i64>,
+    /// Seed in [-1, 4294967295]; without it seedq derives one from the job id.
+    #[arg(long, allow_hyphen_values = true)]
+    pub seed: Option<i64>,
+    #[arg(long)]
+    pub camera_fixed: bool,
+    #[arg(long)]
+    pub watermark: bool,
+    /// Also return the last frame as PNG (for chaining shots).
+    #[arg(long)]
+    pub return_last_frame: bool,
+    /// Use the flex tier (offline, half price, slower).
+    #[arg(long)]
+    pub flex: bool,
+    /// execution_expires_after, e.g. 48h (1h..72h).
+    #[arg(long, value_name = "DURATION")]
+    pub expires_after: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub callback_url: Option<String>,
+    /// seedq queue priority: higher is submitted first.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i64>,
+    /// Tag (repeatable).
+    #[arg(long = "tag")]
+    pub tags: Vec<String>,
+    /// Idempotency key: submitting the same key again is a no-op.
+    #[arg(long = "key", value_name = "IDEMPOTENCY_KEY")]
+    pub key: Option<String>,
+    /// Batch name.
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl SubmitArgs {
+    fn to_spec(&self) -> JobSpec {
+        JobSpec {
+            model: self.model.clone(),
+            prompt: self.prompt.clone(),
+            first_frame: self.first_frame.clone(),
+            last_frame: self.last_frame.clone(),
+            refs: self.refs.clone(),
+            video_refs: self.video_refs.clone(),
+            audio_refs: self.audio_refs.clone(),
+            resolution: self.resolution.clone(),
+            ratio: self.ratio.clone(),
+            duration: self.duration,
+            frames: self.frames,
+            seed: self.seed,
+            camera_fixed: self.camera_fixed.then_some(true),
+            watermark: self.watermark.then_some(true),
+            return_last_frame: self.return_last_frame.then_some(true),
+            flex: self.flex.then_some(true),
+            expires_after: self.expires_after.clone(),
+            callback_url: self.callback_url.clone(),
+            priority: self.priority,
+            tags: self.tags.clone(),
+            key: self.key.clone(),
+            batch: self.batch.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Fills a file line's missing fields from the command-line defaults.
+    fn apply_defaults(&self, spec: &mut JobSpec) {
+        if spec.model.is_none() {
+            spec.model = self.model.clone();
+        }
+        if self.flex && spec.flex.is_none() && spec.service_tier.is_none() {
+            spec.flex = Some(true);
+        }
+        if spec.expires_after.is_none() && spec.execution_expires_after.is_none() {
+            spec.expires_after = self.expires_after.clone();
+        }
+        if spec.priority.is_none() {
+            spec.priority = self.priority;
+        }
+        if spec.batch.is_none() {
+            spec.batch = self.batch.clone();
+        }
+        spec.tags.extend(self.tags.iter().cloned());
+    }
+}
+
+/// Converts a prepared job into a store row.
+pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
+    let request_json = serde_json::to_string(&p.request).context("serialising the request")?;
+    let e = &p.effective;
+    let shape = Some(match (e.frames, e.duration) {
+        (Some(f), _) => format!("{}/{f}f", e.resolution),
+        (None, Some(d)) => format!("{}/{d}s", e.resolution),
+        (None, None) => e.resolution.clone(),
+    });
+    Ok(NewJob {
+        id: p.id,
+        model: p.model,
+        flex: p.flex,
+        priority: p.priority,
+        request_json,
+        key: p.key,
+        tags: p.tags,
+        batch: p.batch,
+        shape,
+        est_tokens: p.est_tokens,
+        expires_after: Some(p.expires_after),
+        seed: p.seed,
+    })
+}
+
+/// The most errors listed before the rest are summarised.
+const MAX_LISTED_ERRORS: usize = 20;
+
+/// Parses and validates a JSONL stream; all or nothing.
+pub(crate) fn prepare_lines(
+    ctx: &Ctx,
+    reader: impl BufRead,
+    base_dir: &Path,
+    defaults: &SubmitArgs,
+) -> anyhow::Result<Vec<NewJob>> {
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let n = i + 1;
+        let line = line.with_context(|| format!("reading line {n}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = serde_json::from_str::<JobSpec>(&line)
+            .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+            .and_then(|mut spec| {
+                defaults.apply_defaults(&mut spec);
+                request::prepare(spec, &ctx.catalogue, base_dir)
+                    .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+            })
+            .and_then(new_job);
+        match parsed {
+            Ok(j) => jobs.push(j),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    if !errors.is_empty() {
+        let total = errors.len();
+        let mut msg = format!("{total} invalid line(s); nothing was imported:");
+        for e in errors.iter().take(MAX_LISTED_ERRORS) {
+            msg.push_str("\n  ");
+            msg.push_str(e);
+        }
+        if total > MAX_LISTED_ERRORS {
+            msg.push_str(&format!("\n  … and {} more", total - MAX_LISTED_ERRORS));
+        }
+        bail!(msg);
+    }
+    Ok(jobs)
+}
+
+pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let jobs = match &a.file {
+        Some(path) if path.as_os_str() == "-" => {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            prepare_lines(ctx, std::io::stdin().lock(), &cwd, &a)?
+        }
+        Some(path) => {
+            let f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            prepare_lines(
+                ctx,
+                std::io::BufReader::with_capacity(1 << 20, f),
+                &base,
+                &a,
+            )?
+        }
+        None => {
+            if a.prompt.is_none() && a.first_frame.is_none() && a.refs.is_empty() {
+                bail!("give a PROMPT, an image (--first-frame/--ref) or --file FILE");
+            }
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            vec![new_job(request::prepare(
+                a.to_spec(),
+                &ctx.catalogue,
+                &cwd,
+            )?)?]
+        }
+    };
+    let report = store.enqueue(jobs).await.context("storing the jobs")?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if a.file.is_none() {
+        match (report.inserted.first(), report.skipped.first()) {
+            (Some(id), _) => println!("{id}"),
+            (None, Some((key, id))) => println!("{id} (already queued with key {key})"),
+            (None, None) => {}
+        }
+    } else {
+        println!(
+            "imported {} job(s), skipped {} duplicate(s)",
+            report.inserted.len(),
+            report.skipped.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `seedq ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    #[arg(long)]
+    pub state: Option<JobState>,
+    #[arg(long)]
+    pub tag: Option<String>,
+    #[arg(long)]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub batch: Option<String>,
+    /// At most this many jobs, newest first.
+    #[arg(long, default_value_t = 50)]
+    pub limit: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl clap::ValueEnum for JobState {
+    fn value_variants<'a>() -> &'a [Self] {
+        &JobState::ALL
+    }
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.as_str()))
+    }
+}
+
+fn fmt_time(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn color(state: JobState) -> &'static str {
+    match state {
+        JobState::Archived | JobState::Succeeded => "\x1b[32m",
+        JobState::Failed | JobState::Dead | JobState::Expired => "\x1b[31m",
+        JobState::SubmitUnknown => "\x1b[33m",
+        _ => "",
+    }
+}
+
+fn use_color() -> bool {
+    std::env::var_os("NO_COLOR").is_none() && std::io::stdout().is_terminal()
+}
+
+fn state_cell(state: JobState, colored: bool) -> String {
+    let c = color(state);
+    if colored && !c.is_empty() {
+        format!("{c}{:<14}\x1b[0m", state.as_str())
+    } else {
+        format!("{:<14}", state.as_str())
+    }
+}
+
+pub(crate) async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
+    let jobs = ctx
+        .store()?
+        .list(ListFilter {
+            state: a.state,
+            model: a.model,
+            tag: a.tag,
+            batch: a.batch,
+            limit: Some(a.limit),
+        })
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &jobs)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let colored = use_color();
+    writeln!(
+        out,
+        "{:<26}  {:<14}  {:<36}  {:<7}  {:<26}  CREATED",
+        "ID", "STATE", "MODEL", "TIER", "REMOTE"
+    )?;
+    for j in &jobs {
+        writeln!(
+            out,
+            "{:<26}  {}  {:<36}  {:<7}  {:<26}  {}",
+            j.id,
+            state_cell(j.state, colored),
+            j.model,
+            j.service_tier,
+            j.remote_task_id.as_deref().unwrap_or("-"),
+            fmt_time(j.created_at)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `seedq show ID`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub id: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn print_job(out: &mut impl Write, j: &Job) -> std::io::Result<()> {
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+    let num = |v: Option<i64>| v.map_or_else(|| "-".into(), |n| n.to_string());
+    let time = |v: Option<i64>| v.map_or_else(|| "-".into(), fmt_time);
+    let rows = [
+        ("id", j.id.to_string()),
+        ("state", j.state.to_string()),
+        ("model", j.model.clone()),
+        ("tier", j.service_tier.clone()),
+        ("priority", j.priority.to_string()),
+        ("shape", opt(&j.shape)),
+        ("seed", num(j.seed)),
+        ("tags", j.tags.join(", ")),
+        ("batch", opt(&j.batch_id)),
+        ("key", opt(&j.idempotency_key)),
+        ("attempts", j.attempts.to_string()),
+        ("created", fmt_time(j.created_at)),
+        ("submitted", time(j.submitted_at)),
+        ("finished", time(j.finished_at)),
+        ("remote task", opt(&j.remote_task_id)),
+        ("remote status", opt(&j.remote_status)),
+        ("est. tokens", num(j.est_tokens)),
+        ("usage tokens", num(j.usage_tokens)),
+        ("video url", opt(&j.video_url)),
+        ("last frame url", opt(&j.last_frame_url)),
+        ("archive key", opt(&j.archive_key)),
+        ("archive sha256", opt(&j.archive_sha256)),
+        ("archive size", num(j.archive_size)),
+        (
+            "last error",
+            match (&j.last_error_code, &j.last_error_message) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.clone(),
+                _ => "-".into(),
+            },
+        ),
+    ];
+    for (k, v) in rows {
+        writeln!(out, "{k:>15}  {v}")?;
+    }
+    writeln!(out, "{:>15}  {}", "request", j.request_json)?;
+    Ok(())
+}
+
+pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let Some(job) = store.job(&a.id).await? else {
+        eprintln!("error: no job with id {}", a.id);
+        return Ok(ExitCode::from(1));
+    };
+    let events = store.events(&a.id).await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({ "job": job, "events": events });
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+    } else {
+        print_job(&mut out, &job)?;
+        writeln!(out, "\nhistory:")?;
+        for e in events {
+            writeln!(
+                out,
+                "  {}  {:>14} -> {:<14}  {}",
+                fmt_time(e.at),
+                e.from_state.as_deref().unwrap_or(""),
+                e.to_state,
+                e.detail.as_deref().unwrap_or("")
+            )?;
+        }
+    }
+    let failed = matches!(
+        job.state,
+        JobState::Failed | JobState::Dead | JobState::Expired
+    );
+    Ok(if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
+    let rows = ctx.store()?.stats().await?;
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<14}  {:>8}  {:>14}  {:>14}",
+        "MODEL", "STATE", "JOBS", "EST. TOKENS", "USED TOKENS"
+    )?;
+    for r in rows {
+        writeln!(
+            out,
+            "{:<36}  {:<14}  {:>8}  {:>14}  {:>14}",
+            r.model,
+            r.state.as_str(),
+            r.jobs,
+            r.est_tokens,
+            r.usage_tokens
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `seedq cancel|retry ID…`.
+#[derive(Debug, Args)]
+pub struct IdsArgs {
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+}
+
+pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let mut missing = false;
+    for id in &a.ids {
+        match store.cancel(id).await? {
+            CancelOutcome::Cancelled => println!("{id}: cancelled"),
+            CancelOutcome::Requested => {
+                println!("{id}: cancel requested; the worker will cancel the remote task")
+            }
+            CancelOutcome::AlreadyFinal { state } => {
+                println!("{id}: already {state}, nothing to cancel")
+            }
+            CancelOutcome::NotFound => {
+                eprintln!("{id}: no such job");
+                missing = true;
+            }
+        }
+    }
+    Ok(if missing {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let mut bad = false;
+    for id in &a.ids {
+        match store.retry(id).await? {
+            RetryOutcome::Requeued => println!("{id}: queued again"),
+            RetryOutcome::NotRetryable { state } => {
+                eprintln!(
+                    "{id}: is {state}; only failed, dead, expired or cancelled jobs can be retried"
+                );
+                bad = true;
+            }
+            RetryOutcome::NotFound => {
+                eprintln!("{id}: no such job");
+                bad = true;
+            }
+        }
+    }
+    Ok(if bad {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,156 @@
+//! The command line: clap definitions and one function per command.
+//!
+//! Configuration is loaded and validated here, once, and passed down as typed structs.
+//! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
+
+mod jobs;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::catalogue::Catalogue;
+use crate::config::{self, Config};
+use crate::store::Store;
+
+/// seedq: a durable job queue for the Seedance video-generation API.
+#[derive(Debug, Parser)]
+#[command(name = "seedq", version, about, long_about = None)]
+pub struct Cli {
+    /// Config file (default: $SEEDQ_CONFIG, /etc/seedq/config.toml, ./config.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// SQLite database file (overrides store.path).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// Log filter, e.g. `seedq=debug` (overrides log.level; RUST_LOG wins).
+    #[arg(long, global = true, value_name = "FILTER")]
+    pub log: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Add one job, or many from a JSONL file (`--file`), to the queue.
+    Submit(jobs::SubmitArgs),
+    /// List jobs.
+    Ls(jobs::LsArgs),
+    /// Show one job and its history.
+    Show(jobs::ShowArgs),
+    /// Counts and tokens per state and model.
+    Stats(jobs::JsonArg),
+    /// Cancel jobs: queued ones at once, remote ones via the worker.
+    Cancel(jobs::IdsArgs),
+    /// Put failed, dead, expired or cancelled jobs back in the queue.
+    Retry(jobs::IdsArgs),
+    /// Apply database migrations.
+    Migrate,
+    /// Show or check the effective configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+}
+
+/// `seedq config …`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, secrets redacted.
+    Show,
+    /// Validate the configuration and exit 0 when it is usable.
+    Check,
+}
+
+/// `seedq completions SHELL`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    pub shell: clap_complete::Shell,
+}
+
+/// Everything a command needs from the configuration.
+pub(crate) struct Ctx {
+    pub cfg: Config,
+    pub catalogue: Catalogue,
+}
+
+impl Ctx {
+    pub(crate) fn load(cli: &Cli) -> anyhow::Result<Self> {
+        let path = config::discover(cli.config.as_deref());
+        let mut cfg = config::load(path.as_deref()).context("loading configuration")?;
+        if let Some(db) = &cli.db {
+            cfg.store.path = db.clone();
+        }
+        if let Some(l) = &cli.log {
+            cfg.log.level = l.clone();
+        }
+        let catalogue = cfg.validate().context("invalid configuration")?;
+        Ok(Self { cfg, catalogue })
+    }
+
+    pub(crate) fn store(&self) -> anyhow::Result<Store> {
+        Store::open(&self.cfg.store.path)
+            .with_context(|| format!("opening the job store {}", self.cfg.store.path.display()))
+    }
+}
+
+/// The exit code for an error: every error is a usage, validation or environment problem.
+pub fn exit_code(_err: &anyhow::Error) -> u8 {
+    2
+}
+
+/// Runs a parsed command line.
+///
+/// # Errors
+/// Whatever the command reports; `main` prints it and exits 2.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions(c) = &cli.command {
+        clap_complete::generate(
+            c.shell,
+            &mut Cli::command(),
+            "seedq",
+            &mut std::io::stdout(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let ctx = Ctx::load(&cli)?;
+    crate::telemetry::init(&ctx.cfg.log.level, &ctx.cfg.log.format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Submit(a) => jobs::submit(&ctx, a).await,
+            Command::Ls(a) => jobs::ls(&ctx, a).await,
+            Command::Show(a) => jobs::show(&ctx, a).await,
+            Command::Stats(a) => jobs::stats(&ctx, a).await,
+            Command::Cancel(a) => jobs::cancel(&ctx, a).await,
+            Command::Retry(a) => jobs::retry(&ctx, a).await,
+            Command::Migrate => {
+                let store = ctx.store()?;
+                println!(
+                    "{}: schema version {}",
+                    store.path().display(),
+                    store.schema_version().await?
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Show) => {
+                print!("{}", ctx.cfg.redacted_toml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Config(ConfigCommand::Check) => {
+                println!(
+                    "configuration ok ({} models known)",
+                    ctx.catalogue.iter().count()
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Completions(_) => Ok(ExitCode::SUCCESS),
+        }
+    })
+}

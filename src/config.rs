@@ -146,6 +146,10 @@ pub struct DispatchConfig {
     pub tpd_utc_offset_hours: i32,
     /// Concurrent create requests in flight.
     pub workers: u32,
+    /// The window over which `rpm` creates are allowed. 60 s against the real API; only
+    /// shorten it to match a time-scaled simulator.
+    #[serde(with = "humantime_serde")]
+    pub rpm_window: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -162,6 +166,7 @@ impl Default for DispatchConfig {
             idle_interval: Duration::from_secs(2),
             tpd_utc_offset_hours: 8,
             workers: 8,
+            rpm_window: Duration::from_secs(60),
         }
     }
 }

@@ -17,3 +17,4 @@ pub mod media;
 pub mod request;
 pub mod store;
 pub mod telemetry;
+pub mod worker;

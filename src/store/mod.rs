@@ -367,8 +367,8 @@ impl Store {
                 let mut insert = tx.prepare_cached(
                     "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
                      priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-                     deadline_at, next_attempt_at, seed) \
-                     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?2, ?13) \
+                     deadline_at, next_attempt_at, seed, callback_token) \
+                     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?2, ?13, lower(hex(randomblob(16)))) \
                      ON CONFLICT (idempotency_key) DO NOTHING",
                 )?;
                 let mut event = tx.prepare_cached(
@@ -672,6 +672,7 @@ impl Store {
     pub async fn claim_for_submit(
         &self,
         model: &str,
+        flex_allowed: bool,
         owner: &str,
         lease_ms: i64,
     ) -> Result<Option<Job>, StoreError> {
@@ -686,10 +687,11 @@ impl Store {
                          attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
                          next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
                          WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
-                                     AND next_attempt_at <= ?1 ORDER BY priority DESC, id LIMIT 1) \
+                                     AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
+                                     ORDER BY priority DESC, id LIMIT 1) \
                          RETURNING {JOB_COLUMNS}"
                     ),
-                    params![now, owner, lease_ms, model],
+                    params![now, owner, lease_ms, model, flex_allowed],
                     job_from_row,
                 )
                 .optional()?;
@@ -855,6 +857,44 @@ impl Store {
                 |r| r.get(0),
             )?;
             Ok(v.map(|x| x as i64))
+        })
+        .await
+    }
+
+    /// Jobs that still need the service: queued, submitting, submitted, succeeded and
+    /// archiving (the last two only when archiving is on), and submit_unknown jobs still
+    /// inside their reconciliation grace (`unknown_since_ms`). Parked jobs wait for an operator.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn pending_work(
+        &self,
+        archive: bool,
+        unknown_since_ms: i64,
+    ) -> Result<i64, StoreError> {
+        self.call(move |c| {
+            Ok(c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'submitting', 'submitted') \
+                 OR (?1 AND state IN ('succeeded', 'archiving')) \
+                 OR (state = 'submit_unknown' AND COALESCE(submit_started_at, 0) >= ?2)",
+                params![archive, unknown_since_ms],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Creates per model since `since_ms`, to seed the RPM window after a restart.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT model, submit_started_at FROM jobs WHERE submit_started_at >= ?1",
+            )?;
+            let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

@@ -76,7 +76,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", "w", 60_000)
+        .claim_for_submit("m", true, "w", 60_000)
         .await
         .expect("claim")
         .expect("a job");
@@ -84,13 +84,13 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
     assert_eq!(j.state, JobState::Submitting);
     assert_eq!(j.attempts, 1);
     let j2 = s
-        .claim_for_submit("m", "w", 60_000)
+        .claim_for_submit("m", true, "w", 60_000)
         .await
         .expect("claim")
         .expect("a job");
     assert_eq!(j2.id, low.id);
     assert!(
-        s.claim_for_submit("m", "w", 60_000)
+        s.claim_for_submit("m", true, "w", 60_000)
             .await
             .expect("claim")
             .is_none()
@@ -193,7 +193,7 @@ async fn cancel_and_retry() {
     );
     // Remote jobs are only flagged.
     let c = s
-        .claim_for_submit("m", "w", 1000)
+        .claim_for_submit("m", true, "w", 1000)
         .await
         .expect("claim")
         .expect("job");
@@ -213,7 +213,7 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", "w", 1000)
+        .claim_for_submit("m", true, "w", 1000)
         .await
         .expect("claim")
         .expect("job");

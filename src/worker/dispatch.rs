@@ -1,0 +1,287 @@
+//! The dispatcher: claim a queued job within its model's limits, POST it, record the outcome.
+//!
+//! Never pay twice (design.md): the claim records the intent (`submitting`, with a timestamp)
+//! before the POST; the remote id is written the moment the POST returns; anything ambiguous
+//! becomes `submit_unknown` for reconciliation and is never blindly re-POSTed. Only failures
+//! that provably did not reach the API (connect refused, 429, 4xx) go back to the queue.
+
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::limiter::{Blocked, Limiter};
+use super::{Ctx, Outcome, ms};
+use crate::ark::ErrorClass;
+use crate::job::JobState;
+use crate::store::{Job, Patch, now_ms};
+
+/// The dispatcher loop.
+///
+/// # Errors
+/// Only when the store is gone.
+pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let poke = ctx.poke_dispatch.clone();
+    super::stage_loop("dispatch", &ctx, Some(poke), shutdown, || step(&ctx)).await
+}
+
+/// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).
+pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    (now + off).div_euclid(86_400_000) * 86_400_000 - off
+}
+
+/// Claims and submits at most one job.
+///
+/// # Errors
+/// Store failures.
+pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    ctx.store.expire_overdue().await?;
+    let mut models = ctx.store.queued_models().await?;
+    if models.is_empty() {
+        return Ok(Outcome::Idle(
+            ctx.store.next_due(&[JobState::Queued]).await?,
+        ));
+    }
+    // Rotate so one busy model cannot starve the others.
+    let n = models.len();
+    models.rotate_left(usize::try_from(now_ms()).unwrap_or(0) % n);
+    let mut wake: Option<i64> = None;
+    for (model, _) in models {
+        let limits = Limiter::limits(&ctx.catalogue, &model);
+        let claimed = {
+            let _admission = ctx.admission.lock().await;
+            let now = now_ms();
+            if let Err(b) = ctx.limiter.check(&model, limits.rpm, now) {
+                let (Blocked::Paused(t) | Blocked::Rpm(t)) = b;
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+                continue;
+            }
+            let in_flight = ctx
+                .store
+                .in_flight()
+                .await?
+                .get(&model)
+                .copied()
+                .unwrap_or(0);
+            if in_flight >= i64::from(limits.concurrency) {
+                continue;
+            }
+            let flex_ok = flex_budget_left(ctx, &model, limits.flex_tpd).await?;
+            let job = ctx
+                .store
+                .claim_for_submit(&model, flex_ok, &ctx.owner, ctx.lease_ms())
+                .await?;
+            if job.is_some() {
+                ctx.limiter.record(&model, now);
+            }
+            job
+        };
+        if let Some(job) = claimed {
+            let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
+            submit(ctx, job).instrument(span).await?;
+            return Ok(Outcome::Worked);
+        }
+    }
+    Ok(Outcome::Idle(wake))
+}
+
+/// Whether flex jobs of `model` may be submitted today: the estimated tokens already submitted
+/// since the day began are below the TPD budget.
+async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::Result<bool> {
+    let Some(tpd) = tpd else { return Ok(true) };
+    let since = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
+    let spent = ctx.store.flex_tokens_since(model, since).await?;
+    Ok(u64::try_from(spent).unwrap_or(0) < tpd)
+}
+
+async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
+    let token = job.lease_token;
+    if job.cancel_requested {
+        ctx.store
+            .transition(
+                &job.id,
+                JobState::Submitting,
+                token,
+                JobState::Cancelled,
+                Patch::new(),
+                Some("cancelled before submit".into()),
+            )
+            .await?;
+        return Ok(());
+    }
+    // The flex budget must hold for this job too, not only for those before it.
+    if job.is_flex() {
+        let limits = Limiter::limits(&ctx.catalogue, &job.model);
+        if let Some(tpd) = limits.flex_tpd {
+            let day = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
+            let spent = ctx.store.flex_tokens_since(&job.model, day).await?;
+            let need = job.est_tokens.unwrap_or(0);
+            if u64::try_from(spent + need).unwrap_or(u64::MAX) > tpd {
+                let next_day = day + 86_400_000;
+                tracing::info!(
+                    spent,
+                    need,
+                    tpd,
+                    "flex daily token budget reached; waiting for the next day"
+                );
+                ctx.store
+                    .transition(
+                        &job.id,
+                        JobState::Submitting,
+                        token,
+                        JobState::Queued,
+                        Patch::new()
+                            .set("attempts", job.attempts - 1)
+                            .set("next_attempt_at", next_day),
+                        Some(format!(
+                            "flex TPD budget reached ({spent}+{need} > {tpd} tokens)"
+                        )),
+                    )
+                    .await?;
+                return Ok(());
+            }
+        }
+    }
+    let body = with_callback(ctx, &job)?;
+    let result = ctx.ark.create(&body).await;
+    let now = now_ms();
+    match result {
+        Ok(resp) => {
+            let first_poll = super::poll::first_poll_at(ctx, &job, now).await?;
+            let patch = Patch::new()
+                .set("remote_task_id", resp.id.clone())
+                .set("remote_status", "queued".to_string())
+                .set("submitted_at", now)
+                .set("next_attempt_at", first_poll)
+                .set("poll_count", 0i64)
+                .clear("lease_until")
+                .clear("last_error_code")
+                .clear("last_error_message");
+            match ctx
+                .store
+                .transition(
+                    &job.id,
+                    JobState::Submitting,
+                    token,
+                    JobState::Submitted,
+                    patch,
+                    Some(format!("accepted as {}", resp.id)),
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(remote_id = %resp.id, "submitted");
+                    ctx.poke_poll.notify_one();
+                    Ok(())
+                }
+                // The lease ran out during the POST and reconciliation took the job over:
+                // give it the id we now know, so nothing is paid twice.
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    super::reconcile::adopt_known(ctx, &job.id, &resp.id, now).await
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        Err(e) => {
+            let class = e.class();
+            let code = e.code().unwrap_or("transport").to_string();
+            let msg = format!("{e:#}");
+            let backoff = ctx.submit_backoff();
+            let (to, patch, detail) = match class {
+                ErrorClass::Throttled(ra) => {
+                    let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);
+                    let until = now + ms(pause);
+                    ctx.limiter.pause(&job.model, until);
+                    tracing::warn!(code = %code, pause = ?pause, "throttled; pausing this model's creates");
+                    // A 429 is the account's limit, not the job's fault: it keeps its attempts.
+                    (
+                        JobState::Queued,
+                        Patch::new()
+                            .set("attempts", job.attempts - 1)
+                            .set("next_attempt_at", until),
+                        format!("throttled: {code}"),
+                    )
+                }
+                ErrorClass::NeverSent
+                    if job.attempts < i64::from(ctx.cfg.dispatch.max_attempts) =>
+                {
+                    let delay =
+                        backoff.delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
+                    tracing::warn!(error = %msg, retry_in = ?delay, "create never reached ark; will retry");
+                    (
+                        JobState::Queued,
+                        Patch::new().set("next_attempt_at", now + ms(delay)),
+                        format!("never sent: {msg}"),
+                    )
+                }
+                ErrorClass::NeverSent => (
+                    JobState::Dead,
+                    Patch::new(),
+                    format!("attempts exhausted: {msg}"),
+                ),
+                ErrorClass::Rejected | ErrorClass::Transient => {
+                    tracing::error!(code = %code, error = %msg, "create rejected");
+                    (JobState::Failed, Patch::new(), format!("rejected: {code}"))
+                }
+                ErrorClass::Ambiguous => {
+                    tracing::warn!(error = %msg, "create outcome unknown; reconciling");
+                    (
+                        JobState::SubmitUnknown,
+                        Patch::new().set(
+                            "next_attempt_at",
+                            now + ms(ctx.cfg.dispatch.reconcile_interval).min(5_000),
+                        ),
+                        format!("ambiguous: {msg}"),
+                    )
+                }
+            };
+            let patch = patch
+                .set("last_error_code", code)
+                .set("last_error_message", msg)
+                .clear("lease_until");
+            ctx.store
+                .transition(
+                    &job.id,
+                    JobState::Submitting,
+                    token,
+                    to,
+                    patch,
+                    Some(detail),
+                )
+                .await?;
+            if to == JobState::Queued {
+                ctx.poke_dispatch.notify_one();
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The frozen body, plus seedq's own callback URL when callbacks are on and the user set
+/// none. The user's fields are never changed.
+fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
+    let Some(url) = super::callback::url_for(ctx, job) else {
+        return Ok(job.request_json.clone());
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&job.request_json)?;
+    if let Some(o) = v.as_object_mut()
+        && !o.contains_key("callback_url")
+    {
+        o.insert("callback_url".into(), serde_json::Value::String(url));
+    }
+    Ok(serde_json::to_string(&v)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tpd_days_start_at_beijing_midnight() {
+        // 2026-05-14T16:00:00Z is midnight in UTC+8.
+        let midnight_bj = 1_778_774_400_000;
+        assert_eq!(day_start_ms(midnight_bj, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
+        assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
+    }
+}

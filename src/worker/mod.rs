@@ -1,0 +1,279 @@
+//! The service: dispatch, reconcile and poll stages under one supervisor.
+//!
+//! Each stage is a `step` (one unit of work, returns [`Outcome`]) and a `run` loop around it.
+//! The supervisor spawns the stages in a `JoinSet` with child cancellation tokens, waits for
+//! a shutdown signal, a stage exiting, or (in `run` mode) for the queue to drain, then cancels,
+//! drains within the grace period and aborts stragglers. A panic or an early stage exit is an
+//! error: the service never stays up half-alive.
+
+pub mod callback;
+pub mod dispatch;
+pub mod limiter;
+pub mod poll;
+pub mod reconcile;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::ark::ArkClient;
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::job::Backoff;
+use crate::store::{Store, now_ms};
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Did something; call again at once.
+    Worked,
+    /// Nothing to do now; the optional hint says when something will be due (ms).
+    Idle(Option<i64>),
+}
+
+/// Shared state for the stages.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Store,
+    pub ark: ArkClient,
+    pub catalogue: Arc<Catalogue>,
+    pub cfg: Arc<Config>,
+    pub limiter: Arc<limiter::Limiter>,
+    /// Serialises admission (read in-flight count, claim) across dispatchers.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Poked when a stage makes work for another (a submit makes polling work).
+    pub poke_poll: Arc<Notify>,
+    pub poke_dispatch: Arc<Notify>,
+    /// Identifies this process in leases.
+    pub owner: String,
+}
+
+impl Ctx {
+    /// Builds the context from a validated configuration.
+    ///
+    /// # Errors
+    /// No API key, or the HTTP client cannot be built.
+    pub fn new(cfg: Config, catalogue: Catalogue, store: Store) -> anyhow::Result<Self> {
+        let key = cfg.ark.api_key.clone().context(
+            "no Ark API key: set ARK_API_KEY, or ark.api_key_file, or a systemd credential named ark_api_key",
+        )?;
+        let ark = ArkClient::new(
+            &cfg.ark.base_url,
+            key,
+            cfg.ark.connect_timeout,
+            cfg.ark.request_timeout,
+        )?;
+        Ok(Self {
+            store,
+            ark,
+            catalogue: Arc::new(catalogue),
+            limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_window)),
+            cfg: Arc::new(cfg),
+            admission: Arc::new(tokio::sync::Mutex::new(())),
+            poke_poll: Arc::new(Notify::new()),
+            poke_dispatch: Arc::new(Notify::new()),
+            owner: format!("{}-{}", hostname(), std::process::id()),
+        })
+    }
+
+    /// The retry backoff for submit attempts.
+    pub fn submit_backoff(&self) -> Backoff {
+        Backoff {
+            base: self.cfg.dispatch.backoff_base,
+            max: self.cfg.dispatch.backoff_max,
+        }
+    }
+
+    pub(crate) fn lease_ms(&self) -> i64 {
+        ms(self.cfg.dispatch.lease)
+    }
+
+    pub(crate) fn callbacks_on(&self) -> bool {
+        !self.cfg.callback.public_url.is_empty()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "seedq".into())
+}
+
+/// Milliseconds in a duration, saturating.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long to sleep when a step reported `Idle(hint)`.
+pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
+    match hint {
+        Some(at) => {
+            let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+            wait.min(idle)
+        }
+        None => idle,
+    }
+}
+
+/// The loop every stage runs: step until idle, then wait for a poke, the idle interval or
+/// shutdown. Errors are logged and backed off; only the store closing ends the loop early.
+pub(crate) async fn stage_loop<F, Fut>(
+    name: &'static str,
+    ctx: &Ctx,
+    poke: Option<Arc<Notify>>,
+    shutdown: CancellationToken,
+    mut step: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Outcome>>,
+{
+    let idle = ctx.cfg.dispatch.idle_interval;
+    let mut errors = 0u32;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let wait = match step().await {
+            Ok(Outcome::Worked) => {
+                errors = 0;
+                continue;
+            }
+            Ok(Outcome::Idle(hint)) => {
+                errors = 0;
+                idle_sleep(idle, hint)
+            }
+            Err(e) => {
+                if e.downcast_ref::<crate::store::StoreError>()
+                    .is_some_and(|s| matches!(s, crate::store::StoreError::Closed))
+                {
+                    return Err(e.context(format!("{name} stage: the store is gone")));
+                }
+                errors += 1;
+                let d = Backoff {
+                    base: Duration::from_millis(200),
+                    max: Duration::from_secs(30),
+                }
+                .delay_random(errors, None);
+                tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
+                d
+            }
+        };
+        let poked = async {
+            match &poke {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Cancel-safe: all three branches only wait.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = poked => {}
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// How the service ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Until a signal.
+    Serve,
+    /// Until nothing is left to do (or a signal).
+    UntilDrained,
+}
+
+/// Runs the service until `shutdown` resolves (or the queue drains in `UntilDrained` mode).
+///
+/// # Errors
+/// A stage died or panicked, or the store failed at start.
+pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let since = now_ms() - ms(ctx.cfg.dispatch.rpm_window);
+    ctx.limiter.seed(&ctx.store.creates_since(since).await?);
+    // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
+    // resolved (or parked) first.
+    reconcile::recover_stale(&ctx).await?;
+
+    let token = CancellationToken::new();
+    let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    for _ in 0..ctx.cfg.dispatch.workers.max(1) {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("dispatch", dispatch::run(c, t).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("poll", poll::run(c, t).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("reconcile", reconcile::run(c, t).await) });
+    }
+    if ctx.callbacks_on() {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("callback", callback::run(c, t).await) });
+    }
+    tracing::info!(mode = ?mode, "seedq service started");
+
+    let drained = async {
+        if mode == Mode::Serve {
+            return std::future::pending::<anyhow::Result<()>>().await;
+        }
+        loop {
+            let grace_start = now_ms() - ms(ctx.cfg.dispatch.reconcile_grace);
+            if ctx.store.pending_work(false, grace_start).await? == 0 {
+                return Ok(());
+            }
+            tokio::time::sleep(
+                ctx.cfg
+                    .dispatch
+                    .idle_interval
+                    .min(Duration::from_millis(250)),
+            )
+            .await;
+        }
+    };
+    let mut result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutdown requested; finishing in-flight steps");
+            Ok(())
+        }
+        r = drained => r.context("checking for remaining work"),
+        Some(joined) = set.join_next() => Err(stage_exit(joined)),
+    };
+    token.cancel();
+    let grace = ctx.cfg.service.shutdown_grace;
+    let drain = async {
+        while let Some(joined) = set.join_next().await {
+            if let Ok((name, Err(e))) = &joined {
+                tracing::error!(stage = name, error = %format!("{e:#}"), "stage failed while stopping");
+            }
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                result = Err(anyhow::anyhow!("a stage panicked while stopping"));
+            }
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(grace = ?grace, "stages still running after the grace period; aborting them (leases cover their jobs)");
+        set.abort_all();
+    }
+    result
+}
+
+fn stage_exit(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Error {
+    match joined {
+        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} stage stopped unexpectedly"),
+        Ok((name, Err(e))) => e.context(format!("the {name} stage failed")),
+        Err(e) if e.is_panic() => anyhow::anyhow!("a stage panicked: {e}"),
+        Err(e) => anyhow::anyhow!("a stage was cancelled: {e}"),
+    }
+}

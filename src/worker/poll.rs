@@ -1,0 +1,410 @@
+//! The poller: batch status of in-flight tasks, reschedule or finish each.
+//!
+//! One list request with many `filter.task_ids` answers for a whole set of due tasks; a
+//! task missing from the answer gets a GET of its own. The first poll lands near the
+//! expected finish (learned from recent completions of the same model, tier and shape), later
+//! ones back off exponentially with full jitter up to a cap. [`apply`] is shared with the
+//! callback endpoint, so a callback and a poll record a status the same way.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Ctx, Outcome, ms};
+use crate::ark::wire::{Task, TaskStatus};
+use crate::ark::{ErrorClass, ListQuery};
+use crate::job::{Backoff, JobState};
+use crate::store::{Job, Patch, StoreError, now_ms};
+
+/// Remote failure codes worth a new attempt: the service's fault, not the request's.
+const TRANSIENT_REMOTE_CODES: [&str; 3] = [
+    "InternalServiceError",
+    "ServerOverloaded",
+    "ServiceUnavailable",
+];
+/// Completions averaged to predict the next one.
+const HISTORY: u32 = 20;
+/// Video URLs are valid 24 h unless the URL says otherwise.
+const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
+
+/// The poll loop.
+///
+/// # Errors
+/// Only when the store is gone.
+pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let poke = ctx.poke_poll.clone();
+    super::stage_loop("poll", &ctx, Some(poke), shutdown, || step(&ctx)).await
+}
+
+/// When to poll a freshly submitted job first.
+///
+/// # Errors
+/// Store failures.
+pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64> {
+    let p = &ctx.cfg.poll;
+    let learned = ctx
+        .store
+        .recent_generation_ms(&job.model, &job.service_tier, job.shape.as_deref(), HISTORY)
+        .await?;
+    let default = if job.is_flex() {
+        p.flex_first_poll_after
+    } else {
+        p.first_poll_after
+    };
+    let expected = learned.unwrap_or(ms(default));
+    let mut delay = (expected as f64 * p.first_poll_fraction) as i64;
+    if ctx.callbacks_on() {
+        // Callbacks report the finish; polling is only the safety net.
+        delay = delay.max(ms(p.callback_safety_interval));
+    }
+    Ok(now + delay.max(ms(p.min_interval)))
+}
+
+fn next_poll_delay(ctx: &Ctx, job: &Job) -> Duration {
+    let p = &ctx.cfg.poll;
+    if ctx.callbacks_on() {
+        return p.callback_safety_interval;
+    }
+    let max = if job.is_flex() {
+        p.flex_max_interval
+    } else {
+        p.max_interval
+    };
+    let b = Backoff {
+        base: p.min_interval,
+        max,
+    };
+    // Full jitter, but never below a tenth of the base: a zero wait would hammer the API.
+    b.delay_random(u32::try_from(job.poll_count + 1).unwrap_or(u32::MAX), None)
+        .max(p.min_interval / 10)
+}
+
+/// Polls one batch of due jobs.
+///
+/// # Errors
+/// Store failures.
+pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let lease = ctx.lease_ms();
+    let jobs = ctx
+        .store
+        .claim_due(
+            JobState::Submitted,
+            &ctx.owner,
+            lease,
+            ctx.cfg.ark.list_page_size,
+        )
+        .await?;
+    if jobs.is_empty() {
+        return Ok(Outcome::Idle(
+            ctx.store.next_due(&[JobState::Submitted]).await?,
+        ));
+    }
+    let (cancels, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| j.cancel_requested);
+    for j in cancels {
+        cancel_remote(ctx, j).await?;
+    }
+    if jobs.is_empty() {
+        return Ok(Outcome::Worked);
+    }
+    let ids: Vec<String> = jobs
+        .iter()
+        .filter_map(|j| j.remote_task_id.clone())
+        .collect();
+    let q = ListQuery {
+        page_size: Some(u32::try_from(ids.len()).unwrap_or(1).max(1)),
+        task_ids: ids,
+        ..Default::default()
+    };
+    let listed: HashMap<String, Task> = match ctx.ark.list(&q).await {
+        Ok(resp) => resp.items.into_iter().map(|t| (t.id.clone(), t)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), jobs = jobs.len(), "batch status failed; will retry");
+            for j in jobs {
+                let delay = next_poll_delay(ctx, &j);
+                reschedule(ctx, &j, now_ms() + ms(delay), None).await?;
+            }
+            return Ok(Outcome::Worked);
+        }
+    };
+    for job in jobs {
+        let Some(remote) = job.remote_task_id.clone() else {
+            continue;
+        };
+        let task = match listed.get(&remote) {
+            Some(t) => Some(t.clone()),
+            // Not in the list answer: ask for it directly before concluding anything.
+            None => match ctx.ark.get(&remote).await {
+                Ok(t) => Some(t),
+                Err(e) if e.status() == Some(404) => None,
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "status check failed; will retry");
+                    reschedule(ctx, &job, now_ms() + ms(next_poll_delay(ctx, &job)), None).await?;
+                    continue;
+                }
+            },
+        };
+        match task {
+            Some(t) => apply(ctx, &job, &t, "poll").await?,
+            None => {
+                let patch = Patch::new()
+                    .set("last_error_code", "remote_not_found".to_string())
+                    .set(
+                        "last_error_message",
+                        format!("ark no longer knows task {remote}"),
+                    );
+                transition_or_skip(ctx, &job, JobState::Failed, patch, "remote task not found")
+                    .await?;
+            }
+        }
+    }
+    Ok(Outcome::Worked)
+}
+
+async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyhow::Result<()> {
+    let mut patch = Patch::new()
+        .set("next_attempt_at", at)
+        .set("poll_count", job.poll_count + 1)
+        .clear("lease_until");
+    if let Some(s) = status {
+        patch = patch.set("remote_status", s.to_string());
+    }
+    match ctx
+        .store
+        .update(&job.id, JobState::Submitted, job.lease_token, patch)
+        .await
+    {
+        Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn transition_or_skip(
+    ctx: &Ctx,
+    job: &Job,
+    to: JobState,
+    patch: Patch,
+    detail: &str,
+) -> anyhow::Result<bool> {
+    match ctx
+        .store
+        .transition(
+            &job.id,
+            JobState::Submitted,
+            job.lease_token,
+            to,
+            patch,
+            Some(detail.to_string()),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        // Someone else (the callback, or a poll) recorded this already.
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
+fn url_expiry(url: &str, now: i64) -> i64 {
+    url::Url::parse(url)
+        .ok()
+        .and_then(|u| {
+            u.query_pairs()
+                .find(|(k, _)| k.eq_ignore_ascii_case("X-Tos-Expires"))
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+        })
+        .map_or(now + DEFAULT_URL_TTL_MS, |s| now + s * 1000)
+}
+
+/// Records a remote status for a job held with its current lease token.
+///
+/// # Errors
+/// Store failures (a conflict means another path recorded it first, and is not an error).
+pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<()> {
+    let now = now_ms();
+    match t.status {
+        TaskStatus::Queued | TaskStatus::Running | TaskStatus::Unknown => {
+            let delay = next_poll_delay(ctx, job);
+            reschedule(ctx, job, now + ms(delay), Some(t.status.as_str())).await
+        }
+        TaskStatus::Succeeded => {
+            let content = t.content.clone().unwrap_or_default();
+            let mut patch = Patch::new()
+                .set("remote_status", "succeeded".to_string())
+                .set("finished_at", now)
+                .set("next_attempt_at", now)
+                .set("poll_count", job.poll_count + 1);
+            if let Some(u) = &t.usage {
+                patch = patch.set("usage_tokens", u.total_tokens.max(u.completion_tokens));
+            }
+            if let Some(v) = &content.video_url {
+                patch = patch
+                    .set("video_url", v.clone())
+                    .set("url_expires_at", url_expiry(v, now));
+            }
+            if let Some(f) = &content.last_frame_url {
+                patch = patch.set("last_frame_url", f.clone());
+            }
+            if transition_or_skip(
+                ctx,
+                job,
+                JobState::Succeeded,
+                patch,
+                &format!("remote succeeded ({via})"),
+            )
+            .await?
+            {
+                tracing::info!(job_id = %job.id, via, "succeeded");
+            }
+            Ok(())
+        }
+        TaskStatus::Failed => {
+            let (code, message) = t
+                .error
+                .as_ref()
+                .map(|e| (e.code.clone(), e.message.clone()))
+                .unwrap_or_else(|| {
+                    (
+                        "unknown".into(),
+                        "remote task failed without an error".into(),
+                    )
+                });
+            let transient = TRANSIENT_REMOTE_CODES.contains(&code.as_str());
+            let retries_left = job.attempts <= i64::from(ctx.cfg.poll.max_remote_retries);
+            let patch = Patch::new()
+                .set("remote_status", "failed".to_string())
+                .set("last_error_code", code.clone())
+                .set("last_error_message", message);
+            if transient && retries_left {
+                // Failed tasks are not billed: a new task does not pay twice.
+                let delay = ctx
+                    .submit_backoff()
+                    .delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
+                let patch = patch
+                    .clear("remote_task_id")
+                    .set("next_attempt_at", now + ms(delay));
+                if transition_or_skip(
+                    ctx,
+                    job,
+                    JobState::Queued,
+                    patch,
+                    &format!("remote failed with {code}; retrying"),
+                )
+                .await?
+                {
+                    tracing::warn!(job_id = %job.id, code = %code, "remote failure is transient; resubmitting");
+                    ctx.poke_dispatch.notify_one();
+                }
+            } else {
+                let to = if transient {
+                    JobState::Dead
+                } else {
+                    JobState::Failed
+                };
+                if transition_or_skip(
+                    ctx,
+                    job,
+                    to,
+                    patch,
+                    &format!("remote failed with {code} ({via})"),
+                )
+                .await?
+                {
+                    tracing::error!(job_id = %job.id, code = %code, "job failed");
+                }
+            }
+            Ok(())
+        }
+        TaskStatus::Expired => {
+            let patch = Patch::new()
+                .set("remote_status", "expired".to_string())
+                .set("last_error_code", "expired".to_string())
+                .set(
+                    "last_error_message",
+                    "execution_expires_after passed on the remote side".to_string(),
+                );
+            transition_or_skip(
+                ctx,
+                job,
+                JobState::Expired,
+                patch,
+                &format!("remote expired ({via})"),
+            )
+            .await?;
+            Ok(())
+        }
+        TaskStatus::Cancelled => {
+            let patch = Patch::new().set("remote_status", "cancelled".to_string());
+            transition_or_skip(
+                ctx,
+                job,
+                JobState::Cancelled,
+                patch,
+                &format!("remote cancelled ({via})"),
+            )
+            .await?;
+            Ok(())
+        }
+    }
+}
+
+/// `seedq cancel` of a remote job: DELETE, then record what the API answered.
+async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
+    let Some(remote) = job.remote_task_id.clone() else {
+        return Ok(());
+    };
+    match ctx.ark.delete(&remote).await {
+        Ok(()) => {
+            let patch = Patch::new()
+                .set("remote_status", "cancelled".to_string())
+                .set("cancel_requested", 0i64);
+            transition_or_skip(
+                ctx,
+                &job,
+                JobState::Cancelled,
+                patch,
+                "cancelled remotely (DELETE)",
+            )
+            .await?;
+        }
+        Err(e) if e.class() == ErrorClass::Rejected => {
+            // A running task cannot be cancelled (the API's default semantics): let it finish.
+            tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "ark refused the cancel; the task will run to the end");
+            let patch = Patch::new()
+                .set("cancel_requested", 0i64)
+                .set("next_attempt_at", now_ms())
+                .set("last_error_message", format!("cancel refused: {e}"));
+            ctx.store
+                .transition(
+                    &job.id,
+                    JobState::Submitted,
+                    job.lease_token,
+                    JobState::Submitted,
+                    patch,
+                    Some("cancel refused by ark".into()),
+                )
+                .await?;
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "cancel failed; will retry");
+            reschedule(ctx, &job, now_ms() + ms(ctx.cfg.poll.min_interval), None).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn url_expiry_reads_the_tos_parameter() {
+        assert_eq!(
+            url_expiry("https://x/v.mp4?X-Tos-Expires=86400&a=b", 1000),
+            1000 + 86_400_000
+        );
+        assert_eq!(url_expiry("https://x/v.mp4?x-tos-expires=10", 0), 10_000);
+        assert_eq!(url_expiry("https://x/v.mp4", 5), 5 + DEFAULT_URL_TTL_MS);
+    }
+}

@@ -4,6 +4,7 @@
 //! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
 
 mod jobs;
+mod service;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,10 @@ pub enum Command {
     Cancel(jobs::IdsArgs),
     /// Put failed, dead, expired or cancelled jobs back in the queue.
     Retry(jobs::IdsArgs),
+    /// Run the service until SIGTERM/SIGINT (what systemd starts).
+    Serve,
+    /// Run the service until nothing is left to do, then exit 0.
+    Run,
     /// Apply database migrations.
     Migrate,
     /// Show or check the effective configuration.
@@ -130,6 +135,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Stats(a) => jobs::stats(&ctx, a).await,
             Command::Cancel(a) => jobs::cancel(&ctx, a).await,
             Command::Retry(a) => jobs::retry(&ctx, a).await,
+            Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
+            Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Migrate => {
                 let store = ctx.store()?;
                 println!(

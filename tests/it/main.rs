@@ -1,1 +1,4 @@
+//! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
+mod cli;
+mod helpers;

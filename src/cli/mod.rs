@@ -3,6 +3,7 @@
 //! Configuration is loaded and validated here, once, and passed down as typed structs.
 //! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
 
+mod bench;
 mod jobs;
 mod service;
 
@@ -37,7 +38,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Add one job, or many from a JSONL file (`--file`), to the queue.
-    Submit(jobs::SubmitArgs),
+    Submit(Box<jobs::SubmitArgs>),
     /// List jobs.
     Ls(jobs::LsArgs),
     /// Show one job and its history.
@@ -57,6 +58,9 @@ pub enum Command {
     /// Show or check the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Benchmarks (see README, Performance).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Print shell completions.
     Completions(CompletionsArgs),
 }
@@ -129,7 +133,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Submit(a) => jobs::submit(&ctx, a).await,
+            Command::Submit(a) => jobs::submit(&ctx, *a).await,
             Command::Ls(a) => jobs::ls(&ctx, a).await,
             Command::Show(a) => jobs::show(&ctx, a).await,
             Command::Stats(a) => jobs::stats(&ctx, a).await,
@@ -157,6 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Bench(b) => bench::run(&ctx, b).await,
             Command::Completions(_) => Ok(ExitCode::SUCCESS),
         }
     })

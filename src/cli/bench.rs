@@ -1,0 +1,94 @@
+//! `seedq bench`: benchmarks of seedq's own paths, reporting numbers for README.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::Ctx;
+use super::jobs::{SubmitArgs, prepare_lines};
+use crate::store::Store;
+
+/// `seedq bench …`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Enqueue N jobs from a generated JSONL file through the same path as `submit --file`.
+    Enqueue(EnqueueArgs),
+}
+
+/// `seedq bench enqueue`.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    /// How many jobs.
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: usize,
+    /// Repetitions (each into a fresh database); the best and the median are reported.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+}
+
+pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BenchCommand::Enqueue(a) => enqueue(ctx, a).await,
+    }
+}
+
+async fn enqueue(ctx: &Ctx, a: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let dir = tempfile_dir()?;
+    let file = dir.join("jobs.jsonl");
+    {
+        let mut w = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        for i in 0..a.jobs {
+            writeln!(
+                w,
+                "{{\"prompt\":\"shot {i}: a red fox runs through snow --rs 720p --dur {}\",\"model\":\"doubao-seedance-1-0-pro-250528\",\"key\":\"bench-{i}\",\"tags\":[\"bench\"]}}",
+                2 + i % 11
+            )?;
+        }
+    }
+    let mut rates = Vec::new();
+    for run in 0..a.runs.max(1) {
+        let db = dir.join(format!("bench-{run}.db"));
+        let store = Store::open(&db)?;
+        let start = Instant::now();
+        let f = std::fs::File::open(&file)?;
+        let jobs = prepare_lines(
+            ctx,
+            std::io::BufReader::with_capacity(1 << 20, f),
+            &dir,
+            &SubmitArgs::default(),
+        )?;
+        let report = store.enqueue(jobs).await?;
+        let secs = start.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            report.inserted.len() == a.jobs,
+            "only {} jobs inserted",
+            report.inserted.len()
+        );
+        let rate = a.jobs as f64 / secs;
+        println!(
+            "run {}: {} jobs in {:.3} s = {:.0} jobs/s",
+            run + 1,
+            a.jobs,
+            secs,
+            rate
+        );
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "enqueue: best {:.0} jobs/s, median {:.0} jobs/s (target >= 50000)",
+        rates[rates.len() - 1],
+        rates[rates.len() / 2]
+    );
+    std::fs::remove_dir_all(&dir).ok();
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("seedq-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}

@@ -3,8 +3,14 @@
 //! # Layout
 //! - `job`: job ids, the state machine and the backoff policy (pure).
 //! - `catalogue`: what each model accepts, its limits and prices (data).
+//! - `request`: the user's job spec, validation against the catalogue, the frozen body.
+//! - `config`: typed configuration, layered loading, validation, redacted secrets.
+//! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
+//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks) and supervisor.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
+//! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
+//! - `cli`: the command line; `telemetry`: tracing setup.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -15,6 +21,7 @@ pub mod config;
 pub mod job;
 pub mod media;
 pub mod request;
+pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

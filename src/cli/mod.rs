@@ -4,6 +4,7 @@
 //! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
 
 mod bench;
+mod demo;
 mod jobs;
 mod service;
 
@@ -53,6 +54,10 @@ pub enum Command {
     Serve,
     /// Run the service until nothing is left to do, then exit 0.
     Run,
+    /// Run the whole pipeline against the built-in simulator (start here).
+    Demo(demo::DemoArgs),
+    /// Run the local Ark simulator.
+    Sim(crate::sim::SimArgs),
     /// Apply database migrations.
     Migrate,
     /// Show or check the effective configuration.
@@ -141,6 +146,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Retry(a) => jobs::retry(&ctx, a).await,
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
+            Command::Demo(a) => demo::run(&ctx, a).await,
+            Command::Sim(a) => crate::sim::run_cli(a).await.map(|()| ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;
                 println!(

@@ -1,0 +1,1256 @@
+//! The simulator's memory: every task record, the per-model queues and slots, the RPM windows,
+//! the stats, and the scheduler that moves tasks through their lifecycle on timers.
+//!
+//! Owns the lifecycle `queued → running → succeeded | failed`, `queued | running → expired`,
+//! `queued (| running) → cancelled`, and the removal of records after their retention.
+//! Invariants:
+//! - All state sits behind one `std::sync::Mutex`, held only for short, non-async sections; side
+//!   effects that wait (callbacks, renders) are collected as [`Effect`]s and run after unlocking.
+//! - `running[model]` equals the number of that model's tasks in `running`; a task leaves its
+//!   queue exactly when it starts or is cancelled/expired.
+//! - `updated_at` strictly increases on every transition (one second at least, so it visibly
+//!   changes even when a tiny `time_scale` packs transitions into one real second).
+//! - Wire timestamps (`created_at`, `updated_at`, the task id) are real wall-clock time; only
+//!   durations are scaled. That keeps the client's "created around the time I sent it" reasoning
+//!   (reconciliation of ambiguous creates) valid at any `time_scale`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::callback::CallbackCtx;
+use super::config::{Faults, LimitsSim, SimConfig, Timing};
+use super::error::ApiError;
+use super::files;
+use crate::ark::wire::{
+    ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, Usage,
+};
+use crate::catalogue::{self, Catalogue, PixelTable};
+use crate::request::{Effective, image};
+
+/// The rate-limit window: RPM counts creates in the last (scaled) minute.
+const RPM_WINDOW: Duration = Duration::from_secs(60);
+/// Smallest side of a rendered video: H.264 macroblocks are 16 px.
+const MIN_VIDEO_SIDE: u32 = 16;
+/// When a task asks `duration: -1` (the model chooses), the simulated model chooses this.
+const AUTO_DURATION: i64 = 5;
+/// The code and message of an output-moderation failure (ark-api.md §6.3, observed).
+pub const OUTPUT_MODERATION: (&str, &str) = (
+    "OutputVideoSensitiveContentDetected.PolicyViolation",
+    "The request failed because the output video may be related to copyright restrictions.",
+);
+/// The code and message of a transient server-side failure.
+pub const TRANSIENT: (&str, &str) = (
+    "InternalServiceError",
+    "The service encountered an unexpected internal error.",
+);
+
+/// Real wall-clock unix milliseconds.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The shared simulator: configuration plus the locked state.
+pub struct Sim {
+    pub cfg: SimConfig,
+    pub catalogue: Catalogue,
+    /// `http://ADDR` (or `public_base_url`): where file URLs point.
+    pub base_url: String,
+    inner: Mutex<Inner>,
+    /// Pokes the scheduler when the earliest deadline or the queues changed.
+    wake: Notify,
+    pub cancel: CancellationToken,
+    render_slots: Arc<Semaphore>,
+    pub callbacks: Arc<CallbackCtx>,
+    /// Key for the file URL signatures; random per simulator.
+    pub url_key: [u8; 32],
+    pub counters: Arc<Counters>,
+}
+
+/// Stats that hot paths bump without taking the lock.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub bytes_served: AtomicU64,
+    pub callbacks_delivered: AtomicU64,
+    pub callbacks_failed: AtomicU64,
+    pub callback_attempts: AtomicU64,
+}
+
+impl Counters {
+    fn reset(&self) {
+        for c in [
+            &self.bytes_served,
+            &self.callbacks_delivered,
+            &self.callbacks_failed,
+            &self.callback_attempts,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Counters kept under the lock.
+#[derive(Default, Debug)]
+pub struct Stats {
+    pub creates_total: u64,
+    pub creates_by_model: BTreeMap<String, u64>,
+    /// Route name → HTTP status (or `dropped`) → count.
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    pub max_concurrency_by_model: BTreeMap<String, u32>,
+    pub rate_limited_total: u64,
+    pub status_calls_total: u64,
+}
+
+struct Inner {
+    tasks: HashMap<String, TaskRec>,
+    /// Creation order → id, for newest-first listing.
+    order: BTreeMap<u64, String>,
+    /// Per model, the queued tasks in start order.
+    queues: HashMap<String, BTreeSet<QueueKey>>,
+    running: HashMap<String, u32>,
+    timers: BinaryHeap<Reverse<Timer>>,
+    rpm: HashMap<String, VecDeque<Instant>>,
+    seq: u64,
+    rng: StdRng,
+    faults: Faults,
+    stats: Stats,
+}
+
+/// Start order within one model: default tier before flex, then higher `priority`, then FIFO.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct QueueKey {
+    flex: bool,
+    neg_priority: i64,
+    seq: u64,
+    id: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Timer {
+    at: Instant,
+    seq: u64,
+    kind: TimerKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    /// Re-run the queue promotion (a `start_delay` elapsed).
+    Wake,
+    /// The generation time of a running task is over.
+    Done(String),
+    /// `execution_expires_after` passed.
+    Expire(String),
+    /// Retention is over: forget the record.
+    Remove(String),
+}
+
+/// How a running task will end, decided when it starts.
+#[derive(Clone, Debug)]
+enum Outcome {
+    Succeed,
+    Fail(TaskError),
+}
+
+/// A rendered video, kept in memory for the file routes.
+#[derive(Debug)]
+pub struct Rendered {
+    pub mp4: Bytes,
+    pub last_frame_png: Bytes,
+    pub mp4_sha256: String,
+    pub last_frame_sha256: String,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// One task as the simulator knows it.
+pub struct TaskRec {
+    pub id: String,
+    seq: u64,
+    pub model: String,
+    pub status: TaskStatus,
+    pub req: CreateTaskRequest,
+    /// The body as received (after JSON parsing).
+    pub body: serde_json::Value,
+    pub eff: Effective,
+    pub flex: bool,
+    /// The seed the video is rendered with (random when the request gave none).
+    pub seed: i64,
+    /// Whether `seed` appears on the wire (models that take no seed do not echo one).
+    emit_seed: bool,
+    /// Exactly one is set, as on the wire.
+    pub duration: Option<i64>,
+    pub frames: Option<i64>,
+    pub frame_count: i64,
+    /// Nominal output size (the catalogue's table), before `video_downscale`.
+    pub size: (u32, u32),
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub created_ms: i64,
+    pub running_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    created_instant: Instant,
+    pub error: Option<TaskError>,
+    outcome: Option<Outcome>,
+    gen_done: bool,
+    render: Option<Result<Arc<Rendered>, String>>,
+    pub input_image_sha256: Vec<Option<String>>,
+    /// The first-frame image bytes when it came as a PNG `data:` URL.
+    first_frame_png: Option<Bytes>,
+    callback: Option<mpsc::UnboundedSender<Task>>,
+}
+
+impl TaskRec {
+    /// The rendered video, once there is one.
+    pub fn video(&self) -> Option<&Arc<Rendered>> {
+        self.render.as_ref().and_then(|r| r.as_ref().ok())
+    }
+
+    /// Bumps `updated_at`, strictly (see the module invariants).
+    fn touch(&mut self) {
+        let now = now_ms() / 1000;
+        self.updated_at = now.max(self.updated_at + 1);
+    }
+}
+
+/// Work to do once the lock is released.
+enum Effect {
+    Callback(mpsc::UnboundedSender<Task>, Box<Task>),
+    Render(RenderJob),
+}
+
+struct RenderJob {
+    id: String,
+    spec_width: u32,
+    spec_height: u32,
+    frames: u32,
+    seed: u64,
+    first_frame_png: Option<Bytes>,
+}
+
+/// What a create produced.
+pub struct Created {
+    pub id: String,
+    /// The `drop_after_create` fault fired: close the connection instead of answering.
+    pub drop_connection: bool,
+}
+
+/// An internal record as `GET /_sim/tasks` shows it.
+#[derive(Serialize)]
+pub struct TaskDump {
+    pub id: String,
+    pub model: String,
+    pub status: TaskStatus,
+    pub service_tier: &'static str,
+    pub seed: i64,
+    pub created_ms: i64,
+    pub running_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub prompt: String,
+    pub input_image_sha256: Vec<Option<String>>,
+    pub frames: i64,
+    pub nominal_width: u32,
+    pub nominal_height: u32,
+    pub video_width: Option<u32>,
+    pub video_height: Option<u32>,
+    /// SHA-256 of the served video file; `null` when padding is on (see `mp4_sha256`).
+    pub video_sha256: Option<String>,
+    /// SHA-256 of the rendered MP4 (the served file's prefix when padded).
+    pub mp4_sha256: Option<String>,
+    /// Length of the served video file.
+    pub video_size: Option<u64>,
+    pub last_frame_sha256: Option<String>,
+    pub error: Option<TaskError>,
+    pub request: serde_json::Value,
+}
+
+/// A snapshot of the stats for `GET /_sim/stats`.
+#[derive(Serialize)]
+pub struct StatsDump {
+    pub creates_total: u64,
+    pub creates_by_model: BTreeMap<String, u64>,
+    pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    pub max_concurrency_by_model: BTreeMap<String, u32>,
+    pub rate_limited_total: u64,
+    pub callbacks_delivered: u64,
+    pub callbacks_failed: u64,
+    pub callback_attempts: u64,
+    pub bytes_served: u64,
+    pub status_calls_total: u64,
+    /// Current counts, for a glance: tasks known per status, running per model.
+    pub tasks_by_status: BTreeMap<&'static str, u64>,
+    pub running_by_model: BTreeMap<String, u32>,
+}
+
+/// The list filters of `GET …/tasks`.
+#[derive(Default, Debug)]
+pub struct ListQuery {
+    pub page_num: usize,
+    pub page_size: usize,
+    pub status: Option<TaskStatus>,
+    pub task_ids: Vec<String>,
+    pub model: Option<String>,
+    pub service_tier: Option<String>,
+}
+
+impl Sim {
+    /// Builds the simulator state; nothing runs until [`Sim::run_scheduler`].
+    ///
+    /// # Errors
+    /// Invalid configuration.
+    pub fn new(cfg: SimConfig, base_url: String) -> anyhow::Result<Arc<Sim>> {
+        cfg.validate()?;
+        let catalogue = cfg.build_catalogue()?;
+        let mut rng = match cfg.rng_seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_os_rng(),
+        };
+        let url_key: [u8; 32] = rng.random();
+        let counters = Arc::new(Counters::default());
+        let cancel = CancellationToken::new();
+        let callbacks = Arc::new(CallbackCtx::new(&cfg, counters.clone(), cancel.clone())?);
+        let inner = Inner {
+            tasks: HashMap::new(),
+            order: BTreeMap::new(),
+            queues: HashMap::new(),
+            running: HashMap::new(),
+            timers: BinaryHeap::new(),
+            rpm: HashMap::new(),
+            seq: 0,
+            rng,
+            faults: cfg.faults.clone(),
+            stats: Stats::default(),
+        };
+        Ok(Arc::new(Sim {
+            render_slots: Arc::new(Semaphore::new(cfg.render_concurrency)),
+            cfg,
+            catalogue,
+            base_url,
+            inner: Mutex::new(inner),
+            wake: Notify::new(),
+            cancel,
+            callbacks,
+            url_key,
+            counters,
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock is a bug in the simulator; keep serving the state it
+        // left rather than poisoning every later request.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A nominal duration scaled by `time_scale`, saturating instead of panicking.
+    pub fn scaled(&self, d: Duration) -> Duration {
+        scale(d, self.cfg.time_scale)
+    }
+
+    /// The faults in force.
+    pub fn faults(&self) -> Faults {
+        self.lock().faults.clone()
+    }
+
+    /// Replaces the faults.
+    pub fn set_faults(&self, f: Faults) {
+        self.lock().faults = f;
+    }
+
+    /// Rolls a die with probability `p` on the shared RNG.
+    pub fn roll(&self, p: impl FnOnce(&Faults) -> f64) -> bool {
+        let mut inner = self.lock();
+        let p = p(&inner.faults);
+        p > 0.0 && inner.rng.random_bool(p.min(1.0))
+    }
+
+    /// Counts one answered call.
+    pub fn record_call(&self, route: &str, status: &str) {
+        let mut inner = self.lock();
+        *inner
+            .stats
+            .calls
+            .entry(route.to_string())
+            .or_default()
+            .entry(status.to_string())
+            .or_default() += 1;
+        if status == "429" {
+            inner.stats.rate_limited_total += 1;
+        }
+        if route == "get" || route == "list" {
+            inner.stats.status_calls_total += 1;
+        }
+    }
+
+    /// Clears the stats (not the tasks).
+    pub fn reset_stats(&self) {
+        let mut inner = self.lock();
+        inner.stats = Stats::default();
+        // Keep the current concurrency as the new maximum: those tasks are still running.
+        let running: Vec<(String, u32)> =
+            inner.running.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        inner.stats.max_concurrency_by_model.extend(running);
+        self.counters.reset();
+    }
+
+    /// Limits for a model: the sim override, else the catalogue, else the unknown-model ones.
+    pub fn limits(&self, model: &str) -> LimitsSim {
+        let base = match self.catalogue.get(model) {
+            Some(spec) => LimitsSim {
+                rpm: spec.limits.rpm,
+                concurrency: spec.limits.concurrency,
+            },
+            None => self.cfg.unknown_model_limits.clone(),
+        };
+        match self.cfg.models.get(model) {
+            Some(o) => LimitsSim {
+                rpm: o.rpm.unwrap_or(base.rpm),
+                concurrency: o.concurrency.unwrap_or(base.concurrency),
+            },
+            None => base,
+        }
+    }
+
+    fn timing(&self, model: &str) -> &Timing {
+        self.cfg
+            .models
+            .get(model)
+            .and_then(|m| m.generation.as_ref())
+            .unwrap_or(&self.cfg.generation)
+    }
+
+    /// Real time a task spends running.
+    fn generation_time(&self, t: &TaskRec) -> Duration {
+        let timing = self.timing(&t.model);
+        let video_secs = t.frame_count as f64 / catalogue::FPS as f64;
+        let nominal =
+            timing.base.as_secs_f64() + timing.per_video_second.as_secs_f64() * video_secs;
+        let factor = if t.flex { self.cfg.flex_factor } else { 1.0 };
+        scale(secs(nominal * factor), self.cfg.time_scale)
+    }
+
+    /// Creates a task from a validated request.
+    ///
+    /// # Errors
+    /// 429s: the `rate_limit_burst` fault, `QuotaExceeded`, the model's RPM.
+    pub fn create(
+        self: &Arc<Self>,
+        req: CreateTaskRequest,
+        body: serde_json::Value,
+        eff: Effective,
+    ) -> Result<Created, ApiError> {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let spec = self.catalogue.get(&req.model);
+        let limits = self.limits(&req.model);
+        let (effects, created) = {
+            let mut inner = self.lock();
+            if inner.faults.rate_limit_burst > 0 {
+                inner.faults.rate_limit_burst -= 1;
+                return Err(ApiError::rate_limited(
+                    "ModelAccountRpmRateLimitExceeded",
+                    &rpm_message(&req.model, limits.rpm),
+                    inner.faults.retry_after_secs,
+                ));
+            }
+            let queued: usize = inner.queues.values().map(BTreeSet::len).sum();
+            if queued >= self.cfg.max_queued {
+                return Err(ApiError::rate_limited(
+                    "QuotaExceeded",
+                    &format!(
+                        "The request failed because your account has too many queued tasks ({queued}; at most {}).",
+                        self.cfg.max_queued
+                    ),
+                    None,
+                ));
+            }
+            let window = self.scaled(RPM_WINDOW);
+            let stamps = inner.rpm.entry(req.model.clone()).or_default();
+            while stamps
+                .front()
+                .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+            {
+                stamps.pop_front();
+            }
+            if stamps.len() >= limits.rpm as usize {
+                let retry_after = self.cfg.rpm_retry_after.then(|| {
+                    let oldest = stamps.front().copied().unwrap_or(now);
+                    let wait = (oldest + window).saturating_duration_since(now);
+                    wait.as_secs_f64().ceil().max(1.0) as u64
+                });
+                return Err(ApiError::rate_limited(
+                    "ModelAccountRpmRateLimitExceeded",
+                    &rpm_message(&req.model, limits.rpm),
+                    retry_after,
+                ));
+            }
+            stamps.push_back(now);
+
+            inner.seq += 1;
+            let seq = inner.seq;
+            let id = loop {
+                let id = task_id(now_ms, &mut inner.rng);
+                if !inner.tasks.contains_key(&id) {
+                    break id;
+                }
+            };
+            let emit_seed = spec.is_none_or(|s| s.seed);
+            let seed = match eff.seed {
+                Some(s) if s >= 0 && emit_seed => s,
+                _ => inner.rng.random_range(0..=crate::request::MAX_SEED),
+            };
+            let (duration, frames) = match (eff.frames, eff.duration) {
+                (Some(f), _) => (None, Some(f)),
+                (None, Some(-1)) => {
+                    let d = spec.map_or(AUTO_DURATION, |s| {
+                        AUTO_DURATION.clamp(s.duration_min, s.duration_max)
+                    });
+                    (Some(d), None)
+                }
+                (None, d) => (Some(d.unwrap_or(crate::request::DEFAULT_DURATION)), None),
+            };
+            let frame_count = frames.unwrap_or_else(|| {
+                catalogue::frames_for_duration(duration.unwrap_or(crate::request::DEFAULT_DURATION))
+            });
+            let table = spec.map_or(PixelTable::V2, |s| s.pixel_table);
+            let size = eff
+                .size
+                .or_else(|| catalogue::pixel_size(table, &eff.resolution, &eff.concrete_ratio))
+                .unwrap_or((1280, 720));
+            let (input_image_sha256, first_frame_png) = inspect_images(&req);
+            let callback = req
+                .callback_url
+                .as_ref()
+                .map(|url| self.callbacks.spawn_worker(url.clone()));
+            let flex = eff.flex;
+            let priority = req.priority.unwrap_or(0);
+            let expires = self.scaled(Duration::from_secs(
+                u64::try_from(eff.expires_after).unwrap_or(0),
+            ));
+            let rec = TaskRec {
+                id: id.clone(),
+                seq,
+                model: req.model.clone(),
+                status: TaskStatus::Queued,
+                req,
+                body,
+                eff,
+                flex,
+                seed,
+                emit_seed,
+                duration,
+                frames,
+                frame_count,
+                size,
+                created_at: now_ms / 1000,
+                updated_at: now_ms / 1000,
+                created_ms: now_ms,
+                running_ms: None,
+                finished_ms: None,
+                created_instant: now,
+                error: None,
+                outcome: None,
+                gen_done: false,
+                render: None,
+                input_image_sha256,
+                first_frame_png,
+                callback,
+            };
+            let mut effects = Vec::new();
+            if let Some(tx) = &rec.callback {
+                effects.push(Effect::Callback(tx.clone(), Box::new(self.wire(&rec))));
+            }
+            let model = rec.model.clone();
+            inner
+                .queues
+                .entry(model.clone())
+                .or_default()
+                .insert(QueueKey {
+                    flex,
+                    neg_priority: -priority,
+                    seq,
+                    id: id.clone(),
+                });
+            push_timer(&mut inner, at(now, expires), TimerKind::Expire(id.clone()));
+            inner.order.insert(seq, id.clone());
+            inner.tasks.insert(id.clone(), rec);
+            inner.stats.creates_total += 1;
+            *inner.stats.creates_by_model.entry(model).or_default() += 1;
+            let drop_connection = inner.faults.drop_after_create > 0;
+            if drop_connection {
+                inner.faults.drop_after_create -= 1;
+            }
+            (
+                effects,
+                Created {
+                    id,
+                    drop_connection,
+                },
+            )
+        };
+        self.wake.notify_one();
+        self.run_effects(effects);
+        Ok(created)
+    }
+
+    /// The wire view of one task, with fresh file URLs.
+    pub fn get(&self, id: &str) -> Option<Task> {
+        let inner = self.lock();
+        inner.tasks.get(id).map(|t| self.wire(t))
+    }
+
+    /// `GET …/tasks`: filtered, newest first, one page; `total` counts all matches.
+    pub fn list(&self, q: &ListQuery) -> (i64, Vec<Task>) {
+        let inner = self.lock();
+        let matches = inner.order.values().rev().filter_map(|id| {
+            let t = inner.tasks.get(id)?;
+            let ok = q.status.is_none_or(|s| s == t.status)
+                && (q.task_ids.is_empty() || q.task_ids.iter().any(|x| x == &t.id))
+                && q.model.as_ref().is_none_or(|m| m == &t.model)
+                && q.service_tier
+                    .as_ref()
+                    .is_none_or(|s| s == tier_name(t.flex));
+            ok.then_some(t)
+        });
+        let mut total = 0i64;
+        let skip = q.page_num.saturating_sub(1).saturating_mul(q.page_size);
+        let mut items = Vec::new();
+        for (i, t) in matches.enumerate() {
+            total += 1;
+            if i >= skip && items.len() < q.page_size {
+                items.push(self.wire(t));
+            }
+        }
+        (total, items)
+    }
+
+    /// `DELETE …/tasks/{id}`.
+    ///
+    /// # Errors
+    /// 404 for an unknown id; 400 when the status forbids it.
+    pub fn delete(self: &Arc<Self>, id: &str) -> Result<(), ApiError> {
+        let effects = {
+            let mut inner = self.lock();
+            let status = match inner.tasks.get(id) {
+                Some(t) => t.status,
+                None => return Err(ApiError::task_not_found(id)),
+            };
+            let b = self.cfg.delete_semantics == super::config::DeleteSemantics::B;
+            match status {
+                TaskStatus::Queued => self.cancel_task(&mut inner, id),
+                TaskStatus::Running if b => self.cancel_task(&mut inner, id),
+                TaskStatus::Running | TaskStatus::Cancelled | TaskStatus::Unknown => {
+                    return Err(ApiError::bad_status(id, status));
+                }
+                TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired => {
+                    forget(&mut inner, id);
+                    Vec::new()
+                }
+            }
+        };
+        self.wake.notify_one();
+        self.run_effects(effects);
+        Ok(())
+    }
+
+    /// Introspection records, oldest first.
+    pub fn dump_tasks(&self) -> Vec<TaskDump> {
+        let inner = self.lock();
+        let padded = self.cfg.video_pad_to_bytes.is_some();
+        inner
+            .order
+            .values()
+            .filter_map(|id| inner.tasks.get(id))
+            .map(|t| {
+                let v = t.video();
+                TaskDump {
+                    id: t.id.clone(),
+                    model: t.model.clone(),
+                    status: t.status,
+                    service_tier: tier_name(t.flex),
+                    seed: t.seed,
+                    created_ms: t.created_ms,
+                    running_ms: t.running_ms,
+                    finished_ms: t.finished_ms,
+                    prompt: t.eff.prompt.clone(),
+                    input_image_sha256: t.input_image_sha256.clone(),
+                    frames: t.frame_count,
+                    nominal_width: t.size.0,
+                    nominal_height: t.size.1,
+                    video_width: v.map(|v| v.width),
+                    video_height: v.map(|v| v.height),
+                    video_sha256: v.filter(|_| !padded).map(|v| v.mp4_sha256.clone()),
+                    mp4_sha256: v.map(|v| v.mp4_sha256.clone()),
+                    video_size: v.map(|v| files::served_len(&v.mp4, self.cfg.video_pad_to_bytes)),
+                    last_frame_sha256: v.map(|v| v.last_frame_sha256.clone()),
+                    error: t.error.clone(),
+                    request: t.body.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// The stats snapshot.
+    pub fn dump_stats(&self) -> StatsDump {
+        let inner = self.lock();
+        let mut tasks_by_status = BTreeMap::new();
+        for t in inner.tasks.values() {
+            *tasks_by_status.entry(t.status.as_str()).or_default() += 1;
+        }
+        let c = &self.counters;
+        StatsDump {
+            creates_total: inner.stats.creates_total,
+            creates_by_model: inner.stats.creates_by_model.clone(),
+            calls: inner.stats.calls.clone(),
+            max_concurrency_by_model: inner.stats.max_concurrency_by_model.clone(),
+            rate_limited_total: inner.stats.rate_limited_total,
+            callbacks_delivered: c.callbacks_delivered.load(Ordering::Relaxed),
+            callbacks_failed: c.callbacks_failed.load(Ordering::Relaxed),
+            callback_attempts: c.callback_attempts.load(Ordering::Relaxed),
+            bytes_served: c.bytes_served.load(Ordering::Relaxed),
+            status_calls_total: inner.stats.status_calls_total,
+            tasks_by_status,
+            running_by_model: inner
+                .running
+                .iter()
+                .filter(|(_, n)| **n > 0)
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// The served video (or last frame) of a succeeded task.
+    pub fn file(&self, id: &str) -> Option<(TaskStatus, Option<Arc<Rendered>>)> {
+        let inner = self.lock();
+        inner.tasks.get(id).map(|t| (t.status, t.video().cloned()))
+    }
+
+    /// Drives the lifecycle until cancelled. Cancel-safe: all state lives in `self`.
+    pub async fn run_scheduler(self: Arc<Self>) {
+        loop {
+            let (effects, next) = {
+                let mut inner = self.lock();
+                let effects = self.tick(&mut inner, Instant::now());
+                let next = inner.timers.peek().map(|Reverse(t)| t.at);
+                (effects, next)
+            };
+            self.run_effects(effects);
+            let sleep = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = sleep => {}
+            }
+        }
+    }
+
+    /// Fires due timers and starts queued tasks that have a free slot.
+    fn tick(&self, inner: &mut Inner, now: Instant) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        while inner.timers.peek().is_some_and(|Reverse(t)| t.at <= now) {
+            let Some(Reverse(timer)) = inner.timers.pop() else {
+                break;
+            };
+            match timer.kind {
+                TimerKind::Wake => {}
+                TimerKind::Done(id) => self.on_generation_done(inner, &id, &mut effects),
+                TimerKind::Expire(id) => {
+                    let live = inner.tasks.get(&id).is_some_and(|t| {
+                        matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+                    });
+                    if live {
+                        self.finish(inner, &id, TaskStatus::Expired, None, &mut effects);
+                    }
+                }
+                TimerKind::Remove(id) => {
+                    if inner.tasks.get(&id).is_some_and(|t| t.status.is_final()) {
+                        forget(inner, &id);
+                    }
+                }
+            }
+        }
+        self.promote(inner, now, &mut effects);
+        effects
+    }
+
+    /// Starts queued tasks while their model has free slots.
+    fn promote(&self, inner: &mut Inner, now: Instant, effects: &mut Vec<Effect>) {
+        let models: Vec<String> = inner
+            .queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(m, _)| m.clone())
+            .collect();
+        let delay = self.scaled(self.cfg.start_delay);
+        for model in models {
+            let limit = self.limits(&model).concurrency;
+            loop {
+                let running = inner.running.get(&model).copied().unwrap_or(0);
+                if running >= limit {
+                    break;
+                }
+                let Some(key) = inner.queues.get(&model).and_then(|q| q.first().cloned()) else {
+                    break;
+                };
+                let ready_at = inner
+                    .tasks
+                    .get(&key.id)
+                    .map_or(now, |t| at(t.created_instant, delay));
+                if ready_at > now {
+                    push_timer(inner, ready_at, TimerKind::Wake);
+                    break;
+                }
+                if let Some(q) = inner.queues.get_mut(&model) {
+                    q.remove(&key);
+                }
+                self.start(inner, &key.id, now, effects);
+            }
+        }
+    }
+
+    fn start(&self, inner: &mut Inner, id: &str, now: Instant, effects: &mut Vec<Effect>) {
+        let faults = inner.faults.clone();
+        let moderated_word = {
+            let Some(t) = inner.tasks.get(id) else { return };
+            let prompt = t.eff.prompt.to_lowercase();
+            faults
+                .output_moderation_words
+                .iter()
+                .any(|w| !w.is_empty() && prompt.contains(&w.to_lowercase()))
+        };
+        let moderated = moderated_word || dice(&mut inner.rng, faults.output_moderation_rate);
+        let transient = !moderated && dice(&mut inner.rng, faults.fail_transient_rate);
+        let Some(t) = inner.tasks.get_mut(id) else {
+            return;
+        };
+        t.status = TaskStatus::Running;
+        t.running_ms = Some(now_ms());
+        t.touch();
+        t.outcome = Some(if moderated {
+            Outcome::Fail(err(OUTPUT_MODERATION))
+        } else if transient {
+            Outcome::Fail(err(TRANSIENT))
+        } else {
+            Outcome::Succeed
+        });
+        let gen_time = self.generation_time(t);
+        if !moderated && !transient {
+            let (w, h) = video_size(t.size, self.cfg.video_downscale);
+            effects.push(Effect::Render(RenderJob {
+                id: t.id.clone(),
+                spec_width: w,
+                spec_height: h,
+                frames: u32::try_from(t.frame_count).unwrap_or(u32::MAX),
+                seed: u64::try_from(t.seed).unwrap_or(0),
+                first_frame_png: t.first_frame_png.clone(),
+            }));
+        }
+        if let Some(tx) = &t.callback {
+            effects.push(Effect::Callback(tx.clone(), Box::new(self.wire(t))));
+        }
+        let model = t.model.clone();
+        let n = {
+            let r = inner.running.entry(model.clone()).or_default();
+            *r += 1;
+            *r
+        };
+        let max = inner
+            .stats
+            .max_concurrency_by_model
+            .entry(model)
+            .or_default();
+        *max = (*max).max(n);
+        push_timer(inner, at(now, gen_time), TimerKind::Done(id.to_string()));
+    }
+
+    fn on_generation_done(&self, inner: &mut Inner, id: &str, effects: &mut Vec<Effect>) {
+        let Some(t) = inner.tasks.get_mut(id) else {
+            return;
+        };
+        if t.status != TaskStatus::Running {
+            return;
+        }
+        t.gen_done = true;
+        match (t.outcome.clone(), &t.render) {
+            (Some(Outcome::Fail(e)), _) => {
+                self.finish(inner, id, TaskStatus::Failed, Some(e), effects);
+            }
+            (_, Some(Ok(_))) => self.finish(inner, id, TaskStatus::Succeeded, None, effects),
+            (_, Some(Err(_))) => {
+                self.finish(inner, id, TaskStatus::Failed, Some(err(TRANSIENT)), effects);
+            }
+            // The render is still going: it finishes the task when it is done.
+            (_, None) => {}
+        }
+    }
+
+    /// Called when a render finished (on the runtime, after the blocking work).
+    fn on_rendered(self: &Arc<Self>, id: &str, result: Result<Rendered, String>) {
+        let effects = {
+            let mut inner = self.lock();
+            let mut effects = Vec::new();
+            if let Some(t) = inner.tasks.get_mut(id)
+                && t.status == TaskStatus::Running
+            {
+                if let Err(e) = &result {
+                    tracing::warn!(task = id, error = %e, "sim: render failed");
+                }
+                t.render = Some(result.map(Arc::new));
+                if t.gen_done {
+                    let failed = matches!(t.render, Some(Err(_)));
+                    if failed {
+                        self.finish(
+                            &mut inner,
+                            id,
+                            TaskStatus::Failed,
+                            Some(err(TRANSIENT)),
+                            &mut effects,
+                        );
+                    } else {
+                        self.finish(&mut inner, id, TaskStatus::Succeeded, None, &mut effects);
+                    }
+                }
+            }
+            self.promote(&mut inner, Instant::now(), &mut effects);
+            effects
+        };
+        self.wake.notify_one();
+        self.run_effects(effects);
+    }
+
+    /// Moves a queued or running task to a final status.
+    fn finish(
+        &self,
+        inner: &mut Inner,
+        id: &str,
+        status: TaskStatus,
+        error: Option<TaskError>,
+        effects: &mut Vec<Effect>,
+    ) {
+        let Some(t) = inner.tasks.get_mut(id) else {
+            return;
+        };
+        let was = t.status;
+        t.status = status;
+        t.error = error;
+        t.finished_ms = Some(now_ms());
+        t.touch();
+        if status != TaskStatus::Succeeded {
+            // Nobody will download it: free the memory.
+            t.render = None;
+        }
+        // `expired` and the terminal statuses are sent; `cancelled` is not in the documented
+        // list of callback statuses (ark-api.md §9).
+        let tx = t.callback.take();
+        if let Some(tx) = tx
+            && status != TaskStatus::Cancelled
+        {
+            effects.push(Effect::Callback(tx, Box::new(self.wire(t))));
+        }
+        let key = QueueKey {
+            flex: t.flex,
+            neg_priority: -t.req.priority.unwrap_or(0),
+            seq: t.seq,
+            id: t.id.clone(),
+        };
+        let model = t.model.clone();
+        let retention = if status == TaskStatus::Cancelled {
+            self.cfg.cancelled_retention
+        } else {
+            self.cfg.retention
+        };
+        match was {
+            TaskStatus::Running => {
+                if let Some(r) = inner.running.get_mut(&model) {
+                    *r = r.saturating_sub(1);
+                }
+            }
+            TaskStatus::Queued => {
+                if let Some(q) = inner.queues.get_mut(&model) {
+                    q.remove(&key);
+                }
+            }
+            _ => {}
+        }
+        let when = at(Instant::now(), self.scaled(retention));
+        push_timer(inner, when, TimerKind::Remove(id.to_string()));
+    }
+
+    fn cancel_task(&self, inner: &mut Inner, id: &str) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        self.finish(inner, id, TaskStatus::Cancelled, None, &mut effects);
+        effects
+    }
+
+    fn run_effects(self: &Arc<Self>, effects: Vec<Effect>) {
+        for e in effects {
+            match e {
+                Effect::Callback(tx, task) => {
+                    // The worker is gone only at shutdown; nothing to deliver then.
+                    let _ = tx.send(*task);
+                }
+                Effect::Render(job) => self.spawn_render(job),
+            }
+        }
+    }
+
+    fn spawn_render(self: &Arc<Self>, job: RenderJob) {
+        let sim = self.clone();
+        let slots = self.render_slots.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = slots.acquire_owned().await else {
+                return;
+            };
+            let id = job.id.clone();
+            let result = tokio::task::spawn_blocking(move || render(job))
+                .await
+                .unwrap_or_else(|e| Err(format!("render task panicked: {e}")));
+            sim.on_rendered(&id, result);
+        });
+    }
+
+    /// The wire view of a record; file URLs are signed now, so each call issues fresh ones.
+    fn wire(&self, t: &TaskRec) -> Task {
+        let spec = self.catalogue.get(&t.model);
+        let newer = spec.is_some_and(|s| s.generate_audio);
+        let succeeded = t.status == TaskStatus::Succeeded;
+        let content = succeeded.then(|| TaskContent {
+            video_url: Some(files::signed_url(self, &t.id, files::VIDEO)),
+            last_frame_url: (t.req.return_last_frame == Some(true))
+                .then(|| files::signed_url(self, &t.id, files::LAST_FRAME)),
+            file_url: None,
+        });
+        let usage = succeeded.then(|| {
+            let tokens = catalogue::tokens(t.size.0, t.size.1, t.frame_count);
+            Usage {
+                completion_tokens: tokens,
+                total_tokens: tokens,
+                tool_usage: None,
+            }
+        });
+        let draft_task_id = t.req.content.iter().find_map(|i| match i {
+            ContentItem::DraftTask { draft_task } => Some(draft_task.id.clone()),
+            _ => None,
+        });
+        Task {
+            id: t.id.clone(),
+            model: t.model.clone(),
+            status: t.status,
+            error: t.error.clone(),
+            content,
+            usage,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            seed: t.emit_seed.then_some(t.seed),
+            resolution: Some(t.eff.resolution.clone()),
+            ratio: Some(t.eff.concrete_ratio.clone()),
+            duration: t.duration,
+            frames: t.frames,
+            framespersecond: Some(catalogue::FPS),
+            revised_prompt: None,
+            service_tier: Some(tier_name(t.flex).to_string()),
+            execution_expires_after: Some(t.eff.expires_after),
+            priority: t.req.priority,
+            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent.
+            generate_audio: if newer {
+                Some(t.req.generate_audio.unwrap_or(true))
+            } else {
+                t.req.generate_audio
+            },
+            draft: if newer {
+                Some(t.req.draft.unwrap_or(false))
+            } else {
+                t.req.draft
+            },
+            draft_task_id,
+            safety_identifier: t.req.safety_identifier.clone(),
+            tools: t.req.tools.clone(),
+            output_format: t.req.output_format.clone(),
+        }
+    }
+}
+
+fn rpm_message(model: &str, rpm: u32) -> String {
+    format!(
+        "The request has exceeded the account's requests-per-minute limit ({rpm}) for model {model}. Please retry later."
+    )
+}
+
+fn err((code, message): (&str, &str)) -> TaskError {
+    TaskError {
+        code: code.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn tier_name(flex: bool) -> &'static str {
+    if flex { "flex" } else { "default" }
+}
+
+fn dice(rng: &mut StdRng, p: f64) -> bool {
+    p > 0.0 && rng.random_bool(p.min(1.0))
+}
+
+fn forget(inner: &mut Inner, id: &str) {
+    if let Some(t) = inner.tasks.remove(id) {
+        inner.order.remove(&t.seq);
+    }
+}
+
+fn push_timer(inner: &mut Inner, at: Instant, kind: TimerKind) {
+    inner.seq += 1;
+    let seq = inner.seq;
+    inner.timers.push(Reverse(Timer { at, seq, kind }));
+}
+
+/// `base + d`, saturating far in the future rather than overflowing.
+fn at(base: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    base.checked_add(d.min(FAR))
+        .unwrap_or_else(|| base + Duration::from_secs(3600))
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// `d × factor`, saturating.
+pub fn scale(d: Duration, factor: f64) -> Duration {
+    secs(d.as_secs_f64() * factor)
+}
+
+/// The rendered size: nominal size / downscale, even, at least [`MIN_VIDEO_SIDE`].
+pub fn video_size((w, h): (u32, u32), downscale: u32) -> (u32, u32) {
+    let f = |v: u32| ((v / downscale.max(1)) & !1).max(MIN_VIDEO_SIDE);
+    (f(w), f(h))
+}
+
+/// `cgt-YYYYMMDDHHMMSS-xxxxx`, the timestamp in Beijing time (UTC+8).
+fn task_id(now_ms: i64, rng: &mut StdRng) -> String {
+    const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
+    let t = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .to_offset(offset);
+    let suffix: String = (0..5)
+        .map(|_| char::from(ALNUM[rng.random_range(0..ALNUM.len())]))
+        .collect();
+    format!(
+        "cgt-{:04}{:02}{:02}{:02}{:02}{:02}-{suffix}",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// SHA-256 of every image item's `data:` bytes (None for URLs), and the first-frame PNG.
+fn inspect_images(req: &CreateTaskRequest) -> (Vec<Option<String>>, Option<Bytes>) {
+    let mut hashes = Vec::new();
+    let mut first = None;
+    let mut seen_first = false;
+    for item in &req.content {
+        let ContentItem::ImageUrl { image_url, role } = item else {
+            continue;
+        };
+        let bytes = image_url
+            .url
+            .starts_with("data:")
+            .then(|| image::decode_data_url(&image_url.url).ok())
+            .flatten()
+            .map(|(_, b)| b);
+        hashes.push(bytes.as_ref().map(|b| hex::encode(Sha256::digest(b))));
+        let is_first = matches!(role.as_deref(), None | Some("first_frame"));
+        if is_first && !seen_first {
+            seen_first = true;
+            first = bytes
+                .filter(|b| image::sniff(b) == Some("png"))
+                .map(Bytes::from);
+        }
+    }
+    (hashes, first)
+}
+
+/// The blocking part: decode the first frame, encode the clip, hash the results.
+fn render(job: RenderJob) -> Result<Rendered, String> {
+    use crate::media;
+    let first_frame = match &job.first_frame_png {
+        Some(png) => Some(media::decode_png(png).map_err(|e| format!("first frame: {e}"))?),
+        None => None,
+    };
+    let spec = media::VideoSpec {
+        width: job.spec_width,
+        height: job.spec_height,
+        frames: job.frames,
+        fps: u32::try_from(catalogue::FPS).unwrap_or(24),
+        seed: job.seed,
+        first_frame,
+    };
+    let out = media::render(&spec).map_err(|e| e.to_string())?;
+    Ok(Rendered {
+        mp4_sha256: hex::encode(Sha256::digest(&out.mp4)),
+        last_frame_sha256: hex::encode(Sha256::digest(&out.last_frame_png)),
+        mp4: Bytes::from(out.mp4),
+        last_frame_png: Bytes::from(out.last_frame_png),
+        width: job.spec_width,
+        height: job.spec_height,
+    })
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn task_ids_are_beijing_time() {
+        let mut rng = StdRng::seed_from_u64(1);
+        // 2026-05-14T10:32:17Z is 18:32:17 in Beijing (ark-api.md §1).
+        let id = task_id(1_778_754_737_000, &mut rng);
+        assert!(id.starts_with("cgt-20260514183217-"), "{id}");
+        let suffix = &id["cgt-20260514183217-".len()..];
+        assert_eq!(suffix.len(), 5);
+        assert!(
+            suffix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+    }
+
+    #[test]
+    fn video_size_is_even_and_at_least_16() {
+        assert_eq!(video_size((1248, 704), 16), (78, 44));
+        assert_eq!(video_size((1280, 720), 1), (1280, 720));
+        assert_eq!(video_size((1112, 834), 16), (68, 52));
+        assert_eq!(video_size((640, 640), 1000), (16, 16));
+    }
+
+    #[test]
+    fn scaling_saturates() {
+        assert_eq!(
+            scale(Duration::from_secs(60), 0.001),
+            Duration::from_millis(60)
+        );
+        assert_eq!(scale(Duration::MAX, 10.0), Duration::MAX);
+        let far = at(Instant::now(), Duration::MAX);
+        assert!(far > Instant::now());
+    }
+}

@@ -100,6 +100,9 @@ impl Ctx {
         }
         if let Some(l) = &cli.log {
             cfg.log.level = l.clone();
+        } else if matches!(cli.command, Command::Demo(_)) {
+            // The demo prints its own summary; per-job log lines would bury it.
+            cfg.log.level = "seedq=warn".into();
         }
         let catalogue = cfg.validate().context("invalid configuration")?;
         Ok(Self { cfg, catalogue })

@@ -60,7 +60,11 @@ pub struct SimConfig {
     pub video_downscale: u32,
     /// Serve every video padded with a trailing ISO-BMFF `free` box to exactly this many bytes.
     pub video_pad_to_bytes: Option<u64>,
-    /// At most this many videos render at once (CPU-bound, on blocking threads).
+    /// Render one video per (size, frames, first frame), seed ignored, and serve it to every
+    /// task of that shape: for throughput benchmarks, where encoding would dominate.
+    pub reuse_videos: bool,
+    /// At most this many videos render at once (CPU-bound, on blocking threads); default: the
+    /// number of CPUs.
     pub render_concurrency: usize,
     /// Per attempt; real time, not scaled (it is about the receiver, not the simulated clock).
     #[serde(with = "humantime_serde")]
@@ -99,7 +103,8 @@ impl Default for SimConfig {
             url_ttl: Duration::from_secs(24 * 3600),
             video_downscale: 1,
             video_pad_to_bytes: None,
-            render_concurrency: 2,
+            reuse_videos: false,
+            render_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             callback_timeout: Duration::from_secs(5),
             callback_retries: 3,
             callback_retry_delay: Duration::from_secs(1),

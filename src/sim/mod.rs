@@ -38,6 +38,7 @@ mod http;
 mod state;
 #[cfg(test)]
 mod tests;
+mod video;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;

@@ -398,6 +398,35 @@ async fn default_duration_video_has_24_fps_frame_count() {
 }
 
 #[tokio::test]
+async fn reuse_videos_renders_once_per_shape() {
+    let t = T::new(SimConfig {
+        reuse_videos: true,
+        ..fast()
+    })
+    .await;
+    let mut a = text_body(PRO, "one");
+    a["seed"] = json!(1);
+    let mut b = text_body(PRO, "two");
+    b["seed"] = json!(2);
+    let mut c = text_body(PRO, "short");
+    c["frames"] = json!(29);
+    let ids = [t.create(a).await, t.create(b).await, t.create(c).await];
+    for id in &ids {
+        t.wait_status(id, TaskStatus::Succeeded).await;
+    }
+    let sha = |d: &Value| d["mp4_sha256"].as_str().expect("sha").to_string();
+    let (da, db, dc) = (
+        t.dump(&ids[0]).await,
+        t.dump(&ids[1]).await,
+        t.dump(&ids[2]).await,
+    );
+    assert_eq!(da["seed"], 1, "the wire seed is still the task's");
+    assert_eq!(sha(&da), sha(&db));
+    assert_ne!(sha(&db), sha(&dc));
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn missing_or_wrong_keys_get_401() {
     let t = T::new(SimConfig {
         api_keys: vec!["k1".into(), "k2".into()],
@@ -647,6 +676,14 @@ async fn list_filters_pages_and_repeated_task_ids() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(t.list("filter.status=running").await.total, 5);
+    let q = format!(
+        "filter.task_ids={0}&filter.task_ids={0}&filter.task_ids={1}&filter.status=running&page_size=1",
+        ids[0], ids[1]
+    );
+    let dup = t.list(&q).await;
+    assert_eq!(dup.total, 2, "a repeated id counts once");
+    assert_eq!(dup.items.len(), 1);
+    assert_eq!(dup.items[0].id, ids[1]);
     assert_eq!(t.list("filter.status=succeeded").await.total, 0);
     let r =
         t.c.get(format!("{}?page_size=0", t.tasks_url()))
@@ -748,7 +785,9 @@ async fn concurrency_cap_keeps_extra_tasks_queued() {
     let t = T::new(cfg).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(t.create(text_body(PRO, &format!("job {i}"))).await);
+        let mut body = text_body(PRO, &format!("job {i}"));
+        body["resolution"] = json!("480p");
+        ids.push(t.create(body).await);
     }
     for id in &ids {
         t.wait_status(id, TaskStatus::Succeeded).await;
@@ -1186,6 +1225,12 @@ async fn injected_errors_bursts_and_corrupt_bodies() {
     assert_eq!(r.status(), StatusCode::OK);
     let text = r.text().await.expect("body");
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+
+    t.set_faults(json!({"latency_ms": {"get": 120}})).await;
+    let started = Instant::now();
+    assert_eq!(t.get(&id).await.id, id);
+    assert!(started.elapsed() >= Duration::from_millis(120));
+    assert_eq!(t.admin("faults").await["latency_ms"]["get"], 120);
 
     t.set_faults(json!({})).await;
     assert_eq!(t.get(&id).await.id, id);

@@ -426,6 +426,72 @@ async fn reuse_videos_renders_once_per_shape() {
     t.handle.shutdown().await;
 }
 
+/// One HTTP/1.1 exchange on an open socket: the status code and the body.
+/// Like httpx, the body goes in a second write after a pause, so the server sees the headers
+/// before the body arrives.
+async fn raw_exchange(sock: &mut tokio::net::TcpStream, request: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let split = request.find("\r\n\r\n").map_or(request.len(), |i| i + 4);
+    sock.write_all(&request.as_bytes()[..split])
+        .await
+        .expect("write");
+    if split < request.len() {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        sock.write_all(&request.as_bytes()[split..])
+            .await
+            .expect("write");
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().expect("status");
+                return (status, buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = sock.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed after {} bytes", buf.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_delete_with_a_body_keeps_the_connection_alive() {
+    // The Python SDK sends `Content-Length: 2` and `{}` with DELETE; a server that leaves the
+    // body unread closes the connection and breaks the SDK's next call on it.
+    let t = T::new(fast()).await;
+    let id = t.create(text_body(PRO, "x")).await;
+    t.wait_status(&id, TaskStatus::Succeeded).await;
+    let mut sock = tokio::net::TcpStream::connect(t.handle.addr())
+        .await
+        .expect("connect");
+    let path = format!("/api/v3/contents/generations/tasks/{id}");
+    let del = format!(
+        "DELETE {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let (status, body) = raw_exchange(&mut sock, &del).await;
+    assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+    let get = format!("GET {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    let (status, _) = raw_exchange(&mut sock, &get).await;
+    assert_eq!(status, 404, "same connection, task gone");
+    // Refused before the handler (401) with a body: the connection survives too.
+    let bad = format!(
+        "POST /api/v3/contents/generations/tasks HTTP/1.1\r\nHost: sim\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let (status, _) = raw_exchange(&mut sock, &bad).await;
+    assert_eq!(status, 401);
+    let (status, _) = raw_exchange(&mut sock, &get).await;
+    assert_eq!(status, 404);
+    t.handle.shutdown().await;
+}
+
 #[tokio::test]
 async fn missing_or_wrong_keys_get_401() {
     let t = T::new(SimConfig {

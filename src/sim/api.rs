@@ -21,7 +21,7 @@ use crate::ark::wire::{
 };
 use crate::request;
 
-/// `page_size` when none is given ([INF], ark-api.md §4).
+/// `page_size` when none is given (an inference, ark-api.md §4).
 const DEFAULT_PAGE_SIZE: usize = 10;
 /// Upper bound of `page_num` and `page_size`.
 const MAX_PAGE: usize = 500;

@@ -2,7 +2,7 @@
 //! part, [`Faults`] (also `GET`/`POST /_sim/faults` as JSON).
 //!
 //! Every field has a serde default, so an empty file is a valid config that behaves like the
-//! real API at real speed. Durations are humantime strings (`"30s"`, `"7d"`) and are *nominal*:
+//! real API at real speed; `sim.example.toml` beside this file lists every key with its default. Durations are humantime strings (`"30s"`, `"7d"`) and are *nominal*:
 //! the simulator multiplies each by `time_scale` (see `mod.rs` for which ones).
 //! Invariant after [`SimConfig::validate`]: `time_scale` is finite and > 0, probabilities lie in
 //! `[0, 1]`, `video_downscale >= 1`.
@@ -408,6 +408,24 @@ mod tests {
         );
         let bad = toml::from_str::<SimConfig>("time_scael = 1.0");
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let c: SimConfig =
+            toml::from_str(include_str!("sim.example.toml")).expect("example parses");
+        let d = SimConfig::default();
+        assert_eq!(c.api_keys, d.api_keys);
+        assert_eq!(c.retention, d.retention);
+        assert_eq!(c.url_ttl, d.url_ttl);
+        assert_eq!(c.generation, d.generation);
+        assert_eq!(c.unknown_model_limits, d.unknown_model_limits);
+        assert_eq!(c.faults, d.faults);
+        assert_eq!(c.delete_semantics, d.delete_semantics);
+        assert_eq!(
+            (c.max_queued, c.callback_retries, c.flex_factor),
+            (d.max_queued, d.callback_retries, d.flex_factor)
+        );
     }
 
     #[test]

@@ -345,6 +345,11 @@ impl Sim {
         self.lock().faults.clone()
     }
 
+    /// Injected latency for a route, in real milliseconds.
+    pub fn latency_ms(&self, route: super::config::Route) -> u64 {
+        self.lock().faults.latency_ms.of(route)
+    }
+
     /// Replaces the faults.
     pub fn set_faults(&self, f: Faults) {
         self.lock().faults = f;
@@ -836,6 +841,7 @@ impl Sim {
         let Some(t) = inner.tasks.get_mut(id) else {
             return;
         };
+        tracing::debug!(task = id, model = %t.model, "sim: task running");
         t.status = TaskStatus::Running;
         t.running_ms = Some(now_ms());
         t.touch();
@@ -944,6 +950,12 @@ impl Sim {
             return;
         };
         let was = t.status;
+        tracing::debug!(
+            task = id,
+            from = was.as_str(),
+            to = status.as_str(),
+            "sim: task finished"
+        );
         t.status = status;
         t.error = error;
         t.finished_ms = Some(now_ms());

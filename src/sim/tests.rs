@@ -1008,9 +1008,10 @@ async fn records_vanish_after_retention() {
 }
 
 /// A callback receiver: records every POST body; answers 500 to the first `fail_first`
-/// `succeeded` deliveries.
+/// `succeeded` deliveries, or with `slow`, answers them only after 400 ms.
 async fn receiver(
     fail_first: usize,
+    slow: bool,
 ) -> (
     String,
     std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
@@ -1037,7 +1038,10 @@ async fn receiver(
                                 |n| n.checked_sub(1),
                             )
                             .is_ok();
-                    if fail {
+                    if fail && slow {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        axum::http::StatusCode::OK
+                    } else if fail {
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR
                     } else {
                         axum::http::StatusCode::OK
@@ -1056,7 +1060,7 @@ async fn receiver(
 
 #[tokio::test]
 async fn callbacks_report_every_status_in_order_and_retry_the_final_one() {
-    let (url, seen, rx) = receiver(2).await;
+    let (url, seen, rx) = receiver(2, false).await;
     let t = T::new(fast()).await;
     let mut body = text_body(PRO, "with callback");
     body["callback_url"] = json!(url);
@@ -1089,7 +1093,7 @@ async fn callbacks_report_every_status_in_order_and_retry_the_final_one() {
 
 #[tokio::test]
 async fn a_callback_that_always_fails_is_given_up_after_four_attempts() {
-    let (url, seen, rx) = receiver(usize::MAX).await;
+    let (url, seen, rx) = receiver(usize::MAX, false).await;
     let t = T::new(fast()).await;
     let mut body = text_body(PRO, "callback fails");
     body["callback_url"] = json!(url);
@@ -1107,6 +1111,33 @@ async fn a_callback_that_always_fails_is_given_up_after_four_attempts() {
         .filter(|v| v["status"] == "succeeded")
         .count();
     assert_eq!(n, 4, "1 attempt + 3 retries");
+    t.handle.shutdown().await;
+    rx.abort();
+}
+
+#[tokio::test]
+async fn a_callback_that_times_out_is_retried() {
+    let (url, _seen, rx) = receiver(1, true).await;
+    let mut cfg = fast();
+    cfg.callback_timeout = Duration::from_millis(100);
+    let t = T::new(cfg).await;
+    let mut body = text_body(PRO, "slow receiver");
+    body["callback_url"] = json!(url);
+    let id = t.create(body).await;
+    t.wait_status(&id, TaskStatus::Succeeded).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stats = t.admin("stats").await;
+        if stats["callbacks_delivered"] == 3 {
+            assert_eq!(
+                stats["callback_attempts"], 4,
+                "the timed-out one was resent: {stats}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     t.handle.shutdown().await;
     rx.abort();
 }

@@ -1479,7 +1479,8 @@ async fn config_flags_override_the_file() {
 /// here with the install command rather than silently skipping.
 #[tokio::test]
 async fn official_python_sdk_works_against_the_simulator() {
-    const INSTALL: &str = "pip install 'volcengine-ark-runtime==5.0.54'";
+    const INSTALL: &str = "python3 -m pip install -r tests/sdk/requirements.txt \
+                           (that is: pip install 'volcengine-ark-runtime==5.0.54')";
     let probe = tokio::process::Command::new("python3")
         .args(["-c", "import volcenginesdkarkruntime"])
         .output()

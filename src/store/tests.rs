@@ -76,24 +76,26 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, "w", 60_000)
+        .claim_for_submit("m", true, 100, 1, "w", 60_000)
         .await
         .expect("claim")
+        .pop()
         .expect("a job");
     assert_eq!(j.id, high.id);
     assert_eq!(j.state, JobState::Submitting);
     assert_eq!(j.attempts, 1);
     let j2 = s
-        .claim_for_submit("m", true, "w", 60_000)
+        .claim_for_submit("m", true, 100, 1, "w", 60_000)
         .await
         .expect("claim")
+        .pop()
         .expect("a job");
     assert_eq!(j2.id, low.id);
     assert!(
-        s.claim_for_submit("m", true, "w", 60_000)
+        s.claim_for_submit("m", true, 100, 1, "w", 60_000)
             .await
             .expect("claim")
-            .is_none()
+            .is_empty()
     );
 
     // A stale token conflicts; the right one wins once.
@@ -158,6 +160,23 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .collect();
     assert_eq!(ev, vec!["queued", "submitting", "submitted"]);
     assert_eq!(s.in_flight().await.expect("in flight").get("m"), Some(&2));
+    s.enqueue(vec![new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    assert!(
+        s.claim_for_submit("m", true, 2, 5, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the in-flight cap holds inside the claim"
+    );
+    assert!(
+        s.claim_for_submit("m", true, 3, 5, "w", 60_000)
+            .await
+            .expect("claim")
+            .len()
+            == 1
+    );
 }
 
 #[tokio::test]
@@ -193,9 +212,10 @@ async fn cancel_and_retry() {
     );
     // Remote jobs are only flagged.
     let c = s
-        .claim_for_submit("m", true, "w", 1000)
+        .claim_for_submit("m", true, 100, 1, "w", 1000)
         .await
         .expect("claim")
+        .pop()
         .expect("job");
     assert_eq!(
         s.cancel(c.id.as_str()).await.expect("cancel"),
@@ -213,9 +233,10 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, "w", 1000)
+        .claim_for_submit("m", true, 100, 1, "w", 1000)
         .await
         .expect("claim")
+        .pop()
         .expect("job");
     let tok = s
         .transition(

@@ -27,6 +27,7 @@ pub struct Config {
     pub callback: CallbackConfig,
     pub service: ServiceConfig,
     pub log: LogConfig,
+    pub bulk: crate::bulk::BulkConfig,
     /// `[models."<id>"]` overrides of the model catalogue.
     pub models: BTreeMap<String, toml::Value>,
 }

@@ -8,6 +8,7 @@
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
 //! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks) and supervisor.
+//! - `bulk`: batches (CSV import), estimates, chains of shots, stitching, the flex governor.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
 //! - `cli`: the command line; `telemetry`: tracing setup.
@@ -15,6 +16,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod ark;
+pub mod bulk;
 pub mod catalogue;
 pub mod cli;
 pub mod config;

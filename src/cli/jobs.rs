@@ -25,9 +25,13 @@ pub struct JsonArg {
 pub struct SubmitArgs {
     /// The prompt (may contain inline commands such as `--rs 720p`; quote it).
     pub prompt: Option<String>,
-    /// Read one JSON job per line from FILE (`-` for stdin) instead.
+    /// Read one JSON job per line from FILE (`-` for stdin) instead; a `.csv` file has one job
+    /// per row, its header naming the fields.
     #[arg(long, short = 'f', value_name = "FILE", conflicts_with = "prompt")]
     pub file: Option<PathBuf>,
+    /// The --file format (default: csv for a .csv name, else jsonl).
+    #[arg(long, value_enum, requires = "file")]
+    pub format: Option<super::batch::FileFormat>,
     /// Model id or endpoint id; for --file, the default for lines without one.
     #[arg(long, short = 'm')]
     pub model: Option<String>,
@@ -88,6 +92,10 @@ pub struct SubmitArgs {
     /// Batch name.
     #[arg(long)]
     pub batch: Option<String>,
+    /// The batch's deadline (`8h` from now, or an RFC 3339 time): seedq picks flex while it
+    /// can still finish in time, else default.
+    #[arg(long, value_name = "WHEN", requires = "batch")]
+    pub deadline: Option<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -123,7 +131,7 @@ impl SubmitArgs {
     }
 
     /// Fills a file line's missing fields from the command-line defaults.
-    fn apply_defaults(&self, spec: &mut JobSpec) {
+    pub(crate) fn apply_defaults(&self, spec: &mut JobSpec) {
         if spec.model.is_none() {
             spec.model = self.model.clone();
         }
@@ -217,6 +225,9 @@ pub(crate) fn prepare_lines(
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
     let jobs = match &a.file {
+        Some(path) if super::batch::is_csv(path, a.format) => {
+            super::batch::prepare_csv(ctx, path, &a)?
+        }
         Some(path) if path.as_os_str() == "-" => {
             let cwd = std::env::current_dir().context("reading the current directory")?;
             prepare_lines(ctx, std::io::stdin().lock(), &cwd, &a)?
@@ -244,6 +255,7 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
             )?)?]
         }
     };
+    super::batch::register(&store, &a, &jobs).await?;
     let report = store.enqueue(jobs).await.context("storing the jobs")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -290,7 +302,7 @@ impl clap::ValueEnum for JobState {
     }
 }
 
-fn fmt_time(ms: i64) -> String {
+pub(crate) fn fmt_time(ms: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
         .and_then(|t| {

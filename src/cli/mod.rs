@@ -3,9 +3,12 @@
 //! Configuration is loaded and validated here, once, and passed down as typed structs.
 //! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
 
+mod batch;
 mod bench;
 mod bench_pipeline;
 mod demo;
+mod estimate;
+mod export;
 mod jobs;
 mod service;
 
@@ -45,12 +48,19 @@ pub enum Command {
     Ls(jobs::LsArgs),
     /// Show one job and its history.
     Show(jobs::ShowArgs),
-    /// Counts and tokens per state and model.
-    Stats(jobs::JsonArg),
+    /// Counts and tokens per state and model; `--cost`: billed usage against the estimates.
+    Stats(estimate::StatsArgs),
     /// Cancel jobs: queued ones at once, remote ones via the worker.
     Cancel(jobs::IdsArgs),
     /// Put failed, dead, expired or cancelled jobs back in the queue.
     Retry(jobs::IdsArgs),
+    /// Batches: list, show, cancel, retry.
+    #[command(subcommand)]
+    Batch(batch::BatchCommand),
+    /// Tokens, price and time to finish of a job file or batch, before anything is spent.
+    Estimate(estimate::EstimateArgs),
+    /// Write a manifest of a batch's videos (CSV or JSONL).
+    Export(export::ExportArgs),
     /// Run the service until SIGTERM/SIGINT (what systemd starts).
     Serve,
     /// Run the service until nothing is left to do, then exit 0.
@@ -152,9 +162,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Submit(a) => jobs::submit(&ctx, *a).await,
             Command::Ls(a) => jobs::ls(&ctx, a).await,
             Command::Show(a) => jobs::show(&ctx, a).await,
-            Command::Stats(a) => jobs::stats(&ctx, a).await,
+            Command::Stats(a) if a.cost => estimate::stats_cost(&ctx, a.json).await,
+            Command::Stats(a) => jobs::stats(&ctx, jobs::JsonArg { json: a.json }).await,
             Command::Cancel(a) => jobs::cancel(&ctx, a).await,
             Command::Retry(a) => jobs::retry(&ctx, a).await,
+            Command::Batch(c) => batch::run(&ctx, c).await,
+            Command::Export(a) => export::run(&ctx, a).await,
+            Command::Estimate(a) => estimate::run(&ctx, a).await,
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,

@@ -97,7 +97,12 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
 
 /// The current TPD day of `model`, with its spend loaded into the limiter.
 async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
-    let day = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
+    // `bulk.tpd_day` is a day except against a time-scaled simulator.
+    let day = crate::bulk::tpd_day_start(
+        now_ms(),
+        ctx.cfg.dispatch.tpd_utc_offset_hours,
+        ctx.cfg.bulk.tpd_day_ms(),
+    );
     if !ctx.limiter.knows_flex_day(model, day) {
         let spent = ctx.store.flex_tokens_since(model, day).await?;
         ctx.limiter.load_flex_day(model, day, spent);
@@ -137,7 +142,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         let day = flex_day(ctx, &job.model).await?;
         let need = job.est_tokens.unwrap_or(0);
         if let Err(spent) = ctx.limiter.try_reserve_flex(&job.model, day, need, tpd) {
-            let next_day = day + 86_400_000;
+            let next_day = day + ctx.cfg.bulk.tpd_day_ms();
             tracing::info!(
                 spent,
                 need,

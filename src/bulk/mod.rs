@@ -1,0 +1,67 @@
+//! Bulk offline rendering: CSV import, estimates, chains of continuous shots, stitching and
+//! the flex governor.
+//!
+//! - `import`: CSV rows → [`crate::request::JobSpec`]s (the documented columns).
+//! - `estimate`: tokens, price and time to finish per model and tier (pure).
+//! - `[bulk]` configuration ([`BulkConfig`]).
+//!
+//! Batches themselves are plain jobs sharing `batch_id`, plus a `batches` row for what a batch
+//! has beyond its jobs (migration 0010, queries in `store/bulk.rs`).
+
+pub mod estimate;
+pub mod import;
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// `[bulk]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BulkConfig {
+    /// Length of the flex TPD day, whose start is counted in `dispatch.tpd_utc_offset_hours`.
+    /// Ark's budget is per day; only shorten it to test against a time-scaled simulator.
+    #[serde(with = "humantime_serde")]
+    pub tpd_day: Duration,
+}
+
+impl Default for BulkConfig {
+    fn default() -> Self {
+        Self {
+            tpd_day: Duration::from_secs(86_400),
+        }
+    }
+}
+
+impl BulkConfig {
+    /// `tpd_day` in ms, at least 1.
+    pub fn tpd_day_ms(&self) -> i64 {
+        i64::try_from(self.tpd_day.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    }
+}
+
+/// Start of the TPD day containing `now` (ms): days of `day_ms` counted from midnight at
+/// UTC+`offset_hours`. With a 24 h day this is `worker::dispatch::day_start_ms`.
+pub fn tpd_day_start(now: i64, offset_hours: i32, day_ms: i64) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    let day = day_ms.max(1);
+    (now + off).div_euclid(day) * day - off
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_day_matches_the_dispatcher() {
+        for now in [0, 1_778_774_400_000, 1_778_774_400_001, 1_778_774_399_999] {
+            assert_eq!(
+                tpd_day_start(now, 8, 86_400_000),
+                crate::worker::dispatch::day_start_ms(now, 8)
+            );
+        }
+        assert_eq!(tpd_day_start(5_500, 0, 2_000), 4_000);
+    }
+}

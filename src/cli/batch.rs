@@ -1,0 +1,607 @@
+//! Batches: CSV admission for `submit --file`, and `seedq batch ls|show|cancel|retry`.
+//!
+//! A batch is the jobs sharing a `batch` name. `submit --file F --batch NAME` creates it (JSONL
+//! or CSV, all or nothing); the `batches` row keeps its creation time, source file and
+//! deadline. Summaries are aggregated from per-(state, model, tier) cells, so they cost one
+//! grouped query however large the batch is.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use super::Ctx;
+use super::jobs::{SubmitArgs, new_job};
+use crate::bulk::import;
+use crate::catalogue::{self, Catalogue};
+use crate::job::JobState;
+use crate::request::{self, SpecError};
+use crate::store::{BatchCell, BatchMeta, NewJob, Store};
+
+/// The format of a `submit --file`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FileFormat {
+    Jsonl,
+    Csv,
+}
+
+/// Whether a `submit --file` is CSV: `--format csv`, or a `.csv` name without `--format`.
+pub(crate) fn is_csv(path: &Path, format: Option<FileFormat>) -> bool {
+    match format {
+        Some(f) => f == FileFormat::Csv,
+        None => path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("csv")),
+    }
+}
+
+/// The most errors listed before the rest are summarised (as for JSONL).
+const MAX_LISTED_ERRORS: usize = 20;
+
+/// Reads and validates a CSV file (`-` for stdin); all or nothing. Errors name the row (data
+/// rows from 1, and the file line) and, where there is one, the column.
+pub(crate) fn prepare_csv(
+    ctx: &Ctx,
+    path: &Path,
+    defaults: &SubmitArgs,
+) -> anyhow::Result<Vec<NewJob>> {
+    let (rows, base) = if path.as_os_str() == "-" {
+        let cwd = std::env::current_dir().context("reading the current directory")?;
+        (import::read(std::io::stdin().lock()), cwd)
+    } else {
+        let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        (
+            import::read(std::io::BufReader::with_capacity(1 << 20, f)),
+            base,
+        )
+    };
+    let rows = rows.with_context(|| format!("reading {}", path.display()))?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    let mut errors = Vec::new();
+    for row in rows {
+        let row = match row {
+            Ok(r) => r,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
+        let (n, line) = (row.row, row.line);
+        let mut spec = row.spec;
+        defaults.apply_defaults(&mut spec);
+        match request::prepare(spec, &ctx.catalogue, &base) {
+            Ok(p) => jobs.push(new_job(p)?),
+            Err(e) => errors.push(spec_error(n, line, &e)),
+        }
+    }
+    if !errors.is_empty() {
+        let total = errors.len();
+        let mut msg = format!("{total} invalid row(s); nothing was imported:");
+        for e in errors.iter().take(MAX_LISTED_ERRORS) {
+            msg.push_str("\n  ");
+            msg.push_str(e);
+        }
+        if total > MAX_LISTED_ERRORS {
+            msg.push_str(&format!("\n  … and {} more", total - MAX_LISTED_ERRORS));
+        }
+        bail!(msg);
+    }
+    Ok(jobs)
+}
+
+/// A validation error of one row, naming its column when the rule is about one.
+fn spec_error(row: u64, line: u64, e: &SpecError) -> String {
+    let column = match e {
+        SpecError::Invalid(inv) => import::column_for_param(&inv.param),
+        SpecError::ReadImage { field, .. } => import::column_for_param(field),
+        SpecError::BadDuration { field, .. } => import::column_for_param(field),
+        SpecError::NoModel { .. } => Some("model"),
+    };
+    match column {
+        Some(c) => format!("row {row} (line {line}), column {c}: {e}"),
+        None => format!("row {row} (line {line}): {e}"),
+    }
+}
+
+/// Parses `--deadline`: a duration from now (`8h`) or an RFC 3339 time.
+pub(crate) fn parse_deadline(s: &str, now: i64) -> anyhow::Result<i64> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+    }
+    let t = humantime::parse_rfc3339_weak(s).with_context(|| {
+        format!("--deadline {s:?} is neither a duration (8h) nor a time (2026-05-15T08:00:00Z)")
+    })?;
+    let ms = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// Admission bookkeeping before the jobs are stored: a row for every batch named by the
+/// jobs, with `--deadline` and the source file on the `--batch` one.
+pub(crate) async fn register(store: &Store, a: &SubmitArgs, jobs: &[NewJob]) -> anyhow::Result<()> {
+    let mut names: Vec<String> = jobs.iter().filter_map(|j| j.batch.clone()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let deadline = match (&a.deadline, &a.batch) {
+        (Some(d), Some(_)) => Some(parse_deadline(d, crate::store::now_ms())?),
+        (Some(_), None) => bail!("--deadline belongs to a batch: give --batch NAME too"),
+        _ => None,
+    };
+    let source = a
+        .file
+        .as_ref()
+        .filter(|p| p.as_os_str() != "-")
+        .map(|p| p.display().to_string());
+    let rows = names
+        .into_iter()
+        .map(|n| {
+            let own = a.batch.as_deref() == Some(n.as_str());
+            (
+                n,
+                if own { deadline } else { None },
+                if own { source.clone() } else { None },
+            )
+        })
+        .collect();
+    store
+        .ensure_batches(rows)
+        .await
+        .context("recording the batch")?;
+    Ok(())
+}
+
+/// `seedq batch …`.
+#[derive(Debug, Subcommand)]
+pub enum BatchCommand {
+    /// List batches with their progress, tokens and cost.
+    Ls(super::jobs::JsonArg),
+    /// One batch: counts per state, tokens, cost, timings and failures with reasons.
+    Show(ShowArgs),
+    /// Cancel every job of a batch that has not finished.
+    Cancel(NameArg),
+    /// Put a batch's failed jobs back in the queue.
+    Retry(RetryArgs),
+}
+
+/// `batch show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub name: String,
+    /// Failures listed at most.
+    #[arg(long, default_value_t = 20)]
+    pub failures: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A batch name.
+#[derive(Debug, Args)]
+pub struct NameArg {
+    pub name: String,
+}
+
+/// `batch retry`.
+#[derive(Debug, Args)]
+pub struct RetryArgs {
+    pub name: String,
+    /// Retry failed, dead and expired jobs.
+    #[arg(long, required = true)]
+    pub failed: bool,
+    /// Also retry cancelled jobs.
+    #[arg(long)]
+    pub cancelled: bool,
+}
+
+pub(crate) async fn run(ctx: &Ctx, cmd: BatchCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        BatchCommand::Ls(a) => ls(ctx, a.json).await,
+        BatchCommand::Show(a) => show(ctx, a).await,
+        BatchCommand::Cancel(a) => cancel(ctx, a).await,
+        BatchCommand::Retry(a) => retry(ctx, a).await,
+    }
+}
+
+/// A batch summed up from its cells.
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct Summary {
+    pub jobs: i64,
+    pub states: BTreeMap<JobState, i64>,
+    pub est_tokens: i64,
+    pub usage_tokens: i64,
+    /// The estimate of the jobs that have a usage, to compare with `usage_tokens`.
+    pub est_tokens_of_used: i64,
+    /// CNY at the catalogue's prices: the whole batch's estimate, and what was billed.
+    pub est_cost: f64,
+    pub spent_cost: f64,
+    pub first_created: Option<i64>,
+    pub first_submitted: Option<i64>,
+    pub last_finished: Option<i64>,
+    pub mean_gen_ms: Option<i64>,
+}
+
+impl Summary {
+    pub(crate) fn of<'a>(cells: impl IntoIterator<Item = &'a BatchCell>, cat: &Catalogue) -> Self {
+        let mut s = Summary::default();
+        let (mut gen_sum, mut gen_n) = (0i64, 0i64);
+        for c in cells {
+            s.jobs += c.jobs;
+            *s.states.entry(c.state).or_insert(0) += c.jobs;
+            s.est_tokens += c.est_tokens;
+            s.usage_tokens += c.usage_tokens;
+            s.est_tokens_of_used += c.est_tokens_of_used;
+            if let Some(spec) = cat.get(&c.model) {
+                let flex = c.tier == "flex";
+                s.est_cost += catalogue::cost(spec, c.est_tokens, flex);
+                s.spent_cost += catalogue::cost(spec, c.usage_tokens, flex);
+            }
+            s.first_created = Some(
+                s.first_created
+                    .map_or(c.first_created, |v| v.min(c.first_created)),
+            );
+            s.first_submitted = min_opt(s.first_submitted, c.first_submitted);
+            if c.state.is_terminal() || c.state == JobState::Succeeded {
+                s.last_finished = max_opt(s.last_finished, c.last_finished);
+            }
+            gen_sum += c.gen_ms_sum;
+            gen_n += c.gen_ms_count;
+        }
+        s.mean_gen_ms = (gen_n > 0).then(|| gen_sum / gen_n);
+        s
+    }
+
+    pub(crate) fn count(&self, states: &[JobState]) -> i64 {
+        states
+            .iter()
+            .map(|s| self.states.get(s).copied().unwrap_or(0))
+            .sum()
+    }
+
+    /// Jobs that still need the service (`succeeded` ones only while archiving is on).
+    pub(crate) fn active(&self, archiving: bool) -> i64 {
+        let mut n = self.count(&[
+            JobState::Queued,
+            JobState::Submitting,
+            JobState::SubmitUnknown,
+            JobState::Submitted,
+        ]);
+        if archiving {
+            n += self.count(&[JobState::Succeeded, JobState::Archiving]);
+        }
+        n
+    }
+
+    /// Jobs that came out with a video.
+    pub(crate) fn done(&self, archiving: bool) -> i64 {
+        if archiving {
+            self.count(&[JobState::Archived])
+        } else {
+            self.count(&[JobState::Succeeded, JobState::Archiving, JobState::Archived])
+        }
+    }
+
+    pub(crate) fn failed(&self) -> i64 {
+        self.count(&[JobState::Failed, JobState::Dead, JobState::Expired])
+    }
+
+    /// "archived 480, failed 5, queued 15" in lifecycle order.
+    pub(crate) fn states_line(&self) -> String {
+        let parts: Vec<String> = self
+            .states
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect();
+        if parts.is_empty() {
+            "no jobs".into()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
+fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.min(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(x), Some(y)) => Some(x.max(y)),
+        (x, y) => x.or(y),
+    }
+}
+
+pub(crate) fn archiving(ctx: &Ctx) -> bool {
+    !ctx.cfg.archive.url.is_empty()
+}
+
+/// Thousands separated by spaces: 54 450 000.
+pub(crate) fn grouped(n: i64) -> String {
+    let s = n.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, ch) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(' ');
+        }
+        out.push(ch);
+    }
+    if n < 0 { format!("-{out}") } else { out }
+}
+
+pub(crate) fn fmt_opt_time(ms: Option<i64>) -> String {
+    ms.map_or_else(|| "-".into(), super::jobs::fmt_time)
+}
+
+#[derive(Serialize)]
+struct LsRow {
+    #[serde(flatten)]
+    meta: BatchMeta,
+    #[serde(flatten)]
+    summary: Summary,
+}
+
+async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let metas = store.batches().await?;
+    let cells = store.batch_cells(None).await?;
+    let mut by_batch: BTreeMap<&str, Vec<&BatchCell>> = BTreeMap::new();
+    for c in &cells {
+        by_batch.entry(c.batch.as_str()).or_default().push(c);
+    }
+    let rows: Vec<LsRow> = metas
+        .into_iter()
+        .map(|meta| {
+            let summary = Summary::of(
+                by_batch
+                    .get(meta.name.as_str())
+                    .into_iter()
+                    .flatten()
+                    .copied(),
+                &ctx.catalogue,
+            );
+            LsRow { meta, summary }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &rows)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let arch = archiving(ctx);
+    writeln!(
+        out,
+        "{:<24}  {:<20}  {:>7}  {:>7}  {:>7}  {:>7}  {:>14}  {:>10}  DEADLINE",
+        "BATCH", "CREATED", "JOBS", "DONE", "ACTIVE", "FAILED", "TOKENS", "COST"
+    )?;
+    for r in &rows {
+        let s = &r.summary;
+        writeln!(
+            out,
+            "{:<24}  {:<20}  {:>7}  {:>7}  {:>7}  {:>7}  {:>14}  {:>10.2}  {}",
+            r.meta.name,
+            super::jobs::fmt_time(r.meta.created_at),
+            s.jobs,
+            s.done(arch),
+            s.active(arch),
+            s.failed(),
+            grouped(if s.usage_tokens > 0 {
+                s.usage_tokens
+            } else {
+                s.est_tokens
+            }),
+            if s.spent_cost > 0.0 {
+                s.spent_cost
+            } else {
+                s.est_cost
+            },
+            fmt_opt_time(r.meta.deadline_at)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One (model, tier) line of `batch show`.
+#[derive(Serialize)]
+struct ModelRow {
+    model: String,
+    tier: String,
+    #[serde(flatten)]
+    summary: Summary,
+}
+
+async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let Some(meta) = store.batch(&a.name).await? else {
+        eprintln!("error: no batch named {}", a.name);
+        return Ok(ExitCode::from(1));
+    };
+    let cells = store.batch_cells(Some(a.name.clone())).await?;
+    let failures = store.batch_failures(&a.name, a.failures).await?;
+    let summary = Summary::of(&cells, &ctx.catalogue);
+    let mut per_model: BTreeMap<(String, String), Vec<&BatchCell>> = BTreeMap::new();
+    for c in &cells {
+        per_model
+            .entry((c.model.clone(), c.tier.clone()))
+            .or_default()
+            .push(c);
+    }
+    let models: Vec<ModelRow> = per_model
+        .into_iter()
+        .map(|((model, tier), cs)| ModelRow {
+            summary: Summary::of(cs, &ctx.catalogue),
+            model,
+            tier,
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        let v = serde_json::json!({
+            "batch": meta, "summary": summary, "models": models, "failures": failures,
+        });
+        serde_json::to_writer_pretty(&mut out, &v)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let s = &summary;
+    let arch = archiving(ctx);
+    let row = |k: &str, v: String| format!("{k:>12}  {v}");
+    writeln!(out, "{}", row("batch", meta.name.clone()))?;
+    writeln!(
+        out,
+        "{}",
+        row("created", super::jobs::fmt_time(meta.created_at))
+    )?;
+    writeln!(
+        out,
+        "{}",
+        row("source", meta.source.clone().unwrap_or_else(|| "-".into()))
+    )?;
+    writeln!(out, "{}", row("deadline", fmt_opt_time(meta.deadline_at)))?;
+    writeln!(
+        out,
+        "{}",
+        row(
+            "jobs",
+            format!(
+                "{} ({} done, {} active, {} failed): {}",
+                s.jobs,
+                s.done(arch),
+                s.active(arch),
+                s.failed(),
+                s.states_line()
+            )
+        )
+    )?;
+    writeln!(
+        out,
+        "{}",
+        row(
+            "tokens",
+            format!(
+                "estimated {}; used {} (estimated {} for those jobs)",
+                grouped(s.est_tokens),
+                grouped(s.usage_tokens),
+                grouped(s.est_tokens_of_used)
+            )
+        )
+    )?;
+    writeln!(
+        out,
+        "{}",
+        row(
+            "cost",
+            format!(
+                "estimated {:.2} CNY; spent {:.2} CNY",
+                s.est_cost, s.spent_cost
+            )
+        )
+    )?;
+    let elapsed = match (s.first_created, s.last_finished) {
+        (Some(a), Some(b)) if s.active(arch) == 0 => crate::bulk::estimate::human_ms(b - a),
+        (Some(a), _) => format!(
+            "{} so far",
+            crate::bulk::estimate::human_ms(crate::store::now_ms() - a)
+        ),
+        _ => "-".into(),
+    };
+    writeln!(
+        out,
+        "{}",
+        row(
+            "timings",
+            format!(
+                "first submit {}, last finish {}, elapsed {}, mean generation {}",
+                fmt_opt_time(s.first_submitted),
+                fmt_opt_time(s.last_finished),
+                elapsed,
+                s.mean_gen_ms
+                    .map_or_else(|| "-".into(), crate::bulk::estimate::human_ms)
+            )
+        )
+    )?;
+    writeln!(
+        out,
+        "\n{:<36}  {:<7}  {:>7}  {:>14}  {:>14}  {:>10}  {:>10}",
+        "MODEL", "TIER", "JOBS", "EST. TOKENS", "USED TOKENS", "EST. CNY", "SPENT CNY"
+    )?;
+    for m in &models {
+        writeln!(
+            out,
+            "{:<36}  {:<7}  {:>7}  {:>14}  {:>14}  {:>10.2}  {:>10.2}",
+            m.model,
+            m.tier,
+            m.summary.jobs,
+            grouped(m.summary.est_tokens),
+            grouped(m.summary.usage_tokens),
+            m.summary.est_cost,
+            m.summary.spent_cost
+        )?;
+    }
+    if !failures.is_empty() {
+        writeln!(
+            out,
+            "\nfailures ({} of {}):",
+            failures.len(),
+            s.count(&[
+                JobState::Failed,
+                JobState::Dead,
+                JobState::Expired,
+                JobState::Cancelled
+            ])
+        )?;
+        for f in &failures {
+            let reason = match (&f.code, &f.message) {
+                (Some(c), Some(m)) => format!("{c}: {m}"),
+                (Some(c), None) => c.clone(),
+                (None, Some(m)) => m.clone(),
+                (None, None) => "-".into(),
+            };
+            writeln!(out, "  {}  {:<9}  {}", f.id, f.state.as_str(), reason)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    if store.batch(&a.name).await?.is_none() {
+        eprintln!("error: no batch named {}", a.name);
+        return Ok(ExitCode::from(1));
+    }
+    let r = store.cancel_batch(&a.name).await?;
+    println!(
+        "{}: {} queued job(s) cancelled, cancel requested for {} remote job(s)",
+        a.name, r.cancelled, r.requested
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn retry(ctx: &Ctx, a: RetryArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    if store.batch(&a.name).await?.is_none() {
+        eprintln!("error: no batch named {}", a.name);
+        return Ok(ExitCode::from(1));
+    }
+    let r = store.retry_batch(&a.name, a.cancelled).await?;
+    println!("{}: {} job(s) queued again", a.name, r.requeued);
+    if r.skipped_chain_shots > 0 {
+        println!(
+            "{}: {} chain shot(s) left to their chains (see seedq chain show)",
+            a.name, r.skipped_chain_shots
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,311 @@
+//! `seedq estimate` (before anything is spent) and `seedq stats --cost` (afterwards).
+//!
+//! The estimate reads a job file exactly as `submit` would (validated, nothing stored) or a
+//! stored batch, and prints per model and tier the jobs, tokens, price and time to finish at
+//! the model's limits (see `bulk::estimate`). Generation times come from recent completions
+//! of the same model, tier and shape when there are any, else from the configured first-poll
+//! times (`poll.first_poll_after`, `poll.flex_first_poll_after`), which are the same prior.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use super::Ctx;
+use super::batch::{FileFormat, grouped};
+use super::jobs::SubmitArgs;
+use crate::bulk::estimate::{self, Estimate, Item, human_ms};
+use crate::catalogue;
+use crate::job::JobState;
+use crate::store::Store;
+use crate::worker::limiter::Limiter;
+
+/// `seedq estimate`.
+#[derive(Debug, Args)]
+pub struct EstimateArgs {
+    /// A job file, as for `submit --file` (JSONL or CSV; `-` for stdin).
+    #[arg(
+        long,
+        short = 'f',
+        value_name = "FILE",
+        required_unless_present = "batch"
+    )]
+    pub file: Option<PathBuf>,
+    /// A stored batch instead: tokens and price of all its jobs, time for those still to run.
+    #[arg(long, conflicts_with = "file")]
+    pub batch: Option<String>,
+    #[arg(long, value_enum)]
+    pub format: Option<FileFormat>,
+    /// Defaults for lines without them, as for `submit --file`.
+    #[arg(long, short = 'm')]
+    pub model: Option<String>,
+    #[arg(long)]
+    pub flex: bool,
+    #[arg(long, value_name = "DURATION")]
+    pub expires_after: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `seedq stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Compare the billed usage with the estimates, per model and tier, in tokens and CNY.
+    #[arg(long)]
+    pub cost: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Learned generation times, looked up once per (model, tier, shape).
+pub(crate) struct GenTimes<'a> {
+    store: &'a Store,
+    ctx: &'a Ctx,
+    cache: HashMap<(String, String, Option<String>), (i64, bool)>,
+}
+
+/// Completions that predict the next one (as the poller uses).
+const HISTORY: u32 = 20;
+
+impl<'a> GenTimes<'a> {
+    pub(crate) fn new(ctx: &'a Ctx, store: &'a Store) -> Self {
+        Self {
+            store,
+            ctx,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Expected generation time (ms) and whether it was learned (else the prior).
+    pub(crate) async fn get(
+        &mut self,
+        model: &str,
+        tier: &str,
+        shape: Option<&str>,
+    ) -> anyhow::Result<(i64, bool)> {
+        let key = (
+            model.to_string(),
+            tier.to_string(),
+            shape.map(str::to_string),
+        );
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(*v);
+        }
+        let learned = self
+            .store
+            .recent_generation_ms(model, tier, shape, HISTORY)
+            .await?;
+        let p = &self.ctx.cfg.poll;
+        let prior = if tier == "flex" {
+            p.flex_first_poll_after
+        } else {
+            p.first_poll_after
+        };
+        let v = match learned {
+            Some(ms) => (ms, true),
+            None => (i64::try_from(prior.as_millis()).unwrap_or(i64::MAX), false),
+        };
+        self.cache.insert(key, v);
+        Ok(v)
+    }
+}
+
+pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> {
+    let store = ctx.store()?;
+    let mut times = GenTimes::new(ctx, &store);
+    let mut items = Vec::new();
+    let mut learned = 0usize;
+    if let Some(name) = &a.batch {
+        if store.batch(name).await?.is_none() {
+            eprintln!("error: no batch named {name}");
+            return Ok(ExitCode::from(1));
+        }
+        for j in store.batch_jobs(name).await? {
+            let (gen_ms, l) = times
+                .get(&j.model, &j.service_tier, j.shape.as_deref())
+                .await?;
+            learned += usize::from(l);
+            let pending = !j.state.is_terminal()
+                && !matches!(j.state, JobState::Succeeded | JobState::Archiving);
+            items.push(Item {
+                flex: j.is_flex(),
+                tokens: j.usage_tokens.or(j.est_tokens),
+                model: j.model,
+                gen_ms,
+                pending,
+            });
+        }
+    } else if let Some(path) = &a.file {
+        let defaults = SubmitArgs {
+            file: Some(path.clone()),
+            format: a.format,
+            model: a.model.clone(),
+            flex: a.flex,
+            expires_after: a.expires_after.clone(),
+            ..Default::default()
+        };
+        let jobs = if super::batch::is_csv(path, a.format) {
+            super::batch::prepare_csv(ctx, path, &defaults)?
+        } else if path.as_os_str() == "-" {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            super::jobs::prepare_lines(ctx, std::io::stdin().lock(), &cwd, &defaults)?
+        } else {
+            let f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let base = path
+                .parent()
+                .unwrap_or(std::path::Path::new("."))
+                .to_path_buf();
+            super::jobs::prepare_lines(ctx, std::io::BufReader::new(f), &base, &defaults)?
+        };
+        for j in jobs {
+            let tier = if j.flex { "flex" } else { "default" };
+            let (gen_ms, l) = times.get(&j.model, tier, j.shape.as_deref()).await?;
+            learned += usize::from(l);
+            items.push(Item {
+                model: j.model,
+                flex: j.flex,
+                tokens: j.est_tokens,
+                gen_ms,
+                pending: true,
+            });
+        }
+    }
+    let est = estimate::estimate(
+        &items,
+        &ctx.catalogue,
+        |m| Limiter::limits(&ctx.catalogue, m),
+        ctx.cfg.bulk.tpd_day_ms(),
+    );
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &est)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_estimate(&mut out, ctx, &est)?;
+    writeln!(
+        out,
+        "\ngeneration times: {} of {} job(s) from recent completions, the rest assumed \
+         ({} default, {} flex; poll.first_poll_after, poll.flex_first_poll_after)",
+        learned,
+        items.len(),
+        human_ms(i64::try_from(ctx.cfg.poll.first_poll_after.as_millis()).unwrap_or(0)),
+        human_ms(i64::try_from(ctx.cfg.poll.flex_first_poll_after.as_millis()).unwrap_or(0)),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{:<36}  {:<7}  {:>7}  {:>14}  {:>10}  {:>10}  LIMITS",
+        "MODEL", "TIER", "JOBS", "TOKENS", "CNY", "TIME"
+    )?;
+    for r in &est.rows {
+        let lim = Limiter::limits(&ctx.catalogue, &r.model);
+        let mut limits = format!("{} slots, {} rpm", lim.concurrency, lim.rpm);
+        if r.tier == "flex"
+            && let Some(tpd) = lim.flex_tpd
+        {
+            limits.push_str(&format!(
+                ", {} tokens/day",
+                grouped(i64::try_from(tpd).unwrap_or(i64::MAX))
+            ));
+        }
+        if r.tpd_days > 0 {
+            limits.push_str(&format!(" (+{} day(s) of TPD)", r.tpd_days));
+        }
+        if r.unknown_tokens > 0 {
+            limits.push_str(&format!(
+                "; {} job(s) without a token estimate",
+                r.unknown_tokens
+            ));
+        }
+        writeln!(
+            out,
+            "{:<36}  {:<7}  {:>7}  {:>14}  {:>10}  {:>10}  {}",
+            r.model,
+            r.tier,
+            r.jobs,
+            grouped(r.tokens),
+            r.cost.map_or_else(|| "?".into(), |c| format!("{c:.2}")),
+            human_ms(r.finish_ms),
+            limits
+        )?;
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<7}  {:>7}  {:>14}  {:>10.2}  {:>10}",
+        "total",
+        "",
+        est.jobs,
+        grouped(est.tokens),
+        est.cost,
+        human_ms(est.finish_ms)
+    )
+}
+
+/// One line of `stats --cost`.
+#[derive(serde::Serialize)]
+struct CostLine {
+    #[serde(flatten)]
+    row: crate::store::CostRow,
+    /// (billed − estimated) / estimated, in percent.
+    token_error_pct: Option<f64>,
+    est_cost: Option<f64>,
+    cost: Option<f64>,
+}
+
+pub(crate) async fn stats_cost(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
+    let rows = ctx.store()?.cost_rows().await?;
+    let lines: Vec<CostLine> = rows
+        .into_iter()
+        .map(|row| {
+            let spec = ctx.catalogue.get(&row.model);
+            let flex = row.tier == "flex";
+            CostLine {
+                token_error_pct: (row.est_tokens > 0).then(|| {
+                    (row.usage_tokens - row.est_tokens) as f64 * 100.0 / row.est_tokens as f64
+                }),
+                est_cost: spec.map(|s| catalogue::cost(s, row.est_tokens, flex)),
+                cost: spec.map(|s| catalogue::cost(s, row.usage_tokens, flex)),
+                row,
+            }
+        })
+        .collect();
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer_pretty(&mut out, &lines)?;
+        writeln!(out)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<7}  {:>7}  {:>14}  {:>14}  {:>8}  {:>10}  {:>10}",
+        "MODEL", "TIER", "BILLED", "EST. TOKENS", "USED TOKENS", "ERROR", "EST. CNY", "CNY"
+    )?;
+    let money = |v: Option<f64>| v.map_or_else(|| "?".into(), |c| format!("{c:.2}"));
+    for l in &lines {
+        writeln!(
+            out,
+            "{:<36}  {:<7}  {:>7}  {:>14}  {:>14}  {:>8}  {:>10}  {:>10}",
+            l.row.model,
+            l.row.tier,
+            l.row.jobs,
+            grouped(l.row.est_tokens),
+            grouped(l.row.usage_tokens),
+            l.token_error_pct
+                .map_or_else(|| "?".into(), |p| format!("{p:+.1}%")),
+            money(l.est_cost),
+            money(l.cost)
+        )?;
+        if l.row.unestimated > 0 {
+            writeln!(out, "  ({} job(s) had no estimate)", l.row.unestimated)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

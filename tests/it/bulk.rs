@@ -1,0 +1,212 @@
+//! Bulk rendering against the simulator: batches (JSONL and CSV), estimates, export, watch,
+//! chains, stitching and the flex governor.
+
+use std::collections::HashMap;
+
+use crate::helpers::{SimProc, TestEnv, code_and_err, worker_config};
+
+const PRO: &str = "doubao-seedance-1-0-pro-250528";
+const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
+const FAST: &str = "doubao-seedance-1-0-pro-fast-251015";
+
+/// Tiny, reused videos and a minute that lasts 120 ms: pictures do not matter here.
+fn fast_sim(extra: &str) -> SimProc {
+    SimProc::start(&format!(
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
+    ))
+}
+
+fn write(env: &TestEnv, name: &str, text: &str) -> String {
+    let p = env.path().join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.to_string_lossy().into_owned()
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+#[test]
+fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() {
+    // More slots than the catalogue's, on both sides, so 500 jobs take a couple of seconds.
+    let models = [PRO, LITE_T2V, FAST];
+    let sim_limits: String = models
+        .iter()
+        .map(|m| format!("[models.\"{m}\"]\nconcurrency = 40\n"))
+        .collect();
+    let sim = fast_sim(&format!(
+        "{sim_limits}[faults]\noutput_moderation_words = [\"forbidden\"]\n"
+    ));
+    let seedq_limits: String = models
+        .iter()
+        .map(|m| format!("[models.\"{m}\"]\nlimits = {{ concurrency = 40 }}\n"))
+        .collect();
+    let env = TestEnv::new(&worker_config(&sim, &seedq_limits));
+    let lines: Vec<String> = (0..500)
+        .map(|i| {
+            let model = models[i % 3];
+            // Two clip shapes only: the sim renders each shape once, and the first render
+            // holds up the first tasks (and the learned first-poll times) in a debug build.
+            let (res, dur) = [("480p", 2), ("480p", 2), ("480p", 3)][i % 3];
+            let word = if i % 167 == 5 { "forbidden " } else { "" };
+            format!(
+                r#"{{"prompt":"{word}shot {i}","model":"{model}","resolution":"{res}","duration":{dur},"key":"k{i}"}}"#
+            )
+        })
+        .collect();
+    let file = write(&env, "jobs.jsonl", &lines.join("\n"));
+
+    let est = json(&env.ok(&["estimate", "-f", &file, "--json"]));
+    assert_eq!(est["jobs"], 500);
+    env.ok(&["submit", "-f", &file, "--batch", "night"]);
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 500);
+    let failed: Vec<&serde_json::Value> = jobs.iter().filter(|j| j["state"] == "failed").collect();
+    assert_eq!(failed.len(), 3, "the moderated prompts fail");
+    assert!(
+        jobs.iter()
+            .all(|j| j["state"] == "succeeded" || j["state"] == "failed")
+    );
+
+    // The estimate equals what the sim billed, model by model (1.0 models: exact formula).
+    let mut billed: HashMap<String, i64> = HashMap::new();
+    let mut billed_est: HashMap<String, i64> = HashMap::new();
+    for j in jobs.iter().filter(|j| j["state"] == "succeeded") {
+        let m = j["model"].as_str().expect("model").to_string();
+        *billed.entry(m.clone()).or_default() += j["usage_tokens"].as_i64().expect("usage");
+        *billed_est.entry(m).or_default() += j["est_tokens"].as_i64().expect("estimate");
+    }
+    for row in est["rows"].as_array().expect("rows") {
+        let m = row["model"].as_str().expect("model");
+        // The estimate covers the failed (unbilled) jobs too: compare per job.
+        assert_eq!(billed[m], billed_est[m], "{m}: usage equals est_tokens");
+        let n_ok = jobs
+            .iter()
+            .filter(|j| j["model"] == m && j["state"] == "succeeded")
+            .count();
+        assert!(n_ok > 0);
+    }
+    let est_total: i64 = est["tokens"].as_i64().expect("tokens");
+    let all_est: i64 = jobs
+        .iter()
+        .map(|j| j["est_tokens"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(est_total, all_est, "estimate --file = the stored estimates");
+
+    // batch show agrees with the rows.
+    let show = json(&env.ok(&["batch", "show", "night", "--json"]));
+    let s = &show["summary"];
+    assert_eq!(s["jobs"], 500);
+    assert_eq!(s["states"]["succeeded"], 497);
+    assert_eq!(s["states"]["failed"], 3);
+    let usage: i64 = billed.values().sum();
+    assert_eq!(s["usage_tokens"], usage);
+    assert_eq!(s["est_tokens"], all_est);
+    let reasons: Vec<&str> = show["failures"]
+        .as_array()
+        .expect("failures")
+        .iter()
+        .map(|f| f["code"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons.len(), 3);
+    assert!(
+        reasons.iter().all(|c| c.contains("PolicyViolation")),
+        "{reasons:?}"
+    );
+    let text = env.ok(&["batch", "show", "night"]);
+    assert!(text.contains("497 done"), "{text}");
+    assert!(text.contains("PolicyViolation"), "{text}");
+    let ls = env.ok(&["batch", "ls"]);
+    assert!(ls.lines().any(|l| l.starts_with("night ")), "{ls}");
+
+    // The export has one line per video, matching the rows.
+    let export = env.ok(&["export", "--batch", "night", "--format", "jsonl"]);
+    let by_id: HashMap<&str, &serde_json::Value> = jobs
+        .iter()
+        .map(|j| (j["id"].as_str().expect("id"), j))
+        .collect();
+    let lines: Vec<serde_json::Value> = export.lines().map(json).collect();
+    assert_eq!(lines.len(), 497);
+    for l in &lines {
+        let j = by_id[l["job"].as_str().expect("job")];
+        assert_eq!(l["model"], j["model"]);
+        assert_eq!(l["seed"], j["seed"]);
+        assert_eq!(l["tokens"], j["usage_tokens"]);
+        assert_eq!(l["tokens_billed"], true);
+        assert_eq!(l["url"], j["video_url"]);
+        assert!(l["prompt"].as_str().is_some_and(|p| p.starts_with("shot ")));
+        assert!(l["cost"].as_f64().is_some_and(|c| c > 0.0));
+    }
+    let csv_out = env.ok(&["export", "--batch", "night", "--format", "csv"]);
+    assert_eq!(csv_out.lines().count(), 498, "a header and 497 lines");
+    assert!(csv_out.starts_with("job,key,sha256,size,prompt,seed,model"));
+
+    // stats --cost: billed equals estimated for these models.
+    let cost = json(&env.ok(&["stats", "--cost", "--json"]));
+    for row in cost.as_array().expect("rows") {
+        assert_eq!(row["token_error_pct"], 0.0, "{row}");
+    }
+
+    // The failed jobs go back to the queue, and only they.
+    let out = env.ok(&["batch", "retry", "night", "--failed"]);
+    assert!(out.contains("3 job(s) queued again"), "{out}");
+    let queued = env.jobs().iter().filter(|j| j["state"] == "queued").count();
+    assert_eq!(queued, 3);
+    let (code, _) = code_and_err(&env.cli(&["batch", "show", "nope"]));
+    assert_eq!(code, Some(1));
+}
+
+#[test]
+fn a_csv_with_a_bad_row_imports_nothing_and_names_the_row_and_column() {
+    let env = TestEnv::new("");
+    let header = "prompt,model,resolution,duration,flex,tags\n";
+    let bad = format!(
+        "{header}a fox,{PRO},720p,5,false,a;b\n\"a cat, yawning\",{PRO},720p,15,no,\nthird,{PRO},720p,five,,\n"
+    );
+    let file = write(&env, "jobs.csv", &bad);
+    let out = env.cli(&["submit", "-f", &file, "--batch", "csv"]);
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("nothing was imported"), "{err}");
+    assert!(
+        err.contains("row 2 (line 3), column duration: duration 15 is out of range"),
+        "{err}"
+    );
+    assert!(
+        err.contains("row 3 (line 4), column duration: \"five\" is not an integer"),
+        "{err}"
+    );
+    assert!(env.jobs().is_empty(), "nothing was imported");
+
+    // The good rows alone go in, with the batch's defaults, and the batch can be cancelled.
+    let good = format!("{header}a fox,{PRO},720p,5,,a;b\n\"a cat, yawning\",,480p,3,,\n");
+    let file = write(&env, "good.csv", &good);
+    let out = env.ok(&[
+        "submit", "-f", &file, "--batch", "csv", "-m", LITE_T2V, "--flex",
+    ]);
+    assert!(out.contains("imported 2 job(s)"), "{out}");
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 2);
+    assert!(
+        jobs.iter()
+            .all(|j| j["batch_id"] == "csv" && j["service_tier"] == "flex")
+    );
+    let cat = jobs
+        .iter()
+        .find(|j| j["model"] == LITE_T2V)
+        .expect("defaulted model");
+    assert_eq!(cat["shape"], "480p/3s");
+    let fox = jobs.iter().find(|j| j["model"] == PRO).expect("fox");
+    assert_eq!(fox["tags"], serde_json::json!(["a", "b"]));
+    let out = env.ok(&["batch", "cancel", "csv"]);
+    assert!(out.contains("2 queued job(s) cancelled"), "{out}");
+    assert!(env.jobs().iter().all(|j| j["state"] == "cancelled"));
+    let show = json(&env.ok(&["batch", "show", "csv", "--json"]));
+    assert!(
+        show["batch"]["source"]
+            .as_str()
+            .is_some_and(|s| s.ends_with("good.csv"))
+    );
+}

@@ -37,11 +37,7 @@ fn picture(width: u32, height: u32, tint: u8) -> RgbImage {
     let mut pixels = Vec::with_capacity((width * height * 3) as usize);
     for y in 0..height {
         for x in 0..width {
-            pixels.extend_from_slice(&[
-                (x * 255 / width) as u8,
-                (y * 255 / height) as u8,
-                tint,
-            ]);
+            pixels.extend_from_slice(&[(x * 255 / width) as u8, (y * 255 / height) as u8, tint]);
         }
     }
     RgbImage {
@@ -61,18 +57,69 @@ fn spec(model: &str, prompt: &str) -> JobSpec {
 }
 
 fn demo_jobs(dir: &std::path::Path) -> anyhow::Result<Vec<(&'static str, JobSpec)>> {
-    for (name, tint) in [("first.png", 40u8), ("last.png", 200), ("ref1.png", 90), ("ref2.png", 150)] {
+    for (name, tint) in [
+        ("first.png", 40u8),
+        ("last.png", 200),
+        ("ref1.png", 90),
+        ("ref2.png", 150),
+    ] {
         std::fs::write(dir.join(name), encode_png(&picture(640, 360, tint))?)
             .with_context(|| format!("writing {name}"))?;
     }
     const PRO: &str = "doubao-seedance-1-0-pro-250528";
     Ok(vec![
-        ("text-to-video", JobSpec { resolution: Some("720p".into()), ..spec(PRO, "a red fox trots through fresh snow at dawn") }),
-        ("first frame", JobSpec { first_frame: Some("first.png".into()), duration: Some(3), ..spec(PRO, "the scene slowly comes alive") }),
-        ("first+last frame", JobSpec { first_frame: Some("first.png".into()), last_frame: Some("last.png".into()), resolution: Some("480p".into()), ..spec(PRO, "day turns to night") }),
-        ("reference images", JobSpec { refs: vec!["ref1.png".into(), "ref2.png".into()], ..spec("doubao-seedance-1-0-lite-i2v-250428", "[图1] and [图2] dance together") }),
-        ("flex tier", JobSpec { flex: Some(true), expires_after: Some("24h".into()), ..spec("doubao-seedance-1-0-lite-t2v-250428", "a paper boat drifts down a rainy street") }),
-        ("inline commands", spec("doubao-seedance-1-0-pro-fast-251015", "a cat yawns at the camera --rs 480p --rt 9:16 --dur 3 --seed 11")),
+        (
+            "text-to-video",
+            JobSpec {
+                resolution: Some("720p".into()),
+                ..spec(PRO, "a red fox trots through fresh snow at dawn")
+            },
+        ),
+        (
+            "first frame",
+            JobSpec {
+                first_frame: Some("first.png".into()),
+                duration: Some(3),
+                ..spec(PRO, "the scene slowly comes alive")
+            },
+        ),
+        (
+            "first+last frame",
+            JobSpec {
+                first_frame: Some("first.png".into()),
+                last_frame: Some("last.png".into()),
+                resolution: Some("480p".into()),
+                ..spec(PRO, "day turns to night")
+            },
+        ),
+        (
+            "reference images",
+            JobSpec {
+                refs: vec!["ref1.png".into(), "ref2.png".into()],
+                ..spec(
+                    "doubao-seedance-1-0-lite-i2v-250428",
+                    "[图1] and [图2] dance together",
+                )
+            },
+        ),
+        (
+            "flex tier",
+            JobSpec {
+                flex: Some(true),
+                expires_after: Some("24h".into()),
+                ..spec(
+                    "doubao-seedance-1-0-lite-t2v-250428",
+                    "a paper boat drifts down a rainy street",
+                )
+            },
+        ),
+        (
+            "inline commands",
+            spec(
+                "doubao-seedance-1-0-pro-fast-251015",
+                "a cat yawns at the camera --rs 480p --rt 9:16 --dur 3 --seed 11",
+            ),
+        ),
     ])
 }
 
@@ -96,7 +143,10 @@ fn demo_config(dir: &std::path::Path, base_url: String, scale: f64) -> Config {
 pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let dir = match a.dir {
         Some(d) => d,
-        None => std::env::temp_dir().join(format!("seedq-demo-{}", ulid::Ulid::new().to_string().to_lowercase())),
+        None => std::env::temp_dir().join(format!(
+            "seedq-demo-{}",
+            ulid::Ulid::new().to_string().to_lowercase()
+        )),
     };
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     println!("seedq demo: working in {}", dir.display());
@@ -106,7 +156,9 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
         a.time_scale
     ))
     .context("building the simulator config")?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.context("binding the simulator")?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the simulator")?;
     let sim = crate::sim::start(sim_cfg, listener).await?;
     println!("simulator (a local Ark) on {}", sim.base_url());
 
@@ -114,12 +166,16 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&cfg.store.path)?;
     let mut rows = Vec::new();
     for (mode, s) in demo_jobs(&dir)? {
-        let prepared = request::prepare(s, &ctx.catalogue, &dir).with_context(|| format!("the {mode} demo job"))?;
+        let prepared = request::prepare(s, &ctx.catalogue, &dir)
+            .with_context(|| format!("the {mode} demo job"))?;
         let id = prepared.id.clone();
         store.enqueue(vec![new_job(prepared)?]).await?;
         rows.push((id, mode));
     }
-    println!("enqueued {} jobs; running the service until they are done…\n", rows.len());
+    println!(
+        "enqueued {} jobs; running the service until they are done…\n",
+        rows.len()
+    );
 
     let started = std::time::Instant::now();
     let wctx = worker::Ctx::new(cfg, ctx.catalogue.clone(), store.clone())?;
@@ -127,15 +183,21 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
     let elapsed = started.elapsed();
 
     let jobs = store.list(ListFilter::default()).await?;
-    println!("{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  VIDEO", "JOB", "MODE", "STATE", "SECONDS", "TOKENS");
+    println!(
+        "{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  VIDEO",
+        "JOB", "MODE", "STATE", "SECONDS", "TOKENS"
+    );
     let mut all_ok = true;
     for (id, mode) in &rows {
-        let Some(j) = jobs.iter().find(|j| &j.id == id) else { continue };
+        let Some(j) = jobs.iter().find(|j| &j.id == id) else {
+            continue;
+        };
         let secs = match (j.submitted_at, j.finished_at) {
             (Some(s), Some(f)) => format!("{:.2}", (f - s) as f64 / 1000.0),
             _ => "-".into(),
         };
-        all_ok &= j.state == crate::job::JobState::Succeeded || j.state == crate::job::JobState::Archived;
+        all_ok &=
+            j.state == crate::job::JobState::Succeeded || j.state == crate::job::JobState::Archived;
         println!(
             "{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  {}",
             j.id,
@@ -143,7 +205,10 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
             j.state.as_str(),
             secs,
             j.usage_tokens.map_or_else(|| "-".into(), |t| t.to_string()),
-            j.archive_key.clone().or_else(|| j.video_url.clone()).unwrap_or_else(|| "-".into())
+            j.archive_key
+                .clone()
+                .or_else(|| j.video_url.clone())
+                .unwrap_or_else(|| "-".into())
         );
     }
     println!(
@@ -154,5 +219,9 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
         dir.join("seedq.db").display()
     );
     sim.shutdown().await;
-    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(if all_ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }

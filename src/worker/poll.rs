@@ -206,7 +206,7 @@ async fn transition_or_skip(
 }
 
 /// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
-fn url_expiry(url: &str, now: i64) -> i64 {
+pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
     url::Url::parse(url)
         .ok()
         .and_then(|u| {
@@ -256,6 +256,7 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
             .await?
             {
                 tracing::info!(job_id = %job.id, via, "succeeded");
+                ctx.poke_archive.notify_one();
             }
             Ok(())
         }

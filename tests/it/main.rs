@@ -1,4 +1,5 @@
 //! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
+mod archive;
 mod cli;
 mod helpers;

@@ -5,6 +5,7 @@
 
 mod bench;
 mod demo;
+mod fetch;
 mod jobs;
 mod service;
 
@@ -50,6 +51,8 @@ pub enum Command {
     Cancel(jobs::IdsArgs),
     /// Put failed, dead, expired or cancelled jobs back in the queue.
     Retry(jobs::IdsArgs),
+    /// Copy an archived video (or `--last-frame`, `--sidecar`) out of the object store.
+    Fetch(fetch::FetchArgs),
     /// Run the service until SIGTERM/SIGINT (what systemd starts).
     Serve,
     /// Run the service until nothing is left to do, then exit 0.
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,
+            Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(a) => crate::sim::run_cli(a).await.map(|()| ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;

@@ -231,6 +231,28 @@ impl Store {
         .await
     }
 
+    /// The archived last frame's (sha256, size), if the job has one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let row: Option<(Option<String>, Option<i64>)> = c
+                .query_row(
+                    "SELECT archive_frame_sha256, archive_frame_size FROM jobs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(match row {
+                Some((Some(sha), Some(size))) => Some((sha, size)),
+                _ => None,
+            })
+        })
+        .await
+    }
+
     /// When archive work next comes due: the earliest retry of a `succeeded` job or lease end
     /// of an `archiving` one.
     ///
@@ -411,6 +433,10 @@ mod tests {
             .record_frame_digest(&soon, t, "def".into(), 4)
             .await
             .expect("frame");
+        assert_eq!(
+            store.frame_digest(soon.as_str()).await.expect("frame"),
+            Some(("def".to_string(), 4))
+        );
         let events = store.events(soon.as_str()).await.expect("events");
         let details: Vec<_> = events.iter().filter_map(|e| e.detail.as_deref()).collect();
         assert!(

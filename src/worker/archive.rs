@@ -375,7 +375,7 @@ async fn retry_later(
     };
     let attempt = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
     let delay = backoff.delay_random(attempt, None);
-    let message = format!("{error:#}");
+    let message = describe(&error);
     let patch = Patch::new()
         .set("next_attempt_at", now_ms() + ms(delay))
         .set(
@@ -519,7 +519,7 @@ impl Work<'_> {
                     denied: false,
                 }) => match backoff.next() {
                     Some(wait) => {
-                        tracing::warn!(file = kind.name(), error = %format!("{error:#}"), retry_in = ?wait, "transfer failed; retrying");
+                        tracing::warn!(file = kind.name(), error = %describe(&error), retry_in = ?wait, "transfer failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
                     None => return Err(retry(error)),
@@ -747,8 +747,25 @@ impl Work<'_> {
 
 async fn abort(up: crate::blob::Upload) {
     if let Err(e) = up.abort().await {
-        tracing::warn!(error = %format!("{e:#}"), "cannot abort the upload; its parts expire by the bucket's rules");
+        tracing::warn!(error = %describe(&anyhow::Error::new(e)), "cannot abort the upload; its parts expire by the bucket's rules");
     }
+}
+
+/// An error and its causes on one line. object_store's messages already include their
+/// sources, so a cause whose text is already there is not repeated.
+fn describe(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
 }
 
 /// The request with every inline image (`data:` URL) replaced by `sha256:<hex>` of its bytes:
@@ -811,6 +828,20 @@ mod tests {
             "https://example.com/a.png"
         );
         assert_eq!(out["content"][0]["text"], "hi");
+    }
+
+    #[test]
+    fn causes_already_quoted_are_not_repeated() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner failed")]
+        struct Inner;
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer failed: {0}")]
+        struct Outer(#[source] Inner);
+        let e = anyhow::Error::new(Outer(Inner)).context("doing it");
+        assert_eq!(describe(&e), "doing it: outer failed: inner failed");
+        let e = anyhow::Error::new(Inner).context("doing it");
+        assert_eq!(describe(&e), "doing it: inner failed");
     }
 
     #[test]

@@ -178,11 +178,17 @@ fn base_config(dir: &Path, sim_url: &str) -> Config {
 impl Rig {
     /// `sim` is extra simulator TOML; `tweak` adjusts seedq's config (the archive URL…).
     async fn new(sim: &str, tweak: impl FnOnce(&mut Config, &Path)) -> Rig {
+        if std::env::var_os("TEST_LOG").is_some() {
+            // Several tests race to install it; the first one wins, which is all we need.
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("seedq=debug")
+                .with_test_writer()
+                .try_init();
+        }
         let dir = tempfile::tempdir().expect("tempdir");
-        let sim_cfg: SimConfig = toml::from_str(&format!(
-            "time_scale = 0.001\nvideo_downscale = 16\n{sim}"
-        ))
-        .expect("sim config");
+        let sim_cfg: SimConfig =
+            toml::from_str(&format!("time_scale = 0.001\nvideo_downscale = 16\n{sim}"))
+                .expect("sim config");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let sim = seedq::sim::start(sim_cfg, listener).await.expect("sim");
         let mut cfg = base_config(dir.path(), &sim.base_url());
@@ -340,7 +346,11 @@ async fn s3_multipart_archive_with_frame_sidecar_and_remote_delete() {
     assert_eq!(job.archive_sha256.as_deref(), Some(sha.as_str()));
     assert_eq!(job.archive_size, Some(20 * 1024 * 1024));
     assert_eq!(size, 20 * 1024 * 1024);
-    assert_eq!(s3.open_parts(), 0, "the multipart upload was completed, not left open");
+    assert_eq!(
+        s3.open_parts(),
+        0,
+        "the multipart upload was completed, not left open"
+    );
 
     let stem = key.trim_end_matches(".mp4");
     let frame = s3.object(&format!("archive/{stem}.last.png"));
@@ -357,18 +367,422 @@ async fn s3_multipart_archive_with_frame_sidecar_and_remote_delete() {
     assert_eq!(sidecar["seed"], job.seed.expect("seed"));
     assert_eq!(sidecar["request"]["model"], MODEL);
     assert!(sidecar["usage_tokens"].as_i64().is_some_and(|t| t > 0));
-    assert!(sidecar["estimated_cost"]["amount"].as_f64().is_some_and(|c| c > 0.0));
+    assert!(
+        sidecar["estimated_cost"]["amount"]
+            .as_f64()
+            .is_some_and(|c| c > 0.0)
+    );
     for t in ["queued", "submitted", "finished", "archived"] {
         assert!(sidecar["timings"][t].is_string(), "timing {t}");
     }
     assert_eq!(sidecar["objects"]["video"]["sha256"], sha.as_str());
     assert_eq!(sidecar["objects"]["video"]["key"], key.as_str());
     let (frame_sha, frame_size) = sha256_file(&frame);
-    assert_eq!(sidecar["objects"]["last_frame"]["sha256"], frame_sha.as_str());
+    assert_eq!(
+        sidecar["objects"]["last_frame"]["sha256"],
+        frame_sha.as_str()
+    );
     assert_eq!(sidecar["objects"]["last_frame"]["size"], frame_size);
     assert_eq!(sim_task["video_size"], 20 * 1024 * 1024);
     assert_eq!(sim_task["last_frame_sha256"], frame_sha.as_str());
     // The remote record was deleted after the archive, as configured.
     let gone = rig.ctx.ark.get(&remote).await;
     assert_eq!(gone.err().and_then(|e| e.status()), Some(404));
+}
+
+/// A wrong S3 secret: the attempt fails with a clear, secret-free reason, the job waits in
+/// `succeeded`, and with the right secret it is archived.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_s3_credentials_keep_the_job_and_say_why() {
+    let s3_root = tempfile::tempdir().expect("tempdir");
+    let s3 = S3::start(s3_root.path()).await;
+    let rig = Rig::new("", |cfg, _| s3.configure(cfg, "not-the-secret")).await;
+    let id = rig.submit(spec("a cat yawns")).await;
+    rig.until_succeeded(&id).await;
+
+    assert_eq!(
+        worker::archive::step(&rig.ctx).await.expect("step"),
+        Outcome::Worked
+    );
+    let job = rig.job(&id).await;
+    assert_eq!(job.state, JobState::Succeeded, "back in line, not lost");
+    assert_eq!(job.last_error_code.as_deref(), Some("archive_denied"));
+    let msg = job.last_error_message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("SignatureDoesNotMatch") || msg.contains("privileges"),
+        "{msg}"
+    );
+    assert!(!msg.contains("not-the-secret"), "{msg}");
+    assert_eq!(job.archive_key, None);
+
+    let fixed = rig.ctx_with(|cfg| s3.configure(cfg, SK));
+    let job = rig.archive_until(&fixed, &id, JobState::Archived).await;
+    let key = job.archive_key.expect("key");
+    let (sha, _) = sha256_file(&s3.object(&format!("archive/{key}")));
+    assert_eq!(job.archive_sha256, Some(sha));
+    assert_eq!(job.last_error_code, None, "the old complaint is cleared");
+}
+
+/// The S3 server dies halfway through a multipart upload: nothing appears under the key, the
+/// job goes back to `succeeded`, and once the server is back the next attempt archives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_down_mid_upload_retries_and_ends_archived() {
+    let s3_root = tempfile::tempdir().expect("tempdir");
+    let mut s3 = S3::start(s3_root.path()).await;
+    // 24 MiB at 16 MiB/s: the upload is under way for about 1.5 s.
+    let rig = Rig::new(
+        "video_pad_to_bytes = 25165824\n[faults]\ndownload_bytes_per_sec = 16777216\n",
+        |cfg, _| s3.configure(cfg, SK),
+    )
+    .await;
+    let id = rig.submit(spec("a paper boat")).await;
+    rig.until_succeeded(&id).await;
+
+    let ctx = rig.ctx.clone();
+    let step = tokio::spawn(async move { worker::archive::step(&ctx).await });
+    wait_until("the first part to reach S3", || async {
+        s3.open_parts() > 0
+    })
+    .await;
+    s3.stop();
+    let _ = step.await.expect("step task");
+    let job = rig.job(&id).await;
+    assert_eq!(job.state, JobState::Succeeded, "never claimed archived");
+    assert_eq!(job.last_error_code.as_deref(), Some("archive_failed"));
+    let key = rig
+        .ctx
+        .archive
+        .as_ref()
+        .expect("archiver")
+        .video_key(&job)
+        .expect("key");
+    assert!(
+        !s3.object(&format!("archive/{key}")).exists(),
+        "no partial object under the key"
+    );
+
+    s3.restart().await;
+    rig.faults(serde_json::json!({})).await;
+    let job = rig.archive_until(&rig.ctx, &id, JobState::Archived).await;
+    let (sha, size) = sha256_file(&s3.object(&format!("archive/{key}")));
+    assert_eq!(size, 24 * 1024 * 1024);
+    assert_eq!(job.archive_sha256, Some(sha));
+}
+
+/// Every download is cut short (a simulator fault): the size check catches each one, the
+/// in-step retries run out, and nothing is stored. Without the fault the video is archived
+/// with exactly the simulator's bytes. Local filesystem backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_downloads_are_caught_and_retried() {
+    let rig = Rig::new("", |_, _| {}).await;
+    let id = rig.submit(spec("a red kite")).await;
+    rig.until_succeeded(&id).await;
+    rig.faults(serde_json::json!({"truncate_download_rate": 1.0}))
+        .await;
+
+    worker::archive::step(&rig.ctx).await.expect("step");
+    let job = rig.job(&id).await;
+    assert_eq!(job.state, JobState::Succeeded);
+    let msg = job.last_error_message.unwrap_or_default();
+    assert!(
+        msg.contains("size mismatch") || msg.contains("source stream failed"),
+        "{msg}"
+    );
+    assert!(
+        rig.downloads().await >= 4,
+        "one try and three quick retries"
+    );
+    let archive = rig.dir.path().join("archive");
+    let files = walk(&archive);
+    assert!(
+        files.iter().all(|f| !f.ends_with(".mp4")),
+        "nothing stored: {files:?}"
+    );
+
+    rig.faults(serde_json::json!({})).await;
+    let job = rig.archive_until(&rig.ctx, &id, JobState::Archived).await;
+    let remote = job.remote_task_id.clone().expect("remote");
+    let (sha, size) = sha256_file(&archive.join(job.archive_key.expect("key")));
+    let sim = rig.sim_task(&remote).await;
+    assert_eq!(sim["video_sha256"], sha.as_str());
+    assert_eq!(sim["video_size"], size);
+    assert_eq!(job.archive_sha256, Some(sha));
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p.display().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The result URL has expired by the time the archiver gets to it: one fresh GET of the task
+/// gives a new URL and the video is archived. Memory backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_result_url_is_refreshed() {
+    // 500 s nominal at time_scale 0.001: half a second.
+    let rig = Rig::new("url_ttl = \"500s\"\n", |cfg, _| {
+        cfg.archive.url = "memory://".into();
+    })
+    .await;
+    let id = rig.submit(spec("a lighthouse at dusk")).await;
+    rig.until_succeeded(&id).await;
+    let old_url = rig.job(&id).await.video_url.expect("url");
+    wait_until("the result URL to expire", || async {
+        rig.http
+            .get(&old_url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 403)
+    })
+    .await;
+    let gets_before = rig.sim_get("/_sim/stats").await["calls"]["get"]["200"]
+        .as_u64()
+        .unwrap_or(0);
+
+    let job = rig.archive_until(&rig.ctx, &id, JobState::Archived).await;
+    assert_ne!(
+        job.video_url.as_deref(),
+        Some(old_url.as_str()),
+        "a fresh URL was recorded"
+    );
+    let gets_after = rig.sim_get("/_sim/stats").await["calls"]["get"]["200"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(gets_after > gets_before, "the task was fetched again");
+    let arch = rig.ctx.archive.as_ref().expect("archiver");
+    let key = arch.video_key(&job).expect("key");
+    let stored = arch
+        .blob()
+        .digest(&key)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(Some(stored.sha256), job.archive_sha256);
+}
+
+/// The remote task is gone for good (deleted): the job fails with `result_expired`, which
+/// `seedq stats` counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_gone_for_good_fails_with_result_expired() {
+    let rig = Rig::new("", |_, _| {}).await;
+    let id = rig.submit(spec("a snowman melts")).await;
+    rig.until_succeeded(&id).await;
+    let remote = rig.job(&id).await.remote_task_id.expect("remote");
+    rig.ctx
+        .ark
+        .delete(&remote)
+        .await
+        .expect("delete remote record");
+
+    let job = rig.archive_until(&rig.ctx, &id, JobState::Failed).await;
+    assert_eq!(job.last_error_code.as_deref(), Some("result_expired"));
+    assert!(
+        job.last_error_message
+            .as_deref()
+            .is_some_and(|m| m.contains(&remote)),
+        "{:?}",
+        job.last_error_message
+    );
+    let stats = rig.ctx.store.archive_stats().await.expect("stats");
+    assert_eq!((stats.result_expired, stats.archived), (1, 0));
+    assert!(walk(&rig.dir.path().join("archive")).is_empty());
+
+    let env = TestEnv::new("");
+    let db = rig.ctx.cfg.store.path.display().to_string();
+    let text = env.ok(&["--db", &db, "stats"]);
+    assert!(text.contains("1 result_expired"), "{text}");
+}
+
+/// A crash after an upload completed but before the job was marked: the object under the key
+/// with the recorded size and hash counts as done (no new download). A same-size object with
+/// the wrong bytes does not: it is downloaded again and replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_object_counts_only_with_the_recorded_hash() {
+    let rig = Rig::new("", |_, _| {}).await;
+    let arch = rig.ctx.archive.clone().expect("archiver");
+    for tamper in [false, true] {
+        let id = rig.submit(spec(if tamper { "b" } else { "a" })).await;
+        rig.until_succeeded(&id).await;
+        // Play the crashed holder: claim, upload, record, then vanish without marking.
+        let claim = rig
+            .ctx
+            .store
+            .claim_for_archive("crashed", 60_000)
+            .await
+            .expect("claim")
+            .expect("due");
+        assert_eq!(claim.job.id, id);
+        let url = claim.job.video_url.clone().expect("url");
+        let real = rig
+            .http
+            .get(&url)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body");
+        let mut stored = real.to_vec();
+        if tamper {
+            stored[0] ^= 0xff;
+        }
+        let key = arch.video_key(&claim.job).expect("key");
+        let mut up = arch.blob().upload(&key, "video/mp4").await.expect("upload");
+        up.write(stored.into()).await.expect("write");
+        up.finish().await.expect("finish");
+        let real_sha = hex::encode(Sha256::digest(&real));
+        rig.ctx
+            .store
+            .record_video_digest(
+                &id,
+                claim.job.lease_token,
+                key.to_string(),
+                real_sha.clone(),
+                real.len() as i64,
+            )
+            .await
+            .expect("record");
+        assert!(
+            rig.ctx
+                .store
+                .extend_archive_lease(&id, claim.job.lease_token, -1)
+                .await
+                .expect("lapse")
+        );
+
+        let before = rig.downloads().await;
+        let job = rig.archive_until(&rig.ctx, &id, JobState::Archived).await;
+        let after = rig.downloads().await;
+        assert_eq!(after - before, u64::from(tamper), "tamper={tamper}");
+        assert_eq!(job.archive_sha256.as_deref(), Some(real_sha.as_str()));
+        let (sha, _) = sha256_file(&rig.dir.path().join("archive").join(key.as_str()));
+        assert_eq!(sha, real_sha, "the store holds the real video");
+        let events = rig.ctx.store.events(id.as_str()).await.expect("events");
+        assert!(
+            events
+                .iter()
+                .any(|e| e.detail.as_deref() == Some("lease ran out; claimed again for archive")),
+            "{events:?}"
+        );
+    }
+}
+
+/// 100 jobs through the real binary: `seedq submit --file`, then `seedq run` against the
+/// simulator and the in-process S3 until everything is archived. Every recorded hash is the
+/// stored object's and the simulator's; `seedq fetch` copies one back out; `seedq stats`
+/// counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_jobs_end_to_end_through_seedq_run_into_s3() {
+    const JOBS: usize = 100;
+    let s3_root = tempfile::tempdir().expect("tempdir");
+    let s3 = S3::start(s3_root.path()).await;
+    let sim_cfg: SimConfig =
+        toml::from_str("time_scale = 0.001\nvideo_downscale = 16\n").expect("sim config");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let sim = seedq::sim::start(sim_cfg, listener).await.expect("sim");
+    let env = TestEnv::new(&format!(
+        "[ark]\nbase_url = \"{}\"\n\n[dispatch]\nidle_interval = \"50ms\"\nbackoff_base = \"10ms\"\nbackoff_max = \"100ms\"\n\n\
+         [poll]\nfirst_poll_after = \"20ms\"\nmin_interval = \"10ms\"\nmax_interval = \"100ms\"\n",
+        sim.base_url()
+    ));
+    let jobs = env.path().join("jobs.jsonl");
+    let lines: Vec<String> = (0..JOBS)
+        .map(|i| {
+            format!(
+                "{{\"prompt\":\"shot {i}\",\"model\":\"{MODEL}\",\"resolution\":\"480p\",\"duration\":2,\"key\":\"e2e-{i}\"{}}}",
+                if i % 10 == 0 { ",\"return_last_frame\":true" } else { "" }
+            )
+        })
+        .collect();
+    std::fs::write(&jobs, lines.join("\n")).expect("jsonl");
+    let with_s3 = |mut c: std::process::Command| {
+        c.env("ARK_API_KEY", "sk-sim")
+            .env("AWS_ACCESS_KEY_ID", AK)
+            .env("AWS_SECRET_ACCESS_KEY", SK)
+            .env("SEEDQ__ARCHIVE__URL", format!("s3://{BUCKET}/e2e"))
+            .env(
+                "SEEDQ__ARCHIVE__S3__ENDPOINT",
+                format!("http://{}", s3.addr),
+            )
+            .env("SEEDQ__ARCHIVE__S3__ALLOW_HTTP", "true");
+        c
+    };
+    env.ok(&["submit", "--file", jobs.to_str().expect("utf-8 path")]);
+
+    let run = tokio::process::Command::from(with_s3(env.cmd(&["run"])))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(PATIENCE, run)
+        .await
+        .expect("seedq run finishes")
+        .expect("seedq run");
+    assert!(
+        out.status.success(),
+        "seedq run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let tasks = reqwest::get(format!("http://{}/_sim/tasks", sim.addr()))
+        .await
+        .expect("tasks")
+        .json::<Vec<Value>>()
+        .await
+        .expect("json");
+    let listed = env.jobs();
+    assert_eq!(listed.len(), JOBS);
+    let mut frames = 0;
+    for j in &listed {
+        assert_eq!(j["state"], "archived", "{j}");
+        let key = j["archive_key"].as_str().expect("key");
+        let (sha, size) = sha256_file(&s3.object(&format!("e2e/{key}")));
+        assert_eq!(j["archive_sha256"], sha.as_str());
+        assert_eq!(j["archive_size"], size);
+        let task = tasks
+            .iter()
+            .find(|t| t["id"] == j["remote_task_id"])
+            .expect("sim task");
+        assert_eq!(task["video_sha256"], sha.as_str(), "the simulator's bytes");
+        let stem = key.trim_end_matches(".mp4");
+        assert!(s3.object(&format!("e2e/{stem}.json")).is_file());
+        if s3.object(&format!("e2e/{stem}.last.png")).is_file() {
+            frames += 1;
+        }
+    }
+    assert_eq!(frames, JOBS / 10, "last frames exactly where asked for");
+
+    let id = listed[0]["id"].as_str().expect("id");
+    let dest = env.path().join("fetched.mp4");
+    let fetch = tokio::process::Command::from(with_s3(env.cmd(&[
+        "fetch",
+        id,
+        "-o",
+        dest.to_str().expect("utf-8 path"),
+    ])))
+    .output()
+    .await
+    .expect("fetch");
+    assert!(
+        fetch.status.success(),
+        "fetch: {}",
+        String::from_utf8_lossy(&fetch.stderr)
+    );
+    assert_eq!(
+        sha256_file(&dest).0,
+        listed[0]["archive_sha256"].as_str().expect("sha")
+    );
+    let stats = env.ok(&["stats"]);
+    assert!(
+        stats.contains(&format!("archive: {JOBS} archived")),
+        "{stats}"
+    );
+    sim.shutdown().await;
 }

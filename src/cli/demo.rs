@@ -207,7 +207,11 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
             j.usage_tokens.map_or_else(|| "-".into(), |t| t.to_string()),
             j.archive_key
                 .clone()
-                .or_else(|| j.video_url.clone())
+                .or_else(|| j.video_url.as_deref().map(|u| u
+                    .split('?')
+                    .next()
+                    .unwrap_or(u)
+                    .to_string()))
                 .unwrap_or_else(|| "-".into())
         );
     }

@@ -103,6 +103,9 @@ impl Ctx {
         }
         if let Some(l) = &cli.log {
             cfg.log.level = l.clone();
+        } else if matches!(cli.command, Command::Demo(_)) {
+            // The demo prints its own summary; per-job log lines would bury it.
+            cfg.log.level = "seedq=warn".into();
         }
         let catalogue = cfg.validate().context("invalid configuration")?;
         Ok(Self { cfg, catalogue })
@@ -133,6 +136,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if let Command::Sim(args) = cli.command {
+        // The simulator needs none of seedq's own configuration.
+        crate::telemetry::init(cli.log.as_deref().unwrap_or("seedq=info"), "text");
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        rt.block_on(crate::sim::run_cli(args))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Ctx::load(&cli)?;
     crate::telemetry::init(&ctx.cfg.log.level, &ctx.cfg.log.format);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -151,7 +161,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,
             Command::Fetch(a) => fetch::fetch(&ctx, a).await,
-            Command::Sim(a) => crate::sim::run_cli(a).await.map(|()| ExitCode::SUCCESS),
+            Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;
                 println!(

@@ -450,9 +450,16 @@ impl BlobStore {
                     .with_allow_http(s3.allow_http)
                     .with_virtual_hosted_style_request(!s3.path_style)
                     .with_retry(retry_config());
-                if let Some(ep) = s3.endpoint.as_deref().filter(|e| !e.is_empty()) {
+                let endpoint = s3.endpoint.as_deref().filter(|e| !e.is_empty());
+                if let Some(ep) = endpoint {
                     b = b.with_endpoint(ep);
                 }
+                // Over TLS the payload needs no SigV4 hash of its own: TLS protects it in
+                // transit and the archiver hashes every byte end to end anyway, so signing it
+                // would cost a second SHA-256 pass over every video. Over plain HTTP the
+                // signature is the only integrity check the server makes, so it stays.
+                let tls = endpoint.is_none_or(|e| e.starts_with("https://"));
+                b = b.with_unsigned_payload(tls);
                 if let Some(k) = &s3.access_key_id {
                     b = b.with_access_key_id(k.expose_secret());
                 }

@@ -570,6 +570,7 @@ impl Work<'_> {
             .await
             .map_err(blob_failure("starting the upload"))?;
         let body = std::pin::pin!(resp.bytes_stream());
+        let started = std::time::Instant::now();
         let digest = match up.copy_from(body, expected).await {
             Ok(d) => d,
             Err(e) => {
@@ -604,9 +605,13 @@ impl Work<'_> {
             abort(up).await;
             return Err(Failure::Store(e));
         }
-        up.finish()
+        tracing::debug!(file = kind.name(), bytes = digest.size, elapsed = ?started.elapsed(), "all bytes received and hashed; completing the upload");
+        let done = up
+            .finish()
             .await
-            .map_err(blob_failure("completing the upload"))
+            .map_err(blob_failure("completing the upload"))?;
+        tracing::debug!(file = kind.name(), elapsed = ?started.elapsed(), "upload complete");
+        Ok(done)
     }
 
     /// The URL to download `kind` from, refreshed first when missing or about to expire.

@@ -108,7 +108,9 @@ impl BlobError {
 /// The SHA-256 (lowercase hex) and size of an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Digest {
+    /// Lowercase hex.
     pub sha256: String,
+    /// Bytes.
     pub size: u64,
 }
 
@@ -211,9 +213,13 @@ enum Part {
 pub struct KeyVars<'a> {
     /// `YYYY-MM-DD` (UTC) of the job's creation, so re-archiving lands on the same key.
     pub date: &'a str,
+    /// The model id as submitted.
     pub model: &'a str,
+    /// seedq's job id.
     pub job_id: &'a str,
+    /// Ark's task id, once the job has one.
     pub task_id: Option<&'a str>,
+    /// The job's batch, if any.
     pub batch: Option<&'a str>,
     /// The job's first tag.
     pub tag: Option<&'a str>,

@@ -176,6 +176,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Check) => {
+                if !ctx.cfg.archive.url.is_empty() {
+                    crate::blob::KeyTemplate::parse(&ctx.cfg.archive.key_template)
+                        .context("invalid configuration: archive.key_template")?;
+                }
                 println!(
                     "configuration ok ({} models known)",
                     ctx.catalogue.iter().count()

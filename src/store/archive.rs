@@ -15,6 +15,7 @@ use crate::job::{JobId, JobState};
 /// A job claimed for archiving, with the archive columns [`Job`] does not carry.
 #[derive(Clone, Debug)]
 pub struct ArchiveClaim {
+    /// The job, now `archiving` under a fresh lease token.
     pub job: Job,
     /// Archive claims so far, this one included (drives the retry backoff).
     pub attempts: i64,
@@ -25,6 +26,7 @@ pub struct ArchiveClaim {
 /// Archive counts over all models.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ArchiveStats {
+    /// Jobs in `archived`.
     pub archived: i64,
     /// Sum of the archived videos' sizes.
     pub archived_bytes: i64,
@@ -32,6 +34,7 @@ pub struct ArchiveStats {
     pub waiting: i64,
     /// Of those, jobs whose earlier archive attempt failed.
     pub retrying: i64,
+    /// Jobs being archived right now (or whose holder died; their lease will run out).
     pub archiving: i64,
     /// Jobs whose remote result was gone before it could be archived.
     pub result_expired: i64,

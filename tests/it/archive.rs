@@ -786,3 +786,27 @@ async fn hundred_jobs_end_to_end_through_seedq_run_into_s3() {
     );
     sim.shutdown().await;
 }
+
+/// `seedq config check` refuses a key template that would put every job under one key.
+#[test]
+fn config_check_refuses_a_key_template_without_a_job_id() {
+    let env = TestEnv::new("");
+    let out = env
+        .cmd(&["config", "check"])
+        .env("SEEDQ__ARCHIVE__URL", "memory://")
+        .env("SEEDQ__ARCHIVE__KEY_TEMPLATE", "{date}/{model}.mp4")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("archive.key_template") && err.contains("{job_id} or {task_id}"),
+        "{err}"
+    );
+    let ok = env
+        .cmd(&["config", "check"])
+        .env("SEEDQ__ARCHIVE__URL", "memory://")
+        .output()
+        .expect("run");
+    assert!(ok.status.success());
+}

@@ -101,10 +101,12 @@ impl Store {
                 ),
                 params![now, owner, lease_ms, id],
                 |r| {
-                    let frame: (Option<String>, Option<i64>) = (r.get(40)?, r.get(41)?);
+                    // The extra columns follow the job's, however many those are.
+                    let n = JOB_COLUMNS.split(',').count();
+                    let frame: (Option<String>, Option<i64>) = (r.get(n + 1)?, r.get(n + 2)?);
                     Ok(ArchiveClaim {
                         job: job_from_row(r)?,
-                        attempts: r.get(39)?,
+                        attempts: r.get(n)?,
                         frame: match frame {
                             (Some(sha), Some(size)) => Some((sha, size)),
                             _ => None,

@@ -13,8 +13,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0001_init.sql"),
     ),
     (
-        "0002_archive.sql",
-        include_str!("../../migrations/0002_archive.sql"),
+        "0002_generation_time.sql",
+        include_str!("../../migrations/0002_generation_time.sql"),
+    ),
+    (
+        "0003_archive.sql",
+        include_str!("../../migrations/0003_archive.sql"),
     ),
 ];
 

@@ -13,6 +13,7 @@ pub mod limiter;
 pub mod poll;
 pub mod reconcile;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,6 +28,9 @@ use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::job::Backoff;
 use crate::store::{Store, now_ms};
+
+/// Learned generation times: key `model|tier|shape` → (read at ms, expected ms).
+pub(crate) type ExpectedTimes = HashMap<String, (i64, Option<i64>)>;
 
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +60,9 @@ pub struct Ctx {
     pub archive: Option<Arc<archive::Archiver>>,
     /// Identifies this process in leases.
     pub owner: String,
+    /// Learned generation times per model/tier/shape, with when they were read (ms): a
+    /// submit asks for it, and the history query need not run for every one.
+    pub(crate) expected: Arc<std::sync::Mutex<ExpectedTimes>>,
 }
 
 impl Ctx {
@@ -90,6 +97,7 @@ impl Ctx {
             poke_archive: Arc::new(Notify::new()),
             archive,
             owner: format!("{}-{}", hostname(), std::process::id()),
+            expected: Arc::default(),
         })
     }
 
@@ -243,13 +251,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
             return std::future::pending::<anyhow::Result<()>>().await;
         }
         loop {
-            let grace_start = now_ms() - ms(ctx.cfg.dispatch.reconcile_grace);
-            if ctx
-                .store
-                .pending_work(ctx.archive.is_some(), grace_start)
-                .await?
-                == 0
-            {
+            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0 {
                 return Ok(());
             }
             tokio::time::sleep(

@@ -1,4 +1,4 @@
--- seedq schema, version 2: archive bookkeeping. Append-only, like 0001.
+-- seedq schema, version 3: archive bookkeeping. Append-only, like the others.
 --
 -- archive_attempts counts archive claims (the backoff of failed uploads), apart from
 -- `attempts`, which counts submits. archive_key / archive_sha256 / archive_size (from 0001) are

@@ -74,6 +74,8 @@ async fn start_s3(root: &Path) -> anyhow::Result<SocketAddr> {
 
 struct Measured {
     secs: f64,
+    /// For the plain copy: the extra time an fsync of the file takes afterwards.
+    fsync_secs: f64,
     bytes: u64,
     peak_rss: Option<u64>,
     sha256: Option<String>,
@@ -129,9 +131,10 @@ async fn run(size: u64, rounds: usize) -> anyhow::Result<()> {
             "a transfer has the wrong size"
         );
         println!(
-            "round {}: copy {:.2} s, local fs {:.2} s, S3 {:.2} s",
+            "round {}: copy {:.2} s (+{:.2} s fsync), local fs {:.2} s, S3 {:.2} s",
             round + 1,
             copy.secs,
+            copy.fsync_secs,
             fs.secs,
             s3m.secs
         );
@@ -162,6 +165,17 @@ async fn run(size: u64, rounds: usize) -> anyhow::Result<()> {
         );
     };
     row("plain HTTP-to-file copy (curl)", base, None);
+    let synced: Vec<Measured> = copies
+        .iter()
+        .map(|c| Measured {
+            secs: c.secs + c.fsync_secs,
+            fsync_secs: 0.0,
+            bytes: c.bytes,
+            peak_rss: None,
+            sha256: None,
+        })
+        .collect();
+    row("  the same copy, then fsync", median(&synced), None);
     row(
         "seedq archive -> local fs (fsync)",
         median(&fss),
@@ -293,6 +307,7 @@ async fn archive_run(
     Ok((
         Measured {
             secs: (b - a) as f64 / 1000.0,
+            fsync_secs: 0.0,
             bytes: on_disk,
             peak_rss: (peak > 0).then_some(peak),
             sha256: job.archive_sha256,
@@ -368,10 +383,15 @@ async fn plain_copy(
             start.elapsed().as_secs_f64()
         }
     };
+    // The archive's local store fsyncs before it reports done; this is what that costs a copy.
+    let synced = Instant::now();
+    std::fs::File::open(dest)?.sync_all()?;
+    let fsync_secs = synced.elapsed().as_secs_f64();
     let (sha, bytes) = sha256_file(dest)?;
     std::fs::remove_file(dest).ok();
     Ok(Measured {
         secs,
+        fsync_secs,
         bytes,
         peak_rss: None,
         sha256: Some(sha),

@@ -336,9 +336,10 @@ mod tests {
         let id = JobId::generate();
         store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
         let j = store
-            .claim_for_submit("m", true, "t", 60_000)
+            .claim_for_submit("m", true, 1000, 1, "t", 60_000)
             .await
             .expect("claim")
+            .pop()
             .expect("a job");
         let remote = format!("cgt-{}", id.as_str());
         let t = store

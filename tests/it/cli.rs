@@ -185,8 +185,8 @@ fn migrate_is_idempotent_and_config_never_prints_secrets() {
     let env = TestEnv::new("");
     let a = env.ok(&["migrate"]);
     let b = env.ok(&["migrate"]);
-    let want = format!("schema version {}", seedq::store::migrate::latest());
-    assert!(a.contains(&want) && b.contains(&want), "{a}{b}");
+    let latest = format!("schema version {}", seedq::store::migrate::latest());
+    assert!(a.contains(&latest) && b.contains(&latest), "{a} {b}");
     let out = env
         .cmd(&["config", "show"])
         .env("ARK_API_KEY", "sk-top-secret-value")

@@ -10,10 +10,11 @@ const LITE_I2V: &str = "doubao-seedance-1-0-lite-i2v-250428";
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
 const FAST: &str = "doubao-seedance-1-0-pro-fast-251015";
 
-/// A sim that turns a minute into 120 ms and renders tiny videos.
+/// A sim that turns a minute into 120 ms and renders tiny videos, once per clip shape (the
+/// pictures do not matter here, and rendering hundreds would dominate the suite's CPU time).
 fn sim(extra: &str) -> SimProc {
     SimProc::start(&format!(
-        "time_scale = 0.002\nvideo_downscale = 16\n{extra}\n"
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
     ))
 }
 
@@ -357,7 +358,7 @@ fn callbacks_record_the_finish_without_waiting_for_a_poll() {
 fn cancel_of_a_remote_queued_task_sends_delete() {
     // One slot: the second job waits remotely in `queued`, where DELETE can cancel it.
     let sim = SimProc::start(&format!(
-        "time_scale = 0.05\nvideo_downscale = 16\n[models.\"{PRO}\"]\nconcurrency = 1\n"
+        "time_scale = 0.2\nvideo_downscale = 16\n[models.\"{PRO}\"]\nconcurrency = 1\n"
     ));
     let env = TestEnv::new(&worker_config(
         &sim,
@@ -372,8 +373,11 @@ fn cancel_of_a_remote_queued_task_sends_delete() {
         .trim()
         .to_string();
     let _serve = env.serve();
-    wait_until(20, "both jobs submitted", || {
-        env.jobs().iter().all(|j| j["state"] == "submitted")
+    // The first job holds the sim's only slot for 12 s, so the second waits remotely queued.
+    wait_until(20, "the second job submitted", || {
+        env.jobs()
+            .iter()
+            .any(|j| j["id"] == b.as_str() && j["state"] == "submitted")
     });
     let out = env.ok(&["cancel", &b]);
     assert!(out.contains("cancel requested"), "{out}");

@@ -21,6 +21,8 @@ pub struct ArchiveClaim {
     pub attempts: i64,
     /// The last frame's verified (sha256, size), recorded by an earlier attempt.
     pub frame: Option<(String, i64)>,
+    /// What the succeeded task said about its output (JSON), for the sidecar.
+    pub result_meta: Option<String>,
 }
 
 /// Archive counts over all models.
@@ -97,7 +99,8 @@ impl Store {
                      lease_until = ?1 + ?3, next_attempt_at = ?1 + ?3, \
                      lease_token = lease_token + 1, archive_attempts = archive_attempts + 1 \
                      WHERE id = ?4 \
-                     RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, archive_frame_size"
+                     RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, archive_frame_size, \
+                     result_meta"
                 ),
                 params![now, owner, lease_ms, id],
                 |r| {
@@ -107,6 +110,7 @@ impl Store {
                     Ok(ArchiveClaim {
                         job: job_from_row(r)?,
                         attempts: r.get(n)?,
+                        result_meta: r.get(n + 3)?,
                         frame: match frame {
                             (Some(sha), Some(size)) => Some((sha, size)),
                             _ => None,

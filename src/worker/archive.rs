@@ -693,11 +693,29 @@ impl Work<'_> {
         let request = serde_json::from_str::<Value>(&job.request_json)
             .map(redact_images)
             .unwrap_or(Value::Null);
-        let from_task = |f: fn(&Task) -> Value| self.task.as_ref().map(f).filter(|v| !v.is_null());
-        let field = |name: &str, f: fn(&Task) -> Value| {
-            from_task(f)
-                .or_else(|| request.get(name).cloned())
+        // What the task said about its output (exact even for `adaptive` or defaulted
+        // parameters), else what was asked for.
+        let meta: Value = match &self.task {
+            Some(t) => serde_json::from_str(&result_meta(t)),
+            None => serde_json::from_str(self.claim.result_meta.as_deref().unwrap_or("null")),
+        }
+        .unwrap_or(Value::Null);
+        let field = |name: &str| {
+            [meta.get(name), request.get(name)]
+                .into_iter()
+                .flatten()
+                .find(|v| !v.is_null())
+                .cloned()
                 .unwrap_or(Value::Null)
+        };
+        let resolution = match field("resolution") {
+            // Jobs recorded before result_meta existed still know it from their shape.
+            Value::Null => job
+                .shape
+                .as_deref()
+                .and_then(|s| s.split('/').next())
+                .map_or(Value::Null, |r| Value::String(r.to_string())),
+            v => v,
         };
         let tokens = job.usage_tokens.or(job.est_tokens);
         let cost = match (self.ctx.catalogue.get(&job.model), tokens) {
@@ -721,15 +739,16 @@ impl Work<'_> {
             "task_id": job.remote_task_id,
             "model": job.model,
             "service_tier": job.service_tier,
-            "seed": job.seed.or_else(|| request.get("seed").and_then(Value::as_i64)),
+            "seed": field("seed"),
             "tags": job.tags,
             "batch": job.batch_id,
             "request": request,
-            "resolution": field("resolution", |t| json!(t.resolution)),
-            "ratio": field("ratio", |t| json!(t.ratio)),
-            "duration": field("duration", |t| json!(t.duration)),
-            "frames": field("frames", |t| json!(t.frames)),
-            "framespersecond": field("framespersecond", |t| json!(t.framespersecond)),
+            "resolution": resolution,
+            "ratio": field("ratio"),
+            "duration": field("duration"),
+            "frames": field("frames"),
+            "framespersecond": field("framespersecond"),
+            "revised_prompt": meta.get("revised_prompt").cloned().unwrap_or(Value::Null),
             "shape": job.shape,
             "usage_tokens": job.usage_tokens,
             "estimated_cost": cost,
@@ -754,6 +773,26 @@ async fn abort(up: crate::blob::Upload) {
     if let Err(e) = up.abort().await {
         tracing::warn!(error = %describe(&anyhow::Error::new(e)), "cannot abort the upload; its parts expire by the bucket's rules");
     }
+}
+
+/// What a succeeded task says about its output, as the JSON kept in `result_meta` for the
+/// sidecar: the request may have left these to defaults, or asked for an `adaptive` ratio.
+pub(crate) fn result_meta(t: &Task) -> String {
+    let mut m = serde_json::Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            m.insert(k.to_string(), v);
+        }
+    };
+    put("resolution", json!(t.resolution));
+    put("ratio", json!(t.ratio));
+    put("duration", json!(t.duration));
+    put("frames", json!(t.frames));
+    put("framespersecond", json!(t.framespersecond));
+    put("seed", json!(t.seed));
+    put("revised_prompt", json!(t.revised_prompt));
+    put("service_tier", json!(t.service_tier));
+    Value::Object(m).to_string()
 }
 
 /// An error and its causes on one line. object_store's messages already include their

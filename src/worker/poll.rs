@@ -389,7 +389,8 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                 .set("remote_status", "succeeded".to_string())
                 .set("finished_at", now)
                 .set("next_attempt_at", now)
-                .set("poll_count", job.poll_count + 1);
+                .set("poll_count", job.poll_count + 1)
+                .set("result_meta", super::archive::result_meta(t));
             if let Some(u) = &t.usage {
                 patch = patch.set("usage_tokens", u.total_tokens.max(u.completion_tokens));
             }

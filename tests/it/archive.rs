@@ -363,6 +363,9 @@ async fn s3_multipart_archive_with_frame_sidecar_and_remote_delete() {
     assert_eq!(sidecar["model"], MODEL);
     assert_eq!(sidecar["resolution"], "480p");
     assert_eq!(sidecar["duration"], 2);
+    // Not in the request: the task's own answer, recorded when it succeeded.
+    assert_eq!(sidecar["ratio"], "16:9");
+    assert_eq!(sidecar["framespersecond"], 24);
     assert_eq!(sidecar["batch"], "b1");
     assert_eq!(sidecar["seed"], job.seed.expect("seed"));
     assert_eq!(sidecar["request"]["model"], MODEL);

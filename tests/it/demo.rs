@@ -7,7 +7,13 @@ fn demo_runs_every_mode_to_the_end() {
     let env = TestEnv::new("");
     let dir = env.path().join("demo");
     let out = env
-        .cmd(&["demo", "--dir", dir.to_str().expect("path"), "--time-scale", "0.002"])
+        .cmd(&[
+            "demo",
+            "--dir",
+            dir.to_str().expect("path"),
+            "--time-scale",
+            "0.002",
+        ])
         .output()
         .expect("run demo");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -33,5 +39,8 @@ fn demo_runs_every_mode_to_the_end() {
             "{mode} did not finish: {line}"
         );
     }
-    assert!(dir.join("seedq.db").is_file(), "the demo's database is kept for inspection");
+    assert!(
+        dir.join("seedq.db").is_file(),
+        "the demo's database is kept for inspection"
+    );
 }

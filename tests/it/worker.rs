@@ -177,8 +177,13 @@ fn sigkill_at_random_moments_loses_nothing_and_pays_once() {
     let file = write_jobs(&env, "jobs.jsonl", &lines);
     env.ok(&["submit", "-f", &file]);
 
+    // Ten rounds in CI; SEEDQ_CRASH_ROUNDS=200 cargo test sigkill runs the longer soak.
+    let rounds: u32 = std::env::var("SEEDQ_CRASH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(10);
     let mut rng_state = 0x9e37_79b9_u64;
-    for _round in 0..10 {
+    for _round in 0..rounds {
         let mut child = env.serve();
         rng_state = rng_state
             .wrapping_mul(6_364_136_223_846_793_005)

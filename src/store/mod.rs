@@ -666,7 +666,8 @@ impl Store {
             // task exists (reconciliation found none within its grace period).
             let parked = job.state == JobState::SubmitUnknown
                 && job.last_error_code.as_deref() == Some("parked");
-            if !(job.state.is_terminal() && job.state.can_transition(JobState::Queued)) && !parked {
+            let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
+            if !(retryable || parked) {
                 return Ok(RetryOutcome::NotRetryable { state: job.state });
             }
             let now = now_ms();

@@ -2,5 +2,6 @@
 
 mod archive;
 mod cli;
+mod demo;
 mod helpers;
 mod worker;

@@ -7,7 +7,8 @@
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
-//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks) and supervisor.
+//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive) and supervisor.
+//! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
 //! - `bulk`: batches (CSV import), estimates, chains of shots, stitching, the flex governor.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
@@ -16,6 +17,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod ark;
+pub mod blob;
 pub mod bulk;
 pub mod catalogue;
 pub mod cli;

@@ -422,8 +422,35 @@ fn print_job(out: &mut impl Write, j: &Job) -> std::io::Result<()> {
     for (k, v) in rows {
         writeln!(out, "{k:>15}  {v}")?;
     }
-    writeln!(out, "{:>15}  {}", "request", j.request_json)?;
+    writeln!(
+        out,
+        "{:>15}  {}",
+        "request",
+        abbreviate_data_urls(&j.request_json)
+    )?;
     Ok(())
+}
+
+/// The request with embedded images shortened to their size: a 2 MB base64 blob helps no
+/// one reading `seedq show`.
+fn abbreviate_data_urls(json: &str) -> String {
+    let mut out = String::with_capacity(json.len().min(4096));
+    let mut rest = json;
+    while let Some(i) = rest.find("data:") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail.find('"').unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.split_once(";base64,") {
+            Some((mime, data)) => {
+                out.push_str(&format!("{mime};base64,<{} bytes>", data.len() / 4 * 3));
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -464,7 +491,8 @@ pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let rows = ctx.store()?.stats().await?;
+    let store = ctx.store()?;
+    let rows = store.stats().await?;
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -487,6 +515,17 @@ pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
             r.usage_tokens
         )?;
     }
+    let a = store.archive_stats().await?;
+    writeln!(
+        out,
+        "\narchive: {} archived ({:.1} MiB), {} waiting ({} retrying), {} archiving, {} result_expired",
+        a.archived,
+        a.archived_bytes as f64 / (1024.0 * 1024.0),
+        a.waiting,
+        a.retrying,
+        a.archiving,
+        a.result_expired
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -545,4 +584,22 @@ pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviate_data_urls;
+
+    #[test]
+    fn embedded_images_are_shortened_for_display() {
+        let json = r#"{"content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAABBBBCCCC"}},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}"#;
+        let shown = abbreviate_data_urls(json);
+        assert!(
+            shown.contains(r#""url":"data:image/png;base64,<9 bytes>""#),
+            "{shown}"
+        );
+        assert!(shown.contains("https://x/y.png"));
+        assert!(!shown.contains("AAAABBBB"));
+        assert_eq!(abbreviate_data_urls("{}"), "{}");
+    }
 }

@@ -9,6 +9,7 @@ mod bench_pipeline;
 mod demo;
 mod estimate;
 mod export;
+mod fetch;
 mod jobs;
 mod service;
 
@@ -61,6 +62,8 @@ pub enum Command {
     Estimate(estimate::EstimateArgs),
     /// Write a manifest of a batch's videos (CSV or JSONL).
     Export(export::ExportArgs),
+    /// Copy an archived video (or `--last-frame`, `--sidecar`) out of the object store.
+    Fetch(fetch::FetchArgs),
     /// Run the service until SIGTERM/SIGINT (what systemd starts).
     Serve,
     /// Run the service until nothing is left to do, then exit 0.
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,
+            Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;
@@ -187,6 +191,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Check) => {
+                if !ctx.cfg.archive.url.is_empty() {
+                    crate::blob::KeyTemplate::parse(&ctx.cfg.archive.key_template)
+                        .context("invalid configuration: archive.key_template")?;
+                }
                 println!(
                     "configuration ok ({} models known)",
                     ctx.catalogue.iter().count()

@@ -17,6 +17,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0002_generation_time.sql"),
     ),
     (
+        "0003_archive.sql",
+        include_str!("../../migrations/0003_archive.sql"),
+    ),
+    (
         "0010_bulk.sql",
         include_str!("../../migrations/0010_bulk.sql"),
     ),

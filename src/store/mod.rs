@@ -6,6 +6,7 @@
 //! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
+mod archive;
 mod bulk;
 mod conn;
 pub mod migrate;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::job::{JobId, JobState};
 
+pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure};
 pub use conn::BUSY_TIMEOUT;
 
@@ -624,6 +626,17 @@ impl Store {
                     insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("cancelled by user"))?;
                     CancelOutcome::Cancelled
                 }
+                // A parked ambiguous submit has no remote id to DELETE: the operator decides
+                // it is over. (If a task did start, it is not tracked any more.)
+                JobState::SubmitUnknown if job.last_error_code.as_deref() == Some("parked") => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2, \
+                         lease_token = lease_token + 1 WHERE id = ?1 AND state = 'submit_unknown'",
+                        params![id, now],
+                    )?;
+                    insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("parked submit cancelled by user"))?;
+                    CancelOutcome::Cancelled
+                }
                 s if s.is_remote() => {
                     tx.execute(
                         "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
@@ -651,7 +664,12 @@ impl Store {
             let Some(job) = load_job(&tx, &id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
-            if !job.state.can_transition(JobState::Queued) || !job.state.is_terminal() {
+            // A parked ambiguous submit may be resubmitted by an operator who checked that no
+            // task exists (reconciliation found none within its grace period).
+            let parked = job.state == JobState::SubmitUnknown
+                && job.last_error_code.as_deref() == Some("parked");
+            let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
+            if !(retryable || parked) {
                 return Ok(RetryOutcome::NotRetryable { state: job.state });
             }
             let now = now_ms();

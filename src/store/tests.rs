@@ -277,3 +277,62 @@ async fn flex_deadline_expires_queued_jobs_locally() {
     let got = s.job(j.id.as_str()).await.expect("get").expect("exists");
     assert_eq!(got.state, JobState::Expired);
 }
+
+#[tokio::test]
+async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
+    let (_d, s) = store();
+    s.enqueue(vec![new_job("m", None, 0), new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    for _ in 0..2 {
+        let j = s
+            .claim_for_submit("m", true, 10, 1, "w", 1000)
+            .await
+            .expect("claim")
+            .pop()
+            .expect("job");
+        let t = s
+            .transition(
+                &j.id,
+                JobState::Submitting,
+                j.lease_token,
+                JobState::SubmitUnknown,
+                Patch::new(),
+                None,
+            )
+            .await
+            .expect("unknown");
+        // Not parked yet: reconciliation is still looking.
+        assert_eq!(
+            s.retry(j.id.as_str()).await.expect("retry"),
+            RetryOutcome::NotRetryable {
+                state: JobState::SubmitUnknown
+            }
+        );
+        s.update(
+            &j.id,
+            JobState::SubmitUnknown,
+            t,
+            Patch::new().set("last_error_code", "parked".to_string()),
+        )
+        .await
+        .expect("park");
+    }
+    let jobs = s.list(ListFilter::default()).await.expect("list");
+    assert_eq!(
+        s.retry(jobs[0].id.as_str()).await.expect("retry"),
+        RetryOutcome::Requeued
+    );
+    assert_eq!(
+        s.cancel(jobs[1].id.as_str()).await.expect("cancel"),
+        CancelOutcome::Cancelled
+    );
+    let states: Vec<JobState> = s
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(|j| j.state)
+        .collect();
+    assert_eq!(states, vec![JobState::Queued, JobState::Cancelled]);
+}

@@ -123,23 +123,19 @@ fn jsonl_import_is_all_or_nothing_and_idempotent() {
         })
         .collect();
     std::fs::write(&good, lines).expect("write");
-    let out = env.ok(&[
-        "submit",
-        "-f",
-        good.to_str().expect("path"),
-        "-m",
-        PRO,
-        "--flex",
-    ]);
+    let import = || {
+        env.ok(&[
+            "submit",
+            "-f",
+            good.to_str().expect("path"),
+            "-m",
+            PRO,
+            "--flex",
+        ])
+    };
+    let out = import();
     assert!(out.contains("imported 50 job(s), skipped 0"), "{out}");
-    let out = env.ok(&[
-        "submit",
-        "-f",
-        good.to_str().expect("path"),
-        "-m",
-        PRO,
-        "--flex",
-    ]);
+    let out = import();
     assert!(out.contains("imported 0 job(s), skipped 50"), "{out}");
     let jobs = env.jobs();
     assert_eq!(jobs.len(), 50);

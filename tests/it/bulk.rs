@@ -22,6 +22,20 @@ fn write(env: &TestEnv, name: &str, text: &str) -> String {
     p.to_string_lossy().into_owned()
 }
 
+/// `TestEnv::new` with archiving into `<dir>/archive` (the helper's config turns it off).
+fn archived_env(extra: &str) -> TestEnv {
+    let env = TestEnv::new(extra);
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    let url = format!("file://{}", env.path().join("archive").display());
+    let text = text.replacen(
+        "[archive]\nurl = \"\"",
+        &format!("[archive]\nurl = {url:?}"),
+        1,
+    );
+    std::fs::write(&env.config, text).expect("config");
+    env
+}
+
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
@@ -41,7 +55,7 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
         .iter()
         .map(|m| format!("[models.\"{m}\"]\nlimits = {{ concurrency = 40 }}\n"))
         .collect();
-    let env = TestEnv::new(&worker_config(&sim, &seedq_limits));
+    let env = archived_env(&worker_config(&sim, &seedq_limits));
     let lines: Vec<String> = (0..500)
         .map(|i| {
             let model = models[i % 3];
@@ -67,13 +81,13 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
     assert_eq!(failed.len(), 3, "the moderated prompts fail");
     assert!(
         jobs.iter()
-            .all(|j| j["state"] == "succeeded" || j["state"] == "failed")
+            .all(|j| j["state"] == "archived" || j["state"] == "failed")
     );
 
     // The estimate equals what the sim billed, model by model (1.0 models: exact formula).
     let mut billed: HashMap<String, i64> = HashMap::new();
     let mut billed_est: HashMap<String, i64> = HashMap::new();
-    for j in jobs.iter().filter(|j| j["state"] == "succeeded") {
+    for j in jobs.iter().filter(|j| j["state"] == "archived") {
         let m = j["model"].as_str().expect("model").to_string();
         *billed.entry(m.clone()).or_default() += j["usage_tokens"].as_i64().expect("usage");
         *billed_est.entry(m).or_default() += j["est_tokens"].as_i64().expect("estimate");
@@ -84,7 +98,7 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
         assert_eq!(billed[m], billed_est[m], "{m}: usage equals est_tokens");
         let n_ok = jobs
             .iter()
-            .filter(|j| j["model"] == m && j["state"] == "succeeded")
+            .filter(|j| j["model"] == m && j["state"] == "archived")
             .count();
         assert!(n_ok > 0);
     }
@@ -99,7 +113,7 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
     let show = json(&env.ok(&["batch", "show", "night", "--json"]));
     let s = &show["summary"];
     assert_eq!(s["jobs"], 500);
-    assert_eq!(s["states"]["succeeded"], 497);
+    assert_eq!(s["states"]["archived"], 497);
     assert_eq!(s["states"]["failed"], 3);
     let usage: i64 = billed.values().sum();
     assert_eq!(s["usage_tokens"], usage);
@@ -136,6 +150,15 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
         assert_eq!(l["tokens"], j["usage_tokens"]);
         assert_eq!(l["tokens_billed"], true);
         assert_eq!(l["url"], j["video_url"]);
+        assert_eq!(l["key"], j["archive_key"]);
+        assert_eq!(l["sha256"], j["archive_sha256"]);
+        assert_eq!(l["size"], j["archive_size"]);
+        let file = env
+            .path()
+            .join("archive")
+            .join(l["key"].as_str().expect("key"));
+        let len = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        assert_eq!(l["size"], len, "{}", file.display());
         assert!(l["prompt"].as_str().is_some_and(|p| p.starts_with("shot ")));
         assert!(l["cost"].as_f64().is_some_and(|c| c > 0.0));
     }

@@ -12,6 +12,7 @@ mod export;
 mod fetch;
 mod jobs;
 mod service;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -60,6 +61,8 @@ pub enum Command {
     Batch(batch::BatchCommand),
     /// Tokens, price and time to finish of a job file or batch, before anything is spent.
     Estimate(estimate::EstimateArgs),
+    /// Live progress of batches: bars on a terminal, plain lines elsewhere.
+    Watch(watch::WatchArgs),
     /// Write a manifest of a batch's videos (CSV or JSONL).
     Export(export::ExportArgs),
     /// Copy an archived video (or `--last-frame`, `--sidecar`) out of the object store.
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Batch(c) => batch::run(&ctx, c).await,
             Command::Export(a) => export::run(&ctx, a).await,
             Command::Estimate(a) => estimate::run(&ctx, a).await,
+            Command::Watch(a) => watch::run(&ctx, a).await,
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,

@@ -23,14 +23,16 @@ pub struct BatchMeta {
     pub source: Option<String>,
 }
 
-/// The jobs of one batch in one (state, model, tier) cell: what `batch ls/show` and `watch`
-/// aggregate.
+/// The jobs of one batch in one (state, model, tier, shape) cell: what `batch ls/show` and
+/// `watch` aggregate.
 #[derive(Clone, Debug, Serialize)]
 pub struct BatchCell {
     pub batch: String,
     pub state: JobState,
     pub model: String,
     pub tier: String,
+    /// `720p/5s`: with model and tier, what the learned generation times are keyed by.
+    pub shape: Option<String>,
     pub jobs: i64,
     pub est_tokens: i64,
     pub usage_tokens: i64,
@@ -214,7 +216,7 @@ impl Store {
         .await
     }
 
-    /// Per (batch, state, model, tier) counts, tokens and timings; one batch or all of them.
+    /// Per (batch, state, model, tier, shape) counts, tokens and timings; one batch or all.
     ///
     /// # Errors
     /// SQL errors.
@@ -225,9 +227,9 @@ impl Store {
                    COALESCE(SUM(est_tokens), 0), COALESCE(SUM(usage_tokens), 0), \
                    COALESCE(SUM(CASE WHEN usage_tokens IS NOT NULL THEN est_tokens END), 0), \
                    MIN(created_at), MIN(submitted_at), MAX(finished_at), \
-                   COALESCE(SUM(gen_ms), 0), COUNT(gen_ms) \
+                   COALESCE(SUM(gen_ms), 0), COUNT(gen_ms), shape \
                  FROM jobs WHERE batch_id IS NOT NULL AND (?1 IS NULL OR batch_id = ?1) \
-                 GROUP BY batch_id, state, model, service_tier \
+                 GROUP BY batch_id, state, model, service_tier, shape \
                  ORDER BY batch_id, model, service_tier, state",
             )?;
             let rows = st.query_map([batch], |r| {
@@ -239,6 +241,7 @@ impl Store {
                         state: JobState::Queued,
                         model: r.get(2)?,
                         tier: r.get(3)?,
+                        shape: r.get(13)?,
                         jobs: r.get(4)?,
                         est_tokens: r.get(5)?,
                         usage_tokens: r.get(6)?,

@@ -233,3 +233,59 @@ fn a_csv_with_a_bad_row_imports_nothing_and_names_the_row_and_column() {
             .is_some_and(|s| s.ends_with("good.csv"))
     );
 }
+
+#[test]
+fn watch_prints_plain_progress_lines_and_exits_when_the_batch_is_done() {
+    // 2 s clips take 0.42 s here, so 40 jobs at 10 slots take a couple of seconds.
+    let sim = SimProc::start("time_scale = 0.01\nvideo_downscale = 16\nreuse_videos = true\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            format!(r#"{{"prompt":"w {i}","model":"{PRO}","resolution":"480p","duration":2}}"#)
+        })
+        .collect();
+    let file = write(&env, "jobs.jsonl", &lines.join("\n"));
+    env.ok(&["submit", "-f", &file, "--batch", "w"]);
+    let mut watch = crate::helpers::Guard(
+        env.cmd(&[
+            "watch",
+            "--batch",
+            "w",
+            "--interval",
+            "100ms",
+            "--exit-when-done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn watch"),
+    );
+    let _serve = env.serve();
+    let mut status = None;
+    crate::helpers::wait_until(60, "watch to exit", || {
+        status = watch.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut watch.0.stdout.take().expect("stdout"), &mut out)
+        .expect("read watch output");
+    let progress: Vec<&str> = out.lines().filter(|l| l.starts_with("w: ")).collect();
+    assert!(progress.len() >= 3, "several progress lines:\n{out}");
+    assert!(progress[0].contains("/40 finished"), "{out}");
+    assert!(
+        progress
+            .iter()
+            .any(|l| l.contains("/min") && l.contains("eta ")),
+        "throughput and eta:\n{out}"
+    );
+    // Counts only grow, and no terminal escapes reach a pipe.
+    let finished: Vec<i64> = progress
+        .iter()
+        .filter_map(|l| l["w: ".len()..].split('/').next()?.parse().ok())
+        .collect();
+    assert!(finished.windows(2).all(|w| w[0] <= w[1]), "{finished:?}");
+    assert_eq!(finished.last(), Some(&40), "{out}");
+    assert!(!out.contains('\x1b'), "{out:?}");
+    let last = out.lines().last().unwrap_or("");
+    assert!(last.starts_with("w: done: 40 of 40"), "{out}");
+}

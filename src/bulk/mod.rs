@@ -3,13 +3,18 @@
 //!
 //! - `import`: CSV rows → [`crate::request::JobSpec`]s (the documented columns).
 //! - `estimate`: tokens, price and time to finish per model and tier (pure).
+//! - `chain`: the chain stage: releases each shot when its predecessor succeeds, retries or
+//!   stops a chain, stitches a finished one.
+//! - `stitch`: joins archived videos into one MP4 and archives it with a sidecar.
 //! - `[bulk]` configuration ([`BulkConfig`]).
 //!
 //! Batches themselves are plain jobs sharing `batch_id`, plus a `batches` row for what a batch
 //! has beyond its jobs (migration 0010, queries in `store/bulk.rs`).
 
+pub mod chain;
 pub mod estimate;
 pub mod import;
+pub mod stitch;
 
 use std::time::Duration;
 
@@ -23,12 +28,15 @@ pub struct BulkConfig {
     /// Ark's budget is per day; only shorten it to test against a time-scaled simulator.
     #[serde(with = "humantime_serde")]
     pub tpd_day: Duration,
+    /// Retries of a chain's failed shot before the chain stops (a chain may set its own).
+    pub chain_retries: u32,
 }
 
 impl Default for BulkConfig {
     fn default() -> Self {
         Self {
             tpd_day: Duration::from_secs(86_400),
+            chain_retries: 2,
         }
     }
 }

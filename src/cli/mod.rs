@@ -6,12 +6,14 @@
 mod batch;
 mod bench;
 mod bench_pipeline;
+mod chain;
 mod demo;
 mod estimate;
 mod export;
 mod fetch;
 mod jobs;
 mod service;
+mod stitch;
 mod watch;
 
 use std::path::PathBuf;
@@ -61,6 +63,11 @@ pub enum Command {
     Batch(batch::BatchCommand),
     /// Tokens, price and time to finish of a job file or batch, before anything is spent.
     Estimate(estimate::EstimateArgs),
+    /// Chains of continuous shots: submit, show, ls.
+    #[command(subcommand)]
+    Chain(chain::ChainCommand),
+    /// Join archived videos (keys or job ids) into one MP4, losslessly.
+    Stitch(stitch::StitchArgs),
     /// Live progress of batches: bars on a terminal, plain lines elsewhere.
     Watch(watch::WatchArgs),
     /// Write a manifest of a batch's videos (CSV or JSONL).
@@ -176,6 +183,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Export(a) => export::run(&ctx, a).await,
             Command::Estimate(a) => estimate::run(&ctx, a).await,
             Command::Watch(a) => watch::run(&ctx, a).await,
+            Command::Chain(c) => chain::run(&ctx, c).await,
+            Command::Stitch(a) => stitch::run(&ctx, a).await,
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,

@@ -8,6 +8,7 @@
 
 mod archive;
 mod bulk;
+mod chain;
 mod conn;
 pub mod migrate;
 
@@ -22,6 +23,7 @@ use crate::job::{JobId, JobState};
 
 pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure};
+pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 
 /// Errors from the store.

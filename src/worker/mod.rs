@@ -244,6 +244,10 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
             set.spawn(async move { ("archive", archive::run(c, t).await) });
         }
     }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("chain", crate::bulk::chain::run(c, t).await) });
+    }
     tracing::info!(mode = ?mode, "seedq service started");
 
     let drained = async {
@@ -251,7 +255,10 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
             return std::future::pending::<anyhow::Result<()>>().await;
         }
         loop {
-            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0 {
+            // A chain may still have to release a shot or be stitched.
+            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0
+                && ctx.store.active_chains().await? == 0
+            {
                 return Ok(());
             }
             tokio::time::sleep(

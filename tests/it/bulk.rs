@@ -289,3 +289,186 @@ fn watch_prints_plain_progress_lines_and_exits_when_the_batch_is_done() {
     let last = out.lines().last().unwrap_or("");
     assert!(last.starts_with("w: done: 40 of 40"), "{out}");
 }
+
+fn probe(path: &std::path::Path) -> seedq::media::Mp4Info {
+    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let size = f.metadata().expect("metadata").len();
+    seedq::media::probe(std::io::BufReader::new(f), size).expect("probe")
+}
+
+#[test]
+fn a_chain_feeds_each_last_frame_forward_and_is_stitched_and_a_failing_chain_stops() {
+    // Pictures matter here: 480p 1:1 at half size gives 320x320 frames, just above the
+    // 300 px an input image needs, so a last frame can start the next shot.
+    let sim = SimProc::start(
+        "time_scale = 0.002\nvideo_downscale = 2\n[faults]\noutput_moderation_words = [\"forbidden\"]\n",
+    );
+    let env = archived_env(&worker_config(&sim, ""));
+    let story = format!(
+        r#"{{"id": "fox", "defaults": {{"model": "{PRO}", "resolution": "480p", "ratio": "1:1", "duration": 2}},
+            "shots": [{{"prompt": "a fox wakes up"}}, {{"prompt": "the fox runs", "duration": 3}}, {{"prompt": "the fox sleeps"}}]}}"#
+    );
+    let file = write(&env, "story.json", &story);
+    let out = env.ok(&["chain", "submit", &file]);
+    assert!(out.contains("chain fox: 3 shot(s) queued"), "{out}");
+    // A second chain in JSONL whose middle shot is refused every time.
+    let bad: Vec<String> = ["one", "forbidden two", "three"]
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            format!(
+                r#"{{"chain": "bad", "shot": {}, "prompt": "{p}", "model": "{PRO}", "resolution": "480p", "ratio": "1:1", "duration": 2}}"#,
+                i + 1
+            )
+        })
+        .collect();
+    let file = write(&env, "bad.jsonl", &bad.join("\n"));
+    env.ok(&["chain", "submit", &file, "--retries", "1"]);
+    let held = json(&env.ok(&["chain", "show", "fox", "--json"]));
+    assert_eq!(held["shots"][1]["held"], true, "{held}");
+    env.run_service();
+
+    let show = json(&env.ok(&["chain", "show", "fox", "--json"]));
+    assert_eq!(show["chain"]["state"], "done", "{show}");
+    let shots = show["shots"].as_array().expect("shots");
+    assert!(shots.iter().all(|s| s["state"] == "archived"), "{show}");
+    let tasks = sim.tasks();
+    let task = |s: &serde_json::Value| {
+        tasks
+            .iter()
+            .find(|t| t["id"] == s["remote_task_id"])
+            .unwrap_or_else(|| panic!("no sim task for {s}"))
+            .clone()
+    };
+    let t: Vec<serde_json::Value> = shots.iter().map(task).collect();
+    assert_eq!(
+        t[0]["input_image_sha256"],
+        serde_json::json!([]),
+        "shot 1 is text-to-video"
+    );
+    for k in 1..3 {
+        assert_eq!(
+            t[k]["input_image_sha256"][0],
+            t[k - 1]["last_frame_sha256"],
+            "shot {} starts from shot {}'s last frame",
+            k + 1,
+            k
+        );
+        assert!(t[k]["created_ms"].as_i64() >= t[k - 1]["finished_ms"].as_i64());
+        assert_eq!(t[k - 1]["request"]["return_last_frame"], true);
+    }
+    assert!(
+        t[2]["request"]["return_last_frame"].is_null(),
+        "not on the last shot"
+    );
+
+    // The joined video: next to the shots, frames and duration the sum of theirs.
+    let archive = env.path().join("archive");
+    let key = show["chain"]["stitch_key"].as_str().expect("stitch key");
+    let joined = probe(&archive.join(key));
+    let parts: Vec<seedq::media::Mp4Info> = shots
+        .iter()
+        .map(|s| probe(&archive.join(s["archive_key"].as_str().expect("key"))))
+        .collect();
+    assert_eq!(parts.iter().map(|p| p.frames).sum::<u64>(), joined.frames);
+    assert_eq!(joined.frames, 49 + 73 + 49);
+    let sum: std::time::Duration = parts.iter().map(|p| p.duration).sum();
+    let diff = sum.abs_diff(joined.duration);
+    assert!(
+        diff < std::time::Duration::from_millis(1),
+        "{sum:?} vs {:?}",
+        joined.duration
+    );
+    assert_eq!(show["chain"]["stitch_frames"], joined.frames);
+    let sidecar = json(
+        &std::fs::read_to_string(archive.join(key.replace(".mp4", ".json"))).expect("sidecar"),
+    );
+    let listed: Vec<&str> = sidecar["parts"]
+        .as_array()
+        .expect("parts")
+        .iter()
+        .map(|p| p["key"].as_str().unwrap_or(""))
+        .collect();
+    let keys: Vec<&str> = shots
+        .iter()
+        .map(|s| s["archive_key"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(listed, keys);
+    assert_eq!(
+        std::path::Path::new(key).parent(),
+        std::path::Path::new(keys[0]).parent(),
+        "next to the shots"
+    );
+
+    // By hand: a job id and a key join the same way; a clip of another size is refused.
+    let first_job = shots[0]["job"].as_str().expect("job id");
+    let out_file = env.path().join("manual.mp4");
+    let out_path = out_file.to_str().expect("utf-8 path");
+    env.ok(&[
+        "stitch",
+        first_job,
+        keys[1],
+        "-o",
+        out_path,
+        "--key",
+        "manual/joined.mp4",
+    ]);
+    assert_eq!(probe(&out_file).frames, 49 + 73);
+    assert_eq!(probe(&archive.join("manual/joined.mp4")).frames, 49 + 73);
+    assert!(archive.join("manual/joined.json").is_file());
+    let small = seedq::media::render(&seedq::media::VideoSpec {
+        width: 96,
+        height: 54,
+        frames: 12,
+        fps: 24,
+        seed: 1,
+        first_frame: None,
+    })
+    .expect("render");
+    std::fs::create_dir_all(archive.join("odd")).expect("dir");
+    std::fs::write(archive.join("odd/small.mp4"), small.mp4).expect("write");
+    let out = env.cli(&["stitch", keys[0], "odd/small.mp4", "-o", out_path]);
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("clip (odd/small.mp4)") && err.contains("96x54 differ"),
+        "{err}"
+    );
+    let (code, err) = code_and_err(&env.cli(&["stitch", keys[0], "odd/none.mp4", "-o", out_path]));
+    assert_eq!(code, Some(1), "{err}");
+
+    // The failing chain: shot 2 tried twice (one retry), then the chain stops; shot 1 stays
+    // archived and shot 3 is never sent.
+    let out = env.cli(&["chain", "show", "bad"]);
+    let (code, _) = code_and_err(&out);
+    assert_eq!(code, Some(1));
+    let bad = json(&String::from_utf8_lossy(
+        &env.cli(&["chain", "show", "bad", "--json"]).stdout,
+    ));
+    assert_eq!(bad["chain"]["state"], "failed");
+    let reason = bad["chain"]["last_error"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("shot 2 failed after 1 retry") && reason.contains("PolicyViolation"),
+        "{reason}"
+    );
+    let states: Vec<&str> = bad["shots"]
+        .as_array()
+        .expect("shots")
+        .iter()
+        .map(|s| s["state"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(states, ["archived", "failed", "cancelled"]);
+    let bad_creates = tasks
+        .iter()
+        .filter(|t| {
+            t["prompt"]
+                .as_str()
+                .is_some_and(|p| ["one", "forbidden two", "three"].contains(&p))
+        })
+        .count();
+    assert_eq!(
+        bad_creates,
+        1 + 2,
+        "shot 1 once, shot 2 twice, shot 3 never"
+    );
+}

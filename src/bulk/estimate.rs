@@ -7,11 +7,69 @@
 //! finish assumes the model's limits are the only bottleneck: its concurrency slots (shared
 //! by both tiers), its RPM, and for flex its daily token budget (TPD).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
 use crate::catalogue::{self, Catalogue, Limits};
+use crate::config::PollConfig;
+use crate::store::{Store, StoreError};
+
+/// Completions that predict the next one (as the poller uses).
+const HISTORY: u32 = 20;
+
+/// Expected generation times, looked up once per (model, tier, shape): the median of recent
+/// completions (as the poller learns them), else the configured first-poll time of the tier,
+/// which is the same prior the poller starts from.
+pub struct GenTimes<'a> {
+    store: &'a Store,
+    prior_default: i64,
+    prior_flex: i64,
+    cache: HashMap<(String, String, Option<String>), (i64, bool)>,
+}
+
+impl<'a> GenTimes<'a> {
+    pub fn new(store: &'a Store, poll: &PollConfig) -> Self {
+        let ms = |d: std::time::Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        Self {
+            store,
+            prior_default: ms(poll.first_poll_after),
+            prior_flex: ms(poll.flex_first_poll_after),
+            cache: HashMap::new(),
+        }
+    }
+
+    /// Expected generation time (ms) and whether it was learned (else the prior).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn get(
+        &mut self,
+        model: &str,
+        tier: &str,
+        shape: Option<&str>,
+    ) -> Result<(i64, bool), StoreError> {
+        let key = (
+            model.to_string(),
+            tier.to_string(),
+            shape.map(str::to_string),
+        );
+        if let Some(v) = self.cache.get(&key) {
+            return Ok(*v);
+        }
+        let learned = self
+            .store
+            .recent_generation_ms(model, tier, shape, HISTORY)
+            .await?;
+        let v = match learned {
+            Some(ms) => (ms, true),
+            None if tier == "flex" => (self.prior_flex, false),
+            None => (self.prior_default, false),
+        };
+        self.cache.insert(key, v);
+        Ok(v)
+    }
+}
 
 /// One job to estimate.
 #[derive(Clone, Debug)]

@@ -5,6 +5,8 @@
 //! - `estimate`: tokens, price and time to finish per model and tier (pure).
 //! - `chain`: the chain stage: releases each shot when its predecessor succeeds, retries or
 //!   stops a chain, stitches a finished one.
+//! - `governor`: flex or default for batches with a deadline (at admission and in the
+//!   service); the TPD budget itself is the dispatcher's, in days of `tpd_day`.
 //! - `stitch`: joins archived videos into one MP4 and archives it with a sidecar.
 //! - `[bulk]` configuration ([`BulkConfig`]).
 //!
@@ -13,6 +15,7 @@
 
 pub mod chain;
 pub mod estimate;
+pub mod governor;
 pub mod import;
 pub mod stitch;
 
@@ -30,6 +33,12 @@ pub struct BulkConfig {
     pub tpd_day: Duration,
     /// Retries of a chain's failed shot before the chain stops (a chain may set its own).
     pub chain_retries: u32,
+    /// How often the service's governor re-plans batches with a deadline.
+    #[serde(with = "humantime_serde")]
+    pub governor_interval: Duration,
+    /// Margin of the governor: flex is kept while the expected time to finish times this
+    /// still fits before the deadline.
+    pub deadline_safety: f64,
 }
 
 impl Default for BulkConfig {
@@ -37,6 +46,8 @@ impl Default for BulkConfig {
         Self {
             tpd_day: Duration::from_secs(86_400),
             chain_retries: 2,
+            governor_interval: Duration::from_secs(30),
+            deadline_safety: 1.5,
         }
     }
 }

@@ -124,8 +124,14 @@ pub(crate) fn parse_deadline(s: &str, now: i64) -> anyhow::Result<i64> {
 }
 
 /// Admission bookkeeping before the jobs are stored: a row for every batch named by the
-/// jobs, with `--deadline` and the source file on the `--batch` one.
-pub(crate) async fn register(store: &Store, a: &SubmitArgs, jobs: &[NewJob]) -> anyhow::Result<()> {
+/// jobs, with `--deadline` and the source file on the `--batch` one; with a deadline, the
+/// governor picks each job's tier.
+pub(crate) async fn register(
+    ctx: &Ctx,
+    store: &Store,
+    a: &SubmitArgs,
+    jobs: &mut [NewJob],
+) -> anyhow::Result<()> {
     let mut names: Vec<String> = jobs.iter().filter_map(|j| j.batch.clone()).collect();
     names.sort_unstable();
     names.dedup();
@@ -137,6 +143,21 @@ pub(crate) async fn register(store: &Store, a: &SubmitArgs, jobs: &[NewJob]) -> 
         (Some(_), None) => bail!("--deadline belongs to a batch: give --batch NAME too"),
         _ => None,
     };
+    if let (Some(d), Some(name)) = (deadline, &a.batch) {
+        let own: Vec<usize> = (0..jobs.len())
+            .filter(|&i| jobs[i].batch.as_deref() == Some(name.as_str()))
+            .collect();
+        let mut mine: Vec<NewJob> = own.iter().map(|&i| jobs[i].clone()).collect();
+        let (flex, default) =
+            crate::bulk::governor::admit(store, &ctx.cfg, &ctx.catalogue, &mut mine, d).await?;
+        for (&i, j) in own.iter().zip(mine) {
+            jobs[i] = j;
+        }
+        eprintln!(
+            "{name}: {flex} job(s) on flex, {default} on the default tier to finish by {}",
+            super::jobs::fmt_time(d)
+        );
+    }
     let source = a
         .file
         .as_ref()

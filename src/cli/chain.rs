@@ -364,8 +364,8 @@ async fn submit(ctx: &Ctx, a: SubmitChainArgs) -> anyhow::Result<ExitCode> {
             bail!("chain {id} exists already; nothing was imported");
         }
     }
-    let all: Vec<NewJob> = ready.iter().flat_map(|(_, _, j)| j.clone()).collect();
-    super::batch::register(&store, &defaults, &all).await?;
+    let mut all: Vec<NewJob> = ready.iter().flat_map(|(_, _, j)| j.clone()).collect();
+    super::batch::register(ctx, &store, &defaults, &mut all).await?;
     let mut out = std::io::stdout().lock();
     let mut report = Vec::new();
     for (id, retries, jobs) in ready {

@@ -6,7 +6,6 @@
 //! of the same model, tier and shape when there are any, else from the configured first-poll
 //! times (`poll.first_poll_after`, `poll.flex_first_poll_after`), which are the same prior.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -17,10 +16,9 @@ use clap::Args;
 use super::Ctx;
 use super::batch::{FileFormat, grouped};
 use super::jobs::SubmitArgs;
-use crate::bulk::estimate::{self, Estimate, Item, human_ms};
+use crate::bulk::estimate::{self, Estimate, GenTimes, Item, human_ms};
 use crate::catalogue;
 use crate::job::JobState;
-use crate::store::Store;
 use crate::worker::limiter::Limiter;
 
 /// `seedq estimate`.
@@ -60,62 +58,9 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
-/// Learned generation times, looked up once per (model, tier, shape).
-pub(crate) struct GenTimes<'a> {
-    store: &'a Store,
-    ctx: &'a Ctx,
-    cache: HashMap<(String, String, Option<String>), (i64, bool)>,
-}
-
-/// Completions that predict the next one (as the poller uses).
-const HISTORY: u32 = 20;
-
-impl<'a> GenTimes<'a> {
-    pub(crate) fn new(ctx: &'a Ctx, store: &'a Store) -> Self {
-        Self {
-            store,
-            ctx,
-            cache: HashMap::new(),
-        }
-    }
-
-    /// Expected generation time (ms) and whether it was learned (else the prior).
-    pub(crate) async fn get(
-        &mut self,
-        model: &str,
-        tier: &str,
-        shape: Option<&str>,
-    ) -> anyhow::Result<(i64, bool)> {
-        let key = (
-            model.to_string(),
-            tier.to_string(),
-            shape.map(str::to_string),
-        );
-        if let Some(v) = self.cache.get(&key) {
-            return Ok(*v);
-        }
-        let learned = self
-            .store
-            .recent_generation_ms(model, tier, shape, HISTORY)
-            .await?;
-        let p = &self.ctx.cfg.poll;
-        let prior = if tier == "flex" {
-            p.flex_first_poll_after
-        } else {
-            p.first_poll_after
-        };
-        let v = match learned {
-            Some(ms) => (ms, true),
-            None => (i64::try_from(prior.as_millis()).unwrap_or(i64::MAX), false),
-        };
-        self.cache.insert(key, v);
-        Ok(v)
-    }
-}
-
 pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
-    let mut times = GenTimes::new(ctx, &store);
+    let mut times = GenTimes::new(&store, &ctx.cfg.poll);
     let mut items = Vec::new();
     let mut learned = 0usize;
     if let Some(name) = &a.batch {

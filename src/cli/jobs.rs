@@ -224,7 +224,7 @@ pub(crate) fn prepare_lines(
 
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
-    let jobs = match &a.file {
+    let mut jobs = match &a.file {
         Some(path) if super::batch::is_csv(path, a.format) => {
             super::batch::prepare_csv(ctx, path, &a)?
         }
@@ -255,7 +255,7 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
             )?)?]
         }
     };
-    super::batch::register(&store, &a, &jobs).await?;
+    super::batch::register(ctx, &store, &a, &mut jobs).await?;
     let report = store.enqueue(jobs).await.context("storing the jobs")?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -20,8 +20,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::Ctx;
 use super::batch::{Summary, archiving};
-use super::estimate::GenTimes;
-use crate::bulk::estimate::{self, human_ms};
+use crate::bulk::estimate::{self, GenTimes, human_ms};
 use crate::job::JobState;
 use crate::store::{BatchCell, Store};
 use crate::worker::limiter::Limiter;
@@ -222,7 +221,7 @@ async fn refresh(
     for c in cells {
         by_batch.entry(c.batch.clone()).or_default().push(c);
     }
-    let mut times = GenTimes::new(ctx, store);
+    let mut times = GenTimes::new(store, &ctx.cfg.poll);
     let mut views = Vec::new();
     let names: Vec<String> = if wanted.is_empty() {
         for (name, cs) in &by_batch {

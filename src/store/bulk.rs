@@ -86,6 +86,18 @@ pub struct CostRow {
     pub usage_tokens: i64,
 }
 
+/// A queued job as the flex governor sees it, in claim order.
+#[derive(Clone, Debug)]
+pub struct QueuedJob {
+    pub id: JobId,
+    pub token: i64,
+    pub flex: bool,
+    pub tokens: i64,
+    pub shape: Option<String>,
+    /// Its batch's deadline, if any.
+    pub deadline: Option<i64>,
+}
+
 /// The terminal failure states a `batch retry --failed` puts back in the queue.
 const FAILED_STATES: &str = "'failed', 'dead', 'expired'";
 
@@ -95,6 +107,87 @@ fn parse_state(s: &str) -> Result<JobState, StoreError> {
 }
 
 impl Store {
+    /// Models with queued flex jobs in a batch that has a deadline: what the governor checks.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn governed_models(&self) -> Result<Vec<String>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare_cached(
+                "SELECT DISTINCT j.model FROM batches AS b JOIN jobs AS j ON j.batch_id = b.name \
+                 WHERE b.deadline_at IS NOT NULL AND j.state = 'queued' AND j.service_tier = 'flex' \
+                   AND j.next_attempt_at < ?1 ORDER BY 1",
+            )?;
+            let rows = st.query_map([super::chain::HELD], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The queued jobs of `model` in the dispatcher's claim order (priority, then age), held
+    /// chain shots left out, with their batch's deadline.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn queue_of(&self, model: &str) -> Result<Vec<QueuedJob>, StoreError> {
+        let model = model.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT j.id, j.lease_token, j.service_tier, COALESCE(j.est_tokens, 0), j.shape, b.deadline_at \
+                 FROM jobs AS j LEFT JOIN batches AS b ON b.name = j.batch_id \
+                 WHERE j.state = 'queued' AND j.model = ?1 AND j.next_attempt_at < ?2 \
+                 ORDER BY j.priority DESC, j.id",
+            )?;
+            let rows = st.query_map(params![model, super::chain::HELD], |r| {
+                Ok(QueuedJob {
+                    id: JobId::from(r.get::<_, String>(0)?),
+                    token: r.get(1)?,
+                    flex: r.get::<_, String>(2)? == "flex",
+                    tokens: r.get(3)?,
+                    shape: r.get(4)?,
+                    deadline: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Moves queued flex jobs to the default tier with their rewritten bodies, each guarded on
+    /// its lease token; returns how many moved. Only queued jobs change: nothing has been
+    /// POSTed for them (or what was is settled), so the body may still change. They become
+    /// due at once: a flex job waiting for tomorrow's budget need not wait on default.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn to_default_tier(
+        &self,
+        changes: Vec<(JobId, i64, String)>,
+        detail: String,
+    ) -> Result<usize, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut moved = 0;
+            for (id, token, body) in changes {
+                let n = tx.execute(
+                    "UPDATE jobs SET request_json = ?2, service_tier = 'default', deadline_at = NULL, \
+                     updated_at = ?3, lease_token = lease_token + 1, \
+                     next_attempt_at = MIN(next_attempt_at, ?3) \
+                     WHERE id = ?1 AND state = 'queued' AND service_tier = 'flex' AND lease_token = ?4",
+                    params![id.as_str(), body, now, token],
+                )?;
+                if n == 1 {
+                    insert_event(&tx, id.as_str(), now, Some(JobState::Queued), JobState::Queued, Some(&detail))?;
+                    moved += 1;
+                }
+            }
+            tx.commit()?;
+            Ok(moved)
+        })
+        .await
+    }
+
     /// Estimated and billed tokens per model and tier, over the jobs that have a usage.
     ///
     /// # Errors

@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::job::{JobId, JobState};
 
 pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
-pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure};
+pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 

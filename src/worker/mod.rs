@@ -248,6 +248,10 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("chain", crate::bulk::chain::run(c, t).await) });
     }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("governor", crate::bulk::governor::run(c, t).await) });
+    }
     tracing::info!(mode = ?mode, "seedq service started");
 
     let drained = async {

@@ -472,3 +472,168 @@ fn a_chain_feeds_each_last_frame_forward_and_is_stitched_and_a_failing_chain_sto
         "shot 1 once, shot 2 twice, shot 3 never"
     );
 }
+
+/// Lines of `n` jobs for `model`, 480p 2 s clips (19 845 tokens each on the 1.0 models).
+fn clip_lines(model: &str, prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(r#"{{"prompt":"{prefix} {i}","model":"{model}","resolution":"480p","ratio":"16:9","duration":2}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model.
+const CLIP_TOKENS: i64 = 19_845;
+
+#[test]
+fn a_tiny_tpd_stops_flex_submission_until_the_next_day() {
+    let sim = fast_sim("");
+    // A TPD day of 2 s (bulk.tpd_day, the testing knob) and a budget of three clips a day.
+    let env = TestEnv::new(&worker_config(
+        &sim,
+        &format!(
+            "[bulk]\ntpd_day = \"2s\"\n\n[models.\"{LITE_T2V}\"]\nlimits = {{ flex_tpd = {} }}\n",
+            3 * CLIP_TOKENS
+        ),
+    ));
+    let file = write(&env, "jobs.jsonl", &clip_lines(LITE_T2V, "budget", 6));
+    env.ok(&["submit", "-f", &file, "--flex", "--expires-after", "2h"]);
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert!(
+        jobs.iter()
+            .all(|j| j["state"] == "succeeded" && j["service_tier"] == "flex")
+    );
+    assert!(jobs.iter().all(|j| j["est_tokens"] == CLIP_TOKENS));
+    // Days as the dispatcher counts them: 2 s long, from midnight at UTC+8.
+    let day = |ms: i64| (ms + 8 * 3_600_000).div_euclid(2_000);
+    let mut per_day: HashMap<i64, i64> = HashMap::new();
+    for j in &jobs {
+        let started = j["submit_started_at"].as_i64().expect("submit time");
+        *per_day.entry(day(started)).or_default() += 1;
+    }
+    assert!(
+        per_day.len() >= 2,
+        "the budget spread the jobs over days: {per_day:?}"
+    );
+    assert!(
+        per_day.values().all(|n| *n <= 3),
+        "at most three a day: {per_day:?}"
+    );
+    let waited = jobs.iter().any(|j| {
+        let id = j["id"].as_str().expect("id");
+        env.ok(&["show", id]).contains("flex TPD budget reached")
+    });
+    assert!(waited, "some job waited for the next day's budget");
+}
+
+#[test]
+fn a_deadline_picks_flex_while_it_fits_and_the_governor_moves_late_jobs() {
+    let sim = fast_sim("");
+    // TPD days start at local midnight; put it just behind us so tomorrow is ~24 h away,
+    // well after every deadline here.
+    let hour = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+        / 3600
+        % 24;
+    let offset = (24 - hour) % 24;
+    let budget = 3 * CLIP_TOKENS;
+    let env = TestEnv::new(&crate::helpers::worker_config_with(
+        &sim,
+        &format!("tpd_utc_offset_hours = {offset}"),
+        &format!(
+            "[bulk]\ngovernor_interval = \"50ms\"\n\n\
+             [models.\"{PRO}\"]\nlimits = {{ flex_tpd = {budget} }}\n\n\
+             [models.\"{LITE_T2V}\"]\nlimits = {{ flex_tpd = {budget} }}\n"
+        ),
+    ));
+    let tiers = |batch: &str| -> Vec<String> {
+        let mut t: Vec<String> = env
+            .jobs()
+            .iter()
+            .filter(|j| j["batch_id"] == batch)
+            .map(|j| j["service_tier"].as_str().unwrap_or("").to_string())
+            .collect();
+        t.sort();
+        t
+    };
+    // Admission: the budget covers three of six; the rest would wait for tomorrow.
+    let file = write(&env, "soon.jsonl", &clip_lines(PRO, "soon", 6));
+    let out = env.cli(&["submit", "-f", &file, "--batch", "soon", "--deadline", "2h"]);
+    let (_, err) = code_and_err(&out);
+    assert!(
+        err.contains("soon: 3 job(s) on flex, 3 on the default tier"),
+        "{err}"
+    );
+    assert_eq!(
+        tiers("soon"),
+        ["default", "default", "default", "flex", "flex", "flex"]
+    );
+    let flexed = env
+        .jobs()
+        .into_iter()
+        .find(|j| j["batch_id"] == "soon" && j["service_tier"] == "flex")
+        .expect("a flex job");
+    let body = json(flexed["request_json"].as_str().expect("body"));
+    let expires = body["execution_expires_after"].as_i64().expect("expiry");
+    assert!(
+        (7_100..=7_200).contains(&expires),
+        "flex expires at the deadline: {expires}"
+    );
+    // Less than flex's shortest window (1 h) left: default.
+    let file = write(&env, "later.jsonl", &clip_lines(PRO, "rush", 2));
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "rush",
+        "--deadline",
+        "30m",
+    ]);
+    assert_eq!(tiers("rush"), ["default", "default"]);
+
+    // The service: a batch admitted on flex, then higher-priority flex work without a
+    // deadline takes its budget; the governor moves it to default.
+    let file = write(&env, "x.jsonl", &clip_lines(LITE_T2V, "x", 3));
+    env.ok(&["submit", "-f", &file, "--batch", "x", "--deadline", "2h"]);
+    assert_eq!(tiers("x"), ["flex", "flex", "flex"]);
+    let file = write(&env, "z.jsonl", &clip_lines(LITE_T2V, "z", 3));
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "z",
+        "--flex",
+        "--priority",
+        "5",
+    ]);
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert!(jobs.iter().all(|j| j["state"] == "succeeded"), "{jobs:?}");
+    assert_eq!(tiers("x"), ["default", "default", "default"]);
+    assert_eq!(tiers("z"), ["flex", "flex", "flex"]);
+    assert_eq!(
+        tiers("soon"),
+        ["default", "default", "default", "flex", "flex", "flex"]
+    );
+    let moved = jobs.iter().filter(|j| j["batch_id"] == "x").all(|j| {
+        let id = j["id"].as_str().expect("id");
+        env.ok(&["show", id]).contains("governor: default tier")
+    });
+    assert!(moved, "the governor's event is in each moved job's history");
+    // What the sim was asked for: the moved jobs went out on the default tier.
+    let tasks = sim.tasks();
+    let x_tiers: Vec<&str> = tasks
+        .iter()
+        .filter(|t| t["prompt"].as_str().is_some_and(|p| p.starts_with("x ")))
+        .map(|t| t["service_tier"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(x_tiers, ["default", "default", "default"]);
+}

@@ -1,0 +1,439 @@
+//! The flex governor: a batch with a deadline runs on flex while that can still finish in
+//! time, and on the default tier where it cannot.
+//!
+//! The daily token budget itself (TPD) is enforced by the dispatcher (`worker::dispatch`),
+//! per model, in days of `bulk.tpd_day` starting at `dispatch.tpd_utc_offset_hours`
+//! midnight. The governor only decides tiers, by simulating the model's queue in claim order
+//! ([`plan`]): each job starts when the slots ahead of it free up (learned generation
+//! times, the model's concurrency) and, on flex, on the first day whose remaining budget
+//! covers it; a flex job of a deadline batch that would then finish later than the deadline
+//! (with `bulk.deadline_safety` as margin) goes to the default tier.
+//!
+//! It decides twice: at admission (`submit --deadline`: flex where it fits, default for the
+//! rest, the flex ones with `execution_expires_after` up to the deadline) and then every
+//! `bulk.governor_interval` in the service, since the queue, the learned times and the day's
+//! spending change. It only ever moves queued jobs from flex to default, never back (no
+//! flapping), and only queued ones: their body is rewritten and re-checked before any POST.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::estimate::GenTimes;
+use crate::ark::wire::CreateTaskRequest;
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::request::{self, EXPIRES_RANGE, Invalid};
+use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
+use crate::worker::limiter::Limiter;
+use crate::worker::{Ctx, Outcome};
+
+/// One queued job in claim order, as the plan sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Queued {
+    pub flex: bool,
+    pub tokens: i64,
+    /// Expected generation time on flex and on default (ms).
+    pub flex_ms: i64,
+    pub default_ms: i64,
+    /// The batch's deadline (ms), if any; only such jobs may be moved.
+    pub deadline: Option<i64>,
+}
+
+/// The model's situation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelState {
+    pub slots: i64,
+    pub tpd: Option<i64>,
+    /// Flex tokens already submitted today.
+    pub spent_today: i64,
+    pub day_start: i64,
+    pub day_ms: i64,
+    /// Generation time still ahead of the tasks in flight (ms, summed over them).
+    pub busy_ms: i64,
+}
+
+/// Indices of the flex jobs in `queue` (claim order) that would miss their deadline on flex.
+///
+/// List scheduling: job `i` starts when `slots` have worked through the generation time of
+/// everything ahead of it; a flex job also waits for the first day whose budget covers the
+/// flex tokens up to and including it. A job that goes to default no longer counts against
+/// the budget, which may let later flex jobs through.
+pub fn plan(queue: &[Queued], m: &ModelState, now: i64, safety: f64) -> Vec<usize> {
+    let slots = m.slots.max(1);
+    let mut work = m.busy_ms;
+    let mut flex_tokens = 0i64;
+    let mut moves = Vec::new();
+    for (i, j) in queue.iter().enumerate() {
+        let mut flex = j.flex;
+        if flex {
+            let by_slots = now + work / slots;
+            let by_budget = match m.tpd {
+                Some(tpd) if tpd > 0 => {
+                    let through = m.spent_today + flex_tokens + j.tokens;
+                    if through <= tpd {
+                        now
+                    } else {
+                        m.day_start + ((through - 1) / tpd) * m.day_ms
+                    }
+                }
+                _ => now,
+            };
+            let finish = by_slots.max(by_budget) + j.flex_ms;
+            let late = j
+                .deadline
+                .is_some_and(|d| now + ((finish - now) as f64 * safety) as i64 > d);
+            if late {
+                moves.push(i);
+                flex = false;
+            }
+        }
+        if flex {
+            flex_tokens += j.tokens;
+            work += j.flex_ms;
+        } else {
+            work += j.default_ms;
+        }
+    }
+    moves
+}
+
+/// Rewrites a frozen body for a tier: `service_tier`, and for flex an
+/// `execution_expires_after` of `expires_after` seconds. The result is re-checked.
+///
+/// # Errors
+/// The body breaks a rule on that tier.
+pub fn retier(
+    body: &str,
+    flex: bool,
+    expires_after: Option<i64>,
+    catalogue: &Catalogue,
+) -> Result<(String, request::Effective), RetierError> {
+    let mut req: CreateTaskRequest = serde_json::from_str(body)?;
+    if flex {
+        req.service_tier = Some("flex".into());
+        if let Some(s) = expires_after {
+            req.execution_expires_after = Some(s);
+        }
+    } else {
+        req.service_tier = None;
+    }
+    let effective = request::check(&req, catalogue)?;
+    Ok((serde_json::to_string(&req)?, effective))
+}
+
+/// Why a body could not change tier.
+#[derive(Debug, thiserror::Error)]
+pub enum RetierError {
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    #[error("the stored body is not a request")]
+    Body(#[from] serde_json::Error),
+}
+
+/// `execution_expires_after` for a flex job due by `deadline`: the time left, within the
+/// API's bounds; `None` when less than the shortest allowed window is left.
+pub fn expires_for(deadline: i64, now: i64) -> Option<i64> {
+    let left = (deadline - now) / 1000;
+    (left >= EXPIRES_RANGE.0).then(|| left.min(EXPIRES_RANGE.1))
+}
+
+/// The model's state for a plan: limits, today's flex spending, work in flight.
+async fn model_state(
+    store: &Store,
+    cfg: &Config,
+    catalogue: &Catalogue,
+    model: &str,
+    in_flight: i64,
+    typical_ms: i64,
+) -> Result<ModelState, StoreError> {
+    let limits = Limiter::limits(catalogue, model);
+    let day_ms = cfg.bulk.tpd_day_ms();
+    let day_start = super::tpd_day_start(now_ms(), cfg.dispatch.tpd_utc_offset_hours, day_ms);
+    let spent_today = if limits.flex_tpd.is_some() {
+        store.flex_tokens_since(model, day_start).await?
+    } else {
+        0
+    };
+    Ok(ModelState {
+        slots: i64::from(limits.concurrency),
+        tpd: limits
+            .flex_tpd
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
+        spent_today,
+        day_start,
+        day_ms,
+        // A task in flight is about half way through, on average.
+        busy_ms: in_flight * typical_ms / 2,
+    })
+}
+
+async fn queued_view(
+    times: &mut GenTimes<'_>,
+    model: &str,
+    q: &[QueuedJob],
+) -> Result<Vec<Queued>, StoreError> {
+    let mut out = Vec::with_capacity(q.len());
+    for j in q {
+        let (flex_ms, _) = times.get(model, "flex", j.shape.as_deref()).await?;
+        let (default_ms, _) = times.get(model, "default", j.shape.as_deref()).await?;
+        out.push(Queued {
+            flex: j.flex,
+            tokens: j.tokens,
+            flex_ms,
+            default_ms,
+            deadline: j.deadline,
+        });
+    }
+    Ok(out)
+}
+
+/// Admission with a deadline: every job of a model with a flex tier goes in as flex (its
+/// `execution_expires_after` the time left, at most 72 h), then the plan, run over the
+/// model's queue with the new jobs behind it, moves to default those that would be late.
+/// Returns (flex, default) counts.
+///
+/// # Errors
+/// A body that breaks a rule on its new tier, or store errors.
+pub async fn admit(
+    store: &Store,
+    cfg: &Config,
+    catalogue: &Catalogue,
+    jobs: &mut [NewJob],
+    deadline: i64,
+) -> anyhow::Result<(usize, usize)> {
+    let now = now_ms();
+    let expires = expires_for(deadline, now);
+    let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, j) in jobs.iter().enumerate() {
+        by_model.entry(j.model.clone()).or_default().push(i);
+    }
+    let in_flight = store.in_flight().await?;
+    let mut times = GenTimes::new(store, &cfg.poll);
+    let (mut flex_n, mut default_n) = (0, 0);
+    for (model, idx) in by_model {
+        let can_flex = expires.is_some() && catalogue.get(&model).is_some_and(|s| s.flex);
+        let existing = store.queue_of(&model).await?;
+        let mut view = queued_view(&mut times, &model, &existing).await?;
+        let base = view.len();
+        // The new jobs join the queue behind the existing ones of the same priority; the
+        // plan only moves new ones here (the service's governor looks after the rest).
+        for &i in &idx {
+            let j = &jobs[i];
+            let (flex_ms, _) = times.get(&model, "flex", j.shape.as_deref()).await?;
+            let (default_ms, _) = times.get(&model, "default", j.shape.as_deref()).await?;
+            view.push(Queued {
+                flex: can_flex,
+                tokens: j.est_tokens.unwrap_or(0),
+                flex_ms,
+                default_ms,
+                deadline: Some(deadline),
+            });
+        }
+        let typical = view.first().map_or(0, |q| q.default_ms);
+        let state = model_state(
+            store,
+            cfg,
+            catalogue,
+            &model,
+            in_flight.get(&model).copied().unwrap_or(0),
+            typical,
+        )
+        .await?;
+        let moves = plan(&view, &state, now, cfg.bulk.deadline_safety);
+        for (k, &i) in idx.iter().enumerate() {
+            let flex = can_flex && !moves.contains(&(base + k));
+            let j = &mut jobs[i];
+            let (body, _) = retier(&j.request_json, flex, expires, catalogue)
+                .map_err(|e| anyhow::anyhow!("job for {}: {e}", j.model))?;
+            j.request_json = body;
+            j.flex = flex;
+            if flex {
+                j.expires_after = expires;
+                flex_n += 1;
+            } else {
+                default_n += 1;
+            }
+        }
+    }
+    Ok((flex_n, default_n))
+}
+
+/// The governor's loop in the service.
+///
+/// # Errors
+/// Only when the store is gone.
+pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let every = ctx.cfg.bulk.governor_interval;
+    loop {
+        if let Err(e) = step(&ctx).await {
+            if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
+                return Err(e.context("governor: the store is gone"));
+            }
+            tracing::warn!(error = %format!("{e:#}"), "governor step failed");
+        }
+        // Cancel-safe: both branches only wait.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every.max(Duration::from_millis(10))) => {}
+        }
+    }
+}
+
+/// Re-plans every model with queued flex jobs of a deadline batch; moves the late ones.
+///
+/// # Errors
+/// Store failures.
+pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    let models = ctx.store.governed_models().await?;
+    if models.is_empty() {
+        return Ok(Outcome::Idle(None));
+    }
+    let now = now_ms();
+    let in_flight = ctx.store.in_flight().await?;
+    let mut times = GenTimes::new(&ctx.store, &ctx.cfg.poll);
+    let mut moved_any = false;
+    for model in models {
+        let queue = ctx.store.queue_of(&model).await?;
+        let view = queued_view(&mut times, &model, &queue).await?;
+        let typical = view.first().map_or(0, |q| q.default_ms);
+        let state = model_state(
+            &ctx.store,
+            &ctx.cfg,
+            &ctx.catalogue,
+            &model,
+            in_flight.get(&model).copied().unwrap_or(0),
+            typical,
+        )
+        .await?;
+        let moves = plan(&view, &state, now, ctx.cfg.bulk.deadline_safety);
+        if moves.is_empty() {
+            continue;
+        }
+        let mut changes = Vec::with_capacity(moves.len());
+        for i in moves {
+            let q = &queue[i];
+            let Some(job) = ctx.store.job(q.id.as_str()).await? else {
+                continue;
+            };
+            match retier(&job.request_json, false, None, &ctx.catalogue) {
+                Ok((body, _)) => changes.push((q.id.clone(), q.token, body)),
+                Err(e) => {
+                    tracing::warn!(job_id = %q.id, error = %e, "cannot move the job to the default tier")
+                }
+            }
+        }
+        let n = changes.len();
+        let moved = ctx
+            .store
+            .to_default_tier(
+                changes,
+                "governor: default tier, flex would miss the batch deadline".into(),
+            )
+            .await?;
+        if moved > 0 {
+            moved_any = true;
+            tracing::info!(model = %model, moved, planned = n, "moved flex jobs to the default tier to meet their deadline");
+            ctx.poke_dispatch.notify_one();
+        }
+    }
+    Ok(if moved_any {
+        Outcome::Worked
+    } else {
+        Outcome::Idle(None)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn flex(tokens: i64, deadline: Option<i64>) -> Queued {
+        Queued {
+            flex: true,
+            tokens,
+            flex_ms: 10 * MIN,
+            default_ms: MIN,
+            deadline,
+        }
+    }
+
+    fn model(slots: i64, tpd: Option<i64>) -> ModelState {
+        ModelState {
+            slots,
+            tpd,
+            spent_today: 0,
+            day_start: 0,
+            day_ms: 24 * 60 * MIN,
+            busy_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_roomy_deadline_keeps_flex() {
+        let q = vec![flex(100, Some(60 * MIN)); 10];
+        assert!(plan(&q, &model(10, None), 0, 1.5).is_empty());
+    }
+
+    #[test]
+    fn slots_push_the_tail_to_default() {
+        // 2 slots, 10 min per flex job, due in 35 min with a 1.0 margin: job i starts after
+        // the work ahead of it divided by the slots (5 min per job), so the seventh would
+        // finish at 40 min. A moved job takes a minute on default, so the eighth is late too.
+        let q = vec![flex(1, Some(35 * MIN)); 8];
+        let moved = plan(&q, &model(2, None), 0, 1.0);
+        assert_eq!(moved, vec![6, 7]);
+    }
+
+    #[test]
+    fn the_day_budget_moves_what_cannot_run_before_the_deadline() {
+        // Budget 300 tokens a day, 100 per job: three fit today; the rest would wait for
+        // tomorrow, after the deadline. Jobs without a deadline are never moved.
+        let mut q = vec![flex(100, Some(60 * MIN)); 5];
+        q.push(flex(100, None));
+        let moved = plan(&q, &model(100, Some(300)), 0, 1.0);
+        assert_eq!(moved, vec![3, 4]);
+        // With the deadline after tomorrow's start, they wait for it instead.
+        let q = vec![flex(100, Some(26 * 60 * MIN)); 5];
+        assert!(plan(&q, &model(100, Some(300)), 0, 1.0).is_empty());
+    }
+
+    #[test]
+    fn default_jobs_take_slots_but_no_budget() {
+        let mut q = vec![Queued {
+            flex: false,
+            ..flex(1_000, None)
+        }];
+        q.push(flex(100, Some(20 * MIN)));
+        assert!(plan(&q, &model(1, Some(100)), 0, 1.0).is_empty());
+    }
+
+    #[test]
+    fn expiry_follows_the_deadline_within_the_api_bounds() {
+        assert_eq!(expires_for(2 * 3_600_000, 0), Some(7_200));
+        assert_eq!(expires_for(30 * MIN, 0), None);
+        assert_eq!(expires_for(100 * 3_600_000, 0), Some(259_200));
+    }
+
+    #[test]
+    fn retier_rewrites_and_rechecks_the_body() {
+        let c = Catalogue::default();
+        let body = r#"{"model":"doubao-seedance-1-0-lite-t2v-250428","content":[{"type":"text","text":"x"}],"resolution":"480p","ratio":"16:9"}"#;
+        let (flexed, e) = retier(body, true, Some(7_200), &c).expect("flex");
+        assert!(e.flex);
+        assert!(flexed.contains("\"service_tier\":\"flex\"") && flexed.contains("7200"));
+        let (back, e) = retier(&flexed, false, None, &c).expect("default");
+        assert!(!e.flex);
+        assert!(!back.contains("service_tier"));
+        // A model without a flex tier refuses it.
+        let v2 = body.replace(
+            "doubao-seedance-1-0-lite-t2v-250428",
+            "doubao-seedance-2-0-260128",
+        );
+        assert!(retier(&v2, true, Some(7_200), &c).is_err());
+    }
+}

@@ -283,7 +283,13 @@ async fn release(ctx: &Ctx, chain: &Chain, prev: &Shot, next: &Shot) -> anyhow::
             return stop(ctx, chain, ChainState::Running, ChainState::Failed, why).await;
         }
     };
-    let mut req: CreateTaskRequest = serde_json::from_str(&next.job.request_json)
+    // `chain_shots` leaves the bodies out; this one is needed.
+    let stored = ctx
+        .store
+        .job(next.job.id.as_str())
+        .await?
+        .with_context(|| format!("shot {} vanished", next.shot))?;
+    let mut req: CreateTaskRequest = serde_json::from_str(&stored.request_json)
         .with_context(|| format!("shot {}'s stored body", next.shot))?;
     insert_first_frame(&mut req, image::to_data_url(&info, &bytes));
     let effective = match request::check(&req, &ctx.catalogue) {

@@ -573,6 +573,12 @@ pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
                 );
                 bad = true;
             }
+            RetryOutcome::UnreleasedShot => {
+                eprintln!(
+                    "{id}: is a chain shot that was never released (it has no first frame yet); see seedq chain show"
+                );
+                bad = true;
+            }
             RetryOutcome::NotFound => {
                 eprintln!("{id}: no such job");
                 bad = true;

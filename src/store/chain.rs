@@ -267,15 +267,17 @@ impl Store {
         .await
     }
 
-    /// The shots of a chain, in order.
+    /// The shots of a chain, in order, without their bodies (`request_json` is empty: a body
+    /// carries a whole frame; read one with [`Store::job`]).
     ///
     /// # Errors
     /// SQL errors.
     pub async fn chain_shots(&self, id: &str) -> Result<Vec<Shot>, StoreError> {
         let id = id.to_string();
         self.call(move |c| {
+            let columns = JOB_COLUMNS.replacen("request_json", "'' AS request_json", 1);
             let mut st = c.prepare(&format!(
-                "SELECT {JOB_COLUMNS}, shot FROM jobs WHERE chain_id = ?1 ORDER BY shot"
+                "SELECT {columns}, shot FROM jobs WHERE chain_id = ?1 ORDER BY shot"
             ))?;
             let rows = st.query_map([id], |r| {
                 Ok(Shot {
@@ -508,5 +510,115 @@ impl Store {
             )?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RetryOutcome;
+
+    fn shot(n: usize) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: format!("{{\"shot\":{n}}}"),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: Some(10),
+            expires_after: None,
+            seed: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn held_shots_are_never_claimed_until_released_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        let ids = s
+            .enqueue_chain("c", 1, vec![shot(1), shot(2)])
+            .await
+            .expect("enqueue");
+        let claimed = s
+            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "only shot 1 is due");
+        assert_eq!(claimed[0].id, ids[0]);
+        let shots = s.chain_shots("c").await.expect("shots");
+        assert_eq!(shots[1].job.next_attempt_at, HELD);
+        assert!(shots[1].job.request_json.is_empty(), "bodies are left out");
+        let token = shots[1].job.lease_token;
+        let release = |t| {
+            s.release_shot(
+                "c",
+                2,
+                &ids[1],
+                t,
+                "{\"done\":1}".into(),
+                Some(20),
+                3_600,
+                "r".into(),
+            )
+        };
+        assert_eq!(
+            release(token + 7).await.expect("release"),
+            ChainWrite::Conflict
+        );
+        assert_eq!(release(token).await.expect("release"), ChainWrite::Done);
+        assert_eq!(
+            release(token + 1).await.expect("again"),
+            ChainWrite::Conflict
+        );
+        let job = s.job(ids[1].as_str()).await.expect("job").expect("exists");
+        assert_eq!(job.request_json, "{\"done\":1}");
+        assert_eq!(job.est_tokens, Some(20));
+        assert!(job.next_attempt_at <= now_ms());
+        let chain = s.chain("c").await.expect("chain").expect("exists");
+        assert_eq!(chain.released, 2);
+        let claimed = s
+            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), 1, "the released shot is due");
+    }
+
+    #[tokio::test]
+    async fn stopping_a_chain_cancels_its_held_shots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        let ids = s
+            .enqueue_chain("c", 0, vec![shot(1), shot(2), shot(3)])
+            .await
+            .expect("enqueue");
+        let w = s
+            .set_chain_state(
+                "c",
+                ChainState::Running,
+                ChainState::Failed,
+                Some("x".into()),
+            )
+            .await
+            .expect("stop");
+        assert_eq!(w, ChainWrite::Done);
+        let shots = s.chain_shots("c").await.expect("shots");
+        let states: Vec<JobState> = shots.iter().map(|s| s.job.state).collect();
+        assert_eq!(
+            states,
+            [JobState::Queued, JobState::Cancelled, JobState::Cancelled]
+        );
+        assert_eq!(
+            s.retry(ids[2].as_str()).await.expect("retry"),
+            RetryOutcome::UnreleasedShot
+        );
+        let again = s
+            .set_chain_state("c", ChainState::Running, ChainState::Failed, None)
+            .await
+            .expect("stop again");
+        assert_eq!(again, ChainWrite::Conflict);
     }
 }

@@ -359,7 +359,11 @@ pub enum CancelOutcome {
 #[serde(rename_all = "snake_case", tag = "outcome")]
 pub enum RetryOutcome {
     Requeued,
-    NotRetryable { state: JobState },
+    NotRetryable {
+        state: JobState,
+    },
+    /// A chain shot that was never released: its body still lacks its first frame.
+    UnreleasedShot,
     NotFound,
 }
 
@@ -666,6 +670,9 @@ impl Store {
             let Some(job) = load_job(&tx, &id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
+            if job.next_attempt_at == chain::HELD {
+                return Ok(RetryOutcome::UnreleasedShot);
+            }
             // A parked ambiguous submit may be resubmitted by an operator who checked that no
             // task exists (reconciliation found none within its grace period).
             let parked = job.state == JobState::SubmitUnknown

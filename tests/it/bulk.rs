@@ -458,6 +458,11 @@ fn a_chain_feeds_each_last_frame_forward_and_is_stitched_and_a_failing_chain_sto
         .map(|s| s["state"].as_str().unwrap_or(""))
         .collect();
     assert_eq!(states, ["archived", "failed", "cancelled"]);
+    // A shot that never got its first frame cannot be sent by hand either.
+    let never = bad["shots"][2]["job"].as_str().expect("job");
+    let (code, err) = code_and_err(&env.cli(&["retry", never]));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("never released"), "{err}");
     let bad_creates = tasks
         .iter()
         .filter(|t| {

@@ -8,6 +8,8 @@
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
 //! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks) and supervisor.
+//! - `ops`: the daemon side of `serve`: systemd notify and watchdog, admin HTTP (health,
+//!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
 //! - `cli`: the command line; `telemetry`: tracing setup.
@@ -20,6 +22,7 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod media;
+pub mod ops;
 pub mod request;
 pub mod sim;
 pub mod store;

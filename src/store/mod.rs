@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod migrate;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

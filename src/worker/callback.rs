@@ -87,6 +87,9 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         .route("/{id}", post(receive))
         .route("/{*rest}", post(receive_nested))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(
+            crate::ops::metrics::count_callbacks,
+        ))
         .with_state(ctx);
     tracing::info!(%listen, "callback endpoint listening");
     axum::serve(listener, app)

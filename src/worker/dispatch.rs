@@ -8,7 +8,7 @@
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::limiter::{Blocked, Limiter};
+use super::limiter::Blocked;
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
@@ -46,7 +46,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     models.rotate_left(usize::try_from(now_ms()).unwrap_or(0) % n);
     let mut wake: Option<i64> = None;
     for (model, _) in models {
-        let limits = Limiter::limits(&ctx.catalogue, &model);
+        let limits = ctx.ops.live.limits(&model);
         let claimed = {
             let _admission = ctx.admission.lock().await;
             let now = now_ms();
@@ -65,7 +65,8 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             if in_flight >= i64::from(limits.concurrency) {
                 continue;
             }
-            let flex_ok = flex_budget_left(ctx, &model, limits.flex_tpd).await?;
+            let flex_ok = ctx.ops.live.flex_window_open(now)
+                && flex_budget_left(ctx, &model, limits.flex_tpd).await?;
             let job = ctx
                 .store
                 .claim_for_submit(&model, flex_ok, &ctx.owner, ctx.lease_ms())
@@ -110,7 +111,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
     // The flex budget must hold for this job too, not only for those before it.
     if job.is_flex() {
-        let limits = Limiter::limits(&ctx.catalogue, &job.model);
+        let limits = ctx.ops.live.limits(&job.model);
         if let Some(tpd) = limits.flex_tpd {
             let day = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
             let spent = ctx.store.flex_tokens_since(&job.model, day).await?;
@@ -143,6 +144,13 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
     let body = with_callback(ctx, &job)?;
     let result = ctx.ark.create(&body).await;
+    crate::ops::metrics::create(
+        &job.model,
+        &job.service_tier,
+        result
+            .as_ref()
+            .map_or_else(|e| e.class().name(), |_| "accepted"),
+    );
     let now = now_ms();
     match result {
         Ok(resp) => {

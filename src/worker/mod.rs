@@ -51,6 +51,8 @@ pub struct Ctx {
     pub poke_dispatch: Arc<Notify>,
     /// Identifies this process in leases.
     pub owner: String,
+    /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
+    pub ops: Arc<crate::ops::OpsState>,
 }
 
 impl Ctx {
@@ -68,10 +70,12 @@ impl Ctx {
             cfg.ark.connect_timeout,
             cfg.ark.request_timeout,
         )?;
+        let catalogue = Arc::new(catalogue);
         Ok(Self {
             store,
             ark,
-            catalogue: Arc::new(catalogue),
+            ops: Arc::new(crate::ops::OpsState::new(&cfg, catalogue.clone())),
+            catalogue,
             limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_window)),
             cfg: Arc::new(cfg),
             admission: Arc::new(tokio::sync::Mutex::new(())),
@@ -136,6 +140,7 @@ where
     let idle = ctx.cfg.dispatch.idle_interval;
     let mut errors = 0u32;
     loop {
+        ctx.ops.health.beat(name);
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -218,6 +223,8 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("callback", callback::run(c, t).await) });
     }
+    let status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
+    crate::ops::notify::ready(&status);
     tracing::info!(mode = ?mode, "seedq service started");
 
     let drained = async {
@@ -246,6 +253,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         r = drained => r.context("checking for remaining work"),
         Some(joined) = set.join_next() => Err(stage_exit(joined)),
     };
+    crate::ops::notify::stopping();
     token.cancel();
     let grace = ctx.cfg.service.shutdown_grace;
     let drain = async {

@@ -173,6 +173,13 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         // Doctor reports a broken configuration as one of its checks instead of failing here.
         return doctor::run(ConfigSource::new(&cli), a);
     }
+    if let Command::Sim(args) = cli.command {
+        // The simulator needs none of seedq's own configuration.
+        crate::telemetry::init(cli.log.as_deref().unwrap_or("seedq=info"), "text");
+        let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        rt.block_on(crate::sim::run_cli(args))?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let ctx = Ctx::load(&cli)?;
     crate::telemetry::init(&ctx.cfg.log.level, &ctx.cfg.log.format);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -190,7 +197,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,
-            Command::Sim(a) => crate::sim::run_cli(a).await.map(|()| ExitCode::SUCCESS),
+            Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;
                 println!(

@@ -71,8 +71,9 @@ pub struct SimArgs {
     /// Multiplies every simulated duration (default 1.0; 0.01 runs 100× faster).
     #[arg(long, value_name = "F")]
     pub time_scale: Option<f64>,
-    /// A TOML file with every other option (see `SimConfig`).
-    #[arg(long, value_name = "FILE")]
+    /// A TOML file with every other option (see `SimConfig`). Named apart from seedq's own
+    /// global `--config`, which is a different file.
+    #[arg(long = "sim-config", value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 

@@ -84,7 +84,6 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     // The public URL's path prefix is the reverse proxy's business; we route on the last two
     // segments (`/<job id>`), under any prefix.
     let app = axum::Router::new()
-        .route("/{id}", post(receive))
         .route("/{*rest}", post(receive_nested))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(

@@ -46,6 +46,23 @@ impl TestEnv {
         c
     }
 
+    /// A command with the simulator's API key in the environment, as the service needs.
+    pub fn keyed(&self, args: &[&str]) -> Command {
+        let mut c = self.cmd(args);
+        c.env("ARK_API_KEY", SIM_KEY);
+        c
+    }
+
+    /// `seedq run` to completion; asserts exit 0.
+    pub fn run_service(&self) {
+        let out = self.keyed(&["run"]).output().expect("run seedq run");
+        assert!(
+            out.status.success(),
+            "seedq run failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs the binary to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run seedq")
@@ -75,5 +92,175 @@ pub fn code_and_err(out: &Output) -> (Option<i32>, String) {
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `seedq sim` child process on an ephemeral port; killed on drop.
+pub struct SimProc {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    /// `http://127.0.0.1:PORT/api/v3`.
+    pub base_url: String,
+    /// `http://127.0.0.1:PORT`.
+    pub root: String,
+}
+
+/// The API key tests use.
+pub const SIM_KEY: &str = "sk-test";
+
+impl SimProc {
+    /// Starts the simulator with `toml` as its config file (in `dir`).
+    pub fn start(toml: &str) -> Self {
+        use std::io::BufRead;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = dir.path().join("sim.toml");
+        std::fs::write(&cfg, toml).expect("write sim config");
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "sim",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            SIM_KEY,
+            "--sim-config",
+        ])
+        .arg(&cfg)
+        .env("SEEDQ_CONFIG", "/dev/null")
+        .stdout(std::process::Stdio::piped());
+        if std::env::var_os("TEST_LOG").is_none() {
+            cmd.env("RUST_LOG", "off")
+                .stderr(std::process::Stdio::null());
+        }
+        let mut child = cmd.spawn().expect("spawn seedq sim");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read the sim's first line");
+        let base_url = line
+            .trim()
+            .strip_prefix("seedq sim listening on ")
+            .unwrap_or_else(|| panic!("unexpected sim output {line:?}"))
+            .to_string();
+        let root = base_url.trim_end_matches("/api/v3").to_string();
+        Self {
+            child,
+            _dir: dir,
+            base_url,
+            root,
+        }
+    }
+
+    /// `GET /_sim/stats`.
+    pub fn stats(&self) -> serde_json::Value {
+        http_json("GET", &format!("{}/_sim/stats", self.root), None)
+    }
+
+    /// `GET /_sim/tasks`.
+    pub fn tasks(&self) -> Vec<serde_json::Value> {
+        let v = http_json("GET", &format!("{}/_sim/tasks", self.root), None);
+        v.as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for SimProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny blocking HTTP/1.1 JSON client for the sim's admin endpoints (loopback only).
+pub fn http_json(method: &str, url: &str, body: Option<serde_json::Value>) -> serde_json::Value {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http url");
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let mut s = std::net::TcpStream::connect(host).expect("connect");
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, payload) = text.split_once("\r\n\r\n").expect("http response");
+    assert!(head.starts_with("HTTP/1.1 2"), "{method} {url}: {head}");
+    let payload = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(payload)
+    } else {
+        payload.to_string()
+    };
+    serde_json::from_str(&payload).unwrap_or(serde_json::Value::Null)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = &rest[n + 2..];
+    }
+    out
+}
+
+/// Polls `f` until it returns true or `secs` pass.
+pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("timed out after {secs} s waiting for {what}");
+}
+
+/// seedq config for a fast run against `sim` (millisecond-scale polling and backoff).
+pub fn worker_config(sim: &SimProc, extra: &str) -> String {
+    format!(
+        r#"
+[ark]
+base_url = "{base}"
+connect_timeout = "1s"
+request_timeout = "2s"
+
+[dispatch]
+lease = "3s"
+idle_interval = "50ms"
+backoff_base = "20ms"
+backoff_max = "200ms"
+throttle_pause = "100ms"
+reconcile_interval = "100ms"
+reconcile_grace = "3s"
+workers = 4
+
+[poll]
+first_poll_after = "100ms"
+flex_first_poll_after = "200ms"
+min_interval = "30ms"
+max_interval = "200ms"
+flex_max_interval = "200ms"
+callback_safety_interval = "2s"
+
+[service]
+shutdown_grace = "5s"
+
+[admin]
+listen = ""
+
+{extra}
+"#,
+        base = sim.base_url
     )
 }

@@ -61,18 +61,19 @@ pub async fn watchdog(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     loop {
+        // Wait first: systemd arms the watchdog at READY=1, which follows this task's start.
+        // Cancel-safe: both branches only wait.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
         let checks = health::live(&ctx).await;
         let (ok, text) = health::render(&checks);
         if ok {
             send(&[NotifyState::Watchdog]);
         } else {
             tracing::error!(report = %text.trim_end(), "not live; withholding the watchdog ping");
-        }
-        // Cancel-safe: both branches only wait.
-        tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(every) => {}
         }
     }
 }

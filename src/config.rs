@@ -645,7 +645,7 @@ impl MaintenanceConfig {
     /// The first invalid key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         use crate::ops::schedule;
-        let tz = schedule::parse_tz(&self.timezone).map_err(|allowed| ConfigError::Invalid {
+        schedule::parse_tz(&self.timezone).map_err(|allowed| ConfigError::Invalid {
             key: "maintenance.timezone",
             value: self.timezone.clone(),
             allowed,
@@ -656,7 +656,7 @@ impl MaintenanceConfig {
             ("maintenance.db_upkeep", &self.db_upkeep),
             ("maintenance.backup", &self.backup),
         ] {
-            schedule::check_cron(value, tz).map_err(|allowed| ConfigError::Invalid {
+            schedule::parse_cron(value).map_err(|allowed| ConfigError::Invalid {
                 key,
                 value: value.clone(),
                 allowed,

@@ -1,11 +1,17 @@
 //! Scheduled maintenance (`[maintenance]`): pruning, the lease sweep, TPD day roll-over,
-//! database upkeep and backups, on cron schedules (tokio-cron-scheduler).
+//! database upkeep and backups, on cron schedules.
 //!
-//! The scheduler is only a clock: each firing sends a [`Task`] over a channel to this
-//! supervised task, which runs it. So the work sits in the supervisor's `JoinSet`, runs one
-//! task at a time, and stops between tasks at shutdown; a firing while the same task is still
-//! queued is dropped rather than piled up. A failed task is logged and counted
-//! (`seedq_maintenance_runs_total`), never fatal, unless the store itself is gone.
+//! One supervised task sleeps until the earliest next firing, runs the due tasks one after
+//! another, and computes their next firings; nothing else wakes for it. Schedules are
+//! evaluated in `maintenance.timezone` at each firing (croner with chrono-tz), so they follow
+//! DST. A firing missed because an earlier task ran long is skipped, not queued. A failed task
+//! is logged and counted (`seedq_maintenance_runs_total`), never fatal, unless the store
+//! itself is gone. Shutdown is checked between tasks.
+//!
+//! tokio-cron-scheduler was the first choice; it was dropped because its scheduler wakes
+//! every 500 ms (4 wake-ups/s on an idle service), runs jobs in detached tasks the supervisor
+//! cannot drain, and fixes a zone's UTC offset when a job is created. croner is the cron
+//! parser it uses, so the syntax is the same.
 //!
 //! # The TPD day
 //! The dispatcher counts the flex budget from the start of the day in
@@ -16,10 +22,11 @@
 //! the dispatchers at once instead of at their next idle check.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use chrono::FixedOffset;
-use tokio::sync::mpsc;
-use tokio_cron_scheduler::{Job, JobScheduler};
+use chrono::{DateTime, FixedOffset, Utc};
+use chrono_tz::Tz;
+use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
 use super::{metrics, schedule};
@@ -54,87 +61,124 @@ impl Task {
     }
 }
 
-/// Firings waiting to run; more than this are dropped (they would only repeat the same work).
-const QUEUE: usize = 8;
+/// Longest single sleep: a wall-clock step (NTP, suspend) is noticed within this long.
+const MAX_SLEEP: Duration = Duration::from_secs(600);
 /// Backup file names: `seedq-<UTC time>.db`, which sort by age.
 const BACKUP_PREFIX: &str = "seedq-";
 
-/// Runs the scheduled tasks until shutdown.
+/// The zone a schedule is read in.
+enum Zone {
+    Named(Tz),
+    Fixed(FixedOffset),
+}
+
+/// One scheduled task and its next firing.
+struct Entry {
+    task: Task,
+    cron: Cron,
+    zone: Zone,
+    next: Option<DateTime<Utc>>,
+}
+
+impl Entry {
+    fn plan(&mut self, now: DateTime<Utc>) {
+        self.next = match &self.zone {
+            Zone::Named(tz) => schedule::next_after(&self.cron, now, tz),
+            Zone::Fixed(off) => schedule::next_after(&self.cron, now, off),
+        };
+    }
+}
+
+/// The configured schedules.
 ///
 /// # Errors
-/// The scheduler cannot start, a schedule does not parse (config validation prevents that),
-/// or the store is gone.
-pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
+/// A zone or expression that does not parse (config validation prevents that), or a TPD
+/// offset out of range.
+fn entries(ctx: &Ctx) -> anyhow::Result<Vec<Entry>> {
     let m = &ctx.cfg.maintenance;
-    let tz = schedule::parse_tz(&m.timezone)
-        .map_err(|e| anyhow::anyhow!("maintenance.timezone: {e}"))?;
-    let (tx, mut rx) = mpsc::channel::<Task>(QUEUE);
-    let mut sched = JobScheduler::new().await?;
-    for (task, cron) in [
-        (Task::Prune, &m.prune),
-        (Task::Sweep, &m.sweep),
-        (Task::DbUpkeep, &m.db_upkeep),
-        (Task::Backup, &m.backup),
+    let bad = |key: &str, e: String| anyhow::anyhow!("maintenance.{key}: {e}");
+    let tz = schedule::parse_tz(&m.timezone).map_err(|e| bad("timezone", e))?;
+    let mut out = Vec::new();
+    for (task, key, expr) in [
+        (Task::Prune, "prune", &m.prune),
+        (Task::Sweep, "sweep", &m.sweep),
+        (Task::DbUpkeep, "db_upkeep", &m.db_upkeep),
+        (Task::Backup, "backup", &m.backup),
     ] {
-        if cron.trim().is_empty() {
-            continue;
+        if let Some(cron) = schedule::parse_cron(expr).map_err(|e| bad(key, e))? {
+            out.push(Entry {
+                task,
+                cron,
+                zone: Zone::Named(tz),
+                next: None,
+            });
         }
-        let tx = tx.clone();
-        sched
-            .add(Job::new_async_tz(cron.as_str(), tz, move |_, _| {
-                let tx = tx.clone();
-                Box::pin(async move { fire(&tx, task) })
-            })?)
-            .await?;
     }
     // Midnight where the dispatcher's TPD day starts (see the module docs).
     let offset = FixedOffset::east_opt(ctx.cfg.dispatch.tpd_utc_offset_hours * 3600)
         .ok_or_else(|| anyhow::anyhow!("dispatch.tpd_utc_offset_hours is out of range"))?;
-    {
-        let tx = tx.clone();
-        sched
-            .add(Job::new_async_tz("0 0 0 * * *", offset, move |_, _| {
-                let tx = tx.clone();
-                Box::pin(async move { fire(&tx, Task::TpdRollover) })
-            })?)
-            .await?;
-    }
-    sched.start().await?;
-    tracing::debug!("maintenance scheduler started");
-    let result = loop {
-        // Cancel-safe: `recv` loses nothing when shutdown wins; a queued task is just skipped.
-        let task = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => break Ok(()),
-            t = rx.recv() => t,
-        };
-        let Some(task) = task else { break Ok(()) };
-        match run_task(&ctx, task).await {
-            Ok(summary) => {
-                metrics::maintenance(task.name(), true);
-                tracing::info!(task = task.name(), %summary, "maintenance done");
-            }
-            Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) => {
-                break Err(e.context(format!("maintenance task {}", task.name())));
-            }
-            Err(e) => {
-                metrics::maintenance(task.name(), false);
-                tracing::error!(task = task.name(), error = %format!("{e:#}"), "maintenance failed");
-            }
-        }
-    };
-    if let Err(e) = sched.shutdown().await {
-        tracing::debug!(error = %e, "maintenance scheduler shutdown");
-    }
-    result
+    let midnight = schedule::parse_cron("0 0 0 * * *")
+        .ok()
+        .flatten()
+        .ok_or_else(|| anyhow::anyhow!("the midnight schedule does not parse"))?;
+    out.push(Entry {
+        task: Task::TpdRollover,
+        cron: midnight,
+        zone: Zone::Fixed(offset),
+        next: None,
+    });
+    Ok(out)
 }
 
-fn fire(tx: &mpsc::Sender<Task>, task: Task) {
-    if tx.try_send(task).is_err() {
-        tracing::warn!(
-            task = task.name(),
-            "maintenance is behind; skipping this firing"
-        );
+/// Runs the scheduled tasks until shutdown.
+///
+/// # Errors
+/// A schedule does not parse (config validation prevents that), or the store is gone.
+pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut plan = entries(&ctx)?;
+    let now = Utc::now();
+    for e in &mut plan {
+        e.plan(now);
+        tracing::debug!(task = e.task.name(), next = ?e.next, "scheduled");
+    }
+    loop {
+        let now = Utc::now();
+        let wait = plan
+            .iter()
+            .filter_map(|e| e.next)
+            .min()
+            .map_or(MAX_SLEEP, |t| (t - now).to_std().unwrap_or(Duration::ZERO))
+            .min(MAX_SLEEP);
+        // Cancel-safe: both branches only wait.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(wait) => {}
+        }
+        for entry in &mut plan {
+            if entry.next.is_none_or(|t| t > Utc::now()) {
+                continue;
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            let task = entry.task;
+            match run_task(&ctx, task).await {
+                Ok(summary) => {
+                    metrics::maintenance(task.name(), true);
+                    tracing::info!(task = task.name(), %summary, "maintenance done");
+                }
+                Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) => {
+                    return Err(e.context(format!("maintenance task {}", task.name())));
+                }
+                Err(e) => {
+                    metrics::maintenance(task.name(), false);
+                    tracing::error!(task = task.name(), error = %format!("{e:#}"), "maintenance failed");
+                }
+            }
+            // From the time it finished: firings missed meanwhile are skipped.
+            entry.plan(Utc::now());
+        }
     }
 }
 

@@ -4,8 +4,10 @@
 //! schedule) and by the maintenance scheduler. Errors are the "allowed" half of a
 //! `ConfigError::Invalid`, so they say what a good value looks like.
 
-use chrono::{TimeZone, Timelike};
+use chrono::{DateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
+use croner::Cron;
+use croner::parser::{CronParser, Seconds};
 
 /// Seconds in a day.
 const DAY_S: u32 = 86_400;
@@ -19,22 +21,34 @@ pub fn parse_tz(name: &str) -> Result<Tz, String> {
         .map_err(|_| "an IANA time zone name such as Asia/Shanghai or UTC".to_string())
 }
 
-/// Checks a 6-field cron expression the way the scheduler will parse it; empty is allowed
-/// (the job is off).
+/// Parses a 6-field cron expression (`sec min hour day-of-month month day-of-week`, the
+/// syntax tokio-cron-scheduler accepts); empty means the job is off (`None`).
 ///
 /// # Errors
 /// The expression does not parse.
-pub fn check_cron(expr: &str, tz: Tz) -> Result<(), String> {
+pub fn parse_cron(expr: &str) -> Result<Option<Cron>, String> {
     if expr.trim().is_empty() {
-        return Ok(());
+        return Ok(None);
     }
-    tokio_cron_scheduler::Job::new_async_tz(expr, tz, |_, _| Box::pin(async {}))
-        .map(|_| ())
+    CronParser::builder()
+        .seconds(Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(expr.trim())
+        .map(Some)
         .map_err(|_| {
             "a 6-field cron expression: sec min hour day-of-month month day-of-week, \
              e.g. \"0 30 3 * * *\" (daily at 03:30), or \"\" to disable"
                 .to_string()
         })
+}
+
+/// The first firing of `cron` strictly after `now`, evaluated in `tz` (so a daily 03:30 stays
+/// at 03:30 local time across DST changes).
+pub fn next_after<Z: TimeZone>(cron: &Cron, now: DateTime<Utc>, tz: &Z) -> Option<DateTime<Utc>> {
+    cron.find_next_occurrence(&now.with_timezone(tz), false)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 /// A daily window `[start, end)` in seconds after local midnight; `end < start` wraps
@@ -149,11 +163,43 @@ mod tests {
 
     #[test]
     fn cron_expressions_need_six_fields() {
-        let tz = parse_tz("UTC").expect("tz");
-        assert!(check_cron("0 30 3 * * *", tz).is_ok());
-        assert!(check_cron("*/2 * * * * *", tz).is_ok());
-        assert!(check_cron("", tz).is_ok());
-        assert!(check_cron("every day", tz).is_err());
-        assert!(check_cron("0 61 * * * *", tz).is_err());
+        assert!(parse_cron("0 30 3 * * *").is_ok_and(|c| c.is_some()));
+        assert!(parse_cron("*/2 * * * * *").is_ok_and(|c| c.is_some()));
+        assert_eq!(parse_cron(" ").map(|c| c.is_none()), Ok(true));
+        assert!(parse_cron("every day").is_err());
+        assert!(parse_cron("30 3 * * *").is_err(), "five fields");
+        assert!(parse_cron("0 61 * * * *").is_err());
+    }
+
+    #[test]
+    fn firings_follow_local_time_across_dst() {
+        let daily = parse_cron("0 30 3 * * *").expect("ok").expect("some");
+        let berlin = parse_tz("Europe/Berlin").expect("tz");
+        // Summer time starts on 2026-03-29: 03:30 on the 28th is CET (UTC+1), on the 29th
+        // CEST (UTC+2).
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 27, 12, 0, 0)
+            .single()
+            .expect("time");
+        let first = next_after(&daily, now, &berlin).expect("next");
+        assert_eq!(
+            first,
+            Utc.with_ymd_and_hms(2026, 3, 28, 2, 30, 0)
+                .single()
+                .expect("t")
+        );
+        let second = next_after(&daily, first, &berlin).expect("next");
+        assert_eq!(
+            second,
+            Utc.with_ymd_and_hms(2026, 3, 29, 1, 30, 0)
+                .single()
+                .expect("t")
+        );
+        let shanghai = parse_tz("Asia/Shanghai").expect("tz");
+        let midnight = parse_cron("0 0 0 * * *").expect("ok").expect("some");
+        assert_eq!(
+            next_after(&midnight, now, &shanghai),
+            Utc.with_ymd_and_hms(2026, 3, 27, 16, 0, 0).single()
+        );
     }
 }

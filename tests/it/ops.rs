@@ -60,7 +60,7 @@ impl NotifySocket {
         let msg = self.until(20, "READY=1", |m| m.lines().any(|l| l == "READY=1"));
         msg.split("admin on http://")
             .nth(1)
-            .and_then(|r| r.split(|c: char| c == '\n' || c == ';').next())
+            .and_then(|r| r.split(['\n', ';']).next())
             .unwrap_or_else(|| panic!("no admin address in {msg:?}"))
             .to_string()
     }

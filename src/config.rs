@@ -190,8 +190,8 @@ pub struct PollConfig {
     pub max_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub flex_max_interval: Duration,
-    /// Poll this fraction of the expected generation time early, so the first poll lands
-    /// just after the finish rather than well before it.
+    /// The first poll comes at this fraction of the expected generation time (learned from
+    /// recent completions; see `poll.rs`).
     pub first_poll_fraction: f64,
     /// Transient remote failures (`InternalServiceError`…) retried before `dead`.
     pub max_remote_retries: u32,
@@ -208,7 +208,7 @@ impl Default for PollConfig {
             min_interval: Duration::from_secs(2),
             max_interval: Duration::from_secs(60),
             flex_max_interval: Duration::from_secs(600),
-            first_poll_fraction: 1.02,
+            first_poll_fraction: 1.0,
             max_remote_retries: 2,
             callback_safety_interval: Duration::from_secs(300),
         }

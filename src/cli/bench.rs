@@ -16,6 +16,8 @@ use crate::store::Store;
 pub enum BenchCommand {
     /// Enqueue N jobs from a generated JSONL file through the same path as `submit --file`.
     Enqueue(EnqueueArgs),
+    /// The service against the in-process simulator: makespan, status calls, lag, overhead.
+    Pipeline(super::bench_pipeline::PipelineArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -32,6 +34,9 @@ pub struct EnqueueArgs {
 pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         BenchCommand::Enqueue(a) => enqueue(ctx, a).await,
+        BenchCommand::Pipeline(a) => super::bench_pipeline::run(ctx, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

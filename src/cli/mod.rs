@@ -4,6 +4,7 @@
 //! Exit codes (ripgrep style): 0 ok, 1 not found or a failed job, 2 usage or validation error.
 
 mod bench;
+mod bench_pipeline;
 mod demo;
 mod doctor;
 mod jobs;

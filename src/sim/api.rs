@@ -14,16 +14,14 @@ use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
-use super::http::{ConnTag, Dropped};
+use super::http::{ConnTag, Dropped, MAX_BODY};
 use super::state::{ListQuery, Sim};
 use crate::ark::wire::{
     ContentItem, CreateTaskRequest, CreateTaskResponse, ListTasksResponse, TaskStatus,
 };
 use crate::request;
 
-/// Largest request body (ark-api.md §8: "whole request body ≤ 64 MB").
-const MAX_BODY: usize = 64 * 1024 * 1024;
-/// `page_size` when none is given ([INF], ark-api.md §4).
+/// `page_size` when none is given (an inference, ark-api.md §4).
 const DEFAULT_PAGE_SIZE: usize = 10;
 /// Upper bound of `page_num` and `page_size`.
 const MAX_PAGE: usize = 500;

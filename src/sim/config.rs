@@ -2,7 +2,7 @@
 //! part, [`Faults`] (also `GET`/`POST /_sim/faults` as JSON).
 //!
 //! Every field has a serde default, so an empty file is a valid config that behaves like the
-//! real API at real speed. Durations are humantime strings (`"30s"`, `"7d"`) and are *nominal*:
+//! real API at real speed; `sim.example.toml` beside this file lists every key with its default. Durations are humantime strings (`"30s"`, `"7d"`) and are *nominal*:
 //! the simulator multiplies each by `time_scale` (see `mod.rs` for which ones).
 //! Invariant after [`SimConfig::validate`]: `time_scale` is finite and > 0, probabilities lie in
 //! `[0, 1]`, `video_downscale >= 1`.
@@ -60,7 +60,11 @@ pub struct SimConfig {
     pub video_downscale: u32,
     /// Serve every video padded with a trailing ISO-BMFF `free` box to exactly this many bytes.
     pub video_pad_to_bytes: Option<u64>,
-    /// At most this many videos render at once (CPU-bound, on blocking threads).
+    /// Render one video per (size, frames, first frame), seed ignored, and serve it to every
+    /// task of that shape: for throughput benchmarks, where encoding would dominate.
+    pub reuse_videos: bool,
+    /// At most this many videos render at once (CPU-bound, on blocking threads); default: the
+    /// number of CPUs.
     pub render_concurrency: usize,
     /// Per attempt; real time, not scaled (it is about the receiver, not the simulated clock).
     #[serde(with = "humantime_serde")]
@@ -99,7 +103,8 @@ impl Default for SimConfig {
             url_ttl: Duration::from_secs(24 * 3600),
             video_downscale: 1,
             video_pad_to_bytes: None,
-            render_concurrency: 2,
+            reuse_videos: false,
+            render_concurrency: std::thread::available_parallelism().map_or(2, |n| n.get()),
             callback_timeout: Duration::from_secs(5),
             callback_retries: 3,
             callback_retry_delay: Duration::from_secs(1),
@@ -403,6 +408,24 @@ mod tests {
         );
         let bad = toml::from_str::<SimConfig>("time_scael = 1.0");
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn the_example_file_parses_to_the_defaults() {
+        let c: SimConfig =
+            toml::from_str(include_str!("sim.example.toml")).expect("example parses");
+        let d = SimConfig::default();
+        assert_eq!(c.api_keys, d.api_keys);
+        assert_eq!(c.retention, d.retention);
+        assert_eq!(c.url_ttl, d.url_ttl);
+        assert_eq!(c.generation, d.generation);
+        assert_eq!(c.unknown_model_limits, d.unknown_model_limits);
+        assert_eq!(c.faults, d.faults);
+        assert_eq!(c.delete_semantics, d.delete_semantics);
+        assert_eq!(
+            (c.max_queued, c.callback_retries, c.flex_factor),
+            (d.max_queued, d.callback_retries, d.flex_factor)
+        );
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::connect_info::Connected;
 use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -38,6 +38,8 @@ use super::error::ApiError;
 use super::state::{Sim, now_ms};
 use super::{admin, api, files};
 
+/// Largest request body (ark-api.md §8: "whole request body ≤ 64 MB").
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The Ark API prefix.
 pub const API_PREFIX: &str = "/api/v3";
 /// Marks a response whose connection was severed, for the stats.
@@ -99,12 +101,23 @@ async fn edge(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
     let is_api = path.starts_with(API_PREFIX);
 
     if let Some(r) = route {
-        let ms = sim.faults().latency_ms.of(r);
+        let ms = sim.latency_ms(r);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
     }
-    let mut resp = if is_api && !authorized(&sim, &req) {
+    // Read every body in full before answering, even where the handler ignores it (the Python
+    // SDK sends `{}` with DELETE): hyper closes a keep-alive connection whose request body was
+    // left unread, and the client's next request on it would fail.
+    let (parts, body) = req.into_parts();
+    let (body, too_large) = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => (b, false),
+        Err(_) => (Bytes::new(), true),
+    };
+    let req = Request::from_parts(parts, Body::from(body));
+    let mut resp = if too_large {
+        ApiError::invalid(None, "the request body is larger than 64 MB").into_response()
+    } else if is_api && !authorized(&sim, &req) {
         ApiError::unauthorized().into_response()
     } else if let Some(r) = api_route
         && sim.roll(|f| f.error_rate.of(r))

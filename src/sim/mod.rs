@@ -18,7 +18,7 @@
 //! - `/_sim/files/{id}/{video.mp4|last_frame.png}`: the signed file URLs (`files.rs`).
 //! - `/_sim/stats`, `/_sim/reset`, `/_sim/faults`, `/_sim/tasks`: test hooks (`admin.rs`).
 //!
-//! # Choices where the docs are silent (ark-api.md [INF])
+//! # Choices where the docs are silent (ark-api.md `[INF]`)
 //! - Unknown task id, or a deleted or retention-expired one: 404 `ResourceNotFound`.
 //! - A DELETE the status forbids (running under Version A, cancelled): 400 `InvalidParameter`.
 //! - `cancelled` sends no callback (not in the documented list); the others do.
@@ -27,6 +27,12 @@
 //! - Flex and default tasks of one model share its concurrency slots; default-tier tasks start
 //!   first, then higher `priority`, then oldest.
 //! - `updated_at` moves forward at least one second per transition (see `state.rs`).
+//! - `execution_expires_after` applies to both tiers (the docs say so); in practice only flex
+//!   tasks, being slower, run into it.
+//! - A video renders (on a blocking thread) from the moment its task starts running, so the
+//!   encoding overlaps the simulated generation time; the task succeeds when both are over.
+//!
+//! Every configuration key, with its default, is in `sim.example.toml` beside this file.
 
 mod admin;
 mod api;
@@ -38,6 +44,7 @@ mod http;
 mod state;
 #[cfg(test)]
 mod tests;
+mod video;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
@@ -94,6 +101,11 @@ impl SimHandle {
     /// The API base URL, `http://ADDR/api/v3` (or `public_base_url` + `/api/v3`).
     pub fn base_url(&self) -> String {
         format!("{}{}", self.sim.base_url, http::API_PREFIX)
+    }
+
+    /// `http://ADDR` (or `public_base_url`): the root of the `/_sim/…` endpoints.
+    pub fn root_url(&self) -> String {
+        self.sim.base_url.clone()
     }
 
     /// Stops accepting, lets open responses finish for a moment, then stops everything.

@@ -33,16 +33,15 @@ use super::callback::CallbackCtx;
 use super::config::{Faults, LimitsSim, SimConfig, Timing};
 use super::error::ApiError;
 use super::files;
+use super::video::{self, RenderJob, Rendered, VideoKey};
 use crate::ark::wire::{
     ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, Usage,
 };
 use crate::catalogue::{self, Catalogue, PixelTable};
-use crate::request::{Effective, image};
+use crate::request::Effective;
 
 /// The rate-limit window: RPM counts creates in the last (scaled) minute.
 const RPM_WINDOW: Duration = Duration::from_secs(60);
-/// Smallest side of a rendered video: H.264 macroblocks are 16 px.
-const MIN_VIDEO_SIDE: u32 = 16;
 /// When a task asks `duration: -1` (the model chooses), the simulated model chooses this.
 const AUTO_DURATION: i64 = 5;
 /// The code and message of an output-moderation failure (ark-api.md §6.3, observed).
@@ -74,6 +73,8 @@ pub struct Sim {
     wake: Notify,
     pub cancel: CancellationToken,
     render_slots: Arc<Semaphore>,
+    /// Shared renders by shape, when `reuse_videos` is on.
+    videos: Mutex<HashMap<VideoKey, Arc<Rendered>>>,
     pub callbacks: Arc<CallbackCtx>,
     /// Key for the file URL signatures; random per simulator.
     pub url_key: [u8; 32],
@@ -164,17 +165,6 @@ enum Outcome {
     Fail(TaskError),
 }
 
-/// A rendered video, kept in memory for the file routes.
-#[derive(Debug)]
-pub struct Rendered {
-    pub mp4: Bytes,
-    pub last_frame_png: Bytes,
-    pub mp4_sha256: String,
-    pub last_frame_sha256: String,
-    pub width: u32,
-    pub height: u32,
-}
-
 /// One task as the simulator knows it.
 pub struct TaskRec {
     pub id: String,
@@ -229,15 +219,6 @@ impl TaskRec {
 enum Effect {
     Callback(mpsc::UnboundedSender<Task>, Box<Task>),
     Render(RenderJob),
-}
-
-struct RenderJob {
-    id: String,
-    spec_width: u32,
-    spec_height: u32,
-    frames: u32,
-    seed: u64,
-    first_frame_png: Option<Bytes>,
 }
 
 /// What a create produced.
@@ -335,6 +316,7 @@ impl Sim {
         };
         Ok(Arc::new(Sim {
             render_slots: Arc::new(Semaphore::new(cfg.render_concurrency)),
+            videos: Mutex::new(HashMap::new()),
             cfg,
             catalogue,
             base_url,
@@ -361,6 +343,11 @@ impl Sim {
     /// The faults in force.
     pub fn faults(&self) -> Faults {
         self.lock().faults.clone()
+    }
+
+    /// Injected latency for a route, in real milliseconds.
+    pub fn latency_ms(&self, route: super::config::Route) -> u64 {
+        self.lock().faults.latency_ms.of(route)
     }
 
     /// Replaces the faults.
@@ -528,7 +515,7 @@ impl Sim {
                 .size
                 .or_else(|| catalogue::pixel_size(table, &eff.resolution, &eff.concrete_ratio))
                 .unwrap_or((1280, 720));
-            let (input_image_sha256, first_frame_png) = inspect_images(&req);
+            let (input_image_sha256, first_frame_png) = video::inspect_images(&req);
             let callback = req
                 .callback_url
                 .as_ref()
@@ -613,7 +600,21 @@ impl Sim {
     /// `GET …/tasks`: filtered, newest first, one page; `total` counts all matches.
     pub fn list(&self, q: &ListQuery) -> (i64, Vec<Task>) {
         let inner = self.lock();
-        let matches = inner.order.values().rev().filter_map(|id| {
+        // Batch polls name their ids: look those up instead of scanning every record.
+        let candidates: Vec<&String> = if q.task_ids.is_empty() {
+            inner.order.values().rev().collect()
+        } else {
+            let mut picked: Vec<(u64, &String)> = q
+                .task_ids
+                .iter()
+                .filter_map(|id| inner.tasks.get_key_value(id))
+                .map(|(id, t)| (t.seq, id))
+                .collect();
+            picked.sort_unstable_by_key(|p| Reverse(p.0));
+            picked.dedup_by_key(|p| p.0);
+            picked.into_iter().map(|(_, id)| id).collect()
+        };
+        let matches = candidates.into_iter().filter_map(|id| {
             let t = inner.tasks.get(id)?;
             let ok = q.status.is_none_or(|s| s == t.status)
                 && (q.task_ids.is_empty() || q.task_ids.iter().any(|x| x == &t.id))
@@ -840,6 +841,7 @@ impl Sim {
         let Some(t) = inner.tasks.get_mut(id) else {
             return;
         };
+        tracing::debug!(task = id, model = %t.model, "sim: task running");
         t.status = TaskStatus::Running;
         t.running_ms = Some(now_ms());
         t.touch();
@@ -852,7 +854,7 @@ impl Sim {
         });
         let gen_time = self.generation_time(t);
         if !moderated && !transient {
-            let (w, h) = video_size(t.size, self.cfg.video_downscale);
+            let (w, h) = video::video_size(t.size, self.cfg.video_downscale);
             effects.push(Effect::Render(RenderJob {
                 id: t.id.clone(),
                 spec_width: w,
@@ -902,7 +904,7 @@ impl Sim {
     }
 
     /// Called when a render finished (on the runtime, after the blocking work).
-    fn on_rendered(self: &Arc<Self>, id: &str, result: Result<Rendered, String>) {
+    fn on_rendered(self: &Arc<Self>, id: &str, result: Result<Arc<Rendered>, String>) {
         let effects = {
             let mut inner = self.lock();
             let mut effects = Vec::new();
@@ -912,7 +914,7 @@ impl Sim {
                 if let Err(e) = &result {
                     tracing::warn!(task = id, error = %e, "sim: render failed");
                 }
-                t.render = Some(result.map(Arc::new));
+                t.render = Some(result);
                 if t.gen_done {
                     let failed = matches!(t.render, Some(Err(_)));
                     if failed {
@@ -948,6 +950,12 @@ impl Sim {
             return;
         };
         let was = t.status;
+        tracing::debug!(
+            task = id,
+            from = was.as_str(),
+            to = status.as_str(),
+            "sim: task finished"
+        );
         t.status = status;
         t.error = error;
         t.finished_ms = Some(now_ms());
@@ -1011,19 +1019,49 @@ impl Sim {
         }
     }
 
-    fn spawn_render(self: &Arc<Self>, job: RenderJob) {
+    fn spawn_render(self: &Arc<Self>, mut job: RenderJob) {
         let sim = self.clone();
         let slots = self.render_slots.clone();
+        // With `reuse_videos`, one render per shape serves every task of that shape.
+        let key = self.cfg.reuse_videos.then(|| {
+            job.seed = 0;
+            let first = job
+                .first_frame_png
+                .as_ref()
+                .map(|b| <[u8; 32]>::from(Sha256::digest(b)));
+            (job.spec_width, job.spec_height, job.frames, first)
+        });
         tokio::spawn(async move {
+            let id = job.id.clone();
+            if let Some(k) = &key
+                && let Some(hit) = sim.cached_video(k)
+            {
+                sim.on_rendered(&id, Ok(hit));
+                return;
+            }
             let Ok(_permit) = slots.acquire_owned().await else {
                 return;
             };
-            let id = job.id.clone();
-            let result = tokio::task::spawn_blocking(move || render(job))
+            let result = tokio::task::spawn_blocking(move || video::render(job))
                 .await
-                .unwrap_or_else(|e| Err(format!("render task panicked: {e}")));
+                .unwrap_or_else(|e| Err(format!("render task panicked: {e}")))
+                .map(Arc::new);
+            if let (Some(k), Ok(v)) = (key, &result) {
+                sim.videos
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(k, v.clone());
+            }
             sim.on_rendered(&id, result);
         });
+    }
+
+    fn cached_video(&self, key: &VideoKey) -> Option<Arc<Rendered>> {
+        self.videos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned()
     }
 
     /// The wire view of a record; file URLs are signed now, so each call issues fresh ones.
@@ -1136,12 +1174,6 @@ pub fn scale(d: Duration, factor: f64) -> Duration {
     secs(d.as_secs_f64() * factor)
 }
 
-/// The rendered size: nominal size / downscale, even, at least [`MIN_VIDEO_SIDE`].
-pub fn video_size((w, h): (u32, u32), downscale: u32) -> (u32, u32) {
-    let f = |v: u32| ((v / downscale.max(1)) & !1).max(MIN_VIDEO_SIDE);
-    (f(w), f(h))
-}
-
 /// `cgt-YYYYMMDDHHMMSS-xxxxx`, the timestamp in Beijing time (UTC+8).
 fn task_id(now_ms: i64, rng: &mut StdRng) -> String {
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
@@ -1163,59 +1195,6 @@ fn task_id(now_ms: i64, rng: &mut StdRng) -> String {
     )
 }
 
-/// SHA-256 of every image item's `data:` bytes (None for URLs), and the first-frame PNG.
-fn inspect_images(req: &CreateTaskRequest) -> (Vec<Option<String>>, Option<Bytes>) {
-    let mut hashes = Vec::new();
-    let mut first = None;
-    let mut seen_first = false;
-    for item in &req.content {
-        let ContentItem::ImageUrl { image_url, role } = item else {
-            continue;
-        };
-        let bytes = image_url
-            .url
-            .starts_with("data:")
-            .then(|| image::decode_data_url(&image_url.url).ok())
-            .flatten()
-            .map(|(_, b)| b);
-        hashes.push(bytes.as_ref().map(|b| hex::encode(Sha256::digest(b))));
-        let is_first = matches!(role.as_deref(), None | Some("first_frame"));
-        if is_first && !seen_first {
-            seen_first = true;
-            first = bytes
-                .filter(|b| image::sniff(b) == Some("png"))
-                .map(Bytes::from);
-        }
-    }
-    (hashes, first)
-}
-
-/// The blocking part: decode the first frame, encode the clip, hash the results.
-fn render(job: RenderJob) -> Result<Rendered, String> {
-    use crate::media;
-    let first_frame = match &job.first_frame_png {
-        Some(png) => Some(media::decode_png(png).map_err(|e| format!("first frame: {e}"))?),
-        None => None,
-    };
-    let spec = media::VideoSpec {
-        width: job.spec_width,
-        height: job.spec_height,
-        frames: job.frames,
-        fps: u32::try_from(catalogue::FPS).unwrap_or(24),
-        seed: job.seed,
-        first_frame,
-    };
-    let out = media::render(&spec).map_err(|e| e.to_string())?;
-    Ok(Rendered {
-        mp4_sha256: hex::encode(Sha256::digest(&out.mp4)),
-        last_frame_sha256: hex::encode(Sha256::digest(&out.last_frame_png)),
-        mp4: Bytes::from(out.mp4),
-        last_frame_png: Bytes::from(out.last_frame_png),
-        width: job.spec_width,
-        height: job.spec_height,
-    })
-}
-
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -1233,14 +1212,6 @@ mod unit {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
         );
-    }
-
-    #[test]
-    fn video_size_is_even_and_at_least_16() {
-        assert_eq!(video_size((1248, 704), 16), (78, 44));
-        assert_eq!(video_size((1280, 720), 1), (1280, 720));
-        assert_eq!(video_size((1112, 834), 16), (68, 52));
-        assert_eq!(video_size((640, 640), 1000), (16, 16));
     }
 
     #[test]

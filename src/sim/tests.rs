@@ -398,6 +398,99 @@ async fn default_duration_video_has_24_fps_frame_count() {
 }
 
 #[tokio::test]
+async fn reuse_videos_renders_once_per_shape() {
+    let t = T::new(SimConfig {
+        reuse_videos: true,
+        ..fast()
+    })
+    .await;
+    let mut a = text_body(PRO, "one");
+    a["seed"] = json!(1);
+    let mut b = text_body(PRO, "two");
+    b["seed"] = json!(2);
+    let mut c = text_body(PRO, "short");
+    c["frames"] = json!(29);
+    let ids = [t.create(a).await, t.create(b).await, t.create(c).await];
+    for id in &ids {
+        t.wait_status(id, TaskStatus::Succeeded).await;
+    }
+    let sha = |d: &Value| d["mp4_sha256"].as_str().expect("sha").to_string();
+    let (da, db, dc) = (
+        t.dump(&ids[0]).await,
+        t.dump(&ids[1]).await,
+        t.dump(&ids[2]).await,
+    );
+    assert_eq!(da["seed"], 1, "the wire seed is still the task's");
+    assert_eq!(sha(&da), sha(&db));
+    assert_ne!(sha(&db), sha(&dc));
+    t.handle.shutdown().await;
+}
+
+/// One HTTP/1.1 exchange on an open socket: the status code and the body.
+/// Like httpx, the body goes in a second write after a pause, so the server sees the headers
+/// before the body arrives.
+async fn raw_exchange(sock: &mut tokio::net::TcpStream, request: &str) -> (u16, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let split = request.find("\r\n\r\n").map_or(request.len(), |i| i + 4);
+    sock.write_all(&request.as_bytes()[..split])
+        .await
+        .expect("write");
+    if split < request.len() {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        sock.write_all(&request.as_bytes()[split..])
+            .await
+            .expect("write");
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if buf.len() >= end + 4 + len {
+                let status = head[9..12].parse().expect("status");
+                return (status, buf[end + 4..end + 4 + len].to_vec());
+            }
+        }
+        let n = sock.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "connection closed after {} bytes", buf.len());
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_delete_with_a_body_keeps_the_connection_alive() {
+    // The Python SDK sends `Content-Length: 2` and `{}` with DELETE; a server that leaves the
+    // body unread closes the connection and breaks the SDK's next call on it.
+    let t = T::new(fast()).await;
+    let id = t.create(text_body(PRO, "x")).await;
+    t.wait_status(&id, TaskStatus::Succeeded).await;
+    let mut sock = tokio::net::TcpStream::connect(t.handle.addr())
+        .await
+        .expect("connect");
+    let path = format!("/api/v3/contents/generations/tasks/{id}");
+    let del = format!(
+        "DELETE {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{{}}"
+    );
+    let (status, body) = raw_exchange(&mut sock, &del).await;
+    assert_eq!((status, body.as_slice()), (200, &b"{}"[..]));
+    let get = format!("GET {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer {KEY}\r\n\r\n");
+    let (status, _) = raw_exchange(&mut sock, &get).await;
+    assert_eq!(status, 404, "same connection, task gone");
+    // Refused before the handler (401) with a body: the connection survives too.
+    let bad = "POST /api/v3/contents/generations/tasks HTTP/1.1\r\nHost: sim\r\nContent-Length: 2\r\n\r\n{}";
+    let (status, _) = raw_exchange(&mut sock, bad).await;
+    assert_eq!(status, 401);
+    let (status, _) = raw_exchange(&mut sock, &get).await;
+    assert_eq!(status, 404);
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn missing_or_wrong_keys_get_401() {
     let t = T::new(SimConfig {
         api_keys: vec!["k1".into(), "k2".into()],
@@ -647,6 +740,14 @@ async fn list_filters_pages_and_repeated_task_ids() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(t.list("filter.status=running").await.total, 5);
+    let q = format!(
+        "filter.task_ids={0}&filter.task_ids={0}&filter.task_ids={1}&filter.status=running&page_size=1",
+        ids[0], ids[1]
+    );
+    let dup = t.list(&q).await;
+    assert_eq!(dup.total, 2, "a repeated id counts once");
+    assert_eq!(dup.items.len(), 1);
+    assert_eq!(dup.items[0].id, ids[1]);
     assert_eq!(t.list("filter.status=succeeded").await.total, 0);
     let r =
         t.c.get(format!("{}?page_size=0", t.tasks_url()))
@@ -748,7 +849,9 @@ async fn concurrency_cap_keeps_extra_tasks_queued() {
     let t = T::new(cfg).await;
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(t.create(text_body(PRO, &format!("job {i}"))).await);
+        let mut body = text_body(PRO, &format!("job {i}"));
+        body["resolution"] = json!("480p");
+        ids.push(t.create(body).await);
     }
     for id in &ids {
         t.wait_status(id, TaskStatus::Succeeded).await;
@@ -905,9 +1008,10 @@ async fn records_vanish_after_retention() {
 }
 
 /// A callback receiver: records every POST body; answers 500 to the first `fail_first`
-/// `succeeded` deliveries.
+/// `succeeded` deliveries, or with `slow`, answers them only after 400 ms.
 async fn receiver(
     fail_first: usize,
+    slow: bool,
 ) -> (
     String,
     std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
@@ -934,7 +1038,10 @@ async fn receiver(
                                 |n| n.checked_sub(1),
                             )
                             .is_ok();
-                    if fail {
+                    if fail && slow {
+                        tokio::time::sleep(Duration::from_millis(400)).await;
+                        axum::http::StatusCode::OK
+                    } else if fail {
                         axum::http::StatusCode::INTERNAL_SERVER_ERROR
                     } else {
                         axum::http::StatusCode::OK
@@ -953,7 +1060,7 @@ async fn receiver(
 
 #[tokio::test]
 async fn callbacks_report_every_status_in_order_and_retry_the_final_one() {
-    let (url, seen, rx) = receiver(2).await;
+    let (url, seen, rx) = receiver(2, false).await;
     let t = T::new(fast()).await;
     let mut body = text_body(PRO, "with callback");
     body["callback_url"] = json!(url);
@@ -986,7 +1093,7 @@ async fn callbacks_report_every_status_in_order_and_retry_the_final_one() {
 
 #[tokio::test]
 async fn a_callback_that_always_fails_is_given_up_after_four_attempts() {
-    let (url, seen, rx) = receiver(usize::MAX).await;
+    let (url, seen, rx) = receiver(usize::MAX, false).await;
     let t = T::new(fast()).await;
     let mut body = text_body(PRO, "callback fails");
     body["callback_url"] = json!(url);
@@ -1004,6 +1111,33 @@ async fn a_callback_that_always_fails_is_given_up_after_four_attempts() {
         .filter(|v| v["status"] == "succeeded")
         .count();
     assert_eq!(n, 4, "1 attempt + 3 retries");
+    t.handle.shutdown().await;
+    rx.abort();
+}
+
+#[tokio::test]
+async fn a_callback_that_times_out_is_retried() {
+    let (url, _seen, rx) = receiver(1, true).await;
+    let mut cfg = fast();
+    cfg.callback_timeout = Duration::from_millis(100);
+    let t = T::new(cfg).await;
+    let mut body = text_body(PRO, "slow receiver");
+    body["callback_url"] = json!(url);
+    let id = t.create(body).await;
+    t.wait_status(&id, TaskStatus::Succeeded).await;
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stats = t.admin("stats").await;
+        if stats["callbacks_delivered"] == 3 {
+            assert_eq!(
+                stats["callback_attempts"], 4,
+                "the timed-out one was resent: {stats}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     t.handle.shutdown().await;
     rx.abort();
 }
@@ -1187,6 +1321,12 @@ async fn injected_errors_bursts_and_corrupt_bodies() {
     let text = r.text().await.expect("body");
     assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
 
+    t.set_faults(json!({"latency_ms": {"get": 120}})).await;
+    let started = Instant::now();
+    assert_eq!(t.get(&id).await.id, id);
+    assert!(started.elapsed() >= Duration::from_millis(120));
+    assert_eq!(t.admin("faults").await["latency_ms"]["get"], 120);
+
     t.set_faults(json!({})).await;
     assert_eq!(t.get(&id).await.id, id);
     let stats = t.admin("stats").await;
@@ -1339,7 +1479,8 @@ async fn config_flags_override_the_file() {
 /// here with the install command rather than silently skipping.
 #[tokio::test]
 async fn official_python_sdk_works_against_the_simulator() {
-    const INSTALL: &str = "pip install 'volcengine-ark-runtime==5.0.54'";
+    const INSTALL: &str = "python3 -m pip install -r tests/sdk/requirements.txt \
+                           (that is: pip install 'volcengine-ark-runtime==5.0.54')";
     let probe = tokio::process::Command::new("python3")
         .args(["-c", "import volcenginesdkarkruntime"])
         .output()

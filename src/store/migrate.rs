@@ -7,10 +7,16 @@
 use rusqlite::{Connection, TransactionBehavior};
 
 /// The migrations, in order. Append only.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../migrations/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../migrations/0001_init.sql"),
+    ),
+    (
+        "0002_generation_time.sql",
+        include_str!("../../migrations/0002_generation_time.sql"),
+    ),
+];
 
 /// The schema version this binary expects.
 pub fn latest() -> i64 {

@@ -119,6 +119,8 @@ pub struct Job {
     pub archive_sha256: Option<String>,
     pub archive_size: Option<i64>,
     pub archived_at: Option<i64>,
+    /// Estimated remote generation time (ms), set on success.
+    pub gen_ms: Option<i64>,
 }
 
 impl Job {
@@ -134,7 +136,7 @@ const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tie
     remote_task_id, remote_status, remote_created_at, seed, poll_count, cancel_requested, \
     callback_token, last_error_code, last_error_message, usage_tokens, video_url, \
     last_frame_url, url_expires_at, finished_at, archive_key, archive_sha256, archive_size, \
-    archived_at";
+    archived_at, gen_ms";
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(3)?;
@@ -184,6 +186,7 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         archive_sha256: r.get(36)?,
         archive_size: r.get(37)?,
         archived_at: r.get(38)?,
+        gen_ms: r.get(39)?,
     })
 }
 
@@ -756,16 +759,24 @@ impl Store {
         self.transition(id, state, token, state, patch, None).await
     }
 
-    /// Models with queued jobs that are due, with their count.
+    /// Models with queued jobs (due or not).
+    ///
+    /// A loose index scan: one index seek per distinct model, so it costs the same with ten
+    /// queued jobs or a million (a `GROUP BY` would visit every queued row on every claim).
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn queued_models(&self) -> Result<Vec<(String, i64)>, StoreError> {
+    pub async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
         self.call(|c| {
             let mut st = c.prepare_cached(
-                "SELECT model, COUNT(*) FROM jobs WHERE state = 'queued' AND next_attempt_at <= ?1 GROUP BY model",
+                "WITH RECURSIVE m(model) AS ( \
+                   SELECT (SELECT MIN(model) FROM jobs WHERE state = 'queued') \
+                   UNION ALL \
+                   SELECT (SELECT MIN(model) FROM jobs WHERE state = 'queued' AND model > m.model) \
+                   FROM m WHERE m.model IS NOT NULL) \
+                 SELECT model FROM m WHERE model IS NOT NULL",
             )?;
-            let rows = st.query_map([now_ms()], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            let rows = st.query_map([], |r| r.get(0))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
@@ -831,8 +842,8 @@ impl Store {
         .await
     }
 
-    /// Mean generation time (submitted → finished, ms) of the last `n` succeeded jobs with the
-    /// same model, tier and shape; `None` without history.
+    /// The median of the recent generation-time estimates (`gen_ms`) of the last `n`
+    /// succeeded jobs with the same model, tier and shape; `None` without history.
     ///
     /// # Errors
     /// SQL errors.
@@ -849,36 +860,36 @@ impl Store {
             shape.map(str::to_string),
         );
         self.call(move |c| {
-            let v: Option<f64> = c.query_row(
-                "SELECT AVG(d) FROM (SELECT finished_at - submitted_at AS d FROM jobs \
-                 WHERE model = ?1 AND service_tier = ?2 AND shape IS ?3 AND remote_status = 'succeeded' \
-                 AND finished_at IS NOT NULL AND submitted_at IS NOT NULL \
-                 ORDER BY finished_at DESC LIMIT ?4)",
-                params![model, tier, shape, n],
-                |r| r.get(0),
+            let mut st = c.prepare_cached(
+                "SELECT gen_ms FROM jobs \
+                 WHERE model = ?1 AND service_tier = ?2 AND shape IS ?3 AND gen_ms IS NOT NULL \
+                 ORDER BY finished_at DESC LIMIT ?4",
             )?;
-            Ok(v.map(|x| x as i64))
+            let mut v: Vec<i64> = st
+                .query_map(params![model, tier, shape, n], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if v.is_empty() {
+                return Ok(None);
+            }
+            v.sort_unstable();
+            Ok(Some(v[v.len() / 2]))
         })
         .await
     }
 
     /// Jobs that still need the service: queued, submitting, submitted, succeeded and
-    /// archiving (the last two only when archiving is on), and submit_unknown jobs still
-    /// inside their reconciliation grace (`unknown_since_ms`). Parked jobs wait for an operator.
+    /// archiving (the last two only when archiving is on), and submit_unknown jobs that
+    /// reconciliation has not parked. Parked jobs wait for an operator.
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn pending_work(
-        &self,
-        archive: bool,
-        unknown_since_ms: i64,
-    ) -> Result<i64, StoreError> {
+    pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
         self.call(move |c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'submitting', 'submitted') \
                  OR (?1 AND state IN ('succeeded', 'archiving')) \
-                 OR (state = 'submit_unknown' AND COALESCE(submit_started_at, 0) >= ?2)",
-                params![archive, unknown_since_ms],
+                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')",
+                params![archive],
                 |r| r.get(0),
             )?)
         })

@@ -34,7 +34,6 @@ pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
 /// # Errors
 /// Store failures.
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
-    ctx.store.expire_overdue().await?;
     let mut models = ctx.store.queued_models().await?;
     if models.is_empty() {
         return Ok(Outcome::Idle(
@@ -45,7 +44,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let n = models.len();
     models.rotate_left(usize::try_from(now_ms()).unwrap_or(0) % n);
     let mut wake: Option<i64> = None;
-    for (model, _) in models {
+    for model in models {
         let limits = ctx.ops.live.limits(&model);
         let claimed = {
             let _admission = ctx.admission.lock().await;
@@ -85,13 +84,22 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(Outcome::Idle(wake))
 }
 
-/// Whether flex jobs of `model` may be submitted today: the estimated tokens already submitted
+/// The current TPD day of `model`, with its spend loaded into the limiter.
+async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
+    let day = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
+    if !ctx.limiter.knows_flex_day(model, day) {
+        let spent = ctx.store.flex_tokens_since(model, day).await?;
+        ctx.limiter.load_flex_day(model, day, spent);
+    }
+    Ok(day)
+}
+
+/// Whether flex jobs of `model` may be claimed today: the estimated tokens already submitted
 /// since the day began are below the TPD budget.
 async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::Result<bool> {
     let Some(tpd) = tpd else { return Ok(true) };
-    let since = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
-    let spent = ctx.store.flex_tokens_since(model, since).await?;
-    Ok(u64::try_from(spent).unwrap_or(0) < tpd)
+    let day = flex_day(ctx, model).await?;
+    Ok(ctx.limiter.flex_room(model, day, tpd))
 }
 
 async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
@@ -109,38 +117,39 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             .await?;
         return Ok(());
     }
-    // The flex budget must hold for this job too, not only for those before it.
-    if job.is_flex() {
-        let limits = ctx.ops.live.limits(&job.model);
-        if let Some(tpd) = limits.flex_tpd {
-            let day = day_start_ms(now_ms(), ctx.cfg.dispatch.tpd_utc_offset_hours);
-            let spent = ctx.store.flex_tokens_since(&job.model, day).await?;
-            let need = job.est_tokens.unwrap_or(0);
-            if u64::try_from(spent + need).unwrap_or(u64::MAX) > tpd {
-                let next_day = day + 86_400_000;
-                tracing::info!(
-                    spent,
-                    need,
-                    tpd,
-                    "flex daily token budget reached; waiting for the next day"
-                );
-                ctx.store
-                    .transition(
-                        &job.id,
-                        JobState::Submitting,
-                        token,
-                        JobState::Queued,
-                        Patch::new()
-                            .set("attempts", job.attempts - 1)
-                            .set("next_attempt_at", next_day),
-                        Some(format!(
-                            "flex TPD budget reached ({spent}+{need} > {tpd} tokens)"
-                        )),
-                    )
-                    .await?;
-                return Ok(());
-            }
+    // The flex budget must hold for this job too, not only for those before it: reserve its
+    // tokens before the POST, and give them back if no task was made.
+    let mut reserved: Option<(i64, i64)> = None;
+    if job.is_flex()
+        && let Some(tpd) = ctx.ops.live.limits(&job.model).flex_tpd
+    {
+        let day = flex_day(ctx, &job.model).await?;
+        let need = job.est_tokens.unwrap_or(0);
+        if let Err(spent) = ctx.limiter.try_reserve_flex(&job.model, day, need, tpd) {
+            let next_day = day + 86_400_000;
+            tracing::info!(
+                spent,
+                need,
+                tpd,
+                "flex daily token budget reached; waiting for the next day"
+            );
+            ctx.store
+                .transition(
+                    &job.id,
+                    JobState::Submitting,
+                    token,
+                    JobState::Queued,
+                    Patch::new()
+                        .set("attempts", job.attempts - 1)
+                        .set("next_attempt_at", next_day),
+                    Some(format!(
+                        "flex TPD budget reached ({spent}+{need} > {tpd} tokens)"
+                    )),
+                )
+                .await?;
+            return Ok(());
         }
+        reserved = Some((day, need));
     }
     let body = with_callback(ctx, &job)?;
     let result = ctx.ark.create(&body).await;
@@ -191,6 +200,12 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
         Err(e) => {
             let class = e.class();
+            // Only an ambiguous create may have made a (billable) task.
+            if let Some((day, need)) = reserved
+                && class != ErrorClass::Ambiguous
+            {
+                ctx.limiter.release_flex(&job.model, day, need);
+            }
             let code = e.code().unwrap_or("transport").to_string();
             let msg = format!("{e:#}");
             let backoff = ctx.submit_backoff();

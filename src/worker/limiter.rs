@@ -23,6 +23,8 @@ struct ModelState {
     recent: VecDeque<i64>,
     /// No creates before this time (ms), after a 429.
     paused_until: i64,
+    /// Estimated flex tokens submitted in the current TPD day: (day start ms, tokens).
+    flex_spent: Option<(i64, i64)>,
 }
 
 /// Why a model cannot take a create right now.
@@ -97,6 +99,63 @@ impl Limiter {
         }
     }
 
+    /// Whether the day's flex spend of `model` is known in memory.
+    pub fn knows_flex_day(&self, model: &str, day_ms: i64) -> bool {
+        self.with(model, |s| s.flex_spent.is_some_and(|(d, _)| d == day_ms))
+    }
+
+    /// Loads the day's flex spend (read from the store at the first claim of a day), unless
+    /// another dispatcher already did.
+    pub fn load_flex_day(&self, model: &str, day_ms: i64, tokens: i64) {
+        self.with(model, |s| {
+            if s.flex_spent.is_none_or(|(d, _)| d != day_ms) {
+                s.flex_spent = Some((day_ms, tokens));
+            }
+        });
+    }
+
+    /// Whether the day's spend is below `tpd`.
+    pub fn flex_room(&self, model: &str, day_ms: i64, tpd: u64) -> bool {
+        self.with(model, |s| match s.flex_spent {
+            Some((d, t)) if d == day_ms => u64::try_from(t).unwrap_or(0) < tpd,
+            _ => true,
+        })
+    }
+
+    /// Reserves `need` tokens of the day's budget, atomically with the check, so concurrent
+    /// dispatchers cannot both spend the last of it. Returns the spend so far when it does
+    /// not fit.
+    pub fn try_reserve_flex(
+        &self,
+        model: &str,
+        day_ms: i64,
+        need: i64,
+        tpd: u64,
+    ) -> Result<(), i64> {
+        self.with(model, |s| {
+            let spent = match s.flex_spent {
+                Some((d, t)) if d == day_ms => t,
+                _ => 0,
+            };
+            if u64::try_from(spent + need).unwrap_or(u64::MAX) > tpd {
+                return Err(spent);
+            }
+            s.flex_spent = Some((day_ms, spent + need));
+            Ok(())
+        })
+    }
+
+    /// Returns a reservation when the create provably made no (billable) task.
+    pub fn release_flex(&self, model: &str, day_ms: i64, need: i64) {
+        self.with(model, |s| {
+            if let Some((d, t)) = &mut s.flex_spent
+                && *d == day_ms
+            {
+                *t = (*t - need).max(0);
+            }
+        });
+    }
+
     /// Pauses `model` until `until_ms` (after a 429).
     pub fn pause(&self, model: &str, until_ms: i64) {
         self.with(model, |s| s.paused_until = s.paused_until.max(until_ms));
@@ -129,6 +188,21 @@ mod tests {
         l.pause("m", 5000);
         assert_eq!(l.check("m", 10, 4999), Err(Blocked::Paused(5000)));
         assert_eq!(l.check("m", 10, 5000), Ok(()));
+    }
+
+    #[test]
+    fn flex_reservations_never_exceed_the_budget() {
+        let l = Limiter::new(Duration::from_secs(60));
+        l.load_flex_day("m", 0, 90);
+        assert!(l.flex_room("m", 0, 100));
+        assert_eq!(l.try_reserve_flex("m", 0, 20, 100), Err(90));
+        assert_eq!(l.try_reserve_flex("m", 0, 10, 100), Ok(()));
+        assert!(!l.flex_room("m", 0, 100));
+        l.release_flex("m", 0, 10);
+        assert!(l.flex_room("m", 0, 100));
+        // A new day starts from what the store says.
+        assert!(!l.knows_flex_day("m", 86_400_000));
+        assert_eq!(l.try_reserve_flex("m", 86_400_000, 100, 100), Ok(()));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod limiter;
 pub mod poll;
 pub mod reconcile;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,9 @@ use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::job::Backoff;
 use crate::store::{Store, now_ms};
+
+/// Learned generation times: key `model|tier|shape` → (read at ms, expected ms).
+pub(crate) type ExpectedTimes = HashMap<String, (i64, Option<i64>)>;
 
 /// What one step did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +57,9 @@ pub struct Ctx {
     pub owner: String,
     /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
     pub ops: Arc<crate::ops::OpsState>,
+    /// Learned generation times per model/tier/shape, with when they were read (ms): a
+    /// submit asks for it, and the history query need not run for every one.
+    pub(crate) expected: Arc<std::sync::Mutex<ExpectedTimes>>,
 }
 
 impl Ctx {
@@ -82,6 +89,7 @@ impl Ctx {
             poke_poll: Arc::new(Notify::new()),
             poke_dispatch: Arc::new(Notify::new()),
             owner: format!("{}-{}", hostname(), std::process::id()),
+            expected: Arc::default(),
         })
     }
 
@@ -232,8 +240,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
             return std::future::pending::<anyhow::Result<()>>().await;
         }
         loop {
-            let grace_start = now_ms() - ms(ctx.cfg.dispatch.reconcile_grace);
-            if ctx.store.pending_work(false, grace_start).await? == 0 {
+            if ctx.store.pending_work(false).await? == 0 {
                 return Ok(());
             }
             tokio::time::sleep(

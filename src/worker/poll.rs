@@ -23,8 +23,10 @@ const TRANSIENT_REMOTE_CODES: [&str; 3] = [
     "ServerOverloaded",
     "ServiceUnavailable",
 ];
-/// Completions averaged to predict the next one.
+/// Recent completions that predict the next one.
 const HISTORY: u32 = 20;
+/// How long a learned generation time is reused before the history is read again.
+const HISTORY_TTL_MS: i64 = 1_000;
 /// Video URLs are valid 24 h unless the URL says otherwise.
 const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
 
@@ -43,10 +45,32 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 /// Store failures.
 pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64> {
     let p = ctx.ops.live.poll();
-    let learned = ctx
-        .store
-        .recent_generation_ms(&job.model, &job.service_tier, job.shape.as_deref(), HISTORY)
-        .await?;
+    let key = format!(
+        "{}|{}|{}",
+        job.model,
+        job.service_tier,
+        job.shape.as_deref().unwrap_or("")
+    );
+    let cached = {
+        let map = ctx.expected.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(&key)
+            .filter(|(at, _)| now - at < HISTORY_TTL_MS)
+            .map(|(_, v)| *v)
+    };
+    let learned = match cached {
+        Some(v) => v,
+        None => {
+            let v = ctx
+                .store
+                .recent_generation_ms(&job.model, &job.service_tier, job.shape.as_deref(), HISTORY)
+                .await?;
+            ctx.expected
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key, (now, v));
+            v
+        }
+    };
     let default = if job.is_flex() {
         p.flex_first_poll_after
     } else {
@@ -179,6 +203,8 @@ async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyh
     }
 }
 
+/// Moves a job out of `submitted`, which frees a remote slot: the dispatcher is poked so it
+/// need not wait for its idle tick to fill it.
 async fn transition_or_skip(
     ctx: &Ctx,
     job: &Job,
@@ -198,10 +224,27 @@ async fn transition_or_skip(
         )
         .await
     {
-        Ok(_) => Ok(true),
+        Ok(_) => {
+            ctx.poke_dispatch.notify_one();
+            Ok(true)
+        }
         // Someone else (the callback, or a poll) recorded this already.
         Err(StoreError::Conflict { .. }) => Ok(false),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How long the remote generation took, as well as we can tell when we see it done.
+///
+/// The finish lies between the last poll that saw the task running (`updated_at`, bumped by
+/// every reschedule) and now. Without such a poll, now is only an upper bound. Learning from
+/// midpoints keeps the first-poll time from drifting upwards with the polling lag.
+fn generation_estimate(job: &Job, now: i64) -> i64 {
+    let submitted = job.submitted_at.unwrap_or(job.created_at);
+    if job.poll_count > 0 && job.updated_at > submitted {
+        (job.updated_at + now) / 2 - submitted
+    } else {
+        now - submitted
     }
 }
 
@@ -231,6 +274,7 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
         TaskStatus::Succeeded => {
             let content = t.content.clone().unwrap_or_default();
             let mut patch = Patch::new()
+                .set("gen_ms", generation_estimate(job, now))
                 .set("remote_status", "succeeded".to_string())
                 .set("finished_at", now)
                 .set("next_attempt_at", now)
@@ -294,7 +338,6 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
                 .await?
                 {
                     tracing::warn!(job_id = %job.id, code = %code, "remote failure is transient; resubmitting");
-                    ctx.poke_dispatch.notify_one();
                 }
             } else {
                 let to = if transient {

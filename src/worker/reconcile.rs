@@ -73,6 +73,14 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
 /// # Errors
 /// Store failures; Ark failures are retried on the next round.
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    // Flex jobs whose deadline passed while queued locally expire here, without an API call.
+    let expired = ctx.store.expire_overdue().await?;
+    if !expired.is_empty() {
+        tracing::warn!(
+            jobs = expired.len(),
+            "flex jobs expired before they could be submitted"
+        );
+    }
     let stale = recover_stale(ctx).await?;
     let jobs = ctx
         .store

@@ -87,6 +87,44 @@ impl TestEnv {
     }
 }
 
+/// A child process that is killed when the test ends, even when an assertion fails first.
+pub struct Guard(pub std::process::Child);
+
+impl Guard {
+    /// The child's pid.
+    pub fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Sends SIGKILL and reaps the child.
+    pub fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// Waits for the child to exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.wait().expect("wait for child")
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl TestEnv {
+    /// Starts `seedq serve` in the background, quietly, with the simulator's key.
+    pub fn serve(&self) -> Guard {
+        let mut c = self.keyed(&["serve"]);
+        if std::env::var_os("TEST_LOG").is_none() {
+            c.stderr(std::process::Stdio::null());
+        }
+        Guard(c.spawn().expect("spawn seedq serve"))
+    }
+}
+
 /// Exit code and stderr of a finished command.
 pub fn code_and_err(out: &Output) -> (Option<i32>, String) {
     (

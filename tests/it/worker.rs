@@ -192,18 +192,13 @@ fn sigkill_at_random_moments_loses_nothing_and_pays_once() {
 
     let mut rng_state = 0x9e37_79b9_u64;
     for _round in 0..10 {
-        let mut child = env
-            .keyed(&["serve"])
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn serve");
+        let mut child = env.serve();
         rng_state = rng_state
             .wrapping_mul(6_364_136_223_846_793_005)
             .wrapping_add(1);
         let ms = 50 + (rng_state >> 33) % 400;
         std::thread::sleep(Duration::from_millis(ms));
-        child.kill().expect("SIGKILL");
-        child.wait().expect("reap");
+        child.kill();
     }
     env.run_service();
 
@@ -233,11 +228,7 @@ fn sigterm_exits_zero_within_the_grace_and_a_restart_finishes() {
         .collect();
     let file = write_jobs(&env, "jobs.jsonl", &lines);
     env.ok(&["submit", "-f", &file]);
-    let mut child = env
-        .keyed(&["serve"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn serve");
+    let mut child = env.serve();
     wait_until(20, "some jobs to be submitted", || {
         env.jobs()
             .iter()
@@ -249,7 +240,7 @@ fn sigterm_exits_zero_within_the_grace_and_a_restart_finishes() {
         .status()
         .expect("kill -TERM");
     assert!(kill.success());
-    let status = child.wait().expect("wait");
+    let status = child.wait();
     assert!(status.success(), "exit status {status:?}");
     assert!(
         sent.elapsed() < Duration::from_secs(5),
@@ -380,11 +371,7 @@ fn cancel_of_a_remote_queued_task_sends_delete() {
         .ok(&["submit", "second", "-m", PRO, "--resolution", "480p"])
         .trim()
         .to_string();
-    let mut child = env
-        .keyed(&["serve"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn serve");
+    let _serve = env.serve();
     wait_until(20, "both jobs submitted", || {
         env.jobs().iter().all(|j| j["state"] == "submitted")
     });
@@ -400,8 +387,6 @@ fn cancel_of_a_remote_queued_task_sends_delete() {
             .iter()
             .any(|j| j["id"] == a.as_str() && j["state"] == "succeeded")
     });
-    let _ = child.kill();
-    let _ = child.wait();
     let tasks = sim.tasks();
     assert!(
         tasks.iter().any(|t| t["status"] == "cancelled"),

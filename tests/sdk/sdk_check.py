@@ -7,7 +7,7 @@ Run by the Rust test `sim::tests::official_python_sdk_works_against_the_simulato
 simulator with a tiny time scale. The SDK sends every unset create field as JSON null, builds
 list queries with a repeated `filter.task_ids` key, and reads the echoed X-Client-Request-Id;
 this script checks the simulator copes with all of that. Exits non-zero on the first failure.
-Install the SDK with: pip install 'volcengine-ark-runtime==5.0.54'
+Install the SDK with: python3 -m pip install -r tests/sdk/requirements.txt
 """
 
 import sys

@@ -740,6 +740,36 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_config_documents_every_key_at_its_default() {
+        let text = include_str!("../config.toml");
+        let sample: Config = toml::from_str(text).expect("config.toml parses");
+        assert!(sample.validate().is_ok());
+        let drift = crate::ops::reload::changed(&sample, &Config::default());
+        assert!(drift.is_empty(), "config.toml differs from the defaults: {drift:?}");
+        // Every key, set or commented out, under its own section header.
+        let mut documented = std::collections::HashSet::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            if line.starts_with('[') {
+                section = line.trim_matches(['[', ']']).to_string();
+            } else if let Some((k, _)) = line.trim_start_matches('#').split_once(" = ")
+                && !k.contains(' ')
+            {
+                documented.insert(format!("{section}.{k}"));
+            }
+        }
+        let optional = [
+            "ark.api_key_file",
+            "archive.s3.endpoint",
+            "maintenance.backup_dir",
+        ];
+        let keys = crate::ops::reload::flat(&Config::default());
+        for k in keys.keys().map(String::as_str).chain(optional) {
+            assert!(documented.contains(k), "config.toml does not document {k}");
+        }
+    }
+
+    #[test]
     fn secrets_never_serialise() {
         let mut cfg = Config::default();
         cfg.ark.api_key = Some(SecretString::from("sk-very-secret".to_string()));

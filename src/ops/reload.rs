@@ -138,14 +138,19 @@ fn is_live(key: &str) -> bool {
         .any(|p| key == p.trim_end_matches('.') || (p.ends_with('.') && key.starts_with(p)))
 }
 
+/// Every set key of a configuration, dotted (`dispatch.workers`), with its value.
+pub fn flat(cfg: &Config) -> BTreeMap<String, toml::Value> {
+    let mut out = BTreeMap::new();
+    if let Ok(v) = toml::Value::try_from(cfg) {
+        flatten("", &v, &mut out);
+    }
+    out
+}
+
 /// Dotted keys whose values differ between two configurations (secrets never serialise, so
 /// they never show up here).
 pub fn changed(a: &Config, b: &Config) -> Vec<String> {
-    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
-    if let (Ok(va), Ok(vb)) = (toml::Value::try_from(a), toml::Value::try_from(b)) {
-        flatten("", &va, &mut fa);
-        flatten("", &vb, &mut fb);
-    }
+    let (fa, fb) = (flat(a), flat(b));
     let mut keys: Vec<String> = fa
         .keys()
         .chain(fb.keys())

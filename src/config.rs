@@ -745,7 +745,10 @@ mod tests {
         let sample: Config = toml::from_str(text).expect("config.toml parses");
         assert!(sample.validate().is_ok());
         let drift = crate::ops::reload::changed(&sample, &Config::default());
-        assert!(drift.is_empty(), "config.toml differs from the defaults: {drift:?}");
+        assert!(
+            drift.is_empty(),
+            "config.toml differs from the defaults: {drift:?}"
+        );
         // Every key, set or commented out, under its own section header.
         let mut documented = std::collections::HashSet::new();
         let mut section = String::new();

@@ -259,7 +259,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     f.head(
         "seedq_flex_tpd_used_tokens",
         "gauge",
-        "Flex tokens counted against today's TPD budget (the dispatcher's sum).",
+        "Flex tokens submitted since today's TPD day began: used where Ark reported them, else estimated.",
     );
     let mut tpd_limits = Vec::new();
     for (name, spec) in catalogue.iter() {

@@ -36,7 +36,8 @@ pub struct OpsSnapshot {
     pub rows: Vec<StateRow>,
     /// `created_at` of the oldest queued job.
     pub oldest_queued_ms: Option<i64>,
-    /// Flex tokens counted against today's TPD budget, per model (as dispatch counts them).
+    /// Flex tokens submitted since the TPD day began, per model (the sum dispatch starts each
+    /// day from).
     pub flex_today: BTreeMap<String, i64>,
 }
 

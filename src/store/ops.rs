@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 
 use super::{BUSY_TIMEOUT, Store, StoreError, migrate, now_ms};
 use crate::job::JobState;
@@ -302,19 +302,6 @@ pub fn inspect(path: &Path, busy: Duration) -> Result<Inspection, StoreError> {
         integrity,
         writable,
     })
-}
-
-/// The newest job's `updated_at`, for a quick "is anything happening" line in `doctor`.
-///
-/// # Errors
-/// SQL errors.
-pub fn last_activity(path: &Path) -> Result<Option<i64>, StoreError> {
-    let c = open_existing(path)?;
-    Ok(
-        c.query_row("SELECT MAX(updated_at) FROM jobs", [], |r| r.get(0))
-            .optional()?
-            .flatten(),
-    )
 }
 
 #[cfg(test)]

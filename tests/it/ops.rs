@@ -113,6 +113,20 @@ impl Drop for Service {
 /// `seedq serve` as systemd would start it; `watchdog_usec` also sets `WATCHDOG_PID` to the
 /// service's own pid (the shell execs into it).
 fn serve(env: &TestEnv, notify: &NotifySocket, watchdog_usec: Option<u64>) -> Service {
+    spawn_serve(env, notify, watchdog_usec, None)
+}
+
+/// `serve` with its log (stderr) in `log`, filtered by the config's `log.level` alone.
+fn serve_logged(env: &TestEnv, notify: &NotifySocket, log: &Path) -> Service {
+    spawn_serve(env, notify, None, Some(log))
+}
+
+fn spawn_serve(
+    env: &TestEnv,
+    notify: &NotifySocket,
+    watchdog_usec: Option<u64>,
+    log: Option<&Path>,
+) -> Service {
     let template = env.keyed(&["serve"]);
     let mut c = Command::new("sh");
     c.arg("-c")
@@ -137,7 +151,10 @@ fn serve(env: &TestEnv, notify: &NotifySocket, watchdog_usec: Option<u64>) -> Se
         c.env("WATCHDOG_USEC", us.to_string());
     }
     c.stdin(Stdio::null()).stdout(Stdio::null());
-    if std::env::var_os("TEST_LOG").is_none() {
+    if let Some(path) = log {
+        c.env_remove("RUST_LOG")
+            .stderr(std::fs::File::create(path).expect("log file"));
+    } else if std::env::var_os("TEST_LOG").is_none() {
         c.stderr(Stdio::null());
     }
     Service(Some(c.spawn().expect("spawn seedq serve")))
@@ -438,7 +455,11 @@ fn sighup_changes_a_limit_live_and_reports_what_needs_a_restart() {
     // Real-time generation: tasks stay running for the whole test.
     let sim = SimProc::start("time_scale = 1.0\nvideo_downscale = 16\n");
     let limits = |n: u32| format!("[models.\"{PRO}\".limits]\nconcurrency = {n}\n");
-    let env = TestEnv::new(&worker_config(&sim, &limits(1)));
+    let level = |l: &str| format!("[log]\nlevel = \"{l}\"\n");
+    let env = TestEnv::new(&worker_config(
+        &sim,
+        &format!("{}{}", limits(1), level("seedq=warn")),
+    ));
     let lines: Vec<String> = (0..4)
         .map(|i| {
             format!(r#"{{"prompt":"hup {i}","model":"{PRO}","resolution":"480p","duration":2}}"#)
@@ -446,8 +467,16 @@ fn sighup_changes_a_limit_live_and_reports_what_needs_a_restart() {
         .collect();
     env.ok(&["submit", "-f", &write_jobs(&env, &lines)]);
     let mut notify = NotifySocket::bind(env.path());
-    let service = serve(&env, &notify, None);
+    let log = env.path().join("serve.log");
+    let service = serve_logged(&env, &notify, &log);
     let admin = notify.ready();
+    let submitted_lines = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("dispatch: submitted"))
+            .count()
+    };
 
     // Proof of progress rather than a sleep: the poller has checked the task several times,
     // and the dispatcher (idle interval 50 ms) had every chance to exceed the limit.
@@ -470,8 +499,10 @@ fn sighup_changes_a_limit_live_and_reports_what_needs_a_restart() {
     );
 
     let text = std::fs::read_to_string(&env.config).expect("config");
+    assert_eq!(submitted_lines(), 0, "info lines are off at seedq=warn");
     let text = text
         .replace(&limits(1), &limits(3))
+        .replace("seedq=warn", "seedq=info")
         .replace("workers = 4", "workers = 2");
     std::fs::write(&env.config, text).expect("rewrite config");
     service.signal("-HUP");
@@ -486,6 +517,11 @@ fn sighup_changes_a_limit_live_and_reports_what_needs_a_restart() {
     wait_until(10, "three jobs submitted", || count(&env, "submitted") == 3);
     polled(4);
     assert_eq!((count(&env, "submitted"), count(&env, "queued")), (3, 1));
+    assert_eq!(
+        submitted_lines(),
+        2,
+        "the reloaded log level shows the two new submits"
+    );
     let m = scrape(&admin);
     assert_eq!(sum(&m, "seedq_concurrency_limit", &[("model", PRO)]), 3.0);
     assert_eq!(sum(&m, "seedq_restart_required", &[]), 1.0);
@@ -629,6 +665,31 @@ fn flex_jobs_wait_for_the_flex_window() {
     });
     assert_eq!(sum(&scrape(&admin), "seedq_flex_window_open", &[]), 1.0);
     assert!(service.stop().success());
+}
+
+#[test]
+fn under_journald_log_lines_have_no_colours_or_timestamps() {
+    let env = TestEnv::new(&format!(
+        "[ark]\nbase_url = \"{NO_ARK}\"\n\n[log]\nlevel = \"seedq=info\"\n"
+    ));
+    let out = env
+        .keyed(&["run"])
+        .env_remove("RUST_LOG")
+        .env_remove("NO_COLOR")
+        .env("JOURNAL_STREAM", "8:12345")
+        .output()
+        .expect("run seedq run");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.contains("seedq service started"))
+        .unwrap_or_else(|| panic!("no start line in {err:?}"));
+    assert!(!err.contains('\x1b'), "ANSI escapes: {err:?}");
+    assert!(
+        line.trim_start().starts_with("INFO"),
+        "no timestamp: {line:?}"
+    );
 }
 
 /// `seedq doctor`: exit code and stdout.

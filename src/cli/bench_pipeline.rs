@@ -82,8 +82,10 @@ async fn one_run(
         ulid::Ulid::new().to_string().to_lowercase()
     ));
     std::fs::create_dir_all(&dir)?;
+    // The instant run measures seedq, not the simulator's encoder: one render per clip shape.
     let gen_line = if instant {
-        "[generation]\nbase = \"1ms\"\nper_video_second = \"0ms\"\n".to_string()
+        "reuse_videos = true\n[generation]\nbase = \"1ms\"\nper_video_second = \"0ms\"\n"
+            .to_string()
     } else {
         String::new()
     };

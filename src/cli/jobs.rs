@@ -410,8 +410,35 @@ fn print_job(out: &mut impl Write, j: &Job) -> std::io::Result<()> {
     for (k, v) in rows {
         writeln!(out, "{k:>15}  {v}")?;
     }
-    writeln!(out, "{:>15}  {}", "request", j.request_json)?;
+    writeln!(
+        out,
+        "{:>15}  {}",
+        "request",
+        abbreviate_data_urls(&j.request_json)
+    )?;
     Ok(())
+}
+
+/// The request with embedded images shortened to their size: a 2 MB base64 blob helps no
+/// one reading `seedq show`.
+fn abbreviate_data_urls(json: &str) -> String {
+    let mut out = String::with_capacity(json.len().min(4096));
+    let mut rest = json;
+    while let Some(i) = rest.find("data:") {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        let end = tail.find('"').unwrap_or(tail.len());
+        let url = &tail[..end];
+        match url.split_once(";base64,") {
+            Some((mime, data)) => {
+                out.push_str(&format!("{mime};base64,<{} bytes>", data.len() / 4 * 3));
+            }
+            None => out.push_str(url),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
@@ -533,4 +560,22 @@ pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::abbreviate_data_urls;
+
+    #[test]
+    fn embedded_images_are_shortened_for_display() {
+        let json = r#"{"content":[{"type":"image_url","image_url":{"url":"data:image/png;base64,AAAABBBBCCCC"}},{"type":"image_url","image_url":{"url":"https://x/y.png"}}]}"#;
+        let shown = abbreviate_data_urls(json);
+        assert!(
+            shown.contains(r#""url":"data:image/png;base64,<9 bytes>""#),
+            "{shown}"
+        );
+        assert!(shown.contains("https://x/y.png"));
+        assert!(!shown.contains("AAAABBBB"));
+        assert_eq!(abbreviate_data_urls("{}"), "{}");
+    }
 }

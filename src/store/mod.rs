@@ -269,6 +269,71 @@ impl Patch {
     }
 }
 
+/// One guarded state change: `(id, from, token) -> to`, with column updates and an event.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub id: JobId,
+    pub from: JobState,
+    pub token: i64,
+    pub to: JobState,
+    pub patch: Patch,
+    pub detail: Option<String>,
+}
+
+impl Transition {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.from != self.to && !self.from.can_transition(self.to) {
+            return Err(StoreError::IllegalTransition {
+                id: self.id.clone(),
+                from: self.from,
+                to: self.to,
+            });
+        }
+        Ok(())
+    }
+
+    /// The compare-and-set inside an open transaction. Zero rows changed is a conflict.
+    fn apply(self, conn: &Connection, now: i64) -> Result<i64, StoreError> {
+        let Transition {
+            id,
+            from,
+            token,
+            to,
+            patch,
+            detail,
+        } = self;
+        let mut sql = String::from(
+            "UPDATE jobs SET state = ?1, updated_at = ?2, lease_token = lease_token + 1",
+        );
+        let mut args: Vec<Value> = vec![to.as_str().to_string().into(), now.into()];
+        for (col, val) in patch.0 {
+            args.push(val);
+            sql.push_str(&format!(", {col} = ?{}", args.len()));
+        }
+        if to.is_terminal() {
+            sql.push_str(", finished_at = COALESCE(finished_at, ?2), lease_until = NULL");
+        }
+        args.push(id.as_str().to_string().into());
+        sql.push_str(&format!(" WHERE id = ?{}", args.len()));
+        args.push(from.as_str().to_string().into());
+        sql.push_str(&format!(" AND state = ?{}", args.len()));
+        args.push(token.into());
+        sql.push_str(&format!(" AND lease_token = ?{}", args.len()));
+        let n = conn.execute(&sql, rusqlite::params_from_iter(args))?;
+        if n == 0 {
+            return Err(StoreError::Conflict {
+                id,
+                expected: from,
+                token,
+            });
+        }
+        if from != to || detail.is_some() {
+            insert_event(conn, id.as_str(), now, Some(from), to, detail.as_deref())?;
+        }
+        Ok(token + 1)
+    }
+}
+
 /// The outcome of `cancel`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case", tag = "outcome")]
@@ -558,6 +623,17 @@ impl Store {
                     insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("cancelled by user"))?;
                     CancelOutcome::Cancelled
                 }
+                // A parked ambiguous submit has no remote id to DELETE: the operator decides
+                // it is over. (If a task did start, it is not tracked any more.)
+                JobState::SubmitUnknown if job.last_error_code.as_deref() == Some("parked") => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2, \
+                         lease_token = lease_token + 1 WHERE id = ?1 AND state = 'submit_unknown'",
+                        params![id, now],
+                    )?;
+                    insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("parked submit cancelled by user"))?;
+                    CancelOutcome::Cancelled
+                }
                 s if s.is_remote() => {
                     tx.execute(
                         "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
@@ -585,7 +661,12 @@ impl Store {
             let Some(job) = load_job(&tx, &id)? else {
                 return Ok(RetryOutcome::NotFound);
             };
-            if !job.state.can_transition(JobState::Queued) || !job.state.is_terminal() {
+            // A parked ambiguous submit may be resubmitted by an operator who checked that no
+            // task exists (reconciliation found none within its grace period).
+            let parked = job.state == JobState::SubmitUnknown
+                && job.last_error_code.as_deref() == Some("parked");
+            let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
+            if !(retryable || parked) {
                 return Ok(RetryOutcome::NotRetryable { state: job.state });
             }
             let now = now_ms();
@@ -610,6 +691,7 @@ impl Store {
 
     /// Moves a job from `from` (holding `token`) to `to`, applying `patch`, and records the
     /// event. The lease token is bumped so that any stale holder's later write conflicts.
+    /// Returns the new token.
     ///
     /// # Errors
     /// [`StoreError::Conflict`] if the job is no longer in `from` with `token`;
@@ -623,53 +705,58 @@ impl Store {
         patch: Patch,
         detail: Option<String>,
     ) -> Result<i64, StoreError> {
-        if from != to && !from.can_transition(to) {
-            return Err(StoreError::IllegalTransition {
-                id: id.clone(),
-                from,
-                to,
-            });
-        }
-        let id = id.clone();
+        let t = Transition {
+            id: id.clone(),
+            from,
+            token,
+            to,
+            patch,
+            detail,
+        };
+        t.check()?;
         self.call(move |c| {
-            let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut sql = String::from(
-                "UPDATE jobs SET state = ?1, updated_at = ?2, lease_token = lease_token + 1",
-            );
-            let mut args: Vec<Value> = vec![to.as_str().to_string().into(), now.into()];
-            for (col, val) in patch.0 {
-                args.push(val);
-                sql.push_str(&format!(", {col} = ?{}", args.len()));
-            }
-            if to.is_terminal() {
-                sql.push_str(", finished_at = COALESCE(finished_at, ?2), lease_until = NULL");
-            }
-            args.push(id.as_str().to_string().into());
-            sql.push_str(&format!(" WHERE id = ?{}", args.len()));
-            args.push(from.as_str().to_string().into());
-            sql.push_str(&format!(" AND state = ?{}", args.len()));
-            args.push(token.into());
-            sql.push_str(&format!(" AND lease_token = ?{}", args.len()));
-            let n = tx.execute(&sql, rusqlite::params_from_iter(args))?;
-            if n == 0 {
-                return Err(StoreError::Conflict {
-                    id,
-                    expected: from,
-                    token,
-                });
-            }
-            if from != to || detail.is_some() {
-                insert_event(&tx, id.as_str(), now, Some(from), to, detail.as_deref())?;
-            }
+            let next = t.apply(&tx, now_ms())?;
             tx.commit()?;
-            Ok(token + 1)
+            Ok(next)
         })
         .await
     }
 
-    /// Claims the best due queued job of `model` (priority, then age) into `submitting`,
-    /// recording the intent to POST. The lease covers the POST.
+    /// Applies many transitions in one transaction (the poller records a whole batch at
+    /// once). Each succeeds or conflicts on its own; the results come back in order.
+    ///
+    /// # Errors
+    /// SQL errors (then nothing is applied).
+    pub async fn transition_many(
+        &self,
+        batch: Vec<Transition>,
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for t in batch {
+                let r = match t.check() {
+                    Ok(()) => match t.apply(&tx, now) {
+                        Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
+                        other => other,
+                    },
+                    Err(e) => Err(e),
+                };
+                out.push(r);
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Claims up to `limit` of the best due queued jobs of `model` (priority, then age) into
+    /// `submitting`, recording the intent to POST, without letting more than `max_in_flight`
+    /// of the model's tasks occupy a remote slot. The count and the claim share one
+    /// transaction, so concurrent claims can never exceed the cap. The lease covers the POST.
+    /// Jobs come back in claim order.
     ///
     /// # Errors
     /// SQL errors.
@@ -677,33 +764,47 @@ impl Store {
         &self,
         model: &str,
         flex_allowed: bool,
+        max_in_flight: u32,
+        limit: u32,
         owner: &str,
         lease_ms: i64,
-    ) -> Result<Option<Job>, StoreError> {
+    ) -> Result<Vec<Job>, StoreError> {
         let (model, owner) = (model.to_string(), owner.to_string());
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let job = tx
-                .query_row(
-                    &format!(
-                        "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
-                         attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
-                         next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                         WHERE id = (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
-                                     AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
-                                     ORDER BY priority DESC, id LIMIT 1) \
-                         RETURNING {JOB_COLUMNS}"
-                    ),
-                    params![now, owner, lease_ms, model, flex_allowed],
+            let in_flight: i64 = tx
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM jobs WHERE model = ?1 \
+                     AND state IN ('submitting', 'submit_unknown', 'submitted')",
+                )?
+                .query_row([&model], |r| r.get(0))?;
+            let room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
+            if room <= 0 {
+                return Ok(Vec::new());
+            }
+            let mut jobs = {
+                let mut st = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
+                     attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
+                     next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
+                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
+                                  AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
+                                  ORDER BY priority DESC, id LIMIT ?6) \
+                     RETURNING {JOB_COLUMNS}"
+                ))?;
+                let rows = st.query_map(
+                    params![now, owner, lease_ms, model, flex_allowed, room],
                     job_from_row,
-                )
-                .optional()?;
-            if let Some(j) = &job {
+                )?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            for j in &jobs {
                 insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
             }
             tx.commit()?;
-            Ok(job)
+            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+            Ok(jobs)
         })
         .await
     }

@@ -76,24 +76,26 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, "w", 60_000)
+        .claim_for_submit("m", true, 100, 1, "w", 60_000)
         .await
         .expect("claim")
+        .pop()
         .expect("a job");
     assert_eq!(j.id, high.id);
     assert_eq!(j.state, JobState::Submitting);
     assert_eq!(j.attempts, 1);
     let j2 = s
-        .claim_for_submit("m", true, "w", 60_000)
+        .claim_for_submit("m", true, 100, 1, "w", 60_000)
         .await
         .expect("claim")
+        .pop()
         .expect("a job");
     assert_eq!(j2.id, low.id);
     assert!(
-        s.claim_for_submit("m", true, "w", 60_000)
+        s.claim_for_submit("m", true, 100, 1, "w", 60_000)
             .await
             .expect("claim")
-            .is_none()
+            .is_empty()
     );
 
     // A stale token conflicts; the right one wins once.
@@ -158,6 +160,23 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .collect();
     assert_eq!(ev, vec!["queued", "submitting", "submitted"]);
     assert_eq!(s.in_flight().await.expect("in flight").get("m"), Some(&2));
+    s.enqueue(vec![new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    assert!(
+        s.claim_for_submit("m", true, 2, 5, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_empty(),
+        "the in-flight cap holds inside the claim"
+    );
+    assert!(
+        s.claim_for_submit("m", true, 3, 5, "w", 60_000)
+            .await
+            .expect("claim")
+            .len()
+            == 1
+    );
 }
 
 #[tokio::test]
@@ -193,9 +212,10 @@ async fn cancel_and_retry() {
     );
     // Remote jobs are only flagged.
     let c = s
-        .claim_for_submit("m", true, "w", 1000)
+        .claim_for_submit("m", true, 100, 1, "w", 1000)
         .await
         .expect("claim")
+        .pop()
         .expect("job");
     assert_eq!(
         s.cancel(c.id.as_str()).await.expect("cancel"),
@@ -213,9 +233,10 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, "w", 1000)
+        .claim_for_submit("m", true, 100, 1, "w", 1000)
         .await
         .expect("claim")
+        .pop()
         .expect("job");
     let tok = s
         .transition(
@@ -255,4 +276,63 @@ async fn flex_deadline_expires_queued_jobs_locally() {
     assert_eq!(expired, vec![j.id.clone()]);
     let got = s.job(j.id.as_str()).await.expect("get").expect("exists");
     assert_eq!(got.state, JobState::Expired);
+}
+
+#[tokio::test]
+async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
+    let (_d, s) = store();
+    s.enqueue(vec![new_job("m", None, 0), new_job("m", None, 0)])
+        .await
+        .expect("enqueue");
+    for _ in 0..2 {
+        let j = s
+            .claim_for_submit("m", true, 10, 1, "w", 1000)
+            .await
+            .expect("claim")
+            .pop()
+            .expect("job");
+        let t = s
+            .transition(
+                &j.id,
+                JobState::Submitting,
+                j.lease_token,
+                JobState::SubmitUnknown,
+                Patch::new(),
+                None,
+            )
+            .await
+            .expect("unknown");
+        // Not parked yet: reconciliation is still looking.
+        assert_eq!(
+            s.retry(j.id.as_str()).await.expect("retry"),
+            RetryOutcome::NotRetryable {
+                state: JobState::SubmitUnknown
+            }
+        );
+        s.update(
+            &j.id,
+            JobState::SubmitUnknown,
+            t,
+            Patch::new().set("last_error_code", "parked".to_string()),
+        )
+        .await
+        .expect("park");
+    }
+    let jobs = s.list(ListFilter::default()).await.expect("list");
+    assert_eq!(
+        s.retry(jobs[0].id.as_str()).await.expect("retry"),
+        RetryOutcome::Requeued
+    );
+    assert_eq!(
+        s.cancel(jobs[1].id.as_str()).await.expect("cancel"),
+        CancelOutcome::Cancelled
+    );
+    let states: Vec<JobState> = s
+        .list(ListFilter::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(|j| j.state)
+        .collect();
+    assert_eq!(states, vec![JobState::Queued, JobState::Cancelled]);
 }

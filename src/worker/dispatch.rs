@@ -29,7 +29,10 @@ pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
     (now + off).div_euclid(86_400_000) * 86_400_000 - off
 }
 
-/// Claims and submits at most one job.
+/// Jobs one dispatcher claims in one transaction and submits concurrently.
+const CLAIM_BATCH: u32 = 8;
+
+/// Claims a batch of jobs of one model within its limits and submits them.
 ///
 /// # Errors
 /// Store failures.
@@ -46,38 +49,47 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut wake: Option<i64> = None;
     for model in models {
         let limits = ctx.ops.live.limits(&model);
+        // The limiter's check and record bracket the claim under one lock, so the RPM window
+        // can never be overrun by dispatchers racing each other.
         let claimed = {
             let _admission = ctx.admission.lock().await;
             let now = now_ms();
-            if let Err(b) = ctx.limiter.check(&model, limits.rpm, now) {
-                let (Blocked::Paused(t) | Blocked::Rpm(t)) = b;
-                wake = Some(wake.map_or(t, |w| w.min(t)));
-                continue;
-            }
-            let in_flight = ctx
-                .store
-                .in_flight()
-                .await?
-                .get(&model)
-                .copied()
-                .unwrap_or(0);
-            if in_flight >= i64::from(limits.concurrency) {
-                continue;
-            }
+            let room = match ctx.limiter.room(&model, limits.rpm, now) {
+                Ok(room) => room,
+                Err(Blocked::Paused(t) | Blocked::Rpm(t)) => {
+                    wake = Some(wake.map_or(t, |w| w.min(t)));
+                    continue;
+                }
+            };
             let flex_ok = ctx.ops.live.flex_window_open(now)
                 && flex_budget_left(ctx, &model, limits.flex_tpd).await?;
-            let job = ctx
+            let limit = u32::try_from(room).unwrap_or(u32::MAX).min(CLAIM_BATCH);
+            let jobs = ctx
                 .store
-                .claim_for_submit(&model, flex_ok, &ctx.owner, ctx.lease_ms())
+                .claim_for_submit(
+                    &model,
+                    flex_ok,
+                    limits.concurrency,
+                    limit,
+                    &ctx.owner,
+                    ctx.lease_ms(),
+                )
                 .await?;
-            if job.is_some() {
+            for _ in &jobs {
                 ctx.limiter.record(&model, now);
             }
-            job
+            jobs
         };
-        if let Some(job) = claimed {
-            let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
-            submit(ctx, job).instrument(span).await?;
+        if !claimed.is_empty() {
+            let submits = claimed.into_iter().map(|job| {
+                let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
+                submit(ctx, job).instrument(span)
+            });
+            // Every submit runs to its end (each records its own outcome) before an error
+            // is reported.
+            for r in futures::future::join_all(submits).await {
+                r?;
+            }
             return Ok(Outcome::Worked);
         }
     }

@@ -83,6 +83,16 @@ impl Limiter {
         })
     }
 
+    /// How many creates `model` may start at `now_ms` under `rpm`.
+    pub fn room(&self, model: &str, rpm: u32, now_ms: i64) -> Result<usize, Blocked> {
+        self.check(model, rpm, now_ms)?;
+        let window = self.window_ms;
+        Ok(self.with(model, |s| {
+            let recent = s.recent.iter().filter(|t| **t > now_ms - window).count();
+            (rpm as usize).saturating_sub(recent)
+        }))
+    }
+
     /// Records a create at `now_ms`.
     pub fn record(&self, model: &str, now_ms: i64) {
         self.with(model, |s| s.recent.push_back(now_ms));

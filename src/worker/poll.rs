@@ -14,8 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::{Ctx, Outcome, ms};
 use crate::ark::wire::{Task, TaskStatus};
 use crate::ark::{ErrorClass, ListQuery};
+use crate::job::JobId;
 use crate::job::{Backoff, JobState};
-use crate::store::{Job, Patch, StoreError, now_ms};
+use crate::store::{Job, Patch, StoreError, Transition, now_ms};
 
 /// Remote failure codes worth a new attempt: the service's fault, not the request's.
 const TRANSIENT_REMOTE_CODES: [&str; 3] = [
@@ -144,13 +145,19 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         Ok(resp) => resp.items.into_iter().map(|t| (t.id.clone(), t)).collect(),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), jobs = jobs.len(), "batch status failed; will retry");
-            for j in jobs {
-                let delay = next_poll_delay(ctx, &j);
-                reschedule(ctx, &j, now_ms() + ms(delay), None).await?;
-            }
+            let now = now_ms();
+            record(
+                ctx,
+                jobs.iter()
+                    .map(|j| reschedule_plan(ctx, j, now, None))
+                    .collect(),
+            )
+            .await?;
             return Ok(Outcome::Worked);
         }
     };
+    let now = now_ms();
+    let mut plans = Vec::with_capacity(jobs.len());
     for job in jobs {
         let Some(remote) = job.remote_task_id.clone() else {
             continue;
@@ -163,26 +170,120 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
                 Err(e) if e.status() == Some(404) => None,
                 Err(e) => {
                     tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "status check failed; will retry");
-                    reschedule(ctx, &job, now_ms() + ms(next_poll_delay(ctx, &job)), None).await?;
+                    plans.push(reschedule_plan(ctx, &job, now, None));
                     continue;
                 }
             },
         };
-        match task {
-            Some(t) => apply(ctx, &job, &t, "poll").await?,
-            None => {
-                let patch = Patch::new()
+        plans.push(match task {
+            Some(t) => plan(ctx, &job, &t, "poll", now),
+            None => Plan::finish(
+                &job,
+                JobState::Failed,
+                Patch::new()
                     .set("last_error_code", "remote_not_found".to_string())
                     .set(
                         "last_error_message",
                         format!("ark no longer knows task {remote}"),
-                    );
-                transition_or_skip(ctx, &job, JobState::Failed, patch, "remote task not found")
-                    .await?;
-            }
+                    ),
+                "remote task not found".into(),
+            ),
+        });
+    }
+    record(ctx, plans).await?;
+    Ok(Outcome::Worked)
+}
+
+/// A message to log at a level once a plan's write succeeded.
+type LogLine = (tracing::Level, String);
+
+/// What to write for one job after learning its remote status.
+struct Plan {
+    transition: Transition,
+    /// The job leaves `submitted` (a remote slot frees).
+    leaves: bool,
+    /// Logged once the write succeeded.
+    log: Option<LogLine>,
+}
+
+impl Plan {
+    fn finish(job: &Job, to: JobState, patch: Patch, detail: String) -> Self {
+        Plan {
+            transition: Transition {
+                id: job.id.clone(),
+                from: JobState::Submitted,
+                token: job.lease_token,
+                to,
+                patch,
+                detail: Some(detail),
+            },
+            leaves: true,
+            log: None,
         }
     }
-    Ok(Outcome::Worked)
+
+    fn logged(mut self, level: tracing::Level, msg: String) -> Self {
+        self.log = Some((level, msg));
+        self
+    }
+}
+
+/// Writes a batch of plans in one transaction. A conflict means another path (a callback, a
+/// poll) recorded the job first, which is fine.
+async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
+    if plans.is_empty() {
+        return Ok(());
+    }
+    let meta: Vec<(JobId, bool, Option<LogLine>)> = plans
+        .iter()
+        .map(|p| (p.transition.id.clone(), p.leaves, p.log.clone()))
+        .collect();
+    let results = ctx
+        .store
+        .transition_many(plans.into_iter().map(|p| p.transition).collect())
+        .await?;
+    for ((id, leaves, log), r) in meta.into_iter().zip(results) {
+        match r {
+            Ok(_) => {
+                if leaves {
+                    // A remote slot is free: the dispatcher need not wait for its idle tick.
+                    ctx.poke_dispatch.notify_one();
+                }
+                match log {
+                    Some((tracing::Level::ERROR, m)) => tracing::error!(job_id = %id, "{m}"),
+                    Some((tracing::Level::WARN, m)) => tracing::warn!(job_id = %id, "{m}"),
+                    Some((_, m)) => tracing::info!(job_id = %id, "{m}"),
+                    None => {}
+                }
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+fn reschedule_plan(ctx: &Ctx, job: &Job, now: i64, status: Option<&str>) -> Plan {
+    let delay = next_poll_delay(ctx, job);
+    let mut patch = Patch::new()
+        .set("next_attempt_at", now + ms(delay))
+        .set("poll_count", job.poll_count + 1)
+        .clear("lease_until");
+    if let Some(s) = status {
+        patch = patch.set("remote_status", s.to_string());
+    }
+    Plan {
+        transition: Transition {
+            id: job.id.clone(),
+            from: JobState::Submitted,
+            token: job.lease_token,
+            to: JobState::Submitted,
+            patch,
+            detail: None,
+        },
+        leaves: false,
+        log: None,
+    }
 }
 
 async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyhow::Result<()> {
@@ -260,16 +361,19 @@ fn url_expiry(url: &str, now: i64) -> i64 {
         .map_or(now + DEFAULT_URL_TTL_MS, |s| now + s * 1000)
 }
 
-/// Records a remote status for a job held with its current lease token.
+/// Records a remote status for a job held with its current lease token (the callback path).
 ///
 /// # Errors
 /// Store failures (a conflict means another path recorded it first, and is not an error).
 pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<()> {
-    let now = now_ms();
+    record(ctx, vec![plan(ctx, job, t, via, now_ms())]).await
+}
+
+/// Decides what a remote status means for a job: reschedule, or leave `submitted`.
+fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
     match t.status {
         TaskStatus::Queued | TaskStatus::Running | TaskStatus::Unknown => {
-            let delay = next_poll_delay(ctx, job);
-            reschedule(ctx, job, now + ms(delay), Some(t.status.as_str())).await
+            reschedule_plan(ctx, job, now, Some(t.status.as_str()))
         }
         TaskStatus::Succeeded => {
             let content = t.content.clone().unwrap_or_default();
@@ -290,18 +394,13 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
             if let Some(f) = &content.last_frame_url {
                 patch = patch.set("last_frame_url", f.clone());
             }
-            if transition_or_skip(
-                ctx,
+            Plan::finish(
                 job,
                 JobState::Succeeded,
                 patch,
-                &format!("remote succeeded ({via})"),
+                format!("remote succeeded ({via})"),
             )
-            .await?
-            {
-                tracing::info!(job_id = %job.id, via, "succeeded");
-            }
-            Ok(())
+            .logged(tracing::Level::INFO, format!("succeeded (via {via})"))
         }
         TaskStatus::Failed => {
             let (code, message) = t
@@ -328,36 +427,25 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
                 let patch = patch
                     .clear("remote_task_id")
                     .set("next_attempt_at", now + ms(delay));
-                if transition_or_skip(
-                    ctx,
+                Plan::finish(
                     job,
                     JobState::Queued,
                     patch,
-                    &format!("remote failed with {code}; retrying"),
+                    format!("remote failed with {code}; retrying"),
                 )
-                .await?
-                {
-                    tracing::warn!(job_id = %job.id, code = %code, "remote failure is transient; resubmitting");
-                }
+                .logged(
+                    tracing::Level::WARN,
+                    format!("remote failure {code} is transient; resubmitting"),
+                )
             } else {
                 let to = if transient {
                     JobState::Dead
                 } else {
                     JobState::Failed
                 };
-                if transition_or_skip(
-                    ctx,
-                    job,
-                    to,
-                    patch,
-                    &format!("remote failed with {code} ({via})"),
-                )
-                .await?
-                {
-                    tracing::error!(job_id = %job.id, code = %code, "job failed");
-                }
+                Plan::finish(job, to, patch, format!("remote failed with {code} ({via})"))
+                    .logged(tracing::Level::ERROR, format!("job failed: {code}"))
             }
-            Ok(())
         }
         TaskStatus::Expired => {
             let patch = Patch::new()
@@ -367,27 +455,22 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
                     "last_error_message",
                     "execution_expires_after passed on the remote side".to_string(),
                 );
-            transition_or_skip(
-                ctx,
+            Plan::finish(
                 job,
                 JobState::Expired,
                 patch,
-                &format!("remote expired ({via})"),
+                format!("remote expired ({via})"),
             )
-            .await?;
-            Ok(())
+            .logged(tracing::Level::WARN, "expired remotely".into())
         }
         TaskStatus::Cancelled => {
             let patch = Patch::new().set("remote_status", "cancelled".to_string());
-            transition_or_skip(
-                ctx,
+            Plan::finish(
                 job,
                 JobState::Cancelled,
                 patch,
-                &format!("remote cancelled ({via})"),
+                format!("remote cancelled ({via})"),
             )
-            .await?;
-            Ok(())
         }
     }
 }

@@ -114,15 +114,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "listing remote tasks failed; will retry");
             crate::ops::metrics::reconcile("list_failed", 1);
-            ctx.store
-                .update(
-                    &job.id,
-                    JobState::SubmitUnknown,
-                    token,
-                    Patch::new().set("next_attempt_at", retry_at),
-                )
-                .await?;
-            return Ok(());
+            return look_again_at(ctx, &job, retry_at).await;
         }
     };
     if let Some(task) = found {
@@ -149,15 +141,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     let started = job.submit_started_at.unwrap_or(job.updated_at);
     if now - started < ms(ctx.cfg.dispatch.reconcile_grace) {
         crate::ops::metrics::reconcile("pending", 1);
-        ctx.store
-            .update(
-                &job.id,
-                JobState::SubmitUnknown,
-                token,
-                Patch::new().set("next_attempt_at", retry_at),
-            )
-            .await?;
-        return Ok(());
+        return look_again_at(ctx, &job, retry_at).await;
     }
     match ctx.cfg.dispatch.on_ambiguous_submit {
         AmbiguousPolicy::Resubmit => {
@@ -206,6 +190,19 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 .await?;
         }
     }
+    Ok(())
+}
+
+/// Leaves an ambiguous submit for the next round at `at`.
+async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
+    ctx.store
+        .update(
+            &job.id,
+            JobState::SubmitUnknown,
+            job.lease_token,
+            Patch::new().set("next_attempt_at", at),
+        )
+        .await?;
     Ok(())
 }
 

@@ -266,6 +266,11 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
 
 /// seedq config for a fast run against `sim` (millisecond-scale polling and backoff).
 pub fn worker_config(sim: &SimProc, extra: &str) -> String {
+    worker_config_with(sim, "", extra)
+}
+
+/// [`worker_config`] with extra lines in its `[dispatch]` table.
+pub fn worker_config_with(sim: &SimProc, dispatch: &str, extra: &str) -> String {
     format!(
         r#"
 [ark]
@@ -282,6 +287,7 @@ throttle_pause = "100ms"
 reconcile_interval = "100ms"
 reconcile_grace = "3s"
 workers = 4
+{dispatch}
 
 [poll]
 first_poll_after = "100ms"

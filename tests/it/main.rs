@@ -1,6 +1,7 @@
 //! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
 mod cli;
+mod demo;
 mod helpers;
 mod ops;
 mod worker;

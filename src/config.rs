@@ -609,7 +609,8 @@ pub struct MaintenanceConfig {
     pub db_upkeep: String,
     /// When to copy the database with SQLite's online backup; empty (the default) is off.
     pub backup: String,
-    /// Where backups go; default `backups/` beside the database.
+    /// A directory for backups. Default: `backups/` in the archive's object store, or beside
+    /// the database when archiving is off.
     pub backup_dir: Option<PathBuf>,
     /// Backups kept; older ones are deleted.
     pub backup_keep: u32,

@@ -7,9 +7,10 @@
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
-//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks) and supervisor.
+//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive) and supervisor.
 //! - `ops`: the daemon side of `serve`: systemd notify and watchdog, admin HTTP (health,
 //!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
+//! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
 //! - `cli`: the command line; `telemetry`: tracing setup.
@@ -17,6 +18,7 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod ark;
+pub mod blob;
 pub mod catalogue;
 pub mod cli;
 pub mod config;

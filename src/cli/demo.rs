@@ -129,7 +129,7 @@ fn demo_config(dir: &std::path::Path, base_url: String, scale: f64) -> Config {
     cfg.store.path = dir.join("seedq.db");
     cfg.ark.base_url = base_url;
     cfg.ark.api_key = Some(SecretString::from(API_KEY.to_string()));
-    cfg.archive.url = String::new();
+    cfg.archive.url = format!("file://{}", dir.join("archive").display());
     cfg.admin.listen = String::new();
     cfg.dispatch.idle_interval = Duration::from_millis(100);
     cfg.poll.first_poll_after = scaled(60.0);
@@ -184,7 +184,7 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
 
     let jobs = store.list(ListFilter::default()).await?;
     println!(
-        "{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  VIDEO",
+        "{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  ARCHIVED VIDEO",
         "JOB", "MODE", "STATE", "SECONDS", "TOKENS"
     );
     let mut all_ok = true;
@@ -196,8 +196,8 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
             (Some(s), Some(f)) => format!("{:.2}", (f - s) as f64 / 1000.0),
             _ => "-".into(),
         };
-        all_ok &=
-            j.state == crate::job::JobState::Succeeded || j.state == crate::job::JobState::Archived;
+        all_ok &= j.state == crate::job::JobState::Archived;
+        let archive = dir.join("archive");
         println!(
             "{:<26}  {:<17}  {:<10}  {:>7}  {:>8}  {}",
             j.id,
@@ -206,21 +206,19 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
             secs,
             j.usage_tokens.map_or_else(|| "-".into(), |t| t.to_string()),
             j.archive_key
-                .clone()
-                .or_else(|| j.video_url.as_deref().map(|u| u
-                    .split('?')
-                    .next()
-                    .unwrap_or(u)
-                    .to_string()))
+                .as_deref()
+                .map(|k| archive.join(k).display().to_string())
+                .or_else(|| j.last_error_message.clone())
                 .unwrap_or_else(|| "-".into())
         );
     }
     println!(
-        "\n{} jobs in {:.1} s (simulated time ×{}). Inspect with: seedq --db {} ls",
+        "\n{} jobs in {:.1} s (simulated time ×{}). Each video has a .json sidecar beside it.\n\
+         Inspect with: seedq --db {db} ls    seedq --db {db} show JOB",
         rows.len(),
         elapsed.as_secs_f64(),
         a.time_scale,
-        dir.join("seedq.db").display()
+        db = dir.join("seedq.db").display()
     );
     sim.shutdown().await;
     Ok(if all_ok {

@@ -3,9 +3,10 @@
 //! One line per check, `ok`, `skip` or `FAIL`; a failure is followed by a `fix:` line with a
 //! concrete action. Checks: the configuration, the database (present or creatable, writable,
 //! migrated, `PRAGMA integrity_check`), the API key (present, and accepted by one cheap
-//! authenticated list call), the object store, and the clock against Ark's. Exit 0 when
-//! nothing failed, 2 otherwise. It changes nothing: no migration, no job, no object left
-//! behind. Secrets are never printed, only where they came from.
+//! authenticated list call), the object store (put, get and delete of a probe object), and the
+//! clock against Ark's. Exit 0 when nothing failed, 2 otherwise. It changes nothing: no
+//! migration, no job, no object left behind (a `file://` archive directory is created, as the
+//! service would). Secrets are never printed, only where they came from.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ const MAX_SKEW_S: i64 = 5;
 const DB_BUSY: Duration = Duration::from_secs(5);
 /// Timeout for each network check.
 const NET_TIMEOUT: Duration = Duration::from_secs(10);
+/// Where the store probe goes (deleted again at once).
+const PROBE_DIR: &str = "seedq-doctor";
 
 /// `seedq doctor`.
 #[derive(Debug, Default, Args)]
@@ -119,11 +122,11 @@ pub(crate) fn run(source: ConfigSource, a: &DoctorArgs) -> anyhow::Result<ExitCo
             "set ARK_API_KEY (EnvironmentFile=/etc/seedq/env under systemd), \
              or ark.api_key_file, or LoadCredential=ark_api_key:/etc/seedq/ark_api_key",
         ),
-        (Some(Err(e)), false) => fail(format!("{e:#}"), "check ark.base_url"),
+        (Some(Err(e)), false) => fail(chain(e), "check ark.base_url"),
         (Some(Ok(c)), false) => rt.block_on(api_key(c, &cfg)),
     };
     r.line("api key", key);
-    r.line("store", store(&cfg));
+    r.line("store", rt.block_on(store(&cfg)));
     let clock = if a.offline {
         Verdict::Skip("--offline".into())
     } else {
@@ -207,7 +210,7 @@ fn database(path: &Path) -> Verdict {
         Ok(f) => f,
         Err(e) => {
             return fail(
-                format!("{shown} cannot be opened: {e:#}"),
+                format!("{shown} cannot be opened: {}", chain(&e)),
                 "if it is not a seedq database, point store.path elsewhere; if it is damaged, \
                  stop the service and restore a backup (maintenance.backup)",
             );
@@ -288,7 +291,7 @@ async fn api_key(client: &ArkClient, cfg: &Config) -> Verdict {
 fn ark_failure(e: &ArkError, origin: &str, cfg: &Config) -> Verdict {
     match (e.status(), e.class()) {
         (Some(401 | 403), _) => fail(
-            format!("the key from {origin} was rejected: {e}"),
+            format!("the key from {origin} was rejected: {}", chain(e)),
             format!(
                 "create or copy a valid key in the Ark console (API Key management) and put it \
                  in {origin}; the key must belong to the account of {}",
@@ -296,27 +299,73 @@ fn ark_failure(e: &ArkError, origin: &str, cfg: &Config) -> Verdict {
             ),
         ),
         (_, ErrorClass::NeverSent) => fail(
-            format!("{e:#}"),
+            chain(e),
             "check ark.base_url, DNS and the firewall (the unit allows AF_INET/AF_INET6)",
         ),
         (_, ErrorClass::Throttled(_)) => Verdict::Ok(format!(
             "from {origin}; Ark answered 429, so the key was accepted (the account is busy)"
         )),
         _ => fail(
-            format!("{e:#}"),
+            chain(e),
             "check ark.base_url points at the Ark API (…/api/v3) and retry",
         ),
     }
 }
 
-fn store(cfg: &Config) -> Verdict {
+/// Puts, reads back and deletes a probe object in the archive store.
+async fn store(cfg: &Config) -> Verdict {
+    use crate::blob::{BlobStore, ObjectKey, redact_url};
     if cfg.archive.url.is_empty() {
         return Verdict::Ok("archiving is off (archive.url is empty)".into());
     }
-    Verdict::Skip(format!(
-        "{}: the put/get/delete probe arrives with the archive stage's blob module",
-        cfg.archive.url
-    ))
+    let shown = redact_url(&cfg.archive.url);
+    let blob = match BlobStore::open(&cfg.archive.url, &cfg.archive.s3) {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                format!("{shown}: {}", chain(&e)),
+                "correct archive.url (file:///dir, s3://bucket/prefix, …) and [archive.s3]",
+            );
+        }
+    };
+    let probe = format!(
+        "{PROBE_DIR}/probe-{}-{}",
+        std::process::id(),
+        crate::store::now_ms()
+    );
+    let Ok(key) = ObjectKey::parse(&probe) else {
+        return Verdict::Skip(format!("{shown}: cannot name a probe object"));
+    };
+    let body = bytes::Bytes::from(format!("seedq doctor probe {probe}\n"));
+    let round_trip = async {
+        let put = blob.put_bytes(&key, body.clone(), "text/plain").await?;
+        let got = blob.digest(&key).await?;
+        blob.delete(&key).await?;
+        Ok::<_, crate::blob::BlobError>((put, got))
+    };
+    let fix_for = |e: &crate::blob::BlobError| {
+        if e.is_denied() {
+            "give the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY) write, read and \
+             delete rights on the bucket and prefix"
+        } else {
+            "check that the store is up and reachable: [archive.s3] endpoint, allow_http, \
+             path_style and region, the network, or the directory's permissions for file://"
+        }
+    };
+    match tokio::time::timeout(NET_TIMEOUT, round_trip).await {
+        Ok(Ok((put, Some(got)))) if got == put => {
+            Verdict::Ok(format!("{shown}: put, get and delete of a probe object"))
+        }
+        Ok(Ok((_, got))) => fail(
+            format!("{shown}: the probe object read back differently ({got:?})"),
+            "check that nothing else rewrites objects under the prefix",
+        ),
+        Ok(Err(e)) => fail(format!("{shown}: {}", chain(&e)), fix_for(&e)),
+        Err(_) => fail(
+            format!("{shown}: no answer within {}s", NET_TIMEOUT.as_secs()),
+            "check that the store is up and reachable: [archive.s3] endpoint and the network",
+        ),
+    }
 }
 
 /// Compares the local clock with the `Date` header of any answer from Ark's host.
@@ -360,6 +409,22 @@ async fn clock(cfg: &Config) -> Verdict {
              reconciliation matches tasks by creation time within a few seconds",
         )
     }
+}
+
+/// An error and its causes, `: `-separated (the `{:#}` of anyhow, for a plain error).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let part = cause.to_string();
+        // Some sources repeat their cause in their own message; say each thing once.
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        next = cause.source();
+    }
+    text
 }
 
 fn parse_http_date(s: &str) -> Option<time::OffsetDateTime> {

@@ -479,7 +479,8 @@ pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let rows = ctx.store()?.stats().await?;
+    let store = ctx.store()?;
+    let rows = store.stats().await?;
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &rows)?;
@@ -502,6 +503,17 @@ pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
             r.usage_tokens
         )?;
     }
+    let a = store.archive_stats().await?;
+    writeln!(
+        out,
+        "\narchive: {} archived ({:.1} MiB), {} waiting ({} retrying), {} archiving, {} result_expired",
+        a.archived,
+        a.archived_bytes as f64 / (1024.0 * 1024.0),
+        a.waiting,
+        a.retrying,
+        a.archiving,
+        a.result_expired
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,6 +7,7 @@ mod bench;
 mod bench_pipeline;
 mod demo;
 mod doctor;
+mod fetch;
 mod jobs;
 mod service;
 
@@ -52,6 +53,8 @@ pub enum Command {
     Cancel(jobs::IdsArgs),
     /// Put failed, dead, expired or cancelled jobs back in the queue.
     Retry(jobs::IdsArgs),
+    /// Copy an archived video (or `--last-frame`, `--sidecar`) out of the object store.
+    Fetch(fetch::FetchArgs),
     /// Run the service until SIGTERM/SIGINT (what systemd starts).
     Serve,
     /// Run the service until nothing is left to do, then exit 0.
@@ -198,6 +201,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Serve => service::serve(&ctx, crate::worker::Mode::Serve).await,
             Command::Run => service::serve(&ctx, crate::worker::Mode::UntilDrained).await,
             Command::Demo(a) => demo::run(&ctx, a).await,
+            Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Migrate => {
                 let store = ctx.store()?;
@@ -213,6 +217,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Check) => {
+                if !ctx.cfg.archive.url.is_empty() {
+                    crate::blob::KeyTemplate::parse(&ctx.cfg.archive.key_template)
+                        .context("invalid configuration: archive.key_template")?;
+                }
                 println!(
                     "configuration ok ({} models known)",
                     ctx.catalogue.iter().count()

@@ -30,6 +30,7 @@ use croner::Cron;
 use tokio_util::sync::CancellationToken;
 
 use super::{metrics, schedule};
+use crate::blob::{BlobStore, ObjectKey};
 use crate::store::{StoreError, now_ms};
 use crate::worker::{Ctx, ms};
 
@@ -65,6 +66,10 @@ impl Task {
 const MAX_SLEEP: Duration = Duration::from_secs(600);
 /// Backup file names: `seedq-<UTC time>.db`, which sort by age.
 const BACKUP_PREFIX: &str = "seedq-";
+/// Where backups go in the archive's object store.
+const BACKUP_DIR: &str = "backups";
+/// Read size when streaming a backup into the object store.
+const UPLOAD_CHUNK: usize = 1 << 20;
 
 /// The zone a schedule is read in.
 enum Zone {
@@ -259,37 +264,117 @@ async fn tpd_rollover(ctx: &Ctx) -> anyhow::Result<String> {
     ))
 }
 
-/// Where backups go.
-pub fn backup_dir(ctx: &Ctx) -> PathBuf {
-    ctx.cfg.maintenance.backup_dir.clone().unwrap_or_else(|| {
+/// Where backups go: `maintenance.backup_dir` when set, else the archive's object store
+/// (under `backups/`), else `backups/` beside the database.
+pub enum BackupTarget {
+    Dir(PathBuf),
+    Store(BlobStore),
+}
+
+/// The configured backup target.
+pub fn backup_target(ctx: &Ctx) -> BackupTarget {
+    let beside_db = || {
         ctx.store
             .path()
             .parent()
             .unwrap_or(Path::new("."))
             .join("backups")
-    })
+    };
+    match (&ctx.cfg.maintenance.backup_dir, &ctx.archive) {
+        (Some(dir), _) => BackupTarget::Dir(dir.clone()),
+        (None, Some(arch)) => BackupTarget::Store(arch.blob().clone()),
+        (None, None) => BackupTarget::Dir(beside_db()),
+    }
 }
 
 async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
-    let dir = backup_dir(ctx);
-    tokio::fs::create_dir_all(&dir)
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the backup directory {}: {e}", dir.display()))?;
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
         .map_err(|e| anyhow::anyhow!("formatting the backup time: {e}"))?;
-    let dest = dir.join(format!("{BACKUP_PREFIX}{stamp}.db"));
+    let name = format!("{BACKUP_PREFIX}{stamp}.db");
+    let keep = ctx.cfg.maintenance.backup_keep as usize;
     let started = std::time::Instant::now();
-    let size = ctx.store.backup_to(&dest).await?;
+    let (place, size, removed) = match backup_target(ctx) {
+        BackupTarget::Dir(dir) => {
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+                anyhow::anyhow!("creating the backup directory {}: {e}", dir.display())
+            })?;
+            let dest = dir.join(&name);
+            let size = ctx.store.backup_to(&dest).await?;
+            let removed = remove_old_backups(&dir, keep)?;
+            (dest.display().to_string(), size, removed)
+        }
+        BackupTarget::Store(blob) => {
+            // Staged beside the database (writable under systemd), then streamed up.
+            let staged = ctx.store.path().with_file_name(format!(".{name}.upload"));
+            let size = ctx.store.backup_to(&staged).await?;
+            let key = ObjectKey::parse(&format!("{BACKUP_DIR}/{name}"))?;
+            let uploaded = upload_file(&blob, &staged, &key).await;
+            let _ = tokio::fs::remove_file(&staged).await;
+            uploaded?;
+            let removed = remove_old_stored_backups(&blob, keep).await?;
+            (format!("{}/{key}", blob.url()), size, removed)
+        }
+    };
     metrics::backup_bytes(size);
-    let removed = remove_old_backups(&dir, ctx.cfg.maintenance.backup_keep as usize)?;
     Ok(format!(
-        "{} ({size} bytes, {:.1}s); removed {removed} old backups",
-        dest.display(),
+        "{place} ({size} bytes, {:.1}s); removed {removed} old backups",
         started.elapsed().as_secs_f64()
     ))
+}
+
+/// Streams a local file into the store as one multipart upload (aborted on failure).
+async fn upload_file(blob: &BlobStore, file: &Path, key: &ObjectKey) -> anyhow::Result<()> {
+    use tokio::io::AsyncReadExt;
+    let mut f = tokio::fs::File::open(file).await?;
+    let mut up = blob.upload(key, "application/vnd.sqlite3").await?;
+    let copied: anyhow::Result<()> = async {
+        loop {
+            let mut buf = vec![0u8; UPLOAD_CHUNK];
+            let n = f.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.truncate(n);
+            up.write(bytes::Bytes::from(buf)).await?;
+        }
+    }
+    .await;
+    match copied {
+        Ok(()) => {
+            up.finish().await?;
+            Ok(())
+        }
+        Err(e) => {
+            if let Err(abort) = up.abort().await {
+                tracing::warn!(error = %abort, "cannot abort the backup upload");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Keeps the newest `keep` backups under `backups/` in the store; returns how many went.
+async fn remove_old_stored_backups(blob: &BlobStore, keep: usize) -> anyhow::Result<usize> {
+    let dir = ObjectKey::parse(BACKUP_DIR)?;
+    let ours: Vec<ObjectKey> = blob
+        .list(&dir)
+        .await?
+        .into_iter()
+        .filter(|k| {
+            k.as_str()
+                .rsplit('/')
+                .next()
+                .is_some_and(|n| n.starts_with(BACKUP_PREFIX) && n.ends_with(".db"))
+        })
+        .collect();
+    let excess = ours.len().saturating_sub(keep.max(1));
+    for k in &ours[..excess] {
+        blob.delete(k).await?;
+    }
+    Ok(excess)
 }
 
 /// Keeps the newest `keep` backups in `dir`; returns how many were deleted.
@@ -314,6 +399,44 @@ fn remove_old_backups(dir: &Path, keep: usize) -> anyhow::Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stored_backups_stream_up_and_only_the_newest_stay() {
+        let blob = BlobStore::open("memory://", &crate::config::S3Config::default()).expect("blob");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("db");
+        std::fs::write(&file, vec![7u8; UPLOAD_CHUNK + 5]).expect("write");
+        for stamp in ["20260101T000000Z", "20260103T000000Z", "20260102T000000Z"] {
+            let key = ObjectKey::parse(&format!("backups/seedq-{stamp}.db")).expect("key");
+            upload_file(&blob, &file, &key).await.expect("upload");
+        }
+        let other = ObjectKey::parse("backups/README").expect("key");
+        blob.put_bytes(&other, bytes::Bytes::from_static(b"x"), "text/plain")
+            .await
+            .expect("put");
+        assert_eq!(remove_old_stored_backups(&blob, 2).await.expect("rm"), 1);
+        let left: Vec<String> = blob
+            .list(&ObjectKey::parse("backups").expect("key"))
+            .await
+            .expect("list")
+            .iter()
+            .map(|k| k.as_str().to_string())
+            .collect();
+        assert_eq!(
+            left,
+            vec![
+                "backups/README",
+                "backups/seedq-20260102T000000Z.db",
+                "backups/seedq-20260103T000000Z.db"
+            ]
+        );
+        let newest = ObjectKey::parse("backups/seedq-20260103T000000Z.db").expect("key");
+        let d = blob.digest(&newest).await.expect("digest").expect("exists");
+        assert_eq!(d.size, (UPLOAD_CHUNK + 5) as u64);
+        blob.delete(&newest).await.expect("delete");
+        blob.delete(&newest).await.expect("deleting twice is fine");
+        assert!(blob.head(&newest).await.expect("head").is_none());
+    }
 
     #[test]
     fn only_the_newest_backups_stay() {

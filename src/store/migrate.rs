@@ -16,6 +16,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_generation_time.sql",
         include_str!("../../migrations/0002_generation_time.sql"),
     ),
+    (
+        "0003_archive.sql",
+        include_str!("../../migrations/0003_archive.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

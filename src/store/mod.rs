@@ -6,6 +6,7 @@
 //! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
+mod archive;
 mod conn;
 pub mod migrate;
 pub mod ops;
@@ -19,6 +20,7 @@ use serde::Serialize;
 
 use crate::job::{JobId, JobState};
 
+pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use conn::BUSY_TIMEOUT;
 
 /// Errors from the store.

@@ -1,4 +1,4 @@
-//! The service: dispatch, reconcile and poll stages under one supervisor.
+//! The service: dispatch, reconcile, poll and archive stages under one supervisor.
 //!
 //! Each stage is a `step` (one unit of work, returns [`Outcome`]) and a `run` loop around it.
 //! The supervisor spawns the stages in a `JoinSet` with child cancellation tokens, waits for
@@ -6,6 +6,7 @@
 //! drains within the grace period and aborts stragglers. A panic or an early stage exit is an
 //! error: the service never stays up half-alive.
 
+pub mod archive;
 pub mod callback;
 pub mod dispatch;
 pub mod limiter;
@@ -53,6 +54,10 @@ pub struct Ctx {
     /// Poked when a stage makes work for another (a submit makes polling work).
     pub poke_poll: Arc<Notify>,
     pub poke_dispatch: Arc<Notify>,
+    /// Poked when a job succeeds, so the archiver need not wait for its idle interval.
+    pub poke_archive: Arc<Notify>,
+    /// The archiver; `None` when `archive.url` is empty (archiving off).
+    pub archive: Option<Arc<archive::Archiver>>,
     /// Identifies this process in leases.
     pub owner: String,
     /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
@@ -66,7 +71,7 @@ impl Ctx {
     /// Builds the context from a validated configuration.
     ///
     /// # Errors
-    /// No API key, or the HTTP client cannot be built.
+    /// No API key, the HTTP client cannot be built, or the archive store cannot be set up.
     pub fn new(cfg: Config, catalogue: Catalogue, store: Store) -> anyhow::Result<Self> {
         let key = cfg.ark.api_key.clone().context(
             "no Ark API key: set ARK_API_KEY, or ark.api_key_file, or a systemd credential named ark_api_key",
@@ -77,6 +82,11 @@ impl Ctx {
             cfg.ark.connect_timeout,
             cfg.ark.request_timeout,
         )?;
+        let archive = if cfg.archive.url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(archive::Archiver::new(&cfg)?))
+        };
         let catalogue = Arc::new(catalogue);
         Ok(Self {
             store,
@@ -88,6 +98,8 @@ impl Ctx {
             admission: Arc::new(tokio::sync::Mutex::new(())),
             poke_poll: Arc::new(Notify::new()),
             poke_dispatch: Arc::new(Notify::new()),
+            poke_archive: Arc::new(Notify::new()),
+            archive,
             owner: format!("{}-{}", hostname(), std::process::id()),
             expected: Arc::default(),
         })
@@ -231,6 +243,12 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("callback", callback::run(c, t).await) });
     }
+    if ctx.archive.is_some() {
+        for _ in 0..ctx.cfg.archive.workers.max(1) {
+            let (c, t) = (ctx.clone(), token.child_token());
+            set.spawn(async move { ("archive", archive::run(c, t).await) });
+        }
+    }
     let status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
     crate::ops::notify::ready(&status);
     tracing::info!(mode = ?mode, "seedq service started");
@@ -240,7 +258,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
             return std::future::pending::<anyhow::Result<()>>().await;
         }
         loop {
-            if ctx.store.pending_work(false).await? == 0 {
+            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0 {
                 return Ok(());
             }
             tokio::time::sleep(

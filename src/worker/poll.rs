@@ -234,20 +234,27 @@ async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
     if plans.is_empty() {
         return Ok(());
     }
-    let meta: Vec<(JobId, bool, Option<LogLine>)> = plans
+    let meta: Vec<(JobId, bool, bool, Option<LogLine>)> = plans
         .iter()
-        .map(|p| (p.transition.id.clone(), p.leaves, p.log.clone()))
+        .map(|p| {
+            let done = p.transition.to == JobState::Succeeded;
+            (p.transition.id.clone(), p.leaves, done, p.log.clone())
+        })
         .collect();
     let results = ctx
         .store
         .transition_many(plans.into_iter().map(|p| p.transition).collect())
         .await?;
-    for ((id, leaves, log), r) in meta.into_iter().zip(results) {
+    for ((id, leaves, done, log), r) in meta.into_iter().zip(results) {
         match r {
             Ok(_) => {
                 if leaves {
                     // A remote slot is free: the dispatcher need not wait for its idle tick.
                     ctx.poke_dispatch.notify_one();
+                }
+                if done {
+                    // A result to archive: the archiver need not wait for its idle tick either.
+                    ctx.poke_archive.notify_one();
                 }
                 match log {
                     Some((tracing::Level::ERROR, m)) => tracing::error!(job_id = %id, "{m}"),
@@ -350,7 +357,7 @@ fn generation_estimate(job: &Job, now: i64) -> i64 {
 }
 
 /// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
-fn url_expiry(url: &str, now: i64) -> i64 {
+pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
     url::Url::parse(url)
         .ok()
         .and_then(|u| {
@@ -382,7 +389,8 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                 .set("remote_status", "succeeded".to_string())
                 .set("finished_at", now)
                 .set("next_attempt_at", now)
-                .set("poll_count", job.poll_count + 1);
+                .set("poll_count", job.poll_count + 1)
+                .set("result_meta", super::archive::result_meta(t));
             if let Some(u) = &t.usage {
                 patch = patch.set("usage_tokens", u.total_tokens.max(u.completion_tokens));
             }

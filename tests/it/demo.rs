@@ -34,9 +34,16 @@ fn demo_runs_every_mode_to_the_end() {
             .lines()
             .find(|l| l.contains(mode))
             .unwrap_or_else(|| panic!("no row for {mode}:\n{stdout}"));
+        assert!(line.contains("archived"), "{mode} did not finish: {line}");
+        let path = line.split_whitespace().last().expect("a path");
+        let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let info = seedq::media::probe_bytes(&bytes).expect("a real MP4");
+        assert!(info.frames >= 29, "{mode}: {info:?}");
+        let sidecar = std::path::Path::new(path).with_extension("json");
         assert!(
-            line.contains("succeeded") || line.contains("archived"),
-            "{mode} did not finish: {line}"
+            sidecar.is_file(),
+            "{mode}: no sidecar at {}",
+            sidecar.display()
         );
     }
     assert!(

@@ -1,5 +1,6 @@
 //! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
+mod archive;
 mod cli;
 mod demo;
 mod helpers;

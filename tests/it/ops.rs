@@ -705,7 +705,11 @@ fn doctor(cmd: &mut Command) -> (Option<i32>, String) {
 fn doctor_passes_a_good_install_and_names_a_rejected_key() {
     let sim = SimProc::start("time_scale = 0.01\n");
     let env = TestEnv::new(&worker_config(&sim, ""));
-    let (code, out) = doctor(&mut env.keyed(&["doctor"]));
+    let archive = env.path().join("archive");
+    let (code, out) = doctor(env.keyed(&["doctor"]).env(
+        "SEEDQ__ARCHIVE__URL",
+        format!("file://{}", archive.display()),
+    ));
     assert_eq!(code, Some(0), "{out}");
     for check in ["config", "database", "api key", "store", "clock"] {
         assert!(
@@ -715,6 +719,12 @@ fn doctor_passes_a_good_install_and_names_a_rejected_key() {
         );
     }
     assert!(out.contains("accepted by"), "{out}");
+    assert!(out.contains("put, get and delete"), "{out}");
+    let left: Vec<_> = walk(&archive);
+    assert!(
+        left.is_empty(),
+        "the probe object was left behind: {left:?}"
+    );
 
     let wrong = "sk-wrong-key-do-not-print";
     let (code, out) = doctor(env.cmd(&["doctor"]).env("ARK_API_KEY", wrong));
@@ -737,6 +747,96 @@ fn doctor_passes_a_good_install_and_names_a_rejected_key() {
     assert!(
         out.contains("no API key") && out.contains("LoadCredential"),
         "{out}"
+    );
+}
+
+/// Regular files under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn doctor_fails_clearly_on_an_unreachable_store() {
+    let env = TestEnv::new(&format!("[ark]\nbase_url = \"{NO_ARK}\"\n"));
+    let (code, out) = doctor(
+        env.cmd(&["doctor", "--offline"])
+            .env("SEEDQ__ARCHIVE__URL", "s3://videos/seedq")
+            .env("SEEDQ__ARCHIVE__S3__ENDPOINT", "http://127.0.0.1:9")
+            .env("SEEDQ__ARCHIVE__S3__ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+            .env("AWS_SECRET_ACCESS_KEY", "do-not-print-this-secret"),
+    );
+    assert_eq!(code, Some(2), "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    let fail = lines
+        .iter()
+        .position(|l| l.starts_with("FAIL") && l.contains("store"))
+        .unwrap_or_else(|| panic!("no store failure in:\n{out}"));
+    assert!(lines[fail].contains("s3://videos/seedq"), "{out}");
+    assert!(
+        lines[fail + 1].contains("fix:") && lines[fail + 1].contains("reachable"),
+        "{out}"
+    );
+    assert!(!out.contains("do-not-print-this-secret"));
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("database"))
+    );
+}
+
+#[test]
+fn scheduled_backups_land_in_the_archive_store_and_only_the_newest_stay() {
+    let env = TestEnv::new(&format!(
+        "[ark]\nbase_url = \"{NO_ARK}\"\n\n[maintenance]\ntimezone = \"UTC\"\nbackup = \"* * * * * *\"\nbackup_keep = 2\n"
+    ));
+    let archive = env.path().join("archive");
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    let text = text.replacen(
+        "url = \"\"",
+        &format!("url = \"file://{}\"", archive.display()),
+        1,
+    );
+    std::fs::write(&env.config, text).expect("write config");
+    env.ok(&["submit", "backed up", "-m", PRO]);
+    let mut notify = NotifySocket::bind(env.path());
+    let service = serve(&env, &notify, None);
+    let admin = notify.ready();
+    wait_until(15, "three backups", || {
+        sum(
+            &scrape(&admin),
+            "seedq_maintenance_runs_total",
+            &[("task", "backup"), ("outcome", "ok")],
+        ) >= 3.0
+    });
+    assert!(service.stop().success());
+    let backups = walk(&archive.join("backups"));
+    assert_eq!(backups.len(), 2, "{backups:?}");
+    for b in &backups {
+        let name = b.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        assert!(
+            name.starts_with("seedq-") && name.ends_with(".db"),
+            "{name}"
+        );
+        let c = rusqlite::Connection::open(b).expect("open the backup");
+        let jobs: i64 = c
+            .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(jobs, 1);
+    }
+    assert!(
+        walk(env.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".upload")),
+        "no staged copy is left"
     );
 }
 

@@ -1,0 +1,523 @@
+//! The archiver's queries: claims in deadline order, fenced bookkeeping during a transfer,
+//! and the archive counts `seedq stats` prints.
+//!
+//! The state changes themselves (`archiving → archived | succeeded | failed`) go through
+//! [`Store::transition`] like every other stage's. The writes here change no state and do not
+//! bump the lease token, so a heartbeat racing a URL refresh cannot fence the holder out; each
+//! still requires the holder's token and `archiving`, and zero rows changed is a conflict.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::{JOB_COLUMNS, Job, Store, StoreError, insert_event, job_from_row, now_ms};
+use crate::job::{JobId, JobState};
+
+/// A job claimed for archiving, with the archive columns [`Job`] does not carry.
+#[derive(Clone, Debug)]
+pub struct ArchiveClaim {
+    /// The job, now `archiving` under a fresh lease token.
+    pub job: Job,
+    /// Archive claims so far, this one included (drives the retry backoff).
+    pub attempts: i64,
+    /// The last frame's verified (sha256, size), recorded by an earlier attempt.
+    pub frame: Option<(String, i64)>,
+    /// What the succeeded task said about its output (JSON), for the sidecar.
+    pub result_meta: Option<String>,
+}
+
+/// Archive counts over all models.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ArchiveStats {
+    /// Jobs in `archived`.
+    pub archived: i64,
+    /// Sum of the archived videos' sizes.
+    pub archived_bytes: i64,
+    /// Succeeded jobs waiting for the archiver (including those backing off).
+    pub waiting: i64,
+    /// Of those, jobs whose earlier archive attempt failed.
+    pub retrying: i64,
+    /// Jobs being archived right now (or whose holder died; their lease will run out).
+    pub archiving: i64,
+    /// Jobs whose remote result was gone before it could be archived.
+    pub result_expired: i64,
+}
+
+/// The failure code of a job whose result vanished before it was archived.
+pub const RESULT_EXPIRED: &str = "result_expired";
+
+/// Runs a fenced, state-preserving update of an `archiving` job; zero rows is a conflict.
+fn fenced(
+    c: &Connection,
+    id: &JobId,
+    token: i64,
+    sql: &str,
+    args: &[&dyn rusqlite::ToSql],
+) -> Result<(), StoreError> {
+    let n = c.execute(sql, args)?;
+    if n == 0 {
+        return Err(StoreError::Conflict {
+            id: id.clone(),
+            expected: JobState::Archiving,
+            token,
+        });
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Claims the due job closest to losing its result (earliest `url_expires_at`) into
+    /// `archiving`: a `succeeded` job whose `next_attempt_at` has come, or an `archiving` job
+    /// whose holder's lease ran out (a crash or a kill mid-transfer).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn claim_for_archive(
+        &self,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Option<ArchiveClaim>, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let found: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT id, state FROM jobs \
+                     WHERE (state = 'succeeded' AND next_attempt_at <= ?1) \
+                        OR (state = 'archiving' AND COALESCE(lease_until, 0) <= ?1) \
+                     ORDER BY url_expires_at IS NULL, url_expires_at, next_attempt_at, id LIMIT 1",
+                    [now],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            let Some((id, from)) = found else {
+                return Ok(None);
+            };
+            let claim = tx.query_row(
+                &format!(
+                    "UPDATE jobs SET state = 'archiving', updated_at = ?1, lease_owner = ?2, \
+                     lease_until = ?1 + ?3, next_attempt_at = ?1 + ?3, \
+                     lease_token = lease_token + 1, archive_attempts = archive_attempts + 1 \
+                     WHERE id = ?4 \
+                     RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, archive_frame_size, \
+                     result_meta"
+                ),
+                params![now, owner, lease_ms, id],
+                |r| {
+                    // The extra columns follow the job's, however many those are.
+                    let n = JOB_COLUMNS.split(',').count();
+                    let frame: (Option<String>, Option<i64>) = (r.get(n + 1)?, r.get(n + 2)?);
+                    Ok(ArchiveClaim {
+                        job: job_from_row(r)?,
+                        attempts: r.get(n)?,
+                        result_meta: r.get(n + 3)?,
+                        frame: match frame {
+                            (Some(sha), Some(size)) => Some((sha, size)),
+                            _ => None,
+                        },
+                    })
+                },
+            )?;
+            let (from, detail) = if from == "archiving" {
+                (JobState::Archiving, "lease ran out; claimed again for archive")
+            } else {
+                (JobState::Succeeded, "claimed for archive")
+            };
+            insert_event(&tx, &id, now, Some(from), JobState::Archiving, Some(detail))?;
+            tx.commit()?;
+            Ok(Some(claim))
+        })
+        .await
+    }
+
+    /// Pushes the lease of an `archiving` job held with `token` to `lease_ms` from now, while a
+    /// long transfer runs. Returns false when the job is no longer ours.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn extend_archive_lease(
+        &self,
+        id: &JobId,
+        token: i64,
+        lease_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        self.call(move |c| {
+            let now = now_ms();
+            let n = c.execute(
+                "UPDATE jobs SET lease_until = ?1 + ?2, next_attempt_at = ?1 + ?2 \
+                 WHERE id = ?3 AND state = 'archiving' AND lease_token = ?4",
+                params![now, lease_ms, id.as_str(), token],
+            )?;
+            Ok(n == 1)
+        })
+        .await
+    }
+
+    /// Records fresh result URLs (from a new GET of the task) for an `archiving` job.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+    pub async fn record_archive_urls(
+        &self,
+        id: &JobId,
+        token: i64,
+        video_url: String,
+        last_frame_url: Option<String>,
+        url_expires_at: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.call(move |c| {
+            fenced(
+                c,
+                &id,
+                token,
+                "UPDATE jobs SET video_url = ?1, \
+                 last_frame_url = COALESCE(?2, last_frame_url), url_expires_at = ?3, updated_at = ?4 \
+                 WHERE id = ?5 AND state = 'archiving' AND lease_token = ?6",
+                &[
+                    &video_url,
+                    &last_frame_url,
+                    &url_expires_at,
+                    &now_ms(),
+                    &id.as_str(),
+                    &token,
+                ],
+            )
+        })
+        .await
+    }
+
+    /// Records the verified video (key, sha256, size) before its upload completes, so that
+    /// after a crash an object found under the key can be checked against it.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+    pub async fn record_video_digest(
+        &self,
+        id: &JobId,
+        token: i64,
+        key: String,
+        sha256: String,
+        size: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.call(move |c| {
+            fenced(
+                c,
+                &id,
+                token,
+                "UPDATE jobs SET archive_key = ?1, archive_sha256 = ?2, archive_size = ?3 \
+                 WHERE id = ?4 AND state = 'archiving' AND lease_token = ?5",
+                &[&key, &sha256, &size, &id.as_str(), &token],
+            )
+        })
+        .await
+    }
+
+    /// Records the verified last frame (sha256, size) before its upload completes.
+    ///
+    /// # Errors
+    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+    pub async fn record_frame_digest(
+        &self,
+        id: &JobId,
+        token: i64,
+        sha256: String,
+        size: i64,
+    ) -> Result<(), StoreError> {
+        let id = id.clone();
+        self.call(move |c| {
+            fenced(
+                c,
+                &id,
+                token,
+                "UPDATE jobs SET archive_frame_sha256 = ?1, archive_frame_size = ?2 \
+                 WHERE id = ?3 AND state = 'archiving' AND lease_token = ?4",
+                &[&sha256, &size, &id.as_str(), &token],
+            )
+        })
+        .await
+    }
+
+    /// The archived last frame's (sha256, size), if the job has one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let row: Option<(Option<String>, Option<i64>)> = c
+                .query_row(
+                    "SELECT archive_frame_sha256, archive_frame_size FROM jobs WHERE id = ?1",
+                    [id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            Ok(match row {
+                Some((Some(sha), Some(size))) => Some((sha, size)),
+                _ => None,
+            })
+        })
+        .await
+    }
+
+    /// When archive work next comes due: the earliest retry of a `succeeded` job or lease end
+    /// of an `archiving` one.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(t) FROM ( \
+                   SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'succeeded' \
+                   UNION ALL \
+                   SELECT MIN(COALESCE(lease_until, 0)) FROM jobs WHERE state = 'archiving')",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Archive counts for `seedq stats`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn archive_stats(&self) -> Result<ArchiveStats, StoreError> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT \
+                   COALESCE(SUM(state = 'archived'), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'archived' THEN archive_size END), 0), \
+                   COALESCE(SUM(state = 'succeeded'), 0), \
+                   COALESCE(SUM(state = 'succeeded' AND archive_attempts > 0), 0), \
+                   COALESCE(SUM(state = 'archiving'), 0), \
+                   COALESCE(SUM(state = 'failed' AND last_error_code = ?1), 0) \
+                 FROM jobs",
+                [RESULT_EXPIRED],
+                |r| {
+                    Ok(ArchiveStats {
+                        archived: r.get(0)?,
+                        archived_bytes: r.get(1)?,
+                        waiting: r.get(2)?,
+                        retrying: r.get(3)?,
+                        archiving: r.get(4)?,
+                        result_expired: r.get(5)?,
+                    })
+                },
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewJob, Patch};
+
+    fn new_job(id: &JobId) -> NewJob {
+        NewJob {
+            id: id.clone(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: "{}".into(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: None,
+            expires_after: None,
+            seed: None,
+        }
+    }
+
+    /// Walks a job to `succeeded` through the real transitions, with a URL expiring at `exp`.
+    async fn succeeded(store: &Store, exp: Option<i64>) -> JobId {
+        let id = JobId::generate();
+        store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
+        let j = store
+            .claim_for_submit("m", true, 1000, 1, "t", 60_000)
+            .await
+            .expect("claim")
+            .pop()
+            .expect("a job");
+        let remote = format!("cgt-{}", id.as_str());
+        let t = store
+            .transition(
+                &id,
+                JobState::Submitting,
+                j.lease_token,
+                JobState::Submitted,
+                Patch::new().set("remote_task_id", remote),
+                None,
+            )
+            .await
+            .expect("submitted");
+        let mut patch = Patch::new().set("next_attempt_at", 0i64);
+        if let Some(e) = exp {
+            patch = patch.set("url_expires_at", e);
+        }
+        store
+            .transition(
+                &id,
+                JobState::Submitted,
+                t,
+                JobState::Succeeded,
+                patch,
+                None,
+            )
+            .await
+            .expect("succeeded");
+        id
+    }
+
+    #[tokio::test]
+    async fn claims_come_in_deadline_order_and_lapsed_leases_are_reclaimed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("open");
+        let late = succeeded(&store, Some(now_ms() + 3_600_000)).await;
+        let none = succeeded(&store, None).await;
+        let soon = succeeded(&store, Some(now_ms() + 60_000)).await;
+
+        let order: Vec<JobId> = {
+            let mut v = Vec::new();
+            while let Some(c) = store.claim_for_archive("w", 60_000).await.expect("claim") {
+                assert_eq!(c.job.state, JobState::Archiving);
+                assert_eq!(c.attempts, 1);
+                v.push(c.job.id);
+            }
+            v
+        };
+        assert_eq!(order, vec![soon.clone(), late, none]);
+
+        // A holder that vanished: its lease lapses and the job is claimed again, fencing it.
+        let dead = store
+            .job(soon.as_str())
+            .await
+            .expect("job")
+            .expect("exists");
+        store
+            .update(
+                &soon,
+                JobState::Archiving,
+                dead.lease_token,
+                Patch::new().set("lease_until", 0i64),
+            )
+            .await
+            .expect("lapse");
+        let again = store
+            .claim_for_archive("w2", 60_000)
+            .await
+            .expect("claim")
+            .expect("reclaimed");
+        assert_eq!((again.job.id.clone(), again.attempts), (soon.clone(), 2));
+        let stale = store
+            .record_video_digest(&soon, dead.lease_token, "k".into(), "s".into(), 1)
+            .await;
+        assert!(
+            matches!(stale, Err(StoreError::Conflict { .. })),
+            "{stale:?}"
+        );
+        assert!(
+            !store
+                .extend_archive_lease(&soon, dead.lease_token, 1)
+                .await
+                .expect("extend")
+        );
+        let t = again.job.lease_token;
+        assert!(
+            store
+                .extend_archive_lease(&soon, t, 60_000)
+                .await
+                .expect("extend")
+        );
+        store
+            .record_video_digest(&soon, t, "k".into(), "abc".into(), 3)
+            .await
+            .expect("digest");
+        store
+            .record_frame_digest(&soon, t, "def".into(), 4)
+            .await
+            .expect("frame");
+        assert_eq!(
+            store.frame_digest(soon.as_str()).await.expect("frame"),
+            Some(("def".to_string(), 4))
+        );
+        let events = store.events(soon.as_str()).await.expect("events");
+        let details: Vec<_> = events.iter().filter_map(|e| e.detail.as_deref()).collect();
+        assert!(
+            details.contains(&"lease ran out; claimed again for archive"),
+            "{details:?}"
+        );
+
+        // Back to succeeded for a later retry: the recorded frame digest rides along.
+        store
+            .transition(
+                &soon,
+                JobState::Archiving,
+                t,
+                JobState::Succeeded,
+                Patch::new().set("next_attempt_at", 0i64),
+                None,
+            )
+            .await
+            .expect("retry later");
+        let c = store
+            .claim_for_archive("w", 60_000)
+            .await
+            .expect("claim")
+            .expect("due");
+        assert_eq!(c.frame, Some(("def".to_string(), 4)));
+        assert_eq!(c.job.archive_sha256.as_deref(), Some("abc"));
+    }
+
+    #[tokio::test]
+    async fn stats_count_archived_bytes_and_expired_results() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("open");
+        for _ in 0..3 {
+            succeeded(&store, None).await;
+        }
+        // Equal deadlines: which job comes first does not matter here.
+        for ok in [true, false] {
+            let c = store
+                .claim_for_archive("w", 60_000)
+                .await
+                .expect("claim")
+                .expect("job");
+            let id = c.job.id.clone();
+            let (to, patch) = if ok {
+                (
+                    JobState::Archived,
+                    Patch::new().set("archive_size", 1000i64),
+                )
+            } else {
+                (
+                    JobState::Failed,
+                    Patch::new().set("last_error_code", RESULT_EXPIRED.to_string()),
+                )
+            };
+            store
+                .transition(&id, JobState::Archiving, c.job.lease_token, to, patch, None)
+                .await
+                .expect("finish");
+        }
+        let s = store.archive_stats().await.expect("stats");
+        assert_eq!(
+            s,
+            ArchiveStats {
+                archived: 1,
+                archived_bytes: 1000,
+                waiting: 1,
+                retrying: 0,
+                archiving: 0,
+                result_expired: 1,
+            }
+        );
+        assert!(store.next_archive_due().await.expect("due").is_some());
+    }
+}

@@ -636,6 +636,45 @@ impl BlobStore {
     }
 }
 
+impl BlobStore {
+    /// Deletes the object at `key`; a missing object is not an error.
+    ///
+    /// # Errors
+    /// The store refused the delete.
+    pub async fn delete(&self, key: &ObjectKey) -> Result<(), BlobError> {
+        match self.inner.delete(&self.path(key)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(Self::store_err("delete", key)(e)),
+        }
+    }
+
+    /// The objects directly under `dir` (not in deeper "directories"), sorted by key.
+    ///
+    /// # Errors
+    /// The store refused the listing.
+    pub async fn list(&self, dir: &ObjectKey) -> Result<Vec<ObjectKey>, BlobError> {
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&self.path(dir)))
+            .await
+            .map_err(Self::store_err("list", dir))?;
+        let mut keys: Vec<ObjectKey> = listing
+            .objects
+            .iter()
+            .filter_map(|m| {
+                let rel: Vec<String> = m
+                    .location
+                    .prefix_match(&self.prefix)?
+                    .map(|p| p.as_ref().to_string())
+                    .collect();
+                ObjectKey::parse(&rel.join("/")).ok()
+            })
+            .collect();
+        keys.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        Ok(keys)
+    }
+}
+
 /// A streaming upload in progress: parts go up as they fill, at most [`PART_CONCURRENCY`] at
 /// a time, while the bytes are hashed and counted.
 ///

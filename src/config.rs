@@ -27,6 +27,7 @@ pub struct Config {
     pub callback: CallbackConfig,
     pub service: ServiceConfig,
     pub log: LogConfig,
+    pub maintenance: MaintenanceConfig,
     pub bulk: crate::bulk::BulkConfig,
     /// `[models."<id>"]` overrides of the model catalogue.
     pub models: BTreeMap<String, toml::Value>,
@@ -273,12 +274,16 @@ impl Default for S3Config {
 pub struct AdminConfig {
     /// Empty disables the admin server.
     pub listen: String,
+    /// `/readyz` fails when no Ark call has succeeded for this long and a probe fails too.
+    #[serde(with = "humantime_serde")]
+    pub ark_stale_after: Duration,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:9187".into(),
+            ark_stale_after: Duration::from_secs(300),
         }
     }
 }
@@ -551,6 +556,7 @@ impl Config {
                 });
             }
         }
+        self.maintenance.validate()?;
         let models = self
             .models
             .iter()
@@ -580,6 +586,106 @@ impl Config {
             mark(&self.archive.s3.secret_access_key),
         ));
         text
+    }
+}
+
+/// `[maintenance]`: scheduled upkeep (see `ops::maintenance`). Schedules are 6-field cron
+/// expressions (`sec min hour day-of-month month day-of-week`) in `timezone`; empty disables one.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// IANA zone of the schedules and the flex window (Ark counts days in Beijing time).
+    pub timezone: String,
+    /// When to prune old terminal jobs and their events (archive objects stay).
+    pub prune: String,
+    /// Archived jobs (and succeeded ones while archiving is off) are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub retain_archived: Duration,
+    /// Failed, dead, expired and cancelled jobs are kept this long.
+    #[serde(with = "humantime_serde")]
+    pub retain_failed: Duration,
+    /// When to recover interrupted submits and release expired leases.
+    pub sweep: String,
+    /// When to run `PRAGMA optimize` and checkpoint the WAL.
+    pub db_upkeep: String,
+    /// When to copy the database with SQLite's online backup; empty (the default) is off.
+    pub backup: String,
+    /// A directory for backups. Default: `backups/` in the archive's object store, or beside
+    /// the database when archiving is off.
+    pub backup_dir: Option<PathBuf>,
+    /// Backups kept; older ones are deleted.
+    pub backup_keep: u32,
+    /// Flex jobs are submitted only inside this daily window, e.g. `"00:00-08:00"` (may wrap
+    /// midnight; seconds optional). Empty: any time.
+    pub flex_window: String,
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        Self {
+            timezone: "Asia/Shanghai".into(),
+            prune: "0 30 3 * * *".into(),
+            retain_archived: Duration::from_secs(30 * 86_400),
+            retain_failed: Duration::from_secs(90 * 86_400),
+            sweep: "0 */5 * * * *".into(),
+            db_upkeep: "0 15 * * * *".into(),
+            backup: String::new(),
+            backup_dir: None,
+            backup_keep: 7,
+            flex_window: String::new(),
+        }
+    }
+}
+
+impl MaintenanceConfig {
+    /// Checks the zone, the schedules and the window.
+    ///
+    /// # Errors
+    /// The first invalid key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        use crate::ops::schedule;
+        schedule::parse_tz(&self.timezone).map_err(|allowed| ConfigError::Invalid {
+            key: "maintenance.timezone",
+            value: self.timezone.clone(),
+            allowed,
+        })?;
+        for (key, value) in [
+            ("maintenance.prune", &self.prune),
+            ("maintenance.sweep", &self.sweep),
+            ("maintenance.db_upkeep", &self.db_upkeep),
+            ("maintenance.backup", &self.backup),
+        ] {
+            schedule::parse_cron(value).map_err(|allowed| ConfigError::Invalid {
+                key,
+                value: value.clone(),
+                allowed,
+            })?;
+        }
+        schedule::FlexWindow::parse(&self.flex_window).map_err(|allowed| ConfigError::Invalid {
+            key: "maintenance.flex_window",
+            value: self.flex_window.clone(),
+            allowed,
+        })?;
+        for (key, d) in [
+            ("maintenance.retain_archived", self.retain_archived),
+            ("maintenance.retain_failed", self.retain_failed),
+        ] {
+            if d < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: humantime::format_duration(d).to_string(),
+                    allowed: "at least 1s".into(),
+                });
+            }
+        }
+        if self.backup_keep == 0 {
+            return Err(ConfigError::Invalid {
+                key: "maintenance.backup_keep",
+                value: "0".into(),
+                allowed: "at least 1".into(),
+            });
+        }
+        Ok(())
     }
 }
 

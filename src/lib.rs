@@ -8,6 +8,8 @@
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
 //! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive) and supervisor.
+//! - `ops`: the daemon side of `serve`: systemd notify and watchdog, admin HTTP (health,
+//!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
 //! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
 //! - `bulk`: batches (CSV import), estimates, chains of shots, stitching, the flex governor.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod media;
+pub mod ops;
 pub mod request;
 pub mod sim;
 pub mod store;

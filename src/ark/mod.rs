@@ -7,7 +7,9 @@
 
 pub mod wire;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use rand::Rng;
@@ -70,6 +72,19 @@ pub enum ArkError {
     BaseUrl(String),
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
+}
+
+impl ErrorClass {
+    /// A short name for metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorClass::NeverSent => "never_sent",
+            ErrorClass::Rejected => "rejected",
+            ErrorClass::Throttled(_) => "throttled",
+            ErrorClass::Ambiguous => "ambiguous",
+            ErrorClass::Transient => "transient",
+        }
+    }
 }
 
 impl ArkError {
@@ -139,6 +154,8 @@ pub struct ArkClient {
     base: String,
     key: SecretString,
     read_retries: usize,
+    /// Unix ms of the last 2xx answer (0: none yet), shared by clones; `/readyz` reads it.
+    last_ok: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for ArkClient {
@@ -202,6 +219,7 @@ impl ArkClient {
             base: base_url.trim_end_matches('/').to_string(),
             key,
             read_retries: 2,
+            last_ok: Arc::new(AtomicI64::new(0)),
         })
     }
 
@@ -223,7 +241,37 @@ impl ArkClient {
             .header("X-Client-Request-Id", client_request_id())
     }
 
+    /// When Ark last answered a request with a 2xx, in unix ms.
+    pub fn last_success_ms(&self) -> Option<i64> {
+        Some(self.last_ok.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// One HTTP attempt, counted in the metrics under `op`.
     async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+        op: &'static str,
+    ) -> Result<T, ArkError> {
+        let started = Instant::now();
+        let result = self.send_once(req, url, op == "create").await;
+        let (status, code) = match &result {
+            Ok(_) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                self.last_ok.store(now, Ordering::Relaxed);
+                (None, None)
+            }
+            Err(e @ ArkError::Connect { .. }) => (e.status(), Some("connect")),
+            Err(e @ ArkError::Decode { .. }) => (e.status(), Some("decode")),
+            Err(e) => (e.status(), Some(e.code().unwrap_or("transport"))),
+        };
+        crate::ops::metrics::ark_request(op, status, code, started.elapsed());
+        result
+    }
+
+    async fn send_once<T: serde::de::DeserializeOwned>(
         &self,
         req: reqwest::RequestBuilder,
         url: &str,
@@ -275,7 +323,7 @@ impl ArkClient {
             .request(reqwest::Method::POST, &url)
             .header("Content-Type", "application/json")
             .body(body_json.to_string());
-        self.send(req, &url, true).await
+        self.send(req, &url, "create").await
     }
 
     /// Gets one task, retrying transient failures.
@@ -285,7 +333,7 @@ impl ArkClient {
     pub async fn get(&self, id: &str) -> Result<Task, ArkError> {
         let url = self.url(&format!("/{id}"));
         self.retrying(|| async {
-            self.send(self.request(reqwest::Method::GET, &url), &url, false)
+            self.send(self.request(reqwest::Method::GET, &url), &url, "get")
                 .await
         })
         .await
@@ -322,7 +370,7 @@ impl ArkClient {
         }
         let url = url.to_string();
         self.retrying(|| async {
-            self.send(self.request(reqwest::Method::GET, &url), &url, false)
+            self.send(self.request(reqwest::Method::GET, &url), &url, "list")
                 .await
         })
         .await
@@ -336,7 +384,7 @@ impl ArkClient {
         let url = self.url(&format!("/{id}"));
         self.retrying(|| async {
             let _: serde_json::Value = self
-                .send(self.request(reqwest::Method::DELETE, &url), &url, false)
+                .send(self.request(reqwest::Method::DELETE, &url), &url, "delete")
                 .await?;
             Ok(())
         })

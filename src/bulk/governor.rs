@@ -3,11 +3,12 @@
 //!
 //! The daily token budget itself (TPD) is enforced by the dispatcher (`worker::dispatch`),
 //! per model, in days of `bulk.tpd_day` starting at `dispatch.tpd_utc_offset_hours`
-//! midnight. The governor only decides tiers, by simulating the model's queue in claim order
-//! ([`plan`]): each job starts when the slots ahead of it free up (learned generation
-//! times, the model's concurrency) and, on flex, on the first day whose remaining budget
-//! covers it; a flex job of a deadline batch that would then finish later than the deadline
-//! (with `bulk.deadline_safety` as margin) goes to the default tier.
+//! midnight, and so is the flex window (`maintenance.flex_window`). The governor only decides
+//! tiers, by simulating the model's queue in claim order ([`plan`]): each job starts when the
+//! slots ahead of it free up (learned generation times, the model's concurrency) and, on
+//! flex, on the first day whose remaining budget covers it, once the flex window is open; a
+//! flex job of a deadline batch that would then finish later than the deadline (with
+//! `bulk.deadline_safety` as margin) goes to the default tier.
 //!
 //! It decides twice: at admission (`submit --deadline`: flex where it fits, default for the
 //! rest, the flex ones with `execution_expires_after` up to the deadline) and then every
@@ -22,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::estimate::GenTimes;
 use crate::ark::wire::CreateTaskRequest;
-use crate::catalogue::Catalogue;
+use crate::catalogue::{Catalogue, Limits};
 use crate::config::Config;
 use crate::request::{self, EXPIRES_RANGE, Invalid};
 use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
@@ -58,9 +59,16 @@ pub struct ModelState {
 ///
 /// List scheduling: job `i` starts when `slots` have worked through the generation time of
 /// everything ahead of it; a flex job also waits for the first day whose budget covers the
-/// flex tokens up to and including it. A job that goes to default no longer counts against
+/// flex tokens up to and including it, and then for `flex_open(t)`, the first time from `t`
+/// at which flex jobs may be submitted. A job that goes to default no longer counts against
 /// the budget, which may let later flex jobs through.
-pub fn plan(queue: &[Queued], m: &ModelState, now: i64, safety: f64) -> Vec<usize> {
+pub fn plan(
+    queue: &[Queued],
+    m: &ModelState,
+    now: i64,
+    safety: f64,
+    flex_open: &dyn Fn(i64) -> i64,
+) -> Vec<usize> {
     let slots = m.slots.max(1);
     let mut work = m.busy_ms;
     let mut flex_tokens = 0i64;
@@ -80,7 +88,7 @@ pub fn plan(queue: &[Queued], m: &ModelState, now: i64, safety: f64) -> Vec<usiz
                 }
                 _ => now,
             };
-            let finish = by_slots.max(by_budget) + j.flex_ms;
+            let finish = flex_open(by_slots.max(by_budget)) + j.flex_ms;
             let late = j
                 .deadline
                 .is_some_and(|d| now + ((finish - now) as f64 * safety) as i64 > d);
@@ -139,16 +147,39 @@ pub fn expires_for(deadline: i64, now: i64) -> Option<i64> {
     (left >= EXPIRES_RANGE.0).then(|| left.min(EXPIRES_RANGE.1))
 }
 
+/// Steps of the search for the flex window's next opening, and how far it looks (a day).
+const WINDOW_STEP_MS: i64 = 60_000;
+const WINDOW_STEPS: i64 = 24 * 60;
+
+/// The first time from `t` at which `open` holds, to the minute, looking a day ahead; `t`
+/// itself when it never does (the dispatcher is then the judge).
+pub fn next_open(open: impl Fn(i64) -> bool, t: i64) -> i64 {
+    (0..=WINDOW_STEPS)
+        .map(|k| t + k * WINDOW_STEP_MS)
+        .find(|&x| open(x))
+        .unwrap_or(t)
+}
+
+/// Whether flex jobs may be submitted at a time, by `maintenance.flex_window` (for the CLI,
+/// which has no live settings).
+fn window_of(cfg: &Config) -> impl Fn(i64) -> bool {
+    use crate::ops::schedule::{FlexWindow, parse_tz};
+    let window = FlexWindow::parse(&cfg.maintenance.flex_window)
+        .ok()
+        .flatten();
+    let tz = parse_tz(&cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC);
+    move |t| window.is_none_or(|w| w.open_at(t, tz))
+}
+
 /// The model's state for a plan: limits, today's flex spending, work in flight.
 async fn model_state(
     store: &Store,
     cfg: &Config,
-    catalogue: &Catalogue,
+    limits: Limits,
     model: &str,
     in_flight: i64,
     typical_ms: i64,
 ) -> Result<ModelState, StoreError> {
-    let limits = Limiter::limits(catalogue, model);
     let day_ms = cfg.bulk.tpd_day_ms();
     let day_start = super::tpd_day_start(now_ms(), cfg.dispatch.tpd_utc_offset_hours, day_ms);
     let spent_today = if limits.flex_tpd.is_some() {
@@ -235,13 +266,16 @@ pub async fn admit(
         let state = model_state(
             store,
             cfg,
-            catalogue,
+            Limiter::limits(catalogue, &model),
             &model,
             in_flight.get(&model).copied().unwrap_or(0),
             typical,
         )
         .await?;
-        let moves = plan(&view, &state, now, cfg.bulk.deadline_safety);
+        let open = window_of(cfg);
+        let moves = plan(&view, &state, now, cfg.bulk.deadline_safety, &|t| {
+            next_open(&open, t)
+        });
         for (k, &i) in idx.iter().enumerate() {
             let flex = can_flex && !moves.contains(&(base + k));
             let j = &mut jobs[i];
@@ -267,6 +301,7 @@ pub async fn admit(
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     let every = ctx.cfg.bulk.governor_interval;
     loop {
+        ctx.ops.health.beat("governor");
         if let Err(e) = step(&ctx).await {
             if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
                 return Err(e.context("governor: the store is gone"));
@@ -302,13 +337,16 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let state = model_state(
             &ctx.store,
             &ctx.cfg,
-            &ctx.catalogue,
+            ctx.ops.live.limits(&model),
             &model,
             in_flight.get(&model).copied().unwrap_or(0),
             typical,
         )
         .await?;
-        let moves = plan(&view, &state, now, ctx.cfg.bulk.deadline_safety);
+        let live = &ctx.ops.live;
+        let moves = plan(&view, &state, now, ctx.cfg.bulk.deadline_safety, &|t| {
+            next_open(|x| live.flex_window_open(x), t)
+        });
         if moves.is_empty() {
             continue;
         }
@@ -376,7 +414,7 @@ mod tests {
     #[test]
     fn a_roomy_deadline_keeps_flex() {
         let q = vec![flex(100, Some(60 * MIN)); 10];
-        assert!(plan(&q, &model(10, None), 0, 1.5).is_empty());
+        assert!(plan(&q, &model(10, None), 0, 1.5, &|t| t).is_empty());
     }
 
     #[test]
@@ -385,7 +423,7 @@ mod tests {
         // the work ahead of it divided by the slots (5 min per job), so the seventh would
         // finish at 40 min. A moved job takes a minute on default, so the eighth is late too.
         let q = vec![flex(1, Some(35 * MIN)); 8];
-        let moved = plan(&q, &model(2, None), 0, 1.0);
+        let moved = plan(&q, &model(2, None), 0, 1.0, &|t| t);
         assert_eq!(moved, vec![6, 7]);
     }
 
@@ -395,11 +433,11 @@ mod tests {
         // tomorrow, after the deadline. Jobs without a deadline are never moved.
         let mut q = vec![flex(100, Some(60 * MIN)); 5];
         q.push(flex(100, None));
-        let moved = plan(&q, &model(100, Some(300)), 0, 1.0);
+        let moved = plan(&q, &model(100, Some(300)), 0, 1.0, &|t| t);
         assert_eq!(moved, vec![3, 4]);
         // With the deadline after tomorrow's start, they wait for it instead.
         let q = vec![flex(100, Some(26 * 60 * MIN)); 5];
-        assert!(plan(&q, &model(100, Some(300)), 0, 1.0).is_empty());
+        assert!(plan(&q, &model(100, Some(300)), 0, 1.0, &|t| t).is_empty());
     }
 
     #[test]
@@ -409,7 +447,18 @@ mod tests {
             ..flex(1_000, None)
         }];
         q.push(flex(100, Some(20 * MIN)));
-        assert!(plan(&q, &model(1, Some(100)), 0, 1.0).is_empty());
+        assert!(plan(&q, &model(1, Some(100)), 0, 1.0, &|t| t).is_empty());
+    }
+
+    #[test]
+    fn a_closed_flex_window_delays_flex_starts() {
+        // The window opens in 50 minutes: a ten-minute flex job due in 55 cannot make it.
+        let q = vec![flex(1, Some(55 * MIN))];
+        let opens = |t: i64| t.max(50 * MIN);
+        assert_eq!(plan(&q, &model(10, None), 0, 1.0, &opens), vec![0]);
+        assert!(plan(&q, &model(10, None), 0, 1.0, &|t| t).is_empty());
+        assert_eq!(next_open(|t| t >= 90 * MIN, 0), 90 * MIN);
+        assert_eq!(next_open(|_| false, 7), 7);
     }
 
     #[test]

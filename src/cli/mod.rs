@@ -8,6 +8,7 @@ mod bench;
 mod bench_pipeline;
 mod chain;
 mod demo;
+mod doctor;
 mod estimate;
 mod export;
 mod fetch;
@@ -84,6 +85,9 @@ pub enum Command {
     Sim(crate::sim::SimArgs),
     /// Apply database migrations.
     Migrate,
+    /// Check the installation: config, database, API key, object store, clock (exit 2 on a
+    /// failure).
+    Doctor(doctor::DoctorArgs),
     /// Show or check the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -113,23 +117,55 @@ pub struct CompletionsArgs {
 pub(crate) struct Ctx {
     pub cfg: Config,
     pub catalogue: Catalogue,
+    /// Where `cfg` came from, to load it again on SIGHUP.
+    pub source: ConfigSource,
+}
+
+/// The file and flag overrides a configuration is loaded from.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfigSource {
+    pub path: Option<PathBuf>,
+    db: Option<PathBuf>,
+    log: Option<String>,
+    /// The demo prints its own summary; per-job log lines would bury it.
+    quiet: bool,
+}
+
+impl ConfigSource {
+    fn new(cli: &Cli) -> Self {
+        Self {
+            path: config::discover(cli.config.as_deref()),
+            db: cli.db.clone(),
+            log: cli.log.clone(),
+            quiet: matches!(cli.command, Command::Demo(_)),
+        }
+    }
+
+    /// Loads and validates the configuration: file, environment, then flags.
+    pub(crate) fn load(&self) -> anyhow::Result<(Config, Catalogue)> {
+        let mut cfg = config::load(self.path.as_deref()).context("loading configuration")?;
+        if let Some(db) = &self.db {
+            cfg.store.path = db.clone();
+        }
+        if let Some(l) = &self.log {
+            cfg.log.level = l.clone();
+        } else if self.quiet {
+            cfg.log.level = "seedq=warn".into();
+        }
+        let catalogue = cfg.validate().context("invalid configuration")?;
+        Ok((cfg, catalogue))
+    }
 }
 
 impl Ctx {
     pub(crate) fn load(cli: &Cli) -> anyhow::Result<Self> {
-        let path = config::discover(cli.config.as_deref());
-        let mut cfg = config::load(path.as_deref()).context("loading configuration")?;
-        if let Some(db) = &cli.db {
-            cfg.store.path = db.clone();
-        }
-        if let Some(l) = &cli.log {
-            cfg.log.level = l.clone();
-        } else if matches!(cli.command, Command::Demo(_)) {
-            // The demo prints its own summary; per-job log lines would bury it.
-            cfg.log.level = "seedq=warn".into();
-        }
-        let catalogue = cfg.validate().context("invalid configuration")?;
-        Ok(Self { cfg, catalogue })
+        let source = ConfigSource::new(cli);
+        let (cfg, catalogue) = source.load()?;
+        Ok(Self {
+            cfg,
+            catalogue,
+            source,
+        })
     }
 
     pub(crate) fn store(&self) -> anyhow::Result<Store> {
@@ -156,6 +192,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             &mut std::io::stdout(),
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if let Command::Doctor(a) = &cli.command {
+        // Doctor reports a broken configuration as one of its checks instead of failing here.
+        return doctor::run(ConfigSource::new(&cli), a);
     }
     if let Command::Sim(args) = cli.command {
         // The simulator needs none of seedq's own configuration.
@@ -215,6 +255,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Bench(b) => bench::run(&ctx, b).await,
+            Command::Doctor(_) => Ok(ExitCode::SUCCESS),
             Command::Completions(_) => Ok(ExitCode::SUCCESS),
         }
     })

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::Ctx;
+use crate::ops::reload::Reloader;
 use crate::worker::{self, Mode};
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
@@ -27,6 +28,10 @@ pub(crate) async fn signal() {
 pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
     let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store)?;
+    let source = ctx.source.clone();
+    let reloader = Reloader::new(Box::new(move || source.load()), ctx.cfg.clone());
+    // A fresh Ctx: the cell is empty, so `set` cannot fail.
+    let _ = wctx.ops.reloader.set(reloader);
     worker::run(wctx, mode, signal())
         .await
         .context("the seedq service stopped with an error")?;

@@ -11,6 +11,7 @@ mod bulk;
 mod chain;
 mod conn;
 pub mod migrate;
+pub mod ops;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

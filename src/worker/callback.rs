@@ -86,6 +86,9 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     let app = axum::Router::new()
         .route("/{*rest}", post(receive_nested))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn(
+            crate::ops::metrics::count_callbacks,
+        ))
         .with_state(ctx);
     tracing::info!(%listen, "callback endpoint listening");
     axum::serve(listener, app)

@@ -8,7 +8,7 @@
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::limiter::{Blocked, Limiter};
+use super::limiter::Blocked;
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
@@ -48,7 +48,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     models.rotate_left(usize::try_from(now_ms()).unwrap_or(0) % n);
     let mut wake: Option<i64> = None;
     for model in models {
-        let limits = Limiter::limits(&ctx.catalogue, &model);
+        let limits = ctx.ops.live.limits(&model);
         // The limiter's check and record bracket the claim under one lock, so the RPM window
         // can never be overrun by dispatchers racing each other.
         let claimed = {
@@ -61,7 +61,8 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
                     continue;
                 }
             };
-            let flex_ok = flex_budget_left(ctx, &model, limits.flex_tpd).await?;
+            let flex_ok = ctx.ops.live.flex_window_open(now)
+                && flex_budget_left(ctx, &model, limits.flex_tpd).await?;
             let limit = u32::try_from(room).unwrap_or(u32::MAX).min(CLAIM_BATCH);
             let jobs = ctx
                 .store
@@ -137,7 +138,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     // tokens before the POST, and give them back if no task was made.
     let mut reserved: Option<(i64, i64)> = None;
     if job.is_flex()
-        && let Some(tpd) = Limiter::limits(&ctx.catalogue, &job.model).flex_tpd
+        && let Some(tpd) = ctx.ops.live.limits(&job.model).flex_tpd
     {
         let day = flex_day(ctx, &job.model).await?;
         let need = job.est_tokens.unwrap_or(0);
@@ -169,6 +170,13 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
     let body = with_callback(ctx, &job)?;
     let result = ctx.ark.create(&body).await;
+    crate::ops::metrics::create(
+        &job.model,
+        &job.service_tier,
+        result
+            .as_ref()
+            .map_or_else(|e| e.class().name(), |_| "accepted"),
+    );
     let now = now_ms();
     match result {
         Ok(resp) => {

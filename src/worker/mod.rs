@@ -60,6 +60,8 @@ pub struct Ctx {
     pub archive: Option<Arc<archive::Archiver>>,
     /// Identifies this process in leases.
     pub owner: String,
+    /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
+    pub ops: Arc<crate::ops::OpsState>,
     /// Learned generation times per model/tier/shape, with when they were read (ms): a
     /// submit asks for it, and the history query need not run for every one.
     pub(crate) expected: Arc<std::sync::Mutex<ExpectedTimes>>,
@@ -85,10 +87,12 @@ impl Ctx {
         } else {
             Some(Arc::new(archive::Archiver::new(&cfg)?))
         };
+        let catalogue = Arc::new(catalogue);
         Ok(Self {
             store,
             ark,
-            catalogue: Arc::new(catalogue),
+            ops: Arc::new(crate::ops::OpsState::new(&cfg, catalogue.clone())),
+            catalogue,
             limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_window)),
             cfg: Arc::new(cfg),
             admission: Arc::new(tokio::sync::Mutex::new(())),
@@ -156,6 +160,7 @@ where
     let idle = ctx.cfg.dispatch.idle_interval;
     let mut errors = 0u32;
     loop {
+        ctx.ops.health.beat(name);
         if shutdown.is_cancelled() {
             return Ok(());
         }
@@ -252,6 +257,8 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("governor", crate::bulk::governor::run(c, t).await) });
     }
+    let status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
+    crate::ops::notify::ready(&status);
     tracing::info!(mode = ?mode, "seedq service started");
 
     let drained = async {
@@ -282,6 +289,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         r = drained => r.context("checking for remaining work"),
         Some(joined) = set.join_next() => Err(stage_exit(joined)),
     };
+    crate::ops::notify::stopping();
     token.cancel();
     let grace = ctx.cfg.service.shutdown_grace;
     let drain = async {

@@ -45,7 +45,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 /// # Errors
 /// Store failures.
 pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64> {
-    let p = &ctx.cfg.poll;
+    let p = ctx.ops.live.poll();
     let key = format!(
         "{}|{}|{}",
         job.model,
@@ -87,7 +87,7 @@ pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64
 }
 
 fn next_poll_delay(ctx: &Ctx, job: &Job) -> Duration {
-    let p = &ctx.cfg.poll;
+    let p = ctx.ops.live.poll();
     if ctx.callbacks_on() {
         return p.callback_safety_interval;
     }
@@ -422,7 +422,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                     )
                 });
             let transient = TRANSIENT_REMOTE_CODES.contains(&code.as_str());
-            let retries_left = job.attempts <= i64::from(ctx.cfg.poll.max_remote_retries);
+            let retries_left = job.attempts <= i64::from(ctx.ops.live.poll().max_remote_retries);
             let patch = Patch::new()
                 .set("remote_status", "failed".to_string())
                 .set("last_error_code", code.clone())
@@ -522,7 +522,13 @@ async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
         Err(e) => {
             tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "cancel failed; will retry");
-            reschedule(ctx, &job, now_ms() + ms(ctx.cfg.poll.min_interval), None).await?;
+            reschedule(
+                ctx,
+                &job,
+                now_ms() + ms(ctx.ops.live.poll().min_interval),
+                None,
+            )
+            .await?;
         }
     }
     Ok(())

@@ -64,6 +64,7 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
     if n > 0 {
         tracing::warn!(jobs = n, "found interrupted submits; reconciling them");
     }
+    crate::ops::metrics::reconcile("recovered", n as u64);
     Ok(n)
 }
 
@@ -112,11 +113,13 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "listing remote tasks failed; will retry");
+            crate::ops::metrics::reconcile("list_failed", 1);
             return look_again_at(ctx, &job, retry_at).await;
         }
     };
     if let Some(task) = found {
         tracing::info!(remote_id = %task.id, "adopted the remote task of an ambiguous submit");
+        crate::ops::metrics::reconcile("adopted", 1);
         let patch = Patch::new()
             .set("remote_task_id", task.id.clone())
             .set("remote_status", task.status.as_str().to_string())
@@ -137,11 +140,13 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
     let started = job.submit_started_at.unwrap_or(job.updated_at);
     if now - started < ms(ctx.cfg.dispatch.reconcile_grace) {
+        crate::ops::metrics::reconcile("pending", 1);
         return look_again_at(ctx, &job, retry_at).await;
     }
     match ctx.cfg.dispatch.on_ambiguous_submit {
         AmbiguousPolicy::Resubmit => {
             tracing::warn!("no remote task found after the grace period; resubmitting (policy)");
+            crate::ops::metrics::reconcile("resubmitted", 1);
             ctx.store
                 .transition(
                     &job.id,
@@ -157,6 +162,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         AmbiguousPolicy::Park => {
             // Parked: look again rarely, in case the task shows up late; an operator decides.
             if job.last_error_code.as_deref() != Some("parked") {
+                crate::ops::metrics::reconcile("parked", 1);
                 tracing::error!(
                     "no remote task found after the grace period; parked for an operator (seedq retry or cancel)"
                 );
@@ -224,6 +230,7 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
                 Some(format!("late create response: adopted {remote_id}")),
             )
             .await?;
+        crate::ops::metrics::reconcile("adopted_late", 1);
         ctx.poke_poll.notify_one();
     } else {
         tracing::error!(state = %job.state, remote_id, "create succeeded after the job moved on; the remote task is recorded in the log only");

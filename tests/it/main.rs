@@ -5,4 +5,5 @@ mod bulk;
 mod cli;
 mod demo;
 mod helpers;
+mod ops;
 mod worker;

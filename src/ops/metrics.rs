@@ -1,0 +1,239 @@
+//! Metric names and the helpers that record them: the one place that knows what seedq exports.
+//!
+//! Events (HTTP calls, creates, callbacks, reconciliations, archives, maintenance runs) are
+//! counted as they happen through the `metrics` facade; those calls are no-ops until
+//! [`install`] sets the Prometheus recorder, which only `seedq serve` does. Levels that live
+//! in the database (jobs per state, in flight, tokens, cost) are not mirrored into gauges:
+//! `/metrics` reads them from the database at scrape time (`ops::admin`), so they always
+//! agree with `seedq stats`. This module is a leaf: `ark`, `worker` and `store` may call it.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// HTTP requests to Ark, per attempt: `op` (create, get, list, delete), `status` (`2xx`, the
+/// HTTP code of a failure, or `connect`, `transport`).
+pub const ARK_REQUESTS: &str = "seedq_ark_requests_total";
+/// Failed Ark requests by `op` and the API's error `code` (or `connect`, `transport`, `decode`).
+pub const ARK_ERRORS: &str = "seedq_ark_errors_total";
+/// 429 answers by `op`.
+pub const ARK_THROTTLED: &str = "seedq_ark_throttled_total";
+/// Ark request latency by `op`.
+pub const ARK_DURATION: &str = "seedq_ark_request_duration_seconds";
+/// Create outcomes by `model`, `tier` and `outcome` (accepted, throttled, never_sent,
+/// rejected, ambiguous, transient).
+pub const CREATES: &str = "seedq_creates_total";
+/// Callback requests by the HTTP `status` seedq answered.
+pub const CALLBACKS: &str = "seedq_callbacks_total";
+/// Reconciliation outcomes: recovered (an interrupted submit found), adopted, pending,
+/// resubmitted, parked, list_failed.
+pub const RECONCILE: &str = "seedq_reconcile_total";
+/// Archived object sizes.
+pub const ARCHIVE_BYTES: &str = "seedq_archive_bytes";
+/// Time to archive one video (download, upload, sidecar).
+pub const ARCHIVE_DURATION: &str = "seedq_archive_duration_seconds";
+/// Archive attempts by `outcome` (archived, retry, failed).
+pub const ARCHIVES: &str = "seedq_archives_total";
+/// Maintenance task runs by `task` and `outcome` (ok, error).
+pub const MAINTENANCE_RUNS: &str = "seedq_maintenance_runs_total";
+/// Jobs deleted by pruning, by `state`.
+pub const PRUNED: &str = "seedq_pruned_jobs_total";
+/// Expired leases released by the sweep.
+pub const LEASES_RELEASED: &str = "seedq_leases_released_total";
+/// SIGHUP reloads by `outcome` (ok, error).
+pub const RELOADS: &str = "seedq_config_reloads_total";
+/// 1 after a reload found changes that only a restart applies.
+pub const RESTART_REQUIRED: &str = "seedq_restart_required";
+/// Size of the last database backup.
+pub const BACKUP_BYTES: &str = "seedq_backup_bytes";
+
+/// Histogram buckets for Ark latency (seconds): most calls are well under a second.
+const ARK_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+/// Archive sizes: from short 480p clips (~1 MiB) to long 1080p ones (~1 GiB).
+const BYTE_BUCKETS: [f64; 8] = [
+    262_144.0,
+    1_048_576.0,
+    4_194_304.0,
+    16_777_216.0,
+    67_108_864.0,
+    268_435_456.0,
+    1_073_741_824.0,
+    4_294_967_296.0,
+];
+/// Archive durations (seconds).
+const ARCHIVE_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+///
+/// # Errors
+/// Another global recorder is installed already, or a bucket list is empty.
+pub fn install() -> anyhow::Result<&'static PrometheusHandle> {
+    if let Some(h) = HANDLE.get() {
+        return Ok(h);
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(ARK_DURATION.into()), &ARK_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(ARCHIVE_BYTES.into()), &BYTE_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(ARCHIVE_DURATION.into()), &ARCHIVE_BUCKETS)?
+        .install_recorder()?;
+    describe();
+    Ok(HANDLE.get_or_init(|| handle))
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        ARK_REQUESTS,
+        "HTTP requests to Ark per attempt, by op and status."
+    );
+    describe_counter!(ARK_ERRORS, "Failed Ark requests by op and error code.");
+    describe_counter!(ARK_THROTTLED, "Ark 429 answers by op.");
+    describe_histogram!(
+        ARK_DURATION,
+        metrics::Unit::Seconds,
+        "Ark request latency by op."
+    );
+    describe_counter!(CREATES, "Create outcomes by model, tier and outcome.");
+    describe_counter!(
+        CALLBACKS,
+        "Ark callbacks received, by the status seedq answered."
+    );
+    describe_counter!(RECONCILE, "Reconciliation outcomes for ambiguous submits.");
+    describe_histogram!(
+        ARCHIVE_BYTES,
+        metrics::Unit::Bytes,
+        "Archived object sizes."
+    );
+    describe_histogram!(
+        ARCHIVE_DURATION,
+        metrics::Unit::Seconds,
+        "Time to archive one video."
+    );
+    describe_counter!(ARCHIVES, "Archive attempts by outcome.");
+    describe_counter!(
+        MAINTENANCE_RUNS,
+        "Maintenance task runs by task and outcome."
+    );
+    describe_counter!(PRUNED, "Jobs deleted by pruning, by state.");
+    describe_counter!(LEASES_RELEASED, "Expired leases released by the sweep.");
+    describe_counter!(RELOADS, "Configuration reloads (SIGHUP) by outcome.");
+    describe_gauge!(
+        RESTART_REQUIRED,
+        "1 when a reloaded configuration has changes that need a restart."
+    );
+    describe_gauge!(
+        BACKUP_BYTES,
+        metrics::Unit::Bytes,
+        "Size of the last database backup."
+    );
+    // Series that alerts use should exist before their first event.
+    metrics::counter!(CALLBACKS, "status" => "200").increment(0);
+    metrics::counter!(RELOADS, "outcome" => "ok").increment(0);
+    metrics::counter!(RELOADS, "outcome" => "error").increment(0);
+    metrics::counter!(LEASES_RELEASED).increment(0);
+    metrics::gauge!(RESTART_REQUIRED).set(0.0);
+}
+
+/// Records one HTTP attempt to Ark: `status` is the HTTP status of a failed response, `code`
+/// the error code of a failure; both `None` for a success.
+pub fn ark_request(op: &'static str, status: Option<u16>, code: Option<&str>, took: Duration) {
+    let status_label = match (status, code) {
+        (Some(s), _) => s.to_string(),
+        (None, None) => "2xx".to_string(),
+        (None, Some("connect")) => "connect".to_string(),
+        (None, Some(_)) => "transport".to_string(),
+    };
+    metrics::counter!(ARK_REQUESTS, "op" => op, "status" => status_label).increment(1);
+    metrics::histogram!(ARK_DURATION, "op" => op).record(took.as_secs_f64());
+    if let Some(code) = code {
+        metrics::counter!(ARK_ERRORS, "op" => op, "code" => code.to_string()).increment(1);
+    }
+    if status == Some(429) {
+        metrics::counter!(ARK_THROTTLED, "op" => op).increment(1);
+    }
+}
+
+/// Records the outcome of one create.
+pub fn create(model: &str, tier: &str, outcome: &'static str) {
+    metrics::counter!(CREATES, "model" => model.to_string(), "tier" => tier.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records a reconciliation outcome `n` times.
+pub fn reconcile(outcome: &'static str, n: u64) {
+    if n > 0 {
+        metrics::counter!(RECONCILE, "outcome" => outcome).increment(n);
+    }
+}
+
+/// Records one archive attempt; `bytes` and `took` only for a stored object.
+pub fn archive(outcome: &'static str, bytes: Option<u64>, took: Option<Duration>) {
+    metrics::counter!(ARCHIVES, "outcome" => outcome).increment(1);
+    if let Some(b) = bytes {
+        metrics::histogram!(ARCHIVE_BYTES).record(b as f64);
+    }
+    if let Some(t) = took {
+        metrics::histogram!(ARCHIVE_DURATION).record(t.as_secs_f64());
+    }
+}
+
+/// Records jobs deleted by pruning.
+pub fn pruned(state: &'static str, n: u64) {
+    metrics::counter!(PRUNED, "state" => state).increment(n);
+}
+
+/// Records leases released by the sweep.
+pub fn leases_released(n: u64) {
+    metrics::counter!(LEASES_RELEASED).increment(n);
+}
+
+/// Records the size of a finished backup.
+pub fn backup_bytes(size: u64) {
+    metrics::gauge!(BACKUP_BYTES).set(size as f64);
+}
+
+/// Records one SIGHUP reload, and whether changes wait for a restart.
+pub fn reload(ok: bool, restart_required: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(RELOADS, "outcome" => outcome).increment(1);
+    if ok {
+        metrics::gauge!(RESTART_REQUIRED).set(if restart_required { 1.0 } else { 0.0 });
+    }
+}
+
+/// Records one maintenance run.
+pub fn maintenance(task: &'static str, ok: bool) {
+    let outcome = if ok { "ok" } else { "error" };
+    metrics::counter!(MAINTENANCE_RUNS, "task" => task, "outcome" => outcome).increment(1);
+}
+
+/// Axum middleware for the callback endpoint: counts requests by the status answered.
+pub async fn count_callbacks(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    metrics::counter!(CALLBACKS, "status" => resp.status().as_u16().to_string()).increment(1);
+    resp
+}
+
+/// Escapes a Prometheus label value.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(label("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        assert_eq!(label("ep-2024"), "ep-2024");
+    }
+}

@@ -1,0 +1,99 @@
+//! Operations: what makes `seedq serve` a well-behaved daemon.
+//!
+//! - `notify`: systemd READY/STOPPING/RELOADING/STATUS and the watchdog.
+//! - `health`: stage heartbeats, liveness and readiness checks.
+//! - `admin`: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
+//! - `metrics`: metric names and recording helpers (a leaf; `ark` and `worker` call it).
+//! - `live`: the settings a SIGHUP may change; `reload`: the SIGHUP handler.
+//! - `maintenance`: cron-scheduled pruning, sweeps, TPD roll-over, DB upkeep and backups;
+//!   `schedule`: parsing its times (also used by `config::validate`).
+//!
+//! [`start`] runs in the supervisor (`worker::run`) after the first reconciliation and puts
+//! every long-running piece in the supervisor's `JoinSet`, so each is watched like a stage:
+//! if one fails, the service stops. Only `seedq serve` starts them; `run` and `demo` are
+//! batch commands and open no ports.
+
+pub mod admin;
+pub mod health;
+pub mod live;
+pub mod maintenance;
+pub mod metrics;
+pub mod notify;
+pub mod reload;
+pub mod schedule;
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::worker::Ctx;
+
+/// Operational state shared by the stages and the ops tasks (`Ctx::ops`).
+pub struct OpsState {
+    /// Settings that SIGHUP can change.
+    pub live: live::Live,
+    /// Stage heartbeats and the last readiness probe.
+    pub health: health::Health,
+    /// How to reload; set by `seedq serve` (other commands have nothing to reload from).
+    pub reloader: OnceLock<reload::Reloader>,
+}
+
+impl OpsState {
+    /// The state for a validated configuration.
+    pub fn new(cfg: &Config, catalogue: Arc<Catalogue>) -> Self {
+        Self {
+            live: live::Live::new(cfg, catalogue),
+            health: health::Health::default(),
+            reloader: OnceLock::new(),
+        }
+    }
+}
+
+/// The supervisor's task set.
+pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
+
+/// Starts the admin server, the watchdog, the SIGHUP handler and the maintenance scheduler
+/// when `serve` is true. Returns the STATUS line for READY=1.
+///
+/// # Errors
+/// The admin address cannot be bound, or a handler cannot be installed. Both are fatal at
+/// start: a daemon that cannot be observed or reloaded should say so, not limp on.
+pub async fn start(
+    ctx: &Ctx,
+    serve: bool,
+    token: &CancellationToken,
+    set: &mut Tasks,
+) -> anyhow::Result<String> {
+    if !serve {
+        return Ok("running".into());
+    }
+    if let Err(e) = metrics::install() {
+        // Only possible if something else installed a recorder first; serving goes on.
+        tracing::warn!(error = %format!("{e:#}"), "metrics recorder not installed");
+    }
+    let mut status = vec!["ready".to_string()];
+    if let Some(listener) = admin::bind(&ctx.cfg.admin.listen).await? {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "admin server listening (/healthz, /readyz, /metrics)");
+        status.push(format!("admin on http://{addr}"));
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("admin", admin::run(c, listener, t).await) });
+    }
+    if let Some(every) = notify::watchdog_interval() {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("watchdog", notify::watchdog(c, every, t).await) });
+    }
+    let hup = reload::listen()?;
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("reload", reload::run(c, hup, t).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("maintenance", maintenance::run(c, t).await) });
+    }
+    Ok(status.join("; "))
+}

@@ -1,0 +1,428 @@
+//! Store queries for operations: the metrics snapshot, pruning, lease sweeps, upkeep, backups
+//! and the checks behind `/readyz` and `seedq doctor`.
+//!
+//! Kept apart from the job queries in `mod.rs` because none of them moves a job through its
+//! lifecycle. Long jobs are cut into short transactions (pruning deletes in batches) so the
+//! one connection thread keeps serving the stages; the backup runs on a connection of its own.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+
+use super::{BUSY_TIMEOUT, Store, StoreError, migrate, now_ms};
+use crate::job::JobState;
+
+/// Rows deleted per pruning transaction: small enough that the stages barely notice.
+const PRUNE_BATCH: u32 = 500;
+/// Integrity problems reported at most (SQLite can list thousands for one bad page).
+const INTEGRITY_MAX: u32 = 10;
+
+/// Jobs per (state, model, tier) with their token sums.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateRow {
+    pub state: JobState,
+    pub model: String,
+    pub tier: String,
+    pub jobs: i64,
+    pub est_tokens: i64,
+    pub usage_tokens: i64,
+}
+
+/// Everything `/metrics` reads from the database, in one round trip.
+#[derive(Clone, Debug, Default)]
+pub struct OpsSnapshot {
+    pub rows: Vec<StateRow>,
+    /// `created_at` of the oldest queued job.
+    pub oldest_queued_ms: Option<i64>,
+    /// Flex tokens submitted since the TPD day began, per model (the sum dispatch starts each
+    /// day from).
+    pub flex_today: BTreeMap<String, i64>,
+}
+
+/// What a prune deleted, per state.
+pub type PruneReport = BTreeMap<JobState, u64>;
+
+/// What `inspect` found in a database file.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub schema_version: i64,
+    /// `["ok"]` for a healthy file.
+    pub integrity: Vec<String>,
+    /// The write lock could be taken (`BEGIN IMMEDIATE`).
+    pub writable: Result<(), String>,
+}
+
+impl Store {
+    /// Counts, token sums, the oldest queued job and today's flex usage.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT state, model, service_tier, COUNT(*), COALESCE(SUM(est_tokens), 0), \
+                 COALESCE(SUM(usage_tokens), 0) FROM jobs GROUP BY state, model, service_tier",
+            )?;
+            let mut rows = Vec::new();
+            let mut q = st.query([])?;
+            while let Some(r) = q.next()? {
+                let state: String = r.get(0)?;
+                rows.push(StateRow {
+                    state: state.parse().map_err(|e: crate::job::UnknownState| {
+                        StoreError::Corrupt(e.to_string())
+                    })?,
+                    model: r.get(1)?,
+                    tier: r.get(2)?,
+                    jobs: r.get(3)?,
+                    est_tokens: r.get(4)?,
+                    usage_tokens: r.get(5)?,
+                });
+            }
+            let oldest_queued_ms = c.query_row(
+                "SELECT MIN(created_at) FROM jobs WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )?;
+            // The same sum as `flex_tokens_since`, for every model at once.
+            let mut st = c.prepare_cached(
+                "SELECT model, COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+                 WHERE service_tier = 'flex' AND submitted_at >= ?1 GROUP BY model",
+            )?;
+            let flex_today = st
+                .query_map([flex_day_start_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<BTreeMap<_, _>, _>>()?;
+            Ok(OpsSnapshot {
+                rows,
+                oldest_queued_ms,
+                flex_today,
+            })
+        })
+        .await
+    }
+
+    /// Deletes terminal jobs (and, by cascade, their events) that reached their state before
+    /// the cut-offs: `archived` (and `succeeded` when `succeeded_too`, i.e. archiving is off)
+    /// before `archived_before_ms`; `failed`, `dead`, `expired` and `cancelled` before
+    /// `failed_before_ms`. The time is `updated_at`, when the job last changed state. Archive
+    /// objects are not touched.
+    ///
+    /// # Errors
+    /// SQL errors; batches already deleted stay deleted.
+    pub async fn prune(
+        &self,
+        archived_before_ms: i64,
+        failed_before_ms: i64,
+        succeeded_too: bool,
+    ) -> Result<PruneReport, StoreError> {
+        let mut report = PruneReport::new();
+        loop {
+            let batch = self
+                .call(move |c| {
+                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let states: Vec<String> = {
+                        let mut st = tx.prepare_cached(
+                            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE \
+                             ((state = 'archived' OR (?3 AND state = 'succeeded')) AND updated_at < ?1) \
+                             OR (state IN ('failed', 'dead', 'expired', 'cancelled') AND updated_at < ?2) \
+                             LIMIT ?4) RETURNING state",
+                        )?;
+                        st.query_map(
+                            params![archived_before_ms, failed_before_ms, succeeded_too, PRUNE_BATCH],
+                            |r| r.get(0),
+                        )?
+                        .collect::<Result<_, _>>()?
+                    };
+                    tx.commit()?;
+                    Ok(states)
+                })
+                .await?;
+            if batch.is_empty() {
+                return Ok(report);
+            }
+            for s in batch {
+                let state = s
+                    .parse()
+                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?;
+                *report.entry(state).or_insert(0) += 1;
+            }
+        }
+    }
+
+    /// Releases leases that ran out on jobs polled or reconciled by a process that is gone:
+    /// clears the owner, bumps the token (fencing any zombie holder) and makes the job due.
+    /// Interrupted submits are not touched: `reconcile::recover_stale` owns those.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn release_expired_leases(&self) -> Result<usize, StoreError> {
+        self.call(|c| {
+            let now = now_ms();
+            Ok(c.execute(
+                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, \
+                 lease_token = lease_token + 1, next_attempt_at = MIN(next_attempt_at, ?1) \
+                 WHERE lease_until IS NOT NULL AND lease_until < ?1 \
+                 AND state IN ('submitted', 'submit_unknown')",
+                [now],
+            )?)
+        })
+        .await
+    }
+
+    /// `PRAGMA optimize`, then a truncating WAL checkpoint. Returns the WAL frames
+    /// checkpointed (`-1` when the WAL was busy).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn upkeep(&self) -> Result<i64, StoreError> {
+        self.call(|c| {
+            c.execute_batch("PRAGMA optimize")?;
+            let (busy, _log, done): (i64, i64, i64) =
+                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            Ok(if busy != 0 { -1 } else { done })
+        })
+        .await
+    }
+
+    /// Takes and releases the write lock (`BEGIN IMMEDIATE`, then rollback): the database
+    /// accepts writes right now. Nothing is written.
+    ///
+    /// # Errors
+    /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout).
+    pub async fn write_probe(&self) -> Result<(), StoreError> {
+        self.call(|c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.rollback()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// A round trip to the connection thread.
+    ///
+    /// # Errors
+    /// The thread is gone.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
+            .await
+    }
+
+    /// Copies the database to `dest` with SQLite's online backup, from a connection of its
+    /// own (a WAL reader: the service keeps writing meanwhile). Writes `dest` through a
+    /// temporary file and a rename, so a crash never leaves a half backup under the real name.
+    /// Returns the size of the copy.
+    ///
+    /// # Errors
+    /// The source cannot be opened, the copy or the rename fails.
+    pub async fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        let (src, dest) = (self.path().to_path_buf(), dest.to_path_buf());
+        tokio::task::spawn_blocking(move || backup_file(&src, &dest))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn backup_file(src: &Path, dest: &Path) -> Result<u64, StoreError> {
+    use rusqlite::backup::{Backup, StepResult};
+    let from = open_existing(src)?;
+    let tmp = tmp_name(dest);
+    let _ = std::fs::remove_file(&tmp);
+    {
+        let mut to = Connection::open(&tmp).map_err(|source| StoreError::Open {
+            path: tmp.clone(),
+            source,
+        })?;
+        let backup = Backup::new(&from, &mut to)?;
+        // One step copies every page under a single read transaction: a consistent snapshot,
+        // and in WAL mode the service's writes do not restart it.
+        loop {
+            match backup.step(-1)? {
+                StepResult::Done => break,
+                StepResult::More | StepResult::Busy | StepResult::Locked => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+    let size = std::fs::metadata(&tmp)
+        .map_err(|source| StoreError::Dir {
+            path: tmp.clone(),
+            source,
+        })?
+        .len();
+    std::fs::rename(&tmp, dest).map_err(|source| StoreError::Dir {
+        path: dest.to_path_buf(),
+        source,
+    })?;
+    Ok(size)
+}
+
+fn tmp_name(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(".partial");
+    dest.with_file_name(name)
+}
+
+fn open_existing(path: &Path) -> Result<Connection, StoreError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    c.busy_timeout(BUSY_TIMEOUT)?;
+    Ok(c)
+}
+
+/// Looks at an existing database without changing it: schema version, `PRAGMA
+/// integrity_check`, and whether the write lock can be taken. Does not create or migrate.
+///
+/// # Errors
+/// The file cannot be opened as a database at all.
+pub fn inspect(path: &Path, busy: Duration) -> Result<Inspection, StoreError> {
+    let c = open_existing(path)?;
+    c.busy_timeout(busy)?;
+    let schema_version = migrate::version(&c)?;
+    let integrity = {
+        let mut st = c.prepare(&format!("PRAGMA integrity_check({INTEGRITY_MAX})"))?;
+        st.query_map([], |r| r.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?
+    };
+    let writable = c
+        .execute_batch("BEGIN IMMEDIATE; ROLLBACK;")
+        .map_err(|e| e.to_string());
+    Ok(Inspection {
+        schema_version,
+        integrity,
+        writable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobId;
+    use crate::store::NewJob;
+
+    fn job(model: &str, flex: bool) -> NewJob {
+        NewJob {
+            id: JobId::generate(),
+            model: model.into(),
+            flex,
+            priority: 0,
+            request_json: "{}".into(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: Some(100),
+            expires_after: None,
+            seed: None,
+        }
+    }
+
+    /// Puts a job straight into `state`, last changed `age_ms` ago.
+    async fn force(s: &Store, id: &JobId, state: &'static str, age_ms: i64) {
+        let id = id.as_str().to_string();
+        s.call(move |c| {
+            let at = now_ms() - age_ms;
+            c.execute(
+                "UPDATE jobs SET state = ?2, updated_at = ?3, finished_at = ?3 WHERE id = ?1",
+                params![id, state, at],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("force");
+    }
+
+    #[tokio::test]
+    async fn prune_deletes_old_terminal_jobs_and_their_events_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        let day = 86_400_000;
+        let cases = [
+            ("archived", 31, true),
+            ("archived", 29, false),
+            ("failed", 91, true),
+            ("failed", 89, false),
+            ("dead", 100, true),
+            ("cancelled", 95, true),
+            ("expired", 10, false),
+            ("succeeded", 400, false),
+            ("queued", 400, false),
+            ("submitted", 400, false),
+        ];
+        let mut ids = Vec::new();
+        for (state, age_days, _) in cases {
+            let r = s.enqueue(vec![job("m", false)]).await.expect("enqueue");
+            let id = r.inserted[0].clone();
+            force(&s, &id, state, age_days * day).await;
+            ids.push(id);
+        }
+        let now = now_ms();
+        let report = s
+            .prune(now - 30 * day, now - 90 * day, false)
+            .await
+            .expect("prune");
+        assert_eq!(report.values().sum::<u64>(), 4, "{report:?}");
+        assert_eq!(report.get(&JobState::Archived), Some(&1));
+        for ((state, age, gone), id) in cases.iter().zip(&ids) {
+            let job = s.job(id.as_str()).await.expect("job");
+            let events = s.events(id.as_str()).await.expect("events");
+            assert_eq!(job.is_none(), *gone, "{state} {age}d");
+            assert_eq!(events.is_empty(), *gone, "events of {state} {age}d");
+        }
+        // Archiving off: old succeeded jobs are as done as archived ones.
+        let report = s
+            .prune(now - 30 * day, now - 90 * day, true)
+            .await
+            .expect("prune");
+        assert_eq!(report.get(&JobState::Succeeded), Some(&1));
+        assert_eq!(report.values().sum::<u64>(), 1);
+    }
+
+    #[tokio::test]
+    async fn snapshot_counts_match_the_rows() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        s.enqueue(vec![job("a", false), job("a", false), job("b", true)])
+            .await
+            .expect("enqueue");
+        let snap = s.ops_snapshot(0).await.expect("snapshot");
+        let a = snap.rows.iter().find(|r| r.model == "a").expect("a row");
+        assert_eq!((a.jobs, a.est_tokens, a.state), (2, 200, JobState::Queued));
+        assert!(snap.oldest_queued_ms.is_some());
+        assert!(snap.flex_today.is_empty(), "nothing submitted yet");
+    }
+
+    #[tokio::test]
+    async fn backups_are_complete_databases() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        s.enqueue(vec![job("a", false), job("a", false), job("a", false)])
+            .await
+            .expect("enqueue");
+        let dest = dir.path().join("copy.db");
+        let size = s.backup_to(&dest).await.expect("backup");
+        assert!(size > 0);
+        assert!(!tmp_name(&dest).exists());
+        let copy = Store::open(&dest).expect("open copy");
+        assert_eq!(
+            copy.state_counts().await.expect("counts")[&JobState::Queued],
+            3
+        );
+        let found = inspect(&dest, Duration::from_secs(1)).expect("inspect");
+        assert_eq!(found.integrity, vec!["ok".to_string()]);
+        assert!(found.writable.is_ok());
+        assert_eq!(found.schema_version, migrate::latest());
+        s.write_probe().await.expect("writable");
+        assert!(s.upkeep().await.expect("upkeep") >= 0);
+    }
+}

@@ -109,6 +109,19 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
         .sum();
     assert_eq!(est_total, all_est, "estimate --file = the stored estimates");
 
+    // estimate --batch: billed tokens where known, the estimate for the failed jobs.
+    let failed_est: i64 = failed
+        .iter()
+        .map(|j| j["est_tokens"].as_i64().unwrap_or(0))
+        .sum();
+    let by_batch = json(&env.ok(&["estimate", "--batch", "night", "--json"]));
+    assert_eq!(by_batch["jobs"], 500);
+    assert_eq!(
+        by_batch["tokens"],
+        billed.values().sum::<i64>() + failed_est
+    );
+    assert_eq!(by_batch["finish_ms"], 0, "nothing left to run");
+
     // batch show agrees with the rows.
     let show = json(&env.ok(&["batch", "show", "night", "--json"]));
     let s = &show["summary"];

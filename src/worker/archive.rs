@@ -124,9 +124,9 @@ pub fn last_frame_key(video: &ObjectKey) -> ObjectKey {
 ///
 /// # Errors
 /// Only when the store is gone.
-pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let poke = ctx.poke_archive.clone();
-    super::stage_loop("archive", &ctx, Some(poke), shutdown, || step(&ctx)).await
+pub async fn run(ctx: Ctx, shutdown: CancellationToken, instance: u32) -> anyhow::Result<()> {
+    let role = super::Role::nth(&ctx, ctx.poke_archive.clone(), instance);
+    super::stage_loop("archive", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// Archives at most one job.

@@ -18,9 +18,9 @@ use crate::store::{Job, Patch, now_ms};
 ///
 /// # Errors
 /// Only when the store is gone.
-pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let poke = ctx.poke_dispatch.clone();
-    super::stage_loop("dispatch", &ctx, Some(poke), shutdown, || step(&ctx)).await
+pub async fn run(ctx: Ctx, shutdown: CancellationToken, instance: u32) -> anyhow::Result<()> {
+    let role = super::Role::nth(&ctx, ctx.poke_dispatch.clone(), instance);
+    super::stage_loop("dispatch", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).

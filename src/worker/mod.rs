@@ -149,7 +149,7 @@ pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
 pub(crate) async fn stage_loop<F, Fut>(
     name: &'static str,
     ctx: &Ctx,
-    poke: Option<Arc<Notify>>,
+    role: Role,
     shutdown: CancellationToken,
     mut step: F,
 ) -> anyhow::Result<()>
@@ -157,7 +157,11 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = anyhow::Result<Outcome>>,
 {
-    let idle = ctx.cfg.dispatch.idle_interval;
+    let Role {
+        poke,
+        idle,
+        cascade,
+    } = role;
     let mut errors = 0u32;
     loop {
         ctx.ops.health.beat(name);
@@ -167,11 +171,21 @@ where
         let wait = match step().await {
             Ok(Outcome::Worked) => {
                 errors = 0;
+                // Work found: wake one sibling, which wakes the next if it finds work too,
+                // so a burst gets every worker while an idle service wakes only one.
+                if cascade && let Some(n) = &poke {
+                    n.notify_one();
+                }
                 continue;
             }
             Ok(Outcome::Idle(hint)) => {
                 errors = 0;
-                idle_sleep(idle, hint)
+                match (idle, hint) {
+                    (Some(idle), hint) => idle_sleep(idle, hint),
+                    // A secondary worker sleeps until poked (or until its own hint is due).
+                    (None, Some(_)) => idle_sleep(Duration::MAX, hint),
+                    (None, None) => Duration::MAX,
+                }
             }
             Err(e) => {
                 if e.downcast_ref::<crate::store::StoreError>()
@@ -200,7 +214,47 @@ where
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = poked => {}
-            _ = tokio::time::sleep(wait) => {}
+            _ = sleep_unless_forever(wait) => {}
+        }
+    }
+}
+
+/// `sleep(d)`, or never for `Duration::MAX` (a plain sleep would overflow the deadline).
+async fn sleep_unless_forever(d: Duration) {
+    if d == Duration::MAX {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(d).await;
+}
+
+/// How a stage instance waits when it has nothing to do.
+pub(crate) struct Role {
+    /// Wakes the stage early (another stage made work for it).
+    pub poke: Option<Arc<Notify>>,
+    /// How often to look for work nobody poked about (the CLI is another process); `None`
+    /// for secondary instances of a stage, which only wait for pokes.
+    pub idle: Option<Duration>,
+    /// Whether finding work wakes a sibling instance.
+    pub cascade: bool,
+}
+
+impl Role {
+    /// The one instance of a stage, or the first of several: it polls on the idle interval.
+    pub(crate) fn primary(ctx: &Ctx, poke: Option<Arc<Notify>>, cascade: bool) -> Self {
+        Role {
+            poke,
+            idle: Some(ctx.cfg.dispatch.idle_interval),
+            cascade,
+        }
+    }
+
+    /// The first instance of `n` polls; the others sleep until woken, so an idle service
+    /// does not wake once per worker per interval.
+    pub(crate) fn nth(ctx: &Ctx, poke: Arc<Notify>, i: u32) -> Self {
+        Role {
+            poke: Some(poke),
+            idle: (i == 0).then_some(ctx.cfg.dispatch.idle_interval),
+            cascade: true,
         }
     }
 }
@@ -227,9 +281,9 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
 
     let token = CancellationToken::new();
     let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
-    for _ in 0..ctx.cfg.dispatch.workers.max(1) {
+    for i in 0..ctx.cfg.dispatch.workers.max(1) {
         let (c, t) = (ctx.clone(), token.child_token());
-        set.spawn(async move { ("dispatch", dispatch::run(c, t).await) });
+        set.spawn(async move { ("dispatch", dispatch::run(c, t, i).await) });
     }
     {
         let (c, t) = (ctx.clone(), token.child_token());
@@ -244,9 +298,9 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         set.spawn(async move { ("callback", callback::run(c, t).await) });
     }
     if ctx.archive.is_some() {
-        for _ in 0..ctx.cfg.archive.workers.max(1) {
+        for i in 0..ctx.cfg.archive.workers.max(1) {
             let (c, t) = (ctx.clone(), token.child_token());
-            set.spawn(async move { ("archive", archive::run(c, t).await) });
+            set.spawn(async move { ("archive", archive::run(c, t, i).await) });
         }
     }
     {

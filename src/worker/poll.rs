@@ -36,8 +36,8 @@ const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
 /// # Errors
 /// Only when the store is gone.
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let poke = ctx.poke_poll.clone();
-    super::stage_loop("poll", &ctx, Some(poke), shutdown, || step(&ctx)).await
+    let role = super::Role::primary(&ctx, Some(ctx.poke_poll.clone()), false);
+    super::stage_loop("poll", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// When to poll a freshly submitted job first.

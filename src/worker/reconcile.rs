@@ -28,7 +28,13 @@ const MAX_PAGES: u32 = 20;
 /// # Errors
 /// Only when the store is gone.
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    super::stage_loop("reconcile", &ctx, None, shutdown, || step(&ctx)).await
+    // Its due times are in the store (the hint); it only polls slowly for crashed submits.
+    let role = super::Role {
+        poke: None,
+        idle: Some(ctx.cfg.dispatch.reconcile_interval),
+        cascade: false,
+    };
+    super::stage_loop("reconcile", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// Moves jobs whose submit lease expired (a crash mid-POST) to `submit_unknown`.

@@ -85,7 +85,10 @@ pub fn insert_first_frame(req: &mut CreateTaskRequest, url: String) {
 /// # Errors
 /// Only when the store is gone.
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    crate::worker::stage_loop("chain", &ctx, None, shutdown, || step(&ctx)).await
+    // Polled on the idle interval like the dispatcher's first instance: a chain moves on the
+    // scale of a generation, so a release a couple of seconds late costs little.
+    let role = crate::worker::Role::primary(&ctx, None, false);
+    crate::worker::stage_loop("chain", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// Advances every due chain once.

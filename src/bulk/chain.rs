@@ -34,6 +34,9 @@ use crate::worker::{Ctx, Outcome, archive::last_frame_key};
 
 /// Chains looked at per step.
 const CHAINS_PER_STEP: u32 = 16;
+/// The chain stage's idle poll, for changes no stage pokes about (it is poked on every shot
+/// that finishes or is archived).
+const IDLE_POLL: std::time::Duration = std::time::Duration::from_secs(30);
 /// Attempts at stitching a finished chain (store or disk trouble) before it is failed.
 const STITCH_ATTEMPTS: i64 = 5;
 /// The output size assumed for a predecessor whose model's pixel table is unknown.
@@ -85,9 +88,13 @@ pub fn insert_first_frame(req: &mut CreateTaskRequest, url: String) {
 /// # Errors
 /// Only when the store is gone.
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
-    // Polled on the idle interval like the dispatcher's first instance: a chain moves on the
-    // scale of a generation, so a release a couple of seconds late costs little.
-    let role = crate::worker::Role::primary(&ctx, None, false);
+    // Woken by the poller (a shot left `submitted`) and the archiver (a shot is archived);
+    // the slow idle poll only catches what no poke announces, such as a user's cancel.
+    let role = crate::worker::Role {
+        poke: Some(ctx.poke_chain.clone()),
+        idle: Some(ctx.cfg.dispatch.idle_interval.max(IDLE_POLL)),
+        cascade: false,
+    };
     crate::worker::stage_loop("chain", &ctx, role, shutdown, || step(&ctx)).await
 }
 
@@ -98,7 +105,8 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let chains = ctx.store.chains_due(CHAINS_PER_STEP).await?;
     if chains.is_empty() {
-        return Ok(Outcome::Idle(None));
+        // A chain backing off (a frame that did not download) says when to look again.
+        return Ok(Outcome::Idle(ctx.store.next_chain_check().await?));
     }
     for chain in chains {
         let span = tracing::info_span!("chain", chain_id = %chain.id, stage = "chain");

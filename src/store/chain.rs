@@ -497,6 +497,22 @@ impl Store {
         .await
     }
 
+    /// The earliest future check of an active chain (one backing off), if any.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn next_chain_check(&self) -> Result<Option<i64>, StoreError> {
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT MIN(next_check_at) FROM chains \
+                 WHERE state IN ('running', 'stitching') AND next_check_at > ?1",
+                [now_ms()],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
     /// Chains the chain stage still has to finish (for `seedq run`'s drain check).
     ///
     /// # Errors

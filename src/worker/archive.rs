@@ -328,6 +328,8 @@ async fn archived(
         Err(e) => return Err(e.into()),
     }
     tracing::info!(key = %key, bytes = size, "archived");
+    // A finished chain may be waiting for this shot to be stitched.
+    ctx.poke_chain.notify_one();
     if arch.delete_remote
         && let Some(remote) = &job.remote_task_id
     {

@@ -56,6 +56,8 @@ pub struct Ctx {
     pub poke_dispatch: Arc<Notify>,
     /// Poked when a job succeeds, so the archiver need not wait for its idle interval.
     pub poke_archive: Arc<Notify>,
+    /// Poked when a job leaves `submitted` or is archived: a chain may move on.
+    pub poke_chain: Arc<Notify>,
     /// The archiver; `None` when `archive.url` is empty (archiving off).
     pub archive: Option<Arc<archive::Archiver>>,
     /// Identifies this process in leases.
@@ -99,6 +101,7 @@ impl Ctx {
             poke_poll: Arc::new(Notify::new()),
             poke_dispatch: Arc::new(Notify::new()),
             poke_archive: Arc::new(Notify::new()),
+            poke_chain: Arc::new(Notify::new()),
             archive,
             owner: format!("{}-{}", hostname(), std::process::id()),
             expected: Arc::default(),

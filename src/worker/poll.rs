@@ -251,6 +251,8 @@ async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
                 if leaves {
                     // A remote slot is free: the dispatcher need not wait for its idle tick.
                     ctx.poke_dispatch.notify_one();
+                    // If it was a chain's shot, the chain moves on.
+                    ctx.poke_chain.notify_one();
                 }
                 if done {
                     // A result to archive: the archiver need not wait for its idle tick either.
@@ -334,6 +336,7 @@ async fn transition_or_skip(
     {
         Ok(_) => {
             ctx.poke_dispatch.notify_one();
+            ctx.poke_chain.notify_one();
             Ok(true)
         }
         // Someone else (the callback, or a poll) recorded this already.

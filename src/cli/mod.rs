@@ -47,7 +47,7 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Add one job, or many from a JSONL file (`--file`), to the queue.
+    /// Add one job, or many from a JSONL or CSV file (`--file`, `--batch`), to the queue.
     Submit(Box<jobs::SubmitArgs>),
     /// List jobs.
     Ls(jobs::LsArgs),

@@ -513,14 +513,19 @@ impl Store {
         .await
     }
 
-    /// Chains the chain stage still has to finish (for `seedq run`'s drain check).
+    /// Chains the chain stage still has to finish (for `seedq run`'s drain check). A chain
+    /// whose current shot is a parked ambiguous submit waits for an operator, like the shot
+    /// itself, and is not counted.
     ///
     /// # Errors
     /// SQL errors.
     pub async fn active_chains(&self) -> Result<i64, StoreError> {
         self.call(|c| {
             Ok(c.query_row(
-                "SELECT COUNT(*) FROM chains WHERE state IN ('running', 'stitching')",
+                "SELECT COUNT(*) FROM chains AS c WHERE c.state IN ('running', 'stitching') \
+                 AND NOT EXISTS (SELECT 1 FROM jobs AS j WHERE j.chain_id = c.id \
+                   AND j.shot = c.released AND c.state = 'running' \
+                   AND j.state = 'submit_unknown' AND COALESCE(j.last_error_code, '') = 'parked')",
                 [],
                 |r| r.get(0),
             )?)

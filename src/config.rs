@@ -162,7 +162,7 @@ impl Default for DispatchConfig {
             on_ambiguous_submit: AmbiguousPolicy::Park,
             reconcile_grace: Duration::from_secs(600),
             reconcile_interval: Duration::from_secs(15),
-            idle_interval: Duration::from_secs(2),
+            idle_interval: Duration::from_secs(5),
             tpd_utc_offset_hours: 8,
             workers: 8,
             rpm_window: Duration::from_secs(60),

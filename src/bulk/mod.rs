@@ -11,7 +11,7 @@
 //! - `[bulk]` configuration ([`BulkConfig`]).
 //!
 //! Batches themselves are plain jobs sharing `batch_id`, plus a `batches` row for what a batch
-//! has beyond its jobs (migration 0010, queries in `store/bulk.rs`).
+//! has beyond its jobs (migration 0004, queries in `store/bulk.rs`).
 
 pub mod chain;
 pub mod estimate;

@@ -1,7 +1,7 @@
 //! Store queries for bulk rendering: batches (metadata, summaries, cancel and retry of a whole
 //! batch, the export listing) and the governor's tier changes. Chains live in `store/chain.rs`.
 //!
-//! A batch is the set of jobs sharing `jobs.batch_id`; the `batches` table (migration 0010)
+//! A batch is the set of jobs sharing `jobs.batch_id`; the `batches` table (migration 0004)
 //! only adds what a batch has beyond its jobs (when it was created, a deadline, its source
 //! file). Every bulk change is one transaction that also writes one `job_events` row per job,
 //! and guards on the state it expects, like the single-job methods in `store/mod.rs`.

@@ -1,4 +1,4 @@
-//! Store queries for chains of continuous shots (migration 0010).
+//! Store queries for chains of continuous shots (migration 0004).
 //!
 //! A chain's shots are ordinary jobs with `chain_id`/`shot`. Shot 1 is enqueued due; every
 //! later shot is enqueued *held*: `queued` with `next_attempt_at = HELD`, so the dispatcher's

@@ -21,8 +21,8 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0003_archive.sql"),
     ),
     (
-        "0010_bulk.sql",
-        include_str!("../../migrations/0010_bulk.sql"),
+        "0004_bulk.sql",
+        include_str!("../../migrations/0004_bulk.sql"),
     ),
 ];
 
@@ -61,4 +61,22 @@ pub fn apply(conn: &mut Connection) -> Result<usize, super::StoreError> {
 /// The database cannot be read.
 pub fn version(conn: &Connection) -> rusqlite::Result<i64> {
     conn.query_row("PRAGMA user_version", [], |r| r.get(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+
+    /// The version a migration gets is its position in the list, so the file numbers must
+    /// say the same: `0001_…`, `0002_…`, in order, with no gaps.
+    #[test]
+    fn file_numbers_match_positions() {
+        for (i, (name, _)) in MIGRATIONS.iter().enumerate() {
+            assert!(
+                name.starts_with(&format!("{:04}_", i + 1)),
+                "migration {name} is number {} in the list",
+                i + 1
+            );
+        }
+    }
 }

@@ -39,9 +39,6 @@ pub(crate) fn is_csv(path: &Path, format: Option<FileFormat>) -> bool {
     }
 }
 
-/// The most errors listed before the rest are summarised (as for JSONL).
-const MAX_LISTED_ERRORS: usize = 20;
-
 /// Reads and validates a CSV file (`-` for stdin); all or nothing. Errors name the row (data
 /// rows from 1, and the file line) and, where there is one, the column.
 pub(crate) fn prepare_csv(
@@ -79,18 +76,7 @@ pub(crate) fn prepare_csv(
             Err(e) => errors.push(spec_error(n, line, &e)),
         }
     }
-    if !errors.is_empty() {
-        let total = errors.len();
-        let mut msg = format!("{total} invalid row(s); nothing was imported:");
-        for e in errors.iter().take(MAX_LISTED_ERRORS) {
-            msg.push_str("\n  ");
-            msg.push_str(e);
-        }
-        if total > MAX_LISTED_ERRORS {
-            msg.push_str(&format!("\n  … and {} more", total - MAX_LISTED_ERRORS));
-        }
-        bail!(msg);
-    }
+    super::jobs::reject_all(&errors, "row")?;
     Ok(jobs)
 }
 

@@ -207,19 +207,25 @@ pub(crate) fn prepare_lines(
             Err(e) => errors.push(e.to_string()),
         }
     }
-    if !errors.is_empty() {
-        let total = errors.len();
-        let mut msg = format!("{total} invalid line(s); nothing was imported:");
-        for e in errors.iter().take(MAX_LISTED_ERRORS) {
-            msg.push_str("\n  ");
-            msg.push_str(e);
-        }
-        if total > MAX_LISTED_ERRORS {
-            msg.push_str(&format!("\n  … and {} more", total - MAX_LISTED_ERRORS));
-        }
-        bail!(msg);
-    }
+    reject_all(&errors, "line")?;
     Ok(jobs)
+}
+
+/// All-or-nothing admission: any error rejects the whole file, listing the first few.
+pub(crate) fn reject_all(errors: &[String], unit: &str) -> anyhow::Result<()> {
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let total = errors.len();
+    let mut msg = format!("{total} invalid {unit}(s); nothing was imported:");
+    for e in errors.iter().take(MAX_LISTED_ERRORS) {
+        msg.push_str("\n  ");
+        msg.push_str(e);
+    }
+    if total > MAX_LISTED_ERRORS {
+        msg.push_str(&format!("\n  … and {} more", total - MAX_LISTED_ERRORS));
+    }
+    bail!(msg)
 }
 
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {

@@ -182,42 +182,18 @@ impl Store {
             )?;
             let mut ids = Vec::with_capacity(shots.len());
             {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-                     priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-                     deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
-                     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                             lower(hex(randomblob(16))), ?15, ?16)",
-                )?;
                 for (i, j) in shots.into_iter().enumerate() {
                     let shot = i as i64 + 1;
-                    let tags = serde_json::to_string(&j.tags)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     let first = shot == 1;
                     // A held shot's local deadline starts when it is released.
-                    let deadline = if j.flex && first {
-                        j.expires_after.map(|s| now + s * 1000)
-                    } else {
-                        None
-                    };
-                    insert.execute(params![
-                        j.id.as_str(),
-                        now,
-                        j.model,
-                        if j.flex { "flex" } else { "default" },
-                        j.priority,
-                        j.request_json,
-                        j.key,
-                        tags,
-                        j.batch,
-                        j.shape,
-                        j.est_tokens,
-                        deadline,
-                        if first { now } else { HELD },
-                        j.seed,
-                        id,
-                        shot,
-                    ])?;
+                    let due = if first { now } else { HELD };
+                    if super::insert_job(&tx, &j, now, due, first, Some((id.as_str(), shot)))? == 0 {
+                        // Its idempotency key exists already: the chain would have a hole.
+                        return Err(StoreError::Corrupt(format!(
+                            "shot {shot} of chain {id}: idempotency key {:?} is already used by another job",
+                            j.key.as_deref().unwrap_or("")
+                        )));
+                    }
                     let detail = if first {
                         format!("enqueued as shot 1 of chain {id}")
                     } else {

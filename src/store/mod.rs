@@ -390,6 +390,51 @@ fn insert_event(
     Ok(())
 }
 
+/// Inserts one new `queued` job, due at `next_attempt_at`; a duplicate idempotency key
+/// inserts nothing (returns 0). A flex job's local deadline starts now when `deadline_now`
+/// (a chain's held shots start theirs when released). `chain` is (chain id, shot number).
+pub(crate) fn insert_job(
+    conn: &Connection,
+    j: &NewJob,
+    now: i64,
+    next_attempt_at: i64,
+    deadline_now: bool,
+    chain: Option<(&str, i64)>,
+) -> Result<usize, StoreError> {
+    let tags = serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let deadline = if j.flex && deadline_now {
+        j.expires_after.map(|s| now + s * 1000)
+    } else {
+        None
+    };
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+         priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
+         deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
+         VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+                 lower(hex(randomblob(16))), ?15, ?16) \
+         ON CONFLICT (idempotency_key) DO NOTHING",
+    )?;
+    Ok(insert.execute(params![
+        j.id.as_str(),
+        now,
+        j.model,
+        if j.flex { "flex" } else { "default" },
+        j.priority,
+        j.request_json,
+        j.key,
+        tags,
+        j.batch,
+        j.shape,
+        j.est_tokens,
+        deadline,
+        next_attempt_at,
+        j.seed,
+        chain.map(|c| c.0),
+        chain.map(|c| c.1),
+    ])?)
+}
+
 fn load_job(conn: &Connection, id: &str) -> rusqlite::Result<Option<Job>> {
     conn.query_row(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
@@ -443,13 +488,6 @@ impl Store {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut report = EnqueueReport::default();
             {
-                let mut insert = tx.prepare_cached(
-                    "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-                     priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-                     deadline_at, next_attempt_at, seed, callback_token) \
-                     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?2, ?13, lower(hex(randomblob(16)))) \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )?;
                 let mut event = tx.prepare_cached(
                     "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
                      VALUES (?1, ?2, NULL, 'queued', 'enqueued')",
@@ -457,28 +495,7 @@ impl Store {
                 let mut existing =
                     tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
                 for j in jobs {
-                    let tags = serde_json::to_string(&j.tags)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                    let deadline = if j.flex {
-                        j.expires_after.map(|s| now + s * 1000)
-                    } else {
-                        None
-                    };
-                    let n = insert.execute(params![
-                        j.id.as_str(),
-                        now,
-                        j.model,
-                        if j.flex { "flex" } else { "default" },
-                        j.priority,
-                        j.request_json,
-                        j.key,
-                        tags,
-                        j.batch,
-                        j.shape,
-                        j.est_tokens,
-                        deadline,
-                        j.seed,
-                    ])?;
+                    let n = insert_job(&tx, &j, now, now, true, None)?;
                     if n == 1 {
                         event.execute(params![j.id.as_str(), now])?;
                         report.inserted.push(j.id);

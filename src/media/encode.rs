@@ -30,6 +30,7 @@
 //! the last sample the previous sample's duration; with a single frame there is
 //! no previous sample (it would get 1 tick), so at least two frames are needed.
 
+use super::MUXIDE_TIMESCALE;
 use std::io::Cursor;
 
 use muxide::api::{MuxerBuilder, VideoCodec};
@@ -41,8 +42,6 @@ use openh264::formats::{RgbSliceU8, YUVBuffer};
 
 use super::MediaError;
 
-/// muxide's fixed media timescale (ticks per second).
-const MEDIA_TIMESCALE: u32 = 90_000;
 /// openh264's largest frame: 3840x2160 in either orientation.
 const MAX_LONG_SIDE: u32 = 3840;
 const MAX_SHORT_SIDE: u32 = 2160;
@@ -111,7 +110,7 @@ pub fn encoded_size(width: u32, height: u32) -> (u32, u32) {
 /// Renders `spec` to an H.264 MP4 and a PNG of its last frame.
 pub fn render(spec: &VideoSpec) -> Result<RenderedVideo, MediaError> {
     let (width, height) = check_spec(spec)?;
-    let ticks_per_frame = MEDIA_TIMESCALE / spec.fps;
+    let ticks_per_frame = MUXIDE_TIMESCALE / spec.fps;
 
     let mut encoder = Encoder::with_api_config(OpenH264API::from_source(), encoder_config(spec))
         .map_err(|e| MediaError::Encode(e.to_string()))?;
@@ -152,7 +151,7 @@ pub fn render(spec: &VideoSpec) -> Result<RenderedVideo, MediaError> {
         let keyframe = frame_type == FrameType::IDR;
         // Ticks are integers below 2^53, so tick / 90000 survives muxide's
         // `(secs * 90000).round()` exactly.
-        muxer.write_video(tick as f64 / f64::from(MEDIA_TIMESCALE), &sample, keyframe)?;
+        muxer.write_video(tick as f64 / f64::from(MUXIDE_TIMESCALE), &sample, keyframe)?;
     }
     muxer.finish()?;
 
@@ -260,7 +259,7 @@ fn check_spec(spec: &VideoSpec) -> Result<(u32, u32), MediaError> {
             spec.frames
         ));
     }
-    if spec.fps == 0 || !MEDIA_TIMESCALE.is_multiple_of(spec.fps) {
+    if spec.fps == 0 || !MUXIDE_TIMESCALE.is_multiple_of(spec.fps) {
         return invalid(format!(
             "fps {} does not divide the 90 kHz timescale, so frame times would not be exact",
             spec.fps

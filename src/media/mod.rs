@@ -15,6 +15,9 @@
 //!   integer timeline, validation of every input before anything is written,
 //!   temp file + rename).
 
+/// muxide's fixed media timescale (ticks per second), shared by encoding and stitching.
+pub(crate) const MUXIDE_TIMESCALE: u32 = 90_000;
+
 pub mod encode;
 pub mod probe;
 pub mod stitch;

@@ -35,6 +35,7 @@
 //! about the output size) and cannot write files over 4 GiB (no 64-bit mdat or
 //! co64); every input stays open (one file handle each) until the end.
 
+use super::MUXIDE_TIMESCALE;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
@@ -45,8 +46,6 @@ use muxide::api::{Muxer, MuxerBuilder, MuxerError, VideoCodec};
 
 use super::probe::{ticks_to_duration, video_track};
 
-/// muxide's fixed media timescale (ticks per second).
-const OUT_TIMESCALE: u32 = 90_000;
 const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const NAL_SPS: u8 = 7;
 const NAL_PPS: u8 = 8;
@@ -188,7 +187,7 @@ pub fn stitch_files(inputs: &[PathBuf], output: &Path) -> Result<StitchReport, S
 
     Ok(StitchReport {
         frames: parts.iter().map(|p| p.frames).sum(),
-        duration: ticks_to_duration(offset, OUT_TIMESCALE).unwrap_or_default(),
+        duration: ticks_to_duration(offset, MUXIDE_TIMESCALE).unwrap_or_default(),
         width: clips[0].width,
         height: clips[0].height,
         parts,
@@ -369,7 +368,7 @@ impl Clip {
         offset: u64,
         first_clip: bool,
     ) -> Result<u64, StitchError> {
-        let secs = |ticks: u64| ticks as f64 / f64::from(OUT_TIMESCALE);
+        let secs = |ticks: u64| ticks as f64 / f64::from(MUXIDE_TIMESCALE);
         let mut end = 0;
         for id in 1..=self.samples {
             let sample = self.read(id)?;
@@ -436,10 +435,10 @@ fn check_compatible(clips: &[Clip]) -> Result<(), StitchError> {
 /// Rescales track ticks to 90 kHz, rounding to nearest (exact for the usual
 /// timescales: 90000, 1000, 12800, 15360, 30000, ...).
 fn to_out_ticks(ticks: u64, timescale: u32) -> u64 {
-    if timescale == OUT_TIMESCALE {
+    if timescale == MUXIDE_TIMESCALE {
         return ticks;
     }
-    let scaled = (u128::from(ticks) * u128::from(OUT_TIMESCALE) + u128::from(timescale / 2))
+    let scaled = (u128::from(ticks) * u128::from(MUXIDE_TIMESCALE) + u128::from(timescale / 2))
         / u128::from(timescale);
     u64::try_from(scaled).unwrap_or(u64::MAX)
 }

@@ -1475,29 +1475,34 @@ async fn config_flags_override_the_file() {
     assert_eq!(cfg.time_scale, 1.0);
 }
 
-/// The official Python SDK against the simulator. CI installs it; a machine without it fails
-/// here with the install command rather than silently skipping.
+/// The Python that has the official Ark SDK: `SEEDQ_TEST_PYTHON` (set by `tests/run.sh`, which
+/// installs the SDK into a venv), else `python3`.
+fn sdk_python() -> String {
+    std::env::var("SEEDQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The official Python SDK against the simulator. `tests/run.sh` installs it; a machine
+/// without it fails here with the set-up command rather than silently skipping.
 #[tokio::test]
 async fn official_python_sdk_works_against_the_simulator() {
-    const INSTALL: &str = "python3 -m pip install -r tests/sdk/requirements.txt \
-                           (that is: pip install 'volcengine-ark-runtime==5.0.54')";
-    let probe = tokio::process::Command::new("python3")
+    const INSTALL: &str = "run the suite with tests/run.sh, which installs the SDK into a venv \
+                           (or: pip install -r tests/sdk/requirements.txt)";
+    let python = sdk_python();
+    let probe = tokio::process::Command::new(&python)
         .args(["-c", "import volcenginesdkarkruntime"])
         .output()
         .await;
     match probe {
-        Err(e) => panic!(
-            "python3 is needed for the SDK compatibility test ({e}); install Python 3, then: {INSTALL}"
-        ),
+        Err(e) => panic!("{python} is needed for the SDK compatibility test ({e}); {INSTALL}"),
         Ok(out) if !out.status.success() => panic!(
-            "the Ark Python SDK is not importable; install it with: {INSTALL}\n{}",
+            "the Ark Python SDK is not importable by {python}; {INSTALL}\n{}",
             String::from_utf8_lossy(&out.stderr)
         ),
         Ok(_) => {}
     }
     let t = T::new(fast()).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
-    let out = tokio::process::Command::new("python3")
+    let out = tokio::process::Command::new(&python)
         .arg(script)
         .arg(&t.api)
         .arg(KEY)
@@ -1510,7 +1515,7 @@ async fn official_python_sdk_works_against_the_simulator() {
         .env_remove("all_proxy")
         .output()
         .await
-        .expect("python3 runs");
+        .expect("the SDK python runs");
     assert!(
         out.status.success(),
         "sdk_check.py failed:\nstdout:\n{}\nstderr:\n{}",

@@ -150,7 +150,9 @@ fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec
         generate_audio: false,
         priority: false,
         tools: false,
-        output_formats: vec![],
+        // ark-api.md §13: "`output_format`: `mp4` everywhere". mp4 is what 1.0 renders anyway,
+        // so asking for it explicitly must not be an error.
+        output_formats: strings(&["mp4"]),
         pixel_table: PixelTable::V1,
         limits: Limits {
             rpm,
@@ -208,6 +210,43 @@ fn seedance_2(
     }
 }
 
+/// Seedance 1.5 pro, from ark-api.md (the tutorial predates it).
+///
+/// Starts from the 1.0 shape (it has `seed`, `camera_fixed` and flex, unlike 2.x) and changes
+/// what the sources say differs. Its account limits and flex TPD are not published in our
+/// sources: the 1.0 pro values stand in, and `config.toml` can override them.
+fn seedance_1_5_pro(tpd: u64) -> ModelSpec {
+    let mut s = seedance_1_0("seedance-1.5-pro", 600, 10, tpd);
+    // ark-api.md §2.2 mode table: first+last frame on 1.5 pro; reference images are 1.0
+    // lite-i2v and 2.0 only; video/audio references are 2.0 only.
+    s.first_last_frame = true;
+    // ark-api.md §2.1 `resolution` / §7: default 720p for 1.5 pro.
+    s.default_resolution = "720p".into();
+    // ark-api.md §2.1 `ratio`: "Default `adaptive` on 2.0 and 1.5 pro", text-to-video included.
+    s.adaptive_needs_image = false;
+    // ark-api.md §2.1 `duration`: "1.5 pro: [4, 12] or `-1`".
+    s.duration_min = 4;
+    s.duration_max = 12;
+    s.duration_auto = true;
+    // ark-api.md §2.1 `frames`: "Not supported on 2.0 or 1.5 pro".
+    s.frames = false;
+    // ark-api.md §2.1 `draft` ("1.5 pro only") and `generate_audio` ("2.0 series and 1.5 pro").
+    s.draft = true;
+    s.generate_audio = true;
+    // ark-api.md §7 pixel table: "Seedance 1.5 pro / 2.0" column.
+    s.pixel_table = PixelTable::V2;
+    // ark-api.md §10 prices: 16 CNY/M with audio, 8 silent (flex half). Audio is the default
+    // (`generate_audio` true), and the higher price keeps estimates on the safe side.
+    s.price_per_million = 16.0;
+    s
+}
+
+/// BytePlus ModelArk names the same models `dreamina-…` where Volcengine says `doubao-…`
+/// (ark-api.md §13 model table, and the `seedance` CLI's defaults such as
+/// `dreamina-seedance-2-0-260128`). An alias gets the entry, limits and checks of its model.
+const BYTEPLUS_PREFIX: &str = "dreamina-";
+const VOLCENGINE_PREFIX: &str = "doubao-";
+
 /// The built-in catalogue, keyed by model id.
 pub fn builtin() -> BTreeMap<String, ModelSpec> {
     const TPD_PRO: u64 = 500_000_000_000; // 5000亿
@@ -236,6 +275,12 @@ pub fn builtin() -> BTreeMap<String, ModelSpec> {
     lite_i2v.default_resolution = "720p".into();
     lite_i2v.price_per_million = 10.0;
     m.insert("doubao-seedance-1-0-lite-i2v-250428".to_string(), lite_i2v);
+
+    // 1.5 pro (ark-api.md §2.1, §2.2, §7, §10): the only model with `draft` / `draft_task`.
+    m.insert(
+        "doubao-seedance-1-5-pro-251215".to_string(),
+        seedance_1_5_pro(TPD_PRO),
+    );
 
     let mut v20 = seedance_2(
         "seedance-2.0",
@@ -341,9 +386,13 @@ impl Catalogue {
         Ok(Self { models })
     }
 
-    /// The spec for `model`, if seedq knows it.
+    /// The spec for `model`, if seedq knows it. A BytePlus id (`dreamina-seedance-…`) without
+    /// an entry of its own resolves to the Volcengine entry of the same model.
     pub fn get(&self, model: &str) -> Option<&ModelSpec> {
-        self.models.get(model)
+        self.models.get(model).or_else(|| {
+            let rest = model.strip_prefix(BYTEPLUS_PREFIX)?;
+            self.models.get(&format!("{VOLCENGINE_PREFIX}{rest}"))
+        })
     }
 
     /// Every known model.
@@ -353,7 +402,10 @@ impl Catalogue {
 
     /// The known ids, comma-separated, for error messages.
     pub fn names(&self) -> String {
-        models_list(&self.models)
+        format!(
+            "{} (BytePlus ids {BYTEPLUS_PREFIX}… are aliases of {VOLCENGINE_PREFIX}…)",
+            models_list(&self.models)
+        )
     }
 }
 
@@ -587,6 +639,46 @@ mod tests {
         );
         let e = Catalogue::with_overrides(&o).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("limitz")));
+    }
+
+    #[test]
+    fn byteplus_ids_are_aliases_with_the_same_rules() {
+        let c = Catalogue::default();
+        for (byteplus, volc) in [
+            ("dreamina-seedance-2-0-260128", "doubao-seedance-2-0-260128"),
+            (
+                "dreamina-seedance-2-0-fast-260128",
+                "doubao-seedance-2-0-fast-260128",
+            ),
+            (
+                "dreamina-seedance-2-0-mini-260615",
+                "doubao-seedance-2-0-mini-260615",
+            ),
+            ("dreamina-seedance-2-5-260628", "doubao-seedance-2-5-260628"),
+            (
+                "dreamina-seedance-1-5-pro-251215",
+                "doubao-seedance-1-5-pro-251215",
+            ),
+        ] {
+            assert_eq!(c.get(byteplus), c.get(volc), "{byteplus}");
+            assert!(c.get(byteplus).is_some(), "{byteplus}");
+        }
+        assert!(c.get("dreamina-nothing-1").is_none());
+        assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());
+    }
+
+    #[test]
+    fn seedance_1_5_pro_has_the_documented_rules() {
+        let c = Catalogue::default();
+        let s = c.get("doubao-seedance-1-5-pro-251215").expect("1.5 pro");
+        assert!(s.draft && s.generate_audio && s.seed && s.flex && s.first_last_frame);
+        assert!(!s.frames && !s.priority && !s.tools);
+        assert_eq!((s.duration_min, s.duration_max), (4, 12));
+        assert!(s.duration_auto);
+        assert_eq!(s.default_resolution, "720p");
+        assert_eq!(s.pixel_table, PixelTable::V2);
+        assert_eq!(s.max_reference_images, 0);
+        assert!((s.price_per_million - 16.0).abs() < f64::EPSILON);
     }
 
     #[test]

@@ -48,19 +48,24 @@ fn long_name(flag: &str) -> Option<&'static str> {
 
 /// Splits `text` into the prompt and its inline commands.
 ///
+/// The prompt keeps its own whitespace (newlines included: a multi-line prompt stays
+/// multi-line); a removed command takes the whitespace before it along, and the result is
+/// trimmed at both ends.
+///
 /// # Errors
 /// A known command with a missing or unparsable value, e.g. `--dur five`.
 pub fn parse(text: &str, model: &str) -> Result<(String, InlineParams), Invalid> {
     let mut params = InlineParams::default();
-    let mut kept: Vec<&str> = Vec::new();
-    let mut tokens = text.split_whitespace().peekable();
-    while let Some(tok) = tokens.next() {
+    let mut prompt = String::with_capacity(text.len());
+    let mut tokens = tokens_with_gaps(text);
+    while let Some((gap, tok)) = tokens.next() {
         let Some(name) = tok.strip_prefix("--").and_then(long_name) else {
-            kept.push(tok);
+            prompt.push_str(gap);
+            prompt.push_str(tok);
             continue;
         };
         let param = format!("--{}", tok.trim_start_matches('-'));
-        let Some(value) = tokens.next() else {
+        let Some((_, value)) = tokens.next() else {
             return Err(Invalid::missing(&param, model, "a value after the command"));
         };
         let int = |allowed: &str| {
@@ -82,10 +87,27 @@ pub fn parse(text: &str, model: &str) -> Result<(String, InlineParams), Invalid>
             "seed" => params.seed = Some(int("an integer in [-1, 4294967295]")?),
             "camerafixed" => params.camera_fixed = Some(boolean()?),
             "watermark" => params.watermark = Some(boolean()?),
-            _ => kept.push(tok),
+            _ => {
+                prompt.push_str(gap);
+                prompt.push_str(tok);
+            }
         }
     }
-    Ok((kept.join(" "), params))
+    Ok((prompt.trim().to_string(), params))
+}
+
+/// The whitespace-separated tokens of `text`, each with the whitespace just before it.
+fn tokens_with_gaps(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    let mut rest = text;
+    std::iter::from_fn(move || {
+        let start = rest.find(|c: char| !c.is_whitespace())?;
+        let end = rest[start..]
+            .find(char::is_whitespace)
+            .map_or(rest.len(), |e| start + e);
+        let (gap, tok) = (&rest[..start], &rest[start..end]);
+        rest = &rest[end..];
+        Some((gap, tok))
+    })
 }
 
 /// Appends `params` to `prompt` as short-form commands, in the tutorial's order.
@@ -197,6 +219,20 @@ mod tests {
         let (prompt, p) = parse("a -- b --loud music --dur 3", M).expect("parses");
         assert_eq!(prompt, "a -- b --loud music");
         assert_eq!(p.duration, Some(3));
+    }
+
+    #[test]
+    fn newlines_and_spacing_of_the_prompt_survive() {
+        let text = "Shot 1: a fox wakes.\nShot 2: it runs --dur 5\n\n  Shot 3:\tsnow --rs 720p";
+        let (prompt, p) = parse(text, M).expect("parses");
+        assert_eq!(
+            prompt,
+            "Shot 1: a fox wakes.\nShot 2: it runs\n\n  Shot 3:\tsnow"
+        );
+        assert_eq!(p.duration, Some(5));
+        assert_eq!(p.resolution.as_deref(), Some("720p"));
+        let (prompt, _) = parse("line one\nline two", M).expect("parses");
+        assert_eq!(prompt, "line one\nline two");
     }
 
     #[test]

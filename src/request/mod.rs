@@ -25,6 +25,14 @@ pub const DEFAULT_EXPIRES_AFTER: i64 = 172_800;
 pub const DEFAULT_DURATION: i64 = 5;
 /// Largest seed.
 pub const MAX_SEED: i64 = 4_294_967_295;
+/// The API's default `seed`: random (ark-api.md §2.1 `seed`, §7 `--seed` default −1).
+pub const DEFAULT_SEED: i64 = -1;
+/// The API's default remote `priority` (ark-api.md §2.1 `priority`: "0; range 0–9").
+pub const DEFAULT_PRIORITY: i64 = 0;
+/// `omni_reference_task_type` values any source shows: ark-api.md §13 lists
+/// `auto`/`reference`/`edit`/`extend` (2.5); §2.1 shows the Go SDK's test sending
+/// `first_last_frame`. The sources disagree, so the union is accepted.
+pub const OMNI_TASK_TYPES: [&str; 5] = ["auto", "reference", "edit", "extend", "first_last_frame"];
 
 /// A request that breaks a rule. The message names the field, the value, what is allowed and
 /// the model: `duration 15 is out of range for doubao-seedance-1-0-pro-250528: 2..=12 seconds`.
@@ -90,13 +98,13 @@ impl Invalid {
     }
 
     fn not_one_of(param: &str, value: &str, model: &str, allowed: &[String]) -> Self {
-        Self::new(
-            param,
-            value,
-            "is not allowed",
-            model,
-            format!("one of {}", allowed.join(", ")),
-        )
+        // An empty list means the model takes no value at all: say so rather than "one of ."
+        let allowed = if allowed.is_empty() {
+            format!("no {param} (leave it empty)")
+        } else {
+            format!("one of {}", allowed.join(", "))
+        };
+        Self::new(param, value, "is not allowed", model, allowed)
     }
 }
 
@@ -499,12 +507,15 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
 
     let seed = req.seed.or(inline.seed);
     if let Some(v) = seed {
-        if spec.is_some_and(|s| !s.seed) {
+        // ark-api.md §2.1 `seed`: "Not supported on 2.0 per D2" (and §13 for 2.x). The default
+        // −1 (random, ark-api.md §2.1 and §7 `--seed`) is what such a model does anyway, and
+        // clients such as the `seedance` CLI send it on every create: accepted everywhere.
+        if v != DEFAULT_SEED && spec.is_some_and(|s| !s.seed) {
             return Err(Invalid::unsupported(
                 "seed",
                 v,
                 model,
-                "no seed (leave it empty)",
+                "no seed, or -1 (random; the model picks its own seed)",
             ));
         }
         if !(-1..=MAX_SEED).contains(&v) {
@@ -512,7 +523,11 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         }
     }
     if let Some(cf) = req.camera_fixed.or(inline.camera_fixed) {
-        let ok = spec.is_none_or(|s| s.camera_fixed) && !matches!(mode, Mode::ReferenceImages(_));
+        // ark-api.md §2.1 `camera_fixed`: default `false`; "Not supported in reference-image
+        // mode or on 2.0". Only `true` asks for something the model lacks; `false` is the
+        // documented default and always accepted.
+        let ok = !cf
+            || (spec.is_none_or(|s| s.camera_fixed) && !matches!(mode, Mode::ReferenceImages(_)));
         if !ok {
             return Err(Invalid::unsupported(
                 "camera_fixed",
@@ -533,12 +548,17 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
     let flex = tier == "flex";
+    // ark-api.md §2.1 `service_tier`: "Seedance 2.0 series supports **only** `default`" [DOC D2];
+    // §13 repeats it. `--flex` sets this field, so the message names both.
     if flex && spec.is_some_and(|s| !s.flex) {
         return Err(Invalid::unsupported(
             "service_tier",
             "flex",
             model,
-            "default",
+            format!(
+                "only default: {} has no flex tier (drop --flex / service_tier)",
+                spec.map_or("this model", |s| s.family.as_str())
+            ),
         ));
     }
     let expires_after = req.execution_expires_after.unwrap_or(DEFAULT_EXPIRES_AFTER);
@@ -550,14 +570,18 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             "3600..=259200 seconds (1 h to 72 h)",
         ));
     }
+    // ark-api.md §2.1 `generate_audio`: "Seedance 2.0 series and 1.5 pro only". A model without
+    // audio renders silent video, so `false` asks for what it does anyway: accepted (lenient,
+    // no source says Ark rejects it); only `true` asks for a missing feature.
     if let Some(ga) = req.generate_audio
+        && ga
         && spec.is_some_and(|s| !s.generate_audio)
     {
         return Err(Invalid::unsupported(
             "generate_audio",
             ga,
             model,
-            "no generate_audio",
+            "no generate_audio, or false (the model renders silent video)",
         ));
     }
     if draft {
@@ -582,14 +606,21 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
+    // ark-api.md §2.1 `priority`: "0; range 0–9", "Seedance 2.0 series only", "not allowed
+    // with `flex`". The default 0 is accepted on every model and tier.
     if let Some(p) = req.priority {
-        if spec.is_some_and(|s| !s.priority) {
-            return Err(Invalid::unsupported("priority", p, model, "no priority"));
-        }
         if !(0..=9).contains(&p) {
             return Err(Invalid::range("priority", p, model, "0..=9"));
         }
-        if flex {
+        if p != DEFAULT_PRIORITY && spec.is_some_and(|s| !s.priority) {
+            return Err(Invalid::unsupported(
+                "priority",
+                p,
+                model,
+                "no priority, or 0 (the default)",
+            ));
+        }
+        if p != DEFAULT_PRIORITY && flex {
             return Err(Invalid::new(
                 "priority",
                 p,
@@ -599,7 +630,8 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
-    if let Some(tools) = &req.tools {
+    // ark-api.md §2.1 `tools`: "Seedance 2.0 series only". An empty list asks for nothing.
+    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
         if spec.is_some_and(|s| !s.tools) {
             return Err(Invalid::unsupported("tools", "", model, "no tools"));
         }
@@ -612,6 +644,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
+    // ark-api.md §13: "`output_format`: `mp4` everywhere, `mov` on 2.5 only" (catalogue data).
     if let (Some(f), Some(s)) = (&req.output_format, spec)
         && !s.output_formats.contains(f)
     {
@@ -621,6 +654,9 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             model,
             &s.output_formats,
         ));
+    }
+    if let Some(t) = &req.omni_reference_task_type {
+        check_omni_task_type(t, req, spec, videos, &ratio)?;
     }
     if let Some(cb) = &req.callback_url {
         let ok = url::Url::parse(cb).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
@@ -653,6 +689,46 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_string()).collect()
+}
+
+/// `omni_reference_task_type` (ark-api.md §2.1: a Go-only field added 2026-08; §13: its values
+/// on 2.5). The sources are thin, so only what they state is enforced: a known value (the
+/// union of both sources), on a model that takes omni references (2.x; §13), and for
+/// `edit`/`extend` a `reference_video` and `ratio: adaptive` (§13).
+fn check_omni_task_type(
+    t: &str,
+    req: &CreateTaskRequest,
+    spec: Option<&ModelSpec>,
+    videos: u32,
+    ratio: &str,
+) -> Result<(), Invalid> {
+    let model = req.model.as_str();
+    if !OMNI_TASK_TYPES.contains(&t) {
+        return Err(Invalid::not_one_of(
+            "omni_reference_task_type",
+            t,
+            model,
+            &strings(&OMNI_TASK_TYPES),
+        ));
+    }
+    if spec.is_some_and(|s| s.max_reference_videos == 0) {
+        return Err(Invalid::unsupported(
+            "omni_reference_task_type",
+            t,
+            model,
+            "no omni_reference_task_type (omni references are a Seedance 2.x feature)",
+        ));
+    }
+    if matches!(t, "edit" | "extend") && (videos == 0 || ratio != "adaptive") {
+        return Err(Invalid::new(
+            "omni_reference_task_type",
+            t,
+            "needs a reference video and ratio adaptive",
+            model,
+            "a reference_video item and ratio adaptive for edit/extend",
+        ));
+    }
+    Ok(())
 }
 
 fn supported_modes(s: &ModelSpec) -> String {
@@ -861,6 +937,20 @@ pub fn prepare(
             known: catalogue.names(),
         })?;
     let model_spec = catalogue.get(&model);
+    // Ark takes both and lets `frames` win (ark-api.md §2.1 `frames`: "Overrides `duration`"),
+    // so the shared `check` accepts both. A job spec is seedq's own input, documented as
+    // duration *or* frames: giving both is a mistake we can name before anything is stored
+    // (issue 12 §5).
+    if let (Some(d), Some(f)) = (spec.duration, spec.frames) {
+        return Err(Invalid::new(
+            "duration",
+            format!("{d} and frames {f}"),
+            "are both given",
+            &model,
+            "either duration (seconds) or frames, not both",
+        )
+        .into());
+    }
 
     let mut content = Vec::new();
     if let Some(p) = &spec.prompt {
@@ -934,7 +1024,7 @@ pub fn prepare(
     };
 
     // Validate what the user wrote first, so errors talk about their values.
-    let effective = check(&request, catalogue)?;
+    let effective = check(&request, catalogue).map_err(remote_priority_names)?;
     normalise(&mut request);
     let wants_seed = model_spec.is_some_and(|s| s.seed);
     if wants_seed && matches!(effective.seed, None | Some(-1)) {
@@ -944,7 +1034,7 @@ pub fn prepare(
         to_inline(&mut request);
     }
     // The body we store is the body we send: re-check it in its final form.
-    let effective = check(&request, catalogue)?;
+    let effective = check(&request, catalogue).map_err(remote_priority_names)?;
     let est_tokens = effective.tokens(model_spec);
     let flex = effective.flex;
     let expires_after = effective.expires_after;
@@ -962,6 +1052,16 @@ pub fn prepare(
         expires_after,
         effective,
     })
+}
+
+/// A job spec calls Ark's `priority` `remote_priority` (its `priority` is seedq's queue order),
+/// so an error about the wire field must name the spec's field (issue 12 §5).
+fn remote_priority_names(mut e: Invalid) -> Invalid {
+    if e.param == "priority" {
+        e.param = "remote_priority".into();
+        e.allowed = e.allowed.replace("priority", "remote_priority");
+    }
+    e
 }
 
 /// Moves inline commands out of the prompt into top-level fields (explicit fields win), so

@@ -10,6 +10,30 @@ const LITE_I2V: &str = "doubao-seedance-1-0-lite-i2v-250428";
 const V20: &str = "doubao-seedance-2-0-260128";
 const V20_FAST: &str = "doubao-seedance-2-0-fast-260128";
 const V25: &str = "doubao-seedance-2-5-260628";
+const V20_MINI: &str = "doubao-seedance-2-0-mini-260615";
+const V15_PRO: &str = "doubao-seedance-1-5-pro-251215";
+/// Every 2.x model, Volcengine and BytePlus ids.
+const V2X: [&str; 8] = [
+    V20,
+    V20_FAST,
+    V20_MINI,
+    V25,
+    "dreamina-seedance-2-0-260128",
+    "dreamina-seedance-2-0-fast-260128",
+    "dreamina-seedance-2-0-mini-260615",
+    "dreamina-seedance-2-5-260628",
+];
+/// The four 1.0 models.
+const V10: [&str; 4] = [PRO, FAST, LITE_T2V, LITE_I2V];
+
+/// A request the model can take in its simplest mode (lite i2v has no text-to-video).
+fn simplest(model: &str) -> CreateTaskRequest {
+    if model == LITE_I2V {
+        req(model, vec![text("x"), img(URL, None)])
+    } else {
+        t2v(model)
+    }
+}
 
 fn text(t: &str) -> ContentItem {
     ContentItem::Text { text: t.into() }
@@ -392,7 +416,7 @@ fn invalid_cases() -> Vec<(&'static str, CreateTaskRequest, &'static str, &'stat
     add(
         "camera_fixed on 2.0",
         CreateTaskRequest {
-            camera_fixed: Some(false),
+            camera_fixed: Some(true),
             ..t2v(V20)
         },
         "camera_fixed",
@@ -863,4 +887,417 @@ fn prepare_errors_are_specific() {
     .expect("valid");
     assert_eq!(p.request.service_tier.as_deref(), Some("flex"));
     assert_eq!(p.request.execution_expires_after, Some(86_400));
+}
+
+/// Issue 10 item 6: values equal to the documented default are accepted on every model.
+#[test]
+fn documented_defaults_are_accepted_everywhere() {
+    let cat = Catalogue::default();
+    let all = V10.iter().chain(V2X.iter()).chain([V15_PRO].iter());
+    for m in all {
+        let with_defaults = CreateTaskRequest {
+            // ark-api.md §2.1 defaults: seed −1, priority 0, camera_fixed / watermark /
+            // return_last_frame / draft false, service_tier default, 48 h expiry, no tools.
+            seed: Some(-1),
+            priority: Some(0),
+            camera_fixed: Some(false),
+            watermark: Some(false),
+            return_last_frame: Some(false),
+            draft: Some(false),
+            service_tier: Some("default".into()),
+            execution_expires_after: Some(DEFAULT_EXPIRES_AFTER),
+            tools: Some(vec![]),
+            ..simplest(m)
+        };
+        if let Err(e) = check(&with_defaults, &cat) {
+            panic!("{m}: documented defaults refused: {e}");
+        }
+    }
+}
+
+#[test]
+fn seed_minus_one_is_accepted_on_every_2x_model_and_others_are_not() {
+    let cat = Catalogue::default();
+    for m in V2X {
+        let r = CreateTaskRequest {
+            seed: Some(-1),
+            ..t2v(m)
+        };
+        let e = check(&r, &cat).unwrap_or_else(|e| panic!("{m}: seed -1 refused: {e}"));
+        assert_eq!(e.seed, Some(-1));
+        // Inline `--seed -1` is the same default.
+        check(&req(m, vec![text("a cat --seed -1")]), &cat)
+            .unwrap_or_else(|e| panic!("{m}: inline --seed -1 refused: {e}"));
+        let e = check(
+            &CreateTaskRequest {
+                seed: Some(7),
+                ..t2v(m)
+            },
+            &cat,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.starts_with("seed 7 is not supported") && e.contains(m) && e.contains("-1"),
+            "{m}: {e}"
+        );
+    }
+}
+
+#[test]
+fn generate_audio_false_and_priority_0_are_accepted_on_1_0() {
+    let cat = Catalogue::default();
+    for m in V10 {
+        let r = CreateTaskRequest {
+            generate_audio: Some(false),
+            priority: Some(0),
+            ..simplest(m)
+        };
+        check(&r, &cat).unwrap_or_else(|e| panic!("{m}: {e}"));
+        // With flex too: priority 0 is the default, not a request for queue priority.
+        let r = CreateTaskRequest {
+            priority: Some(0),
+            service_tier: Some("flex".into()),
+            ..simplest(m)
+        };
+        check(&r, &cat).unwrap_or_else(|e| panic!("{m} flex: {e}"));
+        // What 1.0 lacks is still refused, naming field, value, allowed and model.
+        let e = check(
+            &CreateTaskRequest {
+                generate_audio: Some(true),
+                ..simplest(m)
+            },
+            &cat,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.starts_with("generate_audio true is not supported") && e.contains("false"),
+            "{m}: {e}"
+        );
+        let e = check(
+            &CreateTaskRequest {
+                priority: Some(2),
+                ..simplest(m)
+            },
+            &cat,
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.starts_with("priority 2 is not supported"), "{m}: {e}");
+    }
+    let e = check(
+        &CreateTaskRequest {
+            priority: Some(3),
+            service_tier: Some("flex".into()),
+            ..t2v(PRO)
+        },
+        &cat,
+    );
+    assert!(e.is_err(), "a real priority with flex is refused");
+}
+
+#[test]
+fn output_format_mp4_is_accepted_on_every_model() {
+    let cat = Catalogue::default();
+    for m in V10.iter().chain(V2X.iter()).chain([V15_PRO].iter()) {
+        let r = CreateTaskRequest {
+            output_format: Some("mp4".into()),
+            ..simplest(m)
+        };
+        check(&r, &cat).unwrap_or_else(|e| panic!("{m}: {e}"));
+    }
+    let e = check(
+        &CreateTaskRequest {
+            output_format: Some("mov".into()),
+            ..t2v(PRO)
+        },
+        &cat,
+    )
+    .err()
+    .map(|e| e.to_string())
+    .unwrap_or_default();
+    assert!(e.contains("one of mp4"), "{e}");
+    assert!(!e.contains("one of ."), "{e}");
+}
+
+#[test]
+fn an_empty_allowed_list_is_not_one_of_nothing() {
+    let e = Invalid::not_one_of("output_format", "mp4", PRO, &[]).to_string();
+    assert_eq!(
+        e,
+        format!("output_format mp4 is not allowed for {PRO}: no output_format (leave it empty)")
+    );
+}
+
+#[test]
+fn omni_reference_task_type_takes_only_documented_values() {
+    let cat = Catalogue::default();
+    let video = ContentItem::VideoUrl {
+        video_url: MediaUrl {
+            url: "https://example.com/v.mp4".into(),
+        },
+        role: Some("reference_video".into()),
+    };
+    let with = |model: &str, t: &str, content: Vec<ContentItem>| CreateTaskRequest {
+        omni_reference_task_type: Some(t.into()),
+        ..req(model, content)
+    };
+    for t in ["auto", "reference", "first_last_frame"] {
+        check(&with(V25, t, vec![text("x")]), &cat).unwrap_or_else(|e| panic!("{t}: {e}"));
+        check(&with(V20, t, vec![text("x")]), &cat).unwrap_or_else(|e| panic!("{t}: {e}"));
+    }
+    for t in ["edit", "extend"] {
+        check(&with(V25, t, vec![text("x"), video.clone()]), &cat)
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+        let e = check(&with(V25, t, vec![text("x")]), &cat)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("reference_video"), "{t}: {e}");
+        let r = CreateTaskRequest {
+            ratio: Some("16:9".into()),
+            ..with(V25, t, vec![text("x"), video.clone()])
+        };
+        assert!(check(&r, &cat).is_err(), "{t} with 16:9");
+    }
+    let e = check(&with(V25, "anything", vec![text("x")]), &cat)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(
+        e.starts_with("omni_reference_task_type anything is not allowed")
+            && e.contains("auto, reference, edit, extend"),
+        "{e}"
+    );
+    let e = check(&with(PRO, "auto", vec![text("x")]), &cat)
+        .err()
+        .map(|e| e.param);
+    assert_eq!(e.as_deref(), Some("omni_reference_task_type"));
+    // Unknown models and endpoints: only the value list applies.
+    check(&with("ep-20250101-abc", "auto", vec![text("x")]), &cat).expect("endpoint");
+}
+
+#[test]
+fn flex_on_2x_names_field_value_allowed_and_model() {
+    let cat = Catalogue::default();
+    for m in V2X {
+        let e = check(
+            &CreateTaskRequest {
+                service_tier: Some("flex".into()),
+                ..t2v(m)
+            },
+            &cat,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{m}: flex accepted"));
+        assert_eq!(e.param, "service_tier");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("service_tier flex is not supported for")
+                && msg.contains(m)
+                && msg.contains("only default")
+                && msg.contains("no flex tier"),
+            "{msg}"
+        );
+    }
+    let p = prepare(
+        JobSpec {
+            flex: Some(true),
+            ..spec(V20, "x")
+        },
+        &cat,
+        Path::new("."),
+    );
+    let e = p.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(
+        e.contains("service_tier flex") && e.contains("--flex"),
+        "{e}"
+    );
+}
+
+#[test]
+fn seedance_1_5_pro_takes_drafts_and_draft_tasks() {
+    let cat = Catalogue::default();
+    let e = check(
+        &CreateTaskRequest {
+            draft: Some(true),
+            ..t2v(V15_PRO)
+        },
+        &cat,
+    )
+    .expect("a draft");
+    assert_eq!(e.resolution, "480p");
+    assert_eq!(e.size, Some((864, 496)), "the 1.5 pro / 2.0 pixel table");
+    let r = req(
+        V15_PRO,
+        vec![ContentItem::DraftTask {
+            draft_task: DraftTaskRef {
+                id: "cgt-20260101000000-abcde".into(),
+            },
+        }],
+    );
+    check(&r, &cat).expect("a final render from a draft");
+    // Its documented limits: duration [4, 12] or -1, no frames, drafts only at 480p.
+    let bad = [
+        (
+            CreateTaskRequest {
+                duration: Some(3),
+                ..t2v(V15_PRO)
+            },
+            "duration",
+        ),
+        (
+            CreateTaskRequest {
+                frames: Some(57),
+                ..t2v(V15_PRO)
+            },
+            "frames",
+        ),
+        (
+            CreateTaskRequest {
+                draft: Some(true),
+                resolution: Some("720p".into()),
+                ..t2v(V15_PRO)
+            },
+            "resolution",
+        ),
+        (
+            CreateTaskRequest {
+                draft: Some(true),
+                service_tier: Some("flex".into()),
+                ..t2v(V15_PRO)
+            },
+            "draft",
+        ),
+    ];
+    for (r, param) in bad {
+        let e = check(&r, &cat).err().map(|e| e.param);
+        assert_eq!(e.as_deref(), Some(param));
+    }
+    let e = check(
+        &CreateTaskRequest {
+            duration: Some(-1),
+            seed: Some(9),
+            generate_audio: Some(false),
+            ..t2v(V15_PRO)
+        },
+        &cat,
+    )
+    .expect("auto duration, a seed, silent");
+    assert_eq!(
+        e.ratio, "adaptive",
+        "ark-api.md §2.1: default adaptive on 1.5 pro"
+    );
+}
+
+#[test]
+fn byteplus_ids_get_the_same_checks() {
+    let cat = Catalogue::default();
+    let r = CreateTaskRequest {
+        duration: Some(16),
+        ..t2v("dreamina-seedance-2-0-260128")
+    };
+    let e = check(&r, &cat)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("4..=15"), "{e}");
+    let r = CreateTaskRequest {
+        resolution: Some("1080p".into()),
+        ..t2v("dreamina-seedance-2-0-fast-260128")
+    };
+    assert!(
+        check(&r, &cat).is_err(),
+        "fast has no 1080p under its BytePlus id"
+    );
+    // The `seedance` CLI's create, as it sends it (seedance 0.3.0 src/commands/generate.rs).
+    let r = CreateTaskRequest {
+        resolution: Some("720p".into()),
+        ratio: Some("adaptive".into()),
+        duration: Some(5),
+        seed: Some(-1),
+        generate_audio: Some(true),
+        watermark: Some(false),
+        ..t2v("dreamina-seedance-2-0-260128")
+    };
+    let e = check(&r, &cat).expect("the seedance CLI's defaults");
+    assert_eq!(e.size, Some((1280, 720)));
+}
+
+#[test]
+fn duration_and_frames_together_are_refused_naming_both() {
+    let cat = Catalogue::default();
+    let e = prepare(
+        JobSpec {
+            duration: Some(5),
+            frames: Some(57),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .err()
+    .map(|e| e.to_string());
+    assert_eq!(
+        e.as_deref(),
+        Some(
+            "duration 5 and frames 57 are both given for doubao-seedance-1-0-pro-250528: \
+             either duration (seconds) or frames, not both"
+        )
+    );
+    // Ark itself takes both (frames wins), so the shared check stays lenient.
+    check(
+        &CreateTaskRequest {
+            duration: Some(5),
+            frames: Some(57),
+            ..t2v(PRO)
+        },
+        &cat,
+    )
+    .expect("the wire rule is Ark's");
+}
+
+#[test]
+fn remote_priority_errors_name_remote_priority() {
+    let cat = Catalogue::default();
+    for (model, p, frag) in [(V20, 12, "0..=9"), (PRO, 3, "no remote_priority")] {
+        let e = prepare(
+            JobSpec {
+                remote_priority: Some(p),
+                ..spec(model, "x")
+            },
+            &cat,
+            Path::new("."),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(
+            e.starts_with(&format!("remote_priority {p} ")) && e.contains(frag),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn prepare_keeps_the_newlines_of_a_prompt_with_inline_flags() {
+    let cat = Catalogue::default();
+    let p = prepare(
+        spec(
+            PRO,
+            "Shot 1: dawn.\nShot 2: the fox runs. --rs 720p --dur 4",
+        ),
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(
+        p.request.content,
+        vec![text("Shot 1: dawn.\nShot 2: the fox runs.")]
+    );
+    assert_eq!(p.request.duration, Some(4));
 }

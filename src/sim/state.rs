@@ -35,7 +35,7 @@ use super::error::ApiError;
 use super::files;
 use super::video::{self, RenderJob, Rendered, VideoKey};
 use crate::ark::wire::{
-    ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, Usage,
+    ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, ToolUsage, Usage,
 };
 use crate::catalogue::{self, Catalogue, PixelTable};
 use crate::request::Effective;
@@ -176,10 +176,10 @@ pub struct TaskRec {
     pub body: serde_json::Value,
     pub eff: Effective,
     pub flex: bool,
-    /// The seed the video is rendered with (random when the request gave none).
+    /// The seed the video is rendered with (random when the request gave none or −1). Every
+    /// model echoes one: ark-api.md §3.2 shows a real 2.0 task, which takes no seed, with
+    /// `"seed":1276`.
     pub seed: i64,
-    /// Whether `seed` appears on the wire (models that take no seed do not echo one).
-    emit_seed: bool,
     /// Exactly one is set, as on the wire.
     pub duration: Option<i64>,
     pub frames: Option<i64>,
@@ -492,9 +492,10 @@ impl Sim {
                     break id;
                 }
             };
-            let emit_seed = spec.is_none_or(|s| s.seed);
+            // A model without `seed` still reports the one it used (ark-api.md §3.2).
+            let takes_seed = spec.is_none_or(|s| s.seed);
             let seed = match eff.seed {
-                Some(s) if s >= 0 && emit_seed => s,
+                Some(s) if s >= 0 && takes_seed => s,
                 _ => inner.rng.random_range(0..=crate::request::MAX_SEED),
             };
             let (duration, frames) = match (eff.frames, eff.duration) {
@@ -535,7 +536,6 @@ impl Sim {
                 eff,
                 flex,
                 seed,
-                emit_seed,
                 duration,
                 frames,
                 frame_count,
@@ -1080,7 +1080,7 @@ impl Sim {
             Usage {
                 completion_tokens: tokens,
                 total_tokens: tokens,
-                tool_usage: None,
+                tool_usage: web_search_usage(t),
             }
         });
         let draft_task_id = t.req.content.iter().find_map(|i| match i {
@@ -1096,7 +1096,7 @@ impl Sim {
             usage,
             created_at: t.created_at,
             updated_at: t.updated_at,
-            seed: t.emit_seed.then_some(t.seed),
+            seed: Some(t.seed),
             resolution: Some(t.eff.resolution.clone()),
             ratio: Some(t.eff.concrete_ratio.clone()),
             duration: t.duration,
@@ -1123,6 +1123,24 @@ impl Sim {
             output_format: t.req.output_format.clone(),
         }
     }
+}
+
+/// `usage.tool_usage` for a task that asked for `tools` (ark-api.md §2.1 `tools` and §3.1:
+/// "Search count is reported in `usage.tool_usage.web_search`").
+///
+/// [INF] How many searches Ark runs is not documented; the sim reports one per `web_search`
+/// tool requested, so the field is present and deterministic. No tools, no `tool_usage`.
+fn web_search_usage(t: &TaskRec) -> Option<ToolUsage> {
+    let searches = t
+        .req
+        .tools
+        .iter()
+        .flatten()
+        .filter(|tool| tool.kind == "web_search")
+        .count();
+    (searches > 0).then(|| ToolUsage {
+        web_search: i64::try_from(searches).unwrap_or(i64::MAX),
+    })
 }
 
 fn rpm_message(model: &str, rpm: u32) -> String {

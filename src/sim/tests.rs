@@ -643,13 +643,17 @@ async fn python_style_nulls_are_absent() {
 }
 
 #[tokio::test]
-async fn newer_models_echo_audio_and_no_seed_and_resolve_auto_duration() {
+async fn newer_models_echo_audio_and_a_seed_and_resolve_auto_duration() {
     let t = T::new(fast()).await;
     let mut body = text_body(V20, "a drone shot");
     body["duration"] = json!(-1);
+    // The documented default seed, as the `seedance` CLI sends it (ark-api.md §2.1).
+    body["seed"] = json!(-1);
     let id = t.create(body).await;
     let (_, v) = t.get_raw(&id).await;
-    assert!(v.get("seed").is_none(), "{v}");
+    // ark-api.md §3.2: a real 2.0 task echoes the seed it used ("seed":1276).
+    let seed = v["seed"].as_i64().unwrap_or(-1);
+    assert!((0..=4_294_967_295).contains(&seed), "{v}");
     assert_eq!(v["generate_audio"], true);
     assert_eq!(v["draft"], false);
     assert_eq!(v["duration"], 5);
@@ -660,6 +664,71 @@ async fn newer_models_echo_audio_and_no_seed_and_resolve_auto_duration() {
         Some(108_900),
         "ark-api.md §10: 1280×720, 5 s"
     );
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn web_search_tools_are_reported_in_tool_usage() {
+    let t = T::new(fast()).await;
+    let mut body = text_body(V20, "today's weather in Hangzhou, as a weather report");
+    body["tools"] = json!([{"type": "web_search"}]);
+    let with_tools = t.create(body).await;
+    let without = t.create(text_body(V20, "a quiet lake")).await;
+    let done = t.wait_status(&with_tools, TaskStatus::Succeeded).await;
+    // ark-api.md §3.1: `usage.tool_usage.web_search` on 2.0 with tools.
+    let usage = done.usage.expect("usage on success");
+    assert_eq!(usage.tool_usage.map(|u| u.web_search), Some(1));
+    t.wait_status(&without, TaskStatus::Succeeded).await;
+    let (_, v) = t.get_raw(&without).await;
+    assert!(v["usage"].get("tool_usage").is_none(), "{v}");
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn byteplus_ids_and_1_5_pro_drafts_are_accepted() {
+    let t = T::new(SimConfig {
+        accept_unknown_models: false,
+        ..fast()
+    })
+    .await;
+    // The `seedance` CLI's default model and defaults (seed -1, 720p, adaptive, audio on).
+    let mut body = text_body("dreamina-seedance-2-0-260128", "a red kite");
+    body["seed"] = json!(-1);
+    body["resolution"] = json!("720p");
+    body["ratio"] = json!("adaptive");
+    body["generate_audio"] = json!(true);
+    body["watermark"] = json!(false);
+    let id = t.create(body).await;
+    let done = t.wait_status(&id, TaskStatus::Succeeded).await;
+    assert_eq!(done.model, "dreamina-seedance-2-0-260128");
+    // The alias gets the 2.0 rules: no flex.
+    let mut flex = text_body("dreamina-seedance-2-0-260128", "x");
+    flex["service_tier"] = json!("flex");
+    let r = t.post(&flex).await;
+    let s = r.status();
+    assert_error(
+        s,
+        &r.json().await.expect("json"),
+        StatusCode::BAD_REQUEST,
+        "InvalidParameter",
+        Some("service_tier"),
+    );
+    // 1.5 pro: a draft, then a final render from it (ark-api.md §2.1 `draft`, §2.2).
+    let mut draft = text_body("doubao-seedance-1-5-pro-251215", "a fox in snow");
+    draft["draft"] = json!(true);
+    let draft_id = t.create(draft).await;
+    t.wait_status(&draft_id, TaskStatus::Succeeded).await;
+    let (_, v) = t.get_raw(&draft_id).await;
+    assert_eq!(v["resolution"], "480p", "{v}");
+    assert_eq!(v["draft"], true, "{v}");
+    let final_id = t
+        .create(json!({
+            "model": "doubao-seedance-1-5-pro-251215",
+            "content": [{"type": "draft_task", "draft_task": {"id": draft_id}}]
+        }))
+        .await;
+    let (_, v) = t.get_raw(&final_id).await;
+    assert_eq!(v["draft_task_id"], json!(draft_id), "{v}");
     t.handle.shutdown().await;
 }
 

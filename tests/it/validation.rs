@@ -1,0 +1,359 @@
+//! Validation accepts what Ark accepts (issue 10 item 6), through `seedq submit` and through
+//! clients we did not write: the official Python SDK and the third-party `seedance` CLI.
+//!
+//! The cases live in `tests/sdk/validation_cases.json`, so the SDK (against `seedq sim`) and
+//! `seedq submit` are judged on the same list and must agree with each other and the file.
+//! A missing SDK or `seedance` binary fails with the set-up command; nothing is skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::helpers::{SIM_KEY, SimProc, TestEnv, code_and_err, worker_config};
+
+const PRO: &str = "doubao-seedance-1-0-pro-250528";
+const V20: &str = "doubao-seedance-2-0-260128";
+const V15_PRO: &str = "doubao-seedance-1-5-pro-251215";
+const CASES: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/sdk/validation_cases.json"
+);
+const SDK_CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
+
+/// Fast simulated time and tiny videos: only the verdicts and the lifecycle matter here.
+fn fast_sim() -> SimProc {
+    SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n")
+}
+
+/// A command with the proxy variables removed, so loopback calls go straight to the sim.
+fn no_proxy(mut c: Command) -> Command {
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("NO_PROXY", "127.0.0.1,localhost");
+    c
+}
+
+fn write(env: &TestEnv, name: &str, text: &str) -> String {
+    let p = env.path().join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.to_string_lossy().into_owned()
+}
+
+/// `seedq submit --file` with one JSONL line: (exit code, stderr).
+fn submit_line(env: &TestEnv, line: &serde_json::Value) -> (Option<i32>, String) {
+    let f = write(env, "job.jsonl", &format!("{line}\n"));
+    code_and_err(&env.cli(&["submit", "--file", &f]))
+}
+
+fn job_request(env: &TestEnv, id: &str) -> serde_json::Value {
+    let out = env.ok(&["show", id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("show --json is JSON");
+    let body = v["job"]["request_json"]
+        .as_str()
+        .expect("the frozen request");
+    serde_json::from_str(body).expect("the request is JSON")
+}
+
+/// The case file's entries.
+fn cases() -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(CASES).expect("read validation_cases.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("cases are JSON");
+    v["cases"].as_array().cloned().expect("a cases array")
+}
+
+/// A case as a seedq job spec: Ark's `priority` is `remote_priority` there.
+fn as_job_spec(case: &serde_json::Value) -> serde_json::Value {
+    let name = case["name"].as_str().unwrap_or("case");
+    let mut spec = serde_json::json!({
+        "model": case["model"],
+        "prompt": format!("validation case: {name}"),
+    });
+    let obj = spec.as_object_mut().expect("object");
+    for (k, v) in case["fields"].as_object().expect("fields") {
+        let k = if k == "priority" {
+            "remote_priority"
+        } else {
+            k
+        };
+        obj.insert(k.to_string(), v.clone());
+    }
+    if let Some(d) = case.get("draft_task") {
+        obj.insert("draft_task".into(), d.clone());
+    }
+    spec
+}
+
+fn sdk_python() -> String {
+    std::env::var("SEEDQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// The sim's verdict for every case, as the official SDK sees it.
+fn sdk_verdicts(sim: &SimProc) -> BTreeMap<String, String> {
+    const INSTALL: &str = "run the suite with tests/run.sh, which installs the SDK into a venv \
+                           (or: pip install -r tests/sdk/requirements.txt and set SEEDQ_TEST_PYTHON)";
+    let python = sdk_python();
+    let probe = Command::new(&python)
+        .args(["-c", "import volcenginesdkarkruntime"])
+        .output();
+    match probe {
+        Err(e) => panic!("{python} is needed for the SDK validation test ({e}); {INSTALL}"),
+        Ok(o) if !o.status.success() => panic!(
+            "the Ark Python SDK is not importable by {python}; {INSTALL}\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Ok(_) => {}
+    }
+    let mut c = Command::new(&python);
+    c.arg(SDK_CHECK)
+        .arg(&sim.base_url)
+        .arg(SIM_KEY)
+        .arg("--cases-only");
+    let out = no_proxy(c).output().expect("run sdk_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "sdk_check.py --cases-only failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("verdict\t"))
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn the_official_sdk_against_the_sim_and_seedq_submit_agree_on_every_case() {
+    let sim = fast_sim();
+    let sdk = sdk_verdicts(&sim);
+    let cases = cases();
+    assert_eq!(sdk.len(), cases.len(), "one SDK verdict per case: {sdk:?}");
+
+    let env = TestEnv::new("");
+    let mut accepted = 0;
+    for case in &cases {
+        let name = case["name"].as_str().expect("name");
+        let expect = case["expect"].as_str().expect("expect");
+        let (code, err) = submit_line(&env, &as_job_spec(case));
+        let seedq = match code {
+            Some(0) => "accept".to_string(),
+            Some(2) => {
+                // `line 1: PARAM VALUE … for MODEL: ALLOWED`; seedq's own name for Ark's
+                // `priority` is `remote_priority`.
+                let param = err
+                    .split("line 1: ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or("")
+                    .to_string();
+                assert!(
+                    err.contains(case["model"].as_str().unwrap_or("")),
+                    "{name}: the error names no model: {err}"
+                );
+                if param == "remote_priority" {
+                    "priority".to_string()
+                } else {
+                    param
+                }
+            }
+            other => panic!("{name}: seedq submit exited {other:?}: {err}"),
+        };
+        if seedq == "accept" {
+            accepted += 1;
+        }
+        assert_eq!(
+            sdk.get(name).map(String::as_str),
+            Some(seedq.as_str()),
+            "{name}: the sim (via the SDK) and seedq submit disagree; seedq said: {err}"
+        );
+        assert_eq!(seedq, expect, "{name}: {err}");
+    }
+    // Nothing was stored for a refused case.
+    assert_eq!(env.jobs().len(), accepted);
+}
+
+#[test]
+fn documented_defaults_are_accepted_by_submit_and_complete_at_the_sim() {
+    let sim = fast_sim();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let lines = [
+        serde_json::json!({"model": V20, "prompt": "a kite", "seed": -1,
+            "tools": [{"type": "web_search"}], "camera_fixed": false, "key": "v20"}),
+        serde_json::json!({"model": "dreamina-seedance-2-0-fast-260128", "prompt": "a boat",
+            "seed": -1, "key": "byteplus"}),
+        serde_json::json!({"model": PRO, "prompt": "a cat", "generate_audio": false,
+            "remote_priority": 0, "output_format": "mp4", "key": "pro"}),
+        serde_json::json!({"model": V15_PRO, "prompt": "a fox", "draft": true, "key": "draft"}),
+    ];
+    let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+    let f = write(&env, "jobs.jsonl", &text);
+    env.ok(&["submit", "--file", &f]);
+    env.run_service();
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), lines.len());
+    for j in &jobs {
+        assert_eq!(j["state"], "succeeded", "{j}");
+    }
+    // At the sim: the 2.0 body went out with the defaults as given; the draft ran at 480p.
+    let tasks = sim.tasks();
+    let v20 = tasks
+        .iter()
+        .find(|t| t["model"] == V20)
+        .expect("the 2.0 task");
+    assert_eq!(v20["request"]["seed"], -1, "{v20}");
+    assert_eq!(v20["request"]["tools"][0]["type"], "web_search", "{v20}");
+    let draft = tasks
+        .iter()
+        .find(|t| t["model"] == V15_PRO)
+        .expect("the 1.5 pro task");
+    assert_eq!(
+        (
+            draft["nominal_width"].as_u64(),
+            draft["nominal_height"].as_u64()
+        ),
+        (Some(864), Some(496)),
+        "{draft}"
+    );
+}
+
+#[test]
+fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
+    let env = TestEnv::new("");
+    // --flex on 2.x (ark-api.md §2.1 service_tier).
+    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--flex", "x"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("service_tier flex is not supported for doubao-seedance-2-0-260128")
+            && err.contains("only default")
+            && err.contains("--flex"),
+        "{err}"
+    );
+    // duration and frames together (issue 12 §5): both named.
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": PRO, "prompt": "x", "duration": 5, "frames": 57}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("duration 5 and frames 57 are both given") && err.contains(PRO),
+        "{err}"
+    );
+    // remote_priority, not priority (issue 12 §5).
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": V20, "prompt": "x", "remote_priority": 12}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("remote_priority 12 is out of range") && err.contains("0..=9"),
+        "{err}"
+    );
+    // A seed 2.x does not take; -1 is the allowed value.
+    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "5", "x"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("seed 5 is not supported") && err.contains("-1"),
+        "{err}"
+    );
+    // An unknown omni_reference_task_type.
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "doubao-seedance-2-5-260628", "prompt": "x",
+            "omni_reference_task_type": "remix"}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("omni_reference_task_type remix is not allowed")
+            && err.contains("auto, reference, edit, extend"),
+        "{err}"
+    );
+    assert!(env.jobs().is_empty(), "nothing stored");
+    // The accepted counterparts.
+    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "-1", "x"]));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_prompt_with_inline_flags_keeps_its_newlines() {
+    let env = TestEnv::new("");
+    let out = env.ok(&[
+        "submit",
+        "--model",
+        PRO,
+        "Shot 1: dawn over the bay.\nShot 2: a gull lands. --rs 720p --dur 4",
+    ]);
+    let id = out.trim();
+    let req = job_request(&env, id);
+    assert_eq!(
+        req["content"][0]["text"], "Shot 1: dawn over the bay.\nShot 2: a gull lands.",
+        "{req}"
+    );
+    assert_eq!(req["duration"], 4, "{req}");
+    assert_eq!(req["resolution"], "720p", "{req}");
+}
+
+/// Where `tests/run.sh` installs the `seedance` CLI.
+fn seedance_bin() -> PathBuf {
+    std::env::var_os("SEEDQ_TEST_SEEDANCE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/bin/seedance"),
+        PathBuf::from,
+    )
+}
+
+/// The third-party `seedance` CLI (crates.io 0.3.0) against the sim: its create, with the
+/// defaults it sends on every call (seed -1, 720p, adaptive, 5 s, audio, no watermark) and
+/// its BytePlus model id, is accepted, and it polls the task to completion and downloads it.
+#[test]
+fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
+    let bin = seedance_bin();
+    assert!(
+        bin.is_file(),
+        "the seedance CLI is not at {}; run tests/run.sh, or: cargo install seedance --version \
+         0.3.0 --locked --root target/test-tools (and set SEEDQ_TEST_SEEDANCE to its path)",
+        bin.display()
+    );
+    let sim = fast_sim();
+    let home = tempfile::tempdir().expect("tempdir");
+    let out_file = home.path().join("clip.mp4");
+    let mut c = Command::new(&bin);
+    c.args(["generate", "--json", "--prompt", "a red kite over the sea"])
+        .args(["--wait", "--poll-interval", "1", "--timeout", "60"])
+        .arg("--output")
+        .arg(&out_file)
+        // Its config: figment reads SEEDANCE_* variables; the key also from SEEDANCE_API_KEY.
+        .env("SEEDANCE_BASE_URL", &sim.base_url)
+        .env("SEEDANCE_API_KEY", SIM_KEY)
+        .env_remove("ARK_API_KEY")
+        // Its config file, duplicate guard and default output live under HOME.
+        .env("HOME", home.path())
+        .env("XDG_CONFIG_HOME", home.path().join(".config"))
+        .env("XDG_CACHE_HOME", home.path().join(".cache"))
+        .env("XDG_DATA_HOME", home.path().join(".local/share"))
+        .env("NO_COLOR", "1");
+    let out = no_proxy(c).output().expect("run seedance");
+    assert!(
+        out.status.success(),
+        "seedance generate failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let video = std::fs::read(&out_file).expect("seedance wrote the video");
+    assert_eq!(&video[4..8], b"ftyp", "an MP4");
+    let tasks = sim.tasks();
+    assert_eq!(tasks.len(), 1, "exactly one create: {tasks:?}");
+    let t = &tasks[0];
+    assert_eq!(t["model"], "dreamina-seedance-2-0-260128");
+    assert_eq!(t["status"], "succeeded");
+    assert_eq!(t["request"]["seed"], -1, "it sends the default seed: {t}");
+    assert_eq!(t["request"]["generate_audio"], true, "{t}");
+}

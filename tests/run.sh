@@ -11,6 +11,9 @@
 #   target/test-tools, so the simulator's wire-compatibility test runs against a client we did
 #   not write, without touching the system Python.
 # - systemd-analyze (the unit file test) and kill(1) (signal tests), from Debian packages.
+# - The third-party `seedance` CLI (crates.io 0.3.0, a BytePlus ModelArk client) under
+#   target/test-tools/bin, so tests/it/validation.rs can check the simulator and validation
+#   accept what a client we did not write sends (its defaults, its dreamina- model ids).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,6 +54,14 @@ if ! "$venv/bin/python" -c "import volcenginesdkarkruntime" 2>/dev/null; then
         -r tests/sdk/requirements.txt
 fi
 export SEEDQ_TEST_PYTHON="$venv/bin/python"
+
+# --- The third-party seedance CLI -----------------------------------------------------------
+seedance="$tools/bin/seedance"
+if [[ ! -x "$seedance" ]]; then
+    echo "tests/run.sh: installing the seedance CLI 0.3.0 into $tools" >&2
+    cargo install seedance --version 0.3.0 --locked --root "$tools"
+fi
+export SEEDQ_TEST_SEEDANCE="$seedance"
 
 # --- The suite ----------------------------------------------------------------------------
 # --no-fail-fast: a failing unit test must not hide the integration tests' results.

@@ -1026,6 +1026,9 @@ pub fn prepare(
     // Validate what the user wrote first, so errors talk about their values.
     let effective = check(&request, catalogue).map_err(remote_priority_names)?;
     normalise(&mut request);
+    if let Some(s) = model_spec {
+        drop_unsupported_defaults(&mut request, s);
+    }
     let wants_seed = model_spec.is_some_and(|s| s.seed);
     if wants_seed && matches!(effective.seed, None | Some(-1)) {
         request.seed = Some(id.derived_seed());
@@ -1052,6 +1055,27 @@ pub fn prepare(
         expires_after,
         effective,
     })
+}
+
+/// Removes fields a model does not take when they only repeat the documented default.
+///
+/// `check` accepts them (Ark's documented defaults, ark-api.md §2.1; other clients send them),
+/// but the sources also say these models lack the field, so seedq does not send it: the
+/// request means the same and cannot trip a stricter server. The stored seed then stays
+/// `None` for a model that picks its own, so reconciliation never waits for a `-1` echo.
+fn drop_unsupported_defaults(req: &mut CreateTaskRequest, s: &ModelSpec) {
+    if !s.seed && req.seed == Some(DEFAULT_SEED) {
+        req.seed = None;
+    }
+    if !s.generate_audio && req.generate_audio == Some(false) {
+        req.generate_audio = None;
+    }
+    if !s.priority && req.priority == Some(DEFAULT_PRIORITY) {
+        req.priority = None;
+    }
+    if !s.camera_fixed && req.camera_fixed == Some(false) {
+        req.camera_fixed = None;
+    }
 }
 
 /// A job spec calls Ark's `priority` `remote_priority` (its `priority` is seedq's queue order),

@@ -1301,3 +1301,58 @@ fn prepare_keeps_the_newlines_of_a_prompt_with_inline_flags() {
     );
     assert_eq!(p.request.duration, Some(4));
 }
+
+#[test]
+fn prepare_does_not_send_defaults_the_model_lacks() {
+    let cat = Catalogue::default();
+    let p = prepare(
+        JobSpec {
+            seed: Some(-1),
+            camera_fixed: Some(false),
+            remote_priority: Some(0),
+            ..spec(V20, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(p.request.seed, None, "2.x picks its own seed");
+    assert_eq!(p.seed, None, "no seed to match at reconciliation");
+    assert_eq!(p.request.camera_fixed, None);
+    assert_eq!(
+        p.request.priority,
+        Some(0),
+        "2.x takes priority: kept as given"
+    );
+    let p = prepare(
+        JobSpec {
+            generate_audio: Some(false),
+            remote_priority: Some(0),
+            ..spec(PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(p.request.generate_audio, None);
+    assert_eq!(p.request.priority, None);
+    assert_eq!(
+        p.request.seed,
+        Some(p.id.derived_seed()),
+        "1.0 still gets a derived seed"
+    );
+    let p = prepare(
+        JobSpec {
+            generate_audio: Some(false),
+            ..spec(V15_PRO, "x")
+        },
+        &cat,
+        Path::new("."),
+    )
+    .expect("valid");
+    assert_eq!(
+        p.request.generate_audio,
+        Some(false),
+        "1.5 pro takes it: a silent video"
+    );
+}

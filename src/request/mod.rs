@@ -371,7 +371,11 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
-    if audios > 0 && videos == 0 && firsts + lasts + refs == 0 {
+    // ark-api.md §2.2 ("Limits (2.0 series only)": audio cannot be the only media) and §13
+    // ("On 2.0, audio needs an image or video beside it"). No source says it of 2.5 or of
+    // models seedq does not know, so there Ark decides.
+    let audio_needs_visual = spec.is_some_and(|s| s.family.starts_with("seedance-2.0"));
+    if audio_needs_visual && audios > 0 && videos == 0 && firsts + lasts + refs == 0 {
         return Err(Invalid::new(
             "content",
             "with only audio references",

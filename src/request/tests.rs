@@ -1356,3 +1356,24 @@ fn prepare_does_not_send_defaults_the_model_lacks() {
         "1.5 pro takes it: a silent video"
     );
 }
+
+#[test]
+fn audio_only_references_are_a_2_0_rule_only() {
+    let cat = Catalogue::default();
+    let audio = ContentItem::AudioUrl {
+        audio_url: MediaUrl {
+            url: "https://example.com/a.mp3".into(),
+        },
+        role: Some("reference_audio".into()),
+    };
+    for m in [V20, V20_FAST, V20_MINI, "dreamina-seedance-2-0-260128"] {
+        let e = check(&req(m, vec![text("x"), audio.clone()]), &cat)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("at least one image or video"), "{m}: {e}");
+    }
+    // 2.5 (ark-api.md §13 limits the rule to 2.0) and endpoints: Ark decides.
+    check(&req(V25, vec![text("x"), audio.clone()]), &cat).expect("2.5 audio-driven");
+    check(&req("ep-20250101-abc", vec![text("x"), audio]), &cat).expect("endpoint");
+}

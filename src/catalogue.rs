@@ -354,7 +354,7 @@ impl Catalogue {
                 .as_object_mut()
                 .and_then(|o| o.remove("base"))
                 .and_then(|b| b.as_str().map(str::to_string));
-            let base = match (&base_id, models.get(id)) {
+            let base = match (&base_id, lookup(&models, id)) {
                 (Some(b), _) => builtin()
                     .remove(b)
                     .ok_or_else(|| CatalogueError::UnknownBase {
@@ -389,10 +389,7 @@ impl Catalogue {
     /// The spec for `model`, if seedq knows it. A BytePlus id (`dreamina-seedance-…`) without
     /// an entry of its own resolves to the Volcengine entry of the same model.
     pub fn get(&self, model: &str) -> Option<&ModelSpec> {
-        self.models.get(model).or_else(|| {
-            let rest = model.strip_prefix(BYTEPLUS_PREFIX)?;
-            self.models.get(&format!("{VOLCENGINE_PREFIX}{rest}"))
-        })
+        lookup(&self.models, model)
     }
 
     /// Every known model.
@@ -407,6 +404,14 @@ impl Catalogue {
             models_list(&self.models)
         )
     }
+}
+
+/// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`.
+fn lookup<'a>(models: &'a BTreeMap<String, ModelSpec>, model: &str) -> Option<&'a ModelSpec> {
+    models.get(model).or_else(|| {
+        let rest = model.strip_prefix(BYTEPLUS_PREFIX)?;
+        models.get(&format!("{VOLCENGINE_PREFIX}{rest}"))
+    })
 }
 
 fn models_list(m: &BTreeMap<String, ModelSpec>) -> String {
@@ -664,6 +669,22 @@ mod tests {
             assert!(c.get(byteplus).is_some(), "{byteplus}");
         }
         assert!(c.get("dreamina-nothing-1").is_none());
+        // An override of the BytePlus id starts from the model it names.
+        let mut o = BTreeMap::new();
+        o.insert(
+            "dreamina-seedance-2-0-260128".to_string(),
+            serde_json::json!({"limits": {"concurrency": 2}}),
+        );
+        let c2 = Catalogue::with_overrides(&o).expect("an alias needs no base");
+        let s = c2.get("dreamina-seedance-2-0-260128").expect("entry");
+        assert_eq!(s.limits.concurrency, 2);
+        assert_eq!(s.family, "seedance-2.0");
+        assert_eq!(
+            c2.get("doubao-seedance-2-0-260128")
+                .map(|s| s.limits.concurrency),
+            Some(5),
+            "the Volcengine id keeps its own limits"
+        );
         assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());
     }
 

@@ -322,7 +322,11 @@ fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
          0.3.0 --locked --root target/test-tools (and set SEEDQ_TEST_SEEDANCE to its path)",
         bin.display()
     );
-    let sim = fast_sim();
+    // Unknown models refused, as by Ark: the BytePlus id must be a known alias of 2.0 and get
+    // its checks (which must take the CLI's `seed: -1`).
+    let sim = SimProc::start(
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\naccept_unknown_models = false\n",
+    );
     let home = tempfile::tempdir().expect("tempdir");
     let out_file = home.path().join("clip.mp4");
     let mut c = Command::new(&bin);
@@ -357,4 +361,10 @@ fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
     assert_eq!(t["status"], "succeeded");
     assert_eq!(t["request"]["seed"], -1, "it sends the default seed: {t}");
     assert_eq!(t["request"]["generate_audio"], true, "{t}");
+    // Rendered by the 2.0 rules: 720p 16:9 from the 1.5 pro / 2.0 pixel table.
+    assert_eq!(
+        (t["nominal_width"].as_u64(), t["nominal_height"].as_u64()),
+        (Some(1280), Some(720)),
+        "{t}"
+    );
 }

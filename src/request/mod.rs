@@ -560,7 +560,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             "flex",
             model,
             format!(
-                "only default: {} has no flex tier (drop --flex / service_tier)",
+                "default only; {} has no flex tier (drop --flex / service_tier)",
                 spec.map_or("this model", |s| s.family.as_str())
             ),
         ));

@@ -1099,7 +1099,7 @@ fn flex_on_2x_names_field_value_allowed_and_model() {
         assert!(
             msg.starts_with("service_tier flex is not supported for")
                 && msg.contains(m)
-                && msg.contains("only default")
+                && msg.contains("default only;")
                 && msg.contains("no flex tier"),
             "{msg}"
         );

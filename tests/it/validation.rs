@@ -234,7 +234,7 @@ fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("service_tier flex is not supported for doubao-seedance-2-0-260128")
-            && err.contains("only default")
+            && err.contains("default only;")
             && err.contains("--flex"),
         "{err}"
     );

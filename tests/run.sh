@@ -59,7 +59,8 @@ export SEEDQ_TEST_PYTHON="$venv/bin/python"
 seedance="$tools/bin/seedance"
 if [[ ! -x "$seedance" ]]; then
     echo "tests/run.sh: installing the seedance CLI 0.3.0 into $tools" >&2
-    cargo install seedance --version 0.3.0 --locked --root "$tools"
+    # --debug: it is a test client, and an unoptimised build takes a fraction of the time.
+    cargo install --quiet --debug seedance --version 0.3.0 --locked --root "$tools"
 fi
 export SEEDQ_TEST_SEEDANCE="$seedance"
 

@@ -41,6 +41,13 @@ pub struct Limits {
     pub concurrency: u32,
     /// Flex tier tokens per day; `None` when the model has no flex tier.
     pub flex_tpd: Option<u64>,
+    /// An account's own ceiling on flex tasks in progress. Ark sets none ("flex：无", tutorial
+    /// model table, reference/000_c75d201f209c583d.txt:329-380), so unset means no ceiling.
+    #[serde(default)]
+    pub flex_max_in_flight: Option<u32>,
+    /// An account's own ceiling on flex creates per minute; Ark sets none (ibid.), unset = none.
+    #[serde(default)]
+    pub flex_rpm: Option<u32>,
 }
 
 /// Everything seedq knows about one model.
@@ -156,6 +163,8 @@ fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec
             rpm,
             concurrency,
             flex_tpd: Some(tpd),
+            flex_max_in_flight: None,
+            flex_rpm: None,
         },
         price_per_million: 15.0,
         param_style: ParamStyle::Fields,
@@ -202,6 +211,8 @@ fn seedance_2(
             rpm: 300,
             concurrency: 5,
             flex_tpd: None,
+            flex_max_in_flight: None,
+            flex_rpm: None,
         },
         price_per_million: 46.0,
         param_style: ParamStyle::Fields,

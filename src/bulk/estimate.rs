@@ -237,6 +237,8 @@ mod tests {
             rpm,
             concurrency,
             flex_tpd: tpd,
+            flex_max_in_flight: None,
+            flex_rpm: None,
         }
     }
 

@@ -336,3 +336,46 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
         .collect();
     assert_eq!(states, vec![JobState::Queued, JobState::Cancelled]);
 }
+
+#[tokio::test]
+async fn each_tier_counts_only_its_own_tasks_in_flight() {
+    let (_d, s) = store();
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let mut j = new_job("m", None, 0);
+        j.flex = i % 2 == 1;
+        jobs.push(j);
+    }
+    s.enqueue(jobs).await.expect("enqueue");
+    // Two default tasks fill a default cap of 2 ...
+    let d = s
+        .claim_for_submit_tier("m", "default", 2, 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|j| !j.is_flex()));
+    assert!(
+        s.claim_for_submit_tier("m", "default", 2, 10, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // ... and do not count against flex, whose own cap of 2 holds separately.
+    let f = s
+        .claim_for_submit_tier("m", "flex", 2, 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(f.len(), 2);
+    assert!(f.iter().all(Job::is_flex));
+    assert_eq!(s.in_flight_tier("m", "flex").await.expect("count"), 2);
+    assert_eq!(s.in_flight_tier("m", "default").await.expect("count"), 2);
+    let by_tier = s.in_flight_by_tier().await.expect("by tier");
+    assert!(by_tier.contains(&("m".into(), "flex".into(), 2)));
+    assert_eq!(
+        s.claim_for_submit_tier("m", "flex", 10, 10, "w", 60_000)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+}

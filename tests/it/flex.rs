@@ -1,0 +1,183 @@
+//! Flex as Ark defines it (issue 10): bound by TPD only, beside a default tier that keeps its
+//! concurrency and RPM; 429s on flex absorbed without burning attempts; TPD days.
+
+use crate::helpers::{SimProc, TestEnv, worker_config_with};
+
+const LITE: &str = "doubao-seedance-1-0-lite-t2v-250428";
+
+/// A sim that turns a minute into 120 ms and renders tiny videos once per clip shape.
+fn sim(extra: &str) -> SimProc {
+    SimProc::start(&format!(
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
+    ))
+}
+
+fn submit_lines(env: &TestEnv, lines: &[String]) {
+    let p = env.path().join("jobs.jsonl");
+    std::fs::write(&p, lines.join("\n")).expect("write jobs");
+    env.ok(&["submit", "-f", &p.to_string_lossy()]);
+}
+
+fn jobs(n: usize, flex: bool, tag: &str) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            format!(
+                r#"{{"prompt":"{tag} {i}","model":"{LITE}","resolution":"480p","duration":2,"flex":{flex}}}"#
+            )
+        })
+        .collect()
+}
+
+/// Tokens one 480p 2 s lite job bills (the sim's and seedq's own count).
+fn job_tokens() -> u64 {
+    let (w, h) = seedq::catalogue::pixel_size(seedq::catalogue::PixelTable::V1, "480p", "16:9")
+        .expect("480p 16:9");
+    u64::try_from(seedq::catalogue::tokens(
+        w,
+        h,
+        seedq::catalogue::frames_for_duration(2),
+    ))
+    .expect("tokens")
+}
+
+/// The `show --json` events of every job, joined: where throttles are recorded.
+fn all_events(env: &TestEnv) -> String {
+    env.jobs()
+        .iter()
+        .map(|j| {
+            let id = j["id"].as_str().expect("id");
+            String::from_utf8_lossy(&env.cli(&["show", id, "--json"]).stdout).into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn default_keeps_its_limits_while_flex_goes_far_beyond_them() {
+    let sim = sim(&format!(
+        "flex_pool = 200\n[models.\"{LITE}\"]\nrpm = 60\nconcurrency = 3\n"
+    ));
+    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq's must be no shorter.
+    let env = TestEnv::new(&worker_config_with(
+        &sim,
+        "rpm_window = \"130ms\"",
+        &format!("[models.\"{LITE}\"]\nlimits = {{ rpm = 60, concurrency = 3 }}\n"),
+    ));
+    let mut lines = jobs(80, true, "flex");
+    lines.extend(jobs(30, false, "default"));
+    submit_lines(&env, &lines);
+    env.run_service();
+
+    let all = env.jobs();
+    assert_eq!(all.len(), 110);
+    assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
+    let stats = sim.stats();
+    let default_max = stats["max_concurrency_by_model"][LITE]
+        .as_u64()
+        .expect("default max");
+    let flex_max = stats["max_flex_running_by_model"][LITE]
+        .as_u64()
+        .expect("flex max");
+    assert!(
+        default_max <= 3,
+        "default ran {default_max} at once (cap 3)"
+    );
+    assert!(
+        flex_max >= 15,
+        "flex ran only {flex_max} at once: still bound by the default tier's 3"
+    );
+    // No 429 at all: seedq kept the default RPM, and the sim gives flex none.
+    assert_eq!(stats["rate_limited_total"], 0, "{stats}");
+    assert!(all.iter().all(|j| j["attempts"] == 1));
+}
+
+#[test]
+fn a_429_storm_on_flex_fails_nothing_and_burns_no_attempts() {
+    // A pool of 2 and at most 6 queued tasks at Ark: seedq, which sets flex no ceiling, runs
+    // into `QuotaExceeded` until it learns one; a scripted burst of gateway 429s on top.
+    let sim = sim(
+        "flex_pool = 2\nmax_queued = 6\n[faults]\nrate_limit_burst = 10\nretry_after_secs = 0\n",
+    );
+    let env = TestEnv::new(&worker_config_with(&sim, "", ""));
+    submit_lines(&env, &jobs(30, true, "storm"));
+    env.run_service();
+
+    let all = env.jobs();
+    assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
+    assert!(
+        all.iter().all(|j| j["attempts"] == 1),
+        "a 429 burned an attempt: {all:?}"
+    );
+    let stats = sim.stats();
+    let throttled = stats["rate_limited_total"].as_u64().expect("429s");
+    assert!(throttled > 10, "the queue cap was hit too: {stats}");
+    assert_eq!(stats["creates_total"], 30, "one task per job");
+    let events = all_events(&env);
+    assert!(
+        events.contains("throttled (flex): QuotaExceeded"),
+        "the code is recorded in show"
+    );
+    assert!(events.contains("throttled (flex): ModelAccountRpmRateLimitExceeded"));
+}
+
+/// seedq config for TPD days of 3.6 s (half an hour scaled by the sim's 0.002).
+fn tpd_env(sim: &SimProc, limits: &str) -> TestEnv {
+    TestEnv::new(&worker_config_with(
+        sim,
+        "",
+        &format!("[bulk]\ntpd_day = \"3600ms\"\n\n[models.\"{LITE}\"]\nlimits = {{ {limits} }}\n"),
+    ))
+}
+
+fn check_days(sim: &SimProc, tpd: u64, min_days: usize) {
+    let stats = sim.stats();
+    let days = stats["flex_tokens_by_day"][LITE]
+        .as_object()
+        .expect("per-day flex tokens");
+    assert!(days.len() >= min_days, "{days:?}");
+    for (day, used) in days {
+        let used = used.as_u64().expect("tokens");
+        assert!(used <= tpd, "day {day}: {used} tokens accepted > TPD {tpd}");
+    }
+}
+
+#[test]
+fn ark_tpd_refusals_wait_for_the_next_day() {
+    let tpd = 3 * job_tokens();
+    let sim = sim(&format!(
+        "tpd_day = \"30m\"\n[models.\"{LITE}\"]\nflex_tpd = {tpd}\n"
+    ));
+    // seedq believes in a much larger budget: only Ark's refusal can hold it back.
+    let env = tpd_env(&sim, "rpm = 300, concurrency = 5, flex_tpd = 250000000000");
+    submit_lines(&env, &jobs(7, true, "tpd"));
+    env.run_service();
+
+    let all = env.jobs();
+    assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
+    assert!(all.iter().all(|j| j["attempts"] == 1));
+    check_days(&sim, tpd, 3);
+    assert!(sim.stats()["rate_limited_total"].as_u64() >= Some(1));
+    assert!(all_events(&env).contains("throttled (flex): QuotaExceeded"));
+}
+
+#[test]
+fn seedq_own_tpd_budget_holds_without_a_refusal() {
+    let tpd = 3 * job_tokens();
+    let sim = sim(&format!(
+        "tpd_day = \"30m\"\n[models.\"{LITE}\"]\nflex_tpd = {tpd}\n"
+    ));
+    let env = tpd_env(
+        &sim,
+        &format!("rpm = 300, concurrency = 5, flex_tpd = {tpd}"),
+    );
+    submit_lines(&env, &jobs(7, true, "own"));
+    env.run_service();
+
+    let all = env.jobs();
+    assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
+    check_days(&sim, tpd, 3);
+    assert_eq!(
+        sim.stats()["rate_limited_total"],
+        0,
+        "seedq never sent over TPD"
+    );
+}

@@ -467,9 +467,10 @@ impl Sim {
     /// Start (unix ms) of the TPD day containing `now_ms`: days of the scaled `tpd_day`,
     /// counted from Beijing midnight, the same rule as seedq's dispatcher.
     pub fn tpd_day_start(&self, now_ms: i64) -> i64 {
-        let day = i64::try_from(self.scaled(self.cfg.tpd_day).as_millis())
-            .unwrap_or(i64::MAX)
-            .max(1);
+        // Rounded, not truncated: 25 min × 0.002 must be 3000 ms, as seedq's `bulk.tpd_day`.
+        let day = (self.cfg.tpd_day.as_secs_f64() * self.cfg.time_scale * 1000.0)
+            .round()
+            .clamp(1.0, 1e15) as i64;
         crate::bulk::tpd_day_start(now_ms, 8, day)
     }
 

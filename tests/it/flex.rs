@@ -181,3 +181,25 @@ fn seedq_own_tpd_budget_holds_without_a_refusal() {
         "seedq never sent over TPD"
     );
 }
+
+#[test]
+fn estimate_times_flex_by_tpd_days_not_by_default_slots() {
+    let tpd = 10 * job_tokens();
+    let env = TestEnv::new(&format!(
+        "[models.\"{LITE}\"]\nlimits = {{ rpm = 300, concurrency = 5, flex_tpd = {tpd} }}\n\n\
+         [poll]\nflex_first_poll_after = \"10m\"\n"
+    ));
+    let p = env.path().join("jobs.jsonl");
+    std::fs::write(&p, jobs(25, true, "estimate").join("\n")).expect("write jobs");
+    let out = env.ok(&["estimate", "-f", &p.to_string_lossy(), "--json"]);
+    let est: serde_json::Value = serde_json::from_str(&out).expect("json");
+    let row = &est["rows"][0];
+    assert_eq!(row["tier"], "flex");
+    // 25 jobs at 10 a day: two more days. Flex has no slots: the jobs take their learned (here
+    // assumed) 10 min at once, not 25 × 10 min over the default tier's 5 slots.
+    assert_eq!(row["tpd_days"], 2, "{est}");
+    assert_eq!(row["finish_ms"], 10 * 60_000 + 2 * 86_400_000, "{est}");
+    let table = env.ok(&["estimate", "-f", &p.to_string_lossy()]);
+    assert!(table.contains("no concurrency cap"), "{table}");
+    assert!(table.contains("(+2 day(s) of TPD)"), "{table}");
+}

@@ -203,3 +203,84 @@ fn estimate_times_flex_by_tpd_days_not_by_default_slots() {
     assert!(table.contains("no concurrency cap"), "{table}");
     assert!(table.contains("(+2 day(s) of TPD)"), "{table}");
 }
+
+/// `GET /metrics` from the admin listener; `None` until it answers.
+fn metrics(addr: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.starts_with("HTTP/1.1 200").then_some(body)
+}
+
+/// The value of the sample whose series is exactly `series`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_flex_ceiling_holds_and_metrics_show_each_tier_against_its_limits() {
+    // Long generations (8 s flex, 2 s default) keep the tasks in flight while we look.
+    let sim = sim("flex_pool = 100\n[generation]\nbase = \"1000s\"\nper_video_second = \"0s\"\n");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("free port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let admin = format!("127.0.0.1:{port}");
+    let cfg = worker_config_with(
+        &sim,
+        "",
+        &format!(
+            "[models.\"{LITE}\"]\nlimits = {{ rpm = 300, concurrency = 2, flex_max_in_flight = 7 }}\n"
+        ),
+    )
+    .replace(
+        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{admin}\""),
+    );
+    let env = TestEnv::new(&cfg);
+    let mut lines = jobs(20, true, "ceiling");
+    lines.extend(jobs(5, false, "default"));
+    submit_lines(&env, &lines);
+    let _service = env.serve();
+    let flex = format!("seedq_in_flight{{model=\"{LITE}\",tier=\"flex\"}}");
+    let default = format!("seedq_in_flight{{model=\"{LITE}\",tier=\"default\"}}");
+    let mut last = String::new();
+    crate::helpers::wait_until(30, "both tiers at their limits", || {
+        last = metrics(&admin).unwrap_or_default();
+        sample(&last, &flex) == Some(7.0) && sample(&last, &default) == Some(2.0)
+    });
+    assert_eq!(
+        sample(
+            &last,
+            &format!("seedq_flex_in_flight_limit{{model=\"{LITE}\"}}")
+        ),
+        Some(7.0),
+        "{last}"
+    );
+    assert_eq!(
+        sample(
+            &last,
+            &format!("seedq_concurrency_limit{{model=\"{LITE}\"}}")
+        ),
+        Some(2.0)
+    );
+    let stats = sim.stats();
+    assert_eq!(
+        stats["running_by_model"][LITE], 2,
+        "default at its cap: {stats}"
+    );
+    let tasks = sim.tasks();
+    let flex_live = tasks
+        .iter()
+        .filter(|t| t["service_tier"] == "flex" && t["status"] == "running")
+        .count();
+    assert_eq!(flex_live, 7, "flex_max_in_flight holds at Ark too");
+}

@@ -48,6 +48,18 @@ pub struct Limits {
     /// An account's own ceiling on flex creates per minute; Ark sets none (ibid.), unset = none.
     #[serde(default)]
     pub flex_rpm: Option<u32>,
+    /// Default-tier limits of their own for some resolutions (2.0 `4k`: RPM 15, concurrency 1,
+    /// ark-api.md §6.2 D3). Such jobs are held to these and to the model's limits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_resolution: BTreeMap<String, ResolutionLimits>,
+}
+
+/// The default-tier limits of one resolution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolutionLimits {
+    pub rpm: u32,
+    pub concurrency: u32,
 }
 
 /// Everything seedq knows about one model.
@@ -165,6 +177,7 @@ fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec
             flex_tpd: Some(tpd),
             flex_max_in_flight: None,
             flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         },
         price_per_million: 15.0,
         param_style: ParamStyle::Fields,
@@ -213,6 +226,7 @@ fn seedance_2(
             flex_tpd: None,
             flex_max_in_flight: None,
             flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         },
         price_per_million: 46.0,
         param_style: ParamStyle::Fields,
@@ -255,6 +269,14 @@ pub fn builtin() -> BTreeMap<String, ModelSpec> {
         (9, 3, 3),
     );
     v20.price_per_million = 46.0;
+    // ark-api.md §6.2 D3 (2.0 create page): "`4k` has its own: RPM 15, concurrency 1".
+    v20.limits.per_resolution.insert(
+        "4k".into(),
+        ResolutionLimits {
+            rpm: 15,
+            concurrency: 1,
+        },
+    );
     m.insert("doubao-seedance-2-0-260128".to_string(), v20);
     m.insert(
         "doubao-seedance-2-0-fast-260128".to_string(),

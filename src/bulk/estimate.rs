@@ -265,6 +265,7 @@ mod tests {
             flex_tpd: tpd,
             flex_max_in_flight: None,
             flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         }
     }
 

@@ -130,6 +130,9 @@ struct Inner {
     queues: HashMap<String, BTreeSet<QueueKey>>,
     running: HashMap<String, u32>,
     running_flex: HashMap<String, u32>,
+    /// Default-tier tasks running per (model, resolution), for resolutions with limits of
+    /// their own (2.0 `4k`).
+    running_res: HashMap<(String, String), u32>,
     timers: BinaryHeap<Reverse<Timer>>,
     rpm: HashMap<String, VecDeque<Instant>>,
     seq: u64,
@@ -330,6 +333,7 @@ impl Sim {
             queues: HashMap::new(),
             running: HashMap::new(),
             running_flex: HashMap::new(),
+            running_res: HashMap::new(),
             timers: BinaryHeap::new(),
             rpm: HashMap::new(),
             seq: 0,
@@ -446,6 +450,27 @@ impl Sim {
             .unwrap_or(&self.cfg.generation)
     }
 
+    /// The (model, resolution) of a task whose resolution has limits of its own, with them.
+    fn own_limits(&self, t: &TaskRec) -> Option<((String, String), catalogue::ResolutionLimits)> {
+        let l = self
+            .catalogue
+            .get(&t.model)?
+            .limits
+            .per_resolution
+            .get(&t.eff.resolution)?
+            .clone();
+        Some(((t.model.clone(), t.eff.resolution.clone()), l))
+    }
+
+    /// Whether a queued default task's resolution has a free slot of its own (2.0 `4k`:
+    /// concurrency 1, ark-api.md §6.2 D3); always, for resolutions without one.
+    fn resolution_room(&self, inner: &Inner, id: &str) -> bool {
+        match inner.tasks.get(id).and_then(|t| self.own_limits(t)) {
+            Some((k, l)) => inner.running_res.get(&k).copied().unwrap_or(0) < l.concurrency,
+            None => true,
+        }
+    }
+
     /// The width of `model`'s offline (flex) pool.
     fn flex_pool(&self, model: &str) -> u32 {
         self.cfg
@@ -545,6 +570,35 @@ impl Sim {
                 ));
             }
             if !eff.flex {
+                stamps.push_back(now);
+            }
+            // A resolution with an RPM of its own (2.0 `4k`: 15, ark-api.md §6.2 D3).
+            let own_rpm = spec
+                .and_then(|s| s.limits.per_resolution.get(&eff.resolution))
+                .filter(|_| !eff.flex)
+                .map(|l| l.rpm);
+            if let Some(rpm) = own_rpm {
+                let stamps = inner
+                    .rpm
+                    .entry(format!("{}@{}", req.model, eff.resolution))
+                    .or_default();
+                while stamps
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+                {
+                    stamps.pop_front();
+                }
+                if stamps.len() >= rpm as usize {
+                    // The model's window already counted this create: take it back.
+                    if let Some(s) = inner.rpm.get_mut(&req.model) {
+                        s.pop_back();
+                    }
+                    return Err(ApiError::rate_limited(
+                        "ModelAccountRpmRateLimitExceeded",
+                        &rpm_message(&req.model, rpm),
+                        None,
+                    ));
+                }
                 stamps.push_back(now);
             }
 
@@ -923,8 +977,8 @@ impl Sim {
                     }
                     let Some(key) = inner.queues.get(&model).and_then(|q| {
                         q.range(QueueKey::first_of(flex)..)
-                            .next()
-                            .filter(|k| k.flex == flex)
+                            .take_while(|k| k.flex == flex)
+                            .find(|k| flex || self.resolution_room(inner, &k.id))
                             .cloned()
                     }) else {
                         break;
@@ -989,6 +1043,9 @@ impl Sim {
         }
         let model = t.model.clone();
         let flex = t.flex;
+        if !flex && let Some((k, _)) = self.own_limits(t) {
+            *inner.running_res.entry(k).or_default() += 1;
+        }
         let n = {
             let r = if flex {
                 inner.running_flex.entry(model.clone()).or_default()
@@ -1105,6 +1162,7 @@ impl Sim {
             id: t.id.clone(),
         };
         let model = t.model.clone();
+        let own = (!t.flex).then(|| self.own_limits(t)).flatten();
         let retention = if status == TaskStatus::Cancelled {
             self.cfg.cancelled_retention
         } else {
@@ -1118,6 +1176,11 @@ impl Sim {
                     &mut inner.running
                 };
                 if let Some(r) = running.get_mut(&model) {
+                    *r = r.saturating_sub(1);
+                }
+                if let Some((k, _)) = own
+                    && let Some(r) = inner.running_res.get_mut(&k)
+                {
                     *r = r.saturating_sub(1);
                 }
             }

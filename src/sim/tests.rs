@@ -866,6 +866,42 @@ async fn flex_has_no_rpm_nor_concurrency_only_its_pool_and_tpd() {
 }
 
 #[tokio::test]
+async fn seedance_2_4k_has_its_own_rpm_and_concurrency() {
+    let mut cfg = fast();
+    // A 6 s RPM window; hour-long generations keep the running ones running.
+    cfg.time_scale = 0.1;
+    cfg.generation.base = Duration::from_secs(3600);
+    let t = T::new(cfg).await;
+    let body = |res: &str, i: usize| {
+        let mut b = text_body(V20, &format!("{res} {i}"));
+        b["resolution"] = json!(res);
+        b
+    };
+    // ark-api.md §6.2 D3: 4k has RPM 15 and concurrency 1 of its own.
+    let mut k = Vec::new();
+    for i in 0..15 {
+        k.push(t.create(body("4k", i)).await);
+    }
+    t.wait_status(&k[0], TaskStatus::Running).await;
+    let r = t.post(&body("4k", 15)).await;
+    let s = r.status();
+    assert_error(
+        s,
+        &r.json().await.expect("json"),
+        StatusCode::TOO_MANY_REQUESTS,
+        "ModelAccountRpmRateLimitExceeded",
+        None,
+    );
+    // 720p is not held by 4k's limits: it runs beside the one 4k task.
+    let p = t.create(body("720p", 0)).await;
+    t.wait_status(&p, TaskStatus::Running).await;
+    assert_eq!(t.get(&k[1]).await.status, TaskStatus::Queued);
+    let stats = t.admin("stats").await;
+    assert_eq!(stats["running_by_model"][V20], 2, "{stats}");
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn too_many_queued_tasks_is_quota_exceeded() {
     let mut cfg = fast();
     cfg.max_queued = 2;

@@ -136,6 +136,14 @@ impl Job {
     }
 }
 
+/// Which resolutions a tier claim takes (see [`Store::claim_for_submit_tier`]).
+#[derive(Clone, Debug)]
+pub enum ResolutionScope {
+    All,
+    Only(String, u32),
+    Except(Vec<String>),
+}
+
 /// The jobs that hold a remote slot (count against a tier's in-flight limit). One place, so
 /// the tier-aware claim and the in-flight queries agree.
 const IN_FLIGHT_PREDICATE: &str = "state IN ('submitting', 'submit_unknown', 'submitted')";
@@ -850,16 +858,31 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors.
+    ///
+    /// `scope` narrows it by resolution (the first part of `shape`): `Only(res, cap)` claims
+    /// only jobs of `res`, with at most `cap` of them in flight besides the tier's cap;
+    /// `Except(list)` claims none of those resolutions (they have limits of their own).
+    #[allow(clippy::too_many_arguments)]
     pub async fn claim_for_submit_tier(
         &self,
         model: &str,
         tier: &str,
         max_in_flight: u32,
+        scope: ResolutionScope,
         limit: u32,
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
         let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
+        let (only, only_cap, except) = match scope {
+            ResolutionScope::All => (None, 0, "[]".to_string()),
+            ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), "[]".to_string()),
+            ResolutionScope::Except(list) => (
+                None,
+                0,
+                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+            ),
+        };
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -869,7 +892,16 @@ impl Store {
                      AND {IN_FLIGHT_PREDICATE}"
                 ))?
                 .query_row([&model, &tier], |r| r.get(0))?;
-            let room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
+            let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
+            if let Some(res) = &only {
+                let res_in_flight: i64 = tx
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
+                         AND (shape = ?3 OR shape LIKE ?3 || '/%') AND {IN_FLIGHT_PREDICATE}"
+                    ))?
+                    .query_row([&model, &tier, res], |r| r.get(0))?;
+                room = room.min(only_cap - res_in_flight);
+            }
             if room <= 0 {
                 return Ok(Vec::new());
             }
@@ -878,13 +910,16 @@ impl Store {
                     "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
                      attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
                      next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
+                     WHERE id IN (SELECT id FROM jobs j WHERE state = 'queued' AND model = ?4 \
                                   AND next_attempt_at <= ?1 AND service_tier = ?5 \
+                                  AND (?7 IS NULL OR j.shape = ?7 OR j.shape LIKE ?7 || '/%') \
+                                  AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
+                                      WHERE j.shape = e.value OR j.shape LIKE e.value || '/%') \
                                   ORDER BY priority DESC, id LIMIT ?6) \
                      RETURNING {JOB_COLUMNS}"
                 ))?;
                 let rows = st.query_map(
-                    params![now, owner, lease_ms, model, tier, room],
+                    params![now, owner, lease_ms, model, tier, room, only, except],
                     job_from_row,
                 )?;
                 rows.collect::<Result<Vec<_>, _>>()?

@@ -12,7 +12,7 @@ use super::limiter::{Blocked, flex_key};
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
-use crate::store::{Job, Patch, now_ms};
+use crate::store::{Job, Patch, ResolutionScope, now_ms};
 
 /// The dispatcher loop.
 ///
@@ -51,8 +51,16 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         let limits = ctx.ops.live.limits(&model);
         // Each tier is admitted under its own limits (ark-api.md §6.2 D3): default by RPM and
         // concurrency, flex by TPD and the account's optional ceilings only.
-        for flex in [false, true] {
-            let claimed = claim_tier(ctx, &model, &limits, flex, &mut wake).await?;
+        // Resolutions with limits of their own (2.0 `4k`) are claimed apart, then the rest.
+        let mut scopes: Vec<(bool, Option<&str>)> = limits
+            .per_resolution
+            .keys()
+            .map(|r| (false, Some(r.as_str())))
+            .collect();
+        scopes.push((false, None));
+        scopes.push((true, None));
+        for (flex, resolution) in scopes {
+            let claimed = claim_tier(ctx, &model, &limits, flex, resolution, &mut wake).await?;
             if !claimed.is_empty() {
                 let submits = claimed.into_iter().map(|job| {
                     let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
@@ -76,6 +84,7 @@ async fn claim_tier(
     model: &str,
     limits: &crate::catalogue::Limits,
     flex: bool,
+    resolution: Option<&str>,
     wake: &mut Option<i64>,
 ) -> anyhow::Result<Vec<Job>> {
     let (key, rpm, max_in_flight, tier) = if flex {
@@ -100,12 +109,28 @@ async fn claim_tier(
     // never be overrun by dispatchers racing each other.
     let _admission = ctx.admission.lock().await;
     let now = now_ms();
-    let room = match ctx.limiter.room_opt(&key, rpm, now) {
+    let own = resolution.and_then(|r| limits.per_resolution.get(r).map(|l| (r, l)));
+    let own_key = own.map(|(r, _)| format!("{model}@{r}"));
+    let room = ctx
+        .limiter
+        .room_opt(&key, rpm, now)
+        .and_then(|room| match (&own_key, own) {
+            (Some(k), Some((_, l))) => ctx.limiter.room(k, l.rpm, now).map(|r| r.min(room)),
+            _ => Ok(room),
+        });
+    let room = match room {
         Ok(room) => room,
         Err(Blocked::Paused(t) | Blocked::Rpm(t)) => {
             *wake = Some(wake.map_or(t, |w| w.min(t)));
             return Ok(Vec::new());
         }
+    };
+    let scope = match own {
+        Some((r, l)) => ResolutionScope::Only(r.to_string(), l.concurrency),
+        None if !flex && !limits.per_resolution.is_empty() => {
+            ResolutionScope::Except(limits.per_resolution.keys().cloned().collect())
+        }
+        None => ResolutionScope::All,
     };
     if flex
         && !(ctx.ops.live.flex_window_open(now)
@@ -120,6 +145,7 @@ async fn claim_tier(
             model,
             tier,
             max_in_flight,
+            scope,
             limit,
             &ctx.owner,
             ctx.lease_ms(),
@@ -129,6 +155,9 @@ async fn claim_tier(
     if rpm.is_some() {
         for _ in &jobs {
             ctx.limiter.record(&key, now);
+            if let Some(k) = &own_key {
+                ctx.limiter.record(k, now);
+            }
         }
     }
     Ok(jobs)

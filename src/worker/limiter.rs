@@ -4,7 +4,7 @@
 //! admission lock in `dispatch`, so that two dispatchers cannot both take the last slot. This
 //! module keeps what the store does not: recent create times and pauses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ pub const UNKNOWN_MODEL_LIMITS: Limits = Limits {
     flex_tpd: None,
     flex_max_in_flight: None,
     flex_rpm: None,
+    per_resolution: BTreeMap::new(),
 };
 
 #[derive(Default)]

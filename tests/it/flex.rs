@@ -284,3 +284,41 @@ fn a_flex_ceiling_holds_and_metrics_show_each_tier_against_its_limits() {
         .count();
     assert_eq!(flex_live, 7, "flex_max_in_flight holds at Ark too");
 }
+
+#[test]
+fn seedance_2_4k_jobs_keep_their_own_limits_beside_other_resolutions() {
+    const V20: &str = "doubao-seedance-2-0-260128";
+    let sim = sim("");
+    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq's must be no shorter.
+    let env = TestEnv::new(&worker_config_with(&sim, "rpm_window = \"130ms\"", ""));
+    let lines: Vec<String> = (0..12)
+        .map(|i| {
+            let res = if i % 2 == 0 { "4k" } else { "720p" };
+            format!(r#"{{"prompt":"{res} {i}","model":"{V20}","resolution":"{res}","duration":4}}"#)
+        })
+        .collect();
+    submit_lines(&env, &lines);
+    env.run_service();
+
+    let all = env.jobs();
+    assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
+    assert_eq!(sim.stats()["rate_limited_total"], 0, "4k's RPM of 15 kept");
+    // 4k's concurrency of one (ark-api.md §6.2 D3): seedq creates the next 4k task only
+    // after the previous one finished, so none ever waits in Ark's queue.
+    let mut k: Vec<(i64, i64)> = sim
+        .tasks()
+        .iter()
+        .filter(|t| t["request"]["resolution"] == "4k")
+        .map(|t| {
+            (
+                t["created_ms"].as_i64().expect("created"),
+                t["finished_ms"].as_i64().expect("finished"),
+            )
+        })
+        .collect();
+    assert_eq!(k.len(), 6);
+    k.sort_unstable();
+    for w in k.windows(2) {
+        assert!(w[1].0 >= w[0].1, "two 4k tasks in flight at once: {k:?}");
+    }
+}

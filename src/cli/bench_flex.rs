@@ -58,6 +58,34 @@ struct Run {
     makespan: Duration,
     finished: usize,
     stats: serde_json::Value,
+    /// The simulator's own view: first create to last finish, and the mean time a task ran
+    /// (ms), to tell seedq's overhead from the simulator's.
+    sim_span_ms: f64,
+    sim_run_ms: f64,
+}
+
+/// (first create → last finish, mean running time) from the simulator's task dump.
+async fn sim_view(root: &str) -> anyhow::Result<(f64, f64)> {
+    let tasks: serde_json::Value = reqwest::Client::new()
+        .get(format!("{root}/_sim/tasks"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let (mut first, mut last, mut run, mut n) = (i64::MAX, 0i64, 0i64, 0i64);
+    for t in tasks.as_array().into_iter().flatten() {
+        if let (Some(c), Some(r), Some(f)) = (
+            t["created_ms"].as_i64(),
+            t["running_ms"].as_i64(),
+            t["finished_ms"].as_i64(),
+        ) {
+            first = first.min(c);
+            last = last.max(f);
+            run += f - r;
+            n += 1;
+        }
+    }
+    Ok(((last - first).max(0) as f64, run as f64 / n.max(1) as f64))
 }
 
 fn spec(
@@ -148,6 +176,7 @@ async fn seedq_run(
         .await?
         .json()
         .await?;
+    let (sim_span_ms, sim_run_ms) = sim_view(&root).await?;
     let finished = store
         .list(ListFilter::default())
         .await?
@@ -160,6 +189,8 @@ async fn seedq_run(
         makespan,
         finished,
         stats,
+        sim_span_ms,
+        sim_run_ms,
     })
 }
 
@@ -242,6 +273,12 @@ pub(crate) async fn run(a: FlexArgs) -> anyhow::Result<ExitCode> {
         r.stats["max_flex_running_by_model"][MODEL],
         r.stats["rate_limited_total"],
         status as f64 / a.jobs as f64
+    );
+    println!(
+        "           (sim: first create to last finish {:.0} ms = {:.3} × ideal; a task ran {:.0} ms on average)",
+        r.sim_span_ms,
+        r.sim_span_ms / ideal,
+        r.sim_run_ms
     );
     ok &= ratio <= 1.1;
 

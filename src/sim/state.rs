@@ -1236,6 +1236,14 @@ impl Sim {
             let Ok(_permit) = slots.acquire_owned().await else {
                 return;
             };
+            // Another task of the shape may have rendered it while this one waited for a
+            // slot: a wave of hundreds of flex starts must not render hundreds of times.
+            if let Some(k) = &key
+                && let Some(hit) = sim.cached_video(k)
+            {
+                sim.on_rendered(&id, Ok(hit));
+                return;
+            }
             let result = tokio::task::spawn_blocking(move || video::render(job))
                 .await
                 .unwrap_or_else(|e| Err(format!("render task panicked: {e}")))

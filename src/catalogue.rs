@@ -41,6 +41,25 @@ pub struct Limits {
     pub concurrency: u32,
     /// Flex tier tokens per day; `None` when the model has no flex tier.
     pub flex_tpd: Option<u64>,
+    /// An account's own ceiling on flex tasks in progress. Ark sets none ("flex：无", tutorial
+    /// model table, reference/000_c75d201f209c583d.txt:329-380), so unset means no ceiling.
+    #[serde(default)]
+    pub flex_max_in_flight: Option<u32>,
+    /// An account's own ceiling on flex creates per minute; Ark sets none (ibid.), unset = none.
+    #[serde(default)]
+    pub flex_rpm: Option<u32>,
+    /// Default-tier limits of their own for some resolutions (2.0 `4k`: RPM 15, concurrency 1,
+    /// ark-api.md §6.2 D3). Such jobs are held to these and to the model's limits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_resolution: BTreeMap<String, ResolutionLimits>,
+}
+
+/// The default-tier limits of one resolution.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolutionLimits {
+    pub rpm: u32,
+    pub concurrency: u32,
 }
 
 /// Everything seedq knows about one model.
@@ -158,6 +177,9 @@ fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec
             rpm,
             concurrency,
             flex_tpd: Some(tpd),
+            flex_max_in_flight: None,
+            flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         },
         price_per_million: 15.0,
         param_style: ParamStyle::Fields,
@@ -204,6 +226,9 @@ fn seedance_2(
             rpm: 300,
             concurrency: 5,
             flex_tpd: None,
+            flex_max_in_flight: None,
+            flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         },
         price_per_million: 46.0,
         param_style: ParamStyle::Fields,
@@ -289,6 +314,14 @@ pub fn builtin() -> BTreeMap<String, ModelSpec> {
         (9, 3, 3),
     );
     v20.price_per_million = 46.0;
+    // ark-api.md §6.2 D3 (2.0 create page): "`4k` has its own: RPM 15, concurrency 1".
+    v20.limits.per_resolution.insert(
+        "4k".into(),
+        ResolutionLimits {
+            rpm: 15,
+            concurrency: 1,
+        },
+    );
     m.insert("doubao-seedance-2-0-260128".to_string(), v20);
     m.insert(
         "doubao-seedance-2-0-fast-260128".to_string(),

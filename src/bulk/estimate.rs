@@ -4,8 +4,10 @@
 //! and from the learned generation times. Tokens follow ark-api.md §10 (`W × H × frames /
 //! 1024`, computed at enqueue as `est_tokens`); prices come from the catalogue
 //! (`price_per_million`, overridable per model in `config.toml`), flex at 50 %. The time to
-//! finish assumes the model's limits are the only bottleneck: its concurrency slots (shared
-//! by both tiers), its RPM, and for flex its daily token budget (TPD).
+//! finish assumes the model's limits are the only bottleneck, per tier (ark-api.md §6.2 D3):
+//! the default tier by its concurrency slots and RPM; flex by its daily token budget (TPD)
+//! and the account's optional `flex_max_in_flight` / `flex_rpm`, its time per job the
+//! learned flex duration (which includes the wait in Ark's offline queue).
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -101,8 +103,7 @@ pub struct Row {
     pub tpd_days: i64,
 }
 
-/// All rows plus the overall time: models run side by side, tiers of one model share its
-/// slots.
+/// All rows plus the overall time: models and the tiers of a model run side by side.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Estimate {
     pub rows: Vec<Row>,
@@ -134,6 +135,37 @@ pub fn finish_ms(
     let by_slots = (sum_ms + slots - 1) / slots;
     let by_rpm = (n - 1) * MINUTE_MS / i64::from(limits.rpm.max(1));
     // The last task created still takes its generation time.
+    let work = by_slots.max(by_rpm + max_ms);
+    let days = match limits.flex_tpd {
+        Some(tpd) if flex_tokens > 0 && tpd > 0 => {
+            let tpd = i64::try_from(tpd).unwrap_or(i64::MAX);
+            (flex_tokens - 1) / tpd
+        }
+        _ => 0,
+    };
+    (work + days * day_ms, days)
+}
+
+/// Time for `n` flex jobs: bounded by the account's flex ceilings when set (else each job
+/// takes its learned time, all at once), plus a whole TPD day for every budget the tokens
+/// exceed. Returns (ms, extra days).
+pub fn finish_ms_flex(
+    n: i64,
+    sum_ms: i64,
+    max_ms: i64,
+    limits: &Limits,
+    flex_tokens: i64,
+    day_ms: i64,
+) -> (i64, i64) {
+    if n == 0 {
+        return (0, 0);
+    }
+    let by_slots = limits.flex_max_in_flight.map_or(max_ms, |c| {
+        (sum_ms + i64::from(c.max(1)) - 1) / i64::from(c.max(1))
+    });
+    let by_rpm = limits
+        .flex_rpm
+        .map_or(0, |r| (n - 1) * MINUTE_MS / i64::from(r.max(1)));
     let work = by_slots.max(by_rpm + max_ms);
     let days = match limits.flex_tpd {
         Some(tpd) if flex_tokens > 0 && tpd > 0 => {
@@ -180,12 +212,14 @@ pub fn estimate(
         }
     }
     let mut out = Estimate::default();
-    // Per model, both tiers share the slots: (sum, max, n, flex tokens).
-    let mut per_model: BTreeMap<String, (i64, i64, i64, i64)> = BTreeMap::new();
     for ((model, flex), a) in &groups {
         let lim = limits(model);
         let flex_tokens = a.pending_flex_tokens;
-        let (finish, days) = finish_ms(a.pending, a.sum_ms, a.max_ms, &lim, flex_tokens, day_ms);
+        let (finish, days) = if *flex {
+            finish_ms_flex(a.pending, a.sum_ms, a.max_ms, &lim, flex_tokens, day_ms)
+        } else {
+            finish_ms(a.pending, a.sum_ms, a.max_ms, &lim, 0, day_ms)
+        };
         let cost = catalogue
             .get(model)
             .map(|s| catalogue::cost(s, a.tokens, *flex));
@@ -202,14 +236,6 @@ pub fn estimate(
         out.jobs += a.jobs;
         out.tokens += a.tokens;
         out.cost += cost.unwrap_or(0.0);
-        let m = per_model.entry(model.clone()).or_default();
-        m.0 += a.sum_ms;
-        m.1 = m.1.max(a.max_ms);
-        m.2 += a.pending;
-        m.3 += flex_tokens;
-    }
-    for (model, (sum, max, n, flex_tokens)) in per_model {
-        let (finish, _) = finish_ms(n, sum, max, &limits(&model), flex_tokens, day_ms);
         out.finish_ms = out.finish_ms.max(finish);
     }
     out
@@ -237,6 +263,9 @@ mod tests {
             rpm,
             concurrency,
             flex_tpd: tpd,
+            flex_max_in_flight: None,
+            flex_rpm: None,
+            per_resolution: BTreeMap::new(),
         }
     }
 
@@ -270,6 +299,38 @@ mod tests {
         assert_eq!(finish_ms(1, 10, 10, &l, 1_000, 100).1, 0);
         assert_eq!(finish_ms(1, 10, 10, &l, 1_001, 100), (110, 1));
         assert_eq!(finish_ms(1, 10, 10, &l, 3_500, 100), (310, 3));
+    }
+
+    #[test]
+    fn flex_ignores_default_concurrency_and_counts_tpd_days() {
+        // 2000 flex jobs of 8 min with a default concurrency of 10: unbounded flex takes
+        // one job's time, not 200 waves; the tokens need two more days at TPD 1000.
+        let l = lim(10, 600, Some(1_000));
+        let (t, d) = finish_ms_flex(2000, 2000 * 480_000, 480_000, &l, 2_500, 86_400_000);
+        assert_eq!((t, d), (480_000 + 2 * 86_400_000, 2));
+        // An account ceiling of 200 at once: ten waves.
+        let capped = Limits {
+            flex_max_in_flight: Some(200),
+            ..lim(10, 600, None)
+        };
+        assert_eq!(
+            finish_ms_flex(2000, 2000 * 480_000, 480_000, &capped, 0, 1),
+            (4_800_000, 0)
+        );
+        // Both tiers of one model run side by side: the whole is the slower of them.
+        let items: Vec<Item> = (0..20)
+            .map(|i| Item {
+                model: PRO.into(),
+                flex: i % 2 == 0,
+                tokens: Some(1),
+                gen_ms: 60_000,
+                pending: true,
+            })
+            .collect();
+        let e = estimate(&items, &Catalogue::default(), |_| lim(1, 600, None), 1);
+        assert_eq!(e.rows[0].finish_ms, 600_000, "10 default jobs, one slot");
+        assert_eq!(e.rows[1].finish_ms, 60_000, "10 flex jobs at once");
+        assert_eq!(e.finish_ms, 600_000);
     }
 
     #[test]

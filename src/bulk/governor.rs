@@ -45,23 +45,31 @@ pub struct Queued {
 /// The model's situation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelState {
+    /// The default tier's concurrency.
     pub slots: i64,
+    /// Flex tasks at once: the account's `flex_max_in_flight` or the ceiling learned from
+    /// Ark's 429s; `None` when nothing bounds them (Ark sets flex no concurrency, "flex：无",
+    /// reference/000_c75d201f209c583d.txt:329-380), so a flex job starts as soon as TPD allows.
+    pub flex_slots: Option<i64>,
     pub tpd: Option<i64>,
     /// Flex tokens already submitted today.
     pub spent_today: i64,
     pub day_start: i64,
     pub day_ms: i64,
-    /// Generation time still ahead of the tasks in flight (ms, summed over them).
+    /// Generation time still ahead of the default tasks in flight (ms, summed over them).
     pub busy_ms: i64,
+    /// The same for the flex tasks in flight.
+    pub flex_busy_ms: i64,
 }
 
 /// Indices of the flex jobs in `queue` (claim order) that would miss their deadline on flex.
 ///
-/// List scheduling: job `i` starts when `slots` have worked through the generation time of
-/// everything ahead of it; a flex job also waits for the first day whose budget covers the
-/// flex tokens up to and including it, and then for `flex_open(t)`, the first time from `t`
-/// at which flex jobs may be submitted. A job that goes to default no longer counts against
-/// the budget, which may let later flex jobs through.
+/// List scheduling on the flex tier alone: a flex job starts when the flex slots (if
+/// bounded) have worked through the flex work ahead of it, and on the first day whose budget
+/// covers the flex tokens up to and including it, and then at `flex_open(t)`, the first time
+/// from `t` at which flex jobs may be submitted. Default jobs take no flex slot or budget. A
+/// job that goes to default no longer counts against the budget, which may let later flex
+/// jobs through.
 pub fn plan(
     queue: &[Queued],
     m: &ModelState,
@@ -69,14 +77,15 @@ pub fn plan(
     safety: f64,
     flex_open: &dyn Fn(i64) -> i64,
 ) -> Vec<usize> {
-    let slots = m.slots.max(1);
-    let mut work = m.busy_ms;
+    // Each tier works through its own queue: flex never waits for default slots, so the
+    // default work ahead does not delay a flex job (ark-api.md §6.2 D3).
+    let mut flex_work = m.flex_busy_ms;
     let mut flex_tokens = 0i64;
     let mut moves = Vec::new();
     for (i, j) in queue.iter().enumerate() {
         let mut flex = j.flex;
         if flex {
-            let by_slots = now + work / slots;
+            let by_slots = m.flex_slots.map_or(now, |s| now + flex_work / s.max(1));
             let by_budget = match m.tpd {
                 Some(tpd) if tpd > 0 => {
                     let through = m.spent_today + flex_tokens + j.tokens;
@@ -99,9 +108,7 @@ pub fn plan(
         }
         if flex {
             flex_tokens += j.tokens;
-            work += j.flex_ms;
-        } else {
-            work += j.default_ms;
+            flex_work += j.flex_ms;
         }
     }
     moves
@@ -177,8 +184,9 @@ async fn model_state(
     cfg: &Config,
     limits: Limits,
     model: &str,
-    in_flight: i64,
-    typical_ms: i64,
+    (in_flight, flex_in_flight): (i64, i64),
+    (typical_ms, typical_flex_ms): (i64, i64),
+    learned_flex_ceiling: Option<u32>,
 ) -> Result<ModelState, StoreError> {
     let day_ms = cfg.bulk.tpd_day_ms();
     let day_start = super::tpd_day_start(now_ms(), cfg.dispatch.tpd_utc_offset_hours, day_ms);
@@ -189,6 +197,11 @@ async fn model_state(
     };
     Ok(ModelState {
         slots: i64::from(limits.concurrency),
+        flex_slots: [limits.flex_max_in_flight, learned_flex_ceiling]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(i64::from),
         tpd: limits
             .flex_tpd
             .map(|t| i64::try_from(t).unwrap_or(i64::MAX)),
@@ -197,7 +210,22 @@ async fn model_state(
         day_ms,
         // A task in flight is about half way through, on average.
         busy_ms: in_flight * typical_ms / 2,
+        flex_busy_ms: flex_in_flight * typical_flex_ms / 2,
     })
+}
+
+/// Tasks in flight per model: (default, flex).
+async fn in_flight_by_tier(store: &Store) -> Result<BTreeMap<String, (i64, i64)>, StoreError> {
+    let mut m: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for (model, tier, n) in store.in_flight_by_tier().await? {
+        let e = m.entry(model).or_default();
+        if tier == "flex" {
+            e.1 += n;
+        } else {
+            e.0 += n;
+        }
+    }
+    Ok(m)
 }
 
 async fn queued_view(
@@ -240,7 +268,7 @@ pub async fn admit(
     for (i, j) in jobs.iter().enumerate() {
         by_model.entry(j.model.clone()).or_default().push(i);
     }
-    let in_flight = store.in_flight().await?;
+    let in_flight = in_flight_by_tier(store).await?;
     let mut times = GenTimes::new(store, &cfg.poll);
     let (mut flex_n, mut default_n) = (0, 0);
     for (model, idx) in by_model {
@@ -262,14 +290,16 @@ pub async fn admit(
                 deadline: Some(deadline),
             });
         }
-        let typical = view.first().map_or(0, |q| q.default_ms);
+        let typical = view.first().map_or((0, 0), |q| (q.default_ms, q.flex_ms));
+        // The CLI has no learned ceiling (it lives in the service): the configured one only.
         let state = model_state(
             store,
             cfg,
             Limiter::limits(catalogue, &model),
             &model,
-            in_flight.get(&model).copied().unwrap_or(0),
+            in_flight.get(&model).copied().unwrap_or((0, 0)),
             typical,
+            None,
         )
         .await?;
         let open = window_of(cfg);
@@ -327,20 +357,21 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Idle(None));
     }
     let now = now_ms();
-    let in_flight = ctx.store.in_flight().await?;
+    let in_flight = in_flight_by_tier(&ctx.store).await?;
     let mut times = GenTimes::new(&ctx.store, &ctx.cfg.poll);
     let mut moved_any = false;
     for model in models {
         let queue = ctx.store.queue_of(&model).await?;
         let view = queued_view(&mut times, &model, &queue).await?;
-        let typical = view.first().map_or(0, |q| q.default_ms);
+        let typical = view.first().map_or((0, 0), |q| (q.default_ms, q.flex_ms));
         let state = model_state(
             &ctx.store,
             &ctx.cfg,
             ctx.ops.live.limits(&model),
             &model,
-            in_flight.get(&model).copied().unwrap_or(0),
+            in_flight.get(&model).copied().unwrap_or((0, 0)),
             typical,
+            ctx.limiter.flex_ceiling(&model),
         )
         .await?;
         let live = &ctx.ops.live;
@@ -403,11 +434,13 @@ mod tests {
     fn model(slots: i64, tpd: Option<i64>) -> ModelState {
         ModelState {
             slots,
+            flex_slots: None,
             tpd,
             spent_today: 0,
             day_start: 0,
             day_ms: 24 * 60 * MIN,
             busy_ms: 0,
+            flex_busy_ms: 0,
         }
     }
 
@@ -418,13 +451,27 @@ mod tests {
     }
 
     #[test]
-    fn slots_push_the_tail_to_default() {
-        // 2 slots, 10 min per flex job, due in 35 min with a 1.0 margin: job i starts after
-        // the work ahead of it divided by the slots (5 min per job), so the seventh would
-        // finish at 40 min. A moved job takes a minute on default, so the eighth is late too.
+    fn a_flex_ceiling_pushes_the_tail_to_default() {
+        // A flex ceiling of 2, 10 min per flex job, due in 35 min with a 1.0 margin: job i
+        // starts after the flex work ahead of it divided by 2 (5 min per job), so the seventh
+        // would finish at 40 min; the eighth too (moved jobs leave the flex queue).
         let q = vec![flex(1, Some(35 * MIN)); 8];
-        let moved = plan(&q, &model(2, None), 0, 1.0, &|t| t);
-        assert_eq!(moved, vec![6, 7]);
+        let m = ModelState {
+            flex_slots: Some(2),
+            ..model(100, None)
+        };
+        assert_eq!(plan(&q, &m, 0, 1.0, &|t| t), vec![6, 7]);
+    }
+
+    #[test]
+    fn flex_is_not_bound_by_the_default_concurrency() {
+        // Two default slots busy for hours: flex, unbounded, starts now all the same.
+        let q = vec![flex(1, Some(35 * MIN)); 8];
+        let m = ModelState {
+            busy_ms: 600 * MIN,
+            ..model(2, None)
+        };
+        assert!(plan(&q, &m, 0, 1.0, &|t| t).is_empty());
     }
 
     #[test]
@@ -441,7 +488,7 @@ mod tests {
     }
 
     #[test]
-    fn default_jobs_take_slots_but_no_budget() {
+    fn default_jobs_take_no_flex_budget() {
         let mut q = vec![Queued {
             flex: false,
             ..flex(1_000, None)

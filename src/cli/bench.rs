@@ -18,6 +18,9 @@ pub enum BenchCommand {
     Enqueue(EnqueueArgs),
     /// The service against the in-process simulator: makespan, status calls, lag, overhead.
     Pipeline(super::bench_pipeline::PipelineArgs),
+    /// Flex against the in-process simulator's offline pool: makespan, the poll-every-second
+    /// baseline, and TPD days.
+    Flex(super::bench_flex::FlexArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -37,6 +40,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
         BenchCommand::Pipeline(a) => super::bench_pipeline::run(ctx, a)
             .await
             .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Flex(a) => super::bench_flex::run(a).await,
     }
 }
 

@@ -152,15 +152,25 @@ fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::R
     )?;
     for r in &est.rows {
         let lim = Limiter::limits(&ctx.catalogue, &r.model);
-        let mut limits = format!("{} slots, {} rpm", lim.concurrency, lim.rpm);
-        if r.tier == "flex"
-            && let Some(tpd) = lim.flex_tpd
-        {
-            limits.push_str(&format!(
-                ", {} tokens/day",
-                grouped(i64::try_from(tpd).unwrap_or(i64::MAX))
-            ));
-        }
+        // Each tier under its own limits: flex has no slots or RPM at Ark (ark-api.md §6.2 D3).
+        let mut limits = if r.tier == "flex" {
+            let mut l = match lim.flex_max_in_flight {
+                Some(c) => format!("{c} at once (flex_max_in_flight)"),
+                None => "no concurrency cap".to_string(),
+            };
+            if let Some(rpm) = lim.flex_rpm {
+                l.push_str(&format!(", {rpm} rpm (flex_rpm)"));
+            }
+            if let Some(tpd) = lim.flex_tpd {
+                l.push_str(&format!(
+                    ", {} tokens/day",
+                    grouped(i64::try_from(tpd).unwrap_or(i64::MAX))
+                ));
+            }
+            l
+        } else {
+            format!("{} slots, {} rpm", lim.concurrency, lim.rpm)
+        };
         if r.tpd_days > 0 {
             limits.push_str(&format!(" (+{} day(s) of TPD)", r.tpd_days));
         }

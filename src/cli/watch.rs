@@ -7,7 +7,8 @@
 //! grouped queries per interval.
 //!
 //! The ETA comes from the learned generation times of the remaining jobs' model, tier and
-//! shape and the model's limits (slots and RPM), the same model as `seedq estimate`;
+//! shape and the model's limits per tier (default: slots and RPM; flex: TPD days and the
+//! account's optional ceilings), the same model as `seedq estimate`;
 //! throughput is the finishes per minute over the last [`RATE_WINDOW`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -258,8 +259,9 @@ async fn eta(
     cells: &[BatchCell],
     arch: bool,
 ) -> anyhow::Result<Option<i64>> {
-    // Per model (both tiers share its slots): jobs, summed and longest generation time.
-    let mut per_model: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    // Per model and tier (each tier has its own limits, ark-api.md §6.2 D3): jobs, summed and
+    // longest generation time, and the flex tokens still to be created (against TPD).
+    let mut per_model: BTreeMap<(&str, bool), (i64, i64, i64, i64)> = BTreeMap::new();
     for c in cells {
         let waiting = matches!(
             c.state,
@@ -276,10 +278,14 @@ async fn eta(
         } else {
             gen_ms
         };
-        let m = per_model.entry(c.model.as_str()).or_default();
+        let flex = c.tier == "flex";
+        let m = per_model.entry((c.model.as_str(), flex)).or_default();
         m.0 += c.jobs;
         m.1 += gen_ms * c.jobs;
         m.2 = m.2.max(gen_ms);
+        if flex && c.state == JobState::Queued {
+            m.3 += c.est_tokens;
+        }
     }
     if per_model.is_empty() {
         return Ok(if arch { None } else { Some(0) });
@@ -287,9 +293,13 @@ async fn eta(
     let day = ctx.cfg.bulk.tpd_day_ms();
     Ok(per_model
         .into_iter()
-        .map(|(model, (n, sum, max))| {
+        .map(|((model, flex), (n, sum, max, tokens))| {
             let limits = Limiter::limits(&ctx.catalogue, model);
-            estimate::finish_ms(n, sum, max, &limits, 0, day).0
+            if flex {
+                estimate::finish_ms_flex(n, sum, max, &limits, tokens, day).0
+            } else {
+                estimate::finish_ms(n, sum, max, &limits, 0, day).0
+            }
         })
         .max())
 }

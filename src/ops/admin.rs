@@ -163,22 +163,54 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     }
 
     let models: BTreeSet<&str> = pairs.iter().map(|(m, _)| *m).collect();
-    let mut in_flight: BTreeMap<&str, i64> = models.iter().map(|m| (*m, 0)).collect();
+    // Per tier: each tier's in-flight count is held against its own limits (issue 10).
+    let mut in_flight: BTreeMap<(&str, &str), i64> = pairs.iter().map(|p| (*p, 0)).collect();
     for r in snap.rows.iter().filter(|r| r.state.is_remote()) {
-        *in_flight.entry(r.model.as_str()).or_insert(0) += r.jobs;
+        *in_flight
+            .entry((r.model.as_str(), r.tier.as_str()))
+            .or_insert(0) += r.jobs;
     }
     f.head(
         "seedq_in_flight",
         "gauge",
-        "Tasks holding a remote slot (submitting, submit_unknown, submitted) per model.",
+        "Tasks holding a remote slot (submitting, submit_unknown, submitted) per model and tier.",
     );
-    for (m, n) in &in_flight {
-        f.sample("seedq_in_flight", &[("model", m)], *n as f64);
+    for ((m, tier), n) in &in_flight {
+        f.sample(
+            "seedq_in_flight",
+            &[("model", m), ("tier", tier)],
+            *n as f64,
+        );
+    }
+    f.head(
+        "seedq_flex_in_flight_limit",
+        "gauge",
+        "The flex in-flight ceiling in force per model (flex_max_in_flight or learned from Ark's 429s); absent: none.",
+    );
+    for m in &models {
+        let l = ctx.ops.live.limits(m);
+        if let Some(c) = [l.flex_max_in_flight, ctx.limiter.flex_ceiling(m)]
+            .into_iter()
+            .flatten()
+            .min()
+        {
+            f.sample("seedq_flex_in_flight_limit", &[("model", m)], f64::from(c));
+        }
+    }
+    f.head(
+        "seedq_flex_rpm_limit",
+        "gauge",
+        "The flex creates-per-minute ceiling per model (flex_rpm); absent: none.",
+    );
+    for m in &models {
+        if let Some(r) = ctx.ops.live.limits(m).flex_rpm {
+            f.sample("seedq_flex_rpm_limit", &[("model", m)], f64::from(r));
+        }
     }
     f.head(
         "seedq_concurrency_limit",
         "gauge",
-        "The concurrency limit in force per model.",
+        "The default tier's concurrency limit in force per model.",
     );
     for m in &models {
         let l = ctx.ops.live.limits(m);
@@ -191,7 +223,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     f.head(
         "seedq_rpm_limit",
         "gauge",
-        "The creates-per-minute limit in force per model.",
+        "The default tier's creates-per-minute limit in force per model.",
     );
     for m in &models {
         let l = ctx.ops.live.limits(m);

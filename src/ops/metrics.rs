@@ -24,6 +24,8 @@ pub const ARK_DURATION: &str = "seedq_ark_request_duration_seconds";
 /// Create outcomes by `model`, `tier` and `outcome` (accepted, throttled, never_sent,
 /// rejected, ambiguous, transient).
 pub const CREATES: &str = "seedq_creates_total";
+/// 429s on creates by `model`, `tier` and the error `code` Ark sent (issue 10 item 2).
+pub const CREATE_THROTTLED: &str = "seedq_create_throttled_total";
 /// Callback requests by the HTTP `status` seedq answered.
 pub const CALLBACKS: &str = "seedq_callbacks_total";
 /// Reconciliation outcomes: recovered (an interrupted submit found), adopted, pending,
@@ -98,6 +100,10 @@ fn describe() {
     );
     describe_counter!(CREATES, "Create outcomes by model, tier and outcome.");
     describe_counter!(
+        CREATE_THROTTLED,
+        "429s on creates by model, tier and error code."
+    );
+    describe_counter!(
         CALLBACKS,
         "Ark callbacks received, by the status seedq answered."
     );
@@ -159,6 +165,12 @@ pub fn ark_request(op: &'static str, status: Option<u16>, code: Option<&str>, to
 /// Records the outcome of one create.
 pub fn create(model: &str, tier: &str, outcome: &'static str) {
     metrics::counter!(CREATES, "model" => model.to_string(), "tier" => tier.to_string(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Records a 429 on a create, with the code Ark sent.
+pub fn create_throttled(model: &str, tier: &str, code: &str) {
+    metrics::counter!(CREATE_THROTTLED, "model" => model.to_string(), "tier" => tier.to_string(), "code" => code.to_string())
         .increment(1);
 }
 

@@ -43,8 +43,18 @@ pub struct SimConfig {
     /// Shortest time a task stays `queued` even when a slot is free (nominal).
     #[serde(with = "humantime_serde")]
     pub start_delay: Duration,
-    /// More queued tasks than this per account: create answers 429 `QuotaExceeded`.
+    /// More queued tasks than this per account (both tiers): create answers 429
+    /// `QuotaExceeded` (BytePlus: 120 per master account, ark-api.md §6.2 D3). 0: no cap.
     pub max_queued: usize,
+    /// Width of each model's offline (flex) pool: flex tasks run this many at a time and
+    /// wait `queued` at Ark for the rest. Ark publishes no flex concurrency ("flex：无"); this
+    /// models its offline capacity, not an account limit that rejects anything.
+    pub flex_pool: u32,
+    /// Length of the flex TPD day (nominal; scaled), counted from Beijing midnight like
+    /// seedq's `bulk.tpd_day` (tutorial 使用限制 › 限流说明,
+    /// reference/000_c75d201f209c583d.txt:1740).
+    #[serde(with = "humantime_serde")]
+    pub tpd_day: Duration,
     /// What DELETE does to a running task.
     pub delete_semantics: DeleteSemantics,
     /// Finished (succeeded, failed, expired) tasks vanish after this (nominal).
@@ -97,6 +107,8 @@ impl Default for SimConfig {
             flex_factor: 4.0,
             start_delay: Duration::ZERO,
             max_queued: 120,
+            flex_pool: 200,
+            tpd_day: Duration::from_secs(86_400),
             delete_semantics: DeleteSemantics::A,
             retention: Duration::from_secs(7 * 24 * 3600),
             cancelled_retention: Duration::from_secs(24 * 3600),
@@ -162,6 +174,10 @@ impl Default for LimitsSim {
 pub struct ModelSim {
     pub rpm: Option<u32>,
     pub concurrency: Option<u32>,
+    /// The flex pool width of this model (else `flex_pool`).
+    pub flex_pool: Option<u32>,
+    /// The flex tokens per day of this model (else the catalogue's `flex_tpd`).
+    pub flex_tpd: Option<u64>,
     pub generation: Option<Timing>,
 }
 
@@ -338,6 +354,10 @@ impl SimConfig {
         );
         anyhow::ensure!(!self.api_keys.is_empty(), "api_keys must not be empty");
         anyhow::ensure!(self.video_downscale >= 1, "video_downscale must be >= 1");
+        anyhow::ensure!(
+            self.flex_pool >= 1 && self.models.values().all(|m| m.flex_pool != Some(0)),
+            "flex_pool must be >= 1 (0 would never run a flex task)"
+        );
         anyhow::ensure!(
             self.render_concurrency >= 1,
             "render_concurrency must be >= 1"

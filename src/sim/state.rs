@@ -6,8 +6,11 @@
 //! Invariants:
 //! - All state sits behind one `std::sync::Mutex`, held only for short, non-async sections; side
 //!   effects that wait (callbacks, renders) are collected as [`Effect`]s and run after unlocking.
-//! - `running[model]` equals the number of that model's tasks in `running`; a task leaves its
-//!   queue exactly when it starts or is cancelled/expired.
+//! - `running[model]` (default tier) and `running_flex[model]` (the offline pool) equal the
+//!   number of that model's tasks of the tier in `running`; a task leaves its queue exactly
+//!   when it starts or is cancelled/expired.
+//! - Flex is limited by TPD alone (ark-api.md §6.2 D3): no RPM or concurrency 429 for it; a
+//!   day's accepted flex tokens never exceed the model's TPD.
 //! - `updated_at` strictly increases on every transition (one second at least, so it visibly
 //!   changes even when a tiny `time_scale` packs transitions into one real second).
 //! - Wire timestamps (`created_at`, `updated_at`, the task id) are real wall-clock time; only
@@ -111,6 +114,10 @@ pub struct Stats {
     /// Route name → HTTP status (or `dropped`) → count.
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
     pub max_concurrency_by_model: BTreeMap<String, u32>,
+    /// The most flex tasks of a model running at once (its offline pool).
+    pub max_flex_running_by_model: BTreeMap<String, u32>,
+    /// Flex tokens accepted per model per TPD day (day start, unix ms).
+    pub flex_tokens_by_day: BTreeMap<String, BTreeMap<i64, u64>>,
     pub rate_limited_total: u64,
     pub status_calls_total: u64,
 }
@@ -122,6 +129,10 @@ struct Inner {
     /// Per model, the queued tasks in start order.
     queues: HashMap<String, BTreeSet<QueueKey>>,
     running: HashMap<String, u32>,
+    running_flex: HashMap<String, u32>,
+    /// Default-tier tasks running per (model, resolution), for resolutions with limits of
+    /// their own (2.0 `4k`).
+    running_res: HashMap<(String, String), u32>,
     timers: BinaryHeap<Reverse<Timer>>,
     rpm: HashMap<String, VecDeque<Instant>>,
     seq: u64,
@@ -137,6 +148,18 @@ struct QueueKey {
     neg_priority: i64,
     seq: u64,
     id: String,
+}
+
+impl QueueKey {
+    /// The smallest key of a tier: where its part of a model's queue starts.
+    fn first_of(flex: bool) -> Self {
+        Self {
+            flex,
+            neg_priority: i64::MIN,
+            seq: 0,
+            id: String::new(),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -264,6 +287,8 @@ pub struct StatsDump {
     pub creates_by_model: BTreeMap<String, u64>,
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
     pub max_concurrency_by_model: BTreeMap<String, u32>,
+    pub max_flex_running_by_model: BTreeMap<String, u32>,
+    pub flex_tokens_by_day: BTreeMap<String, BTreeMap<i64, u64>>,
     pub rate_limited_total: u64,
     pub callbacks_delivered: u64,
     pub callbacks_failed: u64,
@@ -307,6 +332,8 @@ impl Sim {
             order: BTreeMap::new(),
             queues: HashMap::new(),
             running: HashMap::new(),
+            running_flex: HashMap::new(),
+            running_res: HashMap::new(),
             timers: BinaryHeap::new(),
             rpm: HashMap::new(),
             seq: 0,
@@ -388,6 +415,12 @@ impl Sim {
         let running: Vec<(String, u32)> =
             inner.running.iter().map(|(k, v)| (k.clone(), *v)).collect();
         inner.stats.max_concurrency_by_model.extend(running);
+        let running_flex: Vec<(String, u32)> = inner
+            .running_flex
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        inner.stats.max_flex_running_by_model.extend(running_flex);
         self.counters.reset();
     }
 
@@ -415,6 +448,55 @@ impl Sim {
             .get(model)
             .and_then(|m| m.generation.as_ref())
             .unwrap_or(&self.cfg.generation)
+    }
+
+    /// The (model, resolution) of a task whose resolution has limits of its own, with them.
+    fn own_limits(&self, t: &TaskRec) -> Option<((String, String), catalogue::ResolutionLimits)> {
+        let l = self
+            .catalogue
+            .get(&t.model)?
+            .limits
+            .per_resolution
+            .get(&t.eff.resolution)?
+            .clone();
+        Some(((t.model.clone(), t.eff.resolution.clone()), l))
+    }
+
+    /// Whether a queued default task's resolution has a free slot of its own (2.0 `4k`:
+    /// concurrency 1, ark-api.md §6.2 D3); always, for resolutions without one.
+    fn resolution_room(&self, inner: &Inner, id: &str) -> bool {
+        match inner.tasks.get(id).and_then(|t| self.own_limits(t)) {
+            Some((k, l)) => inner.running_res.get(&k).copied().unwrap_or(0) < l.concurrency,
+            None => true,
+        }
+    }
+
+    /// The width of `model`'s offline (flex) pool.
+    fn flex_pool(&self, model: &str) -> u32 {
+        self.cfg
+            .models
+            .get(model)
+            .and_then(|m| m.flex_pool)
+            .unwrap_or(self.cfg.flex_pool)
+    }
+
+    /// `model`'s flex tokens per day: the sim override, else the catalogue's.
+    fn flex_tpd(&self, model: &str) -> Option<u64> {
+        self.cfg
+            .models
+            .get(model)
+            .and_then(|m| m.flex_tpd)
+            .or_else(|| self.catalogue.get(model).and_then(|s| s.limits.flex_tpd))
+    }
+
+    /// Start (unix ms) of the TPD day containing `now_ms`: days of the scaled `tpd_day`,
+    /// counted from Beijing midnight, the same rule as seedq's dispatcher.
+    pub fn tpd_day_start(&self, now_ms: i64) -> i64 {
+        // Rounded, not truncated: 25 min × 0.002 must be 3000 ms, as seedq's `bulk.tpd_day`.
+        let day = (self.cfg.tpd_day.as_secs_f64() * self.cfg.time_scale * 1000.0)
+            .round()
+            .clamp(1.0, 1e15) as i64;
+        crate::bulk::tpd_day_start(now_ms, 8, day)
     }
 
     /// Real time a task spends running.
@@ -452,7 +534,7 @@ impl Sim {
                 ));
             }
             let queued: usize = inner.queues.values().map(BTreeSet::len).sum();
-            if queued >= self.cfg.max_queued {
+            if self.cfg.max_queued > 0 && queued >= self.cfg.max_queued {
                 return Err(ApiError::rate_limited(
                     "QuotaExceeded",
                     &format!(
@@ -462,8 +544,13 @@ impl Sim {
                     None,
                 ));
             }
+            // RPM is the default tier's; flex has none (ark-api.md §6.2 D3).
             let window = self.scaled(RPM_WINDOW);
-            let stamps = inner.rpm.entry(req.model.clone()).or_default();
+            let stamps = if eff.flex {
+                &mut VecDeque::new()
+            } else {
+                inner.rpm.entry(req.model.clone()).or_default()
+            };
             while stamps
                 .front()
                 .is_some_and(|t| now.saturating_duration_since(*t) >= window)
@@ -482,7 +569,38 @@ impl Sim {
                     retry_after,
                 ));
             }
-            stamps.push_back(now);
+            if !eff.flex {
+                stamps.push_back(now);
+            }
+            // A resolution with an RPM of its own (2.0 `4k`: 15, ark-api.md §6.2 D3).
+            let own_rpm = spec
+                .and_then(|s| s.limits.per_resolution.get(&eff.resolution))
+                .filter(|_| !eff.flex)
+                .map(|l| l.rpm);
+            if let Some(rpm) = own_rpm {
+                let stamps = inner
+                    .rpm
+                    .entry(format!("{}@{}", req.model, eff.resolution))
+                    .or_default();
+                while stamps
+                    .front()
+                    .is_some_and(|t| now.saturating_duration_since(*t) >= window)
+                {
+                    stamps.pop_front();
+                }
+                if stamps.len() >= rpm as usize {
+                    // The model's window already counted this create: take it back.
+                    if let Some(s) = inner.rpm.get_mut(&req.model) {
+                        s.pop_back();
+                    }
+                    return Err(ApiError::rate_limited(
+                        "ModelAccountRpmRateLimitExceeded",
+                        &rpm_message(&req.model, rpm),
+                        None,
+                    ));
+                }
+                stamps.push_back(now);
+            }
 
             inner.seq += 1;
             let seq = inner.seq;
@@ -516,6 +634,41 @@ impl Sim {
                 .size
                 .or_else(|| catalogue::pixel_size(table, &eff.resolution, &eff.concrete_ratio))
                 .unwrap_or((1280, 720));
+            if eff.flex
+                && let Some(tpd) = self.flex_tpd(&req.model)
+            {
+                // TPD: over it, the call is rejected (tutorial 使用限制 › 限流说明,
+                // reference/000_c75d201f209c583d.txt:1740). Counted at create with the tokens the
+                // task will bill. The code is unpublished: `QuotaExceeded` ("period quota
+                // exceeded", ark-api.md §6.2) is the closest [INF].
+                let tokens =
+                    u64::try_from(catalogue::tokens(size.0, size.1, frame_count)).unwrap_or(0);
+                let day = self.tpd_day_start(now_ms);
+                let used = inner
+                    .stats
+                    .flex_tokens_by_day
+                    .get(&req.model)
+                    .and_then(|d| d.get(&day))
+                    .copied()
+                    .unwrap_or(0);
+                if used + tokens > tpd {
+                    return Err(ApiError::rate_limited(
+                        "QuotaExceeded",
+                        &format!(
+                            "The request failed because your account has exceeded its tokens per day (TPD) limit ({tpd}) for model {}. Please retry tomorrow.",
+                            req.model
+                        ),
+                        None,
+                    ));
+                }
+                *inner
+                    .stats
+                    .flex_tokens_by_day
+                    .entry(req.model.clone())
+                    .or_default()
+                    .entry(day)
+                    .or_default() += tokens;
+            }
             let (input_image_sha256, first_frame_png) = video::inspect_images(&req);
             let callback = req
                 .callback_url
@@ -715,6 +868,8 @@ impl Sim {
             creates_by_model: inner.stats.creates_by_model.clone(),
             calls: inner.stats.calls.clone(),
             max_concurrency_by_model: inner.stats.max_concurrency_by_model.clone(),
+            max_flex_running_by_model: inner.stats.max_flex_running_by_model.clone(),
+            flex_tokens_by_day: inner.stats.flex_tokens_by_day.clone(),
             rate_limited_total: inner.stats.rate_limited_total,
             callbacks_delivered: c.callbacks_delivered.load(Ordering::Relaxed),
             callbacks_failed: c.callbacks_failed.load(Ordering::Relaxed),
@@ -801,27 +956,46 @@ impl Sim {
             .collect();
         let delay = self.scaled(self.cfg.start_delay);
         for model in models {
-            let limit = self.limits(&model).concurrency;
-            loop {
-                let running = inner.running.get(&model).copied().unwrap_or(0);
-                if running >= limit {
-                    break;
-                }
-                let Some(key) = inner.queues.get(&model).and_then(|q| q.first().cloned()) else {
-                    break;
+            // The default tier by its concurrency; flex in its own offline pool, never taking
+            // (or counting against) the default tier's slots.
+            for flex in [false, true] {
+                let limit = if flex {
+                    self.flex_pool(&model)
+                } else {
+                    self.limits(&model).concurrency
                 };
-                let ready_at = inner
-                    .tasks
-                    .get(&key.id)
-                    .map_or(now, |t| at(t.created_instant, delay));
-                if ready_at > now {
-                    push_timer(inner, ready_at, TimerKind::Wake);
-                    break;
+                loop {
+                    let running = if flex {
+                        inner.running_flex.get(&model)
+                    } else {
+                        inner.running.get(&model)
+                    }
+                    .copied()
+                    .unwrap_or(0);
+                    if running >= limit {
+                        break;
+                    }
+                    let Some(key) = inner.queues.get(&model).and_then(|q| {
+                        q.range(QueueKey::first_of(flex)..)
+                            .take_while(|k| k.flex == flex)
+                            .find(|k| flex || self.resolution_room(inner, &k.id))
+                            .cloned()
+                    }) else {
+                        break;
+                    };
+                    let ready_at = inner
+                        .tasks
+                        .get(&key.id)
+                        .map_or(now, |t| at(t.created_instant, delay));
+                    if ready_at > now {
+                        push_timer(inner, ready_at, TimerKind::Wake);
+                        break;
+                    }
+                    if let Some(q) = inner.queues.get_mut(&model) {
+                        q.remove(&key);
+                    }
+                    self.start(inner, &key.id, now, effects);
                 }
-                if let Some(q) = inner.queues.get_mut(&model) {
-                    q.remove(&key);
-                }
-                self.start(inner, &key.id, now, effects);
             }
         }
     }
@@ -868,16 +1042,25 @@ impl Sim {
             effects.push(Effect::Callback(tx.clone(), Box::new(self.wire(t))));
         }
         let model = t.model.clone();
+        let flex = t.flex;
+        if !flex && let Some((k, _)) = self.own_limits(t) {
+            *inner.running_res.entry(k).or_default() += 1;
+        }
         let n = {
-            let r = inner.running.entry(model.clone()).or_default();
+            let r = if flex {
+                inner.running_flex.entry(model.clone()).or_default()
+            } else {
+                inner.running.entry(model.clone()).or_default()
+            };
             *r += 1;
             *r
         };
-        let max = inner
-            .stats
-            .max_concurrency_by_model
-            .entry(model)
-            .or_default();
+        let maxima = if flex {
+            &mut inner.stats.max_flex_running_by_model
+        } else {
+            &mut inner.stats.max_concurrency_by_model
+        };
+        let max = maxima.entry(model).or_default();
         *max = (*max).max(n);
         push_timer(inner, at(now, gen_time), TimerKind::Done(id.to_string()));
     }
@@ -979,6 +1162,7 @@ impl Sim {
             id: t.id.clone(),
         };
         let model = t.model.clone();
+        let own = (!t.flex).then(|| self.own_limits(t)).flatten();
         let retention = if status == TaskStatus::Cancelled {
             self.cfg.cancelled_retention
         } else {
@@ -986,7 +1170,17 @@ impl Sim {
         };
         match was {
             TaskStatus::Running => {
-                if let Some(r) = inner.running.get_mut(&model) {
+                let running = if key.flex {
+                    &mut inner.running_flex
+                } else {
+                    &mut inner.running
+                };
+                if let Some(r) = running.get_mut(&model) {
+                    *r = r.saturating_sub(1);
+                }
+                if let Some((k, _)) = own
+                    && let Some(r) = inner.running_res.get_mut(&k)
+                {
                     *r = r.saturating_sub(1);
                 }
             }
@@ -1042,6 +1236,14 @@ impl Sim {
             let Ok(_permit) = slots.acquire_owned().await else {
                 return;
             };
+            // Another task of the shape may have rendered it while this one waited for a
+            // slot: a wave of hundreds of flex starts must not render hundreds of times.
+            if let Some(k) = &key
+                && let Some(hit) = sim.cached_video(k)
+            {
+                sim.on_rendered(&id, Ok(hit));
+                return;
+            }
             let result = tokio::task::spawn_blocking(move || video::render(job))
                 .await
                 .unwrap_or_else(|e| Err(format!("render task panicked: {e}")))

@@ -876,6 +876,101 @@ async fn rpm_limit_answers_429_per_model() {
 }
 
 #[tokio::test]
+async fn flex_has_no_rpm_nor_concurrency_only_its_pool_and_tpd() {
+    let mut cfg = fast();
+    cfg.time_scale = 0.1;
+    cfg.generation.base = Duration::from_secs(3600);
+    let (w, h) = crate::catalogue::pixel_size(crate::catalogue::PixelTable::V1, "480p", "16:9")
+        .expect("480p");
+    let one = u64::try_from(crate::catalogue::tokens(
+        w,
+        h,
+        crate::catalogue::frames_for_duration(5),
+    ))
+    .expect("tokens");
+    cfg.models.insert(
+        LITE.into(),
+        ModelSim {
+            rpm: Some(2),
+            concurrency: Some(1),
+            flex_pool: Some(3),
+            flex_tpd: Some(5 * one),
+            ..ModelSim::default()
+        },
+    );
+    let t = T::new(cfg).await;
+    let flex = |i: usize| {
+        let mut b = text_body(LITE, &format!("flex {i}"));
+        b["service_tier"] = json!("flex");
+        b["resolution"] = json!("480p");
+        b["ratio"] = json!("16:9");
+        b["duration"] = json!(5);
+        b
+    };
+    // Five flex creates inside one RPM window of 2, with a default concurrency of 1: all
+    // accepted (ark-api.md §6.2 D3), three running in the pool, two queued.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(t.create(flex(i)).await);
+    }
+    t.wait_status(&ids[2], TaskStatus::Running).await;
+    assert_eq!(t.get(&ids[4]).await.status, TaskStatus::Queued);
+    // The default tier still has its own slot and RPM.
+    let d = t.create(text_body(LITE, "default")).await;
+    t.wait_status(&d, TaskStatus::Running).await;
+    let stats = t.admin("stats").await;
+    assert_eq!(stats["max_flex_running_by_model"][LITE], 3, "{stats}");
+    assert_eq!(stats["max_concurrency_by_model"][LITE], 1, "{stats}");
+    // The sixth flex task would pass the day's TPD: refused, and not counted.
+    let r = t.post(&flex(5)).await;
+    let s = r.status();
+    let v: Value = r.json().await.expect("json");
+    assert_error(s, &v, StatusCode::TOO_MANY_REQUESTS, "QuotaExceeded", None);
+    assert!(v.to_string().contains("tokens per day (TPD)"), "{v}");
+    let stats = t.admin("stats").await;
+    let days = stats["flex_tokens_by_day"][LITE].as_object().expect("days");
+    assert_eq!(days.len(), 1);
+    assert_eq!(days.values().next().and_then(Value::as_u64), Some(5 * one));
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn seedance_2_4k_has_its_own_rpm_and_concurrency() {
+    let mut cfg = fast();
+    // A 6 s RPM window; hour-long generations keep the running ones running.
+    cfg.time_scale = 0.1;
+    cfg.generation.base = Duration::from_secs(3600);
+    let t = T::new(cfg).await;
+    let body = |res: &str, i: usize| {
+        let mut b = text_body(V20, &format!("{res} {i}"));
+        b["resolution"] = json!(res);
+        b
+    };
+    // ark-api.md §6.2 D3: 4k has RPM 15 and concurrency 1 of its own.
+    let mut k = Vec::new();
+    for i in 0..15 {
+        k.push(t.create(body("4k", i)).await);
+    }
+    t.wait_status(&k[0], TaskStatus::Running).await;
+    let r = t.post(&body("4k", 15)).await;
+    let s = r.status();
+    assert_error(
+        s,
+        &r.json().await.expect("json"),
+        StatusCode::TOO_MANY_REQUESTS,
+        "ModelAccountRpmRateLimitExceeded",
+        None,
+    );
+    // 720p is not held by 4k's limits: it runs beside the one 4k task.
+    let p = t.create(body("720p", 0)).await;
+    t.wait_status(&p, TaskStatus::Running).await;
+    assert_eq!(t.get(&k[1]).await.status, TaskStatus::Queued);
+    let stats = t.admin("stats").await;
+    assert_eq!(stats["running_by_model"][V20], 2, "{stats}");
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn too_many_queued_tasks_is_quota_exceeded() {
     let mut cfg = fast();
     cfg.max_queued = 2;
@@ -953,11 +1048,13 @@ async fn flex_tasks_expire_when_running_or_queued_too_long() {
     // 3600 s expiry → 360 ms; a flex lite job takes (30 + 30) s × 1000 → 6 s.
     cfg.time_scale = 0.0001;
     cfg.flex_factor = 1000.0;
-    // pro: one slot, held by a default-tier job that outlives the test.
+    // pro: one default slot and a flex pool of one, each held by a job that outlives the
+    // test (flex has its own pool: a default job cannot keep a flex one queued).
     cfg.models.insert(
         PRO.into(),
         ModelSim {
             concurrency: Some(1),
+            flex_pool: Some(1),
             generation: Some(Timing {
                 base: Duration::from_secs(1_000_000),
                 per_video_second: Duration::ZERO,
@@ -974,6 +1071,10 @@ async fn flex_tasks_expire_when_running_or_queued_too_long() {
         body["execution_expires_after"] = json!(3600);
         body
     };
+    let mut long = flex(PRO);
+    long["execution_expires_after"] = json!(259_200);
+    let flex_hog = t.create(long).await;
+    t.wait_status(&flex_hog, TaskStatus::Running).await;
     let queued = t.create(flex(PRO)).await;
     let running = t.create(flex(LITE)).await;
     t.wait_status(&running, TaskStatus::Running).await;

@@ -136,6 +136,18 @@ impl Job {
     }
 }
 
+/// Which resolutions a tier claim takes (see [`Store::claim_for_submit_tier`]).
+#[derive(Clone, Debug)]
+pub enum ResolutionScope {
+    All,
+    Only(String, u32),
+    Except(Vec<String>),
+}
+
+/// The jobs that hold a remote slot (count against a tier's in-flight limit). One place, so
+/// the tier-aware claim and the in-flight queries agree.
+const IN_FLIGHT_PREDICATE: &str = "state IN ('submitting', 'submit_unknown', 'submitted')";
+
 const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
     request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, attempts, \
     next_attempt_at, lease_owner, lease_until, lease_token, submit_started_at, submitted_at, \
@@ -839,6 +851,121 @@ impl Store {
         .await
     }
 
+    /// Claims like [`Store::claim_for_submit`], but for one service tier only, counting only
+    /// that tier's tasks against `max_in_flight`: Ark limits the default tier by concurrency
+    /// and flex by TPD alone (tutorial 使用限制 › 限流说明, reference/000_c75d201f209c583d.txt:1733-1740),
+    /// so a flex backlog must never take the default tier's slots, nor the reverse.
+    ///
+    /// # Errors
+    /// SQL errors.
+    ///
+    /// `scope` narrows it by resolution (the first part of `shape`): `Only(res, cap)` claims
+    /// only jobs of `res`, with at most `cap` of them in flight besides the tier's cap;
+    /// `Except(list)` claims none of those resolutions (they have limits of their own).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_for_submit_tier(
+        &self,
+        model: &str,
+        tier: &str,
+        max_in_flight: u32,
+        scope: ResolutionScope,
+        limit: u32,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Vec<Job>, StoreError> {
+        let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
+        let (only, only_cap, except) = match scope {
+            ResolutionScope::All => (None, 0, "[]".to_string()),
+            ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), "[]".to_string()),
+            ResolutionScope::Except(list) => (
+                None,
+                0,
+                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
+            ),
+        };
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let in_flight: i64 = tx
+                .prepare_cached(&format!(
+                    "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
+                     AND {IN_FLIGHT_PREDICATE}"
+                ))?
+                .query_row([&model, &tier], |r| r.get(0))?;
+            let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
+            if let Some(res) = &only {
+                let res_in_flight: i64 = tx
+                    .prepare_cached(&format!(
+                        "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
+                         AND (shape = ?3 OR shape LIKE ?3 || '/%') AND {IN_FLIGHT_PREDICATE}"
+                    ))?
+                    .query_row([&model, &tier, res], |r| r.get(0))?;
+                room = room.min(only_cap - res_in_flight);
+            }
+            if room <= 0 {
+                return Ok(Vec::new());
+            }
+            let mut jobs = {
+                let mut st = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
+                     attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
+                     next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
+                     WHERE id IN (SELECT id FROM jobs j WHERE state = 'queued' AND model = ?4 \
+                                  AND next_attempt_at <= ?1 AND service_tier = ?5 \
+                                  AND (?7 IS NULL OR j.shape = ?7 OR j.shape LIKE ?7 || '/%') \
+                                  AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
+                                      WHERE j.shape = e.value OR j.shape LIKE e.value || '/%') \
+                                  ORDER BY priority DESC, id LIMIT ?6) \
+                     RETURNING {JOB_COLUMNS}"
+                ))?;
+                let rows = st.query_map(
+                    params![now, owner, lease_ms, model, tier, room, only, except],
+                    job_from_row,
+                )?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            for j in &jobs {
+                insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
+            }
+            tx.commit()?;
+            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Tasks of `model` on `tier` that occupy a remote slot (the AIMD cut starts from it).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn in_flight_tier(&self, model: &str, tier: &str) -> Result<i64, StoreError> {
+        let (model, tier) = (model.to_string(), tier.to_string());
+        self.call(move |c| {
+            Ok(c.prepare_cached(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
+                 AND {IN_FLIGHT_PREDICATE}"
+            ))?
+            .query_row([&model, &tier], |r| r.get(0))?)
+        })
+        .await
+    }
+
+    /// Tasks that occupy a remote slot, per (model, tier).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn in_flight_by_tier(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare_cached(&format!(
+                "SELECT model, service_tier, COUNT(*) FROM jobs WHERE {IN_FLIGHT_PREDICATE} \
+                 GROUP BY model, service_tier"
+            ))?;
+            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// Claims up to `limit` jobs in `state` that are due, bumping their lease token and pushing
     /// `next_attempt_at` to the lease's end, so a crashed holder's jobs come due again by
     /// themselves.
@@ -1034,7 +1161,9 @@ impl Store {
     pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
         self.call(move |c| {
             let mut st = c.prepare(
-                "SELECT model, submit_started_at FROM jobs WHERE submit_started_at >= ?1",
+                // Only the default tier has an RPM at Ark; flex creates must not fill its window.
+                "SELECT model, submit_started_at FROM jobs WHERE submit_started_at >= ?1 \
+                 AND service_tier = 'default'",
             )?;
             let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -336,3 +336,95 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
         .collect();
     assert_eq!(states, vec![JobState::Queued, JobState::Cancelled]);
 }
+
+#[tokio::test]
+async fn each_tier_counts_only_its_own_tasks_in_flight() {
+    let (_d, s) = store();
+    let mut jobs = Vec::new();
+    for i in 0..6 {
+        let mut j = new_job("m", None, 0);
+        j.flex = i % 2 == 1;
+        jobs.push(j);
+    }
+    s.enqueue(jobs).await.expect("enqueue");
+    // Two default tasks fill a default cap of 2 ...
+    let d = s
+        .claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|j| !j.is_flex()));
+    assert!(
+        s.claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 10, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // ... and do not count against flex, whose own cap of 2 holds separately.
+    let f = s
+        .claim_for_submit_tier("m", "flex", 2, ResolutionScope::All, 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(f.len(), 2);
+    assert!(f.iter().all(Job::is_flex));
+    assert_eq!(s.in_flight_tier("m", "flex").await.expect("count"), 2);
+    assert_eq!(s.in_flight_tier("m", "default").await.expect("count"), 2);
+    let by_tier = s.in_flight_by_tier().await.expect("by tier");
+    assert!(by_tier.contains(&("m".into(), "flex".into(), 2)));
+    assert_eq!(
+        s.claim_for_submit_tier("m", "flex", 10, ResolutionScope::All, 10, "w", 60_000)
+            .await
+            .expect("claim")
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_resolution_with_its_own_limits_is_claimed_apart() {
+    let (_d, s) = store();
+    let mut jobs = Vec::new();
+    for shape in ["4k/5s", "4k", "720p/5s", "720p/5s", "1080p"] {
+        let mut j = new_job("m", None, 0);
+        j.shape = Some(shape.into());
+        jobs.push(j);
+    }
+    s.enqueue(jobs).await.expect("enqueue");
+    let except = ResolutionScope::Except(vec!["4k".into()]);
+    let rest = s
+        .claim_for_submit_tier("m", "default", 10, except.clone(), 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(rest.len(), 3);
+    assert!(
+        rest.iter()
+            .all(|j| !j.shape.as_deref().unwrap_or("").starts_with("4k"))
+    );
+    let only = ResolutionScope::Only("4k".into(), 1);
+    let k = s
+        .claim_for_submit_tier("m", "default", 10, only.clone(), 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert_eq!(k.len(), 1, "4k's own cap of one");
+    assert!(
+        s.claim_for_submit_tier("m", "default", 10, only.clone(), 10, "w", 60_000)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    // The model's cap binds 4k too: 4 in flight of 4.
+    assert!(
+        s.claim_for_submit_tier(
+            "m",
+            "default",
+            4,
+            ResolutionScope::Only("4k".into(), 5),
+            10,
+            "w",
+            60_000
+        )
+        .await
+        .expect("claim")
+        .is_empty()
+    );
+}

@@ -8,11 +8,11 @@
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::limiter::Blocked;
+use super::limiter::{Blocked, flex_key};
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
-use crate::store::{Job, Patch, now_ms};
+use crate::store::{Job, Patch, ResolutionScope, now_ms};
 
 /// The dispatcher loop.
 ///
@@ -49,51 +49,118 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut wake: Option<i64> = None;
     for model in models {
         let limits = ctx.ops.live.limits(&model);
-        // The limiter's check and record bracket the claim under one lock, so the RPM window
-        // can never be overrun by dispatchers racing each other.
-        let claimed = {
-            let _admission = ctx.admission.lock().await;
-            let now = now_ms();
-            let room = match ctx.limiter.room(&model, limits.rpm, now) {
-                Ok(room) => room,
-                Err(Blocked::Paused(t) | Blocked::Rpm(t)) => {
-                    wake = Some(wake.map_or(t, |w| w.min(t)));
-                    continue;
+        // Each tier is admitted under its own limits (ark-api.md §6.2 D3): default by RPM and
+        // concurrency, flex by TPD and the account's optional ceilings only.
+        // Resolutions with limits of their own (2.0 `4k`) are claimed apart, then the rest.
+        let mut scopes: Vec<(bool, Option<&str>)> = limits
+            .per_resolution
+            .keys()
+            .map(|r| (false, Some(r.as_str())))
+            .collect();
+        scopes.push((false, None));
+        scopes.push((true, None));
+        for (flex, resolution) in scopes {
+            let claimed = claim_tier(ctx, &model, &limits, flex, resolution, &mut wake).await?;
+            if !claimed.is_empty() {
+                let submits = claimed.into_iter().map(|job| {
+                    let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
+                    submit(ctx, job).instrument(span)
+                });
+                // Every submit runs to its end (each records its own outcome) before an error
+                // is reported.
+                for r in futures::future::join_all(submits).await {
+                    r?;
                 }
-            };
-            let flex_ok = ctx.ops.live.flex_window_open(now)
-                && flex_budget_left(ctx, &model, limits.flex_tpd).await?;
-            let limit = u32::try_from(room).unwrap_or(u32::MAX).min(CLAIM_BATCH);
-            let jobs = ctx
-                .store
-                .claim_for_submit(
-                    &model,
-                    flex_ok,
-                    limits.concurrency,
-                    limit,
-                    &ctx.owner,
-                    ctx.lease_ms(),
-                )
-                .await?;
-            for _ in &jobs {
-                ctx.limiter.record(&model, now);
+                return Ok(Outcome::Worked);
             }
-            jobs
-        };
-        if !claimed.is_empty() {
-            let submits = claimed.into_iter().map(|job| {
-                let span = tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "dispatch");
-                submit(ctx, job).instrument(span)
-            });
-            // Every submit runs to its end (each records its own outcome) before an error
-            // is reported.
-            for r in futures::future::join_all(submits).await {
-                r?;
-            }
-            return Ok(Outcome::Worked);
         }
     }
     Ok(Outcome::Idle(wake))
+}
+
+/// Claims up to a batch of `model`'s queued jobs of one tier within that tier's limits.
+async fn claim_tier(
+    ctx: &Ctx,
+    model: &str,
+    limits: &crate::catalogue::Limits,
+    flex: bool,
+    resolution: Option<&str>,
+    wake: &mut Option<i64>,
+) -> anyhow::Result<Vec<Job>> {
+    let (key, rpm, max_in_flight, tier) = if flex {
+        // Ark sets flex no concurrency ("flex：无", tutorial model table,
+        // reference/000_c75d201f209c583d.txt:329-380): only the account's own ceiling and the
+        // one learned from Ark's 429s bind.
+        let ceiling = [limits.flex_max_in_flight, ctx.limiter.flex_ceiling(model)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(u32::MAX);
+        (flex_key(model), limits.flex_rpm, ceiling, "flex")
+    } else {
+        (
+            model.to_string(),
+            Some(limits.rpm),
+            limits.concurrency,
+            "default",
+        )
+    };
+    // The limiter's check and record bracket the claim under one lock, so the RPM window can
+    // never be overrun by dispatchers racing each other.
+    let _admission = ctx.admission.lock().await;
+    let now = now_ms();
+    let own = resolution.and_then(|r| limits.per_resolution.get(r).map(|l| (r, l)));
+    let own_key = own.map(|(r, _)| format!("{model}@{r}"));
+    let room = ctx
+        .limiter
+        .room_opt(&key, rpm, now)
+        .and_then(|room| match (&own_key, own) {
+            (Some(k), Some((_, l))) => ctx.limiter.room(k, l.rpm, now).map(|r| r.min(room)),
+            _ => Ok(room),
+        });
+    let room = match room {
+        Ok(room) => room,
+        Err(Blocked::Paused(t) | Blocked::Rpm(t)) => {
+            *wake = Some(wake.map_or(t, |w| w.min(t)));
+            return Ok(Vec::new());
+        }
+    };
+    let scope = match own {
+        Some((r, l)) => ResolutionScope::Only(r.to_string(), l.concurrency),
+        None if !flex && !limits.per_resolution.is_empty() => {
+            ResolutionScope::Except(limits.per_resolution.keys().cloned().collect())
+        }
+        None => ResolutionScope::All,
+    };
+    if flex
+        && !(ctx.ops.live.flex_window_open(now)
+            && flex_budget_left(ctx, model, limits.flex_tpd).await?)
+    {
+        return Ok(Vec::new());
+    }
+    let limit = u32::try_from(room).unwrap_or(u32::MAX).min(CLAIM_BATCH);
+    let jobs = ctx
+        .store
+        .claim_for_submit_tier(
+            model,
+            tier,
+            max_in_flight,
+            scope,
+            limit,
+            &ctx.owner,
+            ctx.lease_ms(),
+        )
+        .await?;
+    // Without `flex_rpm` nothing reads the flex window: keep it empty.
+    if rpm.is_some() {
+        for _ in &jobs {
+            ctx.limiter.record(&key, now);
+            if let Some(k) = &own_key {
+                ctx.limiter.record(k, now);
+            }
+        }
+    }
+    Ok(jobs)
 }
 
 /// The current TPD day of `model`, with its spend loaded into the limiter.
@@ -104,9 +171,13 @@ async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
         ctx.cfg.dispatch.tpd_utc_offset_hours,
         ctx.cfg.bulk.tpd_day_ms(),
     );
-    if !ctx.limiter.knows_flex_day(model, day) {
+    // Re-read the store's count now and then: it has billed usage for finished tasks, which
+    // corrects the estimates reserved at submit (issue 10 item 3).
+    let now = now_ms();
+    let fresh_since = now - (ctx.cfg.bulk.tpd_day_ms() / 100).clamp(100, 30_000);
+    if !ctx.limiter.knows_flex_day(model, day, fresh_since) {
         let spent = ctx.store.flex_tokens_since(model, day).await?;
-        ctx.limiter.load_flex_day(model, day, spent);
+        ctx.limiter.load_flex_day(model, day, spent, now);
     }
     Ok(day)
 }
@@ -190,7 +261,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 .clear("lease_until")
                 .clear("last_error_code")
                 .clear("last_error_message");
-            match ctx
+            let moved = ctx
                 .store
                 .transition(
                     &job.id,
@@ -200,8 +271,15 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     patch,
                     Some(format!("accepted as {}", resp.id)),
                 )
-                .await
-            {
+                .await;
+            // After the store has the task, so a reload in between counts it twice at worst.
+            if let Some((day, need)) = reserved {
+                ctx.limiter.commit_flex(&job.model, day, need);
+            }
+            if job.is_flex() {
+                ctx.limiter.flex_accepted(&job.model);
+            }
+            match moved {
                 Ok(_) => {
                     tracing::info!(remote_id = %resp.id, "submitted");
                     ctx.poke_poll.notify_one();
@@ -218,16 +296,31 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Err(e) => {
             let class = e.class();
             // Only an ambiguous create may have made a (billable) task.
-            if let Some((day, need)) = reserved
-                && class != ErrorClass::Ambiguous
-            {
-                ctx.limiter.release_flex(&job.model, day, need);
+            if let Some((day, need)) = reserved {
+                if class == ErrorClass::Ambiguous {
+                    ctx.limiter.commit_flex(&job.model, day, need);
+                } else {
+                    ctx.limiter.release_flex(&job.model, day, need);
+                }
             }
             let code = e.code().unwrap_or("transport").to_string();
             let msg = format!("{e:#}");
             let backoff = ctx.submit_backoff();
             let (to, patch, detail) = match class {
+                ErrorClass::Throttled(ra) if job.is_flex() => {
+                    crate::ops::metrics::create_throttled(&job.model, "flex", &code);
+                    let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
+                    // Ark's flex limit, not the job's fault: it keeps its attempts.
+                    (
+                        JobState::Queued,
+                        Patch::new()
+                            .set("attempts", job.attempts - 1)
+                            .set("next_attempt_at", until),
+                        format!("throttled (flex): {code}"),
+                    )
+                }
                 ErrorClass::Throttled(ra) => {
+                    crate::ops::metrics::create_throttled(&job.model, "default", &code);
                     let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);
                     let until = now + ms(pause);
                     ctx.limiter.pause(&job.model, until);
@@ -296,6 +389,55 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
 }
 
+/// Whether a 429 is Ark refusing the day's flex tokens. Ark's code for it is unpublished
+/// (tutorial 使用限制 › 限流说明 only says such calls are rejected,
+/// reference/000_c75d201f209c583d.txt:1740); `QuotaExceeded` covers "period quota exceeded"
+/// (ark-api.md §6.2) but also "too many queued tasks", so the message decides [INF].
+pub fn is_tpd_refusal(code: &str, message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    code.contains("Tpd")
+        || code.contains("TPD")
+        || m.contains("tokens per day")
+        || m.contains("tpd")
+}
+
+/// A flex create of `job` got a 429: a TPD refusal closes the model's flex day (the job
+/// waits for the next one); any other 429 pauses the model's flex creates until
+/// `Retry-After` or a backoff and halves the learned in-flight ceiling. Returns when the job
+/// is due again.
+async fn flex_throttled(
+    ctx: &Ctx,
+    job: &Job,
+    code: &str,
+    msg: &str,
+    retry_after: Option<std::time::Duration>,
+    now: i64,
+) -> anyhow::Result<i64> {
+    if is_tpd_refusal(code, msg) {
+        let day_ms = ctx.cfg.bulk.tpd_day_ms();
+        let day = crate::bulk::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
+        ctx.limiter.exhaust_flex_day(&job.model, day);
+        tracing::warn!(code, "flex TPD refused by ark; waiting for the next day");
+        return Ok(day + day_ms);
+    }
+    let in_flight = ctx.store.in_flight_tier(&job.model, "flex").await?;
+    let until = ctx.limiter.flex_throttled(
+        &job.model,
+        in_flight,
+        now,
+        retry_after.map(ms),
+        ms(ctx.cfg.dispatch.throttle_pause),
+    );
+    tracing::warn!(
+        code,
+        in_flight,
+        ceiling = ?ctx.limiter.flex_ceiling(&job.model),
+        pause_ms = until - now,
+        "flex create throttled; pausing this model's flex creates"
+    );
+    Ok(until)
+}
+
 /// The frozen body, plus seedq's own callback URL when callbacks are on and the user set
 /// none. The user's fields are never changed.
 fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
@@ -314,6 +456,22 @@ fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tpd_refusals_are_told_from_other_429s() {
+        assert!(is_tpd_refusal(
+            "QuotaExceeded",
+            "The request failed because your account has exceeded its tokens per day (TPD) limit"
+        ));
+        assert!(!is_tpd_refusal(
+            "QuotaExceeded",
+            "The request failed because your account has too many queued tasks"
+        ));
+        assert!(!is_tpd_refusal(
+            "ModelAccountRpmRateLimitExceeded",
+            "requests-per-minute"
+        ));
+    }
 
     #[test]
     fn tpd_days_start_at_beijing_midnight() {

@@ -4,7 +4,7 @@
 //! admission lock in `dispatch`, so that two dispatchers cannot both take the last slot. This
 //! module keeps what the store does not: recent create times and pauses.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -15,6 +15,9 @@ pub const UNKNOWN_MODEL_LIMITS: Limits = Limits {
     rpm: 60,
     concurrency: 5,
     flex_tpd: None,
+    flex_max_in_flight: None,
+    flex_rpm: None,
+    per_resolution: BTreeMap::new(),
 };
 
 #[derive(Default)]
@@ -23,8 +26,28 @@ struct ModelState {
     recent: VecDeque<i64>,
     /// No creates before this time (ms), after a 429.
     paused_until: i64,
-    /// Estimated flex tokens submitted in the current TPD day: (day start ms, tokens).
-    flex_spent: Option<(i64, i64)>,
+    /// Flex tokens of the current TPD day: (day start ms, tokens the store counts, store
+    /// read at ms). The store's count uses billed usage where a task has finished, so each
+    /// reload corrects the estimates (issue 10 item 3).
+    flex_spent: Option<(i64, i64, i64)>,
+    /// Tokens reserved by creates whose POST has not returned: not in the store yet.
+    flex_pending: i64,
+    /// Ark rejected a flex create for TPD on this day: no more creates until the next one.
+    flex_exhausted_day: Option<i64>,
+    /// The learned flex in-flight ceiling (AIMD); `None` until Ark first says 429.
+    flex_ceiling: Option<f64>,
+    /// Consecutive flex 429s, for the backoff when Ark sends no `Retry-After`.
+    flex_strikes: u32,
+}
+
+/// The learned ceiling is forgotten once it has crept back this high: Ark sets no flex
+/// concurrency, so a ceiling only stands while Ark keeps confirming it.
+const FORGET_CEILING: f64 = 100_000.0;
+
+/// The limiter key of a model's flex tier: its RPM window (when `flex_rpm` is set) and its
+/// pauses are separate from the default tier's (ark-api.md §6.2 D3).
+pub fn flex_key(model: &str) -> String {
+    format!("{model}#flex")
 }
 
 /// Why a model cannot take a create right now.
@@ -93,6 +116,21 @@ impl Limiter {
         }))
     }
 
+    /// Like [`Limiter::room`], with no RPM bound when `rpm` is `None` (flex without
+    /// `flex_rpm`): only a pause blocks.
+    pub fn room_opt(&self, key: &str, rpm: Option<u32>, now_ms: i64) -> Result<usize, Blocked> {
+        match rpm {
+            Some(rpm) => self.room(key, rpm, now_ms),
+            None => self.with(key, |s| {
+                if s.paused_until > now_ms {
+                    Err(Blocked::Paused(s.paused_until))
+                } else {
+                    Ok(usize::MAX)
+                }
+            }),
+        }
+    }
+
     /// Records a create at `now_ms`.
     pub fn record(&self, model: &str, now_ms: i64) {
         self.with(model, |s| s.recent.push_back(now_ms));
@@ -109,26 +147,34 @@ impl Limiter {
         }
     }
 
-    /// Whether the day's flex spend of `model` is known in memory.
-    pub fn knows_flex_day(&self, model: &str, day_ms: i64) -> bool {
-        self.with(model, |s| s.flex_spent.is_some_and(|(d, _)| d == day_ms))
-    }
-
-    /// Loads the day's flex spend (read from the store at the first claim of a day), unless
-    /// another dispatcher already did.
-    pub fn load_flex_day(&self, model: &str, day_ms: i64, tokens: i64) {
+    /// Whether the day's flex spend of `model` was read from the store at or after
+    /// `fresh_since_ms`.
+    pub fn knows_flex_day(&self, model: &str, day_ms: i64, fresh_since_ms: i64) -> bool {
         self.with(model, |s| {
-            if s.flex_spent.is_none_or(|(d, _)| d != day_ms) {
-                s.flex_spent = Some((day_ms, tokens));
-            }
-        });
+            s.flex_spent
+                .is_some_and(|(d, _, at)| d == day_ms && at >= fresh_since_ms)
+        })
     }
 
-    /// Whether the day's spend is below `tpd`.
+    /// Sets the day's flex spend to what the store counts (submitted tasks, billed usage
+    /// where known) at `now_ms`; reservations still in flight stay on top of it.
+    pub fn load_flex_day(&self, model: &str, day_ms: i64, tokens: i64, now_ms: i64) {
+        self.with(model, |s| s.flex_spent = Some((day_ms, tokens, now_ms)));
+    }
+
+    fn spent(s: &ModelState, day_ms: i64) -> i64 {
+        let stored = match s.flex_spent {
+            Some((d, t, _)) if d == day_ms => t,
+            _ => 0,
+        };
+        stored + s.flex_pending
+    }
+
+    /// Whether the day's spend is below `tpd` and Ark has not refused the day.
     pub fn flex_room(&self, model: &str, day_ms: i64, tpd: u64) -> bool {
-        self.with(model, |s| match s.flex_spent {
-            Some((d, t)) if d == day_ms => u64::try_from(t).unwrap_or(0) < tpd,
-            _ => true,
+        self.with(model, |s| {
+            s.flex_exhausted_day != Some(day_ms)
+                && u64::try_from(Self::spent(s, day_ms)).unwrap_or(0) < tpd
         })
     }
 
@@ -143,25 +189,79 @@ impl Limiter {
         tpd: u64,
     ) -> Result<(), i64> {
         self.with(model, |s| {
-            let spent = match s.flex_spent {
-                Some((d, t)) if d == day_ms => t,
-                _ => 0,
-            };
-            if u64::try_from(spent + need).unwrap_or(u64::MAX) > tpd {
+            let spent = Self::spent(s, day_ms);
+            if s.flex_exhausted_day == Some(day_ms)
+                || u64::try_from(spent + need).unwrap_or(u64::MAX) > tpd
+            {
                 return Err(spent);
             }
-            s.flex_spent = Some((day_ms, spent + need));
+            s.flex_pending += need;
             Ok(())
         })
     }
 
     /// Returns a reservation when the create provably made no (billable) task.
-    pub fn release_flex(&self, model: &str, day_ms: i64, need: i64) {
+    pub fn release_flex(&self, model: &str, _day_ms: i64, need: i64) {
+        self.with(model, |s| s.flex_pending = (s.flex_pending - need).max(0));
+    }
+
+    /// Moves a reservation into the day's spend once its task exists (the store now has it,
+    /// but the in-memory count is not re-read until the next reload).
+    pub fn commit_flex(&self, model: &str, day_ms: i64, need: i64) {
         self.with(model, |s| {
-            if let Some((d, t)) = &mut s.flex_spent
+            s.flex_pending = (s.flex_pending - need).max(0);
+            if let Some((d, t, _)) = &mut s.flex_spent
                 && *d == day_ms
             {
-                *t = (*t - need).max(0);
+                *t += need;
+            }
+        });
+    }
+
+    /// Ark refused a flex create for TPD: nothing more for `model` until the next day.
+    pub fn exhaust_flex_day(&self, model: &str, day_ms: i64) {
+        self.with(model, |s| s.flex_exhausted_day = Some(day_ms));
+    }
+
+    /// The learned flex in-flight ceiling of `model`, if Ark has taught one.
+    pub fn flex_ceiling(&self, model: &str) -> Option<u32> {
+        self.with(&flex_key(model), |s| {
+            s.flex_ceiling.map(|c| c.floor().max(1.0) as u32)
+        })
+    }
+
+    /// A flex create of `model` got a 429 with `in_flight` flex tasks out: halve the learned
+    /// ceiling (multiplicative decrease) and pause the tier until `retry_after_ms` from `now_ms`,
+    /// or a backoff of `base_ms` doubling per consecutive 429 (capped at 32×). Returns the
+    /// pause's end.
+    pub fn flex_throttled(
+        &self,
+        model: &str,
+        in_flight: i64,
+        now_ms: i64,
+        retry_after_ms: Option<i64>,
+        base_ms: i64,
+    ) -> i64 {
+        self.with(&flex_key(model), |s| {
+            let seen = (in_flight.max(1)) as f64;
+            let cut = (s.flex_ceiling.unwrap_or(seen).min(seen) / 2.0).max(1.0);
+            s.flex_ceiling = Some(cut);
+            s.flex_strikes = s.flex_strikes.saturating_add(1);
+            let backoff = base_ms.max(1) << (s.flex_strikes - 1).min(5);
+            let until = now_ms + retry_after_ms.unwrap_or(backoff);
+            s.paused_until = s.paused_until.max(until);
+            until
+        })
+    }
+
+    /// A flex create of `model` was accepted: the backoff resets and the learned ceiling
+    /// creeps up by one per ceiling's worth of acceptances (additive increase).
+    pub fn flex_accepted(&self, model: &str) {
+        self.with(&flex_key(model), |s| {
+            s.flex_strikes = 0;
+            if let Some(c) = s.flex_ceiling {
+                let next = c + 1.0 / c;
+                s.flex_ceiling = (next < FORGET_CEILING).then_some(next);
             }
         });
     }
@@ -203,7 +303,7 @@ mod tests {
     #[test]
     fn flex_reservations_never_exceed_the_budget() {
         let l = Limiter::new(Duration::from_secs(60));
-        l.load_flex_day("m", 0, 90);
+        l.load_flex_day("m", 0, 90, 0);
         assert!(l.flex_room("m", 0, 100));
         assert_eq!(l.try_reserve_flex("m", 0, 20, 100), Err(90));
         assert_eq!(l.try_reserve_flex("m", 0, 10, 100), Ok(()));
@@ -211,8 +311,69 @@ mod tests {
         l.release_flex("m", 0, 10);
         assert!(l.flex_room("m", 0, 100));
         // A new day starts from what the store says.
-        assert!(!l.knows_flex_day("m", 86_400_000));
+        assert!(!l.knows_flex_day("m", 86_400_000, 0));
         assert_eq!(l.try_reserve_flex("m", 86_400_000, 100, 100), Ok(()));
+    }
+
+    #[test]
+    fn reloads_correct_the_spend_but_keep_pending_reservations() {
+        let l = Limiter::new(Duration::from_secs(60));
+        l.load_flex_day("m", 0, 50, 0);
+        assert_eq!(l.try_reserve_flex("m", 0, 30, 100), Ok(()));
+        // Billed usage came in lower than estimated: the store says 20.
+        l.load_flex_day("m", 0, 20, 10);
+        assert!(l.knows_flex_day("m", 0, 10));
+        assert!(!l.knows_flex_day("m", 0, 11), "stale after its time");
+        assert_eq!(
+            l.try_reserve_flex("m", 0, 60, 100),
+            Err(50),
+            "20 + 30 pending"
+        );
+        l.commit_flex("m", 0, 30);
+        assert_eq!(l.try_reserve_flex("m", 0, 50, 100), Ok(()));
+        assert_eq!(l.try_reserve_flex("m", 0, 1, 100), Err(100));
+    }
+
+    #[test]
+    fn an_ark_tpd_refusal_closes_the_day_only() {
+        let l = Limiter::new(Duration::from_secs(60));
+        l.exhaust_flex_day("m", 0);
+        assert!(!l.flex_room("m", 0, 100));
+        assert_eq!(l.try_reserve_flex("m", 0, 1, 100), Err(0));
+        assert!(l.flex_room("m", 1000, 100));
+    }
+
+    #[test]
+    fn flex_429s_cut_the_ceiling_and_back_off_and_acceptances_restore_it() {
+        let l = Limiter::new(Duration::from_secs(60));
+        assert_eq!(l.flex_ceiling("m"), None);
+        assert_eq!(l.room_opt(&flex_key("m"), None, 0), Ok(usize::MAX));
+        assert_eq!(l.flex_throttled("m", 200, 0, None, 1000), 1000);
+        assert_eq!(l.flex_ceiling("m"), Some(100));
+        assert_eq!(
+            l.room_opt(&flex_key("m"), None, 999),
+            Err(Blocked::Paused(1000))
+        );
+        assert_eq!(
+            l.room_opt("m", Some(10), 999),
+            Ok(10),
+            "the default tier is not paused"
+        );
+        // A second 429 in a row: half again, and twice the backoff.
+        assert_eq!(l.flex_throttled("m", 100, 1000, None, 1000), 3000);
+        assert_eq!(l.flex_ceiling("m"), Some(50));
+        // Retry-After wins over the backoff.
+        assert_eq!(l.flex_throttled("m", 50, 3000, Some(7000), 1000), 10_000);
+        assert_eq!(l.flex_ceiling("m"), Some(25));
+        for _ in 0..30 {
+            l.flex_accepted("m");
+        }
+        assert_eq!(l.flex_ceiling("m"), Some(26));
+        assert_eq!(
+            l.flex_throttled("m", 26, 20_000, None, 1000),
+            21_000,
+            "strikes reset"
+        );
     }
 
     #[test]

@@ -4,6 +4,7 @@ mod archive;
 mod bulk;
 mod cli;
 mod demo;
+mod flex;
 mod helpers;
 mod ops;
 mod validation;

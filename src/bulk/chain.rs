@@ -387,9 +387,10 @@ async fn last_frame(ctx: &Ctx, prev: &Shot) -> Result<Vec<u8>, FrameError> {
 const MAX_FRAME_BYTES: usize = image::MAX_IMAGE_BYTES;
 
 async fn download(ctx: &Ctx, url: &str) -> anyhow::Result<Vec<u8>> {
-    let resp = ctx
-        .ark
-        .http()
+    // Only public https URLs (or trusted ones), redirects included: issue 12 §1.
+    let (client, urls) = crate::worker::safeurl::download_client(&ctx.cfg)?;
+    urls.check_str(url).map_err(anyhow::Error::msg)?;
+    let resp = client
         .get(url)
         .send()
         .await

@@ -5,5 +5,6 @@ mod bulk;
 mod cli;
 mod demo;
 mod helpers;
+mod hostile;
 mod ops;
 mod worker;

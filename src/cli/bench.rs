@@ -18,6 +18,9 @@ pub enum BenchCommand {
     Enqueue(EnqueueArgs),
     /// The service against the in-process simulator: makespan, status calls, lag, overhead.
     Pipeline(super::bench_pipeline::PipelineArgs),
+    /// The issue 12 fault matrix: 5xx, 429 bursts, dropped creates, bad JSON, truncated
+    /// downloads and slow peers on both servers; checks nothing is paid twice or mis-filed.
+    Faults(super::bench_faults::FaultsArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -35,6 +38,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
     match cmd {
         BenchCommand::Enqueue(a) => enqueue(ctx, a).await,
         BenchCommand::Pipeline(a) => super::bench_pipeline::run(ctx, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Faults(a) => super::bench_faults::run(ctx, a)
             .await
             .map(|()| ExitCode::SUCCESS),
     }

@@ -225,6 +225,10 @@ pub struct ArchiveConfig {
     pub delete_remote: bool,
     /// Parallel archive uploads.
     pub workers: u32,
+    /// Hosts (`host` or `host:port`) result downloads may use although they are private or
+    /// plain http. Otherwise only public `https` URLs are downloaded, redirects included
+    /// (issue 12 §1), except the origin of a loopback `ark.base_url` (the simulator).
+    pub download_allow: Vec<String>,
     pub s3: S3Config,
 }
 
@@ -235,6 +239,7 @@ impl Default for ArchiveConfig {
             key_template: "{date}/{model}/{job_id}.mp4".into(),
             delete_remote: false,
             workers: 4,
+            download_allow: Vec::new(),
             s3: S3Config::default(),
         }
     }
@@ -277,6 +282,13 @@ pub struct AdminConfig {
     /// `/readyz` fails when no Ark call has succeeded for this long and a probe fails too.
     #[serde(with = "humantime_serde")]
     pub ark_stale_after: Duration,
+    /// The admin and callback servers close a connection that sends or takes no byte for this
+    /// long (a half-sent request included): hyper has no header or read timeout by default.
+    #[serde(with = "humantime_serde")]
+    pub read_timeout: Duration,
+    /// Connections each of the admin and callback servers holds at once; more wait in the
+    /// kernel's backlog instead of taking a descriptor each (issue 12 §2).
+    pub max_connections: u32,
 }
 
 impl Default for AdminConfig {
@@ -284,6 +296,8 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9187".into(),
             ark_stale_after: Duration::from_secs(300),
+            read_timeout: Duration::from_secs(10),
+            max_connections: 256,
         }
     }
 }

@@ -32,6 +32,9 @@ pub enum ErrorClass {
     Ambiguous,
     /// A read failed in a way worth retrying (5xx, timeout, reset).
     Transient,
+    /// This machine ran out of something (file descriptors, memory, disk) before the request
+    /// could be sent: the job did nothing wrong and Ark saw nothing, so it is no attempt.
+    LocalResource,
 }
 
 /// A failed Ark call.
@@ -68,6 +71,20 @@ pub enum ArkError {
         snippet: String,
         create: bool,
     },
+    /// A local resource (EMFILE, ENFILE, ENOMEM, ENOBUFS, ENOSPC) ran out before the request
+    /// left this machine.
+    #[error("cannot call ark at {url}: out of a local resource")]
+    Local {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("ark answered {status} with a body over the {limit}-byte cap")]
+    TooLarge {
+        status: u16,
+        limit: usize,
+        create: bool,
+    },
     #[error("invalid ark base URL {0:?}")]
     BaseUrl(String),
     #[error("cannot build the HTTP client")]
@@ -83,6 +100,7 @@ impl ErrorClass {
             ErrorClass::Throttled(_) => "throttled",
             ErrorClass::Ambiguous => "ambiguous",
             ErrorClass::Transient => "transient",
+            ErrorClass::LocalResource => "local_resource",
         }
     }
 }
@@ -104,10 +122,13 @@ impl ArkError {
                 _ => ErrorClass::Rejected,
             },
             ArkError::Connect { .. } => ErrorClass::NeverSent,
-            ArkError::Transport { create: true, .. } | ArkError::Decode { create: true, .. } => {
-                ErrorClass::Ambiguous
+            ArkError::Local { .. } => ErrorClass::LocalResource,
+            ArkError::Transport { create: true, .. }
+            | ArkError::Decode { create: true, .. }
+            | ArkError::TooLarge { create: true, .. } => ErrorClass::Ambiguous,
+            ArkError::Transport { .. } | ArkError::Decode { .. } | ArkError::TooLarge { .. } => {
+                ErrorClass::Transient
             }
-            ArkError::Transport { .. } | ArkError::Decode { .. } => ErrorClass::Transient,
             ArkError::BaseUrl(_) | ArkError::Client(_) => ErrorClass::Rejected,
         }
     }
@@ -123,7 +144,9 @@ impl ArkError {
     /// The HTTP status, when there was a response.
     pub fn status(&self) -> Option<u16> {
         match self {
-            ArkError::Api { status, .. } | ArkError::Decode { status, .. } => Some(*status),
+            ArkError::Api { status, .. }
+            | ArkError::Decode { status, .. }
+            | ArkError::TooLarge { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -131,7 +154,10 @@ impl ArkError {
     fn retryable_read(&self) -> bool {
         matches!(
             self.class(),
-            ErrorClass::Transient | ErrorClass::NeverSent | ErrorClass::Throttled(_)
+            ErrorClass::Transient
+                | ErrorClass::NeverSent
+                | ErrorClass::Throttled(_)
+                | ErrorClass::LocalResource
         )
     }
 }
@@ -183,13 +209,78 @@ pub fn client_request_id() -> String {
     s
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+/// The longest pause a `Retry-After` may impose. A peer can send any number (issue 12 §2:
+/// `1e300` panicked `Duration::from_secs_f64`); Ark's own limits reset per minute (tutorial
+/// 使用限制 › 限流说明: RPM), so an hour is already far more than any honest answer.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Largest API response body read (create/get/list/delete answers are a few KB; a 500-task
+/// list page is well under 1 MiB). Bodies are streamed against it, never buffered whole.
+pub const MAX_API_BODY: usize = 4 * 1024 * 1024;
+
+/// `Retry-After` in delta-seconds, parsed saturating and capped at [`MAX_RETRY_AFTER`]. An
+/// HTTP-date or garbage is ignored (the caller's default pause applies).
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     headers
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64)
+        .filter(|s| !s.is_nan() && *s >= 0.0)
+        .map(|s| {
+            Duration::try_from_secs_f64(s)
+                .unwrap_or(Duration::MAX)
+                .min(MAX_RETRY_AFTER)
+        })
+}
+
+/// The OS error numbers that mean "this machine is out of something", not "the peer failed".
+const LOCAL_RESOURCE_ERRNOS: [i32; 5] = [
+    24,  // EMFILE: the process's descriptor limit
+    23,  // ENFILE: the system's descriptor limit
+    12,  // ENOMEM
+    105, // ENOBUFS
+    28,  // ENOSPC
+];
+
+/// Whether any cause of `e` is an OS error in [`LOCAL_RESOURCE_ERRNOS`].
+pub fn is_local_resource(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io
+                .raw_os_error()
+                .is_some_and(|n| LOCAL_RESOURCE_ERRNOS.contains(&n))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Reads a response body chunk by chunk, refusing more than `limit` bytes (checked against
+/// `Content-Length` first, so a declared giant is refused before any byte is read).
+///
+/// # Errors
+/// `Ok(None)` when the body exceeds `limit`; `Err` when the transfer fails.
+pub async fn read_capped(
+    mut resp: reqwest::Response,
+    limit: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Ok(None);
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if out.len().saturating_add(chunk.len()) > limit {
+            return Ok(None);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(Some(out))
 }
 
 impl ArkClient {
@@ -265,6 +356,8 @@ impl ArkClient {
             }
             Err(e @ ArkError::Connect { .. }) => (e.status(), Some("connect")),
             Err(e @ ArkError::Decode { .. }) => (e.status(), Some("decode")),
+            Err(e @ ArkError::TooLarge { .. }) => (e.status(), Some("too_large")),
+            Err(e @ ArkError::Local { .. }) => (e.status(), Some("local_resource")),
             Err(e) => (e.status(), Some(e.code().unwrap_or("transport"))),
         };
         crate::ops::metrics::ark_request(op, status, code, started.elapsed());
@@ -278,7 +371,13 @@ impl ArkClient {
         create: bool,
     ) -> Result<T, ArkError> {
         let resp = req.send().await.map_err(|source| {
-            if source.is_connect() {
+            // Checked first: running out of descriptors also shows up as a connect error.
+            if is_local_resource(&source) {
+                ArkError::Local {
+                    url: url.to_string(),
+                    source,
+                }
+            } else if source.is_connect() {
                 ArkError::Connect {
                     url: url.to_string(),
                     source,
@@ -298,11 +397,18 @@ impl ArkClient {
         })?;
         let status = resp.status();
         let headers = resp.headers().clone();
-        let body = resp.bytes().await.map_err(|source| ArkError::Transport {
-            what: "reading the response body",
-            create,
-            source,
-        })?;
+        let body = read_capped(resp, MAX_API_BODY)
+            .await
+            .map_err(|source| ArkError::Transport {
+                what: "reading the response body",
+                create,
+                source,
+            })?
+            .ok_or(ArkError::TooLarge {
+                status: status.as_u16(),
+                limit: MAX_API_BODY,
+                create,
+            })?;
         if status.is_success() {
             return serde_json::from_slice(&body).map_err(|_| ArkError::Decode {
                 status: status.as_u16(),
@@ -485,6 +591,33 @@ mod tests {
             create: true,
         };
         assert_eq!(d.class(), ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn huge_retry_after_saturates_and_is_capped() {
+        let ra = |v: &str| {
+            let mut h = reqwest::header::HeaderMap::new();
+            h.insert("Retry-After", v.parse().expect("header"));
+            retry_after(&h)
+        };
+        // Each of these panicked `Duration::from_secs_f64` or overflowed later arithmetic.
+        assert_eq!(ra("1e300"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("18446744073709551615"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("inf"), Some(MAX_RETRY_AFTER));
+        assert_eq!(ra("2.5"), Some(Duration::from_millis(2500)));
+        assert_eq!(ra("-1"), None);
+        assert_eq!(ra("NaN"), None);
+        assert_eq!(ra("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn out_of_descriptors_is_a_local_resource_error() {
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert!(is_local_resource(&emfile));
+        let wrapped = anyhow::Error::new(emfile).context("connecting");
+        assert!(is_local_resource(wrapped.as_ref()));
+        let refused = std::io::Error::from_raw_os_error(111);
+        assert!(!is_local_resource(&refused));
     }
 
     #[test]

@@ -387,22 +387,23 @@ async fn last_frame(ctx: &Ctx, prev: &Shot) -> Result<Vec<u8>, FrameError> {
 const MAX_FRAME_BYTES: usize = image::MAX_IMAGE_BYTES;
 
 async fn download(ctx: &Ctx, url: &str) -> anyhow::Result<Vec<u8>> {
-    let resp = ctx
-        .ark
-        .http()
+    // Only public https URLs (or trusted ones), redirects included: issue 12 §1.
+    let (client, urls) = crate::worker::safeurl::download_client(&ctx.cfg)?;
+    urls.check_str(url).map_err(anyhow::Error::msg)?;
+    let resp = client
         .get(url)
         .send()
         .await
         .context("requesting the last frame")?
         .error_for_status()
         .context("the last frame's URL refused")?;
-    let bytes = resp.bytes().await.context("reading the last frame")?;
-    anyhow::ensure!(
-        bytes.len() < MAX_FRAME_BYTES,
-        "the last frame is {} bytes, over the input limit",
-        bytes.len()
-    );
-    Ok(bytes.to_vec())
+    // Streamed against the cap: a hostile URL must not fill memory before the size check.
+    crate::ark::read_capped(resp, MAX_FRAME_BYTES)
+        .await
+        .context("reading the last frame")?
+        .ok_or_else(|| {
+            anyhow::anyhow!("the last frame is over {MAX_FRAME_BYTES} bytes, the input limit")
+        })
 }
 
 async fn read_object(

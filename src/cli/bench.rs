@@ -21,6 +21,9 @@ pub enum BenchCommand {
     /// Flex against the in-process simulator's offline pool: makespan, the poll-every-second
     /// baseline, and TPD days.
     Flex(super::bench_flex::FlexArgs),
+    /// The issue 12 fault matrix: 5xx, 429 bursts, dropped creates, bad JSON, truncated
+    /// downloads and slow peers on both servers; checks nothing is paid twice or mis-filed.
+    Faults(super::bench_faults::FaultsArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -41,6 +44,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
             .await
             .map(|()| ExitCode::SUCCESS),
         BenchCommand::Flex(a) => super::bench_flex::run(a).await,
+        BenchCommand::Faults(a) => super::bench_faults::run(ctx, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

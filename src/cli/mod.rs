@@ -6,6 +6,7 @@
 mod batch;
 mod bench;
 mod bench_flex;
+mod bench_faults;
 mod bench_pipeline;
 mod chain;
 mod demo;

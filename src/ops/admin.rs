@@ -8,12 +8,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 
 use super::{health, metrics};
@@ -23,6 +31,11 @@ use crate::worker::Ctx;
 
 /// The Prometheus text format version we write.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// A connection is closed at its next read after this long, however active: a slow client
+/// trickling one byte per `read_timeout` cannot hold a slot for ever.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+/// Largest request body the admin server reads (it takes none).
+const MAX_ADMIN_BODY: usize = 16 * 1024;
 
 /// Binds `admin.listen`; `None` when it is empty (the server is off).
 ///
@@ -50,15 +63,236 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let limits = ServerLimits::from_config(&ctx.cfg);
     let app = axum::Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(ctx);
-    axum::serve(listener, app)
+    axum::serve(GuardedListener::new(listener, limits), app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await?;
     Ok(())
+}
+
+/// What the admin and callback servers allow one peer (issue 12 §2: hyper and axum default to
+/// no header timeout, no read timeout and no connection cap, and 150 half-sent requests held
+/// 150 descriptors for over a minute).
+#[derive(Clone, Copy, Debug)]
+pub struct ServerLimits {
+    /// No byte in or out for this long closes the connection (`admin.read_timeout`).
+    pub read_timeout: Duration,
+    /// Connections held at once (`admin.max_connections`).
+    pub max_connections: usize,
+}
+
+impl ServerLimits {
+    /// The limits from `[admin]`.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Self {
+            read_timeout: cfg.admin.read_timeout.max(Duration::from_millis(10)),
+            max_connections: usize::try_from(cfg.admin.max_connections.max(1)).unwrap_or(1),
+        }
+    }
+}
+
+/// A listener that holds at most `max_connections` connections (the rest wait in the kernel
+/// backlog, costing us no descriptor), and hands out [`GuardedIo`] streams.
+pub struct GuardedListener {
+    inner: TcpListener,
+    permits: Arc<Semaphore>,
+    limits: ServerLimits,
+}
+
+impl GuardedListener {
+    /// Wraps a bound listener.
+    pub fn new(inner: TcpListener, limits: ServerLimits) -> Self {
+        Self {
+            inner,
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            limits,
+        }
+    }
+}
+
+impl axum::serve::Listener for GuardedListener {
+    type Io = GuardedIo;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            // The semaphore is never closed; if it were, stop accepting rather than spin.
+            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
+                return std::future::pending().await;
+            };
+            match self.inner.accept().await {
+                Ok((stream, addr)) => {
+                    let _ = stream.set_nodelay(true);
+                    return (GuardedIo::new(stream, permit, self.limits), addr);
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the connection stays
+                    // in the backlog until a descriptor frees.
+                    drop(permit);
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+/// A server-side TCP stream with an idle timeout on reads and on writes, a lifetime, and the
+/// connection permit it releases when dropped.
+pub struct GuardedIo {
+    stream: TcpStream,
+    _permit: OwnedSemaphorePermit,
+    idle: Duration,
+    closes_at: Instant,
+    read_timer: Pin<Box<Sleep>>,
+    read_armed: bool,
+    write_timer: Pin<Box<Sleep>>,
+    write_armed: bool,
+}
+
+impl GuardedIo {
+    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, limits: ServerLimits) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            _permit: permit,
+            idle: limits.read_timeout,
+            closes_at: now + CONNECTION_LIFETIME,
+            read_timer: Box::pin(tokio::time::sleep_until(now)),
+            read_armed: false,
+            write_timer: Box::pin(tokio::time::sleep_until(now)),
+            write_armed: false,
+        }
+    }
+}
+
+/// Polls `timer` (armed on the first `Pending`, up to `limit`), turning its expiry into an
+/// error so hyper closes the connection.
+fn stalled(
+    timer: &mut Pin<Box<Sleep>>,
+    armed: &mut bool,
+    limit: Instant,
+    cx: &mut Context<'_>,
+    what: &str,
+) -> Poll<std::io::Error> {
+    if !*armed {
+        timer.as_mut().reset(limit);
+        *armed = true;
+    }
+    match timer.as_mut().poll(cx) {
+        Poll::Ready(()) => Poll::Ready(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("peer too slow: {what}"),
+        )),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+impl AsyncRead for GuardedIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if Instant::now() >= this.closes_at {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection lifetime reached",
+            )));
+        }
+        match Pin::new(&mut this.stream).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                this.read_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = (Instant::now() + this.idle).min(this.closes_at);
+                stalled(
+                    &mut this.read_timer,
+                    &mut this.read_armed,
+                    limit,
+                    cx,
+                    "no bytes received",
+                )
+                .map(Err)
+            }
+        }
+    }
+}
+
+impl AsyncWrite for GuardedIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write(cx, buf) {
+            Poll::Ready(r) => {
+                this.write_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = Instant::now() + this.idle;
+                stalled(
+                    &mut this.write_timer,
+                    &mut this.write_armed,
+                    limit,
+                    cx,
+                    "response not read",
+                )
+                .map(Err)
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
+            Poll::Ready(r) => {
+                this.write_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = Instant::now() + this.idle;
+                stalled(
+                    &mut this.write_timer,
+                    &mut this.write_armed,
+                    limit,
+                    cx,
+                    "response not read",
+                )
+                .map(Err)
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
 }
 
 fn report(checks: &[health::Check]) -> Response {

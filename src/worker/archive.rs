@@ -61,7 +61,10 @@ pub struct Archiver {
     keys: KeyTemplate,
     /// Downloads have no total timeout (a large video takes as long as it takes), only
     /// connect and per-read timeouts; the Ark client's total timeout fits API calls only.
+    /// Redirects and name resolution follow [`super::safeurl`].
     http: reqwest::Client,
+    /// Which URLs may be downloaded at all (issue 12 §1).
+    urls: std::sync::Arc<super::safeurl::UrlPolicy>,
     delete_remote: bool,
 }
 
@@ -74,16 +77,12 @@ impl Archiver {
         let keys = KeyTemplate::parse(&cfg.archive.key_template).context("archive.key_template")?;
         let blob =
             BlobStore::open(&cfg.archive.url, &cfg.archive.s3).context("opening archive.url")?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(cfg.ark.connect_timeout)
-            .read_timeout(cfg.ark.request_timeout)
-            .user_agent(concat!("seedq/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("building the download client")?;
+        let (http, urls) = super::safeurl::download_client(cfg)?;
         Ok(Self {
             blob,
             keys,
             http,
+            urls,
             delete_remote: cfg.archive.delete_remote,
         })
     }
@@ -546,6 +545,11 @@ impl Work<'_> {
     async fn try_transfer(&mut self, kind: Kind, key: &ObjectKey) -> Result<Digest, Failure> {
         let resp = loop {
             let url = self.url(kind).await?;
+            // A URL we will not fetch (private host, plain http) is no transient failure:
+            // retrying cannot change it, and it must not be filed.
+            if let Err(why) = self.arch.urls.check_str(&url) {
+                return Err(Failure::Gone(why));
+            }
             let resp = self.arch.http.get(&url).send().await.map_err(|e| {
                 retry(anyhow::Error::new(e).context(format!("downloading the {}", kind.name())))
             })?;

@@ -1,23 +1,29 @@
 //! The callback endpoint Ark POSTs to on each status change.
 //!
-//! Each job's URL carries an unguessable token (compared in constant time); bodies are capped.
-//! A callback updates the job at once through the same [`super::poll::apply`] as polling,
-//! which stays on as a slow safety net.
+//! A callback is a wake-up, not the truth (issue 12 §1): anyone holding a job's callback URL
+//! can POST any body, so its `status` and `video_url` are never used. A callback with a valid
+//! token makes seedq GET the task from Ark and record *that*, through the same
+//! [`super::poll::apply`] as polling (which stays on as a slow safety net).
+//!
+//! The token is the URL's last path segment (`<public_url>/<job id>/<token>`), never a query
+//! parameter, which proxies log. It is compared in constant time, and an unknown job and a
+//! wrong token get the same answer, so the endpoint tells a prober nothing. Bodies are capped.
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
-use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
 use super::Ctx;
-use crate::ark::wire::Task;
 use crate::job::JobState;
 use crate::store::Job;
 
 /// Largest callback body accepted: a task object is a few KB.
 const MAX_BODY: usize = 256 * 1024;
+
+/// The answer to an unknown job and to a wrong token alike.
+const NOT_FOUND: StatusCode = StatusCode::NOT_FOUND;
 
 /// The URL Ark should call for `job`, when callbacks are on.
 pub fn url_for(ctx: &Ctx, job: &Job) -> Option<String> {
@@ -26,37 +32,39 @@ pub fn url_for(ctx: &Ctx, job: &Job) -> Option<String> {
     }
     let token = job.callback_token.as_deref()?;
     Some(format!(
-        "{}/{}?token={token}",
+        "{}/{}/{token}",
         ctx.cfg.callback.public_url.trim_end_matches('/'),
         job.id
     ))
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    token: String,
-}
-
-async fn receive(
-    State(ctx): State<Ctx>,
-    Path(id): Path<String>,
-    Query(q): Query<TokenQuery>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let job = match ctx.store.job(&id).await {
+async fn receive(ctx: Ctx, id: &str, token: &str) -> StatusCode {
+    let job = match ctx.store.job(id).await {
         Ok(Some(j)) => j,
-        Ok(None) => return StatusCode::NOT_FOUND,
+        Ok(None) => return NOT_FOUND,
         Err(_) => return StatusCode::SERVICE_UNAVAILABLE,
     };
     let expected = job.callback_token.as_deref().unwrap_or_default().as_bytes();
-    if expected.is_empty() || !bool::from(expected.ct_eq(q.token.as_bytes())) {
-        return StatusCode::FORBIDDEN;
+    if expected.is_empty() || !bool::from(expected.ct_eq(token.as_bytes())) {
+        return NOT_FOUND;
     }
-    let Ok(task) = serde_json::from_slice::<Task>(&body) else {
-        return StatusCode::BAD_REQUEST;
+    let Some(remote) = job.remote_task_id.clone() else {
+        return StatusCode::OK;
     };
-    if job.remote_task_id.as_deref() != Some(task.id.as_str()) || job.state != JobState::Submitted {
+    if job.state != JobState::Submitted {
         // A late or duplicate callback: acknowledge so Ark stops retrying.
+        return StatusCode::OK;
+    }
+    // The body is ignored: only Ark's own answer to our authenticated GET counts.
+    let task = match ctx.ark.get(&remote).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %format!("{e:#}"), "callback: could not read the task from ark; polling will");
+            return StatusCode::SERVICE_UNAVAILABLE;
+        }
+    };
+    if task.id != remote {
+        tracing::warn!(job_id = %id, "callback: ark answered for another task; ignored");
         return StatusCode::OK;
     }
     match super::poll::apply(&ctx, &job, &task, "callback").await {
@@ -83,26 +91,34 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         .map_err(|e| anyhow::anyhow!("cannot listen for callbacks on {listen}: {e}"))?;
     // The public URL's path prefix is the reverse proxy's business; we route on the last two
     // segments (`/<job id>`), under any prefix.
+    let ctx_cfg = std::sync::Arc::clone(&ctx.cfg);
     let app = axum::Router::new()
         .route("/{*rest}", post(receive_nested))
+        // The body is never read (see `receive`); the cap guards any future extractor.
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(axum::middleware::from_fn(
             crate::ops::metrics::count_callbacks,
         ))
         .with_state(ctx);
     tracing::info!(%listen, "callback endpoint listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    let limits = crate::ops::admin::ServerLimits::from_config(&ctx_cfg);
+    axum::serve(
+        crate::ops::admin::GuardedListener::new(listener, limits),
+        app,
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await?;
     Ok(())
 }
 
-async fn receive_nested(
-    state: State<Ctx>,
-    Path(rest): Path<String>,
-    q: Query<TokenQuery>,
-    body: axum::body::Bytes,
-) -> StatusCode {
-    let id = rest.rsplit('/').next().unwrap_or_default().to_string();
-    receive(state, Path(id), q, body).await
+async fn receive_nested(State(ctx): State<Ctx>, Path(rest): Path<String>) -> StatusCode {
+    // `<any prefix>/<job id>/<token>`: the last two segments.
+    let mut parts = rest.trim_end_matches('/').rsplit('/');
+    let (Some(token), Some(id)) = (parts.next(), parts.next()) else {
+        return NOT_FOUND;
+    };
+    if token.is_empty() || id.is_empty() {
+        return NOT_FOUND;
+    }
+    receive(ctx, id, token).await
 }

@@ -321,8 +321,10 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 }
                 ErrorClass::Throttled(ra) => {
                     crate::ops::metrics::create_throttled(&job.model, "default", &code);
+                    // `ra` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
+                    // anyway, since a peer's number must never overflow our clock.
                     let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);
-                    let until = now + ms(pause);
+                    let until = now.saturating_add(ms(pause));
                     ctx.limiter.pause(&job.model, until);
                     tracing::warn!(code = %code, pause = ?pause, "throttled; pausing this model's creates");
                     // A 429 is the account's limit, not the job's fault: it keeps its attempts.
@@ -344,6 +346,22 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                         JobState::Queued,
                         Patch::new().set("next_attempt_at", now + ms(delay)),
                         format!("never sent: {msg}"),
+                    )
+                }
+                // Out of descriptors/memory/disk here: Ark saw nothing and the job did nothing
+                // wrong, so this is no attempt (issue 12 §2: EMFILE made a job dead in 23 s).
+                ErrorClass::LocalResource => {
+                    // The full backoff window, but never a tight loop while the resource is short.
+                    let delay = backoff
+                        .delay_random(u32::MAX, None)
+                        .max(ctx.cfg.dispatch.backoff_base);
+                    tracing::warn!(error = %msg, retry_in = ?delay, "create not sent: this machine is out of a resource; not counted as an attempt");
+                    (
+                        JobState::Queued,
+                        Patch::new()
+                            .set("attempts", job.attempts - 1)
+                            .set("next_attempt_at", now.saturating_add(ms(delay))),
+                        format!("not sent (local resource): {msg}"),
                     )
                 }
                 ErrorClass::NeverSent => (

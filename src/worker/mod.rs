@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod limiter;
 pub mod poll;
 pub mod reconcile;
+pub mod safeurl;
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -368,7 +368,10 @@ pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
                 .find(|(k, _)| k.eq_ignore_ascii_case("X-Tos-Expires"))
                 .and_then(|(_, v)| v.parse::<i64>().ok())
         })
-        .map_or(now + DEFAULT_URL_TTL_MS, |s| now + s * 1000)
+        // The number is the peer's: saturate rather than overflow (issue 12 §2).
+        .map_or(now.saturating_add(DEFAULT_URL_TTL_MS), |s| {
+            now.saturating_add(s.saturating_mul(1000))
+        })
 }
 
 /// Records a remote status for a job held with its current lease token (the callback path).
@@ -549,5 +552,10 @@ mod tests {
         );
         assert_eq!(url_expiry("https://x/v.mp4?x-tos-expires=10", 0), 10_000);
         assert_eq!(url_expiry("https://x/v.mp4", 5), 5 + DEFAULT_URL_TTL_MS);
+        assert_eq!(
+            url_expiry("https://x/v.mp4?X-Tos-Expires=9223372036854775807", 5),
+            i64::MAX,
+            "a huge expiry saturates instead of overflowing"
+        );
     }
 }

@@ -129,7 +129,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         let patch = Patch::new()
             .set("remote_task_id", task.id.clone())
             .set("remote_status", task.status.as_str().to_string())
-            .set("submitted_at", task.created_at * 1000)
+            .set("submitted_at", task.created_at.saturating_mul(1000))
             .set("next_attempt_at", now);
         ctx.store
             .transition(

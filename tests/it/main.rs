@@ -6,6 +6,7 @@ mod cli;
 mod demo;
 mod flex;
 mod helpers;
+mod hostile;
 mod ops;
 mod validation;
 mod worker;

@@ -1,0 +1,391 @@
+//! Hostile peers (issue 12 §1–§2): forged callbacks, half-sent requests, descriptor
+//! exhaustion, a huge `Retry-After` and a huge API body, each against the real binary.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{Guard, SIM_KEY, SimProc, TestEnv, bin, http_json, wait_until, worker_config};
+
+const PRO: &str = "doubao-seedance-1-0-pro-250528";
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// A worker config with the admin server on `admin` (plus `admin_extra` lines), callbacks on
+/// `callback` (when set) and archiving into `<dir>/archive`.
+fn env_with(sim: &SimProc, admin: u16, admin_extra: &str, callback: Option<u16>) -> TestEnv {
+    let extra = callback.map_or_else(String::new, |p| {
+        format!(
+            "[callback]\npublic_url = \"http://127.0.0.1:{p}/hook\"\nlisten = \"127.0.0.1:{p}\"\n"
+        )
+    });
+    let text = worker_config(sim, &extra).replacen(
+        "[admin]\nlisten = \"\"\n",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n{admin_extra}\n"),
+        1,
+    );
+    let env = TestEnv::new(&text);
+    let cfg = std::fs::read_to_string(&env.config).expect("config");
+    let url = format!("file://{}", env.path().join("archive").display());
+    let cfg = cfg.replacen(
+        "[archive]\nurl = \"\"",
+        &format!("[archive]\nurl = {url:?}"),
+        1,
+    );
+    std::fs::write(&env.config, cfg).expect("config");
+    env
+}
+
+/// `seedq serve` under `ulimit -n nofile` (when set).
+fn serve_limited(env: &TestEnv, nofile: Option<u32>) -> Guard {
+    let Some(n) = nofile else {
+        return env.serve();
+    };
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+        .arg(bin())
+        .arg("--config")
+        .arg(&env.config)
+        .arg("serve")
+        .env("ARK_API_KEY", SIM_KEY)
+        .env_remove("SEEDQ_CONFIG")
+        .env("NO_COLOR", "1");
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.env("RUST_LOG", "off").stderr(Stdio::null());
+    }
+    Guard(c.spawn().expect("spawn seedq serve"))
+}
+
+/// One HTTP/1.1 request over loopback; the status and body, or `None` when no full answer
+/// came within `timeout`.
+fn request(method: &str, url: &str, body: &str, timeout: Duration) -> Option<(u16, String)> {
+    let rest = url.strip_prefix("http://")?;
+    let (host, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr: std::net::SocketAddr = host.parse().ok()?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.set_write_timeout(Some(timeout)).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).ok()?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let (head, payload) = text.split_once("\r\n\r\n")?;
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    Some((status, payload.to_string()))
+}
+
+fn healthz(port: u16, timeout: Duration) -> Option<u16> {
+    request(
+        "GET",
+        &format!("http://127.0.0.1:{port}/healthz"),
+        "",
+        timeout,
+    )
+    .map(|(s, _)| s)
+}
+
+/// `n` connections to `port`, each with a request line and one header sent, then silence.
+fn half_sent(port: u16, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .filter_map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").ok()?;
+            Some(s)
+        })
+        .collect()
+}
+
+fn show(env: &TestEnv, id: &str) -> serde_json::Value {
+    serde_json::from_slice(&env.cli(&["show", id, "--json"]).stdout).expect("show --json")
+}
+
+fn submit_one(env: &TestEnv, prompt: &str) -> String {
+    env.ok(&["submit", "-m", PRO, "--resolution", "480p", prompt])
+        .trim()
+        .to_string()
+}
+
+fn wait_state(env: &TestEnv, id: &str, state: &str, secs: u64) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        last = show(env, id);
+        if last["job"]["state"] == state {
+            return last;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("job {id} never reached {state}: {last}");
+}
+
+fn sha256_hex(path: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
+}
+
+fn creates(sim: &SimProc) -> u64 {
+    sim.stats()["creates_total"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_forged_callback_is_only_a_wake_up() {
+    // Tasks run 3 s, long enough to forge callbacks while the real one is still running.
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"3s\"\nper_video_second = \"0s\"\n",
+    );
+    let (admin, cb) = (free_port(), free_port());
+    let env = env_with(&sim, admin, "", Some(cb));
+    let _serve = env.serve();
+    let id = submit_one(&env, "forged callbacks");
+    let job = wait_state(&env, &id, "submitted", 20);
+    let remote = job["job"]["remote_task_id"]
+        .as_str()
+        .expect("remote id")
+        .to_string();
+    let url = sim
+        .tasks()
+        .iter()
+        .find(|t| t["id"] == remote.as_str())
+        .and_then(|t| t["request"]["callback_url"].as_str().map(str::to_string))
+        .expect("the sim recorded seedq's callback URL");
+    assert!(
+        !url.contains("token="),
+        "the token must not be in the query string: {url}"
+    );
+
+    let forged_success = serde_json::json!({
+        "id": remote, "model": PRO, "status": "succeeded",
+        "content": {"video_url": format!("http://127.0.0.1:{admin}/metrics")},
+        "usage": {"completion_tokens": 1, "total_tokens": 1},
+        "created_at": 0, "updated_at": 0,
+    })
+    .to_string();
+    let forged_failure = serde_json::json!({
+        "id": remote, "model": PRO, "status": "failed",
+        "error": {"code": "InternalServiceError", "message": "forged"},
+        "created_at": 0, "updated_at": 0,
+    })
+    .to_string();
+    let t = Duration::from_secs(5);
+    // A wrong token and an unknown job get the same answer.
+    let bad_token = format!("{}zz", url.trim_end_matches(|c: char| c.is_alphanumeric()));
+    let unknown_job = url.replace(&id, "01aaaaaaaaaaaaaaaaaaaaaaaa");
+    let a = request("POST", &bad_token, &forged_success, t).expect("answer");
+    let b = request("POST", &unknown_job, &forged_success, t).expect("answer");
+    assert_eq!((a.0, &a.1), (b.0, &b.1), "bad token vs unknown job");
+    assert_eq!(a.0, 404);
+
+    // With the right token: both forgeries are only a reason to ask Ark, which says "running".
+    for body in [&forged_success, &forged_failure] {
+        let (status, _) = request("POST", &url, body, t).expect("answer");
+        assert!(status < 500, "{status}");
+        let j = show(&env, &id);
+        assert_eq!(
+            j["job"]["state"], "submitted",
+            "a forged body was believed: {j}"
+        );
+        assert_eq!(j["job"]["attempts"], 1, "{j}");
+    }
+
+    let j = wait_state(&env, &id, "archived", 30);
+    assert_eq!(j["job"]["attempts"], 1, "{j}");
+    assert_eq!(
+        creates(&sim),
+        1,
+        "a forged failure must not buy a second video"
+    );
+    assert!(
+        j["job"]["video_url"]
+            .as_str()
+            .is_some_and(|u| u.contains("/_sim/files/")),
+        "{j}"
+    );
+    let key = j["job"]["archive_key"].as_str().expect("archive key");
+    let file = env.path().join("archive").join(key);
+    let bytes = std::fs::read(&file).expect("archived file");
+    assert!(
+        !String::from_utf8_lossy(&bytes).contains("seedq_"),
+        "the admin server's metrics were archived as the video"
+    );
+    let task = sim
+        .tasks()
+        .into_iter()
+        .find(|t| t["id"] == remote.as_str())
+        .expect("task");
+    assert_eq!(
+        task["video_sha256"].as_str(),
+        Some(sha256_hex(&file).as_str())
+    );
+}
+
+#[test]
+fn half_sent_requests_do_not_stop_healthz_or_creates() {
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    let (admin, cb) = (free_port(), free_port());
+    let env = env_with(
+        &sim,
+        admin,
+        "read_timeout = \"1s\"\nmax_connections = 64",
+        Some(cb),
+    );
+    // 150 idle sockets on each server would need 300 descriptors without a cap.
+    let _serve = serve_limited(&env, Some(200));
+    wait_until(20, "the admin server", || {
+        healthz(admin, Duration::from_secs(1)) == Some(200)
+    });
+    let _idle_admin = half_sent(admin, 150);
+    let _idle_cb = half_sent(cb, 150);
+    let started = Instant::now();
+    wait_until(20, "/healthz to answer past 150 half-sent requests", || {
+        healthz(admin, Duration::from_secs(2)) == Some(200)
+    });
+    eprintln!("/healthz answered after {:?}", started.elapsed());
+    let id = submit_one(&env, "creates keep working");
+    let j = wait_state(&env, &id, "archived", 60);
+    assert_eq!(j["job"]["attempts"], 1, "{j}");
+    assert_eq!(creates(&sim), 1);
+}
+
+#[test]
+fn a_local_resource_error_costs_no_attempt() {
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    let admin = free_port();
+    // No effective cap: the idle sockets exhaust 64 descriptors until they time out (2 s).
+    let env = env_with(
+        &sim,
+        admin,
+        "read_timeout = \"2s\"\nmax_connections = 1000",
+        None,
+    );
+    let _serve = serve_limited(&env, Some(64));
+    wait_until(20, "the admin server", || {
+        healthz(admin, Duration::from_secs(1)) == Some(200)
+    });
+    let _idle = half_sent(admin, 150);
+    std::thread::sleep(Duration::from_millis(200));
+    let id = submit_one(&env, "out of descriptors");
+    let j = wait_state(&env, &id, "archived", 60);
+    let events = j["events"].to_string();
+    assert!(
+        events.contains("local resource"),
+        "the create never met EMFILE, so this test proved nothing: {events}"
+    );
+    assert_eq!(j["job"]["attempts"], 1, "{j}");
+    assert_eq!(creates(&sim), 1);
+}
+
+#[test]
+fn a_huge_retry_after_neither_panics_nor_costs_an_attempt() {
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    // u64::MAX seconds: `Duration::from_secs_f64` panics on it.
+    http_json(
+        "POST",
+        &format!("{}/_sim/faults", sim.root),
+        Some(serde_json::json!({"rate_limit_burst": 1, "retry_after_secs": u64::MAX})),
+    );
+    let admin = free_port();
+    let env = env_with(&sim, admin, "", None);
+    let mut serve = env.serve();
+    let id = submit_one(&env, "retry after forever");
+    let mut j = serde_json::Value::Null;
+    wait_until(20, "the 429 to be recorded", || {
+        j = show(&env, &id);
+        j["events"].to_string().contains("throttled")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        serve.0.try_wait().expect("try_wait").is_none(),
+        "seedq serve died"
+    );
+    assert_eq!(healthz(admin, Duration::from_secs(5)), Some(200));
+    let j = show(&env, &id);
+    assert_eq!(j["job"]["state"], "queued", "{j}");
+    assert_eq!(j["job"]["attempts"], 0, "a 429 is no attempt: {j}");
+    let wait_ms = j["job"]["next_attempt_at"]
+        .as_i64()
+        .expect("next_attempt_at")
+        - j["job"]["updated_at"].as_i64().expect("updated_at");
+    assert!(
+        (0..=3_600_000).contains(&wait_ms),
+        "the pause is capped at an hour, got {wait_ms} ms"
+    );
+}
+
+/// A fake Ark whose every answer is a 200 JSON body of `size` bytes, streamed with no length.
+fn huge_ark(size: usize) -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                let _ = s.read(&mut buf);
+                let _ = s.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{\"id\":\"",
+                );
+                let chunk = vec![b'a'; 1 << 20];
+                let mut sent = 0;
+                while sent < size {
+                    if s.write_all(&chunk).is_err() {
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+                let _ = s.write_all(b"\"}");
+            });
+        }
+    });
+    format!("http://127.0.0.1:{port}/api/v3")
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn a_huge_api_response_is_capped_not_buffered() {
+    let base = huge_ark(300 << 20);
+    let env = TestEnv::new(&format!(
+        "[ark]\nbase_url = \"{base}\"\nrequest_timeout = \"20s\"\n\n[dispatch]\nidle_interval = \"50ms\"\nreconcile_interval = \"1h\"\n\n[admin]\nlisten = \"\"\n"
+    ));
+    let mut serve = env.serve();
+    let id = submit_one(&env, "a 300 MB answer");
+    let mut j = serde_json::Value::Null;
+    wait_until(30, "the create to fail", || {
+        j = show(&env, &id);
+        j["job"]["state"] != "queued" && j["job"]["state"] != "submitting"
+    });
+    let peak = peak_rss_kib(serve.id());
+    serve.kill();
+    // A create whose answer cannot be read may have made a task: reconcile, never guess.
+    assert_eq!(j["job"]["state"], "submit_unknown", "{j}");
+    assert!(
+        j["job"]["last_error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cap")),
+        "{j}"
+    );
+    assert!(
+        peak < 150 * 1024,
+        "peak RSS {peak} KiB: the body was buffered"
+    );
+}

@@ -360,7 +360,7 @@ struct LsRow {
 }
 
 async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let metas = store.batches().await?;
     let cells = store.batch_cells(None).await?;
     let mut by_batch: BTreeMap<&str, Vec<&BatchCell>> = BTreeMap::new();
@@ -430,7 +430,7 @@ struct ModelRow {
 }
 
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(meta) = store.batch(&a.name).await? else {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -583,7 +583,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -597,7 +597,7 @@ async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
 }
 
 async fn retry(ctx: &Ctx, a: RetryArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));

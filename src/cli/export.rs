@@ -104,7 +104,7 @@ fn entry(j: Job, cat: &catalogue::Catalogue) -> Entry {
 }
 
 pub(crate) async fn run(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.batch).await?.is_none() {
         eprintln!("error: no batch named {}", a.batch);
         return Ok(ExitCode::from(1));

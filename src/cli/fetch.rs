@@ -38,7 +38,7 @@ pub struct FetchArgs {
 }
 
 pub(crate) async fn fetch(ctx: &Ctx, a: FetchArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));

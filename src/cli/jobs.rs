@@ -344,7 +344,7 @@ fn state_cell(state: JobState, colored: bool) -> String {
 
 pub(crate) async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
     let jobs = ctx
-        .store()?
+        .store_existing()?
         .list(ListFilter {
             state: a.state,
             model: a.model,
@@ -460,7 +460,7 @@ fn abbreviate_data_urls(json: &str) -> String {
 }
 
 pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));
@@ -497,7 +497,7 @@ pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let rows = store.stats().await?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -543,7 +543,7 @@ pub struct IdsArgs {
 }
 
 pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let mut missing = false;
     for id in &a.ids {
         match store.cancel(id).await? {
@@ -568,7 +568,7 @@ pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let mut bad = false;
     for id in &a.ids {
         match store.retry(id).await? {

@@ -172,6 +172,16 @@ impl Ctx {
         Store::open(&self.cfg.store.path)
             .with_context(|| format!("opening the job store {}", self.cfg.store.path.display()))
     }
+
+    /// Opens the job store only if it exists: for commands that read or change existing
+    /// jobs. A mistyped `--db` must say so, not leave a new empty database behind.
+    pub(crate) fn store_existing(&self) -> anyhow::Result<Store> {
+        let path = &self.cfg.store.path;
+        match Store::open_existing(path) {
+            Err(e @ crate::store::StoreError::Missing { .. }) => Err(e.into()),
+            r => r.with_context(|| format!("opening the job store {}", path.display())),
+        }
+    }
 }
 
 /// The exit code for an error: every error is a usage, validation or environment problem.

@@ -36,6 +36,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the job store {path} does not exist (check --db or store.path); only commands that add work create it"
+    )]
+    Missing { path: PathBuf },
+    #[error("the database file {path} is no longer the one this process opened: {what}")]
+    Replaced { path: PathBuf, what: String },
     #[error("cannot open the database {path}")]
     Open {
         path: PathBuf,
@@ -451,9 +457,29 @@ impl Store {
     /// See [`StoreError`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: conn::open(path)?,
+            conn: conn::open(path, true)?,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens (and migrates) an existing database; creates nothing. For commands that only
+    /// read or change existing jobs: a mistyped path must not leave an empty store behind.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is no file at `path`; else as [`Store::open`].
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: conn::open(path, false)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Checks that the database file is still the one opened (same device and inode).
+    ///
+    /// # Errors
+    /// [`StoreError::Replaced`] when it was deleted or replaced.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        self.conn.check_identity()
     }
 
     /// The database file.

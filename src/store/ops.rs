@@ -193,6 +193,8 @@ impl Store {
     /// # Errors
     /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout).
     pub async fn write_probe(&self) -> Result<(), StoreError> {
+        // A write to a deleted file succeeds and is lost: readiness fails instead.
+        self.check_identity()?;
         self.call(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.rollback()?;

@@ -6,4 +6,5 @@ mod cli;
 mod demo;
 mod helpers;
 mod ops;
+mod storage;
 mod worker;

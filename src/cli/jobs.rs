@@ -1,5 +1,6 @@
 //! Job commands: submit, ls, show, stats, cancel, retry.
 
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::Ctx;
+use crate::bulk::import;
 use crate::job::JobState;
 use crate::request::{self, JobSpec, Prepared};
 use crate::store::{CancelOutcome, Job, ListFilter, NewJob, RetryOutcome};
@@ -188,14 +190,38 @@ pub(crate) fn prepare_lines(
 ) -> anyhow::Result<Vec<NewJob>> {
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("reading line {n}"))?;
+    // Idempotency key -> the line that first used it: a repeat inside one file is a mistake,
+    // not a retry (across files it is skipped as a duplicate).
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        if !import::next_line(&mut reader, &mut buf, n, import::MAX_LINE_BYTES)? {
+            break;
+        }
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("line {n}: not UTF-8: {e}"));
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<JobSpec>(&line)
+        let parsed = import::parse_jsonl(line)
             .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+            .and_then(|spec| {
+                if let Some(k) = &spec.key
+                    && let Some(first) = keys.insert(k.clone(), n)
+                {
+                    keys.insert(k.clone(), first);
+                    bail!("line {n}: key {k:?} is already used by line {first} of this file");
+                }
+                Ok(spec)
+            })
             .and_then(|mut spec| {
                 defaults.apply_defaults(&mut spec);
                 request::prepare(spec, &ctx.catalogue, base_dir)
@@ -229,7 +255,6 @@ pub(crate) fn reject_all(errors: &[String], unit: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
     let mut jobs = match &a.file {
         Some(path) if super::batch::is_csv(path, a.format) => {
             super::batch::prepare_csv(ctx, path, &a)?
@@ -261,6 +286,16 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
             )?)?]
         }
     };
+    if let Some(path) = &a.file
+        && jobs.is_empty()
+    {
+        bail!(
+            "{} holds no jobs (only blank lines or a header); nothing was imported",
+            path.display()
+        );
+    }
+    // Opened only now: input that is refused must not leave a new, empty database behind.
+    let store = ctx.store()?;
     super::batch::register(ctx, &store, &a, &mut jobs).await?;
     let report = store.enqueue(jobs).await.context("storing the jobs")?;
     if a.json {

@@ -80,3 +80,136 @@ fn read_commands_on_a_mistyped_path_create_nothing() {
     assert!(dir.join("q.db").is_file());
     env.ok(&["--db", db, "ls"]);
 }
+
+const PRO: &str = "doubao-seedance-1-0-pro-250528";
+
+/// Runs `cmd`, killing it after `secs`; returns (exit code, stderr). A hang fails the test.
+fn run_bounded(mut cmd: std::process::Command, secs: u64) -> (Option<i32>, String) {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = Guard(cmd.spawn().expect("spawn"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "still running after {secs} s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        e.read_to_string(&mut err).expect("stderr");
+    }
+    (status.code(), err)
+}
+
+#[test]
+fn image_paths_must_be_regular_files_read_with_a_cap() {
+    let env = TestEnv::new("");
+    let db = env.path().join("seedq.db");
+    // /dev/zero would be read until memory runs out.
+    let (code, err) = run_bounded(
+        env.cmd(&["submit", "a fox", "-m", PRO, "--first-frame", "/dev/zero"]),
+        20,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("first_frame") && err.contains("character device"),
+        "{err}"
+    );
+    // A FIFO would block the open forever.
+    let fifo = env.path().join("frame.png");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo")
+            .success()
+    );
+    let (code, err) = run_bounded(
+        env.cmd(&[
+            "submit",
+            "a fox",
+            "-m",
+            PRO,
+            "--first-frame",
+            fifo.to_str().expect("utf-8"),
+        ]),
+        20,
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("FIFO"), "{err}");
+    // A directory named in a JSONL line keeps the OS reason on its one-line error.
+    std::fs::create_dir(env.path().join("shots")).expect("mkdir");
+    let file = env.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        format!(r#"{{"prompt":"a fox","model":"{PRO}","first_frame":"shots"}}"#),
+    )
+    .expect("write");
+    let (code, err) = code_and_err(&env.cli(&["submit", "-f", file.to_str().expect("utf-8")]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("line 1: first_frame") && err.contains("Is a directory"),
+        "{err}"
+    );
+    assert!(!db.exists(), "refused input stored nothing");
+}
+
+#[test]
+fn jsonl_errors_name_fields_and_lines() {
+    let env = TestEnv::new("");
+    let file = env.path().join("jobs.jsonl");
+    let submit = |text: &[u8]| {
+        std::fs::write(&file, text).expect("write");
+        code_and_err(&env.cli(&["submit", "-f", file.to_str().expect("utf-8")]))
+    };
+    let line = |extra: &str| format!(r#"{{"prompt":"a fox","model":"{PRO}"{extra}}}"#);
+
+    let (code, err) = submit(line(r#","duration":"5""#).as_bytes());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("line 1: field \"duration\""), "{err}");
+
+    let (code, err) = submit(br#"["a","b"]"#);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("JSON object") && !err.contains("33 elements"),
+        "{err}"
+    );
+
+    let (code, err) = submit(b"\n\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no jobs"), "{err}");
+
+    let text = format!(
+        "{}\n{}\n{}\n",
+        line(r#","key":"k1""#),
+        line(r#","key":"k2""#),
+        line(r#","key":"k1""#)
+    );
+    let (code, err) = submit(text.as_bytes());
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("line 3: key \"k1\" is already used by line 1"),
+        "{err}"
+    );
+    assert!(!env.path().join("seedq.db").exists(), "nothing stored");
+
+    // A byte order mark is dropped, as for CSV.
+    let mut bom = b"\xEF\xBB\xBF".to_vec();
+    bom.extend_from_slice(line("").as_bytes());
+    let (code, err) = submit(&bom);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(env.jobs().len(), 1);
+
+    // CSV: an empty file and a repeated key are refused too.
+    let csv = env.path().join("jobs.csv");
+    std::fs::write(&csv, "prompt,model,key\n").expect("write");
+    let (code, err) = code_and_err(&env.cli(&["submit", "-f", csv.to_str().expect("utf-8")]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("no jobs"), "{err}");
+    std::fs::write(&csv, format!("prompt,model,key\na,{PRO},x\nb,{PRO},x\n")).expect("write");
+    let (code, err) = code_and_err(&env.cli(&["submit", "-f", csv.to_str().expect("utf-8")]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("already used by row 1 (line 2)"), "{err}");
+    assert_eq!(env.jobs().len(), 1, "nothing more stored");
+}

@@ -156,6 +156,8 @@ impl SubmitArgs {
 /// Converts a prepared job into a store row.
 pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
     let request_json = serde_json::to_string(&p.request).context("serialising the request")?;
+    // The body as it will be POSTed (images embedded), against the API's 64 MB limit.
+    request::image::check_body_size(request_json.len(), &p.model)?;
     let e = &p.effective;
     let shape = Some(match (e.frames, e.duration) {
         (Some(f), _) => format!("{}/{f}f", e.resolution),

@@ -11,6 +11,10 @@ use base64::Engine;
 
 /// Largest accepted image, exclusive (ark-api.md §8: "< 30 MB").
 pub const MAX_IMAGE_BYTES: usize = 30 * 1024 * 1024;
+/// Largest request body, inclusive (ark-api.md §8: "Whole request body ≤ 64 MB"). The
+/// simulator refuses larger bodies with the same constant; seedq refuses them at submit, where
+/// the user can still fix them, instead of paying a failed create later.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
 /// Width and height must lie in this open interval, in pixels.
 pub const SIDE_RANGE: (u32, u32) = (300, 6000);
 /// Width / height must lie in this open interval.
@@ -143,6 +147,27 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, ReadProblem> {
         return Err(too_large(bytes.len() as u64));
     }
     Ok(bytes)
+}
+
+/// Checks a whole request body's size (embedded images included) against
+/// [`MAX_REQUEST_BODY`].
+///
+/// # Errors
+/// The body is larger.
+pub fn check_body_size(len: usize, model: &str) -> Result<(), super::Invalid> {
+    if len <= MAX_REQUEST_BODY {
+        return Ok(());
+    }
+    Err(super::Invalid::new(
+        "request body",
+        format!("of {len} bytes"),
+        "is too large",
+        model,
+        format!(
+            "at most {MAX_REQUEST_BODY} bytes (64 MB) in all, embedded images included; \
+             give large images as http(s) URLs or asset:// ids"
+        ),
+    ))
 }
 
 /// Detects the format from magic bytes.
@@ -292,6 +317,18 @@ pub(crate) mod tests {
     fn rejects_unknown_formats() {
         assert_eq!(check(b"hello world"), Err(ImageProblem::UnknownFormat));
         assert_eq!(check(b"\x89PNG\r\n\x1a\n"), Err(ImageProblem::Unreadable));
+    }
+
+    #[test]
+    fn request_bodies_are_capped_at_64_mb() {
+        assert!(check_body_size(MAX_REQUEST_BODY, "m").is_ok());
+        let e = check_body_size(MAX_REQUEST_BODY + 1, "m").expect_err("too large");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("request body of 67108865 bytes is too large for m")
+                && msg.contains("at most 67108864 bytes"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod archive;
 mod bulk;
 mod chain;
 mod conn;
+mod images;
 pub mod migrate;
 pub mod ops;
 
@@ -413,6 +414,8 @@ pub(crate) fn insert_job(
     } else {
         None
     };
+    // Embedded images go to their own table, once each; the row keeps references.
+    let request_json = images::intern(conn, &j.request_json, now)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
          priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
@@ -427,7 +430,7 @@ pub(crate) fn insert_job(
         j.model,
         if j.flex { "flex" } else { "default" },
         j.priority,
-        j.request_json,
+        request_json,
         j.key,
         tags,
         j.batch,

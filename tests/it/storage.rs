@@ -5,7 +5,7 @@ use std::io::Read;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Guard, TestEnv, code_and_err, wait_until};
+use crate::helpers::{Guard, SimProc, TestEnv, code_and_err, wait_until, worker_config};
 
 /// A port nothing listens on: these tests need no Ark.
 const NO_ARK: &str = "http://127.0.0.1:9/api/v3";
@@ -212,4 +212,87 @@ fn jsonl_errors_name_fields_and_lines() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("already used by row 1 (line 2)"), "{err}");
     assert_eq!(env.jobs().len(), 1, "nothing more stored");
+}
+
+/// A real 640x360 PNG padded after its end to `size` bytes (the image rules read the header;
+/// the padding makes it as large as a photo).
+fn padded_png(path: &std::path::Path, size: usize) {
+    let img = seedq::media::RgbImage {
+        width: 640,
+        height: 360,
+        pixels: (0..640 * 360 * 3).map(|i| (i % 251) as u8).collect(),
+    };
+    let mut bytes = seedq::media::encode_png(&img).expect("png");
+    bytes.resize(size, 0);
+    std::fs::write(path, bytes).expect("write png");
+}
+
+#[test]
+fn an_image_shared_by_jobs_is_stored_once_and_posted_whole() {
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    padded_png(&env.path().join("a.png"), 3 << 20);
+    let lines: Vec<String> = (0..3)
+        .map(|i| {
+            format!(
+                r#"{{"prompt":"shot {i}","model":"{PRO}","first_frame":"a.png","resolution":"480p","duration":2}}"#
+            )
+        })
+        .collect();
+    let file = env.path().join("jobs.jsonl");
+    std::fs::write(&file, lines.join("\n")).expect("write");
+    env.ok(&["submit", "-f", file.to_str().expect("utf-8")]);
+
+    // The rows hold a reference, not 4 MB of base64 each; the image is stored once.
+    for j in env.jobs() {
+        let body = j["request_json"].as_str().expect("body");
+        assert!(body.len() < 4096, "row body is {} bytes", body.len());
+        assert!(body.contains("seedq-image:sha256:"), "{body}");
+    }
+    let db = rusqlite::Connection::open(env.path().join("seedq.db")).expect("open db");
+    let (n, len): (i64, i64) = db
+        .query_row(
+            "SELECT COUNT(*), SUM(length(data_url)) FROM images",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("images");
+    assert_eq!(n, 1, "one image for three jobs");
+    assert!(len > 4 << 20, "the whole data URL is kept: {len}");
+    drop(db);
+
+    // The simulator checks every data: image it is sent: a reference would be refused.
+    env.run_service();
+    let states: Vec<String> = env
+        .jobs()
+        .iter()
+        .map(|j| j["state"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(states, vec!["succeeded"; 3], "{states:?}");
+    assert_eq!(sim.stats()["creates_total"], 3);
+}
+
+#[test]
+fn a_request_body_over_64_mb_is_refused_at_submit() {
+    let env = TestEnv::new("");
+    // Two images under the 30 MB image limit, whose base64 together passes 64 MB.
+    padded_png(&env.path().join("a.png"), 25 << 20);
+    padded_png(&env.path().join("b.png"), 25 << 20);
+    let out = env.cli(&[
+        "submit",
+        "first and last",
+        "-m",
+        PRO,
+        "--first-frame",
+        env.path().join("a.png").to_str().expect("utf-8"),
+        "--last-frame",
+        env.path().join("b.png").to_str().expect("utf-8"),
+    ]);
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("request body of") && err.contains("is too large") && err.contains("67108864"),
+        "{err}"
+    );
+    assert!(!env.path().join("seedq.db").exists(), "nothing stored");
 }

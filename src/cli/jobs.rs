@@ -380,16 +380,20 @@ fn state_cell(state: JobState, colored: bool) -> String {
 }
 
 pub(crate) async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
-    let jobs = ctx
-        .store_existing()?
-        .list(ListFilter {
-            state: a.state,
-            model: a.model,
-            tag: a.tag,
-            batch: a.batch,
-            limit: Some(a.limit),
-        })
-        .await?;
+    let store = ctx.store_existing()?;
+    let filter = ListFilter {
+        state: a.state,
+        model: a.model,
+        tag: a.tag,
+        batch: a.batch,
+        limit: Some(a.limit),
+    };
+    // The table shows no bodies: don't read them.
+    let jobs = if a.json {
+        store.list(filter).await?
+    } else {
+        store.list_lean(filter).await?
+    };
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &jobs)?;

@@ -151,6 +151,11 @@ const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tie
     last_frame_url, url_expires_at, finished_at, archive_key, archive_sha256, archive_size, \
     archived_at, gen_ms";
 
+/// [`JOB_COLUMNS`] with an empty `request_json`: a path that needs no body reads none.
+fn lean_columns() -> String {
+    JOB_COLUMNS.replacen("request_json", "'' AS request_json", 1)
+}
+
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(3)?;
     let tags: String = r.get(9)?;
@@ -594,8 +599,21 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn list(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.list_columns(f, JOB_COLUMNS.to_string()).await
+    }
+
+    /// [`Store::list`] without the frozen bodies (`request_json` is empty): for tables that
+    /// show none, so a listing never reads the prompts and bodies of every job.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn list_lean(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.list_columns(f, lean_columns()).await
+    }
+
+    async fn list_columns(&self, f: ListFilter, columns: String) -> Result<Vec<Job>, StoreError> {
         self.call(move |c| {
-            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+            let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
             if let Some(s) = f.state {
                 sql.push_str(" AND state = ?");
@@ -881,6 +899,34 @@ impl Store {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
+        self.claim_due_columns(state, owner, lease_ms, limit, JOB_COLUMNS.to_string())
+            .await
+    }
+
+    /// [`Store::claim_due`] without the frozen bodies (`request_json` is empty), for a stage
+    /// that never reads them (the poller).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn claim_due_lean(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.claim_due_columns(state, owner, lease_ms, limit, lean_columns())
+            .await
+    }
+
+    async fn claim_due_columns(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+        columns: String,
+    ) -> Result<Vec<Job>, StoreError> {
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -891,7 +937,7 @@ impl Store {
                      lease_token = lease_token + 1 \
                      WHERE id IN (SELECT id FROM jobs WHERE state = ?4 AND next_attempt_at <= ?2 \
                                   ORDER BY next_attempt_at LIMIT ?5) \
-                     RETURNING {JOB_COLUMNS}"
+                     RETURNING {columns}"
                 ))?;
                 let rows = st.query_map(
                     params![owner, now, lease_ms, state.as_str(), limit],

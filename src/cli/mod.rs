@@ -125,6 +125,8 @@ pub(crate) struct Ctx {
 #[derive(Clone, Debug)]
 pub(crate) struct ConfigSource {
     pub path: Option<PathBuf>,
+    /// How `path` was found, for saying which file is in use.
+    pub found_by: Option<&'static str>,
     db: Option<PathBuf>,
     log: Option<String>,
     /// The demo prints its own summary; per-job log lines would bury it.
@@ -133,12 +135,20 @@ pub(crate) struct ConfigSource {
 
 impl ConfigSource {
     fn new(cli: &Cli) -> Self {
+        let found = config::discover_why(cli.config.as_deref());
         Self {
-            path: config::discover(cli.config.as_deref()),
+            found_by: found.as_ref().map(|f| f.1),
+            path: found.map(|f| f.0),
             db: cli.db.clone(),
             log: cli.log.clone(),
             quiet: matches!(cli.command, Command::Demo(_)),
         }
+    }
+
+    /// Which configuration file is in use, and how it was found.
+    pub(crate) fn describe(&self) -> String {
+        let found = self.path.clone().zip(self.found_by);
+        config::describe_source(found.as_ref())
     }
 
     /// Loads and validates the configuration: file, environment, then flags.
@@ -250,6 +260,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Show) => {
+                // A TOML comment: the output stays a valid config file.
+                println!("# configuration file: {}", ctx.source.describe());
                 print!("{}", ctx.cfg.redacted_toml());
                 Ok(ExitCode::SUCCESS)
             }

@@ -41,6 +41,7 @@ async fn store_replaced(store: crate::store::Store) -> String {
 }
 
 pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
+    tracing::info!(config = %ctx.source.describe(), "configuration loaded");
     let store = ctx.store()?;
     let watched = store.clone();
     let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store)?;

@@ -296,3 +296,54 @@ fn a_request_body_over_64_mb_is_refused_at_submit() {
     );
     assert!(!env.path().join("seedq.db").exists(), "nothing stored");
 }
+
+#[test]
+fn the_config_file_in_use_is_named_and_check_messages_say_what_is_needed() {
+    // A ./config.toml in the working directory is used: say so, with its absolute path.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("q.db");
+    std::fs::write(
+        dir.path().join("config.toml"),
+        format!("[store]\npath = {:?}\n", db.display().to_string()),
+    )
+    .expect("write");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(crate::helpers::bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("SEEDQ_CONFIG")
+            .env_remove("ARK_API_KEY")
+            .env("RUST_LOG", "off")
+            .output()
+            .expect("run");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let want = format!(
+        "{} (found in the working directory)",
+        dir.path().join("config.toml").display()
+    );
+    let show = run(&["config", "show"]);
+    assert!(
+        show.lines().next().is_some_and(|l| l.contains(&want)),
+        "{show}"
+    );
+    let doctor = run(&["doctor"]);
+    assert!(doctor.contains(&want), "{doctor}");
+
+    // The check names what the value must be, not what it supposedly is.
+    let env = TestEnv::new("[dispatch]\nlease = \"5s\"\n");
+    let (code, err) = code_and_err(&env.cli(&["config", "check"]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains(
+            "dispatch.lease = \"5s\" is invalid: it must be longer than ark.request_timeout (30s)"
+        ),
+        "{err}"
+    );
+    let env = TestEnv::new("[service]\nshutdown_grace = \"5s\"\n");
+    let (_, err) = code_and_err(&env.cli(&["config", "check"]));
+    assert!(
+        err.contains("service.shutdown_grace = \"5s\" is invalid: it must be longer than"),
+        "{err}"
+    );
+}

@@ -347,3 +347,57 @@ fn the_config_file_in_use_is_named_and_check_messages_say_what_is_needed() {
         "{err}"
     );
 }
+
+#[test]
+fn export_escapes_formulas_and_fetch_never_writes_through_a_symlink() {
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let text = std::fs::read_to_string(&env.config).expect("config");
+    let url = format!("file://{}", env.path().join("archive").display());
+    let text = text.replacen(
+        "[archive]\nurl = \"\"",
+        &format!("[archive]\nurl = {url:?}"),
+        1,
+    );
+    std::fs::write(&env.config, text).expect("config");
+    let file = env.path().join("jobs.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"prompt":"=HYPERLINK(\"http://evil\",\"x\")","model":"{PRO}","resolution":"480p","duration":2,"batch":"b","key":"@k"}}"#
+        ),
+    )
+    .expect("write");
+    env.ok(&["submit", "-f", file.to_str().expect("utf-8")]);
+    env.run_service();
+    let jobs = env.jobs();
+    assert_eq!(jobs[0]["state"], "archived", "{:?}", jobs[0]);
+    let id = jobs[0]["id"].as_str().expect("id").to_string();
+
+    let csv = env.ok(&["export", "--batch", "b"]);
+    assert!(csv.contains("'=HYPERLINK("), "{csv}");
+    assert!(csv.contains(",'@k,"), "{csv}");
+    let jsonl = env.ok(&["export", "--batch", "b", "--format", "jsonl"]);
+    assert!(
+        jsonl.contains(r#""prompt":"=HYPERLINK("#),
+        "JSONL keeps the text: {jsonl}"
+    );
+
+    // A symlink planted at FILE.part must not redirect the write.
+    let victim = env.path().join("victim.txt");
+    std::fs::write(&victim, "precious").expect("write");
+    let out = env.path().join("out.mp4");
+    std::os::unix::fs::symlink(&victim, env.path().join("out.mp4.part")).expect("symlink");
+    let (code, err) = code_and_err(&env.cli(&["fetch", &id, "-o", out.to_str().expect("utf-8")]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "precious"
+    );
+    assert!(!out.exists());
+    // Without the link the fetch works.
+    std::fs::remove_file(env.path().join("out.mp4.part")).expect("rm link");
+    env.ok(&["fetch", &id, "-o", out.to_str().expect("utf-8")]);
+    assert!(std::fs::metadata(&out).expect("fetched").len() > 0);
+}

@@ -98,6 +98,19 @@ pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreErro
     Ok(out)
 }
 
+/// Deletes images that no job's body refers to any more (after pruning). One statement, so
+/// it cannot race an enqueue, which writes an image and its job in one transaction.
+///
+/// # Errors
+/// SQL errors.
+pub(crate) fn delete_orphans(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM images WHERE NOT EXISTS \
+         (SELECT 1 FROM jobs WHERE instr(jobs.request_json, images.sha256) > 0)",
+        [],
+    )
+}
+
 impl Store {
     /// The body to POST: `body` (a frozen body, possibly changed since) with its interned
     /// images restored. Called just before the create, so the full body lives only as long
@@ -151,6 +164,31 @@ mod tests {
         assert_eq!(lean.matches(REF_PREFIX).count(), 2);
         assert_eq!(s.image_count().await.expect("count"), 2, "stored once each");
         assert_eq!(s.inflate_body(lean).await.expect("inflate"), stored);
+        // An image goes when the last job using it is pruned.
+        let job = |body: &str| crate::store::NewJob {
+            id: crate::job::JobId::generate(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: body.to_string(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: None,
+            expires_after: None,
+            seed: None,
+        };
+        let (a, b) = (job(&stored), job(&stored));
+        let (ida, idb) = (a.id.clone(), b.id.clone());
+        s.enqueue(vec![a, b]).await.expect("enqueue");
+        s.cancel(ida.as_str()).await.expect("cancel");
+        let far = crate::store::now_ms() + 60_000;
+        s.prune(0, far, false).await.expect("prune");
+        assert_eq!(s.image_count().await.expect("count"), 2, "still used by b");
+        s.cancel(idb.as_str()).await.expect("cancel");
+        s.prune(0, far, false).await.expect("prune");
+        assert_eq!(s.image_count().await.expect("count"), 0, "no job uses them");
         // A body without references passes through untouched.
         let plain = r#"{"model":"m"}"#.to_string();
         assert_eq!(s.inflate_body(plain.clone()).await.expect("plain"), plain);

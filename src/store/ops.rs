@@ -139,6 +139,10 @@ impl Store {
                 })
                 .await?;
             if batch.is_empty() {
+                if !report.is_empty() {
+                    // Images no remaining job refers to go with the last job that used them.
+                    self.call(|c| Ok(super::images::delete_orphans(c)?)).await?;
+                }
                 return Ok(report);
             }
             for s in batch {

@@ -379,16 +379,37 @@ pub enum ConfigError {
 
 /// Where the config file was found, if anywhere.
 pub fn discover(explicit: Option<&Path>) -> Option<PathBuf> {
+    discover_why(explicit).map(|(p, _)| p)
+}
+
+/// [`discover`], with how the file was found (`--config`, `SEEDQ_CONFIG`, …).
+pub fn discover_why(explicit: Option<&Path>) -> Option<(PathBuf, &'static str)> {
     if let Some(p) = explicit {
-        return Some(p.to_path_buf());
+        return Some((p.to_path_buf(), "--config"));
     }
     if let Some(p) = std::env::var_os("SEEDQ_CONFIG").filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
+        return Some((PathBuf::from(p), "SEEDQ_CONFIG"));
     }
-    ["/etc/seedq/config.toml", "config.toml"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    [
+        ("/etc/seedq/config.toml", "the system default"),
+        ("config.toml", "found in the working directory"),
+    ]
+    .iter()
+    .map(|(p, why)| (PathBuf::from(p), *why))
+    .find(|(p, _)| p.is_file())
+}
+
+/// Which configuration file is in use, for the start log, `config show` and `doctor`: its
+/// absolute path and how it was found. A `./config.toml` is picked up from whatever directory
+/// seedq runs in, so saying which one was read matters.
+pub fn describe_source(found: Option<&(PathBuf, &'static str)>) -> String {
+    match found {
+        None => "no config file (built-in defaults and SEEDQ__* environment variables)".into(),
+        Some((p, why)) => {
+            let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+            format!("{} ({why})", abs.display())
+        }
+    }
 }
 
 /// Loads the file (if any) and the environment overrides, then reads the secrets.
@@ -509,8 +530,10 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "service.shutdown_grace",
                 value: humantime::format_duration(self.service.shutdown_grace).to_string(),
+                // Says what the value must be: "is invalid: longer than …" read as if the
+                // value were too long.
                 allowed: format!(
-                    "longer than ark.request_timeout ({}), so in-flight requests can finish",
+                    "it must be longer than ark.request_timeout ({}), so in-flight requests can finish",
                     humantime::format_duration(self.ark.request_timeout)
                 ),
             });
@@ -519,9 +542,10 @@ impl Config {
             return Err(ConfigError::Invalid {
                 key: "dispatch.lease",
                 value: humantime::format_duration(self.dispatch.lease).to_string(),
-                allowed:
-                    "longer than ark.request_timeout, so a lease outlives the request it covers"
-                        .into(),
+                allowed: format!(
+                    "it must be longer than ark.request_timeout ({}), so a lease outlives the request it covers",
+                    humantime::format_duration(self.ark.request_timeout)
+                ),
             });
         }
         if self.dispatch.max_attempts == 0 {
@@ -745,6 +769,29 @@ mod tests {
         cfg.service.shutdown_grace = Duration::from_secs(1);
         let e = cfg.validate().err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("service.shutdown_grace")));
+        let mut cfg = Config::default();
+        cfg.dispatch.lease = Duration::from_secs(5);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("dispatch.lease = \"5s\"")
+                && e.contains("it must be longer than ark.request_timeout (30s)"),
+            "{e}"
+        );
+        let mut cfg = Config::default();
+        cfg.service.shutdown_grace = Duration::from_secs(5);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("it must be longer than ark.request_timeout (30s)"),
+            "{e}"
+        );
         let mut cfg = Config::default();
         cfg.archive.url = "ftp://x".into();
         let e = cfg.validate().err().map(|e| e.to_string());

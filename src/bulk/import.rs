@@ -1,4 +1,4 @@
-//! CSV import: one job per row, one request field per column.
+//! CSV and JSONL import: one job per row (or line), one request field per column (or key).
 //!
 //! The header names the columns, with the same names as a JSONL line's fields
 //! ([`crate::request::JobSpec`]); [`COLUMNS`] is the documented list and its types. An empty
@@ -9,7 +9,7 @@
 //! This module only turns rows into [`JobSpec`]s; validation against the catalogue and the
 //! all-or-nothing admission happen in the CLI, as for JSONL.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 
 use serde_json::{Map, Value};
 
@@ -234,6 +234,105 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Longest JSONL line accepted, newline excluded. A line is one request, and a request body is
+/// at most 64 MB (ark-api.md §8 "Whole request body ≤ 64 MB"): a longer line cannot become a
+/// job, and without a cap one endless line (`/dev/zero`, a file without newlines) would be
+/// read into memory whole.
+pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+
+/// A JSONL line that could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LineError {
+    #[error("line {line} is longer than {max} bytes (a request body is at most 64 MB)")]
+    TooLong { line: usize, max: usize },
+    #[error("line {line} cannot be read: {source}")]
+    Io {
+        line: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Reads the next line (numbered `line`, from 1) into `buf`, without its line ending and,
+/// on line 1, without a UTF-8 byte order mark (as the CSV reader drops it). At most `max`
+/// bytes are read. Returns false at the end of the input.
+///
+/// # Errors
+/// The line is longer than `max`, or the read fails.
+pub fn next_line(
+    reader: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    line: usize,
+    max: usize,
+) -> Result<bool, LineError> {
+    buf.clear();
+    let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    let n = reader
+        .by_ref()
+        .take(cap)
+        .read_until(b'\n', buf)
+        .map_err(|source| LineError::Io { line, source })?;
+    if n == 0 {
+        return Ok(false);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > max {
+        return Err(LineError::TooLong { line, max });
+    }
+    if line == 1 && buf.starts_with(b"\xEF\xBB\xBF") {
+        buf.drain(..3);
+    }
+    Ok(true)
+}
+
+/// The JSON type of a value, for errors.
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Parses one JSONL line into a [`JobSpec`]. Errors name the field at fault: serde's own
+/// message for a wrong type gives only a column (`invalid type: string "5", expected i64 at
+/// line 1 column 69`), and for a non-object talks about struct internals.
+///
+/// # Errors
+/// Not JSON, not an object, an unknown field, or a field of the wrong type.
+pub fn parse_jsonl(line: &str) -> Result<JobSpec, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Value::Object(map) = value else {
+        return Err(format!(
+            "a job is a JSON object such as {{\"prompt\": \"a fox\"}}, not {}",
+            json_type(&value)
+        ));
+    };
+    serde_json::from_value::<JobSpec>(Value::Object(map.clone())).map_err(|whole| {
+        // Every JobSpec field is optional, so a field alone deserialises unless it is the
+        // one at fault: the first such field is named with its value.
+        for (k, v) in &map {
+            let mut one = Map::new();
+            one.insert(k.clone(), v.clone());
+            if let Err(e) = serde_json::from_value::<JobSpec>(Value::Object(one)) {
+                let why = e.to_string();
+                if why.starts_with("unknown field") {
+                    return why;
+                }
+                return format!("field {k:?}: {} {v} is not accepted: {why}", json_type(v));
+            }
+        }
+        whole.to_string()
+    })
+}
+
 /// The CSV column an API field name belongs to, if any: `duration` → `duration`,
 /// `first_frame (a.png)` → `first_frame`, `refs[1]` → `refs`.
 pub fn column_for_param(param: &str) -> Option<&'static str> {
@@ -310,6 +409,52 @@ mod tests {
             map.insert((*n).to_string(), v);
         }
         assert!(serde_json::from_value::<JobSpec>(Value::Object(map)).is_ok());
+    }
+
+    #[test]
+    fn jsonl_errors_name_the_field() {
+        let e = parse_jsonl(r#"{"prompt":"a fox","duration":"5"}"#).expect_err("type");
+        assert!(
+            e.contains("field \"duration\"") && e.contains("\"5\""),
+            "{e}"
+        );
+        let e = parse_jsonl(r#"["a","b"]"#).expect_err("array");
+        assert!(e.contains("JSON object") && e.contains("an array"), "{e}");
+        assert!(!e.contains("33 elements"), "{e}");
+        let e = parse_jsonl(r#"{"promt":"x"}"#).expect_err("unknown");
+        assert!(e.contains("promt"), "{e}");
+        let e = parse_jsonl("{").expect_err("syntax");
+        assert!(e.contains("not valid JSON"), "{e}");
+        assert_eq!(
+            parse_jsonl(r#"{"prompt":"ok","duration":5}"#)
+                .expect("fine")
+                .duration,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn jsonl_lines_drop_a_bom_and_are_capped() {
+        let text = b"\xEF\xBB\xBF{\"prompt\":\"a\"}\r\n{\"prompt\":\"b\"}";
+        let mut r = &text[..];
+        let mut buf = Vec::new();
+        assert!(next_line(&mut r, &mut buf, 1, 100).expect("line 1"));
+        assert_eq!(buf, br#"{"prompt":"a"}"#);
+        assert!(next_line(&mut r, &mut buf, 2, 100).expect("line 2"));
+        assert_eq!(buf, br#"{"prompt":"b"}"#);
+        assert!(!next_line(&mut r, &mut buf, 3, 100).expect("eof"));
+
+        // An endless line stops at the cap instead of filling memory.
+        let mut zero = std::io::BufReader::new(std::io::repeat(b'x'));
+        let e = next_line(&mut zero, &mut buf, 1, 1000).expect_err("too long");
+        assert!(
+            matches!(e, LineError::TooLong { line: 1, max: 1000 }),
+            "{e}"
+        );
+        assert!(buf.len() <= 1001);
+        // Exactly at the cap is fine.
+        let exact = vec![b'y'; 1000];
+        assert!(next_line(&mut &exact[..], &mut buf, 1, 1000).expect("fits"));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub(crate) fn prepare_csv(
     let rows = rows.with_context(|| format!("reading {}", path.display()))?;
     let mut jobs = Vec::with_capacity(rows.len());
     let mut errors = Vec::new();
+    // A key repeated inside one file is an error naming both rows (see `prepare_lines`).
+    let mut keys: std::collections::HashMap<String, (u64, u64)> = Default::default();
     for row in rows {
         let row = match row {
             Ok(r) => r,
@@ -70,6 +72,15 @@ pub(crate) fn prepare_csv(
         };
         let (n, line) = (row.row, row.line);
         let mut spec = row.spec;
+        if let Some(k) = &spec.key {
+            if let Some((r0, l0)) = keys.get(k) {
+                errors.push(format!(
+                    "row {n} (line {line}), column key: {k:?} is already used by row {r0} (line {l0}) of this file"
+                ));
+                continue;
+            }
+            keys.insert(k.clone(), (n, line));
+        }
         defaults.apply_defaults(&mut spec);
         match request::prepare(spec, &ctx.catalogue, &base) {
             Ok(p) => jobs.push(new_job(p)?),
@@ -360,7 +371,7 @@ struct LsRow {
 }
 
 async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let metas = store.batches().await?;
     let cells = store.batch_cells(None).await?;
     let mut by_batch: BTreeMap<&str, Vec<&BatchCell>> = BTreeMap::new();
@@ -430,7 +441,7 @@ struct ModelRow {
 }
 
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(meta) = store.batch(&a.name).await? else {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -583,7 +594,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -597,7 +608,7 @@ async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
 }
 
 async fn retry(ctx: &Ctx, a: RetryArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));

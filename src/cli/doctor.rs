@@ -75,10 +75,7 @@ pub(crate) fn run(source: ConfigSource, a: &DoctorArgs) -> anyhow::Result<ExitCo
         .build()
         .context("starting the async runtime")?;
     let mut r = Report { failed: 0 };
-    let where_ = source.path.as_ref().map_or_else(
-        || "built-in defaults (no config file found)".to_string(),
-        |p| p.display().to_string(),
-    );
+    let where_ = source.describe();
     let cfg = match source.load() {
         Ok((cfg, catalogue)) => {
             r.line(

@@ -216,7 +216,7 @@ struct CostLine {
 }
 
 pub(crate) async fn stats_cost(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
-    let rows = ctx.store()?.cost_rows().await?;
+    let rows = ctx.store_existing()?.cost_rows().await?;
     let lines: Vec<CostLine> = rows
         .into_iter()
         .map(|row| {

@@ -63,6 +63,36 @@ pub struct Entry {
     pub remote_task_id: String,
 }
 
+/// A CSV cell that a spreadsheet would read as a formula (`=`, `+`, `-`, `@`, or a leading
+/// tab or carriage return) gets a leading `'`, so opening the manifest never runs a prompt
+/// such as `=HYPERLINK(…)` (OWASP "CSV injection"). JSONL keeps the exact text.
+pub(crate) fn csv_cell(s: String) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{s}")
+    } else {
+        s
+    }
+}
+
+impl Entry {
+    /// The entry with every text cell made safe for spreadsheets ([`csv_cell`]).
+    fn for_csv(self) -> Self {
+        Self {
+            job: csv_cell(self.job),
+            key: csv_cell(self.key),
+            sha256: csv_cell(self.sha256),
+            prompt: csv_cell(self.prompt),
+            model: csv_cell(self.model),
+            tier: csv_cell(self.tier),
+            state: csv_cell(self.state),
+            url: csv_cell(self.url),
+            job_key: csv_cell(self.job_key),
+            remote_task_id: csv_cell(self.remote_task_id),
+            ..self
+        }
+    }
+}
+
 /// The text prompt of a frozen body.
 pub(crate) fn prompt_of(request_json: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(request_json).unwrap_or_default();
@@ -104,7 +134,7 @@ fn entry(j: Job, cat: &catalogue::Catalogue) -> Entry {
 }
 
 pub(crate) async fn run(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     if store.batch(&a.batch).await?.is_none() {
         eprintln!("error: no batch named {}", a.batch);
         return Ok(ExitCode::from(1));
@@ -128,7 +158,7 @@ pub(crate) async fn run(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<ExitCode> {
         Format::Csv => {
             let mut w = csv::Writer::from_writer(&mut sink);
             for j in entries {
-                w.serialize(entry(j, &ctx.catalogue))?;
+                w.serialize(entry(j, &ctx.catalogue).for_csv())?;
                 n += 1;
             }
             if n == 0 {
@@ -174,6 +204,15 @@ const EMPTY_HEADER: [&str; 15] = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formula_cells_are_escaped() {
+        for f in ["=1+1", "+1", "-2", "@SUM(A1)", "\t=x", "\r=x"] {
+            assert_eq!(csv_cell(f.to_string()), format!("'{f}"));
+        }
+        assert_eq!(csv_cell("a fox".into()), "a fox");
+        assert_eq!(csv_cell(String::new()), "");
+    }
 
     #[test]
     fn prompt_comes_from_the_text_item() {

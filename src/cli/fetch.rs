@@ -7,7 +7,7 @@
 //! file behind.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -37,8 +37,35 @@ pub struct FetchArgs {
     pub last_frame: bool,
 }
 
+/// Creates the `.part` file afresh, never through a symbolic link: a link planted at that
+/// name would make the fetch overwrite whatever it points to. A leftover regular `.part` from
+/// an interrupted fetch is replaced; anything else there is refused. `create_new` (O_EXCL)
+/// does not follow a link that appears between the check and the open.
+async fn create_part(part: &Path) -> anyhow::Result<tokio::fs::File> {
+    match tokio::fs::symlink_metadata(part).await {
+        Ok(m) if m.file_type().is_symlink() => bail!(
+            "{} is a symbolic link; refusing to write through it (remove it or choose another -o)",
+            part.display()
+        ),
+        Ok(m) if m.is_file() => tokio::fs::remove_file(part)
+            .await
+            .with_context(|| format!("removing the leftover {}", part.display()))?,
+        Ok(_) => bail!(
+            "{} exists and is not a regular file; remove it or choose another -o",
+            part.display()
+        ),
+        Err(_) => {}
+    }
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(part)
+        .await
+        .with_context(|| format!("creating {}", part.display()))
+}
+
 pub(crate) async fn fetch(ctx: &Ctx, a: FetchArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));
@@ -83,11 +110,7 @@ pub(crate) async fn fetch(ctx: &Ctx, a: FetchArgs) -> anyhow::Result<ExitCode> {
     let mut out: Box<dyn tokio::io::AsyncWrite + Unpin + Send> = if to_stdout {
         Box::new(tokio::io::stdout())
     } else {
-        Box::new(
-            tokio::fs::File::create(&part)
-                .await
-                .with_context(|| format!("creating {}", part.display()))?,
-        )
+        Box::new(create_part(&part).await?)
     };
     let mut hasher = Sha256::new();
     let mut size = 0u64;

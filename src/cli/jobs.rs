@@ -1,5 +1,6 @@
 //! Job commands: submit, ls, show, stats, cancel, retry.
 
+use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,6 +9,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 
 use super::Ctx;
+use crate::bulk::import;
 use crate::job::JobState;
 use crate::request::{self, JobSpec, Prepared};
 use crate::store::{CancelOutcome, Job, ListFilter, NewJob, RetryOutcome};
@@ -154,6 +156,8 @@ impl SubmitArgs {
 /// Converts a prepared job into a store row.
 pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
     let request_json = serde_json::to_string(&p.request).context("serialising the request")?;
+    // The body as it will be POSTed (images embedded), against the API's 64 MB limit.
+    request::image::check_body_size(request_json.len(), &p.model)?;
     let e = &p.effective;
     let shape = Some(match (e.frames, e.duration) {
         (Some(f), _) => format!("{}/{f}f", e.resolution),
@@ -188,14 +192,38 @@ pub(crate) fn prepare_lines(
 ) -> anyhow::Result<Vec<NewJob>> {
     let mut jobs = Vec::new();
     let mut errors = Vec::new();
-    for (i, line) in reader.lines().enumerate() {
-        let n = i + 1;
-        let line = line.with_context(|| format!("reading line {n}"))?;
+    // Idempotency key -> the line that first used it: a repeat inside one file is a mistake,
+    // not a retry (across files it is skipped as a duplicate).
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    let mut n = 0;
+    loop {
+        n += 1;
+        if !import::next_line(&mut reader, &mut buf, n, import::MAX_LINE_BYTES)? {
+            break;
+        }
+        let line = match std::str::from_utf8(&buf) {
+            Ok(l) => l,
+            Err(e) => {
+                errors.push(format!("line {n}: not UTF-8: {e}"));
+                continue;
+            }
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = serde_json::from_str::<JobSpec>(&line)
+        let parsed = import::parse_jsonl(line)
             .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+            .and_then(|spec| {
+                if let Some(k) = &spec.key
+                    && let Some(first) = keys.insert(k.clone(), n)
+                {
+                    keys.insert(k.clone(), first);
+                    bail!("line {n}: key {k:?} is already used by line {first} of this file");
+                }
+                Ok(spec)
+            })
             .and_then(|mut spec| {
                 defaults.apply_defaults(&mut spec);
                 request::prepare(spec, &ctx.catalogue, base_dir)
@@ -229,7 +257,6 @@ pub(crate) fn reject_all(errors: &[String], unit: &str) -> anyhow::Result<()> {
 }
 
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
     let mut jobs = match &a.file {
         Some(path) if super::batch::is_csv(path, a.format) => {
             super::batch::prepare_csv(ctx, path, &a)?
@@ -261,6 +288,16 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
             )?)?]
         }
     };
+    if let Some(path) = &a.file
+        && jobs.is_empty()
+    {
+        bail!(
+            "{} holds no jobs (only blank lines or a header); nothing was imported",
+            path.display()
+        );
+    }
+    // Opened only now: input that is refused must not leave a new, empty database behind.
+    let store = ctx.store()?;
     super::batch::register(ctx, &store, &a, &mut jobs).await?;
     let report = store.enqueue(jobs).await.context("storing the jobs")?;
     if a.json {
@@ -343,16 +380,20 @@ fn state_cell(state: JobState, colored: bool) -> String {
 }
 
 pub(crate) async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
-    let jobs = ctx
-        .store()?
-        .list(ListFilter {
-            state: a.state,
-            model: a.model,
-            tag: a.tag,
-            batch: a.batch,
-            limit: Some(a.limit),
-        })
-        .await?;
+    let store = ctx.store_existing()?;
+    let filter = ListFilter {
+        state: a.state,
+        model: a.model,
+        tag: a.tag,
+        batch: a.batch,
+        limit: Some(a.limit),
+    };
+    // The table shows no bodies: don't read them.
+    let jobs = if a.json {
+        store.list(filter).await?
+    } else {
+        store.list_lean(filter).await?
+    };
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &jobs)?;
@@ -460,7 +501,7 @@ fn abbreviate_data_urls(json: &str) -> String {
 }
 
 pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));
@@ -497,7 +538,7 @@ pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let rows = store.stats().await?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -543,7 +584,7 @@ pub struct IdsArgs {
 }
 
 pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let mut missing = false;
     for id in &a.ids {
         match store.cancel(id).await? {
@@ -568,7 +609,7 @@ pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    let store = ctx.store_existing()?;
     let mut bad = false;
     for id in &a.ids {
         match store.retry(id).await? {

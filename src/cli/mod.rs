@@ -127,6 +127,8 @@ pub(crate) struct Ctx {
 #[derive(Clone, Debug)]
 pub(crate) struct ConfigSource {
     pub path: Option<PathBuf>,
+    /// How `path` was found, for saying which file is in use.
+    pub found_by: Option<&'static str>,
     db: Option<PathBuf>,
     log: Option<String>,
     /// The demo prints its own summary; per-job log lines would bury it.
@@ -135,12 +137,20 @@ pub(crate) struct ConfigSource {
 
 impl ConfigSource {
     fn new(cli: &Cli) -> Self {
+        let found = config::discover_why(cli.config.as_deref());
         Self {
-            path: config::discover(cli.config.as_deref()),
+            found_by: found.as_ref().map(|f| f.1),
+            path: found.map(|f| f.0),
             db: cli.db.clone(),
             log: cli.log.clone(),
             quiet: matches!(cli.command, Command::Demo(_)),
         }
+    }
+
+    /// Which configuration file is in use, and how it was found.
+    pub(crate) fn describe(&self) -> String {
+        let found = self.path.clone().zip(self.found_by);
+        config::describe_source(found.as_ref())
     }
 
     /// Loads and validates the configuration: file, environment, then flags.
@@ -173,6 +183,16 @@ impl Ctx {
     pub(crate) fn store(&self) -> anyhow::Result<Store> {
         Store::open(&self.cfg.store.path)
             .with_context(|| format!("opening the job store {}", self.cfg.store.path.display()))
+    }
+
+    /// Opens the job store only if it exists: for commands that read or change existing
+    /// jobs. A mistyped `--db` must say so, not leave a new empty database behind.
+    pub(crate) fn store_existing(&self) -> anyhow::Result<Store> {
+        let path = &self.cfg.store.path;
+        match Store::open_existing(path) {
+            Err(e @ crate::store::StoreError::Missing { .. }) => Err(e.into()),
+            r => r.with_context(|| format!("opening the job store {}", path.display())),
+        }
     }
 }
 
@@ -242,6 +262,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Config(ConfigCommand::Show) => {
+                // A TOML comment: the output stays a valid config file.
+                println!("# configuration file: {}", ctx.source.describe());
                 print!("{}", ctx.cfg.redacted_toml());
                 Ok(ExitCode::SUCCESS)
             }

@@ -3,10 +3,18 @@
 //! The same rules apply at enqueue (local files and `data:` URLs) and in the simulator
 //! (`data:` URLs), so a job that passes here is not rejected for its images by Ark.
 
+use std::io::Read;
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+
 use base64::Engine;
 
 /// Largest accepted image, exclusive (ark-api.md §8: "< 30 MB").
 pub const MAX_IMAGE_BYTES: usize = 30 * 1024 * 1024;
+/// Largest request body, inclusive (ark-api.md §8: "Whole request body ≤ 64 MB"). The
+/// simulator refuses larger bodies with the same constant; seedq refuses them at submit, where
+/// the user can still fix them, instead of paying a failed create later.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;
 /// Width and height must lie in this open interval, in pixels.
 pub const SIDE_RANGE: (u32, u32) = (300, 6000);
 /// Width / height must lie in this open interval.
@@ -74,6 +82,92 @@ impl ImageProblem {
             ),
         }
     }
+}
+
+/// Why an image file could not be loaded.
+#[derive(Debug)]
+pub enum ReadProblem {
+    /// Not readable, or not a regular file; the message keeps the OS reason.
+    Io(std::io::Error),
+    /// Readable, but breaks an image rule (too large) before its bytes were read.
+    Image(ImageProblem),
+}
+
+/// What a non-regular file is, for the error.
+fn file_kind(t: std::fs::FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Reads an image file: a regular file only, and never more than [`MAX_IMAGE_BYTES`].
+///
+/// The type is checked before the file is opened: opening a FIFO blocks until a writer
+/// comes (forever), and `/dev/zero` never ends. The size is checked from the metadata, and
+/// the read itself is capped too, in case the file grows meanwhile.
+///
+/// # Errors
+/// The file cannot be read, is not a regular file, or is too large.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ReadProblem> {
+    let meta = std::fs::metadata(path).map_err(ReadProblem::Io)?;
+    if meta.is_dir() {
+        // Reading a directory gives the OS's own reason (EISDIR).
+        let reason = std::fs::read(path).err().unwrap_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::IsADirectory, "Is a directory")
+        });
+        return Err(ReadProblem::Io(reason));
+    }
+    if !meta.is_file() {
+        return Err(ReadProblem::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "{}, not a regular file; give an image file",
+                file_kind(meta.file_type())
+            ),
+        )));
+    }
+    let too_large = |n: u64| ReadProblem::Image(ImageProblem::TooLarge(n as usize));
+    if meta.len() >= MAX_IMAGE_BYTES as u64 {
+        return Err(too_large(meta.len()));
+    }
+    let f = std::fs::File::open(path).map_err(ReadProblem::Io)?;
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(MAX_IMAGE_BYTES as u64)
+        .read_to_end(&mut bytes)
+        .map_err(ReadProblem::Io)?;
+    if bytes.len() >= MAX_IMAGE_BYTES {
+        return Err(too_large(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Checks a whole request body's size (embedded images included) against
+/// [`MAX_REQUEST_BODY`].
+///
+/// # Errors
+/// The body is larger.
+pub fn check_body_size(len: usize, model: &str) -> Result<(), super::Invalid> {
+    if len <= MAX_REQUEST_BODY {
+        return Ok(());
+    }
+    Err(super::Invalid::new(
+        "request body",
+        format!("of {len} bytes"),
+        "is too large",
+        model,
+        format!(
+            "at most {MAX_REQUEST_BODY} bytes (64 MB) in all, embedded images included; \
+             give large images as http(s) URLs or asset:// ids"
+        ),
+    ))
 }
 
 /// Detects the format from magic bytes.
@@ -223,6 +317,58 @@ pub(crate) mod tests {
     fn rejects_unknown_formats() {
         assert_eq!(check(b"hello world"), Err(ImageProblem::UnknownFormat));
         assert_eq!(check(b"\x89PNG\r\n\x1a\n"), Err(ImageProblem::Unreadable));
+    }
+
+    #[test]
+    fn request_bodies_are_capped_at_64_mb() {
+        assert!(check_body_size(MAX_REQUEST_BODY, "m").is_ok());
+        let e = check_body_size(MAX_REQUEST_BODY + 1, "m").expect_err("too large");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("request body of 67108865 bytes is too large for m")
+                && msg.contains("at most 67108864 bytes"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn image_files_must_be_regular_and_small() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ok = dir.path().join("a.png");
+        std::fs::write(&ok, png(640, 360)).expect("write");
+        assert_eq!(read_file(&ok).expect("reads"), png(640, 360));
+
+        // /dev/zero would never end: refused before a byte is read.
+        match read_file(Path::new("/dev/zero")) {
+            Err(ReadProblem::Io(e)) => assert!(e.to_string().contains("character device"), "{e}"),
+            other => panic!("/dev/zero: {other:?}"),
+        }
+        // A FIFO would block the open forever.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        match read_file(&fifo) {
+            Err(ReadProblem::Io(e)) => assert!(e.to_string().contains("FIFO"), "{e}"),
+            other => panic!("fifo: {other:?}"),
+        }
+        // A directory keeps the OS reason.
+        match read_file(dir.path()) {
+            Err(ReadProblem::Io(e)) => {
+                assert!(e.to_string().contains("Is a directory"), "{e}")
+            }
+            other => panic!("dir: {other:?}"),
+        }
+        // Too large by its size, without reading it (a sparse file costs no disk).
+        let big = dir.path().join("big.png");
+        let f = std::fs::File::create(&big).expect("create");
+        f.set_len(MAX_IMAGE_BYTES as u64 + 5).expect("set_len");
+        assert!(matches!(
+            read_file(&big),
+            Err(ReadProblem::Image(ImageProblem::TooLarge(n))) if n == MAX_IMAGE_BYTES + 5
+        ));
     }
 
     #[test]

@@ -884,12 +884,13 @@ pub struct JobSpec {
 pub enum SpecError {
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    #[error("{field}: cannot read image file {path}")]
+    // The OS reason is part of the message: JSONL and CSV errors are printed one line each,
+    // without the source chain.
+    #[error("{field}: cannot read image file {path}: {reason}")]
     ReadImage {
         field: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{field} {value:?} is not a duration: {reason} (e.g. \"48h\", \"3600s\")")]
     BadDuration {
@@ -1173,12 +1174,7 @@ fn resolve_image(field: &str, src: &str, model: &str, base: &Path) -> Result<Str
         return Ok(src.to_string());
     }
     let path = base.join(src);
-    let bytes = std::fs::read(&path).map_err(|source| SpecError::ReadImage {
-        field: field.to_string(),
-        path: path.clone(),
-        source,
-    })?;
-    let info = image::check(&bytes).map_err(|p| {
+    let invalid = |p: image::ImageProblem| {
         let (value, problem, allowed) = p.describe();
         Invalid::new(
             &format!("{field} ({})", path.display()),
@@ -1187,7 +1183,17 @@ fn resolve_image(field: &str, src: &str, model: &str, base: &Path) -> Result<Str
             model,
             allowed,
         )
+    };
+    // Regular files only, read with a cap: /dev/zero or a FIFO must not hang or exhaust memory.
+    let bytes = image::read_file(&path).map_err(|p| match p {
+        image::ReadProblem::Io(reason) => SpecError::ReadImage {
+            field: field.to_string(),
+            path: path.clone(),
+            reason,
+        },
+        image::ReadProblem::Image(p) => invalid(p).into(),
     })?;
+    let info = image::check(&bytes).map_err(invalid)?;
     Ok(image::to_data_url(&info, &bytes))
 }
 

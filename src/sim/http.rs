@@ -38,8 +38,9 @@ use super::error::ApiError;
 use super::state::{Sim, now_ms};
 use super::{admin, api, files};
 
-/// Largest request body (ark-api.md §8: "whole request body ≤ 64 MB").
-pub const MAX_BODY: usize = 64 * 1024 * 1024;
+/// Largest request body (ark-api.md §8: "whole request body ≤ 64 MB"); seedq checks the same
+/// limit at submit.
+pub const MAX_BODY: usize = crate::request::image::MAX_REQUEST_BODY;
 /// The Ark API prefix.
 pub const API_PREFIX: &str = "/api/v3";
 /// Marks a response whose connection was severed, for the stats.

@@ -325,6 +325,8 @@ impl Store {
             if n == 0 {
                 return Ok(ChainWrite::Conflict);
             }
+            // The released body may embed an image again (the previous shot's last frame).
+            let body = super::images::intern(&tx, &body, now)?;
             let n = tx.execute(
                 "UPDATE jobs SET request_json = ?2, est_tokens = COALESCE(?3, est_tokens), \
                  next_attempt_at = ?4, updated_at = ?4, lease_token = lease_token + 1, \

@@ -28,6 +28,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_flex_tier.sql",
         include_str!("../../migrations/0005_flex_tier.sql"),
     ),
+    (
+        "0006_images.sql",
+        include_str!("../../migrations/0006_images.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

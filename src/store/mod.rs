@@ -10,6 +10,7 @@ mod archive;
 mod bulk;
 mod chain;
 mod conn;
+mod images;
 pub mod migrate;
 pub mod ops;
 
@@ -36,6 +37,12 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the job store {path} does not exist (check --db or store.path); only commands that add work create it"
+    )]
+    Missing { path: PathBuf },
+    #[error("the database file {path} is no longer the one this process opened: {what}")]
+    Replaced { path: PathBuf, what: String },
     #[error("cannot open the database {path}")]
     Open {
         path: PathBuf,
@@ -155,6 +162,11 @@ const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tie
     callback_token, last_error_code, last_error_message, usage_tokens, video_url, \
     last_frame_url, url_expires_at, finished_at, archive_key, archive_sha256, archive_size, \
     archived_at, gen_ms";
+
+/// [`JOB_COLUMNS`] with an empty `request_json`: a path that needs no body reads none.
+fn lean_columns() -> String {
+    JOB_COLUMNS.replacen("request_json", "'' AS request_json", 1)
+}
 
 fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(3)?;
@@ -419,6 +431,8 @@ pub(crate) fn insert_job(
     } else {
         None
     };
+    // Embedded images go to their own table, once each; the row keeps references.
+    let request_json = images::intern(conn, &j.request_json, now)?;
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
          priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
@@ -433,7 +447,7 @@ pub(crate) fn insert_job(
         j.model,
         if j.flex { "flex" } else { "default" },
         j.priority,
-        j.request_json,
+        request_json,
         j.key,
         tags,
         j.batch,
@@ -463,9 +477,29 @@ impl Store {
     /// See [`StoreError`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: conn::open(path)?,
+            conn: conn::open(path, true)?,
             path: path.to_path_buf(),
         })
+    }
+
+    /// Opens (and migrates) an existing database; creates nothing. For commands that only
+    /// read or change existing jobs: a mistyped path must not leave an empty store behind.
+    ///
+    /// # Errors
+    /// [`StoreError::Missing`] when there is no file at `path`; else as [`Store::open`].
+    pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
+        Ok(Self {
+            conn: conn::open(path, false)?,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Checks that the database file is still the one opened (same device and inode).
+    ///
+    /// # Errors
+    /// [`StoreError::Replaced`] when it was deleted or replaced.
+    pub fn check_identity(&self) -> Result<(), StoreError> {
+        self.conn.check_identity()
     }
 
     /// The database file.
@@ -577,8 +611,21 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn list(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.list_columns(f, JOB_COLUMNS.to_string()).await
+    }
+
+    /// [`Store::list`] without the frozen bodies (`request_json` is empty): for tables that
+    /// show none, so a listing never reads the prompts and bodies of every job.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn list_lean(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
+        self.list_columns(f, lean_columns()).await
+    }
+
+    async fn list_columns(&self, f: ListFilter, columns: String) -> Result<Vec<Job>, StoreError> {
         self.call(move |c| {
-            let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
+            let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
             if let Some(s) = f.state {
                 sql.push_str(" AND state = ?");
@@ -979,6 +1026,34 @@ impl Store {
         lease_ms: i64,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
+        self.claim_due_columns(state, owner, lease_ms, limit, JOB_COLUMNS.to_string())
+            .await
+    }
+
+    /// [`Store::claim_due`] without the frozen bodies (`request_json` is empty), for a stage
+    /// that never reads them (the poller).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn claim_due_lean(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Job>, StoreError> {
+        self.claim_due_columns(state, owner, lease_ms, limit, lean_columns())
+            .await
+    }
+
+    async fn claim_due_columns(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+        columns: String,
+    ) -> Result<Vec<Job>, StoreError> {
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -989,7 +1064,7 @@ impl Store {
                      lease_token = lease_token + 1 \
                      WHERE id IN (SELECT id FROM jobs WHERE state = ?4 AND next_attempt_at <= ?2 \
                                   ORDER BY next_attempt_at LIMIT ?5) \
-                     RETURNING {JOB_COLUMNS}"
+                     RETURNING {columns}"
                 ))?;
                 let rows = st.query_map(
                     params![owner, now, lease_ms, state.as_str(), limit],

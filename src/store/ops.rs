@@ -139,6 +139,10 @@ impl Store {
                 })
                 .await?;
             if batch.is_empty() {
+                if !report.is_empty() {
+                    // Images no remaining job refers to go with the last job that used them.
+                    self.call(|c| Ok(super::images::delete_orphans(c)?)).await?;
+                }
                 return Ok(report);
             }
             for s in batch {
@@ -193,6 +197,8 @@ impl Store {
     /// # Errors
     /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout).
     pub async fn write_probe(&self) -> Result<(), StoreError> {
+        // A write to a deleted file succeeds and is lost: readiness fails instead.
+        self.check_identity()?;
         self.call(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.rollback()?;

@@ -428,3 +428,45 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         .is_empty()
     );
 }
+
+#[tokio::test]
+async fn lean_paths_read_no_bodies() {
+    let (_d, s) = store();
+    let mut j = new_job("m1", None, 0);
+    j.request_json = r#"{"model":"m1","content":[{"type":"text","text":"a fox"}]}"#.into();
+    s.enqueue(vec![j]).await.expect("enqueue");
+    let lean = s.list_lean(ListFilter::default()).await.expect("lean");
+    assert_eq!(lean.len(), 1);
+    assert!(lean[0].request_json.is_empty());
+    let full = s.list(ListFilter::default()).await.expect("full");
+    assert!(full[0].request_json.contains("a fox"));
+    let claimed = s
+        .claim_for_submit("m1", true, 10, 10, "w", 60_000)
+        .await
+        .expect("claim");
+    assert!(
+        claimed[0].request_json.contains("a fox"),
+        "the dispatcher needs the body"
+    );
+    s.transition(
+        &claimed[0].id,
+        JobState::Submitting,
+        claimed[0].lease_token,
+        JobState::Submitted,
+        Patch::new()
+            .set("remote_task_id", "cgt-1".to_string())
+            .set("next_attempt_at", 0),
+        None,
+    )
+    .await
+    .expect("submitted");
+    let polled = s
+        .claim_due_lean(JobState::Submitted, "p", 60_000, 10)
+        .await
+        .expect("poll");
+    assert_eq!(polled.len(), 1);
+    assert!(
+        polled[0].request_json.is_empty(),
+        "the poller reads no body"
+    );
+}

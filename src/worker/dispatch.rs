@@ -240,6 +240,8 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         reserved = Some((day, need));
     }
     let body = with_callback(ctx, &job)?;
+    // Embedded images are stored once, apart from the row; the full body exists only now.
+    let body = ctx.store.inflate_body(body).await?;
     let result = ctx.ark.create(&body).await;
     crate::ops::metrics::create(
         &job.model,

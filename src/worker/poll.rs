@@ -111,9 +111,10 @@ fn next_poll_delay(ctx: &Ctx, job: &Job) -> Duration {
 /// Store failures.
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let lease = ctx.lease_ms();
+    // The poller never reads the frozen bodies.
     let jobs = ctx
         .store
-        .claim_due(
+        .claim_due_lean(
             JobState::Submitted,
             &ctx.owner,
             lease,

@@ -75,6 +75,8 @@ fn submit_ls_show_cancel_retry() {
 #[test]
 fn not_found_exits_1_and_bad_input_exits_2() {
     let env = TestEnv::new("");
+    // An existing, empty store: on a missing one, read commands exit 2 (tests/it/storage.rs).
+    env.ok(&["migrate"]);
     let (code, err) = code_and_err(&env.cli(&["show", "01nope"]));
     assert_eq!(code, Some(1));
     assert!(err.contains("no job"));

@@ -80,8 +80,12 @@ impl TestEnv {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// `ls --json` parsed.
+    /// `ls --json` parsed; empty when no database was created (read commands don't create
+    /// one, and refused input stores nothing).
     pub fn jobs(&self) -> Vec<serde_json::Value> {
+        if !self.path().join("seedq.db").exists() {
+            return Vec::new();
+        }
         let out = self.ok(&["ls", "--json", "--limit", "100000"]);
         serde_json::from_str(&out).expect("ls --json is JSON")
     }

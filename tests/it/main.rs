@@ -9,4 +9,5 @@ mod helpers;
 mod hostile;
 mod ops;
 mod validation;
+mod storage;
 mod worker;

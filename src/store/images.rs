@@ -1,0 +1,196 @@
+//! Embedded images stored once, by hash, outside the job rows.
+//!
+//! A `data:` image in a frozen body can be 40 MB of base64. Kept inline, every claim and every
+//! `ls` read it (30 jobs with a 27 MB image made `seedq ls` use 1.1 GB), and a batch reusing one
+//! first frame stored it once per job. At insert, [`intern`] moves each image data URL into the
+//! `images` table and leaves a reference in the body; [`Store::inflate_body`] restores the
+//! exact text just before the POST.
+//!
+//! The body is scanned as text for `"url":"data:…"`: JSON escapes every `"` inside a string,
+//! so that sequence can only be a real `url` member (a prompt cannot fake it), and a base64
+//! data URL contains no `"` or `\`, so its value ends at the next `"`.
+
+use std::borrow::Cow;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use sha2::{Digest, Sha256};
+
+use super::{Store, StoreError};
+
+/// What an interned image's URL becomes in a stored body. Not a URL Ark accepts, so a body
+/// that escaped inflation is refused rather than creating a different video.
+pub const REF_PREFIX: &str = "seedq-image:sha256:";
+/// Marks an embedded image in a body.
+const DATA_MEMBER: &str = "\"url\":\"data:";
+/// Marks an interned image in a body.
+const REF_MEMBER: &str = "\"url\":\"seedq-image:sha256:";
+
+/// Moves each image data URL of `body` into the `images` table (once per distinct image) and
+/// returns the body with references in their place; unchanged when it embeds none.
+///
+/// # Errors
+/// SQL errors.
+pub(crate) fn intern<'a>(
+    conn: &Connection,
+    body: &'a str,
+    now: i64,
+) -> Result<Cow<'a, str>, StoreError> {
+    if !body.contains(DATA_MEMBER) {
+        return Ok(Cow::Borrowed(body));
+    }
+    let mut out = String::with_capacity(body.len().min(64 * 1024));
+    let mut rest = body;
+    while let Some(at) = rest.find(DATA_MEMBER) {
+        let value_start = at + DATA_MEMBER.len() - "data:".len();
+        let Some(len) = rest[value_start..].find('"') else {
+            break;
+        };
+        let url = &rest[value_start..value_start + len];
+        out.push_str(&rest[..value_start]);
+        if url.contains('\\') || !url.starts_with("data:image/") {
+            // Escaped text is not a plain base64 data URL: keep it inline, untouched.
+            out.push_str(url);
+        } else {
+            let hash = hex::encode(Sha256::digest(url.as_bytes()));
+            conn.prepare_cached(
+                "INSERT INTO images (sha256, data_url, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (sha256) DO NOTHING",
+            )?
+            .execute(params![hash, url, now])?;
+            out.push_str(REF_PREFIX);
+            out.push_str(&hash);
+        }
+        rest = &rest[value_start + len..];
+    }
+    out.push_str(rest);
+    Ok(Cow::Owned(out))
+}
+
+/// Puts the data URLs back into a body written by [`intern`].
+///
+/// # Errors
+/// A referenced image is missing (the database was edited by hand), or SQL errors.
+pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreError> {
+    if !body.contains(REF_MEMBER) {
+        return Ok(body.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some(at) = rest.find(REF_MEMBER) {
+        let hash_start = at + REF_MEMBER.len();
+        let Some(len) = rest[hash_start..].find('"') else {
+            break;
+        };
+        let hash = &rest[hash_start..hash_start + len];
+        let url: String = conn
+            .prepare_cached("SELECT data_url FROM images WHERE sha256 = ?1")?
+            .query_row([hash], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::Corrupt(format!("image sha256:{hash} is missing")))?;
+        if out.is_empty() {
+            out.reserve(body.len() + url.len());
+        }
+        out.push_str(&rest[..hash_start - REF_PREFIX.len()]);
+        out.push_str(&url);
+        rest = &rest[hash_start + len..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Deletes images that no job's body refers to any more (after pruning). One statement, so
+/// it cannot race an enqueue, which writes an image and its job in one transaction.
+///
+/// # Errors
+/// SQL errors.
+pub(crate) fn delete_orphans(conn: &Connection) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM images WHERE NOT EXISTS \
+         (SELECT 1 FROM jobs WHERE instr(jobs.request_json, images.sha256) > 0)",
+        [],
+    )
+}
+
+impl Store {
+    /// The body to POST: `body` (a frozen body, possibly changed since) with its interned
+    /// images restored. Called just before the create, so the full body lives only as long
+    /// as the request.
+    ///
+    /// # Errors
+    /// A referenced image is missing, or SQL errors.
+    pub async fn inflate_body(&self, body: String) -> Result<String, StoreError> {
+        if !body.contains(REF_MEMBER) {
+            return Ok(body);
+        }
+        self.call(move |c| inflate(c, &body)).await
+    }
+
+    /// How many distinct images are stored.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn image_count(&self) -> Result<i64, StoreError> {
+        self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?))
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn images_are_stored_once_and_restored_exactly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        let img = format!("data:image/png;base64,{}", "QUJD".repeat(1000));
+        let other = "data:image/jpeg;base64,/9j/AAAA".to_string();
+        let body = format!(
+            r#"{{"model":"m","content":[{{"type":"text","text":"say \"url\":\"data:x\" ok"}},{{"type":"image_url","image_url":{{"url":"{img}"}},"role":"first_frame"}},{{"type":"image_url","image_url":{{"url":"{other}"}},"role":"last_frame"}},{{"type":"image_url","image_url":{{"url":"https://x/a.png"}}}}]}}"#
+        );
+        let (b, stored) = (body.clone(), body.clone());
+        let lean = s
+            .call(move |c| {
+                let once = intern(c, &b, 1)?.into_owned();
+                let twice = intern(c, &b, 2)?.into_owned();
+                assert_eq!(once, twice);
+                Ok(once)
+            })
+            .await
+            .expect("intern");
+        assert!(!lean.contains("base64"), "{lean}");
+        assert!(lean.len() < 600, "lean body: {} bytes", lean.len());
+        assert!(lean.contains("https://x/a.png") && lean.contains(r#"\"url\":\"data:x\""#));
+        assert_eq!(lean.matches(REF_PREFIX).count(), 2);
+        assert_eq!(s.image_count().await.expect("count"), 2, "stored once each");
+        assert_eq!(s.inflate_body(lean).await.expect("inflate"), stored);
+        // An image goes when the last job using it is pruned.
+        let job = |body: &str| crate::store::NewJob {
+            id: crate::job::JobId::generate(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: body.to_string(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: None,
+            expires_after: None,
+            seed: None,
+        };
+        let (a, b) = (job(&stored), job(&stored));
+        let (ida, idb) = (a.id.clone(), b.id.clone());
+        s.enqueue(vec![a, b]).await.expect("enqueue");
+        s.cancel(ida.as_str()).await.expect("cancel");
+        let far = crate::store::now_ms() + 60_000;
+        s.prune(0, far, false).await.expect("prune");
+        assert_eq!(s.image_count().await.expect("count"), 2, "still used by b");
+        s.cancel(idb.as_str()).await.expect("cancel");
+        s.prune(0, far, false).await.expect("prune");
+        assert_eq!(s.image_count().await.expect("count"), 0, "no job uses them");
+        // A body without references passes through untouched.
+        let plain = r#"{"model":"m"}"#.to_string();
+        assert_eq!(s.inflate_body(plain.clone()).await.expect("plain"), plain);
+    }
+}

@@ -202,11 +202,13 @@ async fn baseline(jobs: usize, pool: u32, scale: f64) -> anyhow::Result<(Duratio
     ))?;
     let sim =
         crate::sim::start(sim_cfg, tokio::net::TcpListener::bind("127.0.0.1:0").await?).await?;
+    // Thousands of connections at once: generous timeouts, so the baseline measures its
+    // polling, not a refused connect.
     let ark = crate::ark::ArkClient::new(
         &sim.base_url(),
         SecretString::from(KEY.to_string()),
-        Duration::from_secs(5),
-        Duration::from_secs(60),
+        Duration::from_secs(120),
+        Duration::from_secs(120),
     )?;
     let tick = Duration::from_secs_f64(scale);
     let started = Instant::now();

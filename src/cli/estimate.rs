@@ -59,7 +59,12 @@ pub struct StatsArgs {
 }
 
 pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store()?;
+    // A batch can only be in an existing store: don't create one for a mistyped path.
+    let store = if a.batch.is_some() {
+        ctx.store_existing()?
+    } else {
+        ctx.store()?
+    };
     let mut times = GenTimes::new(&store, &ctx.cfg.poll);
     let mut items = Vec::new();
     let mut learned = 0usize;

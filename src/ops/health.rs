@@ -3,7 +3,8 @@
 //! - Live (`/healthz`, and the condition for each systemd `WATCHDOG=1`): the database thread
 //!   answers and no stage has gone without finishing a loop iteration for [`stall_after`].
 //!   Failing it means a restart would help.
-//! - Ready (`/readyz`): live, plus the database takes its write lock, and Ark answered a call
+//! - Ready (`/readyz`): live, plus the database is still the file opened (same inode: a
+//!   deleted database directory fails it) and takes its write lock, and Ark answered a call
 //!   within `admin.ark_stale_after`. An idle service makes no calls, so when the last success
 //!   is older than that, readiness asks Ark itself (one authenticated list with
 //!   `page_size=1`, at most once per [`PROBE_CACHE`]).

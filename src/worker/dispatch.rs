@@ -31,6 +31,9 @@ pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
 
 /// Jobs one dispatcher claims in one transaction and submits concurrently.
 const CLAIM_BATCH: u32 = 8;
+/// The same for flex, which has no RPM or concurrency at Ark: a flex backlog must reach Ark's
+/// offline pool faster than the pool drains (200 wide × minutes per task in the bench).
+const FLEX_CLAIM_BATCH: u32 = 64;
 
 /// Claims a batch of jobs of one model within its limits and submits them.
 ///
@@ -138,7 +141,8 @@ async fn claim_tier(
     {
         return Ok(Vec::new());
     }
-    let limit = u32::try_from(room).unwrap_or(u32::MAX).min(CLAIM_BATCH);
+    let batch = if flex { FLEX_CLAIM_BATCH } else { CLAIM_BATCH };
+    let limit = u32::try_from(room).unwrap_or(u32::MAX).min(batch);
     let jobs = ctx
         .store
         .claim_for_submit_tier(

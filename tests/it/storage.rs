@@ -60,6 +60,10 @@ fn read_commands_on_a_mistyped_path_create_nothing() {
         vec!["cancel", "01J0000000000000000000000"],
         vec!["batch", "ls"],
         vec!["export", "--batch", "b"],
+        vec!["estimate", "--batch", "b"],
+        vec!["stats", "--cost"],
+        vec!["chain", "ls"],
+        vec!["retry", "01J0000000000000000000000"],
     ] {
         let mut full = vec!["--db", db];
         full.extend(&args);

@@ -27,7 +27,7 @@ pub(crate) async fn signal() {
 
 pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
-    let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store)?;
+    let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
     let source = ctx.source.clone();
     let reloader = Reloader::new(Box::new(move || source.load()), ctx.cfg.clone());
     // A fresh Ctx: the cell is empty, so `set` cannot fail.
@@ -35,5 +35,46 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     worker::run(wctx, mode, signal())
         .await
         .context("the seedq service stopped with an error")?;
-    Ok(ExitCode::SUCCESS)
+    if mode == Mode::Serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    summary(&store).await
+}
+
+/// Exit code of `seedq run` when jobs were left parked or failed.
+pub const EXIT_LEFT_OVER: u8 = 3;
+
+/// What `seedq run` leaves behind, and why, on stderr; exit 3 when any job was parked or
+/// failed (a drained queue is not a clean run when jobs need an operator).
+async fn summary(store: &crate::store::Store) -> anyhow::Result<ExitCode> {
+    let left = store.leftovers().await?;
+    if left.is_empty() {
+        eprintln!("seedq run: done; every job finished");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut by_kind: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, state, code, msg) in &left {
+        let kind = if code.as_deref() == Some(crate::worker::reconcile::PARKED) {
+            "parked".to_string()
+        } else {
+            state.clone()
+        };
+        let why = msg.clone().or_else(|| code.clone()).unwrap_or_default();
+        by_kind
+            .entry(kind)
+            .or_default()
+            .push(format!("{id}: {why}"));
+    }
+    eprintln!("seedq run: done; {} job(s) need attention:", left.len());
+    for (kind, lines) in &by_kind {
+        eprintln!("  {kind}: {}", lines.len());
+        for l in lines.iter().take(10) {
+            eprintln!("    {l}");
+        }
+        if lines.len() > 10 {
+            eprintln!("    … and {} more (seedq ls)", lines.len() - 10);
+        }
+    }
+    eprintln!("  see `seedq show JOB`; parked jobs: `seedq reconcile --dry-run`, `seedq adopt`, `seedq retry` or `seedq cancel`");
+    Ok(ExitCode::from(EXIT_LEFT_OVER))
 }

@@ -574,8 +574,11 @@ impl Sim {
             inner.tasks.insert(id.clone(), rec);
             inner.stats.creates_total += 1;
             *inner.stats.creates_by_model.entry(model).or_default() += 1;
-            let drop_connection = inner.faults.drop_after_create > 0;
-            if drop_connection {
+            let counted = inner.faults.drop_after_create > 0;
+            let rate = inner.faults.drop_after_create_rate;
+            let drop_connection =
+                counted || (rate > 0.0 && inner.rng.random_bool(rate.min(1.0)));
+            if counted {
                 inner.faults.drop_after_create -= 1;
             }
             (

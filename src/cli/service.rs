@@ -75,6 +75,8 @@ async fn summary(store: &crate::store::Store) -> anyhow::Result<ExitCode> {
             eprintln!("    … and {} more (seedq ls)", lines.len() - 10);
         }
     }
-    eprintln!("  see `seedq show JOB`; parked jobs: `seedq reconcile --dry-run`, `seedq adopt`, `seedq retry` or `seedq cancel`");
+    eprintln!(
+        "  see `seedq show JOB`; parked jobs: `seedq reconcile --dry-run`, `seedq adopt`, `seedq retry` or `seedq cancel`"
+    );
     Ok(ExitCode::from(EXIT_LEFT_OVER))
 }

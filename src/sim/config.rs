@@ -80,6 +80,9 @@ pub struct SimConfig {
     pub public_base_url: Option<String>,
     /// Seeds the simulator's random choices (fault dice, task seeds, ids) for reproducible runs.
     pub rng_seed: Option<u64>,
+    /// Ark's clock minus the real one, in seconds: shifts `created_at`/`updated_at` on the
+    /// wire and the `Date` header, as a server with a skewed clock would (negative: behind).
+    pub clock_offset_s: i64,
     /// Injected faults; replaceable at runtime through `POST /_sim/faults`.
     pub faults: Faults,
 }
@@ -111,6 +114,7 @@ impl Default for SimConfig {
             rpm_retry_after: false,
             public_base_url: None,
             rng_seed: None,
+            clock_offset_s: 0,
             faults: Faults::default(),
         }
     }

@@ -576,8 +576,7 @@ impl Sim {
             *inner.stats.creates_by_model.entry(model).or_default() += 1;
             let counted = inner.faults.drop_after_create > 0;
             let rate = inner.faults.drop_after_create_rate;
-            let drop_connection =
-                counted || (rate > 0.0 && inner.rng.random_bool(rate.min(1.0)));
+            let drop_connection = counted || (rate > 0.0 && inner.rng.random_bool(rate.min(1.0)));
             if counted {
                 inner.faults.drop_after_create -= 1;
             }
@@ -1097,8 +1096,8 @@ impl Sim {
             error: t.error.clone(),
             content,
             usage,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            created_at: t.created_at + self.cfg.clock_offset_s,
+            updated_at: t.updated_at + self.cfg.clock_offset_s,
             seed: t.emit_seed.then_some(t.seed),
             resolution: Some(t.eff.resolution.clone()),
             ratio: Some(t.eff.concrete_ratio.clone()),

@@ -1051,8 +1051,10 @@ impl Store {
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
+            // `holder_dead` tells reconciliation the create's POST is over (its process is).
             Ok(c.execute(
-                "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2 \
+                "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2, \
+                 last_error_code = CASE WHEN state = 'submitting' THEN 'holder_dead' ELSE last_error_code END \
                  WHERE lease_owner = ?1 AND lease_until > ?2",
                 params![owner, now],
             )?)

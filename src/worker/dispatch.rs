@@ -289,7 +289,8 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 .set("last_error_code", code)
                 .set("last_error_message", msg)
                 .clear("lease_until");
-            ctx.store
+            match ctx
+                .store
                 .transition(
                     &job.id,
                     JobState::Submitting,
@@ -298,7 +299,20 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     patch,
                     Some(detail),
                 )
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // The lease was taken over during the POST (a paused worker): the job is
+                // another worker's now. A task this create may have made is a duplicate.
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    tracing::warn!("the job was taken over during the create");
+                    if class == ErrorClass::Ambiguous {
+                        super::reconcile::sweep_duplicates(ctx, &job.id).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
             if to == JobState::Queued {
                 ctx.poke_dispatch.notify_one();
             }

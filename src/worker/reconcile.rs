@@ -38,6 +38,8 @@ pub const TAG_PREFIX: &str = "seedq-";
 pub const PARKED: &str = "parked";
 /// `last_error_code` of a job whose submit lease ran out mid-POST.
 const LEASE_EXPIRED: &str = "lease_expired";
+/// `last_error_code` of a job whose lease holder is known dead (set by the store).
+pub const HOLDER_DEAD: &str = "holder_dead";
 
 /// The identity tag of a job: sent as `safety_identifier`, echoed by GET and list.
 pub fn identity_tag(id: &JobId) -> String {
@@ -84,12 +86,21 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
     for j in stale {
         // The code says the answer never came (unlike a 5xx): the POST may have been in
         // flight until the lease ran out.
+        let dead = j.last_error_code.as_deref() == Some(HOLDER_DEAD);
         let patch = Patch::new()
             .set("next_attempt_at", now_ms())
-            .set("last_error_code", LEASE_EXPIRED.to_string())
+            .set(
+                "last_error_code",
+                if dead { HOLDER_DEAD } else { LEASE_EXPIRED }.to_string(),
+            )
             .set(
                 "last_error_message",
-                "the submit lease expired during the create".to_string(),
+                if dead {
+                    "the process sending the create died"
+                } else {
+                    "the submit lease expired during the create"
+                }
+                .to_string(),
             )
             .clear("lease_until");
         match ctx
@@ -155,6 +166,8 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
 /// Whether the create's POST has certainly ended: the server answered (a 5xx), or the
 /// client's own timeout has passed since it started.
 fn post_over(ctx: &Ctx, job: &Job, now: i64) -> bool {
+    // A 5xx code: the server answered. `holder_dead`: the POSTing process is gone, and
+    // its connection with it (store `release_leases_of`).
     let answered = job
         .last_error_code
         .as_deref()
@@ -203,6 +216,27 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     // No candidate. With a complete listing after the POST ended, that is proof the create
     // never happened: resend (the identity makes a late duplicate detectable).
     if scan.complete && post_over(ctx, &job, now) {
+        if job.attempts >= i64::from(ctx.cfg.dispatch.max_attempts) {
+            tracing::error!(
+                attempts = job.attempts,
+                "no create of this job reached Ark; attempts exhausted"
+            );
+            ctx.store
+                .transition(
+                    &job.id,
+                    JobState::SubmitUnknown,
+                    token,
+                    JobState::Dead,
+                    Patch::new(),
+                    Some(format!(
+                        "attempts exhausted: {} creates, none made a task ({})",
+                        job.attempts,
+                        job.last_error_message.as_deref().unwrap_or("no answer")
+                    )),
+                )
+                .await?;
+            return Ok(());
+        }
         let what = tag_of(&job).map_or_else(
             || "the job's identity key (serialised)".to_string(),
             |t| format!("identity {t}"),
@@ -411,6 +445,35 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
     // this task is the extra one. It was created a moment ago, so it is still queued.
     tracing::warn!(state = %job.state, remote_id, "create answered after the job was taken over; cancelling this duplicate");
     cancel_duplicate(ctx, remote_id, None).await;
+    Ok(())
+}
+
+/// Cancels this job's tagged tasks other than the one it records: after a create whose
+/// answer was lost came back to a job another worker had taken over. A job with no task
+/// recorded yet is left to reconciliation, which adopts one and cancels the rest.
+///
+/// # Errors
+/// Store failures (Ark failures are logged: the sweep is best effort).
+pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
+    let Some(job) = ctx.store.job(id.as_str()).await? else {
+        return Ok(());
+    };
+    let Some(kept) = job.remote_task_id.clone() else {
+        return Ok(());
+    };
+    if tag_of(&job).is_none() {
+        return Ok(());
+    }
+    match scan(ctx, &job).await {
+        Ok(s) => {
+            for t in s.candidates.iter().filter(|t| t.id != kept) {
+                cancel_duplicate(ctx, &t.id, Some(t.status)).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "could not look for a duplicate task")
+        }
+    }
     Ok(())
 }
 

@@ -5,5 +5,6 @@ mod bulk;
 mod cli;
 mod demo;
 mod helpers;
+mod identity;
 mod ops;
 mod worker;

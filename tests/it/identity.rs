@@ -267,9 +267,7 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
     // Two jobs with the same user safety_identifier and a foreign task that matches them,
     // made outside seedq: the first job's dropped create leaves two candidates. It parks;
     // the other model's jobs still run; `seedq run` exits by itself, non-zero, with a summary.
-    let sim = sim(&format!(
-        "[models.\"{V2}\"]\nconcurrency = 1\n[faults]\ndrop_after_create = 1\n"
-    ));
+    let sim = sim(&format!("[models.\"{V2}\"]\nconcurrency = 1\n"));
     let env = TestEnv::new(&worker_config(
         &sim,
         &format!("[models.\"{V2}\"]\nlimits = {{ concurrency = 1 }}\n"),
@@ -280,8 +278,9 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
     );
     let created = raw_create(&sim, &foreign);
     assert!(created.contains("cgt-"), "{created}");
+    set_faults(&sim, serde_json::json!({"drop_after_create": 1}));
     let mine = format!(
-        r#"{{"prompt":"mine","model":"{V2}","resolution":"480p","duration":4,"safety_identifier":"user-7"}}"#
+        r#"{{"prompt":"mine","model":"{V2}","resolution":"480p","duration":4,"safety_identifier":"user-7","priority":10}}"#
     );
     let rest: Vec<String> = (0..5)
         .map(|i| {
@@ -310,8 +309,16 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
     );
     // The operator sees both candidates and adopts the right one.
     let id = parked[0]["id"].as_str().expect("id").to_string();
-    let dry = env.ok(&["reconcile", "--dry-run", "--json"]);
-    let dry: serde_json::Value = serde_json::from_str(&dry).expect("json");
+    let dry = env
+        .keyed(&["reconcile", "--dry-run", "--json"])
+        .output()
+        .expect("reconcile");
+    assert!(
+        dry.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dry.stderr)
+    );
+    let dry: serde_json::Value = serde_json::from_slice(&dry.stdout).expect("json");
     let cands = dry[0]["candidates"].as_array().expect("candidates").clone();
     assert_eq!(cands.len(), 2, "{dry}");
     let own = sim
@@ -418,7 +425,7 @@ fn cancel_during_a_post_that_never_reached_ark_cancels_the_job() {
 
 #[test]
 fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
-    // Worker 1's create is held 6 s by the sim before the task is made, and worker 1 is
+    // Worker 1's create is held 8 s by the sim before the task is made, and worker 1 is
     // SIGSTOPped past its lease. Worker 2 takes the job over, finds no task once worker 1's
     // POST must have timed out, and sends its own. Worker 1's task then appears; on SIGCONT,
     // worker 1 finds the job is no longer its own and cancels that task while still queued
@@ -426,9 +433,8 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
     let sim = SimProc::start(&format!(
         "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
     ));
-    let cfg = worker_config(&sim, "")
-        .replace("request_timeout = \"2s\"", "request_timeout = \"3s\"")
-        .replace("lease = \"3s\"", "lease = \"1s\"");
+    // lease 3 s, request_timeout 2 s: worker 2 resends at about 3 s, the late task comes at 8 s.
+    let cfg = worker_config(&sim, "");
     let env = TestEnv::new(&cfg);
     let id = env.ok(&["submit", "paused", "-m", PRO]).trim().to_string();
     let w1 = env.serve();

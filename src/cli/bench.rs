@@ -18,6 +18,9 @@ pub enum BenchCommand {
     Enqueue(EnqueueArgs),
     /// The service against the in-process simulator: makespan, status calls, lag, overhead.
     Pipeline(super::bench_pipeline::PipelineArgs),
+    /// Seeded faults, SIGKILL/SIGSTOP and a skewed clock; checks the promises against the
+    /// sim's ledger (issue 11).
+    Chaos(super::bench_chaos::ChaosArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -37,6 +40,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
         BenchCommand::Pipeline(a) => super::bench_pipeline::run(ctx, a)
             .await
             .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Chaos(a) => super::bench_chaos::run(ctx, a).await,
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod batch;
 mod bench;
+mod bench_chaos;
 mod bench_pipeline;
 mod chain;
 mod demo;

@@ -482,3 +482,76 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
         "the job keeps a live task: {tasks:?}"
     );
 }
+
+#[test]
+fn the_remote_id_is_logged_at_warn_before_it_is_recorded() {
+    let sim = sim("");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    env.ok(&["submit", "logged", "-m", PRO]);
+    let out = env
+        .keyed(&["run"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("seedq run");
+    assert!(out.status.success());
+    let log = String::from_utf8_lossy(&out.stderr);
+    let remote = env.jobs()[0]["remote_task_id"]
+        .as_str()
+        .expect("remote")
+        .to_string();
+    let line = log
+        .lines()
+        .find(|l| l.contains(&remote) && l.contains("recording the remote id"))
+        .unwrap_or_else(|| panic!("no WARN line with {remote}:\n{log}"));
+    assert!(line.contains("WARN"), "{line}");
+}
+
+#[test]
+fn failed_polls_do_not_inflate_the_learned_generation_time() {
+    // A 2 s generation (42 s nominal × 0.05); every status call fails for the first 8 s.
+    // The poller sees the finish at about 8 s; Ark's own record says about 2 s.
+    let sim = SimProc::start(
+        "time_scale = 0.05\nvideo_downscale = 16\nreuse_videos = true\n[faults.error_rate]\nlist = 1.0\nget = 1.0\n",
+    );
+    let cfg = worker_config(&sim, "").replace("max_interval = \"200ms\"", "max_interval = \"2s\"");
+    let env = TestEnv::new(&cfg);
+    env.ok(&[
+        "submit",
+        "slowly seen",
+        "-m",
+        PRO,
+        "--resolution",
+        "480p",
+        "--duration",
+        "2",
+    ]);
+    let mut serve = env.serve();
+    std::thread::sleep(Duration::from_secs(8));
+    set_faults(&sim, serde_json::json!({}));
+    wait_until(30, "the job to succeed", || {
+        env.jobs().iter().all(|j| j["state"] == "succeeded")
+    });
+    serve.kill();
+    let gen_ms = env.jobs()[0]["gen_ms"].as_i64().expect("gen_ms");
+    assert!(
+        gen_ms < 5_000,
+        "learned {gen_ms} ms for a 2 s generation: failed polls counted as observations"
+    );
+}
+
+#[test]
+fn doctor_reports_the_skew_to_arks_clock() {
+    let sim = sim("clock_offset_s = -3\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let out = env.keyed(&["doctor"]).output().expect("doctor");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.contains("clock"))
+        .unwrap_or_else(|| panic!("no clock line:\n{text}"));
+    // Local minus Ark: Ark is 3 s behind, so about +3 s (the header has whole seconds).
+    assert!(
+        ["+2s", "+3s", "+4s"].iter().any(|s| line.contains(s)),
+        "{line}"
+    );
+}

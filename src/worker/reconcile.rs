@@ -32,6 +32,9 @@ use crate::store::{Job, Patch, StoreError, now_ms};
 const WINDOW_SLACK_S: i64 = 5;
 /// Most list pages read for one job; a listing cut short proves nothing about absence.
 const MAX_PAGES: u32 = 50;
+/// Page size of reconciliation listings: the largest Ark takes (ark-api.md §4, `page_size`
+/// in [1, 500]), so a complete listing of 25 000 tasks of a model takes 50 calls.
+const SCAN_PAGE_SIZE: u32 = 500;
 /// Prefix of the identity seedq sends as `safety_identifier`.
 pub const TAG_PREFIX: &str = "seedq-";
 /// `last_error_code` of a job parked for an operator.
@@ -512,7 +515,7 @@ pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
         .into_iter()
         .filter_map(|e| e.detail)
         .collect();
-    let page_size = ctx.cfg.ark.list_page_size.max(1);
+    let page_size = SCAN_PAGE_SIZE;
     let mut found = Vec::new();
     let mut seen = 0i64;
     let mut complete = false;

@@ -1,8 +1,9 @@
 //! `seedq bench chaos`: the promises under a seeded storm, checked against the sim's ledger.
 //!
 //! It starts `seedq sim` (a child process, its clock skewed) with create 500s before and after
-//! the task exists, dropped connections after create, slow answers after create, list and
-//! GET errors and malformed bodies; enqueues N jobs; runs `seedq serve` children that it
+//! the task exists, dropped connections after create, list and GET errors and malformed
+//! bodies, and in some rounds create answers slower than `request_timeout` after the task
+//! exists; enqueues N jobs; runs `seedq serve` children that it
 //! SIGKILLs and SIGSTOPs (past their lease) at seeded moments; then a final `seedq run`, which
 //! must exit by itself. At the end it checks, from `GET /_sim/tasks`:
 //! - every job is archived, or parked with a reason (`seedq show` prints it);
@@ -77,8 +78,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
              [models.\"{MODEL}\"]\nrpm = 100000\nconcurrency = 40\n\
              [faults]\nerror_after_create_rate = 0.04\ndrop_after_create_rate = 0.03\n\
              malformed_json_rate = 0.01\n\
-             [faults.error_rate]\ncreate = 0.05\nlist = 0.1\nget = 0.05\n\
-             [faults.latency_ms]\ncreate = 5\n",
+             [faults.error_rate]\ncreate = 0.05\nlist = 0.1\nget = 0.05\n",
             seed = a.seed,
             skew = a.skew
         ),
@@ -158,9 +158,29 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
         "chaos: seed {}, {} jobs, {} rounds, Ark clock {:+} s",
         a.seed, a.jobs, a.rounds, a.skew
     );
+    // The same faults as the file, for `POST /_sim/faults` (which replaces the whole set);
+    // some rounds add answers slower than request_timeout after the task exists.
+    let faults = |slow: bool| {
+        serde_json::json!({
+            "error_after_create_rate": 0.04,
+            "drop_after_create_rate": 0.03,
+            "malformed_json_rate": 0.01,
+            "error_rate": {"create": 0.05, "list": 0.1, "get": 0.05},
+            "latency_after_create_ms": if slow { 2_500 } else { 0 },
+        })
+    };
+    let client = reqwest::Client::new();
     let started = Instant::now();
-    let (mut kills, mut stops) = (0, 0);
+    let (mut kills, mut stops, mut slow_rounds) = (0, 0, 0);
     for _ in 0..a.rounds {
+        let slow = rng.random_bool(0.3);
+        slow_rounds += u32::from(slow);
+        client
+            .post(format!("{root}/_sim/faults"))
+            .json(&faults(slow))
+            .send()
+            .await?
+            .error_for_status()?;
         let mut child = Proc(
             seedq(&["serve"])
                 .stdout(Stdio::null())
@@ -189,6 +209,12 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
         let _ = child.0.wait();
         kills += 1;
     }
+    client
+        .post(format!("{root}/_sim/faults"))
+        .json(&faults(false))
+        .send()
+        .await?
+        .error_for_status()?;
     let run_started = Instant::now();
     let mut run = Proc(
         seedq(&["run"])
@@ -213,7 +239,6 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
     let total = started.elapsed();
 
     // The checks, against the sim's own ledger.
-    let client = reqwest::Client::new();
     let ledger: Vec<serde_json::Value> = client
         .get(format!("{root}/_sim/tasks"))
         .send()
@@ -272,7 +297,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
         .filter(|t| t["request"]["safety_identifier"].is_null())
         .count();
     println!(
-        "chaos: {kills} SIGKILLs ({stops} after a SIGSTOP past the lease); final run {}; total {:.1} s",
+        "chaos: {kills} SIGKILLs ({stops} after a SIGSTOP past the lease; {slow_rounds} rounds with create answers slower than the timeout); final run {}; total {:.1} s",
         match exited {
             Some(s) => format!(
                 "exited by itself ({s}) after {:.1} s",

@@ -29,6 +29,7 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
     let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
     let source = ctx.source.clone();
+    let since = crate::store::now_ms();
     let reloader = Reloader::new(Box::new(move || source.load()), ctx.cfg.clone());
     // A fresh Ctx: the cell is empty, so `set` cannot fail.
     let _ = wctx.ops.reloader.set(reloader);
@@ -38,16 +39,16 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     if mode == Mode::Serve {
         return Ok(ExitCode::SUCCESS);
     }
-    summary(&store).await
+    summary(&store, since).await
 }
 
 /// Exit code of `seedq run` when jobs were left parked or failed.
 pub const EXIT_LEFT_OVER: u8 = 3;
 
-/// What `seedq run` leaves behind, and why, on stderr; exit 3 when any job was parked or
-/// failed (a drained queue is not a clean run when jobs need an operator).
-async fn summary(store: &crate::store::Store) -> anyhow::Result<ExitCode> {
-    let left = store.leftovers().await?;
+/// What `seedq run` leaves behind, and why, on stderr; exit 3 when any job is parked, or
+/// failed during this run (a drained queue is not a clean run when jobs need an operator).
+async fn summary(store: &crate::store::Store, since: i64) -> anyhow::Result<ExitCode> {
+    let left = store.leftovers(since).await?;
     if left.is_empty() {
         eprintln!("seedq run: done; every job finished");
         return Ok(ExitCode::SUCCESS);

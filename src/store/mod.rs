@@ -1062,20 +1062,26 @@ impl Store {
         .await
     }
 
-    /// Jobs that did not finish well: parked, failed, dead, expired, or still pending, with
-    /// their state and last error (for the summary `seedq run` ends with).
+    /// Jobs that did not finish well, with their state and last error (for the summary
+    /// `seedq run` ends with): every parked job (it waits for an operator, however old), and
+    /// the failed, dead, expired or unfinished ones that changed since `since_ms`.
     ///
     /// # Errors
     /// SQL errors.
     pub async fn leftovers(
         &self,
+        since_ms: i64,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT id, state, last_error_code, last_error_message FROM jobs \
-                 WHERE state NOT IN ('archived', 'succeeded', 'cancelled') ORDER BY state, id",
+                 WHERE (state = 'submit_unknown' AND last_error_code = 'parked') \
+                    OR (state NOT IN ('archived', 'succeeded', 'cancelled') AND updated_at >= ?1) \
+                 ORDER BY state, id",
             )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+            let rows = st.query_map([since_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await

@@ -132,7 +132,8 @@ pub struct DispatchConfig {
     #[serde(with = "humantime_serde")]
     pub throttle_pause: Duration,
     pub on_ambiguous_submit: AmbiguousPolicy,
-    /// How long reconciliation keeps looking for an ambiguous submit's task.
+    /// How long reconciliation keeps trying to prove an ambiguous submit's outcome (a
+    /// complete listing with no task of the job's identity is proof, and is resent at once).
     #[serde(with = "humantime_serde")]
     pub reconcile_grace: Duration,
     /// How often reconciliation runs while there is something to reconcile.

@@ -137,7 +137,9 @@ impl JobState {
         match (self, to) {
             (Queued, Submitting | Cancelled | Expired | Failed) => true,
             // A safe failure (never sent, 429) puts the job back in the queue.
-            (Submitting, Submitted | SubmitUnknown | Queued | Failed | Dead) => true,
+            // `Cancelled`: a job cancelled during a POST that never reached Ark comes back
+            // to the queue with `cancel_requested`; its next claim cancels it.
+            (Submitting, Submitted | SubmitUnknown | Queued | Failed | Dead | Cancelled) => true,
             // Reconciliation adopts a match, or policy resubmits, parks (stays) or gives up.
             (SubmitUnknown, Submitted | Queued | Failed | Dead | Cancelled) => true,
             // A transient remote failure goes back to the queue for another attempt.
@@ -249,6 +251,12 @@ mod tests {
                 assert_eq!(ok, expected, "{from} -> {to}");
             }
         }
+    }
+
+    #[test]
+    fn a_claimed_job_cancelled_during_its_post_can_be_cancelled() {
+        // Issue 12 §5: requeued with `cancel_requested`, the next claim cancels it.
+        assert!(Submitting.can_transition(Cancelled));
     }
 
     #[test]

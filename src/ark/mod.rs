@@ -182,6 +182,8 @@ pub struct ArkClient {
     read_retries: usize,
     /// Unix ms of the last 2xx answer (0: none yet), shared by clones; `/readyz` reads it.
     last_ok: Arc<AtomicI64>,
+    /// Ark's clock minus ours in ms (`i64::MIN`: not measured yet), shared by clones.
+    skew_ms: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for ArkClient {
@@ -311,6 +313,7 @@ impl ArkClient {
             key,
             read_retries: 2,
             last_ok: Arc::new(AtomicI64::new(0)),
+            skew_ms: Arc::new(AtomicI64::new(i64::MIN)),
         })
     }
 
@@ -330,6 +333,27 @@ impl ArkClient {
             .bearer_auth(self.key.expose_secret())
             .header("Accept", "application/json")
             .header("X-Client-Request-Id", client_request_id())
+    }
+
+    /// Ark's clock minus ours (ms), from the `Date` header of the last answer; `None` before
+    /// any answer carried one. The header has whole seconds, so this is good to about 1 s:
+    /// enough to put reconciliation windows in Ark's clock (its `created_at` is seconds too).
+    pub fn clock_skew_ms(&self) -> Option<i64> {
+        Some(self.skew_ms.load(Ordering::Relaxed)).filter(|s| *s != i64::MIN)
+    }
+
+    fn note_clock(&self, headers: &reqwest::header::HeaderMap) {
+        let Some(date) = headers
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| chrono::DateTime::parse_from_rfc2822(v).ok())
+        else {
+            return;
+        };
+        let local = chrono::Utc::now().timestamp_millis();
+        // The header is truncated to the second: its midpoint is the best estimate.
+        let skew = date.timestamp_millis() + 500 - local;
+        self.skew_ms.store(skew, Ordering::Relaxed);
     }
 
     /// When Ark last answered a request with a 2xx, in unix ms.
@@ -397,6 +421,7 @@ impl ArkClient {
         })?;
         let status = resp.status();
         let headers = resp.headers().clone();
+        self.note_clock(&headers);
         let body = read_capped(resp, MAX_API_BODY)
             .await
             .map_err(|source| ArkError::Transport {

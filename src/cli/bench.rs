@@ -24,6 +24,9 @@ pub enum BenchCommand {
     /// The issue 12 fault matrix: 5xx, 429 bursts, dropped creates, bad JSON, truncated
     /// downloads and slow peers on both servers; checks nothing is paid twice or mis-filed.
     Faults(super::bench_faults::FaultsArgs),
+    /// Seeded faults, SIGKILL/SIGSTOP and a skewed clock; checks the promises against the
+    /// sim's ledger (issue 11).
+    Chaos(super::bench_chaos::ChaosArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -47,6 +50,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
         BenchCommand::Faults(a) => super::bench_faults::run(ctx, a)
             .await
             .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Chaos(a) => super::bench_chaos::run(ctx, a).await,
     }
 }
 

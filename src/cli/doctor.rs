@@ -394,7 +394,11 @@ async fn clock(cfg: &Config) -> Verdict {
     let skew: i64 = (local - server).whole_seconds();
     // The Date header has one-second resolution: allow for it.
     if skew.abs() <= MAX_SKEW_S {
-        Verdict::Ok(format!("within {}s of Ark's clock", skew.abs().max(1)))
+        // The signed value, so an operator sees the skew reconciliation corrects for.
+        Verdict::Ok(format!(
+            "within {}s of Ark's clock (skew: local minus Ark {skew:+}s)",
+            skew.abs().max(1)
+        ))
     } else {
         fail(
             format!(
@@ -403,7 +407,8 @@ async fn clock(cfg: &Config) -> Verdict {
                 if skew > 0 { "ahead of" } else { "behind" }
             ),
             "turn on time sync (`timedatectl set-ntp true`, systemd-timesyncd or chrony); \
-             reconciliation matches tasks by creation time within a few seconds",
+             reconciliation shifts its windows by the skew it measures, but TPD days and \
+             deadlines follow the local clock",
         )
     }
 }

@@ -5,8 +5,9 @@
 
 mod batch;
 mod bench;
-mod bench_flex;
+mod bench_chaos;
 mod bench_faults;
+mod bench_flex;
 mod bench_pipeline;
 mod chain;
 mod demo;
@@ -15,6 +16,7 @@ mod estimate;
 mod export;
 mod fetch;
 mod jobs;
+mod reconcile;
 mod service;
 mod stitch;
 mod watch;
@@ -79,12 +81,18 @@ pub enum Command {
     Fetch(fetch::FetchArgs),
     /// Run the service until SIGTERM/SIGINT (what systemd starts).
     Serve,
-    /// Run the service until nothing is left to do, then exit 0.
+    /// Run the service until nothing is left to do, then print what is left and why (exit 3
+    /// when jobs were parked or failed).
     Run,
     /// Run the whole pipeline against the built-in simulator (start here).
     Demo(demo::DemoArgs),
     /// Run the local Ark simulator.
     Sim(crate::sim::SimArgs),
+    /// Record a remote task as an ambiguous job's own, after checking it is unowned and
+    /// matches the job's model, tier and shape.
+    Adopt(reconcile::AdoptArgs),
+    /// Show the candidate remote tasks of every ambiguous job (`--dry-run`).
+    Reconcile(reconcile::ReconcileArgs),
     /// Apply database migrations.
     Migrate,
     /// Check the installation: config, database, API key, object store, clock (exit 2 on a
@@ -252,6 +260,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Demo(a) => demo::run(&ctx, a).await,
             Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(_) => Ok(ExitCode::SUCCESS),
+            Command::Adopt(a) => reconcile::adopt(&ctx, a).await,
+            Command::Reconcile(a) => reconcile::dry_run(&ctx, a).await,
             Command::Migrate => {
                 let store = ctx.store()?;
                 println!(

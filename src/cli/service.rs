@@ -44,8 +44,9 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     tracing::info!(config = %ctx.source.describe(), "configuration loaded");
     let store = ctx.store()?;
     let watched = store.clone();
-    let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store)?;
+    let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
     let source = ctx.source.clone();
+    let since = crate::store::now_ms();
     let reloader = Reloader::new(Box::new(move || source.load()), ctx.cfg.clone());
     // A fresh Ctx: the cell is empty, so `set` cannot fail.
     let _ = wctx.ops.reloader.set(reloader);
@@ -64,5 +65,48 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     if let Ok(why) = gone_rx.try_recv() {
         anyhow::bail!("the seedq service stopped: {why}");
     }
-    Ok(ExitCode::SUCCESS)
+    if mode == Mode::Serve {
+        return Ok(ExitCode::SUCCESS);
+    }
+    summary(&store, since).await
+}
+
+/// Exit code of `seedq run` when jobs were left parked or failed.
+pub const EXIT_LEFT_OVER: u8 = 3;
+
+/// What `seedq run` leaves behind, and why, on stderr; exit 3 when any job is parked, or
+/// failed during this run (a drained queue is not a clean run when jobs need an operator).
+async fn summary(store: &crate::store::Store, since: i64) -> anyhow::Result<ExitCode> {
+    let left = store.leftovers(since).await?;
+    if left.is_empty() {
+        eprintln!("seedq run: done; every job finished");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut by_kind: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (id, state, code, msg) in &left {
+        let kind = if code.as_deref() == Some(crate::worker::reconcile::PARKED) {
+            "parked".to_string()
+        } else {
+            state.clone()
+        };
+        let why = msg.clone().or_else(|| code.clone()).unwrap_or_default();
+        by_kind
+            .entry(kind)
+            .or_default()
+            .push(format!("{id}: {why}"));
+    }
+    eprintln!("seedq run: done; {} job(s) need attention:", left.len());
+    for (kind, lines) in &by_kind {
+        eprintln!("  {kind}: {}", lines.len());
+        for l in lines.iter().take(10) {
+            eprintln!("    {l}");
+        }
+        if lines.len() > 10 {
+            eprintln!("    … and {} more (seedq ls)", lines.len() - 10);
+        }
+    }
+    eprintln!(
+        "  see `seedq show JOB`; parked jobs: `seedq reconcile --dry-run`, `seedq adopt`, `seedq retry` or `seedq cancel`"
+    );
+    Ok(ExitCode::from(EXIT_LEFT_OVER))
 }

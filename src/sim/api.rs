@@ -56,6 +56,16 @@ pub async fn create(
     let created = sim.create(req, value, eff)?;
     if created.drop_connection {
         tracing::info!(task = %created.id, remote = %conn.remote, "sim: dropping the connection after create");
+    } else {
+        // The task exists from here on, whatever the client hears: the dangerous real cases.
+        let after = sim.faults().latency_after_create_ms;
+        if after > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(after)).await;
+        }
+        if sim.roll(|f| f.error_after_create_rate) {
+            tracing::info!(task = %created.id, "sim: answering 500 after creating the task");
+            return Err(ApiError::internal());
+        }
     }
     let mut resp = Json(CreateTaskResponse {
         id: created.id,

@@ -90,6 +90,9 @@ pub struct SimConfig {
     pub public_base_url: Option<String>,
     /// Seeds the simulator's random choices (fault dice, task seeds, ids) for reproducible runs.
     pub rng_seed: Option<u64>,
+    /// Ark's clock minus the real one, in seconds: shifts `created_at`/`updated_at` on the
+    /// wire and the `Date` header, as a server with a skewed clock would (negative: behind).
+    pub clock_offset_s: i64,
     /// Injected faults; replaceable at runtime through `POST /_sim/faults`.
     pub faults: Faults,
 }
@@ -123,6 +126,7 @@ impl Default for SimConfig {
             rpm_retry_after: false,
             public_base_url: None,
             rng_seed: None,
+            clock_offset_s: 0,
             faults: Faults::default(),
         }
     }
@@ -255,6 +259,15 @@ pub struct Faults {
     /// The next N creates really create the task, then the connection is closed with no
     /// response: the ambiguous create.
     pub drop_after_create: u32,
+    /// Probability that a create really creates the task, then drops the connection.
+    pub drop_after_create_rate: f64,
+    /// Probability that a create really creates the task, then answers 500
+    /// `InternalServiceError` (`error_rate.create` answers 500 *before* creating).
+    pub error_after_create_rate: f64,
+    /// Real milliseconds a create waits *after* the task exists, before it answers
+    /// (`latency_ms.create` waits before): with a client timeout below it, the task exists
+    /// though the client saw a timeout.
+    pub latency_after_create_ms: u64,
     /// Probability that a 200 JSON answer on an Ark route has a corrupted (truncated) body.
     pub malformed_json_rate: f64,
     /// Probability that a download stops halfway through the promised `Content-Length`.
@@ -283,6 +296,8 @@ impl Faults {
             ("truncate_download_rate", self.truncate_download_rate),
             ("output_moderation_rate", self.output_moderation_rate),
             ("fail_transient_rate", self.fail_transient_rate),
+            ("drop_after_create_rate", self.drop_after_create_rate),
+            ("error_after_create_rate", self.error_after_create_rate),
         ];
         for r in [
             Route::Create,

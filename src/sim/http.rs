@@ -145,6 +145,12 @@ async fn edge(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
         sim.record_call(r.name(), &status);
     }
     let h = resp.headers_mut();
+    if sim.cfg.clock_offset_s != 0 {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(sim.cfg.clock_offset_s);
+        if let Ok(v) = HeaderValue::from_str(&at.format("%a, %d %b %Y %H:%M:%S GMT").to_string()) {
+            h.insert(header::DATE, v);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&rid) {
         h.insert("x-request-id", v);
     }

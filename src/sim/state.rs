@@ -727,8 +727,10 @@ impl Sim {
             inner.tasks.insert(id.clone(), rec);
             inner.stats.creates_total += 1;
             *inner.stats.creates_by_model.entry(model).or_default() += 1;
-            let drop_connection = inner.faults.drop_after_create > 0;
-            if drop_connection {
+            let counted = inner.faults.drop_after_create > 0;
+            let rate = inner.faults.drop_after_create_rate;
+            let drop_connection = counted || (rate > 0.0 && inner.rng.random_bool(rate.min(1.0)));
+            if counted {
                 inner.faults.drop_after_create -= 1;
             }
             (
@@ -1296,8 +1298,8 @@ impl Sim {
             error: t.error.clone(),
             content,
             usage,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
+            created_at: t.created_at.saturating_add(self.cfg.clock_offset_s),
+            updated_at: t.updated_at.saturating_add(self.cfg.clock_offset_s),
             seed: Some(t.seed),
             resolution: Some(t.eff.resolution.clone()),
             ratio: Some(t.eff.concrete_ratio.clone()),

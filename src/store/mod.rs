@@ -153,7 +153,25 @@ pub enum ResolutionScope {
 
 /// The jobs that hold a remote slot (count against a tier's in-flight limit). One place, so
 /// the tier-aware claim and the in-flight queries agree.
-const IN_FLIGHT_PREDICATE: &str = "state IN ('submitting', 'submit_unknown', 'submitted')";
+/// A parked ambiguous submit holds no slot: seedq could not find it at Ark, and it must never
+/// block the model's other jobs (issue 11).
+const IN_FLIGHT_PREDICATE: &str = "(state IN ('submitting', 'submitted') OR \
+     (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked'))";
+/// The claim predicate (over candidate `q`) that serialises creates reconciliation could not
+/// tell apart (worker/reconcile.rs). seedq tags every create with its own identity, except
+/// when the user set a `safety_identifier`: then the echoed fields are the identity, so of the
+/// jobs with the same model, `safety_identifier` and seed, at most one may be unresolved
+/// (`submitting` or `submit_unknown`, parked included) and only the first queued is claimed.
+const SERIALISED: &str = "(json_extract(q.request_json, '$.safety_identifier') IS NULL OR ( \
+     NOT EXISTS (SELECT 1 FROM jobs o WHERE o.model = q.model \
+         AND o.state IN ('submitting', 'submit_unknown') \
+         AND json_extract(o.request_json, '$.safety_identifier') = json_extract(q.request_json, '$.safety_identifier') \
+         AND json_extract(o.request_json, '$.seed') IS json_extract(q.request_json, '$.seed')) \
+     AND q.id = (SELECT p.id FROM jobs p WHERE p.state = 'queued' AND p.model = q.model \
+         AND p.next_attempt_at <= ?1 AND p.service_tier = q.service_tier \
+         AND json_extract(p.request_json, '$.safety_identifier') = json_extract(q.request_json, '$.safety_identifier') \
+         AND json_extract(p.request_json, '$.seed') IS json_extract(q.request_json, '$.seed') \
+         ORDER BY p.priority DESC, p.id LIMIT 1)))";
 
 const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
     request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, attempts, \
@@ -865,7 +883,8 @@ impl Store {
             let in_flight: i64 = tx
                 .prepare_cached(
                     "SELECT COUNT(*) FROM jobs WHERE model = ?1 \
-                     AND state IN ('submitting', 'submit_unknown', 'submitted')",
+                     AND (state IN ('submitting', 'submitted') OR \
+                          (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked'))",
                 )?
                 .query_row([&model], |r| r.get(0))?;
             let room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
@@ -877,8 +896,9 @@ impl Store {
                     "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
                      attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
                      next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE state = 'queued' AND model = ?4 \
+                     WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = ?4 \
                                   AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
+                                  AND {SERIALISED} \
                                   ORDER BY priority DESC, id LIMIT ?6) \
                      RETURNING {JOB_COLUMNS}"
                 ))?;
@@ -957,11 +977,12 @@ impl Store {
                     "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
                      attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
                      next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs j WHERE state = 'queued' AND model = ?4 \
+                     WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = ?4 \
                                   AND next_attempt_at <= ?1 AND service_tier = ?5 \
-                                  AND (?7 IS NULL OR j.shape = ?7 OR j.shape LIKE ?7 || '/%') \
+                                  AND (?7 IS NULL OR q.shape = ?7 OR q.shape LIKE ?7 || '/%') \
                                   AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
-                                      WHERE j.shape = e.value OR j.shape LIKE e.value || '/%') \
+                                      WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
+                                  AND {SERIALISED} \
                                   ORDER BY priority DESC, id LIMIT ?6) \
                      RETURNING {JOB_COLUMNS}"
                 ))?;
@@ -1122,7 +1143,8 @@ impl Store {
     pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
         self.call(|c| {
             let mut st = c.prepare_cached(
-                "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submit_unknown', 'submitted') GROUP BY model",
+                "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
+                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked') GROUP BY model",
             )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
@@ -1206,6 +1228,66 @@ impl Store {
             }
             v.sort_unstable();
             Ok(Some(v[v.len() / 2]))
+        })
+        .await
+    }
+
+    /// The distinct owners of leases that have not run out yet.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn live_lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_until > ?1",
+            )?;
+            let rows = st.query_map([now_ms()], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Ends every lease `owner` holds (a process known to be dead), so its jobs come due at
+    /// once instead of when the lease would have run out. Returns how many jobs it held.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            // `holder_dead` tells reconciliation the create's POST is over (its process is).
+            Ok(c.execute(
+                "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2, \
+                 last_error_code = CASE WHEN state = 'submitting' THEN 'holder_dead' ELSE last_error_code END \
+                 WHERE lease_owner = ?1 AND lease_until > ?2",
+                params![owner, now],
+            )?)
+        })
+        .await
+    }
+
+    /// Jobs that did not finish well, with their state and last error (for the summary
+    /// `seedq run` ends with): every parked job (it waits for an operator, however old), and
+    /// the failed, dead, expired or unfinished ones that changed since `since_ms`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn leftovers(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, state, last_error_code, last_error_message FROM jobs \
+                 WHERE (state = 'submit_unknown' AND last_error_code = 'parked') \
+                    OR (state NOT IN ('archived', 'succeeded', 'cancelled') AND updated_at >= ?1) \
+                 ORDER BY state, id",
+            )?;
+            let rows = st.query_map([since_ms], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
     }

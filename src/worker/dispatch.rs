@@ -246,6 +246,15 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     let body = with_callback(ctx, &job)?;
     // Embedded images are stored once, apart from the row; the full body exists only now.
     let body = ctx.store.inflate_body(body).await?;
+    // A worker paused (SIGSTOP, a VM pause) since its claim may have lost the job to
+    // another: look at the lease right before the POST, the last moment it can matter.
+    if !still_ours(ctx, &job).await? {
+        if let Some((day, need)) = reserved {
+            ctx.limiter.release_flex(&job.model, day, need);
+        }
+        tracing::warn!("the submit lease was lost before the POST; not sending");
+        return Ok(());
+    }
     let result = ctx.ark.create(&body).await;
     crate::ops::metrics::create(
         &job.model,
@@ -257,6 +266,8 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     let now = now_ms();
     match result {
         Ok(resp) => {
+            // In the log before the DB write: if the write fails, the id is not lost.
+            tracing::warn!(remote_id = %resp.id, "create accepted; recording the remote id");
             let first_poll = super::poll::first_poll_at(ctx, &job, now).await?;
             let patch = Patch::new()
                 .set("remote_task_id", resp.id.clone())
@@ -395,7 +406,8 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 .set("last_error_code", code)
                 .set("last_error_message", msg)
                 .clear("lease_until");
-            ctx.store
+            match ctx
+                .store
                 .transition(
                     &job.id,
                     JobState::Submitting,
@@ -404,7 +416,20 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     patch,
                     Some(detail),
                 )
-                .await?;
+                .await
+            {
+                Ok(_) => {}
+                // The lease was taken over during the POST (a paused worker): the job is
+                // another worker's now. A task this create may have made is a duplicate.
+                Err(crate::store::StoreError::Conflict { .. }) => {
+                    tracing::warn!("the job was taken over during the create");
+                    if class == ErrorClass::Ambiguous {
+                        super::reconcile::sweep_duplicates(ctx, &job.id).await?;
+                    }
+                    return Ok(());
+                }
+                Err(e) => return Err(e.into()),
+            }
             if to == JobState::Queued {
                 ctx.poke_dispatch.notify_one();
             }
@@ -462,17 +487,35 @@ async fn flex_throttled(
     Ok(until)
 }
 
-/// The frozen body, plus seedq's own callback URL when callbacks are on and the user set
-/// none. The user's fields are never changed.
+/// Whether the job is still in `submitting` under this worker's lease token and in time.
+async fn still_ours(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
+    let now = now_ms();
+    Ok(ctx.store.job(job.id.as_str()).await?.is_some_and(|j| {
+        j.state == JobState::Submitting
+            && j.lease_token == job.lease_token
+            && j.lease_until.is_some_and(|u| u > now)
+    }))
+}
+
+/// The frozen body, plus seedq's identity tag as `safety_identifier` (reconcile.rs) and its
+/// own callback URL when callbacks are on, each only where the user set none. The user's
+/// fields are never changed.
 fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
-    let Some(url) = super::callback::url_for(ctx, job) else {
+    let url = super::callback::url_for(ctx, job);
+    let tag = super::reconcile::tag_of(job);
+    if url.is_none() && tag.is_none() {
         return Ok(job.request_json.clone());
-    };
+    }
     let mut v: serde_json::Value = serde_json::from_str(&job.request_json)?;
-    if let Some(o) = v.as_object_mut()
-        && !o.contains_key("callback_url")
-    {
-        o.insert("callback_url".into(), serde_json::Value::String(url));
+    if let Some(o) = v.as_object_mut() {
+        if let Some(url) = url
+            && !o.contains_key("callback_url")
+        {
+            o.insert("callback_url".into(), serde_json::Value::String(url));
+        }
+        if let Some(tag) = tag {
+            o.insert("safety_identifier".into(), serde_json::Value::String(tag));
+        }
     }
     Ok(serde_json::to_string(&v)?)
 }

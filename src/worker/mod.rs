@@ -104,7 +104,7 @@ impl Ctx {
             poke_archive: Arc::new(Notify::new()),
             poke_chain: Arc::new(Notify::new()),
             archive,
-            owner: format!("{}-{}", hostname(), std::process::id()),
+            owner: owner_id(std::process::id()),
             expected: Arc::default(),
         })
     }
@@ -124,6 +124,53 @@ impl Ctx {
     pub(crate) fn callbacks_on(&self) -> bool {
         !self.cfg.callback.public_url.is_empty()
     }
+}
+
+/// This boot of this machine (`/proc/sys/kernel/random/boot_id`), shortened.
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().chars().filter(|c| *c != '-').take(12).collect())
+        .unwrap_or_default()
+}
+
+/// The lease owner of process `pid` on this host and boot: `host-pid-boot`.
+fn owner_id(pid: u32) -> String {
+    format!("{}-{pid}-{}", hostname(), boot_id())
+}
+
+/// Whether `owner` names a process of this host and boot that no longer runs. Only then is
+/// its death certain; an owner on another host (or an older format) is left to its lease.
+fn owner_is_dead(owner: &str) -> bool {
+    let mut parts = owner.rsplitn(3, '-');
+    let (Some(boot), Some(pid), Some(host)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let Ok(pid) = pid.parse::<u32>() else {
+        return false;
+    };
+    let me = boot_id();
+    host == hostname()
+        && !me.is_empty()
+        && boot == me
+        && pid != std::process::id()
+        && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Takes back at once the jobs whose lease holder died on this host (a crash, SIGKILL),
+/// instead of waiting out their leases: the model's queue does not stall behind them.
+///
+/// # Errors
+/// Store failures.
+pub async fn reclaim_dead_owners(ctx: &Ctx) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for owner in ctx.store.live_lease_owners().await? {
+        if owner_is_dead(&owner) {
+            let k = ctx.store.release_leases_of(&owner).await?;
+            tracing::warn!(owner = %owner, jobs = k, "the previous lease holder is dead; taking its jobs back now");
+            n += k;
+        }
+    }
+    Ok(n)
 }
 
 fn hostname() -> String {
@@ -280,7 +327,8 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
     let since = now_ms() - ms(ctx.cfg.dispatch.rpm_window);
     ctx.limiter.seed(&ctx.store.creates_since(since).await?);
     // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
-    // resolved (or parked) first.
+    // resolved (or parked) first. A dead holder's leases end now, not when they run out.
+    reclaim_dead_owners(&ctx).await?;
     reconcile::recover_stale(&ctx).await?;
 
     let token = CancellationToken::new();
@@ -377,5 +425,21 @@ fn stage_exit(
         Ok((name, Err(e))) => e.context(format!("the {name} stage failed")),
         Err(e) if e.is_panic() => anyhow::anyhow!("a stage panicked: {e}"),
         Err(e) => anyhow::anyhow!("a stage was cancelled: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_is_dead_only_when_its_process_is_gone_on_this_boot() {
+        assert!(!owner_is_dead(&owner_id(std::process::id())));
+        assert!(!owner_is_dead("otherhost-1-abc"));
+        assert!(!owner_is_dead("garbage"));
+        // Pid 1 always runs.
+        assert!(!owner_is_dead(&owner_id(1)));
+        // A pid above the kernel's maximum never runs.
+        assert!(owner_is_dead(&owner_id(4_194_399)));
     }
 }

@@ -360,6 +360,20 @@ fn generation_estimate(job: &Job, now: i64) -> i64 {
     }
 }
 
+/// The generation time to learn from a finished task: the local estimate, never more than
+/// Ark's own record of it. Failed polls bump `updated_at` without seeing the task, so the
+/// local midpoint can be late by whole backoff intervals; a failed poll is no observation,
+/// and Ark's `updated_at - created_at` (both its clock, whole seconds, so true time + < 1 s)
+/// caps the estimate so the inflation is not learned.
+fn observed_generation(job: &Job, t: &Task, now: i64) -> i64 {
+    let local = generation_estimate(job, now);
+    if t.created_at > 0 && t.updated_at >= t.created_at {
+        local.min((t.updated_at - t.created_at + 1) * 1000)
+    } else {
+        local
+    }
+}
+
 /// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
 pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
     url::Url::parse(url)
@@ -392,7 +406,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
         TaskStatus::Succeeded => {
             let content = t.content.clone().unwrap_or_default();
             let mut patch = Patch::new()
-                .set("gen_ms", generation_estimate(job, now))
+                .set("gen_ms", observed_generation(job, t, now))
                 .set("remote_status", "succeeded".to_string())
                 .set("finished_at", now)
                 .set("next_attempt_at", now)

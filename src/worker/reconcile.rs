@@ -1,27 +1,66 @@
-//! Reconciliation: find the remote task of a submit whose outcome was unknown.
+//! Reconciliation: find the remote task of a submit whose outcome was unknown, by proof.
 //!
 //! A crash or timeout during the POST leaves a job in `submitting` (lease expired) or
-//! `submit_unknown`. We list the model's remote tasks around the time of the POST and adopt
-//! the one that matches: same seed (seedq always sends one where the model takes it), created
-//! inside the window, same parameters, and not already owned by another job. With no match
-//! after the grace period, policy decides: `park` (wait for an operator) or `resubmit`.
-
-use std::collections::HashSet;
+//! `submit_unknown`. Ark's create has no idempotency key, so seedq sends its own identity
+//! with every create and reads it back: when the user set no `safety_identifier`, seedq sends
+//! `seedq-<job id>` there (ark-api.md §2.1; GET and list items echo it, §3.1). A task carrying
+//! that tag *is* this job's task, whatever its prompt, seed or creation time; no task carrying
+//! it (after a complete listing, and once the POST can no longer be in flight) means the
+//! create never happened, and the job is resent at once.
+//!
+//! When the user set their own `safety_identifier`, seedq cannot tag the create. Then the
+//! echoed fields (model, `safety_identifier`, seed, shape, tier) are the identity, and the
+//! dispatcher never has two unresolved creates with the same such key (`Store::claim_for_submit`),
+//! so a single unowned match inside the window (in Ark's clock) is the job's own. Two or more
+//! matches cannot be told apart: the job is parked, holding no slot, and an operator picks
+//! with `seedq reconcile --dry-run` and `seedq adopt`.
+//!
+//! Duplicates (a paused worker that wakes and POSTs after another took its job over) carry
+//! the same tag: the extra task is cancelled with DELETE while it is still queued.
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Ctx, Outcome, ms};
 use crate::ark::ListQuery;
-use crate::ark::wire::{CreateTaskRequest, Task};
+use crate::ark::wire::{CreateTaskRequest, Task, TaskStatus};
 use crate::config::AmbiguousPolicy;
 use crate::job::{JobId, JobState};
 use crate::store::{Job, Patch, StoreError, now_ms};
 
-/// Slack around the POST window for clock skew (seconds).
+/// Slack around the POST window (seconds), on top of the measured clock skew.
 const WINDOW_SLACK_S: i64 = 5;
-/// Most list pages read for one job.
-const MAX_PAGES: u32 = 20;
+/// Most list pages read for one job; a listing cut short proves nothing about absence.
+const MAX_PAGES: u32 = 50;
+/// Page size of reconciliation listings: the largest Ark takes (ark-api.md §4, `page_size`
+/// in [1, 500]), so a complete listing of 25 000 tasks of a model takes 50 calls.
+const SCAN_PAGE_SIZE: u32 = 500;
+/// Prefix of the identity seedq sends as `safety_identifier`.
+pub const TAG_PREFIX: &str = "seedq-";
+/// `last_error_code` of a job parked for an operator.
+pub const PARKED: &str = "parked";
+/// `last_error_code` of a job whose submit lease ran out mid-POST.
+const LEASE_EXPIRED: &str = "lease_expired";
+/// `last_error_code` of a job whose lease holder is known dead (set by the store).
+pub const HOLDER_DEAD: &str = "holder_dead";
+
+/// The identity tag of a job: sent as `safety_identifier`, echoed by GET and list.
+pub fn identity_tag(id: &JobId) -> String {
+    format!("{TAG_PREFIX}{id}")
+}
+
+/// The `safety_identifier` the user put in the frozen body, if any.
+pub fn user_safety_identifier(request_json: &str) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_str(request_json).ok()?;
+    v.get("safety_identifier")?.as_str().map(str::to_string)
+}
+
+/// The tag this job's creates carry; `None` when the user's own `safety_identifier` is sent.
+pub fn tag_of(job: &Job) -> Option<String> {
+    user_safety_identifier(&job.request_json)
+        .is_none()
+        .then(|| identity_tag(&job.id))
+}
 
 /// The reconcile loop.
 ///
@@ -48,8 +87,24 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
         .await?;
     let n = stale.len();
     for j in stale {
+        // The code says the answer never came (unlike a 5xx): the POST may have been in
+        // flight until the lease ran out.
+        let dead = j.last_error_code.as_deref() == Some(HOLDER_DEAD);
         let patch = Patch::new()
             .set("next_attempt_at", now_ms())
+            .set(
+                "last_error_code",
+                if dead { HOLDER_DEAD } else { LEASE_EXPIRED }.to_string(),
+            )
+            .set(
+                "last_error_message",
+                if dead {
+                    "the process sending the create died"
+                } else {
+                    "the submit lease expired during the create"
+                }
+                .to_string(),
+            )
             .clear("lease_until");
         match ctx
             .store
@@ -111,37 +166,102 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(Outcome::Worked)
 }
 
+/// Whether the create's POST has certainly ended: the server answered (a 5xx), or the
+/// client's own timeout has passed since it started.
+fn post_over(ctx: &Ctx, job: &Job, now: i64) -> bool {
+    // A 5xx code: the server answered. `holder_dead`: the POSTing process is gone, and
+    // its connection with it (store `release_leases_of`).
+    let answered = job
+        .last_error_code
+        .as_deref()
+        .is_some_and(|c| !matches!(c, "transport" | LEASE_EXPIRED | PARKED));
+    let started = job.submit_started_at.unwrap_or(job.updated_at);
+    answered || now >= started + ms(ctx.cfg.ark.request_timeout) + 1_000
+}
+
 async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     let now = now_ms();
     let token = job.lease_token;
     let retry_at = now + ms(ctx.cfg.dispatch.reconcile_interval);
-    let found = match find_remote(ctx, &job).await {
-        Ok(f) => f,
+    let scan = match scan(ctx, &job).await {
+        Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "listing remote tasks failed; will retry");
             crate::ops::metrics::reconcile("list_failed", 1);
             return look_again_at(ctx, &job, retry_at).await;
         }
     };
-    if let Some(task) = found {
-        tracing::info!(remote_id = %task.id, "adopted the remote task of an ambiguous submit");
-        crate::ops::metrics::reconcile("adopted", 1);
-        let patch = Patch::new()
-            .set("remote_task_id", task.id.clone())
-            .set("remote_status", task.status.as_str().to_string())
-            .set("submitted_at", task.created_at.saturating_mul(1000))
-            .set("next_attempt_at", now);
+    let mut candidates = scan.candidates;
+    if scan.tagged && !candidates.is_empty() {
+        // Every candidate carries this job's tag: all are its own. Keep the most advanced,
+        // cancel the others while they are still queued.
+        candidates.sort_by_key(|t| std::cmp::Reverse(progress(t.status)));
+        let keep = candidates.remove(0);
+        for extra in &candidates {
+            cancel_duplicate(ctx, &extra.id, Some(extra.status)).await;
+        }
+        return adopt(ctx, &job, &keep, "reconciled: adopted").await;
+    }
+    if !scan.tagged && candidates.len() == 1 {
+        let keep = candidates.remove(0);
+        return adopt(ctx, &job, &keep, "reconciled: adopted").await;
+    }
+    if !scan.tagged && candidates.len() > 1 {
+        let ids: Vec<&str> = candidates.iter().map(|t| t.id.as_str()).collect();
+        let reason = format!(
+            "{} remote tasks match and none carries a seedq identity (the job sets its own safety_identifier): {}; pick one with `seedq adopt {} TASK_ID`",
+            ids.len(),
+            ids.join(", "),
+            job.id
+        );
+        return park(ctx, &job, &reason).await;
+    }
+    // No candidate. With a complete listing after the POST ended, that is proof the create
+    // never happened: resend (the identity makes a late duplicate detectable).
+    if scan.complete && post_over(ctx, &job, now) {
+        if job.attempts >= i64::from(ctx.cfg.dispatch.max_attempts) {
+            tracing::error!(
+                attempts = job.attempts,
+                "no create of this job reached Ark; attempts exhausted"
+            );
+            ctx.store
+                .transition(
+                    &job.id,
+                    JobState::SubmitUnknown,
+                    token,
+                    JobState::Dead,
+                    Patch::new(),
+                    Some(format!(
+                        "attempts exhausted: {} creates, none made a task ({})",
+                        job.attempts,
+                        job.last_error_message.as_deref().unwrap_or("no answer")
+                    )),
+                )
+                .await?;
+            return Ok(());
+        }
+        let what = tag_of(&job).map_or_else(
+            || "the job's identity key (serialised)".to_string(),
+            |t| format!("identity {t}"),
+        );
+        tracing::warn!(identity = %what, "no remote task carries this job's identity; never created, resending");
+        crate::ops::metrics::reconcile("resent", 1);
         ctx.store
             .transition(
                 &job.id,
                 JobState::SubmitUnknown,
                 token,
-                JobState::Submitted,
-                patch,
-                Some(format!("reconciled: adopted {}", task.id)),
+                JobState::Queued,
+                Patch::new()
+                    .set("next_attempt_at", now)
+                    .clear("last_error_code")
+                    .clear("last_error_message"),
+                Some(format!(
+                    "no remote task with {what} exists: never created; resending"
+                )),
             )
             .await?;
-        ctx.poke_poll.notify_one();
+        ctx.poke_dispatch.notify_one();
         return Ok(());
     }
     let started = job.submit_started_at.unwrap_or(job.updated_at);
@@ -149,9 +269,10 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         crate::ops::metrics::reconcile("pending", 1);
         return look_again_at(ctx, &job, retry_at).await;
     }
+    // The listing could not be completed for the whole grace period: nothing is proven.
     match ctx.cfg.dispatch.on_ambiguous_submit {
         AmbiguousPolicy::Resubmit => {
-            tracing::warn!("no remote task found after the grace period; resubmitting (policy)");
+            tracing::warn!("no complete listing after the grace period; resubmitting (policy)");
             crate::ops::metrics::reconcile("resubmitted", 1);
             ctx.store
                 .transition(
@@ -164,38 +285,87 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 )
                 .await?;
             ctx.poke_dispatch.notify_one();
+            Ok(())
         }
         AmbiguousPolicy::Park => {
-            // Parked: look again rarely, in case the task shows up late; an operator decides.
-            if job.last_error_code.as_deref() != Some("parked") {
-                crate::ops::metrics::reconcile("parked", 1);
-                tracing::error!(
-                    "no remote task found after the grace period; parked for an operator (seedq retry or cancel)"
-                );
-            }
-            ctx.store
-                .transition(
-                    &job.id,
-                    JobState::SubmitUnknown,
-                    token,
-                    JobState::SubmitUnknown,
-                    Patch::new()
-                        .set(
-                            "next_attempt_at",
-                            now + 10 * ms(ctx.cfg.dispatch.reconcile_interval),
-                        )
-                        .set("last_error_code", "parked".to_string())
-                        .set(
-                            "last_error_message",
-                            "submit outcome unknown and no matching remote task found; parked"
-                                .to_string(),
-                        ),
-                    (job.last_error_code.as_deref() != Some("parked"))
-                        .then(|| "parked: no matching remote task".to_string()),
-                )
-                .await?;
+            park(
+                ctx,
+                &job,
+                "the remote task list could not be read completely during the grace period",
+            )
+            .await
         }
     }
+}
+
+/// How far a task has come: the most advanced duplicate is the one kept.
+fn progress(s: TaskStatus) -> u8 {
+    match s {
+        TaskStatus::Succeeded => 4,
+        TaskStatus::Running | TaskStatus::Unknown => 3,
+        TaskStatus::Queued => 2,
+        TaskStatus::Failed | TaskStatus::Expired => 1,
+        TaskStatus::Cancelled => 0,
+    }
+}
+
+/// Records `task` as the job's remote task.
+async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> anyhow::Result<()> {
+    // The id is in the log before the write, so a failed write cannot lose it.
+    tracing::warn!(remote_id = %task.id, "adopting the remote task of an ambiguous submit");
+    crate::ops::metrics::reconcile("adopted", 1);
+    let patch = Patch::new()
+        .set("remote_task_id", task.id.clone())
+        .set("remote_status", task.status.as_str().to_string())
+        .set("submitted_at", task.created_at.saturating_mul(1000))
+        .set("next_attempt_at", now_ms())
+        .clear("last_error_code")
+        .clear("last_error_message");
+    match ctx
+        .store
+        .transition(
+            &job.id,
+            JobState::SubmitUnknown,
+            job.lease_token,
+            JobState::Submitted,
+            patch,
+            Some(format!("{what} {}", task.id)),
+        )
+        .await
+    {
+        Ok(_) => {}
+        // Another path (the late create answer) recorded it first.
+        Err(StoreError::Conflict { .. }) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    ctx.poke_poll.notify_one();
+    Ok(())
+}
+
+/// Parks a job for an operator. A parked job holds no slot and blocks no other job
+/// (except, for an untagged job, later creates with the same identity key).
+async fn park(ctx: &Ctx, job: &Job, reason: &str) -> anyhow::Result<()> {
+    let first = job.last_error_code.as_deref() != Some(PARKED);
+    if first {
+        crate::ops::metrics::reconcile("parked", 1);
+        tracing::error!(reason, "submit outcome unproven; parked for an operator");
+    }
+    ctx.store
+        .transition(
+            &job.id,
+            JobState::SubmitUnknown,
+            job.lease_token,
+            JobState::SubmitUnknown,
+            Patch::new()
+                .set(
+                    "next_attempt_at",
+                    now_ms() + 10 * ms(ctx.cfg.dispatch.reconcile_interval),
+                )
+                .set("last_error_code", PARKED.to_string())
+                .set("last_error_message", format!("parked: {reason}")),
+            first.then(|| format!("parked: {reason}")),
+        )
+        .await?;
     Ok(())
 }
 
@@ -212,7 +382,28 @@ async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adopts a remote id learned after the job's lease was taken over.
+/// Cancels a duplicate task of a job (a second create for the same identity). A queued task
+/// that is cancelled is never run nor billed; a running one can only be logged.
+pub async fn cancel_duplicate(ctx: &Ctx, remote_id: &str, status: Option<TaskStatus>) {
+    if matches!(
+        status,
+        Some(TaskStatus::Cancelled | TaskStatus::Failed | TaskStatus::Expired)
+    ) {
+        return;
+    }
+    match ctx.ark.delete(remote_id).await {
+        Ok(()) => {
+            crate::ops::metrics::reconcile("duplicate_cancelled", 1);
+            tracing::warn!(remote_id, "cancelled a duplicate remote task of this job");
+        }
+        Err(e) => {
+            crate::ops::metrics::reconcile("duplicate_kept", 1);
+            tracing::error!(remote_id, error = %format!("{e:#}"), "a duplicate remote task of this job could not be cancelled");
+        }
+    }
+}
+
+/// Handles a create answer that arrived after the job's lease was taken over.
 ///
 /// # Errors
 /// Store failures.
@@ -225,8 +416,11 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
             .set("remote_task_id", remote_id.to_string())
             .set("remote_status", "queued".to_string())
             .set("submitted_at", now)
-            .set("next_attempt_at", now);
-        ctx.store
+            .set("next_attempt_at", now)
+            .clear("last_error_code")
+            .clear("last_error_message");
+        match ctx
+            .store
             .transition(
                 &job.id,
                 JobState::SubmitUnknown,
@@ -235,67 +429,141 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
                 patch,
                 Some(format!("late create response: adopted {remote_id}")),
             )
-            .await?;
-        crate::ops::metrics::reconcile("adopted_late", 1);
-        ctx.poke_poll.notify_one();
-    } else {
-        tracing::error!(state = %job.state, remote_id, "create succeeded after the job moved on; the remote task is recorded in the log only");
+            .await
+        {
+            Ok(_) => {
+                crate::ops::metrics::reconcile("adopted_late", 1);
+                ctx.poke_poll.notify_one();
+                return Ok(());
+            }
+            Err(StoreError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let job = ctx.store.job(id.as_str()).await?.unwrap_or(job);
+    if job.remote_task_id.as_deref() == Some(remote_id) {
+        return Ok(());
+    }
+    // The job was taken over (and possibly sent again) while this create was in flight:
+    // this task is the extra one. It was created a moment ago, so it is still queued.
+    tracing::warn!(state = %job.state, remote_id, "create answered after the job was taken over; cancelling this duplicate");
+    cancel_duplicate(ctx, remote_id, None).await;
+    Ok(())
+}
+
+/// Cancels this job's tagged tasks other than the one it records: after a create whose
+/// answer was lost came back to a job another worker had taken over. A job with no task
+/// recorded yet is left to reconciliation, which adopts one and cancels the rest.
+///
+/// # Errors
+/// Store failures (Ark failures are logged: the sweep is best effort).
+pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
+    let Some(job) = ctx.store.job(id.as_str()).await? else {
+        return Ok(());
+    };
+    let Some(kept) = job.remote_task_id.clone() else {
+        return Ok(());
+    };
+    if tag_of(&job).is_none() {
+        return Ok(());
+    }
+    match scan(ctx, &job).await {
+        Ok(s) => {
+            for t in s.candidates.iter().filter(|t| t.id != kept) {
+                cancel_duplicate(ctx, &t.id, Some(t.status)).await;
+            }
+        }
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "could not look for a duplicate task")
+        }
     }
     Ok(())
 }
 
-/// Lists the model's tasks around the POST and returns the match, if exactly one.
-async fn find_remote(ctx: &Ctx, job: &Job) -> anyhow::Result<Option<Task>> {
+/// What a listing found for one job.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// Tasks that may be this job's and no other job owns.
+    pub candidates: Vec<Task>,
+    /// Every page of the listing was read.
+    pub complete: bool,
+    /// The job's creates carry seedq's identity tag.
+    pub tagged: bool,
+}
+
+/// Lists the model's tasks and keeps those that are provably (tagged) or possibly
+/// (untagged, inside the window in Ark's clock) this job's.
+///
+/// # Errors
+/// Ark or store failures.
+pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
     let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
-    let started_s = job.submit_started_at.unwrap_or(job.updated_at) / 1000;
+    let tag = tag_of(job);
+    // The window is in Ark's clock: shift the local POST time by the measured skew.
+    let skew_s = ctx.ark.clock_skew_ms().unwrap_or(0) / 1000;
+    let started_s = job.submit_started_at.unwrap_or(job.updated_at) / 1000 + skew_s;
     let lo = started_s - WINDOW_SLACK_S;
     let hi = started_s
         + ctx.cfg.ark.request_timeout.as_secs() as i64
         + ctx.lease_ms() / 1000
         + WINDOW_SLACK_S;
-    let mut candidates = Vec::new();
+    // Tasks this job had before (an earlier attempt that failed) are not this attempt's.
+    let earlier: Vec<String> = ctx
+        .store
+        .events(job.id.as_str())
+        .await?
+        .into_iter()
+        .filter_map(|e| e.detail)
+        .collect();
+    let page_size = SCAN_PAGE_SIZE;
+    let mut found = Vec::new();
+    let mut seen = 0i64;
+    let mut complete = false;
     for page in 1..=MAX_PAGES {
         let q = ListQuery {
             page_num: Some(page),
-            page_size: Some(ctx.cfg.ark.list_page_size),
+            page_size: Some(page_size),
             model: Some(job.model.clone()),
             ..Default::default()
         };
         let resp = ctx.ark.list(&q).await?;
         let n = resp.items.len();
-        let mut older = false;
+        seen += n as i64;
         for t in resp.items {
-            if t.created_at < lo {
-                older = true;
-                continue;
-            }
-            if t.created_at <= hi && matches(job, &req, &t) {
-                candidates.push(t);
+            let ours = match &tag {
+                Some(tag) => t.safety_identifier.as_deref() == Some(tag.as_str()),
+                None => t.created_at >= lo && t.created_at <= hi && matches(job, &req, &t),
+            };
+            let finished_before = matches!(
+                t.status,
+                TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
+            ) && earlier.iter().any(|d| d.contains(&t.id));
+            if ours && !finished_before {
+                found.push(t);
             }
         }
-        // Items come newest first: once we see tasks older than the window, stop.
-        if older || n < ctx.cfg.ark.list_page_size as usize {
+        // No ordering is assumed: the listing ends at a short page or at `total`.
+        if n < page_size as usize || (resp.total > 0 && seen >= resp.total) {
+            complete = true;
             break;
         }
     }
-    // Tasks other jobs already own are not ours.
-    let mut owned = HashSet::new();
-    for c in &candidates {
-        if ctx.store.job_by_remote(&c.id).await?.is_some() {
-            owned.insert(c.id.clone());
+    let mut candidates = Vec::new();
+    for c in found {
+        match ctx.store.job_by_remote(&c.id).await? {
+            Some(owner) if owner.id != job.id => {}
+            _ => candidates.push(c),
         }
     }
-    candidates.retain(|c| !owned.contains(&c.id));
-    // With a seed the match is unique; without one, adopt only an unambiguous match.
-    Ok(if candidates.len() == 1 {
-        candidates.pop()
-    } else {
-        None
+    Ok(Scan {
+        candidates,
+        complete,
+        tagged: tag.is_some(),
     })
 }
 
-/// Whether a remote task could be the one this job created.
-fn matches(job: &Job, req: &CreateTaskRequest, t: &Task) -> bool {
+/// Whether a remote task could be the one this job created, by every field Ark echoes.
+pub fn matches(job: &Job, req: &CreateTaskRequest, t: &Task) -> bool {
     let same = |want: &Option<String>, got: &Option<String>| match (want, got) {
         (Some(w), Some(g)) => w == g || w == "adaptive",
         _ => true,
@@ -306,6 +574,7 @@ fn matches(job: &Job, req: &CreateTaskRequest, t: &Task) -> bool {
     };
     let tier = if job.is_flex() { "flex" } else { "default" };
     job.seed.is_none_or(|s| t.seed == Some(s))
+        && req.safety_identifier == t.safety_identifier
         && same(&req.resolution, &t.resolution)
         && same(&req.ratio, &t.ratio)
         && same_num(req.duration, t.duration)

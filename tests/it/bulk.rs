@@ -73,7 +73,7 @@ fn a_500_job_batch_runs_and_its_summary_export_and_estimate_agree_with_the_db() 
     let est = json(&env.ok(&["estimate", "-f", &file, "--json"]));
     assert_eq!(est["jobs"], 500);
     env.ok(&["submit", "-f", &file, "--batch", "night"]);
-    env.run_service();
+    env.run_service_with_failures();
 
     let jobs = env.jobs();
     assert_eq!(jobs.len(), 500);
@@ -339,7 +339,7 @@ fn a_chain_feeds_each_last_frame_forward_and_is_stitched_and_a_failing_chain_sto
     env.ok(&["chain", "submit", &file, "--retries", "1"]);
     let held = json(&env.ok(&["chain", "show", "fox", "--json"]));
     assert_eq!(held["shots"][1]["held"], true, "{held}");
-    env.run_service();
+    env.run_service_with_failures();
 
     let show = json(&env.ok(&["chain", "show", "fox", "--json"]));
     assert_eq!(show["chain"]["state"], "done", "{show}");

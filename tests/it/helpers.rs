@@ -63,6 +63,16 @@ impl TestEnv {
         );
     }
 
+    /// `seedq run` to completion where some jobs are meant to fail: asserts exit 3 (jobs
+    /// left over) and returns the summary it printed.
+    pub fn run_service_with_failures(&self) -> String {
+        let out = self.keyed(&["run"]).output().expect("run seedq run");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "seedq run: {err}");
+        assert!(err.contains("need attention"), "{err}");
+        err
+    }
+
     /// Runs the binary to completion.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run seedq")

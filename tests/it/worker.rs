@@ -301,7 +301,10 @@ fn flex_task_that_outlives_its_deadline_is_expired() {
         ])
         .trim()
         .to_string();
-    env.run_service();
+    // `seedq run` ends non-zero (3) when a job did not finish well, and says why.
+    let out = env.keyed(&["run"]).output().expect("seedq run");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired: 1"));
     let j: serde_json::Value =
         serde_json::from_slice(&env.cli(&["show", &id, "--json"]).stdout).expect("json");
     assert_eq!(j["job"]["state"], "expired", "{j}");

@@ -389,3 +389,32 @@ fn a_huge_api_response_is_capped_not_buffered() {
         "peak RSS {peak} KiB: the body was buffered"
     );
 }
+
+#[test]
+fn a_callback_slower_than_the_read_timeout_is_still_answered() {
+    // Ark's GET takes 1.5 s (under the 2 s request timeout); the read timeout is 1 s. The
+    // timeout is for idle peers, not for our own handler, which hyper keeps watching for a
+    // hang-up while it runs.
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"20s\"\nper_video_second = \"0s\"\n[faults]\nlatency_ms = { get = 1500 }\n",
+    );
+    let (admin, cb) = (free_port(), free_port());
+    let env = env_with(&sim, admin, "read_timeout = \"1s\"", Some(cb));
+    let _serve = env.serve();
+    let id = submit_one(&env, "slow get");
+    wait_state(&env, &id, "submitted", 20);
+    let url = sim
+        .tasks()
+        .first()
+        .and_then(|t| t["request"]["callback_url"].as_str().map(str::to_string))
+        .expect("callback URL");
+    let started = Instant::now();
+    let answer = request("POST", &url, "{}", Duration::from_secs(10));
+    assert_eq!(
+        answer.map(|a| a.0),
+        Some(200),
+        "answer after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}

@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -70,9 +71,26 @@ pub async fn run(
         .route("/metrics", get(scrape))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(ctx);
-    axum::serve(GuardedListener::new(listener, limits), app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await?;
+    serve_guarded(listener, app, limits, shutdown).await
+}
+
+/// Serves `app` on `listener` with [`ServerLimits`] (the admin and the callback server).
+///
+/// # Errors
+/// The server fails.
+pub async fn serve_guarded(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ServerLimits,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let app = app.layer(axum::middleware::from_fn(mark_busy));
+    axum::serve(
+        GuardedListener::new(listener, limits),
+        app.into_make_service_with_connect_info::<ConnBusy>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await?;
     Ok(())
 }
 
@@ -147,10 +165,44 @@ impl axum::serve::Listener for GuardedListener {
     }
 }
 
-/// A server-side TCP stream with an idle timeout on reads and on writes, a lifetime, and the
-/// connection permit it releases when dropped.
+/// How many requests of a connection are in a handler. hyper keeps polling the socket for
+/// reads while a handler runs (to notice a hang-up), so the read timeout must not count that
+/// time: a callback's GET to Ark may take longer than `read_timeout`.
+#[derive(Clone, Debug)]
+pub struct ConnBusy(Arc<AtomicUsize>);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
+    for ConnBusy
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
+        ConnBusy(Arc::clone(&stream.io().busy))
+    }
+}
+
+/// Decrements a connection's busy count when the handler ends (or is dropped).
+struct BusyGuard(Arc<AtomicUsize>);
+
+impl Drop for BusyGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn mark_busy(
+    axum::extract::ConnectInfo(busy): axum::extract::ConnectInfo<ConnBusy>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    busy.0.fetch_add(1, Ordering::SeqCst);
+    let _guard = BusyGuard(busy.0);
+    next.run(req).await
+}
+
+/// A server-side TCP stream with an idle timeout on reads (outside handlers) and on writes, a
+/// lifetime, and the connection permit it releases when dropped.
 pub struct GuardedIo {
     stream: TcpStream,
+    busy: Arc<AtomicUsize>,
     _permit: OwnedSemaphorePermit,
     idle: Duration,
     closes_at: Instant,
@@ -165,6 +217,7 @@ impl GuardedIo {
         let now = Instant::now();
         Self {
             stream,
+            busy: Arc::new(AtomicUsize::new(0)),
             _permit: permit,
             idle: limits.read_timeout,
             closes_at: now + CONNECTION_LIFETIME,
@@ -215,6 +268,12 @@ impl AsyncRead for GuardedIo {
             Poll::Ready(r) => {
                 this.read_armed = false;
                 Poll::Ready(r)
+            }
+            Poll::Pending if this.busy.load(Ordering::SeqCst) > 0 => {
+                // A handler is running: hyper only watches for a hang-up. The clock starts
+                // again at the next read after the response.
+                this.read_armed = false;
+                Poll::Pending
             }
             Poll::Pending => {
                 let limit = (Instant::now() + this.idle).min(this.closes_at);

@@ -48,6 +48,8 @@ const URL_MARGIN_MS: i64 = 60_000;
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
 /// Failure code of an attempt the object store refused (credentials, permissions).
 const DENIED: &str = "archive_denied";
+/// Failure code of a result URL seedq refuses to fetch (private host, plain http).
+const URL_REFUSED: &str = "archive_url_refused";
 /// Failure code of any other failed attempt.
 const ATTEMPT_FAILED: &str = "archive_failed";
 /// Sidecar format tag, bumped if its shape changes incompatibly.
@@ -153,6 +155,8 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
 enum Failure {
     /// The remote result is gone for good.
     Gone(String),
+    /// The result URL is one seedq will not fetch (see [`super::safeurl`]).
+    Refused(String),
     /// Worth another attempt. `denied`: the object store refused our credentials, which a
     /// quick retry will not fix.
     Retry { error: anyhow::Error, denied: bool },
@@ -245,6 +249,10 @@ async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow:
         Err(Failure::Gone(why)) => {
             crate::ops::metrics::archive("failed", None, None);
             fail(ctx, job, token, RESULT_EXPIRED, why).await
+        }
+        Err(Failure::Refused(why)) => {
+            crate::ops::metrics::archive("failed", None, None);
+            fail(ctx, job, token, URL_REFUSED, why).await
         }
         Err(Failure::Retry { error, denied }) => {
             crate::ops::metrics::archive("retry", None, None);
@@ -466,7 +474,7 @@ impl Work<'_> {
                 Some(d) => Frame::Stored(fkey, d),
                 None => match self.transfer(Kind::Frame, &fkey).await {
                     Ok(d) => Frame::Stored(fkey, d),
-                    Err(Failure::Gone(why)) => {
+                    Err(Failure::Gone(why) | Failure::Refused(why)) => {
                         tracing::warn!(reason = %why, "the last frame is gone; archiving the video without it");
                         Frame::Missing(why)
                     }
@@ -548,7 +556,7 @@ impl Work<'_> {
             // A URL we will not fetch (private host, plain http) is no transient failure:
             // retrying cannot change it, and it must not be filed.
             if let Err(why) = self.arch.urls.check_str(&url) {
-                return Err(Failure::Gone(why));
+                return Err(Failure::Refused(why));
             }
             let resp = self.arch.http.get(&url).send().await.map_err(|e| {
                 retry(anyhow::Error::new(e).context(format!("downloading the {}", kind.name())))

@@ -102,13 +102,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         .with_state(ctx);
     tracing::info!(%listen, "callback endpoint listening");
     let limits = crate::ops::admin::ServerLimits::from_config(&ctx_cfg);
-    axum::serve(
-        crate::ops::admin::GuardedListener::new(listener, limits),
-        app,
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await?;
-    Ok(())
+    crate::ops::admin::serve_guarded(listener, app, limits, shutdown).await
 }
 
 async fn receive_nested(State(ctx): State<Ctx>, Path(rest): Path<String>) -> StatusCode {

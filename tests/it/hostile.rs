@@ -389,3 +389,74 @@ fn a_huge_api_response_is_capped_not_buffered() {
         "peak RSS {peak} KiB: the body was buffered"
     );
 }
+
+#[test]
+fn a_callback_slower_than_the_read_timeout_is_still_answered() {
+    // Ark's GET takes 1.5 s (under the 2 s request timeout); the read timeout is 1 s. The
+    // timeout is for idle peers, not for our own handler, which hyper keeps watching for a
+    // hang-up while it runs.
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"20s\"\nper_video_second = \"0s\"\n[faults]\nlatency_ms = { get = 1500 }\n",
+    );
+    let (admin, cb) = (free_port(), free_port());
+    let env = env_with(&sim, admin, "read_timeout = \"1s\"", Some(cb));
+    let _serve = env.serve();
+    let id = submit_one(&env, "slow get");
+    wait_state(&env, &id, "submitted", 20);
+    let url = sim
+        .tasks()
+        .first()
+        .and_then(|t| t["request"]["callback_url"].as_str().map(str::to_string))
+        .expect("callback URL");
+    let started = Instant::now();
+    let answer = request("POST", &url, "{}", Duration::from_secs(10));
+    assert_eq!(
+        answer.map(|a| a.0),
+        Some(200),
+        "answer after {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+}
+
+#[test]
+fn a_result_url_off_the_trusted_origin_is_refused_unless_allowed() {
+    // seedq talks to the sim as `localhost`, the sim's file URLs say `127.0.0.1`: plain http
+    // on a loopback host that is not the API's origin, so not downloaded.
+    let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
+    let admin = free_port();
+    let refused = env_with(&sim, admin, "", None);
+    let cfg = std::fs::read_to_string(&refused.config).expect("config");
+    std::fs::write(
+        &refused.config,
+        cfg.replace("http://127.0.0.1:", "http://localhost:"),
+    )
+    .expect("config");
+    let id = submit_one(&refused, "refused download");
+    refused.run_service();
+    let j = show(&refused, &id);
+    assert_eq!(j["job"]["state"], "failed", "{j}");
+    assert_eq!(j["job"]["last_error_code"], "archive_url_refused", "{j}");
+    assert!(
+        j["job"]["last_error_message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refusing to download http://127.0.0.1:")),
+        "{j}"
+    );
+
+    // The same with 127.0.0.1 on the allow-list archives.
+    let allowed = env_with(&sim, free_port(), "", None);
+    let cfg = std::fs::read_to_string(&allowed.config).expect("config");
+    let cfg = cfg
+        .replace("http://127.0.0.1:", "http://localhost:")
+        .replacen(
+            "[archive]\n",
+            "[archive]\ndownload_allow = [\"127.0.0.1\"]\n",
+            1,
+        );
+    std::fs::write(&allowed.config, cfg).expect("config");
+    let id = submit_one(&allowed, "allowed download");
+    allowed.run_service();
+    let j = show(&allowed, &id);
+    assert_eq!(j["job"]["state"], "archived", "{j}");
+}

@@ -219,13 +219,32 @@ async fn baseline(jobs: usize, pool: u32, scale: f64) -> anyhow::Result<(Duratio
             let body = format!(
                 r#"{{"model":"{MODEL}","content":[{{"type":"text","text":"baseline {i}"}}],"resolution":"480p","ratio":"16:9","duration":5,"service_tier":"flex"}}"#
             );
-            let id = ark.create(&body).await?.id;
+            // Thousands of connects at once overflow the listen backlog: a reset connection is
+            // tried again (the tutorial's loop would simply fail there).
+            let mut tries = 0;
+            let id = loop {
+                match ark.create(&body).await {
+                    Ok(r) => break r.id,
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "baseline create retried");
+                        tokio::time::sleep(tick * 10).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             let mut gets = 0u64;
             loop {
                 tokio::time::sleep(tick).await;
                 gets += 1;
-                if ark.get(&id).await?.status.is_final() {
-                    return Ok::<u64, anyhow::Error>(gets);
+                match ark.get(&id).await {
+                    Ok(t) if t.status.is_final() => return Ok::<u64, anyhow::Error>(gets),
+                    Ok(_) => {}
+                    Err(e) if tries < 50 => {
+                        tries += 1;
+                        tracing::debug!(error = %e, "baseline poll failed");
+                    }
+                    Err(e) => return Err(e.into()),
                 }
             }
         }));

@@ -433,7 +433,9 @@ fn a_result_url_off_the_trusted_origin_is_refused_unless_allowed() {
     )
     .expect("config");
     let id = submit_one(&refused, "refused download");
-    refused.run_service();
+    // The job fails, so `seedq run` says so and exits 3.
+    let summary = refused.run_service_with_failures();
+    assert!(summary.contains("refusing to download"), "{summary}");
     let j = show(&refused, &id);
     assert_eq!(j["job"]["state"], "failed", "{j}");
     assert_eq!(j["job"]["last_error_code"], "archive_url_refused", "{j}");

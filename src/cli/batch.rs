@@ -118,6 +118,9 @@ pub(crate) async fn register(
     a: &SubmitArgs,
     jobs: &mut [NewJob],
 ) -> anyhow::Result<()> {
+    // Caps are checked before anything is stored, and recorded before the jobs are, so no
+    // create can slip past them.
+    let caps = batch_caps(a.max_cost.as_deref(), a.max_tokens)?;
     let mut names: Vec<String> = jobs.iter().filter_map(|j| j.batch.clone()).collect();
     names.sort_unstable();
     names.dedup();
@@ -164,7 +167,95 @@ pub(crate) async fn register(
         .ensure_batches(rows)
         .await
         .context("recording the batch")?;
+    if let (Some(name), Some((fen, tokens))) = (&a.batch, caps) {
+        store
+            .set_batch_budget(name, fen.map(Some), tokens.map(Some))
+            .await
+            .context("recording the batch's budget")?;
+    }
     Ok(())
+}
+
+/// `--max-cost` / `--max-tokens` checked: (fen, tokens), `None` when neither is given. In
+/// `batch set`, `none` removes a cap (`Some(None)`).
+type Caps = (Option<Option<i64>>, Option<Option<i64>>);
+
+fn batch_caps(
+    cost: Option<&str>,
+    tokens: Option<u64>,
+) -> anyhow::Result<Option<(Option<i64>, Option<i64>)>> {
+    if cost.is_none() && tokens.is_none() {
+        return Ok(None);
+    }
+    let fen = cost
+        .map(|c| {
+            crate::worker::budget::parse_cny(c)
+                .map_err(|allowed| anyhow::anyhow!("--max-cost {c:?} is invalid: {allowed}"))
+        })
+        .transpose()?;
+    let tokens = tokens
+        .map(|t| {
+            i64::try_from(t)
+                .map_err(|_| anyhow::anyhow!("--max-tokens {t} is invalid: at most {}", i64::MAX))
+        })
+        .transpose()?;
+    Ok(Some((fen, tokens)))
+}
+
+fn set_caps(cost: Option<&str>, tokens: Option<&str>) -> anyhow::Result<Caps> {
+    let none = |v: &str| v.eq_ignore_ascii_case("none");
+    let fen = match cost {
+        None => None,
+        Some(v) if none(v) => Some(None),
+        Some(v) => Some(Some(crate::worker::budget::parse_cny(v).map_err(
+            |allowed| anyhow::anyhow!("--max-cost {v:?} is invalid: {allowed}, or none"),
+        )?)),
+    };
+    let tokens = match tokens {
+        None => None,
+        Some(v) if none(v) => Some(None),
+        Some(v) => Some(Some(v.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(
+            || {
+                anyhow::anyhow!(
+                    "--max-tokens {v:?} is invalid: a whole number of tokens ≥ 0, or none"
+                )
+            },
+        )?)),
+    };
+    if fen.is_none() && tokens.is_none() {
+        bail!("batch set needs --max-cost CNY or --max-tokens N (or none to remove a cap)");
+    }
+    Ok((fen, tokens))
+}
+
+/// A batch's spend against its caps, for `batch show` and `watch`.
+pub(crate) fn budget_line(s: &crate::store::budget::BatchSpend) -> String {
+    use crate::worker::budget::{fmt_fen, fmt_units};
+    let mut parts = Vec::new();
+    if let Some(cap) = s.max_cost_fen {
+        let left = cap
+            .saturating_mul(crate::store::budget::UNITS_PER_FEN)
+            .saturating_sub(s.units)
+            .max(0);
+        parts.push(format!(
+            "{} of {} (billed {}), {} left",
+            fmt_units(s.units),
+            fmt_fen(cap),
+            fmt_units(s.billed_units),
+            // Left rounds down: it is what still fits.
+            fmt_fen(left / crate::store::budget::UNITS_PER_FEN)
+        ));
+    }
+    if let Some(cap) = s.max_tokens {
+        parts.push(format!("{} of {} tokens", grouped(s.tokens), grouped(cap)));
+    }
+    if parts.is_empty() {
+        parts.push(format!("no cap; {} held", fmt_units(s.units)));
+    }
+    if s.waiting > 0 {
+        parts.push(format!("{} job(s) waiting on a budget", s.waiting));
+    }
+    parts.join("; ")
 }
 
 /// `seedq batch …`.
@@ -178,6 +269,20 @@ pub enum BatchCommand {
     Cancel(NameArg),
     /// Put a batch's failed jobs back in the queue.
     Retry(RetryArgs),
+    /// Change a batch's spend cap; its jobs waiting on the budget are checked again.
+    Set(SetArgs),
+}
+
+/// `batch set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub name: String,
+    /// The cap in CNY (e.g. 500 or 12.5), or `none`.
+    #[arg(long, value_name = "CNY")]
+    pub max_cost: Option<String>,
+    /// The cap in tokens, or `none`.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<String>,
 }
 
 /// `batch show`.
@@ -215,7 +320,24 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BatchCommand) -> anyhow::Result<ExitCode
         BatchCommand::Show(a) => show(ctx, a).await,
         BatchCommand::Cancel(a) => cancel(ctx, a).await,
         BatchCommand::Retry(a) => retry(ctx, a).await,
+        BatchCommand::Set(a) => set(ctx, a).await,
     }
+}
+
+async fn set(ctx: &Ctx, a: SetArgs) -> anyhow::Result<ExitCode> {
+    let (fen, tokens) = set_caps(a.max_cost.as_deref(), a.max_tokens.as_deref())?;
+    let store = ctx.store()?;
+    if store.batch(&a.name).await?.is_none() {
+        bail!("no batch named {}", a.name);
+    }
+    let woken = store.set_batch_budget(&a.name, fen, tokens).await?;
+    let spend = store.batch_spend(&a.name).await?;
+    println!(
+        "{}: {}; {woken} waiting job(s) checked again",
+        a.name,
+        budget_line(&spend)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A batch summed up from its cells.
@@ -429,6 +551,19 @@ struct ModelRow {
     summary: Summary,
 }
 
+/// The batch's budget in `batch show --json`: whole fen (spent rounds up), tokens, waiters.
+fn budget_json(s: &crate::store::budget::BatchSpend) -> serde_json::Value {
+    let per = crate::store::budget::UNITS_PER_FEN;
+    serde_json::json!({
+        "max_cost_fen": s.max_cost_fen,
+        "max_tokens": s.max_tokens,
+        "spent_fen": (s.units + per - 1).div_euclid(per),
+        "billed_fen": (s.billed_units + per - 1).div_euclid(per),
+        "tokens": s.tokens,
+        "waiting": s.waiting,
+    })
+}
+
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store()?;
     let Some(meta) = store.batch(&a.name).await? else {
@@ -437,6 +572,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     };
     let cells = store.batch_cells(Some(a.name.clone())).await?;
     let failures = store.batch_failures(&a.name, a.failures).await?;
+    let spend = store.batch_spend(&a.name).await?;
     let summary = Summary::of(&cells, &ctx.catalogue);
     let mut per_model: BTreeMap<(String, String), Vec<&BatchCell>> = BTreeMap::new();
     for c in &cells {
@@ -457,6 +593,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let v = serde_json::json!({
             "batch": meta, "summary": summary, "models": models, "failures": failures,
+            "budget": budget_json(&spend),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
@@ -477,6 +614,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
         row("source", meta.source.clone().unwrap_or_else(|| "-".into()))
     )?;
     writeln!(out, "{}", row("deadline", fmt_opt_time(meta.deadline_at)))?;
+    writeln!(out, "{}", row("budget", budget_line(&spend)))?;
     writeln!(
         out,
         "{}",

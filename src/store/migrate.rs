@@ -24,6 +24,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_bulk.sql",
         include_str!("../../migrations/0004_bulk.sql"),
     ),
+    (
+        "0005_budget.sql",
+        include_str!("../../migrations/0005_budget.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

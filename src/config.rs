@@ -626,7 +626,7 @@ pub struct BudgetConfig {
 pub fn fen_of_cny(cny: f64) -> Result<i64, String> {
     let allowed =
         || "a CNY amount ≥ 0 with at most two decimals (fen), e.g. 500 or 12.5".to_string();
-    if !cny.is_finite() || cny < 0.0 || cny > 1e15 {
+    if !cny.is_finite() || !(0.0..=1e15).contains(&cny) {
         return Err(allowed());
     }
     let fen = (cny * 100.0).round();

@@ -1,0 +1,231 @@
+//! Spend caps (issue 15) with the real binary and simulator: a batch cap creates exactly the
+//! jobs that fit and a raise releases the rest, a daily budget rolls over at the zone's
+//! midnight, creates that made no task give their reservation back, and two `seedq run`
+//! processes on one database never overspend together.
+
+use std::collections::HashMap;
+
+use crate::helpers::{SimProc, TestEnv, worker_config};
+
+const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
+/// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model (ark-api.md §10), which is what
+/// the simulator bills too.
+const CLIP_TOKENS: i64 = 19_845;
+/// The lite model's price: 10 CNY per million tokens = 1000 fen per million (catalogue).
+const LITE_FEN_PER_MILLION: i64 = 1_000;
+
+fn fast_sim(extra: &str) -> SimProc {
+    SimProc::start(&format!(
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
+    ))
+}
+
+fn write(env: &TestEnv, name: &str, text: &str) -> String {
+    let p = env.path().join(name);
+    std::fs::write(&p, text).expect("write file");
+    p.to_string_lossy().into_owned()
+}
+
+fn clip_lines(prefix: &str, n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(r#"{{"prompt":"{prefix} {i}","model":"{LITE_T2V}","resolution":"480p","ratio":"16:9","duration":2}}"#)
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn count(jobs: &[serde_json::Value], f: impl Fn(&serde_json::Value) -> bool) -> usize {
+    jobs.iter().filter(|j| f(j)).count()
+}
+
+/// Billed tokens of all jobs, priced exactly: fen × 1,000,000.
+fn billed_fen_millionths(jobs: &[serde_json::Value]) -> i64 {
+    let tokens: i64 = jobs.iter().filter_map(|j| j["usage_tokens"].as_i64()).sum();
+    tokens * LITE_FEN_PER_MILLION
+}
+
+fn waiting_on_batch(j: &serde_json::Value) -> bool {
+    j["state"] == "queued" && j["last_error_code"] == "budget_batch"
+}
+
+/// 37 clips cost 7.34265 CNY, 38 cost 7.5411: a cap of 7.40 fits exactly 37 of them.
+const CAP_37: &str = "7.40";
+const CAP_37_FEN: i64 = 740;
+
+#[test]
+fn a_batch_cap_creates_exactly_the_jobs_that_fit_and_a_raise_releases_the_rest() {
+    let sim = fast_sim("");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let file = write(&env, "jobs.jsonl", &clip_lines("capped", 100));
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "night",
+        "--max-cost",
+        CAP_37,
+    ]);
+    // `run` ends when only jobs waiting for a raise are left (like parked ones).
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 100);
+    assert!(jobs.iter().all(|j| j["est_tokens"] == CLIP_TOKENS));
+    assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 37);
+    assert_eq!(
+        sim.tasks().len(),
+        37,
+        "exactly the jobs that fit were created"
+    );
+    assert_eq!(
+        count(&jobs, waiting_on_batch),
+        63,
+        "the rest wait, not failed"
+    );
+    assert!(
+        billed_fen_millionths(&jobs) <= CAP_37_FEN * 1_000_000,
+        "the billed total stays within the cap"
+    );
+    let waiting = jobs.iter().find(|j| waiting_on_batch(j)).expect("a waiter");
+    let shown = env.ok(&["show", waiting["id"].as_str().expect("id")]);
+    assert!(
+        shown.contains("batch night --max-cost 7.40 CNY reached"),
+        "show names the budget: {shown}"
+    );
+    let batch = env.ok(&["batch", "show", "night"]);
+    assert!(
+        batch.contains("of 7.40 CNY") && batch.contains("63 job(s) waiting on a budget"),
+        "batch show shows spend against the cap: {batch}"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["batch", "show", "night", "--json"])).expect("json");
+    assert_eq!(v["budget"]["max_cost_fen"], CAP_37_FEN);
+    assert_eq!(v["budget"]["waiting"], 63);
+    assert!(v["budget"]["spent_fen"].as_i64().expect("spent") <= CAP_37_FEN);
+
+    // Raising the cap releases them.
+    let out = env.ok(&["batch", "set", "night", "--max-cost", "20"]);
+    assert!(out.contains("63 waiting job(s) checked again"), "{out}");
+    env.run_service();
+    let jobs = env.jobs();
+    assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 100);
+    assert_eq!(sim.tasks().len(), 100, "each job created once");
+    assert!(billed_fen_millionths(&jobs) <= 2_000 * 1_000_000);
+}
+
+#[test]
+fn bad_budget_input_is_refused_naming_the_flag_and_nothing_is_stored() {
+    let env = TestEnv::new("");
+    let file = write(&env, "jobs.jsonl", &clip_lines("bad", 2));
+    let out = env.cli(&["submit", "-f", &file, "--batch", "b", "--max-cost", "1.234"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-cost \"1.234\"") && err.contains("at most two decimals"),
+        "{err}"
+    );
+    assert!(env.jobs().is_empty(), "nothing stored");
+    let out = env.cli(&["batch", "set", "nosuch", "--max-cost", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn a_daily_budget_rolls_over_at_the_zones_midnight() {
+    let sim = fast_sim("");
+    // Budget days of 2 s (bulk.tpd_day, the testing knob) from midnight in
+    // maintenance.timezone, and a daily budget of three clips (59.535 fen ≤ 60, four do not fit).
+    let env = TestEnv::new(&worker_config(
+        &sim,
+        "[bulk]\ntpd_day = \"2s\"\n\n[maintenance]\ntimezone = \"Asia/Shanghai\"\n\n[budget]\ndaily_cny = 0.60\n",
+    ));
+    let file = write(&env, "jobs.jsonl", &clip_lines("daily", 7));
+    env.ok(&["submit", "-f", &file]);
+    // Daily waits keep `run` going until the next day.
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 7);
+    // Days as the budget counts them: 2 s long, from midnight in Shanghai (UTC+8).
+    let day = |ms: i64| (ms + 8 * 3_600_000).div_euclid(2_000);
+    let mut per_day: HashMap<i64, i64> = HashMap::new();
+    for j in &jobs {
+        let started = j["submit_started_at"].as_i64().expect("submit time");
+        *per_day.entry(day(started)).or_default() += 1;
+    }
+    assert!(
+        per_day.len() >= 3,
+        "seven jobs need three days: {per_day:?}"
+    );
+    assert!(
+        per_day.values().all(|n| *n <= 3),
+        "at most three a day: {per_day:?}"
+    );
+    let waited = jobs.iter().any(|j| {
+        env.ok(&["show", j["id"].as_str().expect("id")])
+            .contains("daily budget.daily_cny 0.60 CNY reached")
+    });
+    assert!(waited, "some job waited for the next day's budget");
+}
+
+#[test]
+fn creates_that_made_no_task_give_their_reservation_back() {
+    // The first three creates get 429, and a prompt with "forbidden" gets 400: none made a
+    // task, so none may keep budget.
+    let sim =
+        fast_sim("[faults]\nrate_limit_burst = 3\ninput_moderation_words = [\"forbidden\"]\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    // Room for two clips (39.69 fen ≤ 40); the rejected one is claimed first (priority).
+    let mut lines = vec![format!(
+        r#"{{"prompt":"forbidden 0","model":"{LITE_T2V}","resolution":"480p","ratio":"16:9","duration":2,"priority":10}}"#
+    )];
+    lines.push(clip_lines("fine", 2));
+    let file = write(&env, "jobs.jsonl", &lines.join("\n"));
+    env.ok(&["submit", "-f", &file, "--batch", "b", "--max-cost", "0.40"]);
+    env.run_service();
+
+    let jobs = env.jobs();
+    assert_eq!(count(&jobs, |j| j["state"] == "failed"), 1, "{jobs:#?}");
+    assert_eq!(
+        count(&jobs, |j| j["state"] == "succeeded"),
+        2,
+        "the rejected and throttled creates gave their budget back: {jobs:#?}"
+    );
+    assert_eq!(count(&jobs, waiting_on_batch), 0);
+    let v: serde_json::Value =
+        serde_json::from_str(&env.ok(&["batch", "show", "b", "--json"])).expect("json");
+    // Two billed clips: 39.69 fen, shown rounded up.
+    assert_eq!(v["budget"]["spent_fen"], 40, "{v}");
+    assert_eq!(v["budget"]["tokens"], 2 * CLIP_TOKENS, "{v}");
+}
+
+#[test]
+fn two_run_processes_on_one_database_never_overspend_together() {
+    let sim = fast_sim("");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let file = write(&env, "jobs.jsonl", &clip_lines("shared", 100));
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "shared",
+        "--max-cost",
+        CAP_37,
+    ]);
+    let mut a = env.keyed(&["run"]).spawn().expect("spawn run a");
+    let mut b = env.keyed(&["run"]).spawn().expect("spawn run b");
+    assert!(a.wait().expect("wait a").success());
+    assert!(b.wait().expect("wait b").success());
+
+    let jobs = env.jobs();
+    assert_eq!(
+        sim.tasks().len(),
+        37,
+        "together they created only what fits"
+    );
+    assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 37);
+    assert_eq!(count(&jobs, waiting_on_batch), 63);
+    assert!(billed_fen_millionths(&jobs) <= CAP_37_FEN * 1_000_000);
+}

@@ -184,6 +184,139 @@ pub async fn release(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What the planners know about the budgets: room left and how many jobs fit.
+#[derive(Clone, Debug, Default, serde::Serialize, PartialEq, Eq)]
+pub struct Plan {
+    /// Room left under the batch's cost cap (hold units), if it has one.
+    pub batch_left: Option<i64>,
+    /// Room left under the batch's token cap.
+    pub batch_tokens_left: Option<i64>,
+    /// Room left today under `budget.daily_cny` (hold units).
+    pub daily_left: Option<i64>,
+    /// Room left today per model with a `daily_cny` (hold units).
+    pub model_left: std::collections::BTreeMap<String, i64>,
+    /// Jobs considered, and how many of them fit now (in order; one that does not fit is
+    /// skipped, as the dispatcher does).
+    pub jobs: usize,
+    pub fit: usize,
+}
+
+impl Plan {
+    /// Counts the jobs (model, tokens, rate) that fit, in order.
+    pub fn count(&mut self, jobs: &[(String, i64, i64)]) {
+        let (mut b, mut bt, mut d, mut m) = (
+            self.batch_left,
+            self.batch_tokens_left,
+            self.daily_left,
+            self.model_left.clone(),
+        );
+        self.jobs = jobs.len();
+        self.fit = 0;
+        for (model, tokens, rate) in jobs {
+            let need = tokens.saturating_mul(*rate);
+            let ml = m.get(model).copied();
+            let fits = b.is_none_or(|l| need <= l)
+                && bt.is_none_or(|l| *tokens <= l)
+                && d.is_none_or(|l| need <= l)
+                && ml.is_none_or(|l| need <= l);
+            if !fits {
+                continue;
+            }
+            self.fit += 1;
+            b = b.map(|l| l - need);
+            bt = bt.map(|l| l - tokens);
+            d = d.map(|l| l - need);
+            if let Some(l) = ml {
+                m.insert(model.clone(), l - need);
+            }
+        }
+    }
+
+    /// Whether any budget applies.
+    pub fn binds(&self) -> bool {
+        self.batch_left.is_some()
+            || self.batch_tokens_left.is_some()
+            || self.daily_left.is_some()
+            || !self.model_left.is_empty()
+    }
+
+    /// "batch cap: 7.40 CNY left; today: 0.60 CNY left → 37 of 100 job(s) fit now".
+    pub fn line(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(l) = self.batch_left {
+            parts.push(format!("batch cap: {} left", fmt_floor(l)));
+        }
+        if let Some(l) = self.batch_tokens_left {
+            parts.push(format!("batch token cap: {l} tokens left"));
+        }
+        if let Some(l) = self.daily_left {
+            parts.push(format!("budget.daily_cny: {} left today", fmt_floor(l)));
+        }
+        for (model, l) in &self.model_left {
+            parts.push(format!("{model} daily_cny: {} left today", fmt_floor(*l)));
+        }
+        format!(
+            "{} → {} of {} job(s) fit now",
+            parts.join("; "),
+            self.fit,
+            self.jobs
+        )
+    }
+}
+
+/// Room (hold units) as CNY, rounded down to the fen: what still fits.
+fn fmt_floor(units: i64) -> String {
+    fmt_fen(units.max(0) / UNITS_PER_FEN)
+}
+
+/// The budgets `model`s of a batch (or of none) fall under now, with the room left.
+///
+/// # Errors
+/// Store failures.
+pub async fn plan_for(
+    store: &crate::store::Store,
+    cfg: &crate::config::Config,
+    catalogue: &Catalogue,
+    tz: Tz,
+    batch: Option<&str>,
+    extra_cap_fen: Option<i64>,
+    models: &[String],
+) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let mut cap_fen = extra_cap_fen;
+    let mut cap_tokens = None;
+    let (mut held, mut held_tokens) = (0, 0);
+    if let Some(b) = batch {
+        let s = store.batch_spend(b).await?;
+        cap_fen = cap_fen.or(s.max_cost_fen);
+        cap_tokens = s.max_tokens;
+        held = s.units;
+        held_tokens = s.tokens;
+    }
+    plan.batch_left = cap_fen.map(|f| f.saturating_mul(UNITS_PER_FEN) - held);
+    plan.batch_tokens_left = cap_tokens.map(|t| t - held_tokens);
+    let day = day_start(now_ms(), tz, cfg.bulk.tpd_day_ms());
+    if let Some(fen) = cfg.budget.daily_cny.and_then(|v| fen_of_cny(v).ok()) {
+        let (spent, _) = store.day_spend(day, None).await?;
+        plan.daily_left = Some(fen.saturating_mul(UNITS_PER_FEN) - spent);
+    }
+    for m in models {
+        if plan.model_left.contains_key(m) {
+            continue;
+        }
+        if let Some(fen) = catalogue
+            .get(m)
+            .and_then(|s| s.daily_cny)
+            .and_then(|v| fen_of_cny(v).ok())
+        {
+            let (_, spent) = store.day_spend(day, Some(m.clone())).await?;
+            plan.model_left
+                .insert(m.clone(), fen.saturating_mul(UNITS_PER_FEN) - spent);
+        }
+    }
+    Ok(plan)
+}
+
 /// The budget families of `/metrics`, read from the database at scrape time like the other
 /// levels: jobs waiting on a budget by reason, and today's spend against the daily caps.
 ///
@@ -254,6 +387,25 @@ mod tests {
         for bad in ["", "-1", "1.234", "abc", "1e3", ".5", "1.2.3"] {
             assert!(parse_cny(bad).is_err(), "{bad:?} is refused");
         }
+    }
+
+    #[test]
+    fn a_plan_counts_the_jobs_that_fit_in_order() {
+        let job = |m: &str, t: i64| (m.to_string(), t, 2000);
+        let mut p = Plan {
+            batch_left: Some(740 * UNITS_PER_FEN),
+            ..Plan::default()
+        };
+        p.count(&vec![job("m", 19_845); 100]);
+        assert_eq!((p.fit, p.jobs), (37, 100));
+        // A job too big to fit is skipped; smaller ones after it still fit.
+        let mut p = Plan {
+            daily_left: Some(10 * UNITS_PER_FEN),
+            ..Plan::default()
+        };
+        p.count(&[job("m", 1_000_000), job("m", 2_000), job("m", 2_000)]);
+        assert_eq!(p.fit, 2);
+        assert!(p.line().contains("2 of 3 job(s) fit now"), "{}", p.line());
     }
 
     #[test]

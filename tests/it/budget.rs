@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 
-use crate::helpers::{SimProc, TestEnv, worker_config};
+use std::io::{BufRead, Read, Write};
+
+use crate::helpers::{Guard, SimProc, TestEnv, wait_until, worker_config};
 
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
 /// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model (ark-api.md §10), which is what
@@ -58,6 +60,12 @@ fn a_batch_cap_creates_exactly_the_jobs_that_fit_and_a_raise_releases_the_rest()
     let sim = fast_sim("");
     let env = TestEnv::new(&worker_config(&sim, ""));
     let file = write(&env, "jobs.jsonl", &clip_lines("capped", 100));
+    let planned = env.ok(&["estimate", "-f", &file, "--max-cost", CAP_37]);
+    assert!(
+        planned.contains("batch cap: 7.40 CNY left")
+            && planned.contains("37 of 100 job(s) fit now"),
+        "estimate knows the cap: {planned}"
+    );
     env.ok(&[
         "submit",
         "-f",
@@ -104,6 +112,30 @@ fn a_batch_cap_creates_exactly_the_jobs_that_fit_and_a_raise_releases_the_rest()
     assert_eq!(v["budget"]["max_cost_fen"], CAP_37_FEN);
     assert_eq!(v["budget"]["waiting"], 63);
     assert!(v["budget"]["spent_fen"].as_i64().expect("spent") <= CAP_37_FEN);
+    // 740 - 734.265 fen left: under a fen's worth of room shown, and no job fits.
+    let planned = env.ok(&["estimate", "--batch", "night"]);
+    assert!(
+        planned.contains("batch cap: 0.05 CNY left") && planned.contains("0 of 63 job(s) fit now"),
+        "{planned}"
+    );
+    // `watch` shows the spend against the cap and the waiters.
+    let mut watch = Guard(
+        env.cmd(&["watch", "--batch", "night", "--plain"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn watch"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(watch.0.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("a watch line");
+    watch.kill();
+    assert!(
+        line.contains("budget: ")
+            && line.contains("of 7.40 CNY")
+            && line.contains("63 job(s) waiting on a budget"),
+        "{line}"
+    );
 
     // Raising the cap releases them.
     let out = env.ok(&["batch", "set", "night", "--max-cost", "20"]);
@@ -228,4 +260,91 @@ fn two_run_processes_on_one_database_never_overspend_together() {
     assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 37);
     assert_eq!(count(&jobs, waiting_on_batch), 63);
     assert!(billed_fen_millionths(&jobs) <= CAP_37_FEN * 1_000_000);
+}
+
+/// A free loopback port (bound, then released for the service to take).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// `GET path` on `addr`, the body as text (None until the server answers).
+fn get_text(addr: &str, path: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_string())
+}
+
+#[test]
+fn a_daily_budget_wait_shows_in_metrics_and_a_sighup_raise_releases_it() {
+    let sim = fast_sim("");
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = worker_config(&sim, "[budget]\ndaily_cny = 0.20\n")
+        .replace("listen = \"\"", &format!("listen = \"{admin}\""));
+    let env = TestEnv::new(&text);
+    env.ok(&[
+        "submit",
+        "-f",
+        &write(&env, "jobs.jsonl", &clip_lines("hup", 3)),
+    ]);
+    let service = env.serve();
+    let waiting = |env: &TestEnv| {
+        let jobs = env.jobs();
+        (
+            count(&jobs, |j| j["state"] == "succeeded"),
+            count(&jobs, |j| {
+                j["state"] == "queued" && j["last_error_code"] == "budget_daily"
+            }),
+        )
+    };
+    // A day of 24 h: one clip (19.845 fen ≤ 20) today, the others wait for tomorrow.
+    wait_until(20, "one done, two waiting", || waiting(&env) == (1, 2));
+    wait_until(10, "the metrics", || {
+        get_text(&admin, "/metrics").is_some_and(|m| {
+            m.contains("seedq_budget_waiting_jobs{reason=\"budget_daily\"} 2")
+                && m.contains("seedq_budget_daily_cap_fen 20")
+        })
+    });
+    assert_eq!(sim.tasks().len(), 1);
+
+    let cfg = std::fs::read_to_string(&env.config).expect("config");
+    std::fs::write(
+        &env.config,
+        cfg.replace("daily_cny = 0.20", "daily_cny = 1.00"),
+    )
+    .expect("rewrite config");
+    let ok = std::process::Command::new("kill")
+        .args(["-HUP", &service.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    assert!(ok.success());
+    wait_until(20, "all three done after the raise", || {
+        waiting(&env) == (3, 0)
+    });
+    assert_eq!(sim.tasks().len(), 3);
+}
+
+#[test]
+fn an_ambiguous_create_counts_as_spent() {
+    // The first create makes a task, then the connection drops: seedq cannot know, so the
+    // reservation stays until reconciliation adopts the task.
+    let sim = fast_sim("[faults]\ndrop_after_create = 1\n");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let file = write(&env, "jobs.jsonl", &clip_lines("unsure", 3));
+    env.ok(&["submit", "-f", &file, "--batch", "u", "--max-cost", "0.40"]);
+    env.run_service();
+    let jobs = env.jobs();
+    let unsure = jobs.iter().any(|j| {
+        env.ok(&["show", j["id"].as_str().expect("id")])
+            .contains("reconciled: adopted")
+    });
+    assert!(unsure, "one create was ambiguous and reconciled");
+    assert_eq!(sim.tasks().len(), 2, "the unknown create still counted");
+    assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 2, "{jobs:#?}");
+    assert_eq!(count(&jobs, waiting_on_batch), 1);
+    assert!(billed_fen_millionths(&jobs) <= 40 * 1_000_000);
 }

@@ -356,6 +356,11 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             let Some(job) = ctx.store.job(q.id.as_str()).await? else {
                 continue;
             };
+            // A binding budget cannot pay the default price: flex (half) stays (issue 15).
+            if crate::worker::budget::keeps_flex(ctx, &job).await? {
+                tracing::info!(job_id = %q.id, "kept on flex: its budget cannot pay the default tier");
+                continue;
+            }
             match retier(&job.request_json, false, None, &ctx.catalogue) {
                 Ok((body, _)) => changes.push((q.id.clone(), q.token, body)),
                 Err(e) => {

@@ -136,16 +136,47 @@ pub(crate) async fn register(
         let own: Vec<usize> = (0..jobs.len())
             .filter(|&i| jobs[i].batch.as_deref() == Some(name.as_str()))
             .collect();
-        let mut mine: Vec<NewJob> = own.iter().map(|&i| jobs[i].clone()).collect();
-        let (flex, default) =
-            crate::bulk::governor::admit(store, &ctx.cfg, &ctx.catalogue, &mut mine, d).await?;
-        for (&i, j) in own.iter().zip(mine) {
-            jobs[i] = j;
+        // A cap that cannot pay the default price for the batch binds: flex (half price)
+        // for every job that has it, even if the deadline may then slip (issue 15).
+        let binds = caps.and_then(|(fen, _)| fen).is_some_and(|fen| {
+            let priced: Vec<(String, i64)> = own
+                .iter()
+                .map(|&i| (jobs[i].model.clone(), jobs[i].est_tokens.unwrap_or(0)))
+                .collect();
+            crate::worker::budget::default_cost_exceeds(&ctx.catalogue, &priced, fen)
+        });
+        if binds {
+            let expires = crate::bulk::governor::expires_for(d, crate::store::now_ms());
+            let mut flex = 0;
+            for &i in &own {
+                let j = &mut jobs[i];
+                if expires.is_none() || !ctx.catalogue.get(&j.model).is_some_and(|s| s.flex) {
+                    continue;
+                }
+                let (body, _) =
+                    crate::bulk::governor::retier(&j.request_json, true, expires, &ctx.catalogue)
+                        .map_err(|e| anyhow::anyhow!("job for {}: {e}", j.model))?;
+                j.request_json = body;
+                j.flex = true;
+                j.expires_after = expires;
+                flex += 1;
+            }
+            eprintln!(
+                "{name}: the budget cannot pay the default tier: {flex} of {} job(s) on flex (half price); the deadline may slip",
+                own.len()
+            );
+        } else {
+            let mut mine: Vec<NewJob> = own.iter().map(|&i| jobs[i].clone()).collect();
+            let (flex, default) =
+                crate::bulk::governor::admit(store, &ctx.cfg, &ctx.catalogue, &mut mine, d).await?;
+            for (&i, j) in own.iter().zip(mine) {
+                jobs[i] = j;
+            }
+            eprintln!(
+                "{name}: {flex} job(s) on flex, {default} on the default tier to finish by {}",
+                super::jobs::fmt_time(d)
+            );
         }
-        eprintln!(
-            "{name}: {flex} job(s) on flex, {default} on the default tier to finish by {}",
-            super::jobs::fmt_time(d)
-        );
     }
     let source = a
         .file

@@ -166,7 +166,8 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
         crate::ops::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC);
     let mut budget = crate::worker::budget::plan_for(
         &store,
-        &ctx.cfg,
+        ctx.cfg.bulk.tpd_day_ms(),
+        ctx.cfg.budget.daily_cny,
         &ctx.catalogue,
         tz,
         a.batch.as_deref(),

@@ -273,9 +273,11 @@ fn fmt_floor(units: i64) -> String {
 ///
 /// # Errors
 /// Store failures.
+#[allow(clippy::too_many_arguments)]
 pub async fn plan_for(
     store: &crate::store::Store,
-    cfg: &crate::config::Config,
+    day_ms: i64,
+    daily_cny: Option<f64>,
     catalogue: &Catalogue,
     tz: Tz,
     batch: Option<&str>,
@@ -295,8 +297,8 @@ pub async fn plan_for(
     }
     plan.batch_left = cap_fen.map(|f| f.saturating_mul(UNITS_PER_FEN) - held);
     plan.batch_tokens_left = cap_tokens.map(|t| t - held_tokens);
-    let day = day_start(now_ms(), tz, cfg.bulk.tpd_day_ms());
-    if let Some(fen) = cfg.budget.daily_cny.and_then(|v| fen_of_cny(v).ok()) {
+    let day = day_start(now_ms(), tz, day_ms);
+    if let Some(fen) = daily_cny.and_then(|v| fen_of_cny(v).ok()) {
         let (spent, _) = store.day_spend(day, None).await?;
         plan.daily_left = Some(fen.saturating_mul(UNITS_PER_FEN) - spent);
     }
@@ -315,6 +317,47 @@ pub async fn plan_for(
         }
     }
     Ok(plan)
+}
+
+/// Whether a budget binds `job` so that the deadline governor should keep it on flex (half
+/// price) rather than move it to the default tier: the room left under one of its budgets
+/// cannot pay it at the default price.
+///
+/// # Errors
+/// Store failures.
+pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
+    let catalogue = ctx.ops.live.catalogue();
+    let mut plan = plan_for(
+        &ctx.store,
+        ctx.cfg.bulk.tpd_day_ms(),
+        ctx.ops.live.budget().daily_cny,
+        &catalogue,
+        ctx.ops.live.tz(),
+        job.batch_id.as_deref(),
+        None,
+        std::slice::from_ref(&job.model),
+    )
+    .await?;
+    if !plan.binds() {
+        return Ok(false);
+    }
+    let tokens = job.est_tokens.unwrap_or(0);
+    plan.count(&[(
+        job.model.clone(),
+        tokens,
+        rate(&catalogue, &job.model, false),
+    )]);
+    Ok(plan.fit == 0)
+}
+
+/// Whether `jobs` (model, tokens, flex) cost more at the default price than `cap_fen`: then
+/// a deadline batch's budget binds and the governor prefers flex at admission.
+pub fn default_cost_exceeds(catalogue: &Catalogue, jobs: &[(String, i64)], cap_fen: i64) -> bool {
+    let units: i64 = jobs
+        .iter()
+        .map(|(m, t)| t.saturating_mul(rate(catalogue, m, false)))
+        .fold(0i64, i64::saturating_add);
+    units > cap_fen.saturating_mul(UNITS_PER_FEN)
 }
 
 /// The budget families of `/metrics`, read from the database at scrape time like the other

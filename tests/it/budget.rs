@@ -348,3 +348,44 @@ fn an_ambiguous_create_counts_as_spent() {
     assert_eq!(count(&jobs, waiting_on_batch), 1);
     assert!(billed_fen_millionths(&jobs) <= 40 * 1_000_000);
 }
+
+#[test]
+fn a_deadline_batch_whose_budget_binds_prefers_flex() {
+    // Flex is assumed to take 3 h here, so a 2 h deadline alone puts every job on default.
+    let cfg = "[poll]\nflex_first_poll_after = \"3h\"\n";
+    let tiers = |env: &TestEnv| -> Vec<String> {
+        env.jobs()
+            .iter()
+            .map(|j| j["service_tier"].as_str().unwrap_or("?").to_string())
+            .collect()
+    };
+    let plain = TestEnv::new(cfg);
+    let file = write(&plain, "jobs.jsonl", &clip_lines("tight", 10));
+    plain.ok(&["submit", "-f", &file, "--batch", "t", "--deadline", "2h"]);
+    assert!(tiers(&plain).iter().all(|t| t == "default"));
+
+    // Ten clips cost 1.98 CNY on default, 0.99 on flex: a 1.50 cap cannot pay default.
+    let capped = TestEnv::new(cfg);
+    let file = write(&capped, "jobs.jsonl", &clip_lines("tight", 10));
+    let out = capped
+        .cmd(&[
+            "submit",
+            "-f",
+            &file,
+            "--batch",
+            "t",
+            "--deadline",
+            "2h",
+            "--max-cost",
+            "1.50",
+        ])
+        .output()
+        .expect("submit");
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the budget cannot pay the default tier: 10 of 10 job(s) on flex"),
+        "{err}"
+    );
+    assert!(tiers(&capped).iter().all(|t| t == "flex"));
+}

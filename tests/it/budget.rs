@@ -389,3 +389,48 @@ fn a_deadline_batch_whose_budget_binds_prefers_flex() {
     );
     assert!(tiers(&capped).iter().all(|t| t == "flex"));
 }
+
+#[test]
+fn a_model_daily_budget_holds_only_that_model() {
+    const PRO: &str = "doubao-seedance-1-0-pro-250528";
+    let sim = fast_sim("");
+    // One lite clip a day (19.845 fen ≤ 20); the pro model has no cap of its own.
+    let env = TestEnv::new(&worker_config(
+        &sim,
+        &format!("[models.\"{LITE_T2V}\"]\ndaily_cny = 0.20\n"),
+    ));
+    let mut lines = vec![clip_lines("lite", 3)];
+    lines.extend((0..2).map(|i| {
+        format!(r#"{{"prompt":"pro {i}","model":"{PRO}","resolution":"480p","ratio":"16:9","duration":2}}"#)
+    }));
+    env.ok(&[
+        "submit",
+        "-f",
+        &write(&env, "jobs.jsonl", &lines.join("\n")),
+    ]);
+    let _service = env.serve();
+    let state = |env: &TestEnv| {
+        let jobs = env.jobs();
+        let of = |m: &str, s: &str| count(&jobs, |j| j["model"] == m && j["state"] == s);
+        (
+            of(LITE_T2V, "succeeded"),
+            of(LITE_T2V, "queued"),
+            of(PRO, "succeeded"),
+        )
+    };
+    wait_until(20, "one lite and both pro clips done", || {
+        state(&env) == (1, 2, 2)
+    });
+    let jobs = env.jobs();
+    let waiter = jobs
+        .iter()
+        .find(|j| j["model"] == LITE_T2V && j["state"] == "queued")
+        .expect("a waiting lite job");
+    assert_eq!(waiter["last_error_code"], "budget_daily");
+    let shown = env.ok(&["show", waiter["id"].as_str().expect("id")]);
+    assert!(
+        shown.contains(&format!("{LITE_T2V} daily_cny 0.20 CNY reached")),
+        "{shown}"
+    );
+    assert_eq!(sim.tasks().len(), 3);
+}

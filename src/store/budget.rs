@@ -96,8 +96,6 @@ fn wake(tx: &Transaction<'_>, batch: Option<&str>, now: i64) -> rusqlite::Result
 
 impl Store {
     /// Reserves `req` against every cap it falls under, or says which one it does not fit.
-    /// A previous hold of the same job (a resubmit after an unbilled remote failure) is
-    /// replaced.
     ///
     /// # Errors
     /// SQL errors.
@@ -108,7 +106,13 @@ impl Store {
     ) -> Result<Result<(), Refusal>, StoreError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute("DELETE FROM budget_holds WHERE job_id = ?1", [&req.job_id])?;
+            // A hold still here belongs to an earlier create whose outcome stayed unknown (a
+            // parked job an operator retried): it may have been billed, so it keeps counting,
+            // under a name of its own.
+            tx.execute(
+                "UPDATE budget_holds SET job_id = job_id || '#' || created_at WHERE job_id = ?1",
+                [&req.job_id],
+            )?;
             let need = req.tokens.saturating_mul(req.rate);
             let mut checks: Vec<(Scope, i64, i64)> = Vec::new();
             if let Some(batch) = &req.batch {
@@ -359,5 +363,71 @@ impl Store {
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hold(id: &str, tokens: i64) -> HoldRequest {
+        HoldRequest {
+            job_id: id.into(),
+            batch: Some("b".into()),
+            model: "m".into(),
+            day_start: 0,
+            tokens,
+            rate: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn reserve_release_commit_and_a_retried_unknown_create_keeps_counting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        // A cap of 1 fen = 2,000,000 units = 1,000,000 tokens at rate 2.
+        s.set_batch_budget("b", Some(Some(1)), None)
+            .await
+            .expect("cap");
+        let daily = DailyCaps::default();
+        assert_eq!(
+            s.budget_reserve(hold("a", 600_000), daily)
+                .await
+                .expect("a"),
+            Ok(())
+        );
+        let refused = s
+            .budget_reserve(hold("b", 600_000), daily)
+            .await
+            .expect("b");
+        assert_eq!(
+            refused,
+            Err(Refusal {
+                scope: Scope::BatchCost,
+                spent: 1_200_000,
+                need: 1_200_000,
+                cap: 2_000_000
+            })
+        );
+        // Released: the room is back.
+        assert!(s.budget_release("a").await.expect("release"));
+        assert_eq!(
+            s.budget_reserve(hold("b", 600_000), daily)
+                .await
+                .expect("b"),
+            Ok(())
+        );
+        // Billed below the estimate: the smaller amount counts.
+        s.budget_commit("b", 100_000).await.expect("commit");
+        assert_eq!(s.batch_spend("b").await.expect("spend").units, 200_000);
+        // "b" reserving again (an operator retried an unknown create): the old hold may have
+        // been billed, so both count.
+        assert_eq!(
+            s.budget_reserve(hold("b", 100_000), daily)
+                .await
+                .expect("b2"),
+            Ok(())
+        );
+        assert_eq!(s.batch_spend("b").await.expect("spend").units, 400_000);
     }
 }

@@ -434,3 +434,21 @@ fn a_model_daily_budget_holds_only_that_model() {
     );
     assert_eq!(sim.tasks().len(), 3);
 }
+
+#[test]
+fn a_token_cap_counts_tokens() {
+    let sim = fast_sim("");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let file = write(&env, "jobs.jsonl", &clip_lines("tokens", 5));
+    let cap = (3 * CLIP_TOKENS + 1).to_string();
+    env.ok(&["submit", "-f", &file, "--batch", "t", "--max-tokens", &cap]);
+    env.run_service();
+    let jobs = env.jobs();
+    assert_eq!(sim.tasks().len(), 3);
+    assert_eq!(count(&jobs, waiting_on_batch), 2);
+    let shown = env.ok(&["batch", "show", "t"]);
+    assert!(shown.contains("59 535 of 59 536 tokens"), "{shown}");
+    env.ok(&["batch", "set", "t", "--max-tokens", "none"]);
+    env.run_service();
+    assert_eq!(sim.tasks().len(), 5);
+}

@@ -319,14 +319,28 @@ pub async fn plan_for(
     Ok(plan)
 }
 
-/// Whether a budget binds `job` so that the deadline governor should keep it on flex (half
-/// price) rather than move it to the default tier: the room left under one of its budgets
-/// cannot pay it at the default price.
+/// Whether a budget binds `job`'s batch so that the deadline governor should keep its flex
+/// jobs on flex (half price) rather than move them to the default tier: the room left under
+/// the budgets cannot pay the batch's queued jobs (this one alone without a batch) at the
+/// default price.
 ///
 /// # Errors
 /// Store failures.
 pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
     let catalogue = ctx.ops.live.catalogue();
+    let queued: Vec<Job> = match &job.batch_id {
+        Some(b) => ctx
+            .store
+            .batch_jobs(b)
+            .await?
+            .into_iter()
+            .filter(|j| j.state == crate::job::JobState::Queued)
+            .collect(),
+        None => vec![job.clone()],
+    };
+    let mut models: Vec<String> = queued.iter().map(|j| j.model.clone()).collect();
+    models.sort_unstable();
+    models.dedup();
     let mut plan = plan_for(
         &ctx.store,
         ctx.cfg.bulk.tpd_day_ms(),
@@ -335,19 +349,24 @@ pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
         ctx.ops.live.tz(),
         job.batch_id.as_deref(),
         None,
-        std::slice::from_ref(&job.model),
+        &models,
     )
     .await?;
     if !plan.binds() {
         return Ok(false);
     }
-    let tokens = job.est_tokens.unwrap_or(0);
-    plan.count(&[(
-        job.model.clone(),
-        tokens,
-        rate(&catalogue, &job.model, false),
-    )]);
-    Ok(plan.fit == 0)
+    let at_default: Vec<(String, i64, i64)> = queued
+        .iter()
+        .map(|j| {
+            (
+                j.model.clone(),
+                j.est_tokens.unwrap_or(0),
+                rate(&catalogue, &j.model, false),
+            )
+        })
+        .collect();
+    plan.count(&at_default);
+    Ok(plan.fit < at_default.len())
 }
 
 /// Whether `jobs` (model, tokens, flex) cost more at the default price than `cap_fen`: then

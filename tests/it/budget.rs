@@ -452,3 +452,46 @@ fn a_token_cap_counts_tokens() {
     env.run_service();
     assert_eq!(sim.tasks().len(), 5);
 }
+
+#[test]
+fn the_service_governor_keeps_flex_while_the_budget_cannot_pay_default() {
+    let sim = fast_sim("");
+    // Flex is assumed to take 3 h, so the governor sees every queued flex job of a 2 h
+    // deadline batch as late; the first poll waits as long, so the slots (5) stay taken and
+    // five jobs stay queued for the governor to consider.
+    let env = TestEnv::new(&worker_config(
+        &sim,
+        "[bulk]\ngovernor_interval = \"50ms\"\n",
+    ));
+    let text = std::fs::read_to_string(&env.config)
+        .expect("config")
+        .replace(
+            "flex_first_poll_after = \"200ms\"",
+            "flex_first_poll_after = \"3h\"",
+        );
+    std::fs::write(&env.config, text).expect("config");
+    let file = write(&env, "jobs.jsonl", &clip_lines("gov", 10));
+    // Ten clips: 1.98 CNY on default, 0.99 on flex. With five flex tasks held (0.50 CNY),
+    // the 0.95 CNY left under a 1.45 cap cannot pay the other five at default (0.99).
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "g",
+        "--deadline",
+        "2h",
+        "--max-cost",
+        "1.45",
+    ]);
+    let _service = env.serve();
+    wait_until(20, "five flex tasks created", || sim.tasks().len() == 5);
+    // Give the governor (every 50 ms) many chances to move the queued ones.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let jobs = env.jobs();
+    assert_eq!(count(&jobs, |j| j["state"] == "queued"), 5);
+    assert!(
+        jobs.iter().all(|j| j["service_tier"] == "flex"),
+        "the governor kept flex: {jobs:#?}"
+    );
+}

@@ -124,6 +124,10 @@ pub struct ModelSpec {
     /// How parameters are rendered into the request.
     #[serde(default)]
     pub param_style: ParamStyle,
+    /// CNY this model may spend per day (issue 15; the day in `maintenance.timezone`).
+    /// seedq's own cap, not an Ark limit: none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub daily_cny: Option<f64>,
 }
 
 /// The frames-per-second every Seedance model produces.
@@ -183,6 +187,7 @@ fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec
         },
         price_per_million: 15.0,
         param_style: ParamStyle::Fields,
+        daily_cny: None,
     }
 }
 
@@ -232,6 +237,7 @@ fn seedance_2(
         },
         price_per_million: 46.0,
         param_style: ParamStyle::Fields,
+        daily_cny: None,
     }
 }
 

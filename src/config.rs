@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     pub maintenance: MaintenanceConfig,
     pub bulk: crate::bulk::BulkConfig,
+    /// `[budget]`: the daily spend cap (issue 15).
+    pub budget: BudgetConfig,
     /// `[models."<id>"]` overrides of the model catalogue.
     pub models: BTreeMap<String, toml::Value>,
 }
@@ -596,6 +598,13 @@ impl Config {
             }
         }
         self.maintenance.validate()?;
+        if let Some(v) = self.budget.daily_cny {
+            fen_of_cny(v).map_err(|allowed| ConfigError::Invalid {
+                key: "budget.daily_cny",
+                value: v.to_string(),
+                allowed,
+            })?;
+        }
         let models = self
             .models
             .iter()
@@ -604,7 +613,19 @@ impl Config {
                 (k.clone(), json)
             })
             .collect();
-        Ok(Catalogue::with_overrides(&models)?)
+        let catalogue = Catalogue::with_overrides(&models)?;
+        for (id, spec) in catalogue.iter() {
+            if let Some(v) = spec.daily_cny
+                && fen_of_cny(v).is_err()
+            {
+                return Err(ConfigError::Invalid {
+                    key: "models.<id>.daily_cny",
+                    value: format!("{id}: {v}"),
+                    allowed: fen_of_cny(-1.0).err().unwrap_or_default(),
+                });
+            }
+        }
+        Ok(catalogue)
     }
 
     /// The effective configuration as TOML, secrets redacted.
@@ -626,6 +647,34 @@ impl Config {
         ));
         text
     }
+}
+
+/// `[budget]`: spend caps that hold across processes (see `worker::budget`). [live]
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// CNY all models may spend per day (the day in `maintenance.timezone`); none: no cap.
+    pub daily_cny: Option<f64>,
+}
+
+/// An amount in CNY as integer fen: finite, not negative, at most two decimals. TOML gives
+/// the number as a float; money is exact from here on.
+///
+/// # Errors
+/// What is allowed, for the caller's error message.
+pub fn fen_of_cny(cny: f64) -> Result<i64, String> {
+    let allowed =
+        || "a CNY amount ≥ 0 with at most two decimals (fen), e.g. 500 or 12.5".to_string();
+    if !cny.is_finite() || !(0.0..=1e15).contains(&cny) {
+        return Err(allowed());
+    }
+    let fen = (cny * 100.0).round();
+    if ((cny * 100.0) - fen).abs() > 1e-6 {
+        return Err(allowed());
+    }
+    // In range (checked above), so the cast is exact.
+    #[allow(clippy::cast_possible_truncation)]
+    Ok(fen as i64)
 }
 
 /// `[maintenance]`: scheduled upkeep (see `ops::maintenance`). Schedules are 6-field cron

@@ -382,11 +382,25 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             continue;
         }
         let mut changes = Vec::with_capacity(moves.len());
+        let mut bound: std::collections::HashMap<Option<String>, bool> = Default::default();
         for i in moves {
             let q = &queue[i];
             let Some(job) = ctx.store.job(q.id.as_str()).await? else {
                 continue;
             };
+            // A binding budget cannot pay the default price: flex (half) stays (issue 15).
+            let binds = match bound.get(&job.batch_id) {
+                Some(b) => *b,
+                None => {
+                    let b = crate::worker::budget::keeps_flex(ctx, &job).await?;
+                    bound.insert(job.batch_id.clone(), b);
+                    b
+                }
+            };
+            if binds {
+                tracing::info!(job_id = %q.id, "kept on flex: its budget cannot pay the default tier");
+                continue;
+            }
             match retier(&job.request_json, false, None, &ctx.catalogue) {
                 Ok((body, _)) => changes.push((q.id.clone(), q.token, body)),
                 Err(e) => {

@@ -129,6 +129,9 @@ pub(crate) async fn register(
     a: &SubmitArgs,
     jobs: &mut [NewJob],
 ) -> anyhow::Result<()> {
+    // Caps are checked before anything is stored, and recorded before the jobs are, so no
+    // create can slip past them.
+    let caps = batch_caps(a.max_cost.as_deref(), a.max_tokens)?;
     let mut names: Vec<String> = jobs.iter().filter_map(|j| j.batch.clone()).collect();
     names.sort_unstable();
     names.dedup();
@@ -144,16 +147,47 @@ pub(crate) async fn register(
         let own: Vec<usize> = (0..jobs.len())
             .filter(|&i| jobs[i].batch.as_deref() == Some(name.as_str()))
             .collect();
-        let mut mine: Vec<NewJob> = own.iter().map(|&i| jobs[i].clone()).collect();
-        let (flex, default) =
-            crate::bulk::governor::admit(store, &ctx.cfg, &ctx.catalogue, &mut mine, d).await?;
-        for (&i, j) in own.iter().zip(mine) {
-            jobs[i] = j;
+        // A cap that cannot pay the default price for the batch binds: flex (half price)
+        // for every job that has it, even if the deadline may then slip (issue 15).
+        let binds = caps.and_then(|(fen, _)| fen).is_some_and(|fen| {
+            let priced: Vec<(String, i64)> = own
+                .iter()
+                .map(|&i| (jobs[i].model.clone(), jobs[i].est_tokens.unwrap_or(0)))
+                .collect();
+            crate::worker::budget::default_cost_exceeds(&ctx.catalogue, &priced, fen)
+        });
+        if binds {
+            let expires = crate::bulk::governor::expires_for(d, crate::store::now_ms());
+            let mut flex = 0;
+            for &i in &own {
+                let j = &mut jobs[i];
+                if expires.is_none() || !ctx.catalogue.get(&j.model).is_some_and(|s| s.flex) {
+                    continue;
+                }
+                let (body, _) =
+                    crate::bulk::governor::retier(&j.request_json, true, expires, &ctx.catalogue)
+                        .map_err(|e| anyhow::anyhow!("job for {}: {e}", j.model))?;
+                j.request_json = body;
+                j.flex = true;
+                j.expires_after = expires;
+                flex += 1;
+            }
+            eprintln!(
+                "{name}: the budget cannot pay the default tier: {flex} of {} job(s) on flex (half price); the deadline may slip",
+                own.len()
+            );
+        } else {
+            let mut mine: Vec<NewJob> = own.iter().map(|&i| jobs[i].clone()).collect();
+            let (flex, default) =
+                crate::bulk::governor::admit(store, &ctx.cfg, &ctx.catalogue, &mut mine, d).await?;
+            for (&i, j) in own.iter().zip(mine) {
+                jobs[i] = j;
+            }
+            eprintln!(
+                "{name}: {flex} job(s) on flex, {default} on the default tier to finish by {}",
+                super::jobs::fmt_time(d)
+            );
         }
-        eprintln!(
-            "{name}: {flex} job(s) on flex, {default} on the default tier to finish by {}",
-            super::jobs::fmt_time(d)
-        );
     }
     let source = a
         .file
@@ -175,7 +209,95 @@ pub(crate) async fn register(
         .ensure_batches(rows)
         .await
         .context("recording the batch")?;
+    if let (Some(name), Some((fen, tokens))) = (&a.batch, caps) {
+        store
+            .set_batch_budget(name, fen.map(Some), tokens.map(Some))
+            .await
+            .context("recording the batch's budget")?;
+    }
     Ok(())
+}
+
+/// `--max-cost` / `--max-tokens` checked: (fen, tokens), `None` when neither is given. In
+/// `batch set`, `none` removes a cap (`Some(None)`).
+type Caps = (Option<Option<i64>>, Option<Option<i64>>);
+
+fn batch_caps(
+    cost: Option<&str>,
+    tokens: Option<u64>,
+) -> anyhow::Result<Option<(Option<i64>, Option<i64>)>> {
+    if cost.is_none() && tokens.is_none() {
+        return Ok(None);
+    }
+    let fen = cost
+        .map(|c| {
+            crate::worker::budget::parse_cny(c)
+                .map_err(|allowed| anyhow::anyhow!("--max-cost {c:?} is invalid: {allowed}"))
+        })
+        .transpose()?;
+    let tokens = tokens
+        .map(|t| {
+            i64::try_from(t)
+                .map_err(|_| anyhow::anyhow!("--max-tokens {t} is invalid: at most {}", i64::MAX))
+        })
+        .transpose()?;
+    Ok(Some((fen, tokens)))
+}
+
+fn set_caps(cost: Option<&str>, tokens: Option<&str>) -> anyhow::Result<Caps> {
+    let none = |v: &str| v.eq_ignore_ascii_case("none");
+    let fen = match cost {
+        None => None,
+        Some(v) if none(v) => Some(None),
+        Some(v) => Some(Some(crate::worker::budget::parse_cny(v).map_err(
+            |allowed| anyhow::anyhow!("--max-cost {v:?} is invalid: {allowed}, or none"),
+        )?)),
+    };
+    let tokens = match tokens {
+        None => None,
+        Some(v) if none(v) => Some(None),
+        Some(v) => Some(Some(v.parse::<i64>().ok().filter(|t| *t >= 0).ok_or_else(
+            || {
+                anyhow::anyhow!(
+                    "--max-tokens {v:?} is invalid: a whole number of tokens ≥ 0, or none"
+                )
+            },
+        )?)),
+    };
+    if fen.is_none() && tokens.is_none() {
+        bail!("batch set needs --max-cost CNY or --max-tokens N (or none to remove a cap)");
+    }
+    Ok((fen, tokens))
+}
+
+/// A batch's spend against its caps, for `batch show` and `watch`.
+pub(crate) fn budget_line(s: &crate::store::budget::BatchSpend) -> String {
+    use crate::worker::budget::{fmt_fen, fmt_units};
+    let mut parts = Vec::new();
+    if let Some(cap) = s.max_cost_fen {
+        let left = cap
+            .saturating_mul(crate::store::budget::UNITS_PER_FEN)
+            .saturating_sub(s.units)
+            .max(0);
+        parts.push(format!(
+            "{} of {} (billed {}), {} left",
+            fmt_units(s.units),
+            fmt_fen(cap),
+            fmt_units(s.billed_units),
+            // Left rounds down: it is what still fits.
+            fmt_fen(left / crate::store::budget::UNITS_PER_FEN)
+        ));
+    }
+    if let Some(cap) = s.max_tokens {
+        parts.push(format!("{} of {} tokens", grouped(s.tokens), grouped(cap)));
+    }
+    if parts.is_empty() {
+        parts.push(format!("no cap; {} held", fmt_units(s.units)));
+    }
+    if s.waiting > 0 {
+        parts.push(format!("{} job(s) waiting on a budget", s.waiting));
+    }
+    parts.join("; ")
 }
 
 /// `seedq batch …`.
@@ -189,6 +311,20 @@ pub enum BatchCommand {
     Cancel(NameArg),
     /// Put a batch's failed jobs back in the queue.
     Retry(RetryArgs),
+    /// Change a batch's spend cap; its jobs waiting on the budget are checked again.
+    Set(SetArgs),
+}
+
+/// `batch set`.
+#[derive(Debug, Args)]
+pub struct SetArgs {
+    pub name: String,
+    /// The cap in CNY (e.g. 500 or 12.5), or `none`.
+    #[arg(long, value_name = "CNY")]
+    pub max_cost: Option<String>,
+    /// The cap in tokens, or `none`.
+    #[arg(long, value_name = "TOKENS")]
+    pub max_tokens: Option<String>,
 }
 
 /// `batch show`.
@@ -226,7 +362,24 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BatchCommand) -> anyhow::Result<ExitCode
         BatchCommand::Show(a) => show(ctx, a).await,
         BatchCommand::Cancel(a) => cancel(ctx, a).await,
         BatchCommand::Retry(a) => retry(ctx, a).await,
+        BatchCommand::Set(a) => set(ctx, a).await,
     }
+}
+
+async fn set(ctx: &Ctx, a: SetArgs) -> anyhow::Result<ExitCode> {
+    let (fen, tokens) = set_caps(a.max_cost.as_deref(), a.max_tokens.as_deref())?;
+    let store = ctx.store()?;
+    if store.batch(&a.name).await?.is_none() {
+        bail!("no batch named {}", a.name);
+    }
+    let woken = store.set_batch_budget(&a.name, fen, tokens).await?;
+    let spend = store.batch_spend(&a.name).await?;
+    println!(
+        "{}: {}; {woken} waiting job(s) checked again",
+        a.name,
+        budget_line(&spend)
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 /// A batch summed up from its cells.
@@ -440,6 +593,19 @@ struct ModelRow {
     summary: Summary,
 }
 
+/// The batch's budget in `batch show --json`: whole fen (spent rounds up), tokens, waiters.
+fn budget_json(s: &crate::store::budget::BatchSpend) -> serde_json::Value {
+    let per = crate::store::budget::UNITS_PER_FEN;
+    serde_json::json!({
+        "max_cost_fen": s.max_cost_fen,
+        "max_tokens": s.max_tokens,
+        "spent_fen": (s.units + per - 1).div_euclid(per),
+        "billed_fen": (s.billed_units + per - 1).div_euclid(per),
+        "tokens": s.tokens,
+        "waiting": s.waiting,
+    })
+}
+
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     let store = ctx.store_existing()?;
     let Some(meta) = store.batch(&a.name).await? else {
@@ -448,6 +614,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     };
     let cells = store.batch_cells(Some(a.name.clone())).await?;
     let failures = store.batch_failures(&a.name, a.failures).await?;
+    let spend = store.batch_spend(&a.name).await?;
     let summary = Summary::of(&cells, &ctx.catalogue);
     let mut per_model: BTreeMap<(String, String), Vec<&BatchCell>> = BTreeMap::new();
     for c in &cells {
@@ -468,6 +635,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let v = serde_json::json!({
             "batch": meta, "summary": summary, "models": models, "failures": failures,
+            "budget": budget_json(&spend),
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
@@ -488,6 +656,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
         row("source", meta.source.clone().unwrap_or_else(|| "-".into()))
     )?;
     writeln!(out, "{}", row("deadline", fmt_opt_time(meta.deadline_at)))?;
+    writeln!(out, "{}", row("budget", budget_line(&spend)))?;
     writeln!(
         out,
         "{}",

@@ -44,6 +44,10 @@ pub struct EstimateArgs {
     pub flex: bool,
     #[arg(long, value_name = "DURATION")]
     pub expires_after: Option<String>,
+    /// A batch cap in CNY to plan with (as `submit --max-cost`); with `--batch`, instead of
+    /// the batch's own.
+    #[arg(long, value_name = "CNY")]
+    pub max_cost: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -68,6 +72,18 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
     let mut times = GenTimes::new(&store, &ctx.cfg.poll);
     let mut items = Vec::new();
     let mut learned = 0usize;
+    let extra_cap = a
+        .max_cost
+        .as_deref()
+        .map(|c| {
+            crate::worker::budget::parse_cny(c)
+                .map_err(|allowed| anyhow::anyhow!("--max-cost {c:?} is invalid: {allowed}"))
+        })
+        .transpose()?;
+    // Jobs that would still reserve budget (queued ones of a batch; all of a file), in the
+    // dispatcher's order: (model, tokens, rate).
+    let mut to_reserve: Vec<(i64, String, String, i64, i64)> = Vec::new();
+    let rate = |m: &str, flex: bool| crate::worker::budget::rate(&ctx.catalogue, m, flex);
     if let Some(name) = &a.batch {
         if store.batch(name).await?.is_none() {
             eprintln!("error: no batch named {name}");
@@ -80,6 +96,15 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
             learned += usize::from(l);
             let pending = !j.state.is_terminal()
                 && !matches!(j.state, JobState::Succeeded | JobState::Archiving);
+            if j.state == JobState::Queued {
+                to_reserve.push((
+                    j.priority,
+                    j.id.to_string(),
+                    j.model.clone(),
+                    j.est_tokens.unwrap_or(0),
+                    rate(&j.model, j.is_flex()),
+                ));
+            }
             items.push(Item {
                 flex: j.is_flex(),
                 tokens: j.usage_tokens.or(j.est_tokens),
@@ -112,6 +137,13 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
             super::jobs::prepare_lines(ctx, std::io::BufReader::new(f), &base, &defaults)?
         };
         for j in jobs {
+            to_reserve.push((
+                j.priority,
+                j.id.to_string(),
+                j.model.clone(),
+                j.est_tokens.unwrap_or(0),
+                rate(&j.model, j.flex),
+            ));
             let tier = if j.flex { "flex" } else { "default" };
             let (gen_ms, l) = times.get(&j.model, tier, j.shape.as_deref()).await?;
             learned += usize::from(l);
@@ -130,13 +162,50 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
         |m| Limiter::limits(&ctx.catalogue, m),
         ctx.cfg.bulk.tpd_day_ms(),
     );
+    // The claim's order: priority, then id.
+    to_reserve.sort_by(|x, y| y.0.cmp(&x.0).then_with(|| x.1.cmp(&y.1)));
+    let mut models: Vec<String> = to_reserve.iter().map(|j| j.2.clone()).collect();
+    models.sort_unstable();
+    models.dedup();
+    let tz =
+        crate::ops::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC);
+    let mut budget = crate::worker::budget::plan_for(
+        &store,
+        ctx.cfg.bulk.tpd_day_ms(),
+        ctx.cfg.budget.daily_cny,
+        &ctx.catalogue,
+        tz,
+        a.batch.as_deref(),
+        extra_cap,
+        &models,
+    )
+    .await?;
+    let jobs: Vec<(String, i64, i64)> = to_reserve
+        .into_iter()
+        .map(|(_, _, m, t, r)| (m, t, r))
+        .collect();
+    budget.count(&jobs);
     let mut out = std::io::stdout().lock();
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &est)?;
+        let mut v = serde_json::to_value(&est)?;
+        if let Some(o) = v.as_object_mut()
+            && budget.binds()
+        {
+            o.insert("budget".into(), serde_json::to_value(&budget)?);
+        }
+        serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
         return Ok(ExitCode::SUCCESS);
     }
     print_estimate(&mut out, ctx, &est)?;
+    if budget.binds() {
+        writeln!(
+            out,
+            "
+budget: {}",
+            budget.line()
+        )?;
+    }
     writeln!(
         out,
         "\ngeneration times: {} of {} job(s) from recent completions, the rest assumed \

@@ -98,6 +98,13 @@ pub struct SubmitArgs {
     /// can still finish in time, else default.
     #[arg(long, value_name = "WHEN", requires = "batch")]
     pub deadline: Option<String>,
+    /// The batch's spend cap in CNY (e.g. 500 or 12.5): creates that would exceed it wait,
+    /// queued, until `seedq batch set NAME --max-cost …` raises it.
+    #[arg(long, value_name = "CNY", requires = "batch")]
+    pub max_cost: Option<String>,
+    /// The batch's cap in tokens (estimated, then billed), like `--max-cost`.
+    #[arg(long, value_name = "TOKENS", requires = "batch")]
+    pub max_tokens: Option<u64>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,

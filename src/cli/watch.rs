@@ -55,6 +55,9 @@ struct View {
     finished: i64,
     active: i64,
     eta_ms: Option<i64>,
+    /// Spend against the batch's cap, and jobs waiting on a budget (issue 15); `None`
+    /// without a cap or waiters.
+    budget: Option<String>,
 }
 
 /// Finished counts over time, for the throughput.
@@ -137,11 +140,12 @@ pub(crate) async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<ExitCode> {
             } else {
                 // Only the counts decide whether a line is news; rate and ETA drift anyway.
                 let counts = format!(
-                    "{}: {}/{} finished · {}",
+                    "{}: {}/{} finished · {} · {:?}",
                     v.name,
                     v.finished,
                     v.summary.jobs,
-                    v.summary.states_line()
+                    v.summary.states_line(),
+                    v.budget
                 );
                 let stale = printed
                     .get(&v.name)
@@ -203,7 +207,11 @@ fn status_line(v: &View, per_min: Option<f64>) -> String {
         (_, Some(ms)) => format!("eta {}", human_ms(ms)),
         (_, None) => "eta ?".into(),
     };
-    format!("{} · {rate} · {eta}", v.summary.states_line())
+    let budget = v
+        .budget
+        .as_ref()
+        .map_or_else(String::new, |b| format!(" · budget: {b}"));
+    format!("{} · {rate} · {eta}{budget}", v.summary.states_line())
 }
 
 async fn refresh(
@@ -241,12 +249,17 @@ async fn refresh(
         let active = summary.active(arch);
         let finished = summary.jobs - active;
         let eta_ms = eta(ctx, &mut times, &cs, arch).await?;
+        let spend = store.batch_spend(&name).await?;
+        let budget =
+            (spend.max_cost_fen.is_some() || spend.max_tokens.is_some() || spend.waiting > 0)
+                .then(|| super::batch::budget_line(&spend));
         views.push(View {
             name,
             summary,
             finished,
             active,
             eta_ms,
+            budget,
         });
     }
     Ok(views)

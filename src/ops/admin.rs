@@ -643,5 +643,6 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
         &[("version", env!("CARGO_PKG_VERSION"))],
         1.0,
     );
+    crate::worker::budget::metrics_text(ctx, &mut out, now).await?;
     Ok(out)
 }

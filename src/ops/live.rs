@@ -12,7 +12,7 @@ use chrono_tz::Tz;
 
 use super::schedule::{self, FlexWindow};
 use crate::catalogue::{Catalogue, Limits};
-use crate::config::{Config, PollConfig};
+use crate::config::{BudgetConfig, Config, PollConfig};
 use crate::worker::limiter::Limiter;
 
 /// The live settings.
@@ -20,6 +20,8 @@ pub struct Live {
     catalogue: RwLock<Arc<Catalogue>>,
     poll: RwLock<Arc<PollConfig>>,
     flex_window: RwLock<Option<FlexWindow>>,
+    /// `[budget]` (the per-model daily caps are in the catalogue).
+    budget: RwLock<Arc<BudgetConfig>>,
     /// The zone of the flex window; fixed at start, like the schedules that share it.
     tz: Tz,
 }
@@ -45,6 +47,7 @@ impl Live {
                     .ok()
                     .flatten(),
             ),
+            budget: RwLock::new(Arc::new(cfg.budget.clone())),
             tz: schedule::parse_tz(&cfg.maintenance.timezone).unwrap_or(Tz::UTC),
         }
     }
@@ -53,6 +56,7 @@ impl Live {
     pub fn apply(&self, cfg: &Config, catalogue: Catalogue) {
         write(&self.catalogue, Arc::new(catalogue));
         write(&self.poll, Arc::new(cfg.poll.clone()));
+        write(&self.budget, Arc::new(cfg.budget.clone()));
         write(
             &self.flex_window,
             FlexWindow::parse(&cfg.maintenance.flex_window)
@@ -69,6 +73,16 @@ impl Live {
     /// The limits in force for `model`.
     pub fn limits(&self, model: &str) -> Limits {
         Limiter::limits(&self.catalogue(), model)
+    }
+
+    /// `[budget]` in force.
+    pub fn budget(&self) -> Arc<BudgetConfig> {
+        read(&self.budget)
+    }
+
+    /// The zone of `maintenance.timezone` (budget days, the flex window).
+    pub fn tz(&self) -> Tz {
+        self.tz
     }
 
     /// `[poll]` in force.

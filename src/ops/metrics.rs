@@ -47,6 +47,8 @@ pub const LEASES_RELEASED: &str = "seedq_leases_released_total";
 pub const RELOADS: &str = "seedq_config_reloads_total";
 /// 1 after a reload found changes that only a restart applies.
 pub const RESTART_REQUIRED: &str = "seedq_restart_required";
+/// Creates refused by a spend cap, by `reason` (budget_batch, budget_daily).
+pub const BUDGET_REFUSED: &str = "seedq_budget_refused_total";
 /// Size of the last database backup.
 pub const BACKUP_BYTES: &str = "seedq_backup_bytes";
 
@@ -126,6 +128,10 @@ fn describe() {
     describe_counter!(PRUNED, "Jobs deleted by pruning, by state.");
     describe_counter!(LEASES_RELEASED, "Expired leases released by the sweep.");
     describe_counter!(RELOADS, "Configuration reloads (SIGHUP) by outcome.");
+    describe_counter!(
+        BUDGET_REFUSED,
+        "Creates held back by a spend cap, by reason (budget_batch, budget_daily)."
+    );
     describe_gauge!(
         RESTART_REQUIRED,
         "1 when a reloaded configuration has changes that need a restart."
@@ -141,6 +147,11 @@ fn describe() {
     metrics::counter!(RELOADS, "outcome" => "error").increment(0);
     metrics::counter!(LEASES_RELEASED).increment(0);
     metrics::gauge!(RESTART_REQUIRED).set(0.0);
+}
+
+/// Counts a create held back by a spend cap.
+pub fn budget_refused(reason: &'static str) {
+    metrics::counter!(BUDGET_REFUSED, "reason" => reason).increment(1);
 }
 
 /// Records one HTTP attempt to Ark: `status` is the HTTP status of a failed response, `code`

@@ -21,7 +21,13 @@ use crate::worker::Ctx;
 pub type Source = Box<dyn Fn() -> anyhow::Result<(Config, Catalogue)> + Send + Sync>;
 
 /// Keys (dotted, or prefixes ending in `.`) that a reload applies live.
-const LIVE_KEYS: [&str; 4] = ["models.", "poll.", "log.level", "maintenance.flex_window"];
+const LIVE_KEYS: [&str; 5] = [
+    "models.",
+    "poll.",
+    "log.level",
+    "maintenance.flex_window",
+    "budget.",
+];
 
 /// What one reload did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -73,6 +79,11 @@ pub async fn run(ctx: Ctx, mut hup: Signal, shutdown: CancellationToken) -> anyh
         notify::reloading();
         let status = match reload(&ctx) {
             Ok(r) => {
+                // A cap may have been raised: jobs waiting on a budget are checked again.
+                if let Err(e) = ctx.store.wake_budget_waiters().await {
+                    tracing::warn!(error = %e, "could not wake the jobs waiting on a budget");
+                }
+                ctx.poke_dispatch.notify_one();
                 metrics::reload(true, !r.restart_required.is_empty());
                 tracing::info!(
                     applied = ?r.applied,

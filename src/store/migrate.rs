@@ -32,6 +32,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0006_images.sql",
         include_str!("../../migrations/0006_images.sql"),
     ),
+    (
+        "0007_budget.sql",
+        include_str!("../../migrations/0007_budget.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

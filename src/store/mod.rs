@@ -7,6 +7,7 @@
 //! could sit behind the same methods.
 
 mod archive;
+pub mod budget;
 mod bulk;
 mod chain;
 mod conn;
@@ -1294,17 +1295,19 @@ impl Store {
 
     /// Jobs that still need the service: queued, submitting, submitted, succeeded and
     /// archiving (the last two only when archiving is on), and submit_unknown jobs that
-    /// reconciliation has not parked. Parked jobs wait for an operator.
+    /// reconciliation has not parked. Parked jobs wait for an operator, and so do jobs
+    /// waiting for a batch's budget to be raised (`seedq batch set`).
     ///
     /// # Errors
     /// SQL errors.
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE state IN ('queued', 'submitting', 'submitted') \
+                "SELECT COUNT(*) FROM jobs WHERE (state IN ('queued', 'submitting', 'submitted') \
+                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3)) \
                  OR (?1 AND state IN ('succeeded', 'archiving')) \
                  OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')",
-                params![archive],
+                params![archive, budget::WAIT_BATCH, now_ms()],
                 |r| r.get(0),
             )?)
         })

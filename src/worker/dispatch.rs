@@ -243,6 +243,29 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
         reserved = Some((day, need));
     }
+    // Spend caps (issue 15): reserved in the database, so other processes see it too.
+    if let Err(wait) = super::budget::reserve(ctx, &job).await? {
+        if let Some((day, need)) = reserved {
+            ctx.limiter.release_flex(&job.model, day, need);
+        }
+        tracing::info!(reason = %wait.message, "waiting on a budget");
+        ctx.store
+            .transition(
+                &job.id,
+                JobState::Submitting,
+                token,
+                JobState::Queued,
+                Patch::new()
+                    .set("attempts", job.attempts - 1)
+                    .set("next_attempt_at", wait.until)
+                    .set("last_error_code", wait.code.to_string())
+                    .set("last_error_message", wait.message.clone())
+                    .clear("lease_until"),
+                Some(wait.message),
+            )
+            .await?;
+        return Ok(());
+    }
     let body = with_callback(ctx, &job)?;
     // Embedded images are stored once, apart from the row; the full body exists only now.
     let body = ctx.store.inflate_body(body).await?;
@@ -319,6 +342,9 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 } else {
                     ctx.limiter.release_flex(&job.model, day, need);
                 }
+            }
+            if class != ErrorClass::Ambiguous {
+                super::budget::release(ctx, &job).await?;
             }
             let code = e.code().unwrap_or("transport").to_string();
             let msg = format!("{e:#}");

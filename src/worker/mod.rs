@@ -7,6 +7,7 @@
 //! error: the service never stays up half-alive.
 
 pub mod archive;
+pub mod budget;
 pub mod callback;
 pub mod dispatch;
 pub mod limiter;

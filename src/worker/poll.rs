@@ -205,6 +205,15 @@ struct Plan {
     leaves: bool,
     /// Logged once the write succeeded.
     log: Option<LogLine>,
+    /// What the job's budget hold becomes once the write succeeded (issue 15).
+    settle: Option<Settle>,
+}
+
+/// The end of a budget hold: the billed tokens, or nothing (failed tasks are not billed).
+#[derive(Clone, Copy, Debug)]
+enum Settle {
+    Billed(i64),
+    Unbilled,
 }
 
 impl Plan {
@@ -220,7 +229,13 @@ impl Plan {
             },
             leaves: true,
             log: None,
+            settle: None,
         }
+    }
+
+    fn settled(mut self, settle: Settle) -> Self {
+        self.settle = Some(settle);
+        self
     }
 
     fn logged(mut self, level: tracing::Level, msg: String) -> Self {
@@ -242,13 +257,23 @@ async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
             (p.transition.id.clone(), p.leaves, done, p.log.clone())
         })
         .collect();
+    let settles: Vec<Option<Settle>> = plans.iter().map(|p| p.settle).collect();
     let results = ctx
         .store
         .transition_many(plans.into_iter().map(|p| p.transition).collect())
         .await?;
-    for ((id, leaves, done, log), r) in meta.into_iter().zip(results) {
+    for (((id, leaves, done, log), r), settle) in meta.into_iter().zip(results).zip(settles) {
         match r {
             Ok(_) => {
+                match settle {
+                    Some(Settle::Billed(t)) => {
+                        ctx.store.budget_commit(id.as_str(), t).await?;
+                    }
+                    Some(Settle::Unbilled) => {
+                        ctx.store.budget_release(id.as_str()).await?;
+                    }
+                    None => {}
+                }
                 if leaves {
                     // A remote slot is free: the dispatcher need not wait for its idle tick.
                     ctx.poke_dispatch.notify_one();
@@ -293,6 +318,7 @@ fn reschedule_plan(ctx: &Ctx, job: &Job, now: i64, status: Option<&str>) -> Plan
         },
         leaves: false,
         log: None,
+        settle: None,
     }
 }
 
@@ -423,13 +449,22 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
             if let Some(f) = &content.last_frame_url {
                 patch = patch.set("last_frame_url", f.clone());
             }
-            Plan::finish(
+            let billed = t
+                .usage
+                .as_ref()
+                .map(|u| u.total_tokens.max(u.completion_tokens));
+            let p = Plan::finish(
                 job,
                 JobState::Succeeded,
                 patch,
                 format!("remote succeeded ({via})"),
             )
-            .logged(tracing::Level::INFO, format!("succeeded (via {via})"))
+            .logged(tracing::Level::INFO, format!("succeeded (via {via})"));
+            // Without a usage the reservation (the estimate) stays counted: safe side.
+            match billed {
+                Some(b) => p.settled(Settle::Billed(b)),
+                None => p,
+            }
         }
         TaskStatus::Failed => {
             let (code, message) = t
@@ -462,6 +497,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                     patch,
                     format!("remote failed with {code}; retrying"),
                 )
+                .settled(Settle::Unbilled)
                 .logged(
                     tracing::Level::WARN,
                     format!("remote failure {code} is transient; resubmitting"),
@@ -473,6 +509,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                     JobState::Failed
                 };
                 Plan::finish(job, to, patch, format!("remote failed with {code} ({via})"))
+                    .settled(Settle::Unbilled)
                     .logged(tracing::Level::ERROR, format!("job failed: {code}"))
             }
         }

@@ -274,6 +274,9 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         AmbiguousPolicy::Resubmit => {
             tracing::warn!("no complete listing after the grace period; resubmitting (policy)");
             crate::ops::metrics::reconcile("resubmitted", 1);
+            // Settled: no task was made, so its budget hold goes back (the resubmit
+            // reserves again).
+            super::budget::release(ctx, &job).await?;
             ctx.store
                 .transition(
                     &job.id,

@@ -224,6 +224,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 attempts = job.attempts,
                 "no create of this job reached Ark; attempts exhausted"
             );
+            super::budget::release(ctx, &job).await?;
             ctx.store
                 .transition(
                     &job.id,
@@ -246,6 +247,9 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         );
         tracing::warn!(identity = %what, "no remote task carries this job's identity; never created, resending");
         crate::ops::metrics::reconcile("resent", 1);
+        // Proven never created, so never billed: the budget hold goes back (the resend
+        // reserves again).
+        super::budget::release(ctx, &job).await?;
         ctx.store
             .transition(
                 &job.id,

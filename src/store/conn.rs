@@ -68,7 +68,10 @@ pub fn open(path: &Path, create: bool) -> Result<Conn, StoreError> {
     })?;
     // busy_timeout first: switching to WAL itself may wait for another process.
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // Switching a brand-new file to WAL needs an exclusive lock, and SQLite answers BUSY
+    // there without calling the busy handler while another process (a `serve` starting at
+    // the same moment) holds the file: retry it ourselves within the same timeout.
+    retry_busy(|| conn.pragma_update(None, "journal_mode", "WAL"))?;
     // FULL, not NORMAL: under WAL, NORMAL skips the fsync at commit, so after a power loss the
     // last commits can be gone, among them the `submitting` intent or the recorded remote task
     // id; the job would then be POSTed (and paid for) again. FULL fsyncs the WAL on every
@@ -78,7 +81,10 @@ pub fn open(path: &Path, create: bool) -> Result<Conn, StoreError> {
     // enqueue benchmark in README measures it: batches commit once per 10 000 rows).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    super::migrate::apply(&mut conn)?;
+    retry_busy(|| match super::migrate::apply(&mut conn) {
+        Err(super::StoreError::Sqlite(e)) => Err(e),
+        other => Ok(other),
+    })??;
     let ident = identity(path).map_err(|source| StoreError::Dir {
         path: path.to_path_buf(),
         source,
@@ -98,6 +104,23 @@ pub fn open(path: &Path, create: bool) -> Result<Conn, StoreError> {
         path: path.to_path_buf(),
         ident,
     })
+}
+
+/// Runs `f` again while SQLite answers `SQLITE_BUSY` without having waited (see `open`), for
+/// at most [`BUSY_TIMEOUT`].
+fn retry_busy<T>(mut f: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    loop {
+        match f() {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if e.code == rusqlite::ErrorCode::DatabaseBusy
+                    && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 impl Conn {

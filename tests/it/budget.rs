@@ -76,7 +76,8 @@ fn a_batch_cap_creates_exactly_the_jobs_that_fit_and_a_raise_releases_the_rest()
         CAP_37,
     ]);
     // `run` ends when only jobs waiting for a raise are left (like parked ones).
-    env.run_service();
+    // Jobs are left waiting on the cap (or failed): `run` says so and exits 3.
+    env.run_service_with_failures();
 
     let jobs = env.jobs();
     assert_eq!(jobs.len(), 100);
@@ -215,7 +216,8 @@ fn creates_that_made_no_task_give_their_reservation_back() {
     lines.push(clip_lines("fine", 2));
     let file = write(&env, "jobs.jsonl", &lines.join("\n"));
     env.ok(&["submit", "-f", &file, "--batch", "b", "--max-cost", "0.40"]);
-    env.run_service();
+    // Jobs are left waiting on the cap (or failed): `run` says so and exits 3.
+    env.run_service_with_failures();
 
     let jobs = env.jobs();
     assert_eq!(count(&jobs, |j| j["state"] == "failed"), 1, "{jobs:#?}");
@@ -248,8 +250,9 @@ fn two_run_processes_on_one_database_never_overspend_together() {
     ]);
     let mut a = env.keyed(&["run"]).spawn().expect("spawn run a");
     let mut b = env.keyed(&["run"]).spawn().expect("spawn run b");
-    assert!(a.wait().expect("wait a").success());
-    assert!(b.wait().expect("wait b").success());
+    // Both leave the jobs that do not fit waiting on the cap: exit 3, "need attention".
+    assert_eq!(a.wait().expect("wait a").code(), Some(3));
+    assert_eq!(b.wait().expect("wait b").code(), Some(3));
 
     let jobs = env.jobs();
     assert_eq!(
@@ -336,7 +339,8 @@ fn an_ambiguous_create_counts_as_spent() {
     let env = TestEnv::new(&worker_config(&sim, ""));
     let file = write(&env, "jobs.jsonl", &clip_lines("unsure", 3));
     env.ok(&["submit", "-f", &file, "--batch", "u", "--max-cost", "0.40"]);
-    env.run_service();
+    // Jobs are left waiting on the cap (or failed): `run` says so and exits 3.
+    env.run_service_with_failures();
     let jobs = env.jobs();
     let unsure = jobs.iter().any(|j| {
         env.ok(&["show", j["id"].as_str().expect("id")])
@@ -442,7 +446,8 @@ fn a_token_cap_counts_tokens() {
     let file = write(&env, "jobs.jsonl", &clip_lines("tokens", 5));
     let cap = (3 * CLIP_TOKENS + 1).to_string();
     env.ok(&["submit", "-f", &file, "--batch", "t", "--max-tokens", &cap]);
-    env.run_service();
+    // Jobs are left waiting on the cap (or failed): `run` says so and exits 3.
+    env.run_service_with_failures();
     let jobs = env.jobs();
     assert_eq!(sim.tasks().len(), 3);
     assert_eq!(count(&jobs, waiting_on_batch), 2);
@@ -457,11 +462,14 @@ fn a_token_cap_counts_tokens() {
 fn the_service_governor_keeps_flex_while_the_budget_cannot_pay_default() {
     let sim = fast_sim("");
     // Flex is assumed to take 3 h, so the governor sees every queued flex job of a 2 h
-    // deadline batch as late; the first poll waits as long, so the slots (5) stay taken and
-    // five jobs stay queued for the governor to consider.
+    // deadline batch as late; the first poll waits as long, so the flex slots (a ceiling of
+    // 5: flex has none of its own at Ark) stay taken and five jobs stay queued for the
+    // governor to consider.
     let env = TestEnv::new(&worker_config(
         &sim,
-        "[bulk]\ngovernor_interval = \"50ms\"\n",
+        &format!(
+            "[bulk]\ngovernor_interval = \"50ms\"\n\n[models.\"{LITE_T2V}\"]\nlimits = {{ rpm = 300, concurrency = 5, flex_max_in_flight = 5 }}\n"
+        ),
     ));
     let text = std::fs::read_to_string(&env.config)
         .expect("config")

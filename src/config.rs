@@ -277,6 +277,11 @@ pub struct AdminConfig {
     /// `/readyz` fails when no Ark call has succeeded for this long and a probe fails too.
     #[serde(with = "humantime_serde")]
     pub ark_stale_after: Duration,
+    /// Turns on the dashboard's actions (cancel, retry): a POST must carry it in the
+    /// `X-Seedq-Token` header. Unset or empty: the dashboard is read-only. A secret: read from
+    /// the file or `SEEDQ__ADMIN__TOKEN`, never written back out.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
 }
 
 impl Default for AdminConfig {
@@ -284,6 +289,7 @@ impl Default for AdminConfig {
         Self {
             listen: "127.0.0.1:9187".into(),
             ark_stale_after: Duration::from_secs(300),
+            token: None,
         }
     }
 }
@@ -580,10 +586,12 @@ impl Config {
         };
         text.push_str(&format!(
             "\n# secrets (from the environment or key files, never from config.toml)\n\
-             # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n",
+             # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n\
+             # admin token: {}\n",
             mark(&self.ark.api_key),
             mark(&self.archive.s3.access_key_id),
             mark(&self.archive.s3.secret_access_key),
+            mark(&self.admin.token),
         ));
         text
     }

@@ -24,6 +24,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0004_bulk.sql",
         include_str!("../../migrations/0004_bulk.sql"),
     ),
+    ("0005_ui.sql", include_str!("../../migrations/0005_ui.sql")),
 ];
 
 /// The schema version this binary expects.

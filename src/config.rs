@@ -282,6 +282,9 @@ pub struct AdminConfig {
     /// the file or `SEEDQ__ADMIN__TOKEN`, never written back out.
     #[serde(skip_serializing)]
     pub token: Option<SecretString>,
+    /// The most bytes the dashboard sends in answer to one HTTP range request (a video seek):
+    /// bounds the memory of one request and what one request makes the object store read.
+    pub ui_max_range: u64,
 }
 
 impl Default for AdminConfig {
@@ -290,6 +293,7 @@ impl Default for AdminConfig {
             listen: "127.0.0.1:9187".into(),
             ark_stale_after: Duration::from_secs(300),
             token: None,
+            ui_max_range: 4 * 1024 * 1024,
         }
     }
 }

@@ -11,6 +11,7 @@
 #   target/test-tools, so the simulator's wire-compatibility test runs against a client we did
 #   not write, without touching the system Python.
 # - systemd-analyze (the unit file test) and kill(1) (signal tests), from Debian packages.
+# - chromium and chromium-driver (the dashboard's browser tests, `--test browser`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +34,9 @@ need=()
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [[ -x /bin/kill ]] || need+=(procps)
+# The dashboard's browser tests (tests/browser) drive headless Chromium over WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt_install "${need[@]}"

@@ -1,9 +1,9 @@
 //! Archived objects streamed through the server: videos with HTTP range requests (so the
 //! browser's player can seek), last frames and sidecars.
 //!
-//! Every range answer is bounded by [`MAX_RANGE`] bytes: `bytes=0-` (what a player asks first)
-//! gets the first [`MAX_RANGE`] bytes as a `206`, and the player asks for the rest as it needs
-//! it. One request never holds more than that in memory, and a client cannot make the server
+//! Every range answer is bounded by `admin.ui_max_range` bytes (`max`): `bytes=0-` (what a
+//! player asks first) gets the first `max` bytes as a `206`, and the player asks for the rest as
+//! it needs it. One request never holds more than that in memory, and a client cannot make the server
 //! read a whole large object for one seek. A request without `Range` gets the object streamed.
 
 use axum::body::Body;
@@ -12,9 +12,6 @@ use axum::response::{IntoResponse, Response};
 
 use crate::blob::{BlobStore, ObjectKey};
 
-/// The most bytes one range answer carries.
-pub const MAX_RANGE: u64 = 256 * 1024;
-
 /// A satisfiable byte range, end inclusive as in HTTP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ByteRange {
@@ -22,12 +19,12 @@ pub struct ByteRange {
     pub end: u64,
 }
 
-/// Parses a `Range` header against an object of `size` bytes, bounding the answer to
-/// [`MAX_RANGE`]. `Ok(None)`: no usable range (answer the whole object); `Err(())`: not
+/// Parses a `Range` header against an object of `size` bytes, bounding the answer to `max`
+/// bytes. `Ok(None)`: no usable range (answer the whole object); `Err(())`: not
 /// satisfiable (416). Multiple ranges are answered as their first one, which RFC 9110 §14.2
 /// allows (a server may ignore or coalesce ranges).
 #[allow(clippy::result_unit_err)]
-pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteRange>, ()> {
+pub fn parse_range(header: Option<&str>, size: u64, max: u64) -> Result<Option<ByteRange>, ()> {
     let Some(spec) = header.and_then(|h| h.trim().strip_prefix("bytes=")) else {
         return Ok(None);
     };
@@ -59,7 +56,7 @@ pub fn parse_range(header: Option<&str>, size: u64) -> Result<Option<ByteRange>,
     }
     Ok(Some(ByteRange {
         start,
-        end: end.min(start + MAX_RANGE - 1),
+        end: end.min(start + max.max(1) - 1),
     }))
 }
 
@@ -69,6 +66,7 @@ pub async fn serve(
     key: &ObjectKey,
     headers: &HeaderMap,
     content_type: &'static str,
+    max: u64,
 ) -> Response {
     let size = match blob.head(key).await {
         Ok(Some(s)) => s,
@@ -77,7 +75,7 @@ pub async fn serve(
     };
     let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
     let ctype = HeaderValue::from_static(content_type);
-    match parse_range(range, size) {
+    match parse_range(range, size, max) {
         Err(()) => (
             StatusCode::RANGE_NOT_SATISFIABLE,
             [(header::CONTENT_RANGE, format!("bytes */{size}"))],
@@ -140,7 +138,9 @@ mod tests {
 
     #[test]
     fn ranges_are_parsed_and_bounded() {
+        const MAX_RANGE: u64 = 1000;
         let big = 10 * MAX_RANGE;
+        let parse_range = |h, size| super::parse_range(h, size, MAX_RANGE);
         assert_eq!(parse_range(None, 100), Ok(None));
         assert_eq!(parse_range(Some("items=0-1"), 100), Ok(None));
         assert_eq!(parse_range(Some("bytes=0-"), 100), r(0, 99));

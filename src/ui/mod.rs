@@ -211,7 +211,16 @@ async fn archived(ui: &Ui, id: &str) -> Result<(BlobStore, ObjectKey), Response>
 
 async fn video(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
     match archived(&ui, &id).await {
-        Ok((blob, key)) => media::serve(&blob, &key, &headers, "video/mp4").await,
+        Ok((blob, key)) => {
+            media::serve(
+                &blob,
+                &key,
+                &headers,
+                "video/mp4",
+                ui.ctx.cfg.admin.ui_max_range,
+            )
+            .await
+        }
         Err(r) => r,
     }
 }
@@ -220,7 +229,14 @@ async fn frame(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Res
     match archived(&ui, &id).await {
         Ok((blob, key)) => {
             let key = crate::worker::archive::last_frame_key(&key);
-            media::serve(&blob, &key, &headers, "image/png").await
+            media::serve(
+                &blob,
+                &key,
+                &headers,
+                "image/png",
+                ui.ctx.cfg.admin.ui_max_range,
+            )
+            .await
         }
         Err(r) => r,
     }
@@ -230,7 +246,14 @@ async fn sidecar(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> R
     match archived(&ui, &id).await {
         Ok((blob, key)) => {
             let key = crate::worker::archive::sidecar_key(&key);
-            media::serve(&blob, &key, &headers, "application/json").await
+            media::serve(
+                &blob,
+                &key,
+                &headers,
+                "application/json",
+                ui.ctx.cfg.admin.ui_max_range,
+            )
+            .await
         }
         Err(r) => r,
     }
@@ -250,7 +273,16 @@ async fn film(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Resp
         .as_deref()
         .and_then(|k| ObjectKey::parse(k).ok())
     {
-        Some(key) => media::serve(&blob, &key, &headers, "video/mp4").await,
+        Some(key) => {
+            media::serve(
+                &blob,
+                &key,
+                &headers,
+                "video/mp4",
+                ui.ctx.cfg.admin.ui_max_range,
+            )
+            .await
+        }
         None => (
             StatusCode::NOT_FOUND,
             "the chain has no stitched film yet\n",

@@ -460,12 +460,24 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
     );
     // The video first: for a video pipeline the product is the video.
     if j.archive_key.is_some() && ui.blob.is_some() {
+        // A last frame exists only when the request asked for one (return_last_frame).
+        let has_frame = ui.ctx.store.frame_digest(id).await?.is_some();
+        let (poster, frame) = if has_frame {
+            (
+                format!(" poster=\"/ui/jobs/{jid}/frame\""),
+                format!(
+                    "<img id=\"last-frame\" src=\"/ui/jobs/{jid}/frame\" alt=\"last frame\">\
+                     <figcaption>last frame · "
+                ),
+            )
+        } else {
+            (String::new(), "<figcaption>".to_string())
+        };
         let _ = write!(
             b,
             "<section class=\"media\"><video id=\"video\" controls preload=\"metadata\" \
-             src=\"/ui/jobs/{jid}/video\" poster=\"/ui/jobs/{jid}/frame\"></video>\
-             <figure><img id=\"last-frame\" src=\"/ui/jobs/{jid}/frame\" alt=\"last frame\">\
-             <figcaption>last frame · <a href=\"/ui/jobs/{jid}/sidecar\">sidecar JSON</a> · \
+             src=\"/ui/jobs/{jid}/video\"{poster}></video><figure>{frame}\
+             <a href=\"/ui/jobs/{jid}/sidecar\">sidecar JSON</a> · \
              <a href=\"/ui/jobs/{jid}/video\" download>download MP4</a></figcaption></figure></section>"
         );
     } else {
@@ -635,11 +647,18 @@ pub async fn gallery(ui: &Ui, q: GalleryQuery) -> Result<Option<String>, StoreEr
     for (label, j) in &jobs {
         let id = esc(j.id.as_str());
         if j.archive_key.is_some() && ui.blob.is_some() {
+            // Without a last frame, the video's own first frame is the poster.
+            let still = if store.frame_digest(j.id.as_str()).await?.is_some() {
+                format!(
+                    "<img src=\"/ui/jobs/{id}/frame\" alt=\"last frame of {id}\" loading=\"lazy\">"
+                )
+            } else {
+                format!("<video src=\"/ui/jobs/{id}/video\" preload=\"metadata\" muted></video>")
+            };
             let _ = write!(
                 b,
                 "<figure class=\"tile\"><button type=\"button\" class=\"play\" \
-                 data-video=\"/ui/jobs/{id}/video\"><img src=\"/ui/jobs/{id}/frame\" \
-                 alt=\"last frame of {id}\" loading=\"lazy\"></button>\
+                 data-video=\"/ui/jobs/{id}/video\">{still}</button>\
                  <figcaption><a href=\"/ui/jobs/{id}\">{l}</a></figcaption></figure>",
                 l = esc(&label.chars().take(80).collect::<String>()),
             );

@@ -18,6 +18,8 @@ pub enum BenchCommand {
     Enqueue(EnqueueArgs),
     /// The service against the in-process simulator: makespan, status calls, lag, overhead.
     Pipeline(super::bench_pipeline::PipelineArgs),
+    /// The web dashboard's overview and job list with a large store (default 1 000 000 jobs).
+    Ui(crate::ui::bench::UiBenchArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -35,6 +37,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
     match cmd {
         BenchCommand::Enqueue(a) => enqueue(ctx, a).await,
         BenchCommand::Pipeline(a) => super::bench_pipeline::run(ctx, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Ui(a) => crate::ui::bench::run(&ctx.cfg, &ctx.catalogue, a)
             .await
             .map(|()| ExitCode::SUCCESS),
     }

@@ -27,7 +27,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
-pub use ui::UiFilter;
+pub use ui::{UiCell, UiFilter};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

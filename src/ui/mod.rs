@@ -16,6 +16,7 @@
 //! - The API key, S3 keys and the token are never rendered (the config's secrets are not
 //!   serialised, and no page reads them).
 
+pub mod bench;
 pub mod media;
 pub mod pages;
 

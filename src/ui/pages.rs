@@ -12,13 +12,15 @@ use serde::Deserialize;
 use super::Ui;
 use crate::bulk::estimate::{self, GenTimes, human_ms};
 use crate::job::JobState;
-use crate::store::{BatchCell, HELD, Job, StoreError, UiFilter, now_ms};
+use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
 use crate::worker::limiter::Limiter;
 
 /// Rows of the job list per page.
 pub const PAGE: u32 = 50;
 /// Chains shown on the overview.
 const CHAINS: u32 = 20;
+/// Finished batches shown on the overview, newest first, after those with work left.
+const RECENT_BATCHES: u32 = 5;
 /// Jobs shown in one gallery.
 const GALLERY: u32 = 500;
 
@@ -120,38 +122,46 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     let store = &ctx.store;
     let now = now_ms();
     let day = crate::worker::dispatch::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
-    let snap = store.ops_snapshot(day).await?;
+    let waiting = store.ui_waiting().await?;
+    let flex_today = store.ui_flex_today(day).await?;
     let creates = store.ui_creates_since(now - 60_000).await?;
     let oldest = store.ui_oldest_queued().await?;
     let mut out = String::new();
 
-    // Limits per model (slots and RPM are per model; both tiers share them) and tier.
-    let pairs: BTreeSet<(&str, &str)> = snap
-        .rows
+    // Limits per model (slots and RPM are per model; both tiers share them) and tier: every
+    // pair with unfinished jobs, and every model that created a task in the last minute.
+    let mut pairs: BTreeSet<(&str, &str)> = waiting
         .iter()
-        .map(|r| (r.model.as_str(), r.tier.as_str()))
+        .map(|(_, m, t, _)| (m.as_str(), t.as_str()))
         .collect();
+    for m in creates.keys() {
+        if !pairs.iter().any(|(pm, _)| pm == m) {
+            pairs.insert((m.as_str(), "default"));
+        }
+    }
     out.push_str(
         "<section><h2>Models</h2><table id=\"models\"><thead><tr><th>model</th><th>tier</th>\
          <th>in flight / limit</th><th>creates last min / RPM</th>\
          <th>flex tokens today / TPD</th><th>queued</th><th>oldest queued</th></tr></thead><tbody>",
     );
     if pairs.is_empty() {
-        out.push_str("<tr><td colspan=\"7\" class=\"muted\">no jobs yet</td></tr>");
+        out.push_str(
+            "<tr><td colspan=\"7\" class=\"muted\">nothing in the queue or in flight</td></tr>",
+        );
     }
     for (model, tier) in &pairs {
         let limits = ctx.ops.live.limits(model);
         let sum = |f: &dyn Fn(JobState) -> bool, t: Option<&str>| -> i64 {
-            snap.rows
+            waiting
                 .iter()
-                .filter(|r| r.model == *model && t.is_none_or(|t| r.tier == t) && f(r.state))
-                .map(|r| r.jobs)
+                .filter(|(s, m, rt, _)| m == model && t.is_none_or(|t| rt == t) && f(*s))
+                .map(|r| r.3)
                 .sum()
         };
         let in_flight = sum(&|s| s.is_remote(), None);
         let queued = sum(&|s| s == JobState::Queued, Some(tier));
         let tpd = if *tier == "flex" {
-            let used = snap.flex_today.get(*model).copied().unwrap_or(0);
+            let used = flex_today.get(*model).copied().unwrap_or(0);
             match limits.flex_tpd {
                 Some(l) => format!("{used} / {l}"),
                 None => format!("{used} / –"),
@@ -178,22 +188,19 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     }
     out.push_str("</tbody></table></section>");
 
-    // Batches with work, newest first, and those finished.
-    let cells = store.batch_cells(None).await?;
-    let mut by_batch: BTreeMap<String, Vec<BatchCell>> = BTreeMap::new();
-    for c in cells {
-        by_batch.entry(c.batch.clone()).or_default().push(c);
-    }
+    // Batches with work left, then the newest finished ones.
+    let archiving = ctx.archive.is_some();
+    let names = store.ui_batch_names(archiving, RECENT_BATCHES).await?;
     out.push_str("<section><h2>Batches</h2>");
-    if by_batch.is_empty() {
+    if names.is_empty() {
         out.push_str("<p class=\"muted\">no batches</p>");
     }
-    let archiving = ctx.archive.is_some();
     let mut times = GenTimes::new(store, &ctx.cfg.poll);
-    for (name, cs) in &by_batch {
+    for name in &names {
+        let cs = store.ui_batch_cells(name).await?;
         let mut per_state: BTreeMap<JobState, i64> = BTreeMap::new();
         let mut cny = 0.0;
-        for c in cs {
+        for c in &cs {
             *per_state.entry(c.state).or_default() += c.jobs;
             cny += cost(ui, &c.model, &c.tier, c.usage_tokens).unwrap_or(0.0);
         }
@@ -212,10 +219,10 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             .sum();
         let finished: i64 = per_state
             .iter()
-            .filter(|(s, _)| s.is_terminal() && (**s != JobState::Succeeded || !archiving))
+            .filter(|(s, _)| s.is_terminal() || (**s == JobState::Succeeded && !archiving))
             .map(|(_, n)| n)
             .sum();
-        let eta = match eta(ui, &mut times, cs).await? {
+        let eta = match eta(ui, &mut times, &cs).await? {
             _ if finished == total => "done".to_string(),
             Some(ms) => format!("eta {}", human_ms(ms)),
             None => "eta ?".to_string(),
@@ -285,7 +292,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
 async fn eta(
     ui: &Ui,
     times: &mut GenTimes<'_>,
-    cells: &[BatchCell],
+    cells: &[UiCell],
 ) -> Result<Option<i64>, StoreError> {
     let mut per_model: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
     for c in cells {

@@ -381,7 +381,16 @@ async fn retry(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Res
     match out {
         Ok(RetryOutcome::Requeued) => (StatusCode::OK, "requeued\n").into_response(),
         Ok(RetryOutcome::NotFound) => (StatusCode::NOT_FOUND, "no such job\n").into_response(),
-        Ok(other) => (StatusCode::CONFLICT, format!("not retried: {other:?}\n")).into_response(),
+        Ok(RetryOutcome::NotRetryable { state }) => (
+            StatusCode::CONFLICT,
+            format!("not retried: the job is {}\n", state.as_str()),
+        )
+            .into_response(),
+        Ok(RetryOutcome::UnreleasedShot) => (
+            StatusCode::CONFLICT,
+            "not retried: a chain shot that was never released (see its chain)\n",
+        )
+            .into_response(),
         Err(e) => store_error(&e),
     }
 }

@@ -759,6 +759,23 @@ mod tests {
         assert!(shown.contains("[redacted]"));
         assert!(!format!("{cfg:?}").contains("sk-very-secret"));
     }
+
+    /// The dashboard's token is read from the file but never written back or shown.
+    #[test]
+    fn the_admin_token_is_read_but_never_shown() {
+        let cfg: Config = toml::from_str("[admin]\ntoken = \"tok-very-secret\"\n").expect("parses");
+        assert_eq!(
+            cfg.admin
+                .token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string()),
+            Some("tok-very-secret".to_string())
+        );
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("tok-very-secret"), "{shown}");
+        assert!(shown.contains("admin token: \"[redacted]\""), "{shown}");
+        assert!(!format!("{cfg:?}").contains("tok-very-secret"));
+    }
 }
 
 #[cfg(test)]

@@ -614,6 +614,23 @@ impl BlobStore {
         }
     }
 
+    /// The bytes `range` (end exclusive) of the object at `key`: what the dashboard's video
+    /// player asks for when it seeks. The caller bounds the range; `None` when there is no object.
+    ///
+    /// # Errors
+    /// Any failure other than "not found".
+    pub async fn get_range(
+        &self,
+        key: &ObjectKey,
+        range: std::ops::Range<u64>,
+    ) -> Result<Option<Bytes>, BlobError> {
+        match self.inner.get_range(&self.path(key), range).await {
+            Ok(b) => Ok(Some(b)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(Self::store_err("read range", key)(e)),
+        }
+    }
+
     /// Reads the object at `key` back and hashes it (streaming); `None` when there is none.
     ///
     /// # Errors

@@ -292,6 +292,14 @@ pub struct AdminConfig {
     /// Connections each of the admin and callback servers holds at once; more wait in the
     /// kernel's backlog instead of taking a descriptor each (issue 12 §2).
     pub max_connections: u32,
+    /// Turns on the dashboard's actions (cancel, retry): a POST must carry it in the
+    /// `X-Seedq-Token` header. Unset or empty: the dashboard is read-only. A secret: read from
+    /// the file or `SEEDQ__ADMIN__TOKEN`, never written back out.
+    #[serde(skip_serializing)]
+    pub token: Option<SecretString>,
+    /// The most bytes the dashboard sends in answer to one HTTP range request (a video seek):
+    /// bounds the memory of one request and what one request makes the object store read.
+    pub ui_max_range: u64,
 }
 
 impl Default for AdminConfig {
@@ -301,6 +309,8 @@ impl Default for AdminConfig {
             ark_stale_after: Duration::from_secs(300),
             read_timeout: Duration::from_secs(10),
             max_connections: 256,
+            token: None,
+            ui_max_range: 4 * 1024 * 1024,
         }
     }
 }
@@ -640,10 +650,12 @@ impl Config {
         };
         text.push_str(&format!(
             "\n# secrets (from the environment or key files, never from config.toml)\n\
-             # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n",
+             # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n\
+             # admin token: {}\n",
             mark(&self.ark.api_key),
             mark(&self.archive.s3.access_key_id),
             mark(&self.archive.s3.secret_access_key),
+            mark(&self.admin.token),
         ));
         text
     }
@@ -857,6 +869,23 @@ mod tests {
         assert!(!shown.contains("sk-very-secret"));
         assert!(shown.contains("[redacted]"));
         assert!(!format!("{cfg:?}").contains("sk-very-secret"));
+    }
+
+    /// The dashboard's token is read from the file but never written back or shown.
+    #[test]
+    fn the_admin_token_is_read_but_never_shown() {
+        let cfg: Config = toml::from_str("[admin]\ntoken = \"tok-very-secret\"\n").expect("parses");
+        assert_eq!(
+            cfg.admin
+                .token
+                .as_ref()
+                .map(|t| t.expose_secret().to_string()),
+            Some("tok-very-secret".to_string())
+        );
+        let shown = cfg.redacted_toml();
+        assert!(!shown.contains("tok-very-secret"), "{shown}");
+        assert!(shown.contains("admin token: \"[redacted]\""), "{shown}");
+        assert!(!format!("{cfg:?}").contains("tok-very-secret"));
     }
 }
 

@@ -14,6 +14,7 @@
 //! - `bulk`: batches (CSV import), estimates, chains of shots, stitching, the flex governor.
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
+//! - `ui`: the web dashboard under `/ui` on the admin listener.
 //! - `cli`: the command line; `telemetry`: tracing setup.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
@@ -31,4 +32,5 @@ pub mod request;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
+pub mod ui;
 pub mod worker;

@@ -14,6 +14,7 @@
 # - The third-party `seedance` CLI (crates.io 0.3.0, a BytePlus ModelArk client) under
 #   target/test-tools/bin, so tests/it/validation.rs can check the simulator and validation
 #   accept what a client we did not write sends (its defaults, its dreamina- model ids).
+# - chromium and chromium-driver (the dashboard's browser tests, `--test browser`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,6 +37,9 @@ need=()
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [[ -x /bin/kill ]] || need+=(procps)
+# The dashboard's browser tests (tests/browser) drive headless Chromium over WebDriver.
+command -v chromium >/dev/null || need+=(chromium)
+command -v chromedriver >/dev/null || need+=(chromium-driver)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
     apt_install "${need[@]}"

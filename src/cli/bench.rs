@@ -27,6 +27,8 @@ pub enum BenchCommand {
     /// Seeded faults, SIGKILL/SIGSTOP and a skewed clock; checks the promises against the
     /// sim's ledger (issue 11).
     Chaos(super::bench_chaos::ChaosArgs),
+    /// The web dashboard's overview and job list with a large store (default 1 000 000 jobs).
+    Ui(crate::ui::bench::UiBenchArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -51,6 +53,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
             .await
             .map(|()| ExitCode::SUCCESS),
         BenchCommand::Chaos(a) => super::bench_chaos::run(ctx, a).await,
+        BenchCommand::Ui(a) => crate::ui::bench::run(&ctx.cfg, &ctx.catalogue, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The admin HTTP server (`admin.listen`, loopback by default): `/healthz`, `/readyz` and
-//! `/metrics`.
+//! The admin HTTP server (`admin.listen`, loopback by default): `/healthz`, `/readyz`,
+//! `/metrics` and the dashboard under `/ui` (see `crate::ui`).
 //!
 //! It exposes no job data beyond counts and never any secret, but it is not authenticated:
 //! keep it on loopback or behind a proxy. `/metrics` is the recorder's counters and
@@ -69,6 +69,7 @@ pub async fn run(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(scrape))
+        .merge(crate::ui::router(&ctx))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(ctx);
     serve_guarded(listener, app, limits, shutdown).await

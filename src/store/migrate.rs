@@ -36,6 +36,7 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_budget.sql",
         include_str!("../../migrations/0007_budget.sql"),
     ),
+    ("0008_ui.sql", include_str!("../../migrations/0008_ui.sql")),
 ];
 
 /// The schema version this binary expects.

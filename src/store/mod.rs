@@ -14,6 +14,7 @@ mod conn;
 mod images;
 pub mod migrate;
 pub mod ops;
+mod ui;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
+pub use ui::{UiCell, UiFilter};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]

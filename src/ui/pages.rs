@@ -1,0 +1,716 @@
+//! The dashboard's HTML: overview (with its live part), job list, job page and gallery.
+//!
+//! Plain `format!` templates. Everything that came from a user or from Ark passes through
+//! [`esc`] on its way into the page, attribute values included; ids and numbers we produced
+//! ourselves are escaped too, so no call site has to decide what is safe.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use serde::Deserialize;
+
+use super::Ui;
+use crate::bulk::estimate::{self, GenTimes, human_ms};
+use crate::job::JobState;
+use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
+use crate::worker::limiter::Limiter;
+
+/// Rows of the job list per page.
+pub const PAGE: u32 = 50;
+/// Chains shown on the overview.
+const CHAINS: u32 = 20;
+/// Finished batches shown on the overview, newest first, after those with work left.
+const RECENT_BATCHES: u32 = 5;
+/// Jobs shown in one gallery.
+const GALLERY: u32 = 500;
+
+/// HTML-escapes text for element content and quoted attribute values. Newlines become
+/// character references, so a fragment can travel as one server-sent event line.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Percent-encodes a query parameter value.
+fn qp(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// A unix-ms time as `YYYY-MM-DD HH:MM:SS` UTC.
+fn at(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day] [hour]:[minute]:[second]"
+            ))
+            .ok()
+        })
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The prompt of a frozen request: its text item (Ark's `content[].text`).
+pub fn prompt(request_json: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(request_json).unwrap_or_default();
+    v["content"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "text")
+        .filter_map(|c| c["text"].as_str())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{t} · seedq</title><link rel=\"stylesheet\" href=\"/ui/style.css\">\
+         <script src=\"/ui/app.js\" defer></script></head>\n<body>\
+         <nav><a href=\"/ui\" class=\"brand\">seedq</a> <a href=\"/ui\">Overview</a> \
+         <a href=\"/ui/jobs\">Jobs</a></nav>\n<main>\n{body}\n</main></body></html>\n",
+        t = esc(title)
+    )
+}
+
+fn state_badge(s: JobState) -> String {
+    format!("<span class=\"st st-{s}\">{s}</span>", s = esc(s.as_str()))
+}
+
+/// Price of `tokens` of `model` (CNY), when the catalogue knows the model.
+fn cost(ui: &Ui, model: &str, tier: &str, tokens: i64) -> Option<f64> {
+    let cat = ui.ctx.ops.live.catalogue();
+    cat.get(model)
+        .map(|spec| crate::catalogue::cost(spec, tokens, tier == "flex"))
+}
+
+/// The overview page: the live part (also sent by `/ui/events`) in a shell.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn overview(ui: &Ui) -> Result<String, StoreError> {
+    let live = live(ui).await?;
+    Ok(page(
+        "Overview",
+        &format!(
+            "<h1>Overview</h1><p class=\"muted\">Live: updated by server-sent events \
+             <span id=\"live-status\">connecting…</span></p>\
+             <div id=\"live\" data-src=\"/ui/events\">{live}</div>"
+        ),
+    ))
+}
+
+/// The live part of the overview: limits per model and tier, batches, chains.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn live(ui: &Ui) -> Result<String, StoreError> {
+    let ctx = &ui.ctx;
+    let store = &ctx.store;
+    let now = now_ms();
+    let day = crate::worker::dispatch::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
+    let waiting = store.ui_waiting().await?;
+    let flex_today = store.ui_flex_today(day).await?;
+    let creates = store.ui_creates_since(now - 60_000).await?;
+    let oldest = store.ui_oldest_queued().await?;
+    let mut out = String::new();
+
+    // Limits per (model, tier), as Ark applies them: the default tier has slots and RPM, flex
+    // only its daily tokens plus the account's optional (or learned) ceilings. Every pair with
+    // unfinished jobs, and every pair that created a task in the last minute.
+    let mut pairs: BTreeSet<(&str, &str)> = waiting
+        .iter()
+        .map(|(_, m, t, _)| (m.as_str(), t.as_str()))
+        .collect();
+    for (m, t) in creates.keys() {
+        pairs.insert((m.as_str(), t.as_str()));
+    }
+    out.push_str(
+        "<section><h2>Models</h2><table id=\"models\"><thead><tr><th>model</th><th>tier</th>\
+         <th>in flight / limit</th><th>creates last min / RPM</th>\
+         <th>flex tokens today / TPD</th><th>queued</th><th>oldest queued</th></tr></thead><tbody>",
+    );
+    if pairs.is_empty() {
+        out.push_str(
+            "<tr><td colspan=\"7\" class=\"muted\">nothing in the queue or in flight</td></tr>",
+        );
+    }
+    for (model, tier) in &pairs {
+        let limits = ctx.ops.live.limits(model);
+        let sum = |f: &dyn Fn(JobState) -> bool, t: Option<&str>| -> i64 {
+            waiting
+                .iter()
+                .filter(|(s, m, rt, _)| m == model && t.is_none_or(|t| rt == t) && f(*s))
+                .map(|r| r.3)
+                .sum()
+        };
+        let in_flight = sum(&|s| s.is_remote(), Some(tier));
+        let opt = |v: Option<u32>| v.map_or("–".to_string(), |v| v.to_string());
+        let (slots, rpm) = if *tier == "flex" {
+            (
+                opt(limits
+                    .flex_max_in_flight
+                    .or_else(|| ctx.limiter.flex_ceiling(model))),
+                opt(limits.flex_rpm),
+            )
+        } else {
+            (limits.concurrency.to_string(), limits.rpm.to_string())
+        };
+        let queued = sum(&|s| s == JobState::Queued, Some(tier));
+        let tpd = if *tier == "flex" {
+            let used = flex_today.get(*model).copied().unwrap_or(0);
+            match limits.flex_tpd {
+                Some(l) => format!("{used} / {l}"),
+                None => format!("{used} / –"),
+            }
+        } else {
+            "–".to_string()
+        };
+        let old = oldest
+            .get(&(model.to_string(), tier.to_string()))
+            .map_or("–".to_string(), |t| format!("{} ago", human_ms(now - t)));
+        let _ = write!(
+            out,
+            "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}</td><td>{t}</td>\
+             <td class=\"num\" data-k=\"inflight\">{in_flight} / {c}</td>\
+             <td class=\"num\">{cr} / {rpm}</td><td class=\"num\">{tpd}</td>\
+             <td class=\"num\" data-k=\"queued\">{queued}</td><td>{old}</td></tr>",
+            m = esc(model),
+            t = esc(tier),
+            c = slots,
+            cr = creates
+                .get(&(model.to_string(), tier.to_string()))
+                .copied()
+                .unwrap_or(0),
+            tpd = esc(&tpd),
+        );
+    }
+    out.push_str("</tbody></table></section>");
+
+    // Batches with work left, then the newest finished ones.
+    let archiving = ctx.archive.is_some();
+    let names = store.ui_batch_names(archiving, RECENT_BATCHES).await?;
+    out.push_str("<section><h2>Batches</h2>");
+    if names.is_empty() {
+        out.push_str("<p class=\"muted\">no batches</p>");
+    }
+    let mut times = GenTimes::new(store, &ctx.cfg.poll);
+    for name in &names {
+        let cs = store.ui_batch_cells(name).await?;
+        let mut per_state: BTreeMap<JobState, i64> = BTreeMap::new();
+        let mut cny = 0.0;
+        for c in &cs {
+            *per_state.entry(c.state).or_default() += c.jobs;
+            cny += cost(ui, &c.model, &c.tier, c.usage_tokens).unwrap_or(0.0);
+        }
+        let total: i64 = per_state.values().sum();
+        let done_state = |s: JobState| {
+            if archiving {
+                s == JobState::Archived
+            } else {
+                s == JobState::Succeeded || s == JobState::Archived
+            }
+        };
+        let done: i64 = per_state
+            .iter()
+            .filter(|(s, _)| done_state(**s))
+            .map(|(_, n)| n)
+            .sum();
+        let finished: i64 = per_state
+            .iter()
+            .filter(|(s, _)| s.is_terminal() || (**s == JobState::Succeeded && !archiving))
+            .map(|(_, n)| n)
+            .sum();
+        let eta = match eta(ui, &mut times, &cs).await? {
+            _ if finished == total => "done".to_string(),
+            Some(ms) => format!("eta {}", human_ms(ms)),
+            None => "eta ?".to_string(),
+        };
+        let _ = write!(
+            out,
+            "<div class=\"batch\" data-batch=\"{n}\"><h3><a href=\"/ui/jobs?batch={nq}\">{n}</a> \
+             <a class=\"small\" href=\"/ui/gallery?batch={nq}\">gallery</a></h3>\
+             <progress max=\"{total}\" value=\"{done}\"></progress> \
+             <span class=\"num\" data-k=\"done\">{done} / {total}</span> · \
+             <span data-k=\"cost\">¥{cny:.2}</span> · <span data-k=\"eta\">{eta}</span><ul class=\"counts\">",
+            n = esc(name),
+            nq = esc(&qp(name)),
+            eta = esc(&eta),
+        );
+        for (s, n) in &per_state {
+            let _ = write!(
+                out,
+                "<li data-state=\"{s}\">{badge} <span class=\"num\">{n}</span></li>",
+                s = esc(s.as_str()),
+                badge = state_badge(*s),
+            );
+        }
+        out.push_str("</ul></div>");
+    }
+    out.push_str("</section>");
+
+    // Chains and their shots.
+    let chains = store.chains(CHAINS).await?;
+    out.push_str("<section><h2>Chains</h2>");
+    if chains.is_empty() {
+        out.push_str("<p class=\"muted\">no chains</p>");
+    }
+    for ch in &chains {
+        let shots = store.chain_shots(&ch.id).await?;
+        let _ = write!(
+            out,
+            "<div class=\"chain\"><h3>{id} <span class=\"st\">{st}</span> \
+             <a class=\"small\" href=\"/ui/gallery?chain={idq}\">gallery</a></h3><ol class=\"shots\">",
+            id = esc(&ch.id),
+            idq = esc(&qp(&ch.id)),
+            st = esc(ch.state.as_str()),
+        );
+        for s in &shots {
+            let held = s.job.next_attempt_at == HELD && s.job.state == JobState::Queued;
+            let _ = write!(
+                out,
+                "<li><a href=\"/ui/jobs/{id}\">shot {n}</a> {badge}{held}</li>",
+                id = esc(s.job.id.as_str()),
+                n = s.shot,
+                badge = state_badge(s.job.state),
+                held = if held {
+                    " <span class=\"muted\">held</span>"
+                } else {
+                    ""
+                },
+            );
+        }
+        out.push_str("</ol></div>");
+    }
+    out.push_str("</section>");
+    Ok(out)
+}
+
+/// Time to finish a batch's remaining jobs, from the same planner `seedq watch` uses: the
+/// learned generation times of their model, tier and shape at their models' limits.
+async fn eta(
+    ui: &Ui,
+    times: &mut GenTimes<'_>,
+    cells: &[UiCell],
+) -> Result<Option<i64>, StoreError> {
+    let mut per_model: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for c in cells {
+        let waiting = matches!(
+            c.state,
+            JobState::Queued | JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
+        );
+        if !waiting {
+            continue;
+        }
+        let (gen_ms, _) = times.get(&c.model, &c.tier, c.shape.as_deref()).await?;
+        // A submitted job is about half way through, on average (as in `watch`).
+        let gen_ms = if c.state == JobState::Submitted {
+            gen_ms / 2
+        } else {
+            gen_ms
+        };
+        let m = per_model.entry(c.model.as_str()).or_default();
+        m.0 += c.jobs;
+        m.1 += gen_ms * c.jobs;
+        m.2 = m.2.max(gen_ms);
+    }
+    if per_model.is_empty() {
+        return Ok(None);
+    }
+    let day = ui.ctx.cfg.bulk.tpd_day_ms();
+    Ok(per_model
+        .into_iter()
+        .map(|(model, (n, sum, max))| {
+            let limits = Limiter::limits(&ui.ctx.catalogue, model);
+            estimate::finish_ms(n, sum, max, &limits, 0, day).0
+        })
+        .max())
+}
+
+/// The job list's query string.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub state: Option<String>,
+    pub model: Option<String>,
+    pub batch: Option<String>,
+    pub tag: Option<String>,
+    pub q: Option<String>,
+    pub before: Option<String>,
+}
+
+fn nonempty(s: Option<String>) -> Option<String> {
+    s.map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The job list: filters, one page, a link to the next.
+///
+/// # Errors
+/// A bad filter (the message names it) or a store failure.
+pub async fn jobs(ui: &Ui, q: ListQuery) -> Result<String, String> {
+    let state = match nonempty(q.state.clone()) {
+        None => None,
+        Some(s) => Some(s.parse::<JobState>().map_err(|_| {
+            let allowed: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+            format!(
+                "state: {s:?} is not a job state (allowed: {})\n",
+                allowed.join(", ")
+            )
+        })?),
+    };
+    let f = UiFilter {
+        state,
+        model: nonempty(q.model.clone()),
+        batch: nonempty(q.batch.clone()),
+        tag: nonempty(q.tag.clone()),
+        text: nonempty(q.q.clone()),
+        before: nonempty(q.before.clone()),
+        limit: PAGE + 1,
+    };
+    let mut rows = ui
+        .ctx
+        .store
+        .ui_jobs(f)
+        .await
+        .map_err(|e| format!("cannot read the job store: {e}\n"))?;
+    let more = rows.len() > PAGE as usize;
+    rows.truncate(PAGE as usize);
+
+    let v = |o: &Option<String>| esc(o.as_deref().unwrap_or(""));
+    let mut body = String::new();
+    let _ = write!(
+        body,
+        "<h1>Jobs</h1><form class=\"filters\" method=\"get\" action=\"/ui/jobs\">\
+         <label>state <select name=\"state\"><option value=\"\">any</option>",
+    );
+    for s in JobState::ALL {
+        let sel = if state == Some(s) { " selected" } else { "" };
+        let _ = write!(body, "<option{sel}>{s}</option>", s = esc(s.as_str()));
+    }
+    let _ = write!(
+        body,
+        "</select></label> <label>model <input name=\"model\" value=\"{m}\"></label> \
+         <label>batch <input name=\"batch\" value=\"{b}\"></label> \
+         <label>tag <input name=\"tag\" value=\"{t}\"></label> \
+         <label>prompt contains <input name=\"q\" value=\"{qq}\"></label> \
+         <button type=\"submit\">Filter</button></form>\
+         <table id=\"jobs\"><thead><tr><th>id</th><th>created</th><th>state</th><th>model</th>\
+         <th>tier</th><th>batch</th><th>prompt</th></tr></thead><tbody>",
+        m = v(&q.model),
+        b = v(&q.batch),
+        t = v(&q.tag),
+        qq = v(&q.q),
+    );
+    if rows.is_empty() {
+        body.push_str("<tr><td colspan=\"7\" class=\"muted\">no jobs match</td></tr>");
+    }
+    for j in &rows {
+        let p = prompt(&j.request_json);
+        let short: String = p.chars().take(120).collect();
+        let _ = write!(
+            body,
+            "<tr><td><a href=\"/ui/jobs/{id}\">{id}</a></td><td>{c}</td><td>{st}</td>\
+             <td>{m}</td><td>{t}</td><td>{b}</td><td class=\"prompt\">{p}</td></tr>",
+            id = esc(j.id.as_str()),
+            c = esc(&at(j.created_at)),
+            st = state_badge(j.state),
+            m = esc(&j.model),
+            t = esc(&j.service_tier),
+            b = esc(j.batch_id.as_deref().unwrap_or("")),
+            p = esc(&short),
+        );
+    }
+    body.push_str("</tbody></table>");
+    if more && let Some(last) = rows.last() {
+        let mut link = String::from("/ui/jobs?");
+        for (k, val) in [
+            ("state", &q.state),
+            ("model", &q.model),
+            ("batch", &q.batch),
+            ("tag", &q.tag),
+            ("q", &q.q),
+        ] {
+            if let Some(x) = val.as_deref().filter(|x| !x.is_empty()) {
+                let _ = write!(link, "{k}={}&", qp(x));
+            }
+        }
+        let _ = write!(link, "before={}", qp(last.id.as_str()));
+        let _ = write!(
+            body,
+            "<p><a id=\"next\" href=\"{l}\">next page →</a></p>",
+            l = esc(&link)
+        );
+    }
+    Ok(page("Jobs", &body))
+}
+
+fn opt_ms(v: Option<i64>) -> String {
+    v.map_or("–".to_string(), at)
+}
+
+/// One job: what was asked, what happened, what came out.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
+    let Some(j) = ui.ctx.store.job(id).await? else {
+        return Ok(None);
+    };
+    let events = ui.ctx.store.events(id).await?;
+    let mut b = String::new();
+    let jid = esc(j.id.as_str());
+    let _ = write!(
+        b,
+        "<h1>Job <code>{jid}</code> {badge}</h1><p class=\"prompt-full\" id=\"prompt\">{p}</p>",
+        badge = state_badge(j.state),
+        p = esc(&prompt(&j.request_json)),
+    );
+    // The video first: for a video pipeline the product is the video.
+    if j.archive_key.is_some() && ui.blob.is_some() {
+        // A last frame exists only when the request asked for one (return_last_frame).
+        let has_frame = ui.ctx.store.frame_digest(id).await?.is_some();
+        let (poster, frame) = if has_frame {
+            (
+                format!(" poster=\"/ui/jobs/{jid}/frame\""),
+                format!(
+                    "<img id=\"last-frame\" src=\"/ui/jobs/{jid}/frame\" alt=\"last frame\">\
+                     <figcaption>last frame · "
+                ),
+            )
+        } else {
+            (String::new(), "<figcaption>".to_string())
+        };
+        let _ = write!(
+            b,
+            "<section class=\"media\"><video id=\"video\" controls preload=\"metadata\" \
+             src=\"/ui/jobs/{jid}/video\"{poster}></video><figure>{frame}\
+             <a href=\"/ui/jobs/{jid}/sidecar\">sidecar JSON</a> · \
+             <a href=\"/ui/jobs/{jid}/video\" download>download MP4</a></figcaption></figure></section>"
+        );
+    } else {
+        b.push_str("<p class=\"muted\">No archived video (yet).</p>");
+    }
+    if ui.actions_on() {
+        let _ = write!(
+            b,
+            "<section class=\"actions\" data-job=\"{jid}\"><label>admin token \
+             <input type=\"password\" id=\"token\" autocomplete=\"off\"></label> \
+             <button type=\"button\" data-action=\"cancel\">Cancel</button> \
+             <button type=\"button\" data-action=\"retry\">Retry</button> \
+             <output id=\"action-result\"></output></section>"
+        );
+    } else {
+        b.push_str(
+            "<p class=\"muted\" id=\"read-only\">Read-only: set <code>admin.token</code> to turn on \
+             cancel and retry.</p>",
+        );
+    }
+    let tokens = j.usage_tokens.or(j.est_tokens).unwrap_or(0);
+    let cny = cost(ui, &j.model, &j.service_tier, tokens)
+        .map_or("–".to_string(), |c| format!("¥{c:.4}"));
+    let rows: Vec<(&str, String)> = vec![
+        ("model", j.model.clone()),
+        ("tier", j.service_tier.clone()),
+        ("priority", j.priority.to_string()),
+        ("batch", j.batch_id.clone().unwrap_or_default()),
+        ("tags", j.tags.join(", ")),
+        (
+            "idempotency key",
+            j.idempotency_key.clone().unwrap_or_default(),
+        ),
+        ("shape", j.shape.clone().unwrap_or_default()),
+        ("seed", j.seed.map(|s| s.to_string()).unwrap_or_default()),
+        ("created", at(j.created_at)),
+        ("submitted", opt_ms(j.submitted_at)),
+        ("finished", opt_ms(j.finished_at)),
+        ("attempts", j.attempts.to_string()),
+        ("remote task", j.remote_task_id.clone().unwrap_or_default()),
+        ("remote status", j.remote_status.clone().unwrap_or_default()),
+        ("polls", j.poll_count.to_string()),
+        ("error code", j.last_error_code.clone().unwrap_or_default()),
+        (
+            "error message",
+            j.last_error_message.clone().unwrap_or_default(),
+        ),
+        (
+            "tokens",
+            format!(
+                "{} used · {} estimated",
+                j.usage_tokens.map_or("–".into(), |t| t.to_string()),
+                j.est_tokens.map_or("–".into(), |t| t.to_string())
+            ),
+        ),
+        ("cost", cny),
+        ("archive key", j.archive_key.clone().unwrap_or_default()),
+        (
+            "archive sha256",
+            j.archive_sha256.clone().unwrap_or_default(),
+        ),
+        (
+            "archive size",
+            j.archive_size
+                .map(|s| format!("{s} bytes"))
+                .unwrap_or_default(),
+        ),
+    ];
+    b.push_str("<section><h2>Details</h2><table class=\"kv\" id=\"details\">");
+    for (k, val) in rows {
+        if val.is_empty() {
+            continue;
+        }
+        let _ = write!(
+            b,
+            "<tr><th>{k}</th><td>{v}</td></tr>",
+            k = esc(k),
+            v = esc(&val)
+        );
+    }
+    b.push_str("</table></section><section><h2>Events</h2><table id=\"events\"><tbody>");
+    for e in &events {
+        let _ = write!(
+            b,
+            "<tr><td>{t}</td><td>{f} → {to}</td><td>{d}</td></tr>",
+            t = esc(&at(e.at)),
+            f = esc(e.from_state.as_deref().unwrap_or("·")),
+            to = esc(&e.to_state),
+            d = esc(e.detail.as_deref().unwrap_or("")),
+        );
+    }
+    let request = serde_json::from_str::<serde_json::Value>(&j.request_json)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| j.request_json.clone());
+    let _ = write!(
+        b,
+        "</tbody></table></section><section><h2>Request</h2><pre id=\"request\">{r}</pre></section>",
+        r = esc(&request)
+    );
+    Ok(Some(page(&format!("Job {}", j.id.as_str()), &b)))
+}
+
+/// The gallery's query: one batch or one chain.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct GalleryQuery {
+    pub batch: Option<String>,
+    pub chain: Option<String>,
+}
+
+/// Last frames of a batch's or chain's archived jobs; a click plays the clip. A finished
+/// chain shows its stitched film on top.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn gallery(ui: &Ui, q: GalleryQuery) -> Result<Option<String>, StoreError> {
+    let store = &ui.ctx.store;
+    let mut b = String::new();
+    let jobs: Vec<(String, Job)> = if let Some(chain) = nonempty(q.chain) {
+        let Some(ch) = store.chain(&chain).await? else {
+            return Ok(None);
+        };
+        let _ = write!(
+            b,
+            "<h1>Chain <code>{id}</code> <span class=\"st\">{st}</span></h1>",
+            id = esc(&ch.id),
+            st = esc(ch.state.as_str())
+        );
+        if ch.stitch_key.is_some() && ui.blob.is_some() {
+            let _ = write!(
+                b,
+                "<section><h2>Stitched film</h2><video id=\"film\" controls preload=\"metadata\" \
+                 src=\"/ui/chains/{id}/film\"></video></section>",
+                id = esc(&qp(&ch.id))
+            );
+        }
+        store
+            .chain_shots(&ch.id)
+            .await?
+            .into_iter()
+            .map(|s| (format!("shot {}", s.shot), s.job))
+            .collect()
+    } else if let Some(batch) = nonempty(q.batch) {
+        let _ = write!(b, "<h1>Batch {n}</h1>", n = esc(&batch));
+        let rows = store
+            .ui_jobs(UiFilter {
+                batch: Some(batch),
+                limit: GALLERY,
+                ..UiFilter::default()
+            })
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        // Oldest first reads like the batch file.
+        rows.into_iter()
+            .rev()
+            .map(|j| (prompt(&j.request_json), j))
+            .collect()
+    } else {
+        return Ok(None);
+    };
+    b.push_str(
+        "<dialog id=\"player\"><video id=\"player-video\" controls></video>\
+         <form method=\"dialog\"><button>close</button></form></dialog><div class=\"grid\" id=\"gallery\">",
+    );
+    for (label, j) in &jobs {
+        let id = esc(j.id.as_str());
+        if j.archive_key.is_some() && ui.blob.is_some() {
+            // Without a last frame, the video's own first frame is the poster.
+            let still = if store.frame_digest(j.id.as_str()).await?.is_some() {
+                format!(
+                    "<img src=\"/ui/jobs/{id}/frame\" alt=\"last frame of {id}\" loading=\"lazy\">"
+                )
+            } else {
+                format!("<video src=\"/ui/jobs/{id}/video\" preload=\"metadata\" muted></video>")
+            };
+            let _ = write!(
+                b,
+                "<figure class=\"tile\"><button type=\"button\" class=\"play\" \
+                 data-video=\"/ui/jobs/{id}/video\">{still}</button>\
+                 <figcaption><a href=\"/ui/jobs/{id}\">{l}</a></figcaption></figure>",
+                l = esc(&label.chars().take(80).collect::<String>()),
+            );
+        } else {
+            let _ = write!(
+                b,
+                "<figure class=\"tile empty\"><div class=\"placeholder\">{st}</div>\
+                 <figcaption><a href=\"/ui/jobs/{id}\">{l}</a></figcaption></figure>",
+                st = state_badge(j.state),
+                l = esc(&label.chars().take(80).collect::<String>()),
+            );
+        }
+    }
+    b.push_str("</div>");
+    Ok(Some(page("Gallery", &b)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn esc_escapes_markup_quotes_and_newlines() {
+        assert_eq!(
+            esc("<script>alert('x')</script> & \"q\"\n"),
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot;&#10;"
+        );
+    }
+
+    #[test]
+    fn the_prompt_is_the_text_item() {
+        let body = r#"{"model":"m","content":[{"type":"image_url","image_url":{"url":"u"}},{"type":"text","text":"a cat --dur 5"}]}"#;
+        assert_eq!(prompt(body), "a cat --dur 5");
+        assert_eq!(prompt("not json"), "");
+    }
+}

@@ -52,6 +52,13 @@ const DENIED: &str = "archive_denied";
 const URL_REFUSED: &str = "archive_url_refused";
 /// Failure code of any other failed attempt.
 const ATTEMPT_FAILED: &str = "archive_failed";
+/// `last_error_code` while the archive's own storage is full (ENOSPC, a quota).
+const STORE_FULL: &str = "archive_store_full";
+/// How soon a job whose upload met a full archive disk tries again. A full disk is the
+/// machine's state, not the job's: an escalating per-job backoff (up to `MAX_RETRY_DELAY`)
+/// would leave every job waiting minutes after an operator frees space, so they look again
+/// at this fixed, short interval instead (issue 12: "it resumes promptly once space returns").
+const STORE_FULL_RETRY: Duration = Duration::from_secs(3);
 /// Sidecar format tag, bumped if its shape changes incompatibly.
 const SIDECAR_FORMAT: &str = "seedq.archive/1";
 
@@ -395,14 +402,21 @@ async fn retry_later(
         max: ctx.cfg.dispatch.backoff_max.min(MAX_RETRY_DELAY),
     };
     let attempt = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
-    let delay = backoff.delay_random(attempt, None);
+    let full = storage_full(&error);
+    let delay = if full {
+        STORE_FULL_RETRY
+    } else {
+        backoff.delay_random(attempt, None)
+    };
     let message = describe(&error);
+    let code = match (denied, full) {
+        (true, _) => DENIED,
+        (false, true) => STORE_FULL,
+        (false, false) => ATTEMPT_FAILED,
+    };
     let patch = Patch::new()
-        .set("next_attempt_at", now_ms() + ms(delay))
-        .set(
-            "last_error_code",
-            if denied { DENIED } else { ATTEMPT_FAILED }.to_string(),
-        )
+        .set("next_attempt_at", now_ms().saturating_add(ms(delay)))
+        .set("last_error_code", code.to_string())
         .set("last_error_message", message.clone())
         .clear("lease_until")
         .clear("lease_owner");
@@ -425,13 +439,33 @@ async fn retry_later(
         Ok(_) | Err(StoreError::Conflict { .. }) => {}
         Err(e) => return Err(e.into()),
     }
-    if denied {
+    if full {
+        tracing::error!(error = %message, store = %ctx.archive.as_ref().map_or("", |a| a.blob.url()), retry_in = ?delay,
+            "the archive's storage is full; free space there (jobs retry every few seconds)");
+    } else if denied {
         tracing::error!(error = %message, store = %ctx.archive.as_ref().map_or("", |a| a.blob.url()), retry_in = ?delay,
             "the object store refused our credentials or permissions; check [archive.s3] and AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY");
     } else {
         tracing::warn!(error = %message, attempt, retry_in = ?delay, "archive attempt failed; will retry");
     }
     Ok(())
+}
+
+/// Whether an archive failure is the archive's storage being full (ENOSPC, EDQUOT), anywhere
+/// in the error's chain.
+fn storage_full(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            )
+        }) || {
+            // object_store flattens some I/O errors into text.
+            let text = e.to_string();
+            text.contains("No space left on device") || text.contains("Disk quota exceeded")
+        }
+    })
 }
 
 /// One archive attempt of one job.

@@ -5,6 +5,7 @@ mod budget;
 mod bulk;
 mod cli;
 mod demo;
+mod disk;
 mod flex;
 mod helpers;
 mod hostile;

@@ -287,6 +287,35 @@ pub struct ListFilter {
     pub limit: Option<u32>,
 }
 
+/// Appends the filters `seedq list` and the dashboard share (state, model, batch, tag; each
+/// optional, combined with AND) to a `… WHERE 1 = 1` query, with their bound values, so both
+/// listings match a job the same way.
+fn push_job_filters(
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    state: Option<JobState>,
+    model: Option<String>,
+    batch: Option<String>,
+    tag: Option<String>,
+) {
+    if let Some(s) = state {
+        sql.push_str(" AND state = ?");
+        args.push(s.as_str().to_string().into());
+    }
+    if let Some(m) = model {
+        sql.push_str(" AND model = ?");
+        args.push(m.into());
+    }
+    if let Some(b) = batch {
+        sql.push_str(" AND batch_id = ?");
+        args.push(b.into());
+    }
+    if let Some(t) = tag {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
+        args.push(t.into());
+    }
+}
+
 /// Count of jobs per (state, model).
 #[derive(Clone, Debug, Serialize)]
 pub struct StatRow {
@@ -648,22 +677,7 @@ impl Store {
         self.call(move |c| {
             let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
-            if let Some(s) = f.state {
-                sql.push_str(" AND state = ?");
-                args.push(s.as_str().to_string().into());
-            }
-            if let Some(m) = f.model {
-                sql.push_str(" AND model = ?");
-                args.push(m.into());
-            }
-            if let Some(b) = f.batch {
-                sql.push_str(" AND batch_id = ?");
-                args.push(b.into());
-            }
-            if let Some(t) = f.tag {
-                sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
-                args.push(t.into());
-            }
+            push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
             sql.push_str(" ORDER BY id DESC");
             if let Some(l) = f.limit {
                 sql.push_str(&format!(" LIMIT {l}"));

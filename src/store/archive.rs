@@ -340,7 +340,15 @@ mod tests {
         let id = JobId::generate();
         store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
         let j = store
-            .claim_for_submit("m", true, 1000, 1, "t", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                "default",
+                1000,
+                crate::store::ResolutionScope::All,
+                1,
+                "t",
+                60_000,
+            )
             .await
             .expect("claim")
             .pop()

@@ -543,7 +543,15 @@ mod tests {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .claim_for_submit_tier(
+                "m",
+                "default",
+                10,
+                crate::store::ResolutionScope::All,
+                10,
+                "t",
+                1_000,
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "only shot 1 is due");
@@ -580,7 +588,15 @@ mod tests {
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2);
         let claimed = s
-            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .claim_for_submit_tier(
+                "m",
+                "default",
+                10,
+                crate::store::ResolutionScope::All,
+                10,
+                "t",
+                1_000,
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "the released shot is due");

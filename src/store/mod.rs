@@ -876,67 +876,13 @@ impl Store {
         .await
     }
 
-    /// Claims up to `limit` of the best due queued jobs of `model` (priority, then age) into
-    /// `submitting`, recording the intent to POST, without letting more than `max_in_flight`
-    /// of the model's tasks occupy a remote slot. The count and the claim share one
-    /// transaction, so concurrent claims can never exceed the cap. The lease covers the POST.
-    /// Jobs come back in claim order.
+    /// Claims up to `limit` of the best due queued jobs of `model` on `tier` (priority, then
+    /// age) into `submitting`, recording the intent to POST, without letting more than
+    /// `max_in_flight` of that tier's tasks occupy a remote slot. The count and the claim share
+    /// one transaction, so concurrent claims can never exceed the cap. The lease covers the
+    /// POST. Jobs come back in claim order.
     ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn claim_for_submit(
-        &self,
-        model: &str,
-        flex_allowed: bool,
-        max_in_flight: u32,
-        limit: u32,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<Vec<Job>, StoreError> {
-        let (model, owner) = (model.to_string(), owner.to_string());
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let in_flight: i64 = tx
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM jobs WHERE model = ?1 \
-                     AND (state IN ('submitting', 'submitted') OR \
-                          (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked'))",
-                )?
-                .query_row([&model], |r| r.get(0))?;
-            let room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
-            if room <= 0 {
-                return Ok(Vec::new());
-            }
-            let mut jobs = {
-                let mut st = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
-                     attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
-                     next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = ?4 \
-                                  AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
-                                  AND {SERIALISED} \
-                                  ORDER BY priority DESC, id LIMIT ?6) \
-                     RETURNING {JOB_COLUMNS}"
-                ))?;
-                let rows = st.query_map(
-                    params![now, owner, lease_ms, model, flex_allowed, room],
-                    job_from_row,
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            for j in &jobs {
-                insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
-            }
-            tx.commit()?;
-            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-            Ok(jobs)
-        })
-        .await
-    }
-
-    /// Claims like [`Store::claim_for_submit`], but for one service tier only, counting only
-    /// that tier's tasks against `max_in_flight`: Ark limits the default tier by concurrency
+    /// Only the tier's own tasks count against `max_in_flight`: Ark limits the default tier by concurrency
     /// and flex by TPD alone (tutorial 使用限制 › 限流说明, reference/000_c75d201f209c583d.txt:1733-1740),
     /// so a flex backlog must never take the default tier's slots, nor the reverse.
     ///

@@ -10,10 +10,10 @@
 //!
 //! When the user set their own `safety_identifier`, seedq cannot tag the create. Then the
 //! echoed fields (model, `safety_identifier`, seed, shape, tier) are the identity, and the
-//! dispatcher never has two unresolved creates with the same such key (`Store::claim_for_submit`),
-//! so a single unowned match inside the window (in Ark's clock) is the job's own. Two or more
-//! matches cannot be told apart: the job is parked, holding no slot, and an operator picks
-//! with `seedq reconcile --dry-run` and `seedq adopt`.
+//! dispatcher never has two unresolved creates with the same such key
+//! (`Store::claim_for_submit_tier`), so a single unowned match inside the window (in Ark's
+//! clock) is the job's own. Two or more matches cannot be told apart: the job is parked,
+//! holding no slot, and an operator picks with `seedq reconcile --dry-run` and `seedq adopt`.
 //!
 //! Duplicates (a paused worker that wakes and POSTs after another took its job over) carry
 //! the same tag: the extra task is cancelled with DELETE while it is still queued.

@@ -316,7 +316,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewJob, Patch};
+    use crate::store::{NewJob, Patch, ResolutionScope};
 
     fn new_job(id: &JobId) -> NewJob {
         NewJob {
@@ -340,15 +340,7 @@ mod tests {
         let id = JobId::generate();
         store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
         let j = store
-            .claim_for_submit_tier(
-                "m",
-                "default",
-                1000,
-                crate::store::ResolutionScope::All,
-                1,
-                "t",
-                60_000,
-            )
+            .claim_for_submit_tier("m", "default", 1000, ResolutionScope::All, 1, "t", 60_000)
             .await
             .expect("claim")
             .pop()

@@ -515,7 +515,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RetryOutcome;
+    use crate::store::{ResolutionScope, RetryOutcome};
 
     fn shot(n: usize) -> NewJob {
         NewJob {
@@ -543,15 +543,7 @@ mod tests {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit_tier(
-                "m",
-                "default",
-                10,
-                crate::store::ResolutionScope::All,
-                10,
-                "t",
-                1_000,
-            )
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "only shot 1 is due");
@@ -588,15 +580,7 @@ mod tests {
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2);
         let claimed = s
-            .claim_for_submit_tier(
-                "m",
-                "default",
-                10,
-                crate::store::ResolutionScope::All,
-                10,
-                "t",
-                1_000,
-            )
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "the released shot is due");

@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::catalogue::{self, Catalogue, Limits};
 use crate::config::PollConfig;
+use crate::job::JobState;
 use crate::store::{Store, StoreError};
 
 /// Completions that predict the next one (as the poller uses).
@@ -70,6 +71,35 @@ impl<'a> GenTimes<'a> {
         };
         self.cache.insert(key, v);
         Ok(v)
+    }
+
+    /// Generation time (ms) still ahead of a job in `state`, for the ETAs of `seedq watch`
+    /// and the dashboard: none once it no longer waits on Ark (archiving takes seconds, not a
+    /// generation), half the expected time once submitted (about half way through, on
+    /// average), else all of it.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn remaining(
+        &mut self,
+        state: JobState,
+        model: &str,
+        tier: &str,
+        shape: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        let waiting = matches!(
+            state,
+            JobState::Queued | JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
+        );
+        if !waiting {
+            return Ok(None);
+        }
+        let (gen_ms, _) = self.get(model, tier, shape).await?;
+        Ok(Some(if state == JobState::Submitted {
+            gen_ms / 2
+        } else {
+            gen_ms
+        }))
     }
 }
 

@@ -321,17 +321,7 @@ mod tests {
     fn new_job(id: &JobId) -> NewJob {
         NewJob {
             id: id.clone(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: "{}".into(),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
-            est_tokens: None,
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain("{}")
         }
     }
 

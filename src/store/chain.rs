@@ -519,18 +519,8 @@ mod tests {
 
     fn shot(n: usize) -> NewJob {
         NewJob {
-            id: JobId::generate(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: format!("{{\"shot\":{n}}}"),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
             est_tokens: Some(10),
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain(format!("{{\"shot\":{n}}}"))
         }
     }
 

@@ -268,6 +268,28 @@ pub struct NewJob {
     pub seed: Option<i64>,
 }
 
+#[cfg(test)]
+impl NewJob {
+    /// A plain job of model `m` on the default tier (no key, tags, batch, shape, tokens or
+    /// seed), for the store's tests: each test overrides only the fields it is about.
+    pub(crate) fn plain(request_json: impl Into<String>) -> Self {
+        Self {
+            id: JobId::generate(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: request_json.into(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: None,
+            expires_after: None,
+            seed: None,
+        }
+    }
+}
+
 /// What `enqueue` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EnqueueReport {

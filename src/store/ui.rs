@@ -258,23 +258,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::like_pattern;
-    use crate::job::{JobId, JobState};
+    use crate::job::JobState;
     use crate::store::{NewJob, Store};
 
     fn job(batch: Option<&str>, shape: Option<&str>) -> NewJob {
         NewJob {
-            id: JobId::generate(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: "{}".into(),
-            key: None,
-            tags: vec![],
             batch: batch.map(str::to_string),
             shape: shape.map(str::to_string),
             est_tokens: Some(10),
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain("{}")
         }
     }
 

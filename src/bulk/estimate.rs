@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::catalogue::{self, Catalogue, Limits};
 use crate::config::PollConfig;
+use crate::job::JobState;
 use crate::store::{Store, StoreError};
 
 /// Completions that predict the next one (as the poller uses).
@@ -70,6 +71,35 @@ impl<'a> GenTimes<'a> {
         };
         self.cache.insert(key, v);
         Ok(v)
+    }
+
+    /// Generation time (ms) still ahead of a job in `state`, for the ETAs of `seedq watch`
+    /// and the dashboard: none once it no longer waits on Ark (archiving takes seconds, not a
+    /// generation), half the expected time once submitted (about half way through, on
+    /// average), else all of it.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn remaining(
+        &mut self,
+        state: JobState,
+        model: &str,
+        tier: &str,
+        shape: Option<&str>,
+    ) -> Result<Option<i64>, StoreError> {
+        let waiting = matches!(
+            state,
+            JobState::Queued | JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
+        );
+        if !waiting {
+            return Ok(None);
+        }
+        let (gen_ms, _) = self.get(model, tier, shape).await?;
+        Ok(Some(if state == JobState::Submitted {
+            gen_ms / 2
+        } else {
+            gen_ms
+        }))
     }
 }
 
@@ -136,13 +166,7 @@ pub fn finish_ms(
     let by_rpm = (n - 1) * MINUTE_MS / i64::from(limits.rpm.max(1));
     // The last task created still takes its generation time.
     let work = by_slots.max(by_rpm + max_ms);
-    let days = match limits.flex_tpd {
-        Some(tpd) if flex_tokens > 0 && tpd > 0 => {
-            let tpd = i64::try_from(tpd).unwrap_or(i64::MAX);
-            (flex_tokens - 1) / tpd
-        }
-        _ => 0,
-    };
+    let days = flex_extra_days(limits, flex_tokens);
     (work + days * day_ms, days)
 }
 
@@ -167,14 +191,20 @@ pub fn finish_ms_flex(
         .flex_rpm
         .map_or(0, |r| (n - 1) * MINUTE_MS / i64::from(r.max(1)));
     let work = by_slots.max(by_rpm + max_ms);
-    let days = match limits.flex_tpd {
+    let days = flex_extra_days(limits, flex_tokens);
+    (work + days * day_ms, days)
+}
+
+/// Whole TPD days of waiting that `flex_tokens` add beyond the first day's budget (none
+/// when the account has no flex TPD).
+fn flex_extra_days(limits: &Limits, flex_tokens: i64) -> i64 {
+    match limits.flex_tpd {
         Some(tpd) if flex_tokens > 0 && tpd > 0 => {
             let tpd = i64::try_from(tpd).unwrap_or(i64::MAX);
             (flex_tokens - 1) / tpd
         }
         _ => 0,
-    };
-    (work + days * day_ms, days)
+    }
 }
 
 /// Groups `items` per model and tier and estimates each group and the whole.

@@ -276,20 +276,11 @@ async fn eta(
     // longest generation time, and the flex tokens still to be created (against TPD).
     let mut per_model: BTreeMap<(&str, bool), (i64, i64, i64, i64)> = BTreeMap::new();
     for c in cells {
-        let waiting = matches!(
-            c.state,
-            JobState::Queued | JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
-        );
-        // Archiving takes seconds, not a generation: it is not in the estimate.
-        if !waiting {
+        let remaining = times
+            .remaining(c.state, &c.model, &c.tier, c.shape.as_deref())
+            .await?;
+        let Some(gen_ms) = remaining else {
             continue;
-        }
-        let (gen_ms, _) = times.get(&c.model, &c.tier, c.shape.as_deref()).await?;
-        // A submitted job is about half way through, on average.
-        let gen_ms = if c.state == JobState::Submitted {
-            gen_ms / 2
-        } else {
-            gen_ms
         };
         let flex = c.tier == "flex";
         let m = per_model.entry((c.model.as_str(), flex)).or_default();

@@ -230,6 +230,34 @@ impl GuardedIo {
     }
 }
 
+impl GuardedIo {
+    /// A write's answer, shared by the plain and the vectored write: progress disarms the
+    /// stall timer; `Pending` arms it, so a peer that stops reading is cut off after `idle`.
+    fn after_write(
+        &mut self,
+        polled: Poll<std::io::Result<usize>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        match polled {
+            Poll::Ready(r) => {
+                self.write_armed = false;
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                let limit = Instant::now() + self.idle;
+                stalled(
+                    &mut self.write_timer,
+                    &mut self.write_armed,
+                    limit,
+                    cx,
+                    "response not read",
+                )
+                .map(Err)
+            }
+        }
+    }
+}
+
 /// Polls `timer` (armed on the first `Pending`, up to `limit`), turning its expiry into an
 /// error so hyper closes the connection.
 fn stalled(
@@ -298,23 +326,8 @@ impl AsyncWrite for GuardedIo {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Ready(r) => {
-                this.write_armed = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let limit = Instant::now() + this.idle;
-                stalled(
-                    &mut this.write_timer,
-                    &mut this.write_armed,
-                    limit,
-                    cx,
-                    "response not read",
-                )
-                .map(Err)
-            }
-        }
+        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(polled, cx)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -331,23 +344,8 @@ impl AsyncWrite for GuardedIo {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(r) => {
-                this.write_armed = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let limit = Instant::now() + this.idle;
-                stalled(
-                    &mut this.write_timer,
-                    &mut this.write_armed,
-                    limit,
-                    cx,
-                    "response not read",
-                )
-                .map(Err)
-            }
-        }
+        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(polled, cx)
     }
 
     fn is_write_vectored(&self) -> bool {

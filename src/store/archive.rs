@@ -316,22 +316,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewJob, Patch};
+    use crate::store::{NewJob, Patch, ResolutionScope};
 
     fn new_job(id: &JobId) -> NewJob {
         NewJob {
             id: id.clone(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: "{}".into(),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
-            est_tokens: None,
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain("{}")
         }
     }
 
@@ -340,7 +330,7 @@ mod tests {
         let id = JobId::generate();
         store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
         let j = store
-            .claim_for_submit("m", true, 1000, 1, "t", 60_000)
+            .claim_for_submit_tier("m", "default", 1000, ResolutionScope::All, 1, "t", 60_000)
             .await
             .expect("claim")
             .pop()

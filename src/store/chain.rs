@@ -515,22 +515,12 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::RetryOutcome;
+    use crate::store::{ResolutionScope, RetryOutcome};
 
     fn shot(n: usize) -> NewJob {
         NewJob {
-            id: JobId::generate(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: format!("{{\"shot\":{n}}}"),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
             est_tokens: Some(10),
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain(format!("{{\"shot\":{n}}}"))
         }
     }
 
@@ -543,7 +533,7 @@ mod tests {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "only shot 1 is due");
@@ -580,7 +570,7 @@ mod tests {
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2);
         let claimed = s
-            .claim_for_submit("m", true, 10, 10, "t", 1_000)
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "the released shot is due");

@@ -165,20 +165,7 @@ mod tests {
         assert_eq!(s.image_count().await.expect("count"), 2, "stored once each");
         assert_eq!(s.inflate_body(lean).await.expect("inflate"), stored);
         // An image goes when the last job using it is pruned.
-        let job = |body: &str| crate::store::NewJob {
-            id: crate::job::JobId::generate(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: body.to_string(),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
-            est_tokens: None,
-            expires_after: None,
-            seed: None,
-        };
+        let job = |body: &str| crate::store::NewJob::plain(body);
         let (a, b) = (job(&stored), job(&stored));
         let (ida, idb) = (a.id.clone(), b.id.clone());
         s.enqueue(vec![a, b]).await.expect("enqueue");

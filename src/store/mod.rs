@@ -268,6 +268,28 @@ pub struct NewJob {
     pub seed: Option<i64>,
 }
 
+#[cfg(test)]
+impl NewJob {
+    /// A plain job of model `m` on the default tier (no key, tags, batch, shape, tokens or
+    /// seed), for the store's tests: each test overrides only the fields it is about.
+    pub(crate) fn plain(request_json: impl Into<String>) -> Self {
+        Self {
+            id: JobId::generate(),
+            model: "m".into(),
+            flex: false,
+            priority: 0,
+            request_json: request_json.into(),
+            key: None,
+            tags: vec![],
+            batch: None,
+            shape: None,
+            est_tokens: None,
+            expires_after: None,
+            seed: None,
+        }
+    }
+}
+
 /// What `enqueue` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EnqueueReport {
@@ -285,6 +307,35 @@ pub struct ListFilter {
     pub tag: Option<String>,
     pub batch: Option<String>,
     pub limit: Option<u32>,
+}
+
+/// Appends the filters `seedq list` and the dashboard share (state, model, batch, tag; each
+/// optional, combined with AND) to a `… WHERE 1 = 1` query, with their bound values, so both
+/// listings match a job the same way.
+fn push_job_filters(
+    sql: &mut String,
+    args: &mut Vec<Value>,
+    state: Option<JobState>,
+    model: Option<String>,
+    batch: Option<String>,
+    tag: Option<String>,
+) {
+    if let Some(s) = state {
+        sql.push_str(" AND state = ?");
+        args.push(s.as_str().to_string().into());
+    }
+    if let Some(m) = model {
+        sql.push_str(" AND model = ?");
+        args.push(m.into());
+    }
+    if let Some(b) = batch {
+        sql.push_str(" AND batch_id = ?");
+        args.push(b.into());
+    }
+    if let Some(t) = tag {
+        sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
+        args.push(t.into());
+    }
 }
 
 /// Count of jobs per (state, model).
@@ -648,22 +699,7 @@ impl Store {
         self.call(move |c| {
             let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
-            if let Some(s) = f.state {
-                sql.push_str(" AND state = ?");
-                args.push(s.as_str().to_string().into());
-            }
-            if let Some(m) = f.model {
-                sql.push_str(" AND model = ?");
-                args.push(m.into());
-            }
-            if let Some(b) = f.batch {
-                sql.push_str(" AND batch_id = ?");
-                args.push(b.into());
-            }
-            if let Some(t) = f.tag {
-                sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
-                args.push(t.into());
-            }
+            push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
             sql.push_str(" ORDER BY id DESC");
             if let Some(l) = f.limit {
                 sql.push_str(&format!(" LIMIT {l}"));
@@ -862,67 +898,13 @@ impl Store {
         .await
     }
 
-    /// Claims up to `limit` of the best due queued jobs of `model` (priority, then age) into
-    /// `submitting`, recording the intent to POST, without letting more than `max_in_flight`
-    /// of the model's tasks occupy a remote slot. The count and the claim share one
-    /// transaction, so concurrent claims can never exceed the cap. The lease covers the POST.
-    /// Jobs come back in claim order.
+    /// Claims up to `limit` of the best due queued jobs of `model` on `tier` (priority, then
+    /// age) into `submitting`, recording the intent to POST, without letting more than
+    /// `max_in_flight` of that tier's tasks occupy a remote slot. The count and the claim share
+    /// one transaction, so concurrent claims can never exceed the cap. The lease covers the
+    /// POST. Jobs come back in claim order.
     ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn claim_for_submit(
-        &self,
-        model: &str,
-        flex_allowed: bool,
-        max_in_flight: u32,
-        limit: u32,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<Vec<Job>, StoreError> {
-        let (model, owner) = (model.to_string(), owner.to_string());
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let in_flight: i64 = tx
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM jobs WHERE model = ?1 \
-                     AND (state IN ('submitting', 'submitted') OR \
-                          (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked'))",
-                )?
-                .query_row([&model], |r| r.get(0))?;
-            let room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
-            if room <= 0 {
-                return Ok(Vec::new());
-            }
-            let mut jobs = {
-                let mut st = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
-                     attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
-                     next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = ?4 \
-                                  AND next_attempt_at <= ?1 AND (?5 OR service_tier = 'default') \
-                                  AND {SERIALISED} \
-                                  ORDER BY priority DESC, id LIMIT ?6) \
-                     RETURNING {JOB_COLUMNS}"
-                ))?;
-                let rows = st.query_map(
-                    params![now, owner, lease_ms, model, flex_allowed, room],
-                    job_from_row,
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            for j in &jobs {
-                insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
-            }
-            tx.commit()?;
-            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-            Ok(jobs)
-        })
-        .await
-    }
-
-    /// Claims like [`Store::claim_for_submit`], but for one service tier only, counting only
-    /// that tier's tasks against `max_in_flight`: Ark limits the default tier by concurrency
+    /// Only the tier's own tasks count against `max_in_flight`: Ark limits the default tier by concurrency
     /// and flex by TPD alone (tutorial 使用限制 › 限流说明, reference/000_c75d201f209c583d.txt:1733-1740),
     /// so a flex backlog must never take the default tier's slots, nor the reverse.
     ///

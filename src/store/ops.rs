@@ -318,18 +318,10 @@ mod tests {
 
     fn job(model: &str, flex: bool) -> NewJob {
         NewJob {
-            id: JobId::generate(),
             model: model.into(),
             flex,
-            priority: 0,
-            request_json: "{}".into(),
-            key: None,
-            tags: vec![],
-            batch: None,
-            shape: None,
             est_tokens: Some(100),
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain("{}")
         }
     }
 

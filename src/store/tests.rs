@@ -76,7 +76,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, 100, 1, "w", 60_000)
+        .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
         .await
         .expect("claim")
         .pop()
@@ -85,14 +85,14 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
     assert_eq!(j.state, JobState::Submitting);
     assert_eq!(j.attempts, 1);
     let j2 = s
-        .claim_for_submit("m", true, 100, 1, "w", 60_000)
+        .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
         .await
         .expect("claim")
         .pop()
         .expect("a job");
     assert_eq!(j2.id, low.id);
     assert!(
-        s.claim_for_submit("m", true, 100, 1, "w", 60_000)
+        s.claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
             .await
             .expect("claim")
             .is_empty()
@@ -164,14 +164,14 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         .await
         .expect("enqueue");
     assert!(
-        s.claim_for_submit("m", true, 2, 5, "w", 60_000)
+        s.claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 5, "w", 60_000)
             .await
             .expect("claim")
             .is_empty(),
         "the in-flight cap holds inside the claim"
     );
     assert!(
-        s.claim_for_submit("m", true, 3, 5, "w", 60_000)
+        s.claim_for_submit_tier("m", "default", 3, ResolutionScope::All, 5, "w", 60_000)
             .await
             .expect("claim")
             .len()
@@ -212,7 +212,7 @@ async fn cancel_and_retry() {
     );
     // Remote jobs are only flagged.
     let c = s
-        .claim_for_submit("m", true, 100, 1, "w", 1000)
+        .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 1000)
         .await
         .expect("claim")
         .pop()
@@ -233,7 +233,7 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         .await
         .expect("enqueue");
     let j = s
-        .claim_for_submit("m", true, 100, 1, "w", 1000)
+        .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 1000)
         .await
         .expect("claim")
         .pop()
@@ -286,7 +286,7 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
         .expect("enqueue");
     for _ in 0..2 {
         let j = s
-            .claim_for_submit("m", true, 10, 1, "w", 1000)
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "w", 1000)
             .await
             .expect("claim")
             .pop()
@@ -441,7 +441,7 @@ async fn lean_paths_read_no_bodies() {
     let full = s.list(ListFilter::default()).await.expect("full");
     assert!(full[0].request_json.contains("a fox"));
     let claimed = s
-        .claim_for_submit("m1", true, 10, 10, "w", 60_000)
+        .claim_for_submit_tier("m1", "default", 10, ResolutionScope::All, 10, "w", 60_000)
         .await
         .expect("claim");
     assert!(

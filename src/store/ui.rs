@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
 
-use super::{JOB_COLUMNS, Job, Store, StoreError, job_from_row};
+use super::{JOB_COLUMNS, Job, Store, StoreError, job_from_row, push_job_filters};
 use crate::job::JobState;
 
 /// Filters of the dashboard's job list. Every field is optional; they combine with AND.
@@ -63,22 +63,7 @@ impl Store {
         self.call(move |c| {
             let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
-            if let Some(s) = f.state {
-                sql.push_str(" AND state = ?");
-                args.push(s.as_str().to_string().into());
-            }
-            if let Some(m) = f.model {
-                sql.push_str(" AND model = ?");
-                args.push(m.into());
-            }
-            if let Some(b) = f.batch {
-                sql.push_str(" AND batch_id = ?");
-                args.push(b.into());
-            }
-            if let Some(t) = f.tag {
-                sql.push_str(" AND EXISTS (SELECT 1 FROM json_each(jobs.tags) WHERE value = ?)");
-                args.push(t.into());
-            }
+            push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
             if let Some(t) = f.text {
                 sql.push_str(" AND request_json LIKE ? ESCAPE '\\'");
                 args.push(like_pattern(&t).into());
@@ -273,23 +258,15 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::like_pattern;
-    use crate::job::{JobId, JobState};
+    use crate::job::JobState;
     use crate::store::{NewJob, Store};
 
     fn job(batch: Option<&str>, shape: Option<&str>) -> NewJob {
         NewJob {
-            id: JobId::generate(),
-            model: "m".into(),
-            flex: false,
-            priority: 0,
-            request_json: "{}".into(),
-            key: None,
-            tags: vec![],
             batch: batch.map(str::to_string),
             shape: shape.map(str::to_string),
             est_tokens: Some(10),
-            expires_after: None,
-            seed: None,
+            ..NewJob::plain("{}")
         }
     }
 

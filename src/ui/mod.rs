@@ -210,54 +210,41 @@ async fn archived(ui: &Ui, id: &str) -> Result<(BlobStore, ObjectKey), Response>
     Ok((blob, key))
 }
 
-async fn video(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    match archived(&ui, &id).await {
+/// Serves one file of a job's archived set, `file` naming it from the video's key.
+async fn serve_archived(
+    ui: &Ui,
+    id: &str,
+    headers: &HeaderMap,
+    file: fn(&ObjectKey) -> ObjectKey,
+    content_type: &'static str,
+) -> Response {
+    match archived(ui, id).await {
         Ok((blob, key)) => {
             media::serve(
                 &blob,
-                &key,
-                &headers,
-                "video/mp4",
+                &file(&key),
+                headers,
+                content_type,
                 ui.ctx.cfg.admin.ui_max_range,
             )
             .await
         }
         Err(r) => r,
     }
+}
+
+async fn video(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    serve_archived(&ui, &id, &headers, ObjectKey::clone, "video/mp4").await
 }
 
 async fn frame(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    match archived(&ui, &id).await {
-        Ok((blob, key)) => {
-            let key = crate::worker::archive::last_frame_key(&key);
-            media::serve(
-                &blob,
-                &key,
-                &headers,
-                "image/png",
-                ui.ctx.cfg.admin.ui_max_range,
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    let file = crate::worker::archive::last_frame_key;
+    serve_archived(&ui, &id, &headers, file, "image/png").await
 }
 
 async fn sidecar(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    match archived(&ui, &id).await {
-        Ok((blob, key)) => {
-            let key = crate::worker::archive::sidecar_key(&key);
-            media::serve(
-                &blob,
-                &key,
-                &headers,
-                "application/json",
-                ui.ctx.cfg.admin.ui_max_range,
-            )
-            .await
-        }
-        Err(r) => r,
-    }
+    let file = crate::worker::archive::sidecar_key;
+    serve_archived(&ui, &id, &headers, file, "application/json").await
 }
 
 async fn film(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {

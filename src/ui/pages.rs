@@ -308,19 +308,11 @@ async fn eta(
 ) -> Result<Option<i64>, StoreError> {
     let mut per_model: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
     for c in cells {
-        let waiting = matches!(
-            c.state,
-            JobState::Queued | JobState::Submitting | JobState::SubmitUnknown | JobState::Submitted
-        );
-        if !waiting {
+        let remaining = times
+            .remaining(c.state, &c.model, &c.tier, c.shape.as_deref())
+            .await?;
+        let Some(gen_ms) = remaining else {
             continue;
-        }
-        let (gen_ms, _) = times.get(&c.model, &c.tier, c.shape.as_deref()).await?;
-        // A submitted job is about half way through, on average (as in `watch`).
-        let gen_ms = if c.state == JobState::Submitted {
-            gen_ms / 2
-        } else {
-            gen_ms
         };
         let m = per_model.entry(c.model.as_str()).or_default();
         m.0 += c.jobs;

@@ -10,10 +10,10 @@
 //!
 //! When the user set their own `safety_identifier`, seedq cannot tag the create. Then the
 //! echoed fields (model, `safety_identifier`, seed, shape, tier) are the identity, and the
-//! dispatcher never has two unresolved creates with the same such key (`Store::claim_for_submit`),
-//! so a single unowned match inside the window (in Ark's clock) is the job's own. Two or more
-//! matches cannot be told apart: the job is parked, holding no slot, and an operator picks
-//! with `seedq reconcile --dry-run` and `seedq adopt`.
+//! dispatcher never has two unresolved creates with the same such key
+//! (`Store::claim_for_submit_tier`), so a single unowned match inside the window (in Ark's
+//! clock) is the job's own. Two or more matches cannot be told apart: the job is parked,
+//! holding no slot, and an operator picks with `seedq reconcile --dry-run` and `seedq adopt`.
 //!
 //! Duplicates (a paused worker that wakes and POSTs after another took its job over) carry
 //! the same tag: the extra task is cancelled with DELETE while it is still queued.
@@ -321,11 +321,41 @@ async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> anyhow::Result<
     // The id is in the log before the write, so a failed write cannot lose it.
     tracing::warn!(remote_id = %task.id, "adopting the remote task of an ambiguous submit");
     crate::ops::metrics::reconcile("adopted", 1);
+    let recorded = record_task(
+        ctx,
+        job,
+        &task.id,
+        task.status.as_str(),
+        task.created_at.saturating_mul(1000),
+        now_ms(),
+        format!("{what} {}", task.id),
+    )
+    .await?;
+    if !recorded {
+        // Another path (the late create answer) recorded it first.
+        return Ok(());
+    }
+    ctx.poke_poll.notify_one();
+    Ok(())
+}
+
+/// Records `remote_id` as the task of a `submit_unknown` job, which becomes `submitted` and
+/// due for a poll at `due`. False when another path recorded an outcome first (the lease
+/// token moved on), so each caller decides what a lost race means for it.
+async fn record_task(
+    ctx: &Ctx,
+    job: &Job,
+    remote_id: &str,
+    status: &str,
+    submitted_at: i64,
+    due: i64,
+    reason: String,
+) -> Result<bool, StoreError> {
     let patch = Patch::new()
-        .set("remote_task_id", task.id.clone())
-        .set("remote_status", task.status.as_str().to_string())
-        .set("submitted_at", task.created_at.saturating_mul(1000))
-        .set("next_attempt_at", now_ms())
+        .set("remote_task_id", remote_id.to_string())
+        .set("remote_status", status.to_string())
+        .set("submitted_at", submitted_at)
+        .set("next_attempt_at", due)
         .clear("last_error_code")
         .clear("last_error_message");
     match ctx
@@ -336,17 +366,14 @@ async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> anyhow::Result<
             job.lease_token,
             JobState::Submitted,
             patch,
-            Some(format!("{what} {}", task.id)),
+            Some(reason),
         )
         .await
     {
-        Ok(_) => {}
-        // Another path (the late create answer) recorded it first.
-        Err(StoreError::Conflict { .. }) => return Ok(()),
-        Err(e) => return Err(e.into()),
+        Ok(_) => Ok(true),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(e) => Err(e),
     }
-    ctx.poke_poll.notify_one();
-    Ok(())
 }
 
 /// Parks a job for an operator. A parked job holds no slot and blocks no other job
@@ -419,32 +446,11 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
         return Ok(());
     };
     if job.state == JobState::SubmitUnknown {
-        let patch = Patch::new()
-            .set("remote_task_id", remote_id.to_string())
-            .set("remote_status", "queued".to_string())
-            .set("submitted_at", now)
-            .set("next_attempt_at", now)
-            .clear("last_error_code")
-            .clear("last_error_message");
-        match ctx
-            .store
-            .transition(
-                &job.id,
-                JobState::SubmitUnknown,
-                job.lease_token,
-                JobState::Submitted,
-                patch,
-                Some(format!("late create response: adopted {remote_id}")),
-            )
-            .await
-        {
-            Ok(_) => {
-                crate::ops::metrics::reconcile("adopted_late", 1);
-                ctx.poke_poll.notify_one();
-                return Ok(());
-            }
-            Err(StoreError::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
+        let reason = format!("late create response: adopted {remote_id}");
+        if record_task(ctx, &job, remote_id, "queued", now, now, reason).await? {
+            crate::ops::metrics::reconcile("adopted_late", 1);
+            ctx.poke_poll.notify_one();
+            return Ok(());
         }
     }
     let job = ctx.store.job(id.as_str()).await?.unwrap_or(job);

@@ -3,18 +3,11 @@
 
 use std::collections::HashMap;
 
-use crate::helpers::{SimProc, TestEnv, code_and_err, worker_config};
+use crate::helpers::{SimProc, TestEnv, code_and_err, fast_sim, worker_config};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
 const FAST: &str = "doubao-seedance-1-0-pro-fast-251015";
-
-/// Tiny, reused videos and a minute that lasts 120 ms: pictures do not matter here.
-fn fast_sim(extra: &str) -> SimProc {
-    SimProc::start(&format!(
-        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
-    ))
-}
 
 fn write(env: &TestEnv, name: &str, text: &str) -> String {
     let p = env.path().join(name);

@@ -1,16 +1,9 @@
 //! Flex as Ark defines it (issue 10): bound by TPD only, beside a default tier that keeps its
 //! concurrency and RPM; 429s on flex absorbed without burning attempts; TPD days.
 
-use crate::helpers::{SimProc, TestEnv, worker_config_with};
+use crate::helpers::{SimProc, TestEnv, fast_sim as sim, worker_config_with};
 
 const LITE: &str = "doubao-seedance-1-0-lite-t2v-250428";
-
-/// A sim that turns a minute into 120 ms and renders tiny videos once per clip shape.
-fn sim(extra: &str) -> SimProc {
-    SimProc::start(&format!(
-        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
-    ))
-}
 
 fn submit_lines(env: &TestEnv, lines: &[String]) {
     let p = env.path().join("jobs.jsonl");

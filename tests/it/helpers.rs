@@ -278,6 +278,21 @@ pub fn wait_until(secs: u64, what: &str, mut f: impl FnMut() -> bool) {
     panic!("timed out after {secs} s waiting for {what}");
 }
 
+/// A sim that turns a minute into 120 ms and renders tiny videos, once per clip shape (the
+/// pictures do not matter here, and rendering hundreds would dominate the suite's CPU time).
+pub fn fast_sim(extra: &str) -> SimProc {
+    SimProc::start(&format!(
+        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
+    ))
+}
+
+/// Writes `lines` as the JSONL file `name` in the env's directory; returns its path.
+pub fn write_jobs(env: &TestEnv, name: &str, lines: &[String]) -> String {
+    let p = env.path().join(name);
+    std::fs::write(&p, lines.join("\n")).expect("write jobs");
+    p.to_string_lossy().into_owned()
+}
+
 /// seedq config for a fast run against `sim` (millisecond-scale polling and backoff).
 pub fn worker_config(sim: &SimProc, extra: &str) -> String {
     worker_config_with(sim, "", extra)

@@ -5,23 +5,14 @@ use std::collections::{HashMap, HashSet};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use crate::helpers::{SimProc, TestEnv, http_json, wait_until, worker_config, worker_config_with};
+use crate::helpers::{
+    SimProc, TestEnv, fast_sim as sim, http_json, wait_until, worker_config, worker_config_with,
+    write_jobs,
+};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 /// A 2.x model: seedq sends no seed at all.
 const V2: &str = "doubao-seedance-2-0-260128";
-
-fn sim(extra: &str) -> SimProc {
-    SimProc::start(&format!(
-        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
-    ))
-}
-
-fn write_jobs(env: &TestEnv, name: &str, lines: &[String]) -> String {
-    let p = env.path().join(name);
-    std::fs::write(&p, lines.join("\n")).expect("write jobs");
-    p.to_string_lossy().into_owned()
-}
 
 /// `seedq run`, killed (and the test failed) if it does not exit by itself within `secs`.
 fn run_within(env: &TestEnv, secs: u64) -> Output {

@@ -3,26 +3,14 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::helpers::{SimProc, TestEnv, wait_until, worker_config, worker_config_with};
+use crate::helpers::{
+    SimProc, TestEnv, fast_sim as sim, wait_until, worker_config, worker_config_with, write_jobs,
+};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const LITE_I2V: &str = "doubao-seedance-1-0-lite-i2v-250428";
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
 const FAST: &str = "doubao-seedance-1-0-pro-fast-251015";
-
-/// A sim that turns a minute into 120 ms and renders tiny videos, once per clip shape (the
-/// pictures do not matter here, and rendering hundreds would dominate the suite's CPU time).
-fn sim(extra: &str) -> SimProc {
-    SimProc::start(&format!(
-        "time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n{extra}\n"
-    ))
-}
-
-fn write_jobs(env: &TestEnv, name: &str, lines: &[String]) -> String {
-    let p = env.path().join(name);
-    std::fs::write(&p, lines.join("\n")).expect("write jobs");
-    p.to_string_lossy().into_owned()
-}
 
 fn png(env: &TestEnv, name: &str, w: u32, h: u32) {
     let img = seedq::media::RgbImage {

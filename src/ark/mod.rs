@@ -356,6 +356,21 @@ impl ArkClient {
         self.skew_ms.store(skew, Ordering::Relaxed);
     }
 
+    /// A second reading of Ark's clock, from a task seedq created itself: its `created_at`
+    /// (Ark's clock, whole seconds) lies between the local start and end of the POST that made
+    /// it. It fills in the skew when no answer carried a `Date` header (a proxy may strip it);
+    /// a `Date` reading, fresher and of every answer, is never overwritten by it.
+    pub fn note_created(&self, created_s: i64, post_started_ms: i64, post_ended_ms: i64) {
+        if created_s <= 0 || post_ended_ms < post_started_ms {
+            return;
+        }
+        let mid = post_started_ms / 2 + post_ended_ms / 2;
+        let skew = created_s.saturating_mul(1000).saturating_add(500) - mid;
+        let _ = self
+            .skew_ms
+            .compare_exchange(i64::MIN, skew, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     /// When Ark last answered a request with a 2xx, in unix ms.
     pub fn last_success_ms(&self) -> Option<i64> {
         Some(self.last_ok.load(Ordering::Relaxed)).filter(|t| *t > 0)
@@ -616,6 +631,30 @@ mod tests {
             create: true,
         };
         assert_eq!(d.class(), ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn created_at_fills_in_the_skew_but_never_overrides_a_date_reading() {
+        let c = ArkClient::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_string()),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect("client");
+        assert_eq!(c.clock_skew_ms(), None);
+        // Ark 10 s behind: a task created during a POST from 100.0 s to 100.4 s says 90.
+        c.note_created(90, 100_000, 100_400);
+        assert_eq!(c.clock_skew_ms(), Some(90_500 - 100_200));
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::DATE,
+            reqwest::header::HeaderValue::from_static("Thu, 01 Jan 1970 00:00:00 GMT"),
+        );
+        c.note_clock(&h);
+        let from_date = c.clock_skew_ms();
+        c.note_created(90, 100_000, 100_400);
+        assert_eq!(c.clock_skew_ms(), from_date, "the Date reading stands");
     }
 
     #[test]

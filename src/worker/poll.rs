@@ -425,6 +425,11 @@ pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<
 
 /// Decides what a remote status means for a job: reschedule, or leave `submitted`.
 fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
+    // The task's `created_at` against our POST window is a reading of Ark's clock (used
+    // where no `Date` header gave one; reconciliation windows are in Ark's clock).
+    if let (Some(lo), Some(hi)) = (job.submit_started_at, job.submitted_at) {
+        ctx.ark.note_created(t.created_at, lo, hi);
+    }
     match t.status {
         TaskStatus::Queued | TaskStatus::Running | TaskStatus::Unknown => {
             reschedule_plan(ctx, job, now, Some(t.status.as_str()))

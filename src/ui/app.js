@@ -26,7 +26,10 @@ document.addEventListener("DOMContentLoaded", () => {
     actions.querySelectorAll("button[data-action]").forEach((b) => {
       b.addEventListener("click", async () => {
         sessionStorage.setItem("seedq-token", token.value);
-        const url = "/ui/jobs/" + encodeURIComponent(actions.dataset.job) + "/" + b.dataset.action;
+        let url = "/ui/jobs/" + encodeURIComponent(actions.dataset.job) + "/" + b.dataset.action;
+        if (b.dataset.action === "adopt") {
+          url += "?task=" + encodeURIComponent(document.getElementById("adopt-task").value);
+        }
         const headers = {};
         if (token.value) headers["X-Seedq-Token"] = token.value;
         try {

@@ -9,7 +9,7 @@
 //! Safety rules, which the browser tests check:
 //! - Every piece of user text (prompts, tags, batch names, Ark's messages) goes through
 //!   [`pages::esc`]; the CSP forbids inline scripts anyway (`script-src 'self'`).
-//! - Actions (cancel, retry) are off unless `admin.token` is set; they are POSTs that must
+//! - Actions (cancel, retry, adopt, pause/resume) are off unless `admin.token` is set; they are POSTs that must
 //!   carry the token in the `X-Seedq-Token` header. A cross-site form cannot set a header and a
 //!   cross-site `fetch` with one needs a CORS preflight we never answer, so the header is the
 //!   CSRF defence. Actions call the same store verbs as `seedq cancel` / `seedq retry`.
@@ -101,6 +101,7 @@ pub fn router<S>(ctx: &Ctx) -> Router<S> {
         .route("/ui/jobs/{id}/sidecar", get(sidecar))
         .route("/ui/jobs/{id}/cancel", post(cancel))
         .route("/ui/jobs/{id}/retry", post(retry))
+        .route("/ui/jobs/{id}/adopt", post(adopt))
         .route("/ui/chains/{id}/film", get(film))
         .route("/ui/gallery", get(gallery))
         .route("/ui/app.js", get(app_js))
@@ -379,5 +380,44 @@ async fn retry(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Res
         )
             .into_response(),
         Err(e) => store_error(&e),
+    }
+}
+
+/// `POST /ui/jobs/{id}/adopt?task=TASK_ID`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AdoptQuery {
+    #[serde(default)]
+    task: String,
+}
+
+/// Adopts a remote task for an ambiguous job through the same checks as `seedq adopt`
+/// ([`crate::worker::reconcile::operator_adopt`]); a refusal answers 409 with its reason.
+async fn adopt(
+    State(ui): St,
+    Path(id): Path<String>,
+    Query(q): Query<AdoptQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&ui, &headers) {
+        return r;
+    }
+    let task = q.task.trim();
+    if task.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "task: empty; give the remote task id (cgt-…) to adopt\n",
+        )
+            .into_response();
+    }
+    use crate::worker::reconcile::{AdoptOutcome, operator_adopt};
+    match operator_adopt(&ui.ctx, &id, task).await {
+        Ok(AdoptOutcome::Adopted { job, task }) => {
+            ui.ctx.poke_dispatch.notify_one();
+            (StatusCode::OK, format!("{job} adopted {task}\n")).into_response()
+        }
+        Ok(AdoptOutcome::Refused(reason)) => {
+            (StatusCode::CONFLICT, format!("refused: {reason}\n")).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("not adopted: {e:#}\n")).into_response(),
     }
 }

@@ -501,12 +501,20 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
              <input type=\"password\" id=\"token\" autocomplete=\"off\"></label> \
              <button type=\"button\" data-action=\"cancel\">Cancel</button> \
              <button type=\"button\" data-action=\"retry\">Retry</button> \
-             <output id=\"action-result\"></output></section>"
+             {adopt}<output id=\"action-result\"></output></section>",
+            // Only an ambiguous create can adopt a task (the same rule as `seedq adopt`).
+            adopt = if j.state == JobState::SubmitUnknown {
+                "<label>TASK_ID <input type=\"text\" id=\"adopt-task\" autocomplete=\"off\" \
+                 placeholder=\"cgt-…\"></label> \
+                 <button type=\"button\" data-action=\"adopt\">Adopt</button> "
+            } else {
+                ""
+            }
         );
     } else {
         b.push_str(
             "<p class=\"muted\" id=\"read-only\">Read-only: set <code>admin.token</code> to turn on \
-             cancel and retry.</p>",
+             cancel, retry and adopt.</p>",
         );
     }
     let tokens = j.usage_tokens.or(j.est_tokens).unwrap_or(0);

@@ -37,7 +37,9 @@ pub async fn set_paused(
         PauseKind::Batch => store.batch(name).await?.is_some(),
     };
     let was_paused = store.paused_at(kind, name).await?.is_some();
-    if !known && !(was_paused && !pause) {
+    // Lifting a pause whose batch is gone (or model retired) is allowed; nothing else is.
+    let lifting_a_stale_pause = was_paused && !pause;
+    if !known && !lifting_a_stale_pause {
         let allowed = match kind {
             PauseKind::Model => format!("a known model: {}", catalogue.names()),
             PauseKind::Batch => "the name of an existing batch (see `seedq batch ls`)".to_string(),

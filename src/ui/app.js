@@ -45,6 +45,31 @@ document.addEventListener("DOMContentLoaded", () => {
     });
   }
 
+  // Overview: pause / resume a model or batch. The buttons live in the part server-sent events
+  // replace, so one listener on the document serves the old and the new ones.
+  const ovToken = document.getElementById("ov-token");
+  if (ovToken) {
+    const out = document.getElementById("ov-result");
+    ovToken.value = sessionStorage.getItem("seedq-token") || "";
+    document.addEventListener("click", async (ev) => {
+      const b = ev.target.closest("button[data-op]");
+      if (!b) return;
+      sessionStorage.setItem("seedq-token", ovToken.value);
+      const url = "/ui/" + b.dataset.op + "?kind=" + encodeURIComponent(b.dataset.kind) +
+        "&name=" + encodeURIComponent(b.dataset.name);
+      const headers = {};
+      if (ovToken.value) headers["X-Seedq-Token"] = ovToken.value;
+      try {
+        const r = await fetch(url, { method: "POST", headers, credentials: "same-origin" });
+        out.textContent = r.status + " " + (await r.text());
+        out.dataset.status = String(r.status);
+      } catch (e) {
+        out.textContent = "failed: " + e;
+        out.dataset.status = "error";
+      }
+    });
+  }
+
   // Gallery: a click on a last frame plays its clip.
   const dialog = document.getElementById("player");
   if (dialog) {

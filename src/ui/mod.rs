@@ -102,6 +102,8 @@ pub fn router<S>(ctx: &Ctx) -> Router<S> {
         .route("/ui/jobs/{id}/cancel", post(cancel))
         .route("/ui/jobs/{id}/retry", post(retry))
         .route("/ui/jobs/{id}/adopt", post(adopt))
+        .route("/ui/pause", post(pause))
+        .route("/ui/resume", post(resume))
         .route("/ui/chains/{id}/film", get(film))
         .route("/ui/gallery", get(gallery))
         .route("/ui/app.js", get(app_js))
@@ -419,5 +421,60 @@ async fn adopt(
             (StatusCode::CONFLICT, format!("refused: {reason}\n")).into_response()
         }
         Err(e) => (StatusCode::BAD_GATEWAY, format!("not adopted: {e:#}\n")).into_response(),
+    }
+}
+
+/// `POST /ui/pause?kind=model|batch&name=N` (and `/ui/resume`).
+#[derive(Debug, serde::Deserialize)]
+pub struct PauseQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn pause(State(ui): St, Query(q): Query<PauseQuery>, headers: HeaderMap) -> Response {
+    set_paused(&ui, &q, &headers, true).await
+}
+
+async fn resume(State(ui): St, Query(q): Query<PauseQuery>, headers: HeaderMap) -> Response {
+    set_paused(&ui, &q, &headers, false).await
+}
+
+/// Pauses or resumes through the same checks and store verbs as `seedq pause` / `seedq resume`
+/// ([`crate::worker::pause::set_paused`]).
+async fn set_paused(ui: &Ui, q: &PauseQuery, headers: &HeaderMap, pause: bool) -> Response {
+    use crate::worker::pause::PauseOutcome;
+    if let Err(r) = authorize(ui, headers) {
+        return r;
+    }
+    let Some(kind) = crate::store::PauseKind::parse(&q.kind) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("kind: {:?} is not allowed (model or batch)\n", q.kind),
+        )
+            .into_response();
+    };
+    let cat = ui.ctx.ops.live.catalogue();
+    let out = crate::worker::pause::set_paused(&cat, &ui.ctx.store, kind, &q.name, pause).await;
+    let (verb, already) = if pause {
+        ("paused", "paused already")
+    } else {
+        ("resumed", "not paused")
+    };
+    match out {
+        Ok(PauseOutcome::Changed) => {
+            if !pause {
+                ui.ctx.poke_dispatch.notify_one();
+            }
+            (StatusCode::OK, format!("{} {verb}\n", kind.as_str())).into_response()
+        }
+        Ok(PauseOutcome::Unchanged) => {
+            (StatusCode::OK, format!("{} was {already}\n", kind.as_str())).into_response()
+        }
+        Ok(PauseOutcome::Refused(reason)) => {
+            (StatusCode::BAD_REQUEST, format!("refused: {reason}\n")).into_response()
+        }
+        Err(e) => store_error(&e),
     }
 }

@@ -98,3 +98,110 @@ fn a_paused_batch_and_model_stay_queued_while_others_run_and_resume_lets_them_ru
     });
     assert!(!env.ok(&["batch", "show", "held"]).contains("paused"));
 }
+
+/// POSTs to the admin listener over plain HTTP/1.1; returns (status, body).
+fn post(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect admin");
+    let tok = token.map_or(String::new(), |t| format!("X-Seedq-Token: {t}\r\n"));
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\n{tok}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut r = String::new();
+    s.read_to_string(&mut r).expect("read");
+    let status = r
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = r.split_once("\r\n\r\n").map_or("", |x| x.1).to_string();
+    (status, body)
+}
+
+#[test]
+fn the_dashboard_adopts_a_parked_job_through_the_same_checks_as_the_cli() {
+    // Park a job as identity.rs does: a foreign task with the same user safety_identifier and
+    // shape, and the job's own create dropped, leave two candidates nobody can tell apart.
+    const V2: &str = "doubao-seedance-2-0-260128";
+    let sim = fast_sim(&format!("[models.\"{V2}\"]\nconcurrency = 1\n"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let cfg = worker_config(
+        &sim,
+        &format!("[models.\"{V2}\"]\nlimits = {{ concurrency = 1 }}\n"),
+    )
+    .replace(
+        "[admin]\nlisten = \"\"",
+        &format!("[admin]\nlisten = \"{addr}\"\ntoken = \"tok-123\""),
+    );
+    assert!(cfg.contains("tok-123"), "{cfg}");
+    let env = TestEnv::new(&cfg);
+    let foreign = format!(
+        r#"{{"model":"{V2}","content":[{{"type":"text","text":"someone else's"}}],"resolution":"480p","duration":4,"safety_identifier":"user-7"}}"#
+    );
+    assert!(crate::identity::raw_create(&sim, &foreign).contains("cgt-"));
+    crate::helpers::http_json(
+        "POST",
+        &format!("{}/_sim/faults", sim.root),
+        Some(serde_json::json!({"drop_after_create": 1})),
+    );
+    let mine = format!(
+        r#"{{"prompt":"mine","model":"{V2}","resolution":"480p","duration":4,"safety_identifier":"user-7","priority":10}}"#
+    );
+    let other = format!(r#"{{"prompt":"other","model":"{V2}","resolution":"480p","duration":4}}"#);
+    let file = write_jobs(&env, "jobs.jsonl", &[mine, other]);
+    env.ok(&["submit", "-f", &file]);
+    let _serve = env.serve();
+    let parked = || {
+        env.jobs()
+            .into_iter()
+            .find(|j| j["last_error_code"] == "parked")
+    };
+    wait_until(60, "the ambiguous job to park", || parked().is_some());
+    let id = parked().expect("parked")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    wait_until(60, "the other job to finish", || {
+        env.jobs().iter().any(|j| j["state"] == "succeeded")
+    });
+    let owned = env
+        .jobs()
+        .iter()
+        .find_map(|j| j["remote_task_id"].as_str().map(str::to_string))
+        .expect("an owned task");
+    let own = sim
+        .tasks()
+        .into_iter()
+        .find(|t| t["prompt"] == "mine")
+        .expect("the job's task")["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let path = |t: &str| format!("/ui/jobs/{id}/adopt?task={t}");
+    // No token: refused, nothing changes.
+    assert_eq!(post(&addr, &path(&own), None).0, 403);
+    assert_eq!(post(&addr, &path(&own), Some("wrong")).0, 403);
+    // The CLI's checks: a task another job owns is refused, with the reason.
+    let (code, body) = post(&addr, &path(&owned), Some("tok-123"));
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("already belongs"), "{body}");
+    assert_eq!(post(&addr, &path(""), Some("tok-123")).0, 400);
+    assert_eq!(parked().expect("still parked")["id"], id.as_str());
+    // The right task is adopted and the job finishes.
+    let (code, body) = post(&addr, &path(&own), Some("tok-123"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("adopted"), "{body}");
+    wait_until(60, "the adopted job to succeed", || {
+        env.jobs().iter().any(|j| {
+            j["id"] == id.as_str()
+                && j["state"] == "succeeded"
+                && j["remote_task_id"] == own.as_str()
+        })
+    });
+}

@@ -1295,10 +1295,13 @@ impl Store {
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE (state IN ('queued', 'submitting', 'submitted') \
-                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3)) \
+                // A paused model's or batch's queued jobs wait for an operator, like a parked
+                // job: `seedq run` does not wait for them (`seedq pause`).
+                &format!("SELECT COUNT(*) FROM jobs q WHERE (state IN ('queued', 'submitting', 'submitted') \
+                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3) \
+                 AND NOT (state = 'queued' AND NOT {NOT_PAUSED})) \
                  OR (?1 AND state IN ('succeeded', 'archiving')) \
-                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')",
+                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')"),
                 params![archive, budget::WAIT_BATCH, now_ms()],
                 |r| r.get(0),
             )?)

@@ -205,3 +205,27 @@ fn the_dashboard_adopts_a_parked_job_through_the_same_checks_as_the_cli() {
         })
     });
 }
+
+#[test]
+fn seedq_run_finishes_the_rest_and_does_not_wait_for_a_paused_batch() {
+    let sim = fast_sim("");
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let held = write_jobs(&env, "held.jsonl", &lines(PRO, "held", 2));
+    let free = write_jobs(&env, "free.jsonl", &lines(PRO, "free", 2));
+    env.ok(&["submit", "-f", &held, "--batch", "held"]);
+    env.ok(&["submit", "-f", &free, "--batch", "free"]);
+    env.ok(&["pause", "--batch", "held"]);
+    let mut run = crate::helpers::Guard(env.keyed(&["run"]).spawn().expect("spawn run"));
+    let mut status = None;
+    wait_until(60, "seedq run to exit", || {
+        status = run.0.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let batch_is = |b: &'static str| move |j: &serde_json::Value| j["batch_id"] == b;
+    assert!(
+        states(&env, batch_is("free"))
+            .iter()
+            .all(|s| s == "succeeded")
+    );
+    assert!(states(&env, batch_is("held")).iter().all(|s| s == "queued"));
+}

@@ -615,6 +615,10 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     let cells = store.batch_cells(Some(a.name.clone())).await?;
     let failures = store.batch_failures(&a.name, a.failures).await?;
     let spend = store.batch_spend(&a.name).await?;
+    // `seedq pause --batch`: its queued jobs are held back until `seedq resume --batch`.
+    let paused_at = store
+        .paused_at(crate::store::PauseKind::Batch, &a.name)
+        .await?;
     let summary = Summary::of(&cells, &ctx.catalogue);
     let mut per_model: BTreeMap<(String, String), Vec<&BatchCell>> = BTreeMap::new();
     for c in &cells {
@@ -635,7 +639,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         let v = serde_json::json!({
             "batch": meta, "summary": summary, "models": models, "failures": failures,
-            "budget": budget_json(&spend),
+            "budget": budget_json(&spend), "paused_at": paused_at,
         });
         serde_json::to_writer_pretty(&mut out, &v)?;
         writeln!(out)?;
@@ -656,6 +660,17 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
         row("source", meta.source.clone().unwrap_or_else(|| "-".into()))
     )?;
     writeln!(out, "{}", row("deadline", fmt_opt_time(meta.deadline_at)))?;
+    if let Some(at) = paused_at {
+        let since = super::jobs::fmt_time(at);
+        writeln!(
+            out,
+            "{}",
+            row(
+                "paused",
+                format!("since {since}: queued jobs wait for `seedq resume --batch`")
+            )
+        )?;
+    }
     writeln!(out, "{}", row("budget", budget_line(&spend)))?;
     writeln!(
         out,

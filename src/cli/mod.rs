@@ -16,6 +16,7 @@ mod estimate;
 mod export;
 mod fetch;
 mod jobs;
+mod pause;
 mod reconcile;
 mod service;
 mod stitch;
@@ -91,6 +92,10 @@ pub enum Command {
     /// Record a remote task as an ambiguous job's own, after checking it is unowned and
     /// matches the job's model, tier and shape.
     Adopt(reconcile::AdoptArgs),
+    /// Pause a model or batch: its queued jobs are not submitted (jobs at Ark carry on).
+    Pause(pause::PauseArgs),
+    /// Resume a paused model or batch.
+    Resume(pause::PauseArgs),
     /// Show the candidate remote tasks of every ambiguous job (`--dry-run`).
     Reconcile(reconcile::ReconcileArgs),
     /// Apply database migrations.
@@ -261,6 +266,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Adopt(a) => reconcile::adopt(&ctx, a).await,
+            Command::Pause(a) => pause::run(&ctx, a, true).await,
+            Command::Resume(a) => pause::run(&ctx, a, false).await,
             Command::Reconcile(a) => reconcile::dry_run(&ctx, a).await,
             Command::Migrate => {
                 let store = ctx.store()?;

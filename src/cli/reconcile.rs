@@ -5,13 +5,10 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context as _;
 use clap::Args;
 
 use super::Ctx;
-use crate::ark::wire::CreateTaskRequest;
 use crate::job::JobState;
-use crate::store::{Patch, now_ms};
 use crate::worker::{self, reconcile};
 
 /// `seedq adopt`.
@@ -40,95 +37,23 @@ fn worker_ctx(ctx: &Ctx) -> anyhow::Result<worker::Ctx> {
 }
 
 /// Records `task_id` as the remote task of an ambiguous job, after checking that no other job
-/// owns it and that it matches the job's model, tier and shape.
+/// owns it and that it matches the job's model, tier and shape (the checks live in
+/// [`reconcile::operator_adopt`], which the dashboard calls too).
 ///
 /// # Errors
 /// Store or Ark failures; a refusal is exit 2 with the reason.
 pub async fn adopt(ctx: &Ctx, a: AdoptArgs) -> anyhow::Result<ExitCode> {
     let w = worker_ctx(ctx)?;
-    let Some(job) = w.store.job(&a.job).await? else {
-        eprintln!("error: job {} not found", a.job);
-        return Ok(ExitCode::from(2));
-    };
-    if job.state != JobState::SubmitUnknown {
-        eprintln!(
-            "error: job {} is {}, not submit_unknown: only an ambiguous create can adopt a task",
-            job.id, job.state
-        );
-        return Ok(ExitCode::from(2));
+    match reconcile::operator_adopt(&w, &a.job, &a.task_id).await? {
+        reconcile::AdoptOutcome::Adopted { job, task } => {
+            println!("{job} adopted {task}");
+            Ok(ExitCode::SUCCESS)
+        }
+        reconcile::AdoptOutcome::Refused(reason) => {
+            eprintln!("error: {reason}");
+            Ok(ExitCode::from(2))
+        }
     }
-    if let Some(owner) = w.store.job_by_remote(&a.task_id).await? {
-        eprintln!(
-            "error: task {} already belongs to job {}; adopting it would file a foreign video",
-            a.task_id, owner.id
-        );
-        return Ok(ExitCode::from(2));
-    }
-    let task = w
-        .ark
-        .get(&a.task_id)
-        .await
-        .with_context(|| format!("reading task {} from Ark", a.task_id))?;
-    let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
-    // Ark may answer an endpoint id with the model behind it (ark-api.md §3.1).
-    let model_ok = task.model == job.model || job.model.starts_with("ep-");
-    if !model_ok || !reconcile::matches(&job, &req, &task) {
-        eprintln!(
-            "error: task {} does not match job {}: model {} vs {}, tier {:?} vs {}, shape {:?} {:?} {:?}/{:?} vs {:?} {:?} {:?}/{:?}, seed {:?} vs {:?}",
-            task.id,
-            job.id,
-            task.model,
-            job.model,
-            task.service_tier,
-            job.service_tier,
-            task.resolution,
-            task.ratio,
-            task.duration,
-            task.frames,
-            req.resolution,
-            req.ratio,
-            req.duration,
-            req.frames,
-            task.seed,
-            job.seed
-        );
-        return Ok(ExitCode::from(2));
-    }
-    // A task carrying another job's seedq identity is that job's, whatever the match says.
-    if let Some(other) = task
-        .safety_identifier
-        .as_deref()
-        .and_then(|s| s.strip_prefix(reconcile::TAG_PREFIX))
-        .filter(|id| *id != job.id.as_str())
-    {
-        eprintln!(
-            "error: task {} carries job {other}'s identity, not job {}'s",
-            task.id, job.id
-        );
-        return Ok(ExitCode::from(2));
-    }
-    tracing::warn!(job_id = %job.id, remote_id = %task.id, "operator adopts a remote task");
-    let now = now_ms();
-    w.store
-        .transition(
-            &job.id,
-            JobState::SubmitUnknown,
-            job.lease_token,
-            JobState::Submitted,
-            Patch::new()
-                .set("remote_task_id", task.id.clone())
-                .set("remote_status", task.status.as_str().to_string())
-                .set("submitted_at", task.created_at * 1000)
-                .set("next_attempt_at", now)
-                .clear("lease_until")
-                .clear("last_error_code")
-                .clear("last_error_message"),
-            Some(format!("adopted by an operator: {}", task.id)),
-        )
-        .await
-        .context("recording the adoption (the job changed meanwhile; look again)")?;
-    println!("{} adopted {}", job.id, task.id);
-    Ok(ExitCode::SUCCESS)
 }
 
 /// Lists the candidates of every ambiguous job.

@@ -14,6 +14,7 @@ mod conn;
 mod images;
 pub mod migrate;
 pub mod ops;
+mod pause;
 mod ui;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
+pub use pause::{PauseKind, Paused};
 pub use ui::{UiCell, UiFilter};
 
 /// Errors from the store.
@@ -175,6 +177,11 @@ const SERIALISED: &str = "(json_extract(q.request_json, '$.safety_identifier') I
          AND json_extract(p.request_json, '$.safety_identifier') = json_extract(q.request_json, '$.safety_identifier') \
          AND json_extract(p.request_json, '$.seed') IS json_extract(q.request_json, '$.seed') \
          ORDER BY p.priority DESC, p.id LIMIT 1)))";
+
+/// The claim predicate (over candidate `q`) that holds back a paused model's or batch's queued
+/// jobs (`seedq pause`, migrations/0009_pause.sql); jobs already at Ark are not affected.
+const NOT_PAUSED: &str = "NOT EXISTS (SELECT 1 FROM paused z WHERE \
+     (z.kind = 'model' AND z.name = q.model) OR (z.kind = 'batch' AND z.name = q.batch_id))";
 
 const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
     request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, attempts, \
@@ -968,6 +975,7 @@ impl Store {
                                   AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
                                       WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
                                   AND {SERIALISED} \
+                                  AND {NOT_PAUSED} \
                                   ORDER BY priority DESC, id LIMIT ?6) \
                      RETURNING {JOB_COLUMNS}"
                 ))?;
@@ -1287,10 +1295,13 @@ impl Store {
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
         self.call(move |c| {
             Ok(c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE (state IN ('queued', 'submitting', 'submitted') \
-                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3)) \
+                // A paused model's or batch's queued jobs wait for an operator, like a parked
+                // job: `seedq run` does not wait for them (`seedq pause`).
+                &format!("SELECT COUNT(*) FROM jobs q WHERE (state IN ('queued', 'submitting', 'submitted') \
+                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3) \
+                 AND NOT (state = 'queued' AND NOT {NOT_PAUSED})) \
                  OR (?1 AND state IN ('succeeded', 'archiving')) \
-                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')",
+                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')"),
                 params![archive, budget::WAIT_BATCH, now_ms()],
                 |r| r.get(0),
             )?)

@@ -26,7 +26,10 @@ document.addEventListener("DOMContentLoaded", () => {
     actions.querySelectorAll("button[data-action]").forEach((b) => {
       b.addEventListener("click", async () => {
         sessionStorage.setItem("seedq-token", token.value);
-        const url = "/ui/jobs/" + encodeURIComponent(actions.dataset.job) + "/" + b.dataset.action;
+        let url = "/ui/jobs/" + encodeURIComponent(actions.dataset.job) + "/" + b.dataset.action;
+        if (b.dataset.action === "adopt") {
+          url += "?task=" + encodeURIComponent(document.getElementById("adopt-task").value);
+        }
         const headers = {};
         if (token.value) headers["X-Seedq-Token"] = token.value;
         try {
@@ -39,6 +42,31 @@ document.addEventListener("DOMContentLoaded", () => {
           out.dataset.status = "error";
         }
       });
+    });
+  }
+
+  // Overview: pause / resume a model or batch. The buttons live in the part server-sent events
+  // replace, so one listener on the document serves the old and the new ones.
+  const ovToken = document.getElementById("ov-token");
+  if (ovToken) {
+    const out = document.getElementById("ov-result");
+    ovToken.value = sessionStorage.getItem("seedq-token") || "";
+    document.addEventListener("click", async (ev) => {
+      const b = ev.target.closest("button[data-op]");
+      if (!b) return;
+      sessionStorage.setItem("seedq-token", ovToken.value);
+      const url = "/ui/" + b.dataset.op + "?kind=" + encodeURIComponent(b.dataset.kind) +
+        "&name=" + encodeURIComponent(b.dataset.name);
+      const headers = {};
+      if (ovToken.value) headers["X-Seedq-Token"] = ovToken.value;
+      try {
+        const r = await fetch(url, { method: "POST", headers, credentials: "same-origin" });
+        out.textContent = r.status + " " + (await r.text());
+        out.dataset.status = String(r.status);
+      } catch (e) {
+        out.textContent = "failed: " + e;
+        out.dataset.status = "error";
+      }
     });
   }
 

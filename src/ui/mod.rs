@@ -9,7 +9,7 @@
 //! Safety rules, which the browser tests check:
 //! - Every piece of user text (prompts, tags, batch names, Ark's messages) goes through
 //!   [`pages::esc`]; the CSP forbids inline scripts anyway (`script-src 'self'`).
-//! - Actions (cancel, retry) are off unless `admin.token` is set; they are POSTs that must
+//! - Actions (cancel, retry, adopt, pause/resume) are off unless `admin.token` is set; they are POSTs that must
 //!   carry the token in the `X-Seedq-Token` header. A cross-site form cannot set a header and a
 //!   cross-site `fetch` with one needs a CORS preflight we never answer, so the header is the
 //!   CSRF defence. Actions call the same store verbs as `seedq cancel` / `seedq retry`.
@@ -101,6 +101,9 @@ pub fn router<S>(ctx: &Ctx) -> Router<S> {
         .route("/ui/jobs/{id}/sidecar", get(sidecar))
         .route("/ui/jobs/{id}/cancel", post(cancel))
         .route("/ui/jobs/{id}/retry", post(retry))
+        .route("/ui/jobs/{id}/adopt", post(adopt))
+        .route("/ui/pause", post(pause))
+        .route("/ui/resume", post(resume))
         .route("/ui/chains/{id}/film", get(film))
         .route("/ui/gallery", get(gallery))
         .route("/ui/app.js", get(app_js))
@@ -378,6 +381,100 @@ async fn retry(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Res
             "not retried: a chain shot that was never released (see its chain)\n",
         )
             .into_response(),
+        Err(e) => store_error(&e),
+    }
+}
+
+/// `POST /ui/jobs/{id}/adopt?task=TASK_ID`.
+#[derive(Debug, serde::Deserialize)]
+pub struct AdoptQuery {
+    #[serde(default)]
+    task: String,
+}
+
+/// Adopts a remote task for an ambiguous job through the same checks as `seedq adopt`
+/// ([`crate::worker::reconcile::operator_adopt`]); a refusal answers 409 with its reason.
+async fn adopt(
+    State(ui): St,
+    Path(id): Path<String>,
+    Query(q): Query<AdoptQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(&ui, &headers) {
+        return r;
+    }
+    let task = q.task.trim();
+    if task.is_empty() {
+        return (
+            StatusCode::BAD_REQUEST,
+            "task: empty; give the remote task id (cgt-…) to adopt\n",
+        )
+            .into_response();
+    }
+    use crate::worker::reconcile::{AdoptOutcome, operator_adopt};
+    match operator_adopt(&ui.ctx, &id, task).await {
+        Ok(AdoptOutcome::Adopted { job, task }) => {
+            ui.ctx.poke_dispatch.notify_one();
+            (StatusCode::OK, format!("{job} adopted {task}\n")).into_response()
+        }
+        Ok(AdoptOutcome::Refused(reason)) => {
+            (StatusCode::CONFLICT, format!("refused: {reason}\n")).into_response()
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("not adopted: {e:#}\n")).into_response(),
+    }
+}
+
+/// `POST /ui/pause?kind=model|batch&name=N` (and `/ui/resume`).
+#[derive(Debug, serde::Deserialize)]
+pub struct PauseQuery {
+    #[serde(default)]
+    kind: String,
+    #[serde(default)]
+    name: String,
+}
+
+async fn pause(State(ui): St, Query(q): Query<PauseQuery>, headers: HeaderMap) -> Response {
+    set_paused(&ui, &q, &headers, true).await
+}
+
+async fn resume(State(ui): St, Query(q): Query<PauseQuery>, headers: HeaderMap) -> Response {
+    set_paused(&ui, &q, &headers, false).await
+}
+
+/// Pauses or resumes through the same checks and store verbs as `seedq pause` / `seedq resume`
+/// ([`crate::worker::pause::set_paused`]).
+async fn set_paused(ui: &Ui, q: &PauseQuery, headers: &HeaderMap, pause: bool) -> Response {
+    use crate::worker::pause::PauseOutcome;
+    if let Err(r) = authorize(ui, headers) {
+        return r;
+    }
+    let Some(kind) = crate::store::PauseKind::parse(&q.kind) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("kind: {:?} is not allowed (model or batch)\n", q.kind),
+        )
+            .into_response();
+    };
+    let cat = ui.ctx.ops.live.catalogue();
+    let out = crate::worker::pause::set_paused(&cat, &ui.ctx.store, kind, &q.name, pause).await;
+    let (verb, already) = if pause {
+        ("paused", "paused already")
+    } else {
+        ("resumed", "not paused")
+    };
+    match out {
+        Ok(PauseOutcome::Changed) => {
+            if !pause {
+                ui.ctx.poke_dispatch.notify_one();
+            }
+            (StatusCode::OK, format!("{} {verb}\n", kind.as_str())).into_response()
+        }
+        Ok(PauseOutcome::Unchanged) => {
+            (StatusCode::OK, format!("{} was {already}\n", kind.as_str())).into_response()
+        }
+        Ok(PauseOutcome::Refused(reason)) => {
+            (StatusCode::BAD_REQUEST, format!("refused: {reason}\n")).into_response()
+        }
         Err(e) => store_error(&e),
     }
 }

@@ -97,6 +97,29 @@ fn cost(ui: &Ui, model: &str, tier: &str, tokens: i64) -> Option<f64> {
         .map(|spec| crate::catalogue::cost(spec, tokens, tier == "flex"))
 }
 
+/// A model's or batch's paused badge, and (actions on) its Pause or Resume button.
+fn pause_control(ui: &Ui, paused: &BTreeSet<(String, String)>, kind: &str, name: &str) -> String {
+    let is = paused.contains(&(kind.to_string(), name.to_string()));
+    let mut out = String::new();
+    if is {
+        out.push_str(" <span class=\"badge paused\" data-k=\"paused\">paused</span>");
+    }
+    if ui.actions_on() {
+        let (op, label) = if is {
+            ("resume", "Resume")
+        } else {
+            ("pause", "Pause")
+        };
+        let _ = write!(
+            out,
+            " <button type=\"button\" class=\"small\" data-op=\"{op}\" data-kind=\"{kind}\" \
+             data-name=\"{n}\">{label}</button>",
+            n = esc(name),
+        );
+    }
+    out
+}
+
 /// The overview page: the live part (also sent by `/ui/events`) in a shell.
 ///
 /// # Errors
@@ -108,7 +131,16 @@ pub async fn overview(ui: &Ui) -> Result<String, StoreError> {
         &format!(
             "<h1>Overview</h1><p class=\"muted\">Live: updated by server-sent events \
              <span id=\"live-status\">connecting…</span></p>\
-             <div id=\"live\" data-src=\"/ui/events\">{live}</div>"
+             {pause}<div id=\"live\" data-src=\"/ui/events\">{live}</div>",
+            // Pause/resume buttons sit in the live part; the token field stays outside it so
+            // an update does not clear what was typed.
+            pause = if ui.actions_on() {
+                "<section class=\"pause-actions\"><label>admin token (pause / resume) \
+                 <input type=\"password\" id=\"ov-token\" autocomplete=\"off\"></label> \
+                 <output id=\"ov-result\"></output></section>"
+            } else {
+                ""
+            }
         ),
     ))
 }
@@ -126,6 +158,12 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     let flex_today = store.ui_flex_today(day).await?;
     let creates = store.ui_creates_since(now - 60_000).await?;
     let oldest = store.ui_oldest_queued().await?;
+    let paused: BTreeSet<(String, String)> = store
+        .paused()
+        .await?
+        .into_iter()
+        .map(|p| (p.kind, p.name))
+        .collect();
     let mut out = String::new();
 
     // Limits per (model, tier), as Ark applies them: the default tier has slots and RPM, flex
@@ -184,12 +222,13 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             .map_or("–".to_string(), |t| format!("{} ago", human_ms(now - t)));
         let _ = write!(
             out,
-            "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}</td><td>{t}</td>\
+            "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}{pz}</td><td>{t}</td>\
              <td class=\"num\" data-k=\"inflight\">{in_flight} / {c}</td>\
              <td class=\"num\">{cr} / {rpm}</td><td class=\"num\">{tpd}</td>\
              <td class=\"num\" data-k=\"queued\">{queued}</td><td>{old}</td></tr>",
             m = esc(model),
             t = esc(tier),
+            pz = pause_control(ui, &paused, "model", model),
             c = slots,
             cr = creates
                 .get(&(model.to_string(), tier.to_string()))
@@ -242,13 +281,14 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         let _ = write!(
             out,
             "<div class=\"batch\" data-batch=\"{n}\"><h3><a href=\"/ui/jobs?batch={nq}\">{n}</a> \
-             <a class=\"small\" href=\"/ui/gallery?batch={nq}\">gallery</a></h3>\
+             <a class=\"small\" href=\"/ui/gallery?batch={nq}\">gallery</a>{pz}</h3>\
              <progress max=\"{total}\" value=\"{done}\"></progress> \
              <span class=\"num\" data-k=\"done\">{done} / {total}</span> · \
              <span data-k=\"cost\">¥{cny:.2}</span> · <span data-k=\"eta\">{eta}</span><ul class=\"counts\">",
             n = esc(name),
             nq = esc(&qp(name)),
             eta = esc(&eta),
+            pz = pause_control(ui, &paused, "batch", name),
         );
         for (s, n) in &per_state {
             let _ = write!(
@@ -501,12 +541,20 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
              <input type=\"password\" id=\"token\" autocomplete=\"off\"></label> \
              <button type=\"button\" data-action=\"cancel\">Cancel</button> \
              <button type=\"button\" data-action=\"retry\">Retry</button> \
-             <output id=\"action-result\"></output></section>"
+             {adopt}<output id=\"action-result\"></output></section>",
+            // Only an ambiguous create can adopt a task (the same rule as `seedq adopt`).
+            adopt = if j.state == JobState::SubmitUnknown {
+                "<label>TASK_ID <input type=\"text\" id=\"adopt-task\" autocomplete=\"off\" \
+                 placeholder=\"cgt-…\"></label> \
+                 <button type=\"button\" data-action=\"adopt\">Adopt</button> "
+            } else {
+                ""
+            }
         );
     } else {
         b.push_str(
             "<p class=\"muted\" id=\"read-only\">Read-only: set <code>admin.token</code> to turn on \
-             cancel and retry.</p>",
+             cancel, retry and adopt.</p>",
         );
     }
     let tokens = j.usage_tokens.or(j.est_tokens).unwrap_or(0);

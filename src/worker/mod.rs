@@ -11,6 +11,7 @@ pub mod budget;
 pub mod callback;
 pub mod dispatch;
 pub mod limiter;
+pub mod pause;
 pub mod poll;
 pub mod reconcile;
 pub mod safeurl;

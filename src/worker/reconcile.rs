@@ -594,3 +594,104 @@ pub fn matches(job: &Job, req: &CreateTaskRequest, t: &Task) -> bool {
         && same_num(req.frames, t.frames)
         && t.service_tier.as_deref().is_none_or(|s| s == tier)
 }
+
+/// What an operator's adoption (`seedq adopt`, the dashboard's Adopt button) came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdoptOutcome {
+    /// The task is now the job's; the job is `submitted` and polled as usual.
+    Adopted { job: String, task: String },
+    /// Nothing changed; the reason names what failed the check.
+    Refused(String),
+}
+
+/// Records `task_id` as the remote task of the ambiguous job `job_id`, after checking that
+/// the job is `submit_unknown`, that no other job owns the task, and that the task matches the
+/// job's model, tier and shape and carries no other job's identity. The one code path behind
+/// `seedq adopt` and the dashboard, so both refuse the same foreign videos.
+///
+/// # Errors
+/// Store or Ark failures (a refusal is `Ok(Refused)`).
+pub async fn operator_adopt(w: &Ctx, job_id: &str, task_id: &str) -> anyhow::Result<AdoptOutcome> {
+    use anyhow::Context as _;
+    let refuse = |r: String| Ok(AdoptOutcome::Refused(r));
+    let Some(job) = w.store.job(job_id).await? else {
+        return refuse(format!("job {job_id} not found"));
+    };
+    if job.state != JobState::SubmitUnknown {
+        return refuse(format!(
+            "job {} is {}, not submit_unknown: only an ambiguous create can adopt a task",
+            job.id, job.state
+        ));
+    }
+    if let Some(owner) = w.store.job_by_remote(task_id).await? {
+        return refuse(format!(
+            "task {task_id} already belongs to job {}; adopting it would file a foreign video",
+            owner.id
+        ));
+    }
+    let task = w
+        .ark
+        .get(task_id)
+        .await
+        .with_context(|| format!("reading task {task_id} from Ark"))?;
+    let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
+    // Ark may answer an endpoint id with the model behind it (ark-api.md §3.1).
+    let model_ok = task.model == job.model || job.model.starts_with("ep-");
+    if !model_ok || !matches(&job, &req, &task) {
+        return refuse(format!(
+            "task {} does not match job {}: model {} vs {}, tier {:?} vs {}, shape {:?} {:?} {:?}/{:?} vs {:?} {:?} {:?}/{:?}, seed {:?} vs {:?}",
+            task.id,
+            job.id,
+            task.model,
+            job.model,
+            task.service_tier,
+            job.service_tier,
+            task.resolution,
+            task.ratio,
+            task.duration,
+            task.frames,
+            req.resolution,
+            req.ratio,
+            req.duration,
+            req.frames,
+            task.seed,
+            job.seed
+        ));
+    }
+    // A task carrying another job's seedq identity is that job's, whatever the match says.
+    if let Some(other) = task
+        .safety_identifier
+        .as_deref()
+        .and_then(|s| s.strip_prefix(TAG_PREFIX))
+        .filter(|id| *id != job.id.as_str())
+    {
+        return refuse(format!(
+            "task {} carries job {other}'s identity, not job {}'s",
+            task.id, job.id
+        ));
+    }
+    tracing::warn!(job_id = %job.id, remote_id = %task.id, "operator adopts a remote task");
+    let now = now_ms();
+    w.store
+        .transition(
+            &job.id,
+            JobState::SubmitUnknown,
+            job.lease_token,
+            JobState::Submitted,
+            Patch::new()
+                .set("remote_task_id", task.id.clone())
+                .set("remote_status", task.status.as_str().to_string())
+                .set("submitted_at", task.created_at * 1000)
+                .set("next_attempt_at", now)
+                .clear("lease_until")
+                .clear("last_error_code")
+                .clear("last_error_message"),
+            Some(format!("adopted by an operator: {}", task.id)),
+        )
+        .await
+        .context("recording the adoption (the job changed meanwhile; look again)")?;
+    Ok(AdoptOutcome::Adopted {
+        job: job.id.to_string(),
+        task: task.id,
+    })
+}

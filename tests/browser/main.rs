@@ -453,6 +453,17 @@ async fn without_a_token_the_dashboard_is_read_only() {
             .await,
         true
     );
+    b.goto(&format!("{admin}/ui")).await;
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('button[data-op]').length",
+            json!([])
+        )
+        .await,
+        0,
+        "no pause buttons"
+    );
+    b.goto(&format!("{admin}/ui/jobs/{id}")).await;
     // Even a request that carries some token is refused: actions are off.
     let status = b
         .js_async(
@@ -464,5 +475,83 @@ async fn without_a_token_the_dashboard_is_read_only() {
     assert_eq!(status, 403);
     let state = env.jobs()[0]["state"].as_str().unwrap_or("").to_string();
     assert_ne!(state, "cancelled", "a read-only dashboard changed nothing");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_batch_resumes_from_the_overview_only_with_the_token() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_sim, sim_url) = helpers::start_sim(tmp.path(), SIM);
+    let port = free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let env = Env::new(&config(&sim_url, &format!("127.0.0.1:{port}"), Some(TOKEN)));
+    let file = write_jobs(&env, 1);
+    env.ok(&["submit", "-f", &file, "--batch", "p"]);
+    // Paused before the service starts: its job must stay queued while the service runs.
+    env.ok(&["pause", "--batch", "p"]);
+    let _serve = env.serve();
+    wait_http(&format!("{admin}/healthz")).await;
+    let driver = Driver::start().await;
+    let b = driver.session(&tmp.path().join("profile")).await;
+    b.goto(&format!("{admin}/ui")).await;
+    let card = ".batch[data-batch=\"p\"]";
+    b.wait_for(
+        10,
+        "the paused badge on the batch card",
+        &format!("return !!document.querySelector('{card} [data-k=paused]')"),
+    )
+    .await;
+    // Without the token: refused, still paused, the job still queued.
+    b.js(
+        &format!(
+            "document.getElementById('ov-token').value = ''; \
+             document.querySelector('{card} button[data-op=resume]').click();"
+        ),
+        json!([]),
+    )
+    .await;
+    let status = b
+        .wait_for(
+            10,
+            "the refusal",
+            "return document.getElementById('ov-result').dataset.status",
+        )
+        .await;
+    assert_eq!(status, "403", "a resume without the token is refused");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(env.jobs()[0]["state"], "queued", "the paused job was held");
+    assert!(env.ok(&["batch", "show", "p"]).contains("paused"));
+    // With the token: resumed, and the job runs.
+    b.js(
+        &format!(
+            "document.getElementById('ov-result').dataset.status = ''; \
+             document.getElementById('ov-token').value = arguments[0]; \
+             document.querySelector('{card} button[data-op=resume]').click();"
+        ),
+        json!([TOKEN]),
+    )
+    .await;
+    let status = b
+        .wait_for(
+            10,
+            "the resume",
+            "return document.getElementById('ov-result').dataset.status",
+        )
+        .await;
+    assert_eq!(status, "200");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.jobs()[0]["state"] == "queued" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the resumed job was never submitted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.wait_for(
+        10,
+        "the badge to go (live update)",
+        &format!("return !document.querySelector('{card} [data-k=paused]')"),
+    )
+    .await;
     b.close().await;
 }

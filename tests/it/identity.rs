@@ -339,7 +339,7 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
 }
 
 /// POSTs a create straight to the sim, as another client of the account would.
-fn raw_create(sim: &SimProc, body: &str) -> String {
+pub(crate) fn raw_create(sim: &SimProc, body: &str) -> String {
     use std::io::{Read, Write};
     let rest = sim.base_url.strip_prefix("http://").expect("http");
     let (host, base) = rest.split_once('/').expect("path");

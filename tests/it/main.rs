@@ -11,6 +11,7 @@ mod helpers;
 mod hostile;
 mod identity;
 mod ops;
+mod pause;
 mod storage;
 mod validation;
 mod worker;

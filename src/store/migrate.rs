@@ -37,6 +37,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0007_budget.sql"),
     ),
     ("0008_ui.sql", include_str!("../../migrations/0008_ui.sql")),
+    (
+        "0009_prompt_fts.sql",
+        include_str!("../../migrations/0009_prompt_fts.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

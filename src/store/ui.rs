@@ -488,6 +488,54 @@ mod tests {
         assert_eq!(fts_rows, 1);
     }
 
+    /// A search matching more than `FTS_DENSE` jobs takes the walk-the-list path and still
+    /// returns only matches, newest first, paged.
+    #[tokio::test]
+    async fn a_dense_search_walks_the_list() {
+        let (_d, s) = store_with(&["the newest wolf"]).await;
+        let n = super::FTS_DENSE + 10;
+        s.call(move |c| {
+            // Ids below any ULID made now ('0…'), so the newest job stays the wolf above.
+            c.execute(
+                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1) \
+                 INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+                                   request_json, next_attempt_at) \
+                 SELECT printf('00000000000000%012d', i), 0, 0, 'queued', 'm', 'default', \
+                        json_object('content', json_array(json_object('type', 'text', \
+                            'text', 'fox number ' || i))), 0 FROM k",
+                [n],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("insert");
+        let page = |q: &'static str| {
+            let s = s.clone();
+            async move {
+                s.ui_jobs(UiFilter {
+                    text: Some(q.into()),
+                    limit: 3,
+                    ..Default::default()
+                })
+                .await
+                .expect("ui_jobs")
+                .into_iter()
+                .map(|j| j.id.as_str().to_string())
+                .collect::<Vec<_>>()
+            }
+        };
+        let top = format!("00000000000000{n:012}");
+        let second = format!("00000000000000{:012}", n - 1);
+        let third = format!("00000000000000{:012}", n - 2);
+        assert_eq!(page("fox number").await, vec![top.clone(), second, third]);
+        // 11 111 matches (1, 1x, 1xx, 1xxx, 1xxxx): the indexed path.
+        assert_eq!(
+            page("number 1").await.first().map(String::as_str),
+            Some("00000000000000000000019999")
+        );
+        assert_eq!(page("wolf").await.len(), 1);
+    }
+
     /// A search reads the FTS index, not a scan of the jobs.
     #[tokio::test]
     async fn prompt_search_uses_the_index() {

@@ -41,6 +41,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_pause.sql",
         include_str!("../../migrations/0009_pause.sql"),
     ),
+    (
+        "0010_prompt_fts.sql",
+        include_str!("../../migrations/0010_prompt_fts.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

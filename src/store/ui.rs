@@ -19,7 +19,8 @@ pub struct UiFilter {
     pub model: Option<String>,
     pub batch: Option<String>,
     pub tag: Option<String>,
-    /// A substring of the frozen request (the prompt lives there), matched case-sensitively.
+    /// A substring of the prompt (the text parts of the frozen request), matched
+    /// case-insensitively through the FTS5 trigram index (`jobs_prompt_fts`).
     pub text: Option<String>,
     /// Keyset cursor: only ids strictly below this one (the last id of the previous page).
     pub before: Option<String>,
@@ -53,6 +54,29 @@ fn like_pattern(text: &str) -> String {
     out
 }
 
+/// The shortest search the trigram index can answer: FTS5's trigram tokenizer matches no row
+/// for a pattern under three characters, so shorter ones scan the requests with `LIKE`.
+const FTS_MIN_CHARS: usize = 3;
+
+/// Above this many prompt matches the search is not selective: walking the id index newest
+/// first and checking each request with `LIKE` finds a page sooner than collecting and sorting
+/// every match. Below it, the matches are fetched by rowid and sorted, a few ms.
+const FTS_DENSE: i64 = 20_000;
+
+/// A job's prompt as the index holds it (the text parts of the request, as in
+/// `migrations/0010_prompt_fts.sql`), for the scans that cannot use the index: matching the
+/// raw JSON instead would find `"` or `mo` (from `"model"`) in every job.
+const PROMPT_SQL: &str = "(SELECT group_concat(json_extract(c.value, '$.text'), char(10)) \
+     FROM json_each(CASE WHEN json_valid(request_json) THEN request_json END, '$.content') AS c \
+     WHERE json_extract(c.value, '$.type') = 'text')";
+
+/// `text` as one FTS5 string (a phrase): inside double quotes every character is literal, so
+/// `*`, `:`, `^`, `(`, `AND`, `NEAR` are searched for rather than obeyed; a `"` is doubled,
+/// the only escape FTS5 strings have. With the trigram tokenizer a phrase is a substring match.
+fn fts_phrase(text: &str) -> String {
+    format!("\"{}\"", text.replace('"', "\"\""))
+}
+
 impl Store {
     /// One page of jobs matching `f`, newest first. The caller asks for one more than it shows
     /// to learn whether there is a next page.
@@ -65,8 +89,26 @@ impl Store {
             let mut args: Vec<Value> = Vec::new();
             push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
             if let Some(t) = f.text {
-                sql.push_str(" AND request_json LIKE ? ESCAPE '\\'");
-                args.push(like_pattern(&t).into());
+                let phrase = fts_phrase(&t);
+                let indexed = t.chars().count() >= FTS_MIN_CHARS
+                    && c.query_row(
+                        "SELECT COUNT(*) FROM (SELECT rowid FROM jobs_prompt_fts \
+                         WHERE jobs_prompt_fts MATCH ?1 LIMIT ?2)",
+                        rusqlite::params![phrase, FTS_DENSE],
+                        |r| r.get::<_, i64>(0),
+                    )? < FTS_DENSE;
+                if indexed {
+                    sql.push_str(
+                        " AND rowid IN (SELECT rowid FROM jobs_prompt_fts \
+                         WHERE jobs_prompt_fts MATCH ?)",
+                    );
+                    args.push(phrase.into());
+                } else {
+                    sql.push_str(" AND ");
+                    sql.push_str(PROMPT_SQL);
+                    sql.push_str(" LIKE ? ESCAPE '\\'");
+                    args.push(like_pattern(&t).into());
+                }
             }
             if let Some(b) = f.before {
                 sql.push_str(" AND id < ?");
@@ -257,9 +299,265 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::like_pattern;
+    use super::{UiFilter, fts_phrase, like_pattern};
     use crate::job::JobState;
     use crate::store::{NewJob, Store};
+
+    fn prompt_job(prompt: &str) -> NewJob {
+        NewJob::plain(
+            serde_json::json!({
+                "model": "m",
+                "content": [{"type": "text", "text": prompt}],
+            })
+            .to_string(),
+        )
+    }
+
+    /// The prompts matching `q` (all pages of `limit`, walked with the keyset cursor).
+    async fn search(s: &Store, q: &str, limit: u32) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut before = None;
+        loop {
+            let page = s
+                .ui_jobs(UiFilter {
+                    text: Some(q.to_string()),
+                    before: before.clone(),
+                    limit,
+                    ..Default::default()
+                })
+                .await
+                .expect("ui_jobs");
+            let Some(last) = page.last() else { break };
+            before = Some(last.id.as_str().to_string());
+            let full = page.len() == limit as usize;
+            for j in page {
+                let v: serde_json::Value = serde_json::from_str(&j.request_json).expect("json");
+                out.push(v["content"][0]["text"].as_str().expect("text").to_string());
+            }
+            if !full {
+                break;
+            }
+        }
+        out
+    }
+
+    async fn store_with(prompts: &[&str]) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        s.enqueue(prompts.iter().map(|p| prompt_job(p)).collect())
+            .await
+            .expect("enqueue");
+        (dir, s)
+    }
+
+    /// Substrings of the prompt match, case-insensitively, inside words and in CJK text; the
+    /// rest of the request (model, JSON keys) does not.
+    #[tokio::test]
+    async fn prompt_search_matches_substrings_of_the_prompt() {
+        let (_d, s) = store_with(&[
+            "A red Fox runs through snow",
+            "a grey wolf at dusk",
+            "一只红色的狐狸在雪中奔跑",
+        ])
+        .await;
+        assert_eq!(
+            search(&s, "fox", 10).await,
+            vec!["A red Fox runs through snow"]
+        );
+        assert_eq!(
+            search(&s, "ed fox ru", 10).await,
+            vec!["A red Fox runs through snow"]
+        );
+        assert_eq!(
+            search(&s, "狐狸在", 10).await,
+            vec!["一只红色的狐狸在雪中奔跑"]
+        );
+        assert!(search(&s, "content", 10).await.is_empty());
+        assert!(search(&s, "fox wolf", 10).await.is_empty());
+        // Under three characters the trigram index cannot answer; the LIKE scan does.
+        assert_eq!(
+            search(&s, "狐狸", 10).await,
+            vec!["一只红色的狐狸在雪中奔跑"]
+        );
+    }
+
+    /// FTS5 syntax in the search box is searched for, never obeyed, and never an SQL error.
+    #[tokio::test]
+    async fn prompt_search_escapes_fts_syntax() {
+        let (_d, s) = store_with(&[
+            r#"she says "hi" to the fox"#,
+            "fox AND wolf",
+            "a * star",
+            "plain fox",
+        ])
+        .await;
+        assert_eq!(
+            search(&s, r#"says "hi""#, 10).await,
+            vec![r#"she says "hi" to the fox"#]
+        );
+        assert_eq!(search(&s, "fox AND wolf", 10).await, vec!["fox AND wolf"]);
+        assert_eq!(search(&s, "a * st", 10).await, vec!["a * star"]);
+        // A lone quote: too short for the index, so the fallback scan, which reads the prompt
+        // and not the JSON around it (every request has quotes).
+        assert_eq!(
+            search(&s, r#"""#, 10).await,
+            vec![r#"she says "hi" to the fox"#]
+        );
+        for hostile in [
+            r#"""""#,
+            r#"fox" OR "wolf"#,
+            "fox*",
+            "NEAR(fox wolf)",
+            "prompt: fox",
+            "^fox",
+            "(fox",
+            "fox -wolf",
+            "'; DROP TABLE jobs; --",
+        ] {
+            assert!(
+                search(&s, hostile, 10).await.is_empty(),
+                "{hostile} matched something"
+            );
+        }
+        assert_eq!(search(&s, "plain", 10).await, vec!["plain fox"]);
+        assert_eq!(fts_phrase(r#"a"b"#), r#""a""b""#);
+    }
+
+    /// Keyset pagination and the other filters still apply to a search: every match once,
+    /// newest first.
+    #[tokio::test]
+    async fn prompt_search_pages_and_filters() {
+        let prompts: Vec<String> = (0..25)
+            .map(|i| format!("shot {i}: {}", if i % 2 == 0 { "fox" } else { "wolf" }))
+            .collect();
+        let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
+        let (_d, s) = store_with(&refs).await;
+        let got = search(&s, "fox", 4).await;
+        // Newest first is id order (ULIDs made in one millisecond are not in insert order).
+        let want: Vec<String> = s
+            .ui_jobs(UiFilter {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .expect("all")
+            .into_iter()
+            .map(|j| {
+                let v: serde_json::Value = serde_json::from_str(&j.request_json).expect("json");
+                v["content"][0]["text"].as_str().expect("text").to_string()
+            })
+            .filter(|p| p.ends_with("fox"))
+            .collect();
+        assert_eq!(want.len(), 13);
+        assert_eq!(got, want);
+        let none = s
+            .ui_jobs(UiFilter {
+                text: Some("fox".into()),
+                state: Some(JobState::Cancelled),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("ui_jobs");
+        assert!(none.is_empty());
+    }
+
+    /// The index follows the jobs: a rewritten request is searched by its new prompt, a
+    /// deleted job is gone from it.
+    #[tokio::test]
+    async fn prompt_index_follows_updates_and_deletes() {
+        let (_d, s) = store_with(&["old prompt text", "doomed prompt"]).await;
+        s.call(|c| {
+            c.execute(
+                "UPDATE jobs SET request_json = json_set(request_json, '$.content[0].text', \
+                 'new prompt text') WHERE request_json LIKE '%old prompt%'",
+                [],
+            )?;
+            c.execute("DELETE FROM jobs WHERE request_json LIKE '%doomed%'", [])?;
+            Ok(())
+        })
+        .await
+        .expect("sql");
+        assert!(search(&s, "old prompt", 10).await.is_empty());
+        assert_eq!(search(&s, "new prompt", 10).await, vec!["new prompt text"]);
+        assert!(search(&s, "doomed", 10).await.is_empty());
+        let fts_rows: i64 = s
+            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM jobs_prompt_fts", [], |r| r.get(0))?))
+            .await
+            .expect("count");
+        assert_eq!(fts_rows, 1);
+    }
+
+    /// A search matching more than `FTS_DENSE` jobs takes the walk-the-list path and still
+    /// returns only matches, newest first, paged.
+    #[tokio::test]
+    async fn a_dense_search_walks_the_list() {
+        let (_d, s) = store_with(&["the newest wolf"]).await;
+        let n = super::FTS_DENSE + 10;
+        s.call(move |c| {
+            // Ids below any ULID made now ('0…'), so the newest job stays the wolf above.
+            c.execute(
+                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1) \
+                 INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+                                   request_json, next_attempt_at) \
+                 SELECT printf('00000000000000%012d', i), 0, 0, 'queued', 'm', 'default', \
+                        json_object('content', json_array(json_object('type', 'text', \
+                            'text', 'fox number ' || i))), 0 FROM k",
+                [n],
+            )?;
+            Ok(())
+        })
+        .await
+        .expect("insert");
+        let page = |q: &'static str| {
+            let s = s.clone();
+            async move {
+                s.ui_jobs(UiFilter {
+                    text: Some(q.into()),
+                    limit: 3,
+                    ..Default::default()
+                })
+                .await
+                .expect("ui_jobs")
+                .into_iter()
+                .map(|j| j.id.as_str().to_string())
+                .collect::<Vec<_>>()
+            }
+        };
+        let top = format!("00000000000000{n:012}");
+        let second = format!("00000000000000{:012}", n - 1);
+        let third = format!("00000000000000{:012}", n - 2);
+        assert_eq!(page("fox number").await, vec![top.clone(), second, third]);
+        // 11 111 matches (1, 1x, 1xx, 1xxx, 1xxxx): the indexed path.
+        assert_eq!(
+            page("number 1").await.first().map(String::as_str),
+            Some("00000000000000000000019999")
+        );
+        assert_eq!(page("wolf").await.len(), 1);
+    }
+
+    /// A search reads the FTS index, not a scan of the jobs.
+    #[tokio::test]
+    async fn prompt_search_uses_the_index() {
+        let (_d, s) = store_with(&["a red fox"]).await;
+        let plan: Vec<String> = s
+            .call(|c| {
+                let mut st = c.prepare(
+                    "EXPLAIN QUERY PLAN SELECT id FROM jobs WHERE rowid IN (SELECT rowid FROM \
+                     jobs_prompt_fts WHERE jobs_prompt_fts MATCH '\"fox\"') ORDER BY id DESC LIMIT 5",
+                )?;
+                let rows = st.query_map([], |r| r.get::<_, String>(3))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .expect("plan");
+        let scans_jobs = plan
+            .iter()
+            .any(|l| l == "SCAN jobs" || l.starts_with("SCAN jobs "));
+        let plan = plan.join("\n");
+        assert!(plan.contains("VIRTUAL TABLE INDEX"), "{plan}");
+        assert!(!scans_jobs, "{plan}");
+    }
 
     fn job(batch: Option<&str>, shape: Option<&str>) -> NewJob {
         NewJob {

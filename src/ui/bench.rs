@@ -133,6 +133,14 @@ pub async fn run(cfg: &Config, catalogue: &Catalogue, a: UiBenchArgs) -> anyhow:
                 ..Default::default()
             },
         ),
+        (
+            // In every prompt: the search that cannot be selective (issue 14).
+            "jobs: prompt contains (every job)",
+            ListQuery {
+                q: Some("red fox".into()),
+                ..Default::default()
+            },
+        ),
     ];
 
     let report = |name: &str, mut ms: Vec<f64>| {

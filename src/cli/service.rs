@@ -9,19 +9,25 @@ use crate::ops::reload::Reloader;
 use crate::worker::{self, Mode};
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
-pub(crate) async fn signal() {
+///
+/// The handlers are installed when this is called, not when the future is first polled:
+/// the service spawns its dispatchers before it starts waiting for a stop, and a SIGTERM
+/// in that gap would otherwise take the default action and kill it mid-submit.
+pub(crate) fn signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
-    match (term, int) {
-        (Ok(mut t), Ok(mut i)) => {
-            tokio::select! {
-                _ = t.recv() => {}
-                _ = i.recv() => {}
+    async move {
+        match (term, int) {
+            (Ok(mut t), Ok(mut i)) => {
+                tokio::select! {
+                    _ = t.recv() => {}
+                    _ = i.recv() => {}
+                }
             }
+            // Without signal handlers we can still be stopped with Ctrl-C's default action.
+            _ => std::future::pending().await,
         }
-        // Without signal handlers we can still be stopped with Ctrl-C's default action.
-        _ => std::future::pending().await,
     }
 }
 
@@ -41,6 +47,8 @@ async fn store_replaced(store: crate::store::Store) -> String {
 }
 
 pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
+    // First of all, so that a stop during start-up is a clean one.
+    let stopped = signal();
     tracing::info!(config = %ctx.source.describe(), "configuration loaded");
     let store = ctx.store()?;
     let watched = store.clone();
@@ -53,7 +61,7 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<String>();
     let stop = async move {
         tokio::select! {
-            () = signal() => {}
+            () = stopped => {}
             why = store_replaced(watched) => {
                 let _ = gone_tx.send(why);
             }

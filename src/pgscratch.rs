@@ -160,9 +160,14 @@ impl Cluster {
         &self.base
     }
 
+    /// The server's URL without a database: `postgres://seedq@127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("postgres://{SUPERUSER}@127.0.0.1:{}", self.port)
+    }
+
     /// The URL of database `db` on this server (which need not exist yet).
     pub fn url(&self, db: &str) -> String {
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{db}", self.port)
+        format!("{}/{db}", self.base_url())
     }
 
     /// Creates a new, empty database and returns its URL. `label` (e.g. the test's name) is
@@ -343,6 +348,20 @@ pub fn shared() -> &'static Cluster {
     match SHARED.get_or_init(|| Cluster::start().map_err(|e| e.to_string())) {
         Ok(c) => c,
         Err(e) => panic!("cannot start the scratch PostgreSQL cluster: {e}"),
+    }
+}
+
+/// Names an existing PostgreSQL server for the tests to use instead of a scratch cluster.
+pub const SERVER_ENV: &str = "SEEDQ_TEST_PG";
+
+/// The base URL (no database) of the PostgreSQL server tests create their databases on:
+/// `$SEEDQ_TEST_PG` when set (a server of your own, e.g. to inspect what a test left), else
+/// the [`shared`] scratch cluster's, started on first use. Either way the tests need nothing
+/// set up beforehand, and cannot pass by skipping PostgreSQL.
+pub fn server_url() -> String {
+    match std::env::var(SERVER_ENV) {
+        Ok(url) if !url.trim().is_empty() => url.trim().trim_end_matches('/').to_owned(),
+        _ => shared().base_url(),
     }
 }
 
@@ -655,6 +674,10 @@ mod tests {
             assert_eq!(current_database(&cluster.bin, url), name);
         }
         assert!(std::ptr::eq(cluster, shared()), "one cluster per process");
+        if std::env::var_os(SERVER_ENV).is_none() {
+            assert_eq!(server_url(), cluster.base_url());
+            assert_eq!(urls[0].rsplit_once('/').expect("a path").0, server_url());
+        }
     }
 
     /// Set for the child run of `helper_start_shared_then_abort`: where it writes the port

@@ -1,7 +1,7 @@
 //! Test support: a fresh PostgreSQL database per test, so the store's behaviour suite runs
-//! on both backends (issue 13). The server is the one `SEEDQ_TEST_PG` names
-//! (`postgres://user@127.0.0.1:PORT`, as tests/run.sh sets up); a test that needs it fails
-//! loudly without it rather than skipping, so CI can never pass by not testing PostgreSQL.
+//! on both backends (issue 13). The server is the one `SEEDQ_TEST_PG` names, else a scratch
+//! cluster this test process starts ([`crate::pgscratch`]); a test that needs it fails loudly
+//! when neither works rather than skipping, so CI can never pass by not testing PostgreSQL.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -9,10 +9,7 @@ use super::{Store, StoreTarget};
 
 /// The server's base URL (no database).
 pub(crate) fn server() -> String {
-    std::env::var("SEEDQ_TEST_PG")
-        .ok()
-        .filter(|v| !v.is_empty())
-        .expect("SEEDQ_TEST_PG must name a PostgreSQL server (tests/run.sh starts one)")
+    crate::pgscratch::server_url()
 }
 
 /// Creates an empty database with a name unique to this process and call; returns its URL.

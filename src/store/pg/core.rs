@@ -409,10 +409,17 @@ pub(crate) async fn list_columns(
     let mut args: Vec<String> = Vec::new();
     push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
     sql.push_str(" ORDER BY id DESC");
-    if let Some(l) = f.limit {
-        sql.push_str(&format!(" LIMIT {l}"));
+    // Bound, not written in: the statement cache keeps one entry per filter shape, not one
+    // per limit a user ever asked for.
+    let limit = f.limit.map(i64::from);
+    if limit.is_some() {
+        sql.push_str(&format!(" LIMIT ${}", args.len() + 1));
     }
-    let params: Vec<&(dyn ToSql + Sync)> = args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    let mut params: Vec<&(dyn ToSql + Sync)> =
+        args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+    if let Some(l) = &limit {
+        params.push(l);
+    }
     let c = pg.conn().await?;
     let st = c.prepare_cached(&sql).await?;
     c.query(&st, &params)

@@ -151,7 +151,6 @@ impl Pg {
     ///
     /// # Errors
     /// Whatever `f` returns last.
-    #[allow(dead_code, reason = "the ports of the store's transactions use it")]
     pub(crate) async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,

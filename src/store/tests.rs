@@ -1,4 +1,5 @@
-//! Store tests on a real file database in a temp dir.
+//! Store tests on real databases: a SQLite file in a temp dir and, through
+//! [`testpg::both`], a fresh PostgreSQL database, the same assertions on each.
 
 use super::*;
 

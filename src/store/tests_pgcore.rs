@@ -402,6 +402,57 @@ async fn postgres_pollers_on_two_workers_take_different_jobs() {
     assert_eq!(got.len(), 40, "every due job was taken");
 }
 
+#[tokio::test]
+async fn postgres_cancels_racing_claims_never_lose_either() {
+    let (a, b) = two_workers().await;
+    let jobs: Vec<NewJob> = (0..30).map(|_| job("m")).collect();
+    let ids: Vec<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
+    a.enqueue(jobs).await.expect("enqueue");
+    // Users cancel every job on one worker while the other claims them for submit.
+    let cancels = ids.iter().map(|id| {
+        let a = a.clone();
+        async move { (id.clone(), a.cancel(id.as_str()).await.expect("cancel")) }
+    });
+    let claims = (0..6).map(|i| {
+        let b = b.clone();
+        async move {
+            b.claim_for_submit_tier(
+                "m",
+                "default",
+                100,
+                ResolutionScope::All,
+                5,
+                &format!("w{i}"),
+                60_000,
+            )
+            .await
+            .expect("claim")
+        }
+    });
+    let (outcomes, claimed) = tokio::join!(
+        futures::future::join_all(cancels),
+        futures::future::join_all(claims)
+    );
+    let claimed: HashSet<JobId> = claimed.into_iter().flatten().map(|j| j.id).collect();
+    for (id, outcome) in outcomes {
+        let j = b.job(id.as_str()).await.expect("get").expect("exists");
+        match outcome {
+            // Cancelled locally: no worker may have it.
+            CancelOutcome::Cancelled => {
+                assert_eq!(j.state, JobState::Cancelled, "{id}");
+                assert!(!claimed.contains(&id), "{id} cancelled and claimed");
+            }
+            // Claimed first: the worker is told to cancel it at Ark.
+            CancelOutcome::Requested => {
+                assert!(claimed.contains(&id), "{id}");
+                assert_eq!(j.state, JobState::Submitting, "{id}");
+                assert!(j.cancel_requested, "{id}");
+            }
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+}
+
 /// `SEEDQ_TEST_PG=postgres://seedq@127.0.0.1:55432 cargo test --lib
 /// store::tests_pgcore::enqueue_100k -- --ignored --nocapture`: the time to enqueue 100 000
 /// jobs in one call (one transaction) on PostgreSQL, and on SQLite for comparison.

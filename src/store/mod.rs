@@ -16,6 +16,9 @@ pub mod migrate;
 pub mod ops;
 mod pause;
 mod ui;
+mod verbs;
+#[cfg(test)]
+mod verbs_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +35,10 @@ pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 pub use pause::{PauseKind, Paused};
 pub use ui::{UiCell, UiFilter};
+pub use verbs::{
+    Accepted, Adopted, ArchiveRecord, ErrorNote, LastError, PARKED, PollOutcome, Polled,
+    RemoteResult, Requeue,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -356,8 +363,10 @@ pub struct StatRow {
 }
 
 /// Column updates that ride along with a transition.
+///
+/// Private to the store: code outside names no column, it calls a typed verb (`verbs.rs`).
 #[derive(Clone, Debug, Default)]
-pub struct Patch(Vec<(&'static str, Value)>);
+struct Patch(Vec<(&'static str, Value)>);
 
 impl Patch {
     /// An empty patch.
@@ -379,8 +388,9 @@ impl Patch {
 }
 
 /// One guarded state change: `(id, from, token) -> to`, with column updates and an event.
+/// Private to the store, like [`Patch`]: the verbs in `verbs.rs` build them.
 #[derive(Clone, Debug)]
-pub struct Transition {
+struct Transition {
     pub id: JobId,
     pub from: JobState,
     pub token: i64,
@@ -849,7 +859,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] if the job is no longer in `from` with `token`;
     /// [`StoreError::IllegalTransition`] if the state machine forbids it.
-    pub async fn transition(
+    async fn transition(
         &self,
         id: &JobId,
         from: JobState,
@@ -881,7 +891,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors (then nothing is applied).
-    pub async fn transition_many(
+    async fn transition_many(
         &self,
         batch: Vec<Transition>,
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
@@ -1096,7 +1106,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the token or state moved on.
-    pub async fn update(
+    async fn update(
         &self,
         id: &JobId,
         state: JobState,

@@ -1,9 +1,11 @@
 //! The durable job store: the only place SQL lives.
 //!
-//! One narrow interface (enqueue, claim, transition, query) over one SQLite connection thread
-//! (`conn`). Every state change is a guarded compare-and-set on `(id, state, lease_token)`
-//! that also appends a `job_events` row in the same transaction; zero rows changed is a
-//! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
+//! One narrow interface (enqueue, claim, typed state-change verbs, query) over one SQLite
+//! connection thread (`conn`). The stages change a job only through the verbs in `verbs.rs`
+//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `Transition`/`Patch`
+//! below them is private here. Every state change is a guarded compare-and-set on
+//! `(id, state, lease_token)` that also appends a `job_events` row in the same transaction;
+//! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
 mod archive;

@@ -2,8 +2,8 @@
 //!
 //! One narrow interface (enqueue, claim, typed state-change verbs, query) over one SQLite
 //! connection thread (`conn`). The stages change a job only through the verbs in `verbs.rs`
-//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `Transition`/`Patch`
-//! below them is private here. Every state change is a guarded compare-and-set on
+//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `transition`/`update`
+//! below them are private here. Every state change is a guarded compare-and-set on
 //! `(id, state, lease_token)` that also appends a `job_events` row in the same transaction;
 //! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
@@ -366,9 +366,11 @@ pub struct StatRow {
 
 /// Column updates that ride along with a transition.
 ///
-/// Private to the store: code outside names no column, it calls a typed verb (`verbs.rs`).
+/// Only the store's own (private) `transition`/`update` take one, so code outside the store
+/// cannot write a column with it: it calls a typed verb (`verbs.rs`). `pub(crate)` only so the
+/// PostgreSQL twin of those methods (`pg/core.rs`, a `pub(crate)` module) may name it.
 #[derive(Clone, Debug, Default)]
-struct Patch(Vec<(&'static str, Value)>);
+pub(crate) struct Patch(Vec<(&'static str, Value)>);
 
 impl Patch {
     /// An empty patch.
@@ -390,9 +392,10 @@ impl Patch {
 }
 
 /// One guarded state change: `(id, from, token) -> to`, with column updates and an event.
-/// Private to the store, like [`Patch`]: the verbs in `verbs.rs` build them.
+/// Built only by the verbs in `verbs.rs`, and taken only by the store's private methods
+/// (`pub(crate)` for the same reason as [`Patch`]).
 #[derive(Clone, Debug)]
-struct Transition {
+pub(crate) struct Transition {
     pub id: JobId,
     pub from: JobState,
     pub token: i64,

@@ -495,6 +495,8 @@ async fn cancel_requested_during_a_post_is_cancelled_by_the_next_claim(store: &S
         .requeue(&id, Submitting, job.lease_token, r, "never sent".into())
         .await
         .expect("requeue keeps the flag");
+    let queued = store.job(id.as_str()).await.expect("read").expect("job");
+    assert_eq!(queued.lease_until, None, "a requeued job is held by no one");
     let again = claim().await.expect("claim").pop().expect("claimed again");
     assert!(
         again.cancel_requested,
@@ -532,8 +534,9 @@ async fn verbs_on_sqlite() {
     verb_suite(&store).await;
 }
 
-/// Code outside the store names no column: it calls verbs. `Patch` is private to the store
-/// (the compiler enforces it); this keeps the raw forms from coming back in another guise.
+/// Code outside the store names no column: it calls verbs. The methods that take a `Patch` are
+/// private to the store (the compiler enforces that); this keeps the raw forms from coming
+/// back in another guise.
 #[test]
 fn no_column_writes_outside_the_store() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

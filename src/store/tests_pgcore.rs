@@ -282,6 +282,22 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
         assert_eq!(next.len(), 1, "{name}");
         assert_eq!(next[0].id, twin.id, "{name}");
 
+        // A JSON null seed and no seed are the same identity (json_extract reads both as
+        // NULL), so these two are serialised too.
+        let mut null_seed = job("n");
+        null_seed.request_json = r#"{"model":"n","safety_identifier":"u2","seed":null}"#.into();
+        let mut no_seed = job("n");
+        no_seed.request_json = r#"{"model":"n","safety_identifier":"u2"}"#.into();
+        s.enqueue(vec![null_seed, no_seed]).await.expect("enqueue");
+        assert_eq!(
+            s.claim_for_submit_tier("n", "default", 10, ResolutionScope::All, 10, "w", 60_000)
+                .await
+                .expect("claim")
+                .len(),
+            1,
+            "{name}: null seed and no seed serialise"
+        );
+
         // A paused model's queued jobs are not claimed.
         s.enqueue(vec![job("p")]).await.expect("enqueue");
         match s.pg() {

@@ -696,7 +696,7 @@ pub(crate) async fn transition_many(
 /// SQLite's `SERIALISED` in PostgreSQL's JSON dialect (`$1` is now). `->>` is
 /// `json_extract` for a string; the seed compares as jsonb (so 1 and 1.0 are equal, as in
 /// SQLite) with JSON null and a missing seed both NULL, as `json_extract` has them.
-const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_identifier') IS NULL OR ( \
+pub(crate) const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_identifier') IS NULL OR ( \
      NOT EXISTS (SELECT 1 FROM jobs o WHERE o.model = q.model \
          AND o.state IN ('submitting', 'submit_unknown') \
          AND (o.request_json::jsonb ->> 'safety_identifier') = (q.request_json::jsonb ->> 'safety_identifier') \

@@ -327,6 +327,13 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
     }
 }
 
+/// The typed verbs (store/verbs.rs) sit on `transition`, `update` and `transition_many`: their
+/// whole suite, every verb from every state with right and stale tokens, on PostgreSQL.
+#[tokio::test]
+async fn verbs_on_postgres() {
+    super::verbs_tests::verb_suite(&testpg::pg_store().await).await;
+}
+
 /// Two stores on one database, each with its own pool: two workers on two machines.
 async fn two_workers() -> (Store, Store) {
     let url = testpg::fresh_database().await;

@@ -327,6 +327,40 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
     }
 }
 
+#[tokio::test]
+async fn a_large_enqueue_keeps_order_and_keys_across_statements() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, s) in testpg::both(dir.path()).await {
+        // More than one multi-row statement's worth on PostgreSQL, with a key repeated in a
+        // later statement than its first use.
+        let mut jobs: Vec<NewJob> = (0..7_000).map(|_| job("m")).collect();
+        jobs[10].key = Some("dup".into());
+        jobs[6_500].key = Some("dup".into());
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id.clone()).collect();
+        let r = s.enqueue(jobs).await.expect("enqueue");
+        let mut want = ids.clone();
+        want.remove(6_500);
+        assert_eq!(r.inserted, want, "{name}: input order, the repeat left out");
+        assert_eq!(
+            r.skipped,
+            vec![("dup".to_string(), ids[10].clone())],
+            "{name}"
+        );
+        assert!(
+            s.job(ids[6_500].as_str()).await.expect("get").is_none(),
+            "{name}"
+        );
+        let stats = s.stats().await.expect("stats");
+        assert_eq!(stats.len(), 1, "{name}");
+        assert_eq!(stats[0].jobs, 6_999, "{name}");
+        assert_eq!(
+            s.events(ids[6_999].as_str()).await.expect("events").len(),
+            1,
+            "{name}"
+        );
+    }
+}
+
 /// The typed verbs (store/verbs.rs) sit on `transition`, `update` and `transition_many`: their
 /// whole suite, every verb from every state with right and stale tokens, on PostgreSQL.
 #[tokio::test]

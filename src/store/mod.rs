@@ -11,6 +11,7 @@
 mod archive;
 pub mod budget;
 mod bulk;
+mod bulk_index;
 mod chain;
 mod conn;
 mod images;
@@ -575,6 +576,37 @@ pub(crate) fn insert_job(
     deadline_now: bool,
     chain: Option<(&str, i64)>,
 ) -> Result<usize, StoreError> {
+    let mut insert = conn.prepare_cached(INSERT_JOB_SQL)?;
+    insert_job_with(
+        &mut insert,
+        conn,
+        j,
+        now,
+        next_attempt_at,
+        deadline_now,
+        chain,
+    )
+}
+
+/// The statement of [`insert_job`].
+const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, created_at, updated_at, state, model, \
+     service_tier, priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
+     deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
+     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             lower(hex(randomblob(16))), ?15, ?16) \
+     ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// [`insert_job`] with its statement already prepared: a bulk enqueue looks it up once rather
+/// than hashing the SQL text in the statement cache for every row.
+fn insert_job_with(
+    insert: &mut rusqlite::Statement<'_>,
+    conn: &Connection,
+    j: &NewJob,
+    now: i64,
+    next_attempt_at: i64,
+    deadline_now: bool,
+    chain: Option<(&str, i64)>,
+) -> Result<usize, StoreError> {
     let tags = serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let deadline = if j.flex && deadline_now {
         j.expires_after.map(|s| now + s * 1000)
@@ -583,14 +615,6 @@ pub(crate) fn insert_job(
     };
     // Embedded images go to their own table, once each; the row keeps references.
     let request_json = images::intern(conn, &j.request_json, now)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-         priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-         deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
-         VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 lower(hex(randomblob(16))), ?15, ?16) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )?;
     Ok(insert.execute(params![
         j.id.as_str(),
         now,
@@ -747,9 +771,15 @@ impl Store {
                 )?;
                 let mut existing =
                     tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
+                let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
+                // The prompt index and batch counts are filled once for all rows at the end
+                // (bulk_index.rs: per row, FTS5 writes a segment per job).
+                bulk_index::begin(&tx)?;
+                let mut rowids = Vec::with_capacity(jobs.len());
                 for j in jobs {
-                    let n = insert_job(&tx, &j, now, now, true, None)?;
+                    let n = insert_job_with(&mut insert, &tx, &j, now, now, true, None)?;
                     if n == 1 {
+                        rowids.push(tx.last_insert_rowid());
                         event.execute(params![j.id.as_str(), now])?;
                         report.inserted.push(j.id);
                     } else if let Some(key) = j.key {
@@ -757,6 +787,7 @@ impl Store {
                         report.skipped.push((key, JobId::from(id)));
                     }
                 }
+                bulk_index::finish(&tx, &rowids)?;
             }
             tx.commit()?;
             Ok(report)

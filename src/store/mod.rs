@@ -1279,6 +1279,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::queued_models(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "WITH RECURSIVE m(model) AS ( \
@@ -1299,6 +1302,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::in_flight(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
@@ -1315,6 +1321,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::flex_tokens_since(pg, model, since_ms).await;
+        }
         let model = model.to_string();
         self.call(move |c| {
             Ok(c.query_row(
@@ -1333,6 +1342,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::expire_overdue(pg).await;
+        }
         self.call(|c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1367,6 +1379,9 @@ impl Store {
         shape: Option<&str>,
         n: u32,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::recent_generation_ms(pg, model, tier, shape, n).await;
+        }
         let (model, tier, shape) = (
             model.to_string(),
             tier.to_string(),
@@ -1395,6 +1410,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn live_lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::live_lease_owners(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_until > ?1",
@@ -1411,6 +1429,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::release_leases_of(pg, owner).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -1435,6 +1456,9 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::leftovers(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT id, state, last_error_code, last_error_message FROM jobs \
@@ -1458,6 +1482,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::pending_work(pg, archive).await;
+        }
         self.call(move |c| {
             Ok(c.query_row(
                 // A paused model's or batch's queued jobs wait for an operator, like a parked
@@ -1479,6 +1506,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::creates_since(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 // Only the default tier has an RPM at Ark; flex creates must not fill its window.
@@ -1496,6 +1526,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::state_counts(pg).await;
+        }
         let rows = self.stats().await?;
         let mut m = HashMap::new();
         for r in rows {
@@ -1509,6 +1542,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::next_due(pg, states).await;
+        }
         self.call(move |c| {
             let list = states
                 .iter()
@@ -1529,3 +1565,5 @@ impl Store {
 pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pgops;

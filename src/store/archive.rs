@@ -76,6 +76,9 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Option<ArchiveClaim>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::claim_for_archive(pg, owner, lease_ms).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -141,6 +144,9 @@ impl Store {
         token: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::extend_archive_lease(pg, id, token, lease_ms).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             let now = now_ms();
@@ -166,6 +172,17 @@ impl Store {
         last_frame_url: Option<String>,
         url_expires_at: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_archive_urls(
+                pg,
+                id,
+                token,
+                video_url,
+                last_frame_url,
+                url_expires_at,
+            )
+            .await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -201,6 +218,9 @@ impl Store {
         sha256: String,
         size: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_video_digest(pg, id, token, key, sha256, size).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -226,6 +246,9 @@ impl Store {
         sha256: String,
         size: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_frame_digest(pg, id, token, sha256, size).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -245,6 +268,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::frame_digest(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let row: Option<(Option<String>, Option<i64>)> = c
@@ -268,6 +294,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::next_archive_due(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT MIN(t) FROM ( \
@@ -286,6 +315,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn archive_stats(&self) -> Result<ArchiveStats, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::archive_stats(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT \

@@ -997,3 +997,62 @@ async fn retry_batch_requeues_failures_and_leaves_chain_shots_on_both_backends()
         assert_eq!(get(&s, &ids[3]).await.deadline_at, None, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_batch_cancels_and_retries_touch_each_job_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, s) in testpg::both(dir.path()).await {
+        let mut rows: Vec<Row> = (0..40)
+            .map(|_| Row {
+                batch: Some("b"),
+                ..Row::new("queued")
+            })
+            .collect();
+        rows.extend((0..20).map(|_| Row {
+            batch: Some("b"),
+            ..Row::new("submitted")
+        }));
+        let ids = seed(&s, &rows).await;
+        // Two operators cancel the same batch at once: each job is cancelled (or flagged)
+        // by exactly one of them, with one event.
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let s = s.clone();
+                async move { s.cancel_batch("b").await }
+            }),
+            tokio::spawn({
+                let s = s.clone();
+                async move { s.cancel_batch("b").await }
+            }),
+        );
+        let (a, b) = (a.expect("join").expect("a"), b.expect("join").expect("b"));
+        assert_eq!(a.cancelled + b.cancelled, 40, "{name}");
+        assert_eq!(a.requested + b.requested, 20, "{name}");
+        for id in &ids {
+            assert_eq!(trail(&s, id).await.len(), 1, "{name}: {id}");
+        }
+        // And both retry it with its cancelled jobs at once: each is requeued once.
+        let (a, b) = tokio::join!(
+            tokio::spawn({
+                let s = s.clone();
+                async move { s.retry_batch("b", true).await }
+            }),
+            tokio::spawn({
+                let s = s.clone();
+                async move { s.retry_batch("b", true).await }
+            }),
+        );
+        let (a, b) = (a.expect("join").expect("a"), b.expect("join").expect("b"));
+        assert_eq!(a.requeued + b.requeued, 40, "{name}");
+        for id in &ids[..40] {
+            let t = trail(&s, id).await;
+            assert_eq!(
+                t.last(),
+                Some(&ev("cancelled", "queued", "retried with its batch")),
+                "{name}"
+            );
+            assert_eq!(t.len(), 2, "{name}: {id}");
+            assert_eq!(get(&s, id).await.state, JobState::Queued, "{name}");
+        }
+    }
+}

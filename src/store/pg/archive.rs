@@ -68,35 +68,33 @@ pub(crate) async fn claim_for_archive(
         let tx = c.transaction().await?;
         // SKIP LOCKED: a job another archiver is claiming right now is not a candidate, so
         // concurrent claims neither double-claim nor queue behind each other.
-        let found = tx
-            .query_opt(
+        let pick = tx
+            .prepare_cached(
                 "SELECT id, state FROM jobs \
                  WHERE (state = 'succeeded' AND next_attempt_at <= $1) \
                     OR (state = 'archiving' AND COALESCE(lease_until, 0) <= $1) \
                  ORDER BY url_expires_at IS NULL, url_expires_at, next_attempt_at, id LIMIT 1 \
                  FOR UPDATE SKIP LOCKED",
-                &[&now],
             )
             .await?;
+        let found = tx.query_opt(&pick, &[&now]).await?;
         let Some(found) = found else {
             return Ok(None);
         };
         let id: String = found.try_get(0)?;
         let from: String = found.try_get(1)?;
-        let r = tx
-            .query_one(
-                &format!(
-                    "UPDATE jobs SET state = 'archiving', updated_at = $1, lease_owner = $2, \
-                     lease_until = $1::BIGINT + $3::BIGINT, \
-                     next_attempt_at = $1::BIGINT + $3::BIGINT, \
-                     lease_token = lease_token + 1, archive_attempts = archive_attempts + 1 \
-                     WHERE id = $4 \
-                     RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, \
-                     archive_frame_size, result_meta"
-                ),
-                &[&now, &owner, &lease_ms, &id],
-            )
+        let take = tx
+            .prepare_cached(&format!(
+                "UPDATE jobs SET state = 'archiving', updated_at = $1, lease_owner = $2, \
+                 lease_until = $1::BIGINT + $3::BIGINT, \
+                 next_attempt_at = $1::BIGINT + $3::BIGINT, \
+                 lease_token = lease_token + 1, archive_attempts = archive_attempts + 1 \
+                 WHERE id = $4 \
+                 RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, \
+                 archive_frame_size, result_meta"
+            ))
             .await?;
+        let r = tx.query_one(&take, &[&now, &owner, &lease_ms, &id]).await?;
         // The extra columns follow the job's, however many those are.
         let n = JOB_COLUMNS.split(',').count();
         let frame: (Option<String>, Option<i64>) = (r.try_get(n + 1)?, r.try_get(n + 2)?);
@@ -134,13 +132,15 @@ pub(crate) async fn extend_archive_lease(
     let now = now_ms();
     let c = pg.conn().await?;
     // Typed sums: PostgreSQL cannot pick a `+` for two untyped parameters.
-    let n = c
-        .execute(
+    let st = c
+        .prepare_cached(
             "UPDATE jobs SET lease_until = $1::BIGINT + $2::BIGINT, \
              next_attempt_at = $1::BIGINT + $2::BIGINT \
              WHERE id = $3 AND state = 'archiving' AND lease_token = $4",
-            &[&now, &lease_ms, &id.as_str(), &token],
         )
+        .await?;
+    let n = c
+        .execute(&st, &[&now, &lease_ms, &id.as_str(), &token])
         .await?;
     Ok(n == 1)
 }
@@ -235,15 +235,15 @@ pub(crate) async fn frame_digest(pg: &Pg, id: &str) -> Result<Option<(String, i6
 pub(crate) async fn next_archive_due(pg: &Pg) -> Result<Option<i64>, StoreError> {
     let c = pg.conn().await?;
     // PostgreSQL 15 wants the derived table named.
-    let r = c
-        .query_one(
+    let st = c
+        .prepare_cached(
             "SELECT MIN(t) FROM ( \
                SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'succeeded' \
                UNION ALL \
                SELECT MIN(COALESCE(lease_until, 0)) FROM jobs WHERE state = 'archiving') AS due",
-            &[],
         )
         .await?;
+    let r = c.query_one(&st, &[]).await?;
     Ok(r.try_get(0)?)
 }
 

@@ -48,14 +48,14 @@ async fn insert_events(
 /// [`crate::store::Store::governed_models`].
 pub(crate) async fn governed_models(pg: &Pg) -> Result<Vec<String>, StoreError> {
     let c = pg.conn().await?;
-    let rows = c
-        .query(
+    let st = c
+        .prepare_cached(
             "SELECT DISTINCT j.model FROM batches AS b JOIN jobs AS j ON j.batch_id = b.name \
              WHERE b.deadline_at IS NOT NULL AND j.state = 'queued' AND j.service_tier = 'flex' \
                AND j.next_attempt_at < $1 ORDER BY 1",
-            &[&HELD],
         )
         .await?;
+    let rows = c.query(&st, &[&HELD]).await?;
     rows.iter()
         .map(|r| Ok(r.try_get(0)?))
         .collect::<Result<_, StoreError>>()
@@ -64,16 +64,16 @@ pub(crate) async fn governed_models(pg: &Pg) -> Result<Vec<String>, StoreError> 
 /// [`crate::store::Store::queue_of`].
 pub(crate) async fn queue_of(pg: &Pg, model: &str) -> Result<Vec<QueuedJob>, StoreError> {
     let c = pg.conn().await?;
-    let rows = c
-        .query(
+    let st = c
+        .prepare_cached(
             "SELECT j.id, j.lease_token, j.service_tier, COALESCE(j.est_tokens, 0), j.shape, \
                b.deadline_at \
              FROM jobs AS j LEFT JOIN batches AS b ON b.name = j.batch_id \
              WHERE j.state = 'queued' AND j.model = $1 AND j.next_attempt_at < $2 \
              ORDER BY j.priority DESC, j.id",
-            &[&model, &HELD],
         )
         .await?;
+    let rows = c.query(&st, &[&model, &HELD]).await?;
     rows.iter()
         .map(|r| {
             Ok(QueuedJob {

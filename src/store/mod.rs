@@ -1567,3 +1567,4 @@ pub(crate) mod testpg;
 mod tests;
 #[cfg(test)]
 mod tests_pgops;
+mod tests_pgarch;

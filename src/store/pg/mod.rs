@@ -15,6 +15,8 @@
 //! [`Pg::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
 
 pub(crate) mod budget;
+pub(crate) mod archive;
+pub(crate) mod bulk;
 pub(crate) mod core;
 pub(crate) mod migrate;
 pub(crate) mod ops;

@@ -1483,3 +1483,5 @@ impl Store {
 pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pgchain;

@@ -1566,5 +1566,8 @@ pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_pgops;
 mod tests_pgarch;
+#[cfg(test)]
+mod tests_pgchain;
+#[cfg(test)]
+mod tests_pgops;

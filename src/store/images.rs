@@ -261,19 +261,23 @@ mod tests {
                 plain,
                 "{name}"
             );
-            // `prune` has its PostgreSQL body on the pgops branch.
-            if s.is_postgres() {
-                continue;
-            }
             // An image goes when the last job using it is pruned.
             s.cancel(ida.as_str()).await.expect("cancel");
             s.cancel(idc.as_str()).await.expect("cancel");
             let far = crate::store::now_ms() + 60_000;
             s.prune(0, far, false).await.expect("prune");
-            assert_eq!(s.image_count().await.expect("count"), 2, "still used by b");
+            assert_eq!(
+                s.image_count().await.expect("count"),
+                2,
+                "{name}: still used by b"
+            );
             s.cancel(idb.as_str()).await.expect("cancel");
             s.prune(0, far, false).await.expect("prune");
-            assert_eq!(s.image_count().await.expect("count"), 0, "no job uses them");
+            assert_eq!(
+                s.image_count().await.expect("count"),
+                0,
+                "{name}: no job uses them"
+            );
         }
     }
 }

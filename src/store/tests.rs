@@ -209,10 +209,11 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
             2,
             "{name}"
         );
-        // `in_flight` has its PostgreSQL body on the pgops branch.
-        if !s.is_postgres() {
-            assert_eq!(s.in_flight().await.expect("in flight").get("m"), Some(&2));
-        }
+        assert_eq!(
+            s.in_flight().await.expect("in flight").get("m"),
+            Some(&2),
+            "{name}"
+        );
         s.enqueue(vec![new_job("m", None, 0)])
             .await
             .expect("enqueue");
@@ -407,14 +408,10 @@ async fn flex_deadline_expires_queued_jobs_locally() {
             .expect("get")
             .expect("exists");
         assert_eq!(got.deadline_at, None, "{name}: only flex jobs have one");
-        // `expire_overdue` has its PostgreSQL body on the pgops branch.
-        if s.is_postgres() {
-            continue;
-        }
         let expired = s.expire_overdue().await.expect("expire");
-        assert_eq!(expired, vec![j.id.clone()]);
+        assert_eq!(expired, vec![j.id.clone()], "{name}");
         let got = s.job(j.id.as_str()).await.expect("get").expect("exists");
-        assert_eq!(got.state, JobState::Expired);
+        assert_eq!(got.state, JobState::Expired, "{name}");
     }
 }
 

@@ -300,23 +300,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
 
         // A paused model's queued jobs are not claimed.
         s.enqueue(vec![job("p")]).await.expect("enqueue");
-        match s.pg() {
-            // `pause` has its PostgreSQL body on the pgops branch; the row is what counts.
-            Some(pg) => {
-                pg.conn()
-                    .await
-                    .expect("conn")
-                    .execute(
-                        "INSERT INTO paused (kind, name, paused_at) VALUES ('model', 'p', 0)",
-                        &[],
-                    )
-                    .await
-                    .expect("pause");
-            }
-            None => {
-                s.pause(PauseKind::Model, "p").await.expect("pause");
-            }
-        }
+        s.pause(PauseKind::Model, "p").await.expect("pause");
         assert!(
             s.claim_for_submit_tier("p", "default", 10, ResolutionScope::All, 10, "w", 60_000)
                 .await

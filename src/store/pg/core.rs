@@ -273,10 +273,6 @@ async fn insert_columns(
 ///
 /// # Errors
 /// SQL errors.
-#[allow(
-    dead_code,
-    reason = "the PostgreSQL chain port inserts its shots with it"
-)]
 pub(crate) async fn insert_jobs(
     c: &impl GenericClient,
     rows: &[Insert<'_>],

@@ -47,10 +47,6 @@ pub(crate) async fn insert(
 ///
 /// # Errors
 /// SQL errors.
-#[allow(
-    dead_code,
-    reason = "the PostgreSQL chain port (release_shot) rewrites bodies with it"
-)]
 pub(crate) async fn intern(
     c: &impl GenericClient,
     body: &str,

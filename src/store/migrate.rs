@@ -45,6 +45,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_prompt_fts.sql",
         include_str!("../../migrations/0010_prompt_fts.sql"),
     ),
+    (
+        "0011_fleet.sql",
+        include_str!("../../migrations/0011_fleet.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -143,9 +143,22 @@ async fn claim_tier(
     }
     let batch = if flex { FLEX_CLAIM_BATCH } else { CLAIM_BATCH };
     let limit = u32::try_from(room).unwrap_or(u32::MAX).min(batch);
+    // The limiter above paces this process; the store is the authority for the whole fleet
+    // (issue 13 item 3): every worker's creates count against the same RPM and TPD there.
+    let account = crate::store::FleetLimits {
+        rpm,
+        resolution_rpm: own.map(|(_, l)| l.rpm),
+        window_ms: ms(ctx.cfg.dispatch.rpm_window),
+        tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
+            let day_ms = ctx.cfg.bulk.tpd_day_ms();
+            let day =
+                crate::bulk::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
+            (tpd, day, day + day_ms)
+        }),
+    };
     let jobs = ctx
         .store
-        .claim_for_submit_tier(
+        .claim_for_submit_limited(
             model,
             tier,
             max_in_flight,
@@ -153,6 +166,7 @@ async fn claim_tier(
             limit,
             &ctx.owner,
             ctx.lease_ms(),
+            &account,
         )
         .await?;
     // Without `flex_rpm` nothing reads the flex window: keep it empty.

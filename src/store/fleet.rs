@@ -1,0 +1,578 @@
+//! Several workers on one database (issue 13 items 2–4): the worker registry with heartbeats,
+//! singleton leases (`leaders`), and the fleet-wide account limits the claim enforces.
+//!
+//! Every worker is a row in `workers` (migrations/0011_fleet.sql) whose `id` is its lease
+//! owner string. It heartbeats about once a second; any worker that sees a heartbeat older than
+//! `service.worker_timeout` releases that worker's leases, so a dead worker's jobs come back in
+//! seconds, also across hosts, instead of when their leases run out.
+//!
+//! A singleton (maintenance, the governor, reconciliation sweeps) runs only where
+//! [`Store::try_lead`] says so: one conditional upsert takes the row when it is free or expired
+//! and renews it when it is ours. Its `until` is a lease; a dead leader is replaced once it
+//! runs out.
+//!
+//! The account limits (RPM, flex TPD) are counted from the jobs themselves inside the claim's
+//! transaction ([`room_in_tx`]): the claim writes `submit_started_at` in that same transaction,
+//! so N processes claiming at once can never together exceed a limit.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::{Store, StoreError, now_ms};
+
+/// One registered worker process.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct WorkerRow {
+    /// The lease owner string (`host-pid-boot`).
+    pub id: String,
+    pub host: String,
+    pub pid: i64,
+    /// seedq's version.
+    pub version: String,
+    pub started_at: i64,
+    pub heartbeat_at: i64,
+}
+
+/// The holder of one singleton.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LeaderRow {
+    /// `maintenance`, `governor`, `reconcile`.
+    pub name: String,
+    pub owner: String,
+    /// When this owner took it (ms).
+    pub since: i64,
+    /// When its lease runs out unless renewed (ms).
+    pub until: i64,
+}
+
+/// The account limits a claim enforces for the whole fleet, beside the concurrency cap.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FleetLimits {
+    /// Creates per `window_ms` on the (model, tier), counted from every worker's claims.
+    pub rpm: Option<u32>,
+    /// The same for the claimed resolution alone (`ResolutionScope::Only`, 2.0 `4k`).
+    pub resolution_rpm: Option<u32>,
+    /// The RPM window (`dispatch.rpm_window`).
+    pub window_ms: i64,
+    /// Flex only: the daily token budget, the start of its day and of the next (ms). The claim
+    /// takes jobs in claim order while their estimated tokens fit in what the day has left;
+    /// the next candidates that do not fit wait for the next day.
+    pub tpd: Option<(u64, i64, i64)>,
+}
+
+/// What [`room_in_tx`] allows.
+pub(super) struct Room {
+    /// How many creates the RPM windows still allow (`i64::MAX` without an RPM).
+    pub creates: i64,
+    /// Tokens the flex day has left (`None` without a TPD).
+    pub tokens: Option<i64>,
+}
+
+/// The room the fleet's account limits leave on (`model`, `tier`), read inside the claim's
+/// transaction. RPM counts creates started (`submit_started_at`, which the claim sets) in the
+/// last window on the same model and tier, as `Store::creates_since` seeds the in-process
+/// limiter; flex TPD sums the tokens of the day's flex jobs that made or may have made a task
+/// (billed usage where known, else the estimate), which is what the dispatcher reserves before
+/// its POST (worker/dispatch.rs).
+pub(super) fn room_in_tx(
+    tx: &Connection,
+    model: &str,
+    tier: &str,
+    only: Option<&str>,
+    limits: &FleetLimits,
+    now: i64,
+) -> rusqlite::Result<Room> {
+    let mut creates = i64::MAX;
+    let since = now - limits.window_ms;
+    if let Some(rpm) = limits.rpm {
+        let n: i64 = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
+                 AND service_tier = ?3",
+            )?
+            .query_row(params![since, model, tier], |r| r.get(0))?;
+        creates = creates.min(i64::from(rpm) - n);
+    }
+    if let (Some(rpm), Some(res)) = (limits.resolution_rpm, only) {
+        let n: i64 = tx
+            .prepare_cached(
+                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
+                 AND service_tier = ?3 AND (shape = ?4 OR shape LIKE ?4 || '/%')",
+            )?
+            .query_row(params![since, model, tier, res], |r| r.get(0))?;
+        creates = creates.min(i64::from(rpm) - n);
+    }
+    let tokens = match limits.tpd {
+        None => None,
+        Some((tpd, day, _)) => {
+            let spent: i64 = tx
+                .prepare_cached(
+                    "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+                     WHERE submit_started_at >= ?1 AND model = ?2 AND service_tier = 'flex' \
+                     AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown'))",
+                )?
+                .query_row(params![day, model], |r| r.get(0))?;
+            Some(i64::try_from(tpd).unwrap_or(i64::MAX).saturating_sub(spent))
+        }
+    };
+    Ok(Room { creates, tokens })
+}
+
+/// Ends every lease `owner` holds, so its jobs come due at once. `dead`: its process is known
+/// to be gone (same host, pid not running), so a create it was sending is over and
+/// reconciliation need not wait out the request timeout (`holder_dead`). A worker only known
+/// by its lapsed heartbeat may still be sending: its submits wait like any expired lease.
+pub(super) fn release_leases(
+    conn: &Connection,
+    owner: &str,
+    now: i64,
+    dead: bool,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2, \
+         last_error_code = CASE WHEN ?3 AND state = 'submitting' THEN 'holder_dead' \
+                                ELSE last_error_code END \
+         WHERE lease_owner = ?1 AND lease_until > ?2",
+    )?
+    .execute(params![owner, now, dead])
+}
+
+impl Store {
+    /// Registers (or re-registers) a worker, heartbeat now.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn register_worker(&self, w: WorkerRow) -> Result<(), StoreError> {
+        self.call(move |c| {
+            c.execute(
+                "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
+                 version = excluded.version, started_at = excluded.started_at, \
+                 heartbeat_at = excluded.heartbeat_at",
+                params![w.id, w.host, w.pid, w.version, w.started_at, w.heartbeat_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a heartbeat. False when the row is gone: another worker took this one for dead
+    /// (it was paused or cut off longer than the timeout) and released its leases.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn heartbeat_worker(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            Ok(
+                c.prepare_cached("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")?
+                    .execute(params![id, now])?
+                    == 1,
+            )
+        })
+        .await
+    }
+
+    /// Removes a worker that stops cleanly, with the singletons it leads, so a successor
+    /// need not wait for their leases to run out.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute("DELETE FROM leaders WHERE owner = ?1", [&id])?;
+            tx.execute("DELETE FROM workers WHERE id = ?1", [&id])?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The registered workers, oldest first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        self.call(|c| {
+            let mut st = c.prepare(
+                "SELECT id, host, pid, version, started_at, heartbeat_at FROM workers \
+                 ORDER BY started_at, id",
+            )?;
+            let rows = st.query_map([], |r| {
+                Ok(WorkerRow {
+                    id: r.get(0)?,
+                    host: r.get(1)?,
+                    pid: r.get(2)?,
+                    version: r.get(3)?,
+                    started_at: r.get(4)?,
+                    heartbeat_at: r.get(5)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Takes a worker for dead: releases its leases (see [`release_leases`] for `dead`),
+    /// drops the singletons it leads and deletes its row, in one transaction, and only if its
+    /// heartbeat is still older than `lapsed_before` then (it did not come back meanwhile).
+    /// Returns how many jobs it held, or `None` when it was alive after all.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn reap_worker(
+        &self,
+        id: &str,
+        lapsed_before: i64,
+        dead: bool,
+    ) -> Result<Option<usize>, StoreError> {
+        let id = id.to_string();
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let gone = tx.execute(
+                "DELETE FROM workers WHERE id = ?1 AND heartbeat_at < ?2",
+                params![id, lapsed_before],
+            )?;
+            if gone == 0 {
+                return Ok(None);
+            }
+            let jobs = release_leases(&tx, &id, now, dead)?;
+            tx.execute("DELETE FROM leaders WHERE owner = ?1", [&id])?;
+            tx.commit()?;
+            Ok(Some(jobs))
+        })
+        .await
+    }
+
+    /// Drops the singletons `owner` leads (a process known to be dead), so the next
+    /// [`Store::try_lead`] need not wait for their leases.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn drop_leadership_of(&self, owner: &str) -> Result<usize, StoreError> {
+        let owner = owner.to_string();
+        self.call(move |c| Ok(c.execute("DELETE FROM leaders WHERE owner = ?1", [owner])?))
+            .await
+    }
+
+    /// Takes or renews the singleton `name` for `owner` for `ttl_ms`: one conditional upsert,
+    /// which succeeds when the row is free, expired or already ours. Returns the new `until`
+    /// when `owner` leads, `None` when another does.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn try_lead(
+        &self,
+        name: &str,
+        owner: &str,
+        ttl_ms: i64,
+    ) -> Result<Option<i64>, StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.call(move |c| {
+            let now = now_ms();
+            Ok(c.prepare_cached(
+                "INSERT INTO leaders (name, owner, since, until) VALUES (?1, ?2, ?3, ?3 + ?4) \
+                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
+                 since = CASE WHEN leaders.owner = excluded.owner THEN leaders.since \
+                              ELSE excluded.since END \
+                 WHERE leaders.owner = excluded.owner OR leaders.until <= ?3 \
+                 RETURNING until",
+            )?
+            .query_row(params![name, owner, now, ttl_ms], |r| r.get(0))
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Gives up the singleton `name` if `owner` holds it (a clean stop).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn resign(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        let (name, owner) = (name.to_string(), owner.to_string());
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM leaders WHERE name = ?1 AND owner = ?2",
+                [name, owner],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every singleton's holder, expired ones included (`until` says).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn leaders(&self) -> Result<Vec<LeaderRow>, StoreError> {
+        self.call(|c| {
+            let mut st =
+                c.prepare("SELECT name, owner, since, until FROM leaders ORDER BY name")?;
+            let rows = st.query_map([], |r| {
+                Ok(LeaderRow {
+                    name: r.get(0)?,
+                    owner: r.get(1)?,
+                    since: r.get(2)?,
+                    until: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewJob, ResolutionScope};
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        (dir, s)
+    }
+
+    fn worker(id: &str, heartbeat_at: i64) -> WorkerRow {
+        WorkerRow {
+            id: id.into(),
+            host: "h".into(),
+            pid: 1,
+            version: "v".into(),
+            started_at: heartbeat_at,
+            heartbeat_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_singleton_has_one_leader_until_its_lease_runs_out() {
+        let (_d, s) = store();
+        assert!(
+            s.try_lead("governor", "a", 60_000)
+                .await
+                .expect("lead")
+                .is_some()
+        );
+        assert!(
+            s.try_lead("governor", "b", 60_000)
+                .await
+                .expect("lead")
+                .is_none()
+        );
+        // Renewing keeps `since`.
+        let since = s.leaders().await.expect("leaders")[0].since;
+        assert!(
+            s.try_lead("governor", "a", 60_000)
+                .await
+                .expect("renew")
+                .is_some()
+        );
+        assert_eq!(s.leaders().await.expect("leaders")[0].since, since);
+        // Another name is another lock.
+        assert!(
+            s.try_lead("maintenance", "b", 60_000)
+                .await
+                .expect("lead")
+                .is_some()
+        );
+        // An expired lease is anyone's.
+        assert!(
+            s.try_lead("governor", "a", -1)
+                .await
+                .expect("renew")
+                .is_some()
+        );
+        assert!(
+            s.try_lead("governor", "b", 60_000)
+                .await
+                .expect("take")
+                .is_some()
+        );
+        let l = s.leaders().await.expect("leaders");
+        assert_eq!(l[0].owner, "b");
+        // Resigning frees it at once.
+        s.resign("governor", "b").await.expect("resign");
+        assert!(
+            s.try_lead("governor", "a", 60_000)
+                .await
+                .expect("lead")
+                .is_some()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_lapsed_worker_is_reaped_with_its_leases_and_singletons() {
+        let (_d, s) = store();
+        s.enqueue(vec![NewJob::plain("{}"), NewJob::plain("{}")])
+            .await
+            .expect("enqueue");
+        let held = s
+            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "dead", 600_000)
+            .await
+            .expect("claim");
+        assert_eq!(held.len(), 1);
+        s.register_worker(worker("dead", 1_000))
+            .await
+            .expect("register");
+        s.register_worker(worker("live", now_ms()))
+            .await
+            .expect("register");
+        s.try_lead("maintenance", "dead", 600_000)
+            .await
+            .expect("lead");
+        // A live heartbeat is not reaped.
+        assert_eq!(
+            s.reap_worker("live", 2_000, false).await.expect("reap"),
+            None
+        );
+        assert_eq!(
+            s.reap_worker("dead", 2_000, false).await.expect("reap"),
+            Some(1)
+        );
+        let ids: Vec<String> = s
+            .workers()
+            .await
+            .expect("workers")
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        assert_eq!(ids, vec!["live".to_string()]);
+        assert!(s.leaders().await.expect("leaders").is_empty());
+        // The job is due again now, not in ten minutes, and without `holder_dead`: the
+        // process may still be sending its create.
+        let j = s
+            .job(held[0].id.as_str())
+            .await
+            .expect("job")
+            .expect("exists");
+        assert!(j.lease_until.is_some_and(|u| u <= now_ms()));
+        assert!(j.next_attempt_at <= now_ms());
+        assert_eq!(j.last_error_code, None);
+        // Its own heartbeat now says it was taken for dead.
+        assert!(!s.heartbeat_worker("dead", now_ms()).await.expect("beat"));
+        assert!(s.heartbeat_worker("live", now_ms()).await.expect("beat"));
+    }
+
+    #[tokio::test]
+    async fn the_rpm_counts_every_workers_creates() {
+        let (_d, s) = store();
+        s.enqueue((0..10).map(|_| NewJob::plain("{}")).collect())
+            .await
+            .expect("enqueue");
+        let limits = FleetLimits {
+            rpm: Some(4),
+            window_ms: 60_000,
+            ..FleetLimits::default()
+        };
+        let claim = |owner: &'static str| {
+            let (s, limits) = (s.clone(), limits.clone());
+            async move {
+                s.claim_for_submit_limited(
+                    "m",
+                    "default",
+                    100,
+                    ResolutionScope::All,
+                    3,
+                    owner,
+                    60_000,
+                    &limits,
+                )
+                .await
+                .expect("claim")
+                .len()
+            }
+        };
+        // Each would take 3; together they get the window's 4.
+        assert_eq!(claim("a").await, 3);
+        assert_eq!(claim("b").await, 1);
+        assert_eq!(claim("a").await, 0);
+        // The other tier has a window of its own.
+        let mut flex = NewJob::plain("{}");
+        flex.flex = true;
+        s.enqueue(vec![flex]).await.expect("enqueue");
+        let got = s
+            .claim_for_submit_limited(
+                "m",
+                "flex",
+                100,
+                ResolutionScope::All,
+                3,
+                "b",
+                60_000,
+                &limits,
+            )
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_flex_day_budget_holds_across_claims_and_the_rest_waits_a_day() {
+        let (_d, s) = store();
+        let jobs: Vec<NewJob> = (0..5)
+            .map(|_| {
+                let mut j = NewJob::plain("{}");
+                j.flex = true;
+                j.est_tokens = Some(100);
+                j
+            })
+            .collect();
+        s.enqueue(jobs).await.expect("enqueue");
+        let day = now_ms() - 1_000;
+        let next = now_ms() + 3_600_000;
+        let limits = FleetLimits {
+            tpd: Some((250, day, next)),
+            ..FleetLimits::default()
+        };
+        let got = s
+            .claim_for_submit_limited(
+                "m",
+                "flex",
+                100,
+                ResolutionScope::All,
+                64,
+                "a",
+                60_000,
+                &limits,
+            )
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 2, "two of 100 tokens fit in 250");
+        // The rest waits for the next day, with the reason in its history.
+        let waiting = s
+            .list(crate::store::ListFilter::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|j| j.state == crate::job::JobState::Queued)
+            .collect::<Vec<_>>();
+        assert_eq!(waiting.len(), 3);
+        assert!(waiting.iter().all(|j| j.next_attempt_at == next));
+        let events = s.events(waiting[0].id.as_str()).await.expect("events");
+        assert!(
+            events.iter().any(|e| e
+                .detail
+                .as_deref()
+                .is_some_and(|d| d.contains("flex TPD budget reached"))),
+            "{events:?}"
+        );
+        // Another worker's claim sees the same spend.
+        let got = s
+            .claim_for_submit_limited(
+                "m",
+                "flex",
+                100,
+                ResolutionScope::All,
+                64,
+                "b",
+                60_000,
+                &limits,
+            )
+            .await
+            .expect("claim");
+        assert!(got.is_empty());
+    }
+}

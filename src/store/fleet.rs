@@ -136,6 +136,27 @@ pub(super) fn release_leases(
     .execute(params![owner, now, dead])
 }
 
+/// The upsert behind [`Store::try_lead`]: takes the row when free or expired at `now`, renews
+/// it when `owner`'s; returns the new `until` when `owner` leads.
+fn lead(
+    conn: &Connection,
+    name: &str,
+    owner: &str,
+    now: i64,
+    ttl_ms: i64,
+) -> rusqlite::Result<Option<i64>> {
+    conn.prepare_cached(
+        "INSERT INTO leaders (name, owner, since, until) VALUES (?1, ?2, ?3, ?3 + ?4) \
+         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
+         since = CASE WHEN leaders.owner = excluded.owner THEN leaders.since \
+                      ELSE excluded.since END \
+         WHERE leaders.owner = excluded.owner OR leaders.until <= ?3 \
+         RETURNING until",
+    )?
+    .query_row(params![name, owner, now, ttl_ms], |r| r.get(0))
+    .optional()
+}
+
 impl Store {
     /// Registers (or re-registers) a worker, heartbeat now.
     ///
@@ -258,6 +279,38 @@ impl Store {
             .await
     }
 
+    /// One heartbeat of worker `id` and the renewal of its singletons `names` for `ttl_ms`, in
+    /// one transaction: one commit a tick, so a worker holds the database's write lock as
+    /// briefly as it can (a worker stopped inside a write would stall every other). Returns
+    /// whether the worker was still registered (see [`Store::heartbeat_worker`]) and, per
+    /// name, the new `until` when it leads (see [`Store::try_lead`]).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn beat(
+        &self,
+        id: &str,
+        names: &[&'static str],
+        ttl_ms: i64,
+    ) -> Result<(bool, Vec<Option<i64>>), StoreError> {
+        let (id, names) = (id.to_string(), names.to_vec());
+        self.call(move |c| {
+            let now = now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let alive = tx
+                .prepare_cached("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")?
+                .execute(params![id, now])?
+                == 1;
+            let mut leads = Vec::with_capacity(names.len());
+            for name in names {
+                leads.push(lead(&tx, name, &id, now, ttl_ms)?);
+            }
+            tx.commit()?;
+            Ok((alive, leads))
+        })
+        .await
+    }
+
     /// Takes or renews the singleton `name` for `owner` for `ttl_ms`: one conditional upsert,
     /// which succeeds when the row is free, expired or already ours. Returns the new `until`
     /// when `owner` leads, `None` when another does.
@@ -271,20 +324,8 @@ impl Store {
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
         let (name, owner) = (name.to_string(), owner.to_string());
-        self.call(move |c| {
-            let now = now_ms();
-            Ok(c.prepare_cached(
-                "INSERT INTO leaders (name, owner, since, until) VALUES (?1, ?2, ?3, ?3 + ?4) \
-                 ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
-                 since = CASE WHEN leaders.owner = excluded.owner THEN leaders.since \
-                              ELSE excluded.since END \
-                 WHERE leaders.owner = excluded.owner OR leaders.until <= ?3 \
-                 RETURNING until",
-            )?
-            .query_row(params![name, owner, now, ttl_ms], |r| r.get(0))
-            .optional()?)
-        })
-        .await
+        self.call(move |c| Ok(lead(c, &name, &owner, now_ms(), ttl_ms)?))
+            .await
     }
 
     /// Gives up the singleton `name` if `owner` holds it (a clean stop).
@@ -299,6 +340,34 @@ impl Store {
                 [name, owner],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// When the `rpm`-th newest create of (`model`, `tier`) since `since_ms` started, i.e. the
+    /// create whose leaving the RPM window makes room again; `None` when the window has room.
+    /// A dispatcher that another worker's creates kept out sleeps until then.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn rpm_window_full_since(
+        &self,
+        model: &str,
+        tier: &str,
+        since_ms: i64,
+        rpm: u32,
+    ) -> Result<Option<i64>, StoreError> {
+        let (model, tier) = (model.to_string(), tier.to_string());
+        self.call(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT submit_started_at FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
+                 AND service_tier = ?3 ORDER BY submit_started_at DESC LIMIT 1 OFFSET ?4",
+            )?
+            .query_row(
+                params![since_ms, model, tier, i64::from(rpm.max(1)) - 1],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }
@@ -454,6 +523,13 @@ mod tests {
         // Its own heartbeat now says it was taken for dead.
         assert!(!s.heartbeat_worker("dead", now_ms()).await.expect("beat"));
         assert!(s.heartbeat_worker("live", now_ms()).await.expect("beat"));
+        // The service's beat says the same, and renews its singletons in the same commit.
+        let (alive, leads) = s.beat("live", &["governor"], 60_000).await.expect("beat");
+        assert!(alive);
+        assert!(leads[0].is_some());
+        let (alive, leads) = s.beat("dead", &["governor"], 60_000).await.expect("beat");
+        assert!(!alive);
+        assert_eq!(leads, vec![None], "the live worker leads");
     }
 
     #[tokio::test]

@@ -169,6 +169,18 @@ async fn claim_tier(
             &account,
         )
         .await?;
+    // Other workers' creates may fill the window this process's limiter thought open: sleep
+    // until the store's window has room again, not for a whole idle interval.
+    if jobs.is_empty()
+        && let Some(rpm) = rpm
+        && let Some(t) = ctx
+            .store
+            .rpm_window_full_since(model, tier, now - account.window_ms, rpm)
+            .await?
+    {
+        let t = t + account.window_ms;
+        *wake = Some(wake.map_or(t, |w| w.min(t)));
+    }
     // Without `flex_rpm` nothing reads the flex window: keep it empty.
     if rpm.is_some() {
         for _ in &jobs {

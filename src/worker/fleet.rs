@@ -128,20 +128,20 @@ pub async fn leave(ctx: &Ctx) {
 /// # Errors
 /// Store failures.
 pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> anyhow::Result<()> {
-    let now = now_ms();
-    if !ctx.store.heartbeat_worker(&ctx.owner, now).await? {
+    // Reap first: a dead leader's singletons are free for this very beat.
+    reap(ctx, now_ms()).await?;
+    let ttl = ms(ctx.cfg.service.leader_ttl);
+    let (alive, leads) = ctx.store.beat(&ctx.owner, names, ttl).await?;
+    if !alive {
         // Another worker took this one for dead (a pause, a cut-off database) and released
-        // its leases: the lease tokens fence whatever this process still writes.
+        // its leases: the lease tokens fence whatever this process still writes. It leads
+        // only what it took afresh in this beat.
         tracing::warn!(
             "this worker's heartbeat had lapsed and another released its leases; registering again"
         );
-        ctx.fleet.forget_all();
         ctx.store.register_worker(this_worker(ctx)).await?;
     }
-    reap(ctx, now).await?;
-    let ttl = ms(ctx.cfg.service.leader_ttl);
-    for &name in names {
-        let until = ctx.store.try_lead(name, &ctx.owner, ttl).await?;
+    for (&name, until) in names.iter().zip(leads) {
         if ctx.fleet.set(name, until) {
             if until.is_some() {
                 tracing::info!(singleton = name, "this worker now leads");

@@ -41,12 +41,40 @@ pub struct Config {
 pub struct StoreConfig {
     /// The SQLite file.
     pub path: PathBuf,
+    /// `sqlite:///path/seedq.db` or `postgres://user@host:5432/db?sslmode=require`; when set
+    /// it wins over `path`. A fleet of workers shares one PostgreSQL database.
+    pub url: Option<String>,
+    /// A file holding the PostgreSQL password (e.g. a systemd credential); `PGPASSWORD` wins
+    /// when set. A password inside `url` works too, but config files are easy to leak.
+    pub password_file: Option<PathBuf>,
+    /// The password read from `PGPASSWORD`, `password_file` or the `store_password`
+    /// credential; never serialised.
+    #[serde(skip)]
+    pub password: Option<SecretString>,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             path: default_data_dir().join("seedq.db"),
+            url: None,
+            password_file: None,
+            password: None,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// Where the jobs live: `url` when set, else the SQLite file at `path`.
+    pub fn target(&self) -> crate::store::StoreTarget {
+        use crate::store::StoreTarget;
+        match self.url.as_deref().map(StoreTarget::parse) {
+            Some(StoreTarget::Postgres { url, .. }) => StoreTarget::Postgres {
+                url,
+                password: self.password.clone(),
+            },
+            Some(t) => t,
+            None => StoreTarget::Sqlite(self.path.clone()),
         }
     }
 }
@@ -533,6 +561,24 @@ fn load_secrets(cfg: &mut Config) -> Result<(), ConfigError> {
             .filter(|v| !v.is_empty())
             .map(SecretString::from)
     };
+    cfg.store.password = match (
+        secret("PGPASSWORD"),
+        cfg.store.password_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join("store_password"))
+                .filter(|p| p.is_file())
+        }),
+    ) {
+        (Some(p), _) => Some(p),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|source| ConfigError::KeyFile { path, source })?;
+            Some(SecretString::from(
+                text.trim_end_matches(['\n', '\r']).to_string(),
+            ))
+        }
+        (None, None) => None,
+    };
     cfg.archive.s3.access_key_id = secret("AWS_ACCESS_KEY_ID");
     cfg.archive.s3.secret_access_key = secret("AWS_SECRET_ACCESS_KEY");
     Ok(())
@@ -544,6 +590,24 @@ impl Config {
     /// # Errors
     /// The first rule broken, naming the key.
     pub fn validate(&self) -> Result<Catalogue, ConfigError> {
+        if let Some(u) = &self.store.url {
+            let ok = match crate::store::StoreTarget::parse(u) {
+                crate::store::StoreTarget::Postgres { url, .. } => {
+                    url.parse::<tokio_postgres::Config>().is_ok()
+                }
+                crate::store::StoreTarget::Sqlite(p) => {
+                    u.starts_with("sqlite://") && !p.as_os_str().is_empty()
+                }
+            };
+            if !ok {
+                return Err(ConfigError::Invalid {
+                    key: "store.url",
+                    value: crate::store::redact_url(u),
+                    allowed: "sqlite:///path/to/seedq.db or postgres://user@host:5432/database"
+                        .into(),
+                });
+            }
+        }
         let url = url::Url::parse(&self.ark.base_url);
         if !url.is_ok_and(|u| matches!(u.scheme(), "http" | "https")) {
             return Err(ConfigError::Invalid {
@@ -669,7 +733,10 @@ impl Config {
 
     /// The effective configuration as TOML, secrets redacted.
     pub fn redacted_toml(&self) -> String {
-        let mut text = toml::to_string_pretty(self).unwrap_or_else(|e| format!("# {e}\n"));
+        // A password inside store.url is a secret like the others.
+        let mut shown = self.clone();
+        shown.store.url = shown.store.url.as_deref().map(crate::store::redact_url);
+        let mut text = toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# {e}\n"));
         let mark = |s: &Option<SecretString>| {
             if s.as_ref().is_some_and(|k| !k.expose_secret().is_empty()) {
                 "\"[redacted]\""
@@ -680,11 +747,12 @@ impl Config {
         text.push_str(&format!(
             "\n# secrets (from the environment or key files, never from config.toml)\n\
              # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n\
-             # admin token: {}\n",
+             # admin token: {}\n# store password: {}\n",
             mark(&self.ark.api_key),
             mark(&self.archive.s3.access_key_id),
             mark(&self.archive.s3.secret_access_key),
             mark(&self.admin.token),
+            mark(&self.store.password),
         ));
         text
     }

@@ -16,6 +16,7 @@
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
 //! - `ui`: the web dashboard under `/ui` on the admin listener.
 //! - `cli`: the command line; `telemetry`: tracing setup.
+//! - `pgscratch`: a throwaway PostgreSQL cluster for tests and benchmarks.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -28,6 +29,8 @@ pub mod config;
 pub mod job;
 pub mod media;
 pub mod ops;
+#[doc(hidden)]
+pub mod pgscratch;
 pub mod request;
 pub mod sim;
 pub mod store;

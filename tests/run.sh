@@ -15,6 +15,10 @@
 #   target/test-tools/bin, so tests/it/validation.rs can check the simulator and validation
 #   accept what a client we did not write sends (its defaults, its dreamina- model ids).
 # - chromium and chromium-driver (the dashboard's browser tests, `--test browser`).
+# - PostgreSQL's server binaries (Debian's `postgresql`), when no /usr/lib/postgresql/*/bin/initdb
+#   exists: the PostgreSQL store tests start their own throwaway cluster with initdb + pg_ctl
+#   (src/pgscratch.rs) on a random loopback port. No service is started by the install (a
+#   policy-rc.d says no), and SEEDQ_PG_BIN is exported for the newest version found.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,9 +44,33 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 # The dashboard's browser tests (tests/browser) drive headless Chromium over WebDriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
+# PostgreSQL's server binaries (initdb, pg_ctl); the tests run their own cluster, not the
+# package's.
+pg_initdb() { compgen -G '/usr/lib/postgresql/*/bin/initdb' | sort -V | tail -n 1; }
+[[ -n "$(pg_initdb)" ]] || need+=(postgresql)
 if ((${#need[@]})); then
     echo "tests/run.sh: installing ${need[*]}" >&2
-    apt_install "${need[@]}"
+    # postgresql's postinst creates a "main" cluster and starts it through invoke-rc.d (or
+    # deb-systemd-invoke): in a container without an init system that can fail the install, and
+    # where it works it leaves a server we do not want on port 5432. Both ask policy-rc.d
+    # first, and exit code 101 means "action forbidden": the package installs, nothing starts.
+    # Docker's Debian images ship such a file; a fresh VM does not, so write one for the
+    # install only and remove just the one we wrote.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e "$policy" ]]; then
+        printf '#!/bin/sh\n# tests/run.sh: no services during its package install\nexit 101\n' |
+            $sudo tee "$policy" >/dev/null
+        $sudo chmod 755 "$policy"
+        trap '$sudo rm -f "$policy"' EXIT
+        apt_install "${need[@]}"
+        $sudo rm -f "$policy"
+        trap - EXIT
+    else
+        apt_install "${need[@]}"
+    fi
+fi
+if [[ -z "${SEEDQ_PG_BIN:-}" ]] && initdb="$(pg_initdb)" && [[ -n "$initdb" ]]; then
+    export SEEDQ_PG_BIN="${initdb%/initdb}"
 fi
 
 # --- The official Python SDK, in a venv ---------------------------------------------------
@@ -70,4 +98,17 @@ export SEEDQ_TEST_SEEDANCE="$seedance"
 
 # --- The suite ----------------------------------------------------------------------------
 # --no-fail-fast: a failing unit test must not hide the integration tests' results.
-exec cargo test --no-fail-fast "$@"
+# The store's unit tests run on both backends by themselves. The integration suite then runs a
+# second time with every job on PostgreSQL (SEEDQ_TEST_STORE=postgres; tests about the SQLite
+# file itself stay on SQLite). SEEDQ_TEST_BACKENDS=sqlite skips that second pass.
+status=0
+cargo test --no-fail-fast "$@" || status=$?
+if [[ "${SEEDQ_TEST_BACKENDS:-sqlite postgres}" == *postgres* ]]; then
+    echo "tests/run.sh: the integration suite again, on PostgreSQL" >&2
+    if (($#)); then
+        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast "$@" || status=$?
+    else
+        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast --test it || status=$?
+    fi
+fi
+exit "$status"

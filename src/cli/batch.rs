@@ -368,7 +368,7 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BatchCommand) -> anyhow::Result<ExitCode
 
 async fn set(ctx: &Ctx, a: SetArgs) -> anyhow::Result<ExitCode> {
     let (fen, tokens) = set_caps(a.max_cost.as_deref(), a.max_tokens.as_deref())?;
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     if store.batch(&a.name).await?.is_none() {
         bail!("no batch named {}", a.name);
     }
@@ -524,7 +524,7 @@ struct LsRow {
 }
 
 async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let metas = store.batches().await?;
     let cells = store.batch_cells(None).await?;
     let mut by_batch: BTreeMap<&str, Vec<&BatchCell>> = BTreeMap::new();
@@ -607,7 +607,7 @@ fn budget_json(s: &crate::store::budget::BatchSpend) -> serde_json::Value {
 }
 
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let Some(meta) = store.batch(&a.name).await? else {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -778,7 +778,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));
@@ -792,7 +792,7 @@ async fn cancel(ctx: &Ctx, a: NameArg) -> anyhow::Result<ExitCode> {
 }
 
 async fn retry(ctx: &Ctx, a: RetryArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     if store.batch(&a.name).await?.is_none() {
         eprintln!("error: no batch named {}", a.name);
         return Ok(ExitCode::from(1));

@@ -358,7 +358,7 @@ async fn submit(ctx: &Ctx, a: SubmitChainArgs) -> anyhow::Result<ExitCode> {
             errors.join("\n  ")
         );
     }
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     for (id, _, _) in &ready {
         if store.chain(id).await?.is_some() {
             bail!("chain {id} exists already; nothing was imported");
@@ -388,7 +388,7 @@ async fn submit(ctx: &Ctx, a: SubmitChainArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let Some(chain) = store.chain(&a.id).await? else {
         eprintln!("error: no chain with id {}", a.id);
         return Ok(ExitCode::from(1));
@@ -499,7 +499,7 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
-    let chains = ctx.store_existing()?.chains(a.limit).await?;
+    let chains = ctx.store_existing().await?.chains(a.limit).await?;
     let mut out = std::io::stdout().lock();
     if a.json {
         serde_json::to_writer_pretty(&mut out, &chains)?;

@@ -40,6 +40,8 @@ pub struct DoctorArgs {
 /// The result of one check.
 enum Verdict {
     Ok(String),
+    /// Works, but not as the user probably wants; does not fail the run.
+    Warn { problem: String, fix: String },
     Skip(String),
     Fail { problem: String, fix: String },
 }
@@ -60,6 +62,9 @@ impl Report {
         match v {
             Verdict::Ok(d) => println!("ok    {name:<9} {d}"),
             Verdict::Skip(d) => println!("skip  {name:<9} {d}"),
+            Verdict::Warn { problem, fix } => {
+                println!("warn  {name:<9} {problem}\n      fix: {fix}");
+            }
             Verdict::Fail { problem, fix } => {
                 self.failed += 1;
                 println!("FAIL  {name:<9} {problem}\n      fix: {fix}");
@@ -102,7 +107,16 @@ pub(crate) fn run(source: ConfigSource, a: &DoctorArgs) -> anyhow::Result<ExitCo
             return Ok(ExitCode::from(2));
         }
     };
-    r.line("database", database(&cfg.store.path));
+    let target = cfg.store.target();
+    match &target {
+        crate::store::StoreTarget::Sqlite(path) => r.line("database", database(path)),
+        crate::store::StoreTarget::Postgres { .. } => {
+            r.line("database", rt.block_on(postgres(&target)));
+        }
+    }
+    if let Some(w) = fleet_archive(&cfg) {
+        r.line("fleet", w);
+    }
     let ark = cfg.ark.api_key.clone().map(|key| {
         ArkClient::new(
             &cfg.ark.base_url,
@@ -161,6 +175,48 @@ fn dir_writable(dir: &Path) -> std::io::Result<()> {
     let probe = dir.join(format!(".seedq-doctor-{}", std::process::id()));
     std::fs::write(&probe, b"")?;
     std::fs::remove_file(&probe)
+}
+
+/// A PostgreSQL store: reachable, migrated (opening it migrates, as the service does).
+async fn postgres(target: &crate::store::StoreTarget) -> Verdict {
+    let shown = target.describe();
+    match tokio::time::timeout(NET_TIMEOUT, crate::store::Store::open_target(target, false)).await
+    {
+        Err(_) => fail(
+            format!("{shown}: no answer within {}s", NET_TIMEOUT.as_secs()),
+            "check that the server is up and reachable from here (host, port, firewall)",
+        ),
+        Ok(Err(e)) => fail(
+            format!("{shown}: {}", chain(&e)),
+            "check store.url (user, host, database), the password (PGPASSWORD or \
+             store.password_file) and that the database exists (createdb)",
+        ),
+        Ok(Ok(store)) => match store.schema_version().await {
+            Ok(v) => Verdict::Ok(format!("{shown} (PostgreSQL, schema {v})")),
+            Err(e) => fail(format!("{shown}: {}", chain(&e)), "check the database user's rights"),
+        },
+    }
+}
+
+/// Several workers share a PostgreSQL store, and each would archive a `file://` URL to its
+/// own disk: the dashboard and `seedq fetch` on another machine would not find the videos.
+pub(crate) fn fleet_archive_problem(cfg: &Config) -> Option<String> {
+    (cfg.store.target().is_postgres() && cfg.archive.url.starts_with("file://")).then(|| {
+        format!(
+            "the store is PostgreSQL (shared by a fleet) but archive.url is {}: every worker \
+             would file videos on its own disk",
+            cfg.archive.url
+        )
+    })
+}
+
+fn fleet_archive(cfg: &Config) -> Option<Verdict> {
+    fleet_archive_problem(cfg).map(|problem| Verdict::Warn {
+        problem,
+        fix: "archive to a shared object store (s3://bucket/prefix or gs://bucket/prefix), \
+              or run one worker only"
+            .into(),
+    })
 }
 
 fn database(path: &Path) -> Verdict {

@@ -65,9 +65,9 @@ pub struct StatsArgs {
 pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> {
     // A batch can only be in an existing store: don't create one for a mistyped path.
     let store = if a.batch.is_some() {
-        ctx.store_existing()?
+        ctx.store_existing().await?
     } else {
-        ctx.store()?
+        ctx.store().await?
     };
     let mut times = GenTimes::new(&store, &ctx.cfg.poll);
     let mut items = Vec::new();
@@ -290,7 +290,7 @@ struct CostLine {
 }
 
 pub(crate) async fn stats_cost(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
-    let rows = ctx.store_existing()?.cost_rows().await?;
+    let rows = ctx.store_existing().await?.cost_rows().await?;
     let lines: Vec<CostLine> = rows
         .into_iter()
         .map(|row| {

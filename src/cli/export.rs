@@ -134,7 +134,7 @@ fn entry(j: Job, cat: &catalogue::Catalogue) -> Entry {
 }
 
 pub(crate) async fn run(ctx: &Ctx, a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     if store.batch(&a.batch).await?.is_none() {
         eprintln!("error: no batch named {}", a.batch);
         return Ok(ExitCode::from(1));

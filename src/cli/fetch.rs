@@ -65,7 +65,7 @@ async fn create_part(part: &Path) -> anyhow::Result<tokio::fs::File> {
 }
 
 pub(crate) async fn fetch(ctx: &Ctx, a: FetchArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));

@@ -304,7 +304,7 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
         );
     }
     // Opened only now: input that is refused must not leave a new, empty database behind.
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     super::batch::register(ctx, &store, &a, &mut jobs).await?;
     let report = store.enqueue(jobs).await.context("storing the jobs")?;
     if a.json {
@@ -387,7 +387,7 @@ fn state_cell(state: JobState, colored: bool) -> String {
 }
 
 pub(crate) async fn ls(ctx: &Ctx, a: LsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let filter = ListFilter {
         state: a.state,
         model: a.model,
@@ -508,7 +508,7 @@ fn abbreviate_data_urls(json: &str) -> String {
 }
 
 pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let Some(job) = store.job(&a.id).await? else {
         eprintln!("error: no job with id {}", a.id);
         return Ok(ExitCode::from(1));
@@ -545,7 +545,7 @@ pub(crate) async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn stats(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let rows = store.stats().await?;
     let mut out = std::io::stdout().lock();
     if a.json {
@@ -591,7 +591,7 @@ pub struct IdsArgs {
 }
 
 pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let mut missing = false;
     for id in &a.ids {
         match store.cancel(id).await? {
@@ -616,7 +616,7 @@ pub(crate) async fn cancel(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) async fn retry(ctx: &Ctx, a: IdsArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let mut bad = false;
     for id in &a.ids {
         match store.retry(id).await? {

@@ -40,7 +40,8 @@ pub struct Cli {
     /// Config file (default: $SEEDQ_CONFIG, /etc/seedq/config.toml, ./config.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// SQLite database file (overrides store.path).
+    /// The job store: a SQLite file, or a store URL (sqlite:///…, postgres://…); overrides
+    /// store.path and store.url.
     #[arg(long, global = true, value_name = "PATH")]
     pub db: Option<PathBuf>,
     /// Log filter, e.g. `seedq=debug` (overrides log.level; RUST_LOG wins).
@@ -173,7 +174,16 @@ impl ConfigSource {
     pub(crate) fn load(&self) -> anyhow::Result<(Config, Catalogue)> {
         let mut cfg = config::load(self.path.as_deref()).context("loading configuration")?;
         if let Some(db) = &self.db {
-            cfg.store.path = db.clone();
+            // `--db` takes a file or a store URL (sqlite://, postgres://).
+            match crate::store::StoreTarget::parse(&db.to_string_lossy()) {
+                crate::store::StoreTarget::Sqlite(p)
+                    if !db.to_string_lossy().starts_with("sqlite://") =>
+                {
+                    cfg.store.path = p;
+                    cfg.store.url = None;
+                }
+                _ => cfg.store.url = Some(db.to_string_lossy().into_owned()),
+            }
         }
         if let Some(l) = &self.log {
             cfg.log.level = l.clone();
@@ -196,18 +206,20 @@ impl Ctx {
         })
     }
 
-    pub(crate) fn store(&self) -> anyhow::Result<Store> {
-        Store::open(&self.cfg.store.path)
-            .with_context(|| format!("opening the job store {}", self.cfg.store.path.display()))
+    pub(crate) async fn store(&self) -> anyhow::Result<Store> {
+        let target = self.cfg.store.target();
+        Store::open_target(&target, true)
+            .await
+            .with_context(|| format!("opening the job store {}", target.describe()))
     }
 
     /// Opens the job store only if it exists: for commands that read or change existing
     /// jobs. A mistyped `--db` must say so, not leave a new empty database behind.
-    pub(crate) fn store_existing(&self) -> anyhow::Result<Store> {
-        let path = &self.cfg.store.path;
-        match Store::open_existing(path) {
+    pub(crate) async fn store_existing(&self) -> anyhow::Result<Store> {
+        let target = self.cfg.store.target();
+        match Store::open_target(&target, false).await {
             Err(e @ crate::store::StoreError::Missing { .. }) => Err(e.into()),
-            r => r.with_context(|| format!("opening the job store {}", path.display())),
+            r => r.with_context(|| format!("opening the job store {}", target.describe())),
         }
     }
 }
@@ -274,10 +286,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Workers(a) => workers::run(&ctx, a).await,
             Command::Reconcile(a) => reconcile::dry_run(&ctx, a).await,
             Command::Migrate => {
-                let store = ctx.store()?;
+                let store = ctx.store().await?;
                 println!(
                     "{}: schema version {}",
-                    store.path().display(),
+                    store.describe(),
                     store.schema_version().await?
                 );
                 Ok(ExitCode::SUCCESS)

@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx, a: PauseArgs, pause: bool) -> anyhow::Result<ExitCod
             return Ok(ExitCode::from(2));
         }
     };
-    let store = ctx.store()?;
+    let store = ctx.store().await?;
     let verb = if pause { "paused" } else { "resumed" };
     match set_paused(&ctx.catalogue, &store, kind, &name, pause).await? {
         PauseOutcome::Changed => println!("{} {name} {verb}", kind.as_str()),

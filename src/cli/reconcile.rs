@@ -32,8 +32,8 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-fn worker_ctx(ctx: &Ctx) -> anyhow::Result<worker::Ctx> {
-    worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), ctx.store()?)
+async fn worker_ctx(ctx: &Ctx) -> anyhow::Result<worker::Ctx> {
+    worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), ctx.store().await?)
 }
 
 /// Records `task_id` as the remote task of an ambiguous job, after checking that no other job
@@ -43,7 +43,7 @@ fn worker_ctx(ctx: &Ctx) -> anyhow::Result<worker::Ctx> {
 /// # Errors
 /// Store or Ark failures; a refusal is exit 2 with the reason.
 pub async fn adopt(ctx: &Ctx, a: AdoptArgs) -> anyhow::Result<ExitCode> {
-    let w = worker_ctx(ctx)?;
+    let w = worker_ctx(ctx).await?;
     match reconcile::operator_adopt(&w, &a.job, &a.task_id).await? {
         reconcile::AdoptOutcome::Adopted { job, task } => {
             println!("{job} adopted {task}");
@@ -67,7 +67,7 @@ pub async fn dry_run(ctx: &Ctx, a: ReconcileArgs) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     }
-    let w = worker_ctx(ctx)?;
+    let w = worker_ctx(ctx).await?;
     let mut out = Vec::new();
     for state in [JobState::SubmitUnknown, JobState::Submitting] {
         let filter = crate::store::ListFilter {

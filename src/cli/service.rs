@@ -50,7 +50,10 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     // First of all, so that a stop during start-up is a clean one.
     let stopped = signal();
     tracing::info!(config = %ctx.source.describe(), "configuration loaded");
-    let store = ctx.store()?;
+    if let Some(problem) = super::doctor::fleet_archive_problem(&ctx.cfg) {
+        tracing::warn!("{problem}; archive to s3:// or gs:// when several workers share the store");
+    }
+    let store = ctx.store().await?;
     let watched = store.clone();
     let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
     let source = ctx.source.clone();

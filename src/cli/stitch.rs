@@ -47,7 +47,7 @@ pub(crate) async fn run(ctx: &Ctx, a: StitchArgs) -> anyhow::Result<ExitCode> {
         .map(ObjectKey::parse)
         .transpose()
         .context("--key")?;
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let mut parts = Vec::with_capacity(a.parts.len());
     for arg in &a.parts {
         let part = match store.job(arg).await? {

@@ -83,7 +83,7 @@ impl Rate {
 }
 
 pub(crate) async fn run(ctx: &Ctx, a: WatchArgs) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     for b in &a.batches {
         if store.batch(b).await?.is_none() {
             eprintln!("error: no batch named {b}");

@@ -289,7 +289,7 @@ pub fn backup_target(ctx: &Ctx) -> BackupTarget {
     let beside_db = || {
         ctx.store
             .path()
-            .parent()
+            .and_then(Path::parent)
             .unwrap_or(Path::new("."))
             .join("backups")
     };
@@ -301,6 +301,12 @@ pub fn backup_target(ctx: &Ctx) -> BackupTarget {
 }
 
 async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
+    if ctx.store.is_postgres() {
+        // A server database is backed up by the server's own tools, which know its WAL.
+        return Ok(
+            "skipped: the store is PostgreSQL (back it up with pg_dump or WAL archiving)".into(),
+        );
+    }
     let stamp = time::OffsetDateTime::now_utc()
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
@@ -321,7 +327,11 @@ async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
         }
         BackupTarget::Store(blob) => {
             // Staged beside the database (writable under systemd), then streamed up.
-            let staged = ctx.store.path().with_file_name(format!(".{name}.upload"));
+            let staged = ctx
+                .store
+                .path()
+                .unwrap_or(Path::new("seedq.db"))
+                .with_file_name(format!(".{name}.upload"));
             let size = ctx.store.backup_to(&staged).await?;
             let key = ObjectKey::parse(&format!("{BACKUP_DIR}/{name}"))?;
             let uploaded = upload_file(&blob, &staged, &key).await;

@@ -16,6 +16,7 @@ mod images;
 pub mod migrate;
 pub mod ops;
 mod pause;
+pub(crate) mod pg;
 mod ui;
 
 use std::collections::HashMap;
@@ -33,6 +34,7 @@ pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use pause::{PauseKind, Paused};
+pub use pg::redact_url;
 pub use ui::{UiCell, UiFilter};
 
 /// Errors from the store.
@@ -86,6 +88,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL: {0}")]
+    Pool(String),
+    #[error("not implemented on PostgreSQL: {0}")]
+    Unsupported(&'static str),
 }
 
 /// Unix milliseconds now.
@@ -185,7 +193,7 @@ const SERIALISED: &str = "(json_extract(q.request_json, '$.safety_identifier') I
 const NOT_PAUSED: &str = "NOT EXISTS (SELECT 1 FROM paused z WHERE \
      (z.kind = 'model' AND z.name = q.model) OR (z.kind = 'batch' AND z.name = q.batch_id))";
 
-const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
+pub(crate) const JOB_COLUMNS: &str = "id, created_at, updated_at, state, model, service_tier, priority, \
     request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, attempts, \
     next_attempt_at, lease_owner, lease_until, lease_token, submit_started_at, submitted_at, \
     remote_task_id, remote_status, remote_created_at, seed, poll_count, cancel_requested, \
@@ -476,8 +484,56 @@ pub enum RetryOutcome {
 /// Handle to the store. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
-    conn: conn::Conn,
-    path: PathBuf,
+    backend: Backend,
+}
+
+/// Where the jobs live: one SQLite file (one machine), or a PostgreSQL database that a fleet
+/// of workers shares (issue 13).
+#[derive(Clone)]
+enum Backend {
+    Sqlite { conn: conn::Conn, path: PathBuf },
+    Postgres(pg::Pg),
+}
+
+/// `store.url` (or `store.path`), parsed: which backend, and where.
+#[derive(Clone, Debug)]
+pub enum StoreTarget {
+    Sqlite(PathBuf),
+    Postgres {
+        url: String,
+        /// From `PGPASSWORD` or a password file, when the URL carries none.
+        password: Option<secrecy::SecretString>,
+    },
+}
+
+impl StoreTarget {
+    /// Parses `sqlite:///abs/path`, `sqlite://rel/path`, `postgres://…` or
+    /// `postgresql://…`; anything else is taken as a SQLite file path.
+    pub fn parse(s: &str) -> Self {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            Self::Postgres {
+                url: s.to_string(),
+                password: None,
+            }
+        } else if let Some(rest) = s.strip_prefix("sqlite://") {
+            Self::Sqlite(PathBuf::from(rest))
+        } else {
+            Self::Sqlite(PathBuf::from(s))
+        }
+    }
+
+    /// For messages: the file, or the database URL without its password.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Sqlite(p) => p.display().to_string(),
+            Self::Postgres { url, .. } => pg::redact_url(url),
+        }
+    }
+
+    /// True for PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self, Self::Postgres { .. })
+    }
 }
 
 fn insert_event(
@@ -558,9 +614,49 @@ impl Store {
     /// See [`StoreError`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: conn::open(path, true)?,
-            path: path.to_path_buf(),
+            backend: Backend::Sqlite {
+                conn: conn::open(path, true)?,
+                path: path.to_path_buf(),
+            },
         })
+    }
+
+    /// Opens the store `target` names: a SQLite file (created as needed, like
+    /// [`Store::open`], or only an existing one without `create`), or a PostgreSQL database
+    /// (which must exist; its tables are created and migrated).
+    ///
+    /// # Errors
+    /// See [`StoreError`].
+    pub async fn open_target(target: &StoreTarget, create: bool) -> Result<Self, StoreError> {
+        match target {
+            StoreTarget::Sqlite(path) if create => Self::open(path),
+            StoreTarget::Sqlite(path) => Self::open_existing(path),
+            StoreTarget::Postgres { url, password } => Ok(Self {
+                backend: Backend::Postgres(pg::Pg::connect(url, password.as_ref()).await?),
+            }),
+        }
+    }
+
+    /// The PostgreSQL pool, when that is the backend: each method with a PostgreSQL body
+    /// starts with `if let Some(pg) = self.pg() { … }`.
+    pub(crate) fn pg(&self) -> Option<&pg::Pg> {
+        match &self.backend {
+            Backend::Postgres(pg) => Some(pg),
+            Backend::Sqlite { .. } => None,
+        }
+    }
+
+    /// True on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.pg().is_some()
+    }
+
+    /// For messages: the file, or the database URL without its password.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => path.display().to_string(),
+            Backend::Postgres(pg) => pg.describe().to_string(),
+        }
     }
 
     /// Opens (and migrates) an existing database; creates nothing. For commands that only
@@ -570,8 +666,10 @@ impl Store {
     /// [`StoreError::Missing`] when there is no file at `path`; else as [`Store::open`].
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            conn: conn::open(path, false)?,
-            path: path.to_path_buf(),
+            backend: Backend::Sqlite {
+                conn: conn::open(path, false)?,
+                path: path.to_path_buf(),
+            },
         })
     }
 
@@ -580,12 +678,19 @@ impl Store {
     /// # Errors
     /// [`StoreError::Replaced`] when it was deleted or replaced.
     pub fn check_identity(&self) -> Result<(), StoreError> {
-        self.conn.check_identity()
+        match &self.backend {
+            Backend::Sqlite { conn, .. } => conn.check_identity(),
+            // A server's database has no file here to lose.
+            Backend::Postgres(_) => Ok(()),
+        }
     }
 
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The database file; `None` on PostgreSQL.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Postgres(_) => None,
+        }
     }
 
     /// Runs a closure on the connection thread. Only `store` submodules and tests use this.
@@ -594,7 +699,12 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.conn.call(f).await
+        match &self.backend {
+            Backend::Sqlite { conn, .. } => conn.call(f).await,
+            // Every method has a PostgreSQL body of its own before it gets here; reaching
+            // this is a method that was missed, and it must fail loudly, not quietly.
+            Backend::Postgres(_) => Err(StoreError::Unsupported(std::any::type_name::<F>())),
+        }
     }
 
     /// The schema version in the file.
@@ -602,6 +712,9 @@ impl Store {
     /// # Errors
     /// The database cannot be read.
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::migrate::version(pg).await;
+        }
         self.call(|c| Ok(migrate::version(c)?)).await
     }
 
@@ -643,6 +756,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::job(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| Ok(load_job(c, &id)?)).await
     }
@@ -669,6 +785,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::events(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let mut st = c.prepare(
@@ -1420,5 +1539,7 @@ impl Store {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;

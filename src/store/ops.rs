@@ -224,7 +224,14 @@ impl Store {
     /// # Errors
     /// The source cannot be opened, the copy or the rename fails.
     pub async fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
-        let (src, dest) = (self.path().to_path_buf(), dest.to_path_buf());
+        // PostgreSQL has its own tools for this (pg_dump, base backups with WAL archiving);
+        // maintenance skips the backup step there.
+        let Some(src) = self.path() else {
+            return Err(StoreError::Unsupported(
+                "file backups of a PostgreSQL store (use pg_dump or WAL archiving)",
+            ));
+        };
+        let (src, dest) = (src.to_path_buf(), dest.to_path_buf());
         tokio::task::spawn_blocking(move || backup_file(&src, &dest))
             .await
             .map_err(|_| StoreError::Closed)?

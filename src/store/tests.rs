@@ -470,3 +470,31 @@ async fn lean_paths_read_no_bodies() {
         "the poller reads no body"
     );
 }
+
+#[tokio::test]
+async fn postgres_migrations_apply_once_even_when_workers_start_together() {
+    let url = testpg::fresh_database().await;
+    let target = StoreTarget::Postgres {
+        url,
+        password: None,
+    };
+    // Eight workers starting at once: the advisory lock lets one migrate, the rest wait and
+    // find nothing to do (without it, CREATE TABLE would fail in all but one).
+    let opens = (0..8).map(|_| Store::open_target(&target, true));
+    for s in futures::future::join_all(opens).await {
+        let s = s.expect("open");
+        assert_eq!(
+            s.schema_version().await.expect("version"),
+            pg::migrate::latest()
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_postgres_store_reads_jobs_and_has_no_file() {
+    let s = testpg::pg_store().await;
+    assert!(s.job("nope").await.expect("job").is_none());
+    assert!(s.events("nope").await.expect("events").is_empty());
+    assert!(s.path().is_none());
+    assert!(s.check_identity().is_ok());
+}

@@ -8,24 +8,71 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_seedq")
 }
 
-/// A temp dir with a `config.toml` and a DB path; each test gets its own.
+/// A temp dir with a `config.toml` and a store; each test gets its own.
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The store is a fresh PostgreSQL database rather than `seedq.db` in `dir`.
+    pub postgres: bool,
+}
+
+/// True when `SEEDQ_TEST_STORE=postgres`: the suite then runs on PostgreSQL (tests/run.sh
+/// runs it once on each backend), except the tests about the SQLite file itself.
+pub fn postgres_mode() -> bool {
+    std::env::var("SEEDQ_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// A fresh database on this test binary's scratch PostgreSQL cluster.
+pub fn fresh_postgres() -> String {
+    seedq::pgscratch::shared()
+        .create_db("it")
+        .expect("create a test database")
 }
 
 impl TestEnv {
-    /// A fresh environment whose config has `extra` appended.
+    /// A fresh environment whose config has `extra` appended, on the backend the run is for
+    /// (see [`postgres_mode`]).
     pub fn new(extra: &str) -> Self {
+        if postgres_mode() {
+            Self::new_postgres(extra)
+        } else {
+            Self::new_sqlite(extra)
+        }
+    }
+
+    /// On SQLite whatever the run is for: tests about the database file itself.
+    pub fn new_sqlite(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let config = dir.path().join("config.toml");
         let db = dir.path().join("seedq.db");
-        let text = format!(
-            "[store]\npath = {db:?}\n\n[archive]\nurl = \"\"\n\n{extra}\n",
-            db = db.display().to_string()
-        );
+        let store = format!("path = {:?}", db.display().to_string());
+        Self::with_store(dir, &store, extra, false)
+    }
+
+    /// On a fresh PostgreSQL database.
+    pub fn new_postgres(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = format!("url = {:?}", fresh_postgres());
+        Self::with_store(dir, &store, extra, true)
+    }
+
+    fn with_store(dir: tempfile::TempDir, store: &str, extra: &str, postgres: bool) -> Self {
+        let config = dir.path().join("config.toml");
+        let text = format!("[store]\n{store}\n\n[archive]\nurl = \"\"\n\n{extra}\n");
         std::fs::write(&config, text).expect("write config");
-        Self { dir, config }
+        Self {
+            dir,
+            config,
+            postgres,
+        }
+    }
+
+    /// Refused input stores nothing: on SQLite not even the file, on PostgreSQL no job.
+    pub fn assert_nothing_stored(&self) {
+        if self.postgres {
+            assert!(self.jobs().is_empty(), "nothing stored");
+        } else {
+            assert!(!self.path().join("seedq.db").exists(), "nothing stored");
+        }
     }
 
     /// The temp dir.
@@ -93,7 +140,7 @@ impl TestEnv {
     /// `ls --json` parsed; empty when no database was created (read commands don't create
     /// one, and refused input stores nothing).
     pub fn jobs(&self) -> Vec<serde_json::Value> {
-        if !self.path().join("seedq.db").exists() {
+        if !self.postgres && !self.path().join("seedq.db").exists() {
             return Vec::new();
         }
         let out = self.ok(&["ls", "--json", "--limit", "100000"]);

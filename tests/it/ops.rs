@@ -557,7 +557,7 @@ fn age(db: &Path, id: &str, state: &str, days: i64, due_in_days: i64) {
 
 #[test]
 fn scheduled_prune_removes_old_terminal_jobs_and_their_events_only() {
-    let env = TestEnv::new(&format!(
+    let env = TestEnv::new_sqlite(&format!(
         "[ark]\nbase_url = \"{NO_ARK}\"\n\n[maintenance]\ntimezone = \"UTC\"\nprune = \"* * * * * *\"\n"
     ));
     // (state, days since it got there, pruned?) with the defaults: 30 days for archived (and
@@ -848,7 +848,7 @@ fn scheduled_backups_land_in_the_archive_store_and_only_the_newest_stay() {
 fn doctor_fails_clearly_on_a_read_only_database() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
-    let env = TestEnv::new(&format!("[ark]\nbase_url = \"{NO_ARK}\"\n"));
+    let env = TestEnv::new_sqlite(&format!("[ark]\nbase_url = \"{NO_ARK}\"\n"));
     env.ok(&["migrate"]);
     let db = env.path().join("seedq.db");
     let root = Command::new("id")

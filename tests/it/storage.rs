@@ -108,7 +108,7 @@ fn run_bounded(mut cmd: std::process::Command, secs: u64) -> (Option<i32>, Strin
 
 #[test]
 fn image_paths_must_be_regular_files_read_with_a_cap() {
-    let env = TestEnv::new("");
+    let env = TestEnv::new_sqlite("");
     let db = env.path().join("seedq.db");
     // /dev/zero would be read until memory runs out.
     let (code, err) = run_bounded(
@@ -196,7 +196,7 @@ fn jsonl_errors_name_fields_and_lines() {
         err.contains("line 3: key \"k1\" is already used by line 1"),
         "{err}"
     );
-    assert!(!env.path().join("seedq.db").exists(), "nothing stored");
+    env.assert_nothing_stored();
 
     // A byte order mark is dropped, as for CSV.
     let mut bom = b"\xEF\xBB\xBF".to_vec();
@@ -234,7 +234,7 @@ fn padded_png(path: &std::path::Path, size: usize) {
 #[test]
 fn an_image_shared_by_jobs_is_stored_once_and_posted_whole() {
     let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
-    let env = TestEnv::new(&worker_config(&sim, ""));
+    let env = TestEnv::new_sqlite(&worker_config(&sim, ""));
     padded_png(&env.path().join("a.png"), 3 << 20);
     let lines: Vec<String> = (0..3)
         .map(|i| {
@@ -298,7 +298,7 @@ fn a_request_body_over_64_mb_is_refused_at_submit() {
         err.contains("request body of") && err.contains("is too large") && err.contains("67108864"),
         "{err}"
     );
-    assert!(!env.path().join("seedq.db").exists(), "nothing stored");
+    env.assert_nothing_stored();
 }
 
 #[test]

@@ -13,7 +13,7 @@ use crate::worker::ms;
 /// # Errors
 /// Store failures (a missing database is an error, not an empty fleet).
 pub async fn run(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
-    let store = ctx.store_existing()?;
+    let store = ctx.store_existing().await?;
     let (workers, leaders) = (store.workers().await?, store.leaders().await?);
     let now = now_ms();
     let timeout = ms(ctx.cfg.service.worker_timeout);

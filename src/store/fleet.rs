@@ -60,7 +60,7 @@ pub struct FleetLimits {
 }
 
 /// What [`room_in_tx`] allows.
-pub(super) struct Room {
+pub(crate) struct Room {
     /// How many creates the RPM windows still allow (`i64::MAX` without an RPM).
     pub creates: i64,
     /// Tokens the flex day has left (`None` without a TPD).
@@ -163,6 +163,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn register_worker(&self, w: WorkerRow) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::register_worker(pg, &w).await;
+        }
         self.call(move |c| {
             c.execute(
                 "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at) \
@@ -183,6 +186,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn heartbeat_worker(&self, id: &str, now: i64) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::heartbeat_worker(pg, id, now).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             Ok(
@@ -200,6 +206,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::deregister_worker(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -216,6 +225,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::workers(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare(
                 "SELECT id, host, pid, version, started_at, heartbeat_at FROM workers \
@@ -249,6 +261,9 @@ impl Store {
         lapsed_before: i64,
         dead: bool,
     ) -> Result<Option<usize>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::reap_worker(pg, id, lapsed_before, dead).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -274,6 +289,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn drop_leadership_of(&self, owner: &str) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::drop_leadership_of(pg, owner).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| Ok(c.execute("DELETE FROM leaders WHERE owner = ?1", [owner])?))
             .await
@@ -293,6 +311,9 @@ impl Store {
         names: &[&'static str],
         ttl_ms: i64,
     ) -> Result<(bool, Vec<Option<i64>>), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::beat(pg, id, names, ttl_ms).await;
+        }
         let (id, names) = (id.to_string(), names.to_vec());
         self.call(move |c| {
             let now = now_ms();
@@ -323,6 +344,9 @@ impl Store {
         owner: &str,
         ttl_ms: i64,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::try_lead(pg, name, owner, ttl_ms).await;
+        }
         let (name, owner) = (name.to_string(), owner.to_string());
         self.call(move |c| Ok(lead(c, &name, &owner, now_ms(), ttl_ms)?))
             .await
@@ -333,6 +357,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn resign(&self, name: &str, owner: &str) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::resign(pg, name, owner).await;
+        }
         let (name, owner) = (name.to_string(), owner.to_string());
         self.call(move |c| {
             c.execute(
@@ -357,6 +384,9 @@ impl Store {
         since_ms: i64,
         rpm: u32,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::rpm_window_full_since(pg, model, tier, since_ms, rpm).await;
+        }
         let (model, tier) = (model.to_string(), tier.to_string());
         self.call(move |c| {
             Ok(c.prepare_cached(
@@ -377,6 +407,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn leaders(&self) -> Result<Vec<LeaderRow>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::fleet::leaders(pg).await;
+        }
         self.call(|c| {
             let mut st =
                 c.prepare("SELECT name, owner, since, until FROM leaders ORDER BY name")?;
@@ -397,13 +430,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewJob, ResolutionScope};
-
-    fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        (dir, s)
-    }
+    use crate::job::JobState;
+    use crate::store::{NewJob, ResolutionScope, testpg};
 
     fn worker(id: &str, heartbeat_at: i64) -> WorkerRow {
         WorkerRow {
@@ -416,239 +444,298 @@ mod tests {
         }
     }
 
+    /// Adds `n` queued jobs of model `m` (flex with `tokens` each when given); their ids.
+    /// On PostgreSQL the rows are written directly until its `enqueue` lands (pgcore).
+    async fn add(s: &Store, n: usize, flex: Option<i64>) -> Vec<String> {
+        let jobs: Vec<NewJob> = (0..n)
+            .map(|_| {
+                let mut j = NewJob::plain("{}");
+                j.flex = flex.is_some();
+                j.est_tokens = flex;
+                j
+            })
+            .collect();
+        let ids = jobs.iter().map(|j| j.id.to_string()).collect();
+        match s.pg() {
+            None => {
+                s.enqueue(jobs).await.expect("enqueue");
+            }
+            Some(pg) => {
+                let c = pg.conn().await.expect("conn");
+                for j in &jobs {
+                    c.execute(
+                        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+                         request_json, est_tokens, next_attempt_at) \
+                         VALUES ($1, $2, $2, 'queued', 'm', $3, '{}', $4, $2)",
+                        &[
+                            &j.id.as_str(),
+                            &(now_ms() - 1),
+                            &if j.flex { "flex" } else { "default" },
+                            &j.est_tokens,
+                        ],
+                    )
+                    .await
+                    .expect("insert");
+                }
+            }
+        }
+        ids
+    }
+
     #[tokio::test]
     async fn a_singleton_has_one_leader_until_its_lease_runs_out() {
-        let (_d, s) = store();
-        assert!(
-            s.try_lead("governor", "a", 60_000)
-                .await
-                .expect("lead")
-                .is_some()
-        );
-        assert!(
-            s.try_lead("governor", "b", 60_000)
-                .await
-                .expect("lead")
-                .is_none()
-        );
-        // Renewing keeps `since`.
-        let since = s.leaders().await.expect("leaders")[0].since;
-        assert!(
-            s.try_lead("governor", "a", 60_000)
-                .await
-                .expect("renew")
-                .is_some()
-        );
-        assert_eq!(s.leaders().await.expect("leaders")[0].since, since);
-        // Another name is another lock.
-        assert!(
-            s.try_lead("maintenance", "b", 60_000)
-                .await
-                .expect("lead")
-                .is_some()
-        );
-        // An expired lease is anyone's.
-        assert!(
-            s.try_lead("governor", "a", -1)
-                .await
-                .expect("renew")
-                .is_some()
-        );
-        assert!(
-            s.try_lead("governor", "b", 60_000)
-                .await
-                .expect("take")
-                .is_some()
-        );
-        let l = s.leaders().await.expect("leaders");
-        assert_eq!(l[0].owner, "b");
-        // Resigning frees it at once.
-        s.resign("governor", "b").await.expect("resign");
-        assert!(
-            s.try_lead("governor", "a", 60_000)
-                .await
-                .expect("lead")
-                .is_some()
-        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            let lead = |n: &'static str, o: &'static str, ttl: i64| {
+                let s = s.clone();
+                async move { s.try_lead(n, o, ttl).await.expect("lead").is_some() }
+            };
+            assert!(lead("governor", "a", 60_000).await, "{b}");
+            assert!(!lead("governor", "b", 60_000).await, "{b}");
+            // Renewing keeps `since`.
+            let since = s.leaders().await.expect("leaders")[0].since;
+            assert!(lead("governor", "a", 60_000).await, "{b}");
+            assert_eq!(s.leaders().await.expect("leaders")[0].since, since, "{b}");
+            // Another name is another lock.
+            assert!(lead("maintenance", "b", 60_000).await, "{b}");
+            // An expired lease is anyone's.
+            assert!(lead("governor", "a", -1).await, "{b}");
+            assert!(lead("governor", "b", 60_000).await, "{b}");
+            assert_eq!(s.leaders().await.expect("leaders")[0].owner, "b", "{b}");
+            // Resigning frees it at once.
+            s.resign("governor", "b").await.expect("resign");
+            assert!(lead("governor", "a", 60_000).await, "{b}");
+        }
     }
 
     #[tokio::test]
     async fn a_lapsed_worker_is_reaped_with_its_leases_and_singletons() {
-        let (_d, s) = store();
-        s.enqueue(vec![NewJob::plain("{}"), NewJob::plain("{}")])
-            .await
-            .expect("enqueue");
-        let held = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "dead", 600_000)
-            .await
-            .expect("claim");
-        assert_eq!(held.len(), 1);
-        s.register_worker(worker("dead", 1_000))
-            .await
-            .expect("register");
-        s.register_worker(worker("live", now_ms()))
-            .await
-            .expect("register");
-        s.try_lead("maintenance", "dead", 600_000)
-            .await
-            .expect("lead");
-        // A live heartbeat is not reaped.
-        assert_eq!(
-            s.reap_worker("live", 2_000, false).await.expect("reap"),
-            None
-        );
-        assert_eq!(
-            s.reap_worker("dead", 2_000, false).await.expect("reap"),
-            Some(1)
-        );
-        let ids: Vec<String> = s
-            .workers()
-            .await
-            .expect("workers")
-            .into_iter()
-            .map(|w| w.id)
-            .collect();
-        assert_eq!(ids, vec!["live".to_string()]);
-        assert!(s.leaders().await.expect("leaders").is_empty());
-        // The job is due again now, not in ten minutes, and without `holder_dead`: the
-        // process may still be sending its create.
-        let j = s
-            .job(held[0].id.as_str())
-            .await
-            .expect("job")
-            .expect("exists");
-        assert!(j.lease_until.is_some_and(|u| u <= now_ms()));
-        assert!(j.next_attempt_at <= now_ms());
-        assert_eq!(j.last_error_code, None);
-        // Its own heartbeat now says it was taken for dead.
-        assert!(!s.heartbeat_worker("dead", now_ms()).await.expect("beat"));
-        assert!(s.heartbeat_worker("live", now_ms()).await.expect("beat"));
-        // The service's beat says the same, and renews its singletons in the same commit.
-        let (alive, leads) = s.beat("live", &["governor"], 60_000).await.expect("beat");
-        assert!(alive);
-        assert!(leads[0].is_some());
-        let (alive, leads) = s.beat("dead", &["governor"], 60_000).await.expect("beat");
-        assert!(!alive);
-        assert_eq!(leads, vec![None], "the live worker leads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            add(&s, 2, None).await;
+            let held = s
+                .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "dead", 600_000)
+                .await
+                .expect("claim");
+            assert_eq!(held.len(), 1, "{b}");
+            s.register_worker(worker("dead", 1_000))
+                .await
+                .expect("register");
+            s.register_worker(worker("live", now_ms()))
+                .await
+                .expect("register");
+            s.try_lead("maintenance", "dead", 600_000)
+                .await
+                .expect("lead");
+            // A live heartbeat is not reaped.
+            assert_eq!(
+                s.reap_worker("live", 2_000, false).await.expect("reap"),
+                None,
+                "{b}"
+            );
+            assert_eq!(
+                s.reap_worker("dead", 2_000, false).await.expect("reap"),
+                Some(1),
+                "{b}"
+            );
+            let ids: Vec<String> = s
+                .workers()
+                .await
+                .expect("workers")
+                .into_iter()
+                .map(|w| w.id)
+                .collect();
+            assert_eq!(ids, vec!["live".to_string()], "{b}");
+            assert!(s.leaders().await.expect("leaders").is_empty(), "{b}");
+            // The job is due again now, not in ten minutes, and without `holder_dead`: the
+            // process may still be sending its create.
+            let j = s
+                .job(held[0].id.as_str())
+                .await
+                .expect("job")
+                .expect("exists");
+            assert!(j.lease_until.is_some_and(|u| u <= now_ms()), "{b}");
+            assert!(j.next_attempt_at <= now_ms(), "{b}");
+            assert_eq!(j.last_error_code, None, "{b}");
+            // Its own heartbeat now says it was taken for dead.
+            assert!(
+                !s.heartbeat_worker("dead", now_ms()).await.expect("beat"),
+                "{b}"
+            );
+            assert!(
+                s.heartbeat_worker("live", now_ms()).await.expect("beat"),
+                "{b}"
+            );
+            // The service's beat says the same, and renews its singletons in the same commit.
+            let (alive, leads) = s.beat("live", &["governor"], 60_000).await.expect("beat");
+            assert!(alive, "{b}");
+            assert!(leads[0].is_some(), "{b}");
+            let (alive, leads) = s.beat("dead", &["governor"], 60_000).await.expect("beat");
+            assert!(!alive, "{b}");
+            assert_eq!(leads, vec![None], "{b}: the live worker leads");
+            // A clean stop leaves nothing behind.
+            s.deregister_worker("live").await.expect("deregister");
+            assert!(s.workers().await.expect("workers").is_empty(), "{b}");
+            assert!(s.leaders().await.expect("leaders").is_empty(), "{b}");
+        }
     }
 
     #[tokio::test]
     async fn the_rpm_counts_every_workers_creates() {
-        let (_d, s) = store();
-        s.enqueue((0..10).map(|_| NewJob::plain("{}")).collect())
-            .await
-            .expect("enqueue");
-        let limits = FleetLimits {
-            rpm: Some(4),
-            window_ms: 60_000,
-            ..FleetLimits::default()
-        };
-        let claim = |owner: &'static str| {
-            let (s, limits) = (s.clone(), limits.clone());
-            async move {
-                s.claim_for_submit_limited(
-                    "m",
-                    "default",
-                    100,
-                    ResolutionScope::All,
-                    3,
-                    owner,
-                    60_000,
-                    &limits,
-                )
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            add(&s, 10, None).await;
+            let limits = FleetLimits {
+                rpm: Some(4),
+                window_ms: 60_000,
+                ..FleetLimits::default()
+            };
+            let claim = |owner: &'static str, tier: &'static str| {
+                let (s, limits) = (s.clone(), limits.clone());
+                async move {
+                    s.claim_for_submit_limited(
+                        "m",
+                        tier,
+                        100,
+                        ResolutionScope::All,
+                        3,
+                        owner,
+                        60_000,
+                        &limits,
+                    )
+                    .await
+                    .expect("claim")
+                    .len()
+                }
+            };
+            // Each would take 3; together they get the window's 4.
+            assert_eq!(claim("a", "default").await, 3, "{b}");
+            assert_eq!(claim("b", "default").await, 1, "{b}");
+            assert_eq!(claim("a", "default").await, 0, "{b}");
+            // The window is full since the fourth newest create.
+            let full = s
+                .rpm_window_full_since("m", "default", now_ms() - 60_000, 4)
                 .await
-                .expect("claim")
-                .len()
+                .expect("window");
+            assert!(full.is_some_and(|t| t <= now_ms()), "{b}");
+            assert_eq!(
+                s.rpm_window_full_since("m", "default", now_ms() - 60_000, 5)
+                    .await
+                    .expect("window"),
+                None,
+                "{b}: room for a fifth"
+            );
+            // The other tier has a window of its own.
+            add(&s, 1, Some(0)).await;
+            assert_eq!(claim("b", "flex").await, 1, "{b}");
+        }
+    }
+
+    #[tokio::test]
+    async fn two_workers_claiming_at_once_never_exceed_the_rpm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            add(&s, 60, None).await;
+            let limits = FleetLimits {
+                rpm: Some(25),
+                window_ms: 60_000,
+                ..FleetLimits::default()
+            };
+            let tasks: Vec<_> = (0..8)
+                .map(|i| {
+                    let (s, limits) = (s.clone(), limits.clone());
+                    tokio::spawn(async move {
+                        let mut n = 0;
+                        for _ in 0..5 {
+                            n += s
+                                .claim_for_submit_limited(
+                                    "m",
+                                    "default",
+                                    1000,
+                                    ResolutionScope::All,
+                                    2,
+                                    &format!("w{i}"),
+                                    60_000,
+                                    &limits,
+                                )
+                                .await
+                                .expect("claim")
+                                .len();
+                        }
+                        n
+                    })
+                })
+                .collect();
+            let mut total = 0;
+            for t in tasks {
+                total += t.await.expect("join");
             }
-        };
-        // Each would take 3; together they get the window's 4.
-        assert_eq!(claim("a").await, 3);
-        assert_eq!(claim("b").await, 1);
-        assert_eq!(claim("a").await, 0);
-        // The other tier has a window of its own.
-        let mut flex = NewJob::plain("{}");
-        flex.flex = true;
-        s.enqueue(vec![flex]).await.expect("enqueue");
-        let got = s
-            .claim_for_submit_limited(
-                "m",
-                "flex",
-                100,
-                ResolutionScope::All,
-                3,
-                "b",
-                60_000,
-                &limits,
-            )
-            .await
-            .expect("claim");
-        assert_eq!(got.len(), 1);
+            assert_eq!(
+                total, 25,
+                "{b}: eight claimers together took exactly the RPM"
+            );
+        }
     }
 
     #[tokio::test]
     async fn the_flex_day_budget_holds_across_claims_and_the_rest_waits_a_day() {
-        let (_d, s) = store();
-        let jobs: Vec<NewJob> = (0..5)
-            .map(|_| {
-                let mut j = NewJob::plain("{}");
-                j.flex = true;
-                j.est_tokens = Some(100);
-                j
-            })
-            .collect();
-        s.enqueue(jobs).await.expect("enqueue");
-        let day = now_ms() - 1_000;
-        let next = now_ms() + 3_600_000;
-        let limits = FleetLimits {
-            tpd: Some((250, day, next)),
-            ..FleetLimits::default()
-        };
-        let got = s
-            .claim_for_submit_limited(
-                "m",
-                "flex",
-                100,
-                ResolutionScope::All,
-                64,
-                "a",
-                60_000,
-                &limits,
-            )
-            .await
-            .expect("claim");
-        assert_eq!(got.len(), 2, "two of 100 tokens fit in 250");
-        // The rest waits for the next day, with the reason in its history.
-        let waiting = s
-            .list(crate::store::ListFilter::default())
-            .await
-            .expect("list")
-            .into_iter()
-            .filter(|j| j.state == crate::job::JobState::Queued)
-            .collect::<Vec<_>>();
-        assert_eq!(waiting.len(), 3);
-        assert!(waiting.iter().all(|j| j.next_attempt_at == next));
-        let events = s.events(waiting[0].id.as_str()).await.expect("events");
-        assert!(
-            events.iter().any(|e| e
-                .detail
-                .as_deref()
-                .is_some_and(|d| d.contains("flex TPD budget reached"))),
-            "{events:?}"
-        );
-        // Another worker's claim sees the same spend.
-        let got = s
-            .claim_for_submit_limited(
-                "m",
-                "flex",
-                100,
-                ResolutionScope::All,
-                64,
-                "b",
-                60_000,
-                &limits,
-            )
-            .await
-            .expect("claim");
-        assert!(got.is_empty());
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            let ids = add(&s, 5, Some(100)).await;
+            let day = now_ms() - 1_000;
+            let next = now_ms() + 3_600_000;
+            let limits = FleetLimits {
+                tpd: Some((250, day, next)),
+                ..FleetLimits::default()
+            };
+            let got = s
+                .claim_for_submit_limited(
+                    "m",
+                    "flex",
+                    100,
+                    ResolutionScope::All,
+                    64,
+                    "a",
+                    60_000,
+                    &limits,
+                )
+                .await
+                .expect("claim");
+            assert_eq!(got.len(), 2, "{b}: two of 100 tokens fit in 250");
+            // The rest waits for the next day, with the reason in its history.
+            let mut waiting = Vec::new();
+            for id in &ids {
+                let j = s.job(id).await.expect("job").expect("exists");
+                if j.state == JobState::Queued {
+                    waiting.push(j);
+                }
+            }
+            assert_eq!(waiting.len(), 3, "{b}");
+            assert!(waiting.iter().all(|j| j.next_attempt_at == next), "{b}");
+            let events = s.events(waiting[0].id.as_str()).await.expect("events");
+            assert!(
+                events
+                    .iter()
+                    .any(|e| e.detail.as_deref().is_some_and(
+                        |d| d.contains("flex TPD budget reached (200+100 > 250 tokens)")
+                    )),
+                "{b}: {events:?}"
+            );
+            // Another worker's claim sees the same spend.
+            let got = s
+                .claim_for_submit_limited(
+                    "m",
+                    "flex",
+                    100,
+                    ResolutionScope::All,
+                    64,
+                    "b",
+                    60_000,
+                    &limits,
+                )
+                .await
+                .expect("claim");
+            assert!(got.is_empty(), "{b}");
+        }
     }
 }

@@ -11,7 +11,7 @@ pub mod budget;
 mod bulk;
 mod chain;
 mod conn;
-mod fleet;
+pub(crate) mod fleet;
 mod images;
 pub mod migrate;
 pub mod ops;
@@ -1084,6 +1084,20 @@ impl Store {
         lease_ms: i64,
         fleet: &FleetLimits,
     ) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::fleet::claim_for_submit_limited(
+                pg,
+                model,
+                tier,
+                max_in_flight,
+                scope,
+                limit,
+                owner,
+                lease_ms,
+                fleet,
+            )
+            .await;
+        }
         let fleet = fleet.clone();
         let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
         let (only, only_cap, except) = match scope {

@@ -15,6 +15,7 @@
 //! [`Pg::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
 
 pub(crate) mod core;
+pub(crate) mod fleet;
 pub(crate) mod migrate;
 
 use std::future::Future;

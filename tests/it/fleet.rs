@@ -248,3 +248,47 @@ fn a_dead_singleton_leader_is_replaced_within_seconds() {
     let leaders = v["leaders"].as_array().expect("leaders");
     assert!(leaders.iter().all(|l| l["owner"] != b_id.as_str()), "{v}");
 }
+
+#[test]
+fn three_workers_lose_one_gain_one_and_keep_the_accounts_limits() {
+    // Issue 13's fleet run: 3 workers on one database with 300 jobs; one is SIGKILLed mid-run
+    // and a new one joins. Every job finishes with exactly one create, and the sim never saw
+    // more than the account's concurrency or creates per (scaled) minute.
+    let sim = SimProc::start(&format!(
+        "time_scale = 0.01\nvideo_downscale = 16\nreuse_videos = true\n\
+         [models.\"{PRO}\"]\nrpm = 60\nconcurrency = 200\n"
+    ));
+    let env = fleet_env(
+        &sim,
+        "rpm_window = \"800ms\"",
+        &format!("[models.\"{PRO}\"]\nlimits = {{ rpm = 60, concurrency = 12 }}\n"),
+    );
+    let file = write_jobs(&env, "jobs.jsonl", &lines(PRO, "fleet", 300));
+    env.ok(&["submit", "-f", &file]);
+    let mut workers: Vec<Guard> = (0..3).map(|_| env.serve()).collect();
+    wait_until(60, "a third of the jobs to finish", || {
+        count(&env, "succeeded") >= 100
+    });
+    workers[0].kill();
+    workers.push(env.serve());
+    wait_until(120, "every job to succeed", || {
+        count(&env, "succeeded") == 300
+    });
+
+    let stats = sim.stats();
+    assert_eq!(stats["creates_total"], 300, "one create per job: {stats}");
+    assert_eq!(
+        stats["rate_limited_total"], 0,
+        "the fleet never exceeded the RPM: {stats}"
+    );
+    let max = stats["max_concurrency_by_model"][PRO]
+        .as_u64()
+        .expect("max concurrency");
+    assert!(max <= 12, "the sim saw {max} tasks at once");
+    let remote: std::collections::HashSet<String> = env
+        .jobs()
+        .iter()
+        .filter_map(|j| j["remote_task_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(remote.len(), 300, "each job has its own task");
+}

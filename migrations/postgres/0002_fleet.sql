@@ -15,3 +15,8 @@ CREATE TABLE leaders (
     since BIGINT NOT NULL,
     until BIGINT NOT NULL
 );
+
+-- The account's RPM is counted in every claim (store/pg/fleet.rs `room_in_tx`): the creates
+-- of one (model, tier) in the last window, without walking other models' creates.
+CREATE INDEX jobs_creates ON jobs (model, service_tier, submit_started_at)
+    WHERE submit_started_at IS NOT NULL;

@@ -84,21 +84,22 @@ pub(super) fn room_in_tx(
     let mut creates = i64::MAX;
     let since = now - limits.window_ms;
     if let Some(rpm) = limits.rpm {
+        // At most `rpm` rows are read: a full window is full whatever its true count.
         let n: i64 = tx
             .prepare_cached(
-                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
-                 AND service_tier = ?3",
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = ?2 AND service_tier = ?3 \
+                 AND submit_started_at >= ?1 LIMIT ?4)",
             )?
-            .query_row(params![since, model, tier], |r| r.get(0))?;
+            .query_row(params![since, model, tier, rpm], |r| r.get(0))?;
         creates = creates.min(i64::from(rpm) - n);
     }
     if let (Some(rpm), Some(res)) = (limits.resolution_rpm, only) {
         let n: i64 = tx
             .prepare_cached(
-                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
-                 AND service_tier = ?3 AND (shape = ?4 OR shape LIKE ?4 || '/%')",
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = ?2 AND service_tier = ?3 \
+                 AND submit_started_at >= ?1 AND (shape = ?4 OR shape LIKE ?4 || '/%') LIMIT ?5)",
             )?
-            .query_row(params![since, model, tier, res], |r| r.get(0))?;
+            .query_row(params![since, model, tier, res, rpm], |r| r.get(0))?;
         creates = creates.min(i64::from(rpm) - n);
     }
     let tokens = match limits.tpd {

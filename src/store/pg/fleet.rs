@@ -58,11 +58,12 @@ async fn room_in_tx(
     let mut creates = i64::MAX;
     let since = now - limits.window_ms;
     if let Some(rpm) = limits.rpm {
+        // At most `rpm` rows are read: a full window is full whatever its true count.
         let n: i64 = c
             .query_one(
-                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= $1 AND model = $2 \
-                 AND service_tier = $3",
-                &[&since, &model, &tier],
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = $2 AND service_tier = $3 \
+                 AND submit_started_at >= $1 LIMIT $4) w",
+                &[&since, &model, &tier, &i64::from(rpm)],
             )
             .await?
             .try_get(0)?;
@@ -71,9 +72,9 @@ async fn room_in_tx(
     if let (Some(rpm), Some(res)) = (limits.resolution_rpm, only) {
         let n: i64 = c
             .query_one(
-                "SELECT COUNT(*) FROM jobs WHERE submit_started_at >= $1 AND model = $2 \
-                 AND service_tier = $3 AND (shape = $4 OR shape LIKE $4 || '/%')",
-                &[&since, &model, &tier, &res],
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = $2 AND service_tier = $3 \
+                 AND submit_started_at >= $1 AND (shape = $4 OR shape LIKE $4 || '/%') LIMIT $5) w",
+                &[&since, &model, &tier, &res, &i64::from(rpm)],
             )
             .await?
             .try_get(0)?;

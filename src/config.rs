@@ -923,6 +923,32 @@ mod tests {
     }
 
     #[test]
+    fn fleet_timeouts_must_outlast_two_heartbeats() {
+        assert!(Config::default().validate().is_ok(), "the defaults hold");
+        let mut cfg = Config::default();
+        cfg.service.heartbeat_interval = Duration::from_secs(6);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // The default 10 s worker timeout is under two 6 s heartbeats.
+        assert!(e.contains("service.worker_timeout"), "{e}");
+        assert!(e.contains("heartbeat_interval (6s)"), "{e}");
+        let mut cfg = Config::default();
+        cfg.service.leader_ttl = Duration::from_millis(1500);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("service.leader_ttl") && e.contains("1s 500ms"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn validate_names_the_key() {
         let mut cfg = Config::default();
         cfg.service.shutdown_grace = Duration::from_secs(1);

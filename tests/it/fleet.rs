@@ -292,3 +292,60 @@ fn three_workers_lose_one_gain_one_and_keep_the_accounts_limits() {
         .collect();
     assert_eq!(remote.len(), 300, "each job has its own task");
 }
+
+#[test]
+fn two_workers_share_one_flex_day_budget() {
+    // Flex TPD days of half an hour scaled by 0.002 (3.6 s), and a budget of three clips a day
+    // at the sim and in seedq: two workers that each kept their own count would send six.
+    let tokens = {
+        let (w, h) = seedq::catalogue::pixel_size(seedq::catalogue::PixelTable::V1, "480p", "16:9")
+            .expect("480p 16:9");
+        u64::try_from(seedq::catalogue::tokens(
+            w,
+            h,
+            seedq::catalogue::frames_for_duration(2),
+        ))
+        .expect("tokens")
+    };
+    let tpd = 3 * tokens;
+    let sim = crate::helpers::fast_sim(&format!(
+        "tpd_day = \"30m\"\n[models.\"{LITE}\"]\nflex_tpd = {tpd}\n"
+    ));
+    let env = fleet_env(
+        &sim,
+        "",
+        &format!(
+            "[bulk]\ntpd_day = \"3600ms\"\n\n[models.\"{LITE}\"]\n\
+             limits = {{ rpm = 300, concurrency = 5, flex_tpd = {tpd} }}\n"
+        ),
+    );
+    let jobs: Vec<String> = (0..7)
+        .map(|i| {
+            format!(
+                r#"{{"prompt":"day {i}","model":"{LITE}","resolution":"480p","duration":2,"flex":true}}"#
+            )
+        })
+        .collect();
+    let file = write_jobs(&env, "jobs.jsonl", &jobs);
+    env.ok(&["submit", "-f", &file]);
+    let _a = env.serve();
+    let _b = env.serve();
+    wait_until(60, "every flex job to succeed", || {
+        count(&env, "succeeded") == 7
+    });
+
+    let stats = sim.stats();
+    let days = stats["flex_tokens_by_day"][LITE]
+        .as_object()
+        .expect("per-day flex tokens");
+    assert!(days.len() >= 3, "three a day over three days: {days:?}");
+    for (day, used) in days {
+        let used = used.as_u64().expect("tokens");
+        assert!(used <= tpd, "day {day}: {used} tokens accepted > TPD {tpd}");
+    }
+    assert_eq!(
+        stats["rate_limited_total"], 0,
+        "never sent over TPD: {stats}"
+    );
+    assert_eq!(stats["creates_total"], 7);
+}

@@ -296,7 +296,9 @@ fn three_workers_lose_one_gain_one_and_keep_the_accounts_limits() {
 #[test]
 fn two_workers_share_one_flex_day_budget() {
     // Flex TPD days of half an hour scaled by 0.002 (3.6 s), and a budget of three clips a day
-    // at the sim and in seedq: two workers that each kept their own count would send six.
+    // at the sim and in seedq. Both workers claim through the store's count of the day (the
+    // store tests show a second claimer refused: store/fleet.rs); here the whole service keeps
+    // every day within the budget with two workers, and Ark never has to refuse one.
     let tokens = {
         let (w, h) = seedq::catalogue::pixel_size(seedq::catalogue::PixelTable::V1, "480p", "16:9")
             .expect("480p 16:9");

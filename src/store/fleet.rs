@@ -1,7 +1,7 @@
 //! Several workers on one database (issue 13 items 2–4): the worker registry with heartbeats,
 //! singleton leases (`leaders`), and the fleet-wide account limits the claim enforces.
 //!
-//! Every worker is a row in `workers` (migrations/0011_fleet.sql) whose `id` is its lease
+//! Every worker is a row in `workers` (migrations/0012_fleet.sql) whose `id` is its lease
 //! owner string. It heartbeats about once a second; any worker that sees a heartbeat older than
 //! `service.worker_timeout` releases that worker's leases, so a dead worker's jobs come back in
 //! seconds, also across hosts, instead of when their leases run out.

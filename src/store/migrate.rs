@@ -46,8 +46,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0010_prompt_fts.sql"),
     ),
     (
-        "0011_fleet.sql",
-        include_str!("../../migrations/0011_fleet.sql"),
+        "0011_enqueue_speed.sql",
+        include_str!("../../migrations/0011_enqueue_speed.sql"),
+    ),
+    (
+        "0012_fleet.sql",
+        include_str!("../../migrations/0012_fleet.sql"),
     ),
 ];
 

@@ -1,14 +1,17 @@
 //! The durable job store: the only place SQL lives.
 //!
-//! One narrow interface (enqueue, claim, transition, query) over one SQLite connection thread
-//! (`conn`). Every state change is a guarded compare-and-set on `(id, state, lease_token)`
-//! that also appends a `job_events` row in the same transaction; zero rows changed is a
-//! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
+//! One narrow interface (enqueue, claim, typed state-change verbs, query) over one SQLite
+//! connection thread (`conn`). The stages change a job only through the verbs in `verbs.rs`
+//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `transition`/`update`
+//! below them are private here. Every state change is a guarded compare-and-set on
+//! `(id, state, lease_token)` that also appends a `job_events` row in the same transaction;
+//! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
 mod archive;
 pub mod budget;
 mod bulk;
+mod bulk_index;
 mod chain;
 mod conn;
 pub(crate) mod fleet;
@@ -18,6 +21,9 @@ pub mod ops;
 mod pause;
 pub(crate) mod pg;
 mod ui;
+mod verbs;
+#[cfg(test)]
+mod verbs_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +42,10 @@ pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use pause::{PauseKind, Paused};
 pub use pg::redact_url;
 pub use ui::{UiCell, UiFilter};
+pub use verbs::{
+    Accepted, Adopted, ArchiveRecord, ErrorNote, LastError, PARKED, PollOutcome, Polled,
+    RemoteResult, Requeue,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -366,8 +376,12 @@ pub struct StatRow {
 }
 
 /// Column updates that ride along with a transition.
+///
+/// Only the store's own (private) `transition`/`update` take one, so code outside the store
+/// cannot write a column with it: it calls a typed verb (`verbs.rs`). `pub(crate)` only so the
+/// PostgreSQL twin of those methods (`pg/core.rs`, a `pub(crate)` module) may name it.
 #[derive(Clone, Debug, Default)]
-pub struct Patch(Vec<(&'static str, Value)>);
+pub(crate) struct Patch(Vec<(&'static str, Value)>);
 
 impl Patch {
     /// An empty patch.
@@ -389,8 +403,10 @@ impl Patch {
 }
 
 /// One guarded state change: `(id, from, token) -> to`, with column updates and an event.
+/// Built only by the verbs in `verbs.rs`, and taken only by the store's private methods
+/// (`pub(crate)` for the same reason as [`Patch`]).
 #[derive(Clone, Debug)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub id: JobId,
     pub from: JobState,
     pub token: i64,
@@ -562,6 +578,37 @@ pub(crate) fn insert_job(
     deadline_now: bool,
     chain: Option<(&str, i64)>,
 ) -> Result<usize, StoreError> {
+    let mut insert = conn.prepare_cached(INSERT_JOB_SQL)?;
+    insert_job_with(
+        &mut insert,
+        conn,
+        j,
+        now,
+        next_attempt_at,
+        deadline_now,
+        chain,
+    )
+}
+
+/// The statement of [`insert_job`].
+const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, created_at, updated_at, state, model, \
+     service_tier, priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
+     deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
+     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             lower(hex(randomblob(16))), ?15, ?16) \
+     ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// [`insert_job`] with its statement already prepared: a bulk enqueue looks it up once rather
+/// than hashing the SQL text in the statement cache for every row.
+fn insert_job_with(
+    insert: &mut rusqlite::Statement<'_>,
+    conn: &Connection,
+    j: &NewJob,
+    now: i64,
+    next_attempt_at: i64,
+    deadline_now: bool,
+    chain: Option<(&str, i64)>,
+) -> Result<usize, StoreError> {
     let tags = serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let deadline = if j.flex && deadline_now {
         j.expires_after.map(|s| now + s * 1000)
@@ -570,14 +617,6 @@ pub(crate) fn insert_job(
     };
     // Embedded images go to their own table, once each; the row keeps references.
     let request_json = images::intern(conn, &j.request_json, now)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-         priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-         deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
-         VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 lower(hex(randomblob(16))), ?15, ?16) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )?;
     Ok(insert.execute(params![
         j.id.as_str(),
         now,
@@ -734,9 +773,15 @@ impl Store {
                 )?;
                 let mut existing =
                     tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
+                let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
+                // The prompt index and batch counts are filled once for all rows at the end
+                // (bulk_index.rs: per row, FTS5 writes a segment per job).
+                bulk_index::begin(&tx)?;
+                let mut rowids = Vec::with_capacity(jobs.len());
                 for j in jobs {
-                    let n = insert_job(&tx, &j, now, now, true, None)?;
+                    let n = insert_job_with(&mut insert, &tx, &j, now, now, true, None)?;
                     if n == 1 {
+                        rowids.push(tx.last_insert_rowid());
                         event.execute(params![j.id.as_str(), now])?;
                         report.inserted.push(j.id);
                     } else if let Some(key) = j.key {
@@ -744,6 +789,7 @@ impl Store {
                         report.skipped.push((key, JobId::from(id)));
                     }
                 }
+                bulk_index::finish(&tx, &rowids)?;
             }
             tx.commit()?;
             Ok(report)
@@ -970,7 +1016,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] if the job is no longer in `from` with `token`;
     /// [`StoreError::IllegalTransition`] if the state machine forbids it.
-    pub async fn transition(
+    async fn transition(
         &self,
         id: &JobId,
         from: JobState,
@@ -1002,7 +1048,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors (then nothing is applied).
-    pub async fn transition_many(
+    async fn transition_many(
         &self,
         batch: Vec<Transition>,
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
@@ -1295,7 +1341,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the token or state moved on.
-    pub async fn update(
+    async fn update(
         &self,
         id: &JobId,
         state: JobState,
@@ -1313,6 +1359,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::queued_models(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "WITH RECURSIVE m(model) AS ( \
@@ -1333,6 +1382,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::in_flight(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
@@ -1349,6 +1401,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::flex_tokens_since(pg, model, since_ms).await;
+        }
         let model = model.to_string();
         self.call(move |c| {
             Ok(c.query_row(
@@ -1367,6 +1422,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::expire_overdue(pg).await;
+        }
         self.call(|c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1401,6 +1459,9 @@ impl Store {
         shape: Option<&str>,
         n: u32,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::recent_generation_ms(pg, model, tier, shape, n).await;
+        }
         let (model, tier, shape) = (
             model.to_string(),
             tier.to_string(),
@@ -1429,6 +1490,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn live_lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::live_lease_owners(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_until > ?1",
@@ -1445,6 +1509,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::release_leases_of(pg, owner).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             // `holder_dead` tells reconciliation the create's POST is over (its process is).
@@ -1463,6 +1530,9 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::leftovers(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT id, state, last_error_code, last_error_message FROM jobs \
@@ -1486,6 +1556,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::pending_work(pg, archive).await;
+        }
         self.call(move |c| {
             Ok(c.query_row(
                 // A paused model's or batch's queued jobs wait for an operator, like a parked
@@ -1507,6 +1580,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::creates_since(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 // Only the default tier has an RPM at Ark; flex creates must not fill its window.
@@ -1524,6 +1600,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::state_counts(pg).await;
+        }
         let rows = self.stats().await?;
         let mut m = HashMap::new();
         for r in rows {
@@ -1537,6 +1616,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::next_due(pg, states).await;
+        }
         self.call(move |c| {
             let list = states
                 .iter()
@@ -1557,3 +1639,9 @@ impl Store {
 pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pgarch;
+#[cfg(test)]
+mod tests_pgchain;
+#[cfg(test)]
+mod tests_pgops;

@@ -12,8 +12,12 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0001_init.sql"),
     ),
     (
-        "0002_fleet.sql",
-        include_str!("../../../migrations/postgres/0002_fleet.sql"),
+        "0002_pgops_deadline.sql",
+        include_str!("../../../migrations/postgres/0002_pgops_deadline.sql"),
+    ),
+    (
+        "0003_fleet.sql",
+        include_str!("../../../migrations/postgres/0003_fleet.sql"),
     ),
 ];
 

@@ -1,5 +1,5 @@
 -- Several workers on one database (issue 13 items 2 and 4): the worker registry and the
--- singleton leases. The PostgreSQL twin of migrations/0011_fleet.sql; see there.
+-- singleton leases. The PostgreSQL twin of migrations/0012_fleet.sql; see there.
 CREATE TABLE workers (
     id           TEXT PRIMARY KEY,
     host         TEXT NOT NULL,

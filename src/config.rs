@@ -360,12 +360,25 @@ pub struct ServiceConfig {
     /// How long SIGTERM waits for in-flight steps before aborting them.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// How often this worker heartbeats in the worker registry and renews its singletons.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_interval: Duration,
+    /// A worker whose heartbeat is older than this is dead: another releases its leases.
+    #[serde(with = "humantime_serde")]
+    pub worker_timeout: Duration,
+    /// How long a singleton's leader holds it without renewing (a dead leader's successor
+    /// takes over after at most this long).
+    #[serde(with = "humantime_serde")]
+    pub leader_ttl: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
         Self {
             shutdown_grace: Duration::from_secs(45),
+            heartbeat_interval: Duration::from_secs(1),
+            worker_timeout: Duration::from_secs(10),
+            leader_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -614,6 +627,22 @@ impl Config {
                     humantime::format_duration(self.ark.request_timeout)
                 ),
             });
+        }
+        // A worker must beat several times within the timeouts others judge it by.
+        for (key, d) in [
+            ("service.worker_timeout", self.service.worker_timeout),
+            ("service.leader_ttl", self.service.leader_ttl),
+        ] {
+            if d < self.service.heartbeat_interval * 2 {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: humantime::format_duration(d).to_string(),
+                    allowed: format!(
+                        "at least twice service.heartbeat_interval ({})",
+                        humantime::format_duration(self.service.heartbeat_interval)
+                    ),
+                });
+            }
         }
         if self.dispatch.lease <= self.ark.request_timeout {
             return Err(ConfigError::Invalid {
@@ -891,6 +920,32 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("first_pol_after")));
+    }
+
+    #[test]
+    fn fleet_timeouts_must_outlast_two_heartbeats() {
+        assert!(Config::default().validate().is_ok(), "the defaults hold");
+        let mut cfg = Config::default();
+        cfg.service.heartbeat_interval = Duration::from_secs(6);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        // The default 10 s worker timeout is under two 6 s heartbeats.
+        assert!(e.contains("service.worker_timeout"), "{e}");
+        assert!(e.contains("heartbeat_interval (6s)"), "{e}");
+        let mut cfg = Config::default();
+        cfg.service.leader_ttl = Duration::from_millis(1500);
+        let e = cfg
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.contains("service.leader_ttl") && e.contains("1s 500ms"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -332,7 +332,13 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     let every = ctx.cfg.bulk.governor_interval;
     loop {
         ctx.ops.health.beat("governor");
-        if let Err(e) = step(&ctx).await {
+        // One worker of a fleet governs (worker/fleet.rs): two would plan the same queue.
+        let result = if ctx.fleet.leads(crate::worker::fleet::GOVERNOR) {
+            step(&ctx).await
+        } else {
+            Ok(Outcome::Idle(None))
+        };
+        if let Err(e) = result {
             if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
                 return Err(e.context("governor: the store is gone"));
             }

@@ -21,6 +21,7 @@ mod reconcile;
 mod service;
 mod stitch;
 mod watch;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -97,6 +98,8 @@ pub enum Command {
     Pause(pause::PauseArgs),
     /// Resume a paused model or batch.
     Resume(pause::PauseArgs),
+    /// The workers on this database, their heartbeats, and who leads each singleton.
+    Workers(jobs::JsonArg),
     /// Show the candidate remote tasks of every ambiguous job (`--dry-run`).
     Reconcile(reconcile::ReconcileArgs),
     /// Apply database migrations.
@@ -280,6 +283,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Adopt(a) => reconcile::adopt(&ctx, a).await,
             Command::Pause(a) => pause::run(&ctx, a, true).await,
             Command::Resume(a) => pause::run(&ctx, a, false).await,
+            Command::Workers(a) => workers::run(&ctx, a).await,
             Command::Reconcile(a) => reconcile::dry_run(&ctx, a).await,
             Command::Migrate => {
                 let store = ctx.store().await?;

@@ -168,6 +168,19 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
                 return Ok(());
             }
             let task = entry.task;
+            // One worker of a fleet runs maintenance (worker/fleet.rs); the others only wake
+            // their own dispatchers at the TPD day's start.
+            if !ctx.fleet.leads(crate::worker::fleet::MAINTENANCE) {
+                if task == Task::TpdRollover {
+                    ctx.poke_dispatch.notify_waiters();
+                }
+                tracing::debug!(
+                    task = task.name(),
+                    "another worker leads maintenance; skipped"
+                );
+                entry.plan(Utc::now());
+                continue;
+            }
             match run_task(&ctx, task).await {
                 Ok(summary) => {
                     metrics::maintenance(task.name(), true);

@@ -51,6 +51,8 @@ pub const RESTART_REQUIRED: &str = "seedq_restart_required";
 pub const BUDGET_REFUSED: &str = "seedq_budget_refused_total";
 /// Size of the last database backup.
 pub const BACKUP_BYTES: &str = "seedq_backup_bytes";
+/// 1 per singleton this worker leads (worker/fleet.rs).
+pub const LEADER: &str = "seedq_leader";
 
 /// Histogram buckets for Ark latency (seconds): most calls are well under a second.
 const ARK_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -137,6 +139,10 @@ fn describe() {
         "1 when a reloaded configuration has changes that need a restart."
     );
     describe_gauge!(
+        LEADER,
+        "1 for each singleton (maintenance, governor, reconcile) this worker leads, else 0."
+    );
+    describe_gauge!(
         BACKUP_BYTES,
         metrics::Unit::Bytes,
         "Size of the last database backup."
@@ -211,6 +217,11 @@ pub fn pruned(state: &'static str, n: u64) {
 /// Records leases released by the sweep.
 pub fn leases_released(n: u64) {
     metrics::counter!(LEASES_RELEASED).increment(n);
+}
+
+/// Records whether this worker leads singleton `name`.
+pub fn leader(name: &'static str, leads: bool) {
+    metrics::gauge!(LEADER, "name" => name).set(if leads { 1.0 } else { 0.0 });
 }
 
 /// Records the size of a finished backup.

@@ -49,6 +49,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_enqueue_speed.sql",
         include_str!("../../migrations/0011_enqueue_speed.sql"),
     ),
+    (
+        "0012_fleet.sql",
+        include_str!("../../migrations/0012_fleet.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -14,6 +14,7 @@ mod bulk;
 mod bulk_index;
 mod chain;
 mod conn;
+pub(crate) mod fleet;
 mod images;
 pub mod migrate;
 pub mod ops;
@@ -37,6 +38,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
+pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use pause::{PauseKind, Paused};
 pub use pg::redact_url;
 pub use ui::{UiCell, UiFilter};
@@ -1121,8 +1123,39 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
+        self.claim_for_submit_limited(
+            model,
+            tier,
+            max_in_flight,
+            scope,
+            limit,
+            owner,
+            lease_ms,
+            &FleetLimits::default(),
+        )
+        .await
+    }
+
+    /// [`Store::claim_for_submit_tier`] within the account's RPM and flex TPD as well, counted
+    /// for every worker on this database in the same transaction (store/fleet.rs), so that N
+    /// workers together never exceed them and one alone can use all of them.
+    ///
+    /// # Errors
+    /// SQL errors.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_for_submit_limited(
+        &self,
+        model: &str,
+        tier: &str,
+        max_in_flight: u32,
+        scope: ResolutionScope,
+        limit: u32,
+        owner: &str,
+        lease_ms: i64,
+        fleet: &FleetLimits,
+    ) -> Result<Vec<Job>, StoreError> {
         if let Some(pg) = self.pg() {
-            return pg::core::claim_for_submit_tier(
+            return pg::fleet::claim_for_submit_limited(
                 pg,
                 model,
                 tier,
@@ -1131,9 +1164,11 @@ impl Store {
                 limit,
                 owner,
                 lease_ms,
+                fleet,
             )
             .await;
         }
+        let fleet = fleet.clone();
         let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
         let (only, only_cap, except) = match scope {
             ResolutionScope::All => (None, 0, "[]".to_string()),
@@ -1163,32 +1198,64 @@ impl Store {
                     .query_row([&model, &tier, res], |r| r.get(0))?;
                 room = room.min(only_cap - res_in_flight);
             }
+            // The account's RPM and flex TPD, for every worker on this database (store/fleet.rs).
+            let account = fleet::room_in_tx(&tx, &model, &tier, only.as_deref(), &fleet, now)?;
+            room = room.min(account.creates);
             if room <= 0 {
                 return Ok(Vec::new());
             }
+            // The due queued jobs in claim order (at most `room`).
+            let candidates = format!(
+                "SELECT id, priority, est_tokens FROM jobs q WHERE state = 'queued' AND model = ?4 \
+                 AND next_attempt_at <= ?1 AND service_tier = ?5 \
+                 AND (?7 IS NULL OR q.shape = ?7 OR q.shape LIKE ?7 || '/%') \
+                 AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
+                     WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
+                 AND {SERIALISED} \
+                 AND {NOT_PAUSED} \
+                 ORDER BY priority DESC, id LIMIT ?6"
+            );
             let mut jobs = {
+                // Flex TPD: the candidates in claim order while their running token sum fits.
                 let mut st = tx.prepare_cached(&format!(
                     "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
                      attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
                      next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = ?4 \
-                                  AND next_attempt_at <= ?1 AND service_tier = ?5 \
-                                  AND (?7 IS NULL OR q.shape = ?7 OR q.shape LIKE ?7 || '/%') \
-                                  AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
-                                      WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
-                                  AND {SERIALISED} \
-                                  AND {NOT_PAUSED} \
-                                  ORDER BY priority DESC, id LIMIT ?6) \
+                     WHERE id IN (SELECT id FROM ( \
+                       SELECT id, SUM(COALESCE(est_tokens, 0)) OVER ( \
+                           ORDER BY priority DESC, id ROWS UNBOUNDED PRECEDING) AS tokens \
+                       FROM ({candidates})) WHERE ?9 IS NULL OR tokens <= ?9) \
                      RETURNING {JOB_COLUMNS}"
                 ))?;
                 let rows = st.query_map(
-                    params![now, owner, lease_ms, model, tier, room, only, except],
+                    params![now, owner, lease_ms, model, tier, room, only, except, account.tokens],
                     job_from_row,
                 )?;
                 rows.collect::<Result<Vec<_>, _>>()?
             };
             for j in &jobs {
                 insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
+            }
+            if let (Some(left), Some((tpd, _, next_day))) = (account.tokens, fleet.tpd) {
+                // The next candidates that the day's budget cannot take wait for the next day,
+                // as the dispatcher's own reservation does (worker/dispatch.rs `submit`).
+                let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();
+                let mut st = tx.prepare_cached(&format!(
+                    "UPDATE jobs SET next_attempt_at = ?9, updated_at = ?1 \
+                     WHERE id IN (SELECT id FROM ({candidates})) AND COALESCE(est_tokens, 0) > ?10 \
+                     RETURNING id, COALESCE(est_tokens, 0)"
+                ))?;
+                let waiting = st
+                    .query_map(
+                        params![now, owner, lease_ms, model, tier, room, only, except, next_day, left],
+                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
+                    )?
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (id, need) in waiting {
+                    let spent = i64::try_from(tpd).unwrap_or(i64::MAX) - left;
+                    let why = format!("flex TPD budget reached ({spent}+{need} > {tpd} tokens)");
+                    insert_event(&tx, &id, now, Some(JobState::Queued), JobState::Queued, Some(&why))?;
+                }
             }
             tx.commit()?;
             jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
@@ -1480,14 +1547,8 @@ impl Store {
         }
         let owner = owner.to_string();
         self.call(move |c| {
-            let now = now_ms();
             // `holder_dead` tells reconciliation the create's POST is over (its process is).
-            Ok(c.execute(
-                "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2, \
-                 last_error_code = CASE WHEN state = 'submitting' THEN 'holder_dead' ELSE last_error_code END \
-                 WHERE lease_owner = ?1 AND lease_until > ?2",
-                params![owner, now],
-            )?)
+            Ok(fleet::release_leases(c, &owner, now_ms(), true)?)
         })
         .await
     }

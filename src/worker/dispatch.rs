@@ -143,9 +143,22 @@ async fn claim_tier(
     }
     let batch = if flex { FLEX_CLAIM_BATCH } else { CLAIM_BATCH };
     let limit = u32::try_from(room).unwrap_or(u32::MAX).min(batch);
+    // The limiter above paces this process; the store is the authority for the whole fleet
+    // (issue 13 item 3): every worker's creates count against the same RPM and TPD there.
+    let account = crate::store::FleetLimits {
+        rpm,
+        resolution_rpm: own.map(|(_, l)| l.rpm),
+        window_ms: ms(ctx.cfg.dispatch.rpm_window),
+        tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
+            let day_ms = ctx.cfg.bulk.tpd_day_ms();
+            let day =
+                crate::bulk::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
+            (tpd, day, day + day_ms)
+        }),
+    };
     let jobs = ctx
         .store
-        .claim_for_submit_tier(
+        .claim_for_submit_limited(
             model,
             tier,
             max_in_flight,
@@ -153,8 +166,21 @@ async fn claim_tier(
             limit,
             &ctx.owner,
             ctx.lease_ms(),
+            &account,
         )
         .await?;
+    // Other workers' creates may fill the window this process's limiter thought open: sleep
+    // until the store's window has room again, not for a whole idle interval.
+    if jobs.is_empty()
+        && let Some(rpm) = rpm
+        && let Some(t) = ctx
+            .store
+            .rpm_window_full_since(model, tier, now - account.window_ms, rpm)
+            .await?
+    {
+        let t = t + account.window_ms;
+        *wake = Some(wake.map_or(t, |w| w.min(t)));
+    }
     // Without `flex_rpm` nothing reads the flex window: keep it empty.
     if rpm.is_some() {
         for _ in &jobs {

@@ -10,6 +10,7 @@ pub mod archive;
 pub mod budget;
 pub mod callback;
 pub mod dispatch;
+pub mod fleet;
 pub mod limiter;
 pub mod pause;
 pub mod poll;
@@ -65,6 +66,8 @@ pub struct Ctx {
     pub archive: Option<Arc<archive::Archiver>>,
     /// Identifies this process in leases.
     pub owner: String,
+    /// The singletons this process leads (worker/fleet.rs).
+    pub fleet: Arc<fleet::Fleet>,
     /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
     pub ops: Arc<crate::ops::OpsState>,
     /// Learned generation times per model/tier/shape, with when they were read (ms): a
@@ -107,6 +110,7 @@ impl Ctx {
             poke_chain: Arc::new(Notify::new()),
             archive,
             owner: owner_id(std::process::id()),
+            fleet: Arc::default(),
             expected: Arc::default(),
         })
     }
@@ -168,6 +172,7 @@ pub async fn reclaim_dead_owners(ctx: &Ctx) -> anyhow::Result<usize> {
     for owner in ctx.store.live_lease_owners().await? {
         if owner_is_dead(&owner) {
             let k = ctx.store.release_leases_of(&owner).await?;
+            ctx.store.drop_leadership_of(&owner).await?;
             tracing::warn!(owner = %owner, jobs = k, "the previous lease holder is dead; taking its jobs back now");
             n += k;
         }
@@ -332,6 +337,12 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
     // resolved (or parked) first. A dead holder's leases end now, not when they run out.
     reclaim_dead_owners(&ctx).await?;
     reconcile::recover_stale(&ctx).await?;
+    // Join the fleet: the heartbeat runs under a token of its own, so it keeps beating while
+    // the stages drain, and stops after them.
+    let singletons = fleet::singletons(mode == Mode::Serve);
+    fleet::join(&ctx, &singletons).await?;
+    let beat_stop = CancellationToken::new();
+    let beat = tokio::spawn(fleet::run(ctx.clone(), singletons, beat_stop.clone()));
 
     let token = CancellationToken::new();
     let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
@@ -416,6 +427,9 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         tracing::warn!(grace = ?grace, "stages still running after the grace period; aborting them (leases cover their jobs)");
         set.abort_all();
     }
+    beat_stop.cancel();
+    let _ = beat.await;
+    fleet::leave(&ctx).await;
     result
 }
 

@@ -125,15 +125,22 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
 /// # Errors
 /// Store failures; Ark failures are retried on the next round.
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    // The sweeps run on one worker of a fleet (worker/fleet.rs); every worker reconciles the
+    // jobs it claims below.
+    let sweeps = ctx.fleet.leads(super::fleet::RECONCILE);
     // Flex jobs whose deadline passed while queued locally expire here, without an API call.
-    let expired = ctx.store.expire_overdue().await?;
+    let expired = if sweeps {
+        ctx.store.expire_overdue().await?
+    } else {
+        Vec::new()
+    };
     if !expired.is_empty() {
         tracing::warn!(
             jobs = expired.len(),
             "flex jobs expired before they could be submitted"
         );
     }
-    let stale = recover_stale(ctx).await?;
+    let stale = if sweeps { recover_stale(ctx).await? } else { 0 };
     let jobs = ctx
         .store
         .claim_due(JobState::SubmitUnknown, &ctx.owner, ctx.lease_ms(), 20)

@@ -6,6 +6,7 @@ mod bulk;
 mod cli;
 mod demo;
 mod disk;
+mod fleet;
 mod flex;
 mod helpers;
 mod hostile;

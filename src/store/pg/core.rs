@@ -21,8 +21,7 @@ use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::{
     CancelOutcome, EnqueueReport, IN_FLIGHT_PREDICATE, JOB_COLUMNS, Job, JobEvent, ListFilter,
-    NOT_PAUSED, NewJob, ResolutionScope, RetryOutcome, StatRow, StoreError, Transition, chain,
-    images, now_ms,
+    NewJob, RetryOutcome, StatRow, StoreError, Transition, chain, images, now_ms,
 };
 
 /// [`crate::store::Store::job`].
@@ -704,107 +703,6 @@ pub(crate) const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_iden
          AND NULLIF(p.request_json::jsonb -> 'seed', 'null'::jsonb) \
              IS NOT DISTINCT FROM NULLIF(q.request_json::jsonb -> 'seed', 'null'::jsonb) \
          ORDER BY p.priority DESC, p.id LIMIT 1)))";
-
-/// [`crate::store::Store::claim_for_submit_tier`].
-///
-/// The whole claim holds a transaction-scoped advisory lock keyed by (model, tier): another
-/// worker claiming the same tier waits for it, and then counts (a fresh snapshot under READ
-/// COMMITTED) the jobs this one claimed, so the in-flight cap holds across the fleet. Other
-/// tiers and models claim in parallel. The candidates are locked `FOR UPDATE SKIP LOCKED`,
-/// so a row another stage holds (a cancel, a transition) is passed over rather than waited
-/// for.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn claim_for_submit_tier(
-    pg: &Pg,
-    model: &str,
-    tier: &str,
-    max_in_flight: u32,
-    scope: ResolutionScope,
-    limit: u32,
-    owner: &str,
-    lease_ms: i64,
-) -> Result<Vec<Job>, StoreError> {
-    let (only, only_cap, except): (Option<String>, i64, Vec<String>) = match scope {
-        ResolutionScope::All => (None, 0, Vec::new()),
-        ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), Vec::new()),
-        ResolutionScope::Except(list) => (None, 0, list),
-    };
-    let (only, except) = (&only, &except);
-    pg.retry(|| async move {
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1::text || '/' || $2::text, 0))",
-            &[&model, &tier],
-        )
-        .await?;
-        let now = now_ms();
-        let st = tx
-            .prepare_cached(&format!(
-                "SELECT COUNT(*) FROM jobs WHERE model = $1 AND service_tier = $2 \
-                 AND {IN_FLIGHT_PREDICATE}"
-            ))
-            .await?;
-        let in_flight: i64 = tx.query_one(&st, &[&model, &tier]).await?.try_get(0)?;
-        let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
-        if let Some(res) = only {
-            let st = tx
-                .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM jobs WHERE model = $1 AND service_tier = $2 \
-                     AND (shape = $3 OR shape LIKE $3::text || '/%') AND {IN_FLIGHT_PREDICATE}"
-                ))
-                .await?;
-            let res_in_flight: i64 = tx
-                .query_one(&st, &[&model, &tier, res])
-                .await?
-                .try_get(0)?;
-            room = room.min(only_cap - res_in_flight);
-        }
-        if room <= 0 {
-            return Ok(Vec::new());
-        }
-        let st = tx
-            .prepare_cached(&format!(
-                "UPDATE jobs SET state = 'submitting', updated_at = $1, submit_started_at = $1, \
-                 attempts = attempts + 1, lease_owner = $2, lease_until = $1::bigint + $3::bigint, \
-                 next_attempt_at = $1::bigint + $3::bigint, lease_token = lease_token + 1 \
-                 WHERE id IN (SELECT id FROM jobs q WHERE state = 'queued' AND model = $4 \
-                              AND next_attempt_at <= $1 AND service_tier = $5 \
-                              AND ($7::text IS NULL OR q.shape = $7 OR q.shape LIKE $7::text || '/%') \
-                              AND NOT EXISTS (SELECT 1 FROM unnest($8::text[]) AS e(value) \
-                                  WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
-                              AND {SERIALISED_PG} \
-                              AND {NOT_PAUSED} \
-                              ORDER BY priority DESC, id LIMIT $6 \
-                              FOR UPDATE SKIP LOCKED) \
-                 RETURNING {JOB_COLUMNS}"
-            ))
-            .await?;
-        let mut jobs = tx
-            .query(
-                &st,
-                &[&now, &owner, &lease_ms, &model, &tier, &room, only, except],
-            )
-            .await?
-            .iter()
-            .map(job_from_pg)
-            .collect::<Result<Vec<_>, _>>()?;
-        jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
-        insert_events(
-            &tx,
-            &ids,
-            now,
-            Some(JobState::Queued),
-            JobState::Submitting,
-            Some("claimed for submit"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(jobs)
-    })
-    .await
-}
 
 /// [`crate::store::Store::in_flight_tier`].
 pub(crate) async fn in_flight_tier(pg: &Pg, model: &str, tier: &str) -> Result<i64, StoreError> {

@@ -15,6 +15,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0002_pgops_deadline.sql",
         include_str!("../../../migrations/postgres/0002_pgops_deadline.sql"),
     ),
+    (
+        "0003_fleet.sql",
+        include_str!("../../../migrations/postgres/0003_fleet.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{health, metrics};
 use crate::job::JobState;
+use crate::stage::Ctx;
 use crate::store::now_ms;
-use crate::worker::Ctx;
 
 /// The Prometheus text format version we write.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -415,7 +415,7 @@ impl Family<'_> {
 /// The store cannot be read.
 pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     let now = now_ms();
-    let day = crate::worker::dispatch::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
+    let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
     let snap = ctx.store.ops_snapshot(day).await?;
     let mut out = match metrics::install() {
         Ok(h) => {

@@ -24,7 +24,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use bytes::Bytes;
 use serde_json::{Value, json};
@@ -34,8 +33,7 @@ use tracing::Instrument;
 
 use super::{Ctx, Outcome, ms};
 use crate::ark::wire::{Task, TaskStatus};
-use crate::blob::{BlobError, BlobStore, Digest, KeyTemplate, KeyVars, ObjectKey, utc_date};
-use crate::config::Config;
+use crate::blob::{BlobError, Digest, ObjectKey};
 use crate::job::{Backoff, JobId};
 use crate::store::{
     ArchiveClaim, ArchiveRecord, Job, LastError, RESULT_EXPIRED, StoreError, now_ms,
@@ -64,71 +62,7 @@ const STORE_FULL_RETRY: Duration = Duration::from_secs(3);
 /// Sidecar format tag, bumped if its shape changes incompatibly.
 const SIDECAR_FORMAT: &str = "seedq.archive/1";
 
-/// Everything the archive stage needs beyond [`Ctx`]: the store, the key template and an
-/// HTTP client for result downloads.
-#[derive(Debug)]
-pub struct Archiver {
-    blob: BlobStore,
-    keys: KeyTemplate,
-    /// Downloads have no total timeout (a large video takes as long as it takes), only
-    /// connect and per-read timeouts; the Ark client's total timeout fits API calls only.
-    /// Redirects and name resolution follow [`super::safeurl`].
-    http: reqwest::Client,
-    /// Which URLs may be downloaded at all (issue 12 §1).
-    urls: std::sync::Arc<super::safeurl::UrlPolicy>,
-    delete_remote: bool,
-}
-
-impl Archiver {
-    /// Builds the archiver from `[archive]`.
-    ///
-    /// # Errors
-    /// A bad key template or URL, a backend that refuses its configuration.
-    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let keys = KeyTemplate::parse(&cfg.archive.key_template).context("archive.key_template")?;
-        let blob =
-            BlobStore::open(&cfg.archive.url, &cfg.archive.s3).context("opening archive.url")?;
-        let (http, urls) = super::safeurl::download_client(cfg)?;
-        Ok(Self {
-            blob,
-            keys,
-            http,
-            urls,
-            delete_remote: cfg.archive.delete_remote,
-        })
-    }
-
-    /// The object store.
-    pub fn blob(&self) -> &BlobStore {
-        &self.blob
-    }
-
-    /// The key of a job's video.
-    ///
-    /// # Errors
-    /// The template uses `{task_id}` and the job has none, or the key is invalid.
-    pub fn video_key(&self, job: &Job) -> Result<ObjectKey, BlobError> {
-        let date = utc_date(job.created_at);
-        self.keys.render(&KeyVars {
-            date: &date,
-            model: &job.model,
-            job_id: job.id.as_str(),
-            task_id: job.remote_task_id.as_deref(),
-            batch: job.batch_id.as_deref(),
-            tag: job.tags.first().map(String::as_str),
-        })
-    }
-}
-
-/// The key of the JSON sidecar next to a video key.
-pub fn sidecar_key(video: &ObjectKey) -> ObjectKey {
-    video.sibling(".json")
-}
-
-/// The key of the last frame next to a video key.
-pub fn last_frame_key(video: &ObjectKey) -> ObjectKey {
-    video.sibling(".last.png")
-}
+pub use crate::stage::archiver::{Archiver, last_frame_key, sidecar_key};
 
 /// The archive loop.
 ///

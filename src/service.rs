@@ -1,0 +1,137 @@
+//! The composition root: builds the service's stages and supervises them.
+//!
+//! [`run`] seeds the limiter, takes back a dead holder's leases, reconciles once, then spawns
+//! every stage (`worker`, `bulk`) and the daemon tasks (`ops`) in one `JoinSet` with child
+//! cancellation tokens. It waits for a shutdown signal, a stage exiting, or (in
+//! [`Mode::UntilDrained`]) for the queue to drain, then cancels, drains within the grace period
+//! and aborts stragglers. A panic or an early stage exit is an error: the service never stays
+//! up half-alive. Only the CLI calls this module; nothing below it does.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::stage::{Ctx, ms};
+use crate::store::now_ms;
+use crate::worker::{archive, callback, dispatch, poll, reclaim_dead_owners, reconcile};
+
+/// How the service ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Until a signal.
+    Serve,
+    /// Until nothing is left to do (or a signal).
+    UntilDrained,
+}
+
+/// Runs the service until `shutdown` resolves (or the queue drains in `UntilDrained` mode).
+///
+/// # Errors
+/// A stage died or panicked, or the store failed at start.
+pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let since = now_ms() - ms(ctx.cfg.dispatch.rpm_window);
+    ctx.limiter.seed(&ctx.store.creates_since(since).await?);
+    // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
+    // resolved (or parked) first. A dead holder's leases end now, not when they run out.
+    reclaim_dead_owners(&ctx).await?;
+    reconcile::recover_stale(&ctx).await?;
+
+    let token = CancellationToken::new();
+    let mut set: JoinSet<(&'static str, anyhow::Result<()>)> = JoinSet::new();
+    for i in 0..ctx.cfg.dispatch.workers.max(1) {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("dispatch", dispatch::run(c, t, i).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("poll", poll::run(c, t).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("reconcile", reconcile::run(c, t).await) });
+    }
+    if ctx.callbacks_on() {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("callback", callback::run(c, t).await) });
+    }
+    if ctx.archive.is_some() {
+        for i in 0..ctx.cfg.archive.workers.max(1) {
+            let (c, t) = (ctx.clone(), token.child_token());
+            set.spawn(async move { ("archive", archive::run(c, t, i).await) });
+        }
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("chain", crate::bulk::chain::run(c, t).await) });
+    }
+    {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("governor", crate::bulk::governor::run(c, t).await) });
+    }
+    let status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
+    crate::ops::notify::ready(&status);
+    tracing::info!(mode = ?mode, "seedq service started");
+
+    let drained = async {
+        if mode == Mode::Serve {
+            return std::future::pending::<anyhow::Result<()>>().await;
+        }
+        loop {
+            // A chain may still have to release a shot or be stitched.
+            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0
+                && ctx.store.active_chains().await? == 0
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(
+                ctx.cfg
+                    .dispatch
+                    .idle_interval
+                    .min(Duration::from_millis(250)),
+            )
+            .await;
+        }
+    };
+    let mut result = tokio::select! {
+        _ = shutdown => {
+            tracing::info!("shutdown requested; finishing in-flight steps");
+            Ok(())
+        }
+        r = drained => r.context("checking for remaining work"),
+        Some(joined) = set.join_next() => Err(stage_exit(joined)),
+    };
+    crate::ops::notify::stopping();
+    token.cancel();
+    let grace = ctx.cfg.service.shutdown_grace;
+    let drain = async {
+        while let Some(joined) = set.join_next().await {
+            if let Ok((name, Err(e))) = &joined {
+                tracing::error!(stage = name, error = %format!("{e:#}"), "stage failed while stopping");
+            }
+            if let Err(e) = joined
+                && e.is_panic()
+            {
+                result = Err(anyhow::anyhow!("a stage panicked while stopping"));
+            }
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!(grace = ?grace, "stages still running after the grace period; aborting them (leases cover their jobs)");
+        set.abort_all();
+    }
+    result
+}
+
+fn stage_exit(
+    joined: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Error {
+    match joined {
+        Ok((name, Ok(()))) => anyhow::anyhow!("the {name} stage stopped unexpectedly"),
+        Ok((name, Err(e))) => e.context(format!("the {name} stage failed")),
+        Err(e) if e.is_panic() => anyhow::anyhow!("a stage panicked: {e}"),
+        Err(e) => anyhow::anyhow!("a stage was cancelled: {e}"),
+    }
+}

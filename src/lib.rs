@@ -11,6 +11,7 @@
 //! - `stage`: the stage core every stage shares: `Ctx`, the stage loop, the limiter, leases' owner.
 //! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive).
 //! - `service`: the composition root: builds the stages and supervises them (`service::run`).
+//! - `metrics`: metric names and recording helpers (a leaf).
 //! - `ops`: the daemon side of `serve`: systemd notify and watchdog, admin HTTP (health,
 //!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
 //! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod media;
+pub mod metrics;
 pub mod ops;
 #[doc(hidden)]
 pub mod pgscratch;

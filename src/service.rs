@@ -135,3 +135,130 @@ fn stage_exit(
         Err(e) => anyhow::anyhow!("a stage was cancelled: {e}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The dependency direction of issue 13 item 8, checked on the source so it stays:
+    //! `stage` ← `worker` ← `ops`, `bulk` ← `service` ← `cli`.
+
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("src/ is readable in a checkout") {
+            let p = e.expect("a directory entry").path();
+            if p.is_dir() {
+                rs_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// The top-level modules a file's code (comments left out) names through `crate::`,
+    /// grouped imports (`crate::{a, b::c}`) included.
+    fn crate_deps(text: &str) -> BTreeSet<String> {
+        let mut deps = BTreeSet::new();
+        for line in text.lines() {
+            let code = line.trim_start();
+            if code.starts_with("//") {
+                continue;
+            }
+            let mut rest = code;
+            while let Some(i) = rest.find("crate::") {
+                rest = &rest[i + "crate::".len()..];
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group
+                        .split('}')
+                        .next()
+                        .unwrap_or_default()
+                        .split(',')
+                        .collect(),
+                    None => vec![rest],
+                };
+                for n in names {
+                    let n: String = n
+                        .trim()
+                        .chars()
+                        .take_while(|c| c.is_alphanumeric() || *c == '_')
+                        .collect();
+                    if !n.is_empty() {
+                        deps.insert(n);
+                    }
+                }
+            }
+        }
+        deps
+    }
+
+    /// (file relative to `src/`, the modules it names).
+    fn sources() -> Vec<(String, BTreeSet<String>)> {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files = Vec::new();
+        rs_files(&src, &mut files);
+        files
+            .into_iter()
+            .map(|p| {
+                let text = std::fs::read_to_string(&p).expect("a source file is readable");
+                let rel = p.strip_prefix(&src).expect("under src/").to_string_lossy();
+                (rel.replace('\\', "/"), crate_deps(&text))
+            })
+            .collect()
+    }
+
+    fn violations(under: &str, banned: &[&str]) -> Vec<String> {
+        sources()
+            .into_iter()
+            .filter(|(f, _)| f.starts_with(under))
+            .flat_map(|(f, deps)| {
+                banned
+                    .iter()
+                    .filter(|b| deps.contains(**b))
+                    .map(|b| format!("{f} imports crate::{b}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_parser_sees_plain_and_grouped_imports_but_not_comments() {
+        let deps = crate_deps(
+            "use crate::worker::Ctx;\nuse crate::{ops, bulk::chain};\n// crate::service\n",
+        );
+        let want: BTreeSet<String> = ["worker", "ops", "bulk"].map(String::from).into();
+        assert_eq!(deps, want);
+    }
+
+    #[test]
+    fn nothing_below_the_cli_imports_the_composition_root() {
+        let bad: Vec<String> = sources()
+            .into_iter()
+            .filter(|(f, _)| !(f.starts_with("cli/") || f == "main.rs" || f == "service.rs"))
+            .filter(|(_, deps)| deps.contains("service"))
+            .map(|(f, _)| format!("{f} imports crate::service"))
+            .collect();
+        assert_eq!(bad, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_stage_core_depends_on_no_stage_and_no_daemon_part() {
+        let bad = violations(
+            "stage/",
+            &["worker", "ops", "bulk", "service", "cli", "ui", "sim"],
+        );
+        assert_eq!(bad, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_stages_do_not_import_ops_bulk_or_anything_above() {
+        let bad = violations("worker/", &["ops", "bulk", "service", "cli", "ui"]);
+        assert_eq!(bad, Vec::<String>::new());
+    }
+
+    #[test]
+    fn ops_and_bulk_do_not_import_the_root_or_the_cli() {
+        let mut bad = violations("ops/", &["service", "cli", "bulk"]);
+        bad.extend(violations("bulk/", &["service", "cli", "ops", "ui"]));
+        assert_eq!(bad, Vec::<String>::new());
+    }
+}

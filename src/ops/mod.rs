@@ -3,7 +3,8 @@
 //! - `notify`: systemd READY/STOPPING/RELOADING/STATUS and the watchdog.
 //! - `health`: stage heartbeats, liveness and readiness checks.
 //! - `admin`: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
-//! - `metrics`: metric names and recording helpers (a leaf; `ark` and `worker` call it).
+//! - `metrics` (`crate::metrics`, re-exported): metric names and recording helpers, a leaf
+//!   that `ark`, the stages and `ops` all call.
 //! - `reload`: the SIGHUP handler; the settings it changes are `stage::live`.
 //! - `maintenance`: cron-scheduled pruning, sweeps, TPD roll-over, DB upkeep and backups;
 //!   its times are parsed by `crate::schedule` (also used by `config::validate`).
@@ -16,7 +17,6 @@
 pub mod admin;
 pub mod health;
 pub mod maintenance;
-pub mod metrics;
 pub mod notify;
 pub mod reload;
 
@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::stage::Ctx;
 
 // Moved to the stage core with `Ctx`, which holds them; re-exported where they were.
+pub use crate::metrics;
 pub use crate::schedule;
 pub use crate::stage::OpsState;
 pub use crate::stage::live;

@@ -8,6 +8,7 @@
 //! the composition root (`service`) build them all without a cycle.
 
 pub mod archiver;
+pub mod http;
 pub mod limiter;
 pub mod live;
 pub mod owner;

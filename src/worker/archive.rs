@@ -182,23 +182,19 @@ async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow:
     let outcome = with_heartbeat(ctx, &job.id, token, work.run()).await;
     match outcome {
         Ok(done) => {
-            crate::ops::metrics::archive(
-                "archived",
-                Some(done.video.size),
-                Some(started.elapsed()),
-            );
+            crate::metrics::archive("archived", Some(done.video.size), Some(started.elapsed()));
             archived(ctx, arch, job, token, &key, done).await
         }
         Err(Failure::Gone(why)) => {
-            crate::ops::metrics::archive("failed", None, None);
+            crate::metrics::archive("failed", None, None);
             fail(ctx, job, token, RESULT_EXPIRED, why).await
         }
         Err(Failure::Refused(why)) => {
-            crate::ops::metrics::archive("failed", None, None);
+            crate::metrics::archive("failed", None, None);
             fail(ctx, job, token, URL_REFUSED, why).await
         }
         Err(Failure::Retry { error, denied }) => {
-            crate::ops::metrics::archive("retry", None, None);
+            crate::metrics::archive("retry", None, None);
             retry_later(ctx, &claim, token, error, denied).await
         }
         Err(Failure::Store(StoreError::Conflict { .. })) => {

@@ -264,7 +264,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = ctx.ark.create(&body).await;
-    crate::ops::metrics::create(
+    crate::metrics::create(
         &job.model,
         &job.service_tier,
         result
@@ -328,7 +328,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             let backoff = ctx.submit_backoff();
             let (next, detail) = match class {
                 ErrorClass::Throttled(ra) if job.is_flex() => {
-                    crate::ops::metrics::create_throttled(&job.model, "flex", &code);
+                    crate::metrics::create_throttled(&job.model, "flex", &code);
                     let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
                     // Ark's flex limit, not the job's fault: it keeps its attempts.
                     (
@@ -337,7 +337,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     )
                 }
                 ErrorClass::Throttled(ra) => {
-                    crate::ops::metrics::create_throttled(&job.model, "default", &code);
+                    crate::metrics::create_throttled(&job.model, "default", &code);
                     // `ra` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
                     // anyway, since a peer's number must never overflow our clock.
                     let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);

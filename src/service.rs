@@ -261,4 +261,25 @@ mod tests {
         bad.extend(violations("bulk/", &["service", "cli", "ops", "ui"]));
         assert_eq!(bad, Vec::<String>::new());
     }
+
+    #[test]
+    fn poll_and_archive_share_the_result_module_not_each_other() {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/worker");
+        let code = |file: &str| -> String {
+            std::fs::read_to_string(src.join(file))
+                .expect("a stage file is readable")
+                .lines()
+                .filter(|l| !l.trim_start().starts_with("//"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        assert!(
+            !code("poll.rs").contains("archive::"),
+            "poll.rs imports archive"
+        );
+        assert!(
+            !code("archive.rs").contains("poll::"),
+            "archive.rs imports poll"
+        );
+    }
 }

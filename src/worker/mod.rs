@@ -1,4 +1,5 @@
-//! The service's stages: dispatch, reconcile, poll, callbacks and archive.
+//! The service's stages: dispatch, reconcile, poll, callbacks and archive, and the result
+//! data poll records and the archiver reads (`result`).
 //!
 //! Each stage is a `step` (one unit of work, returns [`Outcome`]) and a `run` loop around it
 //! ([`stage_loop`]). What the stages share ([`Ctx`], the loop, the limiter) is the stage core,
@@ -11,6 +12,7 @@ pub mod dispatch;
 pub mod pause;
 pub mod poll;
 pub mod reconcile;
+pub mod result;
 
 pub(crate) use crate::stage::owner::owner_is_dead;
 pub use crate::stage::{Ctx, Outcome, limiter, safeurl};

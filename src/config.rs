@@ -840,7 +840,7 @@ impl MaintenanceConfig {
     /// # Errors
     /// The first invalid key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        use crate::ops::schedule;
+        use crate::schedule;
         schedule::parse_tz(&self.timezone).map_err(|allowed| ConfigError::Invalid {
             key: "maintenance.timezone",
             value: self.timezone.clone(),

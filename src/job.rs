@@ -218,6 +218,43 @@ impl Backoff {
     }
 }
 
+/// What a succeeded task said about its output: the request may have left these to defaults,
+/// or asked for an `adaptive` ratio. Kept as JSON in the job's `result_meta` column (absent
+/// fields left out), and always read and written through this struct.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResultMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frames: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub framespersecond: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revised_prompt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_tier: Option<String>,
+}
+
+impl ResultMeta {
+    /// The JSON stored in `result_meta`.
+    pub fn to_json(&self) -> String {
+        // Strings and integers only: serialising cannot fail.
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".into())
+    }
+
+    /// Reads a stored `result_meta`; `None` when absent or unreadable (the sidecar then
+    /// falls back to what was asked for, as for jobs recorded before the column existed).
+    pub fn from_json(text: Option<&str>) -> Option<Self> {
+        serde_json::from_str(text?).ok()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -317,5 +354,21 @@ mod tests {
         assert!((0..=i64::from(u32::MAX)).contains(&a));
         let other = JobId::generate();
         assert!((0..=i64::from(u32::MAX)).contains(&other.derived_seed()));
+    }
+
+    #[test]
+    fn result_meta_leaves_absent_fields_out_and_reads_older_rows() {
+        let m = ResultMeta {
+            ratio: Some("16:9".into()),
+            seed: Some(7),
+            ..ResultMeta::default()
+        };
+        assert_eq!(m.to_json(), r#"{"ratio":"16:9","seed":7}"#);
+        assert_eq!(ResultMeta::from_json(Some(&m.to_json())), Some(m));
+        // Unknown keys (a later version's) are ignored; garbage and NULL read as nothing.
+        let old = ResultMeta::from_json(Some(r#"{"seed":3,"extra":true}"#)).expect("reads");
+        assert_eq!(old.seed, Some(3));
+        assert_eq!(ResultMeta::from_json(Some("not json")), None);
+        assert_eq!(ResultMeta::from_json(None), None);
     }
 }

@@ -7,7 +7,11 @@
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
 //! - `store`: the SQLite job store: the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
-//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive) and supervisor.
+//! - `schedule`: parsing the `[maintenance]` times (zones, cron, the flex window).
+//! - `stage`: the stage core every stage shares: `Ctx`, the stage loop, the limiter, leases' owner.
+//! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive).
+//! - `service`: the composition root: builds the stages and supervises them (`service::run`).
+//! - `metrics`: metric names and recording helpers (a leaf).
 //! - `ops`: the daemon side of `serve`: systemd notify and watchdog, admin HTTP (health,
 //!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
 //! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
@@ -28,11 +32,15 @@ pub mod cli;
 pub mod config;
 pub mod job;
 pub mod media;
+pub mod metrics;
 pub mod ops;
 #[doc(hidden)]
 pub mod pgscratch;
 pub mod request;
+pub mod schedule;
+pub mod service;
 pub mod sim;
+pub mod stage;
 pub mod store;
 pub mod telemetry;
 pub mod ui;

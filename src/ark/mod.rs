@@ -399,7 +399,7 @@ impl ArkClient {
             Err(e @ ArkError::Local { .. }) => (e.status(), Some("local_resource")),
             Err(e) => (e.status(), Some(e.code().unwrap_or("transport"))),
         };
-        crate::ops::metrics::ark_request(op, status, code, started.elapsed());
+        crate::metrics::ark_request(op, status, code, started.elapsed());
         result
     }
 

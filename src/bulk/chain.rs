@@ -29,8 +29,9 @@ use crate::ark::wire::{ContentItem, CreateTaskRequest, MediaUrl};
 use crate::blob::ObjectKey;
 use crate::job::{Backoff, JobState};
 use crate::request::{self, image};
+use crate::stage::archiver::last_frame_key;
+use crate::stage::{Ctx, Outcome};
 use crate::store::{Chain, ChainState, ChainWrite, HELD, RetryOutcome, Shot, Stitched, now_ms};
-use crate::worker::{Ctx, Outcome, archive::last_frame_key};
 
 /// Chains looked at per step.
 const CHAINS_PER_STEP: u32 = 16;
@@ -90,12 +91,12 @@ pub fn insert_first_frame(req: &mut CreateTaskRequest, url: String) {
 pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Woken by the poller (a shot left `submitted`) and the archiver (a shot is archived);
     // the slow idle poll only catches what no poke announces, such as a user's cancel.
-    let role = crate::worker::Role {
+    let role = crate::stage::Role {
         poke: Some(ctx.poke_chain.clone()),
         idle: Some(ctx.cfg.dispatch.idle_interval.max(IDLE_POLL)),
         cascade: false,
     };
-    crate::worker::stage_loop("chain", &ctx, role, shutdown, || step(&ctx)).await
+    crate::stage::stage_loop("chain", &ctx, role, shutdown, || step(&ctx)).await
 }
 
 /// Advances every due chain once.
@@ -388,7 +389,7 @@ const MAX_FRAME_BYTES: usize = image::MAX_IMAGE_BYTES;
 
 async fn download(ctx: &Ctx, url: &str) -> anyhow::Result<Vec<u8>> {
     // Only public https URLs (or trusted ones), redirects included: issue 12 §1.
-    let (client, urls) = crate::worker::safeurl::download_client(&ctx.cfg)?;
+    let (client, urls) = crate::stage::safeurl::download_client(&ctx.cfg)?;
     urls.check_str(url).map_err(anyhow::Error::msg)?;
     let resp = client
         .get(url)

@@ -26,9 +26,9 @@ use crate::ark::wire::CreateTaskRequest;
 use crate::catalogue::{Catalogue, Limits};
 use crate::config::Config;
 use crate::request::{self, EXPIRES_RANGE, Invalid};
+use crate::stage::limiter::Limiter;
+use crate::stage::{Ctx, Outcome};
 use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
-use crate::worker::limiter::Limiter;
-use crate::worker::{Ctx, Outcome};
 
 /// One queued job in claim order, as the plan sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -170,7 +170,7 @@ pub fn next_open(open: impl Fn(i64) -> bool, t: i64) -> i64 {
 /// Whether flex jobs may be submitted at a time, by `maintenance.flex_window` (for the CLI,
 /// which has no live settings).
 fn window_of(cfg: &Config) -> impl Fn(i64) -> bool {
-    use crate::ops::schedule::{FlexWindow, parse_tz};
+    use crate::schedule::{FlexWindow, parse_tz};
     let window = FlexWindow::parse(&cfg.maintenance.flex_window)
         .ok()
         .flatten();
@@ -333,7 +333,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
     loop {
         ctx.ops.health.beat("governor");
         // One worker of a fleet governs (worker/fleet.rs): two would plan the same queue.
-        let result = if ctx.fleet.leads(crate::worker::fleet::GOVERNOR) {
+        let result = if ctx.fleet.leads(crate::stage::fleet::GOVERNOR) {
             step(&ctx).await
         } else {
             Ok(Outcome::Idle(None))

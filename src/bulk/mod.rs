@@ -61,26 +61,5 @@ impl BulkConfig {
     }
 }
 
-/// Start of the TPD day containing `now` (ms): days of `day_ms` counted from midnight at
-/// UTC+`offset_hours`. With a 24 h day this is `worker::dispatch::day_start_ms`.
-pub fn tpd_day_start(now: i64, offset_hours: i32, day_ms: i64) -> i64 {
-    let off = i64::from(offset_hours) * 3_600_000;
-    let day = day_ms.max(1);
-    (now + off).div_euclid(day) * day - off
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_full_day_matches_the_dispatcher() {
-        for now in [0, 1_778_774_400_000, 1_778_774_400_001, 1_778_774_399_999] {
-            assert_eq!(
-                tpd_day_start(now, 8, 86_400_000),
-                crate::worker::dispatch::day_start_ms(now, 8)
-            );
-        }
-        assert_eq!(tpd_day_start(5_500, 0, 2_000), 4_000);
-    }
-}
+// The TPD day is the stage core's (the dispatcher counts in it too).
+pub use crate::stage::tpd_day_start;

@@ -22,8 +22,9 @@ use super::Ctx;
 use super::jobs::new_job;
 use crate::config::Config;
 use crate::request::{self, JobSpec};
+use crate::service::Mode;
+use crate::stage::Ctx as StageCtx;
 use crate::store::{ListFilter, Store};
-use crate::worker::{self, Mode};
 
 const KEY: &str = "sk-bench";
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
@@ -180,7 +181,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: FaultsArgs) -> anyhow::Result<()> {
     }
     store.enqueue(batch).await?;
 
-    let wctx = worker::Ctx::new(cfg, catalogue, store.clone())?;
+    let wctx = StageCtx::new(cfg, catalogue, store.clone())?;
     let shutdown = tokio_util::sync::CancellationToken::new();
     let listener = crate::ops::admin::bind(&wctx.cfg.admin.listen)
         .await?
@@ -238,7 +239,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: FaultsArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    worker::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
+    crate::service::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     let (probes_ok, probes_failed, worst) = prober.await?;

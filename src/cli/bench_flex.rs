@@ -18,8 +18,9 @@ use secrecy::SecretString;
 use super::jobs::new_job;
 use crate::config::Config;
 use crate::request::{self, JobSpec};
+use crate::service::Mode;
+use crate::stage::Ctx as StageCtx;
 use crate::store::{ListFilter, Store};
-use crate::worker::{self, Mode};
 
 const KEY: &str = "sk-bench";
 const MODEL: &str = "doubao-seedance-1-0-lite-t2v-250428";
@@ -167,8 +168,8 @@ async fn seedq_run(
     store.enqueue(batch).await?;
 
     let started = Instant::now();
-    let wctx = worker::Ctx::new(cfg, catalogue, store.clone())?;
-    worker::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
+    let wctx = StageCtx::new(cfg, catalogue, store.clone())?;
+    crate::service::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
     let makespan = started.elapsed();
     let stats: serde_json::Value = reqwest::Client::new()
         .get(format!("{root}/_sim/stats"))

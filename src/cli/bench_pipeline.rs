@@ -16,8 +16,9 @@ use super::Ctx;
 use super::jobs::new_job;
 use crate::config::Config;
 use crate::request::{self, JobSpec};
+use crate::service::Mode;
+use crate::stage::Ctx as StageCtx;
 use crate::store::{ListFilter, Store};
-use crate::worker::{self, Mode};
 
 const KEY: &str = "sk-bench";
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
@@ -143,8 +144,8 @@ async fn one_run(
     let _ = ctx;
 
     let started = Instant::now();
-    let wctx = worker::Ctx::new(cfg, catalogue, store.clone())?;
-    worker::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
+    let wctx = StageCtx::new(cfg, catalogue, store.clone())?;
+    crate::service::run(wctx, Mode::UntilDrained, std::future::pending()).await?;
     let makespan = started.elapsed();
 
     let client = reqwest::Client::new();

@@ -17,8 +17,9 @@ use super::jobs::new_job;
 use crate::config::Config;
 use crate::media::{RgbImage, encode_png};
 use crate::request::{self, JobSpec};
+use crate::service::Mode;
+use crate::stage::Ctx as StageCtx;
 use crate::store::{ListFilter, Store};
-use crate::worker::{self, Mode};
 
 /// `seedq demo`.
 #[derive(Debug, Args)]
@@ -178,8 +179,8 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     let started = std::time::Instant::now();
-    let wctx = worker::Ctx::new(cfg, ctx.catalogue.clone(), store.clone())?;
-    worker::run(wctx, Mode::UntilDrained, super::service::signal()).await?;
+    let wctx = StageCtx::new(cfg, ctx.catalogue.clone(), store.clone())?;
+    crate::service::run(wctx, Mode::UntilDrained, super::service::signal()).await?;
     let elapsed = started.elapsed();
 
     let jobs = store.list(ListFilter::default()).await?;

@@ -19,7 +19,7 @@ use super::jobs::SubmitArgs;
 use crate::bulk::estimate::{self, Estimate, GenTimes, Item, human_ms};
 use crate::catalogue;
 use crate::job::JobState;
-use crate::worker::limiter::Limiter;
+use crate::stage::limiter::Limiter;
 
 /// `seedq estimate`.
 #[derive(Debug, Args)]
@@ -167,8 +167,7 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
     let mut models: Vec<String> = to_reserve.iter().map(|j| j.2.clone()).collect();
     models.sort_unstable();
     models.dedup();
-    let tz =
-        crate::ops::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC);
+    let tz = crate::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC);
     let mut budget = crate::worker::budget::plan_for(
         &store,
         ctx.cfg.bulk.tpd_day_ms(),

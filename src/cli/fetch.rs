@@ -19,7 +19,7 @@ use tokio::io::AsyncWriteExt;
 use super::Ctx;
 use crate::blob::{BlobStore, ObjectKey};
 use crate::job::JobState;
-use crate::worker::archive::{last_frame_key, sidecar_key};
+use crate::stage::archiver::{last_frame_key, sidecar_key};
 
 /// `seedq fetch`.
 #[derive(Debug, Args)]

@@ -9,7 +9,8 @@ use clap::Args;
 
 use super::Ctx;
 use crate::job::JobState;
-use crate::worker::{self, reconcile};
+use crate::stage;
+use crate::worker::reconcile;
 
 /// `seedq adopt`.
 #[derive(Debug, Args)]
@@ -32,8 +33,8 @@ pub struct ReconcileArgs {
     pub json: bool,
 }
 
-async fn worker_ctx(ctx: &Ctx) -> anyhow::Result<worker::Ctx> {
-    worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), ctx.store().await?)
+async fn worker_ctx(ctx: &Ctx) -> anyhow::Result<stage::Ctx> {
+    stage::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), ctx.store().await?)
 }
 
 /// Records `task_id` as the remote task of an ambiguous job, after checking that no other job

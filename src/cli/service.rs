@@ -6,7 +6,8 @@ use anyhow::Context;
 
 use super::Ctx;
 use crate::ops::reload::Reloader;
-use crate::worker::{self, Mode};
+use crate::service::Mode;
+use crate::stage::Ctx as StageCtx;
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
 ///
@@ -55,7 +56,7 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
     }
     let store = ctx.store().await?;
     let watched = store.clone();
-    let wctx = worker::Ctx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
+    let wctx = StageCtx::new(ctx.cfg.clone(), ctx.catalogue.clone(), store.clone())?;
     let source = ctx.source.clone();
     let since = crate::store::now_ms();
     let reloader = Reloader::new(Box::new(move || source.load()), ctx.cfg.clone());
@@ -70,7 +71,7 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> anyhow::Result<ExitCode> {
             }
         }
     };
-    worker::run(wctx, mode, stop)
+    crate::service::run(wctx, mode, stop)
         .await
         .context("the seedq service stopped with an error")?;
     if let Ok(why) = gone_rx.try_recv() {

@@ -23,8 +23,8 @@ use super::Ctx;
 use super::batch::{Summary, archiving};
 use crate::bulk::estimate::{self, GenTimes, human_ms};
 use crate::job::JobState;
+use crate::stage::limiter::Limiter;
 use crate::store::{BatchCell, Store};
-use crate::worker::limiter::Limiter;
 
 /// Plain mode prints an unchanged line again after this long, so a log shows it is alive.
 const HEARTBEAT: Duration = Duration::from_secs(30);

@@ -8,33 +8,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tokio::time::{Instant, Sleep};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{health, metrics};
 use crate::job::JobState;
+use crate::stage::Ctx;
+// The guarded server moved to the stage core: the callback stage serves with it too.
+pub use crate::stage::http::{ServerLimits, serve_guarded};
 use crate::store::now_ms;
-use crate::worker::Ctx;
 
 /// The Prometheus text format version we write.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// A connection is closed at its next read after this long, however active: a slow client
-/// trickling one byte per `read_timeout` cannot hold a slot for ever.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// Largest request body the admin server reads (it takes none).
 const MAX_ADMIN_BODY: usize = 16 * 1024;
 
@@ -73,284 +63,6 @@ pub async fn run(
         .layer(axum::extract::DefaultBodyLimit::max(MAX_ADMIN_BODY))
         .with_state(ctx);
     serve_guarded(listener, app, limits, shutdown).await
-}
-
-/// Serves `app` on `listener` with [`ServerLimits`] (the admin and the callback server).
-///
-/// # Errors
-/// The server fails.
-pub async fn serve_guarded(
-    listener: TcpListener,
-    app: axum::Router,
-    limits: ServerLimits,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    let app = app.layer(axum::middleware::from_fn(mark_busy));
-    axum::serve(
-        GuardedListener::new(listener, limits),
-        app.into_make_service_with_connect_info::<ConnBusy>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await?;
-    Ok(())
-}
-
-/// What the admin and callback servers allow one peer (issue 12 §2: hyper and axum default to
-/// no header timeout, no read timeout and no connection cap, and 150 half-sent requests held
-/// 150 descriptors for over a minute).
-#[derive(Clone, Copy, Debug)]
-pub struct ServerLimits {
-    /// No byte in or out for this long closes the connection (`admin.read_timeout`).
-    pub read_timeout: Duration,
-    /// Connections held at once (`admin.max_connections`).
-    pub max_connections: usize,
-}
-
-impl ServerLimits {
-    /// The limits from `[admin]`.
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        Self {
-            read_timeout: cfg.admin.read_timeout.max(Duration::from_millis(10)),
-            max_connections: usize::try_from(cfg.admin.max_connections.max(1)).unwrap_or(1),
-        }
-    }
-}
-
-/// A listener that holds at most `max_connections` connections (the rest wait in the kernel
-/// backlog, costing us no descriptor), and hands out [`GuardedIo`] streams.
-pub struct GuardedListener {
-    inner: TcpListener,
-    permits: Arc<Semaphore>,
-    limits: ServerLimits,
-}
-
-impl GuardedListener {
-    /// Wraps a bound listener.
-    pub fn new(inner: TcpListener, limits: ServerLimits) -> Self {
-        Self {
-            inner,
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
-            limits,
-        }
-    }
-}
-
-impl axum::serve::Listener for GuardedListener {
-    type Io = GuardedIo;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            // The semaphore is never closed; if it were, stop accepting rather than spin.
-            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                return std::future::pending().await;
-            };
-            match self.inner.accept().await {
-                Ok((stream, addr)) => {
-                    let _ = stream.set_nodelay(true);
-                    return (GuardedIo::new(stream, permit, self.limits), addr);
-                }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning; the connection stays
-                    // in the backlog until a descriptor frees.
-                    drop(permit);
-                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
-    }
-}
-
-/// How many requests of a connection are in a handler. hyper keeps polling the socket for
-/// reads while a handler runs (to notice a hang-up), so the read timeout must not count that
-/// time: a callback's GET to Ark may take longer than `read_timeout`.
-#[derive(Clone, Debug)]
-pub struct ConnBusy(Arc<AtomicUsize>);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, GuardedListener>>
-    for ConnBusy
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
-        ConnBusy(Arc::clone(&stream.io().busy))
-    }
-}
-
-/// Decrements a connection's busy count when the handler ends (or is dropped).
-struct BusyGuard(Arc<AtomicUsize>);
-
-impl Drop for BusyGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-async fn mark_busy(
-    axum::extract::ConnectInfo(busy): axum::extract::ConnectInfo<ConnBusy>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    busy.0.fetch_add(1, Ordering::SeqCst);
-    let _guard = BusyGuard(busy.0);
-    next.run(req).await
-}
-
-/// A server-side TCP stream with an idle timeout on reads (outside handlers) and on writes, a
-/// lifetime, and the connection permit it releases when dropped.
-pub struct GuardedIo {
-    stream: TcpStream,
-    busy: Arc<AtomicUsize>,
-    _permit: OwnedSemaphorePermit,
-    idle: Duration,
-    closes_at: Instant,
-    read_timer: Pin<Box<Sleep>>,
-    read_armed: bool,
-    write_timer: Pin<Box<Sleep>>,
-    write_armed: bool,
-}
-
-impl GuardedIo {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, limits: ServerLimits) -> Self {
-        let now = Instant::now();
-        Self {
-            stream,
-            busy: Arc::new(AtomicUsize::new(0)),
-            _permit: permit,
-            idle: limits.read_timeout,
-            closes_at: now + CONNECTION_LIFETIME,
-            read_timer: Box::pin(tokio::time::sleep_until(now)),
-            read_armed: false,
-            write_timer: Box::pin(tokio::time::sleep_until(now)),
-            write_armed: false,
-        }
-    }
-}
-
-impl GuardedIo {
-    /// A write's answer, shared by the plain and the vectored write: progress disarms the
-    /// stall timer; `Pending` arms it, so a peer that stops reading is cut off after `idle`.
-    fn after_write(
-        &mut self,
-        polled: Poll<std::io::Result<usize>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<usize>> {
-        match polled {
-            Poll::Ready(r) => {
-                self.write_armed = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending => {
-                let limit = Instant::now() + self.idle;
-                stalled(
-                    &mut self.write_timer,
-                    &mut self.write_armed,
-                    limit,
-                    cx,
-                    "response not read",
-                )
-                .map(Err)
-            }
-        }
-    }
-}
-
-/// Polls `timer` (armed on the first `Pending`, up to `limit`), turning its expiry into an
-/// error so hyper closes the connection.
-fn stalled(
-    timer: &mut Pin<Box<Sleep>>,
-    armed: &mut bool,
-    limit: Instant,
-    cx: &mut Context<'_>,
-    what: &str,
-) -> Poll<std::io::Error> {
-    if !*armed {
-        timer.as_mut().reset(limit);
-        *armed = true;
-    }
-    match timer.as_mut().poll(cx) {
-        Poll::Ready(()) => Poll::Ready(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("peer too slow: {what}"),
-        )),
-        Poll::Pending => Poll::Pending,
-    }
-}
-
-impl AsyncRead for GuardedIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        if Instant::now() >= this.closes_at {
-            return Poll::Ready(Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "connection lifetime reached",
-            )));
-        }
-        match Pin::new(&mut this.stream).poll_read(cx, buf) {
-            Poll::Ready(r) => {
-                this.read_armed = false;
-                Poll::Ready(r)
-            }
-            Poll::Pending if this.busy.load(Ordering::SeqCst) > 0 => {
-                // A handler is running: hyper only watches for a hang-up. The clock starts
-                // again at the next read after the response.
-                this.read_armed = false;
-                Poll::Pending
-            }
-            Poll::Pending => {
-                let limit = (Instant::now() + this.idle).min(this.closes_at);
-                stalled(
-                    &mut this.read_timer,
-                    &mut this.read_armed,
-                    limit,
-                    cx,
-                    "no bytes received",
-                )
-                .map(Err)
-            }
-        }
-    }
-}
-
-impl AsyncWrite for GuardedIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.after_write(polled, cx)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.after_write(polled, cx)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }
 
 fn report(checks: &[health::Check]) -> Response {
@@ -415,7 +127,7 @@ impl Family<'_> {
 /// The store cannot be read.
 pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     let now = now_ms();
-    let day = crate::worker::dispatch::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
+    let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
     let snap = ctx.store.ops_snapshot(day).await?;
     let mut out = match metrics::install() {
         Ok(h) => {

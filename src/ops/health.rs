@@ -9,13 +9,11 @@
 //!   is older than that, readiness asks Ark itself (one authenticated list with
 //!   `page_size=1`, at most once per [`PROBE_CACHE`]).
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::ark::ListQuery;
+use crate::stage::{Ctx, ms};
 use crate::store::now_ms;
-use crate::worker::Ctx;
 
 /// A stage is stalled after this long without a heartbeat, at least. Longer than any step
 /// should take: a batch poll of a page of tasks, each with retried 30 s requests.
@@ -27,26 +25,7 @@ const ARK_PROBE: Duration = Duration::from_secs(10);
 /// A probe result is reused for this long, so a tight scrape loop cannot flood Ark.
 const PROBE_CACHE: Duration = Duration::from_secs(15);
 
-/// Heartbeats per stage, and the last Ark probe.
-#[derive(Default)]
-pub struct Health {
-    beats: Mutex<BTreeMap<&'static str, Instant>>,
-    probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
-}
-
-impl Health {
-    /// Records that `stage` finished a loop iteration (or started).
-    pub fn beat(&self, stage: &'static str) {
-        let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
-        b.insert(stage, Instant::now());
-    }
-
-    /// Time since each stage's last heartbeat.
-    pub fn ages(&self) -> Vec<(&'static str, Duration)> {
-        let b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
-        b.iter().map(|(k, t)| (*k, t.elapsed())).collect()
-    }
-}
+pub use crate::stage::state::Health;
 
 /// One line of a health report.
 #[derive(Clone, Debug)]
@@ -110,7 +89,7 @@ async fn ark(ctx: &Ctx) -> Check {
     let bound = ctx.cfg.admin.ark_stale_after;
     let now = now_ms();
     if let Some(t) = ctx.ark.last_success_ms()
-        && now - t <= crate::worker::ms(bound)
+        && now - t <= ms(bound)
     {
         return Check {
             name: "ark",

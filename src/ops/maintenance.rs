@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{metrics, schedule};
 use crate::blob::{BlobStore, ObjectKey};
+use crate::stage::{Ctx, ms};
 use crate::store::{StoreError, now_ms};
-use crate::worker::{Ctx, ms};
 
 /// One maintenance task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -170,7 +170,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
             let task = entry.task;
             // One worker of a fleet runs maintenance (worker/fleet.rs); the others only wake
             // their own dispatchers at the TPD day's start.
-            if !ctx.fleet.leads(crate::worker::fleet::MAINTENANCE) {
+            if !ctx.fleet.leads(crate::stage::fleet::MAINTENANCE) {
                 if task == Task::TpdRollover {
                     ctx.poke_dispatch.notify_waiters();
                 }
@@ -258,10 +258,10 @@ async fn sweep(ctx: &Ctx) -> anyhow::Result<String> {
 async fn tpd_rollover(ctx: &Ctx) -> anyhow::Result<String> {
     let now = now_ms();
     let offset = ctx.cfg.dispatch.tpd_utc_offset_hours;
-    let today = crate::worker::dispatch::day_start_ms(now, offset);
+    let today = crate::stage::day_start_ms(now, offset);
     // The firing may land a moment before the boundary by the scheduler's clock: take the day
     // that is ending, whichever side of midnight we are on.
-    let ended = crate::worker::dispatch::day_start_ms(now - 60_000, offset);
+    let ended = crate::stage::day_start_ms(now - 60_000, offset);
     let snap = ctx.store.ops_snapshot(ended).await?;
     ctx.poke_dispatch.notify_waiters();
     let used: Vec<String> = snap

@@ -3,54 +3,33 @@
 //! - `notify`: systemd READY/STOPPING/RELOADING/STATUS and the watchdog.
 //! - `health`: stage heartbeats, liveness and readiness checks.
 //! - `admin`: the HTTP server for `/healthz`, `/readyz` and `/metrics`.
-//! - `metrics`: metric names and recording helpers (a leaf; `ark` and `worker` call it).
-//! - `live`: the settings a SIGHUP may change; `reload`: the SIGHUP handler.
+//! - `metrics` (`crate::metrics`, re-exported): metric names and recording helpers, a leaf
+//!   that `ark`, the stages and `ops` all call.
+//! - `reload`: the SIGHUP handler; the settings it changes are `stage::live`.
 //! - `maintenance`: cron-scheduled pruning, sweeps, TPD roll-over, DB upkeep and backups;
-//!   `schedule`: parsing its times (also used by `config::validate`).
+//!   its times are parsed by `crate::schedule` (also used by `config::validate`).
 //!
-//! [`start`] runs in the supervisor (`worker::run`) after the first reconciliation and puts
+//! [`start`] runs in the supervisor (`service::run`) after the first reconciliation and puts
 //! every long-running piece in the supervisor's `JoinSet`, so each is watched like a stage:
 //! if one fails, the service stops. Only `seedq serve` starts them; `run` and `demo` are
 //! batch commands and open no ports.
 
 pub mod admin;
 pub mod health;
-pub mod live;
 pub mod maintenance;
-pub mod metrics;
 pub mod notify;
 pub mod reload;
-pub mod schedule;
-
-use std::sync::{Arc, OnceLock};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalogue::Catalogue;
-use crate::config::Config;
-use crate::worker::Ctx;
+use crate::stage::Ctx;
 
-/// Operational state shared by the stages and the ops tasks (`Ctx::ops`).
-pub struct OpsState {
-    /// Settings that SIGHUP can change.
-    pub live: live::Live,
-    /// Stage heartbeats and the last readiness probe.
-    pub health: health::Health,
-    /// How to reload; set by `seedq serve` (other commands have nothing to reload from).
-    pub reloader: OnceLock<reload::Reloader>,
-}
-
-impl OpsState {
-    /// The state for a validated configuration.
-    pub fn new(cfg: &Config, catalogue: Arc<Catalogue>) -> Self {
-        Self {
-            live: live::Live::new(cfg, catalogue),
-            health: health::Health::default(),
-            reloader: OnceLock::new(),
-        }
-    }
-}
+// Moved to the stage core with `Ctx`, which holds them; re-exported where they were.
+pub use crate::metrics;
+pub use crate::schedule;
+pub use crate::stage::OpsState;
+pub use crate::stage::live;
 
 /// The supervisor's task set.
 pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;

@@ -10,7 +10,7 @@ use sd_notify::NotifyState;
 use tokio_util::sync::CancellationToken;
 
 use super::health;
-use crate::worker::Ctx;
+use crate::stage::Ctx;
 
 fn send(states: &[NotifyState<'_>]) {
     // `false`: keep NOTIFY_SOCKET, later notifications need it.

@@ -7,18 +7,15 @@
 //! fails to load or validate changes nothing.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use super::{metrics, notify};
-use crate::catalogue::Catalogue;
 use crate::config::Config;
-use crate::worker::Ctx;
+use crate::stage::Ctx;
 
-/// Loads and validates the configuration again, the way the process did at start.
-pub type Source = Box<dyn Fn() -> anyhow::Result<(Config, Catalogue)> + Send + Sync>;
+pub use crate::stage::state::{Reloader, Source};
 
 /// Keys (dotted, or prefixes ending in `.`) that a reload applies live.
 const LIVE_KEYS: [&str; 5] = [
@@ -36,23 +33,6 @@ pub struct Reloaded {
     pub applied: Vec<String>,
     /// Changed keys that keep their old value until a restart.
     pub restart_required: Vec<String>,
-}
-
-/// The reload state: where the configuration comes from, and what is in force.
-pub struct Reloader {
-    source: Source,
-    /// The configuration last applied (the start one at first).
-    current: Mutex<Config>,
-}
-
-impl Reloader {
-    /// A reloader that reads `source`, starting from `current`.
-    pub fn new(source: Source, current: Config) -> Self {
-        Self {
-            source,
-            current: Mutex::new(current),
-        }
-    }
 }
 
 /// Installs the SIGHUP handler. Done before READY=1, so a reload sent right after start is

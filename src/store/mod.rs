@@ -40,6 +40,8 @@ pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use pause::{PauseKind, Paused};
+/// The PostgreSQL schema version this binary expects (`migrate::latest` is SQLite's).
+pub use pg::migrate::latest as postgres_latest;
 pub use pg::redact_url;
 pub use ui::{UiCell, UiFilter};
 pub use verbs::{

@@ -93,9 +93,9 @@ pub struct RemoteResult {
     /// When `video_url` stops working (ms).
     pub url_expires_at: Option<i64>,
     pub last_frame_url: Option<String>,
-    /// The task's descriptive fields (resolution, ratio, seed, …) as a JSON object, for the
-    /// archive's sidecar.
-    pub meta: String,
+    /// The task's descriptive fields (resolution, ratio, seed, …), for the archive's sidecar;
+    /// stored as JSON in `result_meta`.
+    pub meta: crate::job::ResultMeta,
 }
 
 /// What a status check of a `submitted` job found ([`Store::record_polls`]).
@@ -163,7 +163,7 @@ impl PollOutcome {
                     .set("finished_at", r.at)
                     .set("next_attempt_at", r.at)
                     .set("poll_count", r.poll_count)
-                    .set("result_meta", r.meta);
+                    .set("result_meta", r.meta.to_json());
                 if let Some(u) = r.usage_tokens {
                     p = p.set("usage_tokens", u);
                 }

@@ -129,7 +129,10 @@ fn poll_outcome(k: PollKind) -> PollOutcome {
             video_url: Some("https://tos.example/v.mp4".into()),
             url_expires_at: Some(86_405_000),
             last_frame_url: Some("https://tos.example/f.png".into()),
-            meta: r#"{"seed":7}"#.into(),
+            meta: crate::job::ResultMeta {
+                seed: Some(7),
+                ..Default::default()
+            },
         }),
         PollKind::Failed => PollOutcome::Failed {
             dead: false,

@@ -91,7 +91,7 @@ pub async fn run(cfg: &Config, catalogue: &Catalogue, a: UiBenchArgs) -> anyhow:
     cfg.archive.url = String::new();
     // The worker context wants a key; nothing is sent anywhere.
     cfg.ark.api_key = Some(SecretString::from("bench".to_string()));
-    let ctx = crate::worker::Ctx::new(cfg, catalogue.clone(), store.clone())?;
+    let ctx = crate::stage::Ctx::new(cfg, catalogue.clone(), store.clone())?;
     let ui = Ui { ctx, blob: None };
 
     let mid = store

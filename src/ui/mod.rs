@@ -35,8 +35,8 @@ use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 use crate::blob::{BlobStore, ObjectKey};
+use crate::stage::Ctx;
 use crate::store::{CancelOutcome, RetryOutcome};
-use crate::worker::Ctx;
 
 /// Every answer's Content-Security-Policy: only our own script, style and media; nothing
 /// inline, no frames, no plugins, forms post only to us.
@@ -241,12 +241,12 @@ async fn video(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Res
 }
 
 async fn frame(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let file = crate::worker::archive::last_frame_key;
+    let file = crate::stage::archiver::last_frame_key;
     serve_archived(&ui, &id, &headers, file, "image/png").await
 }
 
 async fn sidecar(State(ui): St, Path(id): Path<String>, headers: HeaderMap) -> Response {
-    let file = crate::worker::archive::sidecar_key;
+    let file = crate::stage::archiver::sidecar_key;
     serve_archived(&ui, &id, &headers, file, "application/json").await
 }
 

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use super::Ui;
 use crate::bulk::estimate::{self, GenTimes, human_ms};
 use crate::job::JobState;
+use crate::stage::limiter::Limiter;
 use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
-use crate::worker::limiter::Limiter;
 
 /// Rows of the job list per page.
 pub const PAGE: u32 = 50;
@@ -153,7 +153,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     let ctx = &ui.ctx;
     let store = &ctx.store;
     let now = now_ms();
-    let day = crate::worker::dispatch::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
+    let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
     let waiting = store.ui_waiting().await?;
     let flex_today = store.ui_flex_today(day).await?;
     let creates = store.ui_creates_since(now - 60_000).await?;

@@ -24,18 +24,19 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use backon::{BackoffBuilder, ExponentialBuilder};
-use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::result::{
+    Cost, Objects, ResultMeta, SIDECAR_FORMAT, Sidecar, StoredObject, Timings, result_meta,
+    url_expiry,
+};
 use super::{Ctx, Outcome, ms};
 use crate::ark::wire::{Task, TaskStatus};
-use crate::blob::{BlobError, BlobStore, Digest, KeyTemplate, KeyVars, ObjectKey, utc_date};
-use crate::config::Config;
+use crate::blob::{BlobError, Digest, ObjectKey};
 use crate::job::{Backoff, JobId};
 use crate::store::{
     ArchiveClaim, ArchiveRecord, Job, LastError, RESULT_EXPIRED, StoreError, now_ms,
@@ -61,74 +62,8 @@ const STORE_FULL: &str = "archive_store_full";
 /// would leave every job waiting minutes after an operator frees space, so they look again
 /// at this fixed, short interval instead (issue 12: "it resumes promptly once space returns").
 const STORE_FULL_RETRY: Duration = Duration::from_secs(3);
-/// Sidecar format tag, bumped if its shape changes incompatibly.
-const SIDECAR_FORMAT: &str = "seedq.archive/1";
 
-/// Everything the archive stage needs beyond [`Ctx`]: the store, the key template and an
-/// HTTP client for result downloads.
-#[derive(Debug)]
-pub struct Archiver {
-    blob: BlobStore,
-    keys: KeyTemplate,
-    /// Downloads have no total timeout (a large video takes as long as it takes), only
-    /// connect and per-read timeouts; the Ark client's total timeout fits API calls only.
-    /// Redirects and name resolution follow [`super::safeurl`].
-    http: reqwest::Client,
-    /// Which URLs may be downloaded at all (issue 12 §1).
-    urls: std::sync::Arc<super::safeurl::UrlPolicy>,
-    delete_remote: bool,
-}
-
-impl Archiver {
-    /// Builds the archiver from `[archive]`.
-    ///
-    /// # Errors
-    /// A bad key template or URL, a backend that refuses its configuration.
-    pub fn new(cfg: &Config) -> anyhow::Result<Self> {
-        let keys = KeyTemplate::parse(&cfg.archive.key_template).context("archive.key_template")?;
-        let blob =
-            BlobStore::open(&cfg.archive.url, &cfg.archive.s3).context("opening archive.url")?;
-        let (http, urls) = super::safeurl::download_client(cfg)?;
-        Ok(Self {
-            blob,
-            keys,
-            http,
-            urls,
-            delete_remote: cfg.archive.delete_remote,
-        })
-    }
-
-    /// The object store.
-    pub fn blob(&self) -> &BlobStore {
-        &self.blob
-    }
-
-    /// The key of a job's video.
-    ///
-    /// # Errors
-    /// The template uses `{task_id}` and the job has none, or the key is invalid.
-    pub fn video_key(&self, job: &Job) -> Result<ObjectKey, BlobError> {
-        let date = utc_date(job.created_at);
-        self.keys.render(&KeyVars {
-            date: &date,
-            model: &job.model,
-            job_id: job.id.as_str(),
-            task_id: job.remote_task_id.as_deref(),
-            batch: job.batch_id.as_deref(),
-            tag: job.tags.first().map(String::as_str),
-        })
-    }
-}
-
-/// The key of the JSON sidecar next to a video key.
-pub fn sidecar_key(video: &ObjectKey) -> ObjectKey {
-    video.sibling(".json")
-}
-
-/// The key of the last frame next to a video key.
-pub fn last_frame_key(video: &ObjectKey) -> ObjectKey {
-    video.sibling(".last.png")
-}
+pub use crate::stage::archiver::{Archiver, last_frame_key, sidecar_key};
 
 /// The archive loop.
 ///
@@ -248,23 +183,19 @@ async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow:
     let outcome = with_heartbeat(ctx, &job.id, token, work.run()).await;
     match outcome {
         Ok(done) => {
-            crate::ops::metrics::archive(
-                "archived",
-                Some(done.video.size),
-                Some(started.elapsed()),
-            );
+            crate::metrics::archive("archived", Some(done.video.size), Some(started.elapsed()));
             archived(ctx, arch, job, token, &key, done).await
         }
         Err(Failure::Gone(why)) => {
-            crate::ops::metrics::archive("failed", None, None);
+            crate::metrics::archive("failed", None, None);
             fail(ctx, job, token, RESULT_EXPIRED, why).await
         }
         Err(Failure::Refused(why)) => {
-            crate::ops::metrics::archive("failed", None, None);
+            crate::metrics::archive("failed", None, None);
             fail(ctx, job, token, URL_REFUSED, why).await
         }
         Err(Failure::Retry { error, denied }) => {
-            crate::ops::metrics::archive("retry", None, None);
+            crate::metrics::archive("retry", None, None);
             retry_later(ctx, &claim, token, error, denied).await
         }
         Err(Failure::Store(StoreError::Conflict { .. })) => {
@@ -488,7 +419,7 @@ impl Work<'_> {
             Frame::NotRequested
         };
         let archived_at = now_ms();
-        let sidecar = self.sidecar(&video, &frame, archived_at);
+        let sidecar = self.sidecar(&video, &frame, archived_at).to_bytes();
         self.arch
             .blob
             .put_bytes(&sidecar_key(&key), sidecar, "application/json")
@@ -693,7 +624,7 @@ impl Work<'_> {
                 "task {remote} no longer has a video URL"
             )));
         };
-        let expires = super::poll::url_expiry(&video, now_ms());
+        let expires = url_expiry(&video, now_ms());
         self.ctx
             .store
             .record_archive_urls(
@@ -717,84 +648,88 @@ impl Work<'_> {
 
     /// The JSON sidecar: who, what was asked, what came out, what it cost, when, and the
     /// hashes of the stored objects.
-    fn sidecar(&self, video: &Digest, frame: &Frame, archived_at: i64) -> Bytes {
+    fn sidecar(&self, video: &Digest, frame: &Frame, archived_at: i64) -> Sidecar {
         let job = self.job();
         let request = serde_json::from_str::<Value>(&job.request_json)
             .map(redact_images)
             .unwrap_or(Value::Null);
         // What the task said about its output (exact even for `adaptive` or defaulted
         // parameters), else what was asked for.
-        let meta: Value = match &self.task {
-            Some(t) => serde_json::from_str(&result_meta(t)),
-            None => serde_json::from_str(self.claim.result_meta.as_deref().unwrap_or("null")),
-        }
-        .unwrap_or(Value::Null);
-        let field = |name: &str| {
-            [meta.get(name), request.get(name)]
-                .into_iter()
-                .flatten()
-                .find(|v| !v.is_null())
-                .cloned()
-                .unwrap_or(Value::Null)
+        let meta = match &self.task {
+            Some(t) => result_meta(t),
+            None => ResultMeta::from_json(self.claim.result_meta.as_deref()).unwrap_or_default(),
         };
-        let resolution = match field("resolution") {
-            // Jobs recorded before result_meta existed still know it from their shape.
-            Value::Null => job
-                .shape
-                .as_deref()
-                .and_then(|s| s.split('/').next())
-                .map_or(Value::Null, |r| Value::String(r.to_string())),
-            v => v,
-        };
+        let asked = |name: &str| request.get(name).filter(|v| !v.is_null());
+        let asked_str = |name: &str| asked(name).and_then(Value::as_str).map(str::to_string);
+        let asked_int = |name: &str| asked(name).and_then(Value::as_i64);
+        let resolution = meta
+            .resolution
+            .or_else(|| asked_str("resolution"))
+            .or_else(|| {
+                // Jobs recorded before result_meta existed still know it from their shape.
+                job.shape
+                    .as_deref()
+                    .and_then(|s| s.split('/').next())
+                    .map(str::to_string)
+            });
         let tokens = job.usage_tokens.or(job.est_tokens);
-        let cost = match (self.ctx.catalogue.get(&job.model), tokens) {
-            (Some(spec), Some(t)) => json!({
-                "amount": crate::catalogue::cost(spec, t, job.is_flex()),
-                "currency": "CNY",
-                "tokens": t,
-                "basis": if job.usage_tokens.is_some() { "usage" } else { "estimate" },
+        let estimated_cost = match (self.ctx.catalogue.get(&job.model), tokens) {
+            (Some(spec), Some(t)) => Some(Cost {
+                amount: crate::catalogue::cost(spec, t, job.is_flex()),
+                currency: "CNY".into(),
+                tokens: t,
+                basis: if job.usage_tokens.is_some() {
+                    "usage"
+                } else {
+                    "estimate"
+                }
+                .into(),
             }),
-            _ => Value::Null,
+            _ => None,
         };
-        let object = |key: &ObjectKey, d: &Digest| json!({"key": key.as_str(), "sha256": d.sha256, "size": d.size});
-        let (last_frame, frame_missing) = match frame {
-            Frame::Stored(k, d) => (object(k, d), Value::Null),
-            Frame::Missing(why) => (Value::Null, Value::String(why.clone())),
-            Frame::NotRequested => (Value::Null, Value::Null),
+        let object = |key: &ObjectKey, d: &Digest| StoredObject {
+            key: key.as_str().to_string(),
+            sha256: d.sha256.clone(),
+            size: d.size,
         };
-        let doc = json!({
-            "format": SIDECAR_FORMAT,
-            "job_id": job.id.as_str(),
-            "task_id": job.remote_task_id,
-            "model": job.model,
-            "service_tier": job.service_tier,
-            "seed": field("seed"),
-            "tags": job.tags,
-            "batch": job.batch_id,
-            "request": request,
-            "resolution": resolution,
-            "ratio": field("ratio"),
-            "duration": field("duration"),
-            "frames": field("frames"),
-            "framespersecond": field("framespersecond"),
-            "revised_prompt": meta.get("revised_prompt").cloned().unwrap_or(Value::Null),
-            "shape": job.shape,
-            "usage_tokens": job.usage_tokens,
-            "estimated_cost": cost,
-            "timings": {
-                "queued": rfc3339(Some(job.created_at)),
-                "submitted": rfc3339(job.submitted_at),
-                "finished": rfc3339(job.finished_at),
-                "archived": rfc3339(Some(archived_at)),
+        let (last_frame, last_frame_missing) = match frame {
+            Frame::Stored(k, d) => (Some(object(k, d)), None),
+            Frame::Missing(why) => (None, Some(why.clone())),
+            Frame::NotRequested => (None, None),
+        };
+        Sidecar {
+            format: SIDECAR_FORMAT.into(),
+            job_id: job.id.as_str().to_string(),
+            task_id: job.remote_task_id.clone(),
+            model: job.model.clone(),
+            service_tier: job.service_tier.clone(),
+            seed: meta.seed.or_else(|| asked_int("seed")),
+            tags: job.tags.clone(),
+            batch: job.batch_id.clone(),
+            resolution,
+            ratio: meta.ratio.or_else(|| asked_str("ratio")),
+            duration: meta.duration.or_else(|| asked_int("duration")),
+            frames: meta.frames.or_else(|| asked_int("frames")),
+            framespersecond: meta
+                .framespersecond
+                .or_else(|| asked_int("framespersecond")),
+            revised_prompt: meta.revised_prompt,
+            shape: job.shape.clone(),
+            usage_tokens: job.usage_tokens,
+            estimated_cost,
+            timings: Timings {
+                queued: rfc3339(Some(job.created_at)),
+                submitted: rfc3339(job.submitted_at),
+                finished: rfc3339(job.finished_at),
+                archived: rfc3339(Some(archived_at)),
             },
-            "objects": {
-                "video": object(&self.key, video),
-                "last_frame": last_frame,
-                "last_frame_missing": frame_missing,
+            objects: Objects {
+                video: object(&self.key, video),
+                last_frame,
+                last_frame_missing,
             },
-        });
-        // Serialising a `Value` cannot fail.
-        Bytes::from(serde_json::to_vec_pretty(&doc).unwrap_or_default())
+            request,
+        }
     }
 }
 
@@ -802,26 +737,6 @@ async fn abort(up: crate::blob::Upload) {
     if let Err(e) = up.abort().await {
         tracing::warn!(error = %describe(&anyhow::Error::new(e)), "cannot abort the upload; its parts expire by the bucket's rules");
     }
-}
-
-/// What a succeeded task says about its output, as the JSON kept in `result_meta` for the
-/// sidecar: the request may have left these to defaults, or asked for an `adaptive` ratio.
-pub(crate) fn result_meta(t: &Task) -> String {
-    let mut m = serde_json::Map::new();
-    let mut put = |k: &str, v: Value| {
-        if !v.is_null() {
-            m.insert(k.to_string(), v);
-        }
-    };
-    put("resolution", json!(t.resolution));
-    put("ratio", json!(t.ratio));
-    put("duration", json!(t.duration));
-    put("frames", json!(t.frames));
-    put("framespersecond", json!(t.framespersecond));
-    put("seed", json!(t.seed));
-    put("revised_prompt", json!(t.revised_prompt));
-    put("service_tier", json!(t.service_tier));
-    Value::Object(m).to_string()
 }
 
 /// An error and its causes on one line. object_store's messages already include their
@@ -860,19 +775,19 @@ fn redact_images(v: Value) -> Value {
     }
 }
 
-fn rfc3339(ms: Option<i64>) -> Value {
-    let Some(ms) = ms else { return Value::Null };
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+fn rfc3339(ms: Option<i64>) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms?) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
                 .ok()
         })
-        .map_or(Value::Null, Value::String)
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -920,9 +835,9 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(
-            rfc3339(Some(1_778_754_737_123)),
-            Value::String("2026-05-14T10:32:17.123Z".into())
+            rfc3339(Some(1_778_754_737_123)).as_deref(),
+            Some("2026-05-14T10:32:17.123Z")
         );
-        assert_eq!(rfc3339(None), Value::Null);
+        assert_eq!(rfc3339(None), None);
     }
 }

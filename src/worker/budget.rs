@@ -163,7 +163,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
                 Scope::BatchCost | Scope::BatchTokens => (WAIT_BATCH, HELD),
                 Scope::Daily | Scope::ModelDaily => (WAIT_DAILY, day + day_ms),
             };
-            crate::ops::metrics::budget_refused(code);
+            crate::metrics::budget_refused(code);
             Ok(Err(Wait {
                 code,
                 until,

@@ -96,13 +96,11 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         .route("/{*rest}", post(receive_nested))
         // The body is never read (see `receive`); the cap guards any future extractor.
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(axum::middleware::from_fn(
-            crate::ops::metrics::count_callbacks,
-        ))
+        .layer(axum::middleware::from_fn(crate::metrics::count_callbacks))
         .with_state(ctx);
     tracing::info!(%listen, "callback endpoint listening");
-    let limits = crate::ops::admin::ServerLimits::from_config(&ctx_cfg);
-    crate::ops::admin::serve_guarded(listener, app, limits, shutdown).await
+    let limits = crate::stage::http::ServerLimits::from_config(&ctx_cfg);
+    crate::stage::http::serve_guarded(listener, app, limits, shutdown).await
 }
 
 async fn receive_nested(State(ctx): State<Ctx>, Path(rest): Path<String>) -> StatusCode {

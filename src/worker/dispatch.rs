@@ -23,11 +23,8 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken, instance: u32) -> anyhow
     super::stage_loop("dispatch", &ctx, role, shutdown, || step(&ctx)).await
 }
 
-/// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).
-pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
-    let off = i64::from(offset_hours) * 3_600_000;
-    (now + off).div_euclid(86_400_000) * 86_400_000 - off
-}
+// The TPD day moved to the stage core, which ops and bulk share with the dispatcher.
+pub use crate::stage::day_start_ms;
 
 /// Jobs one dispatcher claims in one transaction and submits concurrently.
 const CLAIM_BATCH: u32 = 8;
@@ -152,7 +149,7 @@ async fn claim_tier(
         tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
             let day_ms = ctx.cfg.bulk.tpd_day_ms();
             let day =
-                crate::bulk::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
+                crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
             (tpd, day, day + day_ms)
         }),
     };
@@ -196,7 +193,7 @@ async fn claim_tier(
 /// The current TPD day of `model`, with its spend loaded into the limiter.
 async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
     // `bulk.tpd_day` is a day except against a time-scaled simulator.
-    let day = crate::bulk::tpd_day_start(
+    let day = crate::stage::tpd_day_start(
         now_ms(),
         ctx.cfg.dispatch.tpd_utc_offset_hours,
         ctx.cfg.bulk.tpd_day_ms(),
@@ -293,7 +290,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         return Ok(());
     }
     let result = ctx.ark.create(&body).await;
-    crate::ops::metrics::create(
+    crate::metrics::create(
         &job.model,
         &job.service_tier,
         result
@@ -357,7 +354,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             let backoff = ctx.submit_backoff();
             let (next, detail) = match class {
                 ErrorClass::Throttled(ra) if job.is_flex() => {
-                    crate::ops::metrics::create_throttled(&job.model, "flex", &code);
+                    crate::metrics::create_throttled(&job.model, "flex", &code);
                     let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
                     // Ark's flex limit, not the job's fault: it keeps its attempts.
                     (
@@ -366,7 +363,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     )
                 }
                 ErrorClass::Throttled(ra) => {
-                    crate::ops::metrics::create_throttled(&job.model, "default", &code);
+                    crate::metrics::create_throttled(&job.model, "default", &code);
                     // `ra` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
                     // anyway, since a peer's number must never overflow our clock.
                     let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);
@@ -490,7 +487,7 @@ async fn flex_throttled(
 ) -> anyhow::Result<i64> {
     if is_tpd_refusal(code, msg) {
         let day_ms = ctx.cfg.bulk.tpd_day_ms();
-        let day = crate::bulk::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
+        let day = crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
         ctx.limiter.exhaust_flex_day(&job.model, day);
         tracing::warn!(code, "flex TPD refused by ark; waiting for the next day");
         return Ok(day + day_ms);
@@ -574,15 +571,5 @@ mod tests {
             "ModelAccountRpmRateLimitExceeded",
             "requests-per-minute"
         ));
-    }
-
-    #[test]
-    fn tpd_days_start_at_beijing_midnight() {
-        // 2026-05-14T16:00:00Z is midnight in UTC+8.
-        let midnight_bj = 1_778_774_400_000;
-        assert_eq!(day_start_ms(midnight_bj, 8), midnight_bj);
-        assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
-        assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
-        assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
     }
 }

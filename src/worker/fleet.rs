@@ -15,54 +15,12 @@
 //! at shutdown (a draining worker is alive and holds leases), and stops last, when the service
 //! deregisters and gives its singletons up for a successor to take at once.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, ms};
 use crate::store::{WorkerRow, now_ms};
 
-/// Scheduled maintenance (`ops::maintenance`), the TPD roll-over included.
-pub const MAINTENANCE: &str = "maintenance";
-/// The flex governor (`bulk::governor`).
-pub const GOVERNOR: &str = "governor";
-/// The reconciliation sweeps: interrupted submits and overdue flex jobs (`worker::reconcile`).
-pub const RECONCILE: &str = "reconcile";
-
-/// Which singletons this process leads, and until when by its own clock.
-#[derive(Debug, Default)]
-pub struct Fleet {
-    leads: Mutex<HashMap<&'static str, i64>>,
-    /// A leader stops acting this long before its lease runs out, so that an old leader whose
-    /// renewals stall has stopped before a successor may start (ms).
-    margin_ms: Mutex<i64>,
-}
-
-impl Fleet {
-    /// Whether this process leads singleton `name` now.
-    pub fn leads(&self, name: &str) -> bool {
-        let margin = *self.margin_ms.lock().unwrap_or_else(|e| e.into_inner());
-        self.leads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .is_some_and(|until| *until - margin > now_ms())
-    }
-
-    /// Records the outcome of a `try_lead`; returns whether leadership changed.
-    fn set(&self, name: &'static str, until: Option<i64>) -> bool {
-        let mut leads = self.leads.lock().unwrap_or_else(|e| e.into_inner());
-        match until {
-            Some(u) => leads.insert(name, u).is_none(),
-            None => leads.remove(name).is_some(),
-        }
-    }
-
-    fn forget_all(&self) {
-        self.leads.lock().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-}
+pub use crate::stage::fleet::{Fleet, GOVERNOR, MAINTENANCE, RECONCILE};
 
 /// The singletons a service in this mode runs (maintenance only runs in `serve`).
 pub fn singletons(serve: bool) -> Vec<&'static str> {
@@ -77,7 +35,7 @@ fn this_worker(ctx: &Ctx) -> WorkerRow {
     let now = now_ms();
     WorkerRow {
         id: ctx.owner.clone(),
-        host: super::hostname(),
+        host: crate::stage::owner::hostname(),
         pid: i64::from(std::process::id()),
         version: env!("CARGO_PKG_VERSION").to_string(),
         started_at: now,
@@ -149,7 +107,7 @@ pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> anyhow::Result<()> {
                 tracing::warn!(singleton = name, "this worker no longer leads");
             }
         }
-        crate::ops::metrics::leader(name, until.is_some());
+        crate::metrics::leader(name, until.is_some());
     }
     Ok(())
 }
@@ -163,7 +121,7 @@ async fn reap(ctx: &Ctx, now: i64) -> anyhow::Result<()> {
         if w.id == ctx.owner {
             continue;
         }
-        let gone = super::owner_is_dead(&w.id);
+        let gone = crate::stage::owner::owner_is_dead(&w.id);
         if !gone && w.heartbeat_at >= lapsed_before {
             continue;
         }
@@ -180,7 +138,7 @@ async fn reap(ctx: &Ctx, now: i64) -> anyhow::Result<()> {
         }
     }
     if released > 0 {
-        crate::ops::metrics::leases_released(released as u64);
+        crate::metrics::leases_released(released as u64);
         ctx.poke_dispatch.notify_one();
         ctx.poke_poll.notify_one();
         ctx.poke_archive.notify_one();

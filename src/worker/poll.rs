@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::result::{result_meta, url_expiry};
 use super::{Ctx, Outcome, ms};
 use crate::ark::wire::{Task, TaskStatus};
 use crate::ark::{ErrorClass, ListQuery};
@@ -28,8 +29,6 @@ const TRANSIENT_REMOTE_CODES: [&str; 3] = [
 const HISTORY: u32 = 20;
 /// How long a learned generation time is reused before the history is read again.
 const HISTORY_TTL_MS: i64 = 1_000;
-/// Video URLs are valid 24 h unless the URL says otherwise.
-const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
 
 /// The poll loop.
 ///
@@ -383,21 +382,6 @@ fn observed_generation(job: &Job, t: &Task, now: i64) -> i64 {
     }
 }
 
-/// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
-pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
-    url::Url::parse(url)
-        .ok()
-        .and_then(|u| {
-            u.query_pairs()
-                .find(|(k, _)| k.eq_ignore_ascii_case("X-Tos-Expires"))
-                .and_then(|(_, v)| v.parse::<i64>().ok())
-        })
-        // The number is the peer's: saturate rather than overflow (issue 12 §2).
-        .map_or(now.saturating_add(DEFAULT_URL_TTL_MS), |s| {
-            now.saturating_add(s.saturating_mul(1000))
-        })
-}
-
 /// Records a remote status for a job held with its current lease token (the callback path).
 ///
 /// # Errors
@@ -431,7 +415,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                 url_expires_at: content.video_url.as_deref().map(|v| url_expiry(v, now)),
                 video_url: content.video_url,
                 last_frame_url: content.last_frame_url,
-                meta: super::archive::result_meta(t),
+                meta: result_meta(t),
             };
             let p = Plan::finish(
                 job,
@@ -534,24 +518,4 @@ async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn url_expiry_reads_the_tos_parameter() {
-        assert_eq!(
-            url_expiry("https://x/v.mp4?X-Tos-Expires=86400&a=b", 1000),
-            1000 + 86_400_000
-        );
-        assert_eq!(url_expiry("https://x/v.mp4?x-tos-expires=10", 0), 10_000);
-        assert_eq!(url_expiry("https://x/v.mp4", 5), 5 + DEFAULT_URL_TTL_MS);
-        assert_eq!(
-            url_expiry("https://x/v.mp4?X-Tos-Expires=9223372036854775807", 5),
-            i64::MAX,
-            "a huge expiry saturates instead of overflowing"
-        );
-    }
 }

@@ -116,7 +116,7 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
     if n > 0 {
         tracing::warn!(jobs = n, "found interrupted submits; reconciling them");
     }
-    crate::ops::metrics::reconcile("recovered", n as u64);
+    crate::metrics::reconcile("recovered", n as u64);
     Ok(n)
 }
 
@@ -185,7 +185,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "listing remote tasks failed; will retry");
-            crate::ops::metrics::reconcile("list_failed", 1);
+            crate::metrics::reconcile("list_failed", 1);
             return look_again_at(ctx, &job, retry_at).await;
         }
     };
@@ -243,7 +243,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             |t| format!("identity {t}"),
         );
         tracing::warn!(identity = %what, "no remote task carries this job's identity; never created, resending");
-        crate::ops::metrics::reconcile("resent", 1);
+        crate::metrics::reconcile("resent", 1);
         // Proven never created, so never billed: the budget hold goes back (the resend
         // reserves again).
         super::budget::release(ctx, &job).await?;
@@ -265,14 +265,14 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     }
     let started = job.submit_started_at.unwrap_or(job.updated_at);
     if now - started < ms(ctx.cfg.dispatch.reconcile_grace) {
-        crate::ops::metrics::reconcile("pending", 1);
+        crate::metrics::reconcile("pending", 1);
         return look_again_at(ctx, &job, retry_at).await;
     }
     // The listing could not be completed for the whole grace period: nothing is proven.
     match ctx.cfg.dispatch.on_ambiguous_submit {
         AmbiguousPolicy::Resubmit => {
             tracing::warn!("no complete listing after the grace period; resubmitting (policy)");
-            crate::ops::metrics::reconcile("resubmitted", 1);
+            crate::metrics::reconcile("resubmitted", 1);
             // Settled: no task was made, so its budget hold goes back (the resubmit
             // reserves again).
             super::budget::release(ctx, &job).await?;
@@ -318,7 +318,7 @@ fn progress(s: TaskStatus) -> u8 {
 async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> anyhow::Result<()> {
     // The id is in the log before the write, so a failed write cannot lose it.
     tracing::warn!(remote_id = %task.id, "adopting the remote task of an ambiguous submit");
-    crate::ops::metrics::reconcile("adopted", 1);
+    crate::metrics::reconcile("adopted", 1);
     let recorded = record_task(
         ctx,
         job,
@@ -371,7 +371,7 @@ async fn record_task(
 async fn park(ctx: &Ctx, job: &Job, reason: &str) -> anyhow::Result<()> {
     let first = job.last_error_code.as_deref() != Some(PARKED);
     if first {
-        crate::ops::metrics::reconcile("parked", 1);
+        crate::metrics::reconcile("parked", 1);
         tracing::error!(reason, "submit outcome unproven; parked for an operator");
     }
     let until = now_ms() + 10 * ms(ctx.cfg.dispatch.reconcile_interval);
@@ -398,11 +398,11 @@ pub async fn cancel_duplicate(ctx: &Ctx, remote_id: &str, status: Option<TaskSta
     }
     match ctx.ark.delete(remote_id).await {
         Ok(()) => {
-            crate::ops::metrics::reconcile("duplicate_cancelled", 1);
+            crate::metrics::reconcile("duplicate_cancelled", 1);
             tracing::warn!(remote_id, "cancelled a duplicate remote task of this job");
         }
         Err(e) => {
-            crate::ops::metrics::reconcile("duplicate_kept", 1);
+            crate::metrics::reconcile("duplicate_kept", 1);
             tracing::error!(remote_id, error = %format!("{e:#}"), "a duplicate remote task of this job could not be cancelled");
         }
     }
@@ -419,7 +419,7 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
     if job.state == JobState::SubmitUnknown {
         let reason = format!("late create response: adopted {remote_id}");
         if record_task(ctx, &job, remote_id, "queued", now, now, reason).await? {
-            crate::ops::metrics::reconcile("adopted_late", 1);
+            crate::metrics::reconcile("adopted_late", 1);
             ctx.poke_poll.notify_one();
             return Ok(());
         }

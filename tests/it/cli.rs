@@ -183,7 +183,12 @@ fn migrate_is_idempotent_and_config_never_prints_secrets() {
     let env = TestEnv::new("");
     let a = env.ok(&["migrate"]);
     let b = env.ok(&["migrate"]);
-    let latest = format!("schema version {}", seedq::store::migrate::latest());
+    let latest = if env.postgres {
+        seedq::store::postgres_latest()
+    } else {
+        seedq::store::migrate::latest()
+    };
+    let latest = format!("schema version {latest}");
     assert!(a.contains(&latest) && b.contains(&latest), "{a} {b}");
     let out = env
         .cmd(&["config", "show"])

@@ -799,7 +799,7 @@ fn doctor_fails_clearly_on_an_unreachable_store() {
 
 #[test]
 fn scheduled_backups_land_in_the_archive_store_and_only_the_newest_stay() {
-    let env = TestEnv::new(&format!(
+    let env = TestEnv::new_sqlite(&format!(
         "[ark]\nbase_url = \"{NO_ARK}\"\n\n[maintenance]\ntimezone = \"UTC\"\nbackup = \"* * * * * *\"\nbackup_keep = 2\n"
     ));
     let archive = env.path().join("archive");

@@ -10,10 +10,10 @@ use std::sync::{Arc, RwLock};
 
 use chrono_tz::Tz;
 
-use super::schedule::{self, FlexWindow};
+use super::limiter::Limiter;
 use crate::catalogue::{Catalogue, Limits};
 use crate::config::{BudgetConfig, Config, PollConfig};
-use crate::worker::limiter::Limiter;
+use crate::schedule::{self, FlexWindow};
 
 /// The live settings.
 pub struct Live {

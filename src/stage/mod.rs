@@ -1,0 +1,301 @@
+//! The stage core: what every stage of the service shares, and nothing else.
+//!
+//! [`Ctx`] (the handles and live state a stage reads), [`Outcome`] and [`Role`], the loop every
+//! stage runs ([`stage_loop`]), the per-model [`limiter`], the lease owner's identity
+//! ([`owner`]), TPD day arithmetic and the operational state a stage reports into ([`state`]).
+//! The stages (`worker`), the daemon side (`ops`) and the bulk stages (`bulk`) depend on this
+//! module; it depends on none of them (a test in `service` keeps it so), which is what lets
+//! the composition root (`service`) build them all without a cycle.
+
+pub mod archiver;
+pub mod fleet;
+pub mod http;
+pub mod limiter;
+pub mod live;
+pub mod owner;
+pub mod safeurl;
+pub mod state;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::ark::ArkClient;
+use crate::catalogue::Catalogue;
+use crate::config::Config;
+use crate::job::Backoff;
+use crate::store::{Store, now_ms};
+
+pub use state::OpsState;
+
+/// Learned generation times: key `model|tier|shape` → (read at ms, expected ms).
+pub(crate) type ExpectedTimes = HashMap<String, (i64, Option<i64>)>;
+
+/// What one step did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Did something; call again at once.
+    Worked,
+    /// Nothing to do now; the optional hint says when something will be due (ms).
+    Idle(Option<i64>),
+}
+
+/// Shared state for the stages.
+#[derive(Clone)]
+pub struct Ctx {
+    pub store: Store,
+    pub ark: ArkClient,
+    pub catalogue: Arc<Catalogue>,
+    pub cfg: Arc<Config>,
+    pub limiter: Arc<limiter::Limiter>,
+    /// Serialises admission (read in-flight count, claim) across dispatchers.
+    pub admission: Arc<tokio::sync::Mutex<()>>,
+    /// Poked when a stage makes work for another (a submit makes polling work).
+    pub poke_poll: Arc<Notify>,
+    pub poke_dispatch: Arc<Notify>,
+    /// Poked when a job succeeds, so the archiver need not wait for its idle interval.
+    pub poke_archive: Arc<Notify>,
+    /// Poked when a job leaves `submitted` or is archived: a chain may move on.
+    pub poke_chain: Arc<Notify>,
+    /// The archiver; `None` when `archive.url` is empty (archiving off).
+    pub archive: Option<Arc<archiver::Archiver>>,
+    /// Identifies this process in leases.
+    pub owner: String,
+    /// The singletons this process leads (worker/fleet.rs keeps it current).
+    pub fleet: Arc<fleet::Fleet>,
+    /// Live settings (limits, `[poll]`: read them here, not in `cfg`) and health.
+    pub ops: Arc<OpsState>,
+    /// Learned generation times per model/tier/shape, with when they were read (ms): a
+    /// submit asks for it, and the history query need not run for every one.
+    pub(crate) expected: Arc<std::sync::Mutex<ExpectedTimes>>,
+}
+
+impl Ctx {
+    /// Builds the context from a validated configuration.
+    ///
+    /// # Errors
+    /// No API key, the HTTP client cannot be built, or the archive store cannot be set up.
+    pub fn new(cfg: Config, catalogue: Catalogue, store: Store) -> anyhow::Result<Self> {
+        let key = cfg.ark.api_key.clone().context(
+            "no Ark API key: set ARK_API_KEY, or ark.api_key_file, or a systemd credential named ark_api_key",
+        )?;
+        let ark = ArkClient::new(
+            &cfg.ark.base_url,
+            key,
+            cfg.ark.connect_timeout,
+            cfg.ark.request_timeout,
+        )?;
+        let archive = if cfg.archive.url.is_empty() {
+            None
+        } else {
+            Some(Arc::new(archiver::Archiver::new(&cfg)?))
+        };
+        let catalogue = Arc::new(catalogue);
+        Ok(Self {
+            store,
+            ark,
+            ops: Arc::new(OpsState::new(&cfg, catalogue.clone())),
+            catalogue,
+            limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_window)),
+            cfg: Arc::new(cfg),
+            admission: Arc::new(tokio::sync::Mutex::new(())),
+            poke_poll: Arc::new(Notify::new()),
+            poke_dispatch: Arc::new(Notify::new()),
+            poke_archive: Arc::new(Notify::new()),
+            poke_chain: Arc::new(Notify::new()),
+            archive,
+            owner: owner::owner_id(std::process::id()),
+            fleet: Arc::default(),
+            expected: Arc::default(),
+        })
+    }
+
+    /// The retry backoff for submit attempts.
+    pub fn submit_backoff(&self) -> Backoff {
+        Backoff {
+            base: self.cfg.dispatch.backoff_base,
+            max: self.cfg.dispatch.backoff_max,
+        }
+    }
+
+    pub(crate) fn lease_ms(&self) -> i64 {
+        ms(self.cfg.dispatch.lease)
+    }
+
+    pub(crate) fn callbacks_on(&self) -> bool {
+        !self.cfg.callback.public_url.is_empty()
+    }
+}
+
+/// Milliseconds in a duration, saturating.
+pub(crate) fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long to sleep when a step reported `Idle(hint)`.
+pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
+    match hint {
+        Some(at) => {
+            let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
+            wait.min(idle)
+        }
+        None => idle,
+    }
+}
+
+/// The loop every stage runs: step until idle, then wait for a poke, the idle interval or
+/// shutdown. Errors are logged and backed off; only the store closing ends the loop early.
+pub(crate) async fn stage_loop<F, Fut>(
+    name: &'static str,
+    ctx: &Ctx,
+    role: Role,
+    shutdown: CancellationToken,
+    mut step: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Outcome>>,
+{
+    let Role {
+        poke,
+        idle,
+        cascade,
+    } = role;
+    let mut errors = 0u32;
+    loop {
+        ctx.ops.health.beat(name);
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let wait = match step().await {
+            Ok(Outcome::Worked) => {
+                errors = 0;
+                // Work found: wake one sibling, which wakes the next if it finds work too,
+                // so a burst gets every worker while an idle service wakes only one.
+                if cascade && let Some(n) = &poke {
+                    n.notify_one();
+                }
+                continue;
+            }
+            Ok(Outcome::Idle(hint)) => {
+                errors = 0;
+                match (idle, hint) {
+                    (Some(idle), hint) => idle_sleep(idle, hint),
+                    // A secondary worker sleeps until poked (or until its own hint is due).
+                    (None, Some(_)) => idle_sleep(Duration::MAX, hint),
+                    (None, None) => Duration::MAX,
+                }
+            }
+            Err(e) => {
+                if e.downcast_ref::<crate::store::StoreError>()
+                    .is_some_and(|s| matches!(s, crate::store::StoreError::Closed))
+                {
+                    return Err(e.context(format!("{name} stage: the store is gone")));
+                }
+                errors += 1;
+                let d = Backoff {
+                    base: Duration::from_millis(200),
+                    max: Duration::from_secs(30),
+                }
+                .delay_random(errors, None);
+                tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
+                d
+            }
+        };
+        let poked = async {
+            match &poke {
+                Some(n) => n.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        // Cancel-safe: all three branches only wait.
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = poked => {}
+            _ = sleep_unless_forever(wait) => {}
+        }
+    }
+}
+
+/// `sleep(d)`, or never for `Duration::MAX` (a plain sleep would overflow the deadline).
+async fn sleep_unless_forever(d: Duration) {
+    if d == Duration::MAX {
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(d).await;
+}
+
+/// How a stage instance waits when it has nothing to do.
+pub(crate) struct Role {
+    /// Wakes the stage early (another stage made work for it).
+    pub poke: Option<Arc<Notify>>,
+    /// How often to look for work nobody poked about (the CLI is another process); `None`
+    /// for secondary instances of a stage, which only wait for pokes.
+    pub idle: Option<Duration>,
+    /// Whether finding work wakes a sibling instance.
+    pub cascade: bool,
+}
+
+impl Role {
+    /// The one instance of a stage, or the first of several: it polls on the idle interval.
+    pub(crate) fn primary(ctx: &Ctx, poke: Option<Arc<Notify>>, cascade: bool) -> Self {
+        Role {
+            poke,
+            idle: Some(ctx.cfg.dispatch.idle_interval),
+            cascade,
+        }
+    }
+
+    /// The first instance of `n` polls; the others sleep until woken, so an idle service
+    /// does not wake once per worker per interval.
+    pub(crate) fn nth(ctx: &Ctx, poke: Arc<Notify>, i: u32) -> Self {
+        Role {
+            poke: Some(poke),
+            idle: (i == 0).then_some(ctx.cfg.dispatch.idle_interval),
+            cascade: true,
+        }
+    }
+}
+
+/// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).
+pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    (now + off).div_euclid(86_400_000) * 86_400_000 - off
+}
+
+/// Start of the TPD day containing `now` (ms): days of `day_ms` counted from midnight at
+/// UTC+`offset_hours`. With a 24 h day this is [`day_start_ms`].
+pub fn tpd_day_start(now: i64, offset_hours: i32, day_ms: i64) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    let day = day_ms.max(1);
+    (now + off).div_euclid(day) * day - off
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tpd_days_start_at_beijing_midnight() {
+        // 2026-05-14T16:00:00Z is midnight in UTC+8.
+        let midnight_bj = 1_778_774_400_000;
+        assert_eq!(day_start_ms(midnight_bj, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
+        assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
+    }
+
+    #[test]
+    fn a_full_day_matches_the_dispatcher() {
+        for now in [0, 1_778_774_400_000, 1_778_774_400_001, 1_778_774_399_999] {
+            assert_eq!(tpd_day_start(now, 8, 86_400_000), day_start_ms(now, 8));
+        }
+        assert_eq!(tpd_day_start(5_500, 0, 2_000), 4_000);
+    }
+}

@@ -328,16 +328,30 @@ pub async fn plan_for(
 /// Store failures.
 pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
     let catalogue = ctx.ops.live.catalogue();
-    let queued: Vec<Job> = match &job.batch_id {
-        Some(b) => ctx
-            .store
-            .batch_jobs(b)
-            .await?
-            .into_iter()
-            .filter(|j| j.state == crate::job::JobState::Queued)
-            .collect(),
+    let jobs: Vec<Job> = match &job.batch_id {
+        Some(b) => ctx.store.batch_jobs(b).await?,
         None => vec![job.clone()],
     };
+    // A job being claimed right now (`submitting`) may not hold its reservation yet: the
+    // claim and the hold are separate transactions, and another worker (or this one's
+    // dispatcher) can sit between them. Counted here at its own tier's price before the
+    // queued ones, it makes the check err towards keeping flex, never towards a move the
+    // budget then cannot pay (seen on PostgreSQL, where the stages really run in parallel).
+    let claiming: Vec<(String, i64, i64)> = jobs
+        .iter()
+        .filter(|j| j.state == crate::job::JobState::Submitting)
+        .map(|j| {
+            (
+                j.model.clone(),
+                j.est_tokens.unwrap_or(0),
+                rate(&catalogue, &j.model, j.is_flex()),
+            )
+        })
+        .collect();
+    let queued: Vec<Job> = jobs
+        .into_iter()
+        .filter(|j| j.state == crate::job::JobState::Queued)
+        .collect();
     let mut models: Vec<String> = queued.iter().map(|j| j.model.clone()).collect();
     models.sort_unstable();
     models.dedup();
@@ -355,18 +369,16 @@ pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
     if !plan.binds() {
         return Ok(false);
     }
-    let at_default: Vec<(String, i64, i64)> = queued
-        .iter()
-        .map(|j| {
-            (
-                j.model.clone(),
-                j.est_tokens.unwrap_or(0),
-                rate(&catalogue, &j.model, false),
-            )
-        })
-        .collect();
-    plan.count(&at_default);
-    Ok(plan.fit < at_default.len())
+    let mut demand = claiming;
+    demand.extend(queued.iter().map(|j| {
+        (
+            j.model.clone(),
+            j.est_tokens.unwrap_or(0),
+            rate(&catalogue, &j.model, false),
+        )
+    }));
+    plan.count(&demand);
+    Ok(plan.fit < demand.len())
 }
 
 /// Whether `jobs` (model, tokens, flex) cost more at the default price than `cap_fen`: then

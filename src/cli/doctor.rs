@@ -41,9 +41,15 @@ pub struct DoctorArgs {
 enum Verdict {
     Ok(String),
     /// Works, but not as the user probably wants; does not fail the run.
-    Warn { problem: String, fix: String },
+    Warn {
+        problem: String,
+        fix: String,
+    },
     Skip(String),
-    Fail { problem: String, fix: String },
+    Fail {
+        problem: String,
+        fix: String,
+    },
 }
 
 fn fail(problem: impl Into<String>, fix: impl Into<String>) -> Verdict {
@@ -180,8 +186,7 @@ fn dir_writable(dir: &Path) -> std::io::Result<()> {
 /// A PostgreSQL store: reachable, migrated (opening it migrates, as the service does).
 async fn postgres(target: &crate::store::StoreTarget) -> Verdict {
     let shown = target.describe();
-    match tokio::time::timeout(NET_TIMEOUT, crate::store::Store::open_target(target, false)).await
-    {
+    match tokio::time::timeout(NET_TIMEOUT, crate::store::Store::open_target(target, false)).await {
         Err(_) => fail(
             format!("{shown}: no answer within {}s", NET_TIMEOUT.as_secs()),
             "check that the server is up and reachable from here (host, port, firewall)",
@@ -193,7 +198,10 @@ async fn postgres(target: &crate::store::StoreTarget) -> Verdict {
         ),
         Ok(Ok(store)) => match store.schema_version().await {
             Ok(v) => Verdict::Ok(format!("{shown} (PostgreSQL, schema {v})")),
-            Err(e) => fail(format!("{shown}: {}", chain(&e)), "check the database user's rights"),
+            Err(e) => fail(
+                format!("{shown}: {}", chain(&e)),
+                "check the database user's rights",
+            ),
         },
     }
 }

@@ -98,4 +98,17 @@ export SEEDQ_TEST_SEEDANCE="$seedance"
 
 # --- The suite ----------------------------------------------------------------------------
 # --no-fail-fast: a failing unit test must not hide the integration tests' results.
-exec cargo test --no-fail-fast "$@"
+# The store's unit tests run on both backends by themselves. The integration suite then runs a
+# second time with every job on PostgreSQL (SEEDQ_TEST_STORE=postgres; tests about the SQLite
+# file itself stay on SQLite). SEEDQ_TEST_BACKENDS=sqlite skips that second pass.
+status=0
+cargo test --no-fail-fast "$@" || status=$?
+if [[ "${SEEDQ_TEST_BACKENDS:-sqlite postgres}" == *postgres* ]]; then
+    echo "tests/run.sh: the integration suite again, on PostgreSQL" >&2
+    if (($#)); then
+        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast "$@" || status=$?
+    else
+        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast --test it || status=$?
+    fi
+fi
+exit "$status"

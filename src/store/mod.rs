@@ -1,9 +1,11 @@
 //! The durable job store: the only place SQL lives.
 //!
-//! One narrow interface (enqueue, claim, transition, query) over one SQLite connection thread
-//! (`conn`). Every state change is a guarded compare-and-set on `(id, state, lease_token)`
-//! that also appends a `job_events` row in the same transaction; zero rows changed is a
-//! [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
+//! One narrow interface (enqueue, claim, typed state-change verbs, query) over one SQLite
+//! connection thread (`conn`). The stages change a job only through the verbs in `verbs.rs`
+//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `transition`/`update`
+//! below them are private here. Every state change is a guarded compare-and-set on
+//! `(id, state, lease_token)` that also appends a `job_events` row in the same transaction;
+//! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
 mod archive;
@@ -17,6 +19,9 @@ pub mod ops;
 mod pause;
 pub(crate) mod pg;
 mod ui;
+mod verbs;
+#[cfg(test)]
+mod verbs_tests;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +39,10 @@ pub use conn::BUSY_TIMEOUT;
 pub use pause::{PauseKind, Paused};
 pub use pg::redact_url;
 pub use ui::{UiCell, UiFilter};
+pub use verbs::{
+    Accepted, Adopted, ArchiveRecord, ErrorNote, LastError, PARKED, PollOutcome, Polled,
+    RemoteResult, Requeue,
+};
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -364,8 +373,12 @@ pub struct StatRow {
 }
 
 /// Column updates that ride along with a transition.
+///
+/// Only the store's own (private) `transition`/`update` take one, so code outside the store
+/// cannot write a column with it: it calls a typed verb (`verbs.rs`). `pub(crate)` only so the
+/// PostgreSQL twin of those methods (`pg/core.rs`, a `pub(crate)` module) may name it.
 #[derive(Clone, Debug, Default)]
-pub struct Patch(Vec<(&'static str, Value)>);
+pub(crate) struct Patch(Vec<(&'static str, Value)>);
 
 impl Patch {
     /// An empty patch.
@@ -387,8 +400,10 @@ impl Patch {
 }
 
 /// One guarded state change: `(id, from, token) -> to`, with column updates and an event.
+/// Built only by the verbs in `verbs.rs`, and taken only by the store's private methods
+/// (`pub(crate)` for the same reason as [`Patch`]).
 #[derive(Clone, Debug)]
-pub struct Transition {
+pub(crate) struct Transition {
     pub id: JobId,
     pub from: JobState,
     pub token: i64,
@@ -968,7 +983,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::Conflict`] if the job is no longer in `from` with `token`;
     /// [`StoreError::IllegalTransition`] if the state machine forbids it.
-    pub async fn transition(
+    async fn transition(
         &self,
         id: &JobId,
         from: JobState,
@@ -1000,7 +1015,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors (then nothing is applied).
-    pub async fn transition_many(
+    async fn transition_many(
         &self,
         batch: Vec<Transition>,
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
@@ -1215,7 +1230,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::Conflict`] when the token or state moved on.
-    pub async fn update(
+    async fn update(
         &self,
         id: &JobId,
         state: JobState,

@@ -36,8 +36,10 @@ use super::{Ctx, Outcome, ms};
 use crate::ark::wire::{Task, TaskStatus};
 use crate::blob::{BlobError, BlobStore, Digest, KeyTemplate, KeyVars, ObjectKey, utc_date};
 use crate::config::Config;
-use crate::job::{Backoff, JobId, JobState};
-use crate::store::{ArchiveClaim, Job, Patch, RESULT_EXPIRED, StoreError, now_ms};
+use crate::job::{Backoff, JobId};
+use crate::store::{
+    ArchiveClaim, ArchiveRecord, Job, LastError, RESULT_EXPIRED, StoreError, now_ms,
+};
 
 /// Quick retries of one transfer inside a step, before the job goes back to wait.
 const TRANSFER_RETRIES: usize = 3;
@@ -304,36 +306,23 @@ async fn archived(
     done: Done,
 ) -> anyhow::Result<()> {
     let size = i64::try_from(done.video.size).unwrap_or(i64::MAX);
-    let mut patch = Patch::new()
-        .set("archive_key", key.to_string())
-        .set("archive_sha256", done.video.sha256.clone())
-        .set("archive_size", size)
-        .set("archived_at", done.archived_at)
-        .clear("last_error_code")
-        .clear("last_error_message");
     let mut detail = format!("archived to {key} ({size} bytes)");
-    match &done.frame {
-        Frame::Stored(_, d) => {
-            patch = patch.set("archive_frame_sha256", d.sha256.clone()).set(
-                "archive_frame_size",
-                i64::try_from(d.size).unwrap_or(i64::MAX),
-            );
+    let frame = match &done.frame {
+        Frame::Stored(_, d) => Some((d.sha256.clone(), i64::try_from(d.size).unwrap_or(i64::MAX))),
+        Frame::Missing(why) => {
+            detail.push_str(&format!("; last frame missing: {why}"));
+            None
         }
-        Frame::Missing(why) => detail.push_str(&format!("; last frame missing: {why}")),
-        Frame::NotRequested => {}
-    }
-    match ctx
-        .store
-        .transition(
-            &job.id,
-            JobState::Archiving,
-            token,
-            JobState::Archived,
-            patch,
-            Some(detail),
-        )
-        .await
-    {
+        Frame::NotRequested => None,
+    };
+    let rec = ArchiveRecord {
+        key: key.to_string(),
+        sha256: done.video.sha256.clone(),
+        size,
+        archived_at: done.archived_at,
+        frame,
+    };
+    match ctx.store.mark_archived(&job.id, token, rec, detail).await {
         Ok(_) => {}
         Err(StoreError::Conflict { .. }) => {
             tracing::warn!("the job was taken over before it could be marked archived");
@@ -359,26 +348,12 @@ async fn archived(
 }
 
 async fn fail(ctx: &Ctx, job: &Job, token: i64, code: &str, why: String) -> anyhow::Result<()> {
-    // Forget any digest an attempt recorded: if the job is retried, a new task makes a new
-    // video, and an old object under the same key must not pass for it.
-    let patch = Patch::new()
-        .set("last_error_code", code.to_string())
-        .set("last_error_message", why.clone())
-        .clear("archive_key")
-        .clear("archive_sha256")
-        .clear("archive_size")
-        .clear("archive_frame_sha256")
-        .clear("archive_frame_size");
+    // The verb forgets any digest an attempt recorded: if the job is retried, a new task
+    // makes a new video, and an old object under the same key must not pass for it.
+    let detail = format!("{code}: {why}");
     match ctx
         .store
-        .transition(
-            &job.id,
-            JobState::Archiving,
-            token,
-            JobState::Failed,
-            patch,
-            Some(format!("{code}: {why}")),
-        )
+        .mark_archive_failed(&job.id, token, LastError::new(code, why.clone()), detail)
         .await
     {
         Ok(_) => {
@@ -414,25 +389,19 @@ async fn retry_later(
         (false, true) => STORE_FULL,
         (false, false) => ATTEMPT_FAILED,
     };
-    let patch = Patch::new()
-        .set("next_attempt_at", now_ms().saturating_add(ms(delay)))
-        .set("last_error_code", code.to_string())
-        .set("last_error_message", message.clone())
-        .clear("lease_until")
-        .clear("lease_owner");
+    let at = now_ms().saturating_add(ms(delay));
     let detail = format!(
         "archive attempt {attempt} failed; retrying in {}",
         humantime::format_duration(Duration::from_millis(u64::try_from(ms(delay)).unwrap_or(0)))
     );
     match ctx
         .store
-        .transition(
+        .archive_later(
             &claim.job.id,
-            JobState::Archiving,
             token,
-            JobState::Succeeded,
-            patch,
-            Some(detail),
+            at,
+            LastError::new(code, message.clone()),
+            detail,
         )
         .await
     {

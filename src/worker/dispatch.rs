@@ -12,7 +12,7 @@ use super::limiter::{Blocked, flex_key};
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
-use crate::store::{Job, Patch, ResolutionScope, now_ms};
+use crate::store::{Accepted, ErrorNote, Job, LastError, Requeue, ResolutionScope, now_ms};
 
 /// The dispatcher loop.
 ///
@@ -197,16 +197,7 @@ async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::R
 async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     let token = job.lease_token;
     if job.cancel_requested {
-        ctx.store
-            .transition(
-                &job.id,
-                JobState::Submitting,
-                token,
-                JobState::Cancelled,
-                Patch::new(),
-                Some("cancelled before submit".into()),
-            )
-            .await?;
+        ctx.store.cancel_before_submit(&job.id, token).await?;
         return Ok(());
     }
     // The flex budget must hold for this job too, not only for those before it: reserve its
@@ -226,17 +217,16 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 "flex daily token budget reached; waiting for the next day"
             );
             ctx.store
-                .transition(
+                .requeue(
                     &job.id,
                     JobState::Submitting,
                     token,
-                    JobState::Queued,
-                    Patch::new()
-                        .set("attempts", job.attempts - 1)
-                        .set("next_attempt_at", next_day),
-                    Some(format!(
-                        "flex TPD budget reached ({spent}+{need} > {tpd} tokens)"
-                    )),
+                    Requeue {
+                        at: next_day,
+                        attempts: Some(job.attempts - 1),
+                        error: ErrorNote::Keep,
+                    },
+                    format!("flex TPD budget reached ({spent}+{need} > {tpd} tokens)"),
                 )
                 .await?;
             return Ok(());
@@ -250,18 +240,16 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
         tracing::info!(reason = %wait.message, "waiting on a budget");
         ctx.store
-            .transition(
+            .requeue(
                 &job.id,
                 JobState::Submitting,
                 token,
-                JobState::Queued,
-                Patch::new()
-                    .set("attempts", job.attempts - 1)
-                    .set("next_attempt_at", wait.until)
-                    .set("last_error_code", wait.code.to_string())
-                    .set("last_error_message", wait.message.clone())
-                    .clear("lease_until"),
-                Some(wait.message),
+                Requeue {
+                    at: wait.until,
+                    attempts: Some(job.attempts - 1),
+                    error: ErrorNote::Set(LastError::new(wait.code, wait.message.clone())),
+                },
+                wait.message,
             )
             .await?;
         return Ok(());
@@ -292,24 +280,16 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             // In the log before the DB write: if the write fails, the id is not lost.
             tracing::warn!(remote_id = %resp.id, "create accepted; recording the remote id");
             let first_poll = super::poll::first_poll_at(ctx, &job, now).await?;
-            let patch = Patch::new()
-                .set("remote_task_id", resp.id.clone())
-                .set("remote_status", "queued".to_string())
-                .set("submitted_at", now)
-                .set("next_attempt_at", first_poll)
-                .set("poll_count", 0i64)
-                .clear("lease_until")
-                .clear("last_error_code")
-                .clear("last_error_message");
             let moved = ctx
                 .store
-                .transition(
+                .mark_submitted(
                     &job.id,
-                    JobState::Submitting,
                     token,
-                    JobState::Submitted,
-                    patch,
-                    Some(format!("accepted as {}", resp.id)),
+                    Accepted {
+                        remote_id: resp.id.clone(),
+                        submitted_at: now,
+                        first_poll_at: first_poll,
+                    },
                 )
                 .await;
             // After the store has the task, so a reload in between counts it twice at worst.
@@ -349,16 +329,13 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             let code = e.code().unwrap_or("transport").to_string();
             let msg = format!("{e:#}");
             let backoff = ctx.submit_backoff();
-            let (to, patch, detail) = match class {
+            let (next, detail) = match class {
                 ErrorClass::Throttled(ra) if job.is_flex() => {
                     crate::ops::metrics::create_throttled(&job.model, "flex", &code);
                     let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
                     // Ark's flex limit, not the job's fault: it keeps its attempts.
                     (
-                        JobState::Queued,
-                        Patch::new()
-                            .set("attempts", job.attempts - 1)
-                            .set("next_attempt_at", until),
+                        AfterCreate::Requeue(until, Some(job.attempts - 1)),
                         format!("throttled (flex): {code}"),
                     )
                 }
@@ -372,10 +349,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     tracing::warn!(code = %code, pause = ?pause, "throttled; pausing this model's creates");
                     // A 429 is the account's limit, not the job's fault: it keeps its attempts.
                     (
-                        JobState::Queued,
-                        Patch::new()
-                            .set("attempts", job.attempts - 1)
-                            .set("next_attempt_at", until),
+                        AfterCreate::Requeue(until, Some(job.attempts - 1)),
                         format!("throttled: {code}"),
                     )
                 }
@@ -386,8 +360,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                         backoff.delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
                     tracing::warn!(error = %msg, retry_in = ?delay, "create never reached ark; will retry");
                     (
-                        JobState::Queued,
-                        Patch::new().set("next_attempt_at", now + ms(delay)),
+                        AfterCreate::Requeue(now + ms(delay), None),
                         format!("never sent: {msg}"),
                     )
                 }
@@ -400,50 +373,51 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                         .max(ctx.cfg.dispatch.backoff_base);
                     tracing::warn!(error = %msg, retry_in = ?delay, "create not sent: this machine is out of a resource; not counted as an attempt");
                     (
-                        JobState::Queued,
-                        Patch::new()
-                            .set("attempts", job.attempts - 1)
-                            .set("next_attempt_at", now.saturating_add(ms(delay))),
+                        AfterCreate::Requeue(now.saturating_add(ms(delay)), Some(job.attempts - 1)),
                         format!("not sent (local resource): {msg}"),
                     )
                 }
-                ErrorClass::NeverSent => (
-                    JobState::Dead,
-                    Patch::new(),
-                    format!("attempts exhausted: {msg}"),
-                ),
+                ErrorClass::NeverSent => (AfterCreate::Dead, format!("attempts exhausted: {msg}")),
                 ErrorClass::Rejected | ErrorClass::Transient => {
                     tracing::error!(code = %code, error = %msg, "create rejected");
-                    (JobState::Failed, Patch::new(), format!("rejected: {code}"))
+                    (AfterCreate::Failed, format!("rejected: {code}"))
                 }
                 ErrorClass::Ambiguous => {
                     tracing::warn!(error = %msg, "create outcome unknown; reconciling");
                     (
-                        JobState::SubmitUnknown,
-                        Patch::new().set(
-                            "next_attempt_at",
+                        AfterCreate::Unknown(
                             now + ms(ctx.cfg.dispatch.reconcile_interval).min(5_000),
                         ),
                         format!("ambiguous: {msg}"),
                     )
                 }
             };
-            let patch = patch
-                .set("last_error_code", code)
-                .set("last_error_message", msg)
-                .clear("lease_until");
-            match ctx
-                .store
-                .transition(
-                    &job.id,
-                    JobState::Submitting,
-                    token,
-                    to,
-                    patch,
-                    Some(detail),
-                )
-                .await
-            {
+            let why = LastError::new(code, msg);
+            let requeued = matches!(next, AfterCreate::Requeue(..));
+            let written = match next {
+                AfterCreate::Requeue(at, attempts) => {
+                    let r = Requeue {
+                        at,
+                        attempts,
+                        error: ErrorNote::Set(why),
+                    };
+                    ctx.store
+                        .requeue(&job.id, JobState::Submitting, token, r, detail)
+                        .await
+                }
+                AfterCreate::Dead => {
+                    ctx.store
+                        .mark_dead(&job.id, JobState::Submitting, token, Some(why), detail)
+                        .await
+                }
+                AfterCreate::Failed => ctx.store.mark_failed(&job.id, token, why, detail).await,
+                AfterCreate::Unknown(at) => {
+                    ctx.store
+                        .mark_unknown(&job.id, token, at, why, detail)
+                        .await
+                }
+            };
+            match written {
                 Ok(_) => {}
                 // The lease was taken over during the POST (a paused worker): the job is
                 // another worker's now. A task this create may have made is a duplicate.
@@ -456,7 +430,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 }
                 Err(e) => return Err(e.into()),
             }
-            if to == JobState::Queued {
+            if requeued {
                 ctx.poke_dispatch.notify_one();
             }
             Ok(())
@@ -521,6 +495,16 @@ async fn still_ours(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
             && j.lease_token == job.lease_token
             && j.lease_until.is_some_and(|u| u > now)
     }))
+}
+
+/// What a failed create does to its job (each is one store verb).
+enum AfterCreate {
+    /// Back to the queue, due at .0; .1 restores the attempt count when it was no attempt.
+    Requeue(i64, Option<i64>),
+    Dead,
+    Failed,
+    /// Outcome unknown; reconciliation looks from .0.
+    Unknown(i64),
 }
 
 /// The frozen body, plus seedq's identity tag as `safety_identifier` (reconcile.rs) and its

@@ -16,7 +16,7 @@ use crate::ark::wire::{Task, TaskStatus};
 use crate::ark::{ErrorClass, ListQuery};
 use crate::job::JobId;
 use crate::job::{Backoff, JobState};
-use crate::store::{Job, Patch, StoreError, Transition, now_ms};
+use crate::store::{Job, LastError, PollOutcome, Polled, RemoteResult, StoreError, now_ms};
 
 /// Remote failure codes worth a new attempt: the service's fault, not the request's.
 const TRANSIENT_REMOTE_CODES: [&str; 3] = [
@@ -180,13 +180,14 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             Some(t) => plan(ctx, &job, &t, "poll", now),
             None => Plan::finish(
                 &job,
-                JobState::Failed,
-                Patch::new()
-                    .set("last_error_code", "remote_not_found".to_string())
-                    .set(
-                        "last_error_message",
+                PollOutcome::Failed {
+                    dead: false,
+                    remote_status: None,
+                    error: LastError::new(
+                        "remote_not_found",
                         format!("ark no longer knows task {remote}"),
                     ),
+                },
                 "remote task not found".into(),
             ),
         });
@@ -200,7 +201,7 @@ type LogLine = (tracing::Level, String);
 
 /// What to write for one job after learning its remote status.
 struct Plan {
-    transition: Transition,
+    polled: Polled,
     /// The job leaves `submitted` (a remote slot frees).
     leaves: bool,
     /// Logged once the write succeeded.
@@ -217,14 +218,13 @@ enum Settle {
 }
 
 impl Plan {
-    fn finish(job: &Job, to: JobState, patch: Patch, detail: String) -> Self {
+    /// A plan that moves the job out of `submitted`.
+    fn finish(job: &Job, outcome: PollOutcome, detail: String) -> Self {
         Plan {
-            transition: Transition {
+            polled: Polled {
                 id: job.id.clone(),
-                from: JobState::Submitted,
                 token: job.lease_token,
-                to,
-                patch,
+                outcome,
                 detail: Some(detail),
             },
             leaves: true,
@@ -253,14 +253,14 @@ async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
     let meta: Vec<(JobId, bool, bool, Option<LogLine>)> = plans
         .iter()
         .map(|p| {
-            let done = p.transition.to == JobState::Succeeded;
-            (p.transition.id.clone(), p.leaves, done, p.log.clone())
+            let done = p.polled.outcome.to_state() == JobState::Succeeded;
+            (p.polled.id.clone(), p.leaves, done, p.log.clone())
         })
         .collect();
     let settles: Vec<Option<Settle>> = plans.iter().map(|p| p.settle).collect();
     let results = ctx
         .store
-        .transition_many(plans.into_iter().map(|p| p.transition).collect())
+        .record_polls(plans.into_iter().map(|p| p.polled).collect())
         .await?;
     for (((id, leaves, done, log), r), settle) in meta.into_iter().zip(results).zip(settles) {
         match r {
@@ -300,41 +300,30 @@ async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
 
 fn reschedule_plan(ctx: &Ctx, job: &Job, now: i64, status: Option<&str>) -> Plan {
     let delay = next_poll_delay(ctx, job);
-    let mut patch = Patch::new()
-        .set("next_attempt_at", now + ms(delay))
-        .set("poll_count", job.poll_count + 1)
-        .clear("lease_until");
-    if let Some(s) = status {
-        patch = patch.set("remote_status", s.to_string());
-    }
     Plan {
-        transition: Transition {
-            id: job.id.clone(),
-            from: JobState::Submitted,
-            token: job.lease_token,
-            to: JobState::Submitted,
-            patch,
-            detail: None,
-        },
+        polled: pending(job, now + ms(delay), status),
         leaves: false,
         log: None,
         settle: None,
     }
 }
 
-async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyhow::Result<()> {
-    let mut patch = Patch::new()
-        .set("next_attempt_at", at)
-        .set("poll_count", job.poll_count + 1)
-        .clear("lease_until");
-    if let Some(s) = status {
-        patch = patch.set("remote_status", s.to_string());
+/// The job stays `submitted`, due for a status check at `at` (no event).
+fn pending(job: &Job, at: i64, status: Option<&str>) -> Polled {
+    Polled {
+        id: job.id.clone(),
+        token: job.lease_token,
+        outcome: PollOutcome::Pending {
+            next_at: at,
+            poll_count: job.poll_count + 1,
+            remote_status: status.map(str::to_string),
+        },
+        detail: None,
     }
-    match ctx
-        .store
-        .update(&job.id, JobState::Submitted, job.lease_token, patch)
-        .await
-    {
+}
+
+async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyhow::Result<()> {
+    match ctx.store.record_poll(pending(job, at, status)).await {
         Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e.into()),
     }
@@ -345,22 +334,16 @@ async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyh
 async fn transition_or_skip(
     ctx: &Ctx,
     job: &Job,
-    to: JobState,
-    patch: Patch,
+    outcome: PollOutcome,
     detail: &str,
 ) -> anyhow::Result<bool> {
-    match ctx
-        .store
-        .transition(
-            &job.id,
-            JobState::Submitted,
-            job.lease_token,
-            to,
-            patch,
-            Some(detail.to_string()),
-        )
-        .await
-    {
+    let polled = Polled {
+        id: job.id.clone(),
+        token: job.lease_token,
+        outcome,
+        detail: Some(detail.to_string()),
+    };
+    match ctx.store.record_poll(polled).await {
         Ok(_) => {
             ctx.poke_dispatch.notify_one();
             ctx.poke_chain.notify_one();
@@ -436,32 +419,23 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
         }
         TaskStatus::Succeeded => {
             let content = t.content.clone().unwrap_or_default();
-            let mut patch = Patch::new()
-                .set("gen_ms", observed_generation(job, t, now))
-                .set("remote_status", "succeeded".to_string())
-                .set("finished_at", now)
-                .set("next_attempt_at", now)
-                .set("poll_count", job.poll_count + 1)
-                .set("result_meta", super::archive::result_meta(t));
-            if let Some(u) = &t.usage {
-                patch = patch.set("usage_tokens", u.total_tokens.max(u.completion_tokens));
-            }
-            if let Some(v) = &content.video_url {
-                patch = patch
-                    .set("video_url", v.clone())
-                    .set("url_expires_at", url_expiry(v, now));
-            }
-            if let Some(f) = &content.last_frame_url {
-                patch = patch.set("last_frame_url", f.clone());
-            }
             let billed = t
                 .usage
                 .as_ref()
                 .map(|u| u.total_tokens.max(u.completion_tokens));
+            let result = RemoteResult {
+                at: now,
+                gen_ms: observed_generation(job, t, now),
+                poll_count: job.poll_count + 1,
+                usage_tokens: billed,
+                url_expires_at: content.video_url.as_deref().map(|v| url_expiry(v, now)),
+                video_url: content.video_url,
+                last_frame_url: content.last_frame_url,
+                meta: super::archive::result_meta(t),
+            };
             let p = Plan::finish(
                 job,
-                JobState::Succeeded,
-                patch,
+                PollOutcome::Succeeded(result),
                 format!("remote succeeded ({via})"),
             )
             .logged(tracing::Level::INFO, format!("succeeded (via {via})"));
@@ -484,22 +458,18 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                 });
             let transient = TRANSIENT_REMOTE_CODES.contains(&code.as_str());
             let retries_left = job.attempts <= i64::from(ctx.ops.live.poll().max_remote_retries);
-            let patch = Patch::new()
-                .set("remote_status", "failed".to_string())
-                .set("last_error_code", code.clone())
-                .set("last_error_message", message);
+            let error = LastError::new(code.clone(), message);
             if transient && retries_left {
                 // Failed tasks are not billed: a new task does not pay twice.
                 let delay = ctx
                     .submit_backoff()
                     .delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
-                let patch = patch
-                    .clear("remote_task_id")
-                    .set("next_attempt_at", now + ms(delay));
                 Plan::finish(
                     job,
-                    JobState::Queued,
-                    patch,
+                    PollOutcome::Retry {
+                        at: now + ms(delay),
+                        error,
+                    },
                     format!("remote failed with {code}; retrying"),
                 )
                 .settled(Settle::Unbilled)
@@ -508,41 +478,25 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                     format!("remote failure {code} is transient; resubmitting"),
                 )
             } else {
-                let to = if transient {
-                    JobState::Dead
-                } else {
-                    JobState::Failed
+                let outcome = PollOutcome::Failed {
+                    dead: transient,
+                    remote_status: Some("failed".into()),
+                    error,
                 };
-                Plan::finish(job, to, patch, format!("remote failed with {code} ({via})"))
+                Plan::finish(job, outcome, format!("remote failed with {code} ({via})"))
                     .settled(Settle::Unbilled)
                     .logged(tracing::Level::ERROR, format!("job failed: {code}"))
             }
         }
         TaskStatus::Expired => {
-            let patch = Patch::new()
-                .set("remote_status", "expired".to_string())
-                .set("last_error_code", "expired".to_string())
-                .set(
-                    "last_error_message",
-                    "execution_expires_after passed on the remote side".to_string(),
-                );
-            Plan::finish(
-                job,
-                JobState::Expired,
-                patch,
-                format!("remote expired ({via})"),
-            )
-            .logged(tracing::Level::WARN, "expired remotely".into())
+            Plan::finish(job, PollOutcome::Expired, format!("remote expired ({via})"))
+                .logged(tracing::Level::WARN, "expired remotely".into())
         }
-        TaskStatus::Cancelled => {
-            let patch = Patch::new().set("remote_status", "cancelled".to_string());
-            Plan::finish(
-                job,
-                JobState::Cancelled,
-                patch,
-                format!("remote cancelled ({via})"),
-            )
-        }
+        TaskStatus::Cancelled => Plan::finish(
+            job,
+            PollOutcome::Cancelled,
+            format!("remote cancelled ({via})"),
+        ),
     }
 }
 
@@ -553,14 +507,10 @@ async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     };
     match ctx.ark.delete(&remote).await {
         Ok(()) => {
-            let patch = Patch::new()
-                .set("remote_status", "cancelled".to_string())
-                .set("cancel_requested", 0i64);
             transition_or_skip(
                 ctx,
                 &job,
-                JobState::Cancelled,
-                patch,
+                PollOutcome::Cancelled,
                 "cancelled remotely (DELETE)",
             )
             .await?;
@@ -568,19 +518,8 @@ async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Err(e) if e.class() == ErrorClass::Rejected => {
             // A running task cannot be cancelled (the API's default semantics): let it finish.
             tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "ark refused the cancel; the task will run to the end");
-            let patch = Patch::new()
-                .set("cancel_requested", 0i64)
-                .set("next_attempt_at", now_ms())
-                .set("last_error_message", format!("cancel refused: {e}"));
             ctx.store
-                .transition(
-                    &job.id,
-                    JobState::Submitted,
-                    job.lease_token,
-                    JobState::Submitted,
-                    patch,
-                    Some("cancel refused by ark".into()),
-                )
+                .cancel_refused(&job.id, job.lease_token, now_ms(), &e.to_string())
                 .await?;
         }
         Err(e) => {

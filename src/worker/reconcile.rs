@@ -26,7 +26,7 @@ use crate::ark::ListQuery;
 use crate::ark::wire::{CreateTaskRequest, Task, TaskStatus};
 use crate::config::AmbiguousPolicy;
 use crate::job::{JobId, JobState};
-use crate::store::{Job, Patch, StoreError, now_ms};
+use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, now_ms};
 
 /// Slack around the POST window (seconds), on top of the measured clock skew.
 const WINDOW_SLACK_S: i64 = 5;
@@ -38,7 +38,7 @@ const SCAN_PAGE_SIZE: u32 = 500;
 /// Prefix of the identity seedq sends as `safety_identifier`.
 pub const TAG_PREFIX: &str = "seedq-";
 /// `last_error_code` of a job parked for an operator.
-pub const PARKED: &str = "parked";
+pub const PARKED: &str = crate::store::PARKED;
 /// `last_error_code` of a job whose submit lease ran out mid-POST.
 const LEASE_EXPIRED: &str = "lease_expired";
 /// `last_error_code` of a job whose lease holder is known dead (set by the store).
@@ -90,31 +90,22 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
         // The code says the answer never came (unlike a 5xx): the POST may have been in
         // flight until the lease ran out.
         let dead = j.last_error_code.as_deref() == Some(HOLDER_DEAD);
-        let patch = Patch::new()
-            .set("next_attempt_at", now_ms())
-            .set(
-                "last_error_code",
-                if dead { HOLDER_DEAD } else { LEASE_EXPIRED }.to_string(),
-            )
-            .set(
-                "last_error_message",
-                if dead {
-                    "the process sending the create died"
-                } else {
-                    "the submit lease expired during the create"
-                }
-                .to_string(),
-            )
-            .clear("lease_until");
+        let why = LastError::new(
+            if dead { HOLDER_DEAD } else { LEASE_EXPIRED },
+            if dead {
+                "the process sending the create died"
+            } else {
+                "the submit lease expired during the create"
+            },
+        );
         match ctx
             .store
-            .transition(
+            .mark_unknown(
                 &j.id,
-                JobState::Submitting,
                 j.lease_token,
-                JobState::SubmitUnknown,
-                patch,
-                Some("submit lease expired; outcome unknown".into()),
+                now_ms(),
+                why,
+                "submit lease expired; outcome unknown".into(),
             )
             .await
         {
@@ -226,17 +217,16 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             );
             super::budget::release(ctx, &job).await?;
             ctx.store
-                .transition(
+                .mark_dead(
                     &job.id,
                     JobState::SubmitUnknown,
                     token,
-                    JobState::Dead,
-                    Patch::new(),
-                    Some(format!(
+                    None,
+                    format!(
                         "attempts exhausted: {} creates, none made a task ({})",
                         job.attempts,
                         job.last_error_message.as_deref().unwrap_or("no answer")
-                    )),
+                    ),
                 )
                 .await?;
             return Ok(());
@@ -251,18 +241,16 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         // reserves again).
         super::budget::release(ctx, &job).await?;
         ctx.store
-            .transition(
+            .requeue(
                 &job.id,
                 JobState::SubmitUnknown,
                 token,
-                JobState::Queued,
-                Patch::new()
-                    .set("next_attempt_at", now)
-                    .clear("last_error_code")
-                    .clear("last_error_message"),
-                Some(format!(
-                    "no remote task with {what} exists: never created; resending"
-                )),
+                Requeue {
+                    at: now,
+                    attempts: None,
+                    error: ErrorNote::Clear,
+                },
+                format!("no remote task with {what} exists: never created; resending"),
             )
             .await?;
         ctx.poke_dispatch.notify_one();
@@ -282,13 +270,16 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             // reserves again).
             super::budget::release(ctx, &job).await?;
             ctx.store
-                .transition(
+                .requeue(
                     &job.id,
                     JobState::SubmitUnknown,
                     token,
-                    JobState::Queued,
-                    Patch::new().set("next_attempt_at", now),
-                    Some("no remote task found; resubmitting by policy".into()),
+                    Requeue {
+                        at: now,
+                        attempts: None,
+                        error: ErrorNote::Keep,
+                    },
+                    "no remote task found; resubmitting by policy".into(),
                 )
                 .await?;
             ctx.poke_dispatch.notify_one();
@@ -351,23 +342,15 @@ async fn record_task(
     due: i64,
     reason: String,
 ) -> Result<bool, StoreError> {
-    let patch = Patch::new()
-        .set("remote_task_id", remote_id.to_string())
-        .set("remote_status", status.to_string())
-        .set("submitted_at", submitted_at)
-        .set("next_attempt_at", due)
-        .clear("last_error_code")
-        .clear("last_error_message");
+    let task = Adopted {
+        remote_id: remote_id.to_string(),
+        remote_status: status.to_string(),
+        submitted_at,
+        next_poll_at: due,
+    };
     match ctx
         .store
-        .transition(
-            &job.id,
-            JobState::SubmitUnknown,
-            job.lease_token,
-            JobState::Submitted,
-            patch,
-            Some(reason),
-        )
+        .adopt_task(&job.id, job.lease_token, task, reason)
         .await
     {
         Ok(_) => Ok(true),
@@ -384,35 +367,16 @@ async fn park(ctx: &Ctx, job: &Job, reason: &str) -> anyhow::Result<()> {
         crate::ops::metrics::reconcile("parked", 1);
         tracing::error!(reason, "submit outcome unproven; parked for an operator");
     }
+    let until = now_ms() + 10 * ms(ctx.cfg.dispatch.reconcile_interval);
     ctx.store
-        .transition(
-            &job.id,
-            JobState::SubmitUnknown,
-            job.lease_token,
-            JobState::SubmitUnknown,
-            Patch::new()
-                .set(
-                    "next_attempt_at",
-                    now_ms() + 10 * ms(ctx.cfg.dispatch.reconcile_interval),
-                )
-                .set("last_error_code", PARKED.to_string())
-                .set("last_error_message", format!("parked: {reason}")),
-            first.then(|| format!("parked: {reason}")),
-        )
+        .park(&job.id, job.lease_token, until, reason, first)
         .await?;
     Ok(())
 }
 
 /// Leaves an ambiguous submit for the next round at `at`.
 async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
-    ctx.store
-        .update(
-            &job.id,
-            JobState::SubmitUnknown,
-            job.lease_token,
-            Patch::new().set("next_attempt_at", at),
-        )
-        .await?;
+    ctx.store.recheck_at(&job.id, job.lease_token, at).await?;
     Ok(())
 }
 
@@ -672,21 +636,18 @@ pub async fn operator_adopt(w: &Ctx, job_id: &str, task_id: &str) -> anyhow::Res
     }
     tracing::warn!(job_id = %job.id, remote_id = %task.id, "operator adopts a remote task");
     let now = now_ms();
+    let adopted = Adopted {
+        remote_id: task.id.clone(),
+        remote_status: task.status.as_str().to_string(),
+        submitted_at: task.created_at * 1000,
+        next_poll_at: now,
+    };
     w.store
-        .transition(
+        .adopt_task(
             &job.id,
-            JobState::SubmitUnknown,
             job.lease_token,
-            JobState::Submitted,
-            Patch::new()
-                .set("remote_task_id", task.id.clone())
-                .set("remote_status", task.status.as_str().to_string())
-                .set("submitted_at", task.created_at * 1000)
-                .set("next_attempt_at", now)
-                .clear("lease_until")
-                .clear("last_error_code")
-                .clear("last_error_message"),
-            Some(format!("adopted by an operator: {}", task.id)),
+            adopted,
+            format!("adopted by an operator: {}", task.id),
         )
         .await
         .context("recording the adoption (the job changed meanwhile; look again)")?;

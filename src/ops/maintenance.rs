@@ -198,7 +198,10 @@ pub async fn run_task(ctx: &Ctx, task: Task) -> anyhow::Result<String> {
         Task::TpdRollover => tpd_rollover(ctx).await,
         Task::DbUpkeep => {
             let frames = ctx.store.upkeep().await?;
-            Ok(if frames < 0 {
+            Ok(if ctx.store.is_postgres() {
+                // Vacuum and checkpoints are the server's own (autovacuum, the checkpointer).
+                "analyzed; vacuum and checkpoints are left to PostgreSQL".to_string()
+            } else if frames < 0 {
                 "optimized; WAL busy, checkpoint deferred".to_string()
             } else {
                 format!("optimized; checkpointed {frames} WAL frames")

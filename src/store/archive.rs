@@ -76,6 +76,9 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Option<ArchiveClaim>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::claim_for_archive(pg, owner, lease_ms).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -141,6 +144,9 @@ impl Store {
         token: i64,
         lease_ms: i64,
     ) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::extend_archive_lease(pg, id, token, lease_ms).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             let now = now_ms();
@@ -166,6 +172,17 @@ impl Store {
         last_frame_url: Option<String>,
         url_expires_at: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_archive_urls(
+                pg,
+                id,
+                token,
+                video_url,
+                last_frame_url,
+                url_expires_at,
+            )
+            .await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -201,6 +218,9 @@ impl Store {
         sha256: String,
         size: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_video_digest(pg, id, token, key, sha256, size).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -226,6 +246,9 @@ impl Store {
         sha256: String,
         size: i64,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::record_frame_digest(pg, id, token, sha256, size).await;
+        }
         let id = id.clone();
         self.call(move |c| {
             fenced(
@@ -245,6 +268,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::frame_digest(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let row: Option<(Option<String>, Option<i64>)> = c
@@ -268,6 +294,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::next_archive_due(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT MIN(t) FROM ( \
@@ -286,6 +315,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn archive_stats(&self) -> Result<ArchiveStats, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::archive::archive_stats(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT \
@@ -368,10 +400,15 @@ mod tests {
     #[tokio::test]
     async fn claims_come_in_deadline_order_and_lapsed_leases_are_reclaimed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db.sqlite")).expect("open");
-        let late = succeeded(&store, Some(now_ms() + 3_600_000)).await;
-        let none = succeeded(&store, None).await;
-        let soon = succeeded(&store, Some(now_ms() + 60_000)).await;
+        for (name, store) in crate::store::testpg::both(dir.path()).await {
+            claims_in_order(name, &store).await;
+        }
+    }
+
+    async fn claims_in_order(name: &str, store: &Store) {
+        let late = succeeded(store, Some(now_ms() + 3_600_000)).await;
+        let none = succeeded(store, None).await;
+        let soon = succeeded(store, Some(now_ms() + 60_000)).await;
 
         let order: Vec<JobId> = {
             let mut v = Vec::new();
@@ -382,7 +419,7 @@ mod tests {
             }
             v
         };
-        assert_eq!(order, vec![soon.clone(), late, none]);
+        assert_eq!(order, vec![soon.clone(), late, none], "{name}");
 
         // A holder that vanished: its lease lapses and the job is claimed again, fencing it.
         let dead = store
@@ -404,19 +441,24 @@ mod tests {
             .await
             .expect("claim")
             .expect("reclaimed");
-        assert_eq!((again.job.id.clone(), again.attempts), (soon.clone(), 2));
+        assert_eq!(
+            (again.job.id.clone(), again.attempts),
+            (soon.clone(), 2),
+            "{name}"
+        );
         let stale = store
             .record_video_digest(&soon, dead.lease_token, "k".into(), "s".into(), 1)
             .await;
         assert!(
             matches!(stale, Err(StoreError::Conflict { .. })),
-            "{stale:?}"
+            "{name}: {stale:?}"
         );
         assert!(
             !store
                 .extend_archive_lease(&soon, dead.lease_token, 1)
                 .await
-                .expect("extend")
+                .expect("extend"),
+            "{name}"
         );
         let t = again.job.lease_token;
         assert!(
@@ -441,7 +483,7 @@ mod tests {
         let details: Vec<_> = events.iter().filter_map(|e| e.detail.as_deref()).collect();
         assert!(
             details.contains(&"lease ran out; claimed again for archive"),
-            "{details:?}"
+            "{name}: {details:?}"
         );
 
         // Back to succeeded for a later retry: the recorded frame digest rides along.
@@ -461,16 +503,21 @@ mod tests {
             .await
             .expect("claim")
             .expect("due");
-        assert_eq!(c.frame, Some(("def".to_string(), 4)));
-        assert_eq!(c.job.archive_sha256.as_deref(), Some("abc"));
+        assert_eq!(c.frame, Some(("def".to_string(), 4)), "{name}");
+        assert_eq!(c.job.archive_sha256.as_deref(), Some("abc"), "{name}");
     }
 
     #[tokio::test]
     async fn stats_count_archived_bytes_and_expired_results() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&dir.path().join("db.sqlite")).expect("open");
+        for (name, store) in crate::store::testpg::both(dir.path()).await {
+            stats(name, &store).await;
+        }
+    }
+
+    async fn stats(name: &str, store: &Store) {
         for _ in 0..3 {
-            succeeded(&store, None).await;
+            succeeded(store, None).await;
         }
         // Equal deadlines: which job comes first does not matter here.
         for ok in [true, false] {
@@ -506,8 +553,12 @@ mod tests {
                 retrying: 0,
                 archiving: 0,
                 result_expired: 1,
-            }
+            },
+            "{name}"
         );
-        assert!(store.next_archive_due().await.expect("due").is_some());
+        assert!(
+            store.next_archive_due().await.expect("due").is_some(),
+            "{name}"
+        );
     }
 }

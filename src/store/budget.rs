@@ -104,6 +104,9 @@ impl Store {
         req: HoldRequest,
         daily: DailyCaps,
     ) -> Result<Result<(), Refusal>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::budget_reserve(pg, &req, daily).await;
+        }
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // A hold still here belongs to an earlier create whose outcome stayed unknown (a
@@ -189,6 +192,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn budget_release(&self, job_id: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::budget_release(pg, job_id).await;
+        }
         let id = job_id.to_string();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -208,6 +214,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn budget_commit(&self, job_id: &str, billed_tokens: i64) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::budget_commit(pg, job_id, billed_tokens).await;
+        }
         let id = job_id.to_string();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -244,6 +253,9 @@ impl Store {
         max_cost_fen: Option<Option<i64>>,
         max_tokens: Option<Option<i64>>,
     ) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::set_batch_budget(pg, batch, max_cost_fen, max_tokens).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -276,6 +288,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn wake_budget_waiters(&self) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::wake_budget_waiters(pg).await;
+        }
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = wake(&tx, None, now_ms())?;
@@ -290,6 +305,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn batch_spend(&self, batch: &str) -> Result<BatchSpend, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::batch_spend(pg, batch).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let caps: Option<(Option<i64>, Option<i64>)> = c
@@ -335,6 +353,9 @@ impl Store {
         day_start: i64,
         model: Option<String>,
     ) -> Result<(i64, i64), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::day_spend(pg, day_start, model.as_deref()).await;
+        }
         self.call(move |c| {
             Ok(c.query_row(
                 "SELECT COALESCE(SUM(COALESCE(billed_tokens, tokens) * rate), 0), \
@@ -352,6 +373,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn budget_waiting(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::budget_waiting(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT last_error_code, COUNT(*) FROM jobs WHERE state = 'queued' \
@@ -369,6 +393,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::JobId;
+    use crate::store::tests_pgops::{Seed, add};
+    use crate::store::{StoreTarget, testpg};
 
     fn hold(id: &str, tokens: i64) -> HoldRequest {
         HoldRequest {
@@ -384,50 +411,379 @@ mod tests {
     #[tokio::test]
     async fn reserve_release_commit_and_a_retried_unknown_create_keeps_counting() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        // A cap of 1 fen = 2,000,000 units = 1,000,000 tokens at rate 2.
-        s.set_batch_budget("b", Some(Some(1)), None)
+        for (name, s) in testpg::both(dir.path()).await {
+            // A cap of 1 fen = 2,000,000 units = 1,000,000 tokens at rate 2.
+            s.set_batch_budget("b", Some(Some(1)), None)
+                .await
+                .expect("cap");
+            let daily = DailyCaps::default();
+            assert_eq!(
+                s.budget_reserve(hold("a", 600_000), daily)
+                    .await
+                    .expect("a"),
+                Ok(()),
+                "{name}"
+            );
+            let refused = s
+                .budget_reserve(hold("b", 600_000), daily)
+                .await
+                .expect("b");
+            assert_eq!(
+                refused,
+                Err(Refusal {
+                    scope: Scope::BatchCost,
+                    spent: 1_200_000,
+                    need: 1_200_000,
+                    cap: 2_000_000
+                }),
+                "{name}"
+            );
+            // Released: the room is back.
+            assert!(s.budget_release("a").await.expect("release"), "{name}");
+            assert!(
+                !s.budget_release("a").await.expect("release"),
+                "{name}: gone"
+            );
+            assert_eq!(
+                s.budget_reserve(hold("b", 600_000), daily)
+                    .await
+                    .expect("b"),
+                Ok(()),
+                "{name}"
+            );
+            // Billed below the estimate: the smaller amount counts.
+            s.budget_commit("b", 100_000).await.expect("commit");
+            let spend = s.batch_spend("b").await.expect("spend");
+            assert_eq!(
+                (spend.units, spend.billed_units, spend.tokens),
+                (200_000, 200_000, 100_000),
+                "{name}"
+            );
+            // "b" reserving again (an operator retried an unknown create): the old hold may
+            // have been billed, so both count.
+            assert_eq!(
+                s.budget_reserve(hold("b", 100_000), daily)
+                    .await
+                    .expect("b2"),
+                Ok(()),
+                "{name}"
+            );
+            let spend = s.batch_spend("b").await.expect("spend");
+            assert_eq!(
+                (spend.units, spend.billed_units),
+                (400_000, 200_000),
+                "{name}"
+            );
+            assert_eq!(spend.max_cost_fen, Some(1), "{name}");
+            // A refused reservation leaves the earlier hold's name alone: a later release
+            // of "b" still finds it.
+            let refused = s
+                .budget_reserve(hold("b", 900_000), daily)
+                .await
+                .expect("b3");
+            assert_eq!(
+                refused.map_err(|r| r.scope),
+                Err(Scope::BatchCost),
+                "{name}"
+            );
+            assert!(s.budget_release("b").await.expect("release"), "{name}");
+            assert_eq!(
+                s.batch_spend("b").await.expect("spend").units,
+                200_000,
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn token_and_daily_caps_refuse_with_their_scope() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            s.set_batch_budget("b", None, Some(Some(1_000)))
+                .await
+                .expect("cap");
+            let none = DailyCaps::default();
+            assert_eq!(
+                s.budget_reserve(hold("a", 600), none).await.expect("a"),
+                Ok(()),
+                "{name}"
+            );
+            assert_eq!(
+                s.budget_reserve(hold("x", 600), none).await.expect("x"),
+                Err(Refusal {
+                    scope: Scope::BatchTokens,
+                    spent: 600,
+                    need: 600,
+                    cap: 1_000
+                }),
+                "{name}"
+            );
+            // Daily caps, over every batch (and none) of the day.
+            let day = |id: &str, model: &str, tokens| HoldRequest {
+                batch: None,
+                model: model.into(),
+                day_start: 7,
+                ..hold(id, tokens)
+            };
+            let all = DailyCaps {
+                all_fen: Some(1),
+                model_fen: None,
+            };
+            assert_eq!(
+                s.budget_reserve(day("d1", "m", 700_000), all)
+                    .await
+                    .expect("d1"),
+                Ok(()),
+                "{name}"
+            );
+            assert_eq!(
+                s.budget_reserve(day("d2", "n", 400_000), all)
+                    .await
+                    .expect("d2"),
+                Err(Refusal {
+                    scope: Scope::Daily,
+                    spent: 1_400_000,
+                    need: 800_000,
+                    cap: 2_000_000
+                }),
+                "{name}"
+            );
+            let per_model = DailyCaps {
+                all_fen: None,
+                model_fen: Some(1),
+            };
+            assert_eq!(
+                s.budget_reserve(day("d2", "n", 400_000), per_model)
+                    .await
+                    .expect("d2"),
+                Ok(()),
+                "{name}"
+            );
+            assert_eq!(
+                s.budget_reserve(day("d3", "m", 400_000), per_model)
+                    .await
+                    .expect("d3"),
+                Err(Refusal {
+                    scope: Scope::ModelDaily,
+                    spent: 1_400_000,
+                    need: 800_000,
+                    cap: 2_000_000
+                }),
+                "{name}"
+            );
+            assert_eq!(
+                s.day_spend(7, Some("m".into())).await.expect("day"),
+                (2_200_000, 1_400_000),
+                "{name}"
+            );
+            assert_eq!(
+                s.day_spend(7, Some("n".into())).await.expect("day"),
+                (2_200_000, 800_000),
+                "{name}"
+            );
+            assert_eq!(
+                s.day_spend(7, None).await.expect("day"),
+                (2_200_000, 0),
+                "{name}"
+            );
+            assert_eq!(
+                s.day_spend(8, Some("m".into())).await.expect("day"),
+                (0, 0),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn raising_a_cap_wakes_the_jobs_waiting_on_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            let later = now_ms() + 3_600_000;
+            let wait =
+                |code: &str| format!("last_error_code = '{code}', next_attempt_at = {later}");
+            let b = add(
+                &s,
+                Seed {
+                    batch: Some("b"),
+                    cols: &wait(WAIT_BATCH),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            let other = add(
+                &s,
+                Seed {
+                    batch: Some("c"),
+                    cols: &wait(WAIT_BATCH),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            let daily = add(
+                &s,
+                Seed {
+                    batch: Some("c"),
+                    cols: &wait(WAIT_DAILY),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            assert_eq!(
+                s.budget_waiting().await.expect("waiting"),
+                [(WAIT_BATCH.to_string(), 2), (WAIT_DAILY.to_string(), 1)],
+                "{name}"
+            );
+            assert_eq!(
+                s.batch_spend("c").await.expect("spend").waiting,
+                2,
+                "{name}"
+            );
+            let due = |id: JobId| {
+                let s = s.clone();
+                async move {
+                    s.job(id.as_str())
+                        .await
+                        .expect("job")
+                        .expect("exists")
+                        .next_attempt_at
+                        <= now_ms()
+                }
+            };
+            // Batch b's cap raised: its waiter and every daily waiter; not batch c's.
+            assert_eq!(
+                s.set_batch_budget("b", Some(Some(5)), None)
+                    .await
+                    .expect("set"),
+                2,
+                "{name}"
+            );
+            assert!(due(b.clone()).await && due(daily.clone()).await, "{name}");
+            assert!(!due(other.clone()).await, "{name}");
+            assert_eq!(
+                s.batch_spend("b").await.expect("spend").max_cost_fen,
+                Some(5),
+                "{name}"
+            );
+            // Removing a cap keeps the other.
+            s.set_batch_budget("b", None, Some(Some(9)))
+                .await
+                .expect("set");
+            s.set_batch_budget("b", Some(None), None)
+                .await
+                .expect("set");
+            let spend = s.batch_spend("b").await.expect("spend");
+            assert_eq!(
+                (spend.max_cost_fen, spend.max_tokens),
+                (None, Some(9)),
+                "{name}"
+            );
+            // After a SIGHUP, every waiter.
+            assert_eq!(s.wake_budget_waiters().await.expect("wake"), 1, "{name}");
+            assert!(due(other).await, "{name}");
+            // A billed amount under the estimate frees room: waiters wake again.
+            exec_wait(&s, &b, later).await;
+            s.budget_reserve(
+                HoldRequest {
+                    batch: None,
+                    ..hold("h", 100)
+                },
+                DailyCaps::default(),
+            )
+            .await
+            .expect("h")
+            .expect("fits");
+            s.budget_commit("h", 100).await.expect("commit");
+            assert!(
+                !due(b.clone()).await,
+                "{name}: billed as reserved, nothing freed"
+            );
+            s.budget_commit("h", 50).await.expect("commit");
+            assert!(due(b.clone()).await, "{name}");
+            exec_wait(&s, &b, later).await;
+            assert!(s.budget_release("h").await.expect("release"), "{name}");
+            assert!(due(b).await, "{name}");
+        }
+    }
+
+    /// Puts `id` back to waiting on its batch's cap until `until`.
+    async fn exec_wait(s: &Store, id: &JobId, until: i64) {
+        crate::store::tests_pgops::exec(
+            s,
+            &format!(
+                "UPDATE jobs SET next_attempt_at = {until} WHERE id = '{}'",
+                id.as_str()
+            ),
+        )
+        .await;
+    }
+
+    /// Two workers (two stores, each with its own pool, on one database) reserve against one
+    /// cap at the same time: exactly as many holds as fit are granted, never one more. Without
+    /// the advisory locks, reservations read the same sum concurrently and overshoot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn two_workers_never_reserve_past_one_cap() {
+        let url = testpg::fresh_database().await;
+        let target = StoreTarget::Postgres {
+            url,
+            password: None,
+        };
+        let a = Store::open_target(&target, true).await.expect("worker a");
+        let b = Store::open_target(&target, true).await.expect("worker b");
+        // Warm pools: reservations race from the first round on, not behind connection set-up.
+        let mut pings = tokio::task::JoinSet::new();
+        for i in 0..32 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            pings.spawn(async move { s.ping().await.expect("ping") });
+        }
+        pings.join_all().await;
+        // 1 fen = 2,000,000 units; each hold is 100,000 tokens at rate 2 = 200,000: 10 fit.
+        a.set_batch_budget("b", Some(Some(1)), None)
             .await
             .expect("cap");
-        let daily = DailyCaps::default();
+        let scenarios: [(&str, Option<&str>, DailyCaps); 3] = [
+            ("batch", Some("b"), DailyCaps::default()),
+            (
+                "daily",
+                None,
+                DailyCaps {
+                    all_fen: Some(1),
+                    model_fen: None,
+                },
+            ),
+            (
+                "model daily",
+                None,
+                DailyCaps {
+                    all_fen: None,
+                    model_fen: Some(1),
+                },
+            ),
+        ];
+        for (round, (scope, batch, caps)) in scenarios.into_iter().enumerate() {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..40 {
+                let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+                let req = HoldRequest {
+                    job_id: format!("{scope}-{i}"),
+                    batch: batch.map(str::to_string),
+                    model: "m".into(),
+                    day_start: round as i64,
+                    tokens: 100_000,
+                    rate: 2,
+                };
+                tasks.spawn(async move { s.budget_reserve(req, caps).await.expect("reserve") });
+            }
+            let granted = tasks.join_all().await.iter().filter(|r| r.is_ok()).count();
+            assert_eq!(
+                granted, 10,
+                "{scope}: granted {granted} holds of 200,000 units under a 2,000,000 cap"
+            );
+        }
+        assert_eq!(a.batch_spend("b").await.expect("spend").units, 2_000_000);
+        assert_eq!(b.day_spend(1, None).await.expect("day").0, 2_000_000);
         assert_eq!(
-            s.budget_reserve(hold("a", 600_000), daily)
-                .await
-                .expect("a"),
-            Ok(())
+            b.day_spend(2, Some("m".into())).await.expect("day").1,
+            2_000_000
         );
-        let refused = s
-            .budget_reserve(hold("b", 600_000), daily)
-            .await
-            .expect("b");
-        assert_eq!(
-            refused,
-            Err(Refusal {
-                scope: Scope::BatchCost,
-                spent: 1_200_000,
-                need: 1_200_000,
-                cap: 2_000_000
-            })
-        );
-        // Released: the room is back.
-        assert!(s.budget_release("a").await.expect("release"));
-        assert_eq!(
-            s.budget_reserve(hold("b", 600_000), daily)
-                .await
-                .expect("b"),
-            Ok(())
-        );
-        // Billed below the estimate: the smaller amount counts.
-        s.budget_commit("b", 100_000).await.expect("commit");
-        assert_eq!(s.batch_spend("b").await.expect("spend").units, 200_000);
-        // "b" reserving again (an operator retried an unknown create): the old hold may have
-        // been billed, so both count.
-        assert_eq!(
-            s.budget_reserve(hold("b", 100_000), daily)
-                .await
-                .expect("b2"),
-            Ok(())
-        );
-        assert_eq!(s.batch_spend("b").await.expect("spend").units, 400_000);
     }
 }

@@ -112,6 +112,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn governed_models(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::governed_models(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "SELECT DISTINCT j.model FROM batches AS b JOIN jobs AS j ON j.batch_id = b.name \
@@ -130,6 +133,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn queue_of(&self, model: &str) -> Result<Vec<QueuedJob>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::queue_of(pg, model).await;
+        }
         let model = model.to_string();
         self.call(move |c| {
             let mut st = c.prepare_cached(
@@ -165,6 +171,9 @@ impl Store {
         changes: Vec<(JobId, i64, String)>,
         detail: String,
     ) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::to_default_tier(pg, changes, detail).await;
+        }
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -193,6 +202,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn cost_rows(&self) -> Result<Vec<CostRow>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::cost_rows(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare(
                 "SELECT model, service_tier, COUNT(*), COUNT(*) - COUNT(est_tokens), \
@@ -224,6 +236,9 @@ impl Store {
         &self,
         batches: Vec<(String, Option<i64>, Option<String>)>,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::ensure_batches(pg, batches).await;
+        }
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -248,6 +263,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn batches(&self) -> Result<Vec<BatchMeta>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::batches(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare(
                 "SELECT name, created_at, deadline_at, source FROM batches \
@@ -275,6 +293,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn batch(&self, name: &str) -> Result<Option<BatchMeta>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::batch(pg, name).await;
+        }
         let name = name.to_string();
         self.call(move |c| {
             let row = c
@@ -314,6 +335,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn batch_cells(&self, batch: Option<String>) -> Result<Vec<BatchCell>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::batch_cells(pg, batch).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT batch_id, state, model, service_tier, COUNT(*), \
@@ -367,6 +391,9 @@ impl Store {
         batch: &str,
         limit: u32,
     ) -> Result<Vec<Failure>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::batch_failures(pg, batch, limit).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let mut st = c.prepare(
@@ -404,6 +431,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn batch_jobs(&self, batch: &str) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::batch_jobs(pg, batch).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let mut st = c.prepare(&format!(
@@ -421,6 +451,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn cancel_batch(&self, batch: &str) -> Result<BatchCancel, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::cancel_batch(pg, batch).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -478,6 +511,9 @@ impl Store {
         batch: &str,
         cancelled: bool,
     ) -> Result<BatchRetry, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::bulk::retry_batch(pg, batch, cancelled).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let now = now_ms();

@@ -10,7 +10,7 @@
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{JOB_COLUMNS, Job, NewJob, Store, StoreError, insert_event, job_from_row, now_ms};
+use super::{JOB_COLUMNS, Job, NewJob, Store, StoreError, insert_event, job_from_row, now_ms, pg};
 use crate::job::{JobId, JobState};
 
 /// `next_attempt_at` of a held shot: later than any real time, so it is never due.
@@ -44,7 +44,7 @@ impl ChainState {
         }
     }
 
-    fn parse(s: &str) -> Result<Self, StoreError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, StoreError> {
         Ok(match s {
             "running" => ChainState::Running,
             "stitching" => ChainState::Stitching,
@@ -97,7 +97,7 @@ pub struct Chain {
     pub finished_at: Option<i64>,
 }
 
-const CHAIN_COLUMNS: &str = "id, created_at, updated_at, state, shots, released, max_retries, \
+pub(crate) const CHAIN_COLUMNS: &str = "id, created_at, updated_at, state, shots, released, max_retries, \
     retries, next_check_at, last_error, stitch_key, stitch_sha256, stitch_size, stitch_frames, \
     stitch_ms, finished_at";
 
@@ -171,6 +171,9 @@ impl Store {
         max_retries: i64,
         shots: Vec<NewJob>,
     ) -> Result<Vec<JobId>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::enqueue_chain(pg, id, max_retries, shots).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -214,6 +217,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn chain(&self, id: &str) -> Result<Option<Chain>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chain(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             c.query_row(
@@ -233,6 +239,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn chains(&self, limit: u32) -> Result<Vec<Chain>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chains(pg, limit).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(&format!(
                 "SELECT {CHAIN_COLUMNS} FROM chains ORDER BY created_at DESC, id LIMIT ?1"
@@ -249,6 +258,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn chain_shots(&self, id: &str) -> Result<Vec<Shot>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chain_shots(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let columns = JOB_COLUMNS.replacen("request_json", "'' AS request_json", 1);
@@ -275,6 +287,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn chains_due(&self, limit: u32) -> Result<Vec<Chain>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chains_due(pg, limit).await;
+        }
         self.call(move |c| {
             let now = now_ms();
             let mut st = c.prepare_cached(&format!(
@@ -313,6 +328,20 @@ impl Store {
         expires_after: i64,
         detail: String,
     ) -> Result<ChainWrite, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::release_shot(
+                pg,
+                id,
+                shot,
+                job,
+                token,
+                &body,
+                est_tokens,
+                expires_after,
+                &detail,
+            )
+            .await;
+        }
         let (id, job) = (id.to_string(), job.clone());
         self.call(move |c| {
             let now = now_ms();
@@ -373,6 +402,9 @@ impl Store {
         to: ChainState,
         error: Option<String>,
     ) -> Result<ChainWrite, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::set_chain_state(pg, id, from, to, error.as_deref()).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -422,6 +454,9 @@ impl Store {
         next_check_at: i64,
         error: String,
     ) -> Result<ChainWrite, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chain_retry(pg, id, state, retries, next_check_at, &error).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let n = c.execute(
@@ -445,6 +480,9 @@ impl Store {
         next_check_at: i64,
         error: String,
     ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chain_later(pg, id, next_check_at, &error).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             c.execute(
@@ -461,6 +499,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn chain_stitched(&self, id: &str, s: Stitched) -> Result<ChainWrite, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::chain_stitched(pg, id, &s).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -480,6 +521,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_chain_check(&self) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::next_chain_check(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_check_at) FROM chains \
@@ -498,6 +542,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn active_chains(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::chain::active_chains(pg).await;
+        }
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT COUNT(*) FROM chains AS c WHERE c.state IN ('running', 'stitching') \
@@ -515,7 +562,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{ResolutionScope, RetryOutcome};
+    use crate::store::{ResolutionScope, RetryOutcome, testpg};
 
     fn shot(n: usize) -> NewJob {
         NewJob {
@@ -527,7 +574,12 @@ mod tests {
     #[tokio::test]
     async fn held_shots_are_never_claimed_until_released_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        for (name, s) in testpg::both(dir.path()).await {
+            held_shots_case(name, s).await;
+        }
+    }
+
+    async fn held_shots_case(name: &str, s: Store) {
         let ids = s
             .enqueue_chain("c", 1, vec![shot(1), shot(2)])
             .await
@@ -536,11 +588,14 @@ mod tests {
             .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
-        assert_eq!(claimed.len(), 1, "only shot 1 is due");
-        assert_eq!(claimed[0].id, ids[0]);
+        assert_eq!(claimed.len(), 1, "{name}: only shot 1 is due");
+        assert_eq!(claimed[0].id, ids[0], "{name}");
         let shots = s.chain_shots("c").await.expect("shots");
-        assert_eq!(shots[1].job.next_attempt_at, HELD);
-        assert!(shots[1].job.request_json.is_empty(), "bodies are left out");
+        assert_eq!(shots[1].job.next_attempt_at, HELD, "{name}");
+        assert!(
+            shots[1].job.request_json.is_empty(),
+            "{name}: bodies are left out"
+        );
         let token = shots[1].job.lease_token;
         let release = |t| {
             s.release_shot(
@@ -556,30 +611,41 @@ mod tests {
         };
         assert_eq!(
             release(token + 7).await.expect("release"),
-            ChainWrite::Conflict
+            ChainWrite::Conflict,
+            "{name}"
         );
-        assert_eq!(release(token).await.expect("release"), ChainWrite::Done);
+        assert_eq!(
+            release(token).await.expect("release"),
+            ChainWrite::Done,
+            "{name}"
+        );
         assert_eq!(
             release(token + 1).await.expect("again"),
-            ChainWrite::Conflict
+            ChainWrite::Conflict,
+            "{name}"
         );
         let job = s.job(ids[1].as_str()).await.expect("job").expect("exists");
-        assert_eq!(job.request_json, "{\"done\":1}");
-        assert_eq!(job.est_tokens, Some(20));
-        assert!(job.next_attempt_at <= now_ms());
+        assert_eq!(job.request_json, "{\"done\":1}", "{name}");
+        assert_eq!(job.est_tokens, Some(20), "{name}");
+        assert!(job.next_attempt_at <= now_ms(), "{name}");
         let chain = s.chain("c").await.expect("chain").expect("exists");
-        assert_eq!(chain.released, 2);
+        assert_eq!(chain.released, 2, "{name}");
         let claimed = s
             .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
-        assert_eq!(claimed.len(), 1, "the released shot is due");
+        assert_eq!(claimed.len(), 1, "{name}: the released shot is due");
     }
 
     #[tokio::test]
     async fn stopping_a_chain_cancels_its_held_shots() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        for (name, s) in testpg::both(dir.path()).await {
+            stopping_case(name, s).await;
+        }
+    }
+
+    async fn stopping_case(name: &str, s: Store) {
         let ids = s
             .enqueue_chain("c", 0, vec![shot(1), shot(2), shot(3)])
             .await
@@ -593,21 +659,23 @@ mod tests {
             )
             .await
             .expect("stop");
-        assert_eq!(w, ChainWrite::Done);
+        assert_eq!(w, ChainWrite::Done, "{name}");
         let shots = s.chain_shots("c").await.expect("shots");
         let states: Vec<JobState> = shots.iter().map(|s| s.job.state).collect();
         assert_eq!(
             states,
-            [JobState::Queued, JobState::Cancelled, JobState::Cancelled]
+            [JobState::Queued, JobState::Cancelled, JobState::Cancelled],
+            "{name}"
         );
         assert_eq!(
             s.retry(ids[2].as_str()).await.expect("retry"),
-            RetryOutcome::UnreleasedShot
+            RetryOutcome::UnreleasedShot,
+            "{name}"
         );
         let again = s
             .set_chain_state("c", ChainState::Running, ChainState::Failed, None)
             .await
             .expect("stop again");
-        assert_eq!(again, ChainWrite::Conflict);
+        assert_eq!(again, ChainWrite::Conflict, "{name}");
     }
 }

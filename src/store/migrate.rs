@@ -45,6 +45,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_prompt_fts.sql",
         include_str!("../../migrations/0010_prompt_fts.sql"),
     ),
+    (
+        "0011_enqueue_speed.sql",
+        include_str!("../../migrations/0011_enqueue_speed.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -11,6 +11,7 @@
 mod archive;
 pub mod budget;
 mod bulk;
+mod bulk_index;
 mod chain;
 mod conn;
 mod images;
@@ -575,6 +576,37 @@ pub(crate) fn insert_job(
     deadline_now: bool,
     chain: Option<(&str, i64)>,
 ) -> Result<usize, StoreError> {
+    let mut insert = conn.prepare_cached(INSERT_JOB_SQL)?;
+    insert_job_with(
+        &mut insert,
+        conn,
+        j,
+        now,
+        next_attempt_at,
+        deadline_now,
+        chain,
+    )
+}
+
+/// The statement of [`insert_job`].
+const INSERT_JOB_SQL: &str = "INSERT INTO jobs (id, created_at, updated_at, state, model, \
+     service_tier, priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
+     deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
+     VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
+             lower(hex(randomblob(16))), ?15, ?16) \
+     ON CONFLICT (idempotency_key) DO NOTHING";
+
+/// [`insert_job`] with its statement already prepared: a bulk enqueue looks it up once rather
+/// than hashing the SQL text in the statement cache for every row.
+fn insert_job_with(
+    insert: &mut rusqlite::Statement<'_>,
+    conn: &Connection,
+    j: &NewJob,
+    now: i64,
+    next_attempt_at: i64,
+    deadline_now: bool,
+    chain: Option<(&str, i64)>,
+) -> Result<usize, StoreError> {
     let tags = serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     let deadline = if j.flex && deadline_now {
         j.expires_after.map(|s| now + s * 1000)
@@ -583,14 +615,6 @@ pub(crate) fn insert_job(
     };
     // Embedded images go to their own table, once each; the row keeps references.
     let request_json = images::intern(conn, &j.request_json, now)?;
-    let mut insert = conn.prepare_cached(
-        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-         priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-         deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
-         VALUES (?1, ?2, ?2, 'queued', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, \
-                 lower(hex(randomblob(16))), ?15, ?16) \
-         ON CONFLICT (idempotency_key) DO NOTHING",
-    )?;
     Ok(insert.execute(params![
         j.id.as_str(),
         now,
@@ -747,9 +771,15 @@ impl Store {
                 )?;
                 let mut existing =
                     tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
+                let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
+                // The prompt index and batch counts are filled once for all rows at the end
+                // (bulk_index.rs: per row, FTS5 writes a segment per job).
+                bulk_index::begin(&tx)?;
+                let mut rowids = Vec::with_capacity(jobs.len());
                 for j in jobs {
-                    let n = insert_job(&tx, &j, now, now, true, None)?;
+                    let n = insert_job_with(&mut insert, &tx, &j, now, now, true, None)?;
                     if n == 1 {
+                        rowids.push(tx.last_insert_rowid());
                         event.execute(params![j.id.as_str(), now])?;
                         report.inserted.push(j.id);
                     } else if let Some(key) = j.key {
@@ -757,6 +787,7 @@ impl Store {
                         report.skipped.push((key, JobId::from(id)));
                     }
                 }
+                bulk_index::finish(&tx, &rowids)?;
             }
             tx.commit()?;
             Ok(report)
@@ -1248,6 +1279,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::queued_models(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "WITH RECURSIVE m(model) AS ( \
@@ -1268,6 +1302,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::in_flight(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(
                 "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
@@ -1284,6 +1321,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::flex_tokens_since(pg, model, since_ms).await;
+        }
         let model = model.to_string();
         self.call(move |c| {
             Ok(c.query_row(
@@ -1302,6 +1342,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::expire_overdue(pg).await;
+        }
         self.call(|c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1336,6 +1379,9 @@ impl Store {
         shape: Option<&str>,
         n: u32,
     ) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::recent_generation_ms(pg, model, tier, shape, n).await;
+        }
         let (model, tier, shape) = (
             model.to_string(),
             tier.to_string(),
@@ -1364,6 +1410,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn live_lease_owners(&self) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::live_lease_owners(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_until > ?1",
@@ -1380,6 +1429,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::release_leases_of(pg, owner).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -1404,6 +1456,9 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::leftovers(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT id, state, last_error_code, last_error_message FROM jobs \
@@ -1427,6 +1482,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::pending_work(pg, archive).await;
+        }
         self.call(move |c| {
             Ok(c.query_row(
                 // A paused model's or batch's queued jobs wait for an operator, like a parked
@@ -1448,6 +1506,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::creates_since(pg, since_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare(
                 // Only the default tier has an RPM at Ark; flex creates must not fill its window.
@@ -1465,6 +1526,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::state_counts(pg).await;
+        }
         let rows = self.stats().await?;
         let mut m = HashMap::new();
         for r in rows {
@@ -1478,6 +1542,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ops::next_due(pg, states).await;
+        }
         self.call(move |c| {
             let list = states
                 .iter()
@@ -1498,3 +1565,9 @@ impl Store {
 pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_pgarch;
+#[cfg(test)]
+mod tests_pgchain;
+#[cfg(test)]
+mod tests_pgops;

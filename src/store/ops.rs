@@ -60,6 +60,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::ops_snapshot(pg, flex_day_start_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT state, model, service_tier, COUNT(*), COALESCE(SUM(est_tokens), 0), \
@@ -116,6 +119,10 @@ impl Store {
         failed_before_ms: i64,
         succeeded_too: bool,
     ) -> Result<PruneReport, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::prune(pg, archived_before_ms, failed_before_ms, succeeded_too)
+                .await;
+        }
         let mut report = PruneReport::new();
         loop {
             let batch = self
@@ -161,6 +168,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn release_expired_leases(&self) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::release_expired_leases(pg).await;
+        }
         self.call(|c| {
             let now = now_ms();
             Ok(c.execute(
@@ -180,6 +190,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn upkeep(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::upkeep(pg).await;
+        }
         self.call(|c| {
             c.execute_batch("PRAGMA optimize")?;
             let (busy, _log, done): (i64, i64, i64) =
@@ -197,6 +210,9 @@ impl Store {
     /// # Errors
     /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout).
     pub async fn write_probe(&self) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::write_probe(pg).await;
+        }
         // A write to a deleted file succeeds and is lost: readiness fails instead.
         self.check_identity()?;
         self.call(|c| {
@@ -212,6 +228,9 @@ impl Store {
     /// # Errors
     /// The thread is gone.
     pub async fn ping(&self) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::ops::ping(pg).await;
+        }
         self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
             .await
     }
@@ -320,100 +339,328 @@ pub fn inspect(path: &Path, busy: Duration) -> Result<Inspection, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::JobId;
-    use crate::store::NewJob;
-
-    fn job(model: &str, flex: bool) -> NewJob {
-        NewJob {
-            model: model.into(),
-            flex,
-            est_tokens: Some(100),
-            ..NewJob::plain("{}")
-        }
-    }
-
-    /// Puts a job straight into `state`, last changed `age_ms` ago.
-    async fn force(s: &Store, id: &JobId, state: &'static str, age_ms: i64) {
-        let id = id.as_str().to_string();
-        s.call(move |c| {
-            let at = now_ms() - age_ms;
-            c.execute(
-                "UPDATE jobs SET state = ?2, updated_at = ?3, finished_at = ?3 WHERE id = ?1",
-                params![id, state, at],
-            )?;
-            Ok(())
-        })
-        .await
-        .expect("force");
-    }
+    use crate::store::tests_pgops::{Seed, add, exec};
+    use crate::store::{NewJob, testpg};
 
     #[tokio::test]
     async fn prune_deletes_old_terminal_jobs_and_their_events_only() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        let day = 86_400_000;
-        let cases = [
-            ("archived", 31, true),
-            ("archived", 29, false),
-            ("failed", 91, true),
-            ("failed", 89, false),
-            ("dead", 100, true),
-            ("cancelled", 95, true),
-            ("expired", 10, false),
-            ("succeeded", 400, false),
-            ("queued", 400, false),
-            ("submitted", 400, false),
-        ];
-        let mut ids = Vec::new();
-        for (state, age_days, _) in cases {
-            let r = s.enqueue(vec![job("m", false)]).await.expect("enqueue");
-            let id = r.inserted[0].clone();
-            force(&s, &id, state, age_days * day).await;
-            ids.push(id);
+        for (name, s) in testpg::both(dir.path()).await {
+            let day = 86_400_000;
+            let cases = [
+                ("archived", 31, true),
+                ("archived", 29, false),
+                ("failed", 91, true),
+                ("failed", 89, false),
+                ("dead", 100, true),
+                ("cancelled", 95, true),
+                ("expired", 10, false),
+                ("succeeded", 400, false),
+                ("queued", 400, false),
+                ("submitted", 400, false),
+            ];
+            let mut ids = Vec::new();
+            for (state, age_days, _) in cases {
+                let at = now_ms() - age_days * day;
+                let cols = format!("updated_at = {at}, finished_at = {at}");
+                ids.push(
+                    add(
+                        &s,
+                        Seed {
+                            state,
+                            cols: &cols,
+                            ..Seed::default()
+                        },
+                    )
+                    .await,
+                );
+            }
+            let now = now_ms();
+            let report = s
+                .prune(now - 30 * day, now - 90 * day, false)
+                .await
+                .expect("prune");
+            assert_eq!(report.values().sum::<u64>(), 4, "{name}: {report:?}");
+            assert_eq!(report.get(&JobState::Archived), Some(&1), "{name}");
+            for ((state, age, gone), id) in cases.iter().zip(&ids) {
+                let job = s.job(id.as_str()).await.expect("job");
+                let events = s.events(id.as_str()).await.expect("events");
+                assert_eq!(job.is_none(), *gone, "{name}: {state} {age}d");
+                assert_eq!(events.is_empty(), *gone, "{name}: events of {state} {age}d");
+            }
+            // Archiving off: old succeeded jobs are as done as archived ones.
+            let report = s
+                .prune(now - 30 * day, now - 90 * day, true)
+                .await
+                .expect("prune");
+            assert_eq!(report.get(&JobState::Succeeded), Some(&1), "{name}");
+            assert_eq!(report.values().sum::<u64>(), 1, "{name}");
         }
-        let now = now_ms();
-        let report = s
-            .prune(now - 30 * day, now - 90 * day, false)
-            .await
-            .expect("prune");
-        assert_eq!(report.values().sum::<u64>(), 4, "{report:?}");
-        assert_eq!(report.get(&JobState::Archived), Some(&1));
-        for ((state, age, gone), id) in cases.iter().zip(&ids) {
-            let job = s.job(id.as_str()).await.expect("job");
-            let events = s.events(id.as_str()).await.expect("events");
-            assert_eq!(job.is_none(), *gone, "{state} {age}d");
-            assert_eq!(events.is_empty(), *gone, "events of {state} {age}d");
+    }
+
+    /// Counts the stored images (plain SQL: `image_count` is another port's).
+    async fn images(s: &Store) -> i64 {
+        if let Some(pg) = s.pg() {
+            let c = pg.conn().await.expect("conn");
+            return c
+                .query_one("SELECT COUNT(*) FROM images", &[])
+                .await
+                .expect("count")
+                .get(0);
         }
-        // Archiving off: old succeeded jobs are as done as archived ones.
-        let report = s
-            .prune(now - 30 * day, now - 90 * day, true)
+        s.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?))
             .await
-            .expect("prune");
-        assert_eq!(report.get(&JobState::Succeeded), Some(&1));
-        assert_eq!(report.values().sum::<u64>(), 1);
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn prune_takes_the_images_only_pruned_jobs_used() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            let old = format!("updated_at = {}", now_ms() - 1_000_000);
+            let body = |sha: &str| format!("request_json = '{{\"image\":\"{sha}\"}}'");
+            add(
+                &s,
+                Seed {
+                    state: "failed",
+                    cols: &format!("{old}, {}", body("aaaa")),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            add(
+                &s,
+                Seed {
+                    state: "failed",
+                    cols: &format!("{old}, {}", body("bbbb")),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            add(
+                &s,
+                Seed {
+                    cols: &body("bbbb"),
+                    ..Seed::default()
+                },
+            )
+            .await;
+            exec(
+                &s,
+                "INSERT INTO images (sha256, data_url, created_at) VALUES \
+                      ('aaaa', 'data:a', 0), ('bbbb', 'data:b', 0)",
+            )
+            .await;
+            let report = s.prune(0, now_ms(), false).await.expect("prune");
+            assert_eq!(report.get(&JobState::Failed), Some(&2), "{name}");
+            // "aaaa" went with its last job; "bbbb" is still used by the queued one.
+            assert_eq!(images(&s).await, 1, "{name}");
+        }
+    }
+
+    /// Another worker's enqueue that reuses a stored image (`ON CONFLICT DO NOTHING`) and has
+    /// not committed its job yet: prune must not take the image from under it. Without the
+    /// table lock, the scan does not see the uncommitted job and deletes the image.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn prune_waits_for_an_enqueue_that_reuses_an_image() {
+        let url = testpg::fresh_database().await;
+        let target = crate::store::StoreTarget::Postgres {
+            url: url.clone(),
+            password: None,
+        };
+        let s = Store::open_target(&target, true).await.expect("open");
+        let old = format!("updated_at = {}", now_ms() - 1_000_000);
+        let cols = format!("{old}, request_json = '{{\"image\":\"cccc\"}}'");
+        add(
+            &s,
+            Seed {
+                state: "failed",
+                cols: &cols,
+                ..Seed::default()
+            },
+        )
+        .await;
+        exec(
+            &s,
+            "INSERT INTO images (sha256, data_url, created_at) VALUES ('cccc', 'data:c', 0)",
+        )
+        .await;
+        let (mut other, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let tx = other.transaction().await.expect("begin");
+        tx.batch_execute(&format!(
+            "INSERT INTO images (sha256, data_url, created_at) VALUES ('cccc', 'data:c', 1) \
+             ON CONFLICT (sha256) DO NOTHING; \
+             INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+             request_json, next_attempt_at) VALUES ('{}', 1, 1, 'queued', 'm', 'default', \
+             '{{\"image\":\"cccc\"}}', 1)",
+            crate::job::JobId::generate().as_str()
+        ))
+        .await
+        .expect("the other worker's enqueue");
+        let pruning = tokio::spawn({
+            let s = s.clone();
+            async move { s.prune(0, now_ms(), false).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(
+            !pruning.is_finished(),
+            "prune waits for the enqueue to commit"
+        );
+        tx.commit().await.expect("commit");
+        let report = pruning.await.expect("join").expect("prune");
+        assert_eq!(report.get(&JobState::Failed), Some(&1));
+        assert_eq!(images(&s).await, 1, "the new job's image stays");
     }
 
     #[tokio::test]
     async fn snapshot_counts_match_the_rows() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        s.enqueue(vec![job("a", false), job("a", false), job("b", true)])
+        for (name, s) in testpg::both(dir.path()).await {
+            add(
+                &s,
+                Seed {
+                    model: "a",
+                    ..Seed::default()
+                },
+            )
+            .await;
+            add(
+                &s,
+                Seed {
+                    model: "a",
+                    ..Seed::default()
+                },
+            )
+            .await;
+            add(
+                &s,
+                Seed {
+                    model: "b",
+                    tier: "flex",
+                    ..Seed::default()
+                },
+            )
+            .await;
+            let snap = s.ops_snapshot(0).await.expect("snapshot");
+            let a = snap.rows.iter().find(|r| r.model == "a").expect("a row");
+            assert_eq!(
+                (a.jobs, a.est_tokens, a.state),
+                (2, 200, JobState::Queued),
+                "{name}"
+            );
+            assert_eq!(snap.rows.len(), 2, "{name}");
+            assert!(snap.oldest_queued_ms.is_some(), "{name}");
+            assert!(snap.flex_today.is_empty(), "{name}: nothing submitted yet");
+            let now = now_ms();
+            let cols = format!("submitted_at = {now}, usage_tokens = 40");
+            add(
+                &s,
+                Seed {
+                    model: "b",
+                    tier: "flex",
+                    state: "succeeded",
+                    cols: &cols,
+                    ..Seed::default()
+                },
+            )
+            .await;
+            let snap = s.ops_snapshot(now - 1).await.expect("snapshot");
+            let b = snap
+                .rows
+                .iter()
+                .find(|r| r.model == "b" && r.state == JobState::Succeeded);
+            let b = b.expect("b row");
+            assert_eq!(
+                (b.tier.as_str(), b.jobs, b.usage_tokens),
+                ("flex", 1, 40),
+                "{name}"
+            );
+            assert_eq!(snap.flex_today.get("b"), Some(&40), "{name}");
+            assert!(
+                s.ops_snapshot(now + 1)
+                    .await
+                    .expect("snapshot")
+                    .flex_today
+                    .is_empty(),
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_probes_answer_and_upkeep_runs_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            add(&s, Seed::default()).await;
+            s.write_probe().await.expect(name);
+            s.ping().await.expect(name);
+            assert!(s.upkeep().await.expect(name) >= 0, "{name}");
+        }
+    }
+
+    /// A PostgreSQL server that turns read-only (a failover onto a standby, an operator's
+    /// `default_transaction_read_only`) fails the write probe, so `/readyz` says so, while
+    /// reads still work.
+    #[tokio::test]
+    async fn a_read_only_postgres_fails_the_write_probe() {
+        let url = testpg::fresh_database().await;
+        let s = Store::open_target(
+            &crate::store::StoreTarget::Postgres {
+                url: url.clone(),
+                password: None,
+            },
+            true,
+        )
+        .await
+        .expect("open");
+        s.write_probe().await.expect("writable at first");
+        let db = url.rsplit('/').next().expect("a database name");
+        // A connection of its own: one from the store's pool would go back into it unchanged.
+        let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
-            .expect("enqueue");
-        let snap = s.ops_snapshot(0).await.expect("snapshot");
-        let a = snap.rows.iter().find(|r| r.model == "a").expect("a row");
-        assert_eq!((a.jobs, a.est_tokens, a.state), (2, 200, JobState::Queued));
-        assert!(snap.oldest_queued_ms.is_some());
-        assert!(snap.flex_today.is_empty(), "nothing submitted yet");
+            .expect("connect");
+        tokio::spawn(conn);
+        // The setting applies to new sessions: end the pool's, which it then replaces.
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {db} SET default_transaction_read_only = on; \
+                 SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+            ))
+            .await
+            .expect("make it read-only");
+        drop(admin);
+        let mut last = None;
+        for _ in 0..50 {
+            match s.write_probe().await {
+                Err(StoreError::Postgres(e))
+                    if e.code()
+                        == Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION) =>
+                {
+                    last = None;
+                    break;
+                }
+                other => last = Some(format!("{other:?}")),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(last, None, "the probe never failed as read-only");
+        s.ping().await.expect("reads still work");
     }
 
     #[tokio::test]
     async fn backups_are_complete_databases() {
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("q.db")).expect("open");
-        s.enqueue(vec![job("a", false), job("a", false), job("a", false)])
-            .await
-            .expect("enqueue");
+        let job = || NewJob {
+            model: "a".into(),
+            est_tokens: Some(100),
+            ..NewJob::plain("{}")
+        };
+        s.enqueue(vec![job(), job(), job()]).await.expect("enqueue");
         let dest = dir.path().join("copy.db");
         let size = s.backup_to(&dest).await.expect("backup");
         assert!(size > 0);
@@ -429,5 +676,15 @@ mod tests {
         assert_eq!(found.schema_version, migrate::latest());
         s.write_probe().await.expect("writable");
         assert!(s.upkeep().await.expect("upkeep") >= 0);
+    }
+
+    #[tokio::test]
+    async fn a_postgres_store_refuses_a_file_backup() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = testpg::pg_store().await;
+        let dest = dir.path().join("copy.db");
+        let e = s.backup_to(&dest).await.expect_err("no file backups");
+        assert!(matches!(e, StoreError::Unsupported(_)), "{e}");
+        assert!(!dest.exists() && !tmp_name(&dest).exists());
     }
 }

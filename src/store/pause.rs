@@ -46,6 +46,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn pause(&self, kind: PauseKind, name: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::pause::pause(pg, kind, name).await;
+        }
         let name = name.to_string();
         self.call(move |c| {
             let n = c.execute(
@@ -63,6 +66,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn resume(&self, kind: PauseKind, name: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::pause::resume(pg, kind, name).await;
+        }
         let name = name.to_string();
         self.call(move |c| {
             let n = c.execute(
@@ -79,6 +85,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn paused(&self) -> Result<Vec<Paused>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::pause::paused(pg).await;
+        }
         self.call(|c| {
             let mut st =
                 c.prepare_cached("SELECT kind, name, paused_at FROM paused ORDER BY kind, name")?;
@@ -99,6 +108,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn paused_at(&self, kind: PauseKind, name: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::pause::paused_at(pg, kind, name).await;
+        }
         use rusqlite::OptionalExtension as _;
         let name = name.to_string();
         self.call(move |c| {

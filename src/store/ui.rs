@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
 
-use super::{JOB_COLUMNS, Job, Store, StoreError, job_from_row, push_job_filters};
+use super::{JOB_COLUMNS, Job, Store, StoreError, job_from_row, pg, push_job_filters};
 use crate::job::JobState;
 
 /// Filters of the dashboard's job list. Every field is optional; they combine with AND.
@@ -41,7 +41,7 @@ pub struct UiCell {
 
 /// `%`, `_` and the escape character itself, escaped for `LIKE … ESCAPE '\'`, so a search for
 /// `50%` finds that text and not everything starting with 50.
-fn like_pattern(text: &str) -> String {
+pub(crate) fn like_pattern(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     out.push('%');
     for ch in text.chars() {
@@ -84,6 +84,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ui_jobs(&self, f: UiFilter) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_jobs(pg, &f).await;
+        }
         self.call(move |c| {
             let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
@@ -130,6 +133,9 @@ impl Store {
         &self,
         since_ms: i64,
     ) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_creates_since(pg, since_ms).await;
+        }
         self.call(move |c| {
             // Per tier: RPM binds the default tier only, flex has a ceiling of its own if any.
             let mut st = c.prepare_cached(
@@ -148,6 +154,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ui_oldest_queued(&self) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_oldest_queued(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT model, service_tier, MIN(created_at) FROM jobs \
@@ -166,6 +175,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ui_bench_finish(&self, keep_every: i64) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_bench_finish(pg, keep_every).await;
+        }
         self.call(move |c| {
             Ok(c.execute(
                 "UPDATE jobs SET state = CASE WHEN rowid % 10 = 0 THEN 'failed' ELSE 'archived' END, \
@@ -185,6 +197,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ui_waiting(&self) -> Result<Vec<(JobState, String, String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_waiting(pg).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT state, model, service_tier, COUNT(*) FROM jobs \
@@ -215,6 +230,9 @@ impl Store {
         &self,
         day_start_ms: i64,
     ) -> Result<BTreeMap<String, i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_flex_today(pg, day_start_ms).await;
+        }
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT model, COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
@@ -238,6 +256,9 @@ impl Store {
         archiving: bool,
         recent: u32,
     ) -> Result<Vec<String>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_batch_names(pg, archiving, recent).await;
+        }
         self.call(move |c| {
             let states = if archiving {
                 "'queued', 'submitting', 'submit_unknown', 'submitted', 'succeeded', 'archiving'"
@@ -270,6 +291,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn ui_batch_cells(&self, batch: &str) -> Result<Vec<UiCell>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_batch_cells(pg, batch).await;
+        }
         let batch = batch.to_string();
         self.call(move |c| {
             let mut st = c.prepare_cached(
@@ -301,7 +325,7 @@ impl Store {
 mod tests {
     use super::{UiFilter, fts_phrase, like_pattern};
     use crate::job::JobState;
-    use crate::store::{NewJob, Store};
+    use crate::store::{NewJob, Store, testpg};
 
     fn prompt_job(prompt: &str) -> NewJob {
         NewJob::plain(
@@ -341,67 +365,112 @@ mod tests {
         out
     }
 
-    async fn store_with(prompts: &[&str]) -> (tempfile::TempDir, Store) {
+    /// A SQLite store and a PostgreSQL one, each holding `prompts`.
+    async fn stores_with(prompts: &[&str]) -> (tempfile::TempDir, Vec<(&'static str, Store)>) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        s.enqueue(prompts.iter().map(|p| prompt_job(p)).collect())
+        let stores = testpg::both(dir.path()).await;
+        for (_, s) in &stores {
+            s.enqueue(prompts.iter().map(|p| prompt_job(p)).collect())
+                .await
+                .expect("enqueue");
+        }
+        (dir, stores)
+    }
+
+    /// Runs `sqlite` or `postgres` (SQL in the store's dialect) on `s`.
+    async fn exec(s: &Store, sqlite: &'static str, postgres: &str) {
+        if let Some(pg) = s.pg() {
+            pg.conn()
+                .await
+                .expect("conn")
+                .batch_execute(postgres)
+                .await
+                .expect("postgres sql");
+        } else {
+            s.call(move |c| {
+                c.execute_batch(sqlite)?;
+                Ok(())
+            })
             .await
-            .expect("enqueue");
-        (dir, s)
+            .expect("sqlite sql");
+        }
     }
 
     /// Substrings of the prompt match, case-insensitively, inside words and in CJK text; the
     /// rest of the request (model, JSON keys) does not.
     #[tokio::test]
     async fn prompt_search_matches_substrings_of_the_prompt() {
-        let (_d, s) = store_with(&[
+        let (_d, stores) = stores_with(&[
             "A red Fox runs through snow",
             "a grey wolf at dusk",
             "一只红色的狐狸在雪中奔跑",
         ])
         .await;
+        for (name, s) in &stores {
+            prompt_search_case(name, s).await;
+        }
+    }
+
+    async fn prompt_search_case(name: &str, s: &Store) {
         assert_eq!(
-            search(&s, "fox", 10).await,
-            vec!["A red Fox runs through snow"]
+            search(s, "fox", 10).await,
+            vec!["A red Fox runs through snow"],
+            "{name}"
         );
         assert_eq!(
-            search(&s, "ed fox ru", 10).await,
-            vec!["A red Fox runs through snow"]
+            search(s, "ed fox ru", 10).await,
+            vec!["A red Fox runs through snow"],
+            "{name}"
         );
         assert_eq!(
-            search(&s, "狐狸在", 10).await,
-            vec!["一只红色的狐狸在雪中奔跑"]
+            search(s, "狐狸在", 10).await,
+            vec!["一只红色的狐狸在雪中奔跑"],
+            "{name}"
         );
-        assert!(search(&s, "content", 10).await.is_empty());
-        assert!(search(&s, "fox wolf", 10).await.is_empty());
+        assert!(search(s, "content", 10).await.is_empty(), "{name}");
+        assert!(search(s, "fox wolf", 10).await.is_empty(), "{name}");
         // Under three characters the trigram index cannot answer; the LIKE scan does.
         assert_eq!(
-            search(&s, "狐狸", 10).await,
-            vec!["一只红色的狐狸在雪中奔跑"]
+            search(s, "狐狸", 10).await,
+            vec!["一只红色的狐狸在雪中奔跑"],
+            "{name}"
         );
     }
 
     /// FTS5 syntax in the search box is searched for, never obeyed, and never an SQL error.
     #[tokio::test]
     async fn prompt_search_escapes_fts_syntax() {
-        let (_d, s) = store_with(&[
+        let (_d, stores) = stores_with(&[
             r#"she says "hi" to the fox"#,
             "fox AND wolf",
             "a * star",
             "plain fox",
         ])
         .await;
+        for (name, s) in &stores {
+            escapes_case(name, s).await;
+        }
+        assert_eq!(fts_phrase(r#"a"b"#), r#""a""b""#);
+    }
+
+    async fn escapes_case(name: &str, s: &Store) {
         assert_eq!(
-            search(&s, r#"says "hi""#, 10).await,
-            vec![r#"she says "hi" to the fox"#]
+            search(s, r#"says "hi""#, 10).await,
+            vec![r#"she says "hi" to the fox"#],
+            "{name}"
         );
-        assert_eq!(search(&s, "fox AND wolf", 10).await, vec!["fox AND wolf"]);
-        assert_eq!(search(&s, "a * st", 10).await, vec!["a * star"]);
+        assert_eq!(
+            search(s, "fox AND wolf", 10).await,
+            vec!["fox AND wolf"],
+            "{name}"
+        );
+        assert_eq!(search(s, "a * st", 10).await, vec!["a * star"], "{name}");
         // A lone quote: too short for the index, so the fallback scan, which reads the prompt
         // and not the JSON around it (every request has quotes).
         assert_eq!(
-            search(&s, r#"""#, 10).await,
-            vec![r#"she says "hi" to the fox"#]
+            search(s, r#"""#, 10).await,
+            vec![r#"she says "hi" to the fox"#],
+            "{name}"
         );
         for hostile in [
             r#"""""#,
@@ -415,12 +484,14 @@ mod tests {
             "'; DROP TABLE jobs; --",
         ] {
             assert!(
-                search(&s, hostile, 10).await.is_empty(),
-                "{hostile} matched something"
+                search(s, hostile, 10).await.is_empty(),
+                "{name}: {hostile} matched something"
             );
         }
-        assert_eq!(search(&s, "plain", 10).await, vec!["plain fox"]);
-        assert_eq!(fts_phrase(r#"a"b"#), r#""a""b""#);
+        assert_eq!(search(s, "plain", 10).await, vec!["plain fox"], "{name}");
+        // LIKE's wildcards are searched for too (PostgreSQL matches with LIKE).
+        assert!(search(s, "f_x", 10).await.is_empty(), "{name}");
+        assert!(search(s, "a % st", 10).await.is_empty(), "{name}");
     }
 
     /// Keyset pagination and the other filters still apply to a search: every match once,
@@ -431,8 +502,14 @@ mod tests {
             .map(|i| format!("shot {i}: {}", if i % 2 == 0 { "fox" } else { "wolf" }))
             .collect();
         let refs: Vec<&str> = prompts.iter().map(String::as_str).collect();
-        let (_d, s) = store_with(&refs).await;
-        let got = search(&s, "fox", 4).await;
+        let (_d, stores) = stores_with(&refs).await;
+        for (name, s) in &stores {
+            pages_case(name, s).await;
+        }
+    }
+
+    async fn pages_case(name: &str, s: &Store) {
+        let got = search(s, "fox", 4).await;
         // Newest first is id order (ULIDs made in one millisecond are not in insert order).
         let want: Vec<String> = s
             .ui_jobs(UiFilter {
@@ -448,8 +525,8 @@ mod tests {
             })
             .filter(|p| p.ends_with("fox"))
             .collect();
-        assert_eq!(want.len(), 13);
-        assert_eq!(got, want);
+        assert_eq!(want.len(), 13, "{name}");
+        assert_eq!(got, want, "{name}");
         let none = s
             .ui_jobs(UiFilter {
                 text: Some("fox".into()),
@@ -459,56 +536,75 @@ mod tests {
             })
             .await
             .expect("ui_jobs");
-        assert!(none.is_empty());
+        assert!(none.is_empty(), "{name}");
     }
 
     /// The index follows the jobs: a rewritten request is searched by its new prompt, a
     /// deleted job is gone from it.
     #[tokio::test]
     async fn prompt_index_follows_updates_and_deletes() {
-        let (_d, s) = store_with(&["old prompt text", "doomed prompt"]).await;
-        s.call(|c| {
-            c.execute(
+        let (_d, stores) = stores_with(&["old prompt text", "doomed prompt"]).await;
+        for (name, s) in &stores {
+            exec(
+                s,
                 "UPDATE jobs SET request_json = json_set(request_json, '$.content[0].text', \
-                 'new prompt text') WHERE request_json LIKE '%old prompt%'",
-                [],
-            )?;
-            c.execute("DELETE FROM jobs WHERE request_json LIKE '%doomed%'", [])?;
-            Ok(())
-        })
-        .await
-        .expect("sql");
-        assert!(search(&s, "old prompt", 10).await.is_empty());
-        assert_eq!(search(&s, "new prompt", 10).await, vec!["new prompt text"]);
-        assert!(search(&s, "doomed", 10).await.is_empty());
-        let fts_rows: i64 = s
-            .call(|c| Ok(c.query_row("SELECT COUNT(*) FROM jobs_prompt_fts", [], |r| r.get(0))?))
-            .await
-            .expect("count");
-        assert_eq!(fts_rows, 1);
+                 'new prompt text') WHERE request_json LIKE '%old prompt%'; \
+                 DELETE FROM jobs WHERE request_json LIKE '%doomed%'",
+                "UPDATE jobs SET request_json = jsonb_set(request_json::jsonb, '{content,0,text}', \
+                 '\"new prompt text\"')::text WHERE request_json LIKE '%old prompt%'; \
+                 DELETE FROM jobs WHERE request_json LIKE '%doomed%'",
+            )
+            .await;
+            assert!(search(s, "old prompt", 10).await.is_empty(), "{name}");
+            assert_eq!(
+                search(s, "new prompt", 10).await,
+                vec!["new prompt text"],
+                "{name}"
+            );
+            assert!(search(s, "doomed", 10).await.is_empty(), "{name}");
+            if s.pg().is_none() {
+                let fts_rows: i64 = s
+                    .call(|c| {
+                        Ok(c.query_row("SELECT COUNT(*) FROM jobs_prompt_fts", [], |r| r.get(0))?)
+                    })
+                    .await
+                    .expect("count");
+                assert_eq!(fts_rows, 1);
+            }
+        }
     }
 
     /// A search matching more than `FTS_DENSE` jobs takes the walk-the-list path and still
     /// returns only matches, newest first, paged.
     #[tokio::test]
     async fn a_dense_search_walks_the_list() {
-        let (_d, s) = store_with(&["the newest wolf"]).await;
+        let (_d, stores) = stores_with(&["the newest wolf"]).await;
+        for (name, s) in stores {
+            dense_case(name, s).await;
+        }
+    }
+
+    async fn dense_case(name: &str, s: Store) {
         let n = super::FTS_DENSE + 10;
-        s.call(move |c| {
-            // Ids below any ULID made now ('0…'), so the newest job stays the wolf above.
-            c.execute(
-                "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < ?1) \
-                 INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+        // Ids below any ULID made now ('0…'), so the newest job stays the wolf above.
+        exec(
+            &s,
+            "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 20010) \
+             INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+                               request_json, next_attempt_at) \
+             SELECT printf('00000000000000%012d', i), 0, 0, 'queued', 'm', 'default', \
+                    json_object('content', json_array(json_object('type', 'text', \
+                        'text', 'fox number ' || i))), 0 FROM k",
+            &format!(
+                "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
                                    request_json, next_attempt_at) \
-                 SELECT printf('00000000000000%012d', i), 0, 0, 'queued', 'm', 'default', \
-                        json_object('content', json_array(json_object('type', 'text', \
-                            'text', 'fox number ' || i))), 0 FROM k",
-                [n],
-            )?;
-            Ok(())
-        })
-        .await
-        .expect("insert");
+                 SELECT '00000000000000' || lpad(i::text, 12, '0'), 0, 0, 'queued', 'm', \
+                        'default', json_build_object('content', json_build_array( \
+                            json_build_object('type', 'text', 'text', 'fox number ' || i)))::text, \
+                        0 FROM generate_series(1, {n}) AS i; ANALYZE jobs"
+            ),
+        )
+        .await;
         let page = |q: &'static str| {
             let s = s.clone();
             async move {
@@ -527,19 +623,29 @@ mod tests {
         let top = format!("00000000000000{n:012}");
         let second = format!("00000000000000{:012}", n - 1);
         let third = format!("00000000000000{:012}", n - 2);
-        assert_eq!(page("fox number").await, vec![top.clone(), second, third]);
+        assert_eq!(
+            page("fox number").await,
+            vec![top.clone(), second, third],
+            "{name}"
+        );
         // 11 111 matches (1, 1x, 1xx, 1xxx, 1xxxx): the indexed path.
         assert_eq!(
             page("number 1").await.first().map(String::as_str),
-            Some("00000000000000000000019999")
+            Some("00000000000000000000019999"),
+            "{name}"
         );
-        assert_eq!(page("wolf").await.len(), 1);
+        assert_eq!(page("wolf").await.len(), 1, "{name}");
     }
 
     /// A search reads the FTS index, not a scan of the jobs.
     #[tokio::test]
     async fn prompt_search_uses_the_index() {
-        let (_d, s) = store_with(&["a red fox"]).await;
+        // PostgreSQL's twin is tests_pgchain::postgres_prompt_search_uses_the_trigram_index.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        s.enqueue(vec![prompt_job("a red fox")])
+            .await
+            .expect("enqueue");
         let plan: Vec<String> = s
             .call(|c| {
                 let mut st = c.prepare(
@@ -573,7 +679,12 @@ mod tests {
     #[tokio::test]
     async fn batch_counts_follow_the_jobs() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        for (name, s) in testpg::both(dir.path()).await {
+            batch_counts_case(name, s).await;
+        }
+    }
+
+    async fn batch_counts_case(name: &str, s: Store) {
         let r = s
             .enqueue(vec![
                 job(Some("b"), Some("720p/5s")),
@@ -598,7 +709,8 @@ mod tests {
         let shape = Some("720p/5s".to_string());
         assert_eq!(
             cells(s.clone()).await,
-            vec![(q, None, 1), (q, shape.clone(), 2)]
+            vec![(q, None, 1), (q, shape.clone(), 2)],
+            "{name}"
         );
         s.cancel(r.inserted[0].as_str()).await.expect("cancel");
         assert_eq!(
@@ -607,15 +719,17 @@ mod tests {
                 (JobState::Cancelled, shape.clone(), 1),
                 (q, None, 1),
                 (q, shape.clone(), 1)
-            ]
+            ],
+            "{name}"
         );
         s.retry(r.inserted[0].as_str()).await.expect("retry");
         assert_eq!(
             cells(s.clone()).await,
-            vec![(q, None, 1), (q, shape.clone(), 2)]
+            vec![(q, None, 1), (q, shape.clone(), 2)],
+            "{name}"
         );
         let names = s.ui_batch_names(true, 5).await.expect("names");
-        assert_eq!(names, vec!["b".to_string()]);
+        assert_eq!(names, vec!["b".to_string()], "{name}");
     }
 
     #[test]

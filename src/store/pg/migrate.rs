@@ -6,10 +6,16 @@ use super::Pg;
 use crate::store::StoreError;
 
 /// The migrations, in order. Append only.
-pub const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_init.sql",
-    include_str!("../../../migrations/postgres/0001_init.sql"),
-)];
+pub const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_init.sql",
+        include_str!("../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        "0002_pgops_deadline.sql",
+        include_str!("../../../migrations/postgres/0002_pgops_deadline.sql"),
+    ),
+];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).
 const LOCK: i64 = 0x0073_6565_6471;

@@ -14,8 +14,15 @@
 //! Transactions that touch rows other workers touch too can deadlock or fail serialisation;
 //! [`Pg::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
 
+pub(crate) mod archive;
+pub(crate) mod budget;
+pub(crate) mod bulk;
+pub(crate) mod chain;
 pub(crate) mod core;
 pub(crate) mod migrate;
+pub(crate) mod ops;
+pub(crate) mod pause;
+pub(crate) mod ui;
 
 use std::future::Future;
 use std::time::Duration;
@@ -150,7 +157,6 @@ impl Pg {
     ///
     /// # Errors
     /// Whatever `f` returns last.
-    #[allow(dead_code, reason = "the ports of the store's transactions use it")]
     pub(crate) async fn retry<T, F, Fut>(&self, mut f: F) -> Result<T, StoreError>
     where
         F: FnMut() -> Fut,

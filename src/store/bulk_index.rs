@@ -1,0 +1,205 @@
+//! The prompt index and the batch counts for a bulk enqueue, one statement each.
+//!
+//! The insert triggers (migrations 0008, 0010) keep `jobs_prompt_fts` and `ui_batch_counts` per
+//! row. For the FTS5 table that is ruinous in bulk: FTS5 flushes its pending terms to a new
+//! segment at every statement savepoint, so a per-row trigger writes one tiny segment per job
+//! and merges them over and over (callgrind on `seedq bench enqueue --jobs 10000`: 60 % of the
+//! enqueue's instructions). [`begin`] sets the marker row of `enqueue_bulk` that the triggers
+//! test (migration 0011), and [`finish`] does their work for every job the transaction inserted
+//! with one `INSERT … SELECT` into the index (one flush, segments of thousands of jobs) and one
+//! aggregated upsert per (batch, state, model, tier, shape) cell. Both run inside the enqueue's
+//! transaction, so the index and counts commit or roll back with the jobs.
+
+use rusqlite::{Connection, params};
+
+/// The text parts of a job's request, as the 0010/0011 trigger indexes them.
+const FTS_FILL: &str = "INSERT INTO jobs_prompt_fts (rowid, prompt) \
+     SELECT j.rowid, (SELECT group_concat(json_extract(c.value, '$.text'), char(10)) \
+                      FROM json_each(j.request_json, '$.content') AS c \
+                      WHERE json_extract(c.value, '$.type') = 'text') \
+     FROM jobs AS j WHERE {rows} AND json_valid(j.request_json)";
+
+/// The insert trigger of 0008/0011, summed per cell.
+const COUNTS_FILL: &str = "INSERT INTO ui_batch_counts \
+     (batch_id, state, model, service_tier, shape, jobs, usage_tokens) \
+     SELECT j.batch_id, j.state, j.model, j.service_tier, COALESCE(j.shape, ''), COUNT(*), \
+            COALESCE(SUM(j.usage_tokens), 0) \
+     FROM jobs AS j WHERE {rows} AND j.batch_id IS NOT NULL \
+     GROUP BY j.batch_id, j.state, j.model, j.service_tier, COALESCE(j.shape, '') \
+     ON CONFLICT DO UPDATE SET jobs = jobs + excluded.jobs, \
+                               usage_tokens = usage_tokens + excluded.usage_tokens";
+
+/// The inserted rows when their rowids are consecutive: a range scan of the table.
+const ROWS_RANGE: &str = "j.rowid BETWEEN ?1 AND ?2";
+/// Any other set of rowids, as a JSON array.
+const ROWS_LIST: &str = "j.rowid IN (SELECT value FROM json_each(?1))";
+
+/// Turns the per-row insert triggers off for the rest of this transaction. Must be inside a
+/// write transaction that ends with [`finish`] (or rolls back).
+pub(crate) fn begin(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute("INSERT INTO enqueue_bulk (one) VALUES (1)", [])?;
+    Ok(())
+}
+
+/// Turns the triggers back on and indexes and counts the jobs with these rowids, all inserted
+/// (and not changed since) after [`begin`] in this transaction.
+pub(crate) fn finish(conn: &Connection, rowids: &[i64]) -> rusqlite::Result<()> {
+    conn.execute("DELETE FROM enqueue_bulk", [])?;
+    let (Some(lo), Some(hi)) = (rowids.iter().min(), rowids.iter().max()) else {
+        return Ok(());
+    };
+    // SQLite gives a new row the largest rowid plus one, so the rows of one transaction are
+    // consecutive and above all older ones; only after rowid 2^63-1 was used does it pick
+    // free rowids at random. When the range holds exactly as many rowids as were inserted,
+    // it holds exactly these rows.
+    let consecutive = usize::try_from(hi - lo).is_ok_and(|d| d + 1 == rowids.len());
+    for sql in [FTS_FILL, COUNTS_FILL] {
+        if consecutive {
+            conn.prepare_cached(&sql.replace("{rows}", ROWS_RANGE))?
+                .execute(params![lo, hi])?;
+        } else {
+            let list = serde_json::Value::from(rowids.to_vec()).to_string();
+            conn.prepare_cached(&sql.replace("{rows}", ROWS_LIST))?
+                .execute([list])?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{NewJob, Store, UiFilter};
+
+    /// A job of `batch` with prompt `text`; model, tier and shape vary with `n`.
+    fn job(n: usize, batch: Option<&str>, text: &str) -> NewJob {
+        let mut j = NewJob::plain(
+            serde_json::json!({
+                "model": "m",
+                "content": [{"type": "text", "text": text}],
+            })
+            .to_string(),
+        );
+        j.batch = batch.map(str::to_string);
+        j.model = ["m1", "m2"][n % 2].to_string();
+        j.flex = n.is_multiple_of(3);
+        j.shape = [None, Some("720p/5s"), Some("1080p/10s")][n % 3].map(str::to_string);
+        j
+    }
+
+    /// `ui_batch_counts` as stored, and as a recount of the jobs; both sorted.
+    async fn counts_and_recount(s: &Store) -> (Vec<String>, Vec<String>) {
+        s.call(|c| {
+            let rows = |sql: &str| -> rusqlite::Result<Vec<String>> {
+                let mut st = c.prepare(sql)?;
+                let v = st.query_map([], |r| {
+                    Ok(format!(
+                        "{}|{}|{}|{}|{}|{}|{}",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get::<_, i64>(5)?,
+                        r.get::<_, i64>(6)?
+                    ))
+                })?;
+                v.collect()
+            };
+            Ok((
+                rows(
+                    "SELECT batch_id, state, model, service_tier, shape, jobs, usage_tokens \
+                      FROM ui_batch_counts ORDER BY 1, 2, 3, 4, 5",
+                )?,
+                rows(
+                    "SELECT batch_id, state, model, service_tier, COALESCE(shape, ''), \
+                      COUNT(*), COALESCE(SUM(usage_tokens), 0) FROM jobs \
+                      WHERE batch_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5",
+                )?,
+            ))
+        })
+        .await
+        .expect("counts")
+    }
+
+    async fn search(s: &Store, q: &str) -> usize {
+        s.ui_jobs(UiFilter {
+            text: Some(q.to_string()),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("search")
+        .len()
+    }
+
+    async fn marker_rows(s: &Store) -> i64 {
+        s.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM enqueue_bulk", [], |r| r.get(0))?))
+            .await
+            .expect("marker")
+    }
+
+    /// After bulk enqueues with mixed batches (adding to cells an earlier enqueue created, and a
+    /// skipped duplicate key), a cancel and a retry, the counts equal a GROUP BY recount, and
+    /// every bulk-enqueued prompt is found by the search.
+    #[tokio::test]
+    async fn bulk_enqueue_keeps_counts_and_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        let batches = [Some("a"), Some("b"), None];
+        let first: Vec<NewJob> = (0..30)
+            .map(|n| job(n, batches[n % 3], &format!("red fox number {n}")))
+            .collect();
+        let r1 = s.enqueue(first).await.expect("enqueue");
+        assert_eq!(r1.inserted.len(), 30);
+        let (counts, recount) = counts_and_recount(&s).await;
+        assert!(!counts.is_empty());
+        assert_eq!(counts, recount);
+
+        let mut second: Vec<NewJob> = (0..20)
+            .map(|n| job(n + 1, batches[n % 2], &format!("grey wolf number {n}")))
+            .collect();
+        second[0].key = Some("k".into());
+        let mut dup = job(7, Some("a"), "grey wolf duplicate");
+        dup.key = Some("k".into());
+        second.push(dup);
+        let r2 = s.enqueue(second).await.expect("enqueue");
+        assert_eq!((r2.inserted.len(), r2.skipped.len()), (20, 1));
+        s.cancel(r1.inserted[0].as_str()).await.expect("cancel");
+        s.cancel(r2.inserted[1].as_str()).await.expect("cancel");
+        s.retry(r2.inserted[1].as_str()).await.expect("retry");
+        let (counts, recount) = counts_and_recount(&s).await;
+        assert_eq!(counts, recount);
+
+        assert_eq!(search(&s, "red fox").await, 30);
+        assert_eq!(search(&s, "GREY WOLF").await, 20);
+        assert_eq!(search(&s, "number 1").await, 11 + 11);
+        assert_eq!(search(&s, "duplicate").await, 0);
+        assert_eq!(
+            marker_rows(&s).await,
+            0,
+            "the marker never outlives the enqueue"
+        );
+    }
+
+    /// Once rowid 2^63-1 is taken SQLite picks free rowids at random, so a bulk enqueue's rows
+    /// are not one range: they are indexed and counted through the rowid list.
+    #[tokio::test]
+    async fn bulk_enqueue_after_the_largest_rowid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let s = Store::open(&dir.path().join("q.db")).expect("open");
+        s.enqueue(vec![job(0, Some("a"), "first job")])
+            .await
+            .expect("enqueue");
+        s.call(|c| Ok(c.execute("UPDATE jobs SET rowid = 9223372036854775807", [])?))
+            .await
+            .expect("move rowid");
+        let jobs: Vec<NewJob> = (0..12)
+            .map(|n| job(n, [Some("a"), Some("c")][n % 2], &format!("late otter {n}")))
+            .collect();
+        s.enqueue(jobs).await.expect("enqueue");
+        let (counts, recount) = counts_and_recount(&s).await;
+        assert_eq!(counts, recount);
+        assert_eq!(search(&s, "late otter").await, 12);
+        assert_eq!(search(&s, "otter 1").await, 3);
+    }
+}

@@ -1,0 +1,342 @@
+//! PostgreSQL bodies of the spend caps (`store/budget.rs`).
+//!
+//! On SQLite the check and the reservation are atomic because `BEGIN IMMEDIATE` serialises
+//! every writer. Here several workers reserve at once, and two transactions that each read the
+//! sum of holds before the other inserts would both take the last of a cap. So
+//! [`budget_reserve`] first takes a transaction-scoped advisory lock per budget its hold
+//! counts against and it checks: the batch, the day (when a daily cap is set) and the model's
+//! day (when a per-model daily cap is set). Reservations under the same cap queue on the lock
+//! for the few statements of the check; others (another batch, no daily cap) do not wait for
+//! each other. The locks are taken in that fixed order, so two reservations never wait on
+//! each other in a circle; a deadlock that happens anyway (a hash collision) is retried.
+//!
+//! Daily caps come from each worker's config: every worker of a fleet must have the same
+//! `budget` section, or a worker without the cap does not queue on its lock.
+
+use super::Pg;
+use crate::store::budget::{
+    BatchSpend, DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
+};
+use crate::store::{StoreError, now_ms};
+
+/// Sums of hold units and tokens over the holds `filter` selects (SQLite: `sums`).
+async fn sums(
+    tx: &deadpool_postgres::Transaction<'_>,
+    filter: &str,
+    p: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> Result<(i64, i64), StoreError> {
+    let st = tx
+        .prepare_cached(&format!(
+            "SELECT COALESCE(SUM(COALESCE(billed_tokens, tokens) * rate), 0)::BIGINT, \
+                    COALESCE(SUM(COALESCE(billed_tokens, tokens)), 0)::BIGINT \
+             FROM budget_holds WHERE {filter}"
+        ))
+        .await?;
+    let r = tx.query_one(&st, p).await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+/// Makes every job waiting on a budget due now (SQLite: `wake`).
+async fn wake(
+    tx: &deadpool_postgres::Transaction<'_>,
+    batch: Option<&str>,
+    now: i64,
+) -> Result<usize, StoreError> {
+    let st = tx
+        .prepare_cached(
+            "UPDATE jobs SET next_attempt_at = $1 WHERE state = 'queued' AND next_attempt_at > $1 \
+             AND (last_error_code = $2 OR (last_error_code = $3 AND ($4::TEXT IS NULL OR batch_id = $4)))",
+        )
+        .await?;
+    let n = tx
+        .execute(&st, &[&now, &WAIT_DAILY, &WAIT_BATCH, &batch])
+        .await?;
+    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The advisory-lock names a reservation queues on, in the order it takes them.
+fn lock_names(req: &HoldRequest, daily: DailyCaps) -> Vec<String> {
+    let mut names = Vec::new();
+    if let Some(batch) = &req.batch {
+        names.push(format!("seedq/budget/batch/{batch}"));
+    }
+    if daily.all_fen.is_some() {
+        names.push(format!("seedq/budget/day/{}", req.day_start));
+    }
+    if daily.model_fen.is_some() {
+        names.push(format!("seedq/budget/day/{}/{}", req.day_start, req.model));
+    }
+    names
+}
+
+/// [`crate::store::Store::budget_reserve`].
+pub(crate) async fn budget_reserve(
+    pg: &Pg,
+    req: &HoldRequest,
+    daily: DailyCaps,
+) -> Result<Result<(), Refusal>, StoreError> {
+    let names = lock_names(req, daily);
+    let names = &names;
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        let lock = tx
+            .prepare_cached("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+            .await?;
+        for name in names {
+            tx.execute(&lock, &[name]).await?;
+        }
+        // A hold still here belongs to an earlier create whose outcome stayed unknown (a
+        // parked job an operator retried): it may have been billed, so it keeps counting,
+        // under a name of its own.
+        tx.execute(
+            "UPDATE budget_holds SET job_id = job_id || '#' || created_at::TEXT WHERE job_id = $1",
+            &[&req.job_id],
+        )
+        .await?;
+        let need = req.tokens.saturating_mul(req.rate);
+        let mut checks: Vec<(Scope, i64, i64)> = Vec::new();
+        if let Some(batch) = &req.batch {
+            let caps: Option<(Option<i64>, Option<i64>)> = tx
+                .query_opt(
+                    "SELECT max_cost_fen, max_tokens FROM batches WHERE name = $1",
+                    &[batch],
+                )
+                .await?
+                .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
+                .transpose()?;
+            if let Some((fen, max_tokens)) = caps
+                && (fen.is_some() || max_tokens.is_some())
+            {
+                let (units, tokens) = sums(&tx, "batch_id = $1", &[batch]).await?;
+                if let Some(fen) = fen {
+                    checks.push((Scope::BatchCost, units, fen.saturating_mul(UNITS_PER_FEN)));
+                }
+                if let Some(t) = max_tokens
+                    && tokens + req.tokens > t
+                {
+                    return Ok(Err(Refusal {
+                        scope: Scope::BatchTokens,
+                        spent: tokens,
+                        need: req.tokens,
+                        cap: t,
+                    }));
+                }
+            }
+        }
+        if let Some(fen) = daily.all_fen {
+            let (units, _) = sums(&tx, "day_start = $1", &[&req.day_start]).await?;
+            checks.push((Scope::Daily, units, fen.saturating_mul(UNITS_PER_FEN)));
+        }
+        if let Some(fen) = daily.model_fen {
+            let (units, _) = sums(
+                &tx,
+                "day_start = $1 AND model = $2",
+                &[&req.day_start, &req.model],
+            )
+            .await?;
+            checks.push((Scope::ModelDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
+        }
+        for (scope, spent, cap) in checks {
+            if spent.saturating_add(need) > cap {
+                // Dropping the transaction rolls it back: the renamed hold keeps its name.
+                return Ok(Err(Refusal {
+                    scope,
+                    spent,
+                    need,
+                    cap,
+                }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO budget_holds (job_id, batch_id, model, day_start, tokens, rate, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &req.job_id,
+                &req.batch,
+                &req.model,
+                &req.day_start,
+                &req.tokens,
+                &req.rate,
+                &now_ms(),
+            ],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(()))
+    })
+    .await
+}
+
+/// [`crate::store::Store::budget_release`].
+pub(crate) async fn budget_release(pg: &Pg, job_id: &str) -> Result<bool, StoreError> {
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute("DELETE FROM budget_holds WHERE job_id = $1", &[&job_id])
+            .await?;
+        if n > 0 {
+            wake(&tx, None, now_ms()).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
+    })
+    .await
+}
+
+/// [`crate::store::Store::budget_commit`].
+pub(crate) async fn budget_commit(
+    pg: &Pg,
+    job_id: &str,
+    billed_tokens: i64,
+) -> Result<(), StoreError> {
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        let reserved: Option<i64> = tx
+            .query_opt(
+                "SELECT tokens FROM budget_holds WHERE job_id = $1 FOR UPDATE",
+                &[&job_id],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        if let Some(reserved) = reserved {
+            tx.execute(
+                "UPDATE budget_holds SET billed_tokens = $2 WHERE job_id = $1",
+                &[&job_id, &billed_tokens],
+            )
+            .await?;
+            if billed_tokens < reserved {
+                wake(&tx, None, now_ms()).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    })
+    .await
+}
+
+/// [`crate::store::Store::set_batch_budget`].
+pub(crate) async fn set_batch_budget(
+    pg: &Pg,
+    batch: &str,
+    max_cost_fen: Option<Option<i64>>,
+    max_tokens: Option<Option<i64>>,
+) -> Result<usize, StoreError> {
+    pg.retry(|| async move {
+        let now = now_ms();
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        tx.execute(
+            "INSERT INTO batches (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&batch, &now],
+        )
+        .await?;
+        if let Some(v) = max_cost_fen {
+            tx.execute(
+                "UPDATE batches SET max_cost_fen = $2 WHERE name = $1",
+                &[&batch, &v],
+            )
+            .await?;
+        }
+        if let Some(v) = max_tokens {
+            tx.execute(
+                "UPDATE batches SET max_tokens = $2 WHERE name = $1",
+                &[&batch, &v],
+            )
+            .await?;
+        }
+        let woken = wake(&tx, Some(batch), now).await?;
+        tx.commit().await?;
+        Ok(woken)
+    })
+    .await
+}
+
+/// [`crate::store::Store::wake_budget_waiters`]. One statement: its own transaction.
+pub(crate) async fn wake_budget_waiters(pg: &Pg) -> Result<usize, StoreError> {
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        let n = wake(&tx, None, now_ms()).await?;
+        tx.commit().await?;
+        Ok(n)
+    })
+    .await
+}
+
+/// [`crate::store::Store::batch_spend`].
+pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, StoreError> {
+    let c = pg.conn().await?;
+    let caps: Option<(Option<i64>, Option<i64>)> = c
+        .query_opt(
+            "SELECT max_cost_fen, max_tokens FROM batches WHERE name = $1",
+            &[&batch],
+        )
+        .await?
+        .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
+        .transpose()?;
+    let (max_cost_fen, max_tokens) = caps.unwrap_or_default();
+    let r = c
+        .query_one(
+            "SELECT COALESCE(SUM(COALESCE(billed_tokens, tokens) * rate), 0)::BIGINT, \
+                    COALESCE(SUM(billed_tokens * rate), 0)::BIGINT, \
+                    COALESCE(SUM(COALESCE(billed_tokens, tokens)), 0)::BIGINT \
+             FROM budget_holds WHERE batch_id = $1",
+            &[&batch],
+        )
+        .await?;
+    let waiting = c
+        .query_one(
+            "SELECT COUNT(*) FROM jobs WHERE batch_id = $1 AND state = 'queued' \
+             AND last_error_code IN ($2, $3)",
+            &[&batch, &WAIT_BATCH, &WAIT_DAILY],
+        )
+        .await?
+        .try_get(0)?;
+    Ok(BatchSpend {
+        max_cost_fen,
+        max_tokens,
+        units: r.try_get(0)?,
+        billed_units: r.try_get(1)?,
+        tokens: r.try_get(2)?,
+        waiting,
+    })
+}
+
+/// [`crate::store::Store::day_spend`].
+pub(crate) async fn day_spend(
+    pg: &Pg,
+    day_start: i64,
+    model: Option<&str>,
+) -> Result<(i64, i64), StoreError> {
+    let c = pg.conn().await?;
+    let r = c
+        .query_one(
+            "SELECT COALESCE(SUM(COALESCE(billed_tokens, tokens) * rate), 0)::BIGINT, \
+                    COALESCE(SUM(CASE WHEN model = $2::TEXT THEN COALESCE(billed_tokens, tokens) * rate END), 0)::BIGINT \
+             FROM budget_holds WHERE day_start = $1",
+            &[&day_start, &model],
+        )
+        .await?;
+    Ok((r.try_get(0)?, r.try_get(1)?))
+}
+
+/// [`crate::store::Store::budget_waiting`].
+pub(crate) async fn budget_waiting(pg: &Pg) -> Result<Vec<(String, i64)>, StoreError> {
+    let c = pg.conn().await?;
+    let st = c
+        .prepare_cached(
+            "SELECT last_error_code, COUNT(*) FROM jobs WHERE state = 'queued' \
+             AND last_error_code IN ($1, $2) GROUP BY last_error_code \
+             ORDER BY last_error_code COLLATE \"C\"",
+        )
+        .await?;
+    c.query(&st, &[&WAIT_BATCH, &WAIT_DAILY])
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect()
+}

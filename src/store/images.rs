@@ -25,19 +25,15 @@ const DATA_MEMBER: &str = "\"url\":\"data:";
 /// Marks an interned image in a body.
 const REF_MEMBER: &str = "\"url\":\"seedq-image:sha256:";
 
-/// Moves each image data URL of `body` into the `images` table (once per distinct image) and
-/// returns the body with references in their place; unchanged when it embeds none.
-///
-/// # Errors
-/// SQL errors.
-pub(crate) fn intern<'a>(
-    conn: &Connection,
-    body: &'a str,
-    now: i64,
-) -> Result<Cow<'a, str>, StoreError> {
+/// The text scan of [`intern`], without the database: `body` with a reference in place of
+/// each image data URL, and the (sha256, data URL) pairs to store (one per occurrence; a
+/// repeated image appears again, and its insert is a no-op). Each backend inserts the pairs
+/// in its own dialect, so both rewrite a body byte for byte the same way.
+pub(crate) fn scan(body: &str) -> (Cow<'_, str>, Vec<(String, &str)>) {
     if !body.contains(DATA_MEMBER) {
-        return Ok(Cow::Borrowed(body));
+        return (Cow::Borrowed(body), Vec::new());
     }
+    let mut images = Vec::new();
     let mut out = String::with_capacity(body.len().min(64 * 1024));
     let mut rest = body;
     while let Some(at) = rest.find(DATA_MEMBER) {
@@ -52,25 +48,61 @@ pub(crate) fn intern<'a>(
             out.push_str(url);
         } else {
             let hash = hex::encode(Sha256::digest(url.as_bytes()));
-            conn.prepare_cached(
-                "INSERT INTO images (sha256, data_url, created_at) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (sha256) DO NOTHING",
-            )?
-            .execute(params![hash, url, now])?;
             out.push_str(REF_PREFIX);
             out.push_str(&hash);
+            images.push((hash, url));
         }
         rest = &rest[value_start + len..];
     }
     out.push_str(rest);
-    Ok(Cow::Owned(out))
+    (Cow::Owned(out), images)
 }
 
-/// Puts the data URLs back into a body written by [`intern`].
+/// Moves each image data URL of `body` into the `images` table (once per distinct image) and
+/// returns the body with references in their place; unchanged when it embeds none.
 ///
 /// # Errors
-/// A referenced image is missing (the database was edited by hand), or SQL errors.
-pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreError> {
+/// SQL errors.
+pub(crate) fn intern<'a>(
+    conn: &Connection,
+    body: &'a str,
+    now: i64,
+) -> Result<Cow<'a, str>, StoreError> {
+    let (out, images) = scan(body);
+    for (hash, url) in images {
+        conn.prepare_cached(
+            "INSERT INTO images (sha256, data_url, created_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (sha256) DO NOTHING",
+        )?
+        .execute(params![hash, url, now])?;
+    }
+    Ok(out)
+}
+
+/// The image hashes a body written by [`intern`] refers to, in order (repeats included).
+pub(crate) fn references(body: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(at) = rest.find(REF_MEMBER) {
+        let hash_start = at + REF_MEMBER.len();
+        let Some(len) = rest[hash_start..].find('"') else {
+            break;
+        };
+        out.push(&rest[hash_start..hash_start + len]);
+        rest = &rest[hash_start + len..];
+    }
+    out
+}
+
+/// Puts the data URLs back into a body written by [`intern`], each looked up by `url_of`
+/// (the backend's read of the `images` table).
+///
+/// # Errors
+/// A referenced image is missing (the database was edited by hand), or `url_of`'s errors.
+pub(crate) fn restore(
+    body: &str,
+    mut url_of: impl FnMut(&str) -> Result<Option<String>, StoreError>,
+) -> Result<String, StoreError> {
     if !body.contains(REF_MEMBER) {
         return Ok(body.to_string());
     }
@@ -82,10 +114,7 @@ pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreErro
             break;
         };
         let hash = &rest[hash_start..hash_start + len];
-        let url: String = conn
-            .prepare_cached("SELECT data_url FROM images WHERE sha256 = ?1")?
-            .query_row([hash], |r| r.get(0))
-            .optional()?
+        let url = url_of(hash)?
             .ok_or_else(|| StoreError::Corrupt(format!("image sha256:{hash} is missing")))?;
         if out.is_empty() {
             out.reserve(body.len() + url.len());
@@ -96,6 +125,19 @@ pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreErro
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Puts the data URLs back into a body written by [`intern`].
+///
+/// # Errors
+/// A referenced image is missing (the database was edited by hand), or SQL errors.
+pub(crate) fn inflate(conn: &Connection, body: &str) -> Result<String, StoreError> {
+    restore(body, |hash| {
+        Ok(conn
+            .prepare_cached("SELECT data_url FROM images WHERE sha256 = ?1")?
+            .query_row([hash], |r| r.get(0))
+            .optional()?)
+    })
 }
 
 /// Deletes images that no job's body refers to any more (after pruning). One statement, so
@@ -122,6 +164,9 @@ impl Store {
         if !body.contains(REF_MEMBER) {
             return Ok(body);
         }
+        if let Some(pg) = self.pg() {
+            return super::pg::images::inflate(pg, &body).await;
+        }
         self.call(move |c| inflate(c, &body)).await
     }
 
@@ -130,6 +175,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn image_count(&self) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::images::image_count(pg).await;
+        }
         self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?))
             .await
     }
@@ -139,45 +187,97 @@ impl Store {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_scan_moves_only_plain_image_data_urls() {
+        let img = format!("data:image/png;base64,{}", "QUJD".repeat(10));
+        let body = format!(
+            r#"{{"a":{{"url":"{img}"}},"b":{{"url":"{img}"}},"c":{{"url":"data:text/plain,x"}},"d":{{"url":"data:image/png;base64,\u0041"}}}}"#
+        );
+        let (out, pairs) = scan(&body);
+        let hash = hex::encode(Sha256::digest(img.as_bytes()));
+        assert_eq!(
+            pairs,
+            vec![(hash.clone(), img.as_str()), (hash.clone(), img.as_str())]
+        );
+        assert_eq!(out.matches(REF_PREFIX).count(), 2);
+        assert!(
+            out.contains("data:text/plain,x") && out.contains(r"\u0041"),
+            "{out}"
+        );
+        assert_eq!(references(&out), vec![hash.as_str(), hash.as_str()]);
+        let back = restore(&out, |h| Ok((h == hash).then(|| img.clone()))).expect("restore");
+        assert_eq!(back, body);
+        assert!(matches!(
+            restore(&out, |_| Ok(None)),
+            Err(StoreError::Corrupt(_))
+        ));
+        let plain = r#"{"model":"m"}"#;
+        assert!(matches!(scan(plain), (Cow::Borrowed(_), ref p) if p.is_empty()));
+    }
+
     #[tokio::test]
     async fn images_are_stored_once_and_restored_exactly() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let s = Store::open(&dir.path().join("q.db")).expect("open");
-        let img = format!("data:image/png;base64,{}", "QUJD".repeat(1000));
-        let other = "data:image/jpeg;base64,/9j/AAAA".to_string();
-        let body = format!(
-            r#"{{"model":"m","content":[{{"type":"text","text":"say \"url\":\"data:x\" ok"}},{{"type":"image_url","image_url":{{"url":"{img}"}},"role":"first_frame"}},{{"type":"image_url","image_url":{{"url":"{other}"}},"role":"last_frame"}},{{"type":"image_url","image_url":{{"url":"https://x/a.png"}}}}]}}"#
-        );
-        let (b, stored) = (body.clone(), body.clone());
-        let lean = s
-            .call(move |c| {
-                let once = intern(c, &b, 1)?.into_owned();
-                let twice = intern(c, &b, 2)?.into_owned();
-                assert_eq!(once, twice);
-                Ok(once)
-            })
-            .await
-            .expect("intern");
-        assert!(!lean.contains("base64"), "{lean}");
-        assert!(lean.len() < 600, "lean body: {} bytes", lean.len());
-        assert!(lean.contains("https://x/a.png") && lean.contains(r#"\"url\":\"data:x\""#));
-        assert_eq!(lean.matches(REF_PREFIX).count(), 2);
-        assert_eq!(s.image_count().await.expect("count"), 2, "stored once each");
-        assert_eq!(s.inflate_body(lean).await.expect("inflate"), stored);
-        // An image goes when the last job using it is pruned.
-        let job = |body: &str| crate::store::NewJob::plain(body);
-        let (a, b) = (job(&stored), job(&stored));
-        let (ida, idb) = (a.id.clone(), b.id.clone());
-        s.enqueue(vec![a, b]).await.expect("enqueue");
-        s.cancel(ida.as_str()).await.expect("cancel");
-        let far = crate::store::now_ms() + 60_000;
-        s.prune(0, far, false).await.expect("prune");
-        assert_eq!(s.image_count().await.expect("count"), 2, "still used by b");
-        s.cancel(idb.as_str()).await.expect("cancel");
-        s.prune(0, far, false).await.expect("prune");
-        assert_eq!(s.image_count().await.expect("count"), 0, "no job uses them");
-        // A body without references passes through untouched.
-        let plain = r#"{"model":"m"}"#.to_string();
-        assert_eq!(s.inflate_body(plain.clone()).await.expect("plain"), plain);
+        for (name, s) in crate::store::testpg::both(dir.path()).await {
+            let img = format!("data:image/png;base64,{}", "QUJD".repeat(1000));
+            let other = "data:image/jpeg;base64,/9j/AAAA".to_string();
+            let body = format!(
+                r#"{{"model":"m","content":[{{"type":"text","text":"say \"url\":\"data:x\" ok"}},{{"type":"image_url","image_url":{{"url":"{img}"}},"role":"first_frame"}},{{"type":"image_url","image_url":{{"url":"{other}"}},"role":"last_frame"}},{{"type":"image_url","image_url":{{"url":"https://x/a.png"}}}}]}}"#
+            );
+            let stored = body.clone();
+            // Two jobs in one enqueue and one in another share the two images.
+            let job = |body: &str| crate::store::NewJob::plain(body);
+            let (a, b, c) = (job(&stored), job(&stored), job(&stored));
+            let (ida, idb, idc) = (a.id.clone(), b.id.clone(), c.id.clone());
+            s.enqueue(vec![a, b]).await.expect("enqueue");
+            s.enqueue(vec![c]).await.expect("enqueue");
+            let lean = s
+                .job(ida.as_str())
+                .await
+                .expect("job")
+                .expect("a")
+                .request_json;
+            assert!(!lean.contains("base64"), "{name}: {lean}");
+            assert!(lean.len() < 600, "{name}: lean body: {} bytes", lean.len());
+            assert!(
+                lean.contains("https://x/a.png") && lean.contains(r#"\"url\":\"data:x\""#),
+                "{name}"
+            );
+            assert_eq!(lean.matches(REF_PREFIX).count(), 2, "{name}");
+            assert_eq!(
+                s.image_count().await.expect("count"),
+                2,
+                "{name}: stored once each"
+            );
+            assert_eq!(
+                s.inflate_body(lean).await.expect("inflate"),
+                stored,
+                "{name}"
+            );
+            // A body without references passes through untouched.
+            let plain = r#"{"model":"m"}"#.to_string();
+            assert_eq!(
+                s.inflate_body(plain.clone()).await.expect("plain"),
+                plain,
+                "{name}"
+            );
+            // An image goes when the last job using it is pruned.
+            s.cancel(ida.as_str()).await.expect("cancel");
+            s.cancel(idc.as_str()).await.expect("cancel");
+            let far = crate::store::now_ms() + 60_000;
+            s.prune(0, far, false).await.expect("prune");
+            assert_eq!(
+                s.image_count().await.expect("count"),
+                2,
+                "{name}: still used by b"
+            );
+            s.cancel(idb.as_str()).await.expect("cancel");
+            s.prune(0, far, false).await.expect("prune");
+            assert_eq!(
+                s.image_count().await.expect("count"),
+                0,
+                "{name}: no job uses them"
+            );
+        }
     }
 }

@@ -760,6 +760,9 @@ impl Store {
     /// # Errors
     /// Any SQL error rolls the whole batch back: nothing is inserted.
     pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::enqueue(pg, jobs).await;
+        }
         self.call(move |conn| {
             let now = now_ms();
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -812,6 +815,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn job_by_remote(&self, remote: &str) -> Result<Option<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::job_by_remote(pg, remote).await;
+        }
         let remote = remote.to_string();
         self.call(move |c| {
             Ok(c.query_row(
@@ -868,6 +874,9 @@ impl Store {
     }
 
     async fn list_columns(&self, f: ListFilter, columns: String) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::list_columns(pg, f, &columns).await;
+        }
         self.call(move |c| {
             let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
             let mut args: Vec<Value> = Vec::new();
@@ -888,6 +897,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn stats(&self) -> Result<Vec<StatRow>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::stats(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare(
                 "SELECT state, model, COUNT(*), COALESCE(SUM(est_tokens), 0), COALESCE(SUM(usage_tokens), 0) \
@@ -921,6 +933,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::cancel(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -970,6 +985,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn retry(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::retry(pg, id).await;
+        }
         let id = id.to_string();
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1032,6 +1050,9 @@ impl Store {
             detail,
         };
         t.check()?;
+        if let Some(pg) = self.pg() {
+            return pg::core::transition(pg, t).await;
+        }
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let next = t.apply(&tx, now_ms())?;
@@ -1050,6 +1071,9 @@ impl Store {
         &self,
         batch: Vec<Transition>,
     ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::transition_many(pg, batch).await;
+        }
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -1097,6 +1121,19 @@ impl Store {
         owner: &str,
         lease_ms: i64,
     ) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::claim_for_submit_tier(
+                pg,
+                model,
+                tier,
+                max_in_flight,
+                scope,
+                limit,
+                owner,
+                lease_ms,
+            )
+            .await;
+        }
         let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
         let (only, only_cap, except) = match scope {
             ResolutionScope::All => (None, 0, "[]".to_string()),
@@ -1165,6 +1202,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn in_flight_tier(&self, model: &str, tier: &str) -> Result<i64, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::in_flight_tier(pg, model, tier).await;
+        }
         let (model, tier) = (model.to_string(), tier.to_string());
         self.call(move |c| {
             Ok(c.prepare_cached(&format!(
@@ -1181,6 +1221,9 @@ impl Store {
     /// # Errors
     /// SQL errors.
     pub async fn in_flight_by_tier(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::in_flight_by_tier(pg).await;
+        }
         self.call(|c| {
             let mut st = c.prepare_cached(&format!(
                 "SELECT model, service_tier, COUNT(*) FROM jobs WHERE {IN_FLIGHT_PREDICATE} \
@@ -1233,6 +1276,9 @@ impl Store {
         limit: u32,
         columns: String,
     ) -> Result<Vec<Job>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::core::claim_due_columns(pg, state, owner, lease_ms, limit, &columns).await;
+        }
         let owner = owner.to_string();
         self.call(move |c| {
             let now = now_ms();
@@ -1569,5 +1615,7 @@ mod tests;
 mod tests_pgarch;
 #[cfg(test)]
 mod tests_pgchain;
+#[cfg(test)]
+mod tests_pgcore;
 #[cfg(test)]
 mod tests_pgops;

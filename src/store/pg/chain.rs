@@ -5,10 +5,7 @@
 //! an `UPDATE`'s `WHERE` on the newest row version after waiting for a concurrent writer, so
 //! two workers releasing the same shot cannot both succeed.
 
-use std::borrow::Cow;
-
 use deadpool_postgres::Transaction;
-use sha2::{Digest, Sha256};
 use tokio_postgres::Row;
 
 use super::{Pg, job_from_pg};
@@ -62,53 +59,9 @@ async fn insert_event(
     Ok(())
 }
 
-/// Marks an embedded image in a body (as in `store/images.rs`).
-const DATA_MEMBER: &str = "\"url\":\"data:";
-
-/// `store/images.rs::intern` for PostgreSQL: each image data URL of `body` goes into
-/// `images` once, the body keeps a reference. The same text scan as SQLite's (see that file
-/// for why it is sound); a local copy until the shared pure scan (branch `pgcore`) is merged.
-async fn intern<'a>(
-    tx: &Transaction<'_>,
-    body: &'a str,
-    now: i64,
-) -> Result<Cow<'a, str>, StoreError> {
-    if !body.contains(DATA_MEMBER) {
-        return Ok(Cow::Borrowed(body));
-    }
-    let mut out = String::with_capacity(body.len().min(64 * 1024));
-    let mut rest = body;
-    while let Some(at) = rest.find(DATA_MEMBER) {
-        let value_start = at + DATA_MEMBER.len() - "data:".len();
-        let Some(len) = rest[value_start..].find('"') else {
-            break;
-        };
-        let url = &rest[value_start..value_start + len];
-        out.push_str(&rest[..value_start]);
-        if url.contains('\\') || !url.starts_with("data:image/") {
-            // Escaped text is not a plain base64 data URL: keep it inline, untouched.
-            out.push_str(url);
-        } else {
-            let hash = hex::encode(Sha256::digest(url.as_bytes()));
-            let st = tx
-                .prepare_cached(
-                    "INSERT INTO images (sha256, data_url, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (sha256) DO NOTHING",
-                )
-                .await?;
-            tx.execute(&st, &[&hash, &url, &now]).await?;
-            out.push_str(crate::store::images::REF_PREFIX);
-            out.push_str(&hash);
-        }
-        rest = &rest[value_start + len..];
-    }
-    out.push_str(rest);
-    Ok(Cow::Owned(out))
-}
-
 /// `store::insert_job` for PostgreSQL: one new `queued` job due at `next_attempt_at`; a
-/// duplicate idempotency key inserts nothing (returns 0). A local copy until `pgcore`'s
-/// insert helper is merged.
+/// duplicate idempotency key inserts nothing (returns 0). The shared multi-row insert
+/// (`pg::core::insert_jobs`), for one row, so a shot is stored exactly as an enqueued job.
 async fn insert_job(
     tx: &Transaction<'_>,
     j: &NewJob,
@@ -117,48 +70,14 @@ async fn insert_job(
     deadline_now: bool,
     chain: Option<(&str, i64)>,
 ) -> Result<u64, StoreError> {
-    let tags = serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    let deadline = if j.flex && deadline_now {
-        j.expires_after.map(|s| now + s * 1000)
-    } else {
-        None
+    let row = super::core::Insert {
+        job: j,
+        next_attempt_at,
+        deadline_now,
+        chain,
     };
-    let request_json = intern(tx, &j.request_json, now).await?;
-    // The callback token: 128 random bits as 32 hex digits, like SQLite's
-    // `lower(hex(randomblob(16)))` (gen_random_uuid is built in since PostgreSQL 13).
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
-             priority, request_json, idempotency_key, tags, batch_id, shape, est_tokens, \
-             deadline_at, next_attempt_at, seed, callback_token, chain_id, shot) \
-             VALUES ($1, $2, $2, 'queued', $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-                     replace(gen_random_uuid()::text, '-', ''), $15, $16) \
-             ON CONFLICT (idempotency_key) DO NOTHING",
-        )
-        .await?;
-    Ok(tx
-        .execute(
-            &st,
-            &[
-                &j.id.as_str(),
-                &now,
-                &j.model,
-                &if j.flex { "flex" } else { "default" },
-                &j.priority,
-                &request_json.as_ref(),
-                &j.key,
-                &tags,
-                &j.batch,
-                &j.shape,
-                &j.est_tokens,
-                &deadline,
-                &next_attempt_at,
-                &j.seed,
-                &chain.map(|c| c.0),
-                &chain.map(|c| c.1),
-            ],
-        )
-        .await?)
+    let inserted = super::core::insert_jobs(tx, &[row], now).await?;
+    Ok(u64::from(inserted.contains(j.id.as_str())))
 }
 
 /// [`crate::store::Store::enqueue_chain`].
@@ -312,7 +231,7 @@ pub(crate) async fn release_shot(
             return Ok(ChainWrite::Conflict);
         }
         // The released body may embed an image again (the previous shot's last frame).
-        let body = intern(&tx, body, now).await?;
+        let body = super::images::intern(&tx, body, now).await?;
         let n = tx
             .execute(
                 "UPDATE jobs SET request_json = $2, est_tokens = COALESCE($3, est_tokens), \
@@ -321,7 +240,7 @@ pub(crate) async fn release_shot(
                  WHERE id = $1 AND state = 'queued' AND lease_token = $6 AND next_attempt_at = $7",
                 &[
                     &job.as_str(),
-                    &body.as_ref(),
+                    &body.as_str(),
                     &est_tokens,
                     &now,
                     &expires_after,

@@ -19,6 +19,7 @@ pub(crate) mod budget;
 pub(crate) mod bulk;
 pub(crate) mod chain;
 pub(crate) mod core;
+pub(crate) mod images;
 pub(crate) mod migrate;
 pub(crate) mod ops;
 pub(crate) mod pause;

@@ -27,6 +27,12 @@ pub enum BenchCommand {
     /// Seeded faults, SIGKILL/SIGSTOP and a skewed clock; checks the promises against the
     /// sim's ledger (issue 11).
     Chaos(super::bench_chaos::ChaosArgs),
+    /// Claims per second and claim latency with a large queue (default 1 000 000), plus
+    /// `stats` and `ls`, on SQLite and PostgreSQL (issue 13).
+    Claims(super::bench_fleet::ClaimsArgs),
+    /// End to end: 1 against N `seedq serve` processes on one database against an instant
+    /// simulator, with the account limits checked from the sim's side (issue 13).
+    Fleet(super::bench_fleet::FleetArgs),
     /// The web dashboard's overview and job list with a large store (default 1 000 000 jobs).
     Ui(crate::ui::bench::UiBenchArgs),
 }
@@ -53,6 +59,8 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
             .await
             .map(|()| ExitCode::SUCCESS),
         BenchCommand::Chaos(a) => super::bench_chaos::run(ctx, a).await,
+        BenchCommand::Claims(a) => super::bench_fleet::run_claims(ctx, a).await,
+        BenchCommand::Fleet(a) => super::bench_fleet::run_fleet(ctx, a).await,
         BenchCommand::Ui(a) => crate::ui::bench::run(&ctx.cfg, &ctx.catalogue, a)
             .await
             .map(|()| ExitCode::SUCCESS),

@@ -7,6 +7,7 @@ mod batch;
 mod bench;
 mod bench_chaos;
 mod bench_faults;
+mod bench_fleet;
 mod bench_flex;
 mod bench_pipeline;
 mod chain;

@@ -1,6 +1,7 @@
 //! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
 mod archive;
+mod bench_fleet;
 mod budget;
 mod bulk;
 mod cli;

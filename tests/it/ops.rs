@@ -769,6 +769,38 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
+fn doctor_warns_when_a_fleet_store_meets_a_local_archive() {
+    // PostgreSQL is shared by workers on several hosts; a file:// archive is not.
+    let cfg = format!("[ark]\nbase_url = \"{NO_ARK}\"\n");
+    let pg = TestEnv::new_postgres(&cfg);
+    let local = format!("file://{}", pg.path().join("archive").display());
+    let (code, out) = doctor(
+        pg.cmd(&["doctor", "--offline"])
+            .env("SEEDQ__ARCHIVE__URL", &local),
+    );
+    assert_eq!(code, Some(0), "a warning does not fail doctor:\n{out}");
+    let warn = out
+        .lines()
+        .position(|l| l.starts_with("warn") && l.contains("fleet"))
+        .unwrap_or_else(|| panic!("no fleet warning in:\n{out}"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[warn].contains("file://"), "{out}");
+    assert!(lines[warn + 1].contains("s3://"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("ok") && l.contains("database") && l.contains("PostgreSQL")),
+        "{out}"
+    );
+    // The same archive on one SQLite file is fine: one machine, one disk.
+    let one = TestEnv::new_sqlite(&cfg);
+    let (_, out) = doctor(
+        one.cmd(&["doctor", "--offline"])
+            .env("SEEDQ__ARCHIVE__URL", &local),
+    );
+    assert!(!out.contains("fleet"), "{out}");
+}
+
+#[test]
 fn doctor_fails_clearly_on_an_unreachable_store() {
     let env = TestEnv::new(&format!("[ark]\nbase_url = \"{NO_ARK}\"\n"));
     let (code, out) = doctor(

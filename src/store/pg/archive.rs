@@ -7,33 +7,11 @@
 
 use tokio_postgres::types::ToSql;
 
+use super::core::insert_event;
 use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 use crate::store::{JOB_COLUMNS, StoreError, now_ms};
-
-/// Appends one `job_events` row inside `tx` (the twin of SQLite's `insert_event`).
-pub(crate) async fn insert_event(
-    tx: &deadpool_postgres::Transaction<'_>,
-    id: &str,
-    at: i64,
-    from: Option<JobState>,
-    to: JobState,
-    detail: Option<&str>,
-) -> Result<(), StoreError> {
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .await?;
-    tx.execute(
-        &st,
-        &[&id, &at, &from.map(JobState::as_str), &to.as_str(), &detail],
-    )
-    .await?;
-    Ok(())
-}
 
 /// Runs a fenced, state-preserving update of an `archiving` job; zero rows is a conflict.
 async fn fenced(

@@ -8,6 +8,7 @@
 use deadpool_postgres::Transaction;
 use tokio_postgres::Row;
 
+use super::core::insert_event;
 use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::chain::{CHAIN_COLUMNS, Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
@@ -34,29 +35,6 @@ fn chain_from_pg(r: &Row) -> Result<Chain, StoreError> {
         stitch_ms: r.try_get(14)?,
         finished_at: r.try_get(15)?,
     })
-}
-
-/// One row of the audit trail, inside the caller's transaction (SQLite's `insert_event`).
-async fn insert_event(
-    tx: &Transaction<'_>,
-    id: &str,
-    at: i64,
-    from: Option<JobState>,
-    to: JobState,
-    detail: Option<&str>,
-) -> Result<(), StoreError> {
-    let st = tx
-        .prepare_cached(
-            "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .await?;
-    tx.execute(
-        &st,
-        &[&id, &at, &from.map(JobState::as_str), &to.as_str(), &detail],
-    )
-    .await?;
-    Ok(())
 }
 
 /// `store::insert_job` for PostgreSQL: one new `queued` job due at `next_attempt_at`; a

@@ -10,7 +10,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use super::core::SERIALISED_PG;
+use super::core::{SERIALISED_PG, insert_event};
 use super::{Pg, job_from_pg};
 use crate::job::JobState;
 use crate::store::fleet::Room;
@@ -18,22 +18,6 @@ use crate::store::{
     FleetLimits, IN_FLIGHT_PREDICATE, JOB_COLUMNS, Job, LeaderRow, NOT_PAUSED, ResolutionScope,
     StoreError, WorkerRow, now_ms,
 };
-
-async fn insert_event(
-    c: &impl GenericClient,
-    id: &str,
-    at: i64,
-    from: Option<JobState>,
-    to: JobState,
-    detail: &str,
-) -> Result<(), StoreError> {
-    c.execute(
-        "INSERT INTO job_events (job_id, at, from_state, to_state, detail) VALUES ($1, $2, $3, $4, $5)",
-        &[&id, &at, &from.map(JobState::as_str), &to.as_str(), &detail],
-    )
-    .await?;
-    Ok(())
-}
 
 /// `store::fleet::room_in_tx` on PostgreSQL (same counts; see there).
 async fn room_in_tx(
@@ -205,7 +189,7 @@ pub(crate) async fn claim_for_submit_limited(
                 now,
                 Some(JobState::Queued),
                 JobState::Submitting,
-                "claimed for submit",
+                Some("claimed for submit"),
             )
             .await?;
         }
@@ -236,7 +220,7 @@ pub(crate) async fn claim_for_submit_limited(
                     now,
                     Some(JobState::Queued),
                     JobState::Queued,
-                    &why,
+                    Some(&why),
                 )
                 .await?;
             }

@@ -116,6 +116,16 @@ pub struct ArkConfig {
     pub request_timeout: Duration,
     /// Tasks per list request when polling in batches (the API allows up to 500).
     pub list_page_size: u32,
+    /// The account's list rate, calls per `rate_window` (ark-api.md §14: 1 per second).
+    pub list_qps: f64,
+    /// The account's rate of GETs of one task (ark-api.md §14: 20 per second).
+    pub get_qps: f64,
+    /// The account's DELETE rate (ark-api.md §14: 20 per second).
+    pub delete_qps: f64,
+    /// The "second" of the three rates above; only shorten it to match a time-scaled
+    /// simulator, as `dispatch.rpm_window`.
+    #[serde(with = "humantime_serde")]
+    pub rate_window: Duration,
     /// The API key, loaded from the environment or `api_key_file`; never serialised.
     #[serde(skip)]
     pub api_key: Option<SecretString>,
@@ -129,6 +139,10 @@ impl Default for ArkConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(30),
             list_page_size: 100,
+            list_qps: 1.0,
+            get_qps: 20.0,
+            delete_qps: 20.0,
+            rate_window: Duration::from_secs(1),
             api_key: None,
         }
     }
@@ -666,6 +680,26 @@ impl Config {
                 key: "ark.list_page_size",
                 value: self.ark.list_page_size.to_string(),
                 allowed: "1..=500 (the API's page_size range)".into(),
+            });
+        }
+        for (key, q) in [
+            ("ark.list_qps", self.ark.list_qps),
+            ("ark.get_qps", self.ark.get_qps),
+            ("ark.delete_qps", self.ark.delete_qps),
+        ] {
+            if !(q.is_finite() && q > 0.0) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    value: q.to_string(),
+                    allowed: "a number > 0 (calls per ark.rate_window; ark-api.md §14)".into(),
+                });
+            }
+        }
+        if self.ark.rate_window.is_zero() {
+            return Err(ConfigError::Invalid {
+                key: "ark.rate_window",
+                value: "0s".into(),
+                allowed: "a duration > 0 (1s against Ark)".into(),
             });
         }
         if !["text", "json"].contains(&self.log.format.as_str()) {

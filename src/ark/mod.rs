@@ -4,6 +4,11 @@
 //! API has no idempotency key, so only the dispatcher, which knows what was recorded, may
 //! decide (design.md, "Never pay twice"). Reads (get, list) and delete are retried here with
 //! backon and jitter. Wire types stay in `wire`; callers get typed errors.
+//!
+//! Reads and deletes have per-account rates of their own (list 1/s, GET 20/s, DELETE 20/s;
+//! ark-api.md §14). A client given a [`Gate`] asks it for a turn before every such call,
+//! retries included, so every client sharing one gate (a fleet sharing one store) keeps them
+//! together.
 
 pub mod wire;
 
@@ -85,6 +90,12 @@ pub enum ArkError {
         limit: usize,
         create: bool,
     },
+    /// The account's budget of this route had no turn soon enough; nothing was sent.
+    #[error("no turn on the account's {route} budget within {patience:?}")]
+    Budget {
+        route: &'static str,
+        patience: Duration,
+    },
     #[error("invalid ark base URL {0:?}")]
     BaseUrl(String),
     #[error("cannot build the HTTP client")]
@@ -116,12 +127,18 @@ impl ArkError {
                 ..
             } => match *status {
                 429 => ErrorClass::Throttled(*retry_after),
+                // A refusal by the task's state (409 `InvalidAction.RunningTaskDeletion`,
+                // ark-api.md §14) is an answer, not a hiccup: asking again changes nothing.
+                409 if self.code().is_some_and(|c| c.starts_with("InvalidAction")) => {
+                    ErrorClass::Rejected
+                }
                 408 | 409 if !create => ErrorClass::Transient,
                 s if s >= 500 && *create => ErrorClass::Ambiguous,
                 s if s >= 500 => ErrorClass::Transient,
                 _ => ErrorClass::Rejected,
             },
             ArkError::Connect { .. } => ErrorClass::NeverSent,
+            ArkError::Budget { .. } => ErrorClass::Throttled(None),
             ArkError::Local { .. } => ErrorClass::LocalResource,
             ArkError::Transport { create: true, .. }
             | ArkError::Decode { create: true, .. }
@@ -152,15 +169,48 @@ impl ArkError {
     }
 
     fn retryable_read(&self) -> bool {
-        matches!(
-            self.class(),
-            ErrorClass::Transient
-                | ErrorClass::NeverSent
-                | ErrorClass::Throttled(_)
-                | ErrorClass::LocalResource
-        )
+        // An empty budget is the caller's to handle (another route, later): a retry here
+        // would only wait again.
+        !matches!(self, ArkError::Budget { .. })
+            && matches!(
+                self.class(),
+                ErrorClass::Transient
+                    | ErrorClass::NeverSent
+                    | ErrorClass::Throttled(_)
+                    | ErrorClass::LocalResource
+            )
     }
 }
+
+/// A route with a per-account rate of its own (ark-api.md §14, "Rate limits per endpoint").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ReadRoute {
+    List,
+    Get,
+    Delete,
+}
+
+impl ReadRoute {
+    /// The name used in the budget and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadRoute::List => "list",
+            ReadRoute::Get => "get",
+            ReadRoute::Delete => "delete",
+        }
+    }
+}
+
+/// Hands out turns on the rate-limited routes to every client of one account.
+pub trait Gate: Send + Sync {
+    /// Waits for a turn on `route`; false (at once) when no turn starts within `patience`.
+    /// Cancel-safe in the sense that a dropped wait only wastes the turn it took.
+    fn turn(&self, route: ReadRoute, patience: Duration) -> futures::future::BoxFuture<'_, bool>;
+}
+
+/// How long a read waits for its turn by default: far above a turn's spacing, so it is only
+/// reached when the budget is badly oversubscribed.
+pub const READ_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Query for the list call.
 #[derive(Clone, Debug, Default)]
@@ -184,6 +234,8 @@ pub struct ArkClient {
     last_ok: Arc<AtomicI64>,
     /// Ark's clock minus ours in ms (`i64::MIN`: not measured yet), shared by clones.
     skew_ms: Arc<AtomicI64>,
+    /// The account's read budget; none: calls go out unmetered (tools, benchmark baselines).
+    gate: Option<Arc<dyn Gate>>,
 }
 
 impl std::fmt::Debug for ArkClient {
@@ -314,7 +366,25 @@ impl ArkClient {
             read_retries: 2,
             last_ok: Arc::new(AtomicI64::new(0)),
             skew_ms: Arc::new(AtomicI64::new(i64::MIN)),
+            gate: None,
         })
+    }
+
+    /// Meters list, GET and DELETE calls through `gate` (see the module docs).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// Waits for a turn on `route`, when a gate meters this client.
+    async fn turn(&self, route: ReadRoute, patience: Duration) -> Result<(), ArkError> {
+        match &self.gate {
+            Some(g) if !g.turn(route, patience).await => Err(ArkError::Budget {
+                route: route.name(),
+                patience,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Sets how many times reads are retried (default 2, like the SDKs).
@@ -479,6 +549,7 @@ impl ArkClient {
     pub async fn get(&self, id: &str) -> Result<Task, ArkError> {
         let url = self.url(&format!("/{id}"));
         self.retrying(|| async {
+            self.turn(ReadRoute::Get, READ_PATIENCE).await?;
             self.send(self.request(reqwest::Method::GET, &url), &url, "get")
                 .await
         })
@@ -490,6 +561,18 @@ impl ArkClient {
     /// # Errors
     /// The last failure.
     pub async fn list(&self, q: &ListQuery) -> Result<ListTasksResponse, ArkError> {
+        self.list_within(q, READ_PATIENCE).await
+    }
+
+    /// Lists tasks if the account's list budget has a turn within `patience`.
+    ///
+    /// # Errors
+    /// The last failure; `ArkError::Budget` when no turn came in time (nothing was sent).
+    pub async fn list_within(
+        &self,
+        q: &ListQuery,
+        patience: Duration,
+    ) -> Result<ListTasksResponse, ArkError> {
         let mut url =
             url::Url::parse(&self.url("")).map_err(|_| ArkError::BaseUrl(self.base.clone()))?;
         {
@@ -516,6 +599,7 @@ impl ArkClient {
         }
         let url = url.to_string();
         self.retrying(|| async {
+            self.turn(ReadRoute::List, patience).await?;
             self.send(self.request(reqwest::Method::GET, &url), &url, "list")
                 .await
         })
@@ -529,6 +613,7 @@ impl ArkClient {
     pub async fn delete(&self, id: &str) -> Result<(), ArkError> {
         let url = self.url(&format!("/{id}"));
         self.retrying(|| async {
+            self.turn(ReadRoute::Delete, READ_PATIENCE).await?;
             let _: serde_json::Value = self
                 .send(self.request(reqwest::Method::DELETE, &url), &url, "delete")
                 .await?;

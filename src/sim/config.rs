@@ -93,8 +93,64 @@ pub struct SimConfig {
     /// Ark's clock minus the real one, in seconds: shifts `created_at`/`updated_at` on the
     /// wire and the `Date` header, as a server with a skewed clock would (negative: behind).
     pub clock_offset_s: i64,
+    /// Per-account request rates of the read routes (list, GET, DELETE; ark-api.md §14).
+    pub read_limits: ReadLimits,
+    /// Only the last this long is listed (nominal; ark-api.md §14 "List defaults": 7 days).
+    #[serde(with = "humantime_serde")]
+    pub list_window: Duration,
+    /// Flex tasks get ids of the `cgt-batch-YYYYMMDDHHMMSS-xxxxx` form (ark-api.md §14,
+    /// "Flex task ids"); default-tier ids keep `cgt-YYYYMMDDHHMMSS-xxxxx`.
+    pub flex_batch_ids: bool,
+    /// Answer queued and running tasks (GET and list) with only `id`, `model`, `status`,
+    /// `created_at` and `updated_at`, as a live BytePlus answer did (ark-api.md §14 "Wire
+    /// details"); finished tasks carry every field.
+    pub bare_unfinished_tasks: bool,
     /// Injected faults; replaceable at runtime through `POST /_sim/faults`.
     pub faults: Faults,
+}
+
+/// The documented per-account rates of the read routes (ark-api.md §14, "Rate limits per
+/// endpoint"): list 1 QPS, GET one task 20 QPS, DELETE 20 QPS. Over a rate, the call answers
+/// 429 `AccountRateLimitExceeded` (the account-level 429 code of ark-api.md §6.2; the code Ark
+/// uses for these routes is not published [INF]). 0 turns a limit off.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReadLimits {
+    pub list_qps: f64,
+    pub get_qps: f64,
+    pub delete_qps: f64,
+    /// Count calls per real second rather than per scaled one. By default a second is
+    /// nominal like every other duration (scaled by `time_scale`, as the RPM window is), and
+    /// windows shorter than [`MIN_READ_WINDOW`] are counted over that much real time with a
+    /// proportional allowance: a 2 ms window cannot be policed against scheduler jitter.
+    pub real_time: bool,
+}
+
+/// The shortest real window the read limits are counted over (see [`ReadLimits::real_time`]).
+pub const MIN_READ_WINDOW: Duration = Duration::from_millis(100);
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            list_qps: 1.0,
+            get_qps: 20.0,
+            delete_qps: 20.0,
+            real_time: false,
+        }
+    }
+}
+
+impl ReadLimits {
+    /// The rate of a route, when it has one.
+    pub fn qps(&self, route: Route) -> Option<f64> {
+        let q = match route {
+            Route::List => self.list_qps,
+            Route::Get => self.get_qps,
+            Route::Delete => self.delete_qps,
+            Route::Create | Route::Download => 0.0,
+        };
+        (q > 0.0).then_some(q)
+    }
 }
 
 impl Default for SimConfig {
@@ -127,6 +183,10 @@ impl Default for SimConfig {
             public_base_url: None,
             rng_seed: None,
             clock_offset_s: 0,
+            read_limits: ReadLimits::default(),
+            list_window: Duration::from_secs(7 * 24 * 3600),
+            flex_batch_ids: true,
+            bare_unfinished_tasks: false,
             faults: Faults::default(),
         }
     }
@@ -283,6 +343,18 @@ pub struct Faults {
     pub input_moderation_words: Vec<String>,
     /// Probability that a task fails with `InternalServiceError`.
     pub fail_transient_rate: f64,
+    /// Prompts containing any of these (case-insensitive) become tasks that fail with
+    /// `InvalidParameter.TaskTypeConstraint` (ark-api.md §14 `omni_reference_task_type`: Ark
+    /// infers the task type from the prompt, and with `auto` reports a conflict as a failed task).
+    pub task_type_constraint_words: Vec<String>,
+    /// The same for `InvalidParameter.TaskTypeMismatch` (a declared type the prompt contradicts).
+    pub task_type_mismatch_words: Vec<String>,
+    /// Models the account has not activated: create answers 404 `ModelNotOpen` (ark-api.md §14
+    /// "Account-state answers").
+    pub model_not_open: Vec<String>,
+    /// Models whose service the account's own inference limit paused: create answers 429
+    /// `SetLimitExceeded` until the owner acts (ark-api.md §14 "Account-state answers").
+    pub set_limit_exceeded: Vec<String>,
 }
 
 impl Faults {
@@ -373,6 +445,16 @@ impl SimConfig {
             self.flex_pool >= 1 && self.models.values().all(|m| m.flex_pool != Some(0)),
             "flex_pool must be >= 1 (0 would never run a flex task)"
         );
+        for (name, q) in [
+            ("list_qps", self.read_limits.list_qps),
+            ("get_qps", self.read_limits.get_qps),
+            ("delete_qps", self.read_limits.delete_qps),
+        ] {
+            anyhow::ensure!(
+                q.is_finite() && q >= 0.0,
+                "read_limits.{name} {q} must be a finite number >= 0 (0: no limit)"
+            );
+        }
         anyhow::ensure!(
             self.render_concurrency >= 1,
             "render_concurrency must be >= 1"

@@ -11,6 +11,9 @@ use axum::response::{IntoResponse, Response};
 use crate::ark::wire::{ApiErrorBody, ErrorEnvelope, TaskStatus};
 use crate::request::Invalid;
 
+/// The account id the simulator names in account-state messages.
+const SIM_ACCOUNT: &str = "2100000000";
+
 /// An Ark error answer, before the request id is known.
 #[derive(Clone, Debug)]
 pub struct ApiError {
@@ -127,6 +130,56 @@ impl ApiError {
                 ),
             )
         }
+    }
+
+    /// 409 for a DELETE of a running task, in both regions (ark-api.md §14).
+    pub fn running_task_deletion(id: &str) -> Self {
+        Self {
+            param: Some("id".into()),
+            ..Self::new(
+                StatusCode::CONFLICT,
+                "InvalidAction.RunningTaskDeletion",
+                format!("Cannot delete task {id} because it is currently running."),
+            )
+        }
+    }
+
+    /// 404 `ModelNotOpen`: the account has not activated the model (ark-api.md §14,
+    /// "Account-state answers"; §6.2 gives the message template).
+    pub fn model_not_open(model: &str) -> Self {
+        Self {
+            param: Some("model".into()),
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "ModelNotOpen",
+                format!(
+                    "Your account {SIM_ACCOUNT} has not activated the model {model}. Please activate the model service in the Ark Console."
+                ),
+            )
+        }
+    }
+
+    /// 429 `SetLimitExceeded`: the account's own inference limit paused the model's service
+    /// until its owner acts; not a rate limit that passes by itself (ark-api.md §14).
+    pub fn set_limit_exceeded(model: &str) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "SetLimitExceeded",
+            format!(
+                "Your account {SIM_ACCOUNT} has reached the inference limit it set for model {model}, and the model service has been paused. To continue, raise or turn off the limit in the Ark Console."
+            ),
+        )
+    }
+
+    /// 429 on a read route over the account's rate (ark-api.md §14 "Rate limits per endpoint").
+    pub fn read_rate_limited(route: &str, qps: f64) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "AccountRateLimitExceeded",
+            format!(
+                "The request has exceeded the account's rate limit for the {route} operation ({qps} requests per second). Please retry later."
+            ),
+        )
     }
 
     /// 429 with the given code.

@@ -120,6 +120,8 @@ async fn edge(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
         ApiError::invalid(None, "the request body is larger than 64 MB").into_response()
     } else if is_api && !authorized(&sim, &req) {
         ApiError::unauthorized().into_response()
+    } else if let Some(Err(e)) = api_route.map(|r| sim.admit_read(r)) {
+        e.into_response()
     } else if let Some(r) = api_route
         && sim.roll(|f| f.error_rate.of(r))
     {

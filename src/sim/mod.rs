@@ -20,7 +20,9 @@
 //!
 //! # Choices where the docs are silent (ark-api.md `[INF]`)
 //! - Unknown task id, or a deleted or retention-expired one: 404 `ResourceNotFound`.
-//! - A DELETE the status forbids (running under Version A, cancelled): 400 `InvalidParameter`.
+//! - A DELETE of a running task (Version A): 409 `InvalidAction.RunningTaskDeletion`, as observed
+//!   (ark-api.md §14); of a cancelled one: 400 `InvalidParameter`.
+//! - The read routes' rate limits answer 429 `AccountRateLimitExceeded` (the code is unpublished).
 //! - `cancelled` sends no callback (not in the documented list); the others do.
 //! - `duration: -1` resolves to 5 s; `adaptive` resolves from the first image, else 16:9; both
 //!   are reported resolved from the first GET.
@@ -56,8 +58,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    DEFAULT_API_KEY, DeleteSemantics, Faults, LimitsSim, ModelSim, PerRoute, Route, SimConfig,
-    Timing,
+    DEFAULT_API_KEY, DeleteSemantics, Faults, LimitsSim, ModelSim, PerRoute, ReadLimits, Route,
+    SimConfig, Timing,
 };
 
 use http::{ConnTag, KillListener};

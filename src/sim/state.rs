@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::callback::CallbackCtx;
-use super::config::{Faults, LimitsSim, SimConfig, Timing};
+use super::config::{Faults, LimitsSim, MIN_READ_WINDOW, Route, SimConfig, Timing};
 use super::error::ApiError;
 use super::files;
 use super::video::{self, RenderJob, Rendered, VideoKey};
@@ -45,12 +45,28 @@ use crate::request::Effective;
 
 /// The rate-limit window: RPM counts creates in the last (scaled) minute.
 const RPM_WINDOW: Duration = Duration::from_secs(60);
+/// The unit of the read routes' QPS limits (nominal).
+const QPS_SECOND: Duration = Duration::from_secs(1);
+/// Largest seed the simulator hands out: clients cap `seed` at 2^31−1 and every seed observed
+/// from Ark is small (ark-api.md §14 "Seeds").
+pub const MAX_ISSUED_SEED: i64 = 2_147_483_647;
 /// When a task asks `duration: -1` (the model chooses), the simulated model chooses this.
 const AUTO_DURATION: i64 = 5;
 /// The code and message of an output-moderation failure (ark-api.md §6.3, observed).
 pub const OUTPUT_MODERATION: (&str, &str) = (
     "OutputVideoSensitiveContentDetected.PolicyViolation",
     "The request failed because the output video may be related to copyright restrictions.",
+);
+/// A task whose prompt implies another task type than the request allows (ark-api.md §14
+/// `omni_reference_task_type`; the message is the simulator's wording [INF]).
+pub const TASK_TYPE_CONSTRAINT: (&str, &str) = (
+    "InvalidParameter.TaskTypeConstraint",
+    "The task type inferred from the prompt conflicts with the constraints of the request.",
+);
+/// A declared task type the prompt contradicts (ark-api.md §14).
+pub const TASK_TYPE_MISMATCH: (&str, &str) = (
+    "InvalidParameter.TaskTypeMismatch",
+    "The declared omni_reference_task_type does not match the task the prompt describes.",
 );
 /// The code and message of a transient server-side failure.
 pub const TRANSIENT: (&str, &str) = (
@@ -82,6 +98,8 @@ pub struct Sim {
     /// Key for the file URL signatures; random per simulator.
     pub url_key: [u8; 32],
     pub counters: Arc<Counters>,
+    /// Origin of the read-limit windows.
+    epoch: Instant,
 }
 
 /// Stats that hot paths bump without taking the lock.
@@ -135,6 +153,8 @@ struct Inner {
     running_res: HashMap<(String, String), u32>,
     timers: BinaryHeap<Reverse<Timer>>,
     rpm: HashMap<String, VecDeque<Instant>>,
+    /// Per read route: (window index, calls in it).
+    reads: HashMap<Route, (u128, u64)>,
     seq: u64,
     rng: StdRng,
     faults: Faults,
@@ -336,6 +356,7 @@ impl Sim {
             running_res: HashMap::new(),
             timers: BinaryHeap::new(),
             rpm: HashMap::new(),
+            reads: HashMap::new(),
             seq: 0,
             rng,
             faults: cfg.faults.clone(),
@@ -353,6 +374,7 @@ impl Sim {
             callbacks,
             url_key,
             counters,
+            epoch: Instant::now(),
         }))
     }
 
@@ -405,6 +427,45 @@ impl Sim {
         if route == "get" || route == "list" {
             inner.stats.status_calls_total += 1;
         }
+    }
+
+    /// Counts one call on a read route against the account's rate (`read_limits`).
+    ///
+    /// Fixed windows: at most `qps` calls per second, the second nominal (scaled) unless
+    /// `real_time`; a scaled second shorter than [`MIN_READ_WINDOW`] is counted over that
+    /// much real time with a proportional allowance.
+    ///
+    /// # Errors
+    /// 429 `AccountRateLimitExceeded` when the window's allowance is spent.
+    pub fn admit_read(&self, route: Route) -> Result<(), ApiError> {
+        let limits = &self.cfg.read_limits;
+        let Some(qps) = limits.qps(route) else {
+            return Ok(());
+        };
+        let second = if limits.real_time {
+            QPS_SECOND
+        } else {
+            self.scaled(QPS_SECOND)
+        };
+        let window = if limits.real_time {
+            second
+        } else {
+            second.max(MIN_READ_WINDOW)
+        };
+        let allowed = (qps * window.as_secs_f64() / second.as_secs_f64().max(1e-9))
+            .floor()
+            .max(1.0) as u64;
+        let idx = self.epoch.elapsed().as_nanos() / window.as_nanos().max(1);
+        let mut inner = self.lock();
+        let slot = inner.reads.entry(route).or_insert((idx, 0));
+        if slot.0 != idx {
+            *slot = (idx, 0);
+        }
+        if slot.1 >= allowed {
+            return Err(ApiError::read_rate_limited(route.name(), qps));
+        }
+        slot.1 += 1;
+        Ok(())
     }
 
     /// Clears the stats (not the tasks).
@@ -525,6 +586,13 @@ impl Sim {
         let limits = self.limits(&req.model);
         let (effects, created) = {
             let mut inner = self.lock();
+            // Account states come before any limit: the account cannot use the model at all.
+            if inner.faults.model_not_open.contains(&req.model) {
+                return Err(ApiError::model_not_open(&req.model));
+            }
+            if inner.faults.set_limit_exceeded.contains(&req.model) {
+                return Err(ApiError::set_limit_exceeded(&req.model));
+            }
             if inner.faults.rate_limit_burst > 0 {
                 inner.faults.rate_limit_burst -= 1;
                 return Err(ApiError::rate_limited(
@@ -605,7 +673,7 @@ impl Sim {
             inner.seq += 1;
             let seq = inner.seq;
             let id = loop {
-                let id = task_id(now_ms, &mut inner.rng);
+                let id = task_id(now_ms, eff.flex && self.cfg.flex_batch_ids, &mut inner.rng);
                 if !inner.tasks.contains_key(&id) {
                     break id;
                 }
@@ -614,7 +682,7 @@ impl Sim {
             let takes_seed = spec.is_none_or(|s| s.seed);
             let seed = match eff.seed {
                 Some(s) if s >= 0 && takes_seed => s,
-                _ => inner.rng.random_range(0..=crate::request::MAX_SEED),
+                _ => inner.rng.random_range(0..=MAX_ISSUED_SEED),
             };
             let (duration, frames) = match (eff.frames, eff.duration) {
                 (Some(f), _) => (None, Some(f)),
@@ -749,11 +817,55 @@ impl Sim {
     /// The wire view of one task, with fresh file URLs.
     pub fn get(&self, id: &str) -> Option<Task> {
         let inner = self.lock();
-        inner.tasks.get(id).map(|t| self.wire(t))
+        inner.tasks.get(id).map(|t| self.read_view(t))
+    }
+
+    /// What GET and list show: every field, or with `bare_unfinished_tasks` only the five a
+    /// live BytePlus answer carried for a task that has not finished (ark-api.md §14).
+    fn read_view(&self, t: &TaskRec) -> Task {
+        let full = self.wire(t);
+        if !self.cfg.bare_unfinished_tasks
+            || !matches!(t.status, TaskStatus::Queued | TaskStatus::Running)
+        {
+            return full;
+        }
+        Task {
+            id: full.id,
+            model: full.model,
+            status: full.status,
+            created_at: full.created_at,
+            updated_at: full.updated_at,
+            error: None,
+            content: None,
+            usage: None,
+            seed: None,
+            resolution: None,
+            ratio: None,
+            duration: None,
+            frames: None,
+            framespersecond: None,
+            revised_prompt: None,
+            service_tier: None,
+            execution_expires_after: None,
+            priority: None,
+            generate_audio: None,
+            draft: None,
+            draft_task_id: None,
+            safety_identifier: None,
+            tools: None,
+            output_format: None,
+        }
     }
 
     /// `GET …/tasks`: filtered, newest first, one page; `total` counts all matches.
+    ///
+    /// Without `filter.service_tier` only the `default` tier is listed: the documented default
+    /// of the filter, and what a live probe saw (ark-api.md §14, "The list's tier filter
+    /// defaults to `default`"). Only tasks created in the last `list_window` are listed.
     pub fn list(&self, q: &ListQuery) -> (i64, Vec<Task>) {
+        let tier = q.service_tier.as_deref().unwrap_or("default");
+        let window = self.scaled(self.cfg.list_window);
+        let now = Instant::now();
         let inner = self.lock();
         // Batch polls name their ids: look those up instead of scanning every record.
         let candidates: Vec<&String> = if q.task_ids.is_empty() {
@@ -774,9 +886,8 @@ impl Sim {
             let ok = q.status.is_none_or(|s| s == t.status)
                 && (q.task_ids.is_empty() || q.task_ids.iter().any(|x| x == &t.id))
                 && q.model.as_ref().is_none_or(|m| m == &t.model)
-                && q.service_tier
-                    .as_ref()
-                    .is_none_or(|s| s == tier_name(t.flex));
+                && tier == tier_name(t.flex)
+                && now.saturating_duration_since(t.created_instant) < window;
             ok.then_some(t)
         });
         let mut total = 0i64;
@@ -785,7 +896,7 @@ impl Sim {
         for (i, t) in matches.enumerate() {
             total += 1;
             if i >= skip && items.len() < q.page_size {
-                items.push(self.wire(t));
+                items.push(self.read_view(t));
             }
         }
         (total, items)
@@ -806,7 +917,9 @@ impl Sim {
             match status {
                 TaskStatus::Queued => self.cancel_task(&mut inner, id),
                 TaskStatus::Running if b => self.cancel_task(&mut inner, id),
-                TaskStatus::Running | TaskStatus::Cancelled | TaskStatus::Unknown => {
+                // 409 in both regions (ark-api.md §14 "DELETE of a running task").
+                TaskStatus::Running => return Err(ApiError::running_task_deletion(id)),
+                TaskStatus::Cancelled | TaskStatus::Unknown => {
                     return Err(ApiError::bad_status(id, status));
                 }
                 TaskStatus::Succeeded | TaskStatus::Failed | TaskStatus::Expired => {
@@ -1004,13 +1117,22 @@ impl Sim {
 
     fn start(&self, inner: &mut Inner, id: &str, now: Instant, effects: &mut Vec<Effect>) {
         let faults = inner.faults.clone();
-        let moderated_word = {
+        let (moderated_word, task_type) = {
             let Some(t) = inner.tasks.get(id) else { return };
             let prompt = t.eff.prompt.to_lowercase();
-            faults
-                .output_moderation_words
-                .iter()
-                .any(|w| !w.is_empty() && prompt.contains(&w.to_lowercase()))
+            let hit = |words: &[String]| {
+                words
+                    .iter()
+                    .any(|w| !w.is_empty() && prompt.contains(&w.to_lowercase()))
+            };
+            let task_type = if hit(&faults.task_type_constraint_words) {
+                Some(TASK_TYPE_CONSTRAINT)
+            } else if hit(&faults.task_type_mismatch_words) {
+                Some(TASK_TYPE_MISMATCH)
+            } else {
+                None
+            };
+            (hit(&faults.output_moderation_words), task_type)
         };
         let moderated = moderated_word || dice(&mut inner.rng, faults.output_moderation_rate);
         let transient = !moderated && dice(&mut inner.rng, faults.fail_transient_rate);
@@ -1021,7 +1143,9 @@ impl Sim {
         t.status = TaskStatus::Running;
         t.running_ms = Some(now_ms());
         t.touch();
-        t.outcome = Some(if moderated {
+        t.outcome = Some(if let Some(code) = task_type {
+            Outcome::Fail(err(code))
+        } else if moderated {
             Outcome::Fail(err(OUTPUT_MODERATION))
         } else if transient {
             Outcome::Fail(err(TRANSIENT))
@@ -1029,7 +1153,7 @@ impl Sim {
             Outcome::Succeed
         });
         let gen_time = self.generation_time(t);
-        if !moderated && !transient {
+        if !moderated && !transient && task_type.is_none() {
             let (w, h) = video::video_size(t.size, self.cfg.video_downscale);
             effects.push(Effect::Render(RenderJob {
                 id: t.id.clone(),
@@ -1396,8 +1520,9 @@ pub fn scale(d: Duration, factor: f64) -> Duration {
     secs(d.as_secs_f64() * factor)
 }
 
-/// `cgt-YYYYMMDDHHMMSS-xxxxx`, the timestamp in Beijing time (UTC+8).
-fn task_id(now_ms: i64, rng: &mut StdRng) -> String {
+/// `cgt-YYYYMMDDHHMMSS-xxxxx`, the timestamp in Beijing time (UTC+8); `cgt-batch-…` for a
+/// flex task when `batch` (ark-api.md §14, "Flex task ids").
+fn task_id(now_ms: i64, batch: bool, rng: &mut StdRng) -> String {
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
     let t = time::OffsetDateTime::from_unix_timestamp(now_ms / 1000)
@@ -1407,7 +1532,8 @@ fn task_id(now_ms: i64, rng: &mut StdRng) -> String {
         .map(|_| char::from(ALNUM[rng.random_range(0..ALNUM.len())]))
         .collect();
     format!(
-        "cgt-{:04}{:02}{:02}{:02}{:02}{:02}-{suffix}",
+        "cgt-{}{:04}{:02}{:02}{:02}{:02}{:02}-{suffix}",
+        if batch { "batch-" } else { "" },
         t.year(),
         u8::from(t.month()),
         t.day(),
@@ -1425,8 +1551,10 @@ mod unit {
     fn task_ids_are_beijing_time() {
         let mut rng = StdRng::seed_from_u64(1);
         // 2026-05-14T10:32:17Z is 18:32:17 in Beijing (ark-api.md §1).
-        let id = task_id(1_778_754_737_000, &mut rng);
+        let id = task_id(1_778_754_737_000, false, &mut rng);
         assert!(id.starts_with("cgt-20260514183217-"), "{id}");
+        let flex = task_id(1_778_754_737_000, true, &mut rng);
+        assert!(flex.starts_with("cgt-batch-20260514183217-"), "{flex}");
         let suffix = &id["cgt-20260514183217-".len()..];
         assert_eq!(suffix.len(), 5);
         assert!(

@@ -773,17 +773,19 @@ async fn list_filters_pages_and_repeated_task_ids() {
     let flex_id = t.create(flex).await;
     ids.push(flex_id.clone());
 
+    // Without `filter.service_tier` only the default tier is listed (ark-api.md §14).
     let all = t.list("").await;
-    assert_eq!(all.total, 5);
+    assert_eq!(all.total, 4);
     let newest_first: Vec<&str> = all.items.iter().map(|i| i.id.as_str()).collect();
-    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let mut expected: Vec<&str> = ids[..4].iter().map(String::as_str).collect();
     expected.reverse();
     assert_eq!(newest_first, expected);
+    assert_eq!(t.list("filter.service_tier=default").await.total, 4);
 
     let page = t.list("page_size=2&page_num=2").await;
-    assert_eq!(page.total, 5);
+    assert_eq!(page.total, 4);
     assert_eq!(page.items.len(), 2);
-    assert_eq!(page.items[0].id, ids[2]);
+    assert_eq!(page.items[0].id, ids[1]);
 
     let picked = t
         .list(&format!(
@@ -795,7 +797,10 @@ async fn list_filters_pages_and_repeated_task_ids() {
     let got: Vec<&str> = picked.items.iter().map(|i| i.id.as_str()).collect();
     assert_eq!(got, vec![ids[3].as_str(), ids[0].as_str()]);
 
-    let by_model = t.list(&format!("filter.model={LITE}")).await;
+    assert_eq!(t.list(&format!("filter.model={LITE}")).await.total, 0);
+    let by_model = t
+        .list(&format!("filter.model={LITE}&filter.service_tier=flex"))
+        .await;
     assert_eq!(by_model.total, 1);
     assert_eq!(by_model.items[0].id, flex_id);
     let by_tier = t.list("filter.service_tier=flex").await;
@@ -808,7 +813,7 @@ async fn list_filters_pages_and_repeated_task_ids() {
         assert!(Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(t.list("filter.status=running").await.total, 5);
+    assert_eq!(t.list("filter.status=running").await.total, 4);
     let q = format!(
         "filter.task_ids={0}&filter.task_ids={0}&filter.task_ids={1}&filter.status=running&page_size=1",
         ids[0], ids[1]
@@ -1130,8 +1135,15 @@ async fn delete_version_a_cancels_queued_refuses_running_and_removes_finished() 
     let (s, v) = t.delete(&queued).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "InvalidParameter", None);
 
+    // 409 in both regions (ark-api.md §14).
     let (s, v) = t.delete(&running).await;
-    assert_error(s, &v, StatusCode::BAD_REQUEST, "InvalidParameter", None);
+    assert_error(
+        s,
+        &v,
+        StatusCode::CONFLICT,
+        "InvalidAction.RunningTaskDeletion",
+        None,
+    );
     assert_eq!(t.get(&running).await.status, TaskStatus::Running);
 
     let (s, _) = t.delete(&finished).await;
@@ -1694,5 +1706,140 @@ async fn official_python_sdk_works_against_the_simulator() {
     );
     let stats = t.admin("stats").await;
     assert!(stats["creates_total"].as_u64().unwrap_or(0) >= 2, "{stats}");
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn read_routes_answer_429_over_the_accounts_rates() {
+    let mut cfg = fast();
+    cfg.read_limits.real_time = true;
+    let t = T::new(cfg).await;
+    let id = t.create(text_body(PRO, "limited")).await;
+    // List: one a second. The second call in the same second is refused with Ark's envelope.
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        let r =
+            t.c.get(t.tasks_url())
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("answer");
+        let s = r.status();
+        answers.push((s, r.json::<Value>().await.expect("json")));
+    }
+    let refused: Vec<&(StatusCode, Value)> = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::TOO_MANY_REQUESTS)
+        .collect();
+    assert!(!refused.is_empty(), "{answers:?}");
+    let (s, v) = refused[0];
+    assert_error(
+        *s,
+        v,
+        StatusCode::TOO_MANY_REQUESTS,
+        "AccountRateLimitExceeded",
+        None,
+    );
+    // GET: 20 a second; 60 at once (two windows at most) cannot all pass, and at least 20 do.
+    let mut ok = 0;
+    let mut limited = 0;
+    for _ in 0..60 {
+        match t.get_raw(&id).await.0 {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 20 && limited >= 1, "ok {ok}, limited {limited}");
+    let stats = t.admin("stats").await;
+    assert!(
+        stats["calls"]["list"]["429"].as_u64().unwrap_or(0) >= 1,
+        "{stats}"
+    );
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn flex_ids_bare_answers_seeds_and_page_size_follow_live_ark() {
+    let mut cfg = fast();
+    cfg.bare_unfinished_tasks = true;
+    cfg.generation.base = Duration::from_secs(3600);
+    let t = T::new(cfg).await;
+    let mut flex = text_body(LITE, "batch id");
+    flex["service_tier"] = json!("flex");
+    let flex_id = t.create(flex).await;
+    assert!(flex_id.starts_with("cgt-batch-"), "{flex_id}");
+    let id = t.create(text_body(PRO, "bare")).await;
+    assert!(!id.starts_with("cgt-batch-"), "{id}");
+    // A task that has not finished shows only id, model, status and times.
+    let (_, v) = t.get_raw(&id).await;
+    let mut keys: Vec<&str> = v
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        vec!["created_at", "id", "model", "status", "updated_at"],
+        "{v}"
+    );
+    for _ in 0..25 {
+        t.create(text_body(PRO, "more")).await;
+    }
+    // page_size defaults to 20 (ark-api.md §14).
+    let page = t.list("").await;
+    assert_eq!((page.total, page.items.len()), (26, 20));
+    t.handle.shutdown().await;
+    // Seeds handed out stay at most 2^31−1 (ark-api.md §14 "Seeds").
+    let mut cfg = fast();
+    cfg.rng_seed = Some(3);
+    let t = T::new(cfg).await;
+    for i in 0..20 {
+        let id = t.create(text_body(PRO, &format!("seed {i}"))).await;
+        let done = t.wait_status(&id, TaskStatus::Succeeded).await;
+        assert!(done.seed.is_some_and(|s| (0..=2_147_483_647).contains(&s)));
+    }
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
+async fn account_states_and_task_type_failures_answer_as_ark_does() {
+    let mut cfg = fast();
+    cfg.faults.model_not_open = vec![LITE.into()];
+    cfg.faults.set_limit_exceeded = vec![V20.into()];
+    cfg.faults.task_type_constraint_words = vec!["edit the clip".into()];
+    cfg.faults.task_type_mismatch_words = vec!["extend it".into()];
+    let t = T::new(cfg).await;
+    let r = t.post(&text_body(LITE, "x")).await;
+    let s = r.status();
+    assert_error(
+        s,
+        &r.json().await.expect("json"),
+        StatusCode::NOT_FOUND,
+        "ModelNotOpen",
+        None,
+    );
+    let r = t.post(&text_body(V20, "x")).await;
+    let s = r.status();
+    assert_error(
+        s,
+        &r.json().await.expect("json"),
+        StatusCode::TOO_MANY_REQUESTS,
+        "SetLimitExceeded",
+        None,
+    );
+    for (prompt, code) in [
+        (
+            "please edit the clip",
+            "InvalidParameter.TaskTypeConstraint",
+        ),
+        ("now extend it", "InvalidParameter.TaskTypeMismatch"),
+    ] {
+        let id = t.create(text_body(PRO, prompt)).await;
+        let done = t.wait_status(&id, TaskStatus::Failed).await;
+        assert_eq!(done.error.map(|e| e.code).as_deref(), Some(code));
+    }
     t.handle.shutdown().await;
 }

@@ -13,6 +13,7 @@ pub mod http;
 pub mod limiter;
 pub mod live;
 pub mod owner;
+pub mod reads;
 pub mod safeurl;
 pub mod state;
 
@@ -89,7 +90,9 @@ impl Ctx {
             key,
             cfg.ark.connect_timeout,
             cfg.ark.request_timeout,
-        )?;
+        )?
+        // Every list, GET and DELETE of this process takes its turn in the fleet's budget.
+        .with_gate(Arc::new(reads::StoreGate::new(store.clone(), &cfg.ark)));
         let archive = if cfg.archive.url.is_empty() {
             None
         } else {

@@ -53,6 +53,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_fleet.sql",
         include_str!("../../migrations/0012_fleet.sql"),
     ),
+    (
+        "0014_read_budget.sql",
+        include_str!("../../migrations/0014_read_budget.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -20,6 +20,7 @@ pub mod migrate;
 pub mod ops;
 mod pause;
 pub(crate) mod pg;
+mod reads;
 mod ui;
 mod verbs;
 #[cfg(test)]

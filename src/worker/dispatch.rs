@@ -353,6 +353,29 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             let msg = format!("{e:#}");
             let backoff = ctx.submit_backoff();
             let (next, detail) = match class {
+                // The account's own inference limit paused the model's service at Ark until
+                // its owner acts (ark-api.md §14 "Account-state answers"): no wait makes it
+                // pass, so the model is paused here too, for the whole fleet, until an
+                // operator resumes it. The job keeps its attempts and waits queued.
+                ErrorClass::Throttled(_) if code == SET_LIMIT_EXCEEDED => {
+                    crate::metrics::create_throttled(&job.model, job.service_tier.as_str(), &code);
+                    ctx.store
+                        .pause(crate::store::PauseKind::Model, &job.model)
+                        .await?;
+                    tracing::error!(
+                        model = %job.model,
+                        error = %msg,
+                        "ark paused this model's service for the account (SetLimitExceeded); model paused here: raise or lift the limit in the Ark console, then `seedq resume --model {}`",
+                        job.model
+                    );
+                    (
+                        AfterCreate::Requeue(now, Some(job.attempts - 1)),
+                        format!(
+                            "model paused: ark answered {code} (the account's own inference limit); raise it in the Ark console, then `seedq resume --model {}`",
+                            job.model
+                        ),
+                    )
+                }
                 ErrorClass::Throttled(ra) if job.is_flex() => {
                     crate::metrics::create_throttled(&job.model, "flex", &code);
                     let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
@@ -460,6 +483,10 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
     }
 }
+
+/// The 429 code of an account whose own inference limit paused a model's service
+/// (ark-api.md §14 "Account-state answers"): not a rate limit that passes by itself.
+pub const SET_LIMIT_EXCEEDED: &str = "SetLimitExceeded";
 
 /// Whether a 429 is Ark refusing the day's flex tokens. Ark's code for it is unpublished
 /// (tutorial 使用限制 › 限流说明 only says such calls are rejected,

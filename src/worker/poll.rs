@@ -1,7 +1,11 @@
 //! The poller: batch status of in-flight tasks, reschedule or finish each.
 //!
 //! One list request with many `filter.task_ids` answers for a whole set of due tasks; a
-//! task missing from the answer gets a GET of its own. The first poll lands near the
+//! task missing from the answer gets a GET of its own. The list asks for the tier of the jobs
+//! it looks for (`filter.service_tier`): without it Ark lists the `default` tier only
+//! (ark-api.md §14). The account allows one list call a second for the whole fleet: when the
+//! shared budget has no list turn soon, GETs (20 a second) carry the batch instead, at most
+//! [`MAX_GETS_PER_STEP`] of them; the rest are looked at again after one list turn. The first poll lands near the
 //! expected finish (learned from recent completions of the same model, tier and shape), later
 //! ones back off exponentially with full jitter up to a cap. [`apply`] is shared with the
 //! callback endpoint, so a callback and a poll record a status the same way.
@@ -29,6 +33,9 @@ const TRANSIENT_REMOTE_CODES: [&str; 3] = [
 const HISTORY: u32 = 20;
 /// How long a learned generation time is reused before the history is read again.
 const HISTORY_TTL_MS: i64 = 1_000;
+/// GETs one poll step sends when no list turn is free: one second of the account's GET rate,
+/// so a step never outlasts a lease.
+const MAX_GETS_PER_STEP: usize = 16;
 
 /// The poll loop.
 ///
@@ -132,6 +139,20 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     if jobs.is_empty() {
         return Ok(Outcome::Worked);
     }
+    let mut plans = Vec::with_capacity(jobs.len());
+    // One list per tier: a list names the tier it looks at (module docs).
+    let (flex, default): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(Job::is_flex);
+    for (tier, group) in [("default", default), ("flex", flex)] {
+        if !group.is_empty() {
+            poll_group(ctx, tier, group, &mut plans).await;
+        }
+    }
+    record(ctx, plans).await?;
+    Ok(Outcome::Worked)
+}
+
+/// Polls the due jobs of one tier: a list when the fleet's budget has a turn soon, else GETs.
+async fn poll_group(ctx: &Ctx, tier: &str, jobs: Vec<Job>, plans: &mut Vec<Plan>) {
     let ids: Vec<String> = jobs
         .iter()
         .filter_map(|j| j.remote_task_id.clone())
@@ -139,41 +160,78 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let q = ListQuery {
         page_size: Some(u32::try_from(ids.len()).unwrap_or(1).max(1)),
         task_ids: ids,
+        service_tier: Some(tier.to_string()),
         ..Default::default()
     };
-    let listed: HashMap<String, Task> = match ctx.ark.list(&q).await {
-        Ok(resp) => resp.items.into_iter().map(|t| (t.id.clone(), t)).collect(),
+    // Wait for a list turn no longer than the GETs it saves would take, and never past the
+    // next list turn: a list that someone else (the reconciler) has booked far ahead is not
+    // worth the wait.
+    let ark = &ctx.cfg.ark;
+    let list_turn = crate::stage::reads::spacing_us(ark.list_qps, ark.rate_window);
+    let get_turn = crate::stage::reads::spacing_us(ark.get_qps, ark.rate_window);
+    let patience_us = list_turn.min(get_turn.saturating_mul(jobs.len() as i64));
+    let patience = Duration::from_micros(patience_us.unsigned_abs());
+    let (listed, fallback): (HashMap<String, Task>, bool) = match ctx
+        .ark
+        .list_within(&q, patience)
+        .await
+    {
+        Ok(resp) => (
+            resp.items.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            false,
+        ),
+        Err(crate::ark::ArkError::Budget { .. }) => (HashMap::new(), true),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), jobs = jobs.len(), "batch status failed; will retry");
             let now = now_ms();
-            record(
-                ctx,
-                jobs.iter()
-                    .map(|j| reschedule_plan(ctx, j, now, None))
-                    .collect(),
-            )
-            .await?;
-            return Ok(Outcome::Worked);
+            plans.extend(jobs.iter().map(|j| reschedule_plan(ctx, j, now, None)));
+            return;
         }
     };
+    // After the list, which may have waited for its turn: generation times are learned from it.
     let now = now_ms();
-    let mut plans = Vec::with_capacity(jobs.len());
+    let mut gets = 0usize;
     for job in jobs {
         let Some(remote) = job.remote_task_id.clone() else {
             continue;
         };
         let task = match listed.get(&remote) {
             Some(t) => Some(t.clone()),
-            // Not in the list answer: ask for it directly before concluding anything.
-            None => match ctx.ark.get(&remote).await {
-                Ok(t) => Some(t),
-                Err(e) if e.status() == Some(404) => None,
-                Err(e) => {
-                    tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "status check failed; will retry");
-                    plans.push(reschedule_plan(ctx, &job, now, None));
-                    continue;
+            None if fallback && gets >= MAX_GETS_PER_STEP => {
+                // No list turn and this step's GETs are spent: look again after a list turn,
+                // without counting a poll that did not happen.
+                let at = now + (list_turn / 1000).max(1);
+                plans.push(Plan {
+                    polled: Polled {
+                        id: job.id.clone(),
+                        token: job.lease_token,
+                        outcome: PollOutcome::Pending {
+                            next_at: at,
+                            poll_count: job.poll_count,
+                            remote_status: None,
+                        },
+                        detail: None,
+                    },
+                    leaves: false,
+                    log: None,
+                    settle: None,
+                });
+                continue;
+            }
+            // Not in the list answer (or no list): ask for it directly before concluding
+            // anything.
+            None => {
+                gets += 1;
+                match ctx.ark.get(&remote).await {
+                    Ok(t) => Some(t),
+                    Err(e) if e.status() == Some(404) => None,
+                    Err(e) => {
+                        tracing::warn!(job_id = %job.id, error = %format!("{e:#}"), "status check failed; will retry");
+                        plans.push(reschedule_plan(ctx, &job, now, None));
+                        continue;
+                    }
                 }
-            },
+            }
         };
         plans.push(match task {
             Some(t) => plan(ctx, &job, &t, "poll", now),
@@ -191,8 +249,6 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             ),
         });
     }
-    record(ctx, plans).await?;
-    Ok(Outcome::Worked)
 }
 
 /// A message to log at a level once a plan's write succeeded.

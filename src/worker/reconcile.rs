@@ -17,6 +17,17 @@
 //!
 //! Duplicates (a paused worker that wakes and POSTs after another took its job over) carry
 //! the same tag: the extra task is cancelled with DELETE while it is still queued.
+//!
+//! # What a listing proves
+//! A list read in full proves a task's absence only for what it asked: the model, the tier
+//! (`filter.service_tier`; without it Ark lists the `default` tier only, ark-api.md §14) and
+//! the last 7 days. Every listing here names the job's model and tier, and one listing serves
+//! every claimed job of that (model, tier): the account allows one list call a second.
+//! A task may also show less than it is: a live BytePlus answer for a running task carried
+//! only `id`, `model`, `status`, `created_at` and `updated_at` (ark-api.md §14). Such a bare
+//! task inside the job's window may be the job's own; it is no proof either way, so the job
+//! waits until the task shows its fields (a finished task carries them) or until its
+//! execution window has closed. Only then does policy decide, and `park` never creates again.
 
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -156,10 +167,26 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             )
         });
     }
+    // One listing per (model, tier) for all of its claimed jobs (module docs).
+    let mut listings: std::collections::HashMap<(String, String), Option<Listing>> =
+        std::collections::HashMap::new();
     for job in jobs {
+        let key = (job.model.clone(), job.service_tier.clone());
+        if !listings.contains_key(&key) {
+            let listing = match list_all(ctx, &key.0, &key.1).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::warn!(model = %key.0, tier = %key.1, error = %format!("{e:#}"), "listing remote tasks failed; will retry");
+                    crate::metrics::reconcile("list_failed", 1);
+                    None
+                }
+            };
+            listings.insert(key.clone(), listing);
+        }
+        let listing = listings.get(&key).and_then(Option::as_ref);
         let span =
             tracing::info_span!("job", job_id = %job.id, model = %job.model, stage = "reconcile");
-        reconcile_one(ctx, job).instrument(span).await?;
+        reconcile_one(ctx, job, listing).instrument(span).await?;
     }
     Ok(Outcome::Worked)
 }
@@ -177,15 +204,17 @@ fn post_over(ctx: &Ctx, job: &Job, now: i64) -> bool {
     answered || now >= started + ms(ctx.cfg.ark.request_timeout) + 1_000
 }
 
-async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
+async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow::Result<()> {
     let now = now_ms();
     let token = job.lease_token;
     let retry_at = now + ms(ctx.cfg.dispatch.reconcile_interval);
-    let scan = match scan(ctx, &job).await {
+    let Some(listing) = listing else {
+        return look_again_at(ctx, &job, retry_at).await;
+    };
+    let scan = match scan_in(ctx, &job, listing).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "listing remote tasks failed; will retry");
-            crate::metrics::reconcile("list_failed", 1);
+            tracing::warn!(error = %format!("{e:#}"), "reading the job for reconciliation failed; will retry");
             return look_again_at(ctx, &job, retry_at).await;
         }
     };
@@ -214,9 +243,28 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         );
         return park(ctx, &job, &reason).await;
     }
+    // A bare task in the window may be this job's: no proof either way until it shows its
+    // fields or its execution window closes (module docs).
+    let hidden_until = scan
+        .hidden
+        .iter()
+        .map(|t| {
+            t.created_at
+                .saturating_mul(1000)
+                .saturating_add(scan.expires_ms)
+        })
+        .max();
+    if let Some(until) = hidden_until
+        && now < until
+    {
+        let ids: Vec<&str> = scan.hidden.iter().map(|t| t.id.as_str()).collect();
+        tracing::info!(tasks = %ids.join(", "), "remote tasks in this job's window show no identity yet; waiting until they do");
+        crate::metrics::reconcile("identity_pending", 1);
+        return look_again_at(ctx, &job, retry_at).await;
+    }
     // No candidate. With a complete listing after the POST ended, that is proof the create
     // never happened: resend (the identity makes a late duplicate detectable).
-    if scan.complete && post_over(ctx, &job, now) {
+    if scan.complete && scan.hidden.is_empty() && post_over(ctx, &job, now) {
         if job.attempts >= i64::from(ctx.cfg.dispatch.max_attempts) {
             tracing::error!(
                 attempts = job.attempts,
@@ -291,6 +339,15 @@ async fn reconcile_one(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                 .await?;
             ctx.poke_dispatch.notify_one();
             Ok(())
+        }
+        AmbiguousPolicy::Park if !scan.hidden.is_empty() => {
+            let ids: Vec<&str> = scan.hidden.iter().map(|t| t.id.as_str()).collect();
+            let reason = format!(
+                "remote tasks {} in this job's window never showed an identity; if one is this job's, `seedq adopt {} TASK_ID`",
+                ids.join(", "),
+                job.id
+            );
+            park(ctx, &job, &reason).await
         }
         AmbiguousPolicy::Park => {
             park(
@@ -451,7 +508,8 @@ pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
     if tag_of(&job).is_none() {
         return Ok(());
     }
-    match scan(ctx, &job).await {
+    let listed = list_all(ctx, &job.model, &job.service_tier).await;
+    match async { scan_in(ctx, &job, &listed?).await }.await {
         Ok(s) => {
             for t in s.candidates.iter().filter(|t| t.id != kept) {
                 cancel_duplicate(ctx, &t.id, Some(t.status)).await;
@@ -473,14 +531,85 @@ pub struct Scan {
     pub complete: bool,
     /// The job's creates carry seedq's identity tag.
     pub tagged: bool,
+    /// Unowned tasks inside the job's window that show no identity (only id, model, status
+    /// and times): possibly this job's, unprovable until they show their fields.
+    pub hidden: Vec<Task>,
+    /// The job's `execution_expires_after` (ms): how long a hidden task may stay unfinished.
+    pub expires_ms: i64,
 }
 
-/// Lists the model's tasks and keeps those that are provably (tagged) or possibly
+/// Every task of one model and tier that Ark lists, read page by page.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub items: Vec<Task>,
+    /// Every page was read: absence from `items` is proof for this model, tier and the last
+    /// 7 days, nothing more.
+    pub complete: bool,
+}
+
+/// Lists `model`'s tasks of `tier` (`default` or `flex`) in full, up to [`MAX_PAGES`].
+///
+/// # Errors
+/// Ark failures.
+pub async fn list_all(ctx: &Ctx, model: &str, tier: &str) -> anyhow::Result<Listing> {
+    let page_size = SCAN_PAGE_SIZE;
+    let mut items = Vec::new();
+    let mut seen = 0i64;
+    for page in 1..=MAX_PAGES {
+        let q = ListQuery {
+            page_num: Some(page),
+            page_size: Some(page_size),
+            model: Some(model.to_string()),
+            // Ark lists the `default` tier unless told otherwise (ark-api.md §14).
+            service_tier: Some(tier.to_string()),
+            ..Default::default()
+        };
+        let resp = ctx.ark.list(&q).await?;
+        let n = resp.items.len();
+        seen += n as i64;
+        items.extend(resp.items);
+        // No ordering is assumed: the listing ends at a short page or at `total`.
+        if n < page_size as usize || (resp.total > 0 && seen >= resp.total) {
+            return Ok(Listing {
+                items,
+                complete: true,
+            });
+        }
+    }
+    Ok(Listing {
+        items,
+        complete: false,
+    })
+}
+
+/// Whether a task shows none of the fields a create echoes (seed, shape, tier, identity):
+/// only id, model, status and times, as a live BytePlus answer for a running task did.
+pub fn is_bare(t: &Task) -> bool {
+    t.safety_identifier.is_none()
+        && t.seed.is_none()
+        && t.resolution.is_none()
+        && t.ratio.is_none()
+        && t.duration.is_none()
+        && t.frames.is_none()
+        && t.service_tier.is_none()
+        && t.execution_expires_after.is_none()
+}
+
+/// Lists the job's model and tier and keeps the tasks that are provably (tagged) or possibly
 /// (untagged, inside the window in Ark's clock) this job's.
 ///
 /// # Errors
 /// Ark or store failures.
 pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
+    let listing = list_all(ctx, &job.model, &job.service_tier).await?;
+    scan_in(ctx, job, &listing).await
+}
+
+/// [`scan`] over a listing already read.
+///
+/// # Errors
+/// Store failures, or a frozen body that does not parse.
+pub async fn scan_in(ctx: &Ctx, job: &Job, listing: &Listing) -> anyhow::Result<Scan> {
     let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
     let tag = tag_of(job);
     // The window is in Ark's clock: shift the local POST time by the measured skew.
@@ -499,37 +628,25 @@ pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
         .into_iter()
         .filter_map(|e| e.detail)
         .collect();
-    let page_size = SCAN_PAGE_SIZE;
     let mut found = Vec::new();
-    let mut seen = 0i64;
-    let mut complete = false;
-    for page in 1..=MAX_PAGES {
-        let q = ListQuery {
-            page_num: Some(page),
-            page_size: Some(page_size),
-            model: Some(job.model.clone()),
-            ..Default::default()
+    let mut bare = Vec::new();
+    for t in &listing.items {
+        let in_window = t.created_at >= lo && t.created_at <= hi;
+        let ours = match &tag {
+            Some(tag) => t.safety_identifier.as_deref() == Some(tag.as_str()),
+            None => in_window && !is_bare(t) && matches(job, &req, t),
         };
-        let resp = ctx.ark.list(&q).await?;
-        let n = resp.items.len();
-        seen += n as i64;
-        for t in resp.items {
-            let ours = match &tag {
-                Some(tag) => t.safety_identifier.as_deref() == Some(tag.as_str()),
-                None => t.created_at >= lo && t.created_at <= hi && matches(job, &req, &t),
-            };
-            let finished_before = matches!(
-                t.status,
-                TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
-            ) && earlier.iter().any(|d| d.contains(&t.id));
-            if ours && !finished_before {
-                found.push(t);
-            }
+        let finished_before = matches!(
+            t.status,
+            TaskStatus::Failed | TaskStatus::Cancelled | TaskStatus::Expired
+        ) && earlier.iter().any(|d| d.contains(&t.id));
+        if finished_before {
+            continue;
         }
-        // No ordering is assumed: the listing ends at a short page or at `total`.
-        if n < page_size as usize || (resp.total > 0 && seen >= resp.total) {
-            complete = true;
-            break;
+        if ours {
+            found.push(t.clone());
+        } else if in_window && is_bare(t) {
+            bare.push(t.clone());
         }
     }
     let mut candidates = Vec::new();
@@ -539,10 +656,24 @@ pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
             _ => candidates.push(c),
         }
     }
+    let mut hidden = Vec::new();
+    for c in bare {
+        if ctx.store.job_by_remote(&c.id).await?.is_none() {
+            hidden.push(c);
+        }
+    }
+    let expires_s = req
+        .execution_expires_after
+        .unwrap_or(crate::request::DEFAULT_EXPIRES_AFTER);
     Ok(Scan {
         candidates,
-        complete,
+        complete: listing.complete,
         tagged: tag.is_some(),
+        hidden,
+        // Past the execution window, plus the slack of Ark's whole-second clock.
+        expires_ms: expires_s
+            .saturating_add(WINDOW_SLACK_S)
+            .saturating_mul(1000),
     })
 }
 

@@ -24,6 +24,7 @@ pub(crate) mod images;
 pub(crate) mod migrate;
 pub(crate) mod ops;
 pub(crate) mod pause;
+pub(crate) mod reads;
 pub(crate) mod ui;
 
 use std::future::Future;

@@ -53,6 +53,10 @@ pub const BUDGET_REFUSED: &str = "seedq_budget_refused_total";
 pub const BACKUP_BYTES: &str = "seedq_backup_bytes";
 /// 1 per singleton this worker leads (worker/fleet.rs).
 pub const LEADER: &str = "seedq_leader";
+/// Connections an admin or callback server closed to make room at its cap (stage/http.rs).
+pub const EVICTED: &str = "seedq_server_evicted_connections_total";
+/// 1 while the job store refuses writes (full disk, read-only, no connection): claims wait.
+pub const STORE_OUTAGE: &str = "seedq_store_outage";
 
 /// Histogram buckets for Ark latency (seconds): most calls are well under a second.
 const ARK_BUCKETS: [f64; 11] = [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -152,6 +156,8 @@ fn describe() {
     metrics::counter!(RELOADS, "outcome" => "ok").increment(0);
     metrics::counter!(RELOADS, "outcome" => "error").increment(0);
     metrics::counter!(LEASES_RELEASED).increment(0);
+    metrics::counter!(EVICTED).increment(0);
+    metrics::gauge!(STORE_OUTAGE).set(0.0);
     metrics::gauge!(RESTART_REQUIRED).set(0.0);
 }
 
@@ -217,6 +223,16 @@ pub fn pruned(state: &'static str, n: u64) {
 /// Records leases released by the sweep.
 pub fn leases_released(n: u64) {
     metrics::counter!(LEASES_RELEASED).increment(n);
+}
+
+/// Counts a connection closed to make room for a new one (it had sent no complete request).
+pub fn slow_client_evicted() {
+    metrics::counter!(EVICTED).increment(1);
+}
+
+/// Records whether the job store is refusing writes.
+pub fn store_outage(on: bool) {
+    metrics::gauge!(STORE_OUTAGE).set(if on { 1.0 } else { 0.0 });
 }
 
 /// Records whether this worker leads singleton `name`.

@@ -107,7 +107,7 @@ pub(crate) fn run(source: ConfigSource, a: &DoctorArgs) -> anyhow::Result<ExitCo
                      every key; `seedq config check` repeats this check)",
                 ),
             );
-            for name in ["database", "api key", "store", "clock"] {
+            for name in ["database", "api key", "store", "servers", "clock"] {
                 r.line(name, Verdict::Skip("needs a valid configuration".into()));
             }
             return Ok(ExitCode::from(2));
@@ -144,6 +144,7 @@ pub(crate) fn run(source: ConfigSource, a: &DoctorArgs) -> anyhow::Result<ExitCo
     };
     r.line("api key", key);
     r.line("store", rt.block_on(store(&cfg)));
+    r.line("servers", servers(&cfg));
     let clock = if a.offline {
         Verdict::Skip("--offline".into())
     } else {
@@ -478,6 +479,23 @@ async fn clock(cfg: &Config) -> Verdict {
 }
 
 /// An error and its causes, `: `-separated (the `{:#}` of anyhow, for a plain error).
+/// The admin and callback servers' connection cap, derived from the descriptor limit (which
+/// `seedq doctor` raised to the hard limit, as `serve` does).
+fn servers(cfg: &Config) -> Verdict {
+    let b = crate::stage::fds::Budget::now(cfg);
+    if b.starved {
+        return Verdict::Warn {
+            problem: format!(
+                "{}; the limit leaves less than a few connections per server",
+                b.describe()
+            ),
+            fix: "raise the descriptor limit: LimitNOFILE= in the systemd unit, or `ulimit -n`"
+                .into(),
+        };
+    }
+    Verdict::Ok(b.describe())
+}
+
 fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut next = e.source();

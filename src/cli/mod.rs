@@ -244,6 +244,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    // The long-running commands raise the soft descriptor limit to the hard one before any
+    // socket is opened; the servers' caps are derived from the result (stage/fds.rs). Doctor
+    // does the same, so it reports the caps `serve` would have.
+    let nofile = matches!(
+        cli.command,
+        Command::Serve | Command::Run | Command::Sim(_) | Command::Doctor(_) | Command::Demo(_)
+    )
+    .then(crate::stage::fds::raise_nofile);
     if let Command::Doctor(a) = &cli.command {
         // Doctor reports a broken configuration as one of its checks instead of failing here.
         return doctor::run(ConfigSource::new(&cli), a);
@@ -257,6 +265,24 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let ctx = Ctx::load(&cli)?;
     crate::telemetry::init(&ctx.cfg.log.level, &ctx.cfg.log.format);
+    if let Some(n) = nofile {
+        let budget = crate::stage::fds::Budget::for_limit(&ctx.cfg, n.soft);
+        tracing::info!(
+            soft = n.soft,
+            hard = n.hard,
+            was = n.was,
+            "descriptor limit raised to the hard limit; {}",
+            budget.describe()
+        );
+        if budget.starved {
+            tracing::warn!(
+                limit = n.soft,
+                reserve = budget.reserve,
+                "the descriptor limit is too low for this configuration; raise LimitNOFILE \
+                 (systemd) or `ulimit -n`"
+            );
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -9,6 +9,7 @@
 //!   is older than that, readiness asks Ark itself (one authenticated list with
 //!   `page_size=1`, at most once per [`PROBE_CACHE`]).
 
+use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use crate::ark::ListQuery;
@@ -73,9 +74,26 @@ async fn database(ctx: &Ctx, write: bool) -> Check {
         }
     };
     let (ok, detail) = match tokio::time::timeout(DB_CHECK, probe).await {
-        Ok(Ok(())) if write => (true, "writable".to_string()),
+        Ok(Ok(())) if write => {
+            // The write probe is the one the dispatcher waits on: passing, it ends an outage.
+            ctx.ops.health.store_up();
+            (true, "writable".to_string())
+        }
         Ok(Ok(())) => (true, "answering".to_string()),
-        Ok(Err(e)) => (false, format!("{e:#}")),
+        Ok(Err(e)) => {
+            if write && let Some(reason) = e.outage() {
+                ctx.ops.health.store_down(&reason);
+            }
+            let mut detail = format!("{e:#}");
+            if let Some((since, _)) = ctx.ops.health.store_outage() {
+                let _ = write!(
+                    detail,
+                    "; claiming nothing for {:.1}s, resuming when it takes writes",
+                    since.as_secs_f64()
+                );
+            }
+            (false, detail)
+        }
         Err(_) => (false, format!("no answer within {}s", DB_CHECK.as_secs())),
     };
     Check {

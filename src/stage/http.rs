@@ -2,19 +2,20 @@
 //! (`worker::callback`): a connection cap, read and write idle timeouts outside handlers, and
 //! a connection lifetime, so slow or half-open peers cannot hold descriptors.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// A connection is closed at its next read after this long, however active: a slow client
 /// trickling one byte per `read_timeout` cannot hold a slot for ever.
@@ -46,25 +47,115 @@ pub async fn serve_guarded(
 pub struct ServerLimits {
     /// No byte in or out for this long closes the connection (`admin.read_timeout`).
     pub read_timeout: Duration,
-    /// Connections held at once (`admin.max_connections`).
+    /// Connections held at once (`admin.max_connections`, or fewer when the descriptor
+    /// limit is low).
     pub max_connections: usize,
 }
 
 impl ServerLimits {
-    /// The limits from `[admin]`.
+    /// The limits from `[admin]`, the connection cap lowered to what the process's
+    /// descriptors allow ([`super::fds::Budget`]).
     pub fn from_config(cfg: &crate::config::Config) -> Self {
         Self {
             read_timeout: cfg.admin.read_timeout.max(Duration::from_millis(10)),
-            max_connections: usize::try_from(cfg.admin.max_connections.max(1)).unwrap_or(1),
+            max_connections: super::fds::Budget::now(cfg).per_server,
         }
     }
 }
 
-/// A listener that holds at most `max_connections` connections (the rest wait in the kernel
-/// backlog, costing us no descriptor), and hands out [`GuardedIo`] streams.
+/// The connections a server holds, oldest first, and the cap on them.
+struct Slots {
+    cap: usize,
+    live: Mutex<SlotMap>,
+    /// Poked when a connection ends, so an accept waiting for room looks again.
+    freed: Notify,
+}
+
+#[derive(Default)]
+struct SlotMap {
+    next: u64,
+    /// By accept order: the first entry is the oldest connection.
+    conns: BTreeMap<u64, Slot>,
+}
+
+struct Slot {
+    busy: Arc<AtomicUsize>,
+    evict: CancellationToken,
+}
+
+impl Slots {
+    /// Takes a slot for a new connection, making room when the server is full: the oldest
+    /// connection with no request in a handler (a half-sent request, or a keep-alive
+    /// connection between requests) is told to close, and this waits until it has. Only when
+    /// every connection is in a handler does the new one wait for one to end.
+    async fn take(self: &Arc<Self>) -> SlotGuard {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut map = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+                if map.conns.len() < self.cap {
+                    let id = map.next;
+                    map.next += 1;
+                    let slot = Slot {
+                        busy: Arc::new(AtomicUsize::new(0)),
+                        evict: CancellationToken::new(),
+                    };
+                    let (busy, evict) = (Arc::clone(&slot.busy), slot.evict.clone());
+                    map.conns.insert(id, slot);
+                    return SlotGuard {
+                        slots: Arc::clone(self),
+                        id,
+                        busy,
+                        evict,
+                    };
+                }
+                // One eviction at a time: an evicted connection still counts until hyper has
+                // dropped it, and evicting a second for the same newcomer would be a waste.
+                let pending = map.conns.values().any(|s| s.evict.is_cancelled());
+                if !pending
+                    && let Some(victim) = map
+                        .conns
+                        .values()
+                        .find(|s| s.busy.load(Ordering::SeqCst) == 0)
+                {
+                    victim.evict.cancel();
+                    crate::metrics::slow_client_evicted();
+                }
+            }
+            freed.await;
+        }
+    }
+}
+
+/// A connection's place in [`Slots`], given back when the connection is dropped.
+struct SlotGuard {
+    slots: Arc<Slots>,
+    id: u64,
+    busy: Arc<AtomicUsize>,
+    evict: CancellationToken,
+}
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        self.slots
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .conns
+            .remove(&self.id);
+        self.slots.freed.notify_one();
+    }
+}
+
+/// A listener that holds at most `max_connections` connections and hands out [`GuardedIo`]
+/// streams. At the cap, a new connection takes the place of the oldest one that has not sent
+/// a complete request (see [`Slots::take`]): a few hundred idle or half-sent connections
+/// cannot keep `/healthz` or a callback out, they only push each other out.
 pub struct GuardedListener {
     inner: TcpListener,
-    permits: Arc<Semaphore>,
+    slots: Arc<Slots>,
     limits: ServerLimits,
 }
 
@@ -73,7 +164,11 @@ impl GuardedListener {
     pub fn new(inner: TcpListener, limits: ServerLimits) -> Self {
         Self {
             inner,
-            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            slots: Arc::new(Slots {
+                cap: limits.max_connections.max(1),
+                live: Mutex::default(),
+                freed: Notify::new(),
+            }),
             limits,
         }
     }
@@ -85,21 +180,19 @@ impl axum::serve::Listener for GuardedListener {
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
-            // The semaphore is never closed; if it were, stop accepting rather than spin.
-            let Ok(permit) = Arc::clone(&self.permits).acquire_owned().await else {
-                return std::future::pending().await;
-            };
             match self.inner.accept().await {
                 Ok((stream, addr)) => {
                     let _ = stream.set_nodelay(true);
-                    return (GuardedIo::new(stream, permit, self.limits), addr);
+                    // The newcomer holds one descriptor beyond the cap while room is made;
+                    // the reserve the cap was derived with covers it.
+                    let slot = self.slots.take().await;
+                    return (GuardedIo::new(stream, slot, self.limits), addr);
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning; the connection stays
                     // in the backlog until a descriptor frees.
-                    drop(permit);
-                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 1 s");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tracing::warn!(error = %e, "accepting a connection failed; retrying in 100 ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
         }
@@ -120,7 +213,7 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guar
     for ConnBusy
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, GuardedListener>) -> Self {
-        ConnBusy(Arc::clone(&stream.io().busy))
+        ConnBusy(Arc::clone(&stream.io().slot.busy))
     }
 }
 
@@ -144,11 +237,12 @@ async fn mark_busy(
 }
 
 /// A server-side TCP stream with an idle timeout on reads (outside handlers) and on writes, a
-/// lifetime, and the connection permit it releases when dropped.
+/// lifetime, and the connection slot it gives back when dropped. Told to make room (evicted),
+/// it fails its next read outside a handler.
 pub struct GuardedIo {
     stream: TcpStream,
-    busy: Arc<AtomicUsize>,
-    _permit: OwnedSemaphorePermit,
+    slot: SlotGuard,
+    evicted: Pin<Box<WaitForCancellationFutureOwned>>,
     idle: Duration,
     closes_at: Instant,
     read_timer: Pin<Box<Sleep>>,
@@ -158,12 +252,12 @@ pub struct GuardedIo {
 }
 
 impl GuardedIo {
-    fn new(stream: TcpStream, permit: OwnedSemaphorePermit, limits: ServerLimits) -> Self {
+    fn new(stream: TcpStream, slot: SlotGuard, limits: ServerLimits) -> Self {
         let now = Instant::now();
         Self {
             stream,
-            busy: Arc::new(AtomicUsize::new(0)),
-            _permit: permit,
+            evicted: Box::pin(slot.evict.clone().cancelled_owned()),
+            slot,
             idle: limits.read_timeout,
             closes_at: now + CONNECTION_LIFETIME,
             read_timer: Box::pin(tokio::time::sleep_until(now)),
@@ -242,13 +336,20 @@ impl AsyncRead for GuardedIo {
                 this.read_armed = false;
                 Poll::Ready(r)
             }
-            Poll::Pending if this.busy.load(Ordering::SeqCst) > 0 => {
+            Poll::Pending if this.slot.busy.load(Ordering::SeqCst) > 0 => {
                 // A handler is running: hyper only watches for a hang-up. The clock starts
                 // again at the next read after the response.
                 this.read_armed = false;
                 Poll::Pending
             }
             Poll::Pending => {
+                // Waiting for a request: the moment to give the slot to a newcomer.
+                if this.evicted.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "closed to make room for a new connection (the server is at its cap)",
+                    )));
+                }
                 let limit = (Instant::now() + this.idle).min(this.closes_at);
                 stalled(
                     &mut this.read_timer,

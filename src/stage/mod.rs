@@ -8,6 +8,7 @@
 //! the composition root (`service`) build them all without a cycle.
 
 pub mod archiver;
+pub mod fds;
 pub mod fleet;
 pub mod http;
 pub mod limiter;
@@ -201,13 +202,23 @@ where
                     return Err(e.context(format!("{name} stage: the store is gone")));
                 }
                 errors += 1;
-                let d = Backoff {
-                    base: Duration::from_millis(200),
-                    max: Duration::from_secs(30),
+                if let Some(reason) = store_outage(&e) {
+                    // A full disk, a read-only or unreachable database: nothing this stage
+                    // did wrong, and it passes by itself. Recorded once (`/readyz`, the log),
+                    // then looked at again soon, so work resumes within seconds of its end
+                    // instead of after an exponential backoff.
+                    ctx.ops.health.store_down(&reason);
+                    tracing::debug!(stage = name, error = %format!("{e:#}"), "step waits for the store");
+                    OUTAGE_RETRY
+                } else {
+                    let d = Backoff {
+                        base: Duration::from_millis(200),
+                        max: Duration::from_secs(30),
+                    }
+                    .delay_random(errors, None);
+                    tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
+                    d
                 }
-                .delay_random(errors, None);
-                tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
-                d
             }
         };
         let poked = async {
@@ -222,6 +233,72 @@ where
             _ = shutdown.cancelled() => return Ok(()),
             _ = poked => {}
             _ = sleep_unless_forever(wait) => {}
+        }
+    }
+}
+
+/// How soon a step, or a write that met a store outage, tries again.
+pub(crate) const OUTAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// The store outage behind an error ([`crate::store::StoreError::outage`]), if it is one.
+pub fn store_outage(e: &anyhow::Error) -> Option<String> {
+    e.chain()
+        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
+        .and_then(crate::store::StoreError::outage)
+}
+
+/// Whether the store can take new work, asked before every claim. No: on SQLite the disk has
+/// less than [`crate::store::MIN_ROOM`] free, or an outage is on record and a write probe still
+/// fails. A probe that passes ends the outage. Nothing is claimed during one, so jobs already
+/// at Ark keep what room and connections there are to record their results.
+pub async fn store_takes_work(ctx: &Ctx) -> bool {
+    if let Err(e) = ctx.store.room() {
+        ctx.ops.health.store_down(&e.to_string());
+        return false;
+    }
+    if ctx.ops.health.store_outage().is_none() {
+        return true;
+    }
+    match ctx.store.write_probe().await {
+        Ok(()) => {
+            ctx.ops.health.store_up();
+            true
+        }
+        Err(e) => {
+            ctx.ops
+                .health
+                .store_down(&e.outage().unwrap_or_else(|| e.to_string()));
+            false
+        }
+    }
+}
+
+/// Runs a store write again while the store is out ([`OUTAGE_RETRY`] apart), for at most
+/// `within`: for a write that must not be dropped, such as the remote task id of a create Ark
+/// accepted. Any other result, or the last outage error after `within`, is returned.
+///
+/// # Errors
+/// What `f` returned last.
+pub(crate) async fn ride_out<T, F, Fut>(
+    ctx: &Ctx,
+    within: Duration,
+    mut f: F,
+) -> Result<T, crate::store::StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, crate::store::StoreError>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match f().await {
+            Err(e) if tokio::time::Instant::now() + OUTAGE_RETRY < deadline => {
+                let Some(reason) = e.outage() else {
+                    return Err(e);
+                };
+                ctx.ops.health.store_down(&reason);
+                tokio::time::sleep(OUTAGE_RETRY).await;
+            }
+            other => return other,
         }
     }
 }

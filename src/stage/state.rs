@@ -36,6 +36,10 @@ pub struct Health {
     beats: Mutex<BTreeMap<&'static str, Instant>>,
     /// The last readiness probe of Ark (`ops::health` reads and fills it).
     pub(crate) probe: tokio::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Why the job store refuses writes, and since when: set by the first step that meets a
+    /// full disk, a read-only database or no connection; cleared by the next write probe
+    /// that passes. While set, nothing new is claimed and `/readyz` fails with the reason.
+    store_outage: Mutex<Option<(Instant, String)>>,
 }
 
 impl Health {
@@ -43,6 +47,39 @@ impl Health {
     pub fn beat(&self, stage: &'static str) {
         let mut b = self.beats.lock().unwrap_or_else(|p| p.into_inner());
         b.insert(stage, Instant::now());
+    }
+
+    /// Records that the store refuses writes, and why (the first reason of an outage stays,
+    /// with its start; a different one replaces it).
+    pub fn store_down(&self, reason: &str) {
+        let mut o = self.store_outage.lock().unwrap_or_else(|p| p.into_inner());
+        match o.as_ref() {
+            Some((_, r)) if r == reason => {}
+            Some((since, _)) => *o = Some((*since, reason.to_string())),
+            None => {
+                tracing::warn!(
+                    reason,
+                    "the job store refuses writes; claiming nothing until it takes them again"
+                );
+                crate::metrics::store_outage(true);
+                *o = Some((Instant::now(), reason.to_string()));
+            }
+        }
+    }
+
+    /// Records that the store takes writes again.
+    pub fn store_up(&self) {
+        let mut o = self.store_outage.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((since, _)) = o.take() {
+            tracing::warn!(after = ?since.elapsed(), "the job store takes writes again; resuming");
+            crate::metrics::store_outage(false);
+        }
+    }
+
+    /// Why the store refuses writes and for how long, when it does.
+    pub fn store_outage(&self) -> Option<(Duration, String)> {
+        let o = self.store_outage.lock().unwrap_or_else(|p| p.into_inner());
+        o.as_ref().map(|(since, r)| (since.elapsed(), r.clone()))
     }
 
     /// Time since each stage's last heartbeat.

@@ -40,6 +40,7 @@ pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, 
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
 pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
+pub use ops::MIN_ROOM;
 pub use pause::{PauseKind, Paused};
 /// The PostgreSQL schema version this binary expects (`migrate::latest` is SQLite's).
 pub use pg::migrate::latest as postgres_latest;
@@ -107,6 +108,57 @@ pub enum StoreError {
     Pool(String),
     #[error("not implemented on PostgreSQL: {0}")]
     Unsupported(&'static str),
+    #[error(
+        "no room for the job store: {free} bytes free on the file system of {path} (at least {need} needed)"
+    )]
+    NoRoom { path: PathBuf, free: u64, need: u64 },
+}
+
+impl StoreError {
+    /// Why the store as a whole cannot take writes now, when this error says so: a full disk,
+    /// a read-only database, a server that refuses or dropped the connection. Such an outage
+    /// passes by itself (space is freed, the server comes back), so a stage that meets one
+    /// waits and retries instead of failing a job; `None` for everything else.
+    pub fn outage(&self) -> Option<String> {
+        use rusqlite::ErrorCode as C;
+        match self {
+            StoreError::NoRoom { .. } | StoreError::Pool(_) => Some(self.to_string()),
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, msg)) => {
+                let what = match e.code {
+                    C::DiskFull => "the disk under the database is full",
+                    C::SystemIoFailure => "disk I/O error on the database",
+                    C::ReadOnly => "the database is read-only",
+                    C::CannotOpen => "the database cannot be opened",
+                    _ => return None,
+                };
+                Some(match msg {
+                    Some(m) => format!("{what} ({m})"),
+                    None => what.to_string(),
+                })
+            }
+            StoreError::Postgres(e) => {
+                let Some(code) = e.code() else {
+                    // No SQLSTATE: the socket failed or closed under us.
+                    return Some(format!("PostgreSQL connection: {e}"));
+                };
+                let c = code.code();
+                // 08: connection exceptions; 53: insufficient resources (disk full, too many
+                // connections, out of memory); 57P: the server shutting down or starting;
+                // 25006: a read-only transaction (a standby, default_transaction_read_only).
+                let outage = c.starts_with("08")
+                    || c.starts_with("53")
+                    || c.starts_with("57P")
+                    || c == "25006";
+                outage.then(|| {
+                    let detail = e
+                        .as_db_error()
+                        .map_or_else(|| e.to_string(), |d| d.message().to_string());
+                    format!("PostgreSQL refuses writes ({c}): {detail}")
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Unix milliseconds now.

@@ -54,6 +54,11 @@ pub struct Inspection {
     pub writable: Result<(), String>,
 }
 
+/// The free space below which a SQLite store counts as full ([`Store::room`]): claims stop
+/// while the jobs already at Ark can still record their results (a state change and an event
+/// are a few kB of WAL each, so 1 MiB is hundreds of them).
+pub const MIN_ROOM: u64 = 1 << 20;
+
 impl Store {
     /// Counts, token sums, the oldest queued job and today's flex usage.
     ///
@@ -204,17 +209,51 @@ impl Store {
         .await
     }
 
-    /// Takes and releases the write lock (`BEGIN IMMEDIATE`, then rollback): the database
-    /// accepts writes right now. Nothing is written.
+    /// Whether the file system under a SQLite database has room for the service to go on
+    /// recording ([`MIN_ROOM`] free for an unprivileged process); always `Ok` on PostgreSQL,
+    /// whose server reports a full disk as an error of its own. A `statvfs`, no I/O: cheap
+    /// enough to ask before every claim.
     ///
     /// # Errors
-    /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout).
+    /// [`StoreError::NoRoom`] when less is free.
+    pub fn room(&self) -> Result<(), StoreError> {
+        let Some(path) = self.path() else {
+            return Ok(());
+        };
+        let dir = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // A file system that cannot be asked is not known to be full; the writes will tell.
+        let Ok(st) = rustix::fs::statvfs(dir) else {
+            return Ok(());
+        };
+        let free = st.f_bavail.saturating_mul(st.f_frsize);
+        if free < MIN_ROOM {
+            return Err(StoreError::NoRoom {
+                path: path.to_path_buf(),
+                free,
+                need: MIN_ROOM,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes and releases the write lock (`BEGIN IMMEDIATE`, then rollback): the database
+    /// accepts writes right now. Nothing is written. On SQLite it also fails when the file
+    /// system is nearly full ([`Store::room`]): the lock alone needs no space, the next
+    /// commit does.
+    ///
+    /// # Errors
+    /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout),
+    /// or the disk has no room.
     pub async fn write_probe(&self) -> Result<(), StoreError> {
         if let Some(pg) = self.pg() {
             return super::pg::ops::write_probe(pg).await;
         }
         // A write to a deleted file succeeds and is lost: readiness fails instead.
         self.check_identity()?;
+        self.room()?;
         self.call(|c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.rollback()?;

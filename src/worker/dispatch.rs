@@ -37,6 +37,13 @@ const FLEX_CLAIM_BATCH: u32 = 64;
 /// # Errors
 /// Store failures.
 pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+    // A full disk or a database that refuses writes: claim nothing (a claim is a promise to
+    // record what Ark answers), look again shortly.
+    if !crate::stage::store_takes_work(ctx).await {
+        return Ok(Outcome::Idle(Some(
+            now_ms() + crate::stage::ms(crate::stage::OUTAGE_RETRY),
+        )));
+    }
     let mut models = ctx.store.queued_models().await?;
     if models.is_empty() {
         return Ok(Outcome::Idle(
@@ -303,18 +310,26 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             // In the log before the DB write: if the write fails, the id is not lost.
             tracing::warn!(remote_id = %resp.id, "create accepted; recording the remote id");
             let first_poll = super::poll::first_poll_at(ctx, &job, now).await?;
-            let moved = ctx
-                .store
-                .mark_submitted(
-                    &job.id,
-                    token,
-                    Accepted {
-                        remote_id: resp.id.clone(),
-                        submitted_at: now,
-                        first_poll_at: first_poll,
-                    },
-                )
-                .await;
+            // Ark has the task: recording its id must survive a store outage (a full disk, a
+            // read-only or unreachable database) for as long as the lease holds the job.
+            // After that, reconciliation finds the task by its tag; either way it is paid once.
+            let lease_left = job.lease_until.map_or(0, |until| until - now_ms()).max(0);
+            let moved = crate::stage::ride_out(
+                ctx,
+                std::time::Duration::from_millis(u64::try_from(lease_left).unwrap_or(0)),
+                || {
+                    ctx.store.mark_submitted(
+                        &job.id,
+                        token,
+                        Accepted {
+                            remote_id: resp.id.clone(),
+                            submitted_at: now,
+                            first_poll_at: first_poll,
+                        },
+                    )
+                },
+            )
+            .await;
             // After the store has the task, so a reload in between counts it twice at worst.
             if let Some((day, need)) = reserved {
                 ctx.limiter.commit_flex(&job.model, day, need);

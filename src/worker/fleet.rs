@@ -67,7 +67,11 @@ pub async fn run(ctx: Ctx, names: Vec<&'static str>, stop: CancellationToken) {
             _ = tokio::time::sleep(ctx.cfg.service.heartbeat_interval) => {}
         }
         if let Err(e) = tick(&ctx, &names).await {
-            tracing::warn!(error = %format!("{e:#}"), "fleet heartbeat failed");
+            match crate::stage::store_outage(&e) {
+                // Said once for the whole outage (`Health::store_down`), not every beat.
+                Some(reason) => ctx.ops.health.store_down(&reason),
+                None => tracing::warn!(error = %format!("{e:#}"), "fleet heartbeat failed"),
+            }
         }
     }
 }

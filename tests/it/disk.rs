@@ -141,3 +141,173 @@ fn a_full_archive_disk_holds_jobs_and_they_resume_promptly_once_space_returns() 
     }
     assert_eq!(tasks.len(), 4, "one task per job");
 }
+
+/// Every job id with its events' ids, read straight from the SQLite file.
+fn recorded(db: &Path) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let c = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .expect("open the store");
+    let mut out: std::collections::BTreeMap<String, Vec<i64>> = c
+        .prepare("SELECT id FROM jobs")
+        .expect("jobs")
+        .query_map([], |r| r.get::<_, String>(0))
+        .expect("jobs")
+        .map(|id| (id.expect("id"), Vec::new()))
+        .collect();
+    let mut q = c
+        .prepare("SELECT job_id, id FROM job_events ORDER BY id")
+        .expect("events");
+    for row in q
+        .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))
+        .expect("events")
+    {
+        let (job, id) = row.expect("event");
+        out.entry(job).or_default().push(id);
+    }
+    out
+}
+
+/// `seedq ls --json` (the store is not at `TestEnv`'s own path here).
+fn ls(env: &TestEnv) -> Vec<serde_json::Value> {
+    serde_json::from_str(&env.ok(&["ls", "--json", "--limit", "1000"])).expect("ls --json")
+}
+
+/// An HTTP GET on loopback: the status and body (`None`: no answer).
+fn get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    Some((
+        head.split_whitespace().nth(1)?.parse().ok()?,
+        body.to_string(),
+    ))
+}
+
+#[test]
+fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
+    // One second per video and two at a time: the run is still going when the disk fills.
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"1s\"\nper_video_second = \"0s\"\n",
+    );
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let env = TestEnv::new_sqlite(&worker_config(&sim, ""));
+    let mnt = env.path().join("disk");
+    let disk = Tmpfs::mount(&mnt, "8m");
+    let db = disk.0.join("seedq.db");
+    let archive = env.path().join("archive");
+    let cfg = std::fs::read_to_string(&env.config)
+        .expect("config")
+        .replacen(
+            &format!("path = {:?}", env.path().join("seedq.db").display().to_string()),
+            &format!("path = {:?}", db.display().to_string()),
+            1,
+        )
+        .replacen(
+            "[archive]\nurl = \"\"",
+            &format!("[archive]\nurl = \"file://{}\"", archive.display()),
+            1,
+        )
+        .replacen(
+            "[admin]\nlisten = \"\"\n",
+            &format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[models.\"{MODEL}\"]\nlimits = {{ concurrency = 2 }}\n"
+            ),
+            1,
+        );
+    assert!(cfg.contains(&db.display().to_string()), "{cfg}");
+    std::fs::write(&env.config, cfg).expect("config");
+    const JOBS: usize = 16;
+    let lines: Vec<String> = (0..JOBS)
+        .map(|i| {
+            serde_json::json!({"model": MODEL, "prompt": format!("store disk {i}"), "resolution": "480p"})
+                .to_string()
+        })
+        .collect();
+    let file = crate::helpers::write_jobs(&env, "jobs.jsonl", &lines);
+    env.ok(&["submit", "--file", &file]);
+    let service = env.serve();
+    wait_until(30, "a few jobs archived", || {
+        get(admin, "/healthz").is_some_and(|(s, _)| s == 200)
+            && ls(&env).iter().filter(|j| j["state"] == "archived").count() >= 4
+    });
+
+    let before = recorded(&db);
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    let filled = Instant::now();
+    let mut why = String::new();
+    wait_until(10, "/readyz to fail with the reason", || {
+        match get(admin, "/readyz") {
+            Some((503, body)) if body.contains("no room") => {
+                why = body;
+                true
+            }
+            _ => false,
+        }
+    });
+    eprintln!("/readyz 503 after {:?}:\n{why}", filled.elapsed());
+    // Claims have stopped: no create reaches Ark while the disk stays full.
+    let creates = |sim: &SimProc| sim.stats()["creates_total"].as_u64().unwrap_or(0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let held = creates(&sim);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(creates(&sim), held, "a job was claimed on a full disk");
+    assert!(
+        (held as usize) < JOBS,
+        "the disk filled after the run: {held} creates"
+    );
+    assert_eq!(
+        get(admin, "/healthz").map(|(s, _)| s),
+        Some(200),
+        "the service is alive"
+    );
+
+    std::fs::remove_file(&filler).expect("free the disk");
+    let freed = Instant::now();
+    wait_until(10, "/readyz to pass again", || {
+        get(admin, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    let ready = freed.elapsed();
+    wait_until(60, "every job archived once space returned", || {
+        let jobs = ls(&env);
+        jobs.len() == JOBS && jobs.iter().all(|j| j["state"] == "archived")
+    });
+    eprintln!(
+        "ready again {ready:?} after space returned; every job archived after {:?}",
+        freed.elapsed()
+    );
+    assert!(
+        ready < Duration::from_secs(5),
+        "readiness came back after {ready:?}"
+    );
+    drop(service);
+
+    // Nothing recorded before the disk filled was lost, and the file is sound.
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
+    let after = recorded(&db);
+    for (job, events) in &before {
+        let now = after
+            .get(job)
+            .unwrap_or_else(|| panic!("job {job} is gone"));
+        assert!(
+            events.iter().all(|e| now.contains(e)),
+            "job {job} lost events: {events:?} then {now:?}"
+        );
+    }
+    // Each job was created once at Ark, however the outage fell.
+    assert_eq!(creates(&sim), JOBS as u64, "one create per job");
+}

@@ -231,61 +231,166 @@ fn a_forged_callback_is_only_a_wake_up() {
     );
 }
 
+/// The repository's `config.toml` as users get it, with only the addresses changed: Ark is
+/// the simulator, the store, the archive, the admin and the callback server are this test's.
+/// Every limit and timing stays the shipped one.
+fn shipped_env(sim: &SimProc, admin: u16, callback: u16) -> TestEnv {
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.toml"))
+            .expect("the shipped config.toml");
+    let env = TestEnv::new("");
+    // TestEnv wrote `[store]` and `[archive]` tables of its own: keep its store line only.
+    let ours = std::fs::read_to_string(&env.config).expect("config");
+    let store_line = ours
+        .lines()
+        .find(|l| l.starts_with("path = ") || l.starts_with("url = \"postgres"))
+        .expect("the store line")
+        .to_string();
+    let archive = format!("file://{}", env.path().join("archive").display());
+    let mut text = shipped;
+    for (from, to) in [
+        ("[store]\n", format!("[store]\n{store_line}\n")),
+        (
+            "base_url = \"https://ark.cn-beijing.volces.com/api/v3\"",
+            format!("base_url = {:?}", sim.base_url),
+        ),
+        ("[archive]\n", format!("[archive]\nurl = {archive:?}\n")),
+        (
+            "listen = \"127.0.0.1:9187\"",
+            format!("listen = \"127.0.0.1:{admin}\""),
+        ),
+        (
+            "public_url = \"\"",
+            format!("public_url = \"http://127.0.0.1:{callback}/hook\""),
+        ),
+        // The admin's `listen` is set, so the first empty one is the callback server's.
+        (
+            "listen = \"\"",
+            format!("listen = \"127.0.0.1:{callback}\""),
+        ),
+    ] {
+        assert!(text.contains(from), "config.toml no longer has {from:?}");
+        text = text.replacen(from, &to, 1);
+    }
+    std::fs::write(&env.config, text).expect("config");
+    env
+}
+
 #[test]
-fn half_sent_requests_do_not_stop_healthz_or_creates() {
+fn half_sent_requests_do_not_stop_healthz_or_jobs_with_the_shipped_config() {
+    // Callbacks are how jobs finish here: the shipped first poll is a minute away, so each
+    // job needs the simulator's callback to get through the flooded callback server.
     let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
     let (admin, cb) = (free_port(), free_port());
-    let env = env_with(
-        &sim,
-        admin,
-        "read_timeout = \"1s\"\nmax_connections = 64",
-        Some(cb),
+    let env = shipped_env(&sim, admin, cb);
+    let doctor = env
+        .keyed(&["doctor", "--offline"])
+        .output()
+        .expect("doctor");
+    let said = String::from_utf8_lossy(&doctor.stdout).into_owned();
+    assert!(
+        said.contains("servers") && said.contains("connections each"),
+        "doctor says nothing of the servers' caps: {said}"
     );
-    // 150 idle sockets on each server would need 300 descriptors without a cap.
-    let _serve = serve_limited(&env, Some(200));
+    // 200 idle sockets on each server are 400 descriptors, three times the limit.
+    let _serve = serve_limited(&env, Some(128));
     wait_until(20, "the admin server", || {
         healthz(admin, Duration::from_secs(1)) == Some(200)
     });
-    let _idle_admin = half_sent(admin, 150);
-    let _idle_cb = half_sent(cb, 150);
-    let started = Instant::now();
-    wait_until(20, "/healthz to answer past 150 half-sent requests", || {
-        healthz(admin, Duration::from_secs(2)) == Some(200)
-    });
-    eprintln!("/healthz answered after {:?}", started.elapsed());
-    let id = submit_one(&env, "creates keep working");
-    let j = wait_state(&env, &id, "archived", 60);
-    assert_eq!(j["job"]["attempts"], 1, "{j}");
-    assert_eq!(creates(&sim), 1);
+    let ids: Vec<String> = (0..3)
+        .map(|i| submit_one(&env, &format!("through the flood {i}")))
+        .collect();
+    let idle_admin = half_sent(admin, 200);
+    let idle_cb = half_sent(cb, 200);
+    assert_eq!((idle_admin.len(), idle_cb.len()), (200, 200), "connects");
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        let started = Instant::now();
+        let answered = healthz(admin, Duration::from_secs(1));
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(
+            answered,
+            Some(200),
+            "/healthz did not answer within 1 s past 200 half-sent requests"
+        );
+        // More half-sent requests between the checks: the flood goes on.
+        drop(half_sent(admin, 20));
+    }
+    eprintln!("/healthz answered within {slowest:?} past 200 half-sent requests on each port");
+    for id in &ids {
+        let j = wait_state(&env, id, "archived", 60);
+        assert_eq!(j["job"]["attempts"], 1, "{j}");
+    }
+    assert_eq!(creates(&sim), 3, "each job created once");
+    assert!(
+        sim.stats()["callbacks_delivered"].as_u64().unwrap_or(0) >= 3,
+        "the callbacks did not get through: {}",
+        sim.stats()
+    );
+    drop((idle_admin, idle_cb));
+}
+
+/// Sets `pid`'s descriptor limit, returning the old one.
+fn set_nofile(pid: u32, new: rustix::process::Rlimit) -> rustix::process::Rlimit {
+    use rustix::process::{Pid, Resource, prlimit};
+    let pid = Pid::from_raw(i32::try_from(pid).expect("pid")).expect("a pid");
+    prlimit(Some(pid), Resource::Nofile, new).expect("prlimit")
 }
 
 #[test]
 fn a_local_resource_error_costs_no_attempt() {
     let sim = SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n");
     let admin = free_port();
-    // No effective cap: the idle sockets exhaust 64 descriptors until they time out (8 s, a
-    // window wide enough for the submit to be claimed on a loaded machine).
-    let env = env_with(
-        &sim,
-        admin,
-        "read_timeout = \"8s\"\nmax_connections = 1000",
-        None,
-    );
-    let _serve = serve_limited(&env, Some(64));
+    let env = env_with(&sim, admin, "", None);
+    let serve = env.serve();
     wait_until(20, "the admin server", || {
         healthz(admin, Duration::from_secs(1)) == Some(200)
     });
-    let _idle = half_sent(admin, 150);
-    std::thread::sleep(Duration::from_millis(200));
-    let id = submit_one(&env, "out of descriptors");
-    let j = wait_state(&env, &id, "archived", 60);
-    let events = j["events"].to_string();
-    assert!(
-        events.contains("local resource"),
-        "the create never met EMFILE, so this test proved nothing: {events}"
+    // The servers' caps keep their own descriptors in check, so run the process out of them
+    // from outside: its limit becomes what it holds now, and the next socket fails (EMFILE).
+    let open = std::fs::read_dir(format!("/proc/{}/fd", serve.id()))
+        .expect("/proc fd")
+        .count() as u64;
+    // The soft limit only: the hard one stays, so putting it back needs no privilege.
+    let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
+    let before = set_nofile(
+        serve.id(),
+        rustix::process::Rlimit {
+            current: Some(open),
+            maximum: hard,
+        },
     );
-    assert_eq!(j["job"]["attempts"], 1, "{j}");
-    assert_eq!(creates(&sim), 1);
+    // Eight creates at once (one claim batch): the client's pool holds the one connection
+    // the reconciler's listing opened, so the others need new sockets and meet EMFILE.
+    let lines: Vec<String> = (0..8)
+        .map(|i| {
+            serde_json::json!({"model": PRO, "prompt": format!("out of descriptors {i}"), "resolution": "480p"})
+                .to_string()
+        })
+        .collect();
+    let file = crate::helpers::write_jobs(&env, "jobs.jsonl", &lines);
+    env.ok(&["submit", "--file", &file]);
+    let ids: Vec<String> = env
+        .jobs()
+        .iter()
+        .map(|j| j["id"].as_str().expect("id").to_string())
+        .collect();
+    wait_until(20, "a create to meet EMFILE", || {
+        ids.iter().any(|id| {
+            show(&env, id)["events"]
+                .to_string()
+                .contains("local resource")
+        })
+    });
+    set_nofile(serve.id(), before);
+    for id in &ids {
+        let j = wait_state(&env, id, "archived", 60);
+        assert_eq!(
+            j["job"]["attempts"], 1,
+            "a local resource error cost an attempt: {j}"
+        );
+    }
+    assert_eq!(creates(&sim), 8);
 }
 
 #[test]

@@ -13,7 +13,7 @@
 
 import { createRequire } from "node:module";
 import { writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { resolve } from "node:path";
 
 const [nodeDir, baseURL, apiKey, model, outFile] = process.argv.slice(2);
 if (!outFile) {
@@ -22,7 +22,7 @@ if (!outFile) {
 }
 
 // The packages live in NODE_DIR, not beside this script: resolve them from there.
-const require = createRequire(join(nodeDir, "package.json"));
+const require = createRequire(resolve(nodeDir, "package.json"));
 let ai, bytedance;
 try {
   ai = require("ai");

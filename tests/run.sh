@@ -7,9 +7,13 @@
 #   tests/run.sh --test it flex  # arguments go to `cargo test`
 #
 # What it sets up, and why:
-# - The official Ark Python SDK (tests/sdk/requirements.txt) in a private venv under
-#   target/test-tools, so the simulator's wire-compatibility test runs against a client we did
-#   not write, without touching the system Python.
+# - The Python clients we did not write (tests/sdk/requirements.txt: the official Volcengine
+#   and BytePlus Ark SDKs, LiteLLM, the openai SDK) in a private venv under target/test-tools,
+#   so the simulator's wire-compatibility tests run against them without touching the system
+#   Python. Reinstalled when requirements.txt changes.
+# - Node.js and npm (Debian's `nodejs`, `npm`) when `node` or `npm` is absent, and the Vercel AI
+#   SDK with its ByteDance provider (tests/sdk/node/package-lock.json, exact versions) under
+#   target/test-tools/node with `npm ci`, for tests/it/clients.rs.
 # - systemd-analyze (the unit file test) and kill(1) (signal tests), from Debian packages.
 # - The third-party `seedance` CLI (crates.io 0.3.0, a BytePlus ModelArk client) under
 #   target/test-tools/bin, so tests/it/validation.rs can check the simulator and validation
@@ -41,6 +45,10 @@ need=()
 command -v python3 >/dev/null || need+=(python3 python3-venv)
 command -v systemd-analyze >/dev/null || need+=(systemd)
 [[ -x /bin/kill ]] || need+=(procps)
+# The Vercel AI SDK test client (tests/sdk/vercel_check.mjs). Debian 12's nodejs is 18, which
+# `ai` 6 supports (`ai` 7 needs Node 22).
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 # The dashboard's browser tests (tests/browser) drive headless Chromium over WebDriver.
 command -v chromium >/dev/null || need+=(chromium)
 command -v chromedriver >/dev/null || need+=(chromium-driver)
@@ -73,10 +81,13 @@ if [[ -z "${SEEDQ_PG_BIN:-}" ]] && initdb="$(pg_initdb)" && [[ -n "$initdb" ]]; 
     export SEEDQ_PG_BIN="${initdb%/initdb}"
 fi
 
-# --- The official Python SDK, in a venv ---------------------------------------------------
+# --- The Python clients, in a venv ---------------------------------------------------------
 venv="$tools/venv"
-if ! "$venv/bin/python" -c "import volcenginesdkarkruntime" 2>/dev/null; then
-    echo "tests/run.sh: installing the Ark Python SDK into $venv" >&2
+# The stamp is the requirements file that was installed: a changed pin reinstalls.
+if ! cmp -s tests/sdk/requirements.txt "$venv/requirements.installed" ||
+    ! "$venv/bin/python" -c "import volcenginesdkarkruntime, byteplussdkarkruntime, litellm, openai" \
+        2>/dev/null; then
+    echo "tests/run.sh: installing the Python test clients into $venv" >&2
     if ! python3 -m venv "$venv" 2>/dev/null; then
         # Debian's python3 keeps venv in a package of its own.
         apt_install python3-venv
@@ -84,8 +95,23 @@ if ! "$venv/bin/python" -c "import volcenginesdkarkruntime" 2>/dev/null; then
     fi
     "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
         -r tests/sdk/requirements.txt
+    cp tests/sdk/requirements.txt "$venv/requirements.installed"
 fi
 export SEEDQ_TEST_PYTHON="$venv/bin/python"
+
+# --- The Node.js clients ------------------------------------------------------------------
+node_dir="$tools/node"
+if ! cmp -s tests/sdk/node/package-lock.json "$node_dir/package-lock.installed" ||
+    [[ ! -d "$node_dir/node_modules/@ai-sdk/bytedance" ]]; then
+    echo "tests/run.sh: installing the Vercel AI SDK clients into $node_dir" >&2
+    mkdir -p "$node_dir"
+    cp tests/sdk/node/package.json tests/sdk/node/package-lock.json "$node_dir/"
+    (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/sdk/node/package-lock.json "$node_dir/package-lock.installed"
+fi
+SEEDQ_TEST_NODE="$(command -v node)"
+export SEEDQ_TEST_NODE
+export SEEDQ_TEST_NODE_DIR="$node_dir"
 
 # --- The third-party seedance CLI -----------------------------------------------------------
 seedance="$tools/bin/seedance"

@@ -5,6 +5,7 @@ mod bench_fleet;
 mod budget;
 mod bulk;
 mod cli;
+mod clients;
 mod demo;
 mod disk;
 mod fleet;

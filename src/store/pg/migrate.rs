@@ -19,6 +19,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_fleet.sql",
         include_str!("../../../migrations/postgres/0003_fleet.sql"),
     ),
+    (
+        "0009_api.sql",
+        include_str!("../../../migrations/postgres/0009_api.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

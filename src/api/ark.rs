@@ -133,10 +133,14 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// seedq's headers: `Idempotency-Key`, `X-Seedq-Batch`, `X-Seedq-Priority`.
-pub fn extras(
-    headers: &HeaderMap,
-) -> Result<(Option<String>, Option<String>, Option<i64>), DoorError> {
+/// seedq's headers: (`Idempotency-Key`, `X-Seedq-Batch`, `X-Seedq-Priority`).
+pub type Extras = (Option<String>, Option<String>, Option<i64>);
+
+/// Reads seedq's headers ([`Extras`]).
+///
+/// # Errors
+/// `X-Seedq-Priority` is not an integer.
+pub fn extras(headers: &HeaderMap) -> Result<Extras, DoorError> {
     let priority = match header_str(headers, "x-seedq-priority") {
         None => None,
         Some(p) => Some(p.parse::<i64>().map_err(|_| {

@@ -139,7 +139,7 @@ pub struct Create {
 pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bool), DoorError> {
     if let Caller::Key(k) = caller
         && let Some(models) = &k.models
-        && !models.iter().any(|m| *m == c.request.model)
+        && !models.contains(&c.request.model)
     {
         return Err(DoorError::Forbidden(format!(
             "model {:?} is not allowed for this key; allowed: {}",

@@ -520,30 +520,61 @@ mod tests {
 
     /// The conformance test both backends run.
     async fn keys_jobs_and_idempotency(s: Store) {
-        s.api_key_create(key("a", "ha")).await.unwrap();
-        s.api_key_create(key("b", "hb")).await.unwrap();
-        assert!(s.api_key_create(key("a", "hc")).await.is_err(), "names are unique");
-        assert_eq!(s.api_key_by_hash("ha").await.unwrap().unwrap().name, "a");
-        let k = s.api_key("key_a").await.unwrap().unwrap();
+        s.api_key_create(key("a", "ha"))
+            .await
+            .expect("the store answers");
+        s.api_key_create(key("b", "hb"))
+            .await
+            .expect("the store answers");
+        assert!(
+            s.api_key_create(key("a", "hc")).await.is_err(),
+            "names are unique"
+        );
+        assert_eq!(
+            s.api_key_by_hash("ha")
+                .await
+                .expect("the store answers")
+                .expect("the store answers")
+                .name,
+            "a"
+        );
+        let k = s
+            .api_key("key_a")
+            .await
+            .expect("the store answers")
+            .expect("the store answers");
         assert_eq!(k.models, Some(vec!["m".to_string()]));
         assert_eq!(k.max_cost_fen, Some(100));
 
         let mut j = NewJob::plain("{}");
         j.key = Some("api:key_a:one".into());
-        let first = s.api_enqueue(j.clone(), door(&j, Some("key_a"), "h1")).await.unwrap();
+        let first = s
+            .api_enqueue(j.clone(), door(&j, Some("key_a"), "h1"))
+            .await
+            .expect("the store answers");
         assert_eq!(first, ApiEnqueued::Created(j.id.clone()));
         let mut again = NewJob::plain("{}");
         again.key = j.key.clone();
-        let same = s.api_enqueue(again.clone(), door(&again, Some("key_a"), "h1")).await.unwrap();
+        let same = s
+            .api_enqueue(again.clone(), door(&again, Some("key_a"), "h1"))
+            .await
+            .expect("the store answers");
         assert_eq!(same, ApiEnqueued::Existing(j.id.clone()));
-        let other = s.api_enqueue(again.clone(), door(&again, Some("key_a"), "h2")).await.unwrap();
+        let other = s
+            .api_enqueue(again.clone(), door(&again, Some("key_a"), "h2"))
+            .await
+            .expect("the store answers");
         assert_eq!(other, ApiEnqueued::Conflict(j.id.clone()));
 
         let mut jb = NewJob::plain("{}");
         jb.model = "other".into();
-        s.api_enqueue(jb.clone(), door(&jb, Some("key_b"), "h3")).await.unwrap();
+        s.api_enqueue(jb.clone(), door(&jb, Some("key_b"), "h3"))
+            .await
+            .expect("the store answers");
         // A job made outside the doors.
-        s.enqueue(vec![NewJob::plain("{}")]).await.unwrap();
+        s.enqueue(vec![NewJob::plain("{}")])
+            .await
+            .expect("the store answers");
 
         let mine = ApiListFilter {
             key: Some("key_a".into()),
@@ -551,7 +582,7 @@ mod tests {
             archive_on: true,
             ..Default::default()
         };
-        let (total, rows) = s.api_list(mine.clone()).await.unwrap();
+        let (total, rows) = s.api_list(mine.clone()).await.expect("the store answers");
         assert_eq!((total, rows.len()), (1, 1));
         assert_eq!(rows[0].0.id, j.id);
         let all = ApiListFilter {
@@ -559,44 +590,91 @@ mod tests {
             archive_on: true,
             ..Default::default()
         };
-        assert_eq!(s.api_list(all.clone()).await.unwrap().0, 3);
+        assert_eq!(
+            s.api_list(all.clone()).await.expect("the store answers").0,
+            3
+        );
         let queued = ApiListFilter {
             statuses: vec!["queued".into()],
             model: Some("other".into()),
             ..all.clone()
         };
-        let (n, rows) = s.api_list(queued).await.unwrap();
-        assert_eq!((n, rows[0].1.as_ref().unwrap().api_key.as_deref()), (1, Some("key_b")));
+        let (n, rows) = s.api_list(queued).await.expect("the store answers");
+        assert_eq!(
+            (
+                n,
+                rows[0]
+                    .1
+                    .as_ref()
+                    .expect("the store answers")
+                    .api_key
+                    .as_deref()
+            ),
+            (1, Some("key_b"))
+        );
         let running = ApiListFilter {
             statuses: vec!["running".into()],
             ..all.clone()
         };
-        assert_eq!(s.api_list(running).await.unwrap().0, 0);
+        assert_eq!(s.api_list(running).await.expect("the store answers").0, 0);
         let page = ApiListFilter {
             limit: 1,
             offset: 1,
             ..all.clone()
         };
-        assert_eq!(s.api_list(page).await.unwrap().1.len(), 1);
+        assert_eq!(
+            s.api_list(page).await.expect("the store answers").1.len(),
+            1
+        );
 
-        let (job, api) = s.api_job(j.id.as_str()).await.unwrap().unwrap();
-        assert_eq!((job.id, api.unwrap().body_sha256), (j.id.clone(), "h1".to_string()));
-        assert!(s.api_delete(j.id.as_str()).await.unwrap());
-        assert!(s.api_job(j.id.as_str()).await.unwrap().is_none());
-        assert!(!s.api_delete(j.id.as_str()).await.unwrap(), "deleted once");
-        assert_eq!(s.api_list(mine).await.unwrap().0, 0);
+        let (job, api) = s
+            .api_job(j.id.as_str())
+            .await
+            .expect("the store answers")
+            .expect("the store answers");
+        assert_eq!(
+            (job.id, api.expect("the store answers").body_sha256),
+            (j.id.clone(), "h1".to_string())
+        );
+        assert!(
+            s.api_delete(j.id.as_str())
+                .await
+                .expect("the store answers")
+        );
+        assert!(
+            s.api_job(j.id.as_str())
+                .await
+                .expect("the store answers")
+                .is_none()
+        );
+        assert!(
+            !s.api_delete(j.id.as_str())
+                .await
+                .expect("the store answers"),
+            "deleted once"
+        );
+        assert_eq!(s.api_list(mine).await.expect("the store answers").0, 0);
 
-        assert!(s.api_key_revoke("a").await.unwrap());
-        assert!(s.api_key_by_hash("ha").await.unwrap().is_none(), "revoked at once");
-        assert!(!s.api_key_revoke("key_a").await.unwrap());
-        assert_eq!(s.api_keys().await.unwrap().len(), 2);
-        assert!(s.api_url_secret().await.unwrap().len() >= 32);
+        assert!(s.api_key_revoke("a").await.expect("the store answers"));
+        assert!(
+            s.api_key_by_hash("ha")
+                .await
+                .expect("the store answers")
+                .is_none(),
+            "revoked at once"
+        );
+        assert!(!s.api_key_revoke("key_a").await.expect("the store answers"));
+        assert_eq!(s.api_keys().await.expect("the store answers").len(), 2);
+        assert!(s.api_url_secret().await.expect("the store answers").len() >= 32);
     }
 
     #[tokio::test]
     async fn keys_jobs_and_idempotency_on_sqlite() {
-        let dir = tempfile::tempdir().unwrap();
-        keys_jobs_and_idempotency(Store::open(&dir.path().join("s.db")).unwrap()).await;
+        let dir = tempfile::tempdir().expect("the store answers");
+        keys_jobs_and_idempotency(
+            Store::open(&dir.path().join("s.db")).expect("the store answers"),
+        )
+        .await;
     }
 
     #[tokio::test]

@@ -53,7 +53,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_fleet.sql",
         include_str!("../../migrations/0012_fleet.sql"),
     ),
-    ("0018_api.sql", include_str!("../../migrations/0018_api.sql")),
+    (
+        "0018_api.sql",
+        include_str!("../../migrations/0018_api.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

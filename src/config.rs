@@ -24,6 +24,8 @@ pub struct Config {
     pub poll: PollConfig,
     pub archive: ArchiveConfig,
     pub admin: AdminConfig,
+    /// `[api]`: the front doors (Ark's task API and OpenAI's video API; docs/api.md).
+    pub api: ApiConfig,
     pub callback: CallbackConfig,
     pub service: ServiceConfig,
     pub log: LogConfig,
@@ -353,6 +355,34 @@ impl Default for AdminConfig {
             max_connections: 256,
             token: None,
             ui_max_range: 4 * 1024 * 1024,
+        }
+    }
+}
+
+/// `[api]`: the listener of the front doors (`crate::api`). Off unless `listen` is set.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Where the doors listen (`127.0.0.1:9190`); empty disables them.
+    pub listen: String,
+    /// The base URL clients reach the listener at, for the file URLs in task answers
+    /// (`https://seedq.example.com`); empty: taken from each request's `Host` header.
+    pub public_url: String,
+    /// The largest request body taken, in bytes (a create embeds its images).
+    pub max_body: u64,
+    /// How long a signed file URL (`content.video_url`) stays valid.
+    #[serde(with = "humantime_serde")]
+    pub url_ttl: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            public_url: String::new(),
+            // Ark's own request limit (docs/ark-api.md §8: "Whole request body ≤ 64 MB").
+            max_body: 64 * 1024 * 1024,
+            url_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }

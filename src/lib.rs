@@ -19,11 +19,13 @@
 //! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
 //! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
 //! - `ui`: the web dashboard under `/ui` on the admin listener.
+//! - `api`: the front doors on `[api] listen`: Ark's task API and OpenAI's video API, keys.
 //! - `cli`: the command line; `telemetry`: tracing setup.
 //! - `pgscratch`: a throwaway PostgreSQL cluster for tests and benchmarks.
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+pub mod api;
 pub mod ark;
 pub mod blob;
 pub mod bulk;

@@ -77,7 +77,17 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("governor", crate::bulk::governor::run(c, t).await) });
     }
-    let status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
+    let mut status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
+    // The front doors: only `serve` opens them, on every worker of a fleet.
+    if mode == Mode::Serve
+        && let Some(listener) = crate::api::bind(&ctx.cfg.api.listen).await?
+    {
+        let addr = listener.local_addr()?;
+        tracing::info!(%addr, "API listening (/api/v3/contents/generations/tasks, /v1/videos)");
+        status.push_str(&format!("; api on http://{addr}"));
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("api", crate::api::run(c, listener, t).await) });
+    }
     crate::ops::notify::ready(&status);
     tracing::info!(mode = ?mode, "seedq service started");
 

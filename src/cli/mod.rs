@@ -17,6 +17,7 @@ mod estimate;
 mod export;
 mod fetch;
 mod jobs;
+mod keys;
 mod pause;
 mod reconcile;
 mod service;
@@ -95,6 +96,9 @@ pub enum Command {
     /// Record a remote task as an ambiguous job's own, after checking it is unowned and
     /// matches the job's model, tier and shape.
     Adopt(reconcile::AdoptArgs),
+    /// API keys of the front doors (`[api] listen`): create, ls, revoke.
+    #[command(subcommand)]
+    Keys(keys::KeysCommand),
     /// Pause a model or batch: its queued jobs are not submitted (jobs at Ark carry on).
     Pause(pause::PauseArgs),
     /// Resume a paused model or batch.
@@ -308,6 +312,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Command::Fetch(a) => fetch::fetch(&ctx, a).await,
             Command::Sim(_) => Ok(ExitCode::SUCCESS),
             Command::Adopt(a) => reconcile::adopt(&ctx, a).await,
+            Command::Keys(c) => keys::run(&ctx, c).await,
             Command::Pause(a) => pause::run(&ctx, a, true).await,
             Command::Resume(a) => pause::run(&ctx, a, false).await,
             Command::Workers(a) => workers::run(&ctx, a).await,

@@ -44,6 +44,9 @@ pub enum Scope {
     BatchTokens,
     Daily,
     ModelDaily,
+    /// The daily cap of the API key that created the job (`seedq keys create
+    /// --max-cost-per-day`).
+    KeyDaily,
 }
 
 /// A reservation that did not fit: spent (incl. other holds), needed and the cap, in hold
@@ -156,6 +159,23 @@ impl Store {
                     params![req.day_start, req.model],
                 )?;
                 checks.push((Scope::ModelDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
+            }
+            // The cap of the key that created the job through a door (store/api.rs).
+            let key: Option<(String, Option<i64>)> = tx
+                .query_row(
+                    "SELECT k.id, k.max_cost_fen FROM api_jobs a JOIN api_keys k ON k.id = a.api_key \
+                     WHERE a.job_id = ?1",
+                    [&req.job_id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            if let Some((key, Some(fen))) = key {
+                let (units, _) = sums(
+                    &tx,
+                    "day_start = ?1 AND job_id IN (SELECT job_id FROM api_jobs WHERE api_key = ?2)",
+                    params![req.day_start, key],
+                )?;
+                checks.push((Scope::KeyDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
             }
             for (scope, spent, cap) in checks {
                 if spent.saturating_add(need) > cap {

@@ -57,6 +57,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0014_read_budget.sql",
         include_str!("../../migrations/0014_read_budget.sql"),
     ),
+    (
+        "0018_api.sql",
+        include_str!("../../migrations/0018_api.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -8,6 +8,7 @@
 //! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
 //! could sit behind the same methods.
 
+pub mod api;
 mod archive;
 pub mod budget;
 mod bulk;
@@ -35,6 +36,7 @@ use serde::Serialize;
 
 use crate::job::{JobId, JobState};
 
+pub use api::{ApiEnqueued, ApiJob, ApiKey, ApiListFilter, ApiRow};
 pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};

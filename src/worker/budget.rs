@@ -124,6 +124,12 @@ pub fn describe(r: &Refusal, job: &Job) -> String {
             fmt_units(r.spent),
             fmt_units(r.need)
         ),
+        Scope::KeyDaily => format!(
+            "budget: the API key's --max-cost-per-day {} reached ({} used + {} needed); waiting for the next day",
+            fmt_units(r.cap),
+            fmt_units(r.spent),
+            fmt_units(r.need)
+        ),
         Scope::ModelDaily => format!(
             "budget: {} daily_cny {} reached ({} used + {} needed); waiting for the next day",
             job.model,
@@ -161,7 +167,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
             let message = describe(&r, job);
             let (code, until) = match r.scope {
                 Scope::BatchCost | Scope::BatchTokens => (WAIT_BATCH, HELD),
-                Scope::Daily | Scope::ModelDaily => (WAIT_DAILY, day + day_ms),
+                Scope::Daily | Scope::ModelDaily | Scope::KeyDaily => (WAIT_DAILY, day + day_ms),
             };
             crate::metrics::budget_refused(code);
             Ok(Err(Wait {

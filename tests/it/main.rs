@@ -1,5 +1,6 @@
 //! The integration suite: one binary, driving the real `seedq` binary (and simulator).
 
+mod api;
 mod archive;
 mod bench_fleet;
 mod budget;

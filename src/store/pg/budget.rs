@@ -137,6 +137,27 @@ pub(crate) async fn budget_reserve(
             .await?;
             checks.push((Scope::ModelDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
         }
+        // The cap of the key that created the job through a door (store/api.rs). Its lock
+        // is always taken after the others, so the order stays the same everywhere.
+        let key: Option<(String, Option<i64>)> = tx
+            .query_opt(
+                "SELECT k.id, k.max_cost_fen FROM api_jobs a JOIN api_keys k ON k.id = a.api_key \
+                 WHERE a.job_id = $1",
+                &[&req.job_id],
+            )
+            .await?
+            .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
+            .transpose()?;
+        if let Some((key, Some(fen))) = key {
+            tx.execute(&lock, &[&format!("budget-key:{key}")]).await?;
+            let (units, _) = sums(
+                &tx,
+                "day_start = $1 AND job_id IN (SELECT job_id FROM api_jobs WHERE api_key = $2)",
+                &[&req.day_start, &key],
+            )
+            .await?;
+            checks.push((Scope::KeyDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
+        }
         for (scope, spent, cap) in checks {
             if spent.saturating_add(need) > cap {
                 // Dropping the transaction rolls it back: the renamed hold keeps its name.

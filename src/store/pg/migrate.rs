@@ -23,6 +23,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0005_read_budget.sql",
         include_str!("../../../migrations/postgres/0005_read_budget.sql"),
     ),
+    (
+        "0009_api.sql",
+        include_str!("../../../migrations/postgres/0009_api.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -14,6 +14,7 @@
 //! Transactions that touch rows other workers touch too can deadlock or fail serialisation;
 //! [`Pg::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
 
+pub(crate) mod api;
 pub(crate) mod archive;
 pub(crate) mod budget;
 pub(crate) mod bulk;

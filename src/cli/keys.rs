@@ -1,0 +1,161 @@
+//! `seedq keys create | ls | revoke`: the API keys of the front doors (docs/api.md).
+//!
+//! A key is printed once, at `create`, and stored only as its SHA-256; `ls` shows ids, names
+//! and limits, never a key. Revocation is a row in the store, which every worker reads on
+//! every request, so it holds at once across a fleet.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+use super::Ctx;
+use crate::api::keys::generate;
+use crate::worker::budget::{fmt_fen, parse_cny};
+
+/// `seedq keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; it is printed once and stored hashed.
+    Create(CreateArgs),
+    /// List the keys (never the keys themselves).
+    Ls(super::jobs::JsonArg),
+    /// Revoke a key (by name or id): refused at once on every worker.
+    Revoke(RevokeArgs),
+}
+
+/// `seedq keys create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// A name for the key (unique), e.g. the program that will use it.
+    pub name: String,
+    /// The most the key's jobs may spend per budget day, in CNY (like budget.daily_cny).
+    #[arg(long, value_name = "CNY")]
+    pub max_cost_per_day: Option<String>,
+    /// Requests per minute through the doors (per worker); over it: 429 with Retry-After.
+    #[arg(long, value_name = "N")]
+    pub rpm: Option<i64>,
+    /// The models the key may create jobs for (default: all).
+    #[arg(long, value_name = "MODEL", num_args = 1..)]
+    pub models: Vec<String>,
+    /// Where the key's jobs' webhooks go when a create names no callback_url.
+    #[arg(long, value_name = "URL")]
+    pub webhook_url: Option<String>,
+}
+
+/// `seedq keys revoke`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The key's name or id.
+    pub key: String,
+}
+
+/// Runs a `keys` subcommand.
+///
+/// # Errors
+/// Store failures; bad input is exit 2 with the reason.
+pub async fn run(ctx: &Ctx, c: KeysCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        KeysCommand::Create(a) => create(ctx, a).await,
+        KeysCommand::Ls(a) => ls(ctx, a.json).await,
+        KeysCommand::Revoke(a) => {
+            let store = ctx.store_existing().await?;
+            if store.api_key_revoke(&a.key).await? {
+                println!("revoked {}", a.key);
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: no live key named {:?} (see `seedq keys ls`)", a.key);
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<ExitCode> {
+    let bad = |m: String| {
+        eprintln!("error: {m}");
+        Ok(ExitCode::from(2))
+    };
+    if a.name.trim().is_empty() {
+        return bad("the key's NAME is empty: give a name, e.g. the program using it".into());
+    }
+    let fen = match a.max_cost_per_day.as_deref().map(parse_cny) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            let v = a.max_cost_per_day.as_deref().unwrap_or_default();
+            return bad(format!("--max-cost-per-day {v:?} is not valid: {e}"));
+        }
+    };
+    if let Some(r) = a.rpm
+        && r < 1
+    {
+        return bad(format!(
+            "--rpm {r} is out of range: at least 1 request per minute"
+        ));
+    }
+    for m in &a.models {
+        if ctx.catalogue.get(m).is_none() {
+            return bad(format!(
+                "--models {m:?} is not a known model (known: {})",
+                ctx.catalogue.names()
+            ));
+        }
+    }
+    if let Some(u) = &a.webhook_url
+        && let Err(e) = crate::stage::safeurl::UrlPolicy::from_config(&ctx.cfg).check_str(u)
+    {
+        return bad(format!("--webhook-url: {e}"));
+    }
+    let store = ctx.store().await?;
+    let (mut row, key, secret) = generate(a.name.trim());
+    row.max_cost_fen = fen;
+    row.rpm = a.rpm;
+    row.models = (!a.models.is_empty()).then_some(a.models);
+    row.webhook_url = a.webhook_url;
+    if store.api_keys().await?.iter().any(|k| k.name == row.name) {
+        return bad(format!(
+            "a key named {:?} exists already (revoked keys keep their names)",
+            row.name
+        ));
+    }
+    store
+        .api_key_create(row.clone())
+        .await
+        .context("storing the key")?;
+    println!("{key}");
+    eprintln!(
+        "key {} ({}) created; the key above is shown only now. Webhook signing secret: {secret}",
+        row.name, row.id
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
+    let store = ctx.store_existing().await?;
+    let keys = store.api_keys().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&keys)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<18} {:<20} {:>14} {:>6}  {:<8} MODELS",
+        "ID", "NAME", "CNY/DAY", "RPM", "STATE"
+    );
+    for k in keys {
+        println!(
+            "{:<18} {:<20} {:>14} {:>6}  {:<8} {}",
+            k.id,
+            k.name,
+            k.max_cost_fen.map_or("-".into(), fmt_fen),
+            k.rpm.map_or("-".into(), |r| r.to_string()),
+            if k.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "live"
+            },
+            k.models.map_or("all".into(), |m| m.join(","))
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,684 @@
+//! Store side of the API listener's front doors (`crate::api`, docs/api.md): API keys, the
+//! door record of each job created through a door, and the URL-signing secret.
+//!
+//! A door's create is one transaction: the job (as `enqueue` inserts it) and its `api_jobs`
+//! row commit together, so a job never exists without the key that owns it. Keys are read
+//! from the database on every request, never cached, so a revocation holds at once on every
+//! worker of a fleet. The PostgreSQL bodies are in `pg/api.rs`.
+
+use rusqlite::types::Value;
+use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
+use serde::Serialize;
+
+use super::{JOB_COLUMNS, Job, NewJob, Store, StoreError, insert_event, insert_job, job_from_row};
+use crate::job::{JobId, JobState};
+
+/// An API key as stored (its hash, never the key).
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    #[serde(skip)]
+    pub hash: String,
+    pub max_cost_fen: Option<i64>,
+    pub rpm: Option<i64>,
+    pub models: Option<Vec<String>>,
+    pub webhook_url: Option<String>,
+    /// The Standard Webhooks signing secret; never serialised.
+    #[serde(skip)]
+    pub webhook_secret: String,
+    pub created_at: i64,
+    pub revoked_at: Option<i64>,
+}
+
+/// The door record of a job created through a door.
+#[derive(Clone, Debug, Serialize)]
+pub struct ApiJob {
+    pub job_id: String,
+    /// The owning key's id; `None` for a job created with the admin token.
+    pub api_key: Option<String>,
+    /// `ark` or `openai`: the shape its webhook and answers take.
+    pub door: String,
+    pub body_sha256: String,
+    /// What the create asked for in the door's own terms (JSON).
+    pub info: String,
+    pub webhook_url: Option<String>,
+    pub created_at: i64,
+    pub deleted_at: Option<i64>,
+}
+
+/// What a door's create did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiEnqueued {
+    /// A new job.
+    Created(JobId),
+    /// The idempotency key was used before with the same body: that job.
+    Existing(JobId),
+    /// The idempotency key was used before with another body.
+    Conflict(JobId),
+}
+
+/// Which jobs a door's list shows.
+#[derive(Clone, Debug, Default)]
+pub struct ApiListFilter {
+    /// Only this key's jobs; `None`: every job (the admin token).
+    pub key: Option<String>,
+    /// Door statuses (Ark's words: `queued`, `running`, `succeeded`…), any of them.
+    pub statuses: Vec<String>,
+    pub ids: Vec<String>,
+    pub model: Option<String>,
+    pub service_tier: Option<String>,
+    /// Only jobs created through this door (the OpenAI door lists its own).
+    pub door: Option<String>,
+    /// Cursor: only ids after (in `ascending` order) this one.
+    pub after: Option<String>,
+    pub ascending: bool,
+    pub offset: i64,
+    pub limit: i64,
+    /// Archiving is on: `succeeded` waits for `archived` (see [`status_case`]).
+    pub archive_on: bool,
+}
+
+/// A job with its door record (`None` for a job made outside the doors, shown to the admin).
+pub type ApiRow = (Job, Option<ApiJob>);
+
+/// The door status of a job (alias `j`) in Ark's words, as SQL, so list filters match what a
+/// GET answers (`api::ark::status`): `queued` while it waits in seedq or in Ark's queue,
+/// `running` while Ark renders it and while seedq archives it, `succeeded` once archived
+/// (once Ark succeeded when archiving is off: `{archived}` is `archived` or `succeeded`).
+pub fn status_case(archive_on: bool) -> String {
+    let done = if archive_on {
+        "'archived'"
+    } else {
+        "'archived', 'succeeded', 'archiving'"
+    };
+    format!(
+        "(CASE WHEN j.state IN ({done}) THEN 'succeeded' \
+              WHEN j.state IN ('queued', 'submitting', 'submit_unknown') THEN 'queued' \
+              WHEN j.state = 'submitted' AND COALESCE(j.remote_status, '') <> 'running' THEN 'queued' \
+              WHEN j.state IN ('submitted', 'succeeded', 'archiving') THEN 'running' \
+              WHEN j.state IN ('failed', 'dead') THEN 'failed' \
+              ELSE j.state END)"
+    )
+}
+
+/// [`JOB_COLUMNS`] qualified with `j.`, then the `api_jobs` columns (alias `a`).
+pub(crate) fn joined_columns() -> String {
+    let mut cols: Vec<String> = JOB_COLUMNS
+        .split(',')
+        .map(|c| format!("j.{}", c.trim()))
+        .collect();
+    cols.extend(API_JOB_COLUMNS.iter().map(|c| format!("a.{c}")));
+    cols.join(", ")
+}
+
+/// The `api_jobs` columns in [`ApiJob`] order.
+pub(crate) const API_JOB_COLUMNS: [&str; 8] = [
+    "job_id",
+    "api_key",
+    "door",
+    "body_sha256",
+    "info",
+    "webhook_url",
+    "created_at",
+    "deleted_at",
+];
+
+/// Index of the first `api_jobs` column in a [`joined_columns`] row.
+pub(crate) const API_OFFSET: usize = 40;
+
+pub(crate) const KEY_COLUMNS: &str = "id, name, hash, max_cost_fen, rpm, models, webhook_url, \
+     webhook_secret, created_at, revoked_at";
+
+fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
+    let models: Option<String> = r.get(5)?;
+    Ok(ApiKey {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        hash: r.get(2)?,
+        max_cost_fen: r.get(3)?,
+        rpm: r.get(4)?,
+        models: models.and_then(|m| serde_json::from_str(&m).ok()),
+        webhook_url: r.get(6)?,
+        webhook_secret: r.get(7)?,
+        created_at: r.get(8)?,
+        revoked_at: r.get(9)?,
+    })
+}
+
+fn row_pair(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
+    let job = job_from_row(r)?;
+    let o = API_OFFSET;
+    let job_id: Option<String> = r.get(o)?;
+    let api = match job_id {
+        Some(job_id) => Some(ApiJob {
+            job_id,
+            api_key: r.get(o + 1)?,
+            door: r.get(o + 2)?,
+            body_sha256: r.get(o + 3)?,
+            info: r.get(o + 4)?,
+            webhook_url: r.get(o + 5)?,
+            created_at: r.get(o + 6)?,
+            deleted_at: r.get(o + 7)?,
+        }),
+        None => None,
+    };
+    Ok((job, api))
+}
+
+/// The list's `WHERE` clause and its values (SQLite placeholders).
+fn list_where(f: &ApiListFilter, args: &mut Vec<Value>) -> String {
+    let mut sql = String::from(" WHERE a.deleted_at IS NULL");
+    if let Some(k) = &f.key {
+        args.push(k.clone().into());
+        sql.push_str(&format!(" AND a.api_key = ?{}", args.len()));
+    }
+    if let Some(d) = &f.door {
+        args.push(d.clone().into());
+        sql.push_str(&format!(" AND a.door = ?{}", args.len()));
+    }
+    let mut any = |col: &str, values: &[String], args: &mut Vec<Value>| {
+        if values.is_empty() {
+            return;
+        }
+        let marks: Vec<String> = values
+            .iter()
+            .map(|v| {
+                args.push(v.clone().into());
+                format!("?{}", args.len())
+            })
+            .collect();
+        sql.push_str(&format!(" AND {col} IN ({})", marks.join(", ")));
+    };
+    any(&status_case(f.archive_on), &f.statuses, args);
+    any("j.id", &f.ids, args);
+    if let Some(m) = &f.model {
+        args.push(m.clone().into());
+        sql.push_str(&format!(" AND j.model = ?{}", args.len()));
+    }
+    if let Some(t) = &f.service_tier {
+        args.push(t.clone().into());
+        sql.push_str(&format!(" AND j.service_tier = ?{}", args.len()));
+    }
+    if let Some(after) = &f.after {
+        args.push(after.clone().into());
+        let op = if f.ascending { ">" } else { "<" };
+        sql.push_str(&format!(" AND j.id {op} ?{}", args.len()));
+    }
+    sql
+}
+
+impl Store {
+    /// Stores a new key.
+    ///
+    /// # Errors
+    /// SQL errors; a name already taken is a constraint error.
+    pub async fn api_key_create(&self, key: ApiKey) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_key_create(pg, &key).await;
+        }
+        self.call(move |c| {
+            let models = key
+                .models
+                .as_ref()
+                .map(|m| serde_json::to_string(m).unwrap_or_default());
+            c.execute(
+                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
+                params![
+                    key.id,
+                    key.name,
+                    key.hash,
+                    key.max_cost_fen,
+                    key.rpm,
+                    models,
+                    key.webhook_url,
+                    key.webhook_secret,
+                    key.created_at,
+                    key.revoked_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every key, revoked ones included, oldest first.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_keys(pg).await;
+        }
+        self.call(|c| {
+            let mut st = c.prepare(&format!(
+                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+            ))?;
+            let rows = st.query_map([], key_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// The live (not revoked) key with this hash.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_key_by_hash(pg, hash).await;
+        }
+        let hash = hash.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
+                ),
+                [hash],
+                key_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// A key by id, revoked or not.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_key(pg, id).await;
+        }
+        let id = id.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
+                [id],
+                key_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Revokes the key named `name_or_id` (its name or its id); returns whether a live key
+    /// was revoked.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_key_revoke(&self, name_or_id: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_key_revoke(pg, name_or_id).await;
+        }
+        let n = name_or_id.to_string();
+        self.call(move |c| {
+            let changed = c.execute(
+                "UPDATE api_keys SET revoked_at = ?2 \
+                 WHERE (name = ?1 OR id = ?1) AND revoked_at IS NULL",
+                params![n, super::now_ms()],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    /// Enqueues a door's job and its door record in one transaction. A job whose
+    /// idempotency key (`job.key`) exists is not inserted: the existing job is returned,
+    /// as [`ApiEnqueued::Existing`] when its body hash is `api.body_sha256`, else as
+    /// [`ApiEnqueued::Conflict`].
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_enqueue(&self, job: NewJob, api: ApiJob) -> Result<ApiEnqueued, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_enqueue(pg, job, api).await;
+        }
+        self.call(move |c| {
+            let now = super::now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = if insert_job(&tx, &job, now, now, true, None)? == 1 {
+                insert_event(&tx, job.id.as_str(), now, None, JobState::Queued, Some("enqueued"))?;
+                tx.execute(
+                    "INSERT INTO api_jobs (job_id, api_key, door, body_sha256, info, webhook_url, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        job.id.as_str(),
+                        api.api_key,
+                        api.door,
+                        api.body_sha256,
+                        api.info,
+                        api.webhook_url,
+                        now
+                    ],
+                )?;
+                ApiEnqueued::Created(job.id)
+            } else {
+                let (id, hash): (String, Option<String>) = tx.query_row(
+                    "SELECT j.id, a.body_sha256 FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
+                     WHERE j.idempotency_key = ?1",
+                    [&job.key],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if hash.as_deref() == Some(api.body_sha256.as_str()) {
+                    ApiEnqueued::Existing(JobId::from(id))
+                } else {
+                    ApiEnqueued::Conflict(JobId::from(id))
+                }
+            };
+            tx.commit()?;
+            Ok(out)
+        })
+        .await
+    }
+
+    /// One job with its door record; a job whose record the client deleted is not found.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_job(&self, id: &str) -> Result<Option<ApiRow>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_job(pg, id).await;
+        }
+        let id = id.to_string();
+        self.call(move |c| {
+            Ok(c.query_row(
+                &format!(
+                    "SELECT {} FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
+                     WHERE j.id = ?1 AND a.deleted_at IS NULL",
+                    joined_columns()
+                ),
+                [id],
+                row_pair,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// A page of jobs matching `f` (newest first unless `ascending`), and how many match in
+    /// all (before paging).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_list(&self, f: ApiListFilter) -> Result<(i64, Vec<ApiRow>), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_list(pg, f).await;
+        }
+        self.call(move |c| {
+            let mut args = Vec::new();
+            let from = format!(
+                " FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id{}",
+                list_where(&f, &mut args)
+            );
+            let total: i64 = c.query_row(
+                &format!("SELECT COUNT(*){from}"),
+                rusqlite::params_from_iter(args.clone()),
+                |r| r.get(0),
+            )?;
+            let order = if f.ascending { "ASC" } else { "DESC" };
+            let sql = format!(
+                "SELECT {}{from} ORDER BY j.id {order} LIMIT {} OFFSET {}",
+                joined_columns(),
+                f.limit.max(0),
+                f.offset.max(0)
+            );
+            let mut st = c.prepare(&sql)?;
+            let rows = st.query_map(rusqlite::params_from_iter(args), row_pair)?;
+            Ok((total, rows.collect::<Result<Vec<_>, _>>()?))
+        })
+        .await
+    }
+
+    /// Deletes a finished job's record as the door sees it (its door row is marked deleted;
+    /// a job made outside the doors gets a door row that says so). Returns whether a
+    /// visible record was deleted.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_delete(&self, id: &str) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_delete(pg, id).await;
+        }
+        let id = id.to_string();
+        self.call(move |c| {
+            let now = super::now_ms();
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "UPDATE api_jobs SET deleted_at = ?2 WHERE job_id = ?1 AND deleted_at IS NULL",
+                params![id, now],
+            )?;
+            let n = if n == 0 {
+                // A job made outside the doors (seen by the admin token): a door row that
+                // only records the deletion.
+                tx.execute(
+                    "INSERT INTO api_jobs (job_id, door, body_sha256, info, created_at, deleted_at) \
+                     SELECT id, 'ark', '', '{}', ?2, ?2 FROM jobs WHERE id = ?1 \
+                     ON CONFLICT (job_id) DO NOTHING",
+                    params![id, now],
+                )?
+            } else {
+                n
+            };
+            tx.commit()?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// The secret that signs file URLs (created by the migration, one per database).
+    ///
+    /// # Errors
+    /// SQL errors, or no secret row.
+    pub async fn api_url_secret(&self) -> Result<String, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_url_secret(pg).await;
+        }
+        self.call(|c| {
+            Ok(c.query_row(
+                "SELECT value FROM api_settings WHERE name = 'url_secret'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testpg;
+
+    pub(crate) fn key(name: &str, hash: &str) -> ApiKey {
+        ApiKey {
+            id: format!("key_{name}"),
+            name: name.into(),
+            hash: hash.into(),
+            max_cost_fen: Some(100),
+            rpm: Some(60),
+            models: Some(vec!["m".into()]),
+            webhook_url: None,
+            webhook_secret: "whsec_x".into(),
+            created_at: 1,
+            revoked_at: None,
+        }
+    }
+
+    fn door(job: &NewJob, key: Option<&str>, body: &str) -> ApiJob {
+        ApiJob {
+            job_id: job.id.to_string(),
+            api_key: key.map(str::to_string),
+            door: "ark".into(),
+            body_sha256: body.into(),
+            info: "{}".into(),
+            webhook_url: None,
+            created_at: 0,
+            deleted_at: None,
+        }
+    }
+
+    /// The conformance test both backends run.
+    async fn keys_jobs_and_idempotency(s: Store) {
+        s.api_key_create(key("a", "ha"))
+            .await
+            .expect("the store answers");
+        s.api_key_create(key("b", "hb"))
+            .await
+            .expect("the store answers");
+        assert!(
+            s.api_key_create(key("a", "hc")).await.is_err(),
+            "names are unique"
+        );
+        assert_eq!(
+            s.api_key_by_hash("ha")
+                .await
+                .expect("the store answers")
+                .expect("the store answers")
+                .name,
+            "a"
+        );
+        let k = s
+            .api_key("key_a")
+            .await
+            .expect("the store answers")
+            .expect("the store answers");
+        assert_eq!(k.models, Some(vec!["m".to_string()]));
+        assert_eq!(k.max_cost_fen, Some(100));
+
+        let mut j = NewJob::plain("{}");
+        j.key = Some("api:key_a:one".into());
+        let first = s
+            .api_enqueue(j.clone(), door(&j, Some("key_a"), "h1"))
+            .await
+            .expect("the store answers");
+        assert_eq!(first, ApiEnqueued::Created(j.id.clone()));
+        let mut again = NewJob::plain("{}");
+        again.key = j.key.clone();
+        let same = s
+            .api_enqueue(again.clone(), door(&again, Some("key_a"), "h1"))
+            .await
+            .expect("the store answers");
+        assert_eq!(same, ApiEnqueued::Existing(j.id.clone()));
+        let other = s
+            .api_enqueue(again.clone(), door(&again, Some("key_a"), "h2"))
+            .await
+            .expect("the store answers");
+        assert_eq!(other, ApiEnqueued::Conflict(j.id.clone()));
+
+        let mut jb = NewJob::plain("{}");
+        jb.model = "other".into();
+        s.api_enqueue(jb.clone(), door(&jb, Some("key_b"), "h3"))
+            .await
+            .expect("the store answers");
+        // A job made outside the doors.
+        s.enqueue(vec![NewJob::plain("{}")])
+            .await
+            .expect("the store answers");
+
+        let mine = ApiListFilter {
+            key: Some("key_a".into()),
+            limit: 10,
+            archive_on: true,
+            ..Default::default()
+        };
+        let (total, rows) = s.api_list(mine.clone()).await.expect("the store answers");
+        assert_eq!((total, rows.len()), (1, 1));
+        assert_eq!(rows[0].0.id, j.id);
+        let all = ApiListFilter {
+            limit: 10,
+            archive_on: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            s.api_list(all.clone()).await.expect("the store answers").0,
+            3
+        );
+        let queued = ApiListFilter {
+            statuses: vec!["queued".into()],
+            model: Some("other".into()),
+            ..all.clone()
+        };
+        let (n, rows) = s.api_list(queued).await.expect("the store answers");
+        assert_eq!(
+            (
+                n,
+                rows[0]
+                    .1
+                    .as_ref()
+                    .expect("the store answers")
+                    .api_key
+                    .as_deref()
+            ),
+            (1, Some("key_b"))
+        );
+        let running = ApiListFilter {
+            statuses: vec!["running".into()],
+            ..all.clone()
+        };
+        assert_eq!(s.api_list(running).await.expect("the store answers").0, 0);
+        let page = ApiListFilter {
+            limit: 1,
+            offset: 1,
+            ..all.clone()
+        };
+        assert_eq!(
+            s.api_list(page).await.expect("the store answers").1.len(),
+            1
+        );
+
+        let (job, api) = s
+            .api_job(j.id.as_str())
+            .await
+            .expect("the store answers")
+            .expect("the store answers");
+        assert_eq!(
+            (job.id, api.expect("the store answers").body_sha256),
+            (j.id.clone(), "h1".to_string())
+        );
+        assert!(
+            s.api_delete(j.id.as_str())
+                .await
+                .expect("the store answers")
+        );
+        assert!(
+            s.api_job(j.id.as_str())
+                .await
+                .expect("the store answers")
+                .is_none()
+        );
+        assert!(
+            !s.api_delete(j.id.as_str())
+                .await
+                .expect("the store answers"),
+            "deleted once"
+        );
+        assert_eq!(s.api_list(mine).await.expect("the store answers").0, 0);
+
+        assert!(s.api_key_revoke("a").await.expect("the store answers"));
+        assert!(
+            s.api_key_by_hash("ha")
+                .await
+                .expect("the store answers")
+                .is_none(),
+            "revoked at once"
+        );
+        assert!(!s.api_key_revoke("key_a").await.expect("the store answers"));
+        assert_eq!(s.api_keys().await.expect("the store answers").len(), 2);
+        assert!(s.api_url_secret().await.expect("the store answers").len() >= 32);
+    }
+
+    #[tokio::test]
+    async fn keys_jobs_and_idempotency_on_sqlite() {
+        let dir = tempfile::tempdir().expect("the store answers");
+        keys_jobs_and_idempotency(
+            Store::open(&dir.path().join("s.db")).expect("the store answers"),
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn keys_jobs_and_idempotency_on_postgres() {
+        keys_jobs_and_idempotency(testpg::pg_store().await).await;
+    }
+}

@@ -1,0 +1,189 @@
+//! The front doors (`[api] listen`, docs/api.md) driven by clients we did not write: the
+//! official Volcengine Python SDK and the official `openai` SDK against `seedq serve`, with
+//! `seedq sim` as Ark (tests/sdk/api_check.py); and keys' daily caps over plain HTTP.
+
+use std::io::{Read, Write};
+use std::process::Command;
+
+use crate::helpers::{Guard, SIM_KEY, TestEnv, fast_sim, wait_until, worker_config};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("its address")
+        .port()
+}
+
+/// `seedq serve` with the doors on `port` and archiving into the env's directory.
+fn serve(env: &TestEnv) -> Guard {
+    let mut c = env.keyed(&["serve"]);
+    c.env(
+        "SEEDQ__ARCHIVE__URL",
+        format!("file://{}", env.path().join("archive").display()),
+    );
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.stderr(std::process::Stdio::null());
+    }
+    Guard(c.spawn().expect("spawn seedq serve"))
+}
+
+fn env_with_doors(sim: &crate::helpers::SimProc, port: u16) -> TestEnv {
+    TestEnv::new(&worker_config(
+        sim,
+        &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
+    ))
+}
+
+/// `seedq keys create NAME ARGS…`: the key it prints once.
+fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
+    let mut all = vec!["keys", "create", name];
+    all.extend_from_slice(args);
+    let key = env.ok(&all).trim().to_string();
+    assert!(key.starts_with("sq_"), "{key}");
+    key
+}
+
+/// One HTTP/1.1 request with a bearer key: (status, JSON body).
+fn call(port: u16, method: &str, path: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, payload) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head[9..12].parse().expect("a status code");
+    (
+        status,
+        serde_json::from_str(payload).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn wait_for_door(port: u16) {
+    wait_until(30, "the API listener", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+fn python() -> String {
+    std::env::var("SEEDQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+#[test]
+fn official_sdks_create_poll_and_download_through_both_doors() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    let key_a = make_key(&env, "a", &[]);
+    let key_b = make_key(&env, "b", &[]);
+    let _serve = serve(&env);
+    wait_for_door(port);
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/api_check.py");
+    let mut c = Command::new(python());
+    c.arg(script)
+        .arg(format!("http://127.0.0.1:{port}"))
+        .arg(&key_a)
+        .arg(&key_b)
+        .arg(&sim.base_url)
+        .arg(SIM_KEY);
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    let out = c.output().expect("run api_check.py");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("ok"),
+        "api_check.py failed (install the SDKs: pip install -r tests/sdk/requirements.txt and set \
+         SEEDQ_TEST_PYTHON):\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The keys never reach the log or the store in the clear.
+    let keys = env.ok(&["keys", "ls", "--json"]);
+    assert!(
+        !keys.contains(&key_a) && !keys.contains(&key_a[3..]),
+        "{keys}"
+    );
+}
+
+#[test]
+fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    // One 5 s 720p 1.0 pro video is estimated at about ¥1.5: a ¥2 cap takes one, not two.
+    let capped = make_key(&env, "capped", &["--max-cost-per-day", "2"]);
+    let free = make_key(&env, "free", &["--rpm", "1000"]);
+    let _serve = serve(&env);
+    wait_for_door(port);
+
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
+    let tasks = "/api/v3/contents/generations/tasks";
+    let create = |key: &str| {
+        let (status, v) = call(port, "POST", tasks, key, body);
+        assert_eq!(status, 200, "{v}");
+        v["id"].as_str().expect("an id").to_string()
+    };
+    let c1 = create(&capped);
+    let c2 = create(&capped);
+    let f1 = create(&free);
+    let f2 = create(&free);
+    let status = |key: &str, id: &str| {
+        let (code, v) = call(port, "GET", &format!("{tasks}/{id}"), key, "");
+        assert_eq!(code, 200, "{v}");
+        v["status"].as_str().unwrap_or_default().to_string()
+    };
+    wait_until(
+        60,
+        "the uncapped key's jobs and the first capped one",
+        || {
+            [(&free, &f1), (&free, &f2), (&capped, &c1)]
+                .iter()
+                .all(|(k, id)| status(k, id) == "succeeded")
+        },
+    );
+    assert_eq!(
+        status(&capped, &c2),
+        "queued",
+        "the cap holds the second job"
+    );
+    let jobs = env.jobs();
+    let held = jobs
+        .iter()
+        .find(|j| j["id"] == c2.as_str())
+        .expect("the held job");
+    assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    assert!(
+        held["last_error_message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("--max-cost-per-day"),
+        "{held}"
+    );
+
+    // A wrong key, and one key reading the other's job: 401 and 404 in Ark's shape.
+    let (code, v) = call(port, "GET", &format!("{tasks}/{c1}"), "sq_nope", "");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (401, Some("AuthenticationError"))
+    );
+    let (code, _) = call(port, "GET", &format!("{tasks}/{c1}"), &free, "");
+    assert_eq!(code, 404);
+    // A revoked key is refused at once.
+    env.ok(&["keys", "revoke", "free"]);
+    let (code, _) = call(port, "GET", &format!("{tasks}/{f1}"), &free, "");
+    assert_eq!(code, 401);
+}

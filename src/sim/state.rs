@@ -1312,9 +1312,14 @@ impl Sim {
             service_tier: Some(tier_name(t.flex).to_string()),
             execution_expires_after: Some(t.eff.expires_after),
             priority: t.req.priority,
-            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent.
+            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent. The
+            // default is the model's (catalogue `generate_audio_default`).
             generate_audio: if newer {
-                Some(t.req.generate_audio.unwrap_or(true))
+                Some(
+                    t.req
+                        .generate_audio
+                        .unwrap_or(spec.is_none_or(|s| s.generate_audio_default)),
+                )
             } else {
                 t.req.generate_audio
             },

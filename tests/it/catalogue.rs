@@ -74,6 +74,34 @@ fn a_byteplus_1_0_pro_batch_is_priced_and_held_by_a_cost_cap() {
         models.lines().skip(1).all(|l| !l.starts_with("doubao-")),
         "only BytePlus rows: {models}"
     );
+    // --json: every row with its region, date and source.
+    let rows: Vec<serde_json::Value> = env
+        .ok(&["models", "--json"])
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON row"))
+        .collect();
+    let in_region = |r: &str| rows.iter().filter(|x| x["region"] == r).count();
+    assert_eq!((in_region("volcengine"), in_region("byteplus")), (9, 10));
+    assert!(
+        rows.iter().all(|r| {
+            r["region"].is_string() && r["since"].is_string() && r["source"].is_string()
+        })
+    );
+    let bp = rows
+        .iter()
+        .find(|r| r["id"] == BYTEPLUS_PRO)
+        .expect("the BytePlus row");
+    assert_eq!(bp["price_per_million"], 15.0);
+    assert_eq!(bp["limits"]["concurrency"], 10);
+    assert_eq!(bp["default_resolution"], "1080p");
+    // A region that does not exist is refused, naming it and what is allowed.
+    let out = env.cli(&["models", "--region", "mars"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mars") && err.contains("volcengine, byteplus"),
+        "{err}"
+    );
 }
 
 #[test]

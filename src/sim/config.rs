@@ -105,6 +105,9 @@ pub struct SimConfig {
     /// `created_at` and `updated_at`, as a live BytePlus answer did (ark-api.md §14 "Wire
     /// details"); finished tasks carry every field.
     pub bare_unfinished_tasks: bool,
+    /// Seconds the simulator takes each reference video to last: it does not fetch them, and
+    /// a video-input task bills ⌊input seconds⌋ + output seconds (docs/ark-api.md §14).
+    pub reference_video_seconds: f64,
     /// Injected faults; replaceable at runtime through `POST /_sim/faults`.
     pub faults: Faults,
 }
@@ -187,6 +190,7 @@ impl Default for SimConfig {
             list_window: Duration::from_secs(7 * 24 * 3600),
             flex_batch_ids: true,
             bare_unfinished_tasks: false,
+            reference_video_seconds: 5.0,
             faults: Faults::default(),
         }
     }
@@ -438,6 +442,11 @@ impl SimConfig {
             self.flex_factor.is_finite() && self.flex_factor > 0.0,
             "flex_factor {} must be a finite number > 0",
             self.flex_factor
+        );
+        anyhow::ensure!(
+            self.reference_video_seconds.is_finite() && self.reference_video_seconds >= 0.0,
+            "reference_video_seconds {} must be a finite number >= 0",
+            self.reference_video_seconds
         );
         anyhow::ensure!(!self.api_keys.is_empty(), "api_keys must not be empty");
         anyhow::ensure!(self.video_downscale >= 1, "video_downscale must be >= 1");

@@ -1841,6 +1841,10 @@ async fn account_states_and_task_type_failures_answer_as_ark_does() {
         let done = t.wait_status(&id, TaskStatus::Failed).await;
         assert_eq!(done.error.map(|e| e.code).as_deref(), Some(code));
     }
+    t.handle.shutdown().await;
+}
+
+#[tokio::test]
 async fn video_input_tasks_bill_input_plus_output_seconds_without_the_extra_frame() {
     let mut cfg = fast();
     cfg.reference_video_seconds = 3.7;

@@ -13,6 +13,7 @@ mod helpers;
 mod hostile;
 mod identity;
 mod ops;
+mod outage;
 mod pause;
 mod storage;
 mod validation;

@@ -14,22 +14,37 @@ use crate::helpers::{SimProc, TestEnv, wait_until, worker_config};
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
 
-/// A tmpfs mounted for the test, unmounted when it ends (even on a failed assertion).
+/// A small file system mounted for the test, unmounted when it ends (even on a failed
+/// assertion): a tmpfs, or where tmpfs mounts are refused, an ext4 image on a loop device.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Self {
         std::fs::create_dir_all(at).expect("mount point");
-        let out = Command::new("mount")
+        let tmpfs = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .output()
             .expect("run mount");
+        if tmpfs.status.success() {
+            return Self(at.to_path_buf());
+        }
+        let image = at.with_extension("img");
+        let loop_fs = Command::new("sh")
+            .arg("-c")
+            .arg("truncate -s \"$1\" \"$2\" && mkfs.ext4 -q -F \"$2\" && mount -o loop \"$2\" \"$3\"")
+            .arg("sh")
+            .arg(size.to_uppercase())
+            .arg(&image)
+            .arg(at)
+            .output()
+            .expect("run sh");
         assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill the archive's disk and needs root (CI runs \
-             as root): {}",
-            String::from_utf8_lossy(&out.stderr)
+            loop_fs.status.success(),
+            "this test mounts a small file system to fill and needs root (CI runs as root); \
+             tmpfs: {}; loop device: {}",
+            String::from_utf8_lossy(&tmpfs.stderr),
+            String::from_utf8_lossy(&loop_fs.stderr)
         );
         Self(at.to_path_buf())
     }

@@ -333,8 +333,9 @@ pub struct AdminConfig {
     /// long (a half-sent request included): hyper has no header or read timeout by default.
     #[serde(with = "humantime_serde")]
     pub read_timeout: Duration,
-    /// Connections each of the admin and callback servers holds at once; more wait in the
-    /// kernel's backlog instead of taking a descriptor each (issue 12 §2).
+    /// Connections each of the admin and callback servers holds at once, at most: the cap in
+    /// force is lowered to what the descriptor limit allows (`stage::fds`). At the cap, the
+    /// oldest connection with no request in a handler is closed to let a new one in.
     pub max_connections: u32,
     /// Turns on the dashboard's actions (cancel, retry): a POST must carry it in the
     /// `X-Seedq-Token` header. Unset or empty: the dashboard is read-only. A secret: read from

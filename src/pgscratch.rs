@@ -125,12 +125,20 @@ pub struct Cluster {
     /// The watchdog's stdin; closing it (drop, or this process ending) makes it clean up.
     watchdog_pipe: Option<ChildStdin>,
     watchdog: Option<Child>,
+    /// The server's `max_connections`.
+    max_connections: u32,
 }
 
 impl Cluster {
     /// Finds the binaries, runs `initdb` into a new temp dir and starts the server on a free
     /// loopback port. Takes a second or two.
     pub fn start() -> Result<Cluster, PgScratchError> {
+        Self::start_with_max_connections(200)
+    }
+
+    /// [`Cluster::start`] with `max_connections` set to `n`: a server whose connections
+    /// another client can take all of (the store-outage tests).
+    pub fn start_with_max_connections(n: u32) -> Result<Cluster, PgScratchError> {
         let bin = find_bin_dir()?;
         let run_as = run_as()?;
         let base = make_base(&run_as)?;
@@ -141,6 +149,7 @@ impl Cluster {
             port: 0,
             watchdog_pipe: None,
             watchdog: None,
+            max_connections: n,
         };
         // The watchdog first, so a crash during initdb or start leaves nothing behind either;
         // on an error below, `cluster` drops and cleans up.
@@ -239,7 +248,8 @@ impl Cluster {
             let log_before = file_len(&self.log());
             let opts = format!(
                 "-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections=200"
+                 -c full_page_writes=off -c max_connections={}",
+                self.max_connections
             );
             let mut cmd = self.server_tool("pg_ctl");
             cmd.args(["-w", "-t", "60", "-D"])

@@ -97,10 +97,21 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         }
         loop {
             // A chain may still have to release a shot or be stitched.
-            if ctx.store.pending_work(ctx.archive.is_some()).await? == 0
-                && ctx.store.active_chains().await? == 0
-            {
-                return Ok(());
+            let left = async {
+                anyhow::Ok(
+                    ctx.store.pending_work(ctx.archive.is_some()).await?
+                        + ctx.store.active_chains().await?,
+                )
+            };
+            match left.await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                // A store outage (full disk, database refusing) passes: `run` waits it out
+                // like the stages do, rather than ending with work left.
+                Err(e) => match crate::stage::store_outage(&e) {
+                    Some(reason) => ctx.ops.health.store_down(&reason),
+                    None => return Err(e),
+                },
             }
             tokio::time::sleep(
                 ctx.cfg

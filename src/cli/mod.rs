@@ -278,7 +278,14 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             soft = n.soft,
             hard = n.hard,
             was = n.was,
-            "descriptor limit raised to the hard limit; {}",
+            "descriptor limit {}; {}",
+            if n.soft > n.was {
+                "raised to the hard limit"
+            } else if n.soft >= n.hard {
+                "already at the hard limit"
+            } else {
+                "could not be raised (the kernel refused)"
+            },
             budget.describe()
         );
         if budget.starved {

@@ -1,8 +1,9 @@
 //! Liveness and readiness: stage heartbeats, the database, and Ark.
 //!
 //! - Live (`/healthz`, and the condition for each systemd `WATCHDOG=1`): the database thread
-//!   answers and no stage has gone without finishing a loop iteration for [`stall_after`].
-//!   Failing it means a restart would help.
+//!   answers (or the database is out: full, read-only, refusing connections, which a restart
+//!   would not mend) and no stage has gone without finishing a loop iteration for
+//!   [`stall_after`]. Failing it means a restart would help.
 //! - Ready (`/readyz`): live, plus the database is still the file opened (same inode: a
 //!   deleted database directory fails it) and takes its write lock, and Ark answered a call
 //!   within `admin.ark_stale_after`. An idle service makes no calls, so when the last success
@@ -80,11 +81,19 @@ async fn database(ctx: &Ctx, write: bool) -> Check {
             (true, "writable".to_string())
         }
         Ok(Ok(())) => (true, "answering".to_string()),
+        // Liveness: a database server that refuses or dropped connections is an outage a
+        // restart cannot end (and the watchdog would restart seedq over and over). The
+        // process is alive; readiness says what is wrong.
+        Ok(Err(e)) if !write && e.outage().is_some() => (
+            true,
+            format!("out ({}); waiting for it", e.outage().unwrap_or_default()),
+        ),
         Ok(Err(e)) => {
             if write && let Some(reason) = e.outage() {
                 ctx.ops.health.store_down(&reason);
             }
-            let mut detail = format!("{e:#}");
+            // The outage's own words: a PostgreSQL error displays as "db error" alone.
+            let mut detail = e.outage().unwrap_or_else(|| format!("{e:#}"));
             if let Some((since, _)) = ctx.ops.health.store_outage() {
                 let _ = write!(
                     detail,

@@ -11,8 +11,9 @@ use crate::config::Config;
 
 /// Descriptors the process holds whatever it does: stdio, the runtime's epoll, event and
 /// timer descriptors, the listeners, the log, the SQLite database with its WAL and shm,
-/// temporary files. Measured: `seedq serve` with the shipped config holds 18 descriptors
-/// when idle (`ls /proc/<pid>/fd`); the rest is headroom.
+/// temporary files. Measured: `seedq serve` with the shipped config holds 16 descriptors
+/// when idle (`ls /proc/<pid>/fd`: stdio, two epolls, an eventfd, a pipe, the three SQLite
+/// files, five sockets); the rest is headroom.
 const BASE_RESERVE: u64 = 32;
 /// The PostgreSQL pool's size (`store/pg/mod.rs`), one socket each.
 const PG_POOL: u64 = 16;

@@ -397,3 +397,95 @@ impl AsyncWrite for GuardedIo {
         self.stream.is_write_vectored()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn server(cap: usize) -> (std::net::SocketAddr, CancellationToken) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let app = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    "slow"
+                }),
+            );
+        let limits = ServerLimits {
+            read_timeout: Duration::from_secs(30),
+            max_connections: cap,
+        };
+        let stop = CancellationToken::new();
+        tokio::spawn(serve_guarded(listener, app, limits, stop.clone()));
+        (addr, stop)
+    }
+
+    async fn half_sent(addr: std::net::SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .expect("write");
+        // Let the server accept it before the next one comes.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s
+    }
+
+    async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .expect("write");
+        let mut out = String::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_string(&mut out))
+            .await
+            .expect("an answer within 5 s")
+            .expect("read");
+        out
+    }
+
+    /// Closed by the server: a read ends (EOF or reset) within `within`.
+    async fn closed(s: &mut TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(within, s.read(&mut buf)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_oldest_half_sent_connection_makes_room() {
+        let (addr, stop) = server(2).await;
+        let mut oldest = half_sent(addr).await;
+        let mut newer = half_sent(addr).await;
+        assert!(get(addr, "/").await.contains("200 OK"));
+        assert!(
+            closed(&mut oldest, Duration::from_secs(2)).await,
+            "the oldest half-sent connection was kept"
+        );
+        assert!(
+            !closed(&mut newer, Duration::from_millis(200)).await,
+            "a newer connection was closed although one eviction made room"
+        );
+        stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_connection_in_a_handler_is_not_evicted() {
+        let (addr, stop) = server(1).await;
+        let slow = tokio::spawn(get(addr, "/slow"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The only slot is in a handler: the newcomer waits for it instead of cutting it off.
+        let started = Instant::now();
+        assert!(get(addr, "/").await.contains("200 OK"));
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let slow = slow.await.expect("join");
+        assert!(slow.contains("slow"), "{slow}");
+        stop.cancel();
+    }
+}

@@ -640,6 +640,44 @@ mod tests {
         }
     }
 
+    /// `room` asks the file system under a SQLite store (a real one has more than
+    /// [`MIN_ROOM`] free here); PostgreSQL reports a full disk itself, so `room` passes.
+    #[tokio::test]
+    async fn room_is_the_free_space_under_sqlite_and_always_there_on_postgres() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            s.room().expect(name);
+        }
+        let e = StoreError::NoRoom {
+            path: dir.path().join("q.db"),
+            free: 0,
+            need: MIN_ROOM,
+        };
+        assert!(e.outage().is_some_and(|r| r.contains("no room")), "{e}");
+    }
+
+    /// The errors that mean "the store is out" (wait and retry) and those that do not.
+    #[test]
+    fn outages_are_told_from_other_errors() {
+        let full = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            Some("database or disk is full".into()),
+        ));
+        assert!(full.outage().is_some_and(|r| r.contains("full")), "{full}");
+        let constraint = StoreError::Sqlite(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CONSTRAINT),
+            None,
+        ));
+        assert_eq!(constraint.outage(), None);
+        assert!(
+            StoreError::Pool("too many clients".into())
+                .outage()
+                .is_some()
+        );
+        assert_eq!(StoreError::Closed.outage(), None);
+        assert_eq!(StoreError::Corrupt("x".into()).outage(), None);
+    }
+
     /// A PostgreSQL server that turns read-only (a failover onto a standby, an operator's
     /// `default_transaction_read_only`) fails the write probe, so `/readyz` says so, while
     /// reads still work.

@@ -14,22 +14,37 @@ use crate::helpers::{SimProc, TestEnv, wait_until, worker_config};
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
 
-/// A tmpfs mounted for the test, unmounted when it ends (even on a failed assertion).
+/// A small file system mounted for the test, unmounted when it ends (even on a failed
+/// assertion): a tmpfs, or where tmpfs mounts are refused, an ext4 image on a loop device.
 struct Tmpfs(PathBuf);
 
 impl Tmpfs {
     fn mount(at: &Path, size: &str) -> Self {
         std::fs::create_dir_all(at).expect("mount point");
-        let out = Command::new("mount")
+        let tmpfs = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
             .arg(at)
             .output()
             .expect("run mount");
+        if tmpfs.status.success() {
+            return Self(at.to_path_buf());
+        }
+        let image = at.with_extension("img");
+        let loop_fs = Command::new("sh")
+            .arg("-c")
+            .arg("truncate -s \"$1\" \"$2\" && mkfs.ext4 -q -F \"$2\" && mount -o loop \"$2\" \"$3\"")
+            .arg("sh")
+            .arg(size.to_uppercase())
+            .arg(&image)
+            .arg(at)
+            .output()
+            .expect("run sh");
         assert!(
-            out.status.success(),
-            "this test mounts a small tmpfs to fill the archive's disk and needs root (CI runs \
-             as root): {}",
-            String::from_utf8_lossy(&out.stderr)
+            loop_fs.status.success(),
+            "this test mounts a small file system to fill and needs root (CI runs as root); \
+             tmpfs: {}; loop device: {}",
+            String::from_utf8_lossy(&tmpfs.stderr),
+            String::from_utf8_lossy(&loop_fs.stderr)
         );
         Self(at.to_path_buf())
     }
@@ -190,19 +205,11 @@ fn get(port: u16, path: &str) -> Option<(u16, String)> {
     ))
 }
 
-#[test]
-fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
-    // One second per video and two at a time: the run is still going when the disk fills.
-    let sim = SimProc::start(
-        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"1s\"\nper_video_second = \"0s\"\n",
-    );
-    let admin = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr").port()
-    };
-    let env = TestEnv::new_sqlite(&worker_config(&sim, ""));
-    let mnt = env.path().join("disk");
-    let disk = Tmpfs::mount(&mnt, "8m");
+/// A SQLite store on an 8 MiB tmpfs, the archive beside it, the admin server on `admin`, the
+/// model two at a time, and `jobs` jobs queued.
+fn store_on_tmpfs(sim: &SimProc, admin: u16, jobs: usize) -> (TestEnv, Tmpfs, PathBuf) {
+    let env = TestEnv::new_sqlite(&worker_config(sim, ""));
+    let disk = Tmpfs::mount(&env.path().join("disk"), "8m");
     let db = disk.0.join("seedq.db");
     let archive = env.path().join("archive");
     let cfg = std::fs::read_to_string(&env.config)
@@ -226,8 +233,7 @@ fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
         );
     assert!(cfg.contains(&db.display().to_string()), "{cfg}");
     std::fs::write(&env.config, cfg).expect("config");
-    const JOBS: usize = 16;
-    let lines: Vec<String> = (0..JOBS)
+    let lines: Vec<String> = (0..jobs)
         .map(|i| {
             serde_json::json!({"model": MODEL, "prompt": format!("store disk {i}"), "resolution": "480p"})
                 .to_string()
@@ -235,6 +241,21 @@ fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
         .collect();
     let file = crate::helpers::write_jobs(&env, "jobs.jsonl", &lines);
     env.ok(&["submit", "--file", &file]);
+    (env, disk, db)
+}
+
+#[test]
+fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
+    // One second per video and two at a time: the run is still going when the disk fills.
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"1s\"\nper_video_second = \"0s\"\n",
+    );
+    let admin = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    const JOBS: usize = 16;
+    let (env, disk, db) = store_on_tmpfs(&sim, admin, JOBS);
     let service = env.serve();
     wait_until(30, "a few jobs archived", || {
         get(admin, "/healthz").is_some_and(|(s, _)| s == 200)
@@ -310,4 +331,50 @@ fn a_full_store_disk_stops_claims_loses_nothing_and_work_resumes_by_itself() {
     }
     // Each job was created once at Ark, however the outage fell.
     assert_eq!(creates(&sim), JOBS as u64, "one create per job");
+}
+
+#[test]
+fn seedq_run_waits_out_a_full_store_disk_and_finishes() {
+    let sim = SimProc::start(
+        "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"1s\"\nper_video_second = \"0s\"\n",
+    );
+    // `run` opens no admin server; the port only fills the config.
+    let (env, disk, db) = store_on_tmpfs(&sim, 9, 8);
+    let mut run = crate::helpers::Guard(env.keyed(&["run"]).spawn().expect("seedq run"));
+    wait_until(30, "a job archived", || {
+        ls(&env).iter().any(|j| j["state"] == "archived")
+    });
+    let filler = disk.0.join("filler");
+    fill(&filler);
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        run.0.try_wait().expect("try_wait").is_none(),
+        "seedq run ended on a full disk"
+    );
+    std::fs::remove_file(&filler).expect("free the disk");
+    let freed = Instant::now();
+    let status = loop {
+        if let Some(s) = run.0.try_wait().expect("try_wait") {
+            break s;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(60),
+            "seedq run never finished"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "seedq run finished {:?} after space returned",
+        freed.elapsed()
+    );
+    assert!(status.success(), "seedq run: {status}");
+    let jobs = ls(&env);
+    assert_eq!(jobs.len(), 8);
+    assert!(jobs.iter().all(|j| j["state"] == "archived"), "{jobs:#?}");
+    assert_eq!(sim.stats()["creates_total"].as_u64(), Some(8));
+    let c = rusqlite::Connection::open(&db).expect("open");
+    let check: String = c
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity_check");
+    assert_eq!(check, "ok");
 }

@@ -41,24 +41,22 @@ fn env_with(sim: &SimProc, admin: u16, admin_extra: &str, callback: Option<u16>)
     env
 }
 
-/// `seedq serve` under `ulimit -n nofile` (when set).
-fn serve_limited(env: &TestEnv, nofile: Option<u32>) -> Guard {
-    let Some(n) = nofile else {
-        return env.serve();
-    };
+/// `seedq serve` under `ulimit -n nofile` (soft and hard), its warnings and errors in
+/// `<dir>/serve.log`.
+fn serve_limited(env: &TestEnv, nofile: u32) -> Guard {
+    let log = std::fs::File::create(env.path().join("serve.log")).expect("log file");
     let mut c = Command::new("sh");
     c.arg("-c")
-        .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
         .arg(bin())
         .arg("--config")
         .arg(&env.config)
         .arg("serve")
         .env("ARK_API_KEY", SIM_KEY)
         .env_remove("SEEDQ_CONFIG")
-        .env("NO_COLOR", "1");
-    if std::env::var_os("TEST_LOG").is_none() {
-        c.env("RUST_LOG", "off").stderr(Stdio::null());
-    }
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "seedq=warn")
+        .stderr(Stdio::from(log));
     Guard(c.spawn().expect("spawn seedq serve"))
 }
 
@@ -293,7 +291,7 @@ fn half_sent_requests_do_not_stop_healthz_or_jobs_with_the_shipped_config() {
         "doctor says nothing of the servers' caps: {said}"
     );
     // 200 idle sockets on each server are 400 descriptors, three times the limit.
-    let _serve = serve_limited(&env, Some(128));
+    let _serve = serve_limited(&env, 128);
     wait_until(20, "the admin server", || {
         healthz(admin, Duration::from_secs(1)) == Some(200)
     });
@@ -326,6 +324,12 @@ fn half_sent_requests_do_not_stop_healthz_or_jobs_with_the_shipped_config() {
         sim.stats()["callbacks_delivered"].as_u64().unwrap_or(0) >= 3,
         "the callbacks did not get through: {}",
         sim.stats()
+    );
+    // Neither the servers nor anything behind them met EMFILE.
+    let log = std::fs::read_to_string(env.path().join("serve.log")).expect("serve.log");
+    assert!(
+        !log.contains("Too many open files") && !log.contains("accepting a connection failed"),
+        "the service ran out of descriptors: {log}"
     );
     drop((idle_admin, idle_cb));
 }

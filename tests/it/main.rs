@@ -16,6 +16,7 @@ mod helpers;
 mod hostile;
 mod identity;
 mod ops;
+mod outage;
 mod pause;
 mod storage;
 mod validation;

@@ -99,6 +99,23 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
 }
 
+/// An error with its causes, as `/readyz` and the log should show it: the pool's "error
+/// occurred while creating a new object: db error" says nothing until the server's own
+/// message ("sorry, too many clients already") follows.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let s = c.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 impl Pg {
     /// Connects to `url` (`postgres://user:pass@host:port/db?sslmode=…`) and applies the
     /// migrations the database lacks.
@@ -153,7 +170,7 @@ impl Pg {
         self.pool
             .get()
             .await
-            .map_err(|e| StoreError::Pool(format!("{}: {e}", self.shown)))
+            .map_err(|e| StoreError::Pool(format!("{}: {}", self.shown, with_causes(&e))))
     }
 
     /// Runs `f` (a whole transaction) again while PostgreSQL aborts it for a deadlock or a

@@ -12,6 +12,7 @@ mod flex;
 mod helpers;
 mod hostile;
 mod identity;
+mod limits;
 mod ops;
 mod pause;
 mod storage;

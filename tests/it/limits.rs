@@ -213,9 +213,12 @@ fn a_fleet_of_three_never_exceeds_the_accounts_read_rates() {
     });
     let stats = sim.stats();
     assert_eq!(stats["creates_total"], 60, "{stats}");
-    let reads = stats["calls"]["list"]["200"].as_u64().unwrap_or(0)
-        + stats["calls"]["get"]["200"].as_u64().unwrap_or(0);
-    assert!(reads >= 1, "the fleet polled: {stats}");
+    // Lists at most one a second for the whole fleet; GETs carried the rest of the polling.
+    assert!(
+        stats["calls"]["list"]["200"].as_u64().unwrap_or(0) >= 1
+            && stats["calls"]["get"]["200"].as_u64().unwrap_or(0) >= 1,
+        "the fleet polled with both: {stats}"
+    );
     for route in ["list", "get", "delete"] {
         assert!(
             stats["calls"][route]["429"].is_null(),

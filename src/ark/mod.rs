@@ -718,6 +718,75 @@ mod tests {
         assert_eq!(d.class(), ErrorClass::Ambiguous);
     }
 
+    /// A gate that never has a turn: counts how often it was asked.
+    struct Closed(std::sync::atomic::AtomicUsize);
+
+    impl Gate for Closed {
+        fn turn(
+            &self,
+            _route: ReadRoute,
+            _patience: Duration,
+        ) -> futures::future::BoxFuture<'_, bool> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { false })
+        }
+    }
+
+    #[test]
+    fn a_state_refusal_is_final_and_an_empty_budget_sends_nothing() {
+        // 409 `InvalidAction.RunningTaskDeletion` (ark-api.md §14): asking again changes nothing.
+        let mut e = api(409, false);
+        if let ArkError::Api { code, .. } = &mut e {
+            *code = "InvalidAction.RunningTaskDeletion".into();
+        }
+        assert_eq!(e.class(), ErrorClass::Rejected);
+        assert_eq!(api(409, false).class(), ErrorClass::Transient);
+        let b = ArkError::Budget {
+            route: "list",
+            patience: Duration::ZERO,
+        };
+        assert_eq!(b.class(), ErrorClass::Throttled(None));
+        assert!(!b.retryable_read());
+    }
+
+    #[tokio::test]
+    async fn reads_ask_the_gate_before_every_call_and_stop_when_it_says_no() {
+        let gate = Arc::new(Closed(std::sync::atomic::AtomicUsize::new(0)));
+        // Port 9 (discard) on loopback: had anything been sent, the error would be a connect one.
+        let c = ArkClient::new(
+            "http://127.0.0.1:9",
+            SecretString::from("k".to_string()),
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .expect("client")
+        .with_gate(gate.clone());
+        let e = c
+            .list_within(&ListQuery::default(), Duration::ZERO)
+            .await
+            .err();
+        assert!(
+            matches!(e, Some(ArkError::Budget { route: "list", .. })),
+            "{e:?}"
+        );
+        assert!(matches!(
+            c.get("cgt-x").await,
+            Err(ArkError::Budget { route: "get", .. })
+        ));
+        assert!(matches!(
+            c.delete("cgt-x").await,
+            Err(ArkError::Budget {
+                route: "delete",
+                ..
+            })
+        ));
+        assert_eq!(
+            gate.0.load(Ordering::SeqCst),
+            3,
+            "one turn asked per call, no retries"
+        );
+    }
+
     #[test]
     fn created_at_fills_in_the_skew_but_never_overrides_a_date_reading() {
         let c = ArkClient::new(

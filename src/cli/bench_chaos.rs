@@ -113,7 +113,7 @@ pub(crate) async fn run(_ctx: &Ctx, a: ChaosArgs) -> anyhow::Result<ExitCode> {
         &config,
         format!(
             "[store]\npath = {db:?}\n\n[archive]\nurl = {url:?}\n\n\
-             [ark]\nbase_url = {base:?}\nconnect_timeout = \"1s\"\nrequest_timeout = \"2s\"\n\n\
+             [ark]\nbase_url = {base:?}\nconnect_timeout = \"1s\"\nrequest_timeout = \"2s\"\nrate_window = \"10ms\"\n\n\
              [dispatch]\nlease = \"3s\"\nidle_interval = \"50ms\"\nbackoff_base = \"20ms\"\n\
              backoff_max = \"200ms\"\nthrottle_pause = \"100ms\"\nreconcile_interval = \"200ms\"\n\
              reconcile_grace = \"10s\"\nworkers = 4\nrpm_window = \"1s\"\n\n\

@@ -141,6 +141,8 @@ pub(crate) async fn run(_ctx: &Ctx, a: FaultsArgs) -> anyhow::Result<()> {
     cfg.ark.base_url = sim.base_url();
     cfg.ark.api_key = Some(SecretString::from(KEY.to_string()));
     cfg.ark.request_timeout = Duration::from_secs(5);
+    // The read rates' second is the simulator's scaled one, as its RPM window is.
+    cfg.ark.rate_window = Duration::from_secs_f64(a.time_scale).max(Duration::from_micros(100));
     cfg.archive.url = format!("file://{}", dir.join("archive").display());
     cfg.admin.listen = format!("127.0.0.1:{admin}");
     cfg.admin.read_timeout = Duration::from_secs(2);

@@ -516,6 +516,7 @@ async fn fleet_run(
     let sim_cfg: crate::sim::SimConfig = toml::from_str(&format!(
         "api_keys = [\"{KEY}\"]\ntime_scale = 1.0\nvideo_downscale = 64\nrender_concurrency = 2\n\
          reuse_videos = true\nmax_queued = 0\n\
+         [read_limits]\nlist_qps = 0\nget_qps = 0\ndelete_qps = 0\n\
          [generation]\nbase = \"1ms\"\nper_video_second = \"0ms\"\n\
          [models.\"{MODEL}\"]\nconcurrency = {}\nrpm = {}\n",
         a.concurrency, a.rpm
@@ -528,7 +529,8 @@ async fn fleet_run(
     // Every worker gets its own file (as on its own host), all naming the same database.
     let config_text = format!(
         "[store]\n{store_line}\n\n[archive]\nurl = \"\"\n\n\
-         [ark]\nbase_url = {base:?}\nlist_page_size = 100\n\n\
+         [ark]\nbase_url = {base:?}\nlist_page_size = 100\n\
+         list_qps = 1000000.0\nget_qps = 1000000.0\ndelete_qps = 1000000.0\n\n\
          [dispatch]\nworkers = 16\nidle_interval = \"50ms\"\n\n\
          [poll]\nfirst_poll_after = \"5ms\"\nmin_interval = \"5ms\"\nmax_interval = \"50ms\"\n\n\
          [admin]\nlisten = \"\"\n\n\

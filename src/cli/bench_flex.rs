@@ -142,6 +142,8 @@ async fn seedq_run(
     cfg.ark.base_url = sim.base_url();
     cfg.ark.api_key = Some(SecretString::from(KEY.to_string()));
     cfg.ark.list_page_size = 100;
+    // The read rates' second is the simulator's scaled one, as its RPM window is.
+    cfg.ark.rate_window = Duration::from_secs_f64(scale);
     cfg.archive.url = String::new();
     cfg.admin.listen = String::new();
     cfg.dispatch.workers = 8;

@@ -163,13 +163,12 @@ async fn poll_group(ctx: &Ctx, tier: &str, jobs: Vec<Job>, plans: &mut Vec<Plan>
         service_tier: Some(tier.to_string()),
         ..Default::default()
     };
-    // Wait for a list turn no longer than the GETs it saves would take, and never past the
-    // next list turn: a list that someone else (the reconciler) has booked far ahead is not
-    // worth the wait.
+    // Wait for a list turn at most one list spacing: one list answers for the whole batch,
+    // so it beats GETs whenever it comes that soon. A list booked further ahead (the
+    // reconciler's pages, other workers' polls) is not worth the wait: GETs carry the batch.
     let ark = &ctx.cfg.ark;
     let list_turn = crate::stage::reads::spacing_us(ark.list_qps, ark.rate_window);
-    let get_turn = crate::stage::reads::spacing_us(ark.get_qps, ark.rate_window);
-    let patience_us = list_turn.min(get_turn.saturating_mul(jobs.len() as i64));
+    let patience_us = list_turn;
     let patience = Duration::from_micros(patience_us.unsigned_abs());
     let (listed, fallback): (HashMap<String, Task>, bool) = match ctx
         .ark

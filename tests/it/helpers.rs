@@ -353,6 +353,9 @@ pub fn worker_config_with(sim: &SimProc, dispatch: &str, extra: &str) -> String 
 base_url = "{base}"
 connect_timeout = "1s"
 request_timeout = "2s"
+# The read rates' second, shrunk like the sims' (time_scale 0.002 to 0.01, whose read limits
+# count over windows of at least 100 ms).
+rate_window = "10ms"
 
 [dispatch]
 lease = "3s"

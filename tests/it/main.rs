@@ -15,6 +15,7 @@ mod flex;
 mod helpers;
 mod hostile;
 mod identity;
+mod limits;
 mod ops;
 mod outage;
 mod pause;

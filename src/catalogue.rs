@@ -1,23 +1,79 @@
-//! The model catalogue: what each Seedance model accepts, its account limits and its price.
+//! The model catalogue: what each Seedance model accepts, its account limits and its price,
+//! per region (Volcengine and BytePlus).
 //!
-//! Data, not code paths: the built-in entries come from the Seedance tutorial (1.0 family) and
-//! `ark-api.md` §13 (newer families); `[models."<id>"]` tables in `config.toml` override fields
-//! of a built-in entry or add new models (with `base = "<built-in id>"` to start from one).
-//! Unknown model ids and endpoint ids (`ep-…`) have no entry: they get server-side validation
-//! only. Shared by enqueue-time validation, the dispatcher's limits and the simulator.
+//! Data, not code paths: the built-in rows live in `catalogue/models.toml` (embedded at build
+//! time), each with the region it applies to, the date it holds from and the file in this
+//! repository it comes from (the tutorial `docs/reference/tutorial.txt` for the 1.0 family,
+//! `docs/ark-api.md` §13-§14 for newer families and for BytePlus). `[models."<id>"]` tables in
+//! `config.toml` override fields of a built-in row or add new models (with `base = "<built-in
+//! id>"` to start from one). Unknown model ids and endpoint ids (`ep-…`) have no row: they get
+//! server-side validation only, conservative default limits, and no price (so a spend cap
+//! holds them back, `worker::budget`). Shared by enqueue-time validation, the dispatcher's
+//! limits and the simulator.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
-/// The pixel-size table a model family uses (ark-api.md §7).
+/// The catalogue's data file, compiled in.
+const DATA: &str = include_str!("../catalogue/models.toml");
+
+/// The pixel-size table a model family uses (the tables are in `catalogue/models.toml`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PixelTable {
-    /// Seedance 1.0.
+    /// Seedance 1.0 (docs/reference/tutorial.txt:1464-1489).
     V1,
-    /// Seedance 1.5 pro and 2.x.
+    /// Seedance 1.5 pro and 2.0 (docs/ark-api.md §7).
     V2,
+    /// Seedance 2.5: 480p is 854×480 (docs/ark-api.md §14 "2.5 pixel sizes").
+    V25,
+}
+
+impl PixelTable {
+    fn key(self) -> &'static str {
+        match self {
+            PixelTable::V1 => "v1",
+            PixelTable::V2 => "v2",
+            PixelTable::V25 => "v25",
+        }
+    }
+}
+
+/// Where a model id is served. The same model has different ids in the two regions
+/// (docs/ark-api.md §14 "BytePlus model ids").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Region {
+    /// Volcengine Ark (China): `doubao-seedance-…`.
+    #[default]
+    Volcengine,
+    /// BytePlus ModelArk: `seedance-1-…` (no prefix) and `dreamina-seedance-2-…`.
+    Byteplus,
+}
+
+impl Region {
+    /// The name used in the data file and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Region::Volcengine => "volcengine",
+            Region::Byteplus => "byteplus",
+        }
+    }
+}
+
+impl std::str::FromStr for Region {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "volcengine" => Ok(Region::Volcengine),
+            "byteplus" => Ok(Region::Byteplus),
+            other => Err(format!(
+                "region {other:?} is not known: one of volcengine, byteplus"
+            )),
+        }
+    }
 }
 
 /// How the generation parameters travel in the request.
@@ -40,16 +96,17 @@ pub struct Limits {
     /// Tasks in progress (remote queued + running) at once.
     pub concurrency: u32,
     /// Flex tier tokens per day; `None` when the model has no flex tier.
+    #[serde(default)]
     pub flex_tpd: Option<u64>,
     /// An account's own ceiling on flex tasks in progress. Ark sets none ("flex：无", tutorial
-    /// model table, reference/000_c75d201f209c583d.txt:329-380), so unset means no ceiling.
+    /// model table, docs/reference/tutorial.txt:349-380), so unset means no ceiling.
     #[serde(default)]
     pub flex_max_in_flight: Option<u32>,
     /// An account's own ceiling on flex creates per minute; Ark sets none (ibid.), unset = none.
     #[serde(default)]
     pub flex_rpm: Option<u32>,
     /// Default-tier limits of their own for some resolutions (2.0 `4k`: RPM 15, concurrency 1,
-    /// ark-api.md §6.2 D3). Such jobs are held to these and to the model's limits.
+    /// docs/ark-api.md §6.2 D3). Such jobs are held to these and to the model's limits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub per_resolution: BTreeMap<String, ResolutionLimits>,
 }
@@ -62,10 +119,59 @@ pub struct ResolutionLimits {
     pub concurrency: u32,
 }
 
+/// How a model's usage is counted (docs/ark-api.md §10 and §14).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenFormula {
+    /// `W × H × (24 × d + 1) / 1024`: the extra frame of the 25 + 4n grid (§10, fits every
+    /// observed usage). Without it: `W × H × 24 × d / 1024`.
+    #[serde(default = "yes")]
+    pub extra_frame: bool,
+    /// With a video input: `W × H × 24 × (⌊input s⌋ + output s) / 1024`, and the "+1 frame"
+    /// only when this is true (§14 "Tokens with a video input": it is not).
+    #[serde(default)]
+    pub video_input_extra_frame: bool,
+    /// The minimum a video-input task is billed, in tokens. §14 says one applies on 2.x but
+    /// no source in this repository gives the number: unset until config.toml sets it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_input_min_tokens: Option<i64>,
+}
+
+impl Default for TokenFormula {
+    fn default() -> Self {
+        Self {
+            extra_frame: true,
+            video_input_extra_frame: false,
+            video_input_min_tokens: None,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_duration() -> i64 {
+    5
+}
+
+fn default_seed_max() -> i64 {
+    4_294_967_295
+}
+
 /// Everything seedq knows about one model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
+    /// Where the id is served.
+    #[serde(default)]
+    pub region: Region,
+    /// The date (`YYYY-MM-DD`) this row's facts hold from.
+    #[serde(default)]
+    pub since: String,
+    /// The file in this repository the row comes from (and what it says).
+    #[serde(default)]
+    pub source: String,
     /// A human-readable family name, e.g. `seedance-1.0-pro`.
     pub family: String,
     /// Text-to-video (prompt only).
@@ -97,10 +203,17 @@ pub struct ModelSpec {
     pub duration_max: i64,
     /// `duration: -1` lets the model choose.
     pub duration_auto: bool,
+    /// The duration when the request gives none; `-1` (2.5) means the model chooses, and
+    /// estimates then take `duration_max`.
+    #[serde(default = "default_duration")]
+    pub default_duration: i64,
     /// `frames` (25 + 4n in [29, 289]) is accepted.
     pub frames: bool,
     /// `seed` is accepted.
     pub seed: bool,
+    /// The largest `seed` accepted (the smallest is −1, random).
+    #[serde(default = "default_seed_max")]
+    pub seed_max: i64,
     /// `camera_fixed` is accepted (never in reference-image mode).
     pub camera_fixed: bool,
     /// The flex (offline, half price) tier is available.
@@ -109,6 +222,9 @@ pub struct ModelSpec {
     pub draft: bool,
     /// `generate_audio` is accepted.
     pub generate_audio: bool,
+    /// What the model does when the request says nothing about audio.
+    #[serde(default)]
+    pub generate_audio_default: bool,
     /// The remote `priority` (0–9) is accepted.
     pub priority: bool,
     /// `tools` (web search) is accepted.
@@ -117,6 +233,13 @@ pub struct ModelSpec {
     pub output_formats: Vec<String>,
     /// Which pixel-size table applies.
     pub pixel_table: PixelTable,
+    /// How usage is counted.
+    #[serde(default)]
+    pub tokens: TokenFormula,
+    /// The longest reference video a task may carry, in seconds: estimates of video-input
+    /// tasks assume it (the input is a URL seedq does not download).
+    #[serde(default)]
+    pub max_reference_video_seconds: i64,
     /// Account limits.
     pub limits: Limits,
     /// CNY per million tokens on the default tier; flex costs half.
@@ -124,8 +247,8 @@ pub struct ModelSpec {
     /// How parameters are rendered into the request.
     #[serde(default)]
     pub param_style: ParamStyle,
-    /// CNY this model may spend per day (issue 15; the day in `maintenance.timezone`).
-    /// seedq's own cap, not an Ark limit: none by default.
+    /// CNY this model may spend per day (the day in `maintenance.timezone`). seedq's own cap,
+    /// not an Ark limit: none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub daily_cny: Option<f64>,
 }
@@ -136,212 +259,93 @@ pub const FPS: i64 = 24;
 /// The ratios every family knows.
 const RATIOS: [&str; 6] = ["16:9", "4:3", "1:1", "3:4", "9:16", "21:9"];
 
-fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|s| (*s).to_string()).collect()
-}
-
-fn ratios_with_adaptive() -> Vec<String> {
-    let mut r = strings(&RATIOS);
-    r.push("adaptive".into());
-    r
-}
-
-/// The Seedance 1.0 shape, shared by its four models.
-fn seedance_1_0(family: &str, rpm: u32, concurrency: u32, tpd: u64) -> ModelSpec {
-    ModelSpec {
-        family: family.into(),
-        text_to_video: true,
-        first_frame: true,
-        first_last_frame: false,
-        max_reference_images: 0,
-        max_reference_videos: 0,
-        max_reference_audios: 0,
-        resolutions: strings(&["480p", "720p", "1080p"]),
-        default_resolution: "1080p".into(),
-        ratios: ratios_with_adaptive(),
-        adaptive_needs_image: true,
-        reference_max_720p: true,
-        frame_modes_need_adaptive: false,
-        duration_min: 2,
-        duration_max: 12,
-        duration_auto: false,
-        frames: true,
-        seed: true,
-        camera_fixed: true,
-        flex: true,
-        draft: false,
-        generate_audio: false,
-        priority: false,
-        tools: false,
-        // ark-api.md §13: "`output_format`: `mp4` everywhere". mp4 is what 1.0 renders anyway,
-        // so asking for it explicitly must not be an error.
-        output_formats: strings(&["mp4"]),
-        pixel_table: PixelTable::V1,
-        limits: Limits {
-            rpm,
-            concurrency,
-            flex_tpd: Some(tpd),
-            flex_max_in_flight: None,
-            flex_rpm: None,
-            per_resolution: BTreeMap::new(),
-        },
-        price_per_million: 15.0,
-        param_style: ParamStyle::Fields,
-        daily_cny: None,
-    }
-}
-
-/// The Seedance 2.x shape.
-fn seedance_2(
-    family: &str,
-    resolutions: &[&str],
-    max_dur: i64,
-    refs: (u32, u32, u32),
-) -> ModelSpec {
-    ModelSpec {
-        family: family.into(),
-        text_to_video: true,
-        first_frame: true,
-        first_last_frame: true,
-        max_reference_images: refs.0,
-        max_reference_videos: refs.1,
-        max_reference_audios: refs.2,
-        resolutions: strings(resolutions),
-        default_resolution: "720p".into(),
-        ratios: ratios_with_adaptive(),
-        adaptive_needs_image: false,
-        reference_max_720p: false,
-        frame_modes_need_adaptive: false,
-        duration_min: 4,
-        duration_max: max_dur,
-        duration_auto: true,
-        frames: false,
-        seed: false,
-        camera_fixed: false,
-        // ark-api.md: "Seedance 2.0 series supports only default".
-        flex: false,
-        draft: false,
-        generate_audio: true,
-        priority: true,
-        tools: true,
-        output_formats: strings(&["mp4"]),
-        pixel_table: PixelTable::V2,
-        // Not published for 2.x in our sources: conservative values, override in config.toml.
-        limits: Limits {
-            rpm: 300,
-            concurrency: 5,
-            flex_tpd: None,
-            flex_max_in_flight: None,
-            flex_rpm: None,
-            per_resolution: BTreeMap::new(),
-        },
-        price_per_million: 46.0,
-        param_style: ParamStyle::Fields,
-        daily_cny: None,
-    }
-}
-
-/// Seedance 1.5 pro, from ark-api.md (the tutorial predates it).
-///
-/// Starts from the 1.0 shape (it has `seed`, `camera_fixed` and flex, unlike 2.x) and changes
-/// what the sources say differs. Its account limits and flex TPD are not published in our
-/// sources: the 1.0 pro values stand in, and `config.toml` can override them.
-fn seedance_1_5_pro(tpd: u64) -> ModelSpec {
-    let mut s = seedance_1_0("seedance-1.5-pro", 600, 10, tpd);
-    // ark-api.md §2.2 mode table: first+last frame on 1.5 pro; reference images are 1.0
-    // lite-i2v and 2.0 only; video/audio references are 2.0 only.
-    s.first_last_frame = true;
-    // ark-api.md §2.1 `resolution` / §7: default 720p for 1.5 pro.
-    s.default_resolution = "720p".into();
-    // ark-api.md §2.1 `ratio`: "Default `adaptive` on 2.0 and 1.5 pro", text-to-video included.
-    s.adaptive_needs_image = false;
-    // ark-api.md §2.1 `duration`: "1.5 pro: [4, 12] or `-1`".
-    s.duration_min = 4;
-    s.duration_max = 12;
-    s.duration_auto = true;
-    // ark-api.md §2.1 `frames`: "Not supported on 2.0 or 1.5 pro".
-    s.frames = false;
-    // ark-api.md §2.1 `draft` ("1.5 pro only") and `generate_audio` ("2.0 series and 1.5 pro").
-    s.draft = true;
-    s.generate_audio = true;
-    // ark-api.md §7 pixel table: "Seedance 1.5 pro / 2.0" column.
-    s.pixel_table = PixelTable::V2;
-    // ark-api.md §10 prices: 16 CNY/M with audio, 8 silent (flex half). Audio is the default
-    // (`generate_audio` true), and the higher price keeps estimates on the safe side.
-    s.price_per_million = 16.0;
-    s
-}
-
-/// BytePlus ModelArk names the same models `dreamina-…` where Volcengine says `doubao-…`
-/// (ark-api.md §13 model table, and the `seedance` CLI's defaults such as
-/// `dreamina-seedance-2-0-260128`). An alias gets the entry, limits and checks of its model.
+/// BytePlus ModelArk names 2.x models `dreamina-…` where Volcengine says `doubao-…`
+/// (docs/ark-api.md §13-§14). A `dreamina-` id without a row of its own resolves to the
+/// Volcengine row of the same model, so a new BytePlus alias is not left without rules.
 const BYTEPLUS_PREFIX: &str = "dreamina-";
 const VOLCENGINE_PREFIX: &str = "doubao-";
 
+/// The fields every row states itself, never through `base`.
+const OWN_FIELDS: [&str; 3] = ["region", "since", "source"];
+
+/// Pixel tables: table name → resolution → ratio → (width, height).
+type PixelTables = BTreeMap<String, BTreeMap<String, BTreeMap<String, (u32, u32)>>>;
+
+/// The data file, parsed: pixel tables and resolved model rows.
+struct Data {
+    models: BTreeMap<String, ModelSpec>,
+    pixels: PixelTables,
+}
+
+/// Parses `catalogue/models.toml`: each row starts from its `base` (resolved first) and
+/// changes what it names.
+fn parse(text: &str) -> Result<Data, String> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        pixel_tables: PixelTables,
+        models: BTreeMap<String, serde_json::Value>,
+    }
+    let file: File = toml::from_str(text).map_err(|e| e.to_string())?;
+    fn resolve(
+        id: &str,
+        raw: &BTreeMap<String, serde_json::Value>,
+        depth: usize,
+    ) -> Result<serde_json::Value, String> {
+        let row = raw.get(id).ok_or_else(|| format!("no row {id:?}"))?;
+        if depth > 8 {
+            return Err(format!("{id}: base chain too long"));
+        }
+        let mut row = row.clone();
+        let base = row
+            .as_object_mut()
+            .and_then(|o| o.remove("base"))
+            .and_then(|b| b.as_str().map(str::to_string));
+        match base {
+            Some(b) => {
+                let mut v = resolve(&b, raw, depth + 1).map_err(|e| format!("{id}: base {e}"))?;
+                merge(&mut v, row);
+                Ok(v)
+            }
+            None => Ok(row),
+        }
+    }
+    let mut models = BTreeMap::new();
+    for (id, row) in &file.models {
+        for f in OWN_FIELDS {
+            if row
+                .get(f)
+                .and_then(|v| v.as_str())
+                .is_none_or(str::is_empty)
+            {
+                return Err(format!(
+                    "models.{id}: `{f}` must be given in the row itself"
+                ));
+            }
+        }
+        let value = resolve(id, &file.models, 0)?;
+        let spec: ModelSpec =
+            serde_json::from_value(value).map_err(|e| format!("models.{id}: {e}"))?;
+        models.insert(id.clone(), spec);
+    }
+    Ok(Data {
+        models,
+        pixels: file.pixel_tables,
+    })
+}
+
+fn data() -> &'static Data {
+    static DATA_PARSED: OnceLock<Data> = OnceLock::new();
+    // The file is compiled in and checked by the unit tests: a parse error is a build defect.
+    DATA_PARSED.get_or_init(|| match parse(DATA) {
+        Ok(d) => d,
+        Err(e) => panic!("catalogue/models.toml: {e}"),
+    })
+}
+
 /// The built-in catalogue, keyed by model id.
 pub fn builtin() -> BTreeMap<String, ModelSpec> {
-    const TPD_PRO: u64 = 500_000_000_000; // 5000亿
-    const TPD_LITE: u64 = 250_000_000_000; // 2500亿
-    let mut m = BTreeMap::new();
-
-    let mut pro = seedance_1_0("seedance-1.0-pro", 600, 10, TPD_PRO);
-    pro.first_last_frame = true;
-    m.insert("doubao-seedance-1-0-pro-250528".to_string(), pro);
-
-    // pro-fast: text-to-video and first frame only. Its price is not in our sources; the pro
-    // price keeps estimates on the safe (high) side.
-    let fast = seedance_1_0("seedance-1.0-pro-fast", 600, 10, TPD_PRO);
-    m.insert("doubao-seedance-1-0-pro-fast-251015".to_string(), fast);
-
-    let mut lite_t2v = seedance_1_0("seedance-1.0-lite-t2v", 300, 5, TPD_LITE);
-    lite_t2v.first_frame = false;
-    lite_t2v.default_resolution = "720p".into();
-    lite_t2v.price_per_million = 10.0;
-    m.insert("doubao-seedance-1-0-lite-t2v-250428".to_string(), lite_t2v);
-
-    let mut lite_i2v = seedance_1_0("seedance-1.0-lite-i2v", 300, 5, TPD_LITE);
-    lite_i2v.text_to_video = false;
-    lite_i2v.first_last_frame = true;
-    lite_i2v.max_reference_images = 4;
-    lite_i2v.default_resolution = "720p".into();
-    lite_i2v.price_per_million = 10.0;
-    m.insert("doubao-seedance-1-0-lite-i2v-250428".to_string(), lite_i2v);
-
-    // 1.5 pro (ark-api.md §2.1, §2.2, §7, §10): the only model with `draft` / `draft_task`.
-    m.insert(
-        "doubao-seedance-1-5-pro-251215".to_string(),
-        seedance_1_5_pro(TPD_PRO),
-    );
-
-    let mut v20 = seedance_2(
-        "seedance-2.0",
-        &["480p", "720p", "1080p", "4k"],
-        15,
-        (9, 3, 3),
-    );
-    v20.price_per_million = 46.0;
-    // ark-api.md §6.2 D3 (2.0 create page): "`4k` has its own: RPM 15, concurrency 1".
-    v20.limits.per_resolution.insert(
-        "4k".into(),
-        ResolutionLimits {
-            rpm: 15,
-            concurrency: 1,
-        },
-    );
-    m.insert("doubao-seedance-2-0-260128".to_string(), v20);
-    m.insert(
-        "doubao-seedance-2-0-fast-260128".to_string(),
-        seedance_2("seedance-2.0-fast", &["480p", "720p"], 15, (9, 3, 3)),
-    );
-    m.insert(
-        "doubao-seedance-2-0-mini-260615".to_string(),
-        seedance_2("seedance-2.0-mini", &["480p", "720p"], 15, (9, 3, 3)),
-    );
-    let mut v25 = seedance_2("seedance-2.5", &["480p", "720p", "1080p"], 30, (30, 10, 10));
-    v25.frame_modes_need_adaptive = true;
-    v25.output_formats = strings(&["mp4", "mov"]);
-    m.insert("doubao-seedance-2-5-260628".to_string(), v25);
-    m
+    data().models.clone()
 }
 
 /// Errors building the catalogue from configuration.
@@ -439,10 +443,37 @@ impl Catalogue {
     /// The known ids, comma-separated, for error messages.
     pub fn names(&self) -> String {
         format!(
-            "{} (BytePlus ids {BYTEPLUS_PREFIX}… are aliases of {VOLCENGINE_PREFIX}…)",
+            "{} (a BytePlus id {BYTEPLUS_PREFIX}… without a row of its own takes the row of {VOLCENGINE_PREFIX}…)",
             models_list(&self.models)
         )
     }
+
+    /// The catalogued id closest to `model` by edit distance, for "did you mean" hints; `None`
+    /// when nothing is reasonably close (more than a third of the id would have to change).
+    pub fn nearest(&self, model: &str) -> Option<&str> {
+        let (id, d) = self
+            .models
+            .keys()
+            .map(|k| (k.as_str(), edit_distance(model, k)))
+            .min_by_key(|(_, d)| *d)?;
+        (d <= model.chars().count().max(id.chars().count()) / 3).then_some(id)
+    }
+}
+
+/// Levenshtein distance over characters.
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 /// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`.
@@ -457,12 +488,14 @@ fn models_list(m: &BTreeMap<String, ModelSpec>) -> String {
     m.keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
-/// Recursive JSON merge: objects merge key by key, anything else replaces.
+/// Recursive JSON merge: objects merge key by key, anything else replaces. An empty object
+/// below the top replaces too, so a row can clear a table it inherits (`per_resolution = {}`).
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     match (into, from) {
         (serde_json::Value::Object(a), serde_json::Value::Object(b)) => {
             for (k, v) in b {
                 match a.get_mut(&k) {
+                    Some(slot) if v.as_object().is_some_and(serde_json::Map::is_empty) => *slot = v,
                     Some(slot) => merge(slot, v),
                     None => {
                         a.insert(k, v);
@@ -474,117 +507,14 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     }
 }
 
-/// Output pixel size for a resolution and a concrete ratio (ark-api.md §7).
-///
-/// `4k` is not in the published table; its sizes are inferred as twice 1080p's 16:9 edge.
+/// Output pixel size for a resolution and a concrete ratio, from the catalogue's pixel tables.
 pub fn pixel_size(table: PixelTable, resolution: &str, ratio: &str) -> Option<(u32, u32)> {
-    let v1 = table == PixelTable::V1;
-    let size = match (resolution, ratio) {
-        ("480p", "16:9") => {
-            if v1 {
-                (864, 480)
-            } else {
-                (864, 496)
-            }
-        }
-        ("480p", "4:3") => {
-            if v1 {
-                (736, 544)
-            } else {
-                (752, 560)
-            }
-        }
-        ("480p", "1:1") => (640, 640),
-        ("480p", "3:4") => {
-            if v1 {
-                (544, 736)
-            } else {
-                (560, 752)
-            }
-        }
-        ("480p", "9:16") => {
-            if v1 {
-                (480, 864)
-            } else {
-                (496, 864)
-            }
-        }
-        ("480p", "21:9") => {
-            if v1 {
-                (960, 416)
-            } else {
-                (992, 432)
-            }
-        }
-        ("720p", "16:9") => {
-            if v1 {
-                (1248, 704)
-            } else {
-                (1280, 720)
-            }
-        }
-        ("720p", "4:3") => {
-            if v1 {
-                (1120, 832)
-            } else {
-                (1112, 834)
-            }
-        }
-        ("720p", "1:1") => (960, 960),
-        ("720p", "3:4") => {
-            if v1 {
-                (832, 1120)
-            } else {
-                (834, 1112)
-            }
-        }
-        ("720p", "9:16") => {
-            if v1 {
-                (704, 1248)
-            } else {
-                (720, 1280)
-            }
-        }
-        ("720p", "21:9") => {
-            if v1 {
-                (1504, 640)
-            } else {
-                (1470, 630)
-            }
-        }
-        ("1080p", "16:9") => {
-            if v1 {
-                (1920, 1088)
-            } else {
-                (1920, 1080)
-            }
-        }
-        ("1080p", "4:3") => (1664, 1248),
-        ("1080p", "1:1") => (1440, 1440),
-        ("1080p", "3:4") => (1248, 1664),
-        ("1080p", "9:16") => {
-            if v1 {
-                (1088, 1920)
-            } else {
-                (1080, 1920)
-            }
-        }
-        ("1080p", "21:9") => {
-            if v1 {
-                (2176, 928)
-            } else {
-                (2206, 946)
-            }
-        }
-        ("4k", "16:9") => (3840, 2160),
-        ("4k", "4:3") => (3328, 2496),
-        ("4k", "1:1") => (2880, 2880),
-        ("4k", "3:4") => (2496, 3328),
-        ("4k", "9:16") => (2160, 3840),
-        ("4k", "21:9") => (4412, 1892),
-        _ => return None,
-    };
-    Some(size)
+    data()
+        .pixels
+        .get(table.key())?
+        .get(resolution)?
+        .get(ratio)
+        .copied()
 }
 
 /// The concrete ratio closest to an image's aspect, for `adaptive`.
@@ -609,9 +539,32 @@ pub fn frames_for_duration(duration_secs: i64) -> i64 {
     FPS * duration_secs + 1
 }
 
-/// Tokens billed for a video: `W × H × frames / 1024` (ark-api.md §10, fits observed usage).
+/// Tokens billed for a video: `W × H × frames / 1024` (docs/ark-api.md §10, fits observed
+/// usage).
 pub fn tokens(width: u32, height: u32, frames: i64) -> i64 {
     i64::from(width) * i64::from(height) * frames / 1024
+}
+
+/// Tokens billed for a task with a video input (docs/ark-api.md §14 "Tokens with a video
+/// input"): `W × H × 24 × (⌊input s⌋ + output s) / 1024`, plus a frame only where the model's
+/// formula says so, and at least the model's minimum charge when one is set.
+pub fn video_input_tokens(
+    spec: &ModelSpec,
+    width: u32,
+    height: u32,
+    input_secs: f64,
+    output_secs: i64,
+) -> i64 {
+    // Whole input seconds: ⌊input s⌋. Negative or NaN inputs count as none.
+    #[allow(clippy::cast_possible_truncation)]
+    let input = if input_secs.is_finite() && input_secs > 0.0 {
+        input_secs.floor() as i64
+    } else {
+        0
+    };
+    let frames = FPS * (input + output_secs) + i64::from(spec.tokens.video_input_extra_frame);
+    let t = tokens(width, height, frames);
+    spec.tokens.video_input_min_tokens.map_or(t, |m| t.max(m))
 }
 
 /// Estimated cost in CNY for `tokens` on the given tier.
@@ -685,10 +638,37 @@ mod tests {
         assert!(e.is_some_and(|e| e.contains("limitz")));
     }
 
+    /// A BytePlus row with its region, date and source set aside, and the fields its source
+    /// says differ (2.5's draft, docs/ark-api.md §14 "Draft on 2.5") taken from the twin.
+    fn as_twin(b: &ModelSpec, v: &ModelSpec) -> ModelSpec {
+        let mut b = b.clone();
+        b.region = v.region;
+        b.since.clone_from(&v.since);
+        b.source.clone_from(&v.source);
+        if b.family == "seedance-2.5" {
+            b.draft = v.draft;
+        }
+        b
+    }
+
     #[test]
-    fn byteplus_ids_are_aliases_with_the_same_rules() {
+    fn byteplus_ids_are_priced_and_limited_like_their_volcengine_twins() {
         let c = Catalogue::default();
-        for (byteplus, volc) in [
+        let twins = [
+            ("seedance-1-0-pro-250528", "doubao-seedance-1-0-pro-250528"),
+            (
+                "seedance-1-0-pro-fast-251015",
+                "doubao-seedance-1-0-pro-fast-251015",
+            ),
+            (
+                "seedance-1-0-lite-t2v-250428",
+                "doubao-seedance-1-0-lite-t2v-250428",
+            ),
+            (
+                "seedance-1-0-lite-i2v-250428",
+                "doubao-seedance-1-0-lite-i2v-250428",
+            ),
+            ("seedance-1-5-pro-251215", "doubao-seedance-1-5-pro-251215"),
             ("dreamina-seedance-2-0-260128", "doubao-seedance-2-0-260128"),
             (
                 "dreamina-seedance-2-0-fast-260128",
@@ -699,23 +679,50 @@ mod tests {
                 "doubao-seedance-2-0-mini-260615",
             ),
             ("dreamina-seedance-2-5-260628", "doubao-seedance-2-5-260628"),
-            (
-                "dreamina-seedance-1-5-pro-251215",
-                "doubao-seedance-1-5-pro-251215",
-            ),
-        ] {
-            assert_eq!(c.get(byteplus), c.get(volc), "{byteplus}");
-            assert!(c.get(byteplus).is_some(), "{byteplus}");
+        ];
+        for (byteplus, volc) in twins {
+            let b = c.get(byteplus).expect(byteplus);
+            let v = c.get(volc).expect(volc);
+            assert_eq!(b.region, Region::Byteplus, "{byteplus}");
+            assert_eq!(v.region, Region::Volcengine, "{volc}");
+            assert_eq!(as_twin(b, v), *v, "{byteplus} is {volc} in BytePlus");
+            assert!(
+                b.source.contains(volc),
+                "{byteplus}'s source names its twin"
+            );
         }
+        // Every BytePlus row but 2.5 flash (BytePlus only) has a twin above.
+        let byteplus_rows = c
+            .iter()
+            .filter(|(_, s)| s.region == Region::Byteplus)
+            .count();
+        assert_eq!(byteplus_rows, twins.len() + 1);
+        // Region-specific facts with their source: BytePlus 2.5 takes `draft`.
+        assert!(
+            c.get("dreamina-seedance-2-5-260628")
+                .is_some_and(|s| s.draft)
+        );
+        assert!(
+            c.get("doubao-seedance-2-5-260628")
+                .is_some_and(|s| !s.draft)
+        );
+        let flash = c.get("dreamina-seedance-2-5-flash-261115").expect("flash");
+        assert_eq!(flash.resolutions, ["480p", "720p"]);
+        // A `dreamina-` id without a row of its own still resolves to its Volcengine row.
+        assert_eq!(
+            c.get("dreamina-seedance-1-5-pro-251215"),
+            c.get("doubao-seedance-1-5-pro-251215")
+        );
         assert!(c.get("dreamina-nothing-1").is_none());
-        // An override of the BytePlus id starts from the model it names.
+        assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());
+        // An override of a BytePlus id changes that row only.
         let mut o = BTreeMap::new();
         o.insert(
             "dreamina-seedance-2-0-260128".to_string(),
             serde_json::json!({"limits": {"concurrency": 2}}),
         );
-        let c2 = Catalogue::with_overrides(&o).expect("an alias needs no base");
-        let s = c2.get("dreamina-seedance-2-0-260128").expect("entry");
+        let c2 = Catalogue::with_overrides(&o).expect("a catalogued id needs no base");
+        let s = c2.get("dreamina-seedance-2-0-260128").expect("row");
         assert_eq!(s.limits.concurrency, 2);
         assert_eq!(s.family, "seedance-2.0");
         assert_eq!(
@@ -724,7 +731,117 @@ mod tests {
             Some(5),
             "the Volcengine id keeps its own limits"
         );
-        assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());
+    }
+
+    #[test]
+    fn every_row_has_region_since_and_a_source_in_the_repo() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for (id, s) in Catalogue::default().iter() {
+            let since = chrono::NaiveDate::parse_from_str(&s.since, "%Y-%m-%d");
+            assert!(since.is_ok(), "{id}: since {:?} is a date", s.since);
+            let file = s.source.split([' ', ':']).next().unwrap_or_default();
+            assert!(
+                root.join(file).is_file(),
+                "{id}: source {:?} names a file in the repository",
+                s.source
+            );
+            assert!(s.price_per_million > 0.0, "{id} has a price");
+            let prefix_ok = match s.region {
+                Region::Volcengine => id.starts_with("doubao-"),
+                Region::Byteplus => {
+                    id.starts_with("dreamina-seedance-2-") || id.starts_with("seedance-1-")
+                }
+            };
+            assert!(prefix_ok, "{id}: id fits region {}", s.region.name());
+            for r in &s.resolutions {
+                for ratio in RATIOS {
+                    assert!(
+                        pixel_size(s.pixel_table, r, ratio).is_some(),
+                        "{id}: {r} {ratio} has a pixel size"
+                    );
+                }
+            }
+        }
+        // A row that leaves out its own source does not load.
+        let bad = DATA.replacen(
+            "source = \"docs/ark-api.md §14 (BytePlus ids); rules",
+            "x = \"",
+            1,
+        );
+        assert!(parse(&bad).is_err());
+        let no_source = format!(
+            "{DATA}\n[models.\"doubao-x\"]\nbase = \"doubao-seedance-1-0-pro-250528\"\nregion = \"volcengine\"\nsince = \"2026-01-01\"\n"
+        );
+        let e = parse(&no_source).err().unwrap_or_default();
+        assert!(e.contains("doubao-x") && e.contains("source"), "{e}");
+    }
+
+    #[test]
+    fn seedance_2_5_renders_854x480_and_bills_the_live_token_counts() {
+        let c = Catalogue::default();
+        for id in ["doubao-seedance-2-5-260628", "dreamina-seedance-2-5-260628"] {
+            let s = c.get(id).expect(id);
+            assert_eq!(pixel_size(s.pixel_table, "480p", "16:9"), Some((854, 480)));
+            assert_eq!(pixel_size(s.pixel_table, "480p", "9:16"), Some((480, 854)));
+            // docs/ark-api.md §14: live 2.5 usage 38 830 for 4 s and 288 625 for 30 s at 480p.
+            assert_eq!(tokens(854, 480, frames_for_duration(4)), 38_830);
+            assert_eq!(tokens(854, 480, frames_for_duration(30)), 288_625);
+            // §14 "2.5 defaults": duration −1 (model-chosen), audio on; 4-30 s.
+            assert_eq!(s.default_duration, -1);
+            assert!(s.generate_audio_default && s.duration_auto);
+            assert_eq!((s.duration_min, s.duration_max), (4, 30));
+            assert!(!s.resolutions.contains(&"4k".to_string()));
+        }
+        // 2.0 keeps 864×496 at 480p (docs/ark-api.md §7).
+        assert_eq!(pixel_size(PixelTable::V2, "480p", "16:9"), Some((864, 496)));
+    }
+
+    #[test]
+    fn video_input_tokens_have_no_extra_frame_and_a_minimum() {
+        let c = Catalogue::default();
+        let s = c.get("doubao-seedance-2-0-260128").expect("2.0");
+        // docs/ark-api.md §14: 1280·720·24·(⌊input s⌋ + output s)/1024.
+        assert_eq!(
+            video_input_tokens(s, 1280, 720, 3.9, 5),
+            1280 * 720 * 24 * 8 / 1024
+        );
+        assert_eq!(video_input_tokens(s, 1280, 720, 0.0, 4), 86_400);
+        let mut min = s.clone();
+        min.tokens.video_input_min_tokens = Some(100_000);
+        assert_eq!(video_input_tokens(&min, 1280, 720, 0.0, 4), 100_000);
+        assert_eq!(
+            video_input_tokens(&min, 1280, 720, 10.0, 5),
+            1280 * 720 * 24 * 15 / 1024
+        );
+    }
+
+    #[test]
+    fn seeds_and_defaults_per_family() {
+        let c = Catalogue::default();
+        let pro = c.get("seedance-1-0-pro-250528").expect("pro");
+        assert!(pro.seed && pro.seed_max == 4_294_967_295);
+        assert_eq!(pro.default_duration, 5);
+        assert_eq!(pro.default_resolution, "1080p");
+        assert!(!pro.generate_audio_default);
+        let v20 = c.get("dreamina-seedance-2-0-260128").expect("2.0");
+        assert!(!v20.seed);
+        assert_eq!(v20.default_duration, 5);
+        assert!(v20.generate_audio_default);
+    }
+
+    #[test]
+    fn the_nearest_catalogued_id_is_named() {
+        let c = Catalogue::default();
+        assert_eq!(
+            c.nearest("seedance-1-0-pro-25052"),
+            Some("seedance-1-0-pro-250528")
+        );
+        assert_eq!(
+            c.nearest("doubao-seedance-2-5-260629"),
+            Some("doubao-seedance-2-5-260628")
+        );
+        assert_eq!(c.nearest("ep-20260101-abcde"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
     }
 
     #[test]

@@ -297,6 +297,9 @@ pub(crate) fn budget_line(s: &crate::store::budget::BatchSpend) -> String {
     if s.waiting > 0 {
         parts.push(format!("{} job(s) waiting on a budget", s.waiting));
     }
+    for m in &s.unpriced {
+        parts.push(crate::worker::budget::unpriced_reason(m));
+    }
     parts.join("; ")
 }
 
@@ -603,6 +606,7 @@ fn budget_json(s: &crate::store::budget::BatchSpend) -> serde_json::Value {
         "billed_fen": (s.billed_units + per - 1).div_euclid(per),
         "tokens": s.tokens,
         "waiting": s.waiting,
+        "unpriced": s.unpriced,
     })
 }
 

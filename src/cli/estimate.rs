@@ -260,7 +260,9 @@ fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::R
             r.tier,
             r.jobs,
             grouped(r.tokens),
-            r.cost.map_or_else(|| "?".into(), |c| format!("{c:.2}")),
+            // No price: the model is outside the catalogue (docs/models.md, pricing rules).
+            r.cost
+                .map_or_else(|| "unpriced".into(), |c| format!("{c:.2}")),
             human_ms(r.finish_ms),
             limits
         )?;
@@ -274,7 +276,15 @@ fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::R
         grouped(est.tokens),
         est.cost,
         human_ms(est.finish_ms)
-    )
+    )?;
+    for r in est.rows.iter().filter(|r| r.cost.is_none()) {
+        writeln!(
+            out,
+            "unpriced: {} (not in the total; under a spend cap these jobs are never created)",
+            crate::worker::budget::unpriced_reason(&r.model)
+        )?;
+    }
+    Ok(())
 }
 
 /// One line of `stats --cost`.

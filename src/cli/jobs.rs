@@ -263,6 +263,28 @@ pub(crate) fn reject_all(errors: &[String], unit: &str) -> anyhow::Result<()> {
     bail!(msg)
 }
 
+/// Warns (stderr, once per model) about model ids the catalogue does not know: they are
+/// accepted (an endpoint id `ep-…` or a model newer than this build is legitimate), but get
+/// only Ark's own validation, conservative default limits, and no price.
+pub(crate) fn warn_uncatalogued<'a>(ctx: &Ctx, models: impl Iterator<Item = &'a str>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for m in models {
+        if ctx.catalogue.get(m).is_some() || !seen.insert(m) {
+            continue;
+        }
+        let hint = ctx
+            .catalogue
+            .nearest(m)
+            .map_or_else(String::new, |n| format!(" (did you mean {n}?)"));
+        eprintln!(
+            "warning: model {m} is not in the catalogue{hint}: Ark alone validates it, it runs \
+             under default limits, and it has no price, so under a spend cap its jobs wait \
+             instead of being created; `seedq models` lists the catalogue, docs/models.md \
+             says how to add it"
+        );
+    }
+}
+
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
     let mut jobs = match &a.file {
         Some(path) if super::batch::is_csv(path, a.format) => {
@@ -303,6 +325,7 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
             path.display()
         );
     }
+    warn_uncatalogued(ctx, jobs.iter().map(|j| j.model.as_str()));
     // Opened only now: input that is refused must not leave a new, empty database behind.
     let store = ctx.store().await?;
     super::batch::register(ctx, &store, &a, &mut jobs).await?;

@@ -17,6 +17,7 @@ mod estimate;
 mod export;
 mod fetch;
 mod jobs;
+mod models;
 mod pause;
 mod reconcile;
 mod service;
@@ -111,6 +112,8 @@ pub enum Command {
     /// Show or check the effective configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The model catalogue in force: ids per region, limits, prices, and each row's source.
+    Models(models::ModelsArgs),
     /// Benchmarks (see README, Performance).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -312,6 +315,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Models(a) => models::run(&ctx, &a),
             Command::Bench(b) => bench::run(&ctx, b).await,
             Command::Doctor(_) => Ok(ExitCode::SUCCESS),
             Command::Completions(_) => Ok(ExitCode::SUCCESS),

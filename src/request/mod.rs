@@ -146,6 +146,8 @@ pub struct Effective {
     pub expires_after: i64,
     /// Output pixel size, when the model's table is known.
     pub size: Option<(u32, u32)>,
+    /// `reference_video` items: usage then follows the video-input formula.
+    pub video_inputs: u32,
     /// The prompt with inline commands removed.
     pub prompt: String,
 }
@@ -153,19 +155,50 @@ pub struct Effective {
 impl Effective {
     /// Frames the video will have.
     pub fn frame_count(&self, spec: Option<&ModelSpec>) -> i64 {
-        match (self.frames, self.duration) {
+        match (self.frames, self.output_secs(spec)) {
             (Some(f), _) => f,
-            // `-1` lets the model choose: assume the longest, so budgets err on the safe side.
-            (None, Some(-1)) => catalogue::frames_for_duration(spec.map_or(12, |s| s.duration_max)),
-            (None, Some(d)) => catalogue::frames_for_duration(d),
-            (None, None) => catalogue::frames_for_duration(DEFAULT_DURATION),
+            (None, d) => catalogue::frames_for_duration(d),
         }
     }
 
-    /// Estimated billable tokens, when the pixel size is known.
+    /// Seconds of output an estimate assumes. `-1` lets the model choose: assume the longest,
+    /// so budgets err on the safe side. No duration: the model's default (catalogue data).
+    fn output_secs(&self, spec: Option<&ModelSpec>) -> i64 {
+        let longest = spec.map_or(12, |s| s.duration_max);
+        match self
+            .duration
+            .unwrap_or_else(|| spec.map_or(DEFAULT_DURATION, |s| s.default_duration))
+        {
+            -1 => longest,
+            d => d,
+        }
+    }
+
+    /// Estimated billable tokens, when the pixel size is known, by the model's formula
+    /// (catalogue `tokens`): with a video input, docs/ark-api.md §14's, assuming the longest
+    /// reference the model takes (the input is a URL seedq does not fetch).
     pub fn tokens(&self, spec: Option<&ModelSpec>) -> Option<i64> {
-        self.size
-            .map(|(w, h)| catalogue::tokens(w, h, self.frame_count(spec)))
+        let (w, h) = self.size?;
+        if self.video_inputs > 0
+            && self.frames.is_none()
+            && let Some(s) = spec
+        {
+            #[allow(clippy::cast_precision_loss)]
+            let input = s.max_reference_video_seconds as f64;
+            return Some(catalogue::video_input_tokens(
+                s,
+                w,
+                h,
+                input,
+                self.output_secs(spec),
+            ));
+        }
+        let frames = self.frame_count(spec);
+        let frames = match spec {
+            Some(s) if !s.tokens.extra_frame && self.frames.is_none() => frames - 1,
+            _ => frames,
+        };
+        Some(catalogue::tokens(w, h, frames))
     }
 }
 
@@ -483,7 +516,9 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
     let duration = if frames.is_some() {
         None
     } else {
-        let d = duration_given.unwrap_or(DEFAULT_DURATION);
+        // The model's own default (catalogue data: 5 s, or −1 on 2.5 per docs/ark-api.md §14).
+        let d =
+            duration_given.unwrap_or_else(|| spec.map_or(DEFAULT_DURATION, |s| s.default_duration));
         let (min, max, auto) = spec.map_or((1, 30, true), |s| {
             (s.duration_min, s.duration_max, s.duration_auto)
         });
@@ -522,8 +557,10 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
                 "no seed, or -1 (random; the model picks its own seed)",
             ));
         }
-        if !(-1..=MAX_SEED).contains(&v) {
-            return Err(Invalid::range("seed", v, model, "-1..=4294967295"));
+        // The bound is per model (catalogue `seed_max`; docs/ark-api.md §2.1 and §14).
+        let max = spec.map_or(MAX_SEED, |s| s.seed_max);
+        if !(-1..=max).contains(&v) {
+            return Err(Invalid::range("seed", v, model, format!("-1..={max}")));
         }
     }
     if let Some(cf) = req.camera_fixed.or(inline.camera_fixed) {
@@ -687,6 +724,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         flex,
         expires_after,
         size,
+        video_inputs: videos,
         prompt,
     })
 }

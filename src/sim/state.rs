@@ -614,7 +614,9 @@ impl Sim {
             let takes_seed = spec.is_none_or(|s| s.seed);
             let seed = match eff.seed {
                 Some(s) if s >= 0 && takes_seed => s,
-                _ => inner.rng.random_range(0..=crate::request::MAX_SEED),
+                // docs/ark-api.md §14 "Seeds": every seed observed from Ark is small and clients
+                // cap `seed` at 2^31−1, so the seeds handed out stay within it.
+                _ => inner.rng.random_range(0..=i64::from(i32::MAX)),
             };
             let (duration, frames) = match (eff.frames, eff.duration) {
                 (Some(f), _) => (None, Some(f)),

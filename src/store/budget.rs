@@ -17,6 +17,9 @@ pub const UNITS_PER_FEN: i64 = 2_000_000;
 /// (`seedq batch set`); a daily cap waits for the next day.
 pub const WAIT_BATCH: &str = "budget_batch";
 pub const WAIT_DAILY: &str = "budget_daily";
+/// A job whose model has no price under a spend cap: it waits for a price (a configuration
+/// reload) or for the cap to go, and is never created meanwhile.
+pub const WAIT_UNPRICED: &str = "budget_unpriced";
 
 /// What one create wants to reserve.
 #[derive(Clone, Debug)]
@@ -28,6 +31,9 @@ pub struct HoldRequest {
     pub tokens: i64,
     /// Hold units per token (0 when the model has no price).
     pub rate: i64,
+    /// The model has a price (catalogue or configuration). An unpriced job fits no spend cap:
+    /// what it would cost is unknown, so no cap can be checked.
+    pub priced: bool,
 }
 
 /// Daily caps in force, in fen.
@@ -44,6 +50,8 @@ pub enum Scope {
     BatchTokens,
     Daily,
     ModelDaily,
+    /// The model has no price and a cap applies (any of the above).
+    Unpriced,
 }
 
 /// A reservation that did not fit: spent (incl. other holds), needed and the cap, in hold
@@ -68,6 +76,9 @@ pub struct BatchSpend {
     pub tokens: i64,
     /// Jobs waiting on a budget.
     pub waiting: i64,
+    /// Models of the batch's jobs that wait because they have no price (`WAIT_UNPRICED`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unpriced: Vec<String>,
 }
 
 fn sums(
@@ -89,9 +100,22 @@ fn sums(
 fn wake(tx: &Transaction<'_>, batch: Option<&str>, now: i64) -> rusqlite::Result<usize> {
     tx.prepare_cached(
         "UPDATE jobs SET next_attempt_at = ?1 WHERE state = 'queued' AND next_attempt_at > ?1 \
-         AND (last_error_code = ?2 OR (last_error_code = ?3 AND (?4 IS NULL OR batch_id = ?4)))",
+         AND (last_error_code IN (?2, ?5) \
+              OR (last_error_code = ?3 AND (?4 IS NULL OR batch_id = ?4)))",
     )?
-    .execute(params![now, WAIT_DAILY, WAIT_BATCH, batch])
+    .execute(params![now, WAIT_DAILY, WAIT_BATCH, batch, WAIT_UNPRICED])
+}
+
+/// The refusal of an unpriced job when any cap applies to it: a batch cap (cost or tokens) or
+/// a daily one. Shared by both backends.
+pub(crate) fn unpriced(req: &HoldRequest, batch_capped: bool, daily: DailyCaps) -> Option<Refusal> {
+    let capped = batch_capped || daily.all_fen.is_some() || daily.model_fen.is_some();
+    (!req.priced && capped).then_some(Refusal {
+        scope: Scope::Unpriced,
+        spent: 0,
+        need: 0,
+        cap: 0,
+    })
 }
 
 impl Store {
@@ -126,6 +150,10 @@ impl Store {
                         |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
+                let capped = caps.is_some_and(|(f, t)| f.is_some() || t.is_some());
+                if let Some(r) = unpriced(&req, capped, daily) {
+                    return Ok(Err(r));
+                }
                 if let Some((fen, max_tokens)) = caps
                     && (fen.is_some() || max_tokens.is_some())
                 {
@@ -144,6 +172,9 @@ impl Store {
                         }));
                     }
                 }
+            }
+            if let Some(r) = unpriced(&req, false, daily) {
+                return Ok(Err(r));
             }
             if let Some(fen) = daily.all_fen {
                 let (units, _) = sums(&tx, "day_start = ?1", [req.day_start])?;
@@ -328,10 +359,17 @@ impl Store {
             )?;
             let waiting = c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE batch_id = ?1 AND state = 'queued' \
-                 AND last_error_code IN (?2, ?3)",
-                params![batch, WAIT_BATCH, WAIT_DAILY],
+                 AND last_error_code IN (?2, ?3, ?4)",
+                params![batch, WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED],
                 |r| r.get(0),
             )?;
+            let unpriced = c
+                .prepare_cached(
+                    "SELECT model FROM jobs WHERE batch_id = ?1 AND state = 'queued' \
+                     AND last_error_code = ?2 GROUP BY model ORDER BY model",
+                )?
+                .query_map(params![batch, WAIT_UNPRICED], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
             Ok(BatchSpend {
                 max_cost_fen,
                 max_tokens,
@@ -339,6 +377,7 @@ impl Store {
                 billed_units,
                 tokens,
                 waiting,
+                unpriced,
             })
         })
         .await
@@ -379,9 +418,9 @@ impl Store {
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT last_error_code, COUNT(*) FROM jobs WHERE state = 'queued' \
-                 AND last_error_code IN (?1, ?2) GROUP BY last_error_code ORDER BY 1",
+                 AND last_error_code IN (?1, ?2, ?3) GROUP BY last_error_code ORDER BY 1",
             )?;
-            let rows = st.query_map(params![WAIT_BATCH, WAIT_DAILY], |r| {
+            let rows = st.query_map(params![WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
@@ -405,6 +444,7 @@ mod tests {
             day_start: 0,
             tokens,
             rate: 2,
+            priced: true,
         }
     }
 
@@ -490,6 +530,84 @@ mod tests {
             assert_eq!(
                 s.batch_spend("b").await.expect("spend").units,
                 200_000,
+                "{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unpriced_hold_fits_no_cap_and_any_without_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            let unpriced = |id: &str, batch: Option<&str>| HoldRequest {
+                batch: batch.map(str::to_string),
+                rate: 0,
+                tokens: 0,
+                priced: false,
+                ..hold(id, 0)
+            };
+            let refused = Err(Refusal {
+                scope: Scope::Unpriced,
+                spent: 0,
+                need: 0,
+                cap: 0,
+            });
+            let none = DailyCaps::default();
+            // No cap anywhere: it is created (Ark decides what it costs).
+            assert_eq!(
+                s.budget_reserve(unpriced("free", None), none)
+                    .await
+                    .expect("free"),
+                Ok(()),
+                "{name}"
+            );
+            // A batch without caps is no cap either.
+            assert_eq!(
+                s.budget_reserve(unpriced("nocap", Some("open")), none)
+                    .await
+                    .expect("nocap"),
+                Ok(()),
+                "{name}"
+            );
+            // A batch cost cap, a batch token cap, a daily cap, a model's daily cap: refused.
+            s.set_batch_budget("cost", Some(Some(1_000_000)), None)
+                .await
+                .expect("cap");
+            s.set_batch_budget("tok", None, Some(Some(1_000_000_000)))
+                .await
+                .expect("cap");
+            for (id, batch, daily) in [
+                ("c", Some("cost"), none),
+                ("t", Some("tok"), none),
+                (
+                    "d",
+                    None,
+                    DailyCaps {
+                        all_fen: Some(1_000_000),
+                        model_fen: None,
+                    },
+                ),
+                (
+                    "m",
+                    None,
+                    DailyCaps {
+                        all_fen: None,
+                        model_fen: Some(1_000_000),
+                    },
+                ),
+            ] {
+                assert_eq!(
+                    s.budget_reserve(unpriced(id, batch), daily)
+                        .await
+                        .expect("reserve"),
+                    refused,
+                    "{name}: {id}"
+                );
+            }
+            // The same job with a price fits.
+            assert_eq!(
+                s.budget_reserve(hold("c", 10), none).await.expect("priced"),
+                Ok(()),
                 "{name}"
             );
         }
@@ -770,6 +888,7 @@ mod tests {
                     day_start: round as i64,
                     tokens: 100_000,
                     rate: 2,
+                    priced: true,
                 };
                 tasks.spawn(async move { s.budget_reserve(req, caps).await.expect("reserve") });
             }

@@ -1602,11 +1602,11 @@ impl Store {
                 // A paused model's or batch's queued jobs wait for an operator, like a parked
                 // job: `seedq run` does not wait for them (`seedq pause`).
                 &format!("SELECT COUNT(*) FROM jobs q WHERE (state IN ('queued', 'submitting', 'submitted') \
-                 AND NOT (state = 'queued' AND last_error_code IS ?2 AND next_attempt_at > ?3) \
+                 AND NOT (state = 'queued' AND COALESCE(last_error_code, '') IN (?2, ?4) AND next_attempt_at > ?3) \
                  AND NOT (state = 'queued' AND NOT {NOT_PAUSED})) \
                  OR (?1 AND state IN ('succeeded', 'archiving')) \
                  OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')"),
-                params![archive, budget::WAIT_BATCH, now_ms()],
+                params![archive, budget::WAIT_BATCH, now_ms(), budget::WAIT_UNPRICED],
                 |r| r.get(0),
             )?)
         })

@@ -222,12 +222,21 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             .map_or("–".to_string(), |t| format!("{} ago", human_ms(now - t)));
         let _ = write!(
             out,
-            "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}{pz}</td><td>{t}</td>\
+            "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}{un}{pz}</td><td>{t}</td>\
              <td class=\"num\" data-k=\"inflight\">{in_flight} / {c}</td>\
              <td class=\"num\">{cr} / {rpm}</td><td class=\"num\">{tpd}</td>\
              <td class=\"num\" data-k=\"queued\">{queued}</td><td>{old}</td></tr>",
             m = esc(model),
             t = esc(tier),
+            // A model without a price: under a spend cap its jobs wait instead of being created.
+            un = if ctx.ops.live.catalogue().get(model).is_none() {
+                format!(
+                    " <span class=\"muted\" data-k=\"unpriced\" title=\"{}\">unpriced</span>",
+                    esc(&crate::worker::budget::unpriced_reason(model))
+                )
+            } else {
+                String::new()
+            },
             pz = pause_control(ui, &paused, "model", model),
             c = slots,
             cr = creates
@@ -559,7 +568,7 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
     }
     let tokens = j.usage_tokens.or(j.est_tokens).unwrap_or(0);
     let cny = cost(ui, &j.model, &j.service_tier, tokens)
-        .map_or("–".to_string(), |c| format!("¥{c:.4}"));
+        .map_or("unpriced".to_string(), |c| format!("¥{c:.4}"));
     let rows: Vec<(&str, String)> = vec![
         ("model", j.model.clone()),
         ("tier", j.service_tier.clone()),

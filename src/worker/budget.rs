@@ -7,7 +7,8 @@
 //! that provably made no task gives it back; the poller replaces it with the billed usage;
 //! an ambiguous create keeps it (counted as spent) until reconciliation settles it. A job
 //! that does not fit goes back to `queued` with the reason (`budget_batch`: until the cap is
-//! raised; `budget_daily`: until the next budget day).
+//! raised; `budget_daily`: until the next budget day). A job whose model has no price fits no
+//! cap at all (`budget_unpriced`): under any cap it is never created until it has a price.
 
 use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
@@ -16,7 +17,7 @@ use super::Ctx;
 use crate::catalogue::Catalogue;
 use crate::config::fen_of_cny;
 use crate::store::budget::{
-    DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
+    DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED,
 };
 use crate::store::{HELD, Job, now_ms};
 
@@ -104,6 +105,13 @@ pub struct Wait {
     pub message: String,
 }
 
+/// Why a job on a model without a price waits under a spend cap, and what to do about it.
+pub fn unpriced_reason(model: &str) -> String {
+    format!(
+        "no price for model {model}: add `[models.\"{model}\"] base = …` or a price (price_per_million) to config.toml and reload; a spend cap applies, and what this job would cost is unknown"
+    )
+}
+
 /// The user-facing reason for a refusal.
 pub fn describe(r: &Refusal, job: &Job) -> String {
     let batch = job.batch_id.as_deref().unwrap_or("-");
@@ -124,6 +132,7 @@ pub fn describe(r: &Refusal, job: &Job) -> String {
             fmt_units(r.spent),
             fmt_units(r.need)
         ),
+        Scope::Unpriced => unpriced_reason(&job.model),
         Scope::ModelDaily => format!(
             "budget: {} daily_cny {} reached ({} used + {} needed); waiting for the next day",
             job.model,
@@ -150,6 +159,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
         day_start: day,
         tokens: job.est_tokens.unwrap_or(0).max(0),
         rate: rate(&ctx.ops.live.catalogue(), &job.model, job.is_flex()),
+        priced: ctx.ops.live.catalogue().get(&job.model).is_some(),
     };
     match ctx
         .store
@@ -162,6 +172,8 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
             let (code, until) = match r.scope {
                 Scope::BatchCost | Scope::BatchTokens => (WAIT_BATCH, HELD),
                 Scope::Daily | Scope::ModelDaily => (WAIT_DAILY, day + day_ms),
+                // Until a reload gives the model a price or the cap goes (both wake it).
+                Scope::Unpriced => (WAIT_UNPRICED, HELD),
             };
             crate::metrics::budget_refused(code);
             Ok(Err(Wait {
@@ -199,6 +211,11 @@ pub struct Plan {
     /// skipped, as the dispatcher does).
     pub jobs: usize,
     pub fit: usize,
+    /// Models without a price among the jobs: under any cap their jobs never fit.
+    #[serde(skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub unpriced: std::collections::BTreeSet<String>,
+    /// Jobs on those models.
+    pub unpriced_jobs: usize,
 }
 
 impl Plan {
@@ -212,7 +229,14 @@ impl Plan {
         );
         self.jobs = jobs.len();
         self.fit = 0;
+        self.unpriced_jobs = 0;
+        let binds = self.binds();
         for (model, tokens, rate) in jobs {
+            // The dispatcher's rule (`store::budget::unpriced`): no price, no create under a cap.
+            if binds && self.unpriced.contains(model) {
+                self.unpriced_jobs += 1;
+                continue;
+            }
             let need = tokens.saturating_mul(*rate);
             let ml = m.get(model).copied();
             let fits = b.is_none_or(|l| need <= l)
@@ -255,12 +279,25 @@ impl Plan {
         for (model, l) in &self.model_left {
             parts.push(format!("{model} daily_cny: {} left today", fmt_floor(*l)));
         }
-        format!(
+        let mut line = format!(
             "{} → {} of {} job(s) fit now",
             parts.join("; "),
             self.fit,
             self.jobs
-        )
+        );
+        if self.unpriced_jobs > 0 {
+            let models: Vec<&str> = self.unpriced.iter().map(String::as_str).collect();
+            line.push_str(&format!(
+                "; {} job(s) unpriced, never created under a cap ({})",
+                self.unpriced_jobs,
+                models
+                    .iter()
+                    .map(|m| unpriced_reason(m))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        line
     }
 }
 
@@ -303,6 +340,9 @@ pub async fn plan_for(
         plan.daily_left = Some(fen.saturating_mul(UNITS_PER_FEN) - spent);
     }
     for m in models {
+        if catalogue.get(m).is_none() {
+            plan.unpriced.insert(m.clone());
+        }
         if plan.model_left.contains_key(m) {
             continue;
         }
@@ -404,7 +444,7 @@ pub async fn metrics_text(ctx: &Ctx, out: &mut String, now: i64) -> anyhow::Resu
         "# HELP seedq_budget_waiting_jobs Queued jobs waiting on a spend cap, by reason.\n\
          # TYPE seedq_budget_waiting_jobs gauge"
     );
-    for code in [WAIT_BATCH, WAIT_DAILY] {
+    for code in [WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED] {
         let n = waiting
             .iter()
             .find(|(c, _)| c == code)

@@ -4,6 +4,7 @@ mod archive;
 mod bench_fleet;
 mod budget;
 mod bulk;
+mod catalogue;
 mod cli;
 mod clients;
 mod demo;

@@ -16,6 +16,7 @@
 use super::Pg;
 use crate::store::budget::{
     BatchSpend, DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
+    WAIT_UNPRICED, unpriced,
 };
 use crate::store::{StoreError, now_ms};
 
@@ -45,11 +46,15 @@ async fn wake(
     let st = tx
         .prepare_cached(
             "UPDATE jobs SET next_attempt_at = $1 WHERE state = 'queued' AND next_attempt_at > $1 \
-             AND (last_error_code = $2 OR (last_error_code = $3 AND ($4::TEXT IS NULL OR batch_id = $4)))",
+             AND (last_error_code IN ($2, $5) \
+                  OR (last_error_code = $3 AND ($4::TEXT IS NULL OR batch_id = $4)))",
         )
         .await?;
     let n = tx
-        .execute(&st, &[&now, &WAIT_DAILY, &WAIT_BATCH, &batch])
+        .execute(
+            &st,
+            &[&now, &WAIT_DAILY, &WAIT_BATCH, &batch, &WAIT_UNPRICED],
+        )
         .await?;
     Ok(usize::try_from(n).unwrap_or(usize::MAX))
 }
@@ -105,6 +110,10 @@ pub(crate) async fn budget_reserve(
                 .await?
                 .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
                 .transpose()?;
+            let capped = caps.is_some_and(|(f, t)| f.is_some() || t.is_some());
+            if let Some(r) = unpriced(req, capped, daily) {
+                return Ok(Err(r));
+            }
             if let Some((fen, max_tokens)) = caps
                 && (fen.is_some() || max_tokens.is_some())
             {
@@ -123,6 +132,9 @@ pub(crate) async fn budget_reserve(
                     }));
                 }
             }
+        }
+        if let Some(r) = unpriced(req, false, daily) {
+            return Ok(Err(r));
         }
         if let Some(fen) = daily.all_fen {
             let (units, _) = sums(&tx, "day_start = $1", &[&req.day_start]).await?;
@@ -291,11 +303,21 @@ pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, Stor
     let waiting = c
         .query_one(
             "SELECT COUNT(*) FROM jobs WHERE batch_id = $1 AND state = 'queued' \
-             AND last_error_code IN ($2, $3)",
-            &[&batch, &WAIT_BATCH, &WAIT_DAILY],
+             AND last_error_code IN ($2, $3, $4)",
+            &[&batch, &WAIT_BATCH, &WAIT_DAILY, &WAIT_UNPRICED],
         )
         .await?
         .try_get(0)?;
+    let unpriced = c
+        .query(
+            "SELECT model FROM jobs WHERE batch_id = $1 AND state = 'queued' \
+             AND last_error_code = $2 GROUP BY model ORDER BY model COLLATE \"C\"",
+            &[&batch, &WAIT_UNPRICED],
+        )
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<Result<Vec<String>, _>>()?;
     Ok(BatchSpend {
         max_cost_fen,
         max_tokens,
@@ -303,6 +325,7 @@ pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, Stor
         billed_units: r.try_get(1)?,
         tokens: r.try_get(2)?,
         waiting,
+        unpriced,
     })
 }
 
@@ -330,11 +353,11 @@ pub(crate) async fn budget_waiting(pg: &Pg) -> Result<Vec<(String, i64)>, StoreE
     let st = c
         .prepare_cached(
             "SELECT last_error_code, COUNT(*) FROM jobs WHERE state = 'queued' \
-             AND last_error_code IN ($1, $2) GROUP BY last_error_code \
+             AND last_error_code IN ($1, $2, $3) GROUP BY last_error_code \
              ORDER BY last_error_code COLLATE \"C\"",
         )
         .await?;
-    c.query(&st, &[&WAIT_BATCH, &WAIT_DAILY])
+    c.query(&st, &[&WAIT_BATCH, &WAIT_DAILY, &WAIT_UNPRICED])
         .await?
         .iter()
         .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))

@@ -212,18 +212,24 @@ pub(crate) async fn pending_work(pg: &Pg, archive: bool) -> Result<i64, StoreErr
     let st = c
         .prepare_cached(&format!(
             "SELECT COUNT(*) FROM jobs q WHERE (state IN ('queued', 'submitting', 'submitted') \
-             AND NOT (state = 'queued' AND last_error_code IS NOT DISTINCT FROM $2::TEXT \
+             AND NOT (state = 'queued' AND COALESCE(last_error_code, '') IN ($2::TEXT, $4::TEXT) \
                       AND next_attempt_at > $3) \
              AND NOT (state = 'queued' AND NOT {NOT_PAUSED})) \
              OR ($1::BOOLEAN AND state IN ('succeeded', 'archiving')) \
              OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')"
         ))
         .await?;
-    Ok(
-        c.query_one(&st, &[&archive, &budget::WAIT_BATCH, &now_ms()])
-            .await?
-            .try_get(0)?,
+    Ok(c.query_one(
+        &st,
+        &[
+            &archive,
+            &budget::WAIT_BATCH,
+            &now_ms(),
+            &budget::WAIT_UNPRICED,
+        ],
     )
+    .await?
+    .try_get(0)?)
 }
 
 /// [`crate::store::Store::creates_since`].

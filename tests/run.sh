@@ -143,7 +143,10 @@ if [[ "${SEEDQ_TEST_BACKENDS:-sqlite postgres}" == *postgres* ]]; then
     if (($#)); then
         SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast "$@" || status=$?
     else
-        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast --test it || status=$?
+        # tests/it/clients.rs drives third-party clients against the sim alone, with no store:
+        # the second pass would only run them again.
+        SEEDQ_TEST_STORE=postgres cargo test --no-fail-fast --test it -- --skip clients:: ||
+            status=$?
     fi
 fi
 exit "$status"

@@ -175,16 +175,17 @@ impl Effective {
     }
 
     /// Estimated billable tokens, when the pixel size is known, by the model's formula
-    /// (catalogue `tokens`): with a video input, docs/ark-api.md §14's, assuming the longest
-    /// reference the model takes (the input is a URL seedq does not fetch).
+    /// (catalogue `tokens`): with a video input, docs/ark-api.md §14's, assuming every
+    /// reference is the longest the model takes (the input is a URL seedq does not fetch).
     pub fn tokens(&self, spec: Option<&ModelSpec>) -> Option<i64> {
         let (w, h) = self.size?;
         if self.video_inputs > 0
             && self.frames.is_none()
             && let Some(s) = spec
         {
+            // Each reference at the longest the model takes: the estimate never falls short.
             #[allow(clippy::cast_precision_loss)]
-            let input = s.max_reference_video_seconds as f64;
+            let input = (i64::from(self.video_inputs) * s.max_reference_video_seconds) as f64;
             return Some(catalogue::video_input_tokens(
                 s,
                 w,

@@ -1377,3 +1377,62 @@ fn audio_only_references_are_a_2_0_rule_only() {
     check(&req(V25, vec![text("x"), audio.clone()]), &cat).expect("2.5 audio-driven");
     check(&req("ep-20250101-abc", vec![text("x"), audio]), &cat).expect("endpoint");
 }
+
+#[test]
+fn seedance_2_5_estimates_follow_its_catalogue_row() {
+    let cat = Catalogue::default();
+    let spec = cat.get(V25);
+    // No duration: 2.5's default is −1 (docs/ark-api.md §14), estimated at its 30 s maximum.
+    let e = check(&t2v(V25), &cat).expect("valid");
+    assert_eq!(e.duration, Some(-1));
+    assert_eq!(e.tokens(spec), Some(1280 * 720 * 721 / 1024));
+    // 480p renders 854×480: the live usage of 4 s (38 830) and 30 s (288 625).
+    for (d, tokens) in [(4, 38_830), (30, 288_625)] {
+        let r = CreateTaskRequest {
+            resolution: Some("480p".into()),
+            ratio: Some("16:9".into()),
+            duration: Some(d),
+            ..t2v(V25)
+        };
+        let e = check(&r, &cat).expect("valid");
+        assert_eq!(e.size, Some((854, 480)));
+        assert_eq!(e.tokens(spec), Some(tokens), "{d} s");
+    }
+    // With a reference video: W·H·24·(⌊input⌋ + output)/1024, no "+1 frame", the input
+    // assumed at the longest clip 2.5 takes (30 s).
+    let video = ContentItem::VideoUrl {
+        video_url: MediaUrl {
+            url: "https://example.com/v.mp4".into(),
+        },
+        role: Some("reference_video".into()),
+    };
+    let r = CreateTaskRequest {
+        resolution: Some("720p".into()),
+        ratio: Some("16:9".into()),
+        duration: Some(5),
+        ..req(V25, vec![text("x"), video])
+    };
+    let e = check(&r, &cat).expect("valid");
+    assert_eq!(e.tokens(spec), Some(1280 * 720 * 24 * (30 + 5) / 1024));
+    // 2.0 keeps 5 s and its own 480p size.
+    let e = check(&t2v(V20), &cat).expect("valid");
+    assert_eq!(e.duration, Some(5));
+}
+
+#[test]
+fn byteplus_1_0_ids_get_1080p_and_the_seed_range_of_their_family() {
+    let cat = Catalogue::default();
+    let bp = "seedance-1-0-pro-250528";
+    let e = check(&t2v(bp), &cat).expect("valid");
+    assert_eq!(e.resolution, "1080p");
+    assert_eq!(e.tokens(cat.get(bp)), Some(1920 * 1088 * 121 / 1024));
+    let r = CreateTaskRequest {
+        seed: Some(4_294_967_296),
+        ..t2v(bp)
+    };
+    let err = check(&r, &cat)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(err.contains("-1..=4294967295"), "{err}");
+}

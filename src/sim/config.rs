@@ -93,6 +93,9 @@ pub struct SimConfig {
     /// Ark's clock minus the real one, in seconds: shifts `created_at`/`updated_at` on the
     /// wire and the `Date` header, as a server with a skewed clock would (negative: behind).
     pub clock_offset_s: i64,
+    /// Seconds the simulator takes each reference video to last: it does not fetch them, and
+    /// a video-input task bills ⌊input seconds⌋ + output seconds (docs/ark-api.md §14).
+    pub reference_video_seconds: f64,
     /// Injected faults; replaceable at runtime through `POST /_sim/faults`.
     pub faults: Faults,
 }
@@ -127,6 +130,7 @@ impl Default for SimConfig {
             public_base_url: None,
             rng_seed: None,
             clock_offset_s: 0,
+            reference_video_seconds: 5.0,
             faults: Faults::default(),
         }
     }
@@ -366,6 +370,11 @@ impl SimConfig {
             self.flex_factor.is_finite() && self.flex_factor > 0.0,
             "flex_factor {} must be a finite number > 0",
             self.flex_factor
+        );
+        anyhow::ensure!(
+            self.reference_video_seconds.is_finite() && self.reference_video_seconds >= 0.0,
+            "reference_video_seconds {} must be a finite number >= 0",
+            self.reference_video_seconds
         );
         anyhow::ensure!(!self.api_keys.is_empty(), "api_keys must not be empty");
         anyhow::ensure!(self.video_downscale >= 1, "video_downscale must be >= 1");

@@ -209,6 +209,8 @@ pub struct TaskRec {
     pub frame_count: i64,
     /// Nominal output size (the catalogue's table), before `video_downscale`.
     pub size: (u32, u32),
+    /// The tokens the task bills when it succeeds (`usage`), fixed at create.
+    pub usage_tokens: i64,
     pub created_at: i64,
     pub updated_at: i64,
     pub created_ms: i64,
@@ -636,6 +638,21 @@ impl Sim {
                 .size
                 .or_else(|| catalogue::pixel_size(table, &eff.resolution, &eff.concrete_ratio))
                 .unwrap_or((1280, 720));
+            // Usage as Ark bills it: docs/ark-api.md §10; with a reference video, §14's formula
+            // (⌊input s⌋ + output s, no "+1 frame", the model's minimum). The sim does not
+            // fetch the clips: each counts `reference_video_seconds`.
+            let usage_tokens = match spec {
+                Some(s) if eff.video_inputs > 0 && frames.is_none() => {
+                    catalogue::video_input_tokens(
+                        s,
+                        size.0,
+                        size.1,
+                        f64::from(eff.video_inputs) * self.cfg.reference_video_seconds,
+                        duration.unwrap_or(crate::request::DEFAULT_DURATION),
+                    )
+                }
+                _ => catalogue::tokens(size.0, size.1, frame_count),
+            };
             if eff.flex
                 && let Some(tpd) = self.flex_tpd(&req.model)
             {
@@ -643,8 +660,7 @@ impl Sim {
                 // reference/000_c75d201f209c583d.txt:1740). Counted at create with the tokens the
                 // task will bill. The code is unpublished: `QuotaExceeded` ("period quota
                 // exceeded", ark-api.md §6.2) is the closest [INF].
-                let tokens =
-                    u64::try_from(catalogue::tokens(size.0, size.1, frame_count)).unwrap_or(0);
+                let tokens = u64::try_from(usage_tokens).unwrap_or(0);
                 let day = self.tpd_day_start(now_ms);
                 let used = inner
                     .stats
@@ -695,6 +711,7 @@ impl Sim {
                 frames,
                 frame_count,
                 size,
+                usage_tokens,
                 created_at: now_ms / 1000,
                 updated_at: now_ms / 1000,
                 created_ms: now_ms,
@@ -1282,7 +1299,7 @@ impl Sim {
             file_url: None,
         });
         let usage = succeeded.then(|| {
-            let tokens = catalogue::tokens(t.size.0, t.size.1, t.frame_count);
+            let tokens = t.usage_tokens;
             Usage {
                 completion_tokens: tokens,
                 total_tokens: tokens,
@@ -1312,9 +1329,14 @@ impl Sim {
             service_tier: Some(tier_name(t.flex).to_string()),
             execution_expires_after: Some(t.eff.expires_after),
             priority: t.req.priority,
-            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent.
+            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent. The
+            // default is the model's (catalogue `generate_audio_default`).
             generate_audio: if newer {
-                Some(t.req.generate_audio.unwrap_or(true))
+                Some(
+                    t.req
+                        .generate_audio
+                        .unwrap_or(spec.is_none_or(|s| s.generate_audio_default)),
+                )
             } else {
                 t.req.generate_audio
             },

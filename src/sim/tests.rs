@@ -1696,3 +1696,33 @@ async fn official_python_sdk_works_against_the_simulator() {
     assert!(stats["creates_total"].as_u64().unwrap_or(0) >= 2, "{stats}");
     t.handle.shutdown().await;
 }
+
+#[tokio::test]
+async fn video_input_tasks_bill_input_plus_output_seconds_without_the_extra_frame() {
+    let mut cfg = fast();
+    cfg.reference_video_seconds = 3.7;
+    let t = T::new(cfg).await;
+    let mut b = text_body("doubao-seedance-2-0-260128", "extend this");
+    b["content"]
+        .as_array_mut()
+        .expect("content")
+        .push(json!({"type": "video_url", "video_url": {"url": "https://example.com/v.mp4"}, "role": "reference_video"}));
+    b["resolution"] = json!("720p");
+    b["ratio"] = json!("16:9");
+    b["duration"] = json!(5);
+    let id = t.create(b).await;
+    let done = t.wait_status(&id, TaskStatus::Succeeded).await;
+    // docs/ark-api.md §14: 1280·720·24·(⌊3.7⌋ + 5)/1024, not 1280·720·(24·5 + 1)/1024.
+    assert_eq!(
+        done.usage.expect("usage").total_tokens,
+        1280 * 720 * 24 * (3 + 5) / 1024
+    );
+    // Without a video input the extra frame stays (§10).
+    let id = t
+        .create(json!({"model": "dreamina-seedance-2-5-260628", "content": [{"type": "text", "text": "x"}],
+            "resolution": "480p", "ratio": "16:9", "duration": 4}))
+        .await;
+    let done = t.wait_status(&id, TaskStatus::Succeeded).await;
+    assert_eq!(done.usage.expect("usage").total_tokens, 38_830);
+    t.handle.shutdown().await;
+}

@@ -266,7 +266,7 @@ fn two_run_processes_on_one_database_never_overspend_together() {
 }
 
 /// A free loopback port (bound, then released for the service to take).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -274,7 +274,7 @@ fn free_port() -> u16 {
 }
 
 /// `GET path` on `addr`, the body as text (None until the server answers).
-fn get_text(addr: &str, path: &str) -> Option<String> {
+pub(crate) fn get_text(addr: &str, path: &str) -> Option<String> {
     let mut s = std::net::TcpStream::connect(addr).ok()?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut text = String::new();

@@ -173,3 +173,54 @@ fn without_any_cap_an_unpriced_job_is_created() {
     assert_eq!(bp["usage_tokens"], 246_840, "{bp}");
     assert_eq!(bp["est_tokens"], 246_840, "{bp}");
 }
+
+#[test]
+fn under_a_daily_cap_an_unpriced_job_waits_and_the_dashboard_and_watch_say_why() {
+    use crate::budget::{free_port, get_text};
+    let sim = fast_sim();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let text = worker_config(&sim, "[budget]\ndaily_cny = 5\n")
+        .replace("listen = \"\"", &format!("listen = \"{admin}\""));
+    let env = TestEnv::new(&text);
+    let file = write(
+        &env,
+        "jobs.jsonl",
+        &format!(r#"{{"prompt":"a lighthouse","model":"{ENDPOINT}"}}"#),
+    );
+    env.ok(&["submit", "-f", &file, "--batch", "daily"]);
+    let _service = env.serve();
+    crate::helpers::wait_until(20, "the job to wait for a price", || {
+        env.jobs()
+            .first()
+            .is_some_and(|j| j["last_error_code"] == "budget_unpriced")
+    });
+    let id = env.jobs()[0]["id"].as_str().expect("id").to_string();
+    let page = get_text(&admin, &format!("/ui/jobs/{id}")).unwrap_or_default();
+    assert!(
+        page.contains(&format!("no price for model {ENDPOINT}: add `[models.")),
+        "the job page says why: {page}"
+    );
+    let overview = get_text(&admin, "/ui").unwrap_or_default();
+    assert!(
+        overview.contains("data-k=\"unpriced\""),
+        "the model row is marked unpriced: {overview}"
+    );
+    let mut watch = crate::helpers::Guard(
+        env.cmd(&["watch", "--batch", "daily", "--plain"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn watch"),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(watch.0.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("a watch line");
+    watch.kill();
+    assert!(
+        line.contains(&format!("no price for model {ENDPOINT}")),
+        "watch says why: {line}"
+    );
+    assert_eq!(creates(&sim), 0, "never created under the daily cap");
+}

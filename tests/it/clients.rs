@@ -264,9 +264,9 @@ fn vercel(sim: &SimProc, out: &std::path::Path, model: &str) -> (serde_json::Val
 const PRO_1080P_5S_TOKENS: u64 = 1920 * 1088 * 121 / 1024;
 
 /// The official BytePlus SDK against the sim with a BytePlus id the catalogue knows
-/// (`dreamina-` + the Volcengine 2.0 name): it creates with every optional field as JSON null
-/// (including fields the Volcengine SDK does not have: `frames`, `output_format`,
-/// `omni_reference_task_type`, `safety_identifier`), polls and downloads the sim's video.
+/// (`dreamina-` + the Volcengine 2.0 name): it creates with every unset optional field as JSON
+/// null (`frames`, `output_format`, `omni_reference_task_type`, …), polls and downloads the
+/// sim's video.
 #[test]
 fn the_byteplus_sdk_creates_polls_and_downloads_a_byteplus_2_0_task() {
     let sim = shared_sim();

@@ -26,6 +26,7 @@ pub(crate) mod migrate;
 pub(crate) mod ops;
 pub(crate) mod pause;
 pub(crate) mod ui;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

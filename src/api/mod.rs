@@ -18,6 +18,7 @@
 //! connection cap and connection lifetime, with a body cap of its own (`api.max_body`).
 
 pub mod ark;
+pub mod bench;
 pub mod door;
 pub mod keys;
 pub mod openai;

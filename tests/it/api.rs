@@ -15,9 +15,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `seedq serve` with the doors on `port` and archiving into the env's directory.
+/// `seedq serve` with the doors as configured and archiving into the env's directory.
 fn serve(env: &TestEnv) -> Guard {
+    serve_with(env, &[])
+}
+
+/// [`serve`] with extra environment settings (`SEEDQ__SECTION__KEY`).
+fn serve_with(env: &TestEnv, vars: &[(&str, String)]) -> Guard {
     let mut c = env.keyed(&["serve"]);
+    c.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
     c.env(
         "SEEDQ__ARCHIVE__URL",
         format!("file://{}", env.path().join("archive").display()),
@@ -261,4 +267,72 @@ fn a_webhook_is_signed_and_survives_a_sigkill_between_archive_and_delivery() {
             .is_some_and(|u| u.contains(&format!("/files/{id}/video.mp4"))),
         "{first}"
     );
+}
+
+#[test]
+fn two_hundred_clients_create_at_once_on_a_three_worker_fleet() {
+    let sim = fast_sim("");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let key = make_key(&env, "load", &[]);
+    let _workers: Vec<Guard> = ports
+        .iter()
+        .map(|p| serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{p}"))]))
+        .collect();
+    for p in &ports {
+        wait_for_door(*p);
+    }
+    let tasks = "/api/v3/contents/generations/tasks";
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a crowd"}],"duration":5}"#;
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let (port, key) = (ports[i % 3], &key);
+                s.spawn(move || {
+                    let (code, v) = call(port, "POST", tasks, key, body);
+                    assert_eq!(code, 200, "create {i}: {v}");
+                    v["id"].as_str().expect("an id").to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a client thread"))
+            .collect()
+    });
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 200, "every create is its own job");
+    wait_until(180, "every job archived", || {
+        env.jobs()
+            .iter()
+            .filter(|j| j["state"] == "archived")
+            .count()
+            == 200
+    });
+    // Any worker answers for any job.
+    for (i, id) in ids.iter().enumerate().take(9) {
+        let (code, v) = call(
+            ports[(i + 1) % 3],
+            "GET",
+            &format!("{tasks}/{id}"),
+            &key,
+            "",
+        );
+        assert_eq!(
+            (code, v["status"].as_str()),
+            (200, Some("succeeded")),
+            "{v}"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        stats["creates_total"], 200,
+        "each job created at Ark once: {stats}"
+    );
+    let remote: std::collections::HashSet<String> = env
+        .jobs()
+        .iter()
+        .filter_map(|j| j["remote_task_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(remote.len(), 200, "each job has its own task");
 }

@@ -374,6 +374,12 @@ pub struct ApiConfig {
     /// How long a signed file URL (`content.video_url`) stays valid.
     #[serde(with = "humantime_serde")]
     pub url_ttl: Duration,
+    /// The wait after a webhook's first failed attempt; doubled for each further one.
+    #[serde(with = "humantime_serde")]
+    pub webhook_min_backoff: Duration,
+    /// A webhook not delivered by this age is given up.
+    #[serde(with = "humantime_serde")]
+    pub webhook_max_age: Duration,
 }
 
 impl Default for ApiConfig {
@@ -384,6 +390,8 @@ impl Default for ApiConfig {
             // Ark's own request limit (docs/ark-api.md §8: "Whole request body ≤ 64 MB").
             max_body: 64 * 1024 * 1024,
             url_ttl: Duration::from_secs(24 * 3600),
+            webhook_min_backoff: Duration::from_secs(5),
+            webhook_max_age: Duration::from_secs(24 * 3600),
         }
     }
 }

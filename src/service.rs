@@ -88,6 +88,10 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("api", crate::api::run(c, listener, t).await) });
     }
+    if mode == Mode::Serve {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("webhooks", crate::api::webhooks::run(c, t).await) });
+    }
     crate::ops::notify::ready(&status);
     tracing::info!(mode = ?mode, "seedq service started");
 

@@ -7,6 +7,7 @@
 //! - `keys`: who is calling (an API key, or the admin token), per-key request rates.
 //! - `door`: what both doors share: turning a create into a stored job, file URLs.
 //! - `sign`: HMAC-SHA256 (file URLs, webhook signatures).
+//! - `webhooks`: signed webhooks from the durable outbox, on every worker.
 //!
 //! Invariants: a create is a durable enqueue and answers at once with seedq's own job id,
 //! before Ark has seen the job. Everything is read from the store on every request (keys
@@ -17,10 +18,12 @@
 //! connection cap and connection lifetime, with a body cap of its own (`api.max_body`).
 
 pub mod ark;
+pub mod bench;
 pub mod door;
 pub mod keys;
 pub mod openai;
 pub mod sign;
+pub mod webhooks;
 
 use std::sync::Arc;
 
@@ -60,24 +63,31 @@ pub async fn bind(listen: &str) -> anyhow::Result<Option<TcpListener>> {
     Ok(Some(l))
 }
 
+impl Api {
+    /// The handlers' state for `ctx` (the archive opened once).
+    pub fn new(ctx: &Ctx) -> Self {
+        let blob = if ctx.cfg.archive.url.trim().is_empty() {
+            None
+        } else {
+            match BlobStore::open(&ctx.cfg.archive.url, &ctx.cfg.archive.s3) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    tracing::warn!(error = %e, "api: the archive does not open; videos cannot be served");
+                    None
+                }
+            }
+        };
+        Self {
+            ctx: ctx.clone(),
+            blob,
+            rates: Arc::new(keys::RateLimiter::default()),
+        }
+    }
+}
+
 /// The doors' routes.
 pub fn router(ctx: &Ctx) -> Router {
-    let blob = if ctx.cfg.archive.url.trim().is_empty() {
-        None
-    } else {
-        match BlobStore::open(&ctx.cfg.archive.url, &ctx.cfg.archive.s3) {
-            Ok(b) => Some(b),
-            Err(e) => {
-                tracing::warn!(error = %e, "api: the archive does not open; videos cannot be served");
-                None
-            }
-        }
-    };
-    let api = Api {
-        ctx: ctx.clone(),
-        blob,
-        rates: Arc::new(keys::RateLimiter::default()),
-    };
+    let api = Api::new(ctx);
     let max_body = usize::try_from(ctx.cfg.api.max_body).unwrap_or(usize::MAX);
     Router::new()
         .merge(ark::routes())

@@ -382,7 +382,7 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
 }
 
 /// A job as OpenAI's `Video`.
-fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
+pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
     let status = match door::status(job, api.ctx.archive.is_some()) {
         "queued" => "queued",
         "running" => "in_progress",

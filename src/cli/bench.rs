@@ -35,6 +35,8 @@ pub enum BenchCommand {
     Fleet(super::bench_fleet::FleetArgs),
     /// The web dashboard's overview and job list with a large store (default 1 000 000 jobs).
     Ui(crate::ui::bench::UiBenchArgs),
+    /// Creates through the Ark door (`[api]`): latency p50/p99 and creates per second.
+    Api(crate::api::bench::ApiBenchArgs),
 }
 
 /// `seedq bench enqueue`.
@@ -62,6 +64,9 @@ pub(crate) async fn run(ctx: &Ctx, cmd: BenchCommand) -> anyhow::Result<ExitCode
         BenchCommand::Claims(a) => super::bench_fleet::run_claims(ctx, a).await,
         BenchCommand::Fleet(a) => super::bench_fleet::run_fleet(ctx, a).await,
         BenchCommand::Ui(a) => crate::ui::bench::run(&ctx.cfg, &ctx.catalogue, a)
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        BenchCommand::Api(a) => crate::api::bench::run(&ctx.cfg, &ctx.catalogue, a)
             .await
             .map(|()| ExitCode::SUCCESS),
     }

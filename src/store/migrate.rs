@@ -61,6 +61,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0018_api.sql",
         include_str!("../../migrations/0018_api.sql"),
     ),
+    (
+        "0019_webhooks.sql",
+        include_str!("../../migrations/0019_webhooks.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -26,6 +26,7 @@ mod ui;
 mod verbs;
 #[cfg(test)]
 mod verbs_tests;
+pub mod webhooks;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

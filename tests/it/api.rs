@@ -15,9 +15,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `seedq serve` with the doors on `port` and archiving into the env's directory.
+/// `seedq serve` with the doors as configured and archiving into the env's directory.
 fn serve(env: &TestEnv) -> Guard {
+    serve_with(env, &[])
+}
+
+/// [`serve`] with extra environment settings (`SEEDQ__SECTION__KEY`).
+fn serve_with(env: &TestEnv, vars: &[(&str, String)]) -> Guard {
     let mut c = env.keyed(&["serve"]);
+    c.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
     c.env(
         "SEEDQ__ARCHIVE__URL",
         format!("file://{}", env.path().join("archive").display()),
@@ -186,4 +192,147 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     env.ok(&["keys", "revoke", "free"]);
     let (code, _) = call(port, "GET", &format!("{tasks}/{f1}"), &free, "");
     assert_eq!(code, 401);
+}
+
+#[test]
+fn a_webhook_is_signed_and_survives_a_sigkill_between_archive_and_delivery() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let hook_port = free_port();
+    // `download_allow` lands in the env's `[archive]` table: the receiver is on loopback,
+    // which the downloader's SSRF rules refuse unless allowed.
+    let env = TestEnv::new(&format!(
+        "download_allow = [\"127.0.0.1:{hook_port}\"]\n{}",
+        worker_config(
+            &sim,
+            &format!("[api]\nlisten = \"127.0.0.1:{port}\"\nwebhook_min_backoff = \"100ms\"\n"),
+        )
+    ));
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let out = env.cli(&["keys", "create", "hooked", "--webhook-url", &hook]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let secret = err
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .expect("the signing secret is shown once")
+        .to_string();
+
+    let mut worker = serve(&env);
+    wait_for_door(port);
+    let tasks = "/api/v3/contents/generations/tasks";
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a heron"}],"duration":5}"#;
+    let (code, v) = call(port, "POST", tasks, &key, body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    // The receiver is down: the job is archived, its webhook fails and waits for a retry.
+    wait_until(60, "the job archived", || {
+        call(port, "GET", &format!("{tasks}/{id}"), &key, "").1["status"] == "succeeded"
+    });
+    worker.kill();
+
+    let log = env.path().join("hooks.jsonl");
+    let mut receiver = Command::new(python());
+    receiver
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/webhook_receiver.py"
+        ))
+        .arg(hook_port.to_string())
+        .arg(&secret)
+        .arg(&log);
+    let _receiver = Guard(receiver.spawn().expect("start the webhook receiver"));
+    wait_until(30, "the receiver", || {
+        std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_ok()
+    });
+    let _worker = serve(&env);
+    wait_until(60, "the webhook delivered after the restart", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.trim().is_empty())
+    });
+    let text = std::fs::read_to_string(&log).expect("the receiver's log");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["verified"], true, "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_archived"), "{first}");
+    assert_eq!(first["body"]["id"], id.as_str());
+    assert_eq!(first["body"]["status"], "succeeded");
+    assert!(
+        first["body"]["content"]["video_url"]
+            .as_str()
+            .is_some_and(|u| u.contains(&format!("/files/{id}/video.mp4"))),
+        "{first}"
+    );
+}
+
+#[test]
+fn two_hundred_clients_create_at_once_on_a_three_worker_fleet() {
+    let sim = fast_sim("");
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let key = make_key(&env, "load", &[]);
+    let _workers: Vec<Guard> = ports
+        .iter()
+        .map(|p| serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{p}"))]))
+        .collect();
+    for p in &ports {
+        wait_for_door(*p);
+    }
+    let tasks = "/api/v3/contents/generations/tasks";
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a crowd"}],"duration":5}"#;
+    let ids: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..200)
+            .map(|i| {
+                let (port, key) = (ports[i % 3], &key);
+                s.spawn(move || {
+                    let (code, v) = call(port, "POST", tasks, key, body);
+                    assert_eq!(code, 200, "create {i}: {v}");
+                    v["id"].as_str().expect("an id").to_string()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a client thread"))
+            .collect()
+    });
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 200, "every create is its own job");
+    wait_until(180, "every job archived", || {
+        env.jobs()
+            .iter()
+            .filter(|j| j["state"] == "archived")
+            .count()
+            == 200
+    });
+    // Any worker answers for any job.
+    for (i, id) in ids.iter().enumerate().take(9) {
+        let (code, v) = call(
+            ports[(i + 1) % 3],
+            "GET",
+            &format!("{tasks}/{id}"),
+            &key,
+            "",
+        );
+        assert_eq!(
+            (code, v["status"].as_str()),
+            (200, Some("succeeded")),
+            "{v}"
+        );
+    }
+    let stats = sim.stats();
+    assert_eq!(
+        stats["creates_total"], 200,
+        "each job created at Ark once: {stats}"
+    );
+    let remote: std::collections::HashSet<String> = env
+        .jobs()
+        .iter()
+        .filter_map(|j| j["remote_task_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(remote.len(), 200, "each job has its own task");
 }

@@ -27,6 +27,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0009_api.sql",
         include_str!("../../../migrations/postgres/0009_api.sql"),
     ),
+    (
+        "0010_webhooks.sql",
+        include_str!("../../../migrations/postgres/0010_webhooks.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

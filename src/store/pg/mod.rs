@@ -27,6 +27,7 @@ pub(crate) mod ops;
 pub(crate) mod pause;
 pub(crate) mod reads;
 pub(crate) mod ui;
+pub(crate) mod webhooks;
 
 use std::future::Future;
 use std::time::Duration;

@@ -1,0 +1,33 @@
+-- seedq schema: the webhook outbox of the front doors (docs/api.md, Webhooks). Append-only.
+--
+-- When a job created through a door with a key ends (archived, failed, expired, cancelled,
+-- dead) and it has a webhook (its create's callback_url, else its key's webhook_url), the
+-- trigger below adds one row here in the same transaction as the state change: no crash can
+-- lose it. Every worker delivers due rows (a short lease keeps two from sending one at once),
+-- and a failed delivery is tried again with backoff until it is `api.webhook_max_age` old.
+-- The row's id is the `webhook-id` of every attempt, so a receiver can drop repeats.
+CREATE TABLE webhook_outbox (
+    id              TEXT PRIMARY KEY,     -- msg_<job id>_<state>
+    job_id          TEXT NOT NULL,
+    event           TEXT NOT NULL,        -- the job's terminal state
+    created_at      INTEGER NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    lease_until     INTEGER,
+    delivered_at    INTEGER,
+    given_up_at     INTEGER,
+    last_error      TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+
+CREATE TRIGGER webhook_on_finish AFTER UPDATE OF state ON jobs
+WHEN NEW.state IN ('archived', 'failed', 'expired', 'cancelled', 'dead')
+     AND OLD.state IS NOT NEW.state
+BEGIN
+    INSERT INTO webhook_outbox (id, job_id, event, created_at, next_attempt_at)
+    SELECT 'msg_' || NEW.id || '_' || NEW.state, NEW.id, NEW.state, NEW.updated_at, NEW.updated_at
+    FROM api_jobs a JOIN api_keys k ON k.id = a.api_key
+    WHERE a.job_id = NEW.id AND COALESCE(a.webhook_url, k.webhook_url) IS NOT NULL
+    ON CONFLICT (id) DO NOTHING;
+END;

@@ -1,0 +1,33 @@
+-- The webhook outbox: the PostgreSQL twin of migrations/0019_webhooks.sql; see there.
+CREATE TABLE webhook_outbox (
+    id              TEXT PRIMARY KEY,
+    job_id          TEXT NOT NULL,
+    event           TEXT NOT NULL,
+    created_at      BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    attempts        BIGINT NOT NULL DEFAULT 0,
+    lease_until     BIGINT,
+    delivered_at    BIGINT,
+    given_up_at     BIGINT,
+    last_error      TEXT
+);
+CREATE INDEX webhook_outbox_due ON webhook_outbox (next_attempt_at)
+    WHERE delivered_at IS NULL AND given_up_at IS NULL;
+
+CREATE FUNCTION webhook_on_finish() RETURNS trigger AS $$
+BEGIN
+    IF NEW.state IN ('archived', 'failed', 'expired', 'cancelled', 'dead')
+       AND OLD.state IS DISTINCT FROM NEW.state THEN
+        INSERT INTO webhook_outbox (id, job_id, event, created_at, next_attempt_at)
+        SELECT 'msg_' || NEW.id || '_' || NEW.state, NEW.id, NEW.state, NEW.updated_at,
+               NEW.updated_at
+        FROM api_jobs a JOIN api_keys k ON k.id = a.api_key
+        WHERE a.job_id = NEW.id AND COALESCE(a.webhook_url, k.webhook_url) IS NOT NULL
+        ON CONFLICT (id) DO NOTHING;
+    END IF;
+    RETURN NEW;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER webhook_on_finish AFTER UPDATE OF state ON jobs
+    FOR EACH ROW EXECUTE FUNCTION webhook_on_finish();

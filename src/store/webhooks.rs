@@ -1,0 +1,242 @@
+//! Store side of the webhook outbox (migrations/0019_webhooks.sql): rows are added by a
+//! trigger in the transaction that ends a job; any worker claims due rows under a short
+//! lease, and records each one delivered, retried later or given up. The PostgreSQL bodies
+//! are in `pg/webhooks.rs`.
+
+use rusqlite::params;
+
+use super::{Store, StoreError};
+
+/// One webhook to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookDue {
+    /// The `webhook-id`: the same on every attempt.
+    pub id: String,
+    pub job_id: String,
+    /// The job's terminal state.
+    pub event: String,
+    pub created_at: i64,
+    /// Attempts made before this one.
+    pub attempts: i64,
+}
+
+/// An outbox row's delivery state, for tests and `seedq show`-like readers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookState {
+    pub id: String,
+    pub attempts: i64,
+    pub delivered_at: Option<i64>,
+    pub given_up_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl Store {
+    /// Claims up to `limit` due webhooks for `lease_ms` (another worker skips them until the
+    /// lease ends: a crashed sender's rows come back then).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn webhook_claim(
+        &self,
+        now: i64,
+        lease_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<WebhookDue>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::webhooks::webhook_claim(pg, now, lease_ms, limit).await;
+        }
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let rows = {
+                let mut st = tx.prepare_cached(
+                    "UPDATE webhook_outbox SET lease_until = ?1 + ?2 WHERE id IN ( \
+                         SELECT id FROM webhook_outbox WHERE delivered_at IS NULL \
+                         AND given_up_at IS NULL AND next_attempt_at <= ?1 \
+                         AND (lease_until IS NULL OR lease_until <= ?1) \
+                         ORDER BY next_attempt_at LIMIT ?3) \
+                     RETURNING id, job_id, event, created_at, attempts",
+                )?;
+                let rows = st.query_map(params![now, lease_ms, limit], |r| {
+                    Ok(WebhookDue {
+                        id: r.get(0)?,
+                        job_id: r.get(1)?,
+                        event: r.get(2)?,
+                        created_at: r.get(3)?,
+                        attempts: r.get(4)?,
+                    })
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    /// Records the outcome of one attempt: delivered (`Ok`), or failed with the reason and
+    /// either the time of the next attempt or, with `None`, given up.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn webhook_attempted(
+        &self,
+        id: &str,
+        now: i64,
+        outcome: Result<(), (String, Option<i64>)>,
+    ) -> Result<(), StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::webhooks::webhook_attempted(pg, id, now, outcome).await;
+        }
+        let id = id.to_string();
+        self.call(move |c| {
+            match outcome {
+                Ok(()) => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = ?2, \
+                     lease_until = NULL, last_error = NULL WHERE id = ?1",
+                    params![id, now],
+                )?,
+                Err((error, Some(next))) => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?3, \
+                     lease_until = NULL, last_error = ?2 WHERE id = ?1",
+                    params![id, error, next],
+                )?,
+                Err((error, None)) => c.execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, given_up_at = ?3, \
+                     lease_until = NULL, last_error = ?2 WHERE id = ?1",
+                    params![id, error, now],
+                )?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    /// The outbox rows of a job.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn webhooks_of(&self, job_id: &str) -> Result<Vec<WebhookState>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::webhooks::webhooks_of(pg, job_id).await;
+        }
+        let job_id = job_id.to_string();
+        self.call(move |c| {
+            let mut st = c.prepare(
+                "SELECT id, attempts, delivered_at, given_up_at, last_error FROM webhook_outbox \
+                 WHERE job_id = ?1 ORDER BY created_at, id",
+            )?;
+            let rows = st.query_map([job_id], |r| {
+                Ok(WebhookState {
+                    id: r.get(0)?,
+                    attempts: r.get(1)?,
+                    delivered_at: r.get(2)?,
+                    given_up_at: r.get(3)?,
+                    last_error: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::api::{ApiJob, ApiKey};
+    use crate::store::{NewJob, testpg};
+
+    /// The conformance test both backends run: a door job's end adds one outbox row (and
+    /// only one), which is claimed once per lease, retried, then delivered.
+    async fn an_ended_job_queues_one_webhook(s: Store) {
+        let key = ApiKey {
+            id: "key_w".into(),
+            name: "w".into(),
+            hash: "hw".into(),
+            max_cost_fen: None,
+            rpm: None,
+            models: None,
+            webhook_url: Some("https://example.com/hook".into()),
+            webhook_secret: "whsec_x".into(),
+            created_at: 0,
+            revoked_at: None,
+        };
+        s.api_key_create(key).await.expect("key");
+        let job = NewJob::plain("{}");
+        let id = job.id.to_string();
+        let api = ApiJob {
+            job_id: id.clone(),
+            api_key: Some("key_w".into()),
+            door: "ark".into(),
+            body_sha256: "h".into(),
+            info: "{}".into(),
+            webhook_url: None,
+            created_at: 0,
+            deleted_at: None,
+        };
+        s.api_enqueue(job, api).await.expect("enqueue");
+        // A job made outside the doors queues none.
+        let other = NewJob::plain("{}");
+        let other_id = other.id.to_string();
+        s.enqueue(vec![other]).await.expect("enqueue");
+        assert_eq!(
+            s.cancel(&other_id).await.expect("cancel"),
+            crate::store::CancelOutcome::Cancelled
+        );
+        assert_eq!(
+            s.cancel(&id).await.expect("cancel"),
+            crate::store::CancelOutcome::Cancelled
+        );
+        assert!(s.webhooks_of(&other_id).await.expect("read").is_empty());
+
+        let now = crate::store::now_ms() + 1000;
+        let due = s.webhook_claim(now, 5000, 10).await.expect("claim");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, format!("msg_{id}_cancelled"));
+        assert_eq!((due[0].event.as_str(), due[0].attempts), ("cancelled", 0));
+        assert!(
+            s.webhook_claim(now, 5000, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "leased"
+        );
+        s.webhook_attempted(&due[0].id, now, Err(("503".into(), Some(now + 10))))
+            .await
+            .expect("retry");
+        assert!(
+            s.webhook_claim(now, 5000, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
+            "not yet due"
+        );
+        let again = s.webhook_claim(now + 10, 5000, 10).await.expect("claim");
+        assert_eq!((again.len(), again[0].attempts), (1, 1));
+        s.webhook_attempted(&again[0].id, now + 20, Ok(()))
+            .await
+            .expect("done");
+        let state = s.webhooks_of(&id).await.expect("read");
+        assert_eq!(
+            (state.len(), state[0].attempts, state[0].delivered_at),
+            (1, 2, Some(now + 20))
+        );
+        assert!(
+            s.webhook_claim(now + 10_000, 5000, 10)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_queues_one_webhook_on_sqlite() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        an_ended_job_queues_one_webhook(Store::open(&dir.path().join("s.db")).expect("open")).await;
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_queues_one_webhook_on_postgres() {
+        an_ended_job_queues_one_webhook(testpg::pg_store().await).await;
+    }
+}

@@ -277,6 +277,9 @@ fn seedance_1_5_pro(tpd: u64) -> ModelSpec {
 /// `dreamina-seedance-2-0-260128`). An alias gets the entry, limits and checks of its model.
 const BYTEPLUS_PREFIX: &str = "dreamina-";
 const VOLCENGINE_PREFIX: &str = "doubao-";
+/// BytePlus names its 1.x models with no prefix: `seedance-1-0-pro-250528` is Volcengine's
+/// `doubao-seedance-1-0-pro-250528` (docs/ark-api.md §14; tests/golden/tanstack-ai.jsonl).
+const BYTEPLUS_1X_PREFIX: &str = "seedance-";
 
 /// The built-in catalogue, keyed by model id.
 pub fn builtin() -> BTreeMap<String, ModelSpec> {
@@ -341,7 +344,57 @@ pub fn builtin() -> BTreeMap<String, ModelSpec> {
     v25.frame_modes_need_adaptive = true;
     v25.output_formats = strings(&["mp4", "mov"]);
     m.insert("doubao-seedance-2-5-260628".to_string(), v25);
+    corpus_rows(&mut m);
     m
+}
+
+/// Rows and fields that the golden corpus (tests/golden/) shows and the entries above lack.
+/// Kept apart so that they are easy to carry into a per-region catalogue.
+fn corpus_rows(m: &mut BTreeMap<String, ModelSpec>) {
+    // Undocumented ratios Ark accepted live (BytePlus, 2026-09-02): 5:4 and 3:2 on 1.0 pro,
+    // 5:4 and 1.91:1 on 2.0 (tests/golden/live-notes-adcreative.jsonl -015..-019).
+    if let Some(s) = m.get_mut("doubao-seedance-1-0-pro-250528") {
+        s.ratios.extend(strings(&["5:4", "3:2"]));
+    }
+    if let Some(s) = m.get_mut("doubao-seedance-2-0-260128") {
+        s.ratios.extend(strings(&["5:4", "1.91:1"]));
+    }
+    // BytePlus 2.5 takes `draft: true` and a `draft_task` final (docs 2026-10,
+    // tests/golden/byteplus-comfyui.jsonl -001/-002); the Volcengine id still refuses draft on
+    // 2.x (docs/ark-api.md §14, 2026-09), so only the BytePlus id gets its own row.
+    if let Some(v25) = m.get("doubao-seedance-2-5-260628").cloned() {
+        let mut bp = v25.clone();
+        bp.draft = true;
+        m.insert("dreamina-seedance-2-5-260628".to_string(), bp);
+        // 2.5 premium renders 4k only (docs/ark-api.md §14; tests/golden/byteplus-comfyui.jsonl
+        // -004/-005), with the 2.5 rules otherwise.
+        let mut premium = v25;
+        premium.family = "seedance-2.5-premium".into();
+        premium.resolutions = strings(&["4k"]);
+        premium.default_resolution = "4k".into();
+        premium.draft = true;
+        m.insert("dreamina-seedance-2-5-premium-260915".to_string(), premium);
+    }
+}
+
+/// Which Ark a model id belongs to, read from its prefix (docs/ark-api.md §14 "BytePlus model
+/// ids": Volcengine says `doubao-…`; BytePlus `dreamina-…` for 2.x and no prefix,
+/// `seedance-…`, for 1.x). Endpoint ids and unknown names have no region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Region {
+    Volcengine,
+    BytePlus,
+}
+
+/// The region of `model`, when its prefix tells.
+pub fn region_of(model: &str) -> Option<Region> {
+    if model.starts_with(VOLCENGINE_PREFIX) {
+        Some(Region::Volcengine)
+    } else if model.starts_with(BYTEPLUS_PREFIX) || model.starts_with(BYTEPLUS_1X_PREFIX) {
+        Some(Region::BytePlus)
+    } else {
+        None
+    }
 }
 
 /// Errors building the catalogue from configuration.
@@ -445,11 +498,17 @@ impl Catalogue {
     }
 }
 
-/// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`.
+/// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`;
+/// for an unprefixed BytePlus `seedance-X`, the entry of `doubao-seedance-X`.
 fn lookup<'a>(models: &'a BTreeMap<String, ModelSpec>, model: &str) -> Option<&'a ModelSpec> {
     models.get(model).or_else(|| {
-        let rest = model.strip_prefix(BYTEPLUS_PREFIX)?;
-        models.get(&format!("{VOLCENGINE_PREFIX}{rest}"))
+        if let Some(rest) = model.strip_prefix(BYTEPLUS_PREFIX) {
+            return models.get(&format!("{VOLCENGINE_PREFIX}{rest}"));
+        }
+        if model.starts_with(BYTEPLUS_1X_PREFIX) {
+            return models.get(&format!("{VOLCENGINE_PREFIX}{model}"));
+        }
+        None
     })
 }
 
@@ -587,6 +646,11 @@ pub fn pixel_size(table: PixelTable, resolution: &str, ratio: &str) -> Option<(u
     Some(size)
 }
 
+/// True for the ratios the published pixel tables have (docs/ark-api.md §7).
+pub fn is_table_ratio(ratio: &str) -> bool {
+    RATIOS.contains(&ratio)
+}
+
 /// The concrete ratio closest to an image's aspect, for `adaptive`.
 pub fn closest_ratio(width: u32, height: u32) -> &'static str {
     let aspect = f64::from(width) / f64::from(height.max(1));
@@ -698,15 +762,28 @@ mod tests {
                 "dreamina-seedance-2-0-mini-260615",
                 "doubao-seedance-2-0-mini-260615",
             ),
-            ("dreamina-seedance-2-5-260628", "doubao-seedance-2-5-260628"),
             (
                 "dreamina-seedance-1-5-pro-251215",
                 "doubao-seedance-1-5-pro-251215",
             ),
+            // BytePlus' unprefixed 1.x ids (docs/ark-api.md §14).
+            ("seedance-1-0-pro-250528", "doubao-seedance-1-0-pro-250528"),
+            ("seedance-1-5-pro-251215", "doubao-seedance-1-5-pro-251215"),
+            (
+                "seedance-1-0-lite-i2v-250428",
+                "doubao-seedance-1-0-lite-i2v-250428",
+            ),
         ] {
             assert_eq!(c.get(byteplus), c.get(volc), "{byteplus}");
             assert!(c.get(byteplus).is_some(), "{byteplus}");
+            assert_eq!(region_of(byteplus), Some(Region::BytePlus));
+            assert_eq!(region_of(volc), Some(Region::Volcengine));
         }
+        // 2.5 differs by region: BytePlus takes drafts (tests/golden byteplus-comfyui-001).
+        let bp25 = c.get("dreamina-seedance-2-5-260628").expect("BytePlus 2.5");
+        let volc25 = c.get("doubao-seedance-2-5-260628").expect("Volcengine 2.5");
+        assert!(bp25.draft && !volc25.draft);
+        assert_eq!(region_of("ep-20250101-abc"), None);
         assert!(c.get("dreamina-nothing-1").is_none());
         // An override of the BytePlus id starts from the model it names.
         let mut o = BTreeMap::new();

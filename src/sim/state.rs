@@ -1017,11 +1017,21 @@ impl Sim {
         let Some(t) = inner.tasks.get_mut(id) else {
             return;
         };
+        // A task Ark reads as an edit or extension whose rules it breaks is created and then
+        // fails with `InvalidParameter.TaskTypeConstraint` (request::inferred_task_type_failure).
+        let task_type = t
+            .eff
+            .task_type_failure
+            .clone()
+            .map(|(code, message)| TaskError { code, message });
+        let moderated = moderated || task_type.is_some();
         tracing::debug!(task = id, model = %t.model, "sim: task running");
         t.status = TaskStatus::Running;
         t.running_ms = Some(now_ms());
         t.touch();
-        t.outcome = Some(if moderated {
+        t.outcome = Some(if let Some(e) = task_type {
+            Outcome::Fail(e)
+        } else if moderated {
             Outcome::Fail(err(OUTPUT_MODERATION))
         } else if transient {
             Outcome::Fail(err(TRANSIENT))

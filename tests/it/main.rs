@@ -9,6 +9,7 @@ mod demo;
 mod disk;
 mod fleet;
 mod flex;
+mod golden;
 mod helpers;
 mod hostile;
 mod identity;

@@ -1130,11 +1130,12 @@ pub struct Prepared {
 }
 
 /// Top-level fields real clients send that are not in Ark's create API, and what Ark reads
-/// instead. Ark's create body is decoded leniently: fields it does not know are ignored,
-/// not refused (tests/golden/vercel-ai.jsonl vercel-ai-031 sends two made-up fields;
-/// tests/golden/comfyui.jsonl shows clients putting these names in the prompt as `--`
-/// commands, where `--camerafixed` and `--fps` are documented, docs/ark-api.md §7). So a job
-/// spec may carry them, they are sent as given, and `seedq submit` names each one.
+/// instead. Ark does not refuse a top-level field it does not read: `framespersecond: 999`
+/// created a real, billed 2.5 task (tests/golden live-notes-byteplus25-026, live), and clients
+/// send made-up fields (vercel-ai-031). `camerafixed` and `fps` are the prompt commands'
+/// names (`--camerafixed`, `--fps`, docs/ark-api.md §7; tests/golden/comfyui.jsonl), not
+/// fields. So a job spec may carry them, they are sent as given (the simulator ignores them,
+/// as Ark does), and `seedq submit` names each one in a warning.
 pub const CLIENT_ONLY_FIELDS: [(&str, &str); 3] = [
     (
         "camerafixed",

@@ -134,10 +134,14 @@ fn load() -> Vec<Case> {
     cases
 }
 
-/// The public source a case comes from: a repository (`github:owner/name …`) or a document
-/// (`doc:…`, up to its revision), so that one repository's files count once.
+/// The public source a case comes from, so that each is counted once: a repository
+/// (`github:owner/name …`), a file found in the public-code search index (`github:(public
+/// repo …; search-index file id N)`, by its id), a document (`doc:…`, its first three words
+/// without line ranges) or a web page (`web:…`).
 fn source_family(source: &str) -> String {
-    if let Some(rest) = source.strip_prefix("github:") {
+    if let Some(rest) = source.strip_prefix("github:")
+        && !rest.starts_with('(')
+    {
         let repo: String = rest
             .split(|c: char| c.is_whitespace() || c == '@')
             .next()
@@ -148,14 +152,32 @@ fn source_family(source: &str) -> String {
             .join("/");
         return format!("github:{repo}");
     }
+    if let Some(i) = source.find("file id ") {
+        let id: String = source[i + 8..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        return format!("index:{id}");
+    }
+    if source.starts_with("web:") {
+        return source
+            .split_whitespace()
+            .next()
+            .unwrap_or(source)
+            .to_string();
+    }
     source
-        .split(" (")
-        .next()
-        .unwrap_or(source)
-        .split(':')
-        .take(2)
+        .split_whitespace()
+        .take(3)
+        .map(|w| {
+            let lines = |c: char| c.is_ascii_digit() || c == '-';
+            match w.rsplit_once(':') {
+                Some((head, tail)) if !tail.is_empty() && tail.chars().all(lines) => head,
+                _ => w,
+            }
+        })
         .collect::<Vec<_>>()
-        .join(":")
+        .join(" ")
 }
 
 /// An HTTP/1.1 exchange with the sim's API (loopback, bearer key): (status, JSON body).

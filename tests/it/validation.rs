@@ -434,3 +434,47 @@ fn client_only_fields_are_named_in_a_warning_and_ignored_by_the_sim() {
         "not reinterpreted: {req}"
     );
 }
+
+/// docs/ark-api.md §14 and tests/golden (comfyui-pr15395-001, live-notes-sd25ext-008): a 2.5
+/// first-frame job with an explicit ratio is refused at submit with Ark's
+/// `InvalidParameter.TaskTypeConstraint` rule; a job whose prompt Ark reads as an edit with a
+/// fixed duration is created once, fails at the sim with that code, and is not retried.
+#[test]
+fn task_type_constraints_are_refused_at_submit_or_fail_once_at_the_sim() {
+    let sim = fast_sim();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "dreamina-seedance-2-5-260628", "prompt": "a fox",
+            "first_frame": "https://example.com/f.png", "ratio": "16:9"}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ratio 16:9 is not supported") && err.contains("adaptive"),
+        "{err}"
+    );
+    env.assert_nothing_stored();
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "dreamina-seedance-2-5-260628",
+            "prompt": "replace the jacket with a red one", "duration": 5,
+            "video_refs": ["https://example.com/src.mp4"]}),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: line 1: Ark is likely to create this task and then fail it with InvalidParameter.TaskTypeConstraint"),
+        "{err}"
+    );
+    env.run_service_with_failures();
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "failed", "{}", jobs[0]);
+    assert_eq!(
+        jobs[0]["last_error_code"], "InvalidParameter.TaskTypeConstraint",
+        "{}",
+        jobs[0]
+    );
+    let tasks = sim.tasks();
+    assert_eq!(tasks.len(), 1, "one create, no retry: {tasks:?}");
+    assert_eq!(tasks[0]["status"], "failed");
+}

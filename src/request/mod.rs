@@ -815,6 +815,8 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 /// Ark's code for a request that breaks the rules of its task type (docs/ark-api.md §14).
 pub const TASK_TYPE_CONSTRAINT: &str = "InvalidParameter.TaskTypeConstraint";
+/// Ark's code for a declared task type that the prompt contradicts (docs/ark-api.md §14).
+pub const TASK_TYPE_MISMATCH: &str = "InvalidParameter.TaskTypeMismatch";
 
 /// `omni_reference_task_type` (docs/ark-api.md §2.1, §13, §14). Any value is passed on: the
 /// documented `auto`/`reference`/`edit`/`extend`, and what clients send besides
@@ -893,7 +895,9 @@ const EXTEND_WORDS: [&str; 5] = ["continue", "extend", "延长", "继续", "接�
 
 /// With no task type (or `auto`), Ark infers one from the prompt and, when the request breaks
 /// that type's rules, creates the task and then fails it with
-/// `InvalidParameter.TaskTypeConstraint` ("Seedance identified your task as video editing
+/// `InvalidParameter.TaskTypeConstraint`; a declared type the prompt contradicts fails with
+/// `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14). Either is returned, as
+/// (code, message): the simulator fails the task with it and `seedq submit` warns ("Seedance identified your task as video editing
 /// based on your prompt … `duration` must be -1", tests/golden live-notes-sd25ext-007/-008;
 /// the same on Volcengine 2.0, dramaclaw-001). Returns that failure (code, message), if any.
 pub fn inferred_task_type_failure(
@@ -903,13 +907,34 @@ pub fn inferred_task_type_failure(
     ratio: Option<&str>,
     duration: Option<i64>,
 ) -> Option<(String, String)> {
-    if videos == 0 || !matches!(declared, None | Some("auto")) {
+    if videos == 0 {
         return None;
     }
     let p = prompt.to_lowercase();
-    let (kind, needs_duration) = if EDIT_WORDS.iter().any(|w| p.contains(w)) {
+    let edit = EDIT_WORDS.iter().any(|w| p.contains(w));
+    let extend = EXTEND_WORDS.iter().any(|w| p.contains(w));
+    // A declared edit whose prompt asks only to extend, or the reverse, fails with
+    // `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14).
+    let mismatch = match declared {
+        Some("edit") => extend && !edit,
+        Some("extend") => edit && !extend,
+        _ => false,
+    };
+    if mismatch {
+        return Some((
+            TASK_TYPE_MISMATCH.to_string(),
+            format!(
+                "The declared omni_reference_task_type {} does not match the task Seedance identified from your prompt.",
+                declared.unwrap_or_default()
+            ),
+        ));
+    }
+    if !matches!(declared, None | Some("auto")) {
+        return None;
+    }
+    let (kind, needs_duration) = if edit {
         ("video editing", true)
-    } else if EXTEND_WORDS.iter().any(|w| p.contains(w)) {
+    } else if extend {
         ("video extension", false)
     } else {
         return None;

@@ -1084,6 +1084,27 @@ fn an_edit_prompt_with_a_fixed_duration_fails_later_with_task_type_constraint() 
         ..req(V25, vec![text("replace the jacket with a red one")])
     };
     assert_eq!(check(&r, &cat).expect("ok").task_type_failure, None);
+    // A declared extend whose prompt asks for an edit: TaskTypeMismatch (docs/ark-api.md §14).
+    let r = CreateTaskRequest {
+        omni_reference_task_type: Some("extend".into()),
+        ..req(
+            V25,
+            vec![
+                text("replace the jacket with a red one"),
+                ContentItem::VideoUrl {
+                    video_url: MediaUrl {
+                        url: "https://example.com/v.mp4".into(),
+                    },
+                    role: Some("reference_video".into()),
+                },
+            ],
+        )
+    };
+    let (code, _) = check(&r, &cat)
+        .expect("accepted at create")
+        .task_type_failure
+        .expect("fails later");
+    assert_eq!(code, TASK_TYPE_MISMATCH);
 }
 
 #[test]

@@ -411,11 +411,11 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
                 bail!("give a PROMPT, an image (--first-frame/--ref) or --file FILE");
             }
             let cwd = std::env::current_dir().context("reading the current directory")?;
-            vec![new_job(request::prepare(
-                a.to_spec(),
-                &ctx.catalogue,
-                &cwd,
-            )?)?]
+            let prepared = request::prepare(a.to_spec(), &ctx.catalogue, &cwd)?;
+            for w in &prepared.warnings {
+                eprintln!("warning: {w}");
+            }
+            vec![new_job(prepared)?]
         }
     };
     if a.check {

@@ -318,7 +318,8 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
     // "expected at most one first frame image content but got 2 instead" and "role must be
-    // specified for image contents" (docs/ark-api.md §2.2; tests/golden FINDINGS C14).
+    // specified for image contents" (docs/ark-api.md §2.2; tests/golden
+    // live-notes-byteplus25-029/031, live).
     if firsts > 1 || lasts > 1 || (lasts == 1 && firsts == 0) {
         let allowed = if untyped_images > 1 {
             "one image without a role, or two images with roles first_frame and last_frame"
@@ -895,11 +896,12 @@ const EXTEND_WORDS: [&str; 5] = ["continue", "extend", "延长", "继续", "接�
 
 /// With no task type (or `auto`), Ark infers one from the prompt and, when the request breaks
 /// that type's rules, creates the task and then fails it with
-/// `InvalidParameter.TaskTypeConstraint`; a declared type the prompt contradicts fails with
-/// `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14). Either is returned, as
-/// (code, message): the simulator fails the task with it and `seedq submit` warns ("Seedance identified your task as video editing
+/// `InvalidParameter.TaskTypeConstraint` ("Seedance identified your task as video editing
 /// based on your prompt … `duration` must be -1", tests/golden live-notes-sd25ext-007/-008;
-/// the same on Volcengine 2.0, dramaclaw-001). Returns that failure (code, message), if any.
+/// the same on Volcengine 2.0, dramaclaw-001). A declared type that the prompt contradicts
+/// fails with `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14). Returns that
+/// failure as (code, message), if any: the simulator fails the task with it and
+/// `seedq submit` warns.
 pub fn inferred_task_type_failure(
     declared: Option<&str>,
     prompt: &str,

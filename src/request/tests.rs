@@ -834,7 +834,7 @@ fn prepare_errors_are_specific() {
     assert_eq!(p.request.execution_expires_after, Some(86_400));
 }
 
-/// Issue 10 item 6: values equal to the documented default are accepted on every model,
+/// Values equal to the documented default are accepted on every model,
 /// except where the corpus shows Ark refusing the field whatever its value: `priority` on
 /// 1.5 pro (tests/golden tanstack-ai-033, new-api-005), `camera_fixed` and `service_tier` on
 /// BytePlus 2.x ("must be empty", tanstack-ai-028/036).

@@ -264,6 +264,9 @@ const RATIOS: [&str; 6] = ["16:9", "4:3", "1:1", "3:4", "9:16", "21:9"];
 /// Volcengine row of the same model, so a new BytePlus alias is not left without rules.
 const BYTEPLUS_PREFIX: &str = "dreamina-";
 const VOLCENGINE_PREFIX: &str = "doubao-";
+/// BytePlus names its 1.x models with no prefix: `seedance-1-0-pro-250528` is Volcengine's
+/// `doubao-seedance-1-0-pro-250528` (docs/ark-api.md §14; tests/golden/tanstack-ai.jsonl).
+const BYTEPLUS_1X_PREFIX: &str = "seedance-";
 
 /// The fields every row states itself, never through `base`.
 const OWN_FIELDS: [&str; 3] = ["region", "since", "source"];
@@ -346,6 +349,22 @@ fn data() -> &'static Data {
 /// The built-in catalogue, keyed by model id.
 pub fn builtin() -> BTreeMap<String, ModelSpec> {
     data().models.clone()
+}
+
+/// Rows and fields that the golden corpus (tests/golden/) shows and the entries above lack.
+/// Kept apart so that they are easy to carry into a per-region catalogue.
+/// Which Ark a model id belongs to, read from its prefix (docs/ark-api.md §14 "BytePlus model
+/// ids": Volcengine says `doubao-…`; BytePlus `dreamina-…` for 2.x and no prefix,
+/// `seedance-…`, for 1.x). Endpoint ids and unknown names have no region.
+/// The region of `model`, when its prefix tells.
+pub fn region_of(model: &str) -> Option<Region> {
+    if model.starts_with(VOLCENGINE_PREFIX) {
+        Some(Region::Volcengine)
+    } else if model.starts_with(BYTEPLUS_PREFIX) || model.starts_with(BYTEPLUS_1X_PREFIX) {
+        Some(Region::Byteplus)
+    } else {
+        None
+    }
 }
 
 /// Errors building the catalogue from configuration.
@@ -476,11 +495,17 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`.
+/// An entry by id, or for a BytePlus `dreamina-X` id without one, the entry of `doubao-X`;
+/// for an unprefixed BytePlus `seedance-X`, the entry of `doubao-seedance-X`.
 fn lookup<'a>(models: &'a BTreeMap<String, ModelSpec>, model: &str) -> Option<&'a ModelSpec> {
     models.get(model).or_else(|| {
-        let rest = model.strip_prefix(BYTEPLUS_PREFIX)?;
-        models.get(&format!("{VOLCENGINE_PREFIX}{rest}"))
+        if let Some(rest) = model.strip_prefix(BYTEPLUS_PREFIX) {
+            return models.get(&format!("{VOLCENGINE_PREFIX}{rest}"));
+        }
+        if model.starts_with(BYTEPLUS_1X_PREFIX) {
+            return models.get(&format!("{VOLCENGINE_PREFIX}{model}"));
+        }
+        None
     })
 }
 
@@ -515,6 +540,11 @@ pub fn pixel_size(table: PixelTable, resolution: &str, ratio: &str) -> Option<(u
         .get(resolution)?
         .get(ratio)
         .copied()
+}
+
+/// True for the ratios the published pixel tables have (docs/ark-api.md §7).
+pub fn is_table_ratio(ratio: &str) -> bool {
+    RATIOS.contains(&ratio)
 }
 
 /// The concrete ratio closest to an image's aspect, for `adaptive`.
@@ -691,12 +721,12 @@ mod tests {
                 "{byteplus}'s source names its twin"
             );
         }
-        // Every BytePlus row but 2.5 flash (BytePlus only) has a twin above.
+        // Every BytePlus row but 2.5 flash and 2.5 premium (BytePlus only) has a twin above.
         let byteplus_rows = c
             .iter()
             .filter(|(_, s)| s.region == Region::Byteplus)
             .count();
-        assert_eq!(byteplus_rows, twins.len() + 1);
+        assert_eq!(byteplus_rows, twins.len() + 2);
         // Region-specific facts with their source: BytePlus 2.5 takes `draft`.
         assert!(
             c.get("dreamina-seedance-2-5-260628")
@@ -713,6 +743,16 @@ mod tests {
             c.get("dreamina-seedance-1-5-pro-251215"),
             c.get("doubao-seedance-1-5-pro-251215")
         );
+        for (byteplus, volc) in [
+            ("seedance-1-0-pro-250528", "doubao-seedance-1-0-pro-250528"),
+            ("dreamina-seedance-2-0-260128", "doubao-seedance-2-0-260128"),
+        ] {
+            assert_eq!(region_of(byteplus), Some(Region::Byteplus));
+            assert_eq!(region_of(volc), Some(Region::Volcengine));
+        }
+        assert_eq!(region_of("ep-20250101-abc"), None);
+        let premium = c.get("dreamina-seedance-2-5-premium-260915").expect("premium");
+        assert_eq!(premium.resolutions, ["4k"]);
         assert!(c.get("dreamina-nothing-1").is_none());
         assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());
         // An override of a BytePlus id changes that row only.

@@ -56,6 +56,11 @@ pub struct CreateTaskRequest {
     pub output_format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub omni_reference_task_type: Option<String>,
+    /// Top-level fields this crate does not model, kept as they are (the Go SDK's `ExtraBody`
+    /// merges such keys into the body too). seedq sends a job spec's `extra` fields here; the
+    /// simulator sees what real clients send beside the documented fields.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// One `content[]` item.
@@ -114,7 +119,7 @@ pub struct CreateTaskResponse {
 }
 
 /// A remote task's status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
     Queued,
@@ -125,6 +130,7 @@ pub enum TaskStatus {
     Expired,
     /// A status this client does not know yet; treated as still in progress.
     #[serde(other)]
+    #[default]
     Unknown,
 }
 
@@ -157,9 +163,14 @@ impl TaskStatus {
 /// The task object returned by GET, list items and callbacks.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Task {
+    /// Missing fields read as empty: the Go SDK's own tests decode fragments such as
+    /// `{"output_format":"mp4"}` into this type (tests/golden volcengine-go-sdk-005), and a
+    /// client must not fail on a thin body (a task without a status is still in progress).
+    #[serde(default)]
     pub id: String,
     #[serde(default)]
     pub model: String,
+    #[serde(default)]
     pub status: TaskStatus,
     /// The Go SDK's list item still calls this `failure_reason`.
     #[serde(
@@ -234,12 +245,29 @@ pub struct TaskContent {
 /// `usage` on a succeeded task.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_or_string")]
     pub completion_tokens: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "int_or_string")]
     pub total_tokens: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_usage: Option<ToolUsage>,
+}
+
+/// A token count as a number or as a decimal string: BytePlus' published Get schema types
+/// `usage.*_tokens` as strings (tests/golden/tanstack-ai.jsonl tanstack-ai-056).
+fn int_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum IntOrString {
+        Int(i64),
+        Str(String),
+        Null(()),
+    }
+    match IntOrString::deserialize(d)? {
+        IntOrString::Int(n) => Ok(n),
+        IntOrString::Str(s) => s.trim().parse().map_err(serde::de::Error::custom),
+        IntOrString::Null(()) => Ok(0),
+    }
 }
 
 /// `usage.tool_usage`.

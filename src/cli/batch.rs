@@ -83,7 +83,12 @@ pub(crate) fn prepare_csv(
         }
         defaults.apply_defaults(&mut spec);
         match request::prepare(spec, &ctx.catalogue, &base) {
-            Ok(p) => jobs.push(new_job(p)?),
+            Ok(p) => {
+                for w in &p.warnings {
+                    eprintln!("warning: row {n} (line {line}): {w}");
+                }
+                jobs.push(new_job(p)?);
+            }
             Err(e) => errors.push(spec_error(n, line, &e)),
         }
     }

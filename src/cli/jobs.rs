@@ -108,6 +108,11 @@ pub struct SubmitArgs {
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Validate only: check the job (or every line of --file) against the rules and store
+    /// nothing. Exit 0 when all are valid, 2 otherwise; with --json and a JSONL file, one
+    /// verdict per line (`line`, `ok`, `param`, `code`, `error`, `warnings`).
+    #[arg(long)]
+    pub check: bool,
 }
 
 impl SubmitArgs {
@@ -190,15 +195,34 @@ pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
 /// The most errors listed before the rest are summarised.
 const MAX_LISTED_ERRORS: usize = 20;
 
-/// Parses and validates a JSONL stream; all or nothing.
-pub(crate) fn prepare_lines(
+/// One JSONL line's verdict.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct LineVerdict {
+    pub line: usize,
+    pub ok: bool,
+    /// The API field a refusal is about, when the rule names one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// The Ark error code the same body gets from Ark (`InvalidParameter`, …), for a refusal
+    /// by a request rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip)]
+    pub job: Option<NewJob>,
+}
+
+/// Parses and validates every line of a JSONL stream, one verdict per non-blank line.
+fn verdict_lines(
     ctx: &Ctx,
     reader: impl BufRead,
     base_dir: &Path,
     defaults: &SubmitArgs,
-) -> anyhow::Result<Vec<NewJob>> {
-    let mut jobs = Vec::new();
-    let mut errors = Vec::new();
+) -> anyhow::Result<Vec<LineVerdict>> {
+    let mut out = Vec::new();
     // Idempotency key -> the line that first used it: a repeat inside one file is a mistake,
     // not a retry (across files it is skipped as a duplicate).
     let mut keys: HashMap<String, usize> = HashMap::new();
@@ -210,18 +234,36 @@ pub(crate) fn prepare_lines(
         if !import::next_line(&mut reader, &mut buf, n, import::MAX_LINE_BYTES)? {
             break;
         }
+        let mut v = LineVerdict {
+            line: n,
+            ok: false,
+            param: None,
+            code: None,
+            error: None,
+            warnings: Vec::new(),
+            job: None,
+        };
         let line = match std::str::from_utf8(&buf) {
             Ok(l) => l,
             Err(e) => {
-                errors.push(format!("line {n}: not UTF-8: {e}"));
+                v.error = Some(format!("line {n}: not UTF-8: {e}"));
+                out.push(v);
                 continue;
             }
         };
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = import::parse_jsonl(line)
-            .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
+        let spec = import::parse_jsonl(line)
+            .map_err(|e| {
+                // `field "duration": …`: a value of the wrong type names its field.
+                v.param = e
+                    .strip_prefix("field \"")
+                    .and_then(|r| r.split_once('"'))
+                    .map(|(f, _)| f.to_string());
+                v.code = v.param.as_ref().map(|_| "InvalidParameter".to_string());
+                anyhow::anyhow!("line {n}: {e}")
+            })
             .and_then(|spec| {
                 if let Some(k) = &spec.key
                     && let Some(first) = keys.insert(k.clone(), n)
@@ -230,20 +272,87 @@ pub(crate) fn prepare_lines(
                     bail!("line {n}: key {k:?} is already used by line {first} of this file");
                 }
                 Ok(spec)
+            });
+        let prepared = spec.and_then(|mut spec| {
+            defaults.apply_defaults(&mut spec);
+            request::prepare(spec, &ctx.catalogue, base_dir).map_err(|e| {
+                if let request::SpecError::Invalid(i) = &e {
+                    v.param = Some(i.param.clone());
+                    v.code = Some(i.ark_code().to_string());
+                }
+                anyhow::anyhow!("line {n}: {e}")
             })
-            .and_then(|mut spec| {
-                defaults.apply_defaults(&mut spec);
-                request::prepare(spec, &ctx.catalogue, base_dir)
-                    .map_err(|e| anyhow::anyhow!("line {n}: {e}"))
-            })
-            .and_then(new_job);
-        match parsed {
-            Ok(j) => jobs.push(j),
-            Err(e) => errors.push(e.to_string()),
+        });
+        match prepared.and_then(|mut p| {
+            let warnings = std::mem::take(&mut p.warnings);
+            new_job(p).map(|j| (j, warnings))
+        }) {
+            Ok((job, warnings)) => {
+                v.ok = true;
+                v.warnings = warnings
+                    .into_iter()
+                    .map(|w| format!("line {n}: {w}"))
+                    .collect();
+                v.job = Some(job);
+            }
+            Err(e) => v.error = Some(e.to_string()),
         }
+        out.push(v);
     }
+    Ok(out)
+}
+
+/// Parses and validates a JSONL stream; all or nothing. Warnings go to stderr.
+pub(crate) fn prepare_lines(
+    ctx: &Ctx,
+    reader: impl BufRead,
+    base_dir: &Path,
+    defaults: &SubmitArgs,
+) -> anyhow::Result<Vec<NewJob>> {
+    let verdicts = verdict_lines(ctx, reader, base_dir, defaults)?;
+    let errors: Vec<String> = verdicts.iter().filter_map(|v| v.error.clone()).collect();
     reject_all(&errors, "line")?;
+    let mut jobs = Vec::with_capacity(verdicts.len());
+    for v in verdicts {
+        for w in &v.warnings {
+            eprintln!("warning: {w}");
+        }
+        jobs.extend(v.job);
+    }
     Ok(jobs)
+}
+
+/// `seedq submit --check --file`: every line's verdict, nothing stored. Exit 2 when any line
+/// is invalid; with `--json` one JSON object per line on stdout.
+fn check_file(
+    ctx: &Ctx,
+    reader: impl BufRead,
+    base_dir: &Path,
+    a: &SubmitArgs,
+) -> anyhow::Result<ExitCode> {
+    let verdicts = verdict_lines(ctx, reader, base_dir, a)?;
+    let bad = verdicts.iter().filter(|v| !v.ok).count();
+    if a.json {
+        println!("{}", serde_json::to_string(&verdicts)?);
+    } else {
+        for v in &verdicts {
+            for w in &v.warnings {
+                eprintln!("warning: {w}");
+            }
+            if let Some(e) = &v.error {
+                eprintln!("{e}");
+            }
+        }
+        println!(
+            "{} line(s) valid, {bad} invalid; nothing was stored",
+            verdicts.len() - bad
+        );
+    }
+    Ok(if bad > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// All-or-nothing admission: any error rejects the whole file, listing the first few.
@@ -286,6 +395,20 @@ pub(crate) fn warn_uncatalogued<'a>(ctx: &Ctx, models: impl Iterator<Item = &'a 
 }
 
 pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode> {
+    if a.check
+        && let Some(path) = &a.file
+        && !super::batch::is_csv(path, a.format)
+    {
+        return if path.as_os_str() == "-" {
+            let cwd = std::env::current_dir().context("reading the current directory")?;
+            check_file(ctx, std::io::stdin().lock(), &cwd, &a)
+        } else {
+            let f =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+            check_file(ctx, std::io::BufReader::new(f), &base, &a)
+        };
+    }
     let mut jobs = match &a.file {
         Some(path) if super::batch::is_csv(path, a.format) => {
             super::batch::prepare_csv(ctx, path, &a)?
@@ -310,13 +433,18 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
                 bail!("give a PROMPT, an image (--first-frame/--ref) or --file FILE");
             }
             let cwd = std::env::current_dir().context("reading the current directory")?;
-            vec![new_job(request::prepare(
-                a.to_spec(),
-                &ctx.catalogue,
-                &cwd,
-            )?)?]
+            let prepared = request::prepare(a.to_spec(), &ctx.catalogue, &cwd)?;
+            for w in &prepared.warnings {
+                eprintln!("warning: {w}");
+            }
+            vec![new_job(prepared)?]
         }
     };
+    if a.check {
+        // Everything was validated above; nothing is stored (no database is opened).
+        println!("{} job(s) valid; nothing was stored", jobs.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Some(path) = &a.file
         && jobs.is_empty()
     {

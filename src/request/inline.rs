@@ -52,45 +52,87 @@ fn long_name(flag: &str) -> Option<&'static str> {
 /// multi-line); a removed command takes the whitespace before it along, and the result is
 /// trimmed at both ends.
 ///
+/// Ark validates only `--resolution` and `--duration` in the text: a bad duration is a 400
+/// naming `contents[N].text.duration` (tests/golden live-notes-sd25ext-002/004,
+/// live-notes-adcreative-024, live). Every other command with a value that does not parse is
+/// swallowed without an error (`--fps 30`, `--seed x`, live-notes-adcreative-022/023): such
+/// tokens stay in the prompt as written and set nothing. `index` is the text item's position
+/// in `content`, for the error's param.
+///
 /// # Errors
-/// A known command with a missing or unparsable value, e.g. `--dur five`.
-pub fn parse(text: &str, model: &str) -> Result<(String, InlineParams), Invalid> {
+/// `--dur`/`--duration` or `--rs`/`--resolution` with a missing or unparsable value.
+pub fn parse(text: &str, model: &str, index: usize) -> Result<(String, InlineParams), Invalid> {
     let mut params = InlineParams::default();
     let mut prompt = String::with_capacity(text.len());
-    let mut tokens = tokens_with_gaps(text);
+    let mut tokens = tokens_with_gaps(text).peekable();
     while let Some((gap, tok)) = tokens.next() {
         let Some(name) = tok.strip_prefix("--").and_then(long_name) else {
             prompt.push_str(gap);
             prompt.push_str(tok);
             continue;
         };
-        let param = format!("--{}", tok.trim_start_matches('-'));
-        let Some((_, value)) = tokens.next() else {
-            return Err(Invalid::missing(&param, model, "a value after the command"));
-        };
-        let int = |allowed: &str| {
-            value
-                .parse::<i64>()
-                .map_err(|_| Invalid::malformed(&param, value, model, allowed))
-        };
-        let boolean = || match value {
-            "true" => Ok(true),
-            "false" => Ok(false),
-            _ => Err(Invalid::malformed(&param, value, model, "true or false")),
-        };
-        match name {
-            "resolution" => params.resolution = Some(value.to_string()),
-            "ratio" => params.ratio = Some(value.to_string()),
-            "duration" => params.duration = Some(int("whole seconds")?),
-            "frames" => params.frames = Some(int("a frame count (25 + 4n)")?),
-            "framespersecond" => params.framespersecond = Some(int("24")?),
-            "seed" => params.seed = Some(int("an integer in [-1, 4294967295]")?),
-            "camerafixed" => params.camera_fixed = Some(boolean()?),
-            "watermark" => params.watermark = Some(boolean()?),
+        let param = format!("contents[{index}].text.{name}");
+        let validated = matches!(name, "duration" | "resolution");
+        let value = match tokens.peek() {
+            Some((_, v)) if !v.starts_with("--") || v.parse::<i64>().is_ok() => *v,
+            _ if validated => {
+                return Err(Invalid::missing(&param, model, "a value after the command"));
+            }
             _ => {
+                // A command without a value: swallowed, left in the prompt.
                 prompt.push_str(gap);
                 prompt.push_str(tok);
+                continue;
             }
+        };
+        let int = value.parse::<i64>().ok();
+        let boolean = match value {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        };
+        let used = match name {
+            "resolution" => {
+                params.resolution = Some(value.to_string());
+                true
+            }
+            "duration" => {
+                let d =
+                    int.ok_or_else(|| Invalid::malformed(&param, value, model, "whole seconds"))?;
+                params.duration = Some(d);
+                true
+            }
+            "ratio" => {
+                params.ratio = Some(value.to_string());
+                true
+            }
+            "frames" => {
+                params.frames = int;
+                int.is_some()
+            }
+            "framespersecond" => {
+                params.framespersecond = int;
+                int.is_some()
+            }
+            "seed" => {
+                params.seed = int;
+                int.is_some()
+            }
+            "camerafixed" => {
+                params.camera_fixed = boolean;
+                boolean.is_some()
+            }
+            "watermark" => {
+                params.watermark = boolean;
+                boolean.is_some()
+            }
+            _ => false,
+        };
+        if used {
+            tokens.next();
+        } else {
+            prompt.push_str(gap);
+            prompt.push_str(tok);
         }
     }
     Ok((prompt.trim().to_string(), params))
@@ -160,6 +202,7 @@ mod tests {
         let (prompt, p) = parse(
             "小猫对着镜头打哈欠。 --rs 720p --rt 16:9 --dur 5 --fps 24 --wm true --seed 11 --cf false",
             M,
+            0,
         )
         .expect("parses");
         assert_eq!(prompt, "小猫对着镜头打哈欠。");
@@ -177,6 +220,7 @@ mod tests {
         let (prompt, p) = parse(
             "a cat --resolution 480p --ratio 1:1 --frames 57 --framespersecond 24 --watermark false --camerafixed true",
             M,
+            0,
         )
         .expect("parses");
         assert_eq!(prompt, "a cat");
@@ -207,7 +251,7 @@ mod tests {
         ];
         for p in cases {
             let text = render("a dog runs  ", &p);
-            let (prompt, back) = parse(&text, M).expect("rendered text parses");
+            let (prompt, back) = parse(&text, M, 0).expect("rendered text parses");
             assert_eq!(prompt, "a dog runs");
             assert_eq!(back, p, "{text}");
             assert_eq!(render(&prompt, &back), text);
@@ -216,7 +260,7 @@ mod tests {
 
     #[test]
     fn unknown_dashes_stay_in_the_prompt() {
-        let (prompt, p) = parse("a -- b --loud music --dur 3", M).expect("parses");
+        let (prompt, p) = parse("a -- b --loud music --dur 3", M, 0).expect("parses");
         assert_eq!(prompt, "a -- b --loud music");
         assert_eq!(p.duration, Some(3));
     }
@@ -224,27 +268,31 @@ mod tests {
     #[test]
     fn newlines_and_spacing_of_the_prompt_survive() {
         let text = "Shot 1: a fox wakes.\nShot 2: it runs --dur 5\n\n  Shot 3:\tsnow --rs 720p";
-        let (prompt, p) = parse(text, M).expect("parses");
+        let (prompt, p) = parse(text, M, 0).expect("parses");
         assert_eq!(
             prompt,
             "Shot 1: a fox wakes.\nShot 2: it runs\n\n  Shot 3:\tsnow"
         );
         assert_eq!(p.duration, Some(5));
         assert_eq!(p.resolution.as_deref(), Some("720p"));
-        let (prompt, _) = parse("line one\nline two", M).expect("parses");
+        let (prompt, _) = parse("line one\nline two", M, 0).expect("parses");
         assert_eq!(prompt, "line one\nline two");
     }
 
     #[test]
-    fn bad_values_name_the_command() {
-        let e = parse("x --dur five", M).err().map(|e| e.to_string());
-        assert!(
-            e.is_some_and(|e| e.contains("--dur") && e.contains("five")),
-            "got error"
+    fn bad_durations_name_the_text_param_and_other_bad_values_are_swallowed() {
+        // tests/golden live-notes-sd25ext-002 and live-notes-adcreative-024: the param Ark names.
+        let e = parse("x --dur five", M, 0).err();
+        assert_eq!(
+            e.as_ref().map(|e| e.param.as_str()),
+            Some("contents[0].text.duration")
         );
-        let e = parse("x --wm yes", M).err().map(|e| e.to_string());
-        assert!(e.is_some_and(|e| e.contains("true or false")));
-        let e = parse("x --seed", M).err().map(|e| e.to_string());
-        assert!(e.is_some_and(|e| e.contains("--seed")));
+        assert!(e.is_some_and(|e| e.to_string().contains("five")));
+        let e = parse("x --rs", M, 2).err().map(|e| e.param);
+        assert_eq!(e.as_deref(), Some("contents[2].text.resolution"));
+        // tests/golden live-notes-adcreative-023: swallowed, left in the prompt as written.
+        let (prompt, p) = parse("x --wm yes --seed --fps many", M, 0).expect("swallowed");
+        assert_eq!(prompt, "x --wm yes --seed --fps many");
+        assert!(p.is_empty(), "{p:?}");
     }
 }

@@ -29,11 +29,6 @@ pub const MAX_SEED: i64 = 4_294_967_295;
 pub const DEFAULT_SEED: i64 = -1;
 /// The API's default remote `priority` (ark-api.md §2.1 `priority`: "0; range 0–9").
 pub const DEFAULT_PRIORITY: i64 = 0;
-/// `omni_reference_task_type` values any source shows: ark-api.md §13 lists
-/// `auto`/`reference`/`edit`/`extend` (2.5); §2.1 shows the Go SDK's test sending
-/// `first_last_frame`. The sources disagree, so the union is accepted.
-pub const OMNI_TASK_TYPES: [&str; 5] = ["auto", "reference", "edit", "extend", "first_last_frame"];
-
 /// A request that breaks a rule. The message names the field, the value, what is allowed and
 /// the model: `duration 15 is out of range for doubao-seedance-1-0-pro-250528: 2..=12 seconds`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -51,6 +46,9 @@ pub struct Invalid {
     pub allowed: String,
     /// Ark answers a missing field with `MissingParameter` rather than `InvalidParameter`.
     pub missing: bool,
+    /// Ark's own error code when it is neither `InvalidParameter` nor `MissingParameter`
+    /// (`InvalidParameter.TaskTypeConstraint`).
+    pub code: Option<&'static str>,
 }
 
 impl Invalid {
@@ -68,6 +66,16 @@ impl Invalid {
             model: model.to_string(),
             allowed: allowed.into(),
             missing: false,
+            code: None,
+        }
+    }
+
+    /// The Ark error code this refusal answers with.
+    pub fn ark_code(&self) -> &'static str {
+        match (self.code, self.missing) {
+            (Some(c), _) => c,
+            (None, true) => "MissingParameter",
+            (None, false) => "InvalidParameter",
         }
     }
 
@@ -150,6 +158,9 @@ pub struct Effective {
     pub video_inputs: u32,
     /// The prompt with inline commands removed.
     pub prompt: String,
+    /// The failure Ark gives such a task after creating it, when the prompt makes it read the
+    /// task as an edit or an extension whose rules the request breaks: (code, message).
+    pub task_type_failure: Option<(String, String)>,
 }
 
 impl Effective {
@@ -235,11 +246,15 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
     let spec = catalogue.get(model);
+    let region = catalogue::region_of(model);
+    let family = spec.map_or("", |s| s.family.as_str());
+    let is_2x = family.starts_with("seedance-2");
 
     let mut prompt: Option<String> = None;
+    let mut text_index = 0;
     let mut inline = inline::InlineParams::default();
     let (mut firsts, mut lasts, mut refs, mut videos, mut audios, mut drafts) =
-        (0, 0, 0u32, 0, 0, 0);
+        (0, 0, 0u32, 0u32, 0u32, 0);
     let mut untyped_images = 0;
     let mut first_image: Option<image::ImageInfo> = None;
 
@@ -255,21 +270,21 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
                         "one text item per request",
                     ));
                 }
-                let (p, cmds) = inline::parse(text, model)?;
+                let (p, cmds) = inline::parse(text, model, i)?;
                 prompt = Some(p);
                 inline = cmds;
+                text_index = i;
             }
             ContentItem::ImageUrl { image_url, role } => {
                 let param = format!("content[{i}].image_url.url");
                 let info = check_media_url(&image_url.url, &param, model, true)?;
                 match role.as_deref() {
-                    None => {
-                        untyped_images += 1;
-                        firsts += 1;
-                    }
+                    None => untyped_images += 1,
                     Some("first_frame") => firsts += 1,
                     Some("last_frame") => lasts += 1,
                     Some("reference_image") => refs += 1,
+                    // "invalid role specified for image content" (tests/golden/tanstack-ai.jsonl
+                    // tanstack-ai-047, live).
                     Some(other) => {
                         return Err(Invalid::not_one_of(
                             &format!("content[{i}].role"),
@@ -316,16 +331,29 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         }
     }
 
-    // Image modes are mutually exclusive, and each has fixed counts.
-    if refs > 0 && firsts + lasts > 0 {
+    // An image without a role is the first frame (docs/ark-api.md §2.2 mode table); beside
+    // reference media no source says what Ark makes of it (tests/golden/modelark-mcp.jsonl
+    // modelark-mcp-004, unknown), so it counts as a reference image there: lenient.
+    if untyped_images > 0 && (refs > 0 || videos > 0 || audios > 0) {
+        refs += untyped_images;
+    } else {
+        firsts += untyped_images;
+    }
+    // First/last-frame images and reference media are exclusive: "first/last frame content
+    // cannot be mixed with reference media content" (tests/golden/tanstack-ai.jsonl
+    // tanstack-ai-046 and modelark-mcp-005, live; docs/ark-api.md §13).
+    if firsts + lasts > 0 && refs + videos + audios > 0 {
         return Err(Invalid::new(
             "content",
-            "with first/last-frame and reference images",
+            "with first/last-frame images and reference media",
             "mixes image modes",
             model,
-            "either first_frame (+ last_frame) images or reference_image images, not both",
+            "either first_frame (+ last_frame) images or reference images/videos/audios, not both",
         ));
     }
+    // "expected at most one first frame image content but got 2 instead" and "role must be
+    // specified for image contents" (docs/ark-api.md §2.2; tests/golden
+    // live-notes-byteplus25-029/031, live).
     if firsts > 1 || lasts > 1 || (lasts == 1 && firsts == 0) {
         let allowed = if untyped_images > 1 {
             "one image without a role, or two images with roles first_frame and last_frame"
@@ -356,6 +384,8 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
     }
 
     if let Some(s) = spec {
+        // The tutorial's model table (tests/golden/tutorial.jsonl tutorial-034..036) and the
+        // live "task_type r2v does not support model" (tanstack-ai-042/043).
         let supported = match mode {
             Mode::TextToVideo => s.text_to_video || videos > 0 || drafts > 0,
             Mode::FirstFrame => s.first_frame,
@@ -370,8 +400,13 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
                 supported_modes(s),
             ));
         }
+        // 1-4 reference images on 1.0 lite-i2v (tests/golden/tutorial.jsonl tutorial-037/038).
+        // On 2.x Ark counts nothing at create: 6 passed on 2.0 and 64 on 2.5 although the
+        // docs say 9 and 30 (tests/golden tanstack-ai-048, live-notes-byteplus25-033), so
+        // there the count is left to Ark.
         if let Mode::ReferenceImages(n) = mode
             && n > s.max_reference_images
+            && !is_2x
         {
             return Err(Invalid::range(
                 "content",
@@ -396,19 +431,14 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
                 format!("at most {} reference audios", s.max_reference_audios),
             ));
         }
-        if drafts > 0 && !s.draft {
-            return Err(Invalid::unsupported(
-                "content",
-                "draft_task",
-                model,
-                "no draft_task item",
-            ));
-        }
     }
-    // ark-api.md §2.2 ("Limits (2.0 series only)": audio cannot be the only media) and §13
-    // ("On 2.0, audio needs an image or video beside it"). No source says it of 2.5 or of
-    // models seedq does not know, so there Ark decides.
-    let audio_needs_visual = spec.is_some_and(|s| s.family.starts_with("seedance-2.0"));
+    // A `draft_task` item on a model without drafts: no source shows Ark's answer
+    // (tests/golden/litellm.jsonl litellm-004 sends one to 2.0, unknown), so Ark decides.
+    //
+    // docs/ark-api.md §2.2 ("audio cannot be the only media") and the live "reference_audio
+    // cannot be the only reference input" on 2.0 (tests/golden tanstack-ai-045,
+    // vercel-ai-027..029). No source says it of 2.5 or of unknown models: Ark decides there.
+    let audio_needs_visual = family.starts_with("seedance-2.0");
     if audio_needs_visual && audios > 0 && videos == 0 && firsts + lasts + refs == 0 {
         return Err(Invalid::new(
             "content",
@@ -419,71 +449,82 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
 
-    // Parameters: the top-level field wins over the inline command.
-    let resolution_given = req.resolution.clone().or(inline.resolution.clone());
+    // Parameters: the top-level field wins over the inline command. Inline `--resolution` and
+    // `--duration` are validated and named `contents[N].text.<name>`; the other commands are
+    // swallowed when their value does not fit (tests/golden live-notes-adcreative-022..024,
+    // live-notes-sd25ext-002/004, live).
+    let inline_param = |name: &str| format!("contents[{text_index}].text.{name}");
     let draft = req.draft.unwrap_or(false);
-    let resolution = match (&resolution_given, spec) {
-        (Some(r), _) => r.clone(),
-        (None, _) if draft => "480p".to_string(),
-        (None, Some(s)) => s.default_resolution.clone(),
-        (None, None) => "720p".to_string(),
+    let (resolution, resolution_param) = match (&req.resolution, &inline.resolution, spec) {
+        (Some(r), _, _) => (r.clone(), "resolution".to_string()),
+        (None, Some(r), _) => (r.clone(), inline_param("resolution")),
+        (None, None, _) if draft => ("480p".to_string(), "resolution".to_string()),
+        (None, None, Some(s)) => (s.default_resolution.clone(), "resolution".to_string()),
+        (None, None, None) => ("720p".to_string(), "resolution".to_string()),
     };
+    // Resolutions match case-insensitively: `4K` and `1080P` were accepted live
+    // (tests/golden tanstack-ai-003/004, new-api-009).
+    let resolution = resolution.to_ascii_lowercase();
+    // The final of a 2.5 draft renders at the model's top resolution only: 1080p on 2.5, 4k
+    // on 2.5 premium; anything else is `InvalidResolutionParameter`
+    // (tests/golden/byteplus-comfyui.jsonl -002..-005, BytePlus 2026-10).
+    if let Some(s) = spec
+        && drafts > 0
+        && family.starts_with("seedance-2.5")
+        && let Some(top) = s.resolutions.last()
+        && req.resolution.is_some()
+        && &resolution != top
+    {
+        return Err(Invalid {
+            code: Some("InvalidResolutionParameter"),
+            ..Invalid::unsupported(
+                "resolution",
+                &resolution,
+                model,
+                format!("{top} for the final of a draft"),
+            )
+        });
+    }
     let all_resolutions = strings(&["480p", "720p", "1080p", "4k"]);
     let allowed_res = spec.map_or(&all_resolutions, |s| &s.resolutions);
     if !allowed_res.contains(&resolution) {
         return Err(Invalid::not_one_of(
-            "resolution",
+            &resolution_param,
             &resolution,
             model,
             allowed_res,
         ));
     }
+    // Tutorial parameter table: 1080p "参考图场景不支持" (tests/golden/tutorial.jsonl
+    // tutorial-028).
     if let Some(s) = spec
         && matches!(mode, Mode::ReferenceImages(_))
         && s.reference_max_720p
         && resolution == "1080p"
     {
         return Err(Invalid::unsupported(
-            "resolution",
+            &resolution_param,
             &resolution,
             model,
             "480p or 720p with reference images",
         ));
     }
 
-    let ratio = match (req.ratio.clone().or(inline.ratio.clone()), spec) {
-        (Some(r), _) => r,
+    let inline_ratio = inline
+        .ratio
+        .clone()
+        .filter(|r| ratio_problem(r, spec, mode, model).is_none());
+    let ratio_given = req.ratio.clone().or(inline_ratio);
+    let ratio = match (&ratio_given, spec) {
+        (Some(r), _) => r.clone(),
         (None, Some(s)) if s.adaptive_needs_image => match mode {
             Mode::FirstFrame | Mode::FirstLastFrame => "adaptive".into(),
             _ => "16:9".into(),
         },
         (None, _) => "adaptive".into(),
     };
-    let all_ratios = strings(&["16:9", "4:3", "1:1", "3:4", "9:16", "21:9", "adaptive"]);
-    let allowed_ratios = spec.map_or(&all_ratios, |s| &s.ratios);
-    if !allowed_ratios.contains(&ratio) {
-        return Err(Invalid::not_one_of("ratio", &ratio, model, allowed_ratios));
-    }
-    if let Some(s) = spec {
-        if ratio == "adaptive" && s.adaptive_needs_image && mode == Mode::TextToVideo {
-            return Err(Invalid::unsupported(
-                "ratio",
-                "adaptive",
-                model,
-                "a concrete ratio for text-to-video (adaptive needs an input image)",
-            ));
-        }
-        if s.frame_modes_need_adaptive
-            && matches!(mode, Mode::FirstFrame | Mode::FirstLastFrame)
-            && ratio != "adaptive"
-        {
-            return Err(Invalid::unsupported(
-                "ratio",
-                &ratio,
-                model,
-                "adaptive for first-frame and first+last-frame tasks",
-            ));
-        }
+    if let Some(e) = ratio_problem(&ratio, spec, mode, model) {
+        return Err(e);
     }
     let concrete_ratio = if ratio == "adaptive" {
         first_image
@@ -491,12 +532,17 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             .map_or("16:9", |i| catalogue::closest_ratio(i.width, i.height))
             .to_string()
     } else {
-        ratio.clone()
+        table_ratio(&ratio)
     };
 
-    let frames = req.frames.or(inline.frames);
-    let duration_given = req.duration.or(inline.duration);
-    if let Some(f) = frames {
+    // `frames` is accepted on 1.0 pro and pro-fast only (tests/golden tanstack-ai-018..021,
+    // live; tutorial-020..025 for the 25 + 4n grid). An inline `--frames` that does not fit
+    // is swallowed like the other commands.
+    let inline_frames = inline
+        .frames
+        .filter(|f| is_valid_frames(*f) && spec.is_none_or(|s| s.frames));
+    let frames = req.frames.or(inline_frames);
+    if let Some(f) = req.frames {
         if spec.is_some_and(|s| !s.frames) {
             return Err(Invalid::unsupported(
                 "frames",
@@ -514,6 +560,11 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
+    let (duration_given, duration_param) = match (req.duration, inline.duration) {
+        (Some(d), _) => (Some(d), "duration".to_string()),
+        (None, Some(d)) => (Some(d), inline_param("duration")),
+        (None, None) => (None, "duration".to_string()),
+    };
     let duration = if frames.is_some() {
         None
     } else {
@@ -530,54 +581,45 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             } else {
                 format!("{min}..={max} seconds")
             };
-            return Err(Invalid::range("duration", d, model, allowed));
+            return Err(Invalid::range(&duration_param, d, model, allowed));
         }
         Some(d)
     };
-    if let Some(fps) = inline.framespersecond
-        && fps != catalogue::FPS
-    {
-        return Err(Invalid::not_one_of(
-            "--fps",
-            &fps.to_string(),
-            model,
-            &strings(&["24"]),
-        ));
-    }
+    // An inline `--fps` other than 24 is swallowed (tests/golden live-notes-adcreative-023).
 
-    let seed = req.seed.or(inline.seed);
-    if let Some(v) = seed {
-        // ark-api.md §2.1 `seed`: "Not supported on 2.0 per D2" (and §13 for 2.x). The default
-        // −1 (random, ark-api.md §2.1 and §7 `--seed`) is what such a model does anyway, and
-        // clients such as the `seedance` CLI send it on every create: accepted everywhere.
-        if v != DEFAULT_SEED && spec.is_some_and(|s| !s.seed) {
-            return Err(Invalid::unsupported(
-                "seed",
-                v,
-                model,
-                "no seed, or -1 (random; the model picks its own seed)",
-            ));
-        }
-        // The bound is per model (catalogue `seed_max`; docs/ark-api.md §2.1 and §14).
-        let max = spec.map_or(MAX_SEED, |s| s.seed_max);
-        if !(-1..=max).contains(&v) {
-            return Err(Invalid::range("seed", v, model, format!("-1..={max}")));
-        }
+    // `seed` is taken by every model, 2.x included (tests/golden tanstack-ai-022/023, live on
+    // BytePlus; clients send it to 2.x in both regions: comfyui-009.., litellm-003). The range
+    // is checked per model (catalogue `seed_max`; tanstack-ai-024, live); an inline `--seed`
+    // out of range is swallowed.
+    let max = spec.map_or(MAX_SEED, |s| s.seed_max);
+    let inline_seed = inline.seed.filter(|v| (-1..=max).contains(v));
+    let seed = req.seed.or(inline_seed);
+    if let Some(v) = req.seed
+        && !(-1..=max).contains(&v)
+    {
+        return Err(Invalid::range("seed", v, model, format!("-1..={max}")));
     }
-    if let Some(cf) = req.camera_fixed.or(inline.camera_fixed) {
-        // ark-api.md §2.1 `camera_fixed`: default `false`; "Not supported in reference-image
-        // mode or on 2.0". Only `true` asks for something the model lacks; `false` is the
-        // documented default and always accepted.
-        let ok = !cf
-            || (spec.is_none_or(|s| s.camera_fixed) && !matches!(mode, Mode::ReferenceImages(_)));
-        if !ok {
-            return Err(Invalid::unsupported(
-                "camera_fixed",
-                cf,
-                model,
-                "no camera_fixed (leave it empty; never with reference images)",
-            ));
+    // camera_fixed: `true` needs a model that has it, and never with reference images
+    // (tests/golden tutorial-032/033, tanstack-ai-025/027). BytePlus 2.x refuses the field
+    // whatever its value, `false` included ("must be empty", tanstack-ai-028, live); on the
+    // Volcengine ids no source shows that, and `false` is the documented default
+    // (docs/ark-api.md §2.1): accepted there.
+    let camera_ok = |cf: bool| {
+        let supported = spec.is_none_or(|s| s.camera_fixed);
+        if !supported && region == Some(catalogue::Region::Byteplus) {
+            return false;
         }
+        !cf || (supported && !matches!(mode, Mode::ReferenceImages(_)))
+    };
+    if let Some(cf) = req.camera_fixed
+        && !camera_ok(cf)
+    {
+        return Err(Invalid::unsupported(
+            "camera_fixed",
+            cf,
+            model,
+            "no camera_fixed (leave it empty; never with reference images)",
+        ));
     }
 
     let tier = req.service_tier.as_deref().unwrap_or("default");
@@ -590,9 +632,12 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
     let flex = tier == "flex";
-    // ark-api.md §2.1 `service_tier`: "Seedance 2.0 series supports **only** `default`" [DOC D2];
-    // §13 repeats it. `--flex` sets this field, so the message names both.
-    if flex && spec.is_some_and(|s| !s.flex) {
+    // docs/ark-api.md §2.1 `service_tier`: the 2.0 series has only `default`; flex on 2.x is
+    // refused live (tests/golden tanstack-ai-035). BytePlus refuses the field on 2.x whatever
+    // its value ("must be empty", tanstack-ai-036); on the Volcengine ids `default` is the
+    // documented default and accepted. `--flex` sets this field, so the message names both.
+    let no_flex = spec.is_some_and(|s| !s.flex);
+    if no_flex && flex {
         return Err(Invalid::unsupported(
             "service_tier",
             "flex",
@@ -603,41 +648,44 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ),
         ));
     }
+    if no_flex && req.service_tier.is_some() && region == Some(catalogue::Region::Byteplus) {
+        return Err(Invalid::unsupported(
+            "service_tier",
+            tier,
+            model,
+            "no service_tier (BytePlus refuses the field on this model, even `default`)",
+        ));
+    }
+    // [3600, 259200] (docs/ark-api.md §2.1; 1800 refused on 1.0 pro, tests/golden
+    // tanstack-ai-038). The 2.x family enforces no floor: 1800 was accepted on 2.0
+    // (tanstack-ai-037, live).
     let expires_after = req.execution_expires_after.unwrap_or(DEFAULT_EXPIRES_AFTER);
-    if !(EXPIRES_RANGE.0..=EXPIRES_RANGE.1).contains(&expires_after) {
+    let floor = if is_2x { 1 } else { EXPIRES_RANGE.0 };
+    if !(floor..=EXPIRES_RANGE.1).contains(&expires_after) {
         return Err(Invalid::range(
             "execution_expires_after",
             expires_after,
             model,
-            "3600..=259200 seconds (1 h to 72 h)",
+            format!("{floor}..={} seconds", EXPIRES_RANGE.1),
         ));
     }
-    // ark-api.md §2.1 `generate_audio`: "Seedance 2.0 series and 1.5 pro only". A model without
-    // audio renders silent video, so `false` asks for what it does anyway: accepted (lenient,
-    // no source says Ark rejects it); only `true` asks for a missing feature.
-    if let Some(ga) = req.generate_audio
-        && ga
-        && spec.is_some_and(|s| !s.generate_audio)
-    {
-        return Err(Invalid::unsupported(
-            "generate_audio",
-            ga,
-            model,
-            "no generate_audio, or false (the model renders silent video)",
-        ));
-    }
+    // `generate_audio` passes Ark's validation on every model, 1.0 included (tests/golden
+    // tanstack-ai-029, vercel-ai-012, live): a model without audio renders silent video.
     if draft {
+        // `draft` on a model without drafts: "the specified parameter `draft` is not
+        // supported … must be empty" (tests/golden tanstack-ai-013/014, live).
         if spec.is_some_and(|s| !s.draft) {
             return Err(Invalid::unsupported("draft", true, model, "draft: false"));
         }
         if resolution != "480p" {
             return Err(Invalid::unsupported(
-                "resolution",
+                &resolution_param,
                 &resolution,
                 model,
                 "480p for drafts",
             ));
         }
+        // docs/ark-api.md §2.1 `draft`: no `return_last_frame`, no `flex`.
         if flex || req.return_last_frame == Some(true) {
             return Err(Invalid::new(
                 "draft",
@@ -648,19 +696,20 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
-    // ark-api.md §2.1 `priority`: "0; range 0–9", "Seedance 2.0 series only", "not allowed
-    // with `flex`". The default 0 is accepted on every model and tier.
+    // `priority`: 0–9 (docs/ark-api.md §2.1). 1.0 accepts it and ignores it, 2.x uses it,
+    // 1.5 pro refuses the field whatever its value (tests/golden tanstack-ai-031..033,
+    // new-api-005). Not with flex (docs/ark-api.md §2.1).
     if let Some(p) = req.priority {
-        if !(0..=9).contains(&p) {
-            return Err(Invalid::range("priority", p, model, "0..=9"));
-        }
-        if p != DEFAULT_PRIORITY && spec.is_some_and(|s| !s.priority) {
+        if family == "seedance-1.5-pro" {
             return Err(Invalid::unsupported(
                 "priority",
                 p,
                 model,
-                "no priority, or 0 (the default)",
+                "no priority (1.5 pro has none)",
             ));
+        }
+        if !(0..=9).contains(&p) {
+            return Err(Invalid::range("priority", p, model, "0..=9"));
         }
         if p != DEFAULT_PRIORITY && flex {
             return Err(Invalid::new(
@@ -672,7 +721,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
-    // ark-api.md §2.1 `tools`: "Seedance 2.0 series only". An empty list asks for nothing.
+    // docs/ark-api.md §2.1 `tools`: "Seedance 2.0 series only". An empty list asks for nothing.
     if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
         if spec.is_some_and(|s| !s.tools) {
             return Err(Invalid::unsupported("tools", "", model, "no tools"));
@@ -686,7 +735,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
-    // ark-api.md §13: "`output_format`: `mp4` everywhere, `mov` on 2.5 only" (catalogue data).
+    // docs/ark-api.md §13: "`output_format`: `mp4` everywhere, `mov` on 2.5 only" (catalogue data).
     if let (Some(f), Some(s)) = (&req.output_format, spec)
         && !s.output_formats.contains(f)
     {
@@ -698,7 +747,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
     if let Some(t) = &req.omni_reference_task_type {
-        check_omni_task_type(t, req, spec, videos, &ratio)?;
+        check_omni_task_type(t, req, spec, videos, ratio_given.as_deref(), duration_given)?;
     }
     if let Some(cb) = &req.callback_url {
         let ok = url::Url::parse(cb).is_ok_and(|u| matches!(u.scheme(), "http" | "https"));
@@ -711,6 +760,13 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
             ));
         }
     }
+    let task_type_failure = inferred_task_type_failure(
+        req.omni_reference_task_type.as_deref(),
+        &prompt,
+        videos,
+        ratio_given.as_deref(),
+        duration_given,
+    );
 
     let size =
         spec.and_then(|s| catalogue::pixel_size(s.pixel_table, &resolution, &concrete_ratio));
@@ -727,33 +783,97 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         size,
         video_inputs: videos,
         prompt,
+        task_type_failure,
     })
+}
+
+/// Why `ratio` does not fit the model and mode, if it does not.
+fn ratio_problem(
+    ratio: &str,
+    spec: Option<&ModelSpec>,
+    mode: Mode,
+    model: &str,
+) -> Option<Invalid> {
+    let s = spec?;
+    if !s.ratios.iter().any(|r| r == ratio) {
+        return Some(Invalid::not_one_of("ratio", ratio, model, &s.ratios));
+    }
+    // `adaptive` needs an input image on 1.0: refused for text-to-video on 1.0 pro and
+    // pro-fast (tests/golden tanstack-ai-039/040, vercel-ai-004, live) and missing from the
+    // lite-t2v column (tutorial-031); "参考图场景不支持" (tutorial-029).
+    if ratio == "adaptive"
+        && s.adaptive_needs_image
+        && matches!(mode, Mode::TextToVideo | Mode::ReferenceImages(_))
+    {
+        return Some(Invalid::unsupported(
+            "ratio",
+            "adaptive",
+            model,
+            "a concrete ratio for text-to-video and reference images (adaptive needs an input image)",
+        ));
+    }
+    // 2.5 first-frame and first+last-frame tasks take their ratio from the image: an explicit
+    // one is `InvalidParameter.TaskTypeConstraint` at create (tests/golden/comfyui-pr15395.jsonl
+    // -001/-002 and byteplus-comfyui-007, live).
+    if s.frame_modes_need_adaptive
+        && matches!(mode, Mode::FirstFrame | Mode::FirstLastFrame)
+        && ratio != "adaptive"
+    {
+        return Some(Invalid {
+            code: Some(TASK_TYPE_CONSTRAINT),
+            ..Invalid::unsupported(
+                "ratio",
+                ratio,
+                model,
+                "adaptive for first-frame and first+last-frame tasks",
+            )
+        });
+    }
+    None
+}
+
+/// The pixel-table ratio for a ratio: itself when the table has it, else the nearest one
+/// (`5:4`, `3:2`, `1.91:1` are accepted but not in the published tables).
+fn table_ratio(ratio: &str) -> String {
+    let parsed = ratio.split_once(':').and_then(|(a, b)| {
+        let (a, b) = (a.parse::<f64>().ok()?, b.parse::<f64>().ok()?);
+        (a > 0.0 && b > 0.0).then_some((a, b))
+    });
+    match parsed {
+        Some((a, b)) if !catalogue::is_table_ratio(ratio) => {
+            catalogue::closest_ratio((a * 1000.0) as u32, (b * 1000.0) as u32).to_string()
+        }
+        _ => ratio.to_string(),
+    }
 }
 
 fn strings(items: &[&str]) -> Vec<String> {
     items.iter().map(|s| (*s).to_string()).collect()
 }
 
-/// `omni_reference_task_type` (ark-api.md §2.1: a Go-only field added 2026-08; §13: its values
-/// on 2.5). The sources are thin, so only what they state is enforced: a known value (the
-/// union of both sources), on a model that takes omni references (2.x; §13), and for
-/// `edit`/`extend` a `reference_video` and `ratio: adaptive` (§13).
+/// Ark's code for a request that breaks the rules of its task type (docs/ark-api.md §14).
+pub const TASK_TYPE_CONSTRAINT: &str = "InvalidParameter.TaskTypeConstraint";
+/// Ark's code for a declared task type that the prompt contradicts (docs/ark-api.md §14).
+pub const TASK_TYPE_MISMATCH: &str = "InvalidParameter.TaskTypeMismatch";
+
+/// `omni_reference_task_type` (docs/ark-api.md §2.1, §13, §14). Any value is passed on: the
+/// documented `auto`/`reference`/`edit`/`extend`, and what clients send besides
+/// (`edit_video`/`extend_video`, tests/golden/modelark-mcp.jsonl -007/-008; `first_last_frame`,
+/// the Go SDK's test), whose answer no source shows. Enforced: a model that takes omni
+/// references (2.x; docs/ark-api.md §13), and the documented edit/extend rules, refused with
+/// `InvalidParameter.TaskTypeConstraint` naming the field (docs/ark-api.md §14: edit needs
+/// `duration: -1` and `ratio: adaptive`; edit and extend need a `reference_video` and
+/// `ratio: adaptive`, §13). Only explicit values are judged: the 2.x defaults are adaptive
+/// and (2.5) -1.
 fn check_omni_task_type(
     t: &str,
     req: &CreateTaskRequest,
     spec: Option<&ModelSpec>,
     videos: u32,
-    ratio: &str,
+    ratio: Option<&str>,
+    duration: Option<i64>,
 ) -> Result<(), Invalid> {
     let model = req.model.as_str();
-    if !OMNI_TASK_TYPES.contains(&t) {
-        return Err(Invalid::not_one_of(
-            "omni_reference_task_type",
-            t,
-            model,
-            &strings(&OMNI_TASK_TYPES),
-        ));
-    }
     if spec.is_some_and(|s| s.max_reference_videos == 0) {
         return Err(Invalid::unsupported(
             "omni_reference_task_type",
@@ -762,16 +882,124 @@ fn check_omni_task_type(
             "no omni_reference_task_type (omni references are a Seedance 2.x feature)",
         ));
     }
-    if matches!(t, "edit" | "extend") && (videos == 0 || ratio != "adaptive") {
-        return Err(Invalid::new(
-            "omni_reference_task_type",
-            t,
-            "needs a reference video and ratio adaptive",
+    if !matches!(t, "edit" | "extend") {
+        return Ok(());
+    }
+    let constraint = |param: &str, value: String, allowed: &str| Invalid {
+        code: Some(TASK_TYPE_CONSTRAINT),
+        ..Invalid::new(
+            param,
+            value,
+            "breaks the task type's rules",
             model,
-            "a reference_video item and ratio adaptive for edit/extend",
+            format!("{allowed} for omni_reference_task_type {t}"),
+        )
+    };
+    if videos == 0 {
+        return Err(constraint(
+            "content",
+            "without a reference_video".into(),
+            "a reference_video item",
         ));
     }
+    if let Some(r) = ratio.filter(|r| *r != "adaptive") {
+        return Err(constraint("ratio", r.to_string(), "ratio adaptive"));
+    }
+    if t == "edit"
+        && let Some(d) = duration.filter(|d| *d != -1)
+    {
+        return Err(constraint("duration", d.to_string(), "duration -1"));
+    }
     Ok(())
+}
+
+/// Words that make Ark read a prompt with a reference video as a video edit or an extension.
+/// Ark's classifier is not published: these are the simulator's stand-in [INF], drawn from
+/// the prompts of the corpus' failed tasks (tests/golden live-notes-sd25ext-008,
+/// comfyui-pr15395-004, comfyui-pr15579-001, dramaclaw-001).
+const EDIT_WORDS: [&str; 10] = [
+    "replace",
+    "make it",
+    "look like",
+    "swap",
+    "edit ",
+    "换成",
+    "替换",
+    "改成",
+    "变成",
+    "把这段",
+];
+const EXTEND_WORDS: [&str; 5] = ["continue", "extend", "延长", "继续", "接着"];
+
+/// With no task type (or `auto`), Ark infers one from the prompt and, when the request breaks
+/// that type's rules, creates the task and then fails it with
+/// `InvalidParameter.TaskTypeConstraint` ("Seedance identified your task as video editing
+/// based on your prompt … `duration` must be -1", tests/golden live-notes-sd25ext-007/-008;
+/// the same on Volcengine 2.0, dramaclaw-001). A declared type that the prompt contradicts
+/// fails with `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14). Returns that
+/// failure as (code, message), if any: the simulator fails the task with it and
+/// `seedq submit` warns.
+pub fn inferred_task_type_failure(
+    declared: Option<&str>,
+    prompt: &str,
+    videos: u32,
+    ratio: Option<&str>,
+    duration: Option<i64>,
+) -> Option<(String, String)> {
+    if videos == 0 {
+        return None;
+    }
+    let p = prompt.to_lowercase();
+    let edit = EDIT_WORDS.iter().any(|w| p.contains(w));
+    let extend = EXTEND_WORDS.iter().any(|w| p.contains(w));
+    // A declared edit whose prompt asks only to extend, or the reverse, fails with
+    // `InvalidParameter.TaskTypeMismatch` (docs/ark-api.md §14).
+    let mismatch = match declared {
+        Some("edit") => extend && !edit,
+        Some("extend") => edit && !extend,
+        _ => false,
+    };
+    if mismatch {
+        return Some((
+            TASK_TYPE_MISMATCH.to_string(),
+            format!(
+                "The declared omni_reference_task_type {} does not match the task Seedance identified from your prompt.",
+                declared.unwrap_or_default()
+            ),
+        ));
+    }
+    if !matches!(declared, None | Some("auto")) {
+        return None;
+    }
+    let (kind, needs_duration) = if edit {
+        ("video editing", true)
+    } else if extend {
+        ("video extension", false)
+    } else {
+        return None;
+    };
+    let mut issues = Vec::new();
+    if let Some(r) = ratio.filter(|r| *r != "adaptive") {
+        issues.push(format!("`ratio` must be `adaptive` (got {r})"));
+    }
+    if needs_duration && let Some(d) = duration.filter(|d| *d != -1) {
+        issues.push(format!("`duration` must be -1 (got {d})"));
+    }
+    if issues.is_empty() {
+        return None;
+    }
+    let list = issues
+        .iter()
+        .enumerate()
+        .map(|(i, s)| format!("[{i}] {s}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Some((
+        TASK_TYPE_CONSTRAINT.to_string(),
+        format!(
+            "Seedance identified your task as {kind} based on your prompt. For this task type, the output ratio and duration follow the input video. Issues: {list}"
+        ),
+    ))
 }
 
 fn supported_modes(s: &ModelSpec) -> String {
@@ -829,7 +1057,17 @@ fn check_media_url(
         }
         let (fmt, bytes) =
             image::decode_data_url(url).map_err(|p| image_invalid(param, model, &p))?;
-        let info = image::check(&bytes).map_err(|p| image_invalid(param, model, &p))?;
+        // Bytes that are no image seedq can read (a truncated header, a placeholder) are
+        // Ark's to judge: client fixtures send such data URLs and no source shows the answer
+        // (tests/golden vercel-ai-009, tanstack-ai-052). A readable image out of Ark's
+        // bounds is refused (`InvalidParameter.HeightTooSmall`, tests/golden dramaclaw-002).
+        let info = match image::check(&bytes) {
+            Ok(info) => info,
+            Err(image::ImageProblem::UnknownFormat | image::ImageProblem::Unreadable) => {
+                return Ok(None);
+            }
+            Err(p) => return Err(image_invalid(param, model, &p)),
+        };
         let same = fmt == info.format || (fmt == "jpg" && info.format == "jpeg");
         if !same {
             return Err(Invalid::new(
@@ -842,28 +1080,14 @@ fn check_media_url(
         }
         return Ok(Some(info));
     }
-    if url.starts_with("asset://") || url.starts_with("http://") || url.starts_with("https://") {
-        return Ok(None);
-    }
-    Err(Invalid::malformed(
-        param,
-        &truncate(url, 60),
-        model,
-        "an http(s) URL, a data: URL or an asset:// id",
-    ))
+    // Any other form is Ark's to judge: no source shows its answer to one (the Python SDK's
+    // sample sends a `${YOUR_IMAGE_URL}` placeholder, tests/golden volcengine-python-sdk-001).
+    Ok(None)
 }
 
 fn image_invalid(param: &str, model: &str, p: &image::ImageProblem) -> Invalid {
     let (value, problem, allowed) = p.describe();
     Invalid::new(param, value, problem, model, allowed)
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    if s.chars().count() <= n {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(n).collect::<String>())
-    }
 }
 
 /// What a user asks for: one CLI invocation or one JSONL line.
@@ -909,6 +1133,14 @@ pub struct JobSpec {
     pub tools: Option<Vec<Tool>>,
     pub output_format: Option<String>,
     pub omni_reference_task_type: Option<String>,
+    /// Create fields seedq does not model, sent at the top level of the body as given, so Ark
+    /// answers them (lenient). Each one is named in a warning at submit.
+    pub extra: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Fields that real clients send but Ark's create API does not have (see
+    /// [`CLIENT_ONLY_FIELDS`]): sent as given, with a warning naming the field.
+    pub camerafixed: Option<serde_json::Value>,
+    pub fps: Option<serde_json::Value>,
+    pub negative_prompt: Option<serde_json::Value>,
     /// seedq's queue priority: higher is claimed first.
     pub priority: Option<i64>,
     #[serde(default)]
@@ -957,7 +1189,68 @@ pub struct Prepared {
     pub est_tokens: Option<i64>,
     pub expires_after: i64,
     pub effective: Effective,
+    /// Things worth telling the user that do not stop the job (fields Ark does not read).
+    pub warnings: Vec<String>,
 }
+
+/// Top-level fields real clients send that are not in Ark's create API, and what Ark reads
+/// instead. Ark does not refuse a top-level field it does not read: `framespersecond: 999`
+/// created a real, billed 2.5 task (tests/golden live-notes-byteplus25-026, live), and clients
+/// send made-up fields (vercel-ai-031). `camerafixed` and `fps` are the prompt commands'
+/// names (`--camerafixed`, `--fps`, docs/ark-api.md §7; tests/golden/comfyui.jsonl), not
+/// fields. So a job spec may carry them, they are sent as given (the simulator ignores them,
+/// as Ark does), and `seedq submit` names each one in a warning.
+pub const CLIENT_ONLY_FIELDS: [(&str, &str); 3] = [
+    (
+        "camerafixed",
+        "Ark reads camera_fixed (or --camerafixed / --cf in the prompt)",
+    ),
+    (
+        "fps",
+        "every Seedance model renders 24 fps; only the prompt command --fps 24 exists",
+    ),
+    (
+        "negative_prompt",
+        "Seedance has no negative prompt; say what you want in the prompt",
+    ),
+];
+
+/// The warning for a field Ark's create API does not have.
+fn unknown_field_warning(field: &str) -> String {
+    match CLIENT_ONLY_FIELDS.iter().find(|(f, _)| *f == field) {
+        Some((_, instead)) => format!(
+            "{field} is not an Ark create field and Ark ignores it ({instead}); it is sent as given"
+        ),
+        None => format!(
+            "{field} is not a create field seedq knows; it is sent to Ark as given and Ark decides"
+        ),
+    }
+}
+
+/// Ark create fields a job spec's `extra` must not repeat: they have fields of their own.
+const MODELLED_FIELDS: [&str; 21] = [
+    "model",
+    "content",
+    "callback_url",
+    "return_last_frame",
+    "service_tier",
+    "execution_expires_after",
+    "generate_audio",
+    "draft",
+    "priority",
+    "safety_identifier",
+    "tools",
+    "resolution",
+    "ratio",
+    "duration",
+    "frames",
+    "seed",
+    "camera_fixed",
+    "watermark",
+    "output_format",
+    "omni_reference_task_type",
+    "draft_task",
+];
 
 /// Turns a spec into a validated, frozen request.
 ///
@@ -1044,6 +1337,34 @@ pub fn prepare(
         (Some(true), _) => Some("flex".to_string()),
         (_, t) => t.clone(),
     };
+    let mut extra = spec.extra.clone().unwrap_or_default();
+    for (name, value) in [
+        ("camerafixed", &spec.camerafixed),
+        ("fps", &spec.fps),
+        ("negative_prompt", &spec.negative_prompt),
+    ] {
+        if let Some(v) = value {
+            extra.insert(name.to_string(), v.clone());
+        }
+    }
+    if let Some(k) = extra.keys().find(|k| MODELLED_FIELDS.contains(&k.as_str())) {
+        let field = if k == "priority" {
+            "remote_priority"
+        } else {
+            k
+        };
+        return Err(Invalid::new(
+            &format!("extra.{k}"),
+            "",
+            "repeats a field seedq models",
+            &model,
+            format!("the job spec's own {field} field"),
+        )
+        .into());
+    }
+    // A JSON null is absent, as everywhere in a create body.
+    extra.retain(|_, v| !v.is_null());
+    let warnings: Vec<String> = extra.keys().map(|k| unknown_field_warning(k)).collect();
     let mut request = CreateTaskRequest {
         model: model.clone(),
         content,
@@ -1065,11 +1386,24 @@ pub fn prepare(
         watermark: spec.watermark,
         output_format: spec.output_format.clone(),
         omni_reference_task_type: spec.omni_reference_task_type.clone(),
+        extra,
     };
 
     // Validate what the user wrote first, so errors talk about their values.
     let effective = check(&request, catalogue).map_err(remote_priority_names)?;
+    let mut warnings = warnings;
+    if let Some((code, message)) = &effective.task_type_failure {
+        warnings.push(format!(
+            "Ark is likely to create this task and then fail it with {code}: {message}"
+        ));
+    }
+    let as_written = request.clone();
     normalise(&mut request);
+    // Ark swallows inline commands whose value does not fit (inline::parse); as a top-level
+    // field the same value would be refused. Such a prompt is sent as written.
+    if check(&request, catalogue).is_err() {
+        request = as_written;
+    }
     if let Some(s) = model_spec {
         drop_unsupported_defaults(&mut request, s);
     }
@@ -1098,6 +1432,7 @@ pub fn prepare(
         est_tokens,
         expires_after,
         effective,
+        warnings,
     })
 }
 
@@ -1136,9 +1471,9 @@ fn remote_priority_names(mut e: Invalid) -> Invalid {
 /// the frozen body has one place for each parameter.
 fn normalise(req: &mut CreateTaskRequest) {
     let mut moved = inline::InlineParams::default();
-    for item in &mut req.content {
+    for (i, item) in req.content.iter_mut().enumerate() {
         if let ContentItem::Text { text } = item
-            && let Ok((prompt, cmds)) = inline::parse(text, &req.model)
+            && let Ok((prompt, cmds)) = inline::parse(text, &req.model, i)
             && !cmds.is_empty()
         {
             *text = prompt;

@@ -68,7 +68,10 @@ impl ApiError {
                 )
             }
         } else {
-            Self::invalid(Some(&e.param), &e.to_string())
+            Self {
+                code: e.ark_code().to_string(),
+                ..Self::invalid(Some(&e.param), &e.to_string())
+            }
         }
     }
 

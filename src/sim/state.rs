@@ -1156,12 +1156,22 @@ impl Sim {
         let Some(t) = inner.tasks.get_mut(id) else {
             return;
         };
+        // A task Ark reads as an edit or extension whose rules it breaks is created and then
+        // fails with `InvalidParameter.TaskTypeConstraint` (request::inferred_task_type_failure).
+        let task_type = t
+            .eff
+            .task_type_failure
+            .clone()
+            .map(|(code, message)| TaskError { code, message })
+            .or_else(|| task_type.map(err));
+        let moderated = moderated || task_type.is_some();
         tracing::debug!(task = id, model = %t.model, "sim: task running");
         t.status = TaskStatus::Running;
         t.running_ms = Some(now_ms());
         t.touch();
-        t.outcome = Some(if let Some(code) = task_type {
-            Outcome::Fail(err(code))
+        let failed_type = task_type.is_some();
+        t.outcome = Some(if let Some(e) = task_type {
+            Outcome::Fail(e)
         } else if moderated {
             Outcome::Fail(err(OUTPUT_MODERATION))
         } else if transient {
@@ -1170,7 +1180,7 @@ impl Sim {
             Outcome::Succeed
         });
         let gen_time = self.generation_time(t);
-        if !moderated && !transient && task_type.is_none() {
+        if !moderated && !transient && !failed_type {
             let (w, h) = video::video_size(t.size, self.cfg.video_downscale);
             effects.push(Effect::Render(RenderJob {
                 id: t.id.clone(),

@@ -567,14 +567,20 @@ async fn invalid_and_missing_parameters_are_named() {
             "duration",
         ),
         (
-            json!({"model": PRO, "content": [{"type":"text","text":"x"}, {"type":"image_url","image_url":{"url":"ftp://x"}}]}),
+            json!({"model": PRO, "content": [{"type":"text","text":"x"}, {"type":"image_url","image_url":{"url":"data:image/PNG;base64,AAAA"}}]}),
             "InvalidParameter",
             "content[1].image_url.url",
         ),
         (
-            json!({"model": V20, "content": [{"type":"text","text":"x"}], "seed": 3}),
+            json!({"model": PRO, "content": [{"type":"text","text":"x"}], "seed": 4_294_967_296_i64}),
             "InvalidParameter",
             "seed",
+        ),
+        // tests/golden comfyui-pr15395-001 (live): 2.5 first frame with an explicit ratio.
+        (
+            json!({"model": "dreamina-seedance-2-5-260628", "content": [{"type":"text","text":"x"}, {"type":"image_url","image_url":{"url":"https://example.com/f.png"},"role":"first_frame"}], "ratio": "16:9"}),
+            "InvalidParameter.TaskTypeConstraint",
+            "ratio",
         ),
         (
             json!({"content": [{"type":"text","text":"x"}]}),
@@ -617,7 +623,7 @@ async fn invalid_and_missing_parameters_are_named() {
     );
     let stats = t.admin("stats").await;
     assert_eq!(stats["creates_total"], 0);
-    assert_eq!(stats["calls"]["create"]["400"], 11);
+    assert_eq!(stats["calls"]["create"]["400"], 12);
     t.handle.shutdown().await;
 }
 

@@ -12,6 +12,7 @@ mod demo;
 mod disk;
 mod fleet;
 mod flex;
+mod golden;
 mod helpers;
 mod hostile;
 mod identity;

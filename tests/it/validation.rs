@@ -258,28 +258,36 @@ fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
         err.contains("remote_priority 12 is out of range") && err.contains("0..=9"),
         "{err}"
     );
-    // A seed 2.x does not take; -1 is the allowed value.
-    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "5", "x"]));
+    // A seed out of range (tests/golden tanstack-ai-024).
+    let (code, err) =
+        code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "4294967296", "x"]));
     assert_eq!(code, Some(2), "{err}");
     assert!(
-        err.contains("seed 5 is not supported") && err.contains("-1"),
+        err.contains("seed 4294967296 is out of range") && err.contains("-1..=4294967295"),
         "{err}"
     );
-    // An unknown omni_reference_task_type.
+    // An edit without a reference video (docs/ark-api.md §13/§14): Ark's TaskTypeConstraint.
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "doubao-seedance-2-5-260628", "prompt": "x",
+            "omni_reference_task_type": "edit"}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("content without a reference_video breaks the task type's rules")
+            && err.contains("a reference_video item for omni_reference_task_type edit"),
+        "{err}"
+    );
+    assert!(env.jobs().is_empty(), "nothing stored");
+    // The accepted counterparts: any seed on 2.x (tests/golden tanstack-ai-022), any other
+    // task type (modelark-mcp-007).
+    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "5", "x"]));
+    assert_eq!(code, Some(0), "{err}");
     let (code, err) = submit_line(
         &env,
         &serde_json::json!({"model": "doubao-seedance-2-5-260628", "prompt": "x",
             "omni_reference_task_type": "remix"}),
     );
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("omni_reference_task_type remix is not allowed")
-            && err.contains("auto, reference, edit, extend"),
-        "{err}"
-    );
-    assert!(env.jobs().is_empty(), "nothing stored");
-    // The accepted counterparts.
-    let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--seed", "-1", "x"]));
     assert_eq!(code, Some(0), "{err}");
 }
 
@@ -367,4 +375,106 @@ fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
         (Some(1280), Some(720)),
         "{t}"
     );
+}
+
+/// Fields real clients send that Ark's create API does not have (`camerafixed`, `fps`,
+/// `negative_prompt`) are named in a warning at submit and sent as given; the sim ignores
+/// them as Ark does (tests/golden/README.md; vercel-ai-031).
+#[test]
+fn client_only_fields_are_named_in_a_warning_and_ignored_by_the_sim() {
+    let sim = fast_sim();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let line = serde_json::json!({"model": PRO, "prompt": "a cat", "camerafixed": true,
+        "fps": 30, "negative_prompt": "blur", "extra": {"custom_param": 1}, "key": "k"});
+    let f = write(&env, "job.jsonl", &format!("{line}\n"));
+    // --check validates, warns and stores nothing.
+    let out = env.cli(&["submit", "--check", "--file", &f]);
+    let (code, err) = code_and_err(&out);
+    assert_eq!(code, Some(0), "{err}");
+    for field in ["camerafixed", "fps", "negative_prompt", "custom_param"] {
+        assert!(
+            err.contains(&format!("warning: line 1: {field} is not")),
+            "{field}: {err}"
+        );
+    }
+    assert!(err.contains("camera_fixed"), "names what Ark reads: {err}");
+    env.assert_nothing_stored();
+    // A bad line: exit 2, nothing stored.
+    let bad = write(
+        &env,
+        "bad.jsonl",
+        &format!(
+            "{}\n",
+            serde_json::json!({"model": PRO, "prompt": "x", "duration": 99})
+        ),
+    );
+    let (code, err) = code_and_err(&env.cli(&["submit", "--check", "--file", &bad]));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("duration 99 is out of range"), "{err}");
+    env.assert_nothing_stored();
+    // Submitted for real: the fields reach the sim as given, and the task succeeds.
+    let (code, err) = code_and_err(&env.cli(&["submit", "--file", &f]));
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: line 1: negative_prompt is not"),
+        "{err}"
+    );
+    env.run_service();
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "succeeded", "{}", jobs[0]);
+    let tasks = sim.tasks();
+    assert_eq!(tasks.len(), 1);
+    let req = &tasks[0]["request"];
+    assert_eq!(req["camerafixed"], true, "{req}");
+    assert_eq!(req["negative_prompt"], "blur", "{req}");
+    assert_eq!(req["custom_param"], 1, "{req}");
+    assert!(
+        req.get("camera_fixed").is_none(),
+        "not reinterpreted: {req}"
+    );
+}
+
+/// docs/ark-api.md §14 and tests/golden (comfyui-pr15395-001, live-notes-sd25ext-008): a 2.5
+/// first-frame job with an explicit ratio is refused at submit with Ark's
+/// `InvalidParameter.TaskTypeConstraint` rule; a job whose prompt Ark reads as an edit with a
+/// fixed duration is created once, fails at the sim with that code, and is not retried.
+#[test]
+fn task_type_constraints_are_refused_at_submit_or_fail_once_at_the_sim() {
+    let sim = fast_sim();
+    let env = TestEnv::new(&worker_config(&sim, ""));
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "dreamina-seedance-2-5-260628", "prompt": "a fox",
+            "first_frame": "https://example.com/f.png", "ratio": "16:9"}),
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("ratio 16:9 is not supported") && err.contains("adaptive"),
+        "{err}"
+    );
+    env.assert_nothing_stored();
+    let (code, err) = submit_line(
+        &env,
+        &serde_json::json!({"model": "dreamina-seedance-2-5-260628",
+            "prompt": "replace the jacket with a red one", "duration": 5,
+            "video_refs": ["https://example.com/src.mp4"]}),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("warning: line 1: Ark is likely to create this task and then fail it with InvalidParameter.TaskTypeConstraint"),
+        "{err}"
+    );
+    env.run_service_with_failures();
+    let jobs = env.jobs();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0]["state"], "failed", "{}", jobs[0]);
+    assert_eq!(
+        jobs[0]["last_error_code"], "InvalidParameter.TaskTypeConstraint",
+        "{}",
+        jobs[0]
+    );
+    let tasks = sim.tasks();
+    assert_eq!(tasks.len(), 1, "one create, no retry: {tasks:?}");
+    assert_eq!(tasks[0]["status"], "failed");
 }

@@ -75,6 +75,9 @@ pub struct Ctx {
     /// Learned generation times per model/tier/shape, with when they were read (ms): a
     /// submit asks for it, and the history query need not run for every one.
     pub(crate) expected: Arc<std::sync::Mutex<ExpectedTimes>>,
+    /// Duplicate remote tasks whose DELETE got no answer yet (no turn in the read budget, a
+    /// 5xx, a lost connection): the reconcile loop sends it again every round.
+    pub pending_cancels: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl Ctx {
@@ -116,6 +119,7 @@ impl Ctx {
             owner: owner::owner_id(std::process::id()),
             fleet: Arc::default(),
             expected: Arc::default(),
+            pending_cancels: Arc::default(),
         })
     }
 

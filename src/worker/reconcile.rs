@@ -33,8 +33,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Ctx, Outcome, ms};
-use crate::ark::ListQuery;
 use crate::ark::wire::{CreateTaskRequest, Task, TaskStatus};
+use crate::ark::{ArkError, ErrorClass, ListQuery};
 use crate::config::AmbiguousPolicy;
 use crate::job::{JobId, JobState};
 use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, now_ms};
@@ -46,6 +46,8 @@ const MAX_PAGES: u32 = 50;
 /// Page size of reconciliation listings: the largest Ark takes (ark-api.md §4, `page_size`
 /// in [1, 500]), so a complete listing of 25 000 tasks of a model takes 50 calls.
 const SCAN_PAGE_SIZE: u32 = 500;
+/// How far back a listing reaches: Ark lists only the last 7 days (ark-api.md §4, §14).
+const LIST_HORIZON_MS: i64 = 7 * 24 * 3_600 * 1_000;
 /// Prefix of the identity seedq sends as `safety_identifier`.
 pub const TAG_PREFIX: &str = "seedq-";
 /// `last_error_code` of a job parked for an operator.
@@ -152,6 +154,14 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         );
     }
     let stale = if sweeps { recover_stale(ctx).await? } else { 0 };
+    // Duplicates whose DELETE got no answer stay queued and billable until Ark answers one.
+    let open_cancels = retry_cancels(ctx).await;
+    if open_cancels > 0 {
+        tracing::warn!(
+            tasks = open_cancels,
+            "duplicate remote tasks still wait for their cancel"
+        );
+    }
     let jobs = ctx
         .store
         .claim_due(JobState::SubmitUnknown, &ctx.owner, ctx.lease_ms(), 20)
@@ -191,17 +201,30 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     Ok(Outcome::Worked)
 }
 
-/// Whether the create's POST has certainly ended: the server answered (a 5xx), or the
-/// client's own timeout has passed since it started.
-fn post_over(ctx: &Ctx, job: &Job, now: i64) -> bool {
-    // A 5xx code: the server answered. `holder_dead`: the POSTing process is gone, and
-    // its connection with it (store `release_leases_of`).
+/// When the job's create POST started (local ms) and whether it certainly ended by an
+/// answer: a 5xx code means the server answered; `holder_dead` means the POSTing process is
+/// gone, and its connection with it (store `release_leases_of`).
+fn post_of(job: &Job) -> (i64, bool) {
     let answered = job
         .last_error_code
         .as_deref()
         .is_some_and(|c| !matches!(c, "transport" | LEASE_EXPIRED | PARKED));
-    let started = job.submit_started_at.unwrap_or(job.updated_at);
-    answered || now >= started + ms(ctx.cfg.ark.request_timeout) + 1_000
+    (job.submit_started_at.unwrap_or(job.updated_at), answered)
+}
+
+/// Whether a complete listing proves that a create POSTed at `started` (local ms) never made
+/// a task. The listing shows only tasks created before it was read, so the POST must have
+/// ended by `listing.listed_at` (an answer, or the client's timeout passed by then), not
+/// merely by now; and the listing's 7 days must reach back to the POST's window.
+fn listing_proves_absence(
+    listing: &Listing,
+    started: i64,
+    answered: bool,
+    timeout_ms: i64,
+) -> bool {
+    let post_over = answered || listing.listed_at >= started + timeout_ms + 1_000;
+    let covered = started - WINDOW_SLACK_S * 1_000 >= listing.listed_at - LIST_HORIZON_MS;
+    listing.complete && post_over && covered
 }
 
 async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow::Result<()> {
@@ -225,6 +248,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow
         candidates.sort_by_key(|t| std::cmp::Reverse(progress(t.status)));
         let keep = candidates.remove(0);
         for extra in &candidates {
+            // One that gets no answer yet is kept for the next rounds (`retry_cancels`).
             cancel_duplicate(ctx, &extra.id, Some(extra.status)).await;
         }
         return adopt(ctx, &job, &keep, "reconciled: adopted").await;
@@ -264,7 +288,10 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow
     }
     // No candidate. With a complete listing after the POST ended, that is proof the create
     // never happened: resend (the identity makes a late duplicate detectable).
-    if scan.complete && scan.hidden.is_empty() && post_over(ctx, &job, now) {
+    let (started, answered) = post_of(&job);
+    let absent =
+        listing_proves_absence(listing, started, answered, ms(ctx.cfg.ark.request_timeout));
+    if absent && scan.hidden.is_empty() {
         if job.attempts >= i64::from(ctx.cfg.dispatch.max_attempts) {
             tracing::error!(
                 attempts = job.attempts,
@@ -311,7 +338,6 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow
         ctx.poke_dispatch.notify_one();
         return Ok(());
     }
-    let started = job.submit_started_at.unwrap_or(job.updated_at);
     if now - started < ms(ctx.cfg.dispatch.reconcile_grace) {
         crate::metrics::reconcile("pending", 1);
         return look_again_at(ctx, &job, retry_at).await;
@@ -444,25 +470,71 @@ async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether Ark's answer to a DELETE settles a duplicate for good: done, or refused by the
+/// task's state or existence (404 gone, 409 `InvalidAction.RunningTaskDeletion` for a running
+/// task, ark-api.md §5, §14). No turn in the read budget (nothing was sent), a throttle, a
+/// 5xx or a lost connection settle nothing: the task may still be queued and would be billed.
+pub fn cancel_settled(r: &Result<(), ArkError>) -> bool {
+    match r {
+        Ok(()) => true,
+        Err(e) => e.class() == ErrorClass::Rejected,
+    }
+}
+
 /// Cancels a duplicate task of a job (a second create for the same identity). A queued task
-/// that is cancelled is never run nor billed; a running one can only be logged.
-pub async fn cancel_duplicate(ctx: &Ctx, remote_id: &str, status: Option<TaskStatus>) {
+/// that is cancelled is never run nor billed; a running one can only be logged. A DELETE
+/// that got no answer keeps the task in `ctx.pending_cancels`, which every reconcile round
+/// tries again ([`retry_cancels`]). True when the duplicate is settled.
+pub async fn cancel_duplicate(ctx: &Ctx, remote_id: &str, status: Option<TaskStatus>) -> bool {
     if matches!(
         status,
         Some(TaskStatus::Cancelled | TaskStatus::Failed | TaskStatus::Expired)
     ) {
-        return;
+        forget_cancel(ctx, remote_id);
+        return true;
     }
-    match ctx.ark.delete(remote_id).await {
+    let r = ctx.ark.delete(remote_id).await;
+    let settled = cancel_settled(&r);
+    match r {
         Ok(()) => {
             crate::metrics::reconcile("duplicate_cancelled", 1);
             tracing::warn!(remote_id, "cancelled a duplicate remote task of this job");
         }
-        Err(e) => {
+        Err(e) if settled => {
             crate::metrics::reconcile("duplicate_kept", 1);
-            tracing::error!(remote_id, error = %format!("{e:#}"), "a duplicate remote task of this job could not be cancelled");
+            tracing::error!(remote_id, error = %format!("{e:#}"), "ark refused to cancel a duplicate remote task of this job");
+        }
+        Err(e) => {
+            crate::metrics::reconcile("duplicate_retry", 1);
+            tracing::warn!(remote_id, error = %format!("{e:#}"), "cancelling a duplicate remote task got no answer; trying again next round");
         }
     }
+    if settled {
+        forget_cancel(ctx, remote_id);
+    } else {
+        pending_cancels(ctx).insert(remote_id.to_string());
+    }
+    settled
+}
+
+fn pending_cancels(ctx: &Ctx) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+    // A poisoned lock only means a panic elsewhere while it was held; the set is still whole.
+    ctx.pending_cancels
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn forget_cancel(ctx: &Ctx, remote_id: &str) {
+    pending_cancels(ctx).remove(remote_id);
+}
+
+/// Sends again every duplicate DELETE that got no answer; returns how many are still open.
+pub async fn retry_cancels(ctx: &Ctx) -> usize {
+    let ids: Vec<String> = pending_cancels(ctx).iter().cloned().collect();
+    for id in &ids {
+        cancel_duplicate(ctx, id, None).await;
+    }
+    pending_cancels(ctx).len()
 }
 
 /// Handles a create answer that arrived after the job's lease was taken over.
@@ -542,9 +614,12 @@ pub struct Scan {
 #[derive(Debug, Default)]
 pub struct Listing {
     pub items: Vec<Task>,
-    /// Every page was read: absence from `items` is proof for this model, tier and the last
-    /// 7 days, nothing more.
+    /// Every page was read: absence from `items` is proof for this model, tier and the 7
+    /// days before `listed_at`, nothing more.
     pub complete: bool,
+    /// Local time (ms) taken before page 1 was asked for: the listing shows no task created
+    /// after it, so it proves nothing about a create that could still come later.
+    pub listed_at: i64,
 }
 
 /// Lists `model`'s tasks of `tier` (`default` or `flex`) in full, up to [`MAX_PAGES`].
@@ -553,6 +628,7 @@ pub struct Listing {
 /// Ark failures.
 pub async fn list_all(ctx: &Ctx, model: &str, tier: &str) -> anyhow::Result<Listing> {
     let page_size = SCAN_PAGE_SIZE;
+    let listed_at = now_ms();
     let mut items = Vec::new();
     let mut seen = 0i64;
     for page in 1..=MAX_PAGES {
@@ -573,12 +649,14 @@ pub async fn list_all(ctx: &Ctx, model: &str, tier: &str) -> anyhow::Result<List
             return Ok(Listing {
                 items,
                 complete: true,
+                listed_at,
             });
         }
     }
     Ok(Listing {
         items,
         complete: false,
+        listed_at,
     })
 }
 
@@ -793,4 +871,121 @@ pub async fn operator_adopt(w: &Ctx, job_id: &str, task_id: &str) -> anyhow::Res
         job: job.id.to_string(),
         task: task.id,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    const T: i64 = 1_800_000_000_000;
+    const TIMEOUT: i64 = 60_000;
+
+    fn listing(listed_at: i64, complete: bool) -> Listing {
+        Listing {
+            items: Vec::new(),
+            complete,
+            listed_at,
+        }
+    }
+
+    #[test]
+    fn a_listing_read_before_the_post_deadline_proves_no_absence() {
+        // The POST started at T and may create a task until T + 60 s: a listing read at
+        // T + 30 s cannot show it, however late the decision is taken.
+        assert!(!listing_proves_absence(
+            &listing(T + 30_000, true),
+            T,
+            false,
+            TIMEOUT
+        ));
+        assert!(!listing_proves_absence(
+            &listing(T + TIMEOUT, true),
+            T,
+            false,
+            TIMEOUT
+        ));
+        // Read after the deadline, it does.
+        assert!(listing_proves_absence(
+            &listing(T + TIMEOUT + 1_000, true),
+            T,
+            false,
+            TIMEOUT
+        ));
+        // An answered POST (a 5xx, the POSTing process dead) had ended before the job was
+        // claimed, so a listing read after it proves absence at once.
+        assert!(listing_proves_absence(
+            &listing(T + 2_000, true),
+            T,
+            true,
+            TIMEOUT
+        ));
+        // An incomplete listing proves nothing.
+        assert!(!listing_proves_absence(
+            &listing(T + TIMEOUT + 1_000, false),
+            T,
+            true,
+            TIMEOUT
+        ));
+        // A listing taken before anything (the default) proves nothing.
+        assert!(!listing_proves_absence(
+            &Listing {
+                complete: true,
+                ..Listing::default()
+            },
+            T,
+            false,
+            TIMEOUT
+        ));
+    }
+
+    #[test]
+    fn a_listing_proves_nothing_before_its_seven_days() {
+        let late = T + LIST_HORIZON_MS;
+        assert!(!listing_proves_absence(
+            &listing(late, true),
+            T,
+            true,
+            TIMEOUT
+        ));
+        assert!(listing_proves_absence(
+            &listing(late - WINDOW_SLACK_S * 1_000, true),
+            T,
+            true,
+            TIMEOUT
+        ));
+    }
+
+    fn api(status: u16, code: &str) -> ArkError {
+        ArkError::Api {
+            status,
+            code: code.into(),
+            message: "m".into(),
+            param: None,
+            kind: None,
+            request_id: "r".into(),
+            retry_after: None,
+            create: false,
+        }
+    }
+
+    #[test]
+    fn only_an_answer_settles_a_duplicate_cancel() {
+        assert!(cancel_settled(&Ok(())));
+        // Gone, or running (ark-api.md §14): asking again changes nothing.
+        assert!(cancel_settled(&Err(api(404, "ResourceNotFound"))));
+        assert!(cancel_settled(&Err(api(
+            409,
+            "InvalidAction.RunningTaskDeletion"
+        ))));
+        // Nothing sent, throttled or a hiccup: the task may still be queued.
+        let budget = ArkError::Budget {
+            route: "delete",
+            patience: Duration::from_secs(1),
+        };
+        assert!(!cancel_settled(&Err(budget)));
+        assert!(!cancel_settled(&Err(api(500, "InternalServiceError"))));
+        assert!(!cancel_settled(&Err(api(429, "TooManyRequests"))));
+        assert!(!cancel_settled(&Err(api(409, "Conflict"))));
+    }
 }

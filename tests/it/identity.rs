@@ -475,6 +475,61 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
 }
 
 #[test]
+fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
+    // As above, but every DELETE fails with a 500 when worker 1 wakes: the duplicate must
+    // stay recorded and be cancelled on a later reconcile round once Ark answers again.
+    let sim = SimProc::start(&format!(
+        "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
+    ));
+    let cfg = worker_config(&sim, "");
+    let env = TestEnv::new(&cfg);
+    env.ok(&["submit", "paused", "-m", PRO]);
+    let w1 = env.serve();
+    wait_until(20, "worker 1's create to be under way", || {
+        env.jobs().iter().any(|j| j["state"] == "submitting")
+    });
+    let pid = w1.id().to_string();
+    let signal = |sig: &str| {
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    };
+    signal("-STOP");
+    set_faults(&sim, serde_json::json!({}));
+    let mut w2 = env.serve();
+    wait_until(30, "worker 2 to submit the job", || {
+        env.jobs().iter().any(|j| j["remote_task_id"].is_string())
+    });
+    wait_until(30, "worker 1's late create to make a task", || {
+        sim.tasks().len() == 2
+    });
+    set_faults(&sim, serde_json::json!({"error_rate": {"delete": 1.0}}));
+    signal("-CONT");
+    let mut w1 = w1;
+    let failed_deletes = || sim.stats()["calls"]["delete"]["500"].as_u64().unwrap_or(0);
+    // One cancel is three DELETEs (the client's own read retries); more than three cancels'
+    // worth means the duplicate was kept and sent again on later rounds.
+    wait_until(30, "worker 1's DELETEs to be sent again", || {
+        failed_deletes() >= 10
+    });
+    assert!(
+        sim.tasks().iter().all(|t| t["status"] != "cancelled"),
+        "no DELETE got through"
+    );
+    set_faults(&sim, serde_json::json!({}));
+    wait_until(30, "the duplicate to be cancelled once Ark answers", || {
+        sim.tasks().iter().any(|t| t["status"] == "cancelled")
+    });
+    w1.kill();
+    w2.kill();
+    assert_eq!(billable(&sim), 1, "one billed task: {:?}", sim.tasks());
+}
+
+#[test]
 fn the_remote_id_is_logged_at_warn_before_it_is_recorded() {
     let sim = sim("");
     let env = TestEnv::new(&worker_config(&sim, ""));

@@ -697,10 +697,11 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         }
     }
     // `priority`: 0–9 (docs/ark-api.md §2.1). 1.0 accepts it and ignores it, 2.x uses it,
-    // 1.5 pro refuses the field whatever its value (tests/golden tanstack-ai-031..033,
-    // new-api-005). Not with flex (docs/ark-api.md §2.1).
+    // 1.5 pro refuses a set priority (tests/golden tanstack-ai-031..033). The documented
+    // default 0 is accepted everywhere: no source shows 1.5 pro refusing it (new-api-005).
+    // Not with flex (docs/ark-api.md §2.1).
     if let Some(p) = req.priority {
-        if family == "seedance-1.5-pro" {
+        if family == "seedance-1.5-pro" && p != DEFAULT_PRIORITY {
             return Err(Invalid::unsupported(
                 "priority",
                 p,

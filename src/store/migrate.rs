@@ -53,6 +53,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_fleet.sql",
         include_str!("../../migrations/0012_fleet.sql"),
     ),
+    (
+        "0015_claim_counters.sql",
+        include_str!("../../migrations/0015_claim_counters.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -19,6 +19,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0003_fleet.sql",
         include_str!("../../../migrations/postgres/0003_fleet.sql"),
     ),
+    (
+        "0006_claim_counters.sql",
+        include_str!("../../../migrations/postgres/0006_claim_counters.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

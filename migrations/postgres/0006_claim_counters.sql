@@ -54,37 +54,45 @@ GROUP BY 1, 2;
 
 -- Row triggers with WHEN clauses: the many updates (leases, heartbeats, polls) that do not
 -- move a counter never run the function.
+-- The predicates are written out here rather than calling the functions above: a SQL function
+-- called from PL/pgSQL is not inlined, and this runs for every job that moves.
 CREATE FUNCTION seedq_claim_counters() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     share BIGINT;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
-        IF seedq_in_flight(OLD.state, OLD.last_error_code) THEN
+        IF OLD.state IN ('submitting', 'submitted')
+           OR (OLD.state = 'submit_unknown' AND COALESCE(OLD.last_error_code, '') <> 'parked') THEN
             UPDATE in_flight_counts SET jobs = jobs - 1
             WHERE model = OLD.model AND service_tier = OLD.service_tier
-              AND resolution = seedq_resolution(OLD.shape);
+              AND resolution = split_part(COALESCE(OLD.shape, ''), '/', 1);
         END IF;
-        share := seedq_flex_share(OLD.service_tier, OLD.state, OLD.submit_started_at,
-            OLD.submitted_at, OLD.usage_tokens, OLD.est_tokens);
-        IF share <> 0 THEN
-            UPDATE flex_token_counts SET tokens = tokens - share
-            WHERE model = OLD.model AND bucket = (OLD.submit_started_at / 900000) * 900000;
+        IF OLD.service_tier = 'flex' AND OLD.submit_started_at IS NOT NULL
+           AND (OLD.submitted_at IS NOT NULL OR OLD.state IN ('submitting', 'submit_unknown')) THEN
+            share := COALESCE(OLD.usage_tokens, OLD.est_tokens, 0);
+            IF share <> 0 THEN
+                UPDATE flex_token_counts SET tokens = tokens - share
+                WHERE model = OLD.model AND bucket = (OLD.submit_started_at / 900000) * 900000;
+            END IF;
         END IF;
     END IF;
     IF TG_OP <> 'DELETE' THEN
-        IF seedq_in_flight(NEW.state, NEW.last_error_code) THEN
+        IF NEW.state IN ('submitting', 'submitted')
+           OR (NEW.state = 'submit_unknown' AND COALESCE(NEW.last_error_code, '') <> 'parked') THEN
             INSERT INTO in_flight_counts
-            VALUES (NEW.model, NEW.service_tier, seedq_resolution(NEW.shape), 1)
+            VALUES (NEW.model, NEW.service_tier, split_part(COALESCE(NEW.shape, ''), '/', 1), 1)
             ON CONFLICT (model, service_tier, resolution) DO UPDATE
                 SET jobs = in_flight_counts.jobs + 1;
         END IF;
-        share := seedq_flex_share(NEW.service_tier, NEW.state, NEW.submit_started_at,
-            NEW.submitted_at, NEW.usage_tokens, NEW.est_tokens);
-        IF share <> 0 THEN
-            INSERT INTO flex_token_counts
-            VALUES (NEW.model, (NEW.submit_started_at / 900000) * 900000, share)
-            ON CONFLICT (model, bucket) DO UPDATE
-                SET tokens = flex_token_counts.tokens + excluded.tokens;
+        IF NEW.service_tier = 'flex' AND NEW.submit_started_at IS NOT NULL
+           AND (NEW.submitted_at IS NOT NULL OR NEW.state IN ('submitting', 'submit_unknown')) THEN
+            share := COALESCE(NEW.usage_tokens, NEW.est_tokens, 0);
+            IF share <> 0 THEN
+                INSERT INTO flex_token_counts
+                VALUES (NEW.model, (NEW.submit_started_at / 900000) * 900000, share)
+                ON CONFLICT (model, bucket) DO UPDATE
+                    SET tokens = flex_token_counts.tokens + excluded.tokens;
+            END IF;
         END IF;
     END IF;
     RETURN NULL;

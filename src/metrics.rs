@@ -41,6 +41,9 @@ pub const ARCHIVES: &str = "seedq_archives_total";
 pub const MAINTENANCE_RUNS: &str = "seedq_maintenance_runs_total";
 /// Jobs deleted by pruning, by `state`.
 pub const PRUNED: &str = "seedq_pruned_jobs_total";
+/// Claim counters (store/counters.rs) that disagreed with a full recount and were repaired,
+/// by `counter` (in_flight, flex_tokens).
+pub const COUNTER_DRIFT: &str = "seedq_counter_drift_total";
 /// Expired leases released by the sweep.
 pub const LEASES_RELEASED: &str = "seedq_leases_released_total";
 /// SIGHUP reloads by `outcome` (ok, error).
@@ -133,6 +136,10 @@ fn describe() {
     );
     describe_counter!(PRUNED, "Jobs deleted by pruning, by state.");
     describe_counter!(LEASES_RELEASED, "Expired leases released by the sweep.");
+    describe_counter!(
+        COUNTER_DRIFT,
+        "Claim counters found different from a full recount of the jobs (and repaired), by counter."
+    );
     describe_counter!(RELOADS, "Configuration reloads (SIGHUP) by outcome.");
     describe_counter!(
         BUDGET_REFUSED,
@@ -218,6 +225,11 @@ pub fn archive(outcome: &'static str, bytes: Option<u64>, took: Option<Duration>
 /// Records jobs deleted by pruning.
 pub fn pruned(state: &'static str, n: u64) {
     metrics::counter!(PRUNED, "state" => state).increment(n);
+}
+
+/// Records one claim counter that drifted from its recount.
+pub fn counter_drift(counter: &'static str) {
+    metrics::counter!(COUNTER_DRIFT, "counter" => counter).increment(1);
 }
 
 /// Records leases released by the sweep.

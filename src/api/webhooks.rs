@@ -1,4 +1,4 @@
-//! Signed webhooks from the durable outbox (`store::webhooks`, migrations/0019_webhooks.sql).
+//! Signed webhooks from the durable outbox (`store::webhooks`, migrations/0016_webhooks.sql).
 //!
 //! When a job created with a key ends, the transaction that ends it adds an outbox row (a
 //! database trigger), so no crash between the job's end and its webhook can lose it. Every

@@ -94,6 +94,12 @@ pub struct ClaimsArgs {
     /// SQLite) after filling and before the claims.
     #[arg(long)]
     pub upkeep: bool,
+    /// Jobs claimed into `submitting` (holding a remote slot) after the fill and before the
+    /// timed runs, besides `--queued`: the submit claim must cost the same with 100 or
+    /// 100 000 tasks in flight. Their leases run out at once, so each run also times the due
+    /// claim (`Store::claim_due`, what reconciliation and the poller call) over them.
+    #[arg(long, default_value_t = 0)]
+    pub in_flight: usize,
 }
 
 /// `seedq bench fleet`.
@@ -124,8 +130,9 @@ pub struct FleetArgs {
 pub(crate) async fn run_claims(_ctx: &Ctx, a: ClaimsArgs) -> anyhow::Result<ExitCode> {
     let dir = bench_dir("claims")?;
     println!(
-        "claims: {} queued, {} claim calls of up to {} jobs per run, claimers {:?}, {} CPUs",
+        "claims: {} queued, {} in flight, {} claim calls of up to {} jobs per run, claimers {:?}, {} CPUs",
         a.queued,
+        a.in_flight,
         a.claims,
         a.batch,
         a.workers,
@@ -176,8 +183,9 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
 
     let started = Instant::now();
     let mut done = 0;
-    while done < a.queued {
-        let n = FILL_BATCH.min(a.queued - done);
+    let total = a.queued + a.in_flight;
+    while done < total {
+        let n = FILL_BATCH.min(total - done);
         let batch: Vec<NewJob> = (done..done + n).map(bench_job).collect();
         let report = store.enqueue(batch).await?;
         anyhow::ensure!(
@@ -186,7 +194,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
             report.inserted.len()
         );
         done += n;
-        if done % 250_000 == 0 && done < a.queued {
+        if done % 250_000 == 0 && done < total {
             println!(
                 "{name}: {done} enqueued, {:.0} jobs/s so far",
                 done as f64 / started.elapsed().as_secs_f64()
@@ -195,10 +203,34 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
     }
     let fill = started.elapsed().as_secs_f64();
     println!(
-        "{name}: enqueue {} jobs in batches of {FILL_BATCH}: {fill:.1} s = {:.0} jobs/s",
-        a.queued,
-        a.queued as f64 / fill
+        "{name}: enqueue {total} jobs in batches of {FILL_BATCH}: {fill:.1} s = {:.0} jobs/s",
+        total as f64 / fill
     );
+    if a.in_flight > 0 {
+        let t = Instant::now();
+        let mut claimed = 0;
+        while claimed < a.in_flight {
+            let want = u32::try_from((a.in_flight - claimed).min(5000)).unwrap_or(5000);
+            // A lease of 1 ms: these are due at once for the due-claim runs below.
+            let jobs = store
+                .claim_for_submit_tier(
+                    MODEL,
+                    "default",
+                    u32::MAX / 2,
+                    ResolutionScope::All,
+                    want,
+                    "bench-in-flight",
+                    1,
+                )
+                .await?;
+            anyhow::ensure!(!jobs.is_empty(), "{name}: nothing left to put in flight");
+            claimed += jobs.len();
+        }
+        println!(
+            "{name}: {claimed} jobs put in flight in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+    }
 
     if a.upkeep {
         let t = Instant::now();
@@ -213,7 +245,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
     let budget = Duration::from_secs(a.max_seconds);
     for w in a.workers.iter().map(|w| *w as usize) {
         let in_flight = store.in_flight_tier(MODEL, "default").await?;
-        let r = claim_run(target, w, a.claims, a.batch, budget).await?;
+        let r = claim_run(target, w, a.claims, a.batch, budget, false).await?;
         let mut lat = r.latencies_ms.clone();
         println!(
             "{name}: W={w}: {} jobs in {} calls in {:.2} s = {:.0} jobs/s ({:.0} calls/s, {} empty); \
@@ -228,33 +260,41 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
             percentile(&mut lat, 0.50),
             percentile(&mut lat, 0.99),
             percentile(&mut lat, 1.0),
-            a.queued as i64 - in_flight,
+            total as i64 - in_flight,
         );
         println!("{name}: W={w}: histogram {}", histogram(&r.latencies_ms));
-        if r.cut_short {
+        ok &= r.check(name, w, a);
+        if a.in_flight > 0 {
+            let r = claim_run(target, w, a.claims, a.batch, budget, true).await?;
+            let mut lat = r.latencies_ms.clone();
             println!(
-                "{name}: W={w}: stopped after --max-seconds {} with {} of {} calls made",
-                a.max_seconds,
-                r.latencies_ms.len() + r.errors,
-                a.claims
+                "{name}: W={w}: due claims: {} jobs in {} calls in {:.2} s = {:.0} jobs/s; \
+                 latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, {} in flight",
+                r.jobs,
+                lat.len(),
+                r.wall.as_secs_f64(),
+                r.jobs as f64 / r.wall.as_secs_f64(),
+                percentile(&mut lat, 0.50),
+                percentile(&mut lat, 0.99),
+                percentile(&mut lat, 1.0),
+                store.in_flight_tier(MODEL, "default").await?,
             );
-        }
-        if r.errors > 0 {
-            println!(
-                "{name}: W={w}: FAIL: {} claim calls failed, e.g. {}",
-                r.errors,
-                r.first_error.as_deref().unwrap_or("?")
-            );
-            ok = false;
-        }
-        if r.duplicates > 0 {
-            println!(
-                "{name}: W={w}: FAIL: {} jobs were claimed twice",
-                r.duplicates
-            );
-            ok = false;
+            ok &= r.check(name, w, a);
         }
     }
+    // The counters every claim read must still equal a recount of the jobs.
+    let t = Instant::now();
+    let drift = store.check_counters(false).await?;
+    println!(
+        "{name}: claim counters against a full recount: {} ({:.0} ms)",
+        if drift.is_empty() {
+            "equal".to_string()
+        } else {
+            format!("FAIL: {drift:?}")
+        },
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    ok &= drift.is_empty();
 
     let mut stats_ms = Vec::new();
     let mut ls_ms = Vec::new();
@@ -264,11 +304,11 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
         let rows = store.stats().await?;
         store.archive_stats().await?;
         stats_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        let total: i64 = rows.iter().map(|r| r.jobs).sum();
+        let counted: i64 = rows.iter().map(|r| r.jobs).sum();
         anyhow::ensure!(
-            total == a.queued as i64,
-            "{name}: stats counted {total} jobs, not {}",
-            a.queued
+            counted == (a.queued + a.in_flight) as i64,
+            "{name}: stats counted {counted} jobs, not {}",
+            a.queued + a.in_flight
         );
         let t = Instant::now();
         // What `seedq ls` reads with its default limit.
@@ -288,8 +328,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
     for (what, mut ms) in [("stats", stats_ms), ("ls", ls_ms)] {
         let first = ms[0];
         println!(
-            "{name}: {what} with {} jobs: first {first:.1} ms, best {:.1} ms, median {:.1} ms (target < 1000 ms)",
-            a.queued,
+            "{name}: {what} with {total} jobs: first {first:.1} ms, best {:.1} ms, median {:.1} ms (target < 1000 ms)",
             percentile(&mut ms, 0.0),
             percentile(&mut ms, 0.5)
         );
@@ -334,6 +373,38 @@ struct ClaimRun {
     cut_short: bool,
 }
 
+impl ClaimRun {
+    /// Prints what went wrong in the run; false when something did.
+    fn check(&self, name: &str, w: usize, a: &ClaimsArgs) -> bool {
+        let r = self;
+        let mut ok = true;
+        if r.cut_short {
+            println!(
+                "{name}: W={w}: stopped after --max-seconds {} with {} of {} calls made",
+                a.max_seconds,
+                r.latencies_ms.len() + r.errors,
+                a.claims
+            );
+        }
+        if r.errors > 0 {
+            println!(
+                "{name}: W={w}: FAIL: {} claim calls failed, e.g. {}",
+                r.errors,
+                r.first_error.as_deref().unwrap_or("?")
+            );
+            ok = false;
+        }
+        if r.duplicates > 0 {
+            println!(
+                "{name}: W={w}: FAIL: {} jobs were claimed twice",
+                r.duplicates
+            );
+            ok = false;
+        }
+        ok
+    }
+}
+
 /// What one claimer did.
 #[derive(Default)]
 struct Claimer {
@@ -354,6 +425,7 @@ async fn claim_run(
     claims: usize,
     batch: u32,
     budget: Duration,
+    due: bool,
 ) -> anyhow::Result<ClaimRun> {
     let mut handles = Vec::with_capacity(w);
     for _ in 0..w {
@@ -372,18 +444,25 @@ async fn claim_run(
                     break;
                 }
                 let t = Instant::now();
-                match store
-                    .claim_for_submit_tier(
-                        MODEL,
-                        "default",
-                        u32::MAX / 2,
-                        ResolutionScope::All,
-                        batch,
-                        &owner,
-                        600_000,
-                    )
-                    .await
-                {
+                let claimed = if due {
+                    // What reconciliation claims: submits whose lease ran out.
+                    store
+                        .claim_due(JobState::Submitting, &owner, 600_000, batch)
+                        .await
+                } else {
+                    store
+                        .claim_for_submit_tier(
+                            MODEL,
+                            "default",
+                            u32::MAX / 2,
+                            ResolutionScope::All,
+                            batch,
+                            &owner,
+                            600_000,
+                        )
+                        .await
+                };
+                match claimed {
                     Ok(jobs) => {
                         c.latencies_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                         c.empty += usize::from(jobs.is_empty());

@@ -211,6 +211,7 @@ pub async fn run_task(ctx: &Ctx, task: Task) -> anyhow::Result<String> {
         Task::TpdRollover => tpd_rollover(ctx).await,
         Task::DbUpkeep => {
             let frames = ctx.store.upkeep().await?;
+            let counters = check_counters(ctx).await?;
             Ok(if ctx.store.is_postgres() {
                 // Vacuum and checkpoints are the server's own (autovacuum, the checkpointer).
                 "analyzed; vacuum and checkpoints are left to PostgreSQL".to_string()
@@ -218,10 +219,31 @@ pub async fn run_task(ctx: &Ctx, task: Task) -> anyhow::Result<String> {
                 "optimized; WAL busy, checkpoint deferred".to_string()
             } else {
                 format!("optimized; checkpointed {frames} WAL frames")
-            })
+            } + &counters)
         }
         Task::Backup => backup(ctx).await,
     }
+}
+
+/// The claim counters against a full recount of the jobs (store/counters.rs): a drift means a
+/// write went around the triggers; it is logged, counted and repaired.
+async fn check_counters(ctx: &Ctx) -> anyhow::Result<String> {
+    let drift = ctx.store.check_counters(true).await?;
+    for d in &drift {
+        metrics::counter_drift(d.counter);
+        tracing::warn!(
+            counter = d.counter,
+            key = %d.key,
+            counted = d.counted,
+            recounted = d.recounted,
+            "claim counter drifted from the recount; repaired"
+        );
+    }
+    Ok(if drift.is_empty() {
+        "; claim counters agree with a recount".to_string()
+    } else {
+        format!("; {} claim counters repaired", drift.len())
+    })
 }
 
 async fn prune(ctx: &Ctx) -> anyhow::Result<String> {
@@ -240,7 +262,14 @@ async fn prune(ctx: &Ctx) -> anyhow::Result<String> {
         metrics::pruned(state.as_str(), *n);
     }
     let total: u64 = report.values().sum();
-    Ok(format!("pruned {total} jobs {report:?}"))
+    // Billed holds of budget days that are over: no daily cap reads them again, and their
+    // batch's total moves into `budget_settled` with them (store/budget.rs).
+    let today = crate::worker::budget::day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
+    let holds = ctx.store.prune_budget_holds(today).await?;
+    let buckets = ctx.store.prune_counters().await?;
+    Ok(format!(
+        "pruned {total} jobs {report:?}, {holds} settled budget holds, {buckets} empty counter rows"
+    ))
 }
 
 async fn sweep(ctx: &Ctx) -> anyhow::Result<String> {

@@ -97,6 +97,16 @@ fn sums(
     .query_row(p, |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
+/// What a batch's pruned holds amounted to: hold units and tokens.
+fn settled(c: &rusqlite::Connection, batch: &str) -> rusqlite::Result<(i64, i64)> {
+    Ok(
+        c.prepare_cached("SELECT units, tokens FROM budget_settled WHERE batch_id = ?1")?
+            .query_row([batch], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?
+            .unwrap_or((0, 0)),
+    )
+}
+
 /// Makes every job waiting on a budget due now (a cap was raised or a hold shrank), so the
 /// dispatcher checks it again. `batch` limits it to one batch's cap waiters (daily waiters
 /// of any batch are always included).
@@ -161,6 +171,8 @@ impl Store {
                     && (fen.is_some() || max_tokens.is_some())
                 {
                     let (units, tokens) = sums(&tx, "batch_id = ?1", [batch])?;
+                    let (su, st) = settled(&tx, batch)?;
+                    let (units, tokens) = (units + su, tokens + st);
                     if let Some(fen) = fen {
                         checks.push((Scope::BatchCost, units, fen.saturating_mul(UNITS_PER_FEN)));
                     }
@@ -375,8 +387,17 @@ impl Store {
                         COALESCE(SUM(COALESCE(billed_tokens, tokens)), 0) \
                  FROM budget_holds WHERE batch_id = ?1",
                 [&batch],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                },
             )?;
+            // Pruned holds were billed: their units count as spent and as billed.
+            let (su, st) = settled(c, &batch)?;
+            let (units, billed_units, tokens) = (units + su, billed_units + su, tokens + st);
             let waiting = c.query_row(
                 "SELECT COUNT(*) FROM jobs WHERE batch_id = ?1 AND state = 'queued' \
                  AND last_error_code IN (?2, ?3, ?4)",
@@ -399,6 +420,38 @@ impl Store {
                 waiting,
                 unpriced,
             })
+        })
+        .await
+    }
+
+    /// Deletes the settled holds (billed) of budget days before `before_day`: no daily cap
+    /// counts them again, and what they amount to moves into their batch's `budget_settled`
+    /// row in the same transaction, so a batch cap sees the same spend before and after.
+    /// Unbilled holds stay: an ambiguous create counts as spent until it is settled.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn prune_budget_holds(&self, before_day: i64) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::prune_budget_holds(pg, before_day).await;
+        }
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO budget_settled (batch_id, units, tokens) \
+                 SELECT batch_id, SUM(billed_tokens * rate), SUM(billed_tokens) FROM budget_holds \
+                 WHERE billed_tokens IS NOT NULL AND day_start < ?1 AND batch_id IS NOT NULL \
+                 GROUP BY batch_id \
+                 ON CONFLICT (batch_id) DO UPDATE SET units = units + excluded.units, \
+                     tokens = tokens + excluded.tokens",
+                [before_day],
+            )?;
+            let n = tx.execute(
+                "DELETE FROM budget_holds WHERE billed_tokens IS NOT NULL AND day_start < ?1",
+                [before_day],
+            )?;
+            tx.commit()?;
+            Ok(n)
         })
         .await
     }
@@ -465,6 +518,84 @@ mod tests {
             tokens,
             rate: 2,
             priced: true,
+        }
+    }
+
+    /// Maintenance prunes billed holds of days that are over; a batch's cap sees the same
+    /// spend before and after, today's holds and unbilled ones stay, and a reservation that
+    /// did not fit before the prune does not fit after it.
+    #[tokio::test]
+    async fn settled_holds_are_pruned_and_their_batch_keeps_its_spend() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            // A cap of 1 fen = 2,000,000 units = 1,000,000 tokens at rate 2.
+            s.set_batch_budget("b", Some(Some(1)), None)
+                .await
+                .expect("cap");
+            let daily = DailyCaps::default();
+            let at = |id: &str, tokens: i64, day: i64| HoldRequest {
+                day_start: day,
+                ..hold(id, tokens)
+            };
+            for (id, day) in [("old1", 0), ("old2", 0), ("unbilled", 0), ("today", 100)] {
+                assert_eq!(
+                    s.budget_reserve(at(id, 200_000, day), daily)
+                        .await
+                        .expect("reserve"),
+                    Ok(()),
+                    "{name}: {id}"
+                );
+            }
+            s.budget_commit("old1", 150_000).await.expect("commit");
+            s.budget_commit("old2", 100_000).await.expect("commit");
+            s.budget_commit("today", 100_000).await.expect("commit");
+            let before = s.batch_spend("b").await.expect("spend");
+            let day_before = s.day_spend(100, None).await.expect("day");
+            assert_eq!(s.prune_budget_holds(100).await.expect("prune"), 2, "{name}");
+            assert_eq!(
+                s.prune_budget_holds(100).await.expect("prune"),
+                0,
+                "{name}: once"
+            );
+            let after = s.batch_spend("b").await.expect("spend");
+            assert_eq!(
+                (after.units, after.billed_units, after.tokens),
+                (before.units, before.billed_units, before.tokens),
+                "{name}: the batch's spend did not change"
+            );
+            assert_eq!(
+                s.day_spend(100, None).await.expect("day"),
+                day_before,
+                "{name}"
+            );
+            // 550 000 tokens counted: 450 000 more fit, 450 001 do not.
+            let refused = s
+                .budget_reserve(at("big", 450_001, 100), daily)
+                .await
+                .expect("big");
+            assert!(
+                matches!(
+                    refused,
+                    Err(Refusal {
+                        scope: Scope::BatchCost,
+                        spent: 1_100_000,
+                        ..
+                    })
+                ),
+                "{name}: {refused:?}"
+            );
+            assert_eq!(
+                s.budget_reserve(at("fits", 450_000, 100), daily)
+                    .await
+                    .expect("fits"),
+                Ok(()),
+                "{name}"
+            );
+            // The unbilled hold stayed: releasing it gives its room back.
+            assert!(
+                s.budget_release("unbilled").await.expect("release"),
+                "{name}"
+            );
         }
     }
 

@@ -105,13 +105,8 @@ pub(super) fn room_in_tx(
     let tokens = match limits.tpd {
         None => None,
         Some((tpd, day, _)) => {
-            let spent: i64 = tx
-                .prepare_cached(
-                    "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
-                     WHERE submit_started_at >= ?1 AND model = ?2 AND service_tier = 'flex' \
-                     AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown'))",
-                )?
-                .query_row(params![day, model], |r| r.get(0))?;
+            // The day's sum from the counters the triggers keep (store/counters.rs).
+            let spent = super::counters::flex_spent_in_tx(tx, model, day)?;
             Some(i64::try_from(tpd).unwrap_or(i64::MAX).saturating_sub(spent))
         }
     };

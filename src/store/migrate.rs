@@ -54,16 +54,20 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0012_fleet.sql"),
     ),
     (
-        "0014_read_budget.sql",
-        include_str!("../../migrations/0014_read_budget.sql"),
+        "0013_read_budget.sql",
+        include_str!("../../migrations/0013_read_budget.sql"),
     ),
     (
-        "0018_api.sql",
-        include_str!("../../migrations/0018_api.sql"),
+        "0014_claim_counters.sql",
+        include_str!("../../migrations/0014_claim_counters.sql"),
     ),
     (
-        "0019_webhooks.sql",
-        include_str!("../../migrations/0019_webhooks.sql"),
+        "0015_api.sql",
+        include_str!("../../migrations/0015_api.sql"),
+    ),
+    (
+        "0016_webhooks.sql",
+        include_str!("../../migrations/0016_webhooks.sql"),
     ),
 ];
 

@@ -15,6 +15,7 @@ mod bulk;
 mod bulk_index;
 mod chain;
 mod conn;
+pub(crate) mod counters;
 pub(crate) mod fleet;
 mod images;
 pub mod migrate;
@@ -42,6 +43,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use conn::BUSY_TIMEOUT;
+pub use counters::CounterDrift;
 pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use ops::MIN_ROOM;
 pub use pause::{PauseKind, Paused};
@@ -1240,20 +1242,12 @@ impl Store {
         self.call(move |c| {
             let now = now_ms();
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let in_flight: i64 = tx
-                .prepare_cached(&format!(
-                    "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
-                     AND {IN_FLIGHT_PREDICATE}"
-                ))?
-                .query_row([&model, &tier], |r| r.get(0))?;
+            // The counters the triggers keep (store/counters.rs), not a count of the jobs:
+            // the claim costs the same with 100 or 100 000 tasks in flight.
+            let in_flight = counters::in_flight_in_tx(&tx, &model, &tier, None)?;
             let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
             if let Some(res) = &only {
-                let res_in_flight: i64 = tx
-                    .prepare_cached(&format!(
-                        "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
-                         AND (shape = ?3 OR shape LIKE ?3 || '/%') AND {IN_FLIGHT_PREDICATE}"
-                    ))?
-                    .query_row([&model, &tier, res], |r| r.get(0))?;
+                let res_in_flight = counters::in_flight_in_tx(&tx, &model, &tier, Some(res))?;
                 room = room.min(only_cap - res_in_flight);
             }
             // The account's RPM and flex TPD, for every worker on this database (store/fleet.rs).
@@ -1334,14 +1328,8 @@ impl Store {
             return pg::core::in_flight_tier(pg, model, tier).await;
         }
         let (model, tier) = (model.to_string(), tier.to_string());
-        self.call(move |c| {
-            Ok(c.prepare_cached(&format!(
-                "SELECT COUNT(*) FROM jobs WHERE model = ?1 AND service_tier = ?2 \
-                 AND {IN_FLIGHT_PREDICATE}"
-            ))?
-            .query_row([&model, &tier], |r| r.get(0))?)
-        })
-        .await
+        self.call(move |c| Ok(counters::in_flight_in_tx(c, &model, &tier, None)?))
+            .await
     }
 
     /// Tasks that occupy a remote slot, per (model, tier).
@@ -1353,10 +1341,10 @@ impl Store {
             return pg::core::in_flight_by_tier(pg).await;
         }
         self.call(|c| {
-            let mut st = c.prepare_cached(&format!(
-                "SELECT model, service_tier, COUNT(*) FROM jobs WHERE {IN_FLIGHT_PREDICATE} \
-                 GROUP BY model, service_tier"
-            ))?;
+            let mut st = c.prepare_cached(
+                "SELECT model, service_tier, SUM(jobs) FROM in_flight_counts \
+                 GROUP BY model, service_tier HAVING SUM(jobs) <> 0",
+            )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -1481,8 +1469,8 @@ impl Store {
         }
         self.call(|c| {
             let mut st = c.prepare_cached(
-                "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
-                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked') GROUP BY model",
+                "SELECT model, SUM(jobs) FROM in_flight_counts \
+                 GROUP BY model HAVING SUM(jobs) <> 0",
             )?;
             let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)

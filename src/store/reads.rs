@@ -1,5 +1,5 @@
 //! The account's read budget: turns on Ark's rate-limited routes (list, GET, DELETE), shared by
-//! every worker on this store (migrations/0014_read_budget.sql, docs/limits.md).
+//! every worker on this store (migrations/0013_read_budget.sql, docs/limits.md).
 //!
 //! Each route is a row holding when its next free turn starts. Taking a turn is one
 //! conditional upsert: the turn starts at `max(next, now)` and moves `next` one spacing on,

@@ -93,24 +93,51 @@ fn path_to(state: JobState) -> &'static [JobState] {
     }
 }
 
+/// Every other job of the suite is a flex job with a resolution and estimated tokens, so
+/// that each verb moves the in-flight and the flex token counters too.
+static FLEX_NEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// A new job walked to `state` through the generic guarded transition; returns it.
 async fn job_in(store: &Store, state: JobState) -> Job {
+    let mut nj = NewJob::plain("{}");
+    if FLEX_NEXT.fetch_xor(true, std::sync::atomic::Ordering::Relaxed) {
+        nj.flex = true;
+        nj.shape = Some("720p/5s".into());
+        nj.est_tokens = Some(1000);
+    }
     let id = store
-        .enqueue(vec![NewJob::plain("{}")])
+        .enqueue(vec![nj])
         .await
         .expect("enqueue")
         .inserted
         .remove(0);
     let mut job = store.job(id.as_str()).await.expect("read").expect("job");
     for &to in path_to(state) {
+        // As the claim does: a submit starts the job's share of the day's flex tokens.
+        let patch = if to == Submitting {
+            Patch::new().set("submit_started_at", now_ms())
+        } else {
+            Patch::new()
+        };
         let token = store
-            .transition(&id, job.state, job.lease_token, to, Patch::new(), None)
+            .transition(&id, job.state, job.lease_token, to, patch, None)
             .await
             .unwrap_or_else(|e| panic!("walking to {state}: {e}"));
         job = store.job(id.as_str()).await.expect("read").expect("job");
         assert_eq!((job.state, job.lease_token), (to, token));
     }
+    counters_agree(store, &format!("walking to {state}")).await;
     job
+}
+
+/// The claim counters equal a full recount of the jobs (store/counters.rs): the triggers moved
+/// them in the same transaction as the verb, whatever the verb did.
+async fn counters_agree(store: &Store, ctx: &str) {
+    let drift = store.check_counters(false).await.expect("check counters");
+    assert!(
+        drift.is_empty(),
+        "{ctx}: the claim counters drifted: {drift:?}"
+    );
 }
 
 fn poll_outcome(k: PollKind) -> PollOutcome {
@@ -397,6 +424,7 @@ pub(crate) async fn verb_suite(store: &Store) {
                     matches!(again, Err(StoreError::Conflict { .. })),
                     "{ctx}, replayed: {again:?}"
                 );
+                counters_agree(store, &ctx).await;
             } else {
                 let r = call(store, verb, &job.id, from, job.lease_token).await;
                 assert!(
@@ -411,11 +439,14 @@ pub(crate) async fn verb_suite(store: &Store) {
                     before,
                     "{ctx}: a refused verb changed the job"
                 );
+                counters_agree(store, &ctx).await;
             }
         }
     }
     batched_polls_are_one_transaction_with_results_in_order(store).await;
+    counters_agree(store, "batched polls").await;
     cancel_requested_during_a_post_is_cancelled_by_the_next_claim(store).await;
+    counters_agree(store, "cancel during a post").await;
 }
 
 /// `record_polls` applies each of a batch on its own, in one call: a good one lands, a

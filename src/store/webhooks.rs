@@ -1,4 +1,4 @@
-//! Store side of the webhook outbox (migrations/0019_webhooks.sql): rows are added by a
+//! Store side of the webhook outbox (migrations/0016_webhooks.sql): rows are added by a
 //! trigger in the transaction that ends a job; any worker claims due rows under a short
 //! lease, and records each one delivered, retried later or given up. The PostgreSQL bodies
 //! are in `pg/webhooks.rs`.

@@ -103,6 +103,10 @@ pub struct Wait {
     /// When the dispatcher looks at it again (`HELD` for a batch cap: until it is raised).
     pub until: i64,
     pub message: String,
+    /// The refusal: which cap, and what was spent under it when the job was refused.
+    pub refusal: Refusal,
+    /// The budget day the refusal counted in.
+    pub day: i64,
 }
 
 /// Why a job on a model without a price waits under a spend cap, and what to do about it.
@@ -186,9 +190,43 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
                 code,
                 until,
                 message,
+                refusal: r,
+                day,
             }))
         }
     }
+}
+
+/// Whether the cap that refused `job` has less spent under it now than at the refusal: a
+/// release (a create that made no task) committed between the refusal and the job's
+/// requeue, and its wake-up could not see the job, which was not waiting yet. Called after
+/// the requeue: any release from then on wakes the job itself.
+///
+/// # Errors
+/// Store failures.
+pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> anyhow::Result<bool> {
+    let spent = wait.refusal.spent;
+    let now = match wait.refusal.scope {
+        Scope::BatchCost | Scope::BatchTokens => {
+            let Some(batch) = job.batch_id.as_deref() else {
+                return Ok(false);
+            };
+            let s = ctx.store.batch_spend(batch).await?;
+            if wait.refusal.scope == Scope::BatchCost {
+                s.units
+            } else {
+                s.tokens
+            }
+        }
+        Scope::Daily => ctx.store.day_spend(wait.day, None).await?.0,
+        Scope::ModelDaily => {
+            ctx.store
+                .day_spend(wait.day, Some(job.model.clone()))
+                .await?
+                .1
+        }
+    };
+    Ok(now < spent)
 }
 
 /// Gives `job`'s reservation back: its create provably made no billable task.

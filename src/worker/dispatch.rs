@@ -279,9 +279,16 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     attempts: Some(job.attempts - 1),
                     error: ErrorNote::Set(LastError::new(wait.code, wait.message.clone())),
                 },
-                wait.message,
+                wait.message.clone(),
             )
             .await?;
+        // A release that committed between the refusal and the requeue woke the waiters
+        // before this job was one of them: without a second look it would wait on room that
+        // is already free (and `seedq run` would stop with it still waiting).
+        if super::budget::released_since(ctx, &job, &wait).await? {
+            ctx.store.wake_budget_waiters().await?;
+            ctx.poke_dispatch.notify_one();
+        }
         return Ok(());
     }
     let body = with_callback(ctx, &job)?;

@@ -37,6 +37,50 @@ async fn sums(
     Ok((r.try_get(0)?, r.try_get(1)?))
 }
 
+/// What a batch's pruned holds amounted to (SQLite: `settled`).
+async fn settled(
+    c: &impl deadpool_postgres::GenericClient,
+    batch: &str,
+) -> Result<(i64, i64), StoreError> {
+    Ok(c.query_opt(
+        "SELECT units, tokens FROM budget_settled WHERE batch_id = $1",
+        &[&batch],
+    )
+    .await?
+    .map(|r| Ok::<_, StoreError>((r.try_get(0)?, r.try_get(1)?)))
+    .transpose()?
+    .unwrap_or((0, 0)))
+}
+
+/// [`crate::store::Store::prune_budget_holds`].
+pub(crate) async fn prune_budget_holds(pg: &Pg, before_day: i64) -> Result<usize, StoreError> {
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        // One statement: the rows deleted are exactly the rows added up, even while other
+        // workers commit holds.
+        let n: i64 = tx
+            .query_one(
+                "WITH gone AS (DELETE FROM budget_holds \
+                     WHERE billed_tokens IS NOT NULL AND day_start < $1 \
+                     RETURNING batch_id, billed_tokens, rate), \
+                 folded AS (INSERT INTO budget_settled (batch_id, units, tokens) \
+                     SELECT batch_id, SUM(billed_tokens * rate), SUM(billed_tokens) FROM gone \
+                     WHERE batch_id IS NOT NULL GROUP BY batch_id ORDER BY batch_id \
+                     ON CONFLICT (batch_id) DO UPDATE \
+                     SET units = budget_settled.units + excluded.units, \
+                         tokens = budget_settled.tokens + excluded.tokens) \
+                 SELECT COUNT(*) FROM gone",
+                &[&before_day],
+            )
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    })
+    .await
+}
+
 /// Makes every job waiting on a budget due now (SQLite: `wake`).
 async fn wake(
     tx: &deadpool_postgres::Transaction<'_>,
@@ -118,6 +162,8 @@ pub(crate) async fn budget_reserve(
                 && (fen.is_some() || max_tokens.is_some())
             {
                 let (units, tokens) = sums(&tx, "batch_id = $1", &[batch]).await?;
+                let (su, st) = settled(&tx, batch).await?;
+                let (units, tokens) = (units + su, tokens + st);
                 if let Some(fen) = fen {
                     checks.push((Scope::BatchCost, units, fen.saturating_mul(UNITS_PER_FEN)));
                 }
@@ -314,10 +360,14 @@ pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, Stor
     let (max_cost_fen, max_tokens) = caps.unwrap_or_default();
     let r = c
         .query_one(
-            "SELECT COALESCE(SUM(COALESCE(billed_tokens, tokens) * rate), 0)::BIGINT, \
-                    COALESCE(SUM(billed_tokens * rate), 0)::BIGINT, \
-                    COALESCE(SUM(COALESCE(billed_tokens, tokens)), 0)::BIGINT \
-             FROM budget_holds WHERE batch_id = $1",
+            // Pruned holds were billed: their units count as spent and as billed. One
+            // statement, so a prune committing meanwhile is seen whole or not at all.
+            "SELECT COALESCE(SUM(u), 0)::BIGINT, COALESCE(SUM(b), 0)::BIGINT, \
+                    COALESCE(SUM(t), 0)::BIGINT FROM ( \
+               SELECT COALESCE(billed_tokens, tokens) * rate AS u, billed_tokens * rate AS b, \
+                      COALESCE(billed_tokens, tokens) AS t \
+               FROM budget_holds WHERE batch_id = $1 \
+               UNION ALL SELECT units, units, tokens FROM budget_settled WHERE batch_id = $1) h",
             &[&batch],
         )
         .await?;

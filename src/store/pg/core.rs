@@ -20,8 +20,8 @@ use tokio_postgres::types::ToSql;
 use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::{
-    CancelOutcome, EnqueueReport, IN_FLIGHT_PREDICATE, JOB_COLUMNS, Job, JobEvent, ListFilter,
-    NewJob, RetryOutcome, StatRow, StoreError, Transition, chain, images, now_ms,
+    CancelOutcome, EnqueueReport, JOB_COLUMNS, Job, JobEvent, ListFilter, NewJob, RetryOutcome,
+    StatRow, StoreError, Transition, chain, images, now_ms,
 };
 
 /// [`crate::store::Store::job`].
@@ -707,23 +707,17 @@ pub(crate) const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_iden
 /// [`crate::store::Store::in_flight_tier`].
 pub(crate) async fn in_flight_tier(pg: &Pg, model: &str, tier: &str) -> Result<i64, StoreError> {
     let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(&format!(
-            "SELECT COUNT(*) FROM jobs WHERE model = $1 AND service_tier = $2 \
-             AND {IN_FLIGHT_PREDICATE}"
-        ))
-        .await?;
-    Ok(c.query_one(&st, &[&model, &tier]).await?.try_get(0)?)
+    super::counters::in_flight_in_tx(&c, model, tier, None).await
 }
 
 /// [`crate::store::Store::in_flight_by_tier`].
 pub(crate) async fn in_flight_by_tier(pg: &Pg) -> Result<Vec<(String, String, i64)>, StoreError> {
     let c = pg.conn().await?;
     let st = c
-        .prepare_cached(&format!(
-            "SELECT model, service_tier, COUNT(*) FROM jobs WHERE {IN_FLIGHT_PREDICATE} \
-             GROUP BY model, service_tier"
-        ))
+        .prepare_cached(
+            "SELECT model, service_tier, SUM(jobs)::BIGINT FROM in_flight_counts \
+             GROUP BY model, service_tier HAVING SUM(jobs) <> 0",
+        )
         .await?;
     c.query(&st, &[])
         .await?

@@ -20,16 +20,20 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0003_fleet.sql"),
     ),
     (
-        "0005_read_budget.sql",
-        include_str!("../../../migrations/postgres/0005_read_budget.sql"),
+        "0004_read_budget.sql",
+        include_str!("../../../migrations/postgres/0004_read_budget.sql"),
     ),
     (
-        "0009_api.sql",
-        include_str!("../../../migrations/postgres/0009_api.sql"),
+        "0005_claim_counters.sql",
+        include_str!("../../../migrations/postgres/0005_claim_counters.sql"),
     ),
     (
-        "0010_webhooks.sql",
-        include_str!("../../../migrations/postgres/0010_webhooks.sql"),
+        "0006_api.sql",
+        include_str!("../../../migrations/postgres/0006_api.sql"),
+    ),
+    (
+        "0007_webhooks.sql",
+        include_str!("../../../migrations/postgres/0007_webhooks.sql"),
     ),
 ];
 

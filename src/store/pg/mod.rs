@@ -20,6 +20,7 @@ pub(crate) mod budget;
 pub(crate) mod bulk;
 pub(crate) mod chain;
 pub(crate) mod core;
+pub(crate) mod counters;
 pub(crate) mod fleet;
 pub(crate) mod images;
 pub(crate) mod migrate;

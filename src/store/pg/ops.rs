@@ -54,9 +54,8 @@ pub(crate) async fn in_flight(pg: &Pg) -> Result<HashMap<String, i64>, StoreErro
     let c = pg.conn().await?;
     let st = c
         .prepare_cached(
-            "SELECT model, COUNT(*) FROM jobs WHERE state IN ('submitting', 'submitted') \
-             OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked') \
-             GROUP BY model",
+            "SELECT model, SUM(jobs)::BIGINT FROM in_flight_counts \
+             GROUP BY model HAVING SUM(jobs) <> 0",
         )
         .await?;
     c.query(&st, &[])

@@ -1,4 +1,4 @@
--- The API listener's front doors: the PostgreSQL twin of migrations/0018_api.sql; see there.
+-- The API listener's front doors: the PostgreSQL twin of migrations/0015_api.sql; see there.
 CREATE TABLE api_keys (
     id             TEXT PRIMARY KEY,
     name           TEXT NOT NULL UNIQUE,

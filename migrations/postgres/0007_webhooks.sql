@@ -1,4 +1,4 @@
--- The webhook outbox: the PostgreSQL twin of migrations/0019_webhooks.sql; see there.
+-- The webhook outbox: the PostgreSQL twin of migrations/0016_webhooks.sql; see there.
 CREATE TABLE webhook_outbox (
     id              TEXT PRIMARY KEY,
     job_id          TEXT NOT NULL,

@@ -1,0 +1,408 @@
+//! Claims that do not count: the in-flight and flex-token counters the submit claim reads
+//! (migrations/0014_claim_counters.sql, postgres/0005_claim_counters.sql).
+//!
+//! Triggers on `jobs` keep `in_flight_counts` (tasks holding a remote slot per model, tier and
+//! resolution) and `flex_token_counts` (the flex TPD spend per model and 15-minute bucket of
+//! `submit_started_at`). A trigger runs inside the statement that changes the job, so a
+//! counter moves in the same transaction as every change that moves it, whichever verb or
+//! bulk statement makes it, and a crash anywhere leaves both as they were or both changed.
+//!
+//! [`Store::check_counters`] recounts both from the jobs and compares; maintenance runs it now
+//! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
+//! means a write that bypassed the triggers (a hand edit, a restore of one table).
+
+use std::collections::BTreeMap;
+
+use rusqlite::{Connection, TransactionBehavior, params};
+
+use super::{Store, StoreError};
+
+/// The width of a flex token bucket (ms): 15 minutes, so a day that starts at midnight in any
+/// real time zone starts on a bucket boundary.
+pub const TOKEN_BUCKET_MS: i64 = 900_000;
+
+/// The first bucket boundary at or after `t`.
+pub(crate) fn bucket_ceil(t: i64) -> i64 {
+    t.div_euclid(TOKEN_BUCKET_MS) * TOKEN_BUCKET_MS
+        + if t.rem_euclid(TOKEN_BUCKET_MS) == 0 {
+            0
+        } else {
+            TOKEN_BUCKET_MS
+        }
+}
+
+/// One counter that disagreed with the recount.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CounterDrift {
+    /// `in_flight` or `flex_tokens`.
+    pub counter: &'static str,
+    /// `model/tier/resolution` or `model@bucket_start_ms`.
+    pub key: String,
+    /// What the counter said.
+    pub counted: i64,
+    /// What the jobs say.
+    pub recounted: i64,
+}
+
+/// Counter rows keyed for comparison: (counter, key) → value.
+pub(crate) type Counts = BTreeMap<(&'static str, String), i64>;
+
+/// The differences between the counters and the recount (zeros and missing rows are equal).
+pub(crate) fn diff(counted: &Counts, recounted: &Counts) -> Vec<CounterDrift> {
+    let mut keys: Vec<&(&'static str, String)> = counted.keys().chain(recounted.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let a = counted.get(k).copied().unwrap_or(0);
+            let b = recounted.get(k).copied().unwrap_or(0);
+            (a != b).then(|| CounterDrift {
+                counter: k.0,
+                key: k.1.clone(),
+                counted: a,
+                recounted: b,
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn in_flight_key(model: &str, tier: &str, res: &str) -> (&'static str, String) {
+    ("in_flight", format!("{model}/{tier}/{res}"))
+}
+
+pub(crate) fn tokens_key(model: &str, bucket: i64) -> (&'static str, String) {
+    ("flex_tokens", format!("{model}@{bucket}"))
+}
+
+/// The resolution of a shape as the counters key it (SQLite; `seedq_resolution` on PostgreSQL).
+const RESOLUTION_SQL: &str = "CASE WHEN instr(COALESCE(shape, ''), '/') > 0 \
+     THEN substr(shape, 1, instr(shape, '/') - 1) ELSE COALESCE(shape, '') END";
+
+/// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
+pub(crate) fn in_flight_in_tx(
+    c: &Connection,
+    model: &str,
+    tier: &str,
+    res: Option<&str>,
+) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "SELECT COALESCE(SUM(jobs), 0) FROM in_flight_counts \
+         WHERE model = ?1 AND service_tier = ?2 AND (?3 IS NULL OR resolution = ?3)",
+    )?
+    .query_row(params![model, tier, res], |r| r.get(0))
+}
+
+/// Flex tokens of `model` spent since `day` (the recount of store/fleet.rs `room_in_tx`): the
+/// buckets from the first boundary at or after `day`, plus the jobs before it, an empty range
+/// when the day starts on a boundary.
+pub(crate) fn flex_spent_in_tx(c: &Connection, model: &str, day: i64) -> rusqlite::Result<i64> {
+    let edge = bucket_ceil(day);
+    let buckets: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(tokens), 0) FROM flex_token_counts WHERE model = ?1 AND bucket >= ?2",
+        )?
+        .query_row(params![model, edge], |r| r.get(0))?;
+    let head: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+             WHERE submit_started_at >= ?1 AND submit_started_at < ?2 AND model = ?3 \
+             AND service_tier = 'flex' \
+             AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown'))",
+        )?
+        .query_row(params![day, edge, model], |r| r.get(0))?;
+    Ok(buckets + head)
+}
+
+/// Both counters as stored, and as recounted from the jobs.
+fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
+    let mut counted = Counts::new();
+    let mut st =
+        c.prepare_cached("SELECT model, service_tier, resolution, jobs FROM in_flight_counts")?;
+    for r in st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get(3)?,
+        ))
+    })? {
+        let (m, t, res, n) = r?;
+        counted.insert(in_flight_key(&m, &t, &res), n);
+    }
+    let mut st = c.prepare_cached("SELECT model, bucket, tokens FROM flex_token_counts")?;
+    for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
+        let (m, b, n) = r?;
+        counted.insert(tokens_key(&m, b), n);
+    }
+    let mut recounted = Counts::new();
+    let mut st = c.prepare_cached(&format!(
+        "SELECT model, service_tier, {RESOLUTION_SQL}, COUNT(*) FROM jobs \
+         WHERE {} GROUP BY 1, 2, 3",
+        super::IN_FLIGHT_PREDICATE
+    ))?;
+    for r in st.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get(3)?,
+        ))
+    })? {
+        let (m, t, res, n) = r?;
+        recounted.insert(in_flight_key(&m, &t, &res), n);
+    }
+    let mut st = c.prepare_cached(&format!(
+        "SELECT model, (submit_started_at / {TOKEN_BUCKET_MS}) * {TOKEN_BUCKET_MS}, \
+         SUM(COALESCE(usage_tokens, est_tokens, 0)) FROM jobs \
+         WHERE service_tier = 'flex' AND submit_started_at IS NOT NULL \
+         AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')) \
+         GROUP BY 1, 2"
+    ))?;
+    for r in st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))? {
+        let (m, b, n) = r?;
+        recounted.insert(tokens_key(&m, b), n);
+    }
+    Ok((counted, recounted))
+}
+
+/// Replaces both counters with the recount (the caller holds the write lock).
+fn rebuild(c: &Connection) -> rusqlite::Result<()> {
+    c.execute_batch(&format!(
+        "DELETE FROM in_flight_counts; \
+         INSERT INTO in_flight_counts SELECT model, service_tier, {RESOLUTION_SQL}, COUNT(*) \
+           FROM jobs WHERE {} GROUP BY 1, 2, 3; \
+         DELETE FROM flex_token_counts; \
+         INSERT INTO flex_token_counts \
+           SELECT model, (submit_started_at / {TOKEN_BUCKET_MS}) * {TOKEN_BUCKET_MS}, \
+                  SUM(COALESCE(usage_tokens, est_tokens, 0)) FROM jobs \
+           WHERE service_tier = 'flex' AND submit_started_at IS NOT NULL \
+             AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')) \
+           GROUP BY 1, 2;",
+        super::IN_FLIGHT_PREDICATE
+    ))
+}
+
+impl Store {
+    /// Recounts the claim counters from the jobs and returns every counter that disagreed;
+    /// with `repair`, replaces them with the recount in the same transaction. Costs a scan of
+    /// the in-flight and submitted flex jobs: maintenance runs it, the claim never does.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn check_counters(&self, repair: bool) -> Result<Vec<CounterDrift>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::counters::check_counters(pg, repair).await;
+        }
+        self.call(move |c| {
+            // IMMEDIATE: no writer moves a job between the read of the counters and the
+            // recount, nor between the recount and the repair.
+            let tx = c.transaction_with_behavior(if repair {
+                TransactionBehavior::Immediate
+            } else {
+                TransactionBehavior::Deferred
+            })?;
+            let (counted, recounted) = read_both(&tx)?;
+            let drift = diff(&counted, &recounted);
+            if repair && !drift.is_empty() {
+                rebuild(&tx)?;
+            }
+            tx.commit()?;
+            Ok(drift)
+        })
+        .await
+    }
+
+    /// Removes token buckets that fell to zero (every job in them pruned or given back).
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn prune_counters(&self) -> Result<usize, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::counters::prune_counters(pg).await;
+        }
+        self.call(|c| {
+            Ok(
+                c.execute("DELETE FROM flex_token_counts WHERE tokens = 0", [])?
+                    + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", [])?,
+            )
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TOKEN_BUCKET_MS, bucket_ceil};
+    use crate::store::{FleetLimits, NewJob, ResolutionScope, Store, now_ms, testpg};
+
+    /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
+    /// (the triggers still run), or, on a counter table, the drift maintenance must catch.
+    async fn raw(store: &Store, sql: &'static str) {
+        if let Some(pg) = store.pg() {
+            let c = pg.conn().await.expect("conn");
+            c.batch_execute(sql).await.expect(sql);
+        } else {
+            store
+                .call(move |c| Ok(c.execute_batch(sql)?))
+                .await
+                .expect(sql);
+        }
+    }
+
+    /// The claim reads the counters: the tier's cap and the day's flex tokens hold with
+    /// counters alone; a counter changed behind the triggers' back is found by the recount,
+    /// and the repair puts back what the jobs say.
+    async fn counters_cap_claims_and_drift_is_repaired(name: &str, s: &Store) {
+        let jobs: Vec<NewJob> = (0..10)
+            .map(|i| {
+                let mut j = NewJob::plain("{}");
+                j.flex = true;
+                j.shape = Some(if i % 2 == 0 { "720p/5s" } else { "1080p/5s" }.into());
+                j.est_tokens = Some(100);
+                j
+            })
+            .collect();
+        s.enqueue(jobs).await.expect("enqueue");
+        let now = now_ms();
+        let limits = |tpd: i64, day: i64| FleetLimits {
+            tpd: Some((u64::try_from(tpd).expect("tpd"), day, day + 86_400_000)),
+            window_ms: 60_000,
+            ..FleetLimits::default()
+        };
+        let aligned = bucket_ceil(now) - TOKEN_BUCKET_MS;
+        let got = s
+            .claim_for_submit_limited(
+                "m",
+                "flex",
+                3,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+                &limits(10_000, aligned),
+            )
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 3, "{name}: the in-flight cap of 3 holds");
+        // A cap of 2 on 1080p alone leaves room for what the first claim did not take.
+        let n1080 = got
+            .iter()
+            .filter(|j| j.shape.as_deref() == Some("1080p/5s"))
+            .count();
+        let only = s
+            .claim_for_submit_tier(
+                "m",
+                "flex",
+                100,
+                ResolutionScope::Only("1080p".into(), 2),
+                10,
+                "w",
+                60_000,
+            )
+            .await
+            .expect("claim 1080p");
+        assert_eq!(only.len(), 2usize.saturating_sub(n1080), "{name}");
+        assert!(
+            only.iter().all(|j| j.shape.as_deref() == Some("1080p/5s")),
+            "{name}"
+        );
+        // The day's spend is exact, whether the day starts on a bucket boundary (the counters
+        // alone) or not (the counters plus the jobs of the part-bucket before the first
+        // boundary): with two 100-token jobs in flight, a TPD of 299 has no room for a third
+        // and one of 300 has. (A claim that finds no room defers the rest to the next day,
+        // so each case has a model of its own.)
+        for (model, day, tpd, want) in [
+            ("a", aligned, 299, 0),
+            ("b", aligned, 300, 1),
+            ("c", now - 1, 299, 0),
+            ("d", now - 1, 300, 1),
+        ] {
+            let jobs: Vec<NewJob> = (0..3)
+                .map(|_| {
+                    let mut j = NewJob::plain("{}");
+                    j.model = model.into();
+                    j.flex = true;
+                    j.est_tokens = Some(100);
+                    j
+                })
+                .collect();
+            s.enqueue(jobs).await.expect("enqueue");
+            let claim = async |limit: u32, tpd: i64| {
+                s.claim_for_submit_limited(
+                    model,
+                    "flex",
+                    100,
+                    ResolutionScope::All,
+                    limit,
+                    "w",
+                    60_000,
+                    &limits(tpd, day),
+                )
+                .await
+            };
+            assert_eq!(claim(2, 10_000).await.expect("claim").len(), 2, "{name}");
+            let got = claim(10, tpd).await.expect("claim within TPD");
+            assert_eq!(got.len(), want, "{name}: {model}: TPD {tpd}");
+        }
+        let in_flight = s.in_flight_tier("m", "flex").await.expect("n");
+        assert_eq!(in_flight, 3 + only.len() as i64, "{name}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+
+        raw(s, "UPDATE in_flight_counts SET jobs = jobs + 5").await;
+        raw(s, "UPDATE flex_token_counts SET tokens = tokens - 7").await;
+        let drift = s.check_counters(false).await.expect("check");
+        assert!(
+            drift
+                .iter()
+                .any(|d| d.counter == "in_flight" && d.counted == d.recounted + 5),
+            "{name}: {drift:?}"
+        );
+        assert!(
+            drift
+                .iter()
+                .any(|d| d.counter == "flex_tokens" && d.counted == d.recounted - 7),
+            "{name}: {drift:?}"
+        );
+        assert_eq!(
+            s.check_counters(false).await.expect("check"),
+            drift,
+            "{name}: a check alone repairs nothing"
+        );
+        assert_eq!(
+            s.check_counters(true).await.expect("repair"),
+            drift,
+            "{name}"
+        );
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}: repaired"
+        );
+        assert_eq!(
+            s.in_flight_tier("m", "flex").await.expect("n"),
+            in_flight,
+            "{name}"
+        );
+    }
+
+    #[tokio::test]
+    async fn counters_cap_claims_and_drift_is_repaired_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            counters_cap_claims_and_drift_is_repaired(name, &s).await;
+        }
+    }
+
+    #[test]
+    fn bucket_ceil_rounds_up_to_a_boundary() {
+        assert_eq!(bucket_ceil(0), 0);
+        assert_eq!(bucket_ceil(1), TOKEN_BUCKET_MS);
+        assert_eq!(bucket_ceil(TOKEN_BUCKET_MS), TOKEN_BUCKET_MS);
+        assert_eq!(bucket_ceil(TOKEN_BUCKET_MS + 1), 2 * TOKEN_BUCKET_MS);
+        // A UTC+8 midnight is a boundary.
+        let day = 1_700_000_000_000i64.div_euclid(86_400_000) * 86_400_000 - 8 * 3_600_000;
+        assert_eq!(bucket_ceil(day), day);
+    }
+}

@@ -225,6 +225,9 @@ pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> anyhow::Result
                 .await?
                 .1
         }
+        // A key's day has no spend read of its own: its waiters are woken by the next release
+        // or the next day. An unpriced model waits for a price (a reload), not for room.
+        Scope::KeyDaily | Scope::Unpriced => return Ok(false),
     };
     Ok(now < spent)
 }

@@ -693,7 +693,7 @@ async fn hundred_jobs_end_to_end_through_seedq_run_into_s3() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let sim = seedq::sim::start(sim_cfg, listener).await.expect("sim");
     let env = TestEnv::new(&format!(
-        "[ark]\nbase_url = \"{}\"\n\n[dispatch]\nidle_interval = \"50ms\"\nbackoff_base = \"10ms\"\nbackoff_max = \"100ms\"\n\n\
+        "[ark]\nbase_url = \"{}\"\n# Ark's read rates are per second; this sim counts them per 100 ms (its shortest window).\nrate_window = \"100ms\"\n\n[dispatch]\nidle_interval = \"50ms\"\nbackoff_base = \"10ms\"\nbackoff_max = \"100ms\"\n\n\
          [poll]\nfirst_poll_after = \"20ms\"\nmin_interval = \"10ms\"\nmax_interval = \"100ms\"\n",
         sim.base_url()
     ));

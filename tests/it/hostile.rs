@@ -257,19 +257,29 @@ fn shipped_env(sim: &SimProc, admin: u16, callback: u16) -> TestEnv {
             "listen = \"127.0.0.1:9187\"",
             format!("listen = \"127.0.0.1:{admin}\""),
         ),
+    ] {
+        assert!(text.contains(from), "config.toml no longer has {from:?}");
+        text = text.replacen(from, &to, 1);
+    }
+    // The callback server's own table: other tables have a `listen` and a `public_url` too.
+    let at = text.find("\n[callback]\n").expect("config.toml has a [callback] table");
+    let (head, tail) = text.split_at(at);
+    let end = tail[1..].find("\n[").map_or(tail.len(), |i| i + 1);
+    let mut section = tail[..end].to_string();
+    for (from, to) in [
         (
             "public_url = \"\"",
             format!("public_url = \"http://127.0.0.1:{callback}/hook\""),
         ),
-        // The admin's `listen` is set, so the first empty one is the callback server's.
         (
             "listen = \"\"",
             format!("listen = \"127.0.0.1:{callback}\""),
         ),
     ] {
-        assert!(text.contains(from), "config.toml no longer has {from:?}");
-        text = text.replacen(from, &to, 1);
+        assert!(section.contains(from), "[callback] no longer has {from:?}");
+        section = section.replacen(from, &to, 1);
     }
+    let text = format!("{head}{section}{}", &tail[end..]);
     std::fs::write(&env.config, text).expect("config");
     env
 }

@@ -4,6 +4,7 @@
 //! and limits, never a key. Revocation is a row in the store, which every worker reads on
 //! every request, so it holds at once across a fleet.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -11,7 +12,8 @@ use clap::{Args, Subcommand};
 
 use super::Ctx;
 use crate::api::keys::generate;
-use crate::worker::budget::{fmt_fen, parse_cny};
+use crate::store::api::KeyUsage;
+use crate::worker::budget::{day_start, fmt_fen, fmt_units, parse_cny};
 
 /// `seedq keys …`.
 #[derive(Debug, Subcommand)]
@@ -134,19 +136,45 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<ExitCode> {
 async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
     let store = ctx.store_existing().await?;
     let keys = store.api_keys().await?;
+    let day = day_start(
+        crate::store::now_ms(),
+        // Validated at load: a bad zone never gets this far.
+        crate::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC),
+        ctx.cfg.bulk.tpd_day_ms(),
+    );
+    let usage: HashMap<String, KeyUsage> = store
+        .api_key_usage(day)
+        .await?
+        .into_iter()
+        .map(|u| (u.key.clone(), u))
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&keys)?);
+        let rows: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                let u = usage.get(&k.id);
+                serde_json::json!({
+                    "key": k,
+                    "jobs": u.map_or(0, |u| u.jobs),
+                    "spent_today_cny": fmt_units(u.map_or(0, |u| u.units_today)),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<18} {:<20} {:>14} {:>6}  {:<8} MODELS",
-        "ID", "NAME", "CNY/DAY", "RPM", "STATE"
+        "{:<18} {:<16} {:>7} {:>11} {:>11} {:>6}  {:<8} MODELS",
+        "ID", "NAME", "JOBS", "TODAY CNY", "CAP CNY", "RPM", "STATE"
     );
     for k in keys {
+        let u = usage.get(&k.id);
         println!(
-            "{:<18} {:<20} {:>14} {:>6}  {:<8} {}",
+            "{:<18} {:<16} {:>7} {:>11} {:>11} {:>6}  {:<8} {}",
             k.id,
             k.name,
+            u.map_or(0, |u| u.jobs),
+            fmt_units(u.map_or(0, |u| u.units_today)),
             k.max_cost_fen.map_or("-".into(), fmt_fen),
             k.rpm.map_or("-".into(), |r| r.to_string()),
             if k.revoked_at.is_some() {

@@ -188,6 +188,22 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     );
     let (code, _) = call(port, "GET", &format!("{tasks}/{c1}"), &free, "");
     assert_eq!(code, 404);
+    // `keys ls` shows each key's jobs and today's spend: the capped key's one create that
+    // fits (about ¥1.5) and no more than its cap.
+    let ls: serde_json::Value =
+        serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
+    let capped_row = ls
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|r| r["key"]["name"] == "capped")
+        .expect("the capped key");
+    assert_eq!(capped_row["jobs"], 2, "{capped_row}");
+    let spent: f64 = capped_row["spent_today_cny"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("a CNY amount");
+    assert!(spent > 0.5 && spent <= 2.0, "{capped_row}");
     // A revoked key is refused at once.
     env.ok(&["keys", "revoke", "free"]);
     let (code, _) = call(port, "GET", &format!("{tasks}/{f1}"), &free, "");

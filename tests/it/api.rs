@@ -52,11 +52,23 @@ fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
 
 /// One HTTP/1.1 request with a bearer key: (status, JSON body).
 fn call(port: u16, method: &str, path: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    call_with(port, method, path, key, "", body)
+}
+
+/// [`call`] with extra header lines (each ending in `\r\n`).
+fn call_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Authorization: Bearer {key}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("write");
@@ -146,7 +158,30 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     let c1 = create(&capped);
     let c2 = create(&capped);
     let f1 = create(&free);
-    let f2 = create(&free);
+    // seedq's extras ride on headers.
+    let (code, v) = call_with(
+        port,
+        "POST",
+        tasks,
+        &free,
+        "X-Seedq-Batch: nightly\r\nX-Seedq-Priority: 7\r\n",
+        body,
+    );
+    assert_eq!(code, 200, "{v}");
+    let f2 = v["id"].as_str().expect("an id").to_string();
+    let (code, v) = call_with(
+        port,
+        "POST",
+        tasks,
+        &free,
+        "X-Seedq-Priority: high\r\n",
+        body,
+    );
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("X-Seedq-Priority")),
+        "{v}"
+    );
     let status = |key: &str, id: &str| {
         let (code, v) = call(port, "GET", &format!("{tasks}/{id}"), key, "");
         assert_eq!(code, 200, "{v}");
@@ -172,6 +207,12 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         .find(|j| j["id"] == c2.as_str())
         .expect("the held job");
     assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    let extra = jobs.iter().find(|j| j["id"] == f2.as_str()).expect("f2");
+    assert_eq!(
+        (&extra["batch_id"], &extra["priority"]),
+        (&serde_json::json!("nightly"), &serde_json::json!(7)),
+        "{extra}"
+    );
     assert!(
         held["last_error_message"]
             .as_str()

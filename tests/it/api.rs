@@ -129,6 +129,17 @@ fn official_sdks_create_poll_and_download_through_both_doors() {
          SEEDQ_TEST_PYTHON):\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The uploaded input_reference is the job's first frame (an embedded image, kept once in
+    // the store's image table and referenced from the body).
+    let framed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("framed\t"))
+        .expect("the framed video's id");
+    let shown = env.ok(&["show", framed, "--json"]);
+    assert!(
+        shown.contains(r#"\"role\":\"first_frame\""#) && shown.contains("seedq-image:sha256:"),
+        "{shown}"
+    );
     // The keys never reach the log or the store in the clear.
     let keys = env.ok(&["keys", "ls", "--json"]);
     assert!(

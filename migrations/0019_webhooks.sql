@@ -31,3 +31,12 @@ BEGIN
     WHERE a.job_id = NEW.id AND COALESCE(a.webhook_url, k.webhook_url) IS NOT NULL
     ON CONFLICT (id) DO NOTHING;
 END;
+CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id);
+
+-- A pruned job takes its door record and its webhooks with it (prune runs long after the
+-- last webhook was delivered or given up: `retain_*` is days, `api.webhook_max_age` hours).
+CREATE TRIGGER api_jobs_on_prune AFTER DELETE ON jobs
+BEGIN
+    DELETE FROM api_jobs WHERE job_id = OLD.id;
+    DELETE FROM webhook_outbox WHERE job_id = OLD.id;
+END;

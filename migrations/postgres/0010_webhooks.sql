@@ -31,3 +31,16 @@ $$ LANGUAGE plpgsql;
 
 CREATE TRIGGER webhook_on_finish AFTER UPDATE OF state ON jobs
     FOR EACH ROW EXECUTE FUNCTION webhook_on_finish();
+
+CREATE INDEX webhook_outbox_job ON webhook_outbox (job_id);
+
+CREATE FUNCTION api_jobs_on_prune() RETURNS trigger AS $$
+BEGIN
+    DELETE FROM api_jobs WHERE job_id = OLD.id;
+    DELETE FROM webhook_outbox WHERE job_id = OLD.id;
+    RETURN OLD;
+END
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER api_jobs_on_prune AFTER DELETE ON jobs
+    FOR EACH ROW EXECUTE FUNCTION api_jobs_on_prune();

@@ -227,6 +227,12 @@ mod tests {
                 .expect("claim")
                 .is_empty()
         );
+
+        // Pruning the job takes its door record and its webhooks with it.
+        let far = crate::store::now_ms() + 60_000;
+        s.prune(far, far, false).await.expect("prune");
+        assert!(s.webhooks_of(&id).await.expect("read").is_empty());
+        assert!(s.api_key_usage(0).await.expect("usage").is_empty());
     }
 
     #[tokio::test]

@@ -320,7 +320,10 @@ async fn get_one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Stri
     }
 }
 
-/// `DELETE …/tasks/{id}`: an unfinished job is cancelled, a finished one's record deleted.
+/// `DELETE …/tasks/{id}`: a queued job is cancelled, a finished one's record deleted, and a
+/// running one refused with 409 `InvalidAction.RunningTaskDeletion` (docs/ark-api.md §14) —
+/// including a succeeded job whose video is still being archived, which the door shows as
+/// running.
 async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let who = match caller(&api, &headers).await {
         Ok(c) => c,
@@ -328,18 +331,22 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
     };
     let r = async {
         let (job, _) = visible(&api, &who, &id).await?;
-        if door::finished(&job, api.ctx.archive.is_some()) {
+        let archive_on = api.ctx.archive.is_some();
+        if door::finished(&job, archive_on) {
             api.ctx.store.api_delete(&id).await?;
-            return Ok(());
+            return Ok(true);
+        }
+        if door::status(&job, archive_on) == "running" {
+            return Ok(false);
         }
         match api.ctx.store.cancel(&id).await? {
             CancelOutcome::Cancelled | CancelOutcome::Requested => {
                 api.ctx.poke_dispatch.notify_one();
-                Ok(())
+                Ok(true)
             }
             CancelOutcome::AlreadyFinal { .. } => {
                 api.ctx.store.api_delete(&id).await?;
-                Ok(())
+                Ok(true)
             }
             CancelOutcome::NotFound => Err(DoorError::NotFound(format!(
                 "The specified task {id} is not found."
@@ -348,7 +355,13 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
     }
     .await;
     match r {
-        Ok(()) => axum::Json(json!({})).into_response(),
+        Ok(true) => axum::Json(json!({})).into_response(),
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            "InvalidAction.RunningTaskDeletion",
+            "Cannot delete task because it is currently running",
+            None,
+        ),
         Err(e) => door_error(e),
     }
 }

@@ -404,3 +404,36 @@ fn two_hundred_clients_create_at_once_on_a_three_worker_fleet() {
         .collect();
     assert_eq!(remote.len(), 200, "each job has its own task");
 }
+
+#[test]
+fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai() {
+    // Real-time sim: a 5 s clip runs for about a minute (src/sim/config.rs, Timing).
+    let sim = crate::helpers::SimProc::start("video_downscale = 16\nreuse_videos = true\n");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    let key = make_key(&env, "a", &[]);
+    let _serve = serve(&env);
+    wait_for_door(port);
+
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
+    let tasks = "/api/v3/contents/generations/tasks";
+    let (code, v) = call(port, "POST", tasks, &key, body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    wait_until(30, "the task to run at Ark", || {
+        call(port, "GET", &format!("{tasks}/{id}"), &key, "").1["status"] == "running"
+    });
+    // docs/ark-api.md §14: a running task cannot be deleted.
+    let (code, v) = call(port, "DELETE", &format!("{tasks}/{id}"), &key, "");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("InvalidAction.RunningTaskDeletion")),
+        "{v}"
+    );
+    // The OpenAI door cancels it, but the task may be paid for: the record stays.
+    let (code, v) = call(port, "DELETE", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!((code, v["object"].as_str()), (200, Some("video")), "{v}");
+    assert_ne!(v["deleted"], serde_json::Value::Bool(true), "{v}");
+    let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!(code, 200, "{v}");
+}

@@ -106,6 +106,12 @@ pub async fn step(
                 tracing::info!(job_id = %w.job_id, webhook = %w.id, "webhook delivered");
                 Ok(())
             }
+            Err(Failure::Defer(e)) => {
+                // The 'archived' transition makes the row due again (migrations/0019).
+                let later = now + i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(3_600_000);
+                tracing::debug!(job_id = %w.job_id, webhook = %w.id, "webhook deferred");
+                Err((e, Some(later)))
+            }
             Err(Failure::Final(e)) => {
                 tracing::warn!(job_id = %w.job_id, webhook = %w.id, error = %e, "webhook given up");
                 Err((e, None))
@@ -134,6 +140,8 @@ enum Failure {
     Retry(String),
     /// Never deliverable (no URL, refused by the SSRF rules, the job is gone).
     Final(String),
+    /// Not yet: the job succeeded but its video is still being archived.
+    Defer(String),
 }
 
 async fn send(
@@ -147,6 +155,18 @@ async fn send(
     let Some((job, Some(meta))) = store.api_job(&w.job_id).await.map_err(retry)? else {
         return Err(Failure::Final("the job's door record is gone".into()));
     };
+    // With archiving on, success is announced once the video is in the archive (the door
+    // shows the job as running until then: `door::status`).
+    if api.ctx.archive.is_some()
+        && matches!(
+            job.state,
+            crate::job::JobState::Succeeded | crate::job::JobState::Archiving
+        )
+    {
+        return Err(Failure::Defer(
+            "waiting for the video to be archived".into(),
+        ));
+    }
     let Some(key_id) = meta.api_key.as_deref() else {
         return Err(Failure::Final("the job has no key to sign with".into()));
     };

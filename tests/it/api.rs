@@ -326,7 +326,7 @@ fn a_webhook_is_signed_and_survives_a_sigkill_between_archive_and_delivery() {
     let first: serde_json::Value =
         serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["verified"], true, "{first}");
-    assert_eq!(first["id"], format!("msg_{id}_archived"), "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["id"], id.as_str());
     assert_eq!(first["body"]["status"], "succeeded");
     assert!(

@@ -355,7 +355,19 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
         let c = Create {
             request,
             door: "openai",
-            body_sha256: sign::sha256_hex(&body),
+            // The fields as parsed, not the raw body: a multipart body has a random boundary,
+            // so an SDK's retry of the same create would differ byte for byte.
+            body_sha256: sign::sha256_hex(
+                json!({
+                    "model": &f.model,
+                    "prompt": &f.prompt,
+                    "seconds": &f.seconds,
+                    "size": &f.size,
+                    "image": &f.image,
+                })
+                .to_string()
+                .as_bytes(),
+            ),
             idempotency_key: idem,
             batch,
             priority,
@@ -368,11 +380,16 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
             },
         };
         let (id, _) = door::create(&api, &who, c).await?;
-        let (job, meta) =
-            api.ctx.store.api_job(&id).await?.ok_or_else(|| {
+        if let Some((job, meta)) = api.ctx.store.api_job(&id).await? {
+            return Ok(video(&api, &job, meta.as_ref()));
+        }
+        // A replay of a create whose record the client has since deleted: the job itself
+        // is still there.
+        let job =
+            api.ctx.store.job(&id).await?.ok_or_else(|| {
                 DoorError::Internal(format!("job {id} vanished after its create"))
             })?;
-        Ok(video(&api, &job, meta.as_ref()))
+        Ok(video(&api, &job, None))
     }
     .await;
     match r {

@@ -159,8 +159,12 @@ def main():
     except openai.NotFoundError:
         pass
     # input_reference, uploaded as a file, becomes the first frame.
-    framed = oa.videos.create(model=PRO, prompt="the scene moves", seconds="5", size="1280x720",
-                              input_reference=("frame.png", png(1280, 720), "image/png"))
+    # With an Idempotency-Key, a retried multipart create (a new random boundary) is the same.
+    frame_args = dict(model=PRO, prompt="the scene moves", seconds="5", size="1280x720",
+                      input_reference=("frame.png", png(1280, 720), "image/png"),
+                      extra_headers={"Idempotency-Key": "oa-1"})
+    framed = oa.videos.create(**frame_args)
+    check(oa.videos.create(**frame_args).id == framed.id, "multipart retry: same video")
     deadline = time.monotonic() + 60
     while framed.status in ("queued", "in_progress"):
         check(time.monotonic() < deadline, f"framed video stuck in {framed.status}")
@@ -168,6 +172,10 @@ def main():
         framed = oa.videos.retrieve(framed.id)
     check(framed.status == "completed", f"framed video ended {framed.status}: {framed.error}")
     print(f"framed\t{framed.id}", flush=True)
+    oa.videos.delete(framed.id)
+    replay = oa.videos.create(**frame_args)
+    check(replay.id == framed.id and replay.status == "completed",
+          f"a replay after the delete answers from the job: {replay.id} {replay.status}")
     gone = oa.videos.delete(v.id)
     check(gone.deleted and gone.id == v.id, "delete")
     try:

@@ -27,8 +27,11 @@ use crate::store::{ApiJob, ApiListFilter, CancelOutcome, Job};
 pub const TASKS: &str = "/api/v3/contents/generations/tasks";
 /// The most tasks one list page carries (docs/ark-api.md §4: `page_size` in [1, 500]).
 const MAX_PAGE_SIZE: i64 = 500;
-/// The list's page size when none is given (docs/ark-api.md §4: the simulator's 10).
-const DEFAULT_PAGE_SIZE: i64 = 10;
+/// The list's page size when none is given (docs/ark-api.md §14: 20, as the simulator).
+const DEFAULT_PAGE_SIZE: i64 = 20;
+/// The most `filter.task_ids` one list takes: each is one SQL variable, and SQLite allows a
+/// few thousand per statement; 500 matches the largest page (docs/ark-api.md §4).
+const MAX_TASK_IDS: usize = 500;
 
 /// The door's routes.
 pub fn routes() -> Router<Api> {
@@ -408,6 +411,15 @@ async fn list(State(api): State<Api>, headers: HeaderMap, RawQuery(q): RawQuery)
             "filter.service_tier" => f.service_tier = Some(v.into_owned()),
             _ => {}
         }
+    }
+    if f.ids.len() > MAX_TASK_IDS {
+        return door_error(DoorError::Bad(
+            Some("filter.task_ids".into()),
+            format!(
+                "filter.task_ids has {} ids; allowed: at most {MAX_TASK_IDS} per list",
+                f.ids.len()
+            ),
+        ));
     }
     f.offset = (page - 1) * f.limit;
     let r = async {

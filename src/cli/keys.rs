@@ -62,11 +62,27 @@ pub async fn run(ctx: &Ctx, c: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Ls(a) => ls(ctx, a.json).await,
         KeysCommand::Revoke(a) => {
             let store = ctx.store_existing().await?;
-            if store.api_key_revoke(&a.key).await? {
-                println!("revoked {}", a.key);
+            // Given the key itself, it is looked up by its hash and only its id is printed:
+            // the secret never reaches the terminal's scrollback or a log.
+            let target = if a.key.starts_with(crate::api::keys::KEY_PREFIX) {
+                match store
+                    .api_key_by_hash(&crate::api::sign::sha256_hex(a.key.as_bytes()))
+                    .await?
+                {
+                    Some(k) => k.id,
+                    None => {
+                        eprintln!("error: no live key matches the given key (see `seedq keys ls`)");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            } else {
+                a.key.clone()
+            };
+            if store.api_key_revoke(&target).await? {
+                println!("revoked {target}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("error: no live key named {:?} (see `seedq keys ls`)", a.key);
+                eprintln!("error: no live key named {target:?} (see `seedq keys ls`)");
                 Ok(ExitCode::from(1))
             }
         }

@@ -21,8 +21,8 @@ use crate::ark::wire::{
 };
 use crate::request;
 
-/// `page_size` when none is given (an inference, ark-api.md §4).
-const DEFAULT_PAGE_SIZE: usize = 10;
+/// `page_size` when none is given (docs/ark-api.md §14: 20).
+const DEFAULT_PAGE_SIZE: usize = 20;
 /// Upper bound of `page_num` and `page_size`.
 const MAX_PAGE: usize = 500;
 

@@ -100,7 +100,16 @@ fn official_sdks_create_poll_and_download_through_both_doors() {
     let env = env_with_doors(&sim, port);
     let key_a = make_key(&env, "a", &[]);
     let key_b = make_key(&env, "b", &[]);
-    let _serve = serve(&env);
+    // The serve log is kept, to check no key reaches it.
+    let log_path = env.path().join("serve.log");
+    let mut c = env.keyed(&["serve"]);
+    c.env(
+        "SEEDQ__ARCHIVE__URL",
+        format!("file://{}", env.path().join("archive").display()),
+    )
+    .env("RUST_LOG", "debug")
+    .stderr(std::fs::File::create(&log_path).expect("the serve log"));
+    let serve = Guard(c.spawn().expect("spawn seedq serve"));
     wait_for_door(port);
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/api_check.py");
@@ -146,6 +155,24 @@ fn official_sdks_create_poll_and_download_through_both_doors() {
         !keys.contains(&key_a) && !keys.contains(&key_a[3..]),
         "{keys}"
     );
+    drop(serve);
+    let log = std::fs::read_to_string(&log_path).expect("the serve log");
+    assert!(
+        log.contains("INFO") || log.contains("DEBUG"),
+        "the log has lines: {log}"
+    );
+    for key in [&key_a, &key_b] {
+        assert!(!log.contains(&key[3..]), "a key is in the serve log");
+        for file in ["seedq.db", "seedq.db-wal"] {
+            let bytes = std::fs::read(env.path().join(file)).unwrap_or_default();
+            assert!(
+                !bytes
+                    .windows(key.len() - 3)
+                    .any(|w| w == &key.as_bytes()[3..]),
+                "a key is in {file}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -218,10 +245,22 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         .find(|j| j["id"] == c2.as_str())
         .expect("the held job");
     assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    // A key's batch is scoped to the key.
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
+    let free_id = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["key"]["name"] == "free"))
+        .and_then(|k| k["key"]["id"].as_str())
+        .expect("the free key's id")
+        .to_string();
     let extra = jobs.iter().find(|j| j["id"] == f2.as_str()).expect("f2");
     assert_eq!(
         (&extra["batch_id"], &extra["priority"]),
-        (&serde_json::json!("nightly"), &serde_json::json!(7)),
+        (
+            &serde_json::json!(format!("api:{free_id}:nightly")),
+            &serde_json::json!(7)
+        ),
         "{extra}"
     );
     assert!(
@@ -412,11 +451,33 @@ fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai(
     let port = free_port();
     let env = env_with_doors(&sim, port);
     let key = make_key(&env, "a", &[]);
-    let _serve = serve(&env);
+    let admin = "admin-token-for-the-door-test-0123456789";
+    let _serve = serve_with(&env, &[("SEEDQ__ADMIN__TOKEN", admin.to_string())]);
     wait_for_door(port);
 
     let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
     let tasks = "/api/v3/contents/generations/tasks";
+    // The admin token has no secret to sign a webhook with: its callback_url is refused.
+    let hooked = body.replace(
+        r#""duration":5"#,
+        r#""duration":5,"callback_url":"https://hooks.example.com/x""#,
+    );
+    let (code, v) = call(port, "POST", tasks, admin, &hooked);
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("callback_url")),
+        "{v}"
+    );
+    // More task ids than one list takes are refused, naming the filter.
+    let ids: Vec<String> = (0..501)
+        .map(|i| format!("filter.task_ids=cgt-{i}"))
+        .collect();
+    let (code, v) = call(port, "GET", &format!("{tasks}?{}", ids.join("&")), &key, "");
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("filter.task_ids")),
+        "{v}"
+    );
     let (code, v) = call(port, "POST", tasks, &key, body);
     assert_eq!(code, 200, "{v}");
     let id = v["id"].as_str().expect("an id").to_string();
@@ -436,4 +497,12 @@ fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai(
     assert_ne!(v["deleted"], serde_json::Value::Bool(true), "{v}");
     let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
     assert_eq!(code, 200, "{v}");
+    // Revoked by the key itself: only the key's id is echoed.
+    let out = env.ok(&["keys", "revoke", &key]);
+    assert!(
+        out.starts_with("revoked key_") && !out.contains(&key[3..]),
+        "{out}"
+    );
+    let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!(code, 401, "{v}");
 }

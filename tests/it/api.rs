@@ -506,3 +506,62 @@ fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai(
     let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
     assert_eq!(code, 401, "{v}");
 }
+
+#[test]
+fn with_archiving_off_success_is_announced_once_ark_succeeds() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let hook_port = free_port();
+    let env = TestEnv::new(&format!(
+        "download_allow = [\"127.0.0.1:{hook_port}\"]\n{}",
+        worker_config(&sim, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"))
+    ));
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let out = env.cli(&["keys", "create", "hooked", "--webhook-url", &hook]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let secret = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .expect("the signing secret is shown once")
+        .to_string();
+    let log = env.path().join("hooks.jsonl");
+    let mut receiver = Command::new(python());
+    receiver
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/webhook_receiver.py"
+        ))
+        .arg(hook_port.to_string())
+        .arg(&secret)
+        .arg(&log);
+    let _receiver = Guard(receiver.spawn().expect("start the webhook receiver"));
+    wait_until(30, "the receiver", || {
+        std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_ok()
+    });
+    // The env's own config has `[archive] url = ""`: archiving is off.
+    let mut c = env.keyed(&["serve"]);
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.stderr(std::process::Stdio::null());
+    }
+    let _serve = Guard(c.spawn().expect("spawn seedq serve"));
+    wait_for_door(port);
+    let tasks = "/api/v3/contents/generations/tasks";
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a heron"}],"duration":5}"#;
+    let (code, v) = call(port, "POST", tasks, &key, body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    wait_until(60, "the success webhook", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.trim().is_empty())
+    });
+    let text = std::fs::read_to_string(&log).expect("the receiver's log");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["verified"], true, "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
+    assert_eq!(first["body"]["status"], "succeeded", "{first}");
+}

@@ -278,14 +278,16 @@ mod tests {
     fn the_stage_core_depends_on_no_stage_and_no_daemon_part() {
         let bad = violations(
             "stage/",
-            &["worker", "ops", "bulk", "service", "cli", "ui", "sim"],
+            &[
+                "worker", "ops", "bulk", "service", "cli", "ui", "sim", "api",
+            ],
         );
         assert_eq!(bad, Vec::<String>::new());
     }
 
     #[test]
     fn the_stages_do_not_import_ops_bulk_or_anything_above() {
-        let bad = violations("worker/", &["ops", "bulk", "service", "cli", "ui"]);
+        let bad = violations("worker/", &["ops", "bulk", "service", "cli", "ui", "api"]);
         assert_eq!(bad, Vec::<String>::new());
     }
 
@@ -293,6 +295,12 @@ mod tests {
     fn ops_and_bulk_do_not_import_the_root_or_the_cli() {
         let mut bad = violations("ops/", &["service", "cli", "bulk"]);
         bad.extend(violations("bulk/", &["service", "cli", "ops", "ui"]));
+        assert_eq!(bad, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_front_doors_do_not_import_the_root_or_the_cli() {
+        let bad = violations("api/", &["service", "cli"]);
         assert_eq!(bad, Vec::<String>::new());
     }
 

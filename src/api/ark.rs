@@ -27,8 +27,11 @@ use crate::store::{ApiJob, ApiListFilter, CancelOutcome, Job};
 pub const TASKS: &str = "/api/v3/contents/generations/tasks";
 /// The most tasks one list page carries (docs/ark-api.md §4: `page_size` in [1, 500]).
 const MAX_PAGE_SIZE: i64 = 500;
-/// The list's page size when none is given (docs/ark-api.md §4: the simulator's 10).
-const DEFAULT_PAGE_SIZE: i64 = 10;
+/// The list's page size when none is given (docs/ark-api.md §14: 20, as the simulator).
+const DEFAULT_PAGE_SIZE: i64 = 20;
+/// The most `filter.task_ids` one list takes: each is one SQL variable, and SQLite allows a
+/// few thousand per statement; 500 matches the largest page (docs/ark-api.md §4).
+const MAX_TASK_IDS: usize = 500;
 
 /// The door's routes.
 pub fn routes() -> Router<Api> {
@@ -320,7 +323,10 @@ async fn get_one(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Stri
     }
 }
 
-/// `DELETE …/tasks/{id}`: an unfinished job is cancelled, a finished one's record deleted.
+/// `DELETE …/tasks/{id}`: a queued job is cancelled, a finished one's record deleted, and a
+/// running one refused with 409 `InvalidAction.RunningTaskDeletion` (docs/ark-api.md §14) —
+/// including a succeeded job whose video is still being archived, which the door shows as
+/// running.
 async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let who = match caller(&api, &headers).await {
         Ok(c) => c,
@@ -328,18 +334,22 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
     };
     let r = async {
         let (job, _) = visible(&api, &who, &id).await?;
-        if door::finished(&job, api.ctx.archive.is_some()) {
+        let archive_on = api.ctx.archive.is_some();
+        if door::finished(&job, archive_on) {
             api.ctx.store.api_delete(&id).await?;
-            return Ok(());
+            return Ok(true);
+        }
+        if door::status(&job, archive_on) == "running" {
+            return Ok(false);
         }
         match api.ctx.store.cancel(&id).await? {
             CancelOutcome::Cancelled | CancelOutcome::Requested => {
                 api.ctx.poke_dispatch.notify_one();
-                Ok(())
+                Ok(true)
             }
             CancelOutcome::AlreadyFinal { .. } => {
                 api.ctx.store.api_delete(&id).await?;
-                Ok(())
+                Ok(true)
             }
             CancelOutcome::NotFound => Err(DoorError::NotFound(format!(
                 "The specified task {id} is not found."
@@ -348,7 +358,13 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
     }
     .await;
     match r {
-        Ok(()) => axum::Json(json!({})).into_response(),
+        Ok(true) => axum::Json(json!({})).into_response(),
+        Ok(false) => error(
+            StatusCode::CONFLICT,
+            "InvalidAction.RunningTaskDeletion",
+            "Cannot delete task because it is currently running",
+            None,
+        ),
         Err(e) => door_error(e),
     }
 }
@@ -395,6 +411,15 @@ async fn list(State(api): State<Api>, headers: HeaderMap, RawQuery(q): RawQuery)
             "filter.service_tier" => f.service_tier = Some(v.into_owned()),
             _ => {}
         }
+    }
+    if f.ids.len() > MAX_TASK_IDS {
+        return door_error(DoorError::Bad(
+            Some("filter.task_ids".into()),
+            format!(
+                "filter.task_ids has {} ids; allowed: at most {MAX_TASK_IDS} per list",
+                f.ids.len()
+            ),
+        ));
     }
     f.offset = (page - 1) * f.limit;
     let r = async {

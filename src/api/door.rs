@@ -147,6 +147,15 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
             models.join(", ")
         )));
     }
+    if matches!(caller, Caller::Admin) && c.webhook_url.is_some() {
+        // Webhooks are signed with the creating key's secret; the admin token has none.
+        return Err(DoorError::Bad(
+            Some("callback_url".into()),
+            "callback_url needs an API key: webhooks are signed with the key's secret, and the \
+             admin token has none; create with a key (`seedq keys create`) or omit callback_url"
+                .into(),
+        ));
+    }
     if let Some(url) = &c.webhook_url {
         crate::stage::safeurl::UrlPolicy::from_config(&api.ctx.cfg)
             .check_str(url)
@@ -183,7 +192,12 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
             .idempotency_key
             .as_ref()
             .map(|k| format!("api:{}:{k}", caller.scope())),
-        batch: c.batch,
+        // A key's batches are its own (`api:<key id>:<name>`): a key cannot join, or spend
+        // under the caps of, another key's or the operator's batch. The admin names any.
+        batch: c.batch.map(|b| match caller {
+            Caller::Key(k) => format!("api:{}:{b}", k.id),
+            Caller::Admin => b,
+        }),
         // The webhook is seedq's to send (from the outbox, signed): Ark's callback would
         // carry Ark's task id to the client, so the body sent to Ark has none.
         callback_url: None,

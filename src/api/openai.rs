@@ -355,7 +355,19 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
         let c = Create {
             request,
             door: "openai",
-            body_sha256: sign::sha256_hex(&body),
+            // The fields as parsed, not the raw body: a multipart body has a random boundary,
+            // so an SDK's retry of the same create would differ byte for byte.
+            body_sha256: sign::sha256_hex(
+                json!({
+                    "model": &f.model,
+                    "prompt": &f.prompt,
+                    "seconds": &f.seconds,
+                    "size": &f.size,
+                    "image": &f.image,
+                })
+                .to_string()
+                .as_bytes(),
+            ),
             idempotency_key: idem,
             batch,
             priority,
@@ -368,11 +380,16 @@ async fn create(State(api): State<Api>, headers: HeaderMap, body: Bytes) -> Resp
             },
         };
         let (id, _) = door::create(&api, &who, c).await?;
-        let (job, meta) =
-            api.ctx.store.api_job(&id).await?.ok_or_else(|| {
+        if let Some((job, meta)) = api.ctx.store.api_job(&id).await? {
+            return Ok(video(&api, &job, meta.as_ref()));
+        }
+        // A replay of a create whose record the client has since deleted: the job itself
+        // is still there.
+        let job =
+            api.ctx.store.job(&id).await?.ok_or_else(|| {
                 DoorError::Internal(format!("job {id} vanished after its create"))
             })?;
-        Ok(video(&api, &job, meta.as_ref()))
+        Ok(video(&api, &job, None))
     }
     .await;
     match r {
@@ -435,9 +452,12 @@ pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
 }
 
 async fn visible(api: &Api, who: &Caller, id: &str) -> Result<(Job, Option<ApiJob>), DoorError> {
-    ark::visible(api, who, id)
-        .await
-        .map_err(|_| DoorError::NotFound(format!("No video found with id '{id}'.")))
+    // Only a missing (or someone else's) job is a 404 in OpenAI's words; a store failure
+    // stays a 500.
+    ark::visible(api, who, id).await.map_err(|e| match e {
+        DoorError::NotFound(_) => DoorError::NotFound(format!("No video found with id '{id}'.")),
+        other => other,
+    })
 }
 
 /// `GET /v1/videos/{id}`.
@@ -563,7 +583,8 @@ async fn list(State(api): State<Api>, headers: HeaderMap, Query(q): Query<ListQu
     }
 }
 
-/// `DELETE /v1/videos/{id}`: cancels an unfinished job, deletes a finished one's record.
+/// `DELETE /v1/videos/{id}`: deletes a finished or just-cancelled job's record; a job whose
+/// cancel is only requested (it may be paid for) is answered as it stands, still listed.
 async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<String>) -> Response {
     let who = match caller(&api, &headers).await {
         Ok(c) => c,
@@ -573,19 +594,30 @@ async fn delete(State(api): State<Api>, headers: HeaderMap, Path(id): Path<Strin
         let (job, _) = visible(&api, &who, &id).await?;
         if !door::finished(&job, api.ctx.archive.is_some()) {
             match api.ctx.store.cancel(&id).await? {
-                CancelOutcome::Cancelled | CancelOutcome::Requested => {
+                CancelOutcome::Cancelled => api.ctx.poke_dispatch.notify_one(),
+                CancelOutcome::AlreadyFinal { .. } => {}
+                // The job may already be paid for (a create in flight, or a task at Ark): its
+                // record stays visible, so the caller can still see and fetch what it costs.
+                CancelOutcome::Requested => {
                     api.ctx.poke_dispatch.notify_one();
+                    let (job, meta) = visible(&api, &who, &id).await?;
+                    return Ok(Some(video(&api, &job, meta.as_ref())));
                 }
-                _ => {}
+                CancelOutcome::NotFound => {
+                    return Err(DoorError::NotFound(format!(
+                        "No video found with id '{id}'."
+                    )));
+                }
             }
         }
         api.ctx.store.api_delete(&id).await?;
-        Ok::<_, DoorError>(())
+        Ok::<_, DoorError>(None)
     }
     .await;
     match r {
-        Ok(()) => axum::Json(json!({"id": id, "object": "video.deleted", "deleted": true}))
+        Ok(None) => axum::Json(json!({"id": id, "object": "video.deleted", "deleted": true}))
             .into_response(),
+        Ok(Some(v)) => axum::Json(v).into_response(),
         Err(e) => door_error(e),
     }
 }

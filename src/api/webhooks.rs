@@ -28,7 +28,7 @@ use crate::stage::safeurl::{UrlPolicy, download_client};
 use crate::store::now_ms;
 use crate::store::webhooks::WebhookDue;
 
-/// Rows one step claims.
+/// Rows one step sends (each claimed on its own) before the loop looks at shutdown again.
 const BATCH: i64 = 16;
 /// The longest wait between two attempts of one webhook.
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
@@ -96,15 +96,32 @@ pub async fn step(
     // The lease outlasts one attempt (its HTTP timeout), so no two workers send a row at once.
     let lease = ctx.cfg.ark.request_timeout.saturating_mul(2) + Duration::from_secs(5);
     let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(60_000);
-    let due = ctx.store.webhook_claim(now_ms(), lease_ms, BATCH).await?;
-    let n = due.len();
-    for w in due {
+    // One row per claim: each lease covers one attempt only, so a slow receiver cannot
+    // keep the rows behind it leased past their lease (and sent twice by another worker).
+    let mut n = 0;
+    while n < BATCH as usize {
+        let Some(w) = ctx
+            .store
+            .webhook_claim(now_ms(), lease_ms, 1)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            break;
+        };
+        n += 1;
         let outcome = send(api, client, policy, &w).await;
         let now = now_ms();
         let outcome = match outcome {
             Ok(()) => {
                 tracing::info!(job_id = %w.job_id, webhook = %w.id, "webhook delivered");
                 Ok(())
+            }
+            Err(Failure::Defer(e)) => {
+                // The 'archived' transition makes the row due again (migrations/0019).
+                let later = now + i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(3_600_000);
+                tracing::debug!(job_id = %w.job_id, webhook = %w.id, "webhook deferred");
+                Err((e, Some(later)))
             }
             Err(Failure::Final(e)) => {
                 tracing::warn!(job_id = %w.job_id, webhook = %w.id, error = %e, "webhook given up");
@@ -134,6 +151,8 @@ enum Failure {
     Retry(String),
     /// Never deliverable (no URL, refused by the SSRF rules, the job is gone).
     Final(String),
+    /// Not yet: the job succeeded but its video is still being archived.
+    Defer(String),
 }
 
 async fn send(
@@ -147,6 +166,18 @@ async fn send(
     let Some((job, Some(meta))) = store.api_job(&w.job_id).await.map_err(retry)? else {
         return Err(Failure::Final("the job's door record is gone".into()));
     };
+    // With archiving on, success is announced once the video is in the archive (the door
+    // shows the job as running until then: `door::status`).
+    if api.ctx.archive.is_some()
+        && matches!(
+            job.state,
+            crate::job::JobState::Succeeded | crate::job::JobState::Archiving
+        )
+    {
+        return Err(Failure::Defer(
+            "waiting for the video to be archived".into(),
+        ));
+    }
     let Some(key_id) = meta.api_key.as_deref() else {
         return Err(Failure::Final("the job has no key to sign with".into()));
     };
@@ -156,7 +187,12 @@ async fn send(
     let Some(url) = meta.webhook_url.clone().or(key.webhook_url.clone()) else {
         return Err(Failure::Final("no webhook URL".into()));
     };
-    let url = policy.check_str(&url).map_err(Failure::Final)?;
+    // The URL may carry a secret token (in its path or query): messages, which reach the
+    // log and the outbox's `last_error`, show only its scheme and host.
+    let shown = redact(&url);
+    let parsed = policy
+        .check_str(&url)
+        .map_err(|e| Failure::Final(scrub(&e, &url)))?;
     // File links in the body are built as a request to the listener would build them.
     let mut headers = HeaderMap::new();
     if let Ok(h) = HeaderValue::from_str(api.ctx.cfg.api.listen.trim()) {
@@ -173,7 +209,7 @@ async fn send(
     let ts = now_ms() / 1000;
     let sig = signature(&key.webhook_secret, &w.id, ts, &body);
     let resp = client
-        .post(url)
+        .post(parsed)
         .timeout(api.ctx.cfg.ark.request_timeout)
         .header(header::CONTENT_TYPE, "application/json")
         .header("webhook-id", &w.id)
@@ -182,15 +218,42 @@ async fn send(
         .body(body)
         .send()
         .await
-        .map_err(|e| Failure::Retry(format!("cannot reach the receiver: {e}")))?;
+        .map_err(|e| {
+            let e = format!("{:#}", anyhow::Error::new(e.without_url()));
+            Failure::Retry(format!(
+                "cannot reach the receiver at {shown}: {}",
+                scrub(&e, &url)
+            ))
+        })?;
     if resp.status().is_success() {
         Ok(())
     } else {
         Err(Failure::Retry(format!(
-            "the receiver answered {}",
+            "the receiver at {shown} answered {}",
             resp.status()
         )))
     }
+}
+
+/// A URL as messages may show it: its scheme, host and port only.
+pub fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!("{}://{}{port}", u.scheme(), u.host_str().unwrap_or("?"))
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
+}
+
+/// `msg` with every spelling of `url` in it (as given, as normalised) replaced by [`redact`].
+fn scrub(msg: &str, url: &str) -> String {
+    let shown = redact(url);
+    let mut out = msg.replace(url, &shown);
+    if let Ok(u) = reqwest::Url::parse(url) {
+        out = out.replace(u.as_str(), &shown);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -208,6 +271,20 @@ mod tests {
             r#"{"test": 2432232314}"#,
         );
         assert_eq!(s, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
+    }
+
+    #[test]
+    fn messages_show_a_webhook_url_as_scheme_and_host_only() {
+        let url = "https://user:pw@hooks.example.com:8443/t/SECRET?token=SECRET2";
+        assert_eq!(redact(url), "https://hooks.example.com:8443");
+        let msg = scrub(&format!("refusing to download {url:?}: nope"), url);
+        assert!(!msg.contains("SECRET") && !msg.contains("pw"), "{msg}");
+        let normalised = reqwest::Url::parse("HTTPS://h.example/a b?k=SECRET").expect("url");
+        let msg = scrub(
+            &format!("at {normalised}"),
+            "HTTPS://h.example/a b?k=SECRET",
+        );
+        assert!(!msg.contains("SECRET"), "{msg}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! and limits, never a key. Revocation is a row in the store, which every worker reads on
 //! every request, so it holds at once across a fleet.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
@@ -11,7 +12,8 @@ use clap::{Args, Subcommand};
 
 use super::Ctx;
 use crate::api::keys::generate;
-use crate::worker::budget::{fmt_fen, parse_cny};
+use crate::store::api::KeyUsage;
+use crate::worker::budget::{day_start, fmt_fen, fmt_units, parse_cny};
 
 /// `seedq keys …`.
 #[derive(Debug, Subcommand)]
@@ -60,11 +62,27 @@ pub async fn run(ctx: &Ctx, c: KeysCommand) -> anyhow::Result<ExitCode> {
         KeysCommand::Ls(a) => ls(ctx, a.json).await,
         KeysCommand::Revoke(a) => {
             let store = ctx.store_existing().await?;
-            if store.api_key_revoke(&a.key).await? {
-                println!("revoked {}", a.key);
+            // Given the key itself, it is looked up by its hash and only its id is printed:
+            // the secret never reaches the terminal's scrollback or a log.
+            let target = if a.key.starts_with(crate::api::keys::KEY_PREFIX) {
+                match store
+                    .api_key_by_hash(&crate::api::sign::sha256_hex(a.key.as_bytes()))
+                    .await?
+                {
+                    Some(k) => k.id,
+                    None => {
+                        eprintln!("error: no live key matches the given key (see `seedq keys ls`)");
+                        return Ok(ExitCode::from(1));
+                    }
+                }
+            } else {
+                a.key.clone()
+            };
+            if store.api_key_revoke(&target).await? {
+                println!("revoked {target}");
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("error: no live key named {:?} (see `seedq keys ls`)", a.key);
+                eprintln!("error: no live key named {target:?} (see `seedq keys ls`)");
                 Ok(ExitCode::from(1))
             }
         }
@@ -134,19 +152,45 @@ async fn create(ctx: &Ctx, a: CreateArgs) -> anyhow::Result<ExitCode> {
 async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
     let store = ctx.store_existing().await?;
     let keys = store.api_keys().await?;
+    let day = day_start(
+        crate::store::now_ms(),
+        // Validated at load: a bad zone never gets this far.
+        crate::schedule::parse_tz(&ctx.cfg.maintenance.timezone).unwrap_or(chrono_tz::Tz::UTC),
+        ctx.cfg.bulk.tpd_day_ms(),
+    );
+    let usage: HashMap<String, KeyUsage> = store
+        .api_key_usage(day)
+        .await?
+        .into_iter()
+        .map(|u| (u.key.clone(), u))
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&keys)?);
+        let rows: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| {
+                let u = usage.get(&k.id);
+                serde_json::json!({
+                    "key": k,
+                    "jobs": u.map_or(0, |u| u.jobs),
+                    "spent_today_cny": fmt_units(u.map_or(0, |u| u.units_today)),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<18} {:<20} {:>14} {:>6}  {:<8} MODELS",
-        "ID", "NAME", "CNY/DAY", "RPM", "STATE"
+        "{:<18} {:<16} {:>7} {:>11} {:>11} {:>6}  {:<8} MODELS",
+        "ID", "NAME", "JOBS", "TODAY CNY", "CAP CNY", "RPM", "STATE"
     );
     for k in keys {
+        let u = usage.get(&k.id);
         println!(
-            "{:<18} {:<20} {:>14} {:>6}  {:<8} {}",
+            "{:<18} {:<16} {:>7} {:>11} {:>11} {:>6}  {:<8} {}",
             k.id,
             k.name,
+            u.map_or(0, |u| u.jobs),
+            fmt_units(u.map_or(0, |u| u.units_today)),
             k.max_cost_fen.map_or("-".into(), fmt_fen),
             k.rpm.map_or("-".into(), |r| r.to_string()),
             if k.revoked_at.is_some() {

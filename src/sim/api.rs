@@ -21,7 +21,7 @@ use crate::ark::wire::{
 };
 use crate::request;
 
-/// `page_size` when none is given (ark-api.md §14, "List defaults").
+/// `page_size` when none is given (docs/ark-api.md §14: 20).
 const DEFAULT_PAGE_SIZE: usize = 20;
 /// Upper bound of `page_num` and `page_size`.
 const MAX_PAGE: usize = 500;

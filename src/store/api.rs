@@ -47,6 +47,23 @@ pub struct ApiJob {
     pub deleted_at: Option<i64>,
 }
 
+/// One key's usage (`seedq keys ls`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct KeyUsage {
+    pub key: String,
+    /// Jobs created through the doors, ever.
+    pub jobs: i64,
+    /// Spend in the budget day asked for, in hold units (`budget::UNITS_PER_FEN` a fen).
+    pub units_today: i64,
+}
+
+/// Jobs and the day's holds per key (`?1`/`$1`: the day's start), the same text on both
+/// backends.
+pub(crate) const KEY_USAGE_SQL: &str = "SELECT a.api_key, COUNT(*), \
+     COALESCE(SUM((SELECT COALESCE(h.billed_tokens, h.tokens) * h.rate FROM budget_holds h \
+                    WHERE h.job_id = a.job_id AND h.day_start = $1)), 0) \
+     FROM api_jobs a WHERE a.api_key IS NOT NULL GROUP BY a.api_key ORDER BY a.api_key";
+
 /// What a door's create did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiEnqueued {
@@ -466,6 +483,30 @@ impl Store {
         .await
     }
 
+    /// Per key: its jobs' holds in the budget day starting at `day_start` (hold units, as
+    /// `budget_holds` counts them: billed where known, else the reservation) and how many
+    /// jobs it has created in all.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_key_usage(pg, day_start).await;
+        }
+        self.call(move |c| {
+            let mut st = c.prepare(KEY_USAGE_SQL)?;
+            let rows = st.query_map([day_start], |r| {
+                Ok(KeyUsage {
+                    key: r.get(0)?,
+                    jobs: r.get(1)?,
+                    units_today: r.get(2)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
     /// The secret that signs file URLs (created by the migration, one per database).
     ///
     /// # Errors
@@ -666,6 +707,12 @@ mod tests {
         assert!(!s.api_key_revoke("key_a").await.expect("the store answers"));
         assert_eq!(s.api_keys().await.expect("the store answers").len(), 2);
         assert!(s.api_url_secret().await.expect("the store answers").len() >= 32);
+        let usage = s.api_key_usage(0).await.expect("the store answers");
+        let jobs: Vec<(String, i64, i64)> = usage
+            .into_iter()
+            .map(|u| (u.key, u.jobs, u.units_today))
+            .collect();
+        assert_eq!(jobs, vec![("key_a".into(), 1, 0), ("key_b".into(), 1, 0)]);
     }
 
     #[tokio::test]

@@ -219,6 +219,17 @@ impl Store {
                     params![req.day_start, key],
                 )?;
                 checks.push((Scope::KeyDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
+                // An unpriced model (rate 0) or a job of unknown size reserves nothing, so the
+                // sum could never reach the key's cap: a capped key may only spend what can be
+                // counted (docs/api.md, keys).
+                if need == 0 {
+                    return Ok(Err(Refusal {
+                        scope: Scope::KeyDaily,
+                        spent: units,
+                        need,
+                        cap: fen.saturating_mul(UNITS_PER_FEN),
+                    }));
+                }
             }
             for (scope, spent, cap) in checks {
                 if spent.saturating_add(need) > cap {
@@ -1055,5 +1066,69 @@ mod tests {
             b.day_spend(2, Some("m".into())).await.expect("day").1,
             2_000_000
         );
+    }
+
+    #[tokio::test]
+    async fn a_capped_key_cannot_spend_on_an_unpriced_model() {
+        use crate::store::api::{ApiJob, ApiKey};
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            s.api_key_create(ApiKey {
+                id: "key_c".into(),
+                name: "c".into(),
+                hash: "hc".into(),
+                max_cost_fen: Some(100),
+                rpm: None,
+                models: None,
+                webhook_url: None,
+                webhook_secret: "whsec_x".into(),
+                created_at: 1,
+                revoked_at: None,
+            })
+            .await
+            .expect("key");
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let j = crate::store::NewJob::plain("{}");
+                let api = ApiJob {
+                    job_id: j.id.to_string(),
+                    api_key: Some("key_c".into()),
+                    door: "ark".into(),
+                    body_sha256: j.id.to_string(),
+                    info: "{}".into(),
+                    webhook_url: None,
+                    created_at: 0,
+                    deleted_at: None,
+                };
+                s.api_enqueue(j.clone(), api).await.expect("enqueue");
+                ids.push(j.id.to_string());
+            }
+            let req = |id: &str, rate: i64| HoldRequest {
+                job_id: id.into(),
+                batch: None,
+                model: "m".into(),
+                day_start: 0,
+                tokens: 1000,
+                rate,
+            };
+            let r = s
+                .budget_reserve(req(&ids[0], 0), DailyCaps::default())
+                .await
+                .expect("reserve")
+                .expect_err(&format!(
+                    "{name}: an unpriced job under a key cap is refused"
+                ));
+            assert_eq!(r.scope, Scope::KeyDaily, "{name}");
+            assert_eq!(r.need, 0, "{name}");
+            s.budget_reserve(req(&ids[1], 2), DailyCaps::default())
+                .await
+                .expect("reserve")
+                .unwrap_or_else(|r| panic!("{name}: a priced job fits the cap: {r:?}"));
+            // Without a key cap, an unpriced job reserves nothing and passes.
+            s.budget_reserve(req("free", 0), DailyCaps::default())
+                .await
+                .expect("reserve")
+                .unwrap_or_else(|r| panic!("{name}: no cap binds: {r:?}"));
+        }
     }
 }

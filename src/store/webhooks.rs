@@ -144,6 +144,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::api::{ApiJob, ApiKey};
+    use crate::store::tests_pgops::exec;
     use crate::store::{NewJob, testpg};
 
     /// The conformance test both backends run: a door job's end adds one outbox row (and
@@ -192,7 +193,11 @@ mod tests {
         let now = crate::store::now_ms() + 1000;
         let due = s.webhook_claim(now, 5000, 10).await.expect("claim");
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].id, format!("msg_{id}_cancelled"));
+        assert!(
+            due[0].id.starts_with(&format!("msg_{id}_cancelled_")),
+            "{}",
+            due[0].id
+        );
         assert_eq!((due[0].event.as_str(), due[0].attempts), ("cancelled", 0));
         assert!(
             s.webhook_claim(now, 5000, 10)
@@ -227,6 +232,56 @@ mod tests {
                 .expect("claim")
                 .is_empty()
         );
+
+        // Success: 'succeeded' then 'archived' share one row; a row deferred while the video
+        // was archived (here: given up) is due again once the job is archived.
+        let door_job = |j: &NewJob| ApiJob {
+            job_id: j.id.to_string(),
+            api_key: Some("key_w".into()),
+            door: "ark".into(),
+            body_sha256: "h".into(),
+            info: "{}".into(),
+            webhook_url: None,
+            created_at: 0,
+            deleted_at: None,
+        };
+        let ok = NewJob::plain("{}");
+        let ok_id = ok.id.to_string();
+        s.api_enqueue(ok.clone(), door_job(&ok))
+            .await
+            .expect("enqueue");
+        let set = |state: &str, at: i64| {
+            format!("UPDATE jobs SET state = '{state}', updated_at = {at} WHERE id = '{ok_id}'")
+        };
+        exec(&s, &set("succeeded", now + 100)).await;
+        let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, format!("msg_{ok_id}_success"));
+        s.webhook_attempted(&due[0].id, now + 100, Err(("deferred".into(), None)))
+            .await
+            .expect("defer");
+        exec(&s, &set("archiving", now + 150)).await;
+        exec(&s, &set("archived", now + 200)).await;
+        let due = s.webhook_claim(now + 200, 5000, 10).await.expect("claim");
+        assert_eq!(
+            (due.len(), due[0].id.clone(), due[0].event.as_str()),
+            (1, format!("msg_{ok_id}_success"), "succeeded")
+        );
+        s.webhook_attempted(&due[0].id, now + 200, Ok(()))
+            .await
+            .expect("done");
+        assert_eq!(s.webhooks_of(&ok_id).await.expect("read").len(), 1);
+        // A job that fails, is retried and fails again gets a webhook each time.
+        exec(&s, &set("failed", now + 300)).await;
+        exec(&s, &set("queued", now + 400)).await;
+        exec(&s, &set("failed", now + 500)).await;
+        assert_eq!(s.webhooks_of(&ok_id).await.expect("read").len(), 3);
+
+        // Pruning the job takes its door record and its webhooks with it.
+        let far = crate::store::now_ms() + 60_000;
+        s.prune(far, far, false).await.expect("prune");
+        assert!(s.webhooks_of(&id).await.expect("read").is_empty());
+        assert!(s.api_key_usage(0).await.expect("usage").is_empty());
     }
 
     #[tokio::test]

@@ -136,6 +136,11 @@ pub fn describe(r: &Refusal, job: &Job) -> String {
             fmt_units(r.spent),
             fmt_units(r.need)
         ),
+        Scope::KeyDaily if r.need == 0 => format!(
+            "budget: the API key has --max-cost-per-day {} but model {} has no price (or the job no size estimate), so its cost cannot be counted against the cap",
+            fmt_units(r.cap),
+            job.model
+        ),
         Scope::KeyDaily => format!(
             "budget: the API key's --max-cost-per-day {} reached ({} used + {} needed); waiting for the next day",
             fmt_units(r.cap),

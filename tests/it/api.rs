@@ -52,11 +52,23 @@ fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
 
 /// One HTTP/1.1 request with a bearer key: (status, JSON body).
 fn call(port: u16, method: &str, path: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+    call_with(port, method, path, key, "", body)
+}
+
+/// [`call`] with extra header lines (each ending in `\r\n`).
+fn call_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: &str,
+    extra: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
     write!(
         s,
         "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
-         Authorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Authorization: Bearer {key}\r\n{extra}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .expect("write");
@@ -88,7 +100,16 @@ fn official_sdks_create_poll_and_download_through_both_doors() {
     let env = env_with_doors(&sim, port);
     let key_a = make_key(&env, "a", &[]);
     let key_b = make_key(&env, "b", &[]);
-    let _serve = serve(&env);
+    // The serve log is kept, to check no key reaches it.
+    let log_path = env.path().join("serve.log");
+    let mut c = env.keyed(&["serve"]);
+    c.env(
+        "SEEDQ__ARCHIVE__URL",
+        format!("file://{}", env.path().join("archive").display()),
+    )
+    .env("RUST_LOG", "debug")
+    .stderr(std::fs::File::create(&log_path).expect("the serve log"));
+    let serve = Guard(c.spawn().expect("spawn seedq serve"));
     wait_for_door(port);
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/api_check.py");
@@ -117,12 +138,41 @@ fn official_sdks_create_poll_and_download_through_both_doors() {
          SEEDQ_TEST_PYTHON):\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The uploaded input_reference is the job's first frame (an embedded image, kept once in
+    // the store's image table and referenced from the body).
+    let framed = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("framed\t"))
+        .expect("the framed video's id");
+    let shown = env.ok(&["show", framed, "--json"]);
+    assert!(
+        shown.contains(r#"\"role\":\"first_frame\""#) && shown.contains("seedq-image:sha256:"),
+        "{shown}"
+    );
     // The keys never reach the log or the store in the clear.
     let keys = env.ok(&["keys", "ls", "--json"]);
     assert!(
         !keys.contains(&key_a) && !keys.contains(&key_a[3..]),
         "{keys}"
     );
+    drop(serve);
+    let log = std::fs::read_to_string(&log_path).expect("the serve log");
+    assert!(
+        log.contains("INFO") || log.contains("DEBUG"),
+        "the log has lines: {log}"
+    );
+    for key in [&key_a, &key_b] {
+        assert!(!log.contains(&key[3..]), "a key is in the serve log");
+        for file in ["seedq.db", "seedq.db-wal"] {
+            let bytes = std::fs::read(env.path().join(file)).unwrap_or_default();
+            assert!(
+                !bytes
+                    .windows(key.len() - 3)
+                    .any(|w| w == &key.as_bytes()[3..]),
+                "a key is in {file}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -146,7 +196,30 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     let c1 = create(&capped);
     let c2 = create(&capped);
     let f1 = create(&free);
-    let f2 = create(&free);
+    // seedq's extras ride on headers.
+    let (code, v) = call_with(
+        port,
+        "POST",
+        tasks,
+        &free,
+        "X-Seedq-Batch: nightly\r\nX-Seedq-Priority: 7\r\n",
+        body,
+    );
+    assert_eq!(code, 200, "{v}");
+    let f2 = v["id"].as_str().expect("an id").to_string();
+    let (code, v) = call_with(
+        port,
+        "POST",
+        tasks,
+        &free,
+        "X-Seedq-Priority: high\r\n",
+        body,
+    );
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("X-Seedq-Priority")),
+        "{v}"
+    );
     let status = |key: &str, id: &str| {
         let (code, v) = call(port, "GET", &format!("{tasks}/{id}"), key, "");
         assert_eq!(code, 200, "{v}");
@@ -172,6 +245,24 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         .find(|j| j["id"] == c2.as_str())
         .expect("the held job");
     assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    // A key's batch is scoped to the key.
+    let listed: serde_json::Value =
+        serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
+    let free_id = listed
+        .as_array()
+        .and_then(|a| a.iter().find(|k| k["key"]["name"] == "free"))
+        .and_then(|k| k["key"]["id"].as_str())
+        .expect("the free key's id")
+        .to_string();
+    let extra = jobs.iter().find(|j| j["id"] == f2.as_str()).expect("f2");
+    assert_eq!(
+        (&extra["batch_id"], &extra["priority"]),
+        (
+            &serde_json::json!(format!("api:{free_id}:nightly")),
+            &serde_json::json!(7)
+        ),
+        "{extra}"
+    );
     assert!(
         held["last_error_message"]
             .as_str()
@@ -188,6 +279,22 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     );
     let (code, _) = call(port, "GET", &format!("{tasks}/{c1}"), &free, "");
     assert_eq!(code, 404);
+    // `keys ls` shows each key's jobs and today's spend: the capped key's one create that
+    // fits (about ¥1.5) and no more than its cap.
+    let ls: serde_json::Value =
+        serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
+    let capped_row = ls
+        .as_array()
+        .expect("an array")
+        .iter()
+        .find(|r| r["key"]["name"] == "capped")
+        .expect("the capped key");
+    assert_eq!(capped_row["jobs"], 2, "{capped_row}");
+    let spent: f64 = capped_row["spent_today_cny"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .expect("a CNY amount");
+    assert!(spent > 0.5 && spent <= 2.0, "{capped_row}");
     // A revoked key is refused at once.
     env.ok(&["keys", "revoke", "free"]);
     let (code, _) = call(port, "GET", &format!("{tasks}/{f1}"), &free, "");
@@ -258,7 +365,7 @@ fn a_webhook_is_signed_and_survives_a_sigkill_between_archive_and_delivery() {
     let first: serde_json::Value =
         serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
     assert_eq!(first["verified"], true, "{first}");
-    assert_eq!(first["id"], format!("msg_{id}_archived"), "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["id"], id.as_str());
     assert_eq!(first["body"]["status"], "succeeded");
     assert!(
@@ -335,4 +442,126 @@ fn two_hundred_clients_create_at_once_on_a_three_worker_fleet() {
         .filter_map(|j| j["remote_task_id"].as_str().map(str::to_string))
         .collect();
     assert_eq!(remote.len(), 200, "each job has its own task");
+}
+
+#[test]
+fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai() {
+    // Real-time sim: a 5 s clip runs for about a minute (src/sim/config.rs, Timing).
+    let sim = crate::helpers::SimProc::start("video_downscale = 16\nreuse_videos = true\n");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    let key = make_key(&env, "a", &[]);
+    let admin = "admin-token-for-the-door-test-0123456789";
+    let _serve = serve_with(&env, &[("SEEDQ__ADMIN__TOKEN", admin.to_string())]);
+    wait_for_door(port);
+
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
+    let tasks = "/api/v3/contents/generations/tasks";
+    // The admin token has no secret to sign a webhook with: its callback_url is refused.
+    let hooked = body.replace(
+        r#""duration":5"#,
+        r#""duration":5,"callback_url":"https://hooks.example.com/x""#,
+    );
+    let (code, v) = call(port, "POST", tasks, admin, &hooked);
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("callback_url")),
+        "{v}"
+    );
+    // More task ids than one list takes are refused, naming the filter.
+    let ids: Vec<String> = (0..501)
+        .map(|i| format!("filter.task_ids=cgt-{i}"))
+        .collect();
+    let (code, v) = call(port, "GET", &format!("{tasks}?{}", ids.join("&")), &key, "");
+    assert_eq!(
+        (code, v["error"]["param"].as_str()),
+        (400, Some("filter.task_ids")),
+        "{v}"
+    );
+    let (code, v) = call(port, "POST", tasks, &key, body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    wait_until(30, "the task to run at Ark", || {
+        call(port, "GET", &format!("{tasks}/{id}"), &key, "").1["status"] == "running"
+    });
+    // docs/ark-api.md §14: a running task cannot be deleted.
+    let (code, v) = call(port, "DELETE", &format!("{tasks}/{id}"), &key, "");
+    assert_eq!(
+        (code, v["error"]["code"].as_str()),
+        (409, Some("InvalidAction.RunningTaskDeletion")),
+        "{v}"
+    );
+    // The OpenAI door cancels it, but the task may be paid for: the record stays.
+    let (code, v) = call(port, "DELETE", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!((code, v["object"].as_str()), (200, Some("video")), "{v}");
+    assert_ne!(v["deleted"], serde_json::Value::Bool(true), "{v}");
+    let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!(code, 200, "{v}");
+    // Revoked by the key itself: only the key's id is echoed.
+    let out = env.ok(&["keys", "revoke", &key]);
+    assert!(
+        out.starts_with("revoked key_") && !out.contains(&key[3..]),
+        "{out}"
+    );
+    let (code, v) = call(port, "GET", &format!("/v1/videos/{id}"), &key, "");
+    assert_eq!(code, 401, "{v}");
+}
+
+#[test]
+fn with_archiving_off_success_is_announced_once_ark_succeeds() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let hook_port = free_port();
+    let env = TestEnv::new(&format!(
+        "download_allow = [\"127.0.0.1:{hook_port}\"]\n{}",
+        worker_config(&sim, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"))
+    ));
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let out = env.cli(&["keys", "create", "hooked", "--webhook-url", &hook]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let key = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let secret = String::from_utf8_lossy(&out.stderr)
+        .split_whitespace()
+        .find(|w| w.starts_with("whsec_"))
+        .expect("the signing secret is shown once")
+        .to_string();
+    let log = env.path().join("hooks.jsonl");
+    let mut receiver = Command::new(python());
+    receiver
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/sdk/webhook_receiver.py"
+        ))
+        .arg(hook_port.to_string())
+        .arg(&secret)
+        .arg(&log);
+    let _receiver = Guard(receiver.spawn().expect("start the webhook receiver"));
+    wait_until(30, "the receiver", || {
+        std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_ok()
+    });
+    // The env's own config has `[archive] url = ""`: archiving is off.
+    let mut c = env.keyed(&["serve"]);
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.stderr(std::process::Stdio::null());
+    }
+    let _serve = Guard(c.spawn().expect("spawn seedq serve"));
+    wait_for_door(port);
+    let tasks = "/api/v3/contents/generations/tasks";
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a heron"}],"duration":5}"#;
+    let (code, v) = call(port, "POST", tasks, &key, body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    wait_until(60, "the success webhook", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| !t.trim().is_empty())
+    });
+    let text = std::fs::read_to_string(&log).expect("the receiver's log");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    assert_eq!(first["verified"], true, "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
+    assert_eq!(first["body"]["status"], "succeeded", "{first}");
 }

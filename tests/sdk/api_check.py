@@ -11,9 +11,11 @@ cancels key A's task. With the official `openai` SDK: videos.create, retrieve un
 download_content (bytes equal the simulator's), list, delete. Exits non-zero on the first failure.
 """
 
+import struct
 import sys
 import time
 import urllib.request
+import zlib
 
 from volcenginesdkarkruntime import Ark
 from volcenginesdkarkruntime._exceptions import (
@@ -34,6 +36,18 @@ def check(cond, what):
 def fetch(url):
     with urllib.request.urlopen(url, timeout=30) as r:
         return r.read()
+
+
+def png(width, height):
+    """A plain grey RGB PNG (the standard library has no image writer)."""
+    def chunk(kind, data):
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+    raw = b"".join(b"\x00" + b"\x80" * (width * 3) for _ in range(height))
+    return (b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(raw))
+            + chunk(b"IEND", b""))
 
 
 def sim_video(sim, job_id):
@@ -137,11 +151,31 @@ def main():
     print(f"openai door: video of {len(data)} bytes equals the simulator's", flush=True)
     listed = [x.id for x in oa.videos.list(limit=1)]
     check(listed == [v.id], f"list: {listed}")
+    page = oa.videos.list(limit=1)
+    check(page.has_more is False and page.last_id == v.id, f"one video, one page: {page}")
     try:
         openai.OpenAI(base_url=f"{root}/v1", api_key=key_b, max_retries=0).videos.retrieve(v.id)
         raise AssertionError("key B retrieved key A's video")
     except openai.NotFoundError:
         pass
+    # input_reference, uploaded as a file, becomes the first frame.
+    # With an Idempotency-Key, a retried multipart create (a new random boundary) is the same.
+    frame_args = dict(model=PRO, prompt="the scene moves", seconds="5", size="1280x720",
+                      input_reference=("frame.png", png(1280, 720), "image/png"),
+                      extra_headers={"Idempotency-Key": "oa-1"})
+    framed = oa.videos.create(**frame_args)
+    check(oa.videos.create(**frame_args).id == framed.id, "multipart retry: same video")
+    deadline = time.monotonic() + 60
+    while framed.status in ("queued", "in_progress"):
+        check(time.monotonic() < deadline, f"framed video stuck in {framed.status}")
+        time.sleep(0.1)
+        framed = oa.videos.retrieve(framed.id)
+    check(framed.status == "completed", f"framed video ended {framed.status}: {framed.error}")
+    print(f"framed\t{framed.id}", flush=True)
+    oa.videos.delete(framed.id)
+    replay = oa.videos.create(**frame_args)
+    check(replay.id == framed.id and replay.status == "completed",
+          f"a replay after the delete answers from the job: {replay.id} {replay.status}")
     gone = oa.videos.delete(v.id)
     check(gone.deleted and gone.id == v.id, "delete")
     try:

@@ -8,8 +8,8 @@ use super::core::{Insert, insert_event, insert_jobs};
 use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::api::{
-    API_OFFSET, ApiEnqueued, ApiJob, ApiKey, ApiListFilter, ApiRow, KEY_COLUMNS, joined_columns,
-    status_case,
+    API_OFFSET, ApiEnqueued, ApiJob, ApiKey, ApiListFilter, ApiRow, KEY_COLUMNS, KEY_USAGE_SQL,
+    KeyUsage, joined_columns, status_case,
 };
 use crate::store::{NewJob, StoreError, now_ms};
 
@@ -307,4 +307,22 @@ pub(crate) async fn api_url_secret(pg: &Pg) -> Result<String, StoreError> {
     )
     .await?
     .try_get(0)?)
+}
+
+/// [`crate::store::Store::api_key_usage`].
+pub(crate) async fn api_key_usage(pg: &Pg, day_start: i64) -> Result<Vec<KeyUsage>, StoreError> {
+    let c = pg.conn().await?;
+    // SUM of BIGINTs is NUMERIC in PostgreSQL: cast back.
+    let sql = KEY_USAGE_SQL.replace(", 0) FROM", ", 0)::BIGINT FROM");
+    c.query(&sql, &[&day_start])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(KeyUsage {
+                key: r.try_get(0)?,
+                jobs: r.try_get(1)?,
+                units_today: r.try_get(2)?,
+            })
+        })
+        .collect()
 }

@@ -215,6 +215,16 @@ pub(crate) async fn budget_reserve(
             )
             .await?;
             checks.push((Scope::KeyDaily, units, fen.saturating_mul(UNITS_PER_FEN)));
+            // An unpriced model (rate 0) or a job of unknown size reserves nothing, so the sum
+            // could never reach the key's cap: a capped key may only spend what can be counted.
+            if need == 0 {
+                return Ok(Err(Refusal {
+                    scope: Scope::KeyDaily,
+                    spent: units,
+                    need,
+                    cap: fen.saturating_mul(UNITS_PER_FEN),
+                }));
+            }
         }
         for (scope, spent, cap) in checks {
             if spent.saturating_add(need) > cap {

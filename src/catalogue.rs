@@ -751,7 +751,9 @@ mod tests {
             assert_eq!(region_of(volc), Some(Region::Volcengine));
         }
         assert_eq!(region_of("ep-20250101-abc"), None);
-        let premium = c.get("dreamina-seedance-2-5-premium-260915").expect("premium");
+        let premium = c
+            .get("dreamina-seedance-2-5-premium-260915")
+            .expect("premium");
         assert_eq!(premium.resolutions, ["4k"]);
         assert!(c.get("dreamina-nothing-1").is_none());
         assert!(c.get("doubao-dreamina-seedance-2-0-260128").is_none());

@@ -1110,6 +1110,7 @@ mod tests {
                 day_start: 0,
                 tokens: 1000,
                 rate,
+                priced: rate > 0,
             };
             let r = s
                 .budget_reserve(req(&ids[0], 0), DailyCaps::default())

@@ -262,7 +262,9 @@ fn shipped_env(sim: &SimProc, admin: u16, callback: u16) -> TestEnv {
         text = text.replacen(from, &to, 1);
     }
     // The callback server's own table: other tables have a `listen` and a `public_url` too.
-    let at = text.find("\n[callback]\n").expect("config.toml has a [callback] table");
+    let at = text
+        .find("\n[callback]\n")
+        .expect("config.toml has a [callback] table");
     let (head, tail) = text.split_at(at);
     let end = tail[1..].find("\n[").map_or(tail.len(), |i| i + 1);
     let mut section = tail[..end].to_string();

@@ -31,7 +31,7 @@ pub struct Config {
     pub log: LogConfig,
     pub maintenance: MaintenanceConfig,
     pub bulk: crate::bulk::BulkConfig,
-    /// `[budget]`: the daily spend cap (issue 15).
+    /// `[budget]`: the daily spend cap.
     pub budget: BudgetConfig,
     /// `[models."<id>"]` overrides of the model catalogue.
     pub models: BTreeMap<String, toml::Value>,
@@ -118,11 +118,11 @@ pub struct ArkConfig {
     pub request_timeout: Duration,
     /// Tasks per list request when polling in batches (the API allows up to 500).
     pub list_page_size: u32,
-    /// The account's list rate, calls per `rate_window` (ark-api.md §14: 1 per second).
+    /// The account's list rate, calls per `rate_window` (docs/ark-api.md §14: 1 per second).
     pub list_qps: f64,
-    /// The account's rate of GETs of one task (ark-api.md §14: 20 per second).
+    /// The account's rate of GETs of one task (docs/ark-api.md §14: 20 per second).
     pub get_qps: f64,
-    /// The account's DELETE rate (ark-api.md §14: 20 per second).
+    /// The account's DELETE rate (docs/ark-api.md §14: 20 per second).
     pub delete_qps: f64,
     /// The "second" of the three rates above; only shorten it to match a time-scaled
     /// simulator, as `dispatch.rpm_window`.
@@ -274,7 +274,7 @@ pub struct ArchiveConfig {
     pub workers: u32,
     /// Hosts (`host` or `host:port`) result downloads may use although they are private or
     /// plain http. Otherwise only public `https` URLs are downloaded, redirects included
-    /// (issue 12 §1), except the origin of a loopback `ark.base_url` (the simulator).
+    ///, except the origin of a loopback `ark.base_url` (the simulator).
     pub download_allow: Vec<String>,
     pub s3: S3Config,
 }
@@ -730,7 +730,7 @@ impl Config {
                 return Err(ConfigError::Invalid {
                     key,
                     value: q.to_string(),
-                    allowed: "a number > 0 (calls per ark.rate_window; ark-api.md §14)".into(),
+                    allowed: "a number > 0 (calls per ark.rate_window; docs/ark-api.md §14)".into(),
                 });
             }
         }

@@ -50,7 +50,7 @@ impl From<String> for JobId {
     }
 }
 
-/// Where a job is in its life. See `design.md` for the diagram.
+/// Where a job is in its life. See `docs/design.md` for the diagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
@@ -292,7 +292,7 @@ mod tests {
 
     #[test]
     fn a_claimed_job_cancelled_during_its_post_can_be_cancelled() {
-        // Issue 12 §5: requeued with `cancel_requested`, the next claim cancels it.
+        // A cancel during the POST: requeued with `cancel_requested`, the next claim cancels it.
         assert!(Submitting.can_transition(Cancelled));
     }
 

@@ -24,7 +24,7 @@ pub const ARK_DURATION: &str = "seedq_ark_request_duration_seconds";
 /// Create outcomes by `model`, `tier` and `outcome` (accepted, throttled, never_sent,
 /// rejected, ambiguous, transient).
 pub const CREATES: &str = "seedq_creates_total";
-/// 429s on creates by `model`, `tier` and the error `code` Ark sent (issue 10 item 2).
+/// 429s on creates by `model`, `tier` and the error `code` Ark sent.
 pub const CREATE_THROTTLED: &str = "seedq_create_throttled_total";
 /// Callback requests by the HTTP `status` seedq answered.
 pub const CALLBACKS: &str = "seedq_callbacks_total";

@@ -172,7 +172,7 @@ fn stage_exit(
 
 #[cfg(test)]
 mod tests {
-    //! The dependency direction of issue 13 item 8, checked on the source so it stays:
+    //! The dependency direction, checked on the source so it stays:
     //! `stage` ← `worker` ← `ops`, `bulk` ← `service` ← `cli`.
 
     use std::collections::BTreeSet;

@@ -2,11 +2,11 @@
 //!
 //! It owns auth, timeouts and error classification. It never retries a create by itself: the
 //! API has no idempotency key, so only the dispatcher, which knows what was recorded, may
-//! decide (design.md, "Never pay twice"). Reads (get, list) and delete are retried here with
+//! decide (docs/design.md, "Never pay twice"). Reads (get, list) and delete are retried here with
 //! backon and jitter. Wire types stay in `wire`; callers get typed errors.
 //!
 //! Reads and deletes have per-account rates of their own (list 1/s, GET 20/s, DELETE 20/s;
-//! ark-api.md §14). A client given a [`Gate`] asks it for a turn before every such call,
+//! docs/ark-api.md §14). A client given a [`Gate`] asks it for a turn before every such call,
 //! retries included, so every client sharing one gate (a fleet sharing one store) keeps them
 //! together.
 
@@ -128,7 +128,7 @@ impl ArkError {
             } => match *status {
                 429 => ErrorClass::Throttled(*retry_after),
                 // A refusal by the task's state (409 `InvalidAction.RunningTaskDeletion`,
-                // ark-api.md §14) is an answer, not a hiccup: asking again changes nothing.
+                // docs/ark-api.md §14) is an answer, not a hiccup: asking again changes nothing.
                 409 if self.code().is_some_and(|c| c.starts_with("InvalidAction")) => {
                     ErrorClass::Rejected
                 }
@@ -182,7 +182,7 @@ impl ArkError {
     }
 }
 
-/// A route with a per-account rate of its own (ark-api.md §14, "Rate limits per endpoint").
+/// A route with a per-account rate of its own (docs/ark-api.md §14, "Rate limits per endpoint").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ReadRoute {
     List,
@@ -263,8 +263,8 @@ pub fn client_request_id() -> String {
     s
 }
 
-/// The longest pause a `Retry-After` may impose. A peer can send any number (issue 12 §2:
-/// `1e300` panicked `Duration::from_secs_f64`); Ark's own limits reset per minute (tutorial
+/// The longest pause a `Retry-After` may impose. A peer can send any number
+/// (`1e300` panicked `Duration::from_secs_f64`); Ark's own limits reset per minute (tutorial
 /// 使用限制 › 限流说明: RPM), so an hour is already far more than any honest answer.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
@@ -734,7 +734,7 @@ mod tests {
 
     #[test]
     fn a_state_refusal_is_final_and_an_empty_budget_sends_nothing() {
-        // 409 `InvalidAction.RunningTaskDeletion` (ark-api.md §14): asking again changes nothing.
+        // 409 `InvalidAction.RunningTaskDeletion` (docs/ark-api.md §14): asking again changes nothing.
         let mut e = api(409, false);
         if let ArkError::Api { code, .. } = &mut e {
             *code = "InvalidAction.RunningTaskDeletion".into();

@@ -309,7 +309,7 @@ pub struct ApiErrorBody {
 mod tests {
     use super::*;
 
-    /// The observed Seedance 2.0 response from ark-api.md §3.2.
+    /// The observed Seedance 2.0 response from docs/ark-api.md §3.2.
     const GET_SUCCEEDED: &str = r#"{ "id":"cgt-20260514183217-t8rzv","model":"doubao-seedance-2-0-260128","status":"succeeded",
       "content":{"video_url":"https://example.invalid/x.mp4?X-Tos-Expires=86400"},
       "usage":{"completion_tokens":108900,"total_tokens":108900},

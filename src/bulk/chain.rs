@@ -388,7 +388,7 @@ async fn last_frame(ctx: &Ctx, prev: &Shot) -> Result<Vec<u8>, FrameError> {
 const MAX_FRAME_BYTES: usize = image::MAX_IMAGE_BYTES;
 
 async fn download(ctx: &Ctx, url: &str) -> anyhow::Result<Vec<u8>> {
-    // Only public https URLs (or trusted ones), redirects included: issue 12 §1.
+    // Only public https URLs (or trusted ones), redirects included.
     let (client, urls) = crate::stage::safeurl::download_client(&ctx.cfg)?;
     urls.check_str(url).map_err(anyhow::Error::msg)?;
     let resp = client

@@ -1,10 +1,10 @@
 //! Estimates before anything is spent: tokens, price and time to finish, per model and tier.
 //!
 //! Pure arithmetic over [`Item`]s (one per job); the CLI fills them from a file or a batch
-//! and from the learned generation times. Tokens follow ark-api.md §10 (`W × H × frames /
+//! and from the learned generation times. Tokens follow docs/ark-api.md §10 (`W × H × frames /
 //! 1024`, computed at enqueue as `est_tokens`); prices come from the catalogue
 //! (`price_per_million`, overridable per model in `config.toml`), flex at 50 %. The time to
-//! finish assumes the model's limits are the only bottleneck, per tier (ark-api.md §6.2 D3):
+//! finish assumes the model's limits are the only bottleneck, per tier (docs/ark-api.md §6.2 D3):
 //! the default tier by its concurrency slots and RPM; flex by its daily token budget (TPD)
 //! and the account's optional `flex_max_in_flight` / `flex_rpm`, its time per job the
 //! learned flex duration (which includes the wait in Ark's offline queue).

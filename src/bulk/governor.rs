@@ -49,7 +49,7 @@ pub struct ModelState {
     pub slots: i64,
     /// Flex tasks at once: the account's `flex_max_in_flight` or the ceiling learned from
     /// Ark's 429s; `None` when nothing bounds them (Ark sets flex no concurrency, "flex：无",
-    /// reference/000_c75d201f209c583d.txt:329-380), so a flex job starts as soon as TPD allows.
+    /// docs/reference/tutorial.txt:329-380), so a flex job starts as soon as TPD allows.
     pub flex_slots: Option<i64>,
     pub tpd: Option<i64>,
     /// Flex tokens already submitted today.
@@ -78,7 +78,7 @@ pub fn plan(
     flex_open: &dyn Fn(i64) -> i64,
 ) -> Vec<usize> {
     // Each tier works through its own queue: flex never waits for default slots, so the
-    // default work ahead does not delay a flex job (ark-api.md §6.2 D3).
+    // default work ahead does not delay a flex job (docs/ark-api.md §6.2 D3).
     let mut flex_work = m.flex_busy_ms;
     let mut flex_tokens = 0i64;
     let mut moves = Vec::new();
@@ -394,7 +394,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             let Some(job) = ctx.store.job(q.id.as_str()).await? else {
                 continue;
             };
-            // A binding budget cannot pay the default price: flex (half) stays (issue 15).
+            // A binding budget cannot pay the default price: flex (half) stays.
             let binds = match bound.get(&job.batch_id) {
                 Some(b) => *b,
                 None => {

@@ -235,7 +235,7 @@ fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// Longest JSONL line accepted, newline excluded. A line is one request, and a request body is
-/// at most 64 MB (ark-api.md §8 "Whole request body ≤ 64 MB"): a longer line cannot become a
+/// at most 64 MB (docs/ark-api.md §8 "Whole request body ≤ 64 MB"): a longer line cannot become a
 /// job, and without a cap one endless line (`/dev/zero`, a file without newlines) would be
 /// read into memory whole.
 pub const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;

@@ -153,7 +153,7 @@ pub(crate) async fn register(
             .filter(|&i| jobs[i].batch.as_deref() == Some(name.as_str()))
             .collect();
         // A cap that cannot pay the default price for the batch binds: flex (half price)
-        // for every job that has it, even if the deadline may then slip (issue 15).
+        // for every job that has it, even if the deadline may then slip.
         let binds = caps.and_then(|(fen, _)| fen).is_some_and(|fen| {
             let priced: Vec<(String, i64)> = own
                 .iter()

@@ -1,4 +1,4 @@
-//! `seedq bench`: benchmarks of seedq's own paths, reporting numbers for README.
+//! `seedq bench`: benchmarks of seedq's own paths, reporting the numbers in docs/performance.md.
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -21,17 +21,17 @@ pub enum BenchCommand {
     /// Flex against the in-process simulator's offline pool: makespan, the poll-every-second
     /// baseline, and TPD days.
     Flex(super::bench_flex::FlexArgs),
-    /// The issue 12 fault matrix: 5xx, 429 bursts, dropped creates, bad JSON, truncated
+    /// The fault matrix: 5xx, 429 bursts, dropped creates, bad JSON, truncated
     /// downloads and slow peers on both servers; checks nothing is paid twice or mis-filed.
     Faults(super::bench_faults::FaultsArgs),
     /// Seeded faults, SIGKILL/SIGSTOP and a skewed clock; checks the promises against the
-    /// sim's ledger (issue 11).
+    /// sim's ledger.
     Chaos(super::bench_chaos::ChaosArgs),
     /// Claims per second and claim latency with a large queue (default 1 000 000), plus
-    /// `stats` and `ls`, on SQLite and PostgreSQL (issue 13).
+    /// `stats` and `ls`, on SQLite and PostgreSQL.
     Claims(super::bench_fleet::ClaimsArgs),
     /// End to end: 1 against N `seedq serve` processes on one database against an instant
-    /// simulator, with the account limits checked from the sim's side (issue 13).
+    /// simulator, with the account limits checked from the sim's side.
     Fleet(super::bench_fleet::FleetArgs),
     /// The web dashboard's overview and job list with a large store (default 1 000 000 jobs).
     Ui(crate::ui::bench::UiBenchArgs),

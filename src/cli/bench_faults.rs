@@ -1,4 +1,4 @@
-//! `seedq bench faults`: the issue 12 fault matrix against the in-process simulator.
+//! `seedq bench faults`: the fault matrix against the in-process simulator.
 //!
 //! One run of the service (`run` mode, until drained) while the simulator answers 20 % of
 //! every API route and of downloads with a 500, sends 429 bursts and drops creates after

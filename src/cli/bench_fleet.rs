@@ -1,4 +1,4 @@
-//! `seedq bench claims` and `seedq bench fleet`: the issue 13 benchmarks (a fleet of workers
+//! `seedq bench claims` and `seedq bench fleet`: the fleet benchmarks (a fleet of workers
 //! on PostgreSQL against SQLite).
 //!
 //! - `claims` fills a fresh store per backend with a large queue (1 000 000 jobs by default)

@@ -1,6 +1,6 @@
 //! `seedq bench flex`: flex jobs against the in-process simulator's offline pool.
 //!
-//! Three runs (issue 10, "Must show"):
+//! Three runs:
 //! - N flex jobs, pool P wide: seedq's makespan against the ideal `ceil(N/P)·T_flex`;
 //! - the same N through the tutorial's loop (POST every job at once, GET each every scaled
 //!   second), for its makespan and status requests;

@@ -1,6 +1,6 @@
 //! `seedq bench pipeline`: the service against an in-process simulator, measured.
 //!
-//! Reports the design.md targets: makespan against the ideal `ceil(N/C)·T`, status requests
+//! Reports the docs/design.md targets: makespan against the ideal `ceil(N/C)·T`, status requests
 //! per finished job (beside the tutorial's poll-every-second loop as the baseline), the lag
 //! from the simulator's `succeeded` to seedq's record (polling and callbacks), and the
 //! pipeline's overhead against an instant simulator.

@@ -225,7 +225,7 @@ fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::R
     )?;
     for r in &est.rows {
         let lim = Limiter::limits(&ctx.catalogue, &r.model);
-        // Each tier under its own limits: flex has no slots or RPM at Ark (ark-api.md §6.2 D3).
+        // Each tier under its own limits: flex has no slots or RPM at Ark (docs/ark-api.md §6.2 D3).
         let mut limits = if r.tier == "flex" {
             let mut l = match lim.flex_max_in_flight {
                 Some(c) => format!("{c} at once (flex_max_in_flight)"),

@@ -118,7 +118,7 @@ pub enum Command {
     Config(ConfigCommand),
     /// The model catalogue in force: ids per region, limits, prices, and each row's source.
     Models(models::ModelsArgs),
-    /// Benchmarks (see README, Performance).
+    /// Benchmarks (see docs/performance.md).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Print shell completions.

@@ -55,7 +55,7 @@ struct View {
     finished: i64,
     active: i64,
     eta_ms: Option<i64>,
-    /// Spend against the batch's cap, and jobs waiting on a budget (issue 15); `None`
+    /// Spend against the batch's cap, and jobs waiting on a budget; `None`
     /// without a cap or waiters.
     budget: Option<String>,
 }
@@ -272,7 +272,7 @@ async fn eta(
     cells: &[BatchCell],
     arch: bool,
 ) -> anyhow::Result<Option<i64>> {
-    // Per model and tier (each tier has its own limits, ark-api.md §6.2 D3): jobs, summed and
+    // Per model and tier (each tier has its own limits, docs/ark-api.md §6.2 D3): jobs, summed and
     // longest generation time, and the flex tokens still to be created (against TPD).
     let mut per_model: BTreeMap<(&str, bool), (i64, i64, i64, i64)> = BTreeMap::new();
     for c in cells {

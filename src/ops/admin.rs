@@ -167,7 +167,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     }
 
     let models: BTreeSet<&str> = pairs.iter().map(|(m, _)| *m).collect();
-    // Per tier: each tier's in-flight count is held against its own limits (issue 10).
+    // Per tier: each tier's in-flight count is held against its own limits.
     let mut in_flight: BTreeMap<(&str, &str), i64> = pairs.iter().map(|p| (*p, 0)).collect();
     for r in snap.rows.iter().filter(|r| r.state.is_remote()) {
         *in_flight

@@ -9,9 +9,9 @@ use std::path::Path;
 
 use base64::Engine;
 
-/// Largest accepted image, exclusive (ark-api.md §8: "< 30 MB").
+/// Largest accepted image, exclusive (docs/ark-api.md §8: "< 30 MB").
 pub const MAX_IMAGE_BYTES: usize = 30 * 1024 * 1024;
-/// Largest request body, inclusive (ark-api.md §8: "Whole request body ≤ 64 MB"). The
+/// Largest request body, inclusive (docs/ark-api.md §8: "Whole request body ≤ 64 MB"). The
 /// simulator refuses larger bodies with the same constant; seedq refuses them at submit, where
 /// the user can still fix them, instead of paying a failed create later.
 pub const MAX_REQUEST_BODY: usize = 64 * 1024 * 1024;

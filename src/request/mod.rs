@@ -25,9 +25,9 @@ pub const DEFAULT_EXPIRES_AFTER: i64 = 172_800;
 pub const DEFAULT_DURATION: i64 = 5;
 /// Largest seed.
 pub const MAX_SEED: i64 = 4_294_967_295;
-/// The API's default `seed`: random (ark-api.md §2.1 `seed`, §7 `--seed` default −1).
+/// The API's default `seed`: random (docs/ark-api.md §2.1 `seed`, §7 `--seed` default −1).
 pub const DEFAULT_SEED: i64 = -1;
-/// The API's default remote `priority` (ark-api.md §2.1 `priority`: "0; range 0–9").
+/// The API's default remote `priority` (docs/ark-api.md §2.1 `priority`: "0; range 0–9").
 pub const DEFAULT_PRIORITY: i64 = 0;
 /// A request that breaks a rule. The message names the field, the value, what is allowed and
 /// the model: `duration 15 is out of range for doubao-seedance-1-0-pro-250528: 2..=12 seconds`.
@@ -1264,10 +1264,10 @@ pub fn prepare(
             known: catalogue.names(),
         })?;
     let model_spec = catalogue.get(&model);
-    // Ark takes both and lets `frames` win (ark-api.md §2.1 `frames`: "Overrides `duration`"),
+    // Ark takes both and lets `frames` win (docs/ark-api.md §2.1 `frames`: "Overrides `duration`"),
     // so the shared `check` accepts both. A job spec is seedq's own input, documented as
     // duration *or* frames: giving both is a mistake we can name before anything is stored
-    // (issue 12 §5).
+    //.
     if let (Some(d), Some(f)) = (spec.duration, spec.frames) {
         return Err(Invalid::new(
             "duration",
@@ -1428,7 +1428,7 @@ pub fn prepare(
 
 /// Removes fields a model does not take when they only repeat the documented default.
 ///
-/// `check` accepts them (Ark's documented defaults, ark-api.md §2.1; other clients send them),
+/// `check` accepts them (Ark's documented defaults, docs/ark-api.md §2.1; other clients send them),
 /// but the sources also say these models lack the field, so seedq does not send it: the
 /// request means the same and cannot trip a stricter server. The stored seed then stays
 /// `None` for a model that picks its own, so reconciliation never waits for a `-1` echo.
@@ -1448,7 +1448,7 @@ fn drop_unsupported_defaults(req: &mut CreateTaskRequest, s: &ModelSpec) {
 }
 
 /// A job spec calls Ark's `priority` `remote_priority` (its `priority` is seedq's queue order),
-/// so an error about the wire field must name the spec's field (issue 12 §5).
+/// so an error about the wire field must name the spec's field.
 fn remote_priority_names(mut e: Invalid) -> Invalid {
     if e.param == "priority" {
         e.param = "remote_priority".into();

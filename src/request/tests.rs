@@ -845,7 +845,7 @@ fn documented_defaults_are_accepted_everywhere() {
     for m in all {
         let byteplus_2x = m.starts_with("dreamina-");
         let with_defaults = CreateTaskRequest {
-            // ark-api.md §2.1 defaults: seed −1, priority 0, camera_fixed / watermark /
+            // docs/ark-api.md §2.1 defaults: seed −1, priority 0, camera_fixed / watermark /
             // return_last_frame / draft false, service_tier default, 48 h expiry, no tools.
             seed: Some(-1),
             priority: (*m != V15_PRO).then_some(0),
@@ -1216,7 +1216,7 @@ fn seedance_1_5_pro_takes_drafts_and_draft_tasks() {
     .expect("auto duration, a seed, silent");
     assert_eq!(
         e.ratio, "adaptive",
-        "ark-api.md §2.1: default adaptive on 1.5 pro"
+        "docs/ark-api.md §2.1: default adaptive on 1.5 pro"
     );
 }
 
@@ -1399,7 +1399,7 @@ fn audio_only_references_are_a_2_0_rule_only() {
             .unwrap_or_default();
         assert!(e.contains("at least one image or video"), "{m}: {e}");
     }
-    // 2.5 (ark-api.md §13 limits the rule to 2.0) and endpoints: Ark decides.
+    // 2.5 (docs/ark-api.md §13 limits the rule to 2.0) and endpoints: Ark decides.
     check(&req(V25, vec![text("x"), audio.clone()]), &cat).expect("2.5 audio-driven");
     check(&req("ep-20250101-abc", vec![text("x"), audio]), &cat).expect("endpoint");
 }

@@ -2,7 +2,7 @@
 //!
 //! One worker per task delivers its events in order (queued before running before the final
 //! status), so a receiver never sees a task go backwards. `succeeded` and `failed` are retried
-//! `callback_retries` times after a non-2xx answer or a timeout (ark-api.md §9: "resent 3
+//! `callback_retries` times after a non-2xx answer or a timeout (docs/ark-api.md §9: "resent 3
 //! times"); the other statuses get one attempt. No auth header is sent: the docs mention none.
 //! A worker ends when its task's final event is delivered (the sender is dropped) or on shutdown.
 

@@ -44,7 +44,7 @@ pub struct SimConfig {
     #[serde(with = "humantime_serde")]
     pub start_delay: Duration,
     /// More queued tasks than this per account (both tiers): create answers 429
-    /// `QuotaExceeded` (BytePlus: 120 per master account, ark-api.md §6.2 D3). 0: no cap.
+    /// `QuotaExceeded` (BytePlus: 120 per master account, docs/ark-api.md §6.2 D3). 0: no cap.
     pub max_queued: usize,
     /// Width of each model's offline (flex) pool: flex tasks run this many at a time and
     /// wait `queued` at Ark for the rest. Ark publishes no flex concurrency ("flex：无"); this
@@ -52,7 +52,7 @@ pub struct SimConfig {
     pub flex_pool: u32,
     /// Length of the flex TPD day (nominal; scaled), counted from Beijing midnight like
     /// seedq's `bulk.tpd_day` (tutorial 使用限制 › 限流说明,
-    /// reference/000_c75d201f209c583d.txt:1740).
+    /// docs/reference/tutorial.txt:1740).
     #[serde(with = "humantime_serde")]
     pub tpd_day: Duration,
     /// What DELETE does to a running task.
@@ -93,16 +93,16 @@ pub struct SimConfig {
     /// Ark's clock minus the real one, in seconds: shifts `created_at`/`updated_at` on the
     /// wire and the `Date` header, as a server with a skewed clock would (negative: behind).
     pub clock_offset_s: i64,
-    /// Per-account request rates of the read routes (list, GET, DELETE; ark-api.md §14).
+    /// Per-account request rates of the read routes (list, GET, DELETE; docs/ark-api.md §14).
     pub read_limits: ReadLimits,
-    /// Only the last this long is listed (nominal; ark-api.md §14 "List defaults": 7 days).
+    /// Only the last this long is listed (nominal; docs/ark-api.md §14 "List defaults": 7 days).
     #[serde(with = "humantime_serde")]
     pub list_window: Duration,
-    /// Flex tasks get ids of the `cgt-batch-YYYYMMDDHHMMSS-xxxxx` form (ark-api.md §14,
+    /// Flex tasks get ids of the `cgt-batch-YYYYMMDDHHMMSS-xxxxx` form (docs/ark-api.md §14,
     /// "Flex task ids"); default-tier ids keep `cgt-YYYYMMDDHHMMSS-xxxxx`.
     pub flex_batch_ids: bool,
     /// Answer queued and running tasks (GET and list) with only `id`, `model`, `status`,
-    /// `created_at` and `updated_at`, as a live BytePlus answer did (ark-api.md §14 "Wire
+    /// `created_at` and `updated_at`, as a live BytePlus answer did (docs/ark-api.md §14 "Wire
     /// details"); finished tasks carry every field.
     pub bare_unfinished_tasks: bool,
     /// Seconds the simulator takes each reference video to last: it does not fetch them, and
@@ -112,9 +112,9 @@ pub struct SimConfig {
     pub faults: Faults,
 }
 
-/// The documented per-account rates of the read routes (ark-api.md §14, "Rate limits per
+/// The documented per-account rates of the read routes (docs/ark-api.md §14, "Rate limits per
 /// endpoint"): list 1 QPS, GET one task 20 QPS, DELETE 20 QPS. Over a rate, the call answers
-/// 429 `AccountRateLimitExceeded` (the account-level 429 code of ark-api.md §6.2; the code Ark
+/// 429 `AccountRateLimitExceeded` (the account-level 429 code of docs/ark-api.md §6.2; the code Ark
 /// uses for these routes is not published [INF]). 0 turns a limit off.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -249,7 +249,7 @@ pub struct ModelSim {
     pub generation: Option<Timing>,
 }
 
-/// What DELETE does (ark-api.md §5 has two versions of the docs).
+/// What DELETE does (docs/ark-api.md §5 has two versions of the docs).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DeleteSemantics {
@@ -348,16 +348,16 @@ pub struct Faults {
     /// Probability that a task fails with `InternalServiceError`.
     pub fail_transient_rate: f64,
     /// Prompts containing any of these (case-insensitive) become tasks that fail with
-    /// `InvalidParameter.TaskTypeConstraint` (ark-api.md §14 `omni_reference_task_type`: Ark
+    /// `InvalidParameter.TaskTypeConstraint` (docs/ark-api.md §14 `omni_reference_task_type`: Ark
     /// infers the task type from the prompt, and with `auto` reports a conflict as a failed task).
     pub task_type_constraint_words: Vec<String>,
     /// The same for `InvalidParameter.TaskTypeMismatch` (a declared type the prompt contradicts).
     pub task_type_mismatch_words: Vec<String>,
-    /// Models the account has not activated: create answers 404 `ModelNotOpen` (ark-api.md §14
+    /// Models the account has not activated: create answers 404 `ModelNotOpen` (docs/ark-api.md §14
     /// "Account-state answers").
     pub model_not_open: Vec<String>,
     /// Models whose service the account's own inference limit paused: create answers 429
-    /// `SetLimitExceeded` until the owner acts (ark-api.md §14 "Account-state answers").
+    /// `SetLimitExceeded` until the owner acts (docs/ark-api.md §14 "Account-state answers").
     pub set_limit_exceeded: Vec<String>,
 }
 

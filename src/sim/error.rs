@@ -120,7 +120,7 @@ impl ApiError {
         )
     }
 
-    /// 400 for a DELETE the task's status forbids (undocumented; see ark-api.md §5).
+    /// 400 for a DELETE the task's status forbids (undocumented; see docs/ark-api.md §5).
     pub fn bad_status(id: &str, status: TaskStatus) -> Self {
         Self {
             param: Some("id".into()),
@@ -135,7 +135,7 @@ impl ApiError {
         }
     }
 
-    /// 409 for a DELETE of a running task, in both regions (ark-api.md §14).
+    /// 409 for a DELETE of a running task, in both regions (docs/ark-api.md §14).
     pub fn running_task_deletion(id: &str) -> Self {
         Self {
             param: Some("id".into()),
@@ -147,7 +147,7 @@ impl ApiError {
         }
     }
 
-    /// 404 `ModelNotOpen`: the account has not activated the model (ark-api.md §14,
+    /// 404 `ModelNotOpen`: the account has not activated the model (docs/ark-api.md §14,
     /// "Account-state answers"; §6.2 gives the message template).
     pub fn model_not_open(model: &str) -> Self {
         Self {
@@ -163,7 +163,7 @@ impl ApiError {
     }
 
     /// 429 `SetLimitExceeded`: the account's own inference limit paused the model's service
-    /// until its owner acts; not a rate limit that passes by itself (ark-api.md §14).
+    /// until its owner acts; not a rate limit that passes by itself (docs/ark-api.md §14).
     pub fn set_limit_exceeded(model: &str) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -174,7 +174,7 @@ impl ApiError {
         )
     }
 
-    /// 429 on a read route over the account's rate (ark-api.md §14 "Rate limits per endpoint").
+    /// 429 on a read route over the account's rate (docs/ark-api.md §14 "Rate limits per endpoint").
     pub fn read_rate_limited(route: &str, qps: f64) -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,

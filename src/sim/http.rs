@@ -38,7 +38,7 @@ use super::error::ApiError;
 use super::state::{Sim, now_ms};
 use super::{admin, api, files};
 
-/// Largest request body (ark-api.md §8: "whole request body ≤ 64 MB"); seedq checks the same
+/// Largest request body (docs/ark-api.md §8: "whole request body ≤ 64 MB"); seedq checks the same
 /// limit at submit.
 pub const MAX_BODY: usize = crate::request::image::MAX_REQUEST_BODY;
 /// The Ark API prefix.
@@ -47,7 +47,7 @@ pub const API_PREFIX: &str = "/api/v3";
 #[derive(Clone, Copy, Debug)]
 pub struct Dropped;
 
-/// A server-side request id: `"02"` + 13-digit unix ms + 38 lowercase hex (ark-api.md §1).
+/// A server-side request id: `"02"` + 13-digit unix ms + 38 lowercase hex (docs/ark-api.md §1).
 pub fn request_id() -> String {
     let mut rng = rand::rng();
     let hex: String = (0..38)

@@ -1,6 +1,6 @@
 //! `seedq sim`: a faithful local Ark server for tests, benchmarks and the demo.
 //!
-//! It speaks the wire contract of `ark-api.md` with the serde types of [`crate::ark::wire`] and
+//! It speaks the wire contract of `docs/ark-api.md` with the serde types of [`crate::ark::wire`] and
 //! validates create bodies with [`crate::request::check`], the function seedq itself runs at
 //! enqueue, so client and simulator cannot disagree on the rules. On top of the API it renders
 //! real H.264 videos ([`crate::media`]), serves them at expiring pre-signed-looking URLs, sends
@@ -18,10 +18,10 @@
 //! - `/_sim/files/{id}/{video.mp4|last_frame.png}`: the signed file URLs (`files.rs`).
 //! - `/_sim/stats`, `/_sim/reset`, `/_sim/faults`, `/_sim/tasks`: test hooks (`admin.rs`).
 //!
-//! # Choices where the docs are silent (ark-api.md `[INF]`)
+//! # Choices where the docs are silent (docs/ark-api.md `[INF]`)
 //! - Unknown task id, or a deleted or retention-expired one: 404 `ResourceNotFound`.
 //! - A DELETE of a running task (Version A): 409 `InvalidAction.RunningTaskDeletion`, as observed
-//!   (ark-api.md §14); of a cancelled one: 400 `InvalidParameter`.
+//!   (docs/ark-api.md §14); of a cancelled one: 400 `InvalidParameter`.
 //! - The read routes' rate limits answer 429 `AccountRateLimitExceeded` (the code is unpublished).
 //! - `cancelled` sends no callback (not in the documented list); the others do.
 //! - `duration: -1` resolves to 5 s; `adaptive` resolves from the first image, else 16:9; both

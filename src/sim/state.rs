@@ -9,7 +9,7 @@
 //! - `running[model]` (default tier) and `running_flex[model]` (the offline pool) equal the
 //!   number of that model's tasks of the tier in `running`; a task leaves its queue exactly
 //!   when it starts or is cancelled/expired.
-//! - Flex is limited by TPD alone (ark-api.md §6.2 D3): no RPM or concurrency 429 for it; a
+//! - Flex is limited by TPD alone (docs/ark-api.md §6.2 D3): no RPM or concurrency 429 for it; a
 //!   day's accepted flex tokens never exceed the model's TPD.
 //! - `updated_at` strictly increases on every transition (one second at least, so it visibly
 //!   changes even when a tiny `time_scale` packs transitions into one real second).
@@ -48,22 +48,22 @@ const RPM_WINDOW: Duration = Duration::from_secs(60);
 /// The unit of the read routes' QPS limits (nominal).
 const QPS_SECOND: Duration = Duration::from_secs(1);
 /// Largest seed the simulator hands out: clients cap `seed` at 2^31−1 and every seed observed
-/// from Ark is small (ark-api.md §14 "Seeds").
+/// from Ark is small (docs/ark-api.md §14 "Seeds").
 pub const MAX_ISSUED_SEED: i64 = 2_147_483_647;
 /// When a task asks `duration: -1` (the model chooses), the simulated model chooses this.
 const AUTO_DURATION: i64 = 5;
-/// The code and message of an output-moderation failure (ark-api.md §6.3, observed).
+/// The code and message of an output-moderation failure (docs/ark-api.md §6.3, observed).
 pub const OUTPUT_MODERATION: (&str, &str) = (
     "OutputVideoSensitiveContentDetected.PolicyViolation",
     "The request failed because the output video may be related to copyright restrictions.",
 );
-/// A task whose prompt implies another task type than the request allows (ark-api.md §14
+/// A task whose prompt implies another task type than the request allows (docs/ark-api.md §14
 /// `omni_reference_task_type`; the message is the simulator's wording [INF]).
 pub const TASK_TYPE_CONSTRAINT: (&str, &str) = (
     "InvalidParameter.TaskTypeConstraint",
     "The task type inferred from the prompt conflicts with the constraints of the request.",
 );
-/// A declared task type the prompt contradicts (ark-api.md §14).
+/// A declared task type the prompt contradicts (docs/ark-api.md §14).
 pub const TASK_TYPE_MISMATCH: (&str, &str) = (
     "InvalidParameter.TaskTypeMismatch",
     "The declared omni_reference_task_type does not match the task the prompt describes.",
@@ -220,7 +220,7 @@ pub struct TaskRec {
     pub eff: Effective,
     pub flex: bool,
     /// The seed the video is rendered with (random when the request gave none or −1). Every
-    /// model echoes one: ark-api.md §3.2 shows a real 2.0 task, which takes no seed, with
+    /// model echoes one: docs/ark-api.md §3.2 shows a real 2.0 task, which takes no seed, with
     /// `"seed":1276`.
     pub seed: i64,
     /// Exactly one is set, as on the wire.
@@ -526,7 +526,7 @@ impl Sim {
     }
 
     /// Whether a queued default task's resolution has a free slot of its own (2.0 `4k`:
-    /// concurrency 1, ark-api.md §6.2 D3); always, for resolutions without one.
+    /// concurrency 1, docs/ark-api.md §6.2 D3); always, for resolutions without one.
     fn resolution_room(&self, inner: &Inner, id: &str) -> bool {
         match inner.tasks.get(id).and_then(|t| self.own_limits(t)) {
             Some((k, l)) => inner.running_res.get(&k).copied().unwrap_or(0) < l.concurrency,
@@ -614,7 +614,7 @@ impl Sim {
                     None,
                 ));
             }
-            // RPM is the default tier's; flex has none (ark-api.md §6.2 D3).
+            // RPM is the default tier's; flex has none (docs/ark-api.md §6.2 D3).
             let window = self.scaled(RPM_WINDOW);
             let stamps = if eff.flex {
                 &mut VecDeque::new()
@@ -642,7 +642,7 @@ impl Sim {
             if !eff.flex {
                 stamps.push_back(now);
             }
-            // A resolution with an RPM of its own (2.0 `4k`: 15, ark-api.md §6.2 D3).
+            // A resolution with an RPM of its own (2.0 `4k`: 15, docs/ark-api.md §6.2 D3).
             let own_rpm = spec
                 .and_then(|s| s.limits.per_resolution.get(&eff.resolution))
                 .filter(|_| !eff.flex)
@@ -680,7 +680,7 @@ impl Sim {
                     break id;
                 }
             };
-            // A model without `seed` still reports the one it used (ark-api.md §3.2).
+            // A model without `seed` still reports the one it used (docs/ark-api.md §3.2).
             let takes_seed = spec.is_none_or(|s| s.seed);
             let seed = match eff.seed {
                 Some(s) if s >= 0 && takes_seed => s,
@@ -723,9 +723,9 @@ impl Sim {
                 && let Some(tpd) = self.flex_tpd(&req.model)
             {
                 // TPD: over it, the call is rejected (tutorial 使用限制 › 限流说明,
-                // reference/000_c75d201f209c583d.txt:1740). Counted at create with the tokens the
+                // docs/reference/tutorial.txt:1740). Counted at create with the tokens the
                 // task will bill. The code is unpublished: `QuotaExceeded` ("period quota
-                // exceeded", ark-api.md §6.2) is the closest [INF].
+                // exceeded", docs/ark-api.md §6.2) is the closest [INF].
                 let tokens = u64::try_from(usage_tokens).unwrap_or(0);
                 let day = self.tpd_day_start(now_ms);
                 let used = inner
@@ -838,7 +838,7 @@ impl Sim {
     }
 
     /// What GET and list show: every field, or with `bare_unfinished_tasks` only the five a
-    /// live BytePlus answer carried for a task that has not finished (ark-api.md §14).
+    /// live BytePlus answer carried for a task that has not finished (docs/ark-api.md §14).
     fn read_view(&self, t: &TaskRec) -> Task {
         let full = self.wire(t);
         if !self.cfg.bare_unfinished_tasks
@@ -877,7 +877,7 @@ impl Sim {
     /// `GET …/tasks`: filtered, newest first, one page; `total` counts all matches.
     ///
     /// Without `filter.service_tier` only the `default` tier is listed: the documented default
-    /// of the filter, and what a live probe saw (ark-api.md §14, "The list's tier filter
+    /// of the filter, and what a live probe saw (docs/ark-api.md §14, "The list's tier filter
     /// defaults to `default`"). Only tasks created in the last `list_window` are listed.
     pub fn list(&self, q: &ListQuery) -> (i64, Vec<Task>) {
         let tier = q.service_tier.as_deref().unwrap_or("default");
@@ -934,7 +934,7 @@ impl Sim {
             match status {
                 TaskStatus::Queued => self.cancel_task(&mut inner, id),
                 TaskStatus::Running if b => self.cancel_task(&mut inner, id),
-                // 409 in both regions (ark-api.md §14 "DELETE of a running task").
+                // 409 in both regions (docs/ark-api.md §14 "DELETE of a running task").
                 TaskStatus::Running => return Err(ApiError::running_task_deletion(id)),
                 TaskStatus::Cancelled | TaskStatus::Unknown => {
                     return Err(ApiError::bad_status(id, status));
@@ -1301,7 +1301,7 @@ impl Sim {
             t.render = None;
         }
         // `expired` and the terminal statuses are sent; `cancelled` is not in the documented
-        // list of callback statuses (ark-api.md §9).
+        // list of callback statuses (docs/ark-api.md §9).
         let tx = t.callback.take();
         if let Some(tx) = tx
             && status != TaskStatus::Cancelled
@@ -1461,7 +1461,7 @@ impl Sim {
             service_tier: Some(tier_name(t.flex).to_string()),
             execution_expires_after: Some(t.eff.expires_after),
             priority: t.req.priority,
-            // The 1.5/2.x families echo these two (ark-api.md §3.2); 1.0 only when sent. The
+            // The 1.5/2.x families echo these two (docs/ark-api.md §3.2); 1.0 only when sent. The
             // default is the model's (catalogue `generate_audio_default`).
             generate_audio: if newer {
                 Some(
@@ -1485,7 +1485,7 @@ impl Sim {
     }
 }
 
-/// `usage.tool_usage` for a task that asked for `tools` (ark-api.md §2.1 `tools` and §3.1:
+/// `usage.tool_usage` for a task that asked for `tools` (docs/ark-api.md §2.1 `tools` and §3.1:
 /// "Search count is reported in `usage.tool_usage.web_search`").
 ///
 /// [INF] How many searches Ark runs is not documented; the sim reports one per `web_search`
@@ -1553,7 +1553,7 @@ pub fn scale(d: Duration, factor: f64) -> Duration {
 }
 
 /// `cgt-YYYYMMDDHHMMSS-xxxxx`, the timestamp in Beijing time (UTC+8); `cgt-batch-…` for a
-/// flex task when `batch` (ark-api.md §14, "Flex task ids").
+/// flex task when `batch` (docs/ark-api.md §14, "Flex task ids").
 fn task_id(now_ms: i64, batch: bool, rng: &mut StdRng) -> String {
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let offset = time::UtcOffset::from_hms(8, 0, 0).unwrap_or(time::UtcOffset::UTC);
@@ -1582,7 +1582,7 @@ mod unit {
     #[test]
     fn task_ids_are_beijing_time() {
         let mut rng = StdRng::seed_from_u64(1);
-        // 2026-05-14T10:32:17Z is 18:32:17 in Beijing (ark-api.md §1).
+        // 2026-05-14T10:32:17Z is 18:32:17 in Beijing (docs/ark-api.md §1).
         let id = task_id(1_778_754_737_000, false, &mut rng);
         assert!(id.starts_with("cgt-20260514183217-"), "{id}");
         let flex = task_id(1_778_754_737_000, true, &mut rng);

@@ -653,11 +653,11 @@ async fn newer_models_echo_audio_and_a_seed_and_resolve_auto_duration() {
     let t = T::new(fast()).await;
     let mut body = text_body(V20, "a drone shot");
     body["duration"] = json!(-1);
-    // The documented default seed, as the `seedance` CLI sends it (ark-api.md §2.1).
+    // The documented default seed, as the `seedance` CLI sends it (docs/ark-api.md §2.1).
     body["seed"] = json!(-1);
     let id = t.create(body).await;
     let (_, v) = t.get_raw(&id).await;
-    // ark-api.md §3.2: a real 2.0 task echoes the seed it used ("seed":1276).
+    // docs/ark-api.md §3.2: a real 2.0 task echoes the seed it used ("seed":1276).
     let seed = v["seed"].as_i64().unwrap_or(-1);
     assert!((0..=4_294_967_295).contains(&seed), "{v}");
     assert_eq!(v["generate_audio"], true);
@@ -668,7 +668,7 @@ async fn newer_models_echo_audio_and_a_seed_and_resolve_auto_duration() {
     assert_eq!(
         done.usage.map(|u| u.total_tokens),
         Some(108_900),
-        "ark-api.md §10: 1280×720, 5 s"
+        "docs/ark-api.md §10: 1280×720, 5 s"
     );
     t.handle.shutdown().await;
 }
@@ -681,7 +681,7 @@ async fn web_search_tools_are_reported_in_tool_usage() {
     let with_tools = t.create(body).await;
     let without = t.create(text_body(V20, "a quiet lake")).await;
     let done = t.wait_status(&with_tools, TaskStatus::Succeeded).await;
-    // ark-api.md §3.1: `usage.tool_usage.web_search` on 2.0 with tools.
+    // docs/ark-api.md §3.1: `usage.tool_usage.web_search` on 2.0 with tools.
     let usage = done.usage.expect("usage on success");
     assert_eq!(usage.tool_usage.map(|u| u.web_search), Some(1));
     t.wait_status(&without, TaskStatus::Succeeded).await;
@@ -719,7 +719,7 @@ async fn byteplus_ids_and_1_5_pro_drafts_are_accepted() {
         "InvalidParameter",
         Some("service_tier"),
     );
-    // 1.5 pro: a draft, then a final render from it (ark-api.md §2.1 `draft`, §2.2).
+    // 1.5 pro: a draft, then a final render from it (docs/ark-api.md §2.1 `draft`, §2.2).
     let mut draft = text_body("doubao-seedance-1-5-pro-251215", "a fox in snow");
     draft["draft"] = json!(true);
     let draft_id = t.create(draft).await;
@@ -779,7 +779,7 @@ async fn list_filters_pages_and_repeated_task_ids() {
     let flex_id = t.create(flex).await;
     ids.push(flex_id.clone());
 
-    // Without `filter.service_tier` only the default tier is listed (ark-api.md §14).
+    // Without `filter.service_tier` only the default tier is listed (docs/ark-api.md §14).
     let all = t.list("").await;
     assert_eq!(all.total, 4);
     let newest_first: Vec<&str> = all.items.iter().map(|i| i.id.as_str()).collect();
@@ -919,7 +919,7 @@ async fn flex_has_no_rpm_nor_concurrency_only_its_pool_and_tpd() {
         b
     };
     // Five flex creates inside one RPM window of 2, with a default concurrency of 1: all
-    // accepted (ark-api.md §6.2 D3), three running in the pool, two queued.
+    // accepted (docs/ark-api.md §6.2 D3), three running in the pool, two queued.
     let mut ids = Vec::new();
     for i in 0..5 {
         ids.push(t.create(flex(i)).await);
@@ -957,7 +957,7 @@ async fn seedance_2_4k_has_its_own_rpm_and_concurrency() {
         b["resolution"] = json!(res);
         b
     };
-    // ark-api.md §6.2 D3: 4k has RPM 15 and concurrency 1 of its own.
+    // docs/ark-api.md §6.2 D3: 4k has RPM 15 and concurrency 1 of its own.
     let mut k = Vec::new();
     for i in 0..15 {
         k.push(t.create(body("4k", i)).await);
@@ -1141,7 +1141,7 @@ async fn delete_version_a_cancels_queued_refuses_running_and_removes_finished() 
     let (s, v) = t.delete(&queued).await;
     assert_error(s, &v, StatusCode::BAD_REQUEST, "InvalidParameter", None);
 
-    // 409 in both regions (ark-api.md §14).
+    // 409 in both regions (docs/ark-api.md §14).
     let (s, v) = t.delete(&running).await;
     assert_error(
         s,
@@ -1794,11 +1794,11 @@ async fn flex_ids_bare_answers_seeds_and_page_size_follow_live_ark() {
     for _ in 0..25 {
         t.create(text_body(PRO, "more")).await;
     }
-    // page_size defaults to 20 (ark-api.md §14).
+    // page_size defaults to 20 (docs/ark-api.md §14).
     let page = t.list("").await;
     assert_eq!((page.total, page.items.len()), (26, 20));
     t.handle.shutdown().await;
-    // Seeds handed out stay at most 2^31−1 (ark-api.md §14 "Seeds").
+    // Seeds handed out stay at most 2^31−1 (docs/ark-api.md §14 "Seeds").
     let mut cfg = fast();
     cfg.rng_seed = Some(3);
     let t = T::new(cfg).await;

@@ -18,7 +18,7 @@ pub struct Archiver {
     /// connect and per-read timeouts; the Ark client's total timeout fits API calls only.
     /// Redirects and name resolution follow [`super::safeurl`].
     pub(crate) http: reqwest::Client,
-    /// Which URLs may be downloaded at all (issue 12 §1).
+    /// Which URLs may be downloaded at all.
     pub(crate) urls: std::sync::Arc<super::safeurl::UrlPolicy>,
     pub(crate) delete_remote: bool,
 }

@@ -1,4 +1,4 @@
-//! Which fleet-wide singletons this process leads (issue 13 item 4). The type lives in the
+//! Which fleet-wide singletons this process leads. The type lives in the
 //! stage core because every stage's context carries it and the singleton loops (maintenance,
 //! the governor, reconciliation) ask it before each round; `worker::fleet` keeps it current
 //! from the store's leases.

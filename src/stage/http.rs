@@ -40,7 +40,7 @@ pub async fn serve_guarded(
     Ok(())
 }
 
-/// What the admin and callback servers allow one peer (issue 12 §2: hyper and axum default to
+/// What the admin and callback servers allow one peer (hyper and axum default to
 /// no header timeout, no read timeout and no connection cap, and 150 half-sent requests held
 /// 150 descriptors for over a minute).
 #[derive(Clone, Copy, Debug)]

@@ -28,7 +28,7 @@ struct ModelState {
     paused_until: i64,
     /// Flex tokens of the current TPD day: (day start ms, tokens the store counts, store
     /// read at ms). The store's count uses billed usage where a task has finished, so each
-    /// reload corrects the estimates (issue 10 item 3).
+    /// reload corrects the estimates.
     flex_spent: Option<(i64, i64, i64)>,
     /// Tokens reserved by creates whose POST has not returned: not in the store yet.
     flex_pending: i64,
@@ -45,7 +45,7 @@ struct ModelState {
 const FORGET_CEILING: f64 = 100_000.0;
 
 /// The limiter key of a model's flex tier: its RPM window (when `flex_rpm` is set) and its
-/// pauses are separate from the default tier's (ark-api.md §6.2 D3).
+/// pauses are separate from the default tier's (docs/ark-api.md §6.2 D3).
 pub fn flex_key(model: &str) -> String {
     format!("{model}#flex")
 }

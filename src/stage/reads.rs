@@ -1,6 +1,6 @@
 //! The fleet's read budget as the Ark client's [`Gate`]: turns on list, GET and DELETE taken
 //! from the store (`Store::take_read_turn`), so every worker on one store together keeps the
-//! account's documented rates (list 1/s, GET 20/s, DELETE 20/s; ark-api.md §14).
+//! account's documented rates (list 1/s, GET 20/s, DELETE 20/s; docs/ark-api.md §14).
 //!
 //! Turns are spaced for [`HEADROOM`] of each rate: a call leaves at its turn, but reaches Ark
 //! a little later or earlier (scheduling, connection reuse), and the margin absorbs that.

@@ -2,7 +2,7 @@
 //!
 //! A URL Ark hands out is fetched without auth and its bytes are filed as the job's video, so
 //! a URL pointing inside our network (the admin server's `/metrics`, a cloud metadata
-//! endpoint) would be archived as an ".mp4" (issue 12 §1). A download therefore follows only
+//! endpoint) would be archived as an ".mp4". A download therefore follows only
 //! `https` URLs whose host is not private, loopback or link-local; redirects are checked by the
 //! same rule (a custom redirect policy), and host names are resolved by a resolver that drops
 //! such addresses, so DNS cannot point a public name inward.

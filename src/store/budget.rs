@@ -1,4 +1,4 @@
-//! Store side of spend caps (issue 15): batch caps, and the holds every create reserves.
+//! Store side of spend caps: batch caps, and the holds every create reserves.
 //!
 //! The check and the reservation happen in one `BEGIN IMMEDIATE` transaction, so neither two
 //! dispatchers nor two processes on one database can both take the last of a cap: SQLite
@@ -517,7 +517,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::job::JobId;
-    use crate::store::tests_pgops::{Seed, add};
+    use crate::store::tests_ops::{Seed, add};
     use crate::store::{StoreTarget, testpg};
 
     fn hold(id: &str, tokens: i64) -> HoldRequest {
@@ -987,7 +987,7 @@ mod tests {
 
     /// Puts `id` back to waiting on its batch's cap until `until`.
     async fn exec_wait(s: &Store, id: &JobId, until: i64) {
-        crate::store::tests_pgops::exec(
+        crate::store::tests_ops::exec(
             s,
             &format!(
                 "UPDATE jobs SET next_attempt_at = {until} WHERE id = '{}'",

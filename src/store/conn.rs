@@ -78,7 +78,7 @@ pub fn open(path: &Path, create: bool) -> Result<Conn, StoreError> {
     // commit, so a write that returned is on disk before the POST is sent or the next step
     // relies on it. A "checkpointed write" for just those two would need a second code path
     // for the same transactions; one fsync per commit is cheap next to a video's cost (the
-    // enqueue benchmark in README measures it: batches commit once per 10 000 rows).
+    // enqueue benchmark in docs/performance.md measures it: batches commit once per 10 000 rows).
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // A bulk enqueue is one transaction of many INSERTs, each with a unique key (and so a

@@ -1,4 +1,4 @@
-//! Several workers on one database (issue 13 items 2–4): the worker registry with heartbeats,
+//! Several workers on one database: the worker registry with heartbeats,
 //! singleton leases (`leaders`), and the fleet-wide account limits the claim enforces.
 //!
 //! Every worker is a row in `workers` (migrations/0012_fleet.sql) whose `id` is its lease

@@ -239,7 +239,7 @@ pub enum ResolutionScope {
 /// The jobs that hold a remote slot (count against a tier's in-flight limit). One place, so
 /// the tier-aware claim and the in-flight queries agree.
 /// A parked ambiguous submit holds no slot: seedq could not find it at Ark, and it must never
-/// block the model's other jobs (issue 11).
+/// block the model's other jobs.
 const IN_FLIGHT_PREDICATE: &str = "(state IN ('submitting', 'submitted') OR \
      (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked'))";
 /// The claim predicate (over candidate `q`) that serialises creates reconciliation could not
@@ -564,7 +564,7 @@ pub struct Store {
 }
 
 /// Where the jobs live: one SQLite file (one machine), or a PostgreSQL database that a fleet
-/// of workers shares (issue 13).
+/// of workers shares.
 #[derive(Clone)]
 enum Backend {
     Sqlite { conn: conn::Conn, path: PathBuf },
@@ -1163,7 +1163,7 @@ impl Store {
     /// POST. Jobs come back in claim order.
     ///
     /// Only the tier's own tasks count against `max_in_flight`: Ark limits the default tier by concurrency
-    /// and flex by TPD alone (tutorial 使用限制 › 限流说明, reference/000_c75d201f209c583d.txt:1733-1740),
+    /// and flex by TPD alone (tutorial 使用限制 › 限流说明, docs/reference/tutorial.txt:1733-1740),
     /// so a flex backlog must never take the default tier's slots, nor the reverse.
     ///
     /// # Errors
@@ -1722,10 +1722,10 @@ pub(crate) mod testpg;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
-mod tests_pgarch;
+mod tests_archive_bulk;
 #[cfg(test)]
-mod tests_pgchain;
+mod tests_chain_ui;
 #[cfg(test)]
-mod tests_pgcore;
+mod tests_jobs;
 #[cfg(test)]
-mod tests_pgops;
+mod tests_ops;

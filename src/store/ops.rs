@@ -378,7 +378,7 @@ pub fn inspect(path: &Path, busy: Duration) -> Result<Inspection, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::tests_pgops::{Seed, add, exec};
+    use crate::store::tests_ops::{Seed, add, exec};
     use crate::store::{NewJob, testpg};
 
     #[tokio::test]

@@ -1,5 +1,5 @@
 //! Test support: a fresh PostgreSQL database per test, so the store's behaviour suite runs
-//! on both backends (issue 13). The server is the one `SEEDQ_TEST_PG` names, else a scratch
+//! on both backends. The server is the one `SEEDQ_TEST_PG` names, else a scratch
 //! cluster this test process starts ([`crate::pgscratch`]); a test that needs it fails loudly
 //! when neither works rather than skipping, so CI can never pass by not testing PostgreSQL.
 

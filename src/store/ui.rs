@@ -640,7 +640,7 @@ mod tests {
     /// A search reads the FTS index, not a scan of the jobs.
     #[tokio::test]
     async fn prompt_search_uses_the_index() {
-        // PostgreSQL's twin is tests_pgchain::postgres_prompt_search_uses_the_trigram_index.
+        // PostgreSQL's twin is tests_chain_ui::postgres_prompt_search_uses_the_trigram_index.
         let dir = tempfile::tempdir().expect("tempdir");
         let s = Store::open(&dir.path().join("q.db")).expect("open");
         s.enqueue(vec![prompt_job("a red fox")])

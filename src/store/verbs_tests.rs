@@ -497,7 +497,7 @@ async fn batched_polls_are_one_transaction_with_results_in_order(store: &Store) 
     assert_eq!(m.state, Succeeded);
 }
 
-/// Issue 12 §5, the cancel bug in `dispatch.rs` that issue 13 says this suite must catch:
+/// A cancel during a POST, the bug `dispatch.rs` once had, which this suite must catch:
 /// `seedq cancel` during a POST sets `cancel_requested` on a `submitting` job; the POST
 /// fails as never sent, so the job is requeued with the flag; the next claim must cancel it
 /// (`submitting -> cancelled`). While `job.rs` forbade that move, every claim of the job

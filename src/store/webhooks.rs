@@ -144,7 +144,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::api::{ApiJob, ApiKey};
-    use crate::store::tests_pgops::exec;
+    use crate::store::tests_ops::exec;
     use crate::store::{NewJob, testpg};
 
     /// The conformance test both backends run: a door job's end adds one outbox row (and

@@ -1,5 +1,5 @@
 //! `seedq bench ui`: how long the dashboard's overview and job list take to render with a
-//! large store (README: "under 200 ms with 1 000 000 jobs").
+//! large store (docs/performance.md: "under 200 ms with 1 000 000 jobs").
 //!
 //! Fills a fresh database in a temp dir with `--jobs` jobs over three models and twenty
 //! batches, most of them finished (as a store that has run for a while looks), then renders
@@ -134,7 +134,7 @@ pub async fn run(cfg: &Config, catalogue: &Catalogue, a: UiBenchArgs) -> anyhow:
             },
         ),
         (
-            // In every prompt: the search that cannot be selective (issue 14).
+            // In every prompt: the search that cannot be selective.
             "jobs: prompt contains (every job)",
             ListQuery {
                 q: Some("red fox".into()),

@@ -60,7 +60,7 @@ const STORE_FULL: &str = "archive_store_full";
 /// How soon a job whose upload met a full archive disk tries again. A full disk is the
 /// machine's state, not the job's: an escalating per-job backoff (up to `MAX_RETRY_DELAY`)
 /// would leave every job waiting minutes after an operator frees space, so they look again
-/// at this fixed, short interval instead (issue 12: "it resumes promptly once space returns").
+/// at this fixed, short interval instead (it must resume promptly once space returns).
 const STORE_FULL_RETRY: Duration = Duration::from_secs(3);
 
 pub use crate::stage::archiver::{Archiver, last_frame_key, sidecar_key};

@@ -1,4 +1,4 @@
-//! Spend caps that hold (issue 15): per batch (`--max-cost` / `--max-tokens`), per day
+//! Spend caps that hold: per batch (`--max-cost` / `--max-tokens`), per day
 //! (`[budget] daily_cny`) and per model per day (`[models."<id>"] daily_cny`).
 //!
 //! Reserve, commit, release, like the flex TPD reservation in `limiter`, but in the database

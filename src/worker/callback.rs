@@ -1,6 +1,6 @@
 //! The callback endpoint Ark POSTs to on each status change.
 //!
-//! A callback is a wake-up, not the truth (issue 12 §1): anyone holding a job's callback URL
+//! A callback is a wake-up, not the truth: anyone holding a job's callback URL
 //! can POST any body, so its `status` and `video_url` are never used. A callback with a valid
 //! token makes seedq GET the task from Ark and record *that*, through the same
 //! [`super::poll::apply`] as polling (which stays on as a slow safety net).

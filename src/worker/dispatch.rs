@@ -1,6 +1,6 @@
 //! The dispatcher: claim a queued job within its model's limits, POST it, record the outcome.
 //!
-//! Never pay twice (design.md): the claim records the intent (`submitting`, with a timestamp)
+//! Never pay twice (docs/design.md): the claim records the intent (`submitting`, with a timestamp)
 //! before the POST; the remote id is written the moment the POST returns; anything ambiguous
 //! becomes `submit_unknown` for reconciliation and is never blindly re-POSTed. Only failures
 //! that provably did not reach the API (connect refused, 429, 4xx) go back to the queue.
@@ -56,7 +56,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut wake: Option<i64> = None;
     for model in models {
         let limits = ctx.ops.live.limits(&model);
-        // Each tier is admitted under its own limits (ark-api.md §6.2 D3): default by RPM and
+        // Each tier is admitted under its own limits (docs/ark-api.md §6.2 D3): default by RPM and
         // concurrency, flex by TPD and the account's optional ceilings only.
         // Resolutions with limits of their own (2.0 `4k`) are claimed apart, then the rest.
         let mut scopes: Vec<(bool, Option<&str>)> = limits
@@ -96,7 +96,7 @@ async fn claim_tier(
 ) -> anyhow::Result<Vec<Job>> {
     let (key, rpm, max_in_flight, tier) = if flex {
         // Ark sets flex no concurrency ("flex：无", tutorial model table,
-        // reference/000_c75d201f209c583d.txt:329-380): only the account's own ceiling and the
+        // docs/reference/tutorial.txt:329-380): only the account's own ceiling and the
         // one learned from Ark's 429s bind.
         let ceiling = [limits.flex_max_in_flight, ctx.limiter.flex_ceiling(model)]
             .into_iter()
@@ -148,7 +148,7 @@ async fn claim_tier(
     let batch = if flex { FLEX_CLAIM_BATCH } else { CLAIM_BATCH };
     let limit = u32::try_from(room).unwrap_or(u32::MAX).min(batch);
     // The limiter above paces this process; the store is the authority for the whole fleet
-    // (issue 13 item 3): every worker's creates count against the same RPM and TPD there.
+    //: every worker's creates count against the same RPM and TPD there.
     let account = crate::store::FleetLimits {
         rpm,
         resolution_rpm: own.map(|(_, l)| l.rpm),
@@ -206,7 +206,7 @@ async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
         ctx.cfg.bulk.tpd_day_ms(),
     );
     // Re-read the store's count now and then: it has billed usage for finished tasks, which
-    // corrects the estimates reserved at submit (issue 10 item 3).
+    // corrects the estimates reserved at submit.
     let now = now_ms();
     let fresh_since = now - (ctx.cfg.bulk.tpd_day_ms() / 100).clamp(100, 30_000);
     if !ctx.limiter.knows_flex_day(model, day, fresh_since) {
@@ -263,7 +263,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         }
         reserved = Some((day, need));
     }
-    // Spend caps (issue 15): reserved in the database, so other processes see it too.
+    // Spend caps: reserved in the database, so other processes see it too.
     if let Err(wait) = super::budget::reserve(ctx, &job).await? {
         if let Some((day, need)) = reserved {
             ctx.limiter.release_flex(&job.model, day, need);
@@ -376,7 +376,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             let backoff = ctx.submit_backoff();
             let (next, detail) = match class {
                 // The account's own inference limit paused the model's service at Ark until
-                // its owner acts (ark-api.md §14 "Account-state answers"): no wait makes it
+                // its owner acts (docs/ark-api.md §14 "Account-state answers"): no wait makes it
                 // pass, so the model is paused here too, for the whole fleet, until an
                 // operator resumes it. The job keeps its attempts and waits queued.
                 ErrorClass::Throttled(_) if code == SET_LIMIT_EXCEEDED => {
@@ -433,7 +433,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     )
                 }
                 // Out of descriptors/memory/disk here: Ark saw nothing and the job did nothing
-                // wrong, so this is no attempt (issue 12 §2: EMFILE made a job dead in 23 s).
+                // wrong, so this is no attempt (EMFILE once made a job dead in 23 s).
                 ErrorClass::LocalResource => {
                     // The full backoff window, but never a tight loop while the resource is short.
                     let delay = backoff
@@ -507,13 +507,13 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
 }
 
 /// The 429 code of an account whose own inference limit paused a model's service
-/// (ark-api.md §14 "Account-state answers"): not a rate limit that passes by itself.
+/// (docs/ark-api.md §14 "Account-state answers"): not a rate limit that passes by itself.
 pub const SET_LIMIT_EXCEEDED: &str = "SetLimitExceeded";
 
 /// Whether a 429 is Ark refusing the day's flex tokens. Ark's code for it is unpublished
 /// (tutorial 使用限制 › 限流说明 only says such calls are rejected,
-/// reference/000_c75d201f209c583d.txt:1740); `QuotaExceeded` covers "period quota exceeded"
-/// (ark-api.md §6.2) but also "too many queued tasks", so the message decides [INF].
+/// docs/reference/tutorial.txt:1740); `QuotaExceeded` covers "period quota exceeded"
+/// (docs/ark-api.md §6.2) but also "too many queued tasks", so the message decides [INF].
 pub fn is_tpd_refusal(code: &str, message: &str) -> bool {
     let m = message.to_ascii_lowercase();
     code.contains("Tpd")

@@ -1,4 +1,4 @@
-//! This process as one worker of a fleet on a shared database (issue 13 items 2 and 4).
+//! This process as one worker of a fleet on a shared database.
 //!
 //! At start the service registers in the store's worker registry (`store/fleet.rs`) under its
 //! lease owner string, then a task of its own heartbeats every `service.heartbeat_interval`

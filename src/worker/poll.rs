@@ -3,7 +3,7 @@
 //! One list request with many `filter.task_ids` answers for a whole set of due tasks; a
 //! task missing from the answer gets a GET of its own. The list asks for the tier of the jobs
 //! it looks for (`filter.service_tier`): without it Ark lists the `default` tier only
-//! (ark-api.md §14). The account allows one list call a second for the whole fleet: when the
+//! (docs/ark-api.md §14). The account allows one list call a second for the whole fleet: when the
 //! shared budget has no list turn soon, GETs (20 a second) carry the batch instead, at most
 //! [`MAX_GETS_PER_STEP`] of them; the rest are looked at again after one list turn. The first poll lands near the
 //! expected finish (learned from recent completions of the same model, tier and shape), later
@@ -260,7 +260,7 @@ struct Plan {
     leaves: bool,
     /// Logged once the write succeeded.
     log: Option<LogLine>,
-    /// What the job's budget hold becomes once the write succeeded (issue 15).
+    /// What the job's budget hold becomes once the write succeeded.
     settle: Option<Settle>,
 }
 

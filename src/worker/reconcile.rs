@@ -3,7 +3,7 @@
 //! A crash or timeout during the POST leaves a job in `submitting` (lease expired) or
 //! `submit_unknown`. Ark's create has no idempotency key, so seedq sends its own identity
 //! with every create and reads it back: when the user set no `safety_identifier`, seedq sends
-//! `seedq-<job id>` there (ark-api.md §2.1; GET and list items echo it, §3.1). A task carrying
+//! `seedq-<job id>` there (docs/ark-api.md §2.1; GET and list items echo it, §3.1). A task carrying
 //! that tag *is* this job's task, whatever its prompt, seed or creation time; no task carrying
 //! it (after a complete listing, and once the POST can no longer be in flight) means the
 //! create never happened, and the job is resent at once.
@@ -20,11 +20,11 @@
 //!
 //! # What a listing proves
 //! A list read in full proves a task's absence only for what it asked: the model, the tier
-//! (`filter.service_tier`; without it Ark lists the `default` tier only, ark-api.md §14) and
+//! (`filter.service_tier`; without it Ark lists the `default` tier only, docs/ark-api.md §14) and
 //! the last 7 days. Every listing here names the job's model and tier, and one listing serves
 //! every claimed job of that (model, tier): the account allows one list call a second.
 //! A task may also show less than it is: a live BytePlus answer for a running task carried
-//! only `id`, `model`, `status`, `created_at` and `updated_at` (ark-api.md §14). Such a bare
+//! only `id`, `model`, `status`, `created_at` and `updated_at` (docs/ark-api.md §14). Such a bare
 //! task inside the job's window may be the job's own; it is no proof either way, so the job
 //! waits until the task shows its fields (a finished task carries them) or until its
 //! execution window has closed. Only then does policy decide, and `park` never creates again.
@@ -43,10 +43,10 @@ use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, now_
 const WINDOW_SLACK_S: i64 = 5;
 /// Most list pages read for one job; a listing cut short proves nothing about absence.
 const MAX_PAGES: u32 = 50;
-/// Page size of reconciliation listings: the largest Ark takes (ark-api.md §4, `page_size`
+/// Page size of reconciliation listings: the largest Ark takes (docs/ark-api.md §4, `page_size`
 /// in [1, 500]), so a complete listing of 25 000 tasks of a model takes 50 calls.
 const SCAN_PAGE_SIZE: u32 = 500;
-/// How far back a listing reaches: Ark lists only the last 7 days (ark-api.md §4, §14).
+/// How far back a listing reaches: Ark lists only the last 7 days (docs/ark-api.md §4, §14).
 const LIST_HORIZON_MS: i64 = 7 * 24 * 3_600 * 1_000;
 /// Prefix of the identity seedq sends as `safety_identifier`.
 pub const TAG_PREFIX: &str = "seedq-";
@@ -472,7 +472,7 @@ async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
 
 /// Whether Ark's answer to a DELETE settles a duplicate for good: done, or refused by the
 /// task's state or existence (404 gone, 409 `InvalidAction.RunningTaskDeletion` for a running
-/// task, ark-api.md §5, §14). No turn in the read budget (nothing was sent), a throttle, a
+/// task, docs/ark-api.md §5, §14). No turn in the read budget (nothing was sent), a throttle, a
 /// 5xx or a lost connection settle nothing: the task may still be queued and would be billed.
 pub fn cancel_settled(r: &Result<(), ArkError>) -> bool {
     match r {
@@ -636,7 +636,7 @@ pub async fn list_all(ctx: &Ctx, model: &str, tier: &str) -> anyhow::Result<List
             page_num: Some(page),
             page_size: Some(page_size),
             model: Some(model.to_string()),
-            // Ark lists the `default` tier unless told otherwise (ark-api.md §14).
+            // Ark lists the `default` tier unless told otherwise (docs/ark-api.md §14).
             service_tier: Some(tier.to_string()),
             ..Default::default()
         };
@@ -815,7 +815,7 @@ pub async fn operator_adopt(w: &Ctx, job_id: &str, task_id: &str) -> anyhow::Res
         .await
         .with_context(|| format!("reading task {task_id} from Ark"))?;
     let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
-    // Ark may answer an endpoint id with the model behind it (ark-api.md §3.1).
+    // Ark may answer an endpoint id with the model behind it (docs/ark-api.md §3.1).
     let model_ok = task.model == job.model || job.model.starts_with("ep-");
     if !model_ok || !matches(&job, &req, &task) {
         return refuse(format!(
@@ -972,7 +972,7 @@ mod tests {
     #[test]
     fn only_an_answer_settles_a_duplicate_cancel() {
         assert!(cancel_settled(&Ok(())));
-        // Gone, or running (ark-api.md §14): asking again changes nothing.
+        // Gone, or running (docs/ark-api.md §14): asking again changes nothing.
         assert!(cancel_settled(&Err(api(404, "ResourceNotFound"))));
         assert!(cancel_settled(&Err(api(
             409,

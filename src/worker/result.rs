@@ -26,7 +26,7 @@ pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
                 .find(|(k, _)| k.eq_ignore_ascii_case("X-Tos-Expires"))
                 .and_then(|(_, v)| v.parse::<i64>().ok())
         })
-        // The number is the peer's: saturate rather than overflow (issue 12 §2).
+        // The number is the peer's: saturate rather than overflow.
         .map_or(now.saturating_add(DEFAULT_URL_TTL_MS), |s| {
             now.saturating_add(s.saturating_mul(1000))
         })

@@ -1,4 +1,4 @@
-//! `seedq bench claims` and `seedq bench fleet` (issue 13) on a small scale: they run the real
+//! `seedq bench claims` and `seedq bench fleet` on a small scale: they run the real
 //! store and the real `seedq serve` processes, and their own checks (no job claimed twice,
 //! every job done with exactly one create, the account limits held) must pass.
 

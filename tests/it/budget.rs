@@ -1,4 +1,4 @@
-//! Spend caps (issue 15) with the real binary and simulator: a batch cap creates exactly the
+//! Spend caps with the real binary and simulator: a batch cap creates exactly the
 //! jobs that fit and a raise releases the rest, a daily budget rolls over at the zone's
 //! midnight, creates that made no task give their reservation back, and two `seedq run`
 //! processes on one database never overspend together.
@@ -10,7 +10,7 @@ use std::io::{BufRead, Read, Write};
 use crate::helpers::{Guard, SimProc, TestEnv, wait_until, worker_config};
 
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
-/// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model (ark-api.md §10), which is what
+/// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model (docs/ark-api.md §10), which is what
 /// the simulator bills too.
 const CLIP_TOKENS: i64 = 19_845;
 /// The lite model's price: 10 CNY per million tokens = 1000 fen per million (catalogue).

@@ -1,4 +1,4 @@
-//! A full archive disk (issue 12): jobs wait without failing, and resume promptly once space
+//! A full archive disk: jobs wait without failing, and resume promptly once space
 //! returns, each file equal to the simulator's own video.
 //!
 //! The archive lives on a 4 MiB tmpfs that a filler file has filled, so the service meets a

@@ -1,4 +1,4 @@
-//! Several workers on one database (issue 13): the account's limits hold for the fleet, a dead
+//! Several workers on one database: the account's limits hold for the fleet, a dead
 //! worker's jobs come back within its heartbeat timeout, and a dead singleton leader is
 //! replaced within seconds. Two `seedq serve` processes on one SQLite file are a small fleet;
 //! the helpers take the store as a config table so another backend is a small step.
@@ -251,7 +251,7 @@ fn a_dead_singleton_leader_is_replaced_within_seconds() {
 
 #[test]
 fn three_workers_lose_one_gain_one_and_keep_the_accounts_limits() {
-    // Issue 13's fleet run: 3 workers on one database with 300 jobs; one is SIGKILLed mid-run
+    // The fleet run: 3 workers on one database with 300 jobs; one is SIGKILLed mid-run
     // and a new one joins. Every job finishes with exactly one create, and the sim never saw
     // more than the account's concurrency or creates per (scaled) minute.
     let sim = SimProc::start(&format!(

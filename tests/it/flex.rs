@@ -1,4 +1,4 @@
-//! Flex as Ark defines it (issue 10): bound by TPD only, beside a default tier that keeps its
+//! Flex as Ark defines it: bound by TPD only, beside a default tier that keeps its
 //! concurrency and RPM; 429s on flex absorbed without burning attempts; TPD days.
 
 use crate::helpers::{SimProc, TestEnv, fast_sim as sim, worker_config_with};
@@ -303,7 +303,7 @@ fn seedance_2_4k_jobs_keep_their_own_limits_beside_other_resolutions() {
     let all = env.jobs();
     assert!(all.iter().all(|j| j["state"] == "succeeded"), "{all:?}");
     assert_eq!(sim.stats()["rate_limited_total"], 0, "4k's RPM of 15 kept");
-    // 4k's concurrency of one (ark-api.md §6.2 D3): seedq creates the next 4k task only
+    // 4k's concurrency of one (docs/ark-api.md §6.2 D3): seedq creates the next 4k task only
     // after the previous one finished, so none ever waits in Ark's queue.
     let mut k: Vec<(i64, i64)> = sim
         .tasks()

@@ -1,4 +1,4 @@
-//! Hostile peers (issue 12 §1–§2): forged callbacks, half-sent requests, descriptor
+//! Hostile peers: forged callbacks, half-sent requests, descriptor
 //! exhaustion, a huge `Retry-After` and a huge API body, each against the real binary.
 
 use std::io::{Read, Write};

@@ -1,4 +1,4 @@
-//! Proven identity for every create (issue 11): never pay twice, never a foreign video,
+//! Proven identity for every create: never pay twice, never a foreign video,
 //! never stall. Every test drives the real binary against the real simulator.
 
 use std::collections::{HashMap, HashSet};

@@ -100,7 +100,7 @@ fn policy(resubmit: bool) -> &'static str {
 }
 
 /// 20 flex jobs whose create answers are lost after Ark made each task. The sim lists only
-/// the default tier when a list names no tier (ark-api.md §14): a reconciler that listed by
+/// the default tier when a list names no tier (docs/ark-api.md §14): a reconciler that listed by
 /// model alone would see none of them and create each twice.
 fn lost_flex_creates_are_found_in_the_flex_tier(resubmit: bool) {
     let sim = fast_sim("[faults]\ndrop_after_create = 20\n");
@@ -139,7 +139,7 @@ fn lost_flex_creates_are_created_once_each_under_resubmit() {
 }
 
 /// 10 default-tier jobs whose create answers are lost, while the sim answers running tasks
-/// with only id, model, status and times, as live BytePlus did (ark-api.md §14). The tasks run
+/// with only id, model, status and times, as live BytePlus did (docs/ark-api.md §14). The tasks run
 /// past the point where the reconciler may conclude anything (request timeout 2 s + 1 s): a
 /// task that shows no identity is no proof that none exists.
 fn lost_creates_with_bare_running_tasks(resubmit: bool) {

@@ -1,4 +1,4 @@
-//! Validation accepts what Ark accepts (issue 10 item 6), through `seedq submit` and through
+//! Validation accepts what Ark accepts, through `seedq submit` and through
 //! clients we did not write: the official Python SDK and the third-party `seedance` CLI.
 //!
 //! The cases live in `tests/sdk/validation_cases.json`, so the SDK (against `seedq sim`) and
@@ -229,7 +229,7 @@ fn documented_defaults_are_accepted_by_submit_and_complete_at_the_sim() {
 #[test]
 fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
     let env = TestEnv::new("");
-    // --flex on 2.x (ark-api.md §2.1 service_tier).
+    // --flex on 2.x (docs/ark-api.md §2.1 service_tier).
     let (code, err) = code_and_err(&env.cli(&["submit", "--model", V20, "--flex", "x"]));
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -238,7 +238,7 @@ fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
             && err.contains("--flex"),
         "{err}"
     );
-    // duration and frames together (issue 12 §5): both named.
+    // duration and frames together: both named.
     let (code, err) = submit_line(
         &env,
         &serde_json::json!({"model": PRO, "prompt": "x", "duration": 5, "frames": 57}),
@@ -248,7 +248,7 @@ fn refusals_name_field_value_allowed_and_model_and_store_nothing() {
         err.contains("duration 5 and frames 57 are both given") && err.contains(PRO),
         "{err}"
     );
-    // remote_priority, not priority (issue 12 §5).
+    // remote_priority, not priority.
     let (code, err) = submit_line(
         &env,
         &serde_json::json!({"model": V20, "prompt": "x", "remote_priority": 12}),

@@ -8,7 +8,7 @@ simulator with a tiny time scale. The SDK sends every unset create field as JSON
 list queries with a repeated `filter.task_ids` key, and reads the echoed X-Client-Request-Id;
 this script checks the simulator copes with all of that. Exits non-zero on the first failure.
 
-It also sends every case of validation_cases.json (issue 10 item 6: what Ark accepts must be
+It also sends every case of validation_cases.json (what Ark accepts must be
 accepted) and prints one `verdict<TAB>name<TAB>accept|PARAM` line per case. With
 --cases-only it sends only those and does not judge them: `tests/it/validation.rs` compares
 the lines with `seedq submit`'s verdicts and with the file's `expect`.
@@ -85,7 +85,7 @@ def check_cases(client, tasks):
         if task_id is None:
             continue
         t = tasks.get(task_id=task_id)
-        # ark-api.md §3.2: a real 2.0 task echoes the seed it used.
+        # docs/ark-api.md §3.2: a real 2.0 task echoes the seed it used.
         check(isinstance(t.seed, int) and 0 <= t.seed <= 4294967295,
               f"{case['name']}: seed echoed {t.seed!r}")
         if case["fields"].get("tools"):
@@ -95,7 +95,7 @@ def check_cases(client, tasks):
                 searches = tool_usage.get("web_search")
             else:
                 searches = getattr(tool_usage, "web_search", None)
-            # ark-api.md §3.1: usage.tool_usage.web_search on 2.0 with tools.
+            # docs/ark-api.md §3.1: usage.tool_usage.web_search on 2.0 with tools.
             check(searches == 1, f"{case['name']}: tool_usage {tool_usage!r}")
 
 
@@ -136,7 +136,7 @@ def main(base_url, api_key, cases_only=False):
     frame = urllib.request.urlopen(done.content.last_frame_url, timeout=10).read()
     check(frame[:8] == b"\x89PNG\r\n\x1a\n", "the last frame is a PNG")
 
-    # A second task on a 2.x model: the seed it used is echoed (ark-api.md §3.2 shows a real
+    # A second task on a 2.x model: the seed it used is echoed (docs/ark-api.md §3.2 shows a real
     # 2.0 task with "seed":1276), audio on by default.
     other = tasks.create(model=V20, content=[{"type": "text", "text": "city lights"}])
     o = tasks.get(task_id=other.id)
@@ -176,7 +176,7 @@ def main(base_url, api_key, cases_only=False):
     except ArkAuthenticationError as e:
         check(e.code == "AuthenticationError", f"code {e.code}")
 
-    # Issue 10 item 6: the validation cases, through the SDK (after the list checks above,
+    # The validation cases, through the SDK (after the list checks above,
     # which count the tasks on V20).
     check_cases(client, tasks)
 

@@ -1,5 +1,5 @@
 //! The PostgreSQL backend: the same store methods as SQLite, for a fleet of workers on
-//! several machines sharing one queue (issue 13).
+//! several machines sharing one queue.
 //!
 //! `tokio-postgres` with a `deadpool-postgres` pool, and rustls for TLS (the one TLS stack
 //! reqwest already brings). Not sqlx: its SQLite driver would link a second libsqlite3-sys

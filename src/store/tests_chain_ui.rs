@@ -1,4 +1,4 @@
-//! Chain and dashboard queries on both backends (issue 13, branch `pgchain`): every method
+//! Chain and dashboard queries on both backends: every method
 //! of `store/chain.rs` and `store/ui.rs` runs the same script on SQLite and on PostgreSQL,
 //! plus the PostgreSQL-only properties (the trigram index answers the prompt search, the
 //! trigger-kept batch counts equal a recount, two workers cannot release one shot twice).

@@ -1,5 +1,4 @@
-//! The operational store methods (scheduling reads, leases, pausing; issue 13's `pgops`
-//! port) run on both backends: each test's body runs on a SQLite file and on a fresh
+//! The operational store methods (scheduling reads, leases, pausing) run on both backends: each test's body runs on a SQLite file and on a fresh
 //! PostgreSQL database, with the backend's name in every assertion message.
 //!
 //! Jobs are set up with plain SQL that reads the same in both dialects ([`add`], [`exec`]),

@@ -1,4 +1,4 @@
-//! The archiver's and the bulk queries on both backends (issue 13): every method of
+//! The archiver's and the bulk queries on both backends: every method of
 //! `store/archive.rs` and `store/bulk.rs`, run on a SQLite file and on a fresh PostgreSQL
 //! database with the same assertions, so the two bodies cannot drift apart.
 //!

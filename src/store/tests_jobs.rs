@@ -1,4 +1,4 @@
-//! The core job methods on both backends (issue 13): listing filters, stats, batched
+//! The core job methods on both backends: listing filters, stats, batched
 //! transitions, the claim's serialising and pause rules, and, on PostgreSQL, several workers
 //! (separate pools on one database) claiming at once.
 
@@ -495,7 +495,7 @@ async fn postgres_cancels_racing_claims_never_lose_either() {
 }
 
 /// `SEEDQ_TEST_PG=postgres://seedq@127.0.0.1:55432 cargo test --lib
-/// store::tests_pgcore::enqueue_100k -- --ignored --nocapture`: the time to enqueue 100 000
+/// store::tests_jobs::enqueue_100k -- --ignored --nocapture`: the time to enqueue 100 000
 /// jobs in one call (one transaction) on PostgreSQL, and on SQLite for comparison.
 #[tokio::test]
 #[ignore = "a measurement, run by hand"]

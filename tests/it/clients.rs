@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{SIM_KEY, SimProc};
+use crate::helpers::{SIM_KEY, SimProc, no_proxy};
 
 const MANIFEST: &str = env!("CARGO_MANIFEST_DIR");
 const INSTALL: &str = "run the suite with tests/run.sh, which installs the pinned clients into \
@@ -37,22 +37,6 @@ fn shared_sim() -> Arc<SimProc> {
     ));
     *slot = Arc::downgrade(&sim);
     sim
-}
-
-/// A command with the proxy variables removed, so loopback calls go straight to the sim.
-fn no_proxy(mut c: Command) -> Command {
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("NO_PROXY", "127.0.0.1,localhost");
-    c
 }
 
 fn python() -> String {

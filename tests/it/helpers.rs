@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 /// The `seedq` binary under test.
 pub fn bin() -> &'static str {
@@ -386,4 +387,59 @@ listen = ""
 "#,
         base = sim.base_url
     )
+}
+
+/// `seedq run`, killed (and the test failed) if it does not exit by itself within `secs`.
+pub fn run_within(env: &TestEnv, secs: u64) -> Output {
+    let mut c = env.keyed(&["run"]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().expect("spawn seedq run");
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if child.try_wait().expect("try_wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "seedq run did not finish within {secs} s; jobs: {:?}\n{}",
+                job_states(env),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Each job's state and last error, for failure messages.
+pub fn job_states(env: &TestEnv) -> Vec<String> {
+    env.jobs()
+        .iter()
+        .map(|j| {
+            format!(
+                "{} {} {}",
+                j["state"].as_str().unwrap_or(""),
+                j["last_error_code"].as_str().unwrap_or(""),
+                j["last_error_message"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// A command with the proxy variables removed, so loopback calls go straight to the sim.
+pub fn no_proxy(mut c: Command) -> Command {
+    for v in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        c.env_remove(v);
+    }
+    c.env("NO_PROXY", "127.0.0.1,localhost");
+    c
 }

@@ -2,55 +2,16 @@
 //! never stall. Every test drives the real binary against the real simulator.
 
 use std::collections::{HashMap, HashSet};
-use std::process::Output;
 use std::time::{Duration, Instant};
 
 use crate::helpers::{
-    SimProc, TestEnv, fast_sim as sim, http_json, wait_until, worker_config, worker_config_with,
-    write_jobs,
+    SimProc, TestEnv, fast_sim as sim, http_json, job_states, run_within, wait_until,
+    worker_config, worker_config_with, write_jobs,
 };
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 /// A 2.x model: seedq sends no seed at all.
 const V2: &str = "doubao-seedance-2-0-260128";
-
-/// `seedq run`, killed (and the test failed) if it does not exit by itself within `secs`.
-fn run_within(env: &TestEnv, secs: u64) -> Output {
-    let mut c = env.keyed(&["run"]);
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("spawn seedq run");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "seedq run did not finish within {secs} s; jobs: {:?}\n{}",
-                states(env),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn states(env: &TestEnv) -> Vec<String> {
-    env.jobs()
-        .iter()
-        .map(|j| {
-            format!(
-                "{} {} {}",
-                j["state"].as_str().unwrap_or(""),
-                j["last_error_code"].as_str().unwrap_or(""),
-                j["last_error_message"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
-}
 
 fn set_faults(sim: &SimProc, faults: serde_json::Value) {
     http_json("POST", &format!("{}/_sim/faults", sim.root), Some(faults));
@@ -110,7 +71,7 @@ fn a_foreign_task_with_the_same_seed_is_never_adopted() {
     assert!(
         out.status.success(),
         "{:?}\n{}",
-        states(&env),
+        job_states(&env),
         String::from_utf8_lossy(&out.stderr)
     );
     for id in [&a, &b] {
@@ -136,12 +97,12 @@ fn seedless_identical_jobs_with_dropped_creates_pay_once_each() {
     let file = write_jobs(&env, "jobs.jsonl", &[line.clone(), line]);
     env.ok(&["submit", "-f", &file]);
     let out = run_within(&env, 60);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     let jobs = env.jobs();
     assert!(
         jobs.iter().all(|j| j["state"] == "succeeded"),
         "{:?}",
-        states(&env)
+        job_states(&env)
     );
     let remote: HashSet<&str> = jobs
         .iter()
@@ -168,12 +129,12 @@ fn twenty_percent_create_500s_finish_by_themselves_with_one_task_per_job() {
     let file = write_jobs(&env, "jobs.jsonl", &lines);
     env.ok(&["submit", "-f", &file]);
     let out = run_within(&env, 240);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     let jobs = env.jobs();
     assert!(
         jobs.iter().all(|j| j["state"] == "succeeded"),
         "{:?}",
-        states(&env)
+        job_states(&env)
     );
     let stats = sim.stats();
     assert!(
@@ -193,11 +154,11 @@ fn a_500_after_the_task_exists_is_adopted_by_identity_even_without_a_seed() {
     let file = write_jobs(&env, "jobs.jsonl", &[line.clone(), line]);
     env.ok(&["submit", "-f", &file]);
     let out = run_within(&env, 60);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     assert!(
         env.jobs().iter().all(|j| j["state"] == "succeeded"),
         "{:?}",
-        states(&env)
+        job_states(&env)
     );
     assert_eq!(sim.stats()["creates_total"], 2);
     // The identity seedq sent is echoed by list items (and GET).
@@ -222,7 +183,7 @@ fn a_create_that_times_out_after_the_task_exists_is_adopted_despite_a_skewed_clo
         .trim()
         .to_string();
     let out = run_within(&env, 60);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     let show: serde_json::Value =
         serde_json::from_slice(&env.cli(&["show", &id, "--json"]).stdout).expect("json");
     assert_eq!(show["job"]["state"], "succeeded", "{show}");
@@ -243,11 +204,11 @@ fn a_users_own_safety_identifier_serialises_creates_and_parked_jobs_hold_no_slot
     let file = write_jobs(&env, "jobs.jsonl", &[line.clone(), line, other]);
     env.ok(&["submit", "-f", &file]);
     let out = run_within(&env, 60);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     assert!(
         env.jobs().iter().all(|j| j["state"] == "succeeded"),
         "{:?}",
-        states(&env)
+        job_states(&env)
     );
     assert_eq!(sim.stats()["creates_total"], 3);
     assert_own_tasks(&env, &sim);
@@ -283,7 +244,7 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
     let file = write_jobs(&env, "jobs.jsonl", &lines);
     env.ok(&["submit", "-f", &file]);
     let out = run_within(&env, 60);
-    assert_eq!(out.status.code(), Some(3), "{:?}", states(&env));
+    assert_eq!(out.status.code(), Some(3), "{:?}", job_states(&env));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("parked: 1"), "{stderr}");
     let jobs = env.jobs();
@@ -291,12 +252,12 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
         .iter()
         .filter(|j| j["last_error_code"] == "parked")
         .collect();
-    assert_eq!(parked.len(), 1, "{:?}", states(&env));
+    assert_eq!(parked.len(), 1, "{:?}", job_states(&env));
     assert_eq!(
         jobs.iter().filter(|j| j["state"] == "succeeded").count(),
         5,
         "the parked job held no slot: {:?}",
-        states(&env)
+        job_states(&env)
     );
     // The operator sees both candidates and adopts the right one.
     let id = parked[0]["id"].as_str().expect("id").to_string();
@@ -334,7 +295,7 @@ fn unprovable_jobs_are_parked_without_blocking_the_queue_and_run_says_so() {
         String::from_utf8_lossy(&ok.stderr)
     );
     let out = run_within(&env, 60);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     assert_own_tasks(&env, &sim);
 }
 
@@ -376,7 +337,7 @@ fn a_restarted_service_takes_a_dead_holders_jobs_back_at_once() {
     serve.kill();
     let started = Instant::now();
     let out = run_within(&env, 40);
-    assert!(out.status.success(), "{:?}", states(&env));
+    assert!(out.status.success(), "{:?}", job_states(&env));
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "took {:?}: waited out the lease",

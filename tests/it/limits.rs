@@ -3,54 +3,15 @@
 //! id, model, status and times, the read routes have per-account rates, and some answers are
 //! account states rather than passing errors. Exactly one create per job throughout.
 
-use std::process::Output;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::helpers::{
-    SimProc, TestEnv, fast_sim, http_json, wait_until, worker_config, worker_config_with,
-    write_jobs,
+    SimProc, TestEnv, fast_sim, http_json, job_states, run_within, wait_until, worker_config,
+    worker_config_with, write_jobs,
 };
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const LITE: &str = "doubao-seedance-1-0-lite-t2v-250428";
-
-/// `seedq run`, killed (and the test failed) if it does not exit within `secs`.
-fn run_within(env: &TestEnv, secs: u64) -> Output {
-    let mut c = env.keyed(&["run"]);
-    c.stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("spawn seedq run");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if child.try_wait().expect("try_wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "seedq run did not finish within {secs} s; jobs: {:?}\n{}",
-                states(env),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn states(env: &TestEnv) -> Vec<String> {
-    env.jobs()
-        .iter()
-        .map(|j| {
-            format!(
-                "{} {} {}",
-                j["state"].as_str().unwrap_or(""),
-                j["last_error_code"].as_str().unwrap_or(""),
-                j["last_error_message"].as_str().unwrap_or("")
-            )
-        })
-        .collect()
-}
 
 fn jobs(model: &str, n: usize, flex: bool, tag: &str) -> Vec<String> {
     (0..n)
@@ -70,7 +31,7 @@ fn assert_one_task_per_job(env: &TestEnv, sim: &SimProc, n: usize) {
     assert!(
         jobs.iter().all(|j| j["state"] == "succeeded"),
         "{:?}",
-        states(env)
+        job_states(env)
     );
     let stats = sim.stats();
     assert_eq!(stats["creates_total"], n, "one create per job: {stats}");
@@ -111,7 +72,7 @@ fn lost_flex_creates_are_found_in_the_flex_tier(resubmit: bool) {
     assert!(
         out.status.success(),
         "{:?}\n{}",
-        states(&env),
+        job_states(&env),
         String::from_utf8_lossy(&out.stderr)
     );
     let stats = sim.stats();
@@ -160,7 +121,7 @@ fn lost_creates_with_bare_running_tasks(resubmit: bool) {
     assert!(
         out.status.success(),
         "{:?}\n{}",
-        states(&env),
+        job_states(&env),
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(sim.stats()["calls"]["create"]["dropped"], 10);

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::helpers::{SIM_KEY, SimProc, TestEnv, code_and_err, worker_config};
+use crate::helpers::{SIM_KEY, SimProc, TestEnv, code_and_err, no_proxy, worker_config};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const V20: &str = "doubao-seedance-2-0-260128";
@@ -23,22 +23,6 @@ const SDK_CHECK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_chec
 /// Fast simulated time and tiny videos: only the verdicts and the lifecycle matter here.
 fn fast_sim() -> SimProc {
     SimProc::start("time_scale = 0.002\nvideo_downscale = 16\nreuse_videos = true\n")
-}
-
-/// A command with the proxy variables removed, so loopback calls go straight to the sim.
-fn no_proxy(mut c: Command) -> Command {
-    for v in [
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        c.env_remove(v);
-    }
-    c.env("NO_PROXY", "127.0.0.1,localhost");
-    c
 }
 
 fn write(env: &TestEnv, name: &str, text: &str) -> String {

@@ -1855,7 +1855,7 @@ async fn video_input_tasks_bill_input_plus_output_seconds_without_the_extra_fram
     let mut cfg = fast();
     cfg.reference_video_seconds = 3.7;
     let t = T::new(cfg).await;
-    let mut b = text_body("doubao-seedance-2-0-260128", "extend this");
+    let mut b = text_body("doubao-seedance-2-0-260128", "the same street in the rain");
     b["content"]
         .as_array_mut()
         .expect("content")

@@ -163,8 +163,14 @@ impl Run {
         );
         assert!(ready < Duration::from_secs(5), "ready only after {ready:?}");
         assert_eq!(self.creates(), JOBS as u64, "one create per job");
+        // A claim whose record could not be written in the outage may be claimed once more
+        // after its lease (the reconciler then adopts the task by its identity): one create
+        // per job is the promise, checked above; a job never needs more than that one retry.
         for j in self.jobs() {
-            assert_eq!(j["attempts"], 1, "{j}");
+            assert!(
+                j["attempts"].as_i64().is_some_and(|a| (1..=2).contains(&a)),
+                "{j}"
+            );
         }
     }
 }
@@ -189,7 +195,9 @@ fn a_postgres_server_that_refuses_connections_is_ridden_out() {
     // takes the freed slots, until seedq holds none.
     let hog = block_on(&rt, async {
         let mut held = Vec::new();
-        for _ in 0..50 {
+        // seedq's pool reconnects as fast as it can; on a loaded machine it can win a few
+        // rounds, so the hog keeps at it for up to 20 s.
+        for _ in 0..400 {
             while let Ok(c) = connect(&run.url).await {
                 held.push(c);
             }

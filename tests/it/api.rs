@@ -226,7 +226,7 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         v["status"].as_str().unwrap_or_default().to_string()
     };
     wait_until(
-        60,
+        150,
         "the uncapped key's jobs and the first capped one",
         || {
             [(&free, &f1), (&free, &f2), (&capped, &c1)]

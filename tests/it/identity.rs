@@ -414,7 +414,7 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
     });
     signal("-CONT");
     let mut w1 = w1;
-    wait_until(30, "the duplicate to be cancelled", || {
+    wait_until(90, "the duplicate to be cancelled", || {
         sim.tasks().iter().any(|t| t["status"] == "cancelled")
     });
     w1.kill();
@@ -474,7 +474,7 @@ fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
     let failed_deletes = || sim.stats()["calls"]["delete"]["500"].as_u64().unwrap_or(0);
     // One cancel is three DELETEs (the client's own read retries); more than three cancels'
     // worth means the duplicate was kept and sent again on later rounds.
-    wait_until(30, "worker 1's DELETEs to be sent again", || {
+    wait_until(90, "worker 1's DELETEs to be sent again", || {
         failed_deletes() >= 10
     });
     assert!(
@@ -482,7 +482,7 @@ fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
         "no DELETE got through"
     );
     set_faults(&sim, serde_json::json!({}));
-    wait_until(30, "the duplicate to be cancelled once Ark answers", || {
+    wait_until(90, "the duplicate to be cancelled once Ark answers", || {
         sim.tasks().iter().any(|t| t["status"] == "cancelled")
     });
     w1.kill();

@@ -386,7 +386,8 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
         "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
     ));
     // lease 3 s, request_timeout 2 s: worker 2 resends at about 3 s, the late task comes at 8 s.
-    let cfg = worker_config(&sim, "");
+    // This sim's second lasts half a real one: Ark's read rates are counted over it.
+    let cfg = worker_config(&sim, "").replace("rate_window = \"10ms\"", "rate_window = \"500ms\"");
     let env = TestEnv::new(&cfg);
     let id = env.ok(&["submit", "paused", "-m", PRO]).trim().to_string();
     let w1 = env.serve();
@@ -442,7 +443,8 @@ fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
     let sim = SimProc::start(&format!(
         "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
     ));
-    let cfg = worker_config(&sim, "");
+    // This sim's second lasts half a real one: Ark's read rates are counted over it.
+    let cfg = worker_config(&sim, "").replace("rate_window = \"10ms\"", "rate_window = \"500ms\"");
     let env = TestEnv::new(&cfg);
     env.ok(&["submit", "paused", "-m", PRO]);
     let w1 = env.serve();

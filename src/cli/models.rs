@@ -44,12 +44,12 @@ pub fn run(ctx: &Ctx, a: &ModelsArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<36} {:<10} {:<22} {:<10} {:>9} {:>5} {:>4} {:<17} SOURCE",
+        "{:<36} {:<10} {:<22} {:<10} {:>9} {:>5} {:>4} {:<18} SOURCE",
         "MODEL", "REGION", "FAMILY", "SINCE", "CNY/M", "RPM", "CONC", "RESOLUTIONS"
     );
     for (id, s) in rows {
         println!(
-            "{:<36} {:<10} {:<22} {:<10} {:>9} {:>5} {:>4} {:<17} {}",
+            "{:<36} {:<10} {:<22} {:<10} {:>9} {:>5} {:>4} {:<18} {}",
             id,
             s.region.name(),
             s.family,

@@ -245,29 +245,7 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
 
 /// A validated job as a store row (as `seedq submit` stores it).
 fn new_job(p: request::Prepared) -> Result<NewJob, DoorError> {
-    let request_json = serde_json::to_string(&p.request)
-        .map_err(|e| DoorError::Internal(format!("serialising the request: {e}")))?;
-    request::image::check_body_size(request_json.len(), &p.model).map_err(DoorError::Invalid)?;
-    let e = &p.effective;
-    let shape = Some(match (e.frames, e.duration) {
-        (Some(f), _) => format!("{}/{f}f", e.resolution),
-        (None, Some(d)) => format!("{}/{d}s", e.resolution),
-        (None, None) => e.resolution.clone(),
-    });
-    Ok(NewJob {
-        id: p.id,
-        model: p.model,
-        flex: p.flex,
-        priority: p.priority,
-        request_json,
-        key: p.key,
-        tags: p.tags,
-        batch: p.batch,
-        shape,
-        est_tokens: p.est_tokens,
-        expires_after: Some(p.expires_after),
-        seed: p.seed,
-    })
+    request::new_job(p).map_err(DoorError::Invalid)
 }
 
 /// A job's status in Ark's words (the same mapping as `store::api::status_case`).

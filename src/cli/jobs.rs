@@ -167,29 +167,7 @@ impl SubmitArgs {
 
 /// Converts a prepared job into a store row.
 pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
-    let request_json = serde_json::to_string(&p.request).context("serialising the request")?;
-    // The body as it will be POSTed (images embedded), against the API's 64 MB limit.
-    request::image::check_body_size(request_json.len(), &p.model)?;
-    let e = &p.effective;
-    let shape = Some(match (e.frames, e.duration) {
-        (Some(f), _) => format!("{}/{f}f", e.resolution),
-        (None, Some(d)) => format!("{}/{d}s", e.resolution),
-        (None, None) => e.resolution.clone(),
-    });
-    Ok(NewJob {
-        id: p.id,
-        model: p.model,
-        flex: p.flex,
-        priority: p.priority,
-        request_json,
-        key: p.key,
-        tags: p.tags,
-        batch: p.batch,
-        shape,
-        est_tokens: p.est_tokens,
-        expires_after: Some(p.expires_after),
-        seed: p.seed,
-    })
+    Ok(request::new_job(p)?)
 }
 
 /// The most errors listed before the rest are summarised.

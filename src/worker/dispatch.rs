@@ -224,15 +224,146 @@ async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::R
     Ok(ctx.limiter.flex_room(model, day, tpd))
 }
 
+/// Submits one claimed job, step by step: hold its budgets, build its body, check its lease,
+/// POST it, record what Ark answered. The holds are settled on every path: given back when no
+/// task can exist, kept as spent when one may (`Holds`).
 async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
-    let token = job.lease_token;
     if job.cancel_requested {
-        ctx.store.cancel_before_submit(&job.id, token).await?;
+        ctx.store
+            .cancel_before_submit(&job.id, job.lease_token)
+            .await?;
         return Ok(());
     }
+    let Some(mut holds) = hold(ctx, &job).await? else {
+        return Ok(());
+    };
+    let body = body(ctx, &job).await?;
+    // A worker paused (SIGSTOP, a VM pause) since its claim may have lost the job to
+    // another: look at the lease right before the POST, the last moment it can matter.
+    if !still_ours(ctx, &job).await? {
+        tracing::warn!("the submit lease was lost before the POST; not sending");
+        // Nothing was sent: both holds go back. The spend-cap hold is named by the job, and
+        // the next owner's reservation would rename it and keep counting it as if billed.
+        holds.release().await?;
+        return Ok(());
+    }
+    holds.sending();
+    let result = post(ctx, &job, &body).await;
+    let now = now_ms();
+    match result {
+        Ok(resp) => record_accepted(ctx, &job, holds, &resp.id, now).await,
+        Err(e) => record_failed(ctx, &job, holds, &e, now).await,
+    }
+}
+
+/// What one submit holds before its POST: the flex TPD reservation (this process's limiter)
+/// and the spend-cap hold (the store, named by the job). Whatever is still held when it is
+/// dropped is settled then: given back if the request was never sent, kept as spent if it may
+/// have been (as for an ambiguous create: the poller or reconciliation settles it). Paths
+/// settle explicitly with [`Holds::release`] or [`Holds::commit`]; the drop is the fallback
+/// for an early return (a store error, a cancelled future).
+struct Holds<'a> {
+    ctx: &'a Ctx,
+    job_id: String,
+    model: String,
+    /// The flex day and the tokens reserved in it.
+    flex: Option<(i64, i64)>,
+    /// A spend-cap hold is in the store.
+    budget: bool,
+    /// The POST may have left: nothing is given back on drop.
+    sent: bool,
+}
+
+impl<'a> Holds<'a> {
+    fn new(ctx: &'a Ctx, job: &Job) -> Self {
+        Holds {
+            ctx,
+            job_id: job.id.to_string(),
+            model: job.model.clone(),
+            flex: None,
+            budget: false,
+            sent: false,
+        }
+    }
+
+    /// The POST is about to leave: from now on a task may exist.
+    fn sending(&mut self) {
+        self.sent = true;
+    }
+
+    /// No task was made: gives everything back and wakes the jobs waiting on a budget.
+    async fn release(&mut self) -> anyhow::Result<()> {
+        if let Some((day, need)) = self.flex.take() {
+            self.ctx.limiter.release_flex(&self.model, day, need);
+        }
+        if self.budget {
+            if self.ctx.store.budget_release(&self.job_id).await? {
+                self.ctx.poke_dispatch.notify_one();
+            }
+            self.budget = false;
+        }
+        Ok(())
+    }
+
+    /// A task exists or may exist: the flex tokens count as spent today, and the spend-cap
+    /// hold stays (the poller replaces it with the billed usage; reconciliation settles an
+    /// ambiguous one).
+    fn commit(&mut self) {
+        if let Some((day, need)) = self.flex.take() {
+            self.ctx.limiter.commit_flex(&self.model, day, need);
+        }
+        self.budget = false;
+    }
+}
+
+impl Drop for Holds<'_> {
+    fn drop(&mut self) {
+        if self.flex.is_none() && !self.budget {
+            return;
+        }
+        if self.sent {
+            tracing::warn!(job_id = %self.job_id, "submit ended after its POST left without settling its holds; keeping them as spent");
+            self.commit();
+            return;
+        }
+        tracing::warn!(job_id = %self.job_id, "submit ended before its POST without settling its holds; giving them back");
+        if let Some((day, need)) = self.flex.take() {
+            self.ctx.limiter.release_flex(&self.model, day, need);
+        }
+        if std::mem::take(&mut self.budget) {
+            let (store, poke, id) = (
+                self.ctx.store.clone(),
+                self.ctx.poke_dispatch.clone(),
+                self.job_id.clone(),
+            );
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        match store.budget_release(&id).await {
+                            Ok(true) => poke.notify_one(),
+                            Ok(false) => {}
+                            Err(e) => {
+                                tracing::error!(job_id = %id, error = %e, "cannot give a spend-cap hold back; reconciliation settles it with the job");
+                            }
+                        }
+                    });
+                }
+                Err(_) => {
+                    tracing::error!(job_id = %id, "no runtime to give a spend-cap hold back; reconciliation settles it with the job");
+                }
+            }
+        }
+    }
+}
+
+/// The hold step: reserves the job's flex tokens (its model's TPD, when it has one) and its
+/// estimated cost under the spend caps. `None`: it does not fit, and waits in the queue with
+/// the reason; nothing is held.
+async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> anyhow::Result<Option<Holds<'a>>> {
+    let token = job.lease_token;
+    let mut holds = Holds::new(ctx, job);
     // The flex budget must hold for this job too, not only for those before it: reserve its
     // tokens before the POST, and give them back if no task was made.
-    let mut reserved: Option<(i64, i64)> = None;
     if job.is_flex()
         && let Some(tpd) = ctx.ops.live.limits(&job.model).flex_tpd
     {
@@ -259,15 +390,13 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
                     format!("flex TPD budget reached ({spent}+{need} > {tpd} tokens)"),
                 )
                 .await?;
-            return Ok(());
+            return Ok(None);
         }
-        reserved = Some((day, need));
+        holds.flex = Some((day, need));
     }
     // Spend caps: reserved in the database, so other processes see it too.
-    if let Err(wait) = super::budget::reserve(ctx, &job).await? {
-        if let Some((day, need)) = reserved {
-            ctx.limiter.release_flex(&job.model, day, need);
-        }
+    if let Err(wait) = super::budget::reserve(ctx, job).await? {
+        holds.release().await?;
         tracing::info!(reason = %wait.message, "waiting on a budget");
         ctx.store
             .requeue(
@@ -285,25 +414,30 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         // A release that committed between the refusal and the requeue woke the waiters
         // before this job was one of them: without a second look it would wait on room that
         // is already free (and `seedq run` would stop with it still waiting).
-        if super::budget::released_since(ctx, &job, &wait).await? {
+        if super::budget::released_since(ctx, job, &wait).await? {
             ctx.store.wake_budget_waiters().await?;
             ctx.poke_dispatch.notify_one();
         }
-        return Ok(());
+        return Ok(None);
     }
-    let body = with_callback(ctx, &job)?;
-    // Embedded images are stored once, apart from the row; the full body exists only now.
-    let body = ctx.store.inflate_body(body).await?;
-    // A worker paused (SIGSTOP, a VM pause) since its claim may have lost the job to
-    // another: look at the lease right before the POST, the last moment it can matter.
-    if !still_ours(ctx, &job).await? {
-        if let Some((day, need)) = reserved {
-            ctx.limiter.release_flex(&job.model, day, need);
-        }
-        tracing::warn!("the submit lease was lost before the POST; not sending");
-        return Ok(());
-    }
-    let result = ctx.ark.create(&body).await;
+    holds.budget = true;
+    Ok(Some(holds))
+}
+
+/// The body step: the frozen body with seedq's identity and callback, its embedded images
+/// inflated (they are stored once, apart from the row; the full body exists only now).
+async fn body(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
+    let body = with_callback(ctx, job)?;
+    Ok(ctx.store.inflate_body(body).await?)
+}
+
+/// The POST step, counted in the create metrics by its outcome.
+async fn post(
+    ctx: &Ctx,
+    job: &Job,
+    body: &str,
+) -> Result<crate::ark::wire::CreateTaskResponse, crate::ark::ArkError> {
+    let result = ctx.ark.create(body).await;
     crate::metrics::create(
         &job.model,
         &job.service_tier,
@@ -311,199 +445,264 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
             .as_ref()
             .map_or_else(|e| e.class().name(), |_| "accepted"),
     );
-    let now = now_ms();
-    match result {
-        Ok(resp) => {
-            // In the log before the DB write: if the write fails, the id is not lost.
-            tracing::warn!(remote_id = %resp.id, "create accepted; recording the remote id");
-            let first_poll = super::poll::first_poll_at(ctx, &job, now).await?;
-            // Ark has the task: recording its id must survive a store outage (a full disk, a
-            // read-only or unreachable database) for as long as the lease holds the job.
-            // After that, reconciliation finds the task by its tag; either way it is paid once.
-            let lease_left = job.lease_until.map_or(0, |until| until - now_ms()).max(0);
-            let moved = crate::stage::ride_out(
-                ctx,
-                std::time::Duration::from_millis(u64::try_from(lease_left).unwrap_or(0)),
-                || {
-                    ctx.store.mark_submitted(
-                        &job.id,
-                        token,
-                        Accepted {
-                            remote_id: resp.id.clone(),
-                            submitted_at: now,
-                            first_poll_at: first_poll,
-                        },
-                    )
+    result
+}
+
+/// The record step of an accepted create: the remote id, then the holds count as spent.
+async fn record_accepted(
+    ctx: &Ctx,
+    job: &Job,
+    mut holds: Holds<'_>,
+    remote_id: &str,
+    now: i64,
+) -> anyhow::Result<()> {
+    // In the log before the DB write: if the write fails, the id is not lost.
+    tracing::warn!(remote_id = %remote_id, "create accepted; recording the remote id");
+    let first_poll = super::poll::first_poll_at(ctx, job, now).await?;
+    // Ark has the task: recording its id must survive a store outage (a full disk, a
+    // read-only or unreachable database) for as long as the lease holds the job.
+    // After that, reconciliation finds the task by its tag; either way it is paid once.
+    let lease_left = job.lease_until.map_or(0, |until| until - now_ms()).max(0);
+    let moved = crate::stage::ride_out(
+        ctx,
+        std::time::Duration::from_millis(u64::try_from(lease_left).unwrap_or(0)),
+        || {
+            ctx.store.mark_submitted(
+                &job.id,
+                job.lease_token,
+                Accepted {
+                    remote_id: remote_id.to_string(),
+                    submitted_at: now,
+                    first_poll_at: first_poll,
                 },
             )
-            .await;
-            // After the store has the task, so a reload in between counts it twice at worst.
-            if let Some((day, need)) = reserved {
-                ctx.limiter.commit_flex(&job.model, day, need);
-            }
-            if job.is_flex() {
-                ctx.limiter.flex_accepted(&job.model);
-            }
-            match moved {
-                Ok(_) => {
-                    tracing::info!(remote_id = %resp.id, "submitted");
-                    ctx.poke_poll.notify_one();
-                    Ok(())
-                }
-                // The lease ran out during the POST and reconciliation took the job over:
-                // give it the id we now know, so nothing is paid twice.
-                Err(crate::store::StoreError::Conflict { .. }) => {
-                    super::reconcile::adopt_known(ctx, &job.id, &resp.id, now).await
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Err(e) => {
-            let class = e.class();
-            // Only an ambiguous create may have made a (billable) task.
-            if let Some((day, need)) = reserved {
-                if class == ErrorClass::Ambiguous {
-                    ctx.limiter.commit_flex(&job.model, day, need);
-                } else {
-                    ctx.limiter.release_flex(&job.model, day, need);
-                }
-            }
-            if class != ErrorClass::Ambiguous {
-                super::budget::release(ctx, &job).await?;
-            }
-            let code = e.code().unwrap_or("transport").to_string();
-            let msg = format!("{e:#}");
-            let backoff = ctx.submit_backoff();
-            let (next, detail) = match class {
-                // The account's own inference limit paused the model's service at Ark until
-                // its owner acts (docs/ark-api.md §14 "Account-state answers"): no wait makes it
-                // pass, so the model is paused here too, for the whole fleet, until an
-                // operator resumes it. The job keeps its attempts and waits queued.
-                ErrorClass::Throttled(_) if code == SET_LIMIT_EXCEEDED => {
-                    crate::metrics::create_throttled(&job.model, job.service_tier.as_str(), &code);
-                    ctx.store
-                        .pause(crate::store::PauseKind::Model, &job.model)
-                        .await?;
-                    tracing::error!(
-                        model = %job.model,
-                        error = %msg,
-                        "ark paused this model's service for the account (SetLimitExceeded); model paused here: raise or lift the limit in the Ark console, then `seedq resume --model {}`",
-                        job.model
-                    );
-                    (
-                        AfterCreate::Requeue(now, Some(job.attempts - 1)),
-                        format!(
-                            "model paused: ark answered {code} (the account's own inference limit); raise it in the Ark console, then `seedq resume --model {}`",
-                            job.model
-                        ),
-                    )
-                }
-                ErrorClass::Throttled(ra) if job.is_flex() => {
-                    crate::metrics::create_throttled(&job.model, "flex", &code);
-                    let until = flex_throttled(ctx, &job, &code, &msg, ra, now).await?;
-                    // Ark's flex limit, not the job's fault: it keeps its attempts.
-                    (
-                        AfterCreate::Requeue(until, Some(job.attempts - 1)),
-                        format!("throttled (flex): {code}"),
-                    )
-                }
-                ErrorClass::Throttled(ra) => {
-                    crate::metrics::create_throttled(&job.model, "default", &code);
-                    // `ra` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
-                    // anyway, since a peer's number must never overflow our clock.
-                    let pause = ra.unwrap_or(ctx.cfg.dispatch.throttle_pause);
-                    let until = now.saturating_add(ms(pause));
-                    ctx.limiter.pause(&job.model, until);
-                    tracing::warn!(code = %code, pause = ?pause, "throttled; pausing this model's creates");
-                    // A 429 is the account's limit, not the job's fault: it keeps its attempts.
-                    (
-                        AfterCreate::Requeue(until, Some(job.attempts - 1)),
-                        format!("throttled: {code}"),
-                    )
-                }
-                ErrorClass::NeverSent
-                    if job.attempts < i64::from(ctx.cfg.dispatch.max_attempts) =>
-                {
-                    let delay =
-                        backoff.delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
-                    tracing::warn!(error = %msg, retry_in = ?delay, "create never reached ark; will retry");
-                    (
-                        AfterCreate::Requeue(now + ms(delay), None),
-                        format!("never sent: {msg}"),
-                    )
-                }
-                // Out of descriptors/memory/disk here: Ark saw nothing and the job did nothing
-                // wrong, so this is no attempt (EMFILE once made a job dead in 23 s).
-                ErrorClass::LocalResource => {
-                    // The full backoff window, but never a tight loop while the resource is short.
-                    let delay = backoff
-                        .delay_random(u32::MAX, None)
-                        .max(ctx.cfg.dispatch.backoff_base);
-                    tracing::warn!(error = %msg, retry_in = ?delay, "create not sent: this machine is out of a resource; not counted as an attempt");
-                    (
-                        AfterCreate::Requeue(now.saturating_add(ms(delay)), Some(job.attempts - 1)),
-                        format!("not sent (local resource): {msg}"),
-                    )
-                }
-                ErrorClass::NeverSent => (AfterCreate::Dead, format!("attempts exhausted: {msg}")),
-                ErrorClass::Rejected | ErrorClass::Transient => {
-                    tracing::error!(code = %code, error = %msg, "create rejected");
-                    (AfterCreate::Failed, format!("rejected: {code}"))
-                }
-                ErrorClass::Ambiguous => {
-                    tracing::warn!(error = %msg, "create outcome unknown; reconciling");
-                    (
-                        AfterCreate::Unknown(
-                            now + ms(ctx.cfg.dispatch.reconcile_interval).min(5_000),
-                        ),
-                        format!("ambiguous: {msg}"),
-                    )
-                }
-            };
-            let why = LastError::new(code, msg);
-            let requeued = matches!(next, AfterCreate::Requeue(..));
-            let written = match next {
-                AfterCreate::Requeue(at, attempts) => {
-                    let r = Requeue {
-                        at,
-                        attempts,
-                        error: ErrorNote::Set(why),
-                    };
-                    ctx.store
-                        .requeue(&job.id, JobState::Submitting, token, r, detail)
-                        .await
-                }
-                AfterCreate::Dead => {
-                    ctx.store
-                        .mark_dead(&job.id, JobState::Submitting, token, Some(why), detail)
-                        .await
-                }
-                AfterCreate::Failed => ctx.store.mark_failed(&job.id, token, why, detail).await,
-                AfterCreate::Unknown(at) => {
-                    ctx.store
-                        .mark_unknown(&job.id, token, at, why, detail)
-                        .await
-                }
-            };
-            match written {
-                Ok(_) => {}
-                // The lease was taken over during the POST (a paused worker): the job is
-                // another worker's now. A task this create may have made is a duplicate.
-                Err(crate::store::StoreError::Conflict { .. }) => {
-                    tracing::warn!("the job was taken over during the create");
-                    if class == ErrorClass::Ambiguous {
-                        super::reconcile::sweep_duplicates(ctx, &job.id).await?;
-                    }
-                    return Ok(());
-                }
-                Err(e) => return Err(e.into()),
-            }
-            if requeued {
-                ctx.poke_dispatch.notify_one();
-            }
+        },
+    )
+    .await;
+    // After the store has the task, so a reload in between counts it twice at worst.
+    holds.commit();
+    if job.is_flex() {
+        ctx.limiter.flex_accepted(&job.model);
+    }
+    match moved {
+        Ok(_) => {
+            tracing::info!(remote_id = %remote_id, "submitted");
+            ctx.poke_poll.notify_one();
             Ok(())
         }
+        // The lease ran out during the POST and reconciliation took the job over:
+        // give it the id we now know, so nothing is paid twice.
+        Err(crate::store::StoreError::Conflict { .. }) => {
+            super::reconcile::adopt_known(ctx, &job.id, remote_id, now).await
+        }
+        Err(e) => Err(e.into()),
     }
+}
+
+/// What a failed create means for its job, decided from the error alone ([`classify`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// 429 `SetLimitExceeded`: the account's own inference limit paused the model at Ark;
+    /// paused here too until an operator resumes it. Requeued, no attempt spent.
+    PauseModel,
+    /// A flex 429: a TPD refusal (`tpd`) closes the model's flex day, any other pauses its flex
+    /// creates and halves the learned ceiling. Requeued, no attempt spent.
+    FlexThrottled {
+        tpd: bool,
+        retry_after: Option<std::time::Duration>,
+    },
+    /// A default-tier 429 (or no turn on the account's budget): the model's creates pause
+    /// for `Retry-After` or `dispatch.throttle_pause`. Requeued, no attempt spent.
+    Throttled {
+        retry_after: Option<std::time::Duration>,
+    },
+    /// Provably never sent and attempts left: requeued after a backoff; the attempt counts.
+    Retry,
+    /// Never sent for want of a local resource: requeued after the full backoff, no attempt
+    /// spent.
+    LocalResource,
+    /// Provably never sent, attempts exhausted: dead.
+    Exhausted,
+    /// Refused for good (4xx other than 429, a bad base URL): failed.
+    Failed,
+    /// May have made a task (timeout after sending, reset, create 5xx, unreadable success):
+    /// `submit_unknown`, for reconciliation.
+    Unknown,
+}
+
+impl SubmitOutcome {
+    /// Whether Ark may have made a (billable) task: then the holds stay, counted as spent.
+    pub fn may_have_created(self) -> bool {
+        self == SubmitOutcome::Unknown
+    }
+}
+
+/// Classifies a failed create of a job on the flex tier (`flex`) with attempts left
+/// (`attempts_left`). Pure: the caller does what the outcome says.
+pub fn classify(e: &crate::ark::ArkError, flex: bool, attempts_left: bool) -> SubmitOutcome {
+    let code = e.code().unwrap_or("transport");
+    match e.class() {
+        // docs/ark-api.md §14 "Account-state answers": no wait makes it pass.
+        ErrorClass::Throttled(_) if code == SET_LIMIT_EXCEEDED => SubmitOutcome::PauseModel,
+        ErrorClass::Throttled(retry_after) if flex => SubmitOutcome::FlexThrottled {
+            tpd: is_tpd_refusal(code, &format!("{e:#}")),
+            retry_after,
+        },
+        ErrorClass::Throttled(retry_after) => SubmitOutcome::Throttled { retry_after },
+        ErrorClass::NeverSent if attempts_left => SubmitOutcome::Retry,
+        ErrorClass::LocalResource => SubmitOutcome::LocalResource,
+        ErrorClass::NeverSent => SubmitOutcome::Exhausted,
+        ErrorClass::Rejected | ErrorClass::Transient => SubmitOutcome::Failed,
+        ErrorClass::Ambiguous => SubmitOutcome::Unknown,
+    }
+}
+
+/// The record step of a failed create: settle the holds, then do what [`classify`] says.
+async fn record_failed(
+    ctx: &Ctx,
+    job: &Job,
+    mut holds: Holds<'_>,
+    e: &crate::ark::ArkError,
+    now: i64,
+) -> anyhow::Result<()> {
+    let token = job.lease_token;
+    let outcome = classify(
+        e,
+        job.is_flex(),
+        job.attempts < i64::from(ctx.cfg.dispatch.max_attempts),
+    );
+    // Only an ambiguous create may have made a (billable) task.
+    if outcome.may_have_created() {
+        holds.commit();
+    } else {
+        holds.release().await?;
+    }
+    let code = e.code().unwrap_or("transport").to_string();
+    let msg = format!("{e:#}");
+    let backoff = ctx.submit_backoff();
+    let (next, detail) = match outcome {
+        // The account's own inference limit paused the model's service at Ark until its owner
+        // acts (docs/ark-api.md §14 "Account-state answers"): no wait makes it pass, so the
+        // model is paused here too, for the whole fleet, until an operator resumes it. The job
+        // keeps its attempts and waits queued.
+        SubmitOutcome::PauseModel => {
+            crate::metrics::create_throttled(&job.model, job.service_tier.as_str(), &code);
+            ctx.store
+                .pause(crate::store::PauseKind::Model, &job.model)
+                .await?;
+            tracing::error!(
+                model = %job.model,
+                error = %msg,
+                "ark paused this model's service for the account (SetLimitExceeded); model paused here: raise or lift the limit in the Ark console, then `seedq resume --model {}`",
+                job.model
+            );
+            (
+                AfterCreate::Requeue(now, Some(job.attempts - 1)),
+                format!(
+                    "model paused: ark answered {code} (the account's own inference limit); raise it in the Ark console, then `seedq resume --model {}`",
+                    job.model
+                ),
+            )
+        }
+        SubmitOutcome::FlexThrottled { tpd, retry_after } => {
+            crate::metrics::create_throttled(&job.model, "flex", &code);
+            let until = flex_throttled(ctx, job, &code, tpd, retry_after, now).await?;
+            // Ark's flex limit, not the job's fault: it keeps its attempts.
+            (
+                AfterCreate::Requeue(until, Some(job.attempts - 1)),
+                format!("throttled (flex): {code}"),
+            )
+        }
+        SubmitOutcome::Throttled { retry_after } => {
+            crate::metrics::create_throttled(&job.model, "default", &code);
+            // `retry_after` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
+            // anyway, since a peer's number must never overflow our clock.
+            let pause = retry_after.unwrap_or(ctx.cfg.dispatch.throttle_pause);
+            let until = now.saturating_add(ms(pause));
+            ctx.limiter.pause(&job.model, until);
+            tracing::warn!(code = %code, pause = ?pause, "throttled; pausing this model's creates");
+            // A 429 is the account's limit, not the job's fault: it keeps its attempts.
+            (
+                AfterCreate::Requeue(until, Some(job.attempts - 1)),
+                format!("throttled: {code}"),
+            )
+        }
+        SubmitOutcome::Retry => {
+            let delay = backoff.delay_random(u32::try_from(job.attempts).unwrap_or(1), None);
+            tracing::warn!(error = %msg, retry_in = ?delay, "create never reached ark; will retry");
+            (
+                AfterCreate::Requeue(now + ms(delay), None),
+                format!("never sent: {msg}"),
+            )
+        }
+        // Out of descriptors/memory/disk here: Ark saw nothing and the job did nothing
+        // wrong, so this is no attempt (EMFILE once made a job dead in 23 s).
+        SubmitOutcome::LocalResource => {
+            // The full backoff window, but never a tight loop while the resource is short.
+            let delay = backoff
+                .delay_random(u32::MAX, None)
+                .max(ctx.cfg.dispatch.backoff_base);
+            tracing::warn!(error = %msg, retry_in = ?delay, "create not sent: this machine is out of a resource; not counted as an attempt");
+            (
+                AfterCreate::Requeue(now.saturating_add(ms(delay)), Some(job.attempts - 1)),
+                format!("not sent (local resource): {msg}"),
+            )
+        }
+        SubmitOutcome::Exhausted => (AfterCreate::Dead, format!("attempts exhausted: {msg}")),
+        SubmitOutcome::Failed => {
+            tracing::error!(code = %code, error = %msg, "create rejected");
+            (AfterCreate::Failed, format!("rejected: {code}"))
+        }
+        SubmitOutcome::Unknown => {
+            tracing::warn!(error = %msg, "create outcome unknown; reconciling");
+            (
+                AfterCreate::Unknown(now + ms(ctx.cfg.dispatch.reconcile_interval).min(5_000)),
+                format!("ambiguous: {msg}"),
+            )
+        }
+    };
+    let why = LastError::new(code, msg);
+    let requeued = matches!(next, AfterCreate::Requeue(..));
+    let written = match next {
+        AfterCreate::Requeue(at, attempts) => {
+            let r = Requeue {
+                at,
+                attempts,
+                error: ErrorNote::Set(why),
+            };
+            ctx.store
+                .requeue(&job.id, JobState::Submitting, token, r, detail)
+                .await
+        }
+        AfterCreate::Dead => {
+            ctx.store
+                .mark_dead(&job.id, JobState::Submitting, token, Some(why), detail)
+                .await
+        }
+        AfterCreate::Failed => ctx.store.mark_failed(&job.id, token, why, detail).await,
+        AfterCreate::Unknown(at) => {
+            ctx.store
+                .mark_unknown(&job.id, token, at, why, detail)
+                .await
+        }
+    };
+    match written {
+        Ok(_) => {}
+        // The lease was taken over during the POST (a paused worker): the job is
+        // another worker's now. A task this create may have made is a duplicate.
+        Err(crate::store::StoreError::Conflict { .. }) => {
+            tracing::warn!("the job was taken over during the create");
+            if outcome.may_have_created() {
+                super::reconcile::sweep_duplicates(ctx, &job.id).await?;
+            }
+            return Ok(());
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if requeued {
+        ctx.poke_dispatch.notify_one();
+    }
+    Ok(())
 }
 
 /// The 429 code of an account whose own inference limit paused a model's service
@@ -522,19 +721,19 @@ pub fn is_tpd_refusal(code: &str, message: &str) -> bool {
         || m.contains("tpd")
 }
 
-/// A flex create of `job` got a 429: a TPD refusal closes the model's flex day (the job
-/// waits for the next one); any other 429 pauses the model's flex creates until
+/// A flex create of `job` got a 429: a TPD refusal (`tpd`, [`is_tpd_refusal`]) closes the
+/// model's flex day (the job waits for the next one); any other 429 pauses the model's flex creates until
 /// `Retry-After` or a backoff and halves the learned in-flight ceiling. Returns when the job
 /// is due again.
 async fn flex_throttled(
     ctx: &Ctx,
     job: &Job,
     code: &str,
-    msg: &str,
+    tpd: bool,
     retry_after: Option<std::time::Duration>,
     now: i64,
 ) -> anyhow::Result<i64> {
-    if is_tpd_refusal(code, msg) {
+    if tpd {
         let day_ms = ctx.cfg.bulk.tpd_day_ms();
         let day = crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
         ctx.limiter.exhaust_flex_day(&job.model, day);
@@ -605,6 +804,324 @@ fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use crate::ark::ArkError;
+
+    /// A `reqwest::Error` to wrap (an unparsable URL), for the variants that carry one.
+    fn reqwest_error() -> reqwest::Error {
+        reqwest::Client::new()
+            .get("http://")
+            .build()
+            .expect_err("no host")
+    }
+
+    fn api(status: u16, code: &str, message: &str, retry_after: Option<Duration>) -> ArkError {
+        ArkError::Api {
+            status,
+            code: code.into(),
+            message: message.into(),
+            param: None,
+            kind: None,
+            request_id: "req".into(),
+            retry_after,
+            create: true,
+        }
+    }
+
+    #[test]
+    fn every_failed_create_has_one_outcome() {
+        use SubmitOutcome::*;
+        let ra = Some(Duration::from_secs(3));
+        let tpd_msg = "your account has exceeded its tokens per day (TPD) limit";
+        // (what, error, flex, attempts left, outcome)
+        let cases: Vec<(&str, ArkError, bool, bool, SubmitOutcome)> = vec![
+            (
+                "SetLimitExceeded pauses the model",
+                api(429, SET_LIMIT_EXCEEDED, "limit", None),
+                false,
+                true,
+                PauseModel,
+            ),
+            (
+                "SetLimitExceeded on flex pauses the model too",
+                api(429, SET_LIMIT_EXCEEDED, "limit", ra),
+                true,
+                true,
+                PauseModel,
+            ),
+            (
+                "a flex TPD refusal",
+                api(429, "QuotaExceeded", tpd_msg, None),
+                true,
+                true,
+                FlexThrottled {
+                    tpd: true,
+                    retry_after: None,
+                },
+            ),
+            (
+                "another flex 429 keeps its Retry-After",
+                api(429, "QuotaExceeded", "too many queued tasks", ra),
+                true,
+                false,
+                FlexThrottled {
+                    tpd: false,
+                    retry_after: ra,
+                },
+            ),
+            (
+                "a default-tier 429",
+                api(429, "ModelAccountRpmRateLimitExceeded", "rpm", ra),
+                false,
+                true,
+                Throttled { retry_after: ra },
+            ),
+            (
+                "a TPD message on the default tier is a plain 429",
+                api(429, "QuotaExceeded", tpd_msg, None),
+                false,
+                true,
+                Throttled { retry_after: None },
+            ),
+            (
+                "no turn on the account's budget",
+                ArkError::Budget {
+                    route: "create",
+                    patience: Duration::from_secs(1),
+                },
+                false,
+                true,
+                Throttled { retry_after: None },
+            ),
+            (
+                "connect refused, attempts left",
+                ArkError::Connect {
+                    url: "http://127.0.0.1:1".into(),
+                    source: reqwest_error(),
+                },
+                false,
+                true,
+                Retry,
+            ),
+            (
+                "connect refused, attempts exhausted",
+                ArkError::Connect {
+                    url: "http://127.0.0.1:1".into(),
+                    source: reqwest_error(),
+                },
+                true,
+                false,
+                Exhausted,
+            ),
+            (
+                "out of a local resource, even with no attempts left",
+                ArkError::Local {
+                    url: "http://127.0.0.1:1".into(),
+                    source: reqwest_error(),
+                },
+                false,
+                false,
+                LocalResource,
+            ),
+            (
+                "a 400 is refused for good",
+                api(400, "InvalidParameter", "bad", None),
+                false,
+                true,
+                Failed,
+            ),
+            (
+                "a 401",
+                api(401, "AuthenticationError", "key", None),
+                true,
+                true,
+                Failed,
+            ),
+            (
+                "a 408 on a create",
+                api(408, "RequestTimeout", "slow", None),
+                false,
+                true,
+                Failed,
+            ),
+            (
+                "a bad base URL",
+                ArkError::BaseUrl("x".into()),
+                false,
+                true,
+                Failed,
+            ),
+            (
+                "a create 500 may have made a task",
+                api(500, "InternalServiceError", "oops", None),
+                false,
+                true,
+                Unknown,
+            ),
+            (
+                "a create 503 with no attempts left is still unknown",
+                api(503, "ServiceUnavailable", "busy", None),
+                true,
+                false,
+                Unknown,
+            ),
+            (
+                "a timeout after sending",
+                ArkError::Transport {
+                    what: "timeout",
+                    create: true,
+                    source: reqwest_error(),
+                },
+                false,
+                true,
+                Unknown,
+            ),
+            (
+                "an unreadable success",
+                ArkError::Decode {
+                    status: 200,
+                    snippet: "<html>".into(),
+                    create: true,
+                },
+                false,
+                true,
+                Unknown,
+            ),
+            (
+                "an oversized answer",
+                ArkError::TooLarge {
+                    status: 200,
+                    limit: 1,
+                    create: true,
+                },
+                true,
+                true,
+                Unknown,
+            ),
+        ];
+        for (what, e, flex, attempts_left, want) in cases {
+            assert_eq!(classify(&e, flex, attempts_left), want, "{what}");
+            assert_eq!(want.may_have_created(), want == Unknown, "{what}");
+        }
+    }
+
+    const PRO: &str = "doubao-seedance-1-0-pro-250528";
+
+    /// A context on `store` whose Ark is the simulator at `base_url`.
+    fn ctx_on(store: crate::store::Store, base_url: String) -> Ctx {
+        let mut cfg = crate::config::Config::default();
+        cfg.ark.base_url = base_url;
+        cfg.ark.api_key = Some(secrecy::SecretString::from("sk-sim".to_string()));
+        cfg.admin.listen = String::new();
+        cfg.archive.url = String::new();
+        let catalogue = cfg.validate().expect("valid config");
+        Ctx::new(cfg, catalogue, store).expect("ctx")
+    }
+
+    /// Enqueues a flex job on `PRO` and claims it for `ctx` with a lease of `lease_ms`.
+    async fn claimed_flex_job(ctx: &Ctx, dir: &std::path::Path, lease_ms: i64) -> Job {
+        let spec = crate::request::JobSpec {
+            model: Some(PRO.into()),
+            prompt: Some("a fox in snow".into()),
+            resolution: Some("480p".into()),
+            duration: Some(2),
+            flex: Some(true),
+            ..Default::default()
+        };
+        let p = crate::request::prepare(spec, &ctx.ops.live.catalogue(), dir).expect("spec");
+        let new = crate::request::new_job(p).expect("job");
+        assert!(
+            new.est_tokens.unwrap_or(0) > 0,
+            "the job has a size estimate"
+        );
+        ctx.store.enqueue(vec![new]).await.expect("enqueue");
+        let mut jobs = ctx
+            .store
+            .claim_for_submit_tier(
+                PRO,
+                "flex",
+                u32::MAX,
+                ResolutionScope::All,
+                1,
+                &ctx.owner,
+                lease_ms,
+            )
+            .await
+            .expect("claim");
+        jobs.pop().expect("one job claimed")
+    }
+
+    /// What `ctx` holds for `PRO` today: spend-cap hold units in the store, flex tokens in
+    /// the limiter (stored spend plus reservations in flight).
+    async fn held(ctx: &Ctx) -> (i64, i64) {
+        let day =
+            super::super::budget::day_start(now_ms(), ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
+        let (units, _) = ctx.store.day_spend(day, None).await.expect("day spend");
+        let tpd = ctx
+            .ops
+            .live
+            .limits(PRO)
+            .flex_tpd
+            .expect("pro has a flex TPD");
+        let flex_day = flex_day(ctx, PRO).await.expect("flex day");
+        // More than the whole day never fits: the refusal reports what is spent.
+        let over = i64::try_from(tpd).expect("tpd") + 1;
+        let flex = ctx
+            .limiter
+            .try_reserve_flex(PRO, flex_day, over, tpd)
+            .expect_err("never fits");
+        (units, flex)
+    }
+
+    /// A worker that loses its submit lease between the claim and the POST (paused, and the
+    /// job taken over by another) sends nothing and gives back both holds it took: the flex
+    /// tokens and the spend-cap hold. A submit that keeps its lease keeps both (its task
+    /// exists), which shows the holds were taken.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_gives_every_hold_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let sim_cfg: crate::sim::SimConfig =
+            toml::from_str("time_scale = 0.001\nvideo_downscale = 16").expect("sim config");
+        let sim = crate::sim::start(sim_cfg, listener).await.expect("sim");
+        for (name, store) in crate::store::testpg::both(dir.path()).await {
+            let ctx = ctx_on(store, sim.base_url());
+            assert_eq!(held(&ctx).await, (0, 0), "{name}");
+
+            let lost = claimed_flex_job(&ctx, dir.path(), 200).await;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let stolen = ctx
+                .store
+                .claim_due(JobState::Submitting, "another-worker", 60_000, 10)
+                .await
+                .expect("steal");
+            assert_eq!(stolen.len(), 1, "{name}: the expired lease is taken over");
+            submit(&ctx, lost.clone()).await.expect("submit");
+            assert_eq!(held(&ctx).await, (0, 0), "{name}: nothing stays held");
+            let now = ctx.store.job(lost.id.as_str()).await.expect("job");
+            let now = now.expect("exists");
+            assert_eq!(
+                (now.state, now.remote_task_id, now.lease_token),
+                (JobState::Submitting, None, stolen[0].lease_token),
+                "{name}: nothing was sent; the job is the other worker's"
+            );
+
+            let kept = claimed_flex_job(&ctx, dir.path(), 60_000).await;
+            submit(&ctx, kept.clone()).await.expect("submit");
+            let done = ctx.store.job(kept.id.as_str()).await.expect("job");
+            assert!(
+                done.expect("exists").remote_task_id.is_some(),
+                "{name}: created"
+            );
+            let (units, flex) = held(&ctx).await;
+            assert!(units > 0, "{name}: the task's spend-cap hold stays");
+            assert_eq!(flex, kept.est_tokens.unwrap_or(0), "{name}: flex spent");
+        }
+        sim.shutdown().await;
+    }
 
     #[test]
     fn tpd_refusals_are_told_from_other_429s() {

@@ -1123,6 +1123,50 @@ mod tests {
         sim.shutdown().await;
     }
 
+    /// A submit that ends early without settling its holds (a store error, a cancelled
+    /// future) settles them when its guard is dropped: before the POST leaves they go back,
+    /// after it they stay counted as spent.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_guard_settles_its_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("q.db")).expect("store");
+        // Nothing is sent here: no Ark behind it.
+        let ctx = ctx_on(store, "http://127.0.0.1:9/api/v3".into());
+
+        let job = claimed_flex_job(&ctx, dir.path(), 60_000).await;
+        let need = job.est_tokens.unwrap_or(0);
+        let holds = hold(&ctx, &job).await.expect("hold").expect("fits");
+        let (units, flex) = held(&ctx).await;
+        assert!(
+            units > 0 && flex == need,
+            "held: {units} units, {flex} tokens"
+        );
+        drop(holds);
+        // The spend-cap hold goes back through a spawned release.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while held(&ctx).await != (0, 0) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still held: {:?}",
+                held(&ctx).await
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let job = claimed_flex_job(&ctx, dir.path(), 60_000).await;
+        let mut holds = hold(&ctx, &job).await.expect("hold").expect("fits");
+        holds.sending();
+        drop(holds);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (units, flex) = held(&ctx).await;
+        assert!(units > 0, "a sent create's spend-cap hold stays");
+        assert_eq!(
+            flex,
+            job.est_tokens.unwrap_or(0),
+            "its flex tokens count as spent"
+        );
+    }
+
     #[test]
     fn tpd_refusals_are_told_from_other_429s() {
         assert!(is_tpd_refusal(

@@ -36,6 +36,34 @@ pub struct HoldRequest {
     pub priced: bool,
 }
 
+/// Which hold one reservation made: its `created_at`, unique among the holds of its job (a
+/// reservation stamps its hold after the job's hold it renames). Releasing by stamp removes
+/// exactly that hold, whether it is still named by the job or was renamed `<job>#<stamp>` by a
+/// later reservation of the same job, and never another owner's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HoldStamp(pub(crate) i64);
+
+impl HoldStamp {
+    /// The hold's `created_at` (ms since the epoch).
+    pub fn created_at(self) -> i64 {
+        self.0
+    }
+}
+
+/// The stamp of a new hold of a job whose previous hold (renamed in the same transaction)
+/// was stamped `prev`: now, or one past `prev` when that is not earlier (two reservations in
+/// one millisecond, or another host's clock ahead), so no two holds of a job share a stamp.
+/// Shared by both backends.
+pub(crate) fn next_stamp(prev: Option<i64>, now: i64) -> HoldStamp {
+    HoldStamp(prev.map_or(now, |p| now.max(p.saturating_add(1))))
+}
+
+/// The name a later reservation of the same job gives the hold stamped `stamp` (the
+/// `job_id || '#' || created_at` of the renaming `UPDATE`).
+pub(crate) fn renamed(job_id: &str, stamp: HoldStamp) -> String {
+    format!("{job_id}#{}", stamp.0)
+}
+
 /// Daily caps in force, in fen.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct DailyCaps {
@@ -133,6 +161,7 @@ pub(crate) fn unpriced(req: &HoldRequest, batch_capped: bool, daily: DailyCaps) 
 
 impl Store {
     /// Reserves `req` against every cap it falls under, or says which one it does not fit.
+    /// The stamp names the hold made, for [`Store::budget_release_hold`].
     ///
     /// # Errors
     /// SQL errors.
@@ -140,7 +169,7 @@ impl Store {
         &self,
         req: HoldRequest,
         daily: DailyCaps,
-    ) -> Result<Result<(), Refusal>, StoreError> {
+    ) -> Result<Result<HoldStamp, Refusal>, StoreError> {
         if let Some(pg) = self.pg() {
             return super::pg::budget::budget_reserve(pg, &req, daily).await;
         }
@@ -148,11 +177,17 @@ impl Store {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // A hold still here belongs to an earlier create whose outcome stayed unknown (a
             // parked job an operator retried): it may have been billed, so it keeps counting,
-            // under a name of its own.
-            tx.execute(
-                "UPDATE budget_holds SET job_id = job_id || '#' || created_at WHERE job_id = ?1",
-                [&req.job_id],
-            )?;
+            // under a name of its own. So does the hold of an owner that lost the job's lease
+            // before its POST: that owner releases it by its stamp, under the new name.
+            let prev: Option<i64> = tx
+                .query_row(
+                    "UPDATE budget_holds SET job_id = job_id || '#' || created_at WHERE job_id = ?1 \
+                     RETURNING created_at",
+                    [&req.job_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let stamp = next_stamp(prev, now_ms());
             let need = req.tokens.saturating_mul(req.rate);
             let mut checks: Vec<(Scope, i64, i64)> = Vec::new();
             if let Some(batch) = &req.batch {
@@ -251,17 +286,50 @@ impl Store {
                     req.day_start,
                     req.tokens,
                     req.rate,
-                    now_ms()
+                    stamp.0
                 ],
             )?;
             tx.commit()?;
-            Ok(Ok(()))
+            Ok(Ok(stamp))
+        })
+        .await
+    }
+
+    /// Gives back the one hold a reservation of `job_id` made (`stamp`), under its own name
+    /// or renamed by a later reservation of the job, and wakes the jobs waiting on a budget.
+    /// A submit that made no task gives its hold back this way: by the job's name alone it
+    /// would take the hold of whoever owns the job now. Returns whether the hold was there.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn budget_release_hold(
+        &self,
+        job_id: &str,
+        stamp: HoldStamp,
+    ) -> Result<bool, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::budget::budget_release_hold(pg, job_id, stamp).await;
+        }
+        let (id, old) = (job_id.to_string(), renamed(job_id, stamp));
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "DELETE FROM budget_holds WHERE (job_id = ?1 AND created_at = ?2) OR job_id = ?3",
+                params![id, stamp.0, old],
+            )?;
+            if n > 0 {
+                wake(&tx, None, now_ms())?;
+            }
+            tx.commit()?;
+            Ok(n > 0)
         })
         .await
     }
 
     /// Gives a job's reservation back (its create provably made no billable task) and wakes
-    /// the jobs waiting on a budget. Returns whether it held one.
+    /// the jobs waiting on a budget. Returns whether it held one. It takes the hold named by
+    /// the job, the newest reservation's: for the holder of the job's lease (the poller,
+    /// reconciliation). A submit gives its own back with [`Store::budget_release_hold`].
     ///
     /// # Errors
     /// SQL errors.
@@ -552,7 +620,8 @@ mod tests {
                 assert_eq!(
                     s.budget_reserve(at(id, 200_000, day), daily)
                         .await
-                        .expect("reserve"),
+                        .expect("reserve")
+                        .map(|_| ()),
                     Ok(()),
                     "{name}: {id}"
                 );
@@ -598,7 +667,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(at("fits", 450_000, 100), daily)
                     .await
-                    .expect("fits"),
+                    .expect("fits")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -622,7 +692,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(hold("a", 600_000), daily)
                     .await
-                    .expect("a"),
+                    .expect("a")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -649,7 +720,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(hold("b", 600_000), daily)
                     .await
-                    .expect("b"),
+                    .expect("b")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -666,7 +738,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(hold("b", 100_000), daily)
                     .await
-                    .expect("b2"),
+                    .expect("b2")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -697,6 +770,108 @@ mod tests {
         }
     }
 
+    /// Two owners of one job in the racy order: A reserves and loses the job's lease, B
+    /// claims it and reserves (renaming A's hold), and only then A gives its hold back. Each
+    /// release by stamp takes its owner's hold alone: B's stays, and B's commit still finds
+    /// it. Released in either order, nothing stays held.
+    #[tokio::test]
+    async fn each_owner_releases_only_its_own_hold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            s.set_batch_budget("b", Some(Some(1)), None)
+                .await
+                .expect("cap");
+            let daily = DailyCaps::default();
+            let units = |s: &Store| {
+                let s = s.clone();
+                async move { s.batch_spend("b").await.expect("spend").units }
+            };
+            // A releases first, then B.
+            let a = s
+                .budget_reserve(hold("j", 100_000), daily)
+                .await
+                .expect("a")
+                .expect("a fits");
+            let b = s
+                .budget_reserve(hold("j", 300_000), daily)
+                .await
+                .expect("b")
+                .expect("b fits");
+            assert!(b > a, "{name}: one job's holds never share a stamp");
+            assert_eq!(units(&s).await, 800_000, "{name}: both held");
+            assert!(
+                s.budget_release_hold("j", a).await.expect("release a"),
+                "{name}: A's renamed hold is found by its stamp"
+            );
+            assert_eq!(units(&s).await, 600_000, "{name}: B's hold stays");
+            assert!(
+                !s.budget_release_hold("j", a).await.expect("again"),
+                "{name}: A's hold is gone, and B's is not taken for it"
+            );
+            s.budget_commit("j", 200_000).await.expect("commit");
+            let spend = s.batch_spend("b").await.expect("spend");
+            assert_eq!(
+                (spend.units, spend.billed_units),
+                (400_000, 400_000),
+                "{name}: B's commit lands on B's hold"
+            );
+            assert!(
+                s.budget_release_hold("j", b).await.expect("release b"),
+                "{name}"
+            );
+            assert_eq!(units(&s).await, 0, "{name}: nothing stays held");
+            assert!(!s.budget_release("j").await.expect("release"), "{name}");
+
+            // B releases first (its hold under the job's name), then A (renamed).
+            let a = s
+                .budget_reserve(hold("k", 100_000), daily)
+                .await
+                .expect("a")
+                .expect("a fits");
+            let b = s
+                .budget_reserve(hold("k", 300_000), daily)
+                .await
+                .expect("b")
+                .expect("b fits");
+            assert!(s.budget_release_hold("k", b).await.expect("b"), "{name}");
+            assert_eq!(units(&s).await, 200_000, "{name}: A's hold stays");
+            assert!(s.budget_release_hold("k", a).await.expect("a"), "{name}");
+            assert_eq!(units(&s).await, 0, "{name}: nothing stays held");
+
+            // A retried unknown create: the first hold is never given back (its create may
+            // have made a task), and the retry giving its own back leaves it counted.
+            let _unknown = s
+                .budget_reserve(hold("u", 100_000), daily)
+                .await
+                .expect("first")
+                .expect("fits");
+            let retry = s
+                .budget_reserve(hold("u", 300_000), daily)
+                .await
+                .expect("retry")
+                .expect("fits");
+            assert!(
+                s.budget_release_hold("u", retry).await.expect("release"),
+                "{name}"
+            );
+            assert_eq!(
+                units(&s).await,
+                200_000,
+                "{name}: the unknown create's hold keeps counting"
+            );
+        }
+    }
+
+    #[test]
+    fn stamps_follow_the_hold_they_replace() {
+        assert_eq!(next_stamp(None, 5), HoldStamp(5));
+        assert_eq!(next_stamp(Some(3), 5), HoldStamp(5));
+        // The same millisecond, or a clock behind the previous holder's.
+        assert_eq!(next_stamp(Some(5), 5), HoldStamp(6));
+        assert_eq!(next_stamp(Some(9), 5), HoldStamp(10));
+        assert_eq!(renamed("j", HoldStamp(42)), "j#42");
+    }
+
     #[tokio::test]
     async fn an_unpriced_hold_fits_no_cap_and_any_without_one() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -719,7 +894,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(unpriced("free", None), none)
                     .await
-                    .expect("free"),
+                    .expect("free")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -727,7 +903,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(unpriced("nocap", Some("open")), none)
                     .await
-                    .expect("nocap"),
+                    .expect("nocap")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -768,7 +945,10 @@ mod tests {
             }
             // The same job with a price fits.
             assert_eq!(
-                s.budget_reserve(hold("c", 10), none).await.expect("priced"),
+                s.budget_reserve(hold("c", 10), none)
+                    .await
+                    .expect("priced")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -784,7 +964,10 @@ mod tests {
                 .expect("cap");
             let none = DailyCaps::default();
             assert_eq!(
-                s.budget_reserve(hold("a", 600), none).await.expect("a"),
+                s.budget_reserve(hold("a", 600), none)
+                    .await
+                    .expect("a")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -812,7 +995,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(day("d1", "m", 700_000), all)
                     .await
-                    .expect("d1"),
+                    .expect("d1")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );
@@ -835,7 +1019,8 @@ mod tests {
             assert_eq!(
                 s.budget_reserve(day("d2", "n", 400_000), per_model)
                     .await
-                    .expect("d2"),
+                    .expect("d2")
+                    .map(|_| ()),
                 Ok(()),
                 "{name}"
             );

@@ -17,7 +17,8 @@ use super::Ctx;
 use crate::catalogue::Catalogue;
 use crate::config::fen_of_cny;
 use crate::store::budget::{
-    DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED,
+    DailyCaps, HoldRequest, HoldStamp, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
+    WAIT_UNPRICED,
 };
 use crate::store::{HELD, Job, now_ms};
 
@@ -160,10 +161,11 @@ pub fn describe(r: &Refusal, job: &Job) -> String {
 
 /// Reserves `job`'s estimated cost against every budget it falls under, or says why it
 /// must wait. Jobs without an estimate reserve nothing (their size is unknown: Ark decides).
+/// The stamp names the hold made, so the submit gives back exactly it.
 ///
 /// # Errors
 /// Store failures.
-pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
+pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<HoldStamp, Wait>> {
     let now = now_ms();
     let day_ms = ctx.cfg.bulk.tpd_day_ms();
     let day = day_start(now, ctx.ops.live.tz(), day_ms);
@@ -181,7 +183,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<(), Wait>> {
         .budget_reserve(req, daily_caps(ctx, &job.model))
         .await?
     {
-        Ok(()) => Ok(Ok(())),
+        Ok(stamp) => Ok(Ok(stamp)),
         Err(r) => {
             let message = describe(&r, job);
             let (code, until) = match r.scope {

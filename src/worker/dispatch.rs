@@ -12,6 +12,7 @@ use super::limiter::{Blocked, flex_key};
 use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
+use crate::store::budget::HoldStamp;
 use crate::store::{Accepted, ErrorNote, Job, LastError, Requeue, ResolutionScope, now_ms};
 
 /// The dispatcher loop.
@@ -242,8 +243,8 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
     // another: look at the lease right before the POST, the last moment it can matter.
     if !still_ours(ctx, &job).await? {
         tracing::warn!("the submit lease was lost before the POST; not sending");
-        // Nothing was sent: both holds go back. The spend-cap hold is named by the job, and
-        // the next owner's reservation would rename it and keep counting it as if billed.
+        // Nothing was sent: both holds go back. The spend-cap hold goes by its stamp: the
+        // next owner may have renamed it already (and taken its own under the job's name).
         holds.release().await?;
         return Ok(());
     }
@@ -257,7 +258,7 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
 }
 
 /// What one submit holds before its POST: the flex TPD reservation (this process's limiter)
-/// and the spend-cap hold (the store, named by the job). Whatever is still held when it is
+/// and the spend-cap hold (the store, named by the job and its stamp). Whatever is still held when it is
 /// dropped is settled then: given back if the request was never sent, kept as spent if it may
 /// have been (as for an ambiguous create: the poller or reconciliation settles it). Paths
 /// settle explicitly with [`Holds::release`] or [`Holds::commit`]; the drop is the fallback
@@ -268,8 +269,9 @@ struct Holds<'a> {
     model: String,
     /// The flex day and the tokens reserved in it.
     flex: Option<(i64, i64)>,
-    /// A spend-cap hold is in the store.
-    budget: bool,
+    /// The spend-cap hold this submit made in the store. Given back by its stamp, never by
+    /// the job's name: a worker that lost the lease would take the next owner's hold.
+    budget: Option<HoldStamp>,
     /// The POST may have left: nothing is given back on drop.
     sent: bool,
 }
@@ -281,7 +283,7 @@ impl<'a> Holds<'a> {
             job_id: job.id.to_string(),
             model: job.model.clone(),
             flex: None,
-            budget: false,
+            budget: None,
             sent: false,
         }
     }
@@ -296,11 +298,16 @@ impl<'a> Holds<'a> {
         if let Some((day, need)) = self.flex.take() {
             self.ctx.limiter.release_flex(&self.model, day, need);
         }
-        if self.budget {
-            if self.ctx.store.budget_release(&self.job_id).await? {
+        if let Some(stamp) = self.budget {
+            if self
+                .ctx
+                .store
+                .budget_release_hold(&self.job_id, stamp)
+                .await?
+            {
                 self.ctx.poke_dispatch.notify_one();
             }
-            self.budget = false;
+            self.budget = None;
         }
         Ok(())
     }
@@ -312,13 +319,13 @@ impl<'a> Holds<'a> {
         if let Some((day, need)) = self.flex.take() {
             self.ctx.limiter.commit_flex(&self.model, day, need);
         }
-        self.budget = false;
+        self.budget = None;
     }
 }
 
 impl Drop for Holds<'_> {
     fn drop(&mut self) {
-        if self.flex.is_none() && !self.budget {
+        if self.flex.is_none() && self.budget.is_none() {
             return;
         }
         if self.sent {
@@ -330,7 +337,7 @@ impl Drop for Holds<'_> {
         if let Some((day, need)) = self.flex.take() {
             self.ctx.limiter.release_flex(&self.model, day, need);
         }
-        if std::mem::take(&mut self.budget) {
+        if let Some(stamp) = self.budget.take() {
             let (store, poke, id) = (
                 self.ctx.store.clone(),
                 self.ctx.poke_dispatch.clone(),
@@ -339,7 +346,7 @@ impl Drop for Holds<'_> {
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(async move {
-                        match store.budget_release(&id).await {
+                        match store.budget_release_hold(&id, stamp).await {
                             Ok(true) => poke.notify_one(),
                             Ok(false) => {}
                             Err(e) => {
@@ -395,32 +402,35 @@ async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> anyhow::Result<Option<Holds<'a>>> 
         holds.flex = Some((day, need));
     }
     // Spend caps: reserved in the database, so other processes see it too.
-    if let Err(wait) = super::budget::reserve(ctx, job).await? {
-        holds.release().await?;
-        tracing::info!(reason = %wait.message, "waiting on a budget");
-        ctx.store
-            .requeue(
-                &job.id,
-                JobState::Submitting,
-                token,
-                Requeue {
-                    at: wait.until,
-                    attempts: Some(job.attempts - 1),
-                    error: ErrorNote::Set(LastError::new(wait.code, wait.message.clone())),
-                },
-                wait.message.clone(),
-            )
-            .await?;
-        // A release that committed between the refusal and the requeue woke the waiters
-        // before this job was one of them: without a second look it would wait on room that
-        // is already free (and `seedq run` would stop with it still waiting).
-        if super::budget::released_since(ctx, job, &wait).await? {
-            ctx.store.wake_budget_waiters().await?;
-            ctx.poke_dispatch.notify_one();
+    let stamp = match super::budget::reserve(ctx, job).await? {
+        Ok(stamp) => stamp,
+        Err(wait) => {
+            holds.release().await?;
+            tracing::info!(reason = %wait.message, "waiting on a budget");
+            ctx.store
+                .requeue(
+                    &job.id,
+                    JobState::Submitting,
+                    token,
+                    Requeue {
+                        at: wait.until,
+                        attempts: Some(job.attempts - 1),
+                        error: ErrorNote::Set(LastError::new(wait.code, wait.message.clone())),
+                    },
+                    wait.message.clone(),
+                )
+                .await?;
+            // A release that committed between the refusal and the requeue woke the waiters
+            // before this job was one of them: without a second look it would wait on room that
+            // is already free (and `seedq run` would stop with it still waiting).
+            if super::budget::released_since(ctx, job, &wait).await? {
+                ctx.store.wake_budget_waiters().await?;
+                ctx.poke_dispatch.notify_one();
+            }
+            return Ok(None);
         }
-        return Ok(None);
-    }
-    holds.budget = true;
+    };
+    holds.budget = Some(stamp);
     Ok(Some(holds))
 }
 
@@ -1121,6 +1131,37 @@ mod tests {
             assert_eq!(flex, kept.est_tokens.unwrap_or(0), "{name}: flex spent");
         }
         sim.shutdown().await;
+    }
+
+    /// The racy order of a lost lease: this worker holds, its lease runs out, the next owner
+    /// claims the job and takes its own holds, and only then does this worker find the lease
+    /// lost and give its holds back. It gives back its own alone: the next owner's spend-cap
+    /// hold stays until the next owner gives it back, and then nothing stays held.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_gives_back_only_its_own_holds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, store) in crate::store::testpg::both(dir.path()).await {
+            // Nothing is sent here: no Ark behind it.
+            let ctx = ctx_on(store, "http://127.0.0.1:9/api/v3".into());
+            let lost = claimed_flex_job(&ctx, dir.path(), 200).await;
+            let mut mine = hold(&ctx, &lost).await.expect("hold").expect("fits");
+            let one = held(&ctx).await;
+            assert!(one.0 > 0 && one.1 > 0, "{name}: held {one:?}");
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let stolen = ctx
+                .store
+                .claim_due(JobState::Submitting, "another-worker", 60_000, 10)
+                .await
+                .expect("steal");
+            assert_eq!(stolen.len(), 1, "{name}: the expired lease is taken over");
+            let mut theirs = hold(&ctx, &stolen[0]).await.expect("hold").expect("fits");
+            assert_eq!(held(&ctx).await, (2 * one.0, 2 * one.1), "{name}");
+            assert!(!still_ours(&ctx, &lost).await.expect("lease"), "{name}");
+            mine.release().await.expect("release mine");
+            assert_eq!(held(&ctx).await, one, "{name}: the next owner's stay");
+            theirs.release().await.expect("release theirs");
+            assert_eq!(held(&ctx).await, (0, 0), "{name}: nothing stays held");
+        }
     }
 
     /// A submit that ends early without settling its holds (a store error, a cancelled

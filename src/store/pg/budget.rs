@@ -15,8 +15,8 @@
 
 use super::Pg;
 use crate::store::budget::{
-    BatchSpend, DailyCaps, HoldRequest, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
-    WAIT_UNPRICED, unpriced,
+    BatchSpend, DailyCaps, HoldRequest, HoldStamp, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH,
+    WAIT_DAILY, WAIT_UNPRICED, next_stamp, renamed, unpriced,
 };
 use crate::store::{StoreError, now_ms};
 
@@ -123,7 +123,7 @@ pub(crate) async fn budget_reserve(
     pg: &Pg,
     req: &HoldRequest,
     daily: DailyCaps,
-) -> Result<Result<(), Refusal>, StoreError> {
+) -> Result<Result<HoldStamp, Refusal>, StoreError> {
     let names = lock_names(req, daily);
     let names = &names;
     pg.retry(|| async move {
@@ -137,12 +137,18 @@ pub(crate) async fn budget_reserve(
         }
         // A hold still here belongs to an earlier create whose outcome stayed unknown (a
         // parked job an operator retried): it may have been billed, so it keeps counting,
-        // under a name of its own.
-        tx.execute(
-            "UPDATE budget_holds SET job_id = job_id || '#' || created_at::TEXT WHERE job_id = $1",
-            &[&req.job_id],
-        )
-        .await?;
+        // under a name of its own. So does the hold of an owner that lost the job's lease
+        // before its POST: that owner releases it by its stamp, under the new name.
+        let prev: Option<i64> = tx
+            .query_opt(
+                "UPDATE budget_holds SET job_id = job_id || '#' || created_at::TEXT \
+                 WHERE job_id = $1 RETURNING created_at",
+                &[&req.job_id],
+            )
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?;
+        let stamp = next_stamp(prev, now_ms());
         let need = req.tokens.saturating_mul(req.rate);
         let mut checks: Vec<(Scope, i64, i64)> = Vec::new();
         if let Some(batch) = &req.batch {
@@ -247,12 +253,37 @@ pub(crate) async fn budget_reserve(
                 &req.day_start,
                 &req.tokens,
                 &req.rate,
-                &now_ms(),
+                &stamp.0,
             ],
         )
         .await?;
         tx.commit().await?;
-        Ok(Ok(()))
+        Ok(Ok(stamp))
+    })
+    .await
+}
+
+/// [`crate::store::Store::budget_release_hold`].
+pub(crate) async fn budget_release_hold(
+    pg: &Pg,
+    job_id: &str,
+    stamp: HoldStamp,
+) -> Result<bool, StoreError> {
+    let old = &renamed(job_id, stamp);
+    pg.retry(|| async move {
+        let mut c = pg.conn().await?;
+        let tx = c.transaction().await?;
+        let n = tx
+            .execute(
+                "DELETE FROM budget_holds WHERE (job_id = $1 AND created_at = $2) OR job_id = $3",
+                &[&job_id, &stamp.0, old],
+            )
+            .await?;
+        if n > 0 {
+            wake(&tx, None, now_ms()).await?;
+        }
+        tx.commit().await?;
+        Ok(n > 0)
     })
     .await
 }

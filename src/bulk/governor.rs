@@ -27,7 +27,7 @@ use crate::catalogue::{Catalogue, Limits};
 use crate::config::Config;
 use crate::request::{self, EXPIRES_RANGE, Invalid};
 use crate::stage::limiter::Limiter;
-use crate::stage::{Ctx, Outcome};
+use crate::stage::{Ctx, Outcome, StepError};
 use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
 
 /// One queued job in claim order, as the plan sees it.
@@ -338,11 +338,14 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         } else {
             Ok(Outcome::Idle(None))
         };
-        if let Err(e) = result {
-            if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
+        match result.map_err(StepError::from) {
+            Ok(_) => {}
+            Err(StepError::StoreClosed(e)) => {
                 return Err(e.context("governor: the store is gone"));
             }
-            tracing::warn!(error = %format!("{e:#}"), "governor step failed");
+            Err(e @ (StepError::StoreOutage { .. } | StepError::Failed(_))) => {
+                tracing::warn!(error = %e, "governor step failed");
+            }
         }
         // Cancel-safe: both branches only wait.
         tokio::select! {

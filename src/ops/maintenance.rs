@@ -31,8 +31,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{metrics, schedule};
 use crate::blob::{BlobStore, ObjectKey};
-use crate::stage::{Ctx, ms};
-use crate::store::{StoreError, now_ms};
+use crate::stage::{Ctx, StepError, ms};
+use crate::store::now_ms;
 
 /// One maintenance task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,17 +181,17 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
                 entry.plan(Utc::now());
                 continue;
             }
-            match run_task(&ctx, task).await {
+            match run_task(&ctx, task).await.map_err(StepError::from) {
                 Ok(summary) => {
                     metrics::maintenance(task.name(), true);
                     tracing::info!(task = task.name(), %summary, "maintenance done");
                 }
-                Err(e) if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) => {
+                Err(StepError::StoreClosed(e)) => {
                     return Err(e.context(format!("maintenance task {}", task.name())));
                 }
-                Err(e) => {
+                Err(e @ (StepError::StoreOutage { .. } | StepError::Failed(_))) => {
                     metrics::maintenance(task.name(), false);
-                    tracing::error!(task = task.name(), error = %format!("{e:#}"), "maintenance failed");
+                    tracing::error!(task = task.name(), error = %e, "maintenance failed");
                 }
             }
             // From the time it finished: firings missed meanwhile are skipped.

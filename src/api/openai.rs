@@ -113,9 +113,7 @@ fn refused(r: Refused) -> Response {
 }
 
 async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Response> {
-    keys::authenticate(&api.ctx, &api.rates, headers)
-        .await
-        .map_err(refused)
+    keys::authenticate(&api.ctx, headers).await.map_err(refused)
 }
 
 /// A create's fields, from a form or JSON.

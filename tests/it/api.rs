@@ -565,3 +565,44 @@ fn with_archiving_off_success_is_announced_once_ark_succeeds() {
     assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["status"], "succeeded", "{first}");
 }
+
+#[test]
+fn with_archiving_off_openai_says_when_arks_file_expires_and_redirects_to_it() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    let key = make_key(&env, "a", &[]);
+    // The env's own config has `[archive] url = ""`: archiving is off.
+    let mut c = env.keyed(&["serve"]);
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.stderr(std::process::Stdio::null());
+    }
+    let _serve = Guard(c.spawn().expect("spawn seedq serve"));
+    wait_for_door(port);
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","prompt":"a heron","seconds":"5","size":"1280x720"}"#;
+    let (code, v) = call(port, "POST", "/v1/videos", &key, body);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["expires_at"],
+        serde_json::Value::Null,
+        "not done yet: {v}"
+    );
+    let id = v["id"].as_str().expect("an id").to_string();
+    let mut done = serde_json::Value::Null;
+    wait_until(60, "the video to complete", || {
+        done = call(port, "GET", &format!("/v1/videos/{id}"), &key, "").1;
+        done["status"] == "completed"
+    });
+    let completed = done["completed_at"].as_i64().expect("completed_at");
+    let expires = done["expires_at"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expires_at is set with archiving off: {done}"));
+    // Ark's URL lives 24 h (docs/ark-api.md §3.4) or its X-Tos-Expires: a day or so, not
+    // less than an hour, not more than the 14 days of the longest documented retention.
+    assert!(
+        expires > completed + 3600 && expires <= completed + 14 * 86_400 + 60,
+        "expires_at {expires} vs completed_at {completed}"
+    );
+    let (code, _) = call(port, "GET", &format!("/v1/videos/{id}/content"), &key, "");
+    assert_eq!(code, 302, "the content is a redirect to Ark's URL");
+}

@@ -446,11 +446,12 @@ impl Why {
     }
 }
 
-fn jobs_word(n: i64) -> String {
+/// `1 job waits`, `3 jobs wait`.
+fn jobs_wait(n: i64) -> String {
     if n == 1 {
-        "1 job".to_string()
+        "1 job waits".to_string()
     } else {
-        format!("{n} jobs")
+        format!("{n} jobs wait")
     }
 }
 
@@ -481,8 +482,8 @@ async fn batch_waits(
         why.lines.push((
             "paused",
             format!(
-                "paused: {} queued wait for <code>seedq resume --batch {}</code>",
-                jobs_word(n),
+                "paused: {} for <code>seedq resume --batch {}</code>",
+                jobs_wait(n),
                 esc(name)
             ),
         ));
@@ -496,9 +497,9 @@ async fn batch_waits(
             why.lines.push((
                 "paused",
                 format!(
-                    "paused: model {} is paused; {} wait for <code>seedq resume --model {}</code>",
+                    "paused: model {} is paused; {} for <code>seedq resume --model {}</code>",
                     esc(m),
-                    jobs_word(n),
+                    jobs_wait(n),
                     esc(m)
                 ),
             ));
@@ -509,7 +510,7 @@ async fn batch_waits(
         if paused.contains(&("model".to_string(), w.model.clone())) {
             continue;
         }
-        let n = jobs_word(w.jobs);
+        let n = jobs_wait(w.jobs);
         let left = human_dur(w.next_at - now);
         match w.code.as_deref() {
             Some(WAIT_BATCH) => {
@@ -538,7 +539,7 @@ async fn batch_waits(
                 why.lines.push((
                     "budget_batch",
                     format!(
-                        "held by the batch cap: {}; {n} of {} wait for <code>seedq batch set {} \
+                        "held by the batch cap: {}; {}: {n} for <code>seedq batch set {} \
                          {flag} …</code>",
                         esc(&caps.join(", ")),
                         esc(&w.model),
@@ -551,7 +552,7 @@ async fn batch_waits(
                 why.lines.push((
                     "budget_unpriced",
                     format!(
-                        "model {} has no price under a cap: {n} wait for a price in config.toml \
+                        "model {} has no price under a cap: {n} for a price in config.toml \
                          (then a reload)",
                         esc(&w.model)
                     ),
@@ -601,7 +602,7 @@ async fn batch_waits(
                 why.lines.push((
                     "budget_daily",
                     format!(
-                        "held by {}: {}; {n} wait for the next budget day (starts 00:00 {}, in \
+                        "held by {}: {}; {n} for the next budget day (starts 00:00 {}, in \
                          {left})",
                         esc(&label),
                         esc(&numbers),
@@ -609,7 +610,9 @@ async fn batch_waits(
                     ),
                 ));
             }
-            None if w.tier == "flex"
+            // A flex job due at the next TPD day's start: seedq's own TPD count (which keeps the
+            // last error) or Ark's TPD refusal (whose 429 code it records) closed the day.
+            _ if w.tier == "flex"
                 && w.next_at
                     >= crate::stage::tpd_day_start(
                         now,
@@ -621,7 +624,7 @@ async fn batch_waits(
                 why.lines.push((
                     "flex_tpd",
                     format!(
-                        "{n} of {} wait for the next TPD day: the flex daily tokens are spent \
+                        "{}: {n} for the next TPD day: the flex daily tokens are spent \
                          (resets {}, in {left})",
                         esc(&w.model),
                         esc(&clock(w.next_at, ctx.cfg.dispatch.tpd_utc_offset_hours))
@@ -633,7 +636,7 @@ async fn batch_waits(
                 let after = code.map_or(String::new(), |c| format!(" after {}", esc(c)));
                 why.lines.push((
                     "retry",
-                    format!("{n} of {} retry{after} in {left}", esc(&w.model)),
+                    format!("{}: {n} to retry{after}, in {left}", esc(&w.model)),
                 ));
             }
         }

@@ -506,6 +506,22 @@ async fn a_paused_batch_resumes_from_the_overview_only_with_the_token() {
         &format!("return !!document.querySelector('{card} [data-k=paused]')"),
     )
     .await;
+    // The card says why its job waits, and the ETA does not pretend.
+    let why = b
+        .js(
+            &format!("return document.querySelector('{card} [data-wait=paused]').textContent"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(why, "paused: 1 job waits for seedq resume --batch p");
+    assert_eq!(
+        b.js(
+            &format!("return document.querySelector('{card} [data-k=eta]').textContent"),
+            json!([])
+        )
+        .await,
+        "held (see below)"
+    );
     // Without the token: refused, still paused, the job still queued.
     b.js(
         &format!(

@@ -606,3 +606,54 @@ fn with_archiving_off_openai_says_when_arks_file_expires_and_redirects_to_it() {
     let (code, _) = call(port, "GET", &format!("/v1/videos/{id}/content"), &key, "");
     assert_eq!(code, 302, "the content is a redirect to Ark's URL");
 }
+
+/// One request's status and its `Retry-After` header (seconds), if any.
+fn status_and_retry_after(port: u16, path: &str, key: &str) -> (u16, Option<u64>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: Bearer {key}\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, _) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head[9..12].parse().expect("a status code");
+    let retry = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    });
+    (status, retry)
+}
+
+#[test]
+fn two_workers_share_one_keys_rpm() {
+    let sim = fast_sim("");
+    let (pa, pb) = (free_port(), free_port());
+    let env = env_with_doors(&sim, pa);
+    let key = make_key(&env, "paced", &["--rpm", "4"]);
+    let _a = serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{pa}"))]);
+    let _b = serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{pb}"))]);
+    wait_for_door(pa);
+    wait_for_door(pb);
+    let list = "/v1/videos";
+    // Four a minute for the fleet: two through each worker pass, the fifth (through either)
+    // is refused, where a limit per worker would let eight through.
+    for port in [pa, pb, pa, pb] {
+        let (status, _) = status_and_retry_after(port, list, &key);
+        assert_eq!(status, 200, "within the key's rpm (port {port})");
+    }
+    for port in [pa, pb] {
+        let (status, retry) = status_and_retry_after(port, list, &key);
+        assert_eq!(status, 429, "over the key's rpm, fleet-wide (port {port})");
+        let retry = retry.expect("a Retry-After header");
+        assert!((1..=120).contains(&retry), "Retry-After {retry}");
+    }
+    // Another key is not held by this one's count.
+    let other = make_key(&env, "other", &["--rpm", "4"]);
+    assert_eq!(status_and_retry_after(pb, list, &other).0, 200);
+}

@@ -54,14 +54,17 @@ pub struct UiWait {
     pub next_at: i64,
     /// One of their `last_error_message`s (the greatest: any one will do).
     pub message: Option<String>,
+    /// The API key that created them through a door (`None`: not through a door).
+    pub api_key: Option<String>,
 }
 
 /// [`UiWait`]s, the same text on both backends (`$1`: now).
-pub(crate) const UI_WAITS_SQL: &str = "SELECT batch_id, model, service_tier, last_error_code, \
-     COUNT(*), MIN(next_attempt_at), MAX(last_error_message) FROM jobs \
-     WHERE state = 'queued' AND next_attempt_at > $1 \
-     GROUP BY batch_id, model, service_tier, last_error_code \
-     ORDER BY batch_id, model, service_tier, last_error_code";
+pub(crate) const UI_WAITS_SQL: &str = "SELECT j.batch_id, j.model, j.service_tier, \
+     j.last_error_code, COUNT(*), MIN(j.next_attempt_at), MAX(j.last_error_message), a.api_key \
+     FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
+     WHERE j.state = 'queued' AND j.next_attempt_at > $1 \
+     GROUP BY j.batch_id, j.model, j.service_tier, j.last_error_code, a.api_key \
+     ORDER BY j.batch_id, j.model, j.service_tier, j.last_error_code, a.api_key";
 
 /// Jobs per key and state, in all and since `$1`: the same text on both backends.
 pub(crate) const UI_KEY_STATES_SQL: &str = "SELECT a.api_key, j.state, COUNT(*), \
@@ -335,6 +338,7 @@ impl Store {
                     jobs: r.get(4)?,
                     next_at: r.get(5)?,
                     message: r.get(6)?,
+                    api_key: r.get(7)?,
                 })
             })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)

@@ -343,7 +343,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             .filter(|(s, _)| s.is_terminal() || (**s == JobState::Succeeded && !archiving))
             .map(|(_, n)| n)
             .sum();
-        let why = batch_waits(ui, name, &cs, &waits, &paused, now).await?;
+        let why = batch_waits(ui, Some(name), &cs, &waits, &paused, now).await?;
         let left = total - finished;
         let eta = match eta(ui, &mut times, &cs).await? {
             _ if finished == total => "done".to_string(),
@@ -383,6 +383,18 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         out.push_str("</ul></div>");
     }
     out.push_str("</section>");
+
+    // Jobs outside batches (most of those created through the doors) that wait, and why.
+    if waits.iter().any(|w| w.batch.is_none()) {
+        let why = batch_waits(ui, None, &[], &waits, &paused, now).await?;
+        if !why.lines.is_empty() {
+            let _ = write!(
+                out,
+                "<section id=\"unbatched\"><h2>Waiting outside batches</h2>{}</section>",
+                why.html()
+            );
+        }
+    }
 
     // Chains and their shots.
     let chains = store.chains(CHAINS).await?;
@@ -460,7 +472,7 @@ fn jobs_wait(n: i64) -> String {
 /// the due time, a retry's backoff).
 async fn batch_waits(
     ui: &Ui,
-    name: &str,
+    name: Option<&str>,
     cells: &[UiCell],
     waits: &[crate::store::UiWait],
     paused: &BTreeSet<(String, String)>,
@@ -476,7 +488,9 @@ async fn batch_waits(
             .map(|c| c.jobs)
             .sum()
     };
-    if paused.contains(&("batch".to_string(), name.to_string())) {
+    if let Some(name) = name
+        && paused.contains(&("batch".to_string(), name.to_string()))
+    {
         let n = queued(None);
         why.held += n;
         why.lines.push((
@@ -505,8 +519,11 @@ async fn batch_waits(
             ));
         }
     }
-    let mut daily_said = BTreeSet::new();
-    for w in waits.iter().filter(|w| w.batch.as_deref() == Some(name)) {
+    // Daily caps, one line per cap however many (model, key) groups wait on it:
+    // label → (spent and cap, or the recorded refusal; jobs; when the day ends).
+    let mut daily: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
+    let mut keys: Option<BTreeMap<String, (crate::store::ApiKey, i64)>> = None;
+    for w in waits.iter().filter(|w| w.batch.as_deref() == name) {
         if paused.contains(&("model".to_string(), w.model.clone())) {
             continue;
         }
@@ -515,6 +532,8 @@ async fn batch_waits(
         match w.code.as_deref() {
             Some(WAIT_BATCH) => {
                 why.held += w.jobs;
+                // Only a batch's jobs have a batch cap.
+                let Some(name) = name else { continue };
                 let s = ctx.store.batch_spend(name).await?;
                 let mut caps = Vec::new();
                 if let Some(fen) = s.max_cost_fen {
@@ -566,7 +585,6 @@ async fn batch_waits(
                     ctx.ops.live.tz(),
                     ctx.cfg.bulk.tpd_day_ms(),
                 );
-                let tz = ctx.ops.live.tz();
                 let (label, spent) = if msg.contains("budget.daily_cny") {
                     let cap = ctx
                         .ops
@@ -577,8 +595,39 @@ async fn batch_waits(
                     let (units, _) = ctx.store.day_spend(day, None).await?;
                     ("the daily cap (budget.daily_cny)".to_string(), (units, cap))
                 } else if msg.contains("API key") {
-                    // The key's cap: the recorded refusal says how much it had spent.
-                    ("its API key's daily cap".to_string(), (-1, None))
+                    // The cap of the key that created the jobs (`seedq keys create
+                    // --max-cost-per-day`), and what its jobs hold today.
+                    if keys.is_none() {
+                        let usage: BTreeMap<String, i64> = ctx
+                            .store
+                            .api_key_usage(day)
+                            .await?
+                            .into_iter()
+                            .map(|u| (u.key, u.units_today))
+                            .collect();
+                        keys = Some(
+                            ctx.store
+                                .api_keys()
+                                .await?
+                                .into_iter()
+                                .map(|k| {
+                                    let units = usage.get(&k.id).copied().unwrap_or(0);
+                                    (k.id.clone(), (k, units))
+                                })
+                                .collect(),
+                        );
+                    }
+                    match w
+                        .api_key
+                        .as_ref()
+                        .and_then(|id| keys.as_ref().and_then(|m| m.get(id)))
+                    {
+                        Some((k, units)) => (
+                            format!("the daily cap of API key {}", k.name),
+                            (*units, k.max_cost_fen),
+                        ),
+                        None => ("an API key's daily cap".to_string(), (-1, None)),
+                    }
                 } else {
                     let cap = ctx
                         .ops
@@ -590,25 +639,16 @@ async fn batch_waits(
                     let (_, units) = ctx.store.day_spend(day, Some(w.model.clone())).await?;
                     (format!("{}'s daily cap", w.model), (units, cap))
                 };
-                if !daily_said.insert(label.clone()) {
-                    continue;
-                }
                 let numbers = match spent {
                     (units, Some(cap)) if units >= 0 => {
                         format!("{} of {} spent", yuan_units(units), yuan_fen(cap))
                     }
+                    // Unknown now: what the refusal recorded.
                     _ => msg.to_string(),
                 };
-                why.lines.push((
-                    "budget_daily",
-                    format!(
-                        "held by {}: {}; {n} for the next budget day (starts 00:00 {}, in \
-                         {left})",
-                        esc(&label),
-                        esc(&numbers),
-                        esc(&tz.to_string())
-                    ),
-                ));
+                let e = daily.entry(label).or_insert((numbers, 0, w.next_at));
+                e.1 += w.jobs;
+                e.2 = e.2.max(w.next_at);
             }
             // A flex job due at the next TPD day's start: seedq's own TPD count (which keeps the
             // last error) or Ark's TPD refusal (whose 429 code it records) closed the day.
@@ -640,6 +680,20 @@ async fn batch_waits(
                 ));
             }
         }
+    }
+    let tz = ctx.ops.live.tz();
+    for (label, (numbers, jobs, next_at)) in daily {
+        why.lines.push((
+            "budget_daily",
+            format!(
+                "held by {}: {}; {} for the next budget day (starts 00:00 {}, in {})",
+                esc(&label),
+                esc(&numbers),
+                jobs_wait(jobs),
+                esc(&tz.to_string()),
+                human_dur(next_at - now)
+            ),
+        ));
     }
     Ok(why)
 }

@@ -183,7 +183,11 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     // One 5 s 720p 1.0 pro video is estimated at about ¥1.5: a ¥2 cap takes one, not two.
     let capped = make_key(&env, "capped", &["--max-cost-per-day", "2"]);
     let free = make_key(&env, "free", &["--rpm", "1000"]);
-    let _serve = serve(&env);
+    let admin = free_port();
+    let _serve = serve_with(
+        &env,
+        &[("SEEDQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))],
+    );
     wait_for_door(port);
 
     let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
@@ -245,6 +249,15 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         .find(|j| j["id"] == c2.as_str())
         .expect("the held job");
     assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    // The dashboard says why it waits, with the key's spend and cap.
+    let page = http_get(admin, "/ui");
+    let line = "held by the daily cap of API key capped: ¥1.";
+    assert!(
+        page.contains(line)
+            && page.contains(" of ¥2.00 spent; 1 job waits for the next budget day (starts 00:00 "),
+        "the overview's wait line: {}",
+        page.split("unbatched").nth(1).unwrap_or(&page)
+    );
     // A key's batch is scoped to the key.
     let listed: serde_json::Value =
         serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
@@ -656,4 +669,20 @@ fn two_workers_share_one_keys_rpm() {
     // Another key is not held by this one's count.
     let other = make_key(&env, "other", &["--rpm", "4"]);
     assert_eq!(status_and_retry_after(pb, list, &other).0, 200);
+}
+
+/// A plain GET without credentials: the answer's body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
 }

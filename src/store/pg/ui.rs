@@ -262,6 +262,7 @@ pub(crate) async fn ui_waits(pg: &Pg, now: i64) -> Result<Vec<UiWait>, StoreErro
                 jobs: r.try_get(4)?,
                 next_at: r.try_get(5)?,
                 message: r.try_get(6)?,
+                api_key: r.try_get(7)?,
             })
         })
         .collect()

@@ -88,8 +88,16 @@ pub fn rate_window(row: Option<RateRow>, now: i64, rpm: i64) -> Result<RateRow, 
     };
     let rpm = rpm.max(1);
     let into = now - start;
-    // `prev × (w − into) / w + cur + 1 ≤ rpm`, kept in integers: × w on both sides.
-    if prev * (w - into) + (cur + 1) * w <= rpm * w {
+    // `prev × (w − into) / w + cur + 1 ≤ rpm`, kept in integers: × w on both sides (in
+    // i128, so no `--rpm` however large overflows).
+    let (p, c, r, w1, i) = (
+        i128::from(prev),
+        i128::from(cur),
+        i128::from(rpm),
+        i128::from(w),
+        i128::from(into),
+    );
+    if p * (w1 - i) + (c + 1) * w1 <= r * w1 {
         return Ok((start, cur + 1, prev));
     }
     let wait = if cur + 1 > rpm {

@@ -123,9 +123,7 @@ pub fn refused(r: Refused) -> Response {
 }
 
 async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Response> {
-    keys::authenticate(&api.ctx, &api.rates, headers)
-        .await
-        .map_err(refused)
+    keys::authenticate(&api.ctx, headers).await.map_err(refused)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

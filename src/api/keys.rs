@@ -3,13 +3,10 @@
 //!
 //! A key is `sq_` and 32 random bytes (base64url); only its SHA-256 is stored, and it is
 //! looked up on every request, so a revoked key is refused at once by every worker. A key
-//! is never logged, echoed or stored in the clear. The request rate (`--rpm`) is a token
-//! bucket per key in each worker: a fleet of N workers lets a key through at most N times its
-//! rate, while its daily spend cap (`--max-cost-per-day`) is fleet-wide, in the store.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+//! is never logged, echoed or stored in the clear. The request rate (`--rpm`) and the daily
+//! spend cap (`--max-cost-per-day`) are both fleet-wide, in the store: the rate is a
+//! sliding-window counter per key (`store::api::rate_window`) that every worker takes from
+//! in one transaction, so N workers let a key through at its rpm, not N times it.
 
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
@@ -109,11 +106,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 ///
 /// # Errors
 /// [`Refused`]: no or a wrong key, the rate is spent, the store failed.
-pub async fn authenticate(
-    ctx: &Ctx,
-    rates: &RateLimiter,
-    headers: &HeaderMap,
-) -> Result<Caller, Refused> {
+pub async fn authenticate(ctx: &Ctx, headers: &HeaderMap) -> Result<Caller, Refused> {
     let Some(token) = bearer(headers).filter(|t| !t.is_empty()) else {
         return Err(Refused::Unauthorized);
     };
@@ -133,44 +126,17 @@ pub async fn authenticate(
         .map_err(|e| Refused::Store(e.to_string()))?
         .ok_or(Refused::Unauthorized)?;
     if let Some(rpm) = key.rpm
-        && let Err(wait) = rates.take(&key.id, rpm)
+        && let Err(wait_ms) = ctx
+            .store
+            .api_rate_take(&key.id, rpm, crate::store::now_ms())
+            .await
+            .map_err(|e| Refused::Store(e.to_string()))?
     {
-        return Err(Refused::RateLimited(wait.as_secs().max(1)));
+        // Whole seconds, rounded up: `Retry-After` has no fractions.
+        let secs = u64::try_from((wait_ms + 999) / 1000).unwrap_or(1).max(1);
+        return Err(Refused::RateLimited(secs));
     }
     Ok(Caller::Key(key))
-}
-
-/// Token buckets per key id: `rpm` requests a minute, up to `rpm` at once.
-#[derive(Debug, Default)]
-pub struct RateLimiter {
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// Takes one request from `key`'s bucket, or says how long until one is there.
-    ///
-    /// # Errors
-    /// The wait until the next request fits.
-    pub fn take(&self, key: &str, rpm: i64) -> Result<(), Duration> {
-        let cap = rpm.max(1) as f64;
-        let per_sec = cap / 60.0;
-        let now = Instant::now();
-        // A poisoned lock only means another request panicked mid-update; the counts in it
-        // are still numbers, so carry on with them.
-        let mut b = self
-            .buckets
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let (tokens, at) = b.entry(key.to_string()).or_insert((cap, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * per_sec).min(cap);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - *tokens) / per_sec).max(Duration::from_secs(1)))
-        }
-    }
 }
 
 #[cfg(test)]
@@ -186,17 +152,6 @@ mod tests {
         assert!(secret.starts_with(SECRET_PREFIX));
         assert_eq!(row.hash, sha256_hex(key.as_bytes()));
         assert!(!row.hash.contains(&key[3..]));
-    }
-
-    #[test]
-    fn a_bucket_lets_rpm_through_then_says_when() {
-        let r = RateLimiter::default();
-        for _ in 0..3 {
-            r.take("k", 3).expect("as the test sets it up");
-        }
-        let wait = r.take("k", 3).expect_err("the bucket is empty");
-        assert!(wait >= Duration::from_secs(1) && wait <= Duration::from_secs(20));
-        r.take("other", 3).expect("as the test sets it up");
     }
 
     #[test]

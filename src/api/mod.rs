@@ -4,7 +4,7 @@
 //! - `ark`: Ark's own task API, `/api/v3/contents/generations/tasks` (the Volcengine and
 //!   BytePlus SDKs, the `seedance` CLI, LiteLLM's `volcengine/` provider…).
 //! - `openai`: OpenAI's video API, `/v1/videos` (the `openai` SDKs).
-//! - `keys`: who is calling (an API key, or the admin token), per-key request rates.
+//! - `keys`: who is calling (an API key, or the admin token), per-key request rates (fleet-wide, in the store).
 //! - `door`: what both doors share: turning a create into a stored job, file URLs.
 //! - `sign`: HMAC-SHA256 (file URLs, webhook signatures).
 //! - `webhooks`: signed webhooks from the durable outbox, on every worker.
@@ -25,8 +25,6 @@ pub mod openai;
 pub mod sign;
 pub mod webhooks;
 
-use std::sync::Arc;
-
 use axum::Router;
 use axum::routing::get;
 use tokio::net::TcpListener;
@@ -42,8 +40,6 @@ pub struct Api {
     pub ctx: Ctx,
     /// The archive's object store; `None` when archiving is off.
     pub blob: Option<BlobStore>,
-    /// Per-key request rates, this worker's share (`keys::RateLimiter`).
-    pub rates: Arc<keys::RateLimiter>,
 }
 
 /// Binds `api.listen`; `None` when it is empty (the doors are off, the default).
@@ -80,7 +76,6 @@ impl Api {
         Self {
             ctx: ctx.clone(),
             blob,
-            rates: Arc::new(keys::RateLimiter::default()),
         }
     }
 }

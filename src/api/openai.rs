@@ -113,9 +113,7 @@ fn refused(r: Refused) -> Response {
 }
 
 async fn caller(api: &Api, headers: &HeaderMap) -> Result<Caller, Response> {
-    keys::authenticate(&api.ctx, &api.rates, headers)
-        .await
-        .map_err(refused)
+    keys::authenticate(&api.ctx, headers).await.map_err(refused)
 }
 
 /// A create's fields, from a form or JSON.
@@ -433,7 +431,15 @@ pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
         .or(job.finished_at)
         .filter(|_| status == "completed" || status == "failed")
         .map(|t| t / 1000);
-    // The archived copy does not expire (the archive keeps it until pruned).
+    // When the downloadable file stops working. Archived: never (`expires_at` null): the
+    // archive keeps its objects, and pruning removes only job rows (docs/api.md). Archiving
+    // off: the content is Ark's pre-signed URL, valid 24 h or what its `X-Tos-Expires` says
+    // (docs/ark-api.md §3.2 and §3.4), recorded as `url_expires_at` when the task succeeded.
+    let expires_at = if api.ctx.archive.is_none() && status == "completed" {
+        job.url_expires_at.map(|t| t / 1000)
+    } else {
+        None
+    };
     json!({
         "id": job.id.as_str(),
         "object": "video",
@@ -442,7 +448,7 @@ pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
         "progress": progress,
         "created_at": job.created_at / 1000,
         "completed_at": completed_at,
-        "expires_at": Value::Null,
+        "expires_at": expires_at,
         "error": error,
         "prompt": info.prompt,
         "remixed_from_video_id": Value::Null,
@@ -513,9 +519,44 @@ async fn content(
             "video {id} is not completed yet; retrieve it until its status is completed"
         )));
     }
+    if api.ctx.archive.is_none() {
+        return ark_file(&job, file);
+    }
     match door::archived(&api, &id, file).await {
         Ok((key, ctype)) => door::serve(&api, &key, &headers, ctype).await,
         Err(r) => r,
+    }
+}
+
+/// With archiving off the file is Ark's: a redirect to its pre-signed URL (fetched without
+/// credentials, docs/ark-api.md §3.2) until the `expires_at` the video answer gives, then a
+/// 404 that says so (the URL lives 24 h, docs/ark-api.md §3.4).
+fn ark_file(job: &Job, file: &str) -> Response {
+    let url = if file == FRAME_FILE {
+        job.last_frame_url.as_deref()
+    } else {
+        job.video_url.as_deref()
+    };
+    let id = job.id.as_str();
+    let Some(url) = url else {
+        return door_error(DoorError::NotFound(format!(
+            "video {id} has no file: Ark's answer carried no URL"
+        )));
+    };
+    if let Some(exp) = job.url_expires_at
+        && exp <= crate::store::now_ms()
+    {
+        return door_error(DoorError::NotFound(format!(
+            "video {id}'s file expired at {} (unix seconds): Ark keeps it 24 h and archiving \
+             is off (set archive.url to keep videos)",
+            exp / 1000
+        )));
+    }
+    match HeaderValue::from_str(url) {
+        Ok(loc) => (StatusCode::FOUND, [(header::LOCATION, loc)]).into_response(),
+        Err(_) => door_error(DoorError::NotFound(format!(
+            "video {id}'s URL from Ark is not a valid header value"
+        ))),
     }
 }
 

@@ -64,6 +64,55 @@ pub(crate) const KEY_USAGE_SQL: &str = "SELECT a.api_key, COUNT(*), \
                     WHERE h.job_id = a.job_id AND h.day_start = $1)), 0) \
      FROM api_jobs a WHERE a.api_key IS NOT NULL GROUP BY a.api_key ORDER BY a.api_key";
 
+/// The length of a rate window: `--rpm` counts requests per minute.
+pub const RATE_WINDOW_MS: i64 = 60_000;
+
+/// One key's rate row: the current window's start (unix ms), the requests let through in it
+/// and in the window before.
+pub type RateRow = (i64, i64, i64);
+
+/// A sliding-window counter: the requests of the last minute are estimated as the current
+/// window's count plus the previous window's, weighted by how much of it still lies within
+/// the last minute. Returns the row to store when one more request fits under `rpm`, or the
+/// wait (ms, ≥ 1 s) until it does. Pure, so both backends decide alike.
+///
+/// # Errors
+/// The wait until one more request fits.
+pub fn rate_window(row: Option<RateRow>, now: i64, rpm: i64) -> Result<RateRow, i64> {
+    let w = RATE_WINDOW_MS;
+    let start = now - now.rem_euclid(w);
+    let (cur, prev) = match row {
+        Some((ws, c, p)) if ws == start => (c, p),
+        Some((ws, c, _)) if ws == start - w => (0, c),
+        _ => (0, 0),
+    };
+    let rpm = rpm.max(1);
+    let into = now - start;
+    // `prev × (w − into) / w + cur + 1 ≤ rpm`, kept in integers: × w on both sides (in
+    // i128, so no `--rpm` however large overflows).
+    let (p, c, r, w1, i) = (
+        i128::from(prev),
+        i128::from(cur),
+        i128::from(rpm),
+        i128::from(w),
+        i128::from(into),
+    );
+    if p * (w1 - i) + (c + 1) * w1 <= r * w1 {
+        return Ok((start, cur + 1, prev));
+    }
+    let wait = if cur + 1 > rpm {
+        // This window alone is full: in the next one it is the previous window, whose weight
+        // must fall to `(rpm − 1) / cur`.
+        let next_into = w - (rpm - 1) * w / cur;
+        (start + w - now) + next_into
+    } else {
+        // `prev > 0` here (else it fit): its weight must fall to `(rpm − cur − 1) / prev`.
+        let need_into = w - (rpm - cur - 1) * w / prev;
+        need_into - into + 1
+    };
+    Err(wait.max(1000))
+}
+
 /// What a door's create did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiEnqueued {
@@ -507,6 +556,48 @@ impl Store {
         .await
     }
 
+    /// Takes one request of `key`'s rate (`rpm` a minute) for the whole fleet: the read and
+    /// the write of its [`rate_window`] row are one `BEGIN IMMEDIATE` transaction, so two
+    /// workers on one database count each other's requests.
+    ///
+    /// # Errors
+    /// `Ok(Err(ms))`: over the rate, the wait until one more request fits; `Err`: SQL errors.
+    pub async fn api_rate_take(
+        &self,
+        key: &str,
+        rpm: i64,
+        now: i64,
+    ) -> Result<Result<(), i64>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return super::pg::api::api_rate_take(pg, key, rpm, now).await;
+        }
+        let key = key.to_string();
+        self.call(move |c| {
+            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let row: Option<RateRow> = tx
+                .prepare_cached(
+                    "SELECT window_start, count, prev_count FROM api_rate WHERE api_key = ?1",
+                )?
+                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .optional()?;
+            match rate_window(row, now, rpm) {
+                Ok((ws, n, prev)) => {
+                    tx.prepare_cached(
+                        "INSERT INTO api_rate (api_key, window_start, count, prev_count) \
+                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (api_key) DO UPDATE SET \
+                         window_start = excluded.window_start, count = excluded.count, \
+                         prev_count = excluded.prev_count",
+                    )?
+                    .execute(params![key, ws, n, prev])?;
+                    tx.commit()?;
+                    Ok(Ok(()))
+                }
+                Err(wait) => Ok(Err(wait)),
+            }
+        })
+        .await
+    }
+
     /// The secret that signs file URLs (created by the migration, one per database).
     ///
     /// # Errors
@@ -727,5 +818,108 @@ mod tests {
     #[tokio::test]
     async fn keys_jobs_and_idempotency_on_postgres() {
         keys_jobs_and_idempotency(testpg::pg_store().await).await;
+    }
+
+    #[test]
+    fn a_sliding_minute_lets_rpm_through_then_says_when() {
+        let w = RATE_WINDOW_MS;
+        let t0 = 10 * w;
+        let mut row = None;
+        for _ in 0..3 {
+            row = Some(rate_window(row, t0 + 1000, 3).expect("room for three"));
+        }
+        let wait = rate_window(row, t0 + 1000, 3).expect_err("the fourth waits");
+        // Full in this window: the earliest fit is in the next one, once a third of its
+        // weight has gone (a minute's three fall to two).
+        assert_eq!(wait, (w - 1000) + w / 3);
+        let later = t0 + 1000 + wait;
+        assert!(rate_window(row, later, 3).is_ok(), "fits after the wait");
+        assert!(
+            rate_window(row, later - 1000, 3).is_err(),
+            "not a second before"
+        );
+        // Two minutes on, the old window counts for nothing.
+        assert_eq!(rate_window(row, t0 + 2 * w, 3), Ok((t0 + 2 * w, 1, 0)));
+    }
+
+    /// The rate is the fleet's: two store handles on one database (two workers) take from
+    /// one count, so the second sees the first's requests.
+    async fn rate_is_shared(a: Store, b: Store) {
+        let now = 100 * RATE_WINDOW_MS + 5_000;
+        for i in 0..3 {
+            let s = if i % 2 == 0 { &a } else { &b };
+            assert_eq!(
+                s.api_rate_take("key_r", 4, now)
+                    .await
+                    .expect("the store answers"),
+                Ok(()),
+                "request {i} fits"
+            );
+        }
+        assert_eq!(
+            a.api_rate_take("key_r", 4, now)
+                .await
+                .expect("the store answers"),
+            Ok(())
+        );
+        let wait = b
+            .api_rate_take("key_r", 4, now)
+            .await
+            .expect("the store answers")
+            .expect_err("the second handle sees four taken through both");
+        assert!((1000..=2 * RATE_WINDOW_MS).contains(&wait), "{wait}");
+        assert_eq!(
+            b.api_rate_take("key_other", 4, now)
+                .await
+                .expect("the store answers"),
+            Ok(()),
+            "another key has its own count"
+        );
+        // Concurrent takers never let more than the rate through.
+        let later = now + 3 * RATE_WINDOW_MS;
+        let mut tasks = Vec::new();
+        for i in 0..10 {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                s.api_rate_take("key_c", 5, later)
+                    .await
+                    .expect("the store answers")
+            }));
+        }
+        let mut ok = 0;
+        for t in tasks {
+            if t.await.expect("the task ran").is_ok() {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 5, "exactly the rate, across both handles");
+    }
+
+    #[tokio::test]
+    async fn the_rate_is_fleet_wide_on_sqlite() {
+        let dir = tempfile::tempdir().expect("the store answers");
+        let path = dir.path().join("s.db");
+        let a = Store::open(&path).expect("the store answers");
+        let b = Store::open(&path).expect("the store answers");
+        rate_is_shared(a, b).await;
+    }
+
+    #[tokio::test]
+    async fn the_rate_is_fleet_wide_on_postgres() {
+        let url = testpg::fresh_database().await;
+        let open = || async {
+            Store::open_target(
+                &crate::store::StoreTarget::Postgres {
+                    url: url.clone(),
+                    password: None,
+                },
+                true,
+            )
+            .await
+            .expect("open the PostgreSQL store")
+        };
+        let a = open().await;
+        let b = open().await;
+        rate_is_shared(a, b).await;
     }
 }

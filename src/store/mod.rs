@@ -50,7 +50,7 @@ pub use pause::{PauseKind, Paused};
 /// The PostgreSQL schema version this binary expects (`migrate::latest` is SQLite's).
 pub use pg::migrate::latest as postgres_latest;
 pub use pg::redact_url;
-pub use ui::{UiCell, UiFilter};
+pub use ui::{UiCell, UiFilter, UiWait};
 pub use verbs::{
     Accepted, Adopted, ArchiveRecord, ErrorNote, LastError, PARKED, PollOutcome, Polled,
     RemoteResult, Requeue,

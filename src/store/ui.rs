@@ -39,6 +39,39 @@ pub struct UiCell {
     pub usage_tokens: i64,
 }
 
+/// Queued jobs that are not due yet, per (batch, model, tier, wait code): what the overview
+/// says a batch waits for. `code` is the job's `last_error_code` (`budget_batch`,
+/// `budget_daily`, `budget_unpriced`, or an error a retry backs off from; `None` for a flex
+/// TPD wait, which keeps the last error).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UiWait {
+    pub batch: Option<String>,
+    pub model: String,
+    pub tier: String,
+    pub code: Option<String>,
+    pub jobs: i64,
+    /// The earliest `next_attempt_at` among them (`HELD`: until something wakes them).
+    pub next_at: i64,
+    /// One of their `last_error_message`s (the greatest: any one will do).
+    pub message: Option<String>,
+    /// The API key that created them through a door (`None`: not through a door).
+    pub api_key: Option<String>,
+}
+
+/// [`UiWait`]s, the same text on both backends (`$1`: now).
+pub(crate) const UI_WAITS_SQL: &str = "SELECT j.batch_id, j.model, j.service_tier, \
+     j.last_error_code, COUNT(*), MIN(j.next_attempt_at), MAX(j.last_error_message), a.api_key \
+     FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
+     WHERE j.state = 'queued' AND j.next_attempt_at > $1 \
+     GROUP BY j.batch_id, j.model, j.service_tier, j.last_error_code, a.api_key \
+     ORDER BY j.batch_id, j.model, j.service_tier, j.last_error_code, a.api_key";
+
+/// Jobs per key and state, in all and since `$1`: the same text on both backends.
+pub(crate) const UI_KEY_STATES_SQL: &str = "SELECT a.api_key, j.state, COUNT(*), \
+     COALESCE(SUM(CASE WHEN a.created_at >= $1 THEN 1 ELSE 0 END), 0) \
+     FROM api_jobs a JOIN jobs j ON j.id = a.job_id WHERE a.api_key IS NOT NULL \
+     GROUP BY a.api_key, j.state ORDER BY a.api_key, j.state";
+
 /// `%`, `_` and the escape character itself, escaped for `LIKE … ESCAPE '\'`, so a search for
 /// `50%` finds that text and not everything starting with 50.
 pub(crate) fn like_pattern(text: &str) -> String {
@@ -285,6 +318,62 @@ impl Store {
         .await
     }
 
+    /// The queued jobs not due at `now`, grouped as [`UiWait`]: a walk of the `jobs_due`
+    /// index's `queued` rows past `now`.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn ui_waits(&self, now: i64) -> Result<Vec<UiWait>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_waits(pg, now).await;
+        }
+        self.call(move |c| {
+            let mut st = c.prepare_cached(UI_WAITS_SQL)?;
+            let rows = st.query_map([now], |r| {
+                Ok(UiWait {
+                    batch: r.get(0)?,
+                    model: r.get(1)?,
+                    tier: r.get(2)?,
+                    code: r.get(3)?,
+                    jobs: r.get(4)?,
+                    next_at: r.get(5)?,
+                    message: r.get(6)?,
+                    api_key: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Per API key and job state: the key's jobs created through the doors, in all and since
+    /// `day_start` (`(key, state, total, today)`), for the dashboard's keys page.
+    ///
+    /// # Errors
+    /// SQL errors.
+    pub async fn ui_key_states(
+        &self,
+        day_start: i64,
+    ) -> Result<Vec<(String, JobState, i64, i64)>, StoreError> {
+        if let Some(pg) = self.pg() {
+            return pg::ui::ui_key_states(pg, day_start).await;
+        }
+        self.call(move |c| {
+            let mut st = c.prepare_cached(UI_KEY_STATES_SQL)?;
+            let mut q = st.query([day_start])?;
+            let mut out = Vec::new();
+            while let Some(r) = q.next()? {
+                let state: String = r.get(1)?;
+                let state = state
+                    .parse()
+                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?;
+                out.push((r.get(0)?, state, r.get(2)?, r.get(3)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// One batch's jobs per (state, model, tier, shape) with their billed tokens, from the
     /// trigger-kept `ui_batch_counts`: a few rows however large the batch.
     ///
@@ -323,7 +412,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::{UiFilter, fts_phrase, like_pattern};
+    use super::{UiFilter, UiWait, fts_phrase, like_pattern};
     use crate::job::JobState;
     use crate::store::{NewJob, Store, testpg};
 
@@ -735,5 +824,112 @@ mod tests {
     #[test]
     fn like_wildcards_are_escaped() {
         assert_eq!(like_pattern("50%_a\\b"), "%50\\%\\_a\\\\b%");
+    }
+
+    /// The overview's wait reasons and the keys page's counts, on both backends.
+    #[tokio::test]
+    async fn waits_and_key_states() {
+        let (_d, stores) = stores_with(&["a", "b", "c", "d"]).await;
+        for (name, s) in stores {
+            waits_case(name, s).await;
+        }
+    }
+
+    async fn waits_case(name: &str, s: Store) {
+        let ids: Vec<String> = s
+            .ui_jobs(UiFilter {
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .expect("ui_jobs")
+            .into_iter()
+            .map(|j| j.id.as_str().to_string())
+            .collect();
+        // Two held by the batch cap, one waiting for the next TPD day (no code), one due.
+        let held = format!(
+            "UPDATE jobs SET batch_id = 'night', next_attempt_at = {}, \
+             last_error_code = 'budget_batch', last_error_message = 'cap' \
+             WHERE id IN ('{}', '{}')",
+            crate::store::HELD,
+            ids[0],
+            ids[1]
+        );
+        // Fresh jobs are due at their enqueue time, before `t`.
+        let t = crate::store::now_ms() + 60_000;
+        let tpd = format!(
+            "UPDATE jobs SET batch_id = 'night', service_tier = 'flex', \
+             next_attempt_at = {} WHERE id = '{}'",
+            t + 4000,
+            ids[2]
+        );
+        let sql: &'static str = Box::leak(format!("{held}; {tpd}").into_boxed_str());
+        exec(&s, sql, sql).await;
+        let waits = s.ui_waits(t).await.expect("ui_waits");
+        let night = |w: &UiWait| w.batch.as_deref() == Some("night");
+        assert_eq!(
+            waits.iter().filter(|w| night(w)).count(),
+            2,
+            "{name}: {waits:?}"
+        );
+        let cap = waits
+            .iter()
+            .find(|w| w.code.as_deref() == Some("budget_batch"))
+            .expect("the cap's waiters");
+        assert_eq!(
+            (cap.jobs, cap.next_at, cap.message.as_deref()),
+            (2, crate::store::HELD, Some("cap")),
+            "{name}"
+        );
+        let w = waits
+            .iter()
+            .find(|w| w.code.is_none())
+            .expect("the TPD waiter");
+        assert_eq!(
+            (w.tier.as_str(), w.jobs, w.next_at),
+            ("flex", 1, t + 4000),
+            "{name}"
+        );
+        assert!(
+            s.ui_waits(t + 5000).await.expect("ui_waits").len() == 1,
+            "{name}: once due, only the held ones wait"
+        );
+
+        // Jobs created through a door count for their key, by state, in all and today.
+        for (i, key) in ["key_a", "key_a", "key_b"].iter().enumerate() {
+            let job = prompt_job("door");
+            let api = crate::store::ApiJob {
+                job_id: job.id.to_string(),
+                api_key: Some((*key).to_string()),
+                door: "ark".into(),
+                body_sha256: format!("h{i}"),
+                info: "{}".into(),
+                webhook_url: None,
+                created_at: 0,
+                deleted_at: None,
+            };
+            s.api_enqueue(job, api).await.expect("api_enqueue");
+        }
+        // `created_at` is the door's clock: all three are of a day that began at 0, none of
+        // one that begins in an hour.
+        let states = s.ui_key_states(0).await.expect("ui_key_states");
+        assert_eq!(
+            states,
+            vec![
+                ("key_a".to_string(), JobState::Queued, 2, 2),
+                ("key_b".to_string(), JobState::Queued, 1, 1),
+            ],
+            "{name}"
+        );
+        let later = crate::store::now_ms() + 3_600_000;
+        let states = s.ui_key_states(later).await.expect("ui_key_states");
+        assert_eq!(
+            states,
+            vec![
+                ("key_a".to_string(), JobState::Queued, 2, 0),
+                ("key_b".to_string(), JobState::Queued, 1, 0),
+            ],
+            "{name}"
+        );
     }
 }

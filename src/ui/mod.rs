@@ -95,6 +95,7 @@ pub fn router<S>(ctx: &Ctx) -> Router<S> {
         .route("/ui/", get(overview))
         .route("/ui/events", get(events))
         .route("/ui/jobs", get(jobs))
+        .route("/ui/keys", get(keys))
         .route("/ui/jobs/{id}", get(job))
         .route("/ui/jobs/{id}/video", get(video))
         .route("/ui/jobs/{id}/frame", get(frame))
@@ -182,6 +183,13 @@ async fn jobs(State(ui): St, Query(q): Query<pages::ListQuery>) -> Response {
     match pages::jobs(&ui, q).await {
         Ok(body) => html(body),
         Err(e) => (StatusCode::BAD_REQUEST, e).into_response(),
+    }
+}
+
+async fn keys(State(ui): St) -> Response {
+    match pages::keys(&ui).await {
+        Ok(body) => html(body),
+        Err(e) => store_error(&e),
     }
 }
 

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use serde::Deserialize;
 
 use super::Ui;
-use crate::bulk::estimate::{self, GenTimes, human_ms};
+use crate::bulk::estimate::{self, GenTimes};
 use crate::job::JobState;
 use crate::stage::limiter::Limiter;
 use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
@@ -61,6 +61,62 @@ fn at(ms: i64) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// A token count in human units: `950`, `103.8 k`, `2.5 M`, `250 G`.
+pub fn human_tokens(n: i64) -> String {
+    let units = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    let v = n as f64;
+    for (size, unit) in units {
+        if v.abs() >= size {
+            let x = v / size;
+            // One decimal, without a trailing `.0`.
+            let t = format!("{x:.1}");
+            let t = t.strip_suffix(".0").unwrap_or(&t);
+            return format!("{t} {unit}");
+        }
+    }
+    n.to_string()
+}
+
+/// A duration in words: `45 s`, `12 min`, `3 h 12 min`, `2 d 5 h`.
+pub fn human_dur(ms: i64) -> String {
+    let s = (ms.max(0) + 999) / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => match (s % 3600) / 60 {
+            0 => format!("{} h", s / 3600),
+            m => format!("{} h {m} min", s / 3600),
+        },
+        _ => match (s % 86_400) / 3600 {
+            0 => format!("{} d", s / 86_400),
+            h => format!("{} d {h} h", s / 86_400),
+        },
+    }
+}
+
+/// Whole fen as yuan: `¥4.88`.
+pub fn yuan_fen(fen: i64) -> String {
+    format!("¥{}.{:02}", fen.div_euclid(100), fen.rem_euclid(100))
+}
+
+/// Hold units (`store::budget::UNITS_PER_FEN` a fen) as yuan, rounded up to the fen.
+pub fn yuan_units(units: i64) -> String {
+    let per = crate::store::budget::UNITS_PER_FEN;
+    yuan_fen((units + per - 1).div_euclid(per))
+}
+
+/// A unix-ms time as `HH:MM` at UTC+`offset_hours`, with the offset: `00:00 +08:00`.
+fn clock(ms: i64, offset_hours: i32) -> String {
+    let local = (ms + i64::from(offset_hours) * 3_600_000).rem_euclid(86_400_000) / 60_000;
+    let sign = if offset_hours < 0 { '-' } else { '+' };
+    format!(
+        "{:02}:{:02} {sign}{:02}:00",
+        local / 60,
+        local % 60,
+        offset_hours.abs()
+    )
+}
+
 /// The prompt of a frozen request: its text item (Ark's `content[].text`).
 pub fn prompt(request_json: &str) -> String {
     let v: serde_json::Value = serde_json::from_str(request_json).unwrap_or_default();
@@ -81,7 +137,7 @@ fn page(title: &str, body: &str) -> String {
          <title>{t} · seedq</title><link rel=\"stylesheet\" href=\"/ui/style.css\">\
          <script src=\"/ui/app.js\" defer></script></head>\n<body>\
          <nav><a href=\"/ui\" class=\"brand\">seedq</a> <a href=\"/ui\">Overview</a> \
-         <a href=\"/ui/jobs\">Jobs</a></nav>\n<main>\n{body}\n</main></body></html>\n",
+         <a href=\"/ui/jobs\">Jobs</a> <a href=\"/ui/keys\">Keys</a></nav>\n<main>\n{body}\n</main></body></html>\n",
         t = esc(title)
     )
 }
@@ -158,6 +214,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     let flex_today = store.ui_flex_today(day).await?;
     let creates = store.ui_creates_since(now - 60_000).await?;
     let oldest = store.ui_oldest_queued().await?;
+    let waits = store.ui_waits(now).await?;
     let paused: BTreeSet<(String, String)> = store
         .paused()
         .await?
@@ -211,20 +268,24 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         let tpd = if *tier == "flex" {
             let used = flex_today.get(*model).copied().unwrap_or(0);
             match limits.flex_tpd {
-                Some(l) => format!("{used} / {l}"),
-                None => format!("{used} / –"),
+                Some(l) => format!(
+                    "{} / {}",
+                    human_tokens(used),
+                    human_tokens(i64::try_from(l).unwrap_or(i64::MAX))
+                ),
+                None => format!("{} / –", human_tokens(used)),
             }
         } else {
             "–".to_string()
         };
         let old = oldest
             .get(&(model.to_string(), tier.to_string()))
-            .map_or("–".to_string(), |t| format!("{} ago", human_ms(now - t)));
+            .map_or("–".to_string(), |t| format!("{} ago", human_dur(now - t)));
         let _ = write!(
             out,
             "<tr data-model=\"{m}\" data-tier=\"{t}\"><td>{m}{un}{pz}</td><td>{t}</td>\
              <td class=\"num\" data-k=\"inflight\">{in_flight} / {c}</td>\
-             <td class=\"num\">{cr} / {rpm}</td><td class=\"num\">{tpd}</td>\
+             <td class=\"num\">{cr} / {rpm}</td><td class=\"num\" data-k=\"tpd\">{tpd}</td>\
              <td class=\"num\" data-k=\"queued\">{queued}</td><td>{old}</td></tr>",
             m = esc(model),
             t = esc(tier),
@@ -282,9 +343,20 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             .filter(|(s, _)| s.is_terminal() || (**s == JobState::Succeeded && !archiving))
             .map(|(_, n)| n)
             .sum();
+        let why = batch_waits(ui, Some(name), &cs, &waits, &paused, now).await?;
+        let left = total - finished;
         let eta = match eta(ui, &mut times, &cs).await? {
             _ if finished == total => "done".to_string(),
-            Some(ms) => format!("eta {}", human_ms(ms)),
+            // Every job left is held until someone acts: no time would be true.
+            _ if why.held >= left => "held (see below)".to_string(),
+            Some(ms) => {
+                let ms = why.until.map_or(ms, |u| ms.max(u - now));
+                let mut e = format!("eta {}", human_dur(ms));
+                if why.held > 0 {
+                    let _ = write!(e, " for the rest; {} held", why.held);
+                }
+                e
+            }
             None => "eta ?".to_string(),
         };
         let _ = write!(
@@ -293,7 +365,8 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
              <a class=\"small\" href=\"/ui/gallery?batch={nq}\">gallery</a>{pz}</h3>\
              <progress max=\"{total}\" value=\"{done}\"></progress> \
              <span class=\"num\" data-k=\"done\">{done} / {total}</span> · \
-             <span data-k=\"cost\">¥{cny:.2}</span> · <span data-k=\"eta\">{eta}</span><ul class=\"counts\">",
+             <span data-k=\"cost\">¥{cny:.2}</span> · <span data-k=\"eta\">{eta}</span>{w}<ul class=\"counts\">",
+            w = why.html(),
             n = esc(name),
             nq = esc(&qp(name)),
             eta = esc(&eta),
@@ -310,6 +383,18 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         out.push_str("</ul></div>");
     }
     out.push_str("</section>");
+
+    // Jobs outside batches (most of those created through the doors) that wait, and why.
+    if waits.iter().any(|w| w.batch.is_none()) {
+        let why = batch_waits(ui, None, &[], &waits, &paused, now).await?;
+        if !why.lines.is_empty() {
+            let _ = write!(
+                out,
+                "<section id=\"unbatched\"><h2>Waiting outside batches</h2>{}</section>",
+                why.html()
+            );
+        }
+    }
 
     // Chains and their shots.
     let chains = store.chains(CHAINS).await?;
@@ -346,6 +431,271 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     }
     out.push_str("</section>");
     Ok(out)
+}
+
+/// Why a batch's queued jobs wait, in words with numbers.
+#[derive(Debug, Default)]
+struct Why {
+    /// One line per reason (HTML, escaped), with its code for `data-wait`.
+    lines: Vec<(&'static str, String)>,
+    /// Jobs held until someone acts (a batch cap, no price, a pause).
+    held: i64,
+    /// The latest time a timed wait (a daily cap, a TPD day, a backoff) ends.
+    until: Option<i64>,
+}
+
+impl Why {
+    fn html(&self) -> String {
+        if self.lines.is_empty() {
+            return String::new();
+        }
+        let mut out = String::from("<ul class=\"waits\" data-k=\"waits\">");
+        for (code, line) in &self.lines {
+            let _ = write!(out, "<li data-wait=\"{code}\">{line}</li>");
+        }
+        out.push_str("</ul>");
+        out
+    }
+}
+
+/// `1 job waits`, `3 jobs wait`.
+fn jobs_wait(n: i64) -> String {
+    if n == 1 {
+        "1 job waits".to_string()
+    } else {
+        format!("{n} jobs wait")
+    }
+}
+
+/// The wait reasons of batch `name`: pauses (from the `paused` table) and the codes the
+/// dispatcher records on a job it puts back (`store::budget::WAIT_*`, a flex TPD day's end as
+/// the due time, a retry's backoff).
+async fn batch_waits(
+    ui: &Ui,
+    name: Option<&str>,
+    cells: &[UiCell],
+    waits: &[crate::store::UiWait],
+    paused: &BTreeSet<(String, String)>,
+    now: i64,
+) -> Result<Why, StoreError> {
+    use crate::store::budget::{WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED};
+    let ctx = &ui.ctx;
+    let mut why = Why::default();
+    let queued = |model: Option<&str>| -> i64 {
+        cells
+            .iter()
+            .filter(|c| c.state == JobState::Queued && model.is_none_or(|m| c.model == m))
+            .map(|c| c.jobs)
+            .sum()
+    };
+    if let Some(name) = name
+        && paused.contains(&("batch".to_string(), name.to_string()))
+    {
+        let n = queued(None);
+        why.held += n;
+        why.lines.push((
+            "paused",
+            format!(
+                "paused: {} for <code>seedq resume --batch {}</code>",
+                jobs_wait(n),
+                esc(name)
+            ),
+        ));
+        return Ok(why);
+    }
+    let models: BTreeSet<&str> = cells.iter().map(|c| c.model.as_str()).collect();
+    for m in models {
+        if paused.contains(&("model".to_string(), m.to_string())) && queued(Some(m)) > 0 {
+            let n = queued(Some(m));
+            why.held += n;
+            why.lines.push((
+                "paused",
+                format!(
+                    "paused: model {} is paused; {} for <code>seedq resume --model {}</code>",
+                    esc(m),
+                    jobs_wait(n),
+                    esc(m)
+                ),
+            ));
+        }
+    }
+    // Daily caps, one line per cap however many (model, key) groups wait on it:
+    // label → (spent and cap, or the recorded refusal; jobs; when the day ends).
+    let mut daily: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
+    let mut keys: Option<BTreeMap<String, (crate::store::ApiKey, i64)>> = None;
+    for w in waits.iter().filter(|w| w.batch.as_deref() == name) {
+        if paused.contains(&("model".to_string(), w.model.clone())) {
+            continue;
+        }
+        let n = jobs_wait(w.jobs);
+        let left = human_dur(w.next_at - now);
+        match w.code.as_deref() {
+            Some(WAIT_BATCH) => {
+                why.held += w.jobs;
+                // Only a batch's jobs have a batch cap.
+                let Some(name) = name else { continue };
+                let s = ctx.store.batch_spend(name).await?;
+                let mut caps = Vec::new();
+                if let Some(fen) = s.max_cost_fen {
+                    caps.push(format!(
+                        "{} of {} spent",
+                        yuan_units(s.units),
+                        yuan_fen(fen)
+                    ));
+                }
+                if let Some(t) = s.max_tokens {
+                    caps.push(format!(
+                        "{} of {} tokens",
+                        human_tokens(s.tokens),
+                        human_tokens(t)
+                    ));
+                }
+                let flag = if s.max_cost_fen.is_some() {
+                    "--max-cost"
+                } else {
+                    "--max-tokens"
+                };
+                why.lines.push((
+                    "budget_batch",
+                    format!(
+                        "held by the batch cap: {}; {}: {n} for <code>seedq batch set {} \
+                         {flag} …</code>",
+                        esc(&caps.join(", ")),
+                        esc(&w.model),
+                        esc(name)
+                    ),
+                ));
+            }
+            Some(WAIT_UNPRICED) => {
+                why.held += w.jobs;
+                why.lines.push((
+                    "budget_unpriced",
+                    format!(
+                        "model {} has no price under a cap: {n} for a price in config.toml \
+                         (then a reload)",
+                        esc(&w.model)
+                    ),
+                ));
+            }
+            Some(WAIT_DAILY) => {
+                why.until = why.until.max(Some(w.next_at));
+                let msg = w.message.as_deref().unwrap_or("");
+                let day = crate::worker::budget::day_start(
+                    now,
+                    ctx.ops.live.tz(),
+                    ctx.cfg.bulk.tpd_day_ms(),
+                );
+                let (label, spent) = if msg.contains("budget.daily_cny") {
+                    let cap = ctx
+                        .ops
+                        .live
+                        .budget()
+                        .daily_cny
+                        .and_then(|v| crate::config::fen_of_cny(v).ok());
+                    let (units, _) = ctx.store.day_spend(day, None).await?;
+                    ("the daily cap (budget.daily_cny)".to_string(), (units, cap))
+                } else if msg.contains("API key") {
+                    // The cap of the key that created the jobs (`seedq keys create
+                    // --max-cost-per-day`), and what its jobs hold today.
+                    if keys.is_none() {
+                        let usage: BTreeMap<String, i64> = ctx
+                            .store
+                            .api_key_usage(day)
+                            .await?
+                            .into_iter()
+                            .map(|u| (u.key, u.units_today))
+                            .collect();
+                        keys = Some(
+                            ctx.store
+                                .api_keys()
+                                .await?
+                                .into_iter()
+                                .map(|k| {
+                                    let units = usage.get(&k.id).copied().unwrap_or(0);
+                                    (k.id.clone(), (k, units))
+                                })
+                                .collect(),
+                        );
+                    }
+                    match w
+                        .api_key
+                        .as_ref()
+                        .and_then(|id| keys.as_ref().and_then(|m| m.get(id)))
+                    {
+                        Some((k, units)) => (
+                            format!("the daily cap of API key {}", k.name),
+                            (*units, k.max_cost_fen),
+                        ),
+                        None => ("an API key's daily cap".to_string(), (-1, None)),
+                    }
+                } else {
+                    let cap = ctx
+                        .ops
+                        .live
+                        .catalogue()
+                        .get(&w.model)
+                        .and_then(|s| s.daily_cny)
+                        .and_then(|v| crate::config::fen_of_cny(v).ok());
+                    let (_, units) = ctx.store.day_spend(day, Some(w.model.clone())).await?;
+                    (format!("{}'s daily cap", w.model), (units, cap))
+                };
+                let numbers = match spent {
+                    (units, Some(cap)) if units >= 0 => {
+                        format!("{} of {} spent", yuan_units(units), yuan_fen(cap))
+                    }
+                    // Unknown now: what the refusal recorded.
+                    _ => msg.to_string(),
+                };
+                let e = daily.entry(label).or_insert((numbers, 0, w.next_at));
+                e.1 += w.jobs;
+                e.2 = e.2.max(w.next_at);
+            }
+            // A flex job due at the next TPD day's start: seedq's own TPD count (which keeps the
+            // last error) or Ark's TPD refusal (whose 429 code it records) closed the day.
+            _ if w.tier == "flex"
+                && w.next_at
+                    >= crate::stage::tpd_day_start(
+                        now,
+                        ctx.cfg.dispatch.tpd_utc_offset_hours,
+                        ctx.cfg.bulk.tpd_day_ms(),
+                    ) + ctx.cfg.bulk.tpd_day_ms() =>
+            {
+                why.until = why.until.max(Some(w.next_at));
+                why.lines.push((
+                    "flex_tpd",
+                    format!(
+                        "{}: {n} for the next TPD day: the flex daily tokens are spent \
+                         (resets {}, in {left})",
+                        esc(&w.model),
+                        esc(&clock(w.next_at, ctx.cfg.dispatch.tpd_utc_offset_hours))
+                    ),
+                ));
+            }
+            code => {
+                why.until = why.until.max(Some(w.next_at));
+                let after = code.map_or(String::new(), |c| format!(" after {}", esc(c)));
+                why.lines.push((
+                    "retry",
+                    format!("{}: {n} to retry{after}, in {left}", esc(&w.model)),
+                ));
+            }
+        }
+    }
+    let tz = ctx.ops.live.tz();
+    for (label, (numbers, jobs, next_at)) in daily {
+        why.lines.push((
+            "budget_daily",
+            format!(
+                "held by {}: {}; {} for the next budget day (starts 00:00 {}, in {})",
+                esc(&label),
+                esc(&numbers),
+                jobs_wait(jobs),
+                esc(&tz.to_string()),
+                human_dur(next_at - now)
+            ),
+        ));
+    }
+    Ok(why)
 }
 
 /// Time to finish a batch's remaining jobs, from the same planner `seedq watch` uses: the
@@ -543,22 +893,45 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
     } else {
         b.push_str("<p class=\"muted\">No archived video (yet).</p>");
     }
-    if ui.actions_on() {
+    // Only the buttons whose verb can work on the job's state: the store's own rules
+    // (`Store::cancel`, `Store::retry`, `seedq adopt`), so none of them can only fail.
+    let parked =
+        j.state == JobState::SubmitUnknown && j.last_error_code.as_deref() == Some("parked");
+    let can_cancel = j.state == JobState::Queued || parked || j.state.is_remote();
+    let can_retry = ((j.state.is_terminal() && j.state.can_transition(JobState::Queued)) || parked)
+        && j.next_attempt_at != HELD;
+    // Only an ambiguous create can adopt a task (the same rule as `seedq adopt`).
+    let can_adopt = j.state == JobState::SubmitUnknown;
+    if ui.actions_on() && (can_cancel || can_retry || can_adopt) {
         let _ = write!(
             b,
             "<section class=\"actions\" data-job=\"{jid}\"><label>admin token \
              <input type=\"password\" id=\"token\" autocomplete=\"off\"></label> \
-             <button type=\"button\" data-action=\"cancel\">Cancel</button> \
-             <button type=\"button\" data-action=\"retry\">Retry</button> \
-             {adopt}<output id=\"action-result\"></output></section>",
-            // Only an ambiguous create can adopt a task (the same rule as `seedq adopt`).
-            adopt = if j.state == JobState::SubmitUnknown {
+             {cancel}{retry}{adopt}<output id=\"action-result\"></output></section>",
+            cancel = if can_cancel {
+                "<button type=\"button\" data-action=\"cancel\">Cancel</button> "
+            } else {
+                ""
+            },
+            retry = if can_retry {
+                "<button type=\"button\" data-action=\"retry\">Retry</button> "
+            } else {
+                ""
+            },
+            adopt = if can_adopt {
                 "<label>TASK_ID <input type=\"text\" id=\"adopt-task\" autocomplete=\"off\" \
                  placeholder=\"cgt-…\"></label> \
                  <button type=\"button\" data-action=\"adopt\">Adopt</button> "
             } else {
                 ""
             }
+        );
+    } else if ui.actions_on() {
+        let _ = write!(
+            b,
+            "<p class=\"muted\" id=\"no-actions\">No actions: the job is {} \
+             (nothing to cancel or retry).</p>",
+            esc(j.state.as_str())
         );
     } else {
         b.push_str(
@@ -647,6 +1020,87 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
         r = esc(&request)
     );
     Ok(Some(page(&format!("Job {}", j.id.as_str()), &b)))
+}
+
+/// The API keys' usage: per key (name and public id; the key itself is never stored), its
+/// jobs by state today and in all, its spend in the budget day against its daily cap, and its
+/// request rate. The same day and sums as `seedq keys ls`.
+///
+/// # Errors
+/// The store cannot be read.
+pub async fn keys(ui: &Ui) -> Result<String, StoreError> {
+    let ctx = &ui.ctx;
+    let store = &ctx.store;
+    let now = now_ms();
+    let day = crate::worker::budget::day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
+    let keys = store.api_keys().await?;
+    let usage: BTreeMap<String, (i64, i64)> = store
+        .api_key_usage(day)
+        .await?
+        .into_iter()
+        .map(|u| (u.key, (u.jobs, u.units_today)))
+        .collect();
+    let mut states: BTreeMap<String, Vec<(JobState, i64, i64)>> = BTreeMap::new();
+    for (key, st, total, today) in store.ui_key_states(day).await? {
+        states.entry(key).or_default().push((st, total, today));
+    }
+    let mut b = String::from(
+        "<h1>API keys</h1><p class=\"muted\">Usage of the front doors' keys (docs/api.md). \
+         Today is the budget day (midnight in maintenance.timezone).</p>\
+         <table id=\"keys\"><thead><tr><th>name</th><th>id</th><th>status</th>\
+         <th>jobs today / total, by state</th><th>jobs today / total</th>\
+         <th>spent today / daily cap</th><th>rate limit</th><th>models</th></tr></thead><tbody>",
+    );
+    if keys.is_empty() {
+        b.push_str(
+            "<tr><td colspan=\"8\" class=\"muted\">no keys: <code>seedq keys create NAME</code></td></tr>",
+        );
+    }
+    for k in &keys {
+        let per = states.get(&k.id).map(Vec::as_slice).unwrap_or_default();
+        let mut by_state = String::from("<ul class=\"counts\">");
+        for (st, total, today) in per {
+            let _ = write!(
+                by_state,
+                "<li data-state=\"{s}\">{badge} <span class=\"num\">{today} / {total}</span></li>",
+                s = esc(st.as_str()),
+                badge = state_badge(*st),
+            );
+        }
+        by_state.push_str("</ul>");
+        let today: i64 = per.iter().map(|p| p.2).sum();
+        let (jobs, units) = usage.get(&k.id).copied().unwrap_or((0, 0));
+        let spend = match k.max_cost_fen {
+            Some(cap) => format!("{} of {}", yuan_units(units), yuan_fen(cap)),
+            None => format!("{} (no cap)", yuan_units(units)),
+        };
+        let rate = k
+            .rpm
+            .map_or("none".to_string(), |r| format!("{r} requests / min"));
+        let models = k
+            .models
+            .as_ref()
+            .map_or("all".to_string(), |m| m.join(", "));
+        let status = if k.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "active"
+        };
+        let _ = write!(
+            b,
+            "<tr data-key=\"{name}\"><td>{name}</td><td><code>{id}</code></td><td>{status}</td>\
+             <td>{by_state}</td><td class=\"num\" data-k=\"jobs\">{today} / {jobs}</td>\
+             <td class=\"num\" data-k=\"spend\">{spend}</td><td data-k=\"rpm\">{rate}</td>\
+             <td>{models}</td></tr>",
+            name = esc(&k.name),
+            id = esc(&k.id),
+            spend = esc(&spend),
+            rate = esc(&rate),
+            models = esc(&models),
+        );
+    }
+    b.push_str("</tbody></table>");
+    Ok(page("Keys", &b))
 }
 
 /// The gallery's query: one batch or one chain.
@@ -761,5 +1215,24 @@ mod tests {
         let body = r#"{"model":"m","content":[{"type":"image_url","image_url":{"url":"u"}},{"type":"text","text":"a cat --dur 5"}]}"#;
         assert_eq!(prompt(body), "a cat --dur 5");
         assert_eq!(prompt("not json"), "");
+    }
+
+    #[test]
+    fn numbers_come_in_human_units() {
+        assert_eq!(human_tokens(950), "950");
+        assert_eq!(human_tokens(103_818), "103.8 k");
+        assert_eq!(human_tokens(250_000_000_000), "250 G");
+        assert_eq!(human_tokens(2_500_000), "2.5 M");
+        assert_eq!(human_dur(0), "0 s");
+        assert_eq!(human_dur(45_000), "45 s");
+        assert_eq!(human_dur(12 * 60_000 + 5_000), "12 min");
+        assert_eq!(human_dur((3 * 60 + 12) * 60_000), "3 h 12 min");
+        assert_eq!(human_dur(3 * 3_600_000), "3 h");
+        assert_eq!(human_dur(2 * 86_400_000 + 5 * 3_600_000), "2 d 5 h");
+        assert_eq!(yuan_fen(488), "¥4.88");
+        assert_eq!(yuan_units(1), "¥0.01", "rounded up to the fen");
+        // Midnight in UTC+8 is 16:00 UTC.
+        assert_eq!(clock(16 * 3_600_000, 8), "00:00 +08:00");
+        assert_eq!(clock(0, -5), "19:00 -05:00");
     }
 }

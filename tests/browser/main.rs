@@ -145,12 +145,17 @@ fn save_png(name: &str, png: &[u8]) {
     std::fs::write(dir.join(name), png).expect("write screenshot");
 }
 
+/// Held by the tests whose timing matters most (the seek's range request, the held batch), so
+/// they do not share a loaded two-core machine's CPU with each other's Chromium.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The live overview's count for `state` in batch `night` (0 when absent).
 const COUNT_JS: &str = "const li = document.querySelector('.batch[data-batch=\"night\"] \
     li[data-state=\"' + arguments[0] + '\"] .num'); return li ? Number(li.textContent) : 0;";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_a_real_browser() {
+    let _heavy = HEAVY.lock().await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let (_sim, sim_url) = helpers::start_sim(tmp.path(), SIM);
     let port = free_port();
@@ -501,6 +506,22 @@ async fn a_paused_batch_resumes_from_the_overview_only_with_the_token() {
         &format!("return !!document.querySelector('{card} [data-k=paused]')"),
     )
     .await;
+    // The card says why its job waits, and the ETA does not pretend.
+    let why = b
+        .js(
+            &format!("return document.querySelector('{card} [data-wait=paused]').textContent"),
+            json!([]),
+        )
+        .await;
+    assert_eq!(why, "paused: 1 job waits for seedq resume --batch p");
+    assert_eq!(
+        b.js(
+            &format!("return document.querySelector('{card} [data-k=eta]').textContent"),
+            json!([])
+        )
+        .await,
+        "held (see below)"
+    );
     // Without the token: refused, still paused, the job still queued.
     b.js(
         &format!(
@@ -553,5 +574,179 @@ async fn a_paused_batch_resumes_from_the_overview_only_with_the_token() {
         &format!("return !document.querySelector('{card} [data-k=paused]')"),
     )
     .await;
+    b.close().await;
+}
+
+/// A batch held by its cap says so with its numbers, the flex TPD is in human units, the keys
+/// page shows a key's spend against its cap, and an archived job offers no Cancel or Retry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_batches_say_why_and_keys_show_their_spend() {
+    let _heavy = HEAVY.lock().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_sim, sim_url) = helpers::start_sim(tmp.path(), SIM);
+    let port = free_port();
+    let api_port = free_port();
+    let admin = format!("http://127.0.0.1:{port}");
+    let cfg = config(&sim_url, &format!("127.0.0.1:{port}"), Some(TOKEN)).replace(
+        "limits = { concurrency = 1 }",
+        "limits = { concurrency = 1, flex_tpd = 250000000000 }",
+    ) + &format!("\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n");
+    let env = Env::new(&cfg);
+    let key = env.ok(&["keys", "create", "webapp", "--max-cost-per-day", "5"]);
+    let key = key.trim().to_string();
+    assert!(key.starts_with("sq_"), "{key}");
+    // A 5 s 480p 1.0 pro job is estimated well under ¥1 and over ¥0.50: a ¥1 cap takes one.
+    let file = write_jobs(&env, 3);
+    env.ok(&[
+        "submit",
+        "-f",
+        &file,
+        "--batch",
+        "capped",
+        "--max-cost",
+        "1",
+    ]);
+    let flex = env.dir.path().join("flex.jsonl");
+    std::fs::write(
+        &flex,
+        json!({"prompt": "a flex heron", "model": PRO, "resolution": "480p", "duration": 5,
+               "service_tier": "flex", "key": "f0"})
+        .to_string(),
+    )
+    .expect("write the flex job");
+    env.ok(&["submit", "-f", &flex.display().to_string()]);
+
+    let _serve = env.serve();
+    wait_http(&format!("{admin}/healthz")).await;
+    wait_http(&format!("http://127.0.0.1:{api_port}/v1/videos")).await;
+    let created: Value = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{api_port}/api/v3/contents/generations/tasks"
+        ))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": PRO, "content": [{"type": "text", "text": "a kite"}],
+                      "duration": 5, "resolution": "480p"}),
+        )
+        .send()
+        .await
+        .expect("create through the Ark door")
+        .json()
+        .await
+        .expect("JSON");
+    let door_job = created["id"].as_str().expect("an id").to_string();
+
+    let driver = Driver::start().await;
+    let b = driver.session(&tmp.path().join("profile")).await;
+    b.goto(&format!("{admin}/ui")).await;
+    let card = ".batch[data-batch=\"capped\"]";
+    let why = b
+        .wait_for(
+            90,
+            "the capped batch to say why it waits",
+            &format!(
+                "const w = document.querySelector('{card} [data-wait=budget_batch]'); \
+                 const e = document.querySelector('{card} [data-k=eta]'); \
+                 return w && e.textContent === 'held (see below)' ? w.textContent : false"
+            ),
+        )
+        .await;
+    let why = why.as_str().unwrap_or_default().to_string();
+    assert!(
+        why.starts_with("held by the batch cap: ¥0.") && why.contains(" of ¥1.00 spent"),
+        "{why}"
+    );
+    assert!(why.contains("2 jobs"), "two of three wait: {why}");
+    let tpd = b
+        .wait_for(
+            60,
+            "the flex row's TPD",
+            "const t = document.querySelector('tr[data-tier=flex] td[data-k=tpd]'); \
+             return t ? t.textContent : false",
+        )
+        .await;
+    let tpd = tpd.as_str().unwrap_or_default().to_string();
+    assert!(tpd.ends_with(" / 250 G"), "TPD in human units: {tpd}");
+    assert!(!tpd.contains("250000000000"), "{tpd}");
+
+    // The door's job runs, is archived, and its key's spend shows against its cap.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let jobs = env.jobs();
+        let st = jobs
+            .iter()
+            .find(|j| j["id"] == door_job.as_str())
+            .map(|j| j["state"].as_str().unwrap_or("").to_string());
+        if st.as_deref() == Some("archived") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the door's job never archived ({st:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    b.goto(&format!("{admin}/ui/keys")).await;
+    let row = "tr[data-key=\"webapp\"]";
+    let spend = b
+        .js(
+            &format!("return document.querySelector('{row} [data-k=spend]').textContent"),
+            json!([]),
+        )
+        .await;
+    let spend = spend.as_str().unwrap_or_default().to_string();
+    assert!(
+        spend.ends_with(" of ¥5.00") && spend.starts_with('¥') && !spend.starts_with("¥0.00"),
+        "the key's spend today against its cap: {spend}"
+    );
+    assert_eq!(
+        b.js(
+            &format!("return document.querySelector('{row} [data-k=jobs]').textContent"),
+            json!([])
+        )
+        .await,
+        "1 / 1"
+    );
+    let body = b
+        .js("return document.body.textContent", json!([]))
+        .await
+        .to_string();
+    assert!(!body.contains(&key[3..]), "the key is never shown");
+
+    // An archived job offers no Cancel or Retry; a held queued one still offers Cancel.
+    b.goto(&format!("{admin}/ui/jobs/{door_job}")).await;
+    assert_eq!(
+        b.js(
+            "return document.querySelectorAll('button[data-action]').length",
+            json!([])
+        )
+        .await,
+        0,
+        "no buttons that can only fail on an archived job"
+    );
+    assert_eq!(
+        b.js("return !!document.getElementById('no-actions')", json!([]))
+            .await,
+        true
+    );
+    let held = env
+        .jobs()
+        .into_iter()
+        .find(|j| j["batch_id"] == "capped" && j["state"] == "queued")
+        .expect("a held job");
+    b.goto(&format!(
+        "{admin}/ui/jobs/{}",
+        held["id"].as_str().expect("id")
+    ))
+    .await;
+    assert_eq!(
+        b.js(
+            "return Array.from(document.querySelectorAll('button[data-action]')).map(b => b.dataset.action)",
+            json!([])
+        )
+        .await,
+        json!(["cancel"]),
+        "a queued job can be cancelled, not retried"
+    );
     b.close().await;
 }

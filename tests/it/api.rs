@@ -183,7 +183,11 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     // One 5 s 720p 1.0 pro video is estimated at about ¥1.5: a ¥2 cap takes one, not two.
     let capped = make_key(&env, "capped", &["--max-cost-per-day", "2"]);
     let free = make_key(&env, "free", &["--rpm", "1000"]);
-    let _serve = serve(&env);
+    let admin = free_port();
+    let _serve = serve_with(
+        &env,
+        &[("SEEDQ__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))],
+    );
     wait_for_door(port);
 
     let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
@@ -245,6 +249,15 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
         .find(|j| j["id"] == c2.as_str())
         .expect("the held job");
     assert_eq!(held["last_error_code"], "budget_daily", "{held}");
+    // The dashboard says why it waits, with the key's spend and cap.
+    let page = http_get(admin, "/ui");
+    let line = "held by the daily cap of API key capped: ¥1.";
+    assert!(
+        page.contains(line)
+            && page.contains(" of ¥2.00 spent; 1 job waits for the next budget day (starts 00:00 "),
+        "the overview's wait line: {}",
+        page.split("unbatched").nth(1).unwrap_or(&page)
+    );
     // A key's batch is scoped to the key.
     let listed: serde_json::Value =
         serde_json::from_str(&env.ok(&["keys", "ls", "--json"])).expect("keys ls --json");
@@ -564,4 +577,112 @@ fn with_archiving_off_success_is_announced_once_ark_succeeds() {
     assert_eq!(first["verified"], true, "{first}");
     assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["status"], "succeeded", "{first}");
+}
+
+#[test]
+fn with_archiving_off_openai_says_when_arks_file_expires_and_redirects_to_it() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let env = env_with_doors(&sim, port);
+    let key = make_key(&env, "a", &[]);
+    // The env's own config has `[archive] url = ""`: archiving is off.
+    let mut c = env.keyed(&["serve"]);
+    if std::env::var_os("TEST_LOG").is_none() {
+        c.stderr(std::process::Stdio::null());
+    }
+    let _serve = Guard(c.spawn().expect("spawn seedq serve"));
+    wait_for_door(port);
+    let body = r#"{"model":"doubao-seedance-1-0-pro-250528","prompt":"a heron","seconds":"5","size":"1280x720"}"#;
+    let (code, v) = call(port, "POST", "/v1/videos", &key, body);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        v["expires_at"],
+        serde_json::Value::Null,
+        "not done yet: {v}"
+    );
+    let id = v["id"].as_str().expect("an id").to_string();
+    let mut done = serde_json::Value::Null;
+    wait_until(60, "the video to complete", || {
+        done = call(port, "GET", &format!("/v1/videos/{id}"), &key, "").1;
+        done["status"] == "completed"
+    });
+    let completed = done["completed_at"].as_i64().expect("completed_at");
+    let expires = done["expires_at"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("expires_at is set with archiving off: {done}"));
+    // Ark's URL lives 24 h (docs/ark-api.md §3.4) or its X-Tos-Expires: a day or so, not
+    // less than an hour, not more than the 14 days of the longest documented retention.
+    assert!(
+        expires > completed + 3600 && expires <= completed + 14 * 86_400 + 60,
+        "expires_at {expires} vs completed_at {completed}"
+    );
+    let (code, _) = call(port, "GET", &format!("/v1/videos/{id}/content"), &key, "");
+    assert_eq!(code, 302, "the content is a redirect to Ark's URL");
+}
+
+/// One request's status and its `Retry-After` header (seconds), if any.
+fn status_and_retry_after(port: u16, path: &str, key: &str) -> (u16, Option<u64>) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to the door");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+         Authorization: Bearer {key}\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp);
+    let (head, _) = text.split_once("\r\n\r\n").expect("an HTTP answer");
+    let status = head[9..12].parse().expect("a status code");
+    let retry = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.eq_ignore_ascii_case("retry-after")
+            .then(|| v.trim().parse().ok())
+            .flatten()
+    });
+    (status, retry)
+}
+
+#[test]
+fn two_workers_share_one_keys_rpm() {
+    let sim = fast_sim("");
+    let (pa, pb) = (free_port(), free_port());
+    let env = env_with_doors(&sim, pa);
+    let key = make_key(&env, "paced", &["--rpm", "4"]);
+    let _a = serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{pa}"))]);
+    let _b = serve_with(&env, &[("SEEDQ__API__LISTEN", format!("127.0.0.1:{pb}"))]);
+    wait_for_door(pa);
+    wait_for_door(pb);
+    let list = "/v1/videos";
+    // Four a minute for the fleet: two through each worker pass, the fifth (through either)
+    // is refused, where a limit per worker would let eight through.
+    for port in [pa, pb, pa, pb] {
+        let (status, _) = status_and_retry_after(port, list, &key);
+        assert_eq!(status, 200, "within the key's rpm (port {port})");
+    }
+    for port in [pa, pb] {
+        let (status, retry) = status_and_retry_after(port, list, &key);
+        assert_eq!(status, 429, "over the key's rpm, fleet-wide (port {port})");
+        let retry = retry.expect("a Retry-After header");
+        assert!((1..=120).contains(&retry), "Retry-After {retry}");
+    }
+    // Another key is not held by this one's count.
+    let other = make_key(&env, "other", &["--rpm", "4"]);
+    assert_eq!(status_and_retry_after(pb, list, &other).0, 200);
+}
+
+/// A plain GET without credentials: the answer's body.
+fn http_get(port: u16, path: &str) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).expect("read");
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or(text)
 }

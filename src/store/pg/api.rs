@@ -9,7 +9,7 @@ use super::{Pg, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::api::{
     API_OFFSET, ApiEnqueued, ApiJob, ApiKey, ApiListFilter, ApiRow, KEY_COLUMNS, KEY_USAGE_SQL,
-    KeyUsage, joined_columns, status_case,
+    KeyUsage, RateRow, joined_columns, rate_window, status_case,
 };
 use crate::store::{NewJob, StoreError, now_ms};
 
@@ -325,4 +325,45 @@ pub(crate) async fn api_key_usage(pg: &Pg, day_start: i64) -> Result<Vec<KeyUsag
             })
         })
         .collect()
+}
+
+/// [`crate::store::Store::api_rate_take`]: the row is created if missing, then locked
+/// (`FOR UPDATE`) for the read and the write, so concurrent takers on any worker queue on it.
+pub(crate) async fn api_rate_take(
+    pg: &Pg,
+    key: &str,
+    rpm: i64,
+    now: i64,
+) -> Result<Result<(), i64>, StoreError> {
+    let mut c = pg.conn().await?;
+    let tx = c.transaction().await?;
+    tx.execute(
+        "INSERT INTO api_rate (api_key, window_start, count, prev_count) VALUES ($1, 0, 0, 0) \
+         ON CONFLICT (api_key) DO NOTHING",
+        &[&key],
+    )
+    .await?;
+    let r = tx
+        .query_one(
+            "SELECT window_start, count, prev_count FROM api_rate WHERE api_key = $1 FOR UPDATE",
+            &[&key],
+        )
+        .await?;
+    let row: RateRow = (r.try_get(0)?, r.try_get(1)?, r.try_get(2)?);
+    match rate_window(Some(row), now, rpm) {
+        Ok((ws, n, prev)) => {
+            tx.execute(
+                "UPDATE api_rate SET window_start = $2, count = $3, prev_count = $4 \
+                 WHERE api_key = $1",
+                &[&key, &ws, &n, &prev],
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        }
+        Err(wait) => {
+            tx.commit().await?;
+            Ok(Err(wait))
+        }
+    }
 }

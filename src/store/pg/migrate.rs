@@ -35,6 +35,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_webhooks.sql",
         include_str!("../../../migrations/postgres/0007_webhooks.sql"),
     ),
+    (
+        "0008_api_rate.sql",
+        include_str!("../../../migrations/postgres/0008_api_rate.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -15,7 +15,7 @@ use tokio_postgres::types::ToSql;
 
 use super::{Pg, job_from_pg};
 use crate::job::JobState;
-use crate::store::ui::{UiCell, UiFilter, like_pattern};
+use crate::store::ui::{UI_KEY_STATES_SQL, UI_WAITS_SQL, UiCell, UiFilter, UiWait, like_pattern};
 use crate::store::{HELD, JOB_COLUMNS, Job, StoreError};
 
 fn parse_state(s: &str) -> Result<JobState, StoreError> {
@@ -242,6 +242,51 @@ pub(crate) async fn ui_batch_cells(pg: &Pg, batch: &str) -> Result<Vec<UiCell>, 
                 jobs: r.try_get(4)?,
                 usage_tokens: r.try_get(5)?,
             })
+        })
+        .collect()
+}
+
+/// [`crate::store::Store::ui_waits`].
+pub(crate) async fn ui_waits(pg: &Pg, now: i64) -> Result<Vec<UiWait>, StoreError> {
+    let c = pg.conn().await?;
+    let st = c.prepare_cached(UI_WAITS_SQL).await?;
+    c.query(&st, &[&now])
+        .await?
+        .iter()
+        .map(|r| {
+            Ok(UiWait {
+                batch: r.try_get(0)?,
+                model: r.try_get(1)?,
+                tier: r.try_get(2)?,
+                code: r.try_get(3)?,
+                jobs: r.try_get(4)?,
+                next_at: r.try_get(5)?,
+                message: r.try_get(6)?,
+                api_key: r.try_get(7)?,
+            })
+        })
+        .collect()
+}
+
+/// [`crate::store::Store::ui_key_states`].
+pub(crate) async fn ui_key_states(
+    pg: &Pg,
+    day_start: i64,
+) -> Result<Vec<(String, JobState, i64, i64)>, StoreError> {
+    let c = pg.conn().await?;
+    // SUM of integers is BIGINT here only after a cast (it is NUMERIC for BIGINT input).
+    let sql = UI_KEY_STATES_SQL.replace("ELSE 0 END), 0)", "ELSE 0 END), 0)::BIGINT");
+    c.query(&sql, &[&day_start])
+        .await?
+        .iter()
+        .map(|r| {
+            let state: String = r.try_get(1)?;
+            Ok((
+                r.try_get(0)?,
+                parse_state(&state)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+            ))
         })
         .collect()
 }

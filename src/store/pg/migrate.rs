@@ -35,6 +35,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_webhooks.sql",
         include_str!("../../../migrations/postgres/0007_webhooks.sql"),
     ),
+    (
+        "0010_admin_webhooks.sql",
+        include_str!("../../../migrations/postgres/0010_admin_webhooks.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

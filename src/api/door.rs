@@ -231,6 +231,7 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
         webhook_url: c.webhook_url,
         created_at: now_ms(),
         deleted_at: None,
+        result_meta: None,
     };
     match api.ctx.store.api_enqueue(job, row).await? {
         ApiEnqueued::Created(id) => {

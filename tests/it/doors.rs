@@ -121,12 +121,25 @@ fn the_seedance_cli_generates_and_downloads_through_the_ark_door() {
         jobs[0]
     );
     let video = std::fs::read(&out_file).expect("seedance wrote the video");
-    assert_same_video(
-        &door.sim,
-        &door.remote(id),
-        &video,
-        "seedance CLI via the door",
-    );
+    let remote = door.remote(id);
+    assert_same_video(&door.sim, &remote, &video, "seedance CLI via the door");
+    // The task it last read from the door reports what Ark's did, not what was asked: the
+    // seed used for its `seed: -1` and the ratio chosen for its `adaptive`
+    // (docs/ark-api.md §3.1), with Ark's frame rate and usage.
+    let printed: serde_json::Value = serde_json::from_str(&stdout).expect("its --json output");
+    let got = &printed["data"]["task"];
+    let want = ark_task(&door.sim, &remote);
+    for k in [
+        "seed",
+        "ratio",
+        "resolution",
+        "duration",
+        "framespersecond",
+        "usage",
+    ] {
+        assert_eq!(got[k], want[k], "{k}: the door's {got} vs Ark's {want}");
+    }
+    assert_ne!(got["seed"], -1, "{got}");
 }
 
 /// The Vercel AI SDK's ByteDance provider through the door: the task id in its

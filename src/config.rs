@@ -380,6 +380,13 @@ pub struct ApiConfig {
     /// A webhook not delivered by this age is given up.
     #[serde(with = "humantime_serde")]
     pub webhook_max_age: Duration,
+    /// A file holding the signing secret of the webhooks of jobs created with the admin
+    /// token (`whsec_<base64>`, e.g. a systemd credential; the credential `api_webhook_secret`
+    /// when unset). Jobs created with a key are signed with the key's own secret.
+    pub webhook_secret_file: Option<PathBuf>,
+    /// The secret read from `webhook_secret_file`; never serialised.
+    #[serde(skip)]
+    pub webhook_secret: Option<SecretString>,
 }
 
 impl Default for ApiConfig {
@@ -392,6 +399,8 @@ impl Default for ApiConfig {
             url_ttl: Duration::from_secs(24 * 3600),
             webhook_min_backoff: Duration::from_secs(5),
             webhook_max_age: Duration::from_secs(24 * 3600),
+            webhook_secret_file: None,
+            webhook_secret: None,
         }
     }
 }
@@ -476,6 +485,13 @@ pub enum ConfigError {
     },
     #[error("cannot read the API key file {path}")]
     KeyFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read {what} {path}")]
+    SecretFile {
+        what: &'static str,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -634,7 +650,43 @@ fn load_secrets(cfg: &mut Config) -> Result<(), ConfigError> {
     };
     cfg.archive.s3.access_key_id = secret("AWS_ACCESS_KEY_ID");
     cfg.archive.s3.secret_access_key = secret("AWS_SECRET_ACCESS_KEY");
+    cfg.api.webhook_secret =
+        load_webhook_secret(cfg.api.webhook_secret_file.clone().or_else(|| {
+            std::env::var_os("CREDENTIALS_DIRECTORY")
+                .map(|d| PathBuf::from(d).join("api_webhook_secret"))
+                .filter(|p| p.is_file())
+        }))?;
     Ok(())
+}
+
+/// The admin token's webhook signing secret from `path`: `whsec_` and the base64 of at least
+/// 24 bytes, the form Standard Webhooks receivers' libraries decode (as `seedq keys create`
+/// makes a key's). The file's text is never shown in an error.
+fn load_webhook_secret(path: Option<PathBuf>) -> Result<Option<SecretString>, ConfigError> {
+    use base64::Engine as _;
+    let Some(path) = path else {
+        return Ok(None);
+    };
+    let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+        what: "the webhook secret file (api.webhook_secret_file)",
+        path: path.clone(),
+        source,
+    })?;
+    let text = text.trim();
+    let long_enough = text
+        .strip_prefix("whsec_")
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .is_some_and(|raw| raw.len() >= 24);
+    if !long_enough {
+        return Err(ConfigError::Invalid {
+            key: "api.webhook_secret_file",
+            value: path.display().to_string(),
+            allowed: "a file holding `whsec_` and the base64 of at least 24 random bytes \
+                      (e.g. `echo whsec_$(head -c 32 /dev/urandom | base64)`); its text is not shown"
+                .into(),
+        });
+    }
+    Ok(Some(SecretString::from(text.to_string())))
 }
 
 impl Config {
@@ -820,12 +872,13 @@ impl Config {
         text.push_str(&format!(
             "\n# secrets (from the environment or key files, never from config.toml)\n\
              # ark api key: {}\n# s3 access key id: {}\n# s3 secret access key: {}\n\
-             # admin token: {}\n# store password: {}\n",
+             # admin token: {}\n# store password: {}\n# api webhook secret: {}\n",
             mark(&self.ark.api_key),
             mark(&self.archive.s3.access_key_id),
             mark(&self.archive.s3.secret_access_key),
             mark(&self.admin.token),
             mark(&self.store.password),
+            mark(&self.api.webhook_secret),
         ));
         text
     }
@@ -1065,6 +1118,49 @@ mod tests {
         assert!(!shown.contains("sk-very-secret"));
         assert!(shown.contains("[redacted]"));
         assert!(!format!("{cfg:?}").contains("sk-very-secret"));
+    }
+
+    /// The admin token's webhook secret file: `whsec_` and 24+ bytes of base64, or a refusal
+    /// naming the setting and the file, never the text.
+    #[test]
+    fn the_webhook_secret_file_is_checked_and_never_shown() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("secret");
+        for bad in [
+            "hunter2-not-a-secret",
+            "whsec_aHVudGVyMg==",
+            "whsec_!!hunter2!!",
+        ] {
+            std::fs::write(&path, bad).expect("write");
+            let e = load_webhook_secret(Some(path.clone()))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                e.contains("api.webhook_secret_file")
+                    && e.contains(&path.display().to_string())
+                    && !e.contains("hunter2")
+                    && !e.contains("aHVudGVyMg"),
+                "{bad}: {e}"
+            );
+        }
+        let good = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        std::fs::write(&path, format!("{good}\n")).expect("write");
+        let mut cfg = Config::default();
+        cfg.api.webhook_secret = load_webhook_secret(Some(path.clone())).expect("a good secret");
+        assert_eq!(
+            cfg.api.webhook_secret.as_ref().map(|s| s.expose_secret()),
+            Some(good)
+        );
+        assert!(!cfg.redacted_toml().contains("MfKQ9r8G"));
+        assert!(!format!("{cfg:?}").contains("MfKQ9r8G"));
+        let missing = load_webhook_secret(Some(dir.path().join("nope")));
+        assert!(
+            missing
+                .err()
+                .is_some_and(|e| e.to_string().contains("api.webhook_secret_file")),
+        );
+        assert!(load_webhook_secret(None).expect("unset").is_none());
     }
 
     /// The dashboard's token is read from the file but never written back or shown.

@@ -21,6 +21,7 @@ use super::{Api, sign};
 use crate::ark::wire::{
     ApiErrorBody, CreateTaskRequest, ErrorEnvelope, Task, TaskContent, TaskError, TaskStatus, Usage,
 };
+use crate::job::ResultMeta;
 use crate::store::{ApiJob, ApiListFilter, CancelOutcome, Job};
 
 /// The door's path.
@@ -253,6 +254,12 @@ pub async fn task(
             .unwrap_or_else(|| "InternalServiceError".into()),
         message: job.last_error_message.clone().unwrap_or_default(),
     });
+    // What Ark's task reported once it succeeded: the seed it used and the ratio it chose for
+    // `adaptive` (docs/ark-api.md §3.1 `seed`, `ratio`), its frame rate and revised prompt;
+    // until then (and for jobs recorded before it was kept), what the create asked for.
+    let reported = meta
+        .and_then(|m| ResultMeta::from_json(m.result_meta.as_deref()))
+        .unwrap_or_default();
     Ok(Task {
         id: id.to_string(),
         model: job.model.clone(),
@@ -266,9 +273,9 @@ pub async fn task(
         }),
         created_at: job.created_at / 1000,
         updated_at: job.updated_at / 1000,
-        seed: job.seed,
-        resolution: info.resolution,
-        ratio: info.ratio,
+        seed: reported.seed.or(job.seed),
+        resolution: reported.resolution.or(info.resolution),
+        ratio: reported.ratio.or(info.ratio),
         // Only one of the two is returned (docs/ark-api.md §3.1 `duration`).
         duration: if info.frames.is_some() {
             None
@@ -276,8 +283,8 @@ pub async fn task(
             info.duration
         },
         frames: info.frames,
-        framespersecond: None,
-        revised_prompt: None,
+        framespersecond: reported.framespersecond,
+        revised_prompt: reported.revised_prompt,
         service_tier: Some(job.service_tier.clone()),
         execution_expires_after: info.execution_expires_after,
         priority: info.priority,

@@ -147,12 +147,15 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
             models.join(", ")
         )));
     }
-    if matches!(caller, Caller::Admin) && c.webhook_url.is_some() {
-        // Webhooks are signed with the creating key's secret; the admin token has none.
+    if matches!(caller, Caller::Admin) && c.webhook_url.is_some() && !admin_can_sign(api) {
+        // A key's webhooks are signed with the key's secret; the admin token's with the
+        // server's (`api.webhook_secret_file`), and there is none.
         return Err(DoorError::Bad(
             Some("callback_url".into()),
-            "callback_url needs an API key: webhooks are signed with the key's secret, and the \
-             admin token has none; create with a key (`seedq keys create`) or omit callback_url"
+            "callback_url needs a signing secret: webhooks of jobs created with the admin token \
+             are signed with the server's, and none is set; set api.webhook_secret_file (or \
+             the systemd credential api_webhook_secret) to a file holding whsec_<base64>, \
+             create with a key (`seedq keys create`), or omit callback_url"
                 .into(),
         ));
     }
@@ -228,6 +231,7 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
         webhook_url: c.webhook_url,
         created_at: now_ms(),
         deleted_at: None,
+        result_meta: None,
     };
     match api.ctx.store.api_enqueue(job, row).await? {
         ApiEnqueued::Created(id) => {
@@ -241,6 +245,17 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
             "the Idempotency-Key was used for job {id} with a different body"
         ))),
     }
+}
+
+/// True when the admin token's jobs' webhooks can be signed (`api.webhook_secret_file`).
+fn admin_can_sign(api: &Api) -> bool {
+    use secrecy::ExposeSecret as _;
+    api.ctx
+        .cfg
+        .api
+        .webhook_secret
+        .as_ref()
+        .is_some_and(|s| !s.expose_secret().is_empty())
 }
 
 /// A validated job as a store row (as `seedq submit` stores it).

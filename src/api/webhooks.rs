@@ -1,6 +1,6 @@
 //! Signed webhooks from the durable outbox (`store::webhooks`, migrations/0016_webhooks.sql).
 //!
-//! When a job created with a key ends, the transaction that ends it adds an outbox row (a
+//! When a job created through a door with a webhook ends, the transaction that ends it adds an outbox row (a
 //! database trigger), so no crash between the job's end and its webhook can lose it. Every
 //! worker of `seedq serve` runs [`run`]: it claims due rows under a lease, POSTs the task in
 //! its door's shape (Ark's task, or OpenAI's `Video`) to the create's `callback_url` or the
@@ -10,7 +10,8 @@
 //! receiver gets every webhook at least once and can drop repeats.
 //!
 //! Signatures follow Standard Webhooks: `webhook-signature: v1,<base64 HMAC-SHA256>` of
-//! `<webhook-id>.<webhook-timestamp>.<body>` under the key's secret (`whsec_<base64>`).
+//! `<webhook-id>.<webhook-timestamp>.<body>` under the key's secret (`whsec_<base64>`), or for
+//! a job created with the admin token under the server's (`api.webhook_secret_file`).
 //! URLs follow the downloader's SSRF rules (`stage::safeurl`: public https, or a host in
 //! `archive.download_allow`).
 
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, header};
 use base64::Engine as _;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use super::sign::hmac_sha256;
@@ -118,7 +120,7 @@ pub async fn step(
                 Ok(())
             }
             Err(Failure::Defer(e)) => {
-                // The 'archived' transition makes the row due again (migrations/0019).
+                // The 'archived' transition makes the row due again (migrations/0016_webhooks.sql).
                 let later = now + i64::try_from(MAX_BACKOFF.as_millis()).unwrap_or(3_600_000);
                 tracing::debug!(job_id = %w.job_id, webhook = %w.id, "webhook deferred");
                 Err((e, Some(later)))
@@ -178,13 +180,27 @@ async fn send(
             "waiting for the video to be archived".into(),
         ));
     }
-    let Some(key_id) = meta.api_key.as_deref() else {
-        return Err(Failure::Final("the job has no key to sign with".into()));
+    // A key's job is signed with the key's secret and may fall back to its webhook URL; an
+    // admin-token job has only its create's callback_url and the server's secret.
+    let (secret, key_url) = match meta.api_key.as_deref() {
+        Some(key_id) => {
+            let Some(key) = store.api_key(key_id).await.map_err(retry)? else {
+                return Err(Failure::Final("the job's key is gone".into()));
+            };
+            (SecretString::from(key.webhook_secret), key.webhook_url)
+        }
+        None => match &api.ctx.cfg.api.webhook_secret {
+            Some(s) => (s.clone(), None),
+            // Unset since the create: delivered once the operator sets it again.
+            None => {
+                return Err(Failure::Retry(
+                    "no secret to sign an admin-token job's webhook: set api.webhook_secret_file"
+                        .into(),
+                ));
+            }
+        },
     };
-    let Some(key) = store.api_key(key_id).await.map_err(retry)? else {
-        return Err(Failure::Final("the job's key is gone".into()));
-    };
-    let Some(url) = meta.webhook_url.clone().or(key.webhook_url.clone()) else {
+    let Some(url) = meta.webhook_url.clone().or(key_url) else {
         return Err(Failure::Final("no webhook URL".into()));
     };
     // The URL may carry a secret token (in its path or query): messages, which reach the
@@ -207,7 +223,7 @@ async fn send(
         serde_json::to_string(&task).map_err(|e| Failure::Final(e.to_string()))?
     };
     let ts = now_ms() / 1000;
-    let sig = signature(&key.webhook_secret, &w.id, ts, &body);
+    let sig = signature(secret.expose_secret(), &w.id, ts, &body);
     let resp = client
         .post(parsed)
         .timeout(api.ctx.cfg.ark.request_timeout)

@@ -45,6 +45,11 @@ pub struct ApiJob {
     pub webhook_url: Option<String>,
     pub created_at: i64,
     pub deleted_at: Option<i64>,
+    /// The job's `result_meta` (what Ark's task reported once it succeeded: the actual seed,
+    /// fps, …), read with the record so a door answers as Ark's task does; never written
+    /// through it (`None` in a new record).
+    #[serde(skip)]
+    pub result_meta: Option<String>,
 }
 
 /// One key's usage (`seedq keys ls`).
@@ -175,6 +180,7 @@ pub(crate) fn joined_columns() -> String {
         .map(|c| format!("j.{}", c.trim()))
         .collect();
     cols.extend(API_JOB_COLUMNS.iter().map(|c| format!("a.{c}")));
+    cols.push("j.result_meta".into());
     cols.join(", ")
 }
 
@@ -226,6 +232,7 @@ fn row_pair(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
             webhook_url: r.get(o + 5)?,
             created_at: r.get(o + 6)?,
             deleted_at: r.get(o + 7)?,
+            result_meta: r.get(o + 8)?,
         }),
         None => None,
     };
@@ -647,6 +654,7 @@ mod tests {
             webhook_url: None,
             created_at: 0,
             deleted_at: None,
+            result_meta: None,
         }
     }
 

@@ -1284,6 +1284,7 @@ mod tests {
                     webhook_url: None,
                     created_at: 0,
                     deleted_at: None,
+                    result_meta: None,
                 };
                 s.api_enqueue(j.clone(), api).await.expect("enqueue");
                 ids.push(j.id.to_string());

@@ -73,6 +73,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0017_api_rate.sql",
         include_str!("../../migrations/0017_api_rate.sql"),
     ),
+    (
+        "0019_admin_webhooks.sql",
+        include_str!("../../migrations/0019_admin_webhooks.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

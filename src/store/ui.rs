@@ -907,6 +907,7 @@ mod tests {
                 webhook_url: None,
                 created_at: 0,
                 deleted_at: None,
+                result_meta: None,
             };
             s.api_enqueue(job, api).await.expect("api_enqueue");
         }

@@ -174,6 +174,7 @@ mod tests {
             webhook_url: None,
             created_at: 0,
             deleted_at: None,
+            result_meta: None,
         };
         s.api_enqueue(job, api).await.expect("enqueue");
         // A job made outside the doors queues none.
@@ -244,6 +245,7 @@ mod tests {
             webhook_url: None,
             created_at: 0,
             deleted_at: None,
+            result_meta: None,
         };
         let ok = NewJob::plain("{}");
         let ok_id = ok.id.to_string();

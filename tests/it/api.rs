@@ -7,7 +7,7 @@ use std::process::Command;
 
 use crate::helpers::{Guard, SIM_KEY, TestEnv, fast_sim, wait_until, worker_config};
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind a free port")
         .local_addr()
@@ -16,12 +16,12 @@ fn free_port() -> u16 {
 }
 
 /// `seedq serve` with the doors as configured and archiving into the env's directory.
-fn serve(env: &TestEnv) -> Guard {
+pub(crate) fn serve(env: &TestEnv) -> Guard {
     serve_with(env, &[])
 }
 
 /// [`serve`] with extra environment settings (`SEEDQ__SECTION__KEY`).
-fn serve_with(env: &TestEnv, vars: &[(&str, String)]) -> Guard {
+pub(crate) fn serve_with(env: &TestEnv, vars: &[(&str, String)]) -> Guard {
     let mut c = env.keyed(&["serve"]);
     c.envs(vars.iter().map(|(k, v)| (*k, v.as_str())));
     c.env(
@@ -34,7 +34,7 @@ fn serve_with(env: &TestEnv, vars: &[(&str, String)]) -> Guard {
     Guard(c.spawn().expect("spawn seedq serve"))
 }
 
-fn env_with_doors(sim: &crate::helpers::SimProc, port: u16) -> TestEnv {
+pub(crate) fn env_with_doors(sim: &crate::helpers::SimProc, port: u16) -> TestEnv {
     TestEnv::new(&worker_config(
         sim,
         &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"),
@@ -42,7 +42,7 @@ fn env_with_doors(sim: &crate::helpers::SimProc, port: u16) -> TestEnv {
 }
 
 /// `seedq keys create NAME ARGS…`: the key it prints once.
-fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
+pub(crate) fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
     let mut all = vec!["keys", "create", name];
     all.extend_from_slice(args);
     let key = env.ok(&all).trim().to_string();
@@ -51,7 +51,13 @@ fn make_key(env: &TestEnv, name: &str, args: &[&str]) -> String {
 }
 
 /// One HTTP/1.1 request with a bearer key: (status, JSON body).
-fn call(port: u16, method: &str, path: &str, key: &str, body: &str) -> (u16, serde_json::Value) {
+pub(crate) fn call(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
     call_with(port, method, path, key, "", body)
 }
 
@@ -83,7 +89,7 @@ fn call_with(
     )
 }
 
-fn wait_for_door(port: u16) {
+pub(crate) fn wait_for_door(port: u16) {
     wait_until(30, "the API listener", || {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     });
@@ -91,6 +97,33 @@ fn wait_for_door(port: u16) {
 
 fn python() -> String {
     std::env::var("SEEDQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
+}
+
+/// tests/sdk/webhook_receiver.py on `port`: it checks each webhook's Standard Webhooks
+/// signature under `secret` and appends what it got to `log`.
+fn receiver(port: u16, secret: &str, log: &std::path::Path) -> Guard {
+    let mut c = Command::new(python());
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/sdk/webhook_receiver.py"
+    ))
+    .arg(port.to_string())
+    .arg(secret)
+    .arg(log);
+    let g = Guard(c.spawn().expect("start the webhook receiver"));
+    wait_until(30, "the receiver", || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    g
+}
+
+/// The first webhook `log` holds, once it holds one.
+fn first_webhook(log: &std::path::Path) -> serde_json::Value {
+    wait_until(60, "a webhook", || {
+        std::fs::read_to_string(log).is_ok_and(|t| !t.trim().is_empty())
+    });
+    let text = std::fs::read_to_string(log).expect("the receiver's log");
+    serde_json::from_str(text.lines().next().expect("a line")).expect("JSON")
 }
 
 #[test]
@@ -357,26 +390,9 @@ fn a_webhook_is_signed_and_survives_a_sigkill_between_archive_and_delivery() {
     worker.kill();
 
     let log = env.path().join("hooks.jsonl");
-    let mut receiver = Command::new(python());
-    receiver
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/webhook_receiver.py"
-        ))
-        .arg(hook_port.to_string())
-        .arg(&secret)
-        .arg(&log);
-    let _receiver = Guard(receiver.spawn().expect("start the webhook receiver"));
-    wait_until(30, "the receiver", || {
-        std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_ok()
-    });
+    let _receiver = receiver(hook_port, &secret, &log);
     let _worker = serve(&env);
-    wait_until(60, "the webhook delivered after the restart", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| !t.trim().is_empty())
-    });
-    let text = std::fs::read_to_string(&log).expect("the receiver's log");
-    let first: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    let first = first_webhook(&log);
     assert_eq!(first["verified"], true, "{first}");
     assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["id"], id.as_str());
@@ -470,7 +486,8 @@ fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai(
 
     let body = r#"{"model":"doubao-seedance-1-0-pro-250528","content":[{"type":"text","text":"a kite"}],"duration":5,"resolution":"720p"}"#;
     let tasks = "/api/v3/contents/generations/tasks";
-    // The admin token has no secret to sign a webhook with: its callback_url is refused.
+    // No server secret is set to sign the admin token's webhooks: its callback_url is
+    // refused, naming the setting that would allow it.
     let hooked = body.replace(
         r#""duration":5"#,
         r#""duration":5,"callback_url":"https://hooks.example.com/x""#,
@@ -479,6 +496,12 @@ fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai(
     assert_eq!(
         (code, v["error"]["param"].as_str()),
         (400, Some("callback_url")),
+        "{v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("api.webhook_secret_file")),
         "{v}"
     );
     // More task ids than one list takes are refused, naming the filter.
@@ -543,19 +566,7 @@ fn with_archiving_off_success_is_announced_once_ark_succeeds() {
         .expect("the signing secret is shown once")
         .to_string();
     let log = env.path().join("hooks.jsonl");
-    let mut receiver = Command::new(python());
-    receiver
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/sdk/webhook_receiver.py"
-        ))
-        .arg(hook_port.to_string())
-        .arg(&secret)
-        .arg(&log);
-    let _receiver = Guard(receiver.spawn().expect("start the webhook receiver"));
-    wait_until(30, "the receiver", || {
-        std::net::TcpStream::connect(("127.0.0.1", hook_port)).is_ok()
-    });
+    let _receiver = receiver(hook_port, &secret, &log);
     // The env's own config has `[archive] url = ""`: archiving is off.
     let mut c = env.keyed(&["serve"]);
     if std::env::var_os("TEST_LOG").is_none() {
@@ -568,12 +579,7 @@ fn with_archiving_off_success_is_announced_once_ark_succeeds() {
     let (code, v) = call(port, "POST", tasks, &key, body);
     assert_eq!(code, 200, "{v}");
     let id = v["id"].as_str().expect("an id").to_string();
-    wait_until(60, "the success webhook", || {
-        std::fs::read_to_string(&log).is_ok_and(|t| !t.trim().is_empty())
-    });
-    let text = std::fs::read_to_string(&log).expect("the receiver's log");
-    let first: serde_json::Value =
-        serde_json::from_str(text.lines().next().expect("a line")).expect("JSON");
+    let first = first_webhook(&log);
     assert_eq!(first["verified"], true, "{first}");
     assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
     assert_eq!(first["body"]["status"], "succeeded", "{first}");
@@ -685,4 +691,71 @@ fn http_get(port: u16, path: &str) -> String {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or(text)
+}
+
+/// With `api.webhook_secret_file` set, a job created with the admin token may carry a
+/// `callback_url`: its webhook is signed with that secret (a Standard Webhooks receiver
+/// verifies it), and a malformed secret file stops `seedq serve` without showing its text.
+#[test]
+fn an_admin_token_jobs_webhook_is_signed_with_the_servers_secret() {
+    let sim = fast_sim("");
+    let port = free_port();
+    let hook_port = free_port();
+    let env = TestEnv::new(&format!(
+        "download_allow = [\"127.0.0.1:{hook_port}\"]\n{}",
+        worker_config(&sim, &format!("[api]\nlisten = \"127.0.0.1:{port}\"\n"))
+    ));
+    let admin = "admin-token-for-the-webhook-test-0123456789";
+    let secret_file = env.path().join("webhook_secret");
+    // A secret that is not `whsec_<base64>`: refused at start, its text never shown.
+    std::fs::write(&secret_file, "not-a-secret-hunter2\n").expect("write the secret");
+    let out = env
+        .keyed(&["serve"])
+        .env("SEEDQ__ADMIN__TOKEN", admin)
+        .env("SEEDQ__API__WEBHOOK_SECRET_FILE", &secret_file)
+        .output()
+        .expect("run seedq serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("api.webhook_secret_file") && !err.contains("hunter2"),
+        "{err}"
+    );
+
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwc2VlZHEtdGVzdA==";
+    std::fs::write(&secret_file, format!("{secret}\n")).expect("write the secret");
+    let log = env.path().join("hooks.jsonl");
+    let _receiver = receiver(hook_port, secret, &log);
+    let _serve = serve_with(
+        &env,
+        &[
+            ("SEEDQ__ADMIN__TOKEN", admin.to_string()),
+            (
+                "SEEDQ__API__WEBHOOK_SECRET_FILE",
+                secret_file.display().to_string(),
+            ),
+        ],
+    );
+    wait_for_door(port);
+    let hook = format!("http://127.0.0.1:{hook_port}/hook");
+    let body = format!(
+        r#"{{"model":"doubao-seedance-1-0-pro-250528","content":[{{"type":"text","text":"a heron"}}],"duration":5,"callback_url":"{hook}"}}"#
+    );
+    let tasks = "/api/v3/contents/generations/tasks";
+    let (code, v) = call(port, "POST", tasks, admin, &body);
+    assert_eq!(code, 200, "{v}");
+    let id = v["id"].as_str().expect("an id").to_string();
+    let first = first_webhook(&log);
+    assert_eq!(first["verified"], true, "{first}");
+    assert_eq!(first["id"], format!("msg_{id}_success"), "{first}");
+    assert_eq!(first["body"]["id"], id.as_str(), "{first}");
+    assert_eq!(first["body"]["status"], "succeeded", "{first}");
+    // The secret is not in the store.
+    for file in ["seedq.db", "seedq.db-wal"] {
+        let bytes = std::fs::read(env.path().join(file)).unwrap_or_default();
+        assert!(
+            !bytes.windows(20).any(|w| w == &secret.as_bytes()[6..26]),
+            "the secret is in {file}"
+        );
+    }
 }

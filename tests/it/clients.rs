@@ -39,12 +39,12 @@ fn shared_sim() -> Arc<SimProc> {
     sim
 }
 
-fn python() -> String {
+pub(crate) fn python() -> String {
     std::env::var("SEEDQ_TEST_PYTHON").unwrap_or_else(|_| "python3".into())
 }
 
 /// Fails with the set-up command unless `python` can import `module`.
-fn require_python_module(module: &str) {
+pub(crate) fn require_python_module(module: &str) {
     let py = python();
     match Command::new(&py)
         .args(["-c", &format!("import {module}")])
@@ -59,19 +59,19 @@ fn require_python_module(module: &str) {
     }
 }
 
-fn node() -> String {
+pub(crate) fn node() -> String {
     std::env::var("SEEDQ_TEST_NODE").unwrap_or_else(|_| "node".into())
 }
 
 /// The folder whose node_modules holds `ai` and `@ai-sdk/bytedance`.
-fn node_dir() -> PathBuf {
+pub(crate) fn node_dir() -> PathBuf {
     std::env::var_os("SEEDQ_TEST_NODE_DIR").map_or_else(
         || PathBuf::from(MANIFEST).join("target/test-tools/node"),
         PathBuf::from,
     )
 }
 
-fn require_node_clients() {
+pub(crate) fn require_node_clients() {
     let node = node();
     match Command::new(&node).arg("--version").output() {
         Err(e) => panic!("{node} is needed for the Vercel AI SDK test ({e}); {INSTALL}"),
@@ -88,7 +88,7 @@ fn require_node_clients() {
 }
 
 /// Runs a client script; returns its stdout's JSON lines. Fails with its output on error.
-fn run_client(c: Command, what: &str) -> Vec<serde_json::Value> {
+pub(crate) fn run_client(c: Command, what: &str) -> Vec<serde_json::Value> {
     let out = no_proxy(c)
         .output()
         .unwrap_or_else(|e| panic!("run {what}: {e}"));
@@ -159,7 +159,7 @@ fn dechunk(mut b: &[u8]) -> Vec<u8> {
 }
 
 /// The task as Ark's GET answers it.
-fn ark_task(sim: &SimProc, id: &str) -> serde_json::Value {
+pub(crate) fn ark_task(sim: &SimProc, id: &str) -> serde_json::Value {
     let (status, body) = http_get(
         &format!("{}/contents/generations/tasks/{id}", sim.base_url),
         true,
@@ -174,7 +174,7 @@ fn ark_task(sim: &SimProc, id: &str) -> serde_json::Value {
 }
 
 /// The sim's internal record of task `id` (`/_sim/tasks`).
-fn sim_record(sim: &SimProc, id: &str) -> serde_json::Value {
+pub(crate) fn sim_record(sim: &SimProc, id: &str) -> serde_json::Value {
     sim.tasks()
         .into_iter()
         .find(|t| t["id"] == id)
@@ -183,7 +183,7 @@ fn sim_record(sim: &SimProc, id: &str) -> serde_json::Value {
 
 /// The client's downloaded bytes are the sim's video of task `id`: equal to a fresh download
 /// of its `content.video_url`, with the SHA-256 and length the sim recorded when it rendered it.
-fn assert_same_video(sim: &SimProc, id: &str, got: &[u8], client: &str) {
+pub(crate) fn assert_same_video(sim: &SimProc, id: &str, got: &[u8], client: &str) {
     let task = ark_task(sim, id);
     assert_eq!(task["status"], "succeeded", "{client}: {task}");
     let url = task["content"]["video_url"].as_str().expect("a video_url");
@@ -205,18 +205,24 @@ fn assert_same_video(sim: &SimProc, id: &str, got: &[u8], client: &str) {
     assert_eq!(rec["video_size"].as_u64(), Some(got.len() as u64));
 }
 
-fn read(path: &serde_json::Value) -> Vec<u8> {
+pub(crate) fn read(path: &serde_json::Value) -> Vec<u8> {
     let p = path.as_str().expect("a path");
     std::fs::read(p).unwrap_or_else(|e| panic!("read {p}: {e}"))
 }
 
-/// `tests/sdk/byteplus_check.py`: one JSON line per model, in order.
-fn byteplus(sim: &SimProc, out: &std::path::Path, models: &[&str]) -> Vec<serde_json::Value> {
+/// `tests/sdk/byteplus_check.py` against the Ark API at `base` (the sim's, or seedq's door)
+/// with API key `key`: one JSON line per model, in order.
+pub(crate) fn byteplus(
+    base: &str,
+    key: &str,
+    out: &std::path::Path,
+    models: &[&str],
+) -> Vec<serde_json::Value> {
     require_python_module("byteplussdkarkruntime");
     let mut c = Command::new(python());
     c.arg(format!("{MANIFEST}/tests/sdk/byteplus_check.py"))
-        .arg(&sim.base_url)
-        .arg(SIM_KEY)
+        .arg(base)
+        .arg(key)
         .arg(out)
         .args(models);
     let lines = run_client(c, "byteplus_check.py");
@@ -224,15 +230,21 @@ fn byteplus(sim: &SimProc, out: &std::path::Path, models: &[&str]) -> Vec<serde_
     lines
 }
 
-/// `tests/sdk/vercel_check.mjs`: the one JSON line and the downloaded bytes.
-fn vercel(sim: &SimProc, out: &std::path::Path, model: &str) -> (serde_json::Value, Vec<u8>) {
+/// `tests/sdk/vercel_check.mjs` against the Ark API at `base` (the sim's, or seedq's door)
+/// with API key `key`: the one JSON line and the downloaded bytes.
+pub(crate) fn vercel(
+    base: &str,
+    key: &str,
+    out: &std::path::Path,
+    model: &str,
+) -> (serde_json::Value, Vec<u8>) {
     require_node_clients();
     let file = out.join(format!("vercel-{model}.mp4"));
     let mut c = Command::new(node());
     c.arg(format!("{MANIFEST}/tests/sdk/vercel_check.mjs"))
         .arg(node_dir())
-        .arg(&sim.base_url)
-        .arg(SIM_KEY)
+        .arg(base)
+        .arg(key)
         .arg(model)
         .arg(&file)
         // Its warnings go to the console; nothing else reads them.
@@ -255,7 +267,12 @@ const PRO_1080P_5S_TOKENS: u64 = 1920 * 1088 * 121 / 1024;
 fn the_byteplus_sdk_creates_polls_and_downloads_a_byteplus_2_0_task() {
     let sim = shared_sim();
     let out = tempfile::tempdir().expect("tempdir");
-    let lines = byteplus(&sim, out.path(), &["dreamina-seedance-2-0-260128"]);
+    let lines = byteplus(
+        &sim.base_url,
+        SIM_KEY,
+        out.path(),
+        &["dreamina-seedance-2-0-260128"],
+    );
     let t = &lines[0];
     assert_eq!(t["model"], "dreamina-seedance-2-0-260128", "{t}");
     assert_eq!(t["status"], "succeeded", "{t}");
@@ -287,7 +304,8 @@ fn a_byteplus_1_0_id_gets_its_volcengine_twins_default_resolution_and_usage() {
     let sim = shared_sim();
     let out = tempfile::tempdir().expect("tempdir");
     let lines = byteplus(
-        &sim,
+        &sim.base_url,
+        SIM_KEY,
         out.path(),
         &["seedance-1-0-pro-250528", "doubao-seedance-1-0-pro-250528"],
     );
@@ -320,7 +338,12 @@ fn a_byteplus_1_0_id_gets_its_volcengine_twins_default_resolution_and_usage() {
     );
 
     // The Vercel provider with the id its README uses: the same default and usage.
-    let (v, bytes) = vercel(&sim, out.path(), "seedance-1-0-pro-250528");
+    let (v, bytes) = vercel(
+        &sim.base_url,
+        SIM_KEY,
+        out.path(),
+        "seedance-1-0-pro-250528",
+    );
     let vid = v["id"].as_str().expect("the task id in providerMetadata");
     assert_eq!(v["usage"]["completion_tokens"], PRO_1080P_5S_TOKENS, "{v}");
     assert_same_video(&sim, vid, &bytes, "Vercel AI SDK");
@@ -334,7 +357,12 @@ fn a_byteplus_1_0_id_gets_its_volcengine_twins_default_resolution_and_usage() {
 fn the_vercel_ai_sdk_bytedance_provider_creates_polls_and_downloads() {
     let sim = shared_sim();
     let out = tempfile::tempdir().expect("tempdir");
-    let (v, bytes) = vercel(&sim, out.path(), "dreamina-seedance-2-0-260128");
+    let (v, bytes) = vercel(
+        &sim.base_url,
+        SIM_KEY,
+        out.path(),
+        "dreamina-seedance-2-0-260128",
+    );
     let id = v["id"].as_str().expect("the task id in providerMetadata");
     assert_same_video(&sim, id, &bytes, "Vercel AI SDK");
     let task = ark_task(&sim, id);

@@ -443,3 +443,49 @@ pub fn no_proxy(mut c: Command) -> Command {
     c.env("NO_PROXY", "127.0.0.1,localhost");
     c
 }
+
+/// Where `tests/run.sh` installs the third-party `seedance` CLI (`SEEDQ_TEST_SEEDANCE`).
+pub fn seedance_bin() -> PathBuf {
+    std::env::var_os("SEEDQ_TEST_SEEDANCE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/bin/seedance"),
+        PathBuf::from,
+    )
+}
+
+/// `seedance generate --wait` (the third-party CLI, crates.io 0.3.0) against the Ark API at
+/// `base` with API key `key`: it creates, polls every second and downloads the video to
+/// `out_file`; its config and caches live in `home`. Fails with its output unless it exits 0;
+/// returns its stdout.
+pub fn seedance_generate(base: &str, key: &str, home: &Path, out_file: &Path) -> String {
+    let bin = seedance_bin();
+    assert!(
+        bin.is_file(),
+        "the seedance CLI is not at {}; run tests/run.sh, or: cargo install seedance --version \
+         0.3.0 --locked --root target/test-tools (and set SEEDQ_TEST_SEEDANCE to its path)",
+        bin.display()
+    );
+    let mut c = Command::new(&bin);
+    c.args(["generate", "--json", "--prompt", "a red kite over the sea"])
+        .args(["--wait", "--poll-interval", "1", "--timeout", "60"])
+        .arg("--output")
+        .arg(out_file)
+        // Its config: figment reads SEEDANCE_* variables; the key also from SEEDANCE_API_KEY.
+        .env("SEEDANCE_BASE_URL", base)
+        .env("SEEDANCE_API_KEY", key)
+        .env_remove("ARK_API_KEY")
+        // Its config file, duplicate guard and default output live under HOME.
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("XDG_CACHE_HOME", home.join(".cache"))
+        .env("XDG_DATA_HOME", home.join(".local/share"))
+        .env("NO_COLOR", "1");
+    let out = no_proxy(c).output().expect("run seedance");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "seedance generate failed ({:?}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}

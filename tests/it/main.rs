@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod demo;
 mod disk;
+mod doors;
 mod fleet;
 mod flex;
 mod golden;

@@ -6,10 +6,11 @@
 //! A missing SDK or `seedance` binary fails with the set-up command; nothing is skipped.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
-use crate::helpers::{SIM_KEY, SimProc, TestEnv, code_and_err, no_proxy, worker_config};
+use crate::helpers::{
+    SIM_KEY, SimProc, TestEnv, code_and_err, no_proxy, seedance_generate, worker_config,
+};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const V20: &str = "doubao-seedance-2-0-260128";
@@ -294,26 +295,11 @@ fn a_prompt_with_inline_flags_keeps_its_newlines() {
     assert_eq!(req["resolution"], "720p", "{req}");
 }
 
-/// Where `tests/run.sh` installs the `seedance` CLI.
-fn seedance_bin() -> PathBuf {
-    std::env::var_os("SEEDQ_TEST_SEEDANCE").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/bin/seedance"),
-        PathBuf::from,
-    )
-}
-
 /// The third-party `seedance` CLI (crates.io 0.3.0) against the sim: its create, with the
 /// defaults it sends on every call (seed -1, 720p, adaptive, 5 s, audio, no watermark) and
 /// its BytePlus model id, is accepted, and it polls the task to completion and downloads it.
 #[test]
 fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
-    let bin = seedance_bin();
-    assert!(
-        bin.is_file(),
-        "the seedance CLI is not at {}; run tests/run.sh, or: cargo install seedance --version \
-         0.3.0 --locked --root target/test-tools (and set SEEDQ_TEST_SEEDANCE to its path)",
-        bin.display()
-    );
     // Unknown models refused, as by Ark: the BytePlus id must be a known alias of 2.0 and get
     // its checks (which must take the CLI's `seed: -1`).
     let sim = SimProc::start(
@@ -321,29 +307,7 @@ fn the_third_party_seedance_cli_creates_and_completes_against_the_sim() {
     );
     let home = tempfile::tempdir().expect("tempdir");
     let out_file = home.path().join("clip.mp4");
-    let mut c = Command::new(&bin);
-    c.args(["generate", "--json", "--prompt", "a red kite over the sea"])
-        .args(["--wait", "--poll-interval", "1", "--timeout", "60"])
-        .arg("--output")
-        .arg(&out_file)
-        // Its config: figment reads SEEDANCE_* variables; the key also from SEEDANCE_API_KEY.
-        .env("SEEDANCE_BASE_URL", &sim.base_url)
-        .env("SEEDANCE_API_KEY", SIM_KEY)
-        .env_remove("ARK_API_KEY")
-        // Its config file, duplicate guard and default output live under HOME.
-        .env("HOME", home.path())
-        .env("XDG_CONFIG_HOME", home.path().join(".config"))
-        .env("XDG_CACHE_HOME", home.path().join(".cache"))
-        .env("XDG_DATA_HOME", home.path().join(".local/share"))
-        .env("NO_COLOR", "1");
-    let out = no_proxy(c).output().expect("run seedance");
-    assert!(
-        out.status.success(),
-        "seedance generate failed ({:?}):\nstdout:\n{}\nstderr:\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    seedance_generate(&sim.base_url, SIM_KEY, home.path(), &out_file);
     let video = std::fs::read(&out_file).expect("seedance wrote the video");
     assert_eq!(&video[4..8], b"ftyp", "an MP4");
     let tasks = sim.tasks();

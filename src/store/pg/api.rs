@@ -43,6 +43,7 @@ fn pair_from_pg(r: &Row) -> Result<ApiRow, StoreError> {
             webhook_url: r.try_get(o + 5)?,
             created_at: r.try_get(o + 6)?,
             deleted_at: r.try_get(o + 7)?,
+            result_meta: r.try_get(o + 8)?,
         }),
         None => None,
     };

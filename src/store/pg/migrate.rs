@@ -39,6 +39,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0008_api_rate.sql",
         include_str!("../../../migrations/postgres/0008_api_rate.sql"),
     ),
+    (
+        "0010_admin_webhooks.sql",
+        include_str!("../../../migrations/postgres/0010_admin_webhooks.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -69,6 +69,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0016_webhooks.sql",
         include_str!("../../migrations/0016_webhooks.sql"),
     ),
+    (
+        "0018_job_counts.sql",
+        include_str!("../../migrations/0018_job_counts.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -119,8 +119,14 @@ pub(crate) async fn claim_for_submit_limited(
         let now = now_ms();
         // Every claim on (model, tier) waits here for the one before it to commit, so what
         // the counts below read is what the claims before made.
+        // JIT off for this transaction: the planner cannot know that the `safety_identifier`
+        // test short-circuits its subqueries, so it costs the claim in the billions, above
+        // `jit_above_cost`, and compiling it took 2.5 s of a 2.8 s claim (`EXPLAIN (ANALYZE)`
+        // with 100 000 in flight, docs/performance-claims.md) for a plan that reads ten rows.
+        // `set_config(…, true)` is `SET LOCAL`: it ends with the transaction, also through a
+        // pooler in transaction mode (a startup option would not).
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            "SELECT set_config('jit', 'off', true), pg_advisory_xact_lock(hashtextextended($1, 0))",
             &[key],
         )
         .await?;

@@ -35,6 +35,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0007_webhooks.sql",
         include_str!("../../../migrations/postgres/0007_webhooks.sql"),
     ),
+    (
+        "0009_queue_vacuum.sql",
+        include_str!("../../../migrations/postgres/0009_queue_vacuum.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

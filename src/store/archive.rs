@@ -320,15 +320,17 @@ impl Store {
         }
         self.call(|c| {
             Ok(c.query_row(
+                // The counts the triggers keep (migrations/0018_job_counts.sql, whose
+                // `result_expired` column counts RESULT_EXPIRED), not a scan of the jobs.
                 "SELECT \
-                   COALESCE(SUM(state = 'archived'), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'archived' THEN archive_size END), 0), \
-                   COALESCE(SUM(state = 'succeeded'), 0), \
-                   COALESCE(SUM(state = 'succeeded' AND archive_attempts > 0), 0), \
-                   COALESCE(SUM(state = 'archiving'), 0), \
-                   COALESCE(SUM(state = 'failed' AND last_error_code = ?1), 0) \
-                 FROM jobs",
-                [RESULT_EXPIRED],
+                   COALESCE(SUM(CASE WHEN state = 'archived' THEN jobs END), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'archived' THEN archive_bytes END), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'succeeded' THEN jobs END), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'succeeded' THEN archive_retried END), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'archiving' THEN jobs END), 0), \
+                   COALESCE(SUM(CASE WHEN state = 'failed' THEN result_expired END), 0) \
+                 FROM job_counts",
+                [],
                 |r| {
                     Ok(ArchiveStats {
                         archived: r.get(0)?,

@@ -7,7 +7,8 @@
 //! enqueue's instructions). [`begin`] sets the marker row of `enqueue_bulk` that the triggers
 //! test (migration 0011), and [`finish`] does their work for every job the transaction inserted
 //! with one `INSERT … SELECT` into the index (one flush, segments of thousands of jobs) and one
-//! aggregated upsert per (batch, state, model, tier, shape) cell. Both run inside the enqueue's
+//! aggregated upsert per (batch, state, model, tier, shape) cell, and one per (model, state) of
+//! `job_counts` (migration 0018). All run inside the enqueue's
 //! transaction, so the index and counts commit or roll back with the jobs.
 
 use rusqlite::{Connection, params};
@@ -28,6 +29,20 @@ const COUNTS_FILL: &str = "INSERT INTO ui_batch_counts \
      GROUP BY j.batch_id, j.state, j.model, j.service_tier, COALESCE(j.shape, '') \
      ON CONFLICT DO UPDATE SET jobs = jobs + excluded.jobs, \
                                usage_tokens = usage_tokens + excluded.usage_tokens";
+
+/// The insert trigger of 0018 (`seedq stats`' counts), summed per cell.
+const JOB_COUNTS_FILL: &str = "INSERT INTO job_counts \
+     (model, state, jobs, est_tokens, usage_tokens, archive_bytes, archive_retried, result_expired) \
+     SELECT j.model, j.state, COUNT(*), COALESCE(SUM(j.est_tokens), 0), \
+            COALESCE(SUM(j.usage_tokens), 0), COALESCE(SUM(j.archive_size), 0), \
+            SUM(j.archive_attempts > 0), SUM(COALESCE(j.last_error_code, '') = 'result_expired') \
+     FROM jobs AS j WHERE {rows} GROUP BY j.model, j.state \
+     ON CONFLICT DO UPDATE SET jobs = jobs + excluded.jobs, \
+         est_tokens = est_tokens + excluded.est_tokens, \
+         usage_tokens = usage_tokens + excluded.usage_tokens, \
+         archive_bytes = archive_bytes + excluded.archive_bytes, \
+         archive_retried = archive_retried + excluded.archive_retried, \
+         result_expired = result_expired + excluded.result_expired";
 
 /// The inserted rows when their rowids are consecutive: a range scan of the table.
 const ROWS_RANGE: &str = "j.rowid BETWEEN ?1 AND ?2";
@@ -53,7 +68,7 @@ pub(crate) fn finish(conn: &Connection, rowids: &[i64]) -> rusqlite::Result<()> 
     // free rowids at random. When the range holds exactly as many rowids as were inserted,
     // it holds exactly these rows.
     let consecutive = usize::try_from(hi - lo).is_ok_and(|d| d + 1 == rowids.len());
-    for sql in [FTS_FILL, COUNTS_FILL] {
+    for sql in [FTS_FILL, COUNTS_FILL, JOB_COUNTS_FILL] {
         if consecutive {
             conn.prepare_cached(&sql.replace("{rows}", ROWS_RANGE))?
                 .execute(params![lo, hi])?;

@@ -7,7 +7,11 @@
 //! counter moves in the same transaction as every change that moves it, whichever verb or
 //! bulk statement makes it, and a crash anywhere leaves both as they were or both changed.
 //!
-//! [`Store::check_counters`] recounts both from the jobs and compares; maintenance runs it now
+//! On SQLite, `job_counts` (migrations/0018_job_counts.sql: jobs, tokens and the archive's
+//! numbers per model and state, what `seedq stats` reads) is kept the same way and checked
+//! with them.
+//!
+//! [`Store::check_counters`] recounts them from the jobs and compares; maintenance runs it now
 //! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
 //! means a write that bypassed the triggers (a hand edit, a restore of one table).
 
@@ -34,9 +38,9 @@ pub(crate) fn bucket_ceil(t: i64) -> i64 {
 /// One counter that disagreed with the recount.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CounterDrift {
-    /// `in_flight` or `flex_tokens`.
+    /// `in_flight`, `flex_tokens`, or (SQLite) `job_counts`.
     pub counter: &'static str,
-    /// `model/tier/resolution` or `model@bucket_start_ms`.
+    /// `model/tier/resolution`, `model@bucket_start_ms`, or `model/state/column`.
     pub key: String,
     /// What the counter said.
     pub counted: i64,
@@ -162,10 +166,56 @@ fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
         let (m, b, n) = r?;
         recounted.insert(tokens_key(&m, b), n);
     }
+    // `seedq stats`' counts (SQLite only: migrations/0018_job_counts.sql).
+    let job_counts = |sql: &str, into: &mut Counts| -> rusqlite::Result<()> {
+        let mut st = c.prepare_cached(sql)?;
+        let rows = st.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                [
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ],
+            ))
+        })?;
+        for r in rows {
+            let (m, state, values) = r?;
+            for (field, v) in JOB_COUNT_FIELDS.iter().zip(values) {
+                into.insert(("job_counts", format!("{m}/{state}/{field}")), v);
+            }
+        }
+        Ok(())
+    };
+    job_counts(
+        "SELECT model, state, jobs, est_tokens, usage_tokens, archive_bytes, archive_retried, \
+         result_expired FROM job_counts",
+        &mut counted,
+    )?;
+    job_counts(JOB_COUNTS_RECOUNT, &mut recounted)?;
     Ok((counted, recounted))
 }
 
-/// Replaces both counters with the recount (the caller holds the write lock).
+/// The columns of `job_counts` after its key, as drift keys name them.
+const JOB_COUNT_FIELDS: [&str; 6] = [
+    "jobs",
+    "est_tokens",
+    "usage_tokens",
+    "archive_bytes",
+    "archive_retried",
+    "result_expired",
+];
+
+/// `job_counts` recounted from the jobs (a scan of them all).
+const JOB_COUNTS_RECOUNT: &str = "SELECT model, state, COUNT(*), COALESCE(SUM(est_tokens), 0), \
+     COALESCE(SUM(usage_tokens), 0), COALESCE(SUM(archive_size), 0), SUM(archive_attempts > 0), \
+     SUM(COALESCE(last_error_code, '') = 'result_expired') FROM jobs GROUP BY model, state";
+
+/// Replaces the counters with the recount (the caller holds the write lock).
 fn rebuild(c: &Connection) -> rusqlite::Result<()> {
     c.execute_batch(&format!(
         "DELETE FROM in_flight_counts; \
@@ -177,7 +227,9 @@ fn rebuild(c: &Connection) -> rusqlite::Result<()> {
                   SUM(COALESCE(usage_tokens, est_tokens, 0)) FROM jobs \
            WHERE service_tier = 'flex' AND submit_started_at IS NOT NULL \
              AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')) \
-           GROUP BY 1, 2;",
+           GROUP BY 1, 2; \
+         DELETE FROM job_counts; \
+         INSERT INTO job_counts {JOB_COUNTS_RECOUNT};",
         super::IN_FLIGHT_PREDICATE
     ))
 }
@@ -233,6 +285,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::{TOKEN_BUCKET_MS, bucket_ceil};
+    use crate::job::JobState;
     use crate::store::{FleetLimits, NewJob, ResolutionScope, Store, now_ms, testpg};
 
     /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
@@ -392,6 +445,75 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for (name, s) in testpg::both(dir.path()).await {
             counters_cap_claims_and_drift_is_repaired(name, &s).await;
+        }
+    }
+
+    /// `seedq stats` reads counts the triggers keep (SQLite) or a scan (PostgreSQL): either
+    /// way they follow the bulk enqueue, a single insert, claims and deletes; on SQLite a count
+    /// changed behind the triggers' back is found by the recount and repaired.
+    async fn stats_follow_every_change(name: &str, s: &Store) {
+        let jobs: Vec<NewJob> = (0..6)
+            .map(|_| {
+                let mut j = NewJob::plain("{}");
+                j.est_tokens = Some(10);
+                j
+            })
+            .collect();
+        s.enqueue(jobs).await.expect("bulk enqueue");
+        // One job alone takes the same path as a batch: a second insert path is a chain shot.
+        let mut shot = NewJob::plain("{}");
+        shot.est_tokens = Some(5);
+        s.enqueue_chain("c1", 0, vec![shot]).await.expect("chain");
+        let got = s
+            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 2, "w", 60_000)
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 2, "{name}");
+        let stats = s.stats().await.expect("stats");
+        let by = |state: JobState| {
+            stats
+                .iter()
+                .filter(|r| r.state == state)
+                .map(|r| (r.jobs, r.est_tokens))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        assert_eq!(by(JobState::Submitting), (2, 20), "{name}: {stats:?}");
+        assert_eq!(by(JobState::Queued), (5, 45), "{name}: {stats:?}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+        if s.pg().is_none() {
+            raw(
+                s,
+                "UPDATE job_counts SET jobs = jobs + 3 WHERE state = 'queued'",
+            )
+            .await;
+            let drift = s.check_counters(false).await.expect("check");
+            assert!(
+                drift
+                    .iter()
+                    .any(|d| d.counter == "job_counts" && d.counted == d.recounted + 3),
+                "{name}: {drift:?}"
+            );
+            assert_eq!(
+                s.check_counters(true).await.expect("repair"),
+                drift,
+                "{name}"
+            );
+            assert!(
+                s.check_counters(false).await.expect("check").is_empty(),
+                "{name}"
+            );
+            assert_eq!(s.stats().await.expect("stats"), stats, "{name}: repaired");
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_follow_every_change_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            stats_follow_every_change(name, &s).await;
         }
     }
 

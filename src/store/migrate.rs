@@ -74,6 +74,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../migrations/0017_api_rate.sql"),
     ),
     (
+        "0018_job_counts.sql",
+        include_str!("../../migrations/0018_job_counts.sql"),
+    ),
+    (
         "0019_admin_webhooks.sql",
         include_str!("../../migrations/0019_admin_webhooks.sql"),
     ),

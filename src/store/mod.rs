@@ -426,7 +426,7 @@ fn push_job_filters(
 }
 
 /// Count of jobs per (state, model).
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StatRow {
     pub state: JobState,
     pub model: String,
@@ -964,8 +964,9 @@ impl Store {
         }
         self.call(|c| {
             let mut st = c.prepare(
-                "SELECT state, model, COUNT(*), COALESCE(SUM(est_tokens), 0), COALESCE(SUM(usage_tokens), 0) \
-                 FROM jobs GROUP BY state, model ORDER BY model, state",
+                // The counts the triggers keep (migrations/0018_job_counts.sql), not a scan.
+                "SELECT state, model, jobs, est_tokens, usage_tokens \
+                 FROM job_counts WHERE jobs > 0 ORDER BY model, state",
             )?;
             let rows = st.query_map([], |r| {
                 let s: String = r.get(0)?;

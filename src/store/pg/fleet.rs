@@ -10,7 +10,7 @@
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
-use super::core::{SERIALISED_PG, insert_event};
+use super::core::{SERIALISED_PG, insert_event, insert_events};
 use super::{Pg, job_from_pg};
 use crate::job::JobState;
 use crate::store::fleet::Room;
@@ -119,8 +119,14 @@ pub(crate) async fn claim_for_submit_limited(
         let now = now_ms();
         // Every claim on (model, tier) waits here for the one before it to commit, so what
         // the counts below read is what the claims before made.
+        // JIT off for this transaction: the planner cannot know that the `safety_identifier`
+        // test short-circuits its subqueries, so it costs the claim in the billions, above
+        // `jit_above_cost`, and compiling it took 2.5 s of a 2.8 s claim (`EXPLAIN (ANALYZE)`
+        // with 100 000 in flight, docs/performance-claims.md) for a plan that reads ten rows.
+        // `set_config(…, true)` is `SET LOCAL`: it ends with the transaction, also through a
+        // pooler in transaction mode (a startup option would not).
         tx.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+            "SELECT set_config('jit', 'off', true), pg_advisory_xact_lock(hashtextextended($1, 0))",
             &[key],
         )
         .await?;
@@ -161,17 +167,18 @@ pub(crate) async fn claim_for_submit_limited(
             .iter()
             .map(job_from_pg)
             .collect::<Result<Vec<_>, _>>()?;
-        for j in &jobs {
-            insert_event(
-                &tx,
-                j.id.as_str(),
-                now,
-                Some(JobState::Queued),
-                JobState::Submitting,
-                Some("claimed for submit"),
-            )
-            .await?;
-        }
+        // One statement for all the claim's events: the claim holds the tier's lock until it
+        // commits, and a round trip per job kept the other claimers waiting for it.
+        let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+        insert_events(
+            &tx,
+            &ids,
+            now,
+            Some(JobState::Queued),
+            JobState::Submitting,
+            Some("claimed for submit"),
+        )
+        .await?;
         if let (Some(left), Some((tpd, _, next_day))) = (account.tokens, fleet.tpd) {
             // As on SQLite: the next candidates the day cannot take wait for the next day.
             let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();

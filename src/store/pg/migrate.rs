@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../../../migrations/postgres/0008_api_rate.sql"),
     ),
     (
+        "0009_queue_vacuum.sql",
+        include_str!("../../../migrations/postgres/0009_queue_vacuum.sql"),
+    ),
+    (
         "0010_admin_webhooks.sql",
         include_str!("../../../migrations/postgres/0010_admin_webhooks.sql"),
     ),

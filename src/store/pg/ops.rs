@@ -424,15 +424,20 @@ pub(crate) async fn release_expired_leases(pg: &Pg) -> Result<usize, StoreError>
 }
 
 /// [`crate::store::Store::upkeep`]. SQLite's upkeep is `PRAGMA optimize` (fresh planner
-/// statistics) and a WAL checkpoint. On PostgreSQL the server does both itself: autovacuum
-/// vacuums and analyzes the tables as they change, and the checkpointer bounds the WAL; a
-/// `VACUUM` or `CHECKPOINT` of our own would only add I/O (and `CHECKPOINT` needs a
-/// superuser). What is kept is the statistics refresh: `ANALYZE` of the tables the claims
-/// plan over, which takes no lock that blocks reads or writes. Returns 0 (no WAL frames).
+/// statistics) and a WAL checkpoint. On PostgreSQL the server does most of it itself:
+/// autovacuum vacuums and analyzes the tables as they change, and the checkpointer bounds
+/// the WAL (a `CHECKPOINT` of our own would need a superuser). What is kept is the statistics
+/// refresh of the tables the claims plan over, and a vacuum of `jobs`: the claim steps over
+/// the index entries of every job that left `queued` since the last vacuum
+/// (migrations/postgres/0009_queue_vacuum.sql), so a burst of claims or a bulk transition
+/// slows every claim after it until one runs. Plain `VACUUM` takes no lock that blocks reads
+/// or writes. Returns 0 (no WAL frames).
 pub(crate) async fn upkeep(pg: &Pg) -> Result<i64, StoreError> {
     let c = pg.conn().await?;
-    c.batch_execute("ANALYZE jobs, paused, budget_holds")
-        .await?;
+    // Two statements: VACUUM cannot run inside the implicit transaction of a multi-statement
+    // simple query.
+    c.batch_execute("VACUUM (ANALYZE) jobs").await?;
+    c.batch_execute("ANALYZE paused, budget_holds").await?;
     Ok(0)
 }
 

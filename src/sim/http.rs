@@ -102,6 +102,7 @@ async fn edge(State(sim): State<Arc<Sim>>, req: Request, next: Next) -> Response
     let is_api = path.starts_with(API_PREFIX);
 
     if let Some(r) = route {
+        sim.record_received(r.name());
         let ms = sim.latency_ms(r);
         if ms > 0 {
             tokio::time::sleep(Duration::from_millis(ms)).await;

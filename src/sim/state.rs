@@ -131,6 +131,9 @@ pub struct Stats {
     pub creates_by_model: BTreeMap<String, u64>,
     /// Route name → HTTP status (or `dropped`) → count.
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Route name → requests whose head arrived, counted before any injected latency: a test
+    /// can tell that a client's request is at the sim even while its answer is held back.
+    pub received: BTreeMap<String, u64>,
     pub max_concurrency_by_model: BTreeMap<String, u32>,
     /// The most flex tasks of a model running at once (its offline pool).
     pub max_flex_running_by_model: BTreeMap<String, u32>,
@@ -308,6 +311,7 @@ pub struct StatsDump {
     pub creates_total: u64,
     pub creates_by_model: BTreeMap<String, u64>,
     pub calls: BTreeMap<String, BTreeMap<String, u64>>,
+    pub received: BTreeMap<String, u64>,
     pub max_concurrency_by_model: BTreeMap<String, u32>,
     pub max_flex_running_by_model: BTreeMap<String, u32>,
     pub flex_tokens_by_day: BTreeMap<String, BTreeMap<i64, u64>>,
@@ -411,6 +415,16 @@ impl Sim {
         let mut inner = self.lock();
         let p = p(&inner.faults);
         p > 0.0 && inner.rng.random_bool(p.min(1.0))
+    }
+
+    /// Counts one request whose head arrived, before its latency or answer.
+    pub fn record_received(&self, route: &str) {
+        *self
+            .lock()
+            .stats
+            .received
+            .entry(route.to_string())
+            .or_default() += 1;
     }
 
     /// Counts one answered call.
@@ -999,6 +1013,7 @@ impl Sim {
             creates_total: inner.stats.creates_total,
             creates_by_model: inner.stats.creates_by_model.clone(),
             calls: inner.stats.calls.clone(),
+            received: inner.stats.received.clone(),
             max_concurrency_by_model: inner.stats.max_concurrency_by_model.clone(),
             max_flex_running_by_model: inner.stats.max_flex_running_by_model.clone(),
             flex_tokens_by_day: inner.stats.flex_tokens_by_day.clone(),

@@ -391,8 +391,11 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
     let env = TestEnv::new(&cfg);
     let id = env.ok(&["submit", "paused", "-m", PRO]).trim().to_string();
     let w1 = env.serve();
-    wait_until(20, "worker 1's create to be under way", || {
+    // The create must be at the sim before worker 1 is stopped: `submitting` is recorded
+    // before the POST leaves, and a worker stopped in between never sends it.
+    wait_until(20, "worker 1's create to reach the sim", || {
         env.jobs().iter().any(|j| j["state"] == "submitting")
+            && sim.stats()["received"]["create"].as_u64().unwrap_or(0) >= 1
     });
     let pid = w1.id().to_string();
     let signal = |sig: &str| {
@@ -448,8 +451,11 @@ fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
     let env = TestEnv::new(&cfg);
     env.ok(&["submit", "paused", "-m", PRO]);
     let w1 = env.serve();
-    wait_until(20, "worker 1's create to be under way", || {
+    // The create must be at the sim before worker 1 is stopped: `submitting` is recorded
+    // before the POST leaves, and a worker stopped in between never sends it.
+    wait_until(20, "worker 1's create to reach the sim", || {
         env.jobs().iter().any(|j| j["state"] == "submitting")
+            && sim.stats()["received"]["create"].as_u64().unwrap_or(0) >= 1
     });
     let pid = w1.id().to_string();
     let signal = |sig: &str| {

@@ -215,7 +215,9 @@ fn a_keys_daily_cap_holds_its_jobs_while_another_keys_go_on() {
     let env = env_with_doors(&sim, port);
     // One 5 s 720p 1.0 pro video is estimated at about ¥1.5: a ¥2 cap takes one, not two.
     let capped = make_key(&env, "capped", &["--max-cost-per-day", "2"]);
-    let free = make_key(&env, "free", &["--rpm", "1000"]);
+    // The test reads this key's jobs every 50 ms for up to two and a half minutes (2 400 a
+    // minute): its rate is set above that, so only the other key's cap can hold anything.
+    let free = make_key(&env, "free", &["--rpm", "6000"]);
     let admin = free_port();
     let _serve = serve_with(
         &env,

@@ -248,6 +248,27 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         holds.release().await?;
         return Ok(());
     }
+    if let Some(wait_until) = flex_day_turns(ctx, &holds) {
+        // Ark counts a flex task in the TPD day its create arrives in, and this job's tokens
+        // were reserved in the day of its hold: a POST that could land in the next day would
+        // spend that day's budget uncounted. Nothing was sent; it is claimed again (and
+        // reserved in the right day) once the day has turned.
+        holds.release().await?;
+        ctx.store
+            .requeue(
+                &job.id,
+                JobState::Submitting,
+                job.lease_token,
+                Requeue {
+                    at: wait_until,
+                    attempts: Some(job.attempts - 1),
+                    error: ErrorNote::Keep,
+                },
+                "the flex TPD day turns before the create would arrive".to_string(),
+            )
+            .await?;
+        return Ok(());
+    }
     holds.sending();
     let result = post(ctx, &job, &body).await;
     let now = now_ms();
@@ -255,6 +276,17 @@ async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
         Ok(resp) => record_accepted(ctx, &job, holds, &resp.id, now).await,
         Err(e) => record_failed(ctx, &job, holds, &e, now).await,
     }
+}
+
+/// When a flex hold's TPD day ends within the create's transit margin (or has ended), the
+/// start of the next day: the job must wait for it. The margin is a twentieth of the day,
+/// between 50 ms and 5 s (5 s of a real day; a time-scaled day's share).
+fn flex_day_turns(ctx: &Ctx, holds: &Holds<'_>) -> Option<i64> {
+    let (day, _) = holds.flex?;
+    let len = ctx.cfg.bulk.tpd_day_ms();
+    let next = day + len;
+    let margin = (len / 20).clamp(50, 5_000);
+    (now_ms() + margin >= next).then_some(next)
 }
 
 /// What one submit holds before its POST: the flex TPD reservation (this process's limiter)

@@ -125,6 +125,23 @@ pub struct FleetArgs {
     /// Give up on a run after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    /// Flex jobs as one batch against the sim's offline pool, with TPD days, RSS and
+    /// `stats` / `batch show` checks (one run, the last `--workers` value; see
+    /// docs/performance-fleet.md).
+    #[arg(long)]
+    pub flex: bool,
+    /// `--flex`: the sim's offline pool width.
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub pool: u32,
+    /// `--flex`: the sim's time factor (the workers' Ark-clock durations are scaled alike).
+    #[arg(long, default_value_t = 0.002, value_parser = super::bench_fleet_flex::time_scale)]
+    pub time_scale: f64,
+    /// `--flex`: the length of a TPD day in real seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub day_secs: u64,
+    /// `--flex`: the TPD budget in jobs per day (default: half of `--jobs`, plus one).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub tpd_jobs: Option<u64>,
 }
 
 pub(crate) async fn run_claims(_ctx: &Ctx, a: ClaimsArgs) -> anyhow::Result<ExitCode> {
@@ -511,7 +528,7 @@ async fn claim_run(
 }
 
 /// Kills the child on drop.
-struct Proc(Child);
+pub(crate) struct Proc(pub(crate) Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -521,6 +538,9 @@ impl Drop for Proc {
 }
 
 pub(crate) async fn run_fleet(_ctx: &Ctx, a: FleetArgs) -> anyhow::Result<ExitCode> {
+    if a.flex {
+        return super::bench_fleet_flex::run(&a).await;
+    }
     let dir = bench_dir("fleet")?;
     let cluster = match a.store {
         Backend::Postgres => Some(
@@ -835,13 +855,13 @@ async fn scratch_db(label: &'static str) -> anyhow::Result<(Cluster, String)> {
     .await?
 }
 
-fn bench_dir(what: &str) -> anyhow::Result<PathBuf> {
+pub(crate) fn bench_dir(what: &str) -> anyhow::Result<PathBuf> {
     let d = std::env::temp_dir().join(format!("seedq-bench-{what}-{}", std::process::id()));
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
 
-fn cpus() -> usize {
+pub(crate) fn cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
@@ -872,13 +892,13 @@ fn proc_stat(pid: u32) -> Option<(u32, u64, u64)> {
 }
 
 /// CPU seconds a live process has used.
-fn cpu_secs(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> Option<f64> {
     proc_stat(pid).map(|(_, own, _)| own as f64 / USER_HZ)
 }
 
 /// CPU seconds of a scratch cluster's server so far: the postmaster, its live backends, and
 /// the backends that already exited (the postmaster's reaped children).
-fn pg_cpu(cluster_dir: &Path) -> Option<f64> {
+pub(crate) fn pg_cpu(cluster_dir: &Path) -> Option<f64> {
     let pid_file = std::fs::read_to_string(cluster_dir.join("data/postmaster.pid")).ok()?;
     let pm: u32 = pid_file.lines().next()?.trim().parse().ok()?;
     let (_, own, reaped) = proc_stat(pm)?;

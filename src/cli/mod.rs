@@ -8,6 +8,7 @@ mod bench;
 mod bench_chaos;
 mod bench_faults;
 mod bench_fleet;
+mod bench_fleet_flex;
 mod bench_flex;
 mod bench_pipeline;
 mod chain;

@@ -3,6 +3,7 @@
 mod api;
 mod archive;
 mod bench_fleet;
+mod bench_fleet_flex;
 mod budget;
 mod bulk;
 mod catalogue;

@@ -11,7 +11,120 @@
 //! `job_counts` (migration 0018). All run inside the enqueue's
 //! transaction, so the index and counts commit or roll back with the jobs.
 
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use rusqlite::types::ToSql;
 use rusqlite::{Connection, params};
+
+use super::{NewJob, StoreError, images};
+
+/// Jobs per INSERT statement of a bulk enqueue. One statement per job opened the table's and
+/// each index's cursor, a statement journal and the insert triggers' checks again for every
+/// row; a statement of many rows does that once per statement. 64 rows of 12 parameters stay
+/// far below SQLite's limit of 32 766 parameters.
+const ROWS_PER_INSERT: usize = 64;
+
+/// Parameters per row of [`insert_sql`].
+const PARAMS_PER_ROW: usize = 12;
+
+/// The multi-row form of `INSERT_JOB_SQL` (store/mod.rs) for `rows` new `queued` jobs of an
+/// enqueue: `?1` is now (created, updated, due), then [`PARAMS_PER_ROW`] per row. A duplicate
+/// idempotency key (stored before, or earlier in the same statement) inserts nothing; the
+/// statement returns the rowid and id of each row it did insert.
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, priority, \
+         request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, \
+         next_attempt_at, seed, callback_token) VALUES ",
+    );
+    for r in 0..rows {
+        let p = |k: usize| r * PARAMS_PER_ROW + k + 2;
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?{}, ?1, ?1, 'queued', ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?{}, ?1, ?{}, \
+             lower(hex(randomblob(16))))",
+            p(0),
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6),
+            p(7),
+            p(8),
+            p(9),
+            p(10),
+            p(11)
+        ));
+    }
+    sql.push_str(" ON CONFLICT (idempotency_key) DO NOTHING RETURNING rowid, id");
+    sql
+}
+
+/// [`insert_sql`] for a full chunk, built once.
+static INSERT_FULL: LazyLock<String> = LazyLock::new(|| insert_sql(ROWS_PER_INSERT));
+
+/// Inserts the jobs of a bulk enqueue as new `queued` jobs due now, in order, in statements
+/// of [`ROWS_PER_INSERT`] rows (as `insert_job` does one at a time: embedded images interned,
+/// a flex job's local deadline starting now). Returns (rowid, id) of each row inserted; a job
+/// whose idempotency key is already taken is not.
+pub(crate) fn insert_rows(
+    conn: &Connection,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<Vec<(i64, String)>, StoreError> {
+    let mut out = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ROWS_PER_INSERT) {
+        let mut bodies: Vec<Cow<'_, str>> = Vec::with_capacity(chunk.len());
+        let mut tags: Vec<String> = Vec::with_capacity(chunk.len());
+        let mut deadlines: Vec<Option<i64>> = Vec::with_capacity(chunk.len());
+        for j in chunk {
+            // Embedded images go to their own table, once each; the row keeps references.
+            bodies.push(images::intern(conn, &j.request_json, now)?);
+            tags.push(
+                serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+            deadlines.push(if j.flex {
+                j.expires_after.map(|s| now + s * 1000)
+            } else {
+                None
+            });
+        }
+        let ids: Vec<&str> = chunk.iter().map(|j| j.id.as_str()).collect();
+        let bodies: Vec<&str> = bodies.iter().map(AsRef::as_ref).collect();
+        let mut args: Vec<&dyn ToSql> = Vec::with_capacity(1 + chunk.len() * PARAMS_PER_ROW);
+        args.push(&now);
+        for (i, j) in chunk.iter().enumerate() {
+            args.extend([
+                &ids[i] as &dyn ToSql,
+                &j.model,
+                if j.flex { &"flex" } else { &"default" },
+                &j.priority,
+                &bodies[i],
+                &j.key,
+                &tags[i],
+                &j.batch,
+                &j.shape,
+                &j.est_tokens,
+                &deadlines[i],
+                &j.seed,
+            ]);
+        }
+        let mut st = if chunk.len() == ROWS_PER_INSERT {
+            conn.prepare_cached(&INSERT_FULL)?
+        } else {
+            conn.prepare_cached(&insert_sql(chunk.len()))?
+        };
+        let mut rows = st.query(rusqlite::params_from_iter(args))?;
+        while let Some(r) = rows.next()? {
+            out.push((r.get(0)?, r.get(1)?));
+        }
+    }
+    Ok(out)
+}
 
 /// The text parts of a job's request, as the 0010/0011 trigger indexes them.
 const FTS_FILL: &str = "INSERT INTO jobs_prompt_fts (rowid, prompt) \
@@ -44,6 +157,11 @@ const JOB_COUNTS_FILL: &str = "INSERT INTO job_counts \
          archive_retried = archive_retried + excluded.archive_retried, \
          result_expired = result_expired + excluded.result_expired";
 
+/// One `enqueued` event per inserted job, in insertion order (the order the per-row insert
+/// wrote them in before), as one statement rather than one per job.
+const EVENTS_FILL: &str = "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
+     SELECT j.id, ?3, NULL, 'queued', 'enqueued' FROM jobs AS j WHERE {rows} ORDER BY j.rowid";
+
 /// The inserted rows when their rowids are consecutive: a range scan of the table.
 const ROWS_RANGE: &str = "j.rowid BETWEEN ?1 AND ?2";
 /// Any other set of rowids, as a JSON array.
@@ -56,9 +174,10 @@ pub(crate) fn begin(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Turns the triggers back on and indexes and counts the jobs with these rowids, all inserted
-/// (and not changed since) after [`begin`] in this transaction.
-pub(crate) fn finish(conn: &Connection, rowids: &[i64]) -> rusqlite::Result<()> {
+/// Turns the triggers back on, writes the `enqueued` event of each job with these rowids and
+/// indexes and counts them; all were inserted (and not changed since) after [`begin`] in this
+/// transaction, at `now`.
+pub(crate) fn finish(conn: &Connection, rowids: &[i64], now: i64) -> rusqlite::Result<()> {
     conn.execute("DELETE FROM enqueue_bulk", [])?;
     let (Some(lo), Some(hi)) = (rowids.iter().min(), rowids.iter().max()) else {
         return Ok(());
@@ -68,15 +187,24 @@ pub(crate) fn finish(conn: &Connection, rowids: &[i64]) -> rusqlite::Result<()> 
     // free rowids at random. When the range holds exactly as many rowids as were inserted,
     // it holds exactly these rows.
     let consecutive = usize::try_from(hi - lo).is_ok_and(|d| d + 1 == rowids.len());
-    for sql in [FTS_FILL, COUNTS_FILL, JOB_COUNTS_FILL] {
-        if consecutive {
+    let list = if consecutive {
+        String::new()
+    } else {
+        serde_json::Value::from(rowids.to_vec()).to_string()
+    };
+    for sql in [EVENTS_FILL, FTS_FILL, COUNTS_FILL, JOB_COUNTS_FILL] {
+        // Only the events statement has `?3`; the others take the rows alone.
+        let mut st = if consecutive {
             conn.prepare_cached(&sql.replace("{rows}", ROWS_RANGE))?
-                .execute(params![lo, hi])?;
         } else {
-            let list = serde_json::Value::from(rowids.to_vec()).to_string();
             conn.prepare_cached(&sql.replace("{rows}", ROWS_LIST))?
-                .execute([list])?;
-        }
+        };
+        match (consecutive, sql == EVENTS_FILL) {
+            (true, false) => st.execute(params![lo, hi])?,
+            (true, true) => st.execute(params![lo, hi, now])?,
+            (false, false) => st.execute([&list])?,
+            (false, true) => st.execute(params![list, rusqlite::types::Null, now])?,
+        };
     }
     Ok(())
 }

@@ -81,6 +81,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0019_admin_webhooks.sql",
         include_str!("../../migrations/0019_admin_webhooks.sql"),
     ),
+    (
+        "0020_enqueue_trigger_order.sql",
+        include_str!("../../migrations/0020_enqueue_trigger_order.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

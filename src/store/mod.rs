@@ -29,7 +29,7 @@ mod verbs;
 mod verbs_tests;
 pub mod webhooks;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use rusqlite::types::Value;
@@ -830,29 +830,23 @@ impl Store {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let mut report = EnqueueReport::default();
             {
-                let mut event = tx.prepare_cached(
-                    "INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
-                     VALUES (?1, ?2, NULL, 'queued', 'enqueued')",
-                )?;
                 let mut existing =
                     tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
-                let mut insert = tx.prepare_cached(INSERT_JOB_SQL)?;
-                // The prompt index and batch counts are filled once for all rows at the end
-                // (bulk_index.rs: per row, FTS5 writes a segment per job).
+                // The prompt index, batch counts and `enqueued` events are filled once for
+                // all rows at the end (bulk_index.rs: per row, FTS5 writes a segment per job).
                 bulk_index::begin(&tx)?;
-                let mut rowids = Vec::with_capacity(jobs.len());
-                for j in jobs {
-                    let n = insert_job_with(&mut insert, &tx, &j, now, now, true, None)?;
-                    if n == 1 {
-                        rowids.push(tx.last_insert_rowid());
-                        event.execute(params![j.id.as_str(), now])?;
-                        report.inserted.push(j.id);
-                    } else if let Some(key) = j.key {
-                        let id: String = existing.query_row([&key], |r| r.get(0))?;
-                        report.skipped.push((key, JobId::from(id)));
+                let inserted = bulk_index::insert_rows(&tx, &jobs, now)?;
+                let rowids: Vec<i64> = inserted.iter().map(|r| r.0).collect();
+                let ids: HashSet<&str> = inserted.iter().map(|r| r.1.as_str()).collect();
+                for j in &jobs {
+                    if ids.contains(j.id.as_str()) {
+                        report.inserted.push(j.id.clone());
+                    } else if let Some(key) = &j.key {
+                        let id: String = existing.query_row([key], |r| r.get(0))?;
+                        report.skipped.push((key.clone(), JobId::from(id)));
                     }
                 }
-                bulk_index::finish(&tx, &rowids)?;
+                bulk_index::finish(&tx, &rowids, now)?;
             }
             tx.commit()?;
             Ok(report)

@@ -548,3 +548,120 @@ async fn enqueue_100k() {
         }
     }
 }
+
+/// A job with every column an enqueue sets, and an embedded image.
+fn full_job(n: usize) -> NewJob {
+    let img = format!("data:image/png;base64,{}", "QUJD".repeat(10));
+    let mut j = NewJob::plain(format!(
+        r#"{{"model":"m","content":[{{"type":"text","text":"fox {n} it's \"quoted\"\ttab"}},{{"type":"image_url","image_url":{{"url":"{img}"}}}}]}}"#
+    ));
+    j.flex = n.is_multiple_of(2);
+    j.priority = i64::try_from(n % 5).expect("small");
+    j.tags = vec!["a".into(), format!("t{n}")];
+    j.batch = Some(format!("b{}", n % 3));
+    j.shape = Some("720p/5s".into());
+    j.est_tokens = Some(100);
+    j.expires_after = Some(3600);
+    j.seed = Some(i64::try_from(n).expect("small"));
+    j
+}
+
+/// The columns a test can compare between two enqueues of the same job.
+fn stored(j: &Job) -> String {
+    format!(
+        "{}|{}|{}|{}|{:?}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{}|{}",
+        j.state.as_str(),
+        j.model,
+        j.service_tier,
+        j.priority,
+        j.tags,
+        j.batch_id,
+        j.shape,
+        j.est_tokens,
+        j.seed,
+        j.request_json,
+        j.deadline_at.map(|d| d - j.created_at),
+        j.next_attempt_at - j.created_at,
+        j.callback_token.as_ref().map_or(0, String::len),
+    )
+}
+
+/// A large enqueue (PostgreSQL streams it with `COPY`) stores the same rows, events, images
+/// and counts as a small one, skips keys already stored and repeated within the call, and
+/// keeps the counters equal to a recount.
+#[tokio::test]
+async fn a_large_enqueue_stores_what_a_small_one_does_on_both_backends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, s) in testpg::both(dir.path()).await {
+        let mut small = full_job(1);
+        small.key = Some("k-old".into());
+        s.enqueue(vec![small.clone()]).await.expect("small");
+
+        let mut many: Vec<NewJob> = (0..1500).map(full_job).collect();
+        many[10].key = Some("k-old".into());
+        many[20].key = Some("k-new".into());
+        many[30].key = Some("k-new".into());
+        let r = s.enqueue(many.clone()).await.expect("large");
+        assert_eq!(r.inserted.len(), 1498, "{name}");
+        let skipped: HashSet<(String, String)> = r
+            .skipped
+            .iter()
+            .map(|(k, id)| (k.clone(), id.as_str().to_string()))
+            .collect();
+        let want: HashSet<(String, String)> = [
+            ("k-old".to_string(), small.id.as_str().to_string()),
+            ("k-new".to_string(), many[20].id.as_str().to_string()),
+        ]
+        .into();
+        assert_eq!(skipped, want, "{name}");
+        assert_eq!(
+            r.inserted.iter().map(JobId::as_str).collect::<Vec<_>>(),
+            many.iter()
+                .enumerate()
+                .filter(|(i, _)| *i != 10 && *i != 30)
+                .map(|(_, j)| j.id.as_str())
+                .collect::<Vec<_>>(),
+            "{name}: inserted in file order"
+        );
+
+        let a = s.job(small.id.as_str()).await.expect("job").expect("row");
+        let b = s.job(many[1].id.as_str()).await.expect("job").expect("row");
+        assert_eq!(stored(&a), stored(&b), "{name}");
+        assert_ne!(
+            a.request_json, small.request_json,
+            "{name}: the image is a reference"
+        );
+        assert_eq!(
+            s.inflate_body(b.request_json.clone())
+                .await
+                .expect("inflate"),
+            many[1].request_json,
+            "{name}: the image is stored"
+        );
+        assert_eq!(s.image_count().await.expect("images"), 1, "{name}");
+        for id in [&many[1].id, &many[1499].id, &small.id] {
+            let ev = s.events(id.as_str()).await.expect("events");
+            assert_eq!(ev.len(), 1, "{name}");
+            assert_eq!(
+                (ev[0].from_state.as_deref(), ev[0].to_state.as_str()),
+                (None, "queued")
+            );
+            assert_eq!(ev[0].detail.as_deref(), Some("enqueued"), "{name}");
+        }
+        assert!(s.job(many[30].id.as_str()).await.expect("job").is_none());
+        assert!(s.events(many[30].id.as_str()).await.expect("ev").is_empty());
+        let queued: i64 = s
+            .stats()
+            .await
+            .expect("stats")
+            .iter()
+            .filter(|r| r.state == JobState::Queued)
+            .map(|r| r.jobs)
+            .sum();
+        assert_eq!(queued, 1499, "{name}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+    }
+}

@@ -284,9 +284,131 @@ pub(crate) async fn insert_jobs(
     insert_columns(c, &chunks, now).await
 }
 
-/// [`crate::store::Store::enqueue`]: one transaction, a few multi-row statements.
+/// From this many jobs on, an enqueue streams its rows with `COPY` (see [`enqueue_copy`]);
+/// below it the few multi-row statements are cheaper than creating the staging table.
+const COPY_MIN: usize = 1000;
+
+/// The staging table of [`enqueue_copy`]: the columns of [`INSERT_JOBS`]'s arrays that an
+/// enqueue sets, plus the row's position. Temporary and dropped at commit, so it is private to
+/// the transaction and leaves nothing behind.
+const STAGE_TABLE: &str = "CREATE TEMP TABLE enqueue_stage (ord BIGINT NOT NULL, id TEXT NOT NULL, \
+     model TEXT NOT NULL, tier TEXT NOT NULL, priority BIGINT NOT NULL, body TEXT NOT NULL, \
+     ikey TEXT, tags TEXT NOT NULL, batch TEXT, shape TEXT, est BIGINT, deadline BIGINT, \
+     seed BIGINT) ON COMMIT DROP";
+
+/// [`INSERT_JOBS`] from the staging table, and the `enqueued` event of each row it inserted in
+/// the same statement, in file order as [`insert_events`] writes them. A job's event is
+/// written only when its row was (a skipped duplicate key gets none), and the events' foreign
+/// key is checked at the end of the statement, when the jobs exist.
+const INSERT_STAGED: &str = "WITH ins AS ( \
+       INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, priority, \
+         request_json, idempotency_key, tags, batch_id, shape, est_tokens, deadline_at, \
+         next_attempt_at, seed, callback_token, chain_id, shot) \
+       SELECT s.id, $1::bigint, $1::bigint, 'queued', s.model, s.tier, s.priority, s.body, \
+              s.ikey, s.tags, s.batch, s.shape, s.est, s.deadline, $1::bigint, s.seed, \
+              replace(gen_random_uuid()::text, '-', ''), NULL, NULL \
+       FROM enqueue_stage AS s ORDER BY s.ord \
+       ON CONFLICT (idempotency_key) DO NOTHING \
+       RETURNING id), \
+     ev AS ( \
+       INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
+       SELECT s.id, $1::bigint, NULL, 'queued', 'enqueued' \
+       FROM enqueue_stage AS s JOIN ins ON ins.id = s.id ORDER BY s.ord) \
+     SELECT id FROM ins";
+
+/// Rows and jobs inserted by the `COPY` path: the same effects as the multi-row statements
+/// (rows, images, events, skipped keys), with the rows streamed to the server in PostgreSQL's
+/// binary `COPY` format into a staging table and moved into `jobs` with one statement. The
+/// rows' text never passes through SQL literals or arrays, so no value needs escaping.
+async fn enqueue_copy(
+    tx: &deadpool_postgres::Transaction<'_>,
+    jobs: &[NewJob],
+    now: i64,
+) -> Result<HashSet<String>, StoreError> {
+    use futures::pin_mut;
+    use tokio_postgres::binary_copy::BinaryCopyInWriter;
+    use tokio_postgres::types::Type;
+
+    tx.batch_execute(STAGE_TABLE).await?;
+    let sink = tx
+        .copy_in("COPY enqueue_stage FROM STDIN (FORMAT binary)")
+        .await?;
+    let types = [
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::TEXT,
+        Type::INT8,
+        Type::INT8,
+        Type::INT8,
+    ];
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    pin_mut!(writer);
+    let mut imgs: Vec<(String, &str)> = Vec::new();
+    for (ord, j) in (0_i64..).zip(jobs) {
+        // Embedded images go to their own table, once each; the row keeps references.
+        let (body, found) = images::scan(&j.request_json);
+        imgs.extend(found);
+        let tags =
+            serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let deadline = if j.flex {
+            j.expires_after.map(|s| now + s * 1000)
+        } else {
+            None
+        };
+        let tier = if j.flex { "flex" } else { "default" };
+        let body: &str = &body;
+        writer
+            .as_mut()
+            .write(&[
+                &ord,
+                &j.id.as_str(),
+                &j.model,
+                &tier,
+                &j.priority,
+                &body,
+                &j.key,
+                &tags,
+                &j.batch,
+                &j.shape,
+                &j.est_tokens,
+                &deadline,
+                &j.seed,
+            ])
+            .await?;
+    }
+    writer.finish().await?;
+    super::images::insert(tx, &imgs, now).await?;
+    let mut inserted = HashSet::with_capacity(jobs.len());
+    for r in tx.query(INSERT_STAGED, &[&now]).await? {
+        inserted.insert(r.try_get(0)?);
+    }
+    Ok(inserted)
+}
+
+/// [`crate::store::Store::enqueue`]: one transaction, a few multi-row statements, or for many
+/// jobs a `COPY` and one statement.
 pub(crate) async fn enqueue(pg: &Pg, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
     let now = now_ms();
+    if jobs.len() >= COPY_MIN {
+        let jobs = &jobs;
+        return pg
+            .retry(|| async move {
+                let mut c = pg.conn().await?;
+                let tx = c.transaction().await?;
+                let inserted = enqueue_copy(&tx, jobs, now).await?;
+                let report = report_of(&tx, jobs, &inserted).await?;
+                tx.commit().await?;
+                Ok(report)
+            })
+            .await;
+    }
     let rows: Vec<Insert<'_>> = jobs
         .iter()
         .map(|job| Insert {
@@ -313,38 +435,49 @@ pub(crate) async fn enqueue(pg: &Pg, jobs: Vec<NewJob>) -> Result<EnqueueReport,
         for ids in new_ids.chunks(INSERT_CHUNK) {
             insert_events(&tx, ids, now, None, JobState::Queued, Some("enqueued")).await?;
         }
-        let skipped_keys: Vec<&str> = jobs
-            .iter()
-            .filter(|j| !inserted.contains(j.id.as_str()))
-            .filter_map(|j| j.key.as_deref())
-            .collect();
-        let mut existing: HashMap<String, String> = HashMap::new();
-        if !skipped_keys.is_empty() {
-            for r in tx
-                .query(
-                    "SELECT idempotency_key, id FROM jobs WHERE idempotency_key = ANY($1::text[])",
-                    &[&skipped_keys],
-                )
-                .await?
-            {
-                existing.insert(r.try_get(0)?, r.try_get(1)?);
-            }
-        }
-        let mut report = EnqueueReport::default();
-        for j in jobs {
-            if inserted.contains(j.id.as_str()) {
-                report.inserted.push(j.id.clone());
-            } else if let Some(key) = &j.key {
-                let id = existing.get(key).ok_or_else(|| {
-                    StoreError::Corrupt(format!("idempotency key {key} vanished during enqueue"))
-                })?;
-                report.skipped.push((key.clone(), JobId::from(id.clone())));
-            }
-        }
+        let report = report_of(&tx, jobs, &inserted).await?;
         tx.commit().await?;
         Ok(report)
     })
     .await
+}
+
+/// The enqueue's report: the jobs inserted, and for each skipped one the id of the job that
+/// holds its key.
+async fn report_of(
+    tx: &deadpool_postgres::Transaction<'_>,
+    jobs: &[NewJob],
+    inserted: &HashSet<String>,
+) -> Result<EnqueueReport, StoreError> {
+    let skipped_keys: Vec<&str> = jobs
+        .iter()
+        .filter(|j| !inserted.contains(j.id.as_str()))
+        .filter_map(|j| j.key.as_deref())
+        .collect();
+    let mut existing: HashMap<String, String> = HashMap::new();
+    if !skipped_keys.is_empty() {
+        for r in tx
+            .query(
+                "SELECT idempotency_key, id FROM jobs WHERE idempotency_key = ANY($1::text[])",
+                &[&skipped_keys],
+            )
+            .await?
+        {
+            existing.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+    }
+    let mut report = EnqueueReport::default();
+    for j in jobs {
+        if inserted.contains(j.id.as_str()) {
+            report.inserted.push(j.id.clone());
+        } else if let Some(key) = &j.key {
+            let id = existing.get(key).ok_or_else(|| {
+                StoreError::Corrupt(format!("idempotency key {key} vanished during enqueue"))
+            })?;
+            report.skipped.push((key.clone(), JobId::from(id.clone())));
+        }
+    }
+    Ok(report)
 }
 
 /// [`crate::store::Store::job_by_remote`].

@@ -85,6 +85,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0020_enqueue_trigger_order.sql",
         include_str!("../../migrations/0020_enqueue_trigger_order.sql"),
     ),
+    (
+        "0021_flex_day_index.sql",
+        include_str!("../../migrations/0021_flex_day_index.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

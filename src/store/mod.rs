@@ -1483,12 +1483,7 @@ impl Store {
         }
         let model = model.to_string();
         self.call(move |c| {
-            Ok(c.query_row(
-                "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
-                 WHERE model = ?1 AND service_tier = 'flex' AND submitted_at >= ?2",
-                params![model, since_ms],
-                |r| r.get(0),
-            )?)
+            Ok(c.query_row(FLEX_TOKENS_SINCE, params![model, since_ms], |r| r.get(0))?)
         })
         .await
     }
@@ -1724,3 +1719,7 @@ mod tests_chain_ui;
 mod tests_jobs;
 #[cfg(test)]
 mod tests_ops;
+/// The flex tokens of a model submitted since a time: a range of the partial index
+/// `jobs_flex_submitted` (migrations/0021_flex_day_index.sql), not a scan of the model's rows.
+pub(crate) const FLEX_TOKENS_SINCE: &str = "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+     WHERE model = ?1 AND service_tier = 'flex' AND submitted_at >= ?2";

@@ -684,3 +684,55 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
         .collect();
     assert_eq!(found, ["5000", "4000", "3000"]);
 }
+
+/// A day's flex spend is read through the partial index of submitted flex rows, on both
+/// backends: with a large flex batch, a scan of the model's rows grew with the batch.
+#[tokio::test]
+async fn the_flex_day_spend_reads_the_submitted_flex_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("q.db")).expect("open");
+    let plan: Vec<String> = s
+        .call(|c| {
+            let mut st = c.prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::FLEX_TOKENS_SINCE
+            ))?;
+            let rows = st.query_map(rusqlite::params!["m", 0], |r| r.get::<_, String>(3))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .expect("plan");
+    let plan = plan.join("\n");
+    assert!(plan.contains("jobs_flex_submitted"), "sqlite: {plan}");
+
+    let s = testpg::pg_store().await;
+    exec(
+        &s,
+        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+         request_json, next_attempt_at, submitted_at, est_tokens) \
+         SELECT lpad(i::text, 26, '0'), 0, 0, \
+                CASE WHEN i % 100 = 0 THEN 'succeeded' ELSE 'queued' END, 'm', 'flex', \
+                '{}', 0, CASE WHEN i % 100 = 0 THEN i END, 10 \
+         FROM generate_series(1, 20000) AS i; \
+         ANALYZE jobs",
+    )
+    .await;
+    let c = s.pg().expect("pg").conn().await.expect("conn");
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN {}", crate::store::pg::ops::FLEX_TOKENS_SINCE),
+            &[&"m", &0_i64],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("jobs_flex_submitted"), "postgres: {plan}");
+    assert_eq!(
+        s.flex_tokens_since("m", 10_000).await.expect("spend"),
+        1_010,
+        "the rows submitted since 10 000: 10 000, 10 100, …, 20 000"
+    );
+}

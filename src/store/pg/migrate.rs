@@ -47,6 +47,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0010_admin_webhooks.sql",
         include_str!("../../../migrations/postgres/0010_admin_webhooks.sql"),
     ),
+    (
+        "0011_flex_day_index.sql",
+        include_str!("../../../migrations/postgres/0011_flex_day_index.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

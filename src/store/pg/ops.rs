@@ -65,6 +65,11 @@ pub(crate) async fn in_flight(pg: &Pg) -> Result<HashMap<String, i64>, StoreErro
         .collect()
 }
 
+/// The flex tokens of a model submitted since a time: a range of the partial index
+/// `jobs_flex_submitted` (migrations/postgres/0011_flex_day_index.sql).
+pub(crate) const FLEX_TOKENS_SINCE: &str = "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0)::BIGINT FROM jobs \
+     WHERE model = $1 AND service_tier = 'flex' AND submitted_at >= $2";
+
 /// [`crate::store::Store::flex_tokens_since`].
 pub(crate) async fn flex_tokens_since(
     pg: &Pg,
@@ -72,12 +77,7 @@ pub(crate) async fn flex_tokens_since(
     since_ms: i64,
 ) -> Result<i64, StoreError> {
     let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(
-            "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0)::BIGINT FROM jobs \
-             WHERE model = $1 AND service_tier = 'flex' AND submitted_at >= $2",
-        )
-        .await?;
+    let st = c.prepare_cached(FLEX_TOKENS_SINCE).await?;
     Ok(c.query_one(&st, &[&model, &since_ms]).await?.try_get(0)?)
 }
 

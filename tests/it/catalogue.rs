@@ -223,7 +223,12 @@ fn under_a_daily_cap_an_unpriced_job_waits_and_the_dashboard_and_watch_say_why()
             .is_some_and(|j| j["last_error_code"] == "budget_unpriced")
     });
     let id = env.jobs()[0]["id"].as_str().expect("id").to_string();
-    let page = get_text(&admin, &format!("/ui/jobs/{id}")).unwrap_or_default();
+    // The dispatcher may record the wait before the admin listener is bound.
+    let mut page = String::new();
+    crate::helpers::wait_until(20, "the dashboard to answer", || {
+        page = get_text(&admin, &format!("/ui/jobs/{id}")).unwrap_or_default();
+        !page.is_empty()
+    });
     assert!(
         page.contains(&format!("no price for model {ENDPOINT}: add `[models.")),
         "the job page says why: {page}"

@@ -375,13 +375,36 @@ fn cancel_during_a_post_that_never_reached_ark_cancels_the_job() {
     assert_eq!(sim.stats()["creates_total"], 0);
 }
 
-#[test]
-fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
-    // Worker 1's create is held 8 s by the sim before the task is made, and worker 1 is
-    // SIGSTOPped past its lease. Worker 2 takes the job over, finds no task once worker 1's
-    // POST must have timed out, and sends its own. Worker 1's task then appears; on SIGCONT,
-    // worker 1 finds the job is no longer its own and cancels that task while still queued
-    // (the sim runs one task at a time, slowly, so it waits in the queue).
+/// Worker 1 stopped (SIGSTOP) while its create is held at the sim, and worker 2, which took
+/// the job over and created its own task, with worker 1's late task made as well.
+struct LateCreate {
+    sim: SimProc,
+    env: TestEnv,
+    id: String,
+    w1: Stopped,
+    w2: crate::helpers::Guard,
+}
+
+/// A worker process that the test signals.
+struct Stopped(crate::helpers::Guard);
+
+impl Stopped {
+    fn signal(&self, sig: &str) {
+        let pid = self.0.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+    }
+}
+
+/// Worker 1's create is held 6 s by the sim before the task is made, and worker 1 is
+/// SIGSTOPped past its lease. Worker 2 takes the job over, finds no task once worker 1's
+/// POST must have timed out, and sends its own; then worker 1's task appears.
+fn worker_one_posts_late() -> LateCreate {
     let sim = SimProc::start(&format!(
         "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
     ));
@@ -397,27 +420,38 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
         env.jobs().iter().any(|j| j["state"] == "submitting")
             && sim.stats()["received"]["create"].as_u64().unwrap_or(0) >= 1
     });
-    let pid = w1.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-    };
-    signal("-STOP");
+    let w1 = Stopped(w1);
+    w1.signal("-STOP");
     set_faults(&sim, serde_json::json!({}));
-    let mut w2 = env.serve();
+    let w2 = env.serve();
     wait_until(30, "worker 2 to submit the job", || {
         env.jobs().iter().any(|j| j["remote_task_id"].is_string())
     });
     wait_until(30, "worker 1's late create to make a task", || {
         sim.tasks().len() == 2
     });
-    signal("-CONT");
-    let mut w1 = w1;
+    LateCreate {
+        sim,
+        env,
+        id,
+        w1,
+        w2,
+    }
+}
+
+#[test]
+fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
+    // On SIGCONT, worker 1 finds the job is no longer its own and cancels that task while still queued
+    // (the sim runs one task at a time, slowly, so it waits in the queue).
+    let LateCreate {
+        sim,
+        env,
+        id,
+        w1,
+        mut w2,
+    } = worker_one_posts_late();
+    w1.signal("-CONT");
+    let mut w1 = w1.0;
     wait_until(90, "the duplicate to be cancelled", || {
         sim.tasks().iter().any(|t| t["status"] == "cancelled")
     });
@@ -443,42 +477,17 @@ fn a_paused_worker_that_posts_late_has_its_duplicate_cancelled() {
 fn a_duplicate_cancel_that_gets_no_answer_is_sent_again() {
     // As above, but every DELETE fails with a 500 when worker 1 wakes: the duplicate must
     // stay recorded and be cancelled on a later reconcile round once Ark answers again.
-    let sim = SimProc::start(&format!(
-        "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
-    ));
-    // This sim's second lasts half a real one: Ark's read rates are counted over it.
-    let cfg = worker_config(&sim, "").replace("rate_window = \"10ms\"", "rate_window = \"500ms\"");
-    let env = TestEnv::new(&cfg);
-    env.ok(&["submit", "paused", "-m", PRO]);
-    let w1 = env.serve();
-    // The create must be at the sim before worker 1 is stopped: `submitting` is recorded
-    // before the POST leaves, and a worker stopped in between never sends it.
-    wait_until(20, "worker 1's create to reach the sim", || {
-        env.jobs().iter().any(|j| j["state"] == "submitting")
-            && sim.stats()["received"]["create"].as_u64().unwrap_or(0) >= 1
-    });
-    let pid = w1.id().to_string();
-    let signal = |sig: &str| {
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
-    };
-    signal("-STOP");
-    set_faults(&sim, serde_json::json!({}));
-    let mut w2 = env.serve();
-    wait_until(30, "worker 2 to submit the job", || {
-        env.jobs().iter().any(|j| j["remote_task_id"].is_string())
-    });
-    wait_until(30, "worker 1's late create to make a task", || {
-        sim.tasks().len() == 2
-    });
+    let LateCreate {
+        sim,
+        // Kept alive: its directory holds the workers' database.
+        env: _env,
+        w1,
+        mut w2,
+        ..
+    } = worker_one_posts_late();
     set_faults(&sim, serde_json::json!({"error_rate": {"delete": 1.0}}));
-    signal("-CONT");
-    let mut w1 = w1;
+    w1.signal("-CONT");
+    let mut w1 = w1.0;
     let failed_deletes = || sim.stats()["calls"]["delete"]["500"].as_u64().unwrap_or(0);
     // One cancel is three DELETEs (the client's own read retries); more than three cancels'
     // worth means the duplicate was kept and sent again on later rounds.

@@ -5,15 +5,7 @@
 use std::io::{Read, Write};
 use std::process::Command;
 
-use crate::helpers::{Guard, SIM_KEY, TestEnv, fast_sim, wait_until, worker_config};
-
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("its address")
-        .port()
-}
+use crate::helpers::{Guard, SIM_KEY, TestEnv, fast_sim, free_port, wait_until, worker_config};
 
 /// `seedq serve` with the doors as configured and archiving into the env's directory.
 pub(crate) fn serve(env: &TestEnv) -> Guard {

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use std::io::{BufRead, Read, Write};
 
-use crate::helpers::{Guard, SimProc, TestEnv, wait_until, worker_config};
+use crate::helpers::{Guard, SimProc, TestEnv, free_port, wait_until, worker_config};
 
 const LITE_T2V: &str = "doubao-seedance-1-0-lite-t2v-250428";
 /// 864 × 480 × 49 / 1024: one 480p 2 s clip of a 1.0 model (docs/ark-api.md §10), which is what
@@ -263,14 +263,6 @@ fn two_run_processes_on_one_database_never_overspend_together() {
     assert_eq!(count(&jobs, |j| j["state"] == "succeeded"), 37);
     assert_eq!(count(&jobs, waiting_on_batch), 63);
     assert!(billed_fen_millionths(&jobs) <= CAP_37_FEN * 1_000_000);
-}
-
-/// A free loopback port (bound, then released for the service to take).
-pub(crate) fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
 }
 
 /// `GET path` on `addr`, the body as text (None until the server answers).

@@ -204,7 +204,8 @@ fn without_any_cap_an_unpriced_job_is_created() {
 
 #[test]
 fn under_a_daily_cap_an_unpriced_job_waits_and_the_dashboard_and_watch_say_why() {
-    use crate::budget::{free_port, get_text};
+    use crate::budget::get_text;
+    use crate::helpers::free_port;
     let sim = fast_sim();
     let admin = format!("127.0.0.1:{}", free_port());
     let text = worker_config(&sim, "[budget]\ndaily_cny = 5\n")

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::helpers::{SimProc, TestEnv, wait_until, worker_config};
+use crate::helpers::{SimProc, TestEnv, get_status as get, wait_until, worker_config};
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
 
@@ -184,25 +184,6 @@ fn recorded(db: &Path) -> std::collections::BTreeMap<String, Vec<i64>> {
 /// `seedq ls --json` (the store is not at `TestEnv`'s own path here).
 fn ls(env: &TestEnv) -> Vec<serde_json::Value> {
     serde_json::from_str(&env.ok(&["ls", "--json", "--limit", "1000"])).expect("ls --json")
-}
-
-/// An HTTP GET on loopback: the status and body (`None`: no answer).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
 }
 
 /// A SQLite store on an 8 MiB tmpfs, the archive beside it, the admin server on `admin`, the

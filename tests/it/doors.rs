@@ -10,8 +10,9 @@
 //! tests/it/clients.rs and tests/it/validation.rs. A missing client fails with the set-up
 //! command, as there: nothing is skipped.
 
-use crate::api::{env_with_doors, free_port, make_key, serve, wait_for_door};
+use crate::api::{env_with_doors, make_key, serve, wait_for_door};
 use crate::clients::{ark_task, assert_same_video, byteplus, read, vercel};
+use crate::helpers::free_port;
 use crate::helpers::{Guard, SimProc, TestEnv, fast_sim, seedance_generate};
 
 /// `seedq serve` with the Ark door on, archiving, against its own sim, and one key.

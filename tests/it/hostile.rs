@@ -7,14 +7,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Guard, SIM_KEY, SimProc, TestEnv, bin, http_json, wait_until, worker_config};
+use crate::helpers::{
+    Guard, SIM_KEY, SimProc, TestEnv, bin, free_port, http_json, wait_until, worker_config,
+};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
 
 /// A worker config with the admin server on `admin` (plus `admin_extra` lines), callbacks on
 /// `callback` (when set) and archiving into `<dir>/archive`.

@@ -8,34 +8,10 @@ use std::time::{Duration, Instant};
 
 use seedq::pgscratch::Cluster;
 
-use crate::helpers::{SimProc, TestEnv, wait_until, worker_config};
+use crate::helpers::{SimProc, TestEnv, free_port, get_status as get, wait_until, worker_config};
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
 const JOBS: usize = 10;
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-/// An HTTP GET on loopback: the status and body (`None`: no answer).
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    Some((
-        head.split_whitespace().nth(1)?.parse().ok()?,
-        body.to_string(),
-    ))
-}
 
 /// A service on a database of `cluster`, with [`JOBS`] jobs queued that run two at a time
 /// for a second each, so the run is under way when the server turns.

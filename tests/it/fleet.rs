@@ -219,8 +219,9 @@ fn a_dead_singleton_leader_is_replaced_within_seconds() {
     });
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(5), "took over after {took:?}");
-    // After its heartbeat timeout, A is no longer listed.
-    wait_until(10, "A to be taken for dead", || {
+    // After its heartbeat timeout (2 s here), A is no longer listed; the wait allows for a
+    // loaded two-core machine running the suite's other tests beside this one.
+    wait_until(30, "A to be taken for dead", || {
         fleet_view(&env)["workers"]
             .as_array()
             .is_some_and(|w| w.len() == 1 && w[0]["pid"] == i64::from(b.id()))

@@ -69,6 +69,45 @@ fn signal(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
+/// SIGSTOPs `pid` while it holds no write lock in the store. A process frozen inside a
+/// SQLite write transaction keeps the file's lock until it dies, and no heartbeat can end that
+/// (PostgreSQL's sessions end such a transaction after a minute: src/store/pg/mod.rs); this
+/// file's tests are about the silence, not that. So the test takes the write lock first (on
+/// PostgreSQL, the tables' locks), which waits out any transaction of `pid`'s, stops it, and
+/// lets go.
+fn stop_between_transactions(env: &TestEnv, pid: u32) {
+    if env.postgres {
+        let text = std::fs::read_to_string(&env.config).expect("config");
+        let url = text
+            .lines()
+            .find_map(|l| l.strip_prefix("url = \"postgres"))
+            .map(|rest| format!("postgres{}", rest.trim_end_matches('"')))
+            .expect("a PostgreSQL url in the config");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(conn);
+            let tx = client.transaction().await.expect("begin");
+            tx.batch_execute("LOCK TABLE jobs, workers IN EXCLUSIVE MODE")
+                .await
+                .expect("lock");
+            signal(pid, "-STOP");
+            tx.rollback().await.expect("rollback");
+        });
+    } else {
+        let db = rusqlite::Connection::open(env.path().join("seedq.db")).expect("open");
+        db.busy_timeout(Duration::from_secs(10)).expect("busy");
+        db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+        signal(pid, "-STOP");
+        db.execute_batch("ROLLBACK").expect("rollback");
+    }
+}
+
 #[test]
 fn two_workers_share_one_accounts_rpm_and_concurrency() {
     // Ark's limits, as the sim enforces them: PRO is bound by its RPM (4 creates per scaled
@@ -147,7 +186,7 @@ fn a_worker_dies_mid_create(kill: bool) -> Duration {
     if kill {
         a.kill();
     } else {
-        signal(a.id(), "-STOP");
+        stop_between_transactions(&env, a.id());
     }
     let t0 = Instant::now();
     let _b: Guard = env.serve();

@@ -51,6 +51,14 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 /// How often a transaction is run again after a deadlock or serialisation failure.
 const RETRIES: u32 = 8;
 
+/// The server ends a session that sits inside a transaction this long without a statement
+/// (`idle_in_transaction_session_timeout`). Every transaction here runs its statements back
+/// to back and never waits on Ark, S3 or a client while open, so only a worker that froze
+/// mid-transaction (SIGSTOP, a VM paused, a hung host) reaches it; until then its row locks
+/// would stall every other worker that reconciles those jobs, and no heartbeat can release
+/// a lock held by a session the server still thinks is alive.
+const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
+
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone)]
 pub(crate) struct Pg {
@@ -152,6 +160,20 @@ impl Pg {
             .wait_timeout(Some(POOL_WAIT))
             .create_timeout(Some(POOL_WAIT))
             .runtime(deadpool_postgres::Runtime::Tokio1)
+            .post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+                Box::pin(async move {
+                    // A SET rather than the startup `options` parameter, which PgBouncer
+                    // refuses unless told to ignore it.
+                    let sql = format!(
+                        "SET idle_in_transaction_session_timeout = {}",
+                        IDLE_IN_TRANSACTION.as_millis()
+                    );
+                    client
+                        .batch_execute(&sql)
+                        .await
+                        .map_err(deadpool_postgres::HookError::Backend)
+                })
+            }))
             .build()
             .map_err(|e| StoreError::Pool(format!("{shown}: {e}")))?;
         let pg = Self { pool, shown };
@@ -298,5 +320,20 @@ mod tests {
             dollars("a = ?1 AND b LIKE ?12 || '/%' AND c = '?'"),
             "a = $1 AND b LIKE $12 || '/%' AND c = '?'"
         );
+    }
+
+    /// A worker frozen inside a transaction must not hold its row locks forever: every pooled
+    /// session carries the server-side timeout that ends it.
+    #[tokio::test]
+    async fn every_pooled_session_ends_a_frozen_transaction() {
+        let pg = Pg::connect(&crate::store::testpg::fresh_database().await, None)
+            .await
+            .expect("connect");
+        let conn = pg.conn().await.expect("a connection");
+        let row = conn
+            .query_one("SHOW idle_in_transaction_session_timeout", &[])
+            .await
+            .expect("show");
+        assert_eq!(row.get::<_, String>(0), "1min");
     }
 }

@@ -360,16 +360,17 @@ fn a_local_resource_error_costs_no_attempt() {
         healthz(admin, Duration::from_secs(1)) == Some(200)
     });
     // The servers' caps keep their own descriptors in check, so run the process out of them
-    // from outside: its limit becomes what it holds now, and the next socket fails (EMFILE).
-    let open = std::fs::read_dir(format!("/proc/{}/fd", serve.id()))
-        .expect("/proc fd")
-        .count() as u64;
+    // from outside. A new descriptor takes the lowest free number and must be below the soft
+    // limit: with a limit of 3 (stdin, stdout and stderr stay open) every new socket fails
+    // (EMFILE) while those already open keep working. A limit of "what it holds now" left
+    // room whenever a descriptor counted was closed a moment later (the healthz probe's
+    // socket, a pooled connection), and then creates could succeed.
     // The soft limit only: the hard one stays, so putting it back needs no privilege.
     let hard = rustix::process::getrlimit(rustix::process::Resource::Nofile).maximum;
     let before = set_nofile(
         serve.id(),
         rustix::process::Rlimit {
-            current: Some(open),
+            current: Some(3),
             maximum: hard,
         },
     );

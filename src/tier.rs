@@ -47,8 +47,10 @@ impl Tier {
 }
 
 impl fmt::Display for Tier {
+    /// `pad`, not `write_str`: tables print tiers in aligned columns (`{:<7}`), which must
+    /// look exactly as they did when the tier was a string.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        f.pad(self.as_str())
     }
 }
 
@@ -106,6 +108,9 @@ mod tests {
         assert_eq!(Tier::from_flex(true), Tier::Flex);
         assert_eq!(Tier::from_flex(false), Tier::Default);
         assert!(Tier::Default < Tier::Flex);
+        // Widths and alignment behave as they do for the string.
+        assert_eq!(format!("[{:<7}]", Tier::Flex), format!("[{:<7}]", "flex"));
+        assert_eq!(format!("[{:>9}]", Tier::Default), "[  default]");
     }
 
     #[test]

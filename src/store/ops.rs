@@ -5,6 +5,7 @@
 //! lifecycle. Long jobs are cut into short transactions (pruning deletes in batches) so the
 //! one connection thread keeps serving the stages; the backup runs on a connection of its own.
 
+use crate::tier::Tier;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +25,7 @@ const INTEGRITY_MAX: u32 = 10;
 pub struct StateRow {
     pub state: JobState,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     pub jobs: i64,
     pub est_tokens: i64,
     pub usage_tokens: i64,

@@ -618,7 +618,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             .expect("move");
         assert_eq!(moved, 2, "{name}");
         let j = get(&s, &ids[0]).await;
-        assert_eq!(j.service_tier, "default", "{name}");
+        assert_eq!(j.service_tier, Tier::Default, "{name}");
         assert_eq!(
             j.request_json, r#"{"model":"m1","tier":"default"}"#,
             "{name}"
@@ -638,7 +638,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             "{name}"
         );
         assert!(trail(&s, &ids[1]).await.is_empty(), "{name}");
-        assert_eq!(get(&s, &ids[6]).await.service_tier, "default", "{name}");
+        assert_eq!(get(&s, &ids[6]).await.service_tier, Tier::Default, "{name}");
         assert_eq!(
             s.governed_models().await.expect("governed"),
             ["m1"],
@@ -806,9 +806,9 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
         assert_eq!(
             costs,
             vec![
-                ("m".to_string(), "default".to_string(), 2, 0, 300, 300),
-                ("m".to_string(), "flex".to_string(), 1, 1, 0, 5),
-                ("m2".to_string(), "default".to_string(), 1, 0, 1, 1),
+                ("m".to_string(), Tier::Default, 2, 0, 300, 300),
+                ("m".to_string(), Tier::Flex, 1, 1, 0, 5),
+                ("m2".to_string(), Tier::Default, 1, 0, 1, 1),
             ],
             "{name}"
         );

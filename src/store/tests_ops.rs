@@ -428,7 +428,7 @@ async fn generation_time_is_the_median_of_the_same_model_tier_and_shape() {
         let g = |shape: Option<&'static str>, n| {
             let s = s.clone();
             async move {
-                s.recent_generation_ms("m", "default", shape, n)
+                s.recent_generation_ms("m", Tier::Default, shape, n)
                     .await
                     .expect("gen")
             }
@@ -443,7 +443,7 @@ async fn generation_time_is_the_median_of_the_same_model_tier_and_shape() {
         );
         assert_eq!(g(Some("480p"), 10).await, None, "{name}");
         assert_eq!(
-            s.recent_generation_ms("m", "flex", Some("720p"), 10)
+            s.recent_generation_ms("m", Tier::Flex, Some("720p"), 10)
                 .await
                 .expect("gen"),
             None,

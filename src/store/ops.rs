@@ -614,8 +614,8 @@ mod tests {
                 .find(|r| r.model == "b" && r.state == JobState::Succeeded);
             let b = b.expect("b row");
             assert_eq!(
-                (b.tier.as_str(), b.jobs, b.usage_tokens),
-                ("flex", 1, 40),
+                (b.tier, b.jobs, b.usage_tokens),
+                (Tier::Flex, 1, 40),
                 "{name}"
             );
             assert_eq!(snap.flex_today.get("b"), Some(&40), "{name}");

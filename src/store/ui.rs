@@ -416,6 +416,7 @@ mod tests {
     use super::{UiFilter, UiWait, fts_phrase, like_pattern};
     use crate::job::JobState;
     use crate::store::{NewJob, Store, testpg};
+    use crate::tier::Tier;
 
     fn prompt_job(prompt: &str) -> NewJob {
         NewJob::plain(
@@ -887,8 +888,8 @@ mod tests {
             .find(|w| w.code.is_none())
             .expect("the TPD waiter");
         assert_eq!(
-            (w.tier.as_str(), w.jobs, w.next_at),
-            ("flex", 1, t + 4000),
+            (w.tier, w.jobs, w.next_at),
+            (Tier::Flex, 1, t + 4000),
             "{name}"
         );
         assert!(

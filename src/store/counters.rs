@@ -71,6 +71,8 @@ pub(crate) fn diff(counted: &Counts, recounted: &Counts) -> Vec<CounterDrift> {
         .collect()
 }
 
+/// The tier stays the column's raw text here: the drift check compares the counter table with a
+/// recount row by row and must report whatever either side holds, even a value no Tier names.
 pub(crate) fn in_flight_key(model: &str, tier: &str, res: &str) -> (&'static str, String) {
     ("in_flight", format!("{model}/{tier}/{res}"))
 }

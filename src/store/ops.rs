@@ -579,7 +579,7 @@ mod tests {
                 &s,
                 Seed {
                     model: "b",
-                    tier: "flex",
+                    tier: Tier::Flex,
                     ..Seed::default()
                 },
             )
@@ -600,7 +600,7 @@ mod tests {
                 &s,
                 Seed {
                     model: "b",
-                    tier: "flex",
+                    tier: Tier::Flex,
                     state: "succeeded",
                     cols: &cols,
                     ..Seed::default()

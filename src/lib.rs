@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - `job`: job ids, the state machine and the backoff policy (pure).
+//! - `tier`: Ark's service tier (`default`/`flex`) as a type, with its wire strings.
 //! - `catalogue`: what each model accepts, its limits and prices (data).
 //! - `request`: the user's job spec, validation against the catalogue, the frozen body.
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
@@ -45,5 +46,6 @@ pub mod sim;
 pub mod stage;
 pub mod store;
 pub mod telemetry;
+pub mod tier;
 pub mod ui;
 pub mod worker;

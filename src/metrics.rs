@@ -10,6 +10,8 @@
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use crate::tier::Tier;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// HTTP requests to Ark, per attempt: `op` (create, get, list, delete), `status` (`2xx`, the
@@ -193,14 +195,14 @@ pub fn ark_request(op: &'static str, status: Option<u16>, code: Option<&str>, to
 }
 
 /// Records the outcome of one create.
-pub fn create(model: &str, tier: &str, outcome: &'static str) {
-    metrics::counter!(CREATES, "model" => model.to_string(), "tier" => tier.to_string(), "outcome" => outcome)
+pub fn create(model: &str, tier: Tier, outcome: &'static str) {
+    metrics::counter!(CREATES, "model" => model.to_string(), "tier" => tier.as_str(), "outcome" => outcome)
         .increment(1);
 }
 
 /// Records a 429 on a create, with the code Ark sent.
-pub fn create_throttled(model: &str, tier: &str, code: &str) {
-    metrics::counter!(CREATE_THROTTLED, "model" => model.to_string(), "tier" => tier.to_string(), "code" => code.to_string())
+pub fn create_throttled(model: &str, tier: Tier, code: &str) {
+    metrics::counter!(CREATE_THROTTLED, "model" => model.to_string(), "tier" => tier.as_str(), "code" => code.to_string())
         .increment(1);
 }
 

@@ -285,7 +285,7 @@ pub async fn task(
         frames: info.frames,
         framespersecond: reported.framespersecond,
         revised_prompt: reported.revised_prompt,
-        service_tier: Some(job.service_tier.clone()),
+        service_tier: Some(job.service_tier.to_string()),
         execution_expires_after: info.execution_expires_after,
         priority: info.priority,
         generate_audio: info.generate_audio,

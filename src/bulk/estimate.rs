@@ -17,6 +17,7 @@ use crate::catalogue::{self, Catalogue, Limits};
 use crate::config::PollConfig;
 use crate::job::JobState;
 use crate::store::{Store, StoreError};
+use crate::tier::Tier;
 
 /// Completions that predict the next one (as the poller uses).
 const HISTORY: u32 = 20;
@@ -28,7 +29,7 @@ pub struct GenTimes<'a> {
     store: &'a Store,
     prior_default: i64,
     prior_flex: i64,
-    cache: HashMap<(String, String, Option<String>), (i64, bool)>,
+    cache: HashMap<(String, Tier, Option<String>), (i64, bool)>,
 }
 
 impl<'a> GenTimes<'a> {
@@ -49,14 +50,10 @@ impl<'a> GenTimes<'a> {
     pub async fn get(
         &mut self,
         model: &str,
-        tier: &str,
+        tier: Tier,
         shape: Option<&str>,
     ) -> Result<(i64, bool), StoreError> {
-        let key = (
-            model.to_string(),
-            tier.to_string(),
-            shape.map(str::to_string),
-        );
+        let key = (model.to_string(), tier, shape.map(str::to_string));
         if let Some(v) = self.cache.get(&key) {
             return Ok(*v);
         }
@@ -66,7 +63,7 @@ impl<'a> GenTimes<'a> {
             .await?;
         let v = match learned {
             Some(ms) => (ms, true),
-            None if tier == "flex" => (self.prior_flex, false),
+            None if tier.is_flex() => (self.prior_flex, false),
             None => (self.prior_default, false),
         };
         self.cache.insert(key, v);
@@ -84,7 +81,7 @@ impl<'a> GenTimes<'a> {
         &mut self,
         state: JobState,
         model: &str,
-        tier: &str,
+        tier: Tier,
         shape: Option<&str>,
     ) -> Result<Option<i64>, StoreError> {
         let waiting = matches!(
@@ -120,7 +117,7 @@ pub struct Item {
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
 pub struct Row {
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     pub jobs: i64,
     pub tokens: i64,
     /// Jobs whose tokens could not be estimated (not in `tokens`).
@@ -255,7 +252,7 @@ pub fn estimate(
             .map(|s| catalogue::cost(s, a.tokens, *flex));
         out.rows.push(Row {
             model: model.clone(),
-            tier: if *flex { "flex" } else { "default" }.into(),
+            tier: Tier::from_flex(*flex),
             jobs: a.jobs,
             tokens: a.tokens,
             unknown_tokens: a.unknown,
@@ -394,10 +391,7 @@ mod tests {
         // Sorted by model, then tier: the pro rows come before "ep-x".
         let default = &e.rows[0];
         let flex = &e.rows[1];
-        assert_eq!(
-            (default.tier.as_str(), flex.tier.as_str()),
-            ("default", "flex")
-        );
+        assert_eq!((default.tier, flex.tier), (Tier::Default, Tier::Flex));
         assert_eq!(default.cost, Some(15.0));
         assert_eq!(flex.cost, Some(7.5));
         assert_eq!(e.rows[2].unknown_tokens, 1);

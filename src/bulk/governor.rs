@@ -29,6 +29,7 @@ use crate::request::{self, EXPIRES_RANGE, Invalid};
 use crate::stage::limiter::Limiter;
 use crate::stage::{Ctx, Outcome, StepError};
 use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
+use crate::tier::Tier;
 
 /// One queued job in claim order, as the plan sees it.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,7 +128,7 @@ pub fn retier(
 ) -> Result<(String, request::Effective), RetierError> {
     let mut req: CreateTaskRequest = serde_json::from_str(body)?;
     if flex {
-        req.service_tier = Some("flex".into());
+        req.service_tier = Some(Tier::Flex.to_string());
         if let Some(s) = expires_after {
             req.execution_expires_after = Some(s);
         }
@@ -219,7 +220,7 @@ async fn in_flight_by_tier(store: &Store) -> Result<BTreeMap<String, (i64, i64)>
     let mut m: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     for (model, tier, n) in store.in_flight_by_tier().await? {
         let e = m.entry(model).or_default();
-        if tier == "flex" {
+        if tier.is_flex() {
             e.1 += n;
         } else {
             e.0 += n;
@@ -235,8 +236,8 @@ async fn queued_view(
 ) -> Result<Vec<Queued>, StoreError> {
     let mut out = Vec::with_capacity(q.len());
     for j in q {
-        let (flex_ms, _) = times.get(model, "flex", j.shape.as_deref()).await?;
-        let (default_ms, _) = times.get(model, "default", j.shape.as_deref()).await?;
+        let (flex_ms, _) = times.get(model, Tier::Flex, j.shape.as_deref()).await?;
+        let (default_ms, _) = times.get(model, Tier::Default, j.shape.as_deref()).await?;
         out.push(Queued {
             flex: j.flex,
             tokens: j.tokens,
@@ -280,8 +281,8 @@ pub async fn admit(
         // plan only moves new ones here (the service's governor looks after the rest).
         for &i in &idx {
             let j = &jobs[i];
-            let (flex_ms, _) = times.get(&model, "flex", j.shape.as_deref()).await?;
-            let (default_ms, _) = times.get(&model, "default", j.shape.as_deref()).await?;
+            let (flex_ms, _) = times.get(&model, Tier::Flex, j.shape.as_deref()).await?;
+            let (default_ms, _) = times.get(&model, Tier::Default, j.shape.as_deref()).await?;
             view.push(Queued {
                 flex: can_flex,
                 tokens: j.est_tokens.unwrap_or(0),

@@ -21,6 +21,7 @@ use crate::catalogue::{self, Catalogue};
 use crate::job::JobState;
 use crate::request::{self, SpecError};
 use crate::store::{BatchCell, BatchMeta, NewJob, Store};
+use crate::tier::Tier;
 
 /// The format of a `submit --file`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -419,7 +420,7 @@ impl Summary {
             s.usage_tokens += c.usage_tokens;
             s.est_tokens_of_used += c.est_tokens_of_used;
             if let Some(spec) = cat.get(&c.model) {
-                let flex = c.tier == "flex";
+                let flex = c.tier.is_flex();
                 s.est_cost += catalogue::cost(spec, c.est_tokens, flex);
                 s.spent_cost += catalogue::cost(spec, c.usage_tokens, flex);
             }
@@ -596,7 +597,7 @@ async fn ls(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode> {
 #[derive(Serialize)]
 struct ModelRow {
     model: String,
-    tier: String,
+    tier: Tier,
     #[serde(flatten)]
     summary: Summary,
 }
@@ -629,10 +630,10 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
         .paused_at(crate::store::PauseKind::Batch, &a.name)
         .await?;
     let summary = Summary::of(&cells, &ctx.catalogue);
-    let mut per_model: BTreeMap<(String, String), Vec<&BatchCell>> = BTreeMap::new();
+    let mut per_model: BTreeMap<(String, Tier), Vec<&BatchCell>> = BTreeMap::new();
     for c in &cells {
         per_model
-            .entry((c.model.clone(), c.tier.clone()))
+            .entry((c.model.clone(), c.tier))
             .or_default()
             .push(c);
     }

@@ -32,6 +32,7 @@ use crate::job::{JobId, JobState};
 use crate::pgscratch::Cluster;
 use crate::request::{self, JobSpec};
 use crate::store::{ListFilter, NewJob, ResolutionScope, Store, StoreTarget};
+use crate::tier::Tier;
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
 const KEY: &str = "sk-bench-fleet";
@@ -232,7 +233,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
             let jobs = store
                 .claim_for_submit_tier(
                     MODEL,
-                    "default",
+                    Tier::Default,
                     u32::MAX / 2,
                     ResolutionScope::All,
                     want,
@@ -261,7 +262,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
     let mut ok = true;
     let budget = Duration::from_secs(a.max_seconds);
     for w in a.workers.iter().map(|w| *w as usize) {
-        let in_flight = store.in_flight_tier(MODEL, "default").await?;
+        let in_flight = store.in_flight_tier(MODEL, Tier::Default).await?;
         let r = claim_run(target, w, a.claims, a.batch, budget, false).await?;
         let mut lat = r.latencies_ms.clone();
         println!(
@@ -294,7 +295,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
                 percentile(&mut lat, 0.50),
                 percentile(&mut lat, 0.99),
                 percentile(&mut lat, 1.0),
-                store.in_flight_tier(MODEL, "default").await?,
+                store.in_flight_tier(MODEL, Tier::Default).await?,
             );
             ok &= r.check(name, w, a);
         }
@@ -470,7 +471,7 @@ async fn claim_run(
                     store
                         .claim_for_submit_tier(
                             MODEL,
-                            "default",
+                            Tier::Default,
                             u32::MAX / 2,
                             ResolutionScope::All,
                             batch,

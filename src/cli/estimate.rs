@@ -20,6 +20,7 @@ use crate::bulk::estimate::{self, Estimate, GenTimes, Item, human_ms};
 use crate::catalogue;
 use crate::job::JobState;
 use crate::stage::limiter::Limiter;
+use crate::tier::Tier;
 
 /// `seedq estimate`.
 #[derive(Debug, Args)]
@@ -91,7 +92,7 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
         }
         for j in store.batch_jobs(name).await? {
             let (gen_ms, l) = times
-                .get(&j.model, &j.service_tier, j.shape.as_deref())
+                .get(&j.model, j.service_tier, j.shape.as_deref())
                 .await?;
             learned += usize::from(l);
             let pending = !j.state.is_terminal()
@@ -144,7 +145,7 @@ pub(crate) async fn run(ctx: &Ctx, a: EstimateArgs) -> anyhow::Result<ExitCode> 
                 j.est_tokens.unwrap_or(0),
                 rate(&j.model, j.flex),
             ));
-            let tier = if j.flex { "flex" } else { "default" };
+            let tier = Tier::from_flex(j.flex);
             let (gen_ms, l) = times.get(&j.model, tier, j.shape.as_deref()).await?;
             learned += usize::from(l);
             items.push(Item {
@@ -226,7 +227,7 @@ fn print_estimate(out: &mut impl Write, ctx: &Ctx, est: &Estimate) -> std::io::R
     for r in &est.rows {
         let lim = Limiter::limits(&ctx.catalogue, &r.model);
         // Each tier under its own limits: flex has no slots or RPM at Ark (docs/ark-api.md §6.2 D3).
-        let mut limits = if r.tier == "flex" {
+        let mut limits = if r.tier.is_flex() {
             let mut l = match lim.flex_max_in_flight {
                 Some(c) => format!("{c} at once (flex_max_in_flight)"),
                 None => "no concurrency cap".to_string(),
@@ -304,7 +305,7 @@ pub(crate) async fn stats_cost(ctx: &Ctx, json: bool) -> anyhow::Result<ExitCode
         .into_iter()
         .map(|row| {
             let spec = ctx.catalogue.get(&row.model);
-            let flex = row.tier == "flex";
+            let flex = row.tier.is_flex();
             CostLine {
                 token_error_pct: (row.est_tokens > 0).then(|| {
                     (row.usage_tokens - row.est_tokens) as f64 * 100.0 / row.est_tokens as f64

@@ -17,6 +17,7 @@ use super::Ctx;
 use crate::catalogue;
 use crate::job::JobState;
 use crate::store::Job;
+use crate::tier::Tier;
 
 /// Manifest formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,7 +50,7 @@ pub struct Entry {
     pub prompt: String,
     pub seed: Option<i64>,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     /// Billed tokens when known, else the estimate (`tokens_billed` says which).
     pub tokens: Option<i64>,
     pub tokens_billed: bool,
@@ -83,7 +84,8 @@ impl Entry {
             sha256: csv_cell(self.sha256),
             prompt: csv_cell(self.prompt),
             model: csv_cell(self.model),
-            tier: csv_cell(self.tier),
+            // One of two fixed words: nothing a spreadsheet could read as a formula.
+            tier: self.tier,
             state: csv_cell(self.state),
             url: csv_cell(self.url),
             job_key: csv_cell(self.job_key),

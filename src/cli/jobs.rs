@@ -635,7 +635,7 @@ fn print_job(out: &mut impl Write, j: &Job) -> std::io::Result<()> {
         ("id", j.id.to_string()),
         ("state", j.state.to_string()),
         ("model", j.model.clone()),
-        ("tier", j.service_tier.clone()),
+        ("tier", j.service_tier.to_string()),
         ("priority", j.priority.to_string()),
         ("shape", opt(&j.shape)),
         ("seed", num(j.seed)),

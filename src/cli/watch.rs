@@ -277,12 +277,12 @@ async fn eta(
     let mut per_model: BTreeMap<(&str, bool), (i64, i64, i64, i64)> = BTreeMap::new();
     for c in cells {
         let remaining = times
-            .remaining(c.state, &c.model, &c.tier, c.shape.as_deref())
+            .remaining(c.state, &c.model, c.tier, c.shape.as_deref())
             .await?;
         let Some(gen_ms) = remaining else {
             continue;
         };
-        let flex = c.tier == "flex";
+        let flex = c.tier.is_flex();
         let m = per_model.entry((c.model.as_str(), flex)).or_default();
         m.0 += c.jobs;
         m.1 += gen_ms * c.jobs;

@@ -22,6 +22,7 @@ use crate::stage::Ctx;
 // The guarded server moved to the stage core: the callback stage serves with it too.
 pub use crate::stage::http::{ServerLimits, serve_guarded};
 use crate::store::now_ms;
+use crate::tier::Tier;
 
 /// The Prometheus text format version we write.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -145,10 +146,10 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
         "gauge",
         "Jobs in the database by state, model and tier.",
     );
-    let pairs: BTreeSet<(&str, &str)> = snap
+    let pairs: BTreeSet<(&str, Tier)> = snap
         .rows
         .iter()
-        .map(|r| (r.model.as_str(), r.tier.as_str()))
+        .map(|r| (r.model.as_str(), r.tier))
         .collect();
     for (model, tier) in &pairs {
         for state in JobState::ALL {
@@ -160,7 +161,11 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
                 .sum();
             f.sample(
                 "seedq_jobs",
-                &[("state", state.as_str()), ("model", model), ("tier", tier)],
+                &[
+                    ("state", state.as_str()),
+                    ("model", model),
+                    ("tier", tier.as_str()),
+                ],
                 n as f64,
             );
         }
@@ -168,11 +173,9 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
 
     let models: BTreeSet<&str> = pairs.iter().map(|(m, _)| *m).collect();
     // Per tier: each tier's in-flight count is held against its own limits.
-    let mut in_flight: BTreeMap<(&str, &str), i64> = pairs.iter().map(|p| (*p, 0)).collect();
+    let mut in_flight: BTreeMap<(&str, Tier), i64> = pairs.iter().map(|p| (*p, 0)).collect();
     for r in snap.rows.iter().filter(|r| r.state.is_remote()) {
-        *in_flight
-            .entry((r.model.as_str(), r.tier.as_str()))
-            .or_insert(0) += r.jobs;
+        *in_flight.entry((r.model.as_str(), r.tier)).or_insert(0) += r.jobs;
     }
     f.head(
         "seedq_in_flight",
@@ -182,7 +185,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     for ((m, tier), n) in &in_flight {
         f.sample(
             "seedq_in_flight",
-            &[("model", m), ("tier", tier)],
+            &[("model", m), ("tier", tier.as_str())],
             *n as f64,
         );
     }
@@ -244,11 +247,9 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
         .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
     f.sample("seedq_oldest_queued_age_seconds", &[], age);
 
-    let mut tokens: BTreeMap<(&str, &str), (i64, i64)> = BTreeMap::new();
+    let mut tokens: BTreeMap<(&str, Tier), (i64, i64)> = BTreeMap::new();
     for r in &snap.rows {
-        let e = tokens
-            .entry((r.model.as_str(), r.tier.as_str()))
-            .or_default();
+        let e = tokens.entry((r.model.as_str(), r.tier)).or_default();
         e.0 += r.usage_tokens;
         e.1 += r.est_tokens;
     }
@@ -260,7 +261,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     for ((m, t), (used, _)) in &tokens {
         f.sample(
             "seedq_tokens_used",
-            &[("model", m), ("tier", t)],
+            &[("model", m), ("tier", t.as_str())],
             *used as f64,
         );
     }
@@ -272,7 +273,7 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     for ((m, t), (_, est)) in &tokens {
         f.sample(
             "seedq_tokens_estimated",
-            &[("model", m), ("tier", t)],
+            &[("model", m), ("tier", t.as_str())],
             *est as f64,
         );
     }
@@ -283,10 +284,10 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     );
     for ((m, t), (used, _)) in &tokens {
         if let Some(spec) = catalogue.get(m) {
-            let cny = crate::catalogue::cost(spec, *used, *t == "flex");
+            let cny = crate::catalogue::cost(spec, *used, t.is_flex());
             f.sample(
                 "seedq_cost_estimated_cny",
-                &[("model", m), ("tier", t)],
+                &[("model", m), ("tier", t.as_str())],
                 cny,
             );
         }

@@ -16,6 +16,7 @@ use serde::Deserialize;
 use crate::ark::wire::{ContentItem, CreateTaskRequest, DraftTaskRef, MediaUrl, Tool};
 use crate::catalogue::{self, Catalogue, ModelSpec, ParamStyle};
 use crate::job::JobId;
+use crate::tier::Tier;
 
 /// Bounds of `execution_expires_after`, in seconds.
 pub const EXPIRES_RANGE: (i64, i64) = (3600, 259_200);
@@ -618,16 +619,21 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
         ));
     }
 
-    let tier = req.service_tier.as_deref().unwrap_or("default");
-    if !["default", "flex"].contains(&tier) {
+    // The wire body keeps the string (it goes to Ark verbatim); here it becomes a Tier, and a
+    // value Ark does not know is refused by name (docs/ark-api.md §2, omitted means default).
+    let tier = req
+        .service_tier
+        .as_deref()
+        .unwrap_or(Tier::Default.as_str());
+    let Ok(tier) = tier.parse::<Tier>() else {
         return Err(Invalid::not_one_of(
             "service_tier",
             tier,
             model,
-            &strings(&["default", "flex"]),
+            &strings(&Tier::ALL.map(Tier::as_str)),
         ));
-    }
-    let flex = tier == "flex";
+    };
+    let flex = tier.is_flex();
     // docs/ark-api.md §2.1 `service_tier`: the 2.0 series has only `default`; flex on 2.x is
     // refused live (tests/golden tanstack-ai-035). `default` is the documented default and
     // always accepted, although BytePlus answered "must be empty" on 2.x (tanstack-ai-036,
@@ -637,7 +643,7 @@ pub fn check(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Effective
     if no_flex && flex {
         return Err(Invalid::unsupported(
             "service_tier",
-            "flex",
+            Tier::Flex.as_str(),
             model,
             format!(
                 "default only; {} has no flex tier (drop --flex / service_tier)",
@@ -1324,7 +1330,7 @@ pub fn prepare(
         (None, v) => v,
     };
     let tier = match (spec.flex, &spec.service_tier) {
-        (Some(true), _) => Some("flex".to_string()),
+        (Some(true), _) => Some(Tier::Flex.to_string()),
         (_, t) => t.clone(),
     };
     let mut extra = spec.extra.clone().unwrap_or_default();

@@ -138,6 +138,9 @@ pub struct ApiListFilter {
     pub statuses: Vec<String>,
     pub ids: Vec<String>,
     pub model: Option<String>,
+    /// Ark's `filter.service_tier` as the caller sent it (docs/ark-api.md §4): compared with
+    /// the column as is, so an unknown value lists nothing, as it always has, instead of
+    /// becoming a new error.
     pub service_tier: Option<String>,
     /// Only jobs created through this door (the OpenAI door lists its own).
     pub door: Option<String>,

@@ -351,6 +351,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::{NewJob, Patch, ResolutionScope};
+    use crate::tier::Tier;
 
     fn new_job(id: &JobId) -> NewJob {
         NewJob {
@@ -364,7 +365,15 @@ mod tests {
         let id = JobId::generate();
         store.enqueue(vec![new_job(&id)]).await.expect("enqueue");
         let j = store
-            .claim_for_submit_tier("m", "default", 1000, ResolutionScope::All, 1, "t", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                1000,
+                ResolutionScope::All,
+                1,
+                "t",
+                60_000,
+            )
             .await
             .expect("claim")
             .pop()

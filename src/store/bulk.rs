@@ -6,6 +6,7 @@
 //! file). Every bulk change is one transaction that also writes one `job_events` row per job,
 //! and guards on the state it expects, like the single-job methods in `store/mod.rs`.
 
+use crate::tier::Tier;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
@@ -30,7 +31,7 @@ pub struct BatchCell {
     pub batch: String,
     pub state: JobState,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     /// `720p/5s`: with model and tier, what the learned generation times are keyed by.
     pub shape: Option<String>,
     pub jobs: i64,
@@ -77,7 +78,7 @@ pub struct BatchRetry {
 #[derive(Clone, Debug, Serialize)]
 pub struct CostRow {
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     /// Jobs with a recorded usage.
     pub jobs: i64,
     /// Of those, the ones seedq could not estimate (unknown pixel size).
@@ -148,7 +149,7 @@ impl Store {
                 Ok(QueuedJob {
                     id: JobId::from(r.get::<_, String>(0)?),
                     token: r.get(1)?,
-                    flex: r.get::<_, String>(2)? == "flex",
+                    flex: r.get::<_, Tier>(2)?.is_flex(),
                     tokens: r.get(3)?,
                     shape: r.get(4)?,
                     deadline: r.get(5)?,

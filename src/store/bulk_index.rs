@@ -11,6 +11,7 @@
 //! `job_counts` (migration 0018). All run inside the enqueue's
 //! transaction, so the index and counts commit or roll back with the jobs.
 
+use crate::tier::Tier;
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
@@ -101,7 +102,7 @@ pub(crate) fn insert_rows(
             args.extend([
                 &ids[i] as &dyn ToSql,
                 &j.model,
-                if j.flex { &"flex" } else { &"default" },
+                if j.flex { &Tier::Flex } else { &Tier::Default },
                 &j.priority,
                 &bodies[i],
                 &j.key,

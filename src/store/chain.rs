@@ -563,6 +563,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::store::{ResolutionScope, RetryOutcome, testpg};
+    use crate::tier::Tier;
 
     fn shot(n: usize) -> NewJob {
         NewJob {
@@ -585,7 +586,7 @@ mod tests {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
+            .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "{name}: only shot 1 is due");
@@ -631,7 +632,7 @@ mod tests {
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2, "{name}");
         let claimed = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "t", 1_000)
+            .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 10, "t", 1_000)
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "{name}: the released shot is due");

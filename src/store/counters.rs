@@ -15,6 +15,7 @@
 //! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
 //! means a write that bypassed the triggers (a hand edit, a restore of one table).
 
+use crate::tier::Tier;
 use std::collections::BTreeMap;
 
 use rusqlite::{Connection, TransactionBehavior, params};
@@ -70,6 +71,8 @@ pub(crate) fn diff(counted: &Counts, recounted: &Counts) -> Vec<CounterDrift> {
         .collect()
 }
 
+/// The tier stays the column's raw text here: the drift check compares the counter table with a
+/// recount row by row and must report whatever either side holds, even a value no Tier names.
 pub(crate) fn in_flight_key(model: &str, tier: &str, res: &str) -> (&'static str, String) {
     ("in_flight", format!("{model}/{tier}/{res}"))
 }
@@ -86,7 +89,7 @@ const RESOLUTION_SQL: &str = "CASE WHEN instr(COALESCE(shape, ''), '/') > 0 \
 pub(crate) fn in_flight_in_tx(
     c: &Connection,
     model: &str,
-    tier: &str,
+    tier: Tier,
     res: Option<&str>,
 ) -> rusqlite::Result<i64> {
     c.prepare_cached(
@@ -287,6 +290,7 @@ mod tests {
     use super::{TOKEN_BUCKET_MS, bucket_ceil};
     use crate::job::JobState;
     use crate::store::{FleetLimits, NewJob, ResolutionScope, Store, now_ms, testpg};
+    use crate::tier::Tier;
 
     /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
     /// (the triggers still run), or, on a counter table, the drift maintenance must catch.
@@ -326,7 +330,7 @@ mod tests {
         let got = s
             .claim_for_submit_limited(
                 "m",
-                "flex",
+                Tier::Flex,
                 3,
                 ResolutionScope::All,
                 10,
@@ -345,7 +349,7 @@ mod tests {
         let only = s
             .claim_for_submit_tier(
                 "m",
-                "flex",
+                Tier::Flex,
                 100,
                 ResolutionScope::Only("1080p".into(), 2),
                 10,
@@ -383,7 +387,7 @@ mod tests {
             let claim = async |limit: u32, tpd: i64| {
                 s.claim_for_submit_limited(
                     model,
-                    "flex",
+                    Tier::Flex,
                     100,
                     ResolutionScope::All,
                     limit,
@@ -397,7 +401,7 @@ mod tests {
             let got = claim(10, tpd).await.expect("claim within TPD");
             assert_eq!(got.len(), want, "{name}: {model}: TPD {tpd}");
         }
-        let in_flight = s.in_flight_tier("m", "flex").await.expect("n");
+        let in_flight = s.in_flight_tier("m", Tier::Flex).await.expect("n");
         assert_eq!(in_flight, 3 + only.len() as i64, "{name}");
         assert!(
             s.check_counters(false).await.expect("check").is_empty(),
@@ -434,7 +438,7 @@ mod tests {
             "{name}: repaired"
         );
         assert_eq!(
-            s.in_flight_tier("m", "flex").await.expect("n"),
+            s.in_flight_tier("m", Tier::Flex).await.expect("n"),
             in_flight,
             "{name}"
         );
@@ -465,7 +469,15 @@ mod tests {
         shot.est_tokens = Some(5);
         s.enqueue_chain("c1", 0, vec![shot]).await.expect("chain");
         let got = s
-            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 2, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                2,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim");
         assert_eq!(got.len(), 2, "{name}");

@@ -15,6 +15,7 @@
 //! transaction ([`room_in_tx`]): the claim writes `submit_started_at` in that same transaction,
 //! so N processes claiming at once can never together exceed a limit.
 
+use crate::tier::Tier;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::{Store, StoreError, now_ms};
@@ -76,7 +77,7 @@ pub(crate) struct Room {
 pub(super) fn room_in_tx(
     tx: &Connection,
     model: &str,
-    tier: &str,
+    tier: Tier,
     only: Option<&str>,
     limits: &FleetLimits,
     now: i64,
@@ -376,14 +377,14 @@ impl Store {
     pub async fn rpm_window_full_since(
         &self,
         model: &str,
-        tier: &str,
+        tier: Tier,
         since_ms: i64,
         rpm: u32,
     ) -> Result<Option<i64>, StoreError> {
         if let Some(pg) = self.pg() {
             return super::pg::fleet::rpm_window_full_since(pg, model, tier, since_ms, rpm).await;
         }
-        let (model, tier) = (model.to_string(), tier.to_string());
+        let (model, tier) = (model.to_string(), tier);
         self.call(move |c| {
             Ok(c.prepare_cached(
                 "SELECT submit_started_at FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
@@ -466,7 +467,7 @@ mod tests {
                         &[
                             &j.id.as_str(),
                             &(now_ms() - 1),
-                            &if j.flex { "flex" } else { "default" },
+                            &Tier::from_flex(j.flex),
                             &j.est_tokens,
                         ],
                     )
@@ -510,7 +511,15 @@ mod tests {
         for (b, s) in testpg::both(dir.path()).await {
             add(&s, 2, None).await;
             let held = s
-                .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "dead", 600_000)
+                .claim_for_submit_tier(
+                    "m",
+                    Tier::Default,
+                    10,
+                    ResolutionScope::All,
+                    1,
+                    "dead",
+                    600_000,
+                )
                 .await
                 .expect("claim");
             assert_eq!(held.len(), 1, "{b}");
@@ -586,7 +595,7 @@ mod tests {
                 window_ms: 60_000,
                 ..FleetLimits::default()
             };
-            let claim = |owner: &'static str, tier: &'static str| {
+            let claim = |owner: &'static str, tier: Tier| {
                 let (s, limits) = (s.clone(), limits.clone());
                 async move {
                     s.claim_for_submit_limited(
@@ -605,17 +614,17 @@ mod tests {
                 }
             };
             // Each would take 3; together they get the window's 4.
-            assert_eq!(claim("a", "default").await, 3, "{b}");
-            assert_eq!(claim("b", "default").await, 1, "{b}");
-            assert_eq!(claim("a", "default").await, 0, "{b}");
+            assert_eq!(claim("a", Tier::Default).await, 3, "{b}");
+            assert_eq!(claim("b", Tier::Default).await, 1, "{b}");
+            assert_eq!(claim("a", Tier::Default).await, 0, "{b}");
             // The window is full since the fourth newest create.
             let full = s
-                .rpm_window_full_since("m", "default", now_ms() - 60_000, 4)
+                .rpm_window_full_since("m", Tier::Default, now_ms() - 60_000, 4)
                 .await
                 .expect("window");
             assert!(full.is_some_and(|t| t <= now_ms()), "{b}");
             assert_eq!(
-                s.rpm_window_full_since("m", "default", now_ms() - 60_000, 5)
+                s.rpm_window_full_since("m", Tier::Default, now_ms() - 60_000, 5)
                     .await
                     .expect("window"),
                 None,
@@ -623,7 +632,7 @@ mod tests {
             );
             // The other tier has a window of its own.
             add(&s, 1, Some(0)).await;
-            assert_eq!(claim("b", "flex").await, 1, "{b}");
+            assert_eq!(claim("b", Tier::Flex).await, 1, "{b}");
         }
     }
 
@@ -646,7 +655,7 @@ mod tests {
                             n += s
                                 .claim_for_submit_limited(
                                     "m",
-                                    "default",
+                                    Tier::Default,
                                     1000,
                                     ResolutionScope::All,
                                     2,
@@ -687,7 +696,7 @@ mod tests {
             let got = s
                 .claim_for_submit_limited(
                     "m",
-                    "flex",
+                    Tier::Flex,
                     100,
                     ResolutionScope::All,
                     64,
@@ -721,7 +730,7 @@ mod tests {
             let got = s
                 .claim_for_submit_limited(
                     "m",
-                    "flex",
+                    Tier::Flex,
                     100,
                     ResolutionScope::All,
                     64,

@@ -23,6 +23,7 @@ pub mod ops;
 mod pause;
 pub(crate) mod pg;
 mod reads;
+mod tier_sql;
 mod ui;
 mod verbs;
 #[cfg(test)]
@@ -37,6 +38,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::job::{JobId, JobState};
+use crate::tier::Tier;
 
 pub use api::{ApiEnqueued, ApiJob, ApiKey, ApiListFilter, ApiRow};
 pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
@@ -182,7 +184,7 @@ pub struct Job {
     pub updated_at: i64,
     pub state: JobState,
     pub model: String,
-    pub service_tier: String,
+    pub service_tier: Tier,
     pub priority: i64,
     pub request_json: String,
     pub idempotency_key: Option<String>,
@@ -224,7 +226,7 @@ pub struct Job {
 impl Job {
     /// True for flex-tier jobs.
     pub fn is_flex(&self) -> bool {
-        self.service_tier == "flex"
+        self.service_tier.is_flex()
     }
 }
 
@@ -681,7 +683,7 @@ fn insert_job_with(
         j.id.as_str(),
         now,
         j.model,
-        if j.flex { "flex" } else { "default" },
+        Tier::from_flex(j.flex),
         j.priority,
         request_json,
         j.key,
@@ -1171,7 +1173,7 @@ impl Store {
     pub async fn claim_for_submit_tier(
         &self,
         model: &str,
-        tier: &str,
+        tier: Tier,
         max_in_flight: u32,
         scope: ResolutionScope,
         limit: u32,
@@ -1201,7 +1203,7 @@ impl Store {
     pub async fn claim_for_submit_limited(
         &self,
         model: &str,
-        tier: &str,
+        tier: Tier,
         max_in_flight: u32,
         scope: ResolutionScope,
         limit: u32,
@@ -1224,7 +1226,7 @@ impl Store {
             .await;
         }
         let fleet = fleet.clone();
-        let (model, tier, owner) = (model.to_string(), tier.to_string(), owner.to_string());
+        let (model, tier, owner) = (model.to_string(), tier, owner.to_string());
         let (only, only_cap, except) = match scope {
             ResolutionScope::All => (None, 0, "[]".to_string()),
             ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), "[]".to_string()),
@@ -1239,14 +1241,14 @@ impl Store {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             // The counters the triggers keep (store/counters.rs), not a count of the jobs:
             // the claim costs the same with 100 or 100 000 tasks in flight.
-            let in_flight = counters::in_flight_in_tx(&tx, &model, &tier, None)?;
+            let in_flight = counters::in_flight_in_tx(&tx, &model, tier, None)?;
             let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
             if let Some(res) = &only {
-                let res_in_flight = counters::in_flight_in_tx(&tx, &model, &tier, Some(res))?;
+                let res_in_flight = counters::in_flight_in_tx(&tx, &model, tier, Some(res))?;
                 room = room.min(only_cap - res_in_flight);
             }
             // The account's RPM and flex TPD, for every worker on this database (store/fleet.rs).
-            let account = fleet::room_in_tx(&tx, &model, &tier, only.as_deref(), &fleet, now)?;
+            let account = fleet::room_in_tx(&tx, &model, tier, only.as_deref(), &fleet, now)?;
             room = room.min(account.creates);
             if room <= 0 {
                 return Ok(Vec::new());
@@ -1318,12 +1320,12 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn in_flight_tier(&self, model: &str, tier: &str) -> Result<i64, StoreError> {
+    pub async fn in_flight_tier(&self, model: &str, tier: Tier) -> Result<i64, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::core::in_flight_tier(pg, model, tier).await;
         }
-        let (model, tier) = (model.to_string(), tier.to_string());
-        self.call(move |c| Ok(counters::in_flight_in_tx(c, &model, &tier, None)?))
+        let (model, tier) = (model.to_string(), tier);
+        self.call(move |c| Ok(counters::in_flight_in_tx(c, &model, tier, None)?))
             .await
     }
 
@@ -1331,7 +1333,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn in_flight_by_tier(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+    pub async fn in_flight_by_tier(&self) -> Result<Vec<(String, Tier, i64)>, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::core::in_flight_by_tier(pg).await;
         }
@@ -1527,18 +1529,14 @@ impl Store {
     pub async fn recent_generation_ms(
         &self,
         model: &str,
-        tier: &str,
+        tier: Tier,
         shape: Option<&str>,
         n: u32,
     ) -> Result<Option<i64>, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::ops::recent_generation_ms(pg, model, tier, shape, n).await;
         }
-        let (model, tier, shape) = (
-            model.to_string(),
-            tier.to_string(),
-            shape.map(str::to_string),
-        );
+        let (model, tier, shape) = (model.to_string(), tier, shape.map(str::to_string));
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT gen_ms FROM jobs \

@@ -5,6 +5,7 @@
 //! lifecycle. Long jobs are cut into short transactions (pruning deletes in batches) so the
 //! one connection thread keeps serving the stages; the backup runs on a connection of its own.
 
+use crate::tier::Tier;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,7 +25,7 @@ const INTEGRITY_MAX: u32 = 10;
 pub struct StateRow {
     pub state: JobState,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     pub jobs: i64,
     pub est_tokens: i64,
     pub usage_tokens: i64,
@@ -578,7 +579,7 @@ mod tests {
                 &s,
                 Seed {
                     model: "b",
-                    tier: "flex",
+                    tier: Tier::Flex,
                     ..Seed::default()
                 },
             )
@@ -599,7 +600,7 @@ mod tests {
                 &s,
                 Seed {
                     model: "b",
-                    tier: "flex",
+                    tier: Tier::Flex,
                     state: "succeeded",
                     cols: &cols,
                     ..Seed::default()
@@ -613,8 +614,8 @@ mod tests {
                 .find(|r| r.model == "b" && r.state == JobState::Succeeded);
             let b = b.expect("b row");
             assert_eq!(
-                (b.tier.as_str(), b.jobs, b.usage_tokens),
-                ("flex", 1, 40),
+                (b.tier, b.jobs, b.usage_tokens),
+                (Tier::Flex, 1, 40),
                 "{name}"
             );
             assert_eq!(snap.flex_today.get("b"), Some(&40), "{name}");

@@ -115,7 +115,15 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
             .await
             .expect("enqueue");
         let j = s
-            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                1,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim")
             .pop()
@@ -125,17 +133,33 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
         assert_eq!(j.attempts, 1, "{name}");
         assert_eq!(j.lease_owner.as_deref(), Some("w"), "{name}");
         let j2 = s
-            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                1,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim")
             .pop()
             .expect("a job");
         assert_eq!(j2.id, low.id, "{name}");
         assert!(
-            s.claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                1,
+                "w",
+                60_000
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}"
         );
 
@@ -205,7 +229,9 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
             .collect();
         assert_eq!(ev, vec!["queued", "submitting", "submitted"], "{name}");
         assert_eq!(
-            s.in_flight_tier("m", "default").await.expect("in flight"),
+            s.in_flight_tier("m", Tier::Default)
+                .await
+                .expect("in flight"),
             2,
             "{name}"
         );
@@ -218,14 +244,14 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
             .await
             .expect("enqueue");
         assert!(
-            s.claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 5, "w", 60_000)
+            s.claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 5, "w", 60_000)
                 .await
                 .expect("claim")
                 .is_empty(),
             "{name}: the in-flight cap holds inside the claim"
         );
         assert_eq!(
-            s.claim_for_submit_tier("m", "default", 3, ResolutionScope::All, 5, "w", 60_000)
+            s.claim_for_submit_tier("m", Tier::Default, 3, ResolutionScope::All, 5, "w", 60_000)
                 .await
                 .expect("claim")
                 .len(),
@@ -299,7 +325,7 @@ async fn cancel_and_retry() {
         );
         // Remote jobs are only flagged.
         let c = s
-            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 1000)
+            .claim_for_submit_tier("m", Tier::Default, 100, ResolutionScope::All, 1, "w", 1000)
             .await
             .expect("claim")
             .pop()
@@ -353,7 +379,7 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
             .await
             .expect("enqueue");
         let j = s
-            .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 1, "w", 1000)
+            .claim_for_submit_tier("m", Tier::Default, 100, ResolutionScope::All, 1, "w", 1000)
             .await
             .expect("claim")
             .pop()
@@ -424,7 +450,7 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
             .expect("enqueue");
         for _ in 0..2 {
             let j = s
-                .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 1, "w", 1000)
+                .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 1, "w", 1000)
                 .await
                 .expect("claim")
                 .pop()
@@ -459,7 +485,7 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
         }
         // A parked submit holds no slot.
         assert_eq!(
-            s.in_flight_tier("m", "default").await.expect("count"),
+            s.in_flight_tier("m", Tier::Default).await.expect("count"),
             0,
             "{name}"
         );
@@ -502,13 +528,13 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
         s.enqueue(jobs).await.expect("enqueue");
         // Two default tasks fill a default cap of 2 ...
         let d = s
-            .claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 10, "w", 60_000)
             .await
             .expect("claim");
         assert_eq!(d.len(), 2, "{name}");
         assert!(d.iter().all(|j| !j.is_flex()), "{name}");
         assert!(
-            s.claim_for_submit_tier("m", "default", 2, ResolutionScope::All, 10, "w", 60_000)
+            s.claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 10, "w", 60_000)
                 .await
                 .expect("claim")
                 .is_empty(),
@@ -516,25 +542,25 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
         );
         // ... and do not count against flex, whose own cap of 2 holds separately.
         let f = s
-            .claim_for_submit_tier("m", "flex", 2, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier("m", Tier::Flex, 2, ResolutionScope::All, 10, "w", 60_000)
             .await
             .expect("claim");
         assert_eq!(f.len(), 2, "{name}");
         assert!(f.iter().all(Job::is_flex), "{name}");
-        assert_eq!(s.in_flight_tier("m", "flex").await.expect("count"), 2);
-        assert_eq!(s.in_flight_tier("m", "default").await.expect("count"), 2);
+        assert_eq!(s.in_flight_tier("m", Tier::Flex).await.expect("count"), 2);
+        assert_eq!(
+            s.in_flight_tier("m", Tier::Default).await.expect("count"),
+            2
+        );
         let mut by_tier = s.in_flight_by_tier().await.expect("by tier");
         by_tier.sort();
         assert_eq!(
             by_tier,
-            vec![
-                ("m".into(), "default".into(), 2),
-                ("m".into(), "flex".into(), 2)
-            ],
+            vec![("m".into(), Tier::Default, 2), ("m".into(), Tier::Flex, 2)],
             "{name}"
         );
         assert_eq!(
-            s.claim_for_submit_tier("m", "flex", 10, ResolutionScope::All, 10, "w", 60_000)
+            s.claim_for_submit_tier("m", Tier::Flex, 10, ResolutionScope::All, 10, "w", 60_000)
                 .await
                 .expect("claim")
                 .len(),
@@ -557,7 +583,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         s.enqueue(jobs).await.expect("enqueue");
         let except = ResolutionScope::Except(vec!["4k".into()]);
         let rest = s
-            .claim_for_submit_tier("m", "default", 10, except.clone(), 10, "w", 60_000)
+            .claim_for_submit_tier("m", Tier::Default, 10, except.clone(), 10, "w", 60_000)
             .await
             .expect("claim");
         assert_eq!(rest.len(), 3, "{name}");
@@ -568,12 +594,12 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         );
         let only = ResolutionScope::Only("4k".into(), 1);
         let k = s
-            .claim_for_submit_tier("m", "default", 10, only.clone(), 10, "w", 60_000)
+            .claim_for_submit_tier("m", Tier::Default, 10, only.clone(), 10, "w", 60_000)
             .await
             .expect("claim");
         assert_eq!(k.len(), 1, "{name}: 4k's own cap of one");
         assert!(
-            s.claim_for_submit_tier("m", "default", 10, only.clone(), 10, "w", 60_000)
+            s.claim_for_submit_tier("m", Tier::Default, 10, only.clone(), 10, "w", 60_000)
                 .await
                 .expect("claim")
                 .is_empty(),
@@ -583,7 +609,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         assert!(
             s.claim_for_submit_tier(
                 "m",
-                "default",
+                Tier::Default,
                 4,
                 ResolutionScope::Only("4k".into(), 5),
                 10,
@@ -611,7 +637,15 @@ async fn lean_paths_read_no_bodies() {
         let full = s.list(ListFilter::default()).await.expect("full");
         assert!(full[0].request_json.contains("a fox"), "{name}");
         let claimed = s
-            .claim_for_submit_tier("m1", "default", 10, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m1",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim");
         assert!(

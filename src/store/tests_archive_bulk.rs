@@ -34,7 +34,7 @@ struct Row {
     id: String,
     state: &'static str,
     model: &'static str,
-    tier: &'static str,
+    tier: Tier,
     priority: i64,
     created_at: i64,
     batch: Option<&'static str>,
@@ -63,7 +63,7 @@ impl Row {
             id: JobId::generate().as_str().to_string(),
             state,
             model: "m",
-            tier: "default",
+            tier: Tier::Default,
             priority: 0,
             created_at: 1_000,
             batch: None,
@@ -526,7 +526,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             // m1: flex in a batch with a deadline (governed), in claim order below.
             Row {
                 model: "m1",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("due"),
                 priority: 1,
                 est_tokens: Some(10),
@@ -537,20 +537,20 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             },
             Row {
                 model: "m1",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("due"),
                 priority: 5,
                 ..Row::new("queued")
             },
             Row {
                 model: "m1",
-                tier: "default",
+                tier: Tier::Default,
                 ..Row::new("queued")
             },
             // A held chain shot: not in the queue yet.
             Row {
                 model: "m1",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("due"),
                 next_attempt_at: HELD,
                 ..Row::new("queued")
@@ -558,20 +558,20 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             // m2: flex, but its batch has no deadline; m3: flex with a deadline, submitted.
             Row {
                 model: "m2",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("free"),
                 ..Row::new("queued")
             },
             Row {
                 model: "m3",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("due"),
                 ..Row::new("submitted")
             },
             // m4: governed too.
             Row {
                 model: "m4",
-                tier: "flex",
+                tier: Tier::Flex,
                 batch: Some("due"),
                 ..Row::new("queued")
             },
@@ -618,7 +618,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
             .expect("move");
         assert_eq!(moved, 2, "{name}");
         let j = get(&s, &ids[0]).await;
-        assert_eq!(j.service_tier, "default", "{name}");
+        assert_eq!(j.service_tier, Tier::Default, "{name}");
         assert_eq!(
             j.request_json, r#"{"model":"m1","tier":"default"}"#,
             "{name}"
@@ -633,12 +633,12 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
         );
         let stale = get(&s, &ids[1]).await;
         assert_eq!(
-            (stale.service_tier.as_str(), stale.lease_token),
-            ("flex", 0),
+            (stale.service_tier, stale.lease_token),
+            (Tier::Flex, 0),
             "{name}"
         );
         assert!(trail(&s, &ids[1]).await.is_empty(), "{name}");
-        assert_eq!(get(&s, &ids[6]).await.service_tier, "default", "{name}");
+        assert_eq!(get(&s, &ids[6]).await.service_tier, Tier::Default, "{name}");
         assert_eq!(
             s.governed_models().await.expect("governed"),
             ["m1"],
@@ -690,7 +690,7 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
             },
             Row {
                 batch: Some("b"),
-                tier: "flex",
+                tier: Tier::Flex,
                 usage_tokens: Some(5),
                 ..Row::new("cancelled")
             },
@@ -706,16 +706,13 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
         let ids = seed(&s, &rows).await;
 
         let cells = s.batch_cells(Some("b".into())).await.expect("cells");
-        let keys: Vec<_> = cells
-            .iter()
-            .map(|c| (c.tier.as_str(), c.state, c.jobs))
-            .collect();
+        let keys: Vec<_> = cells.iter().map(|c| (c.tier, c.state, c.jobs)).collect();
         assert_eq!(
             keys,
             [
-                ("default", JobState::Archived, 2),
-                ("default", JobState::Failed, 1),
-                ("flex", JobState::Cancelled, 1),
+                (Tier::Default, JobState::Archived, 2),
+                (Tier::Default, JobState::Failed, 1),
+                (Tier::Flex, JobState::Cancelled, 1),
             ],
             "{name}"
         );
@@ -806,9 +803,9 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
         assert_eq!(
             costs,
             vec![
-                ("m".to_string(), "default".to_string(), 2, 0, 300, 300),
-                ("m".to_string(), "flex".to_string(), 1, 1, 0, 5),
-                ("m2".to_string(), "default".to_string(), 1, 0, 1, 1),
+                ("m".to_string(), Tier::Default, 2, 0, 300, 300),
+                ("m".to_string(), Tier::Flex, 1, 1, 0, 5),
+                ("m2".to_string(), Tier::Default, 1, 0, 1, 1),
             ],
             "{name}"
         );

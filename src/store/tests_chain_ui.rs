@@ -10,6 +10,7 @@
 use super::testpg;
 use super::{ChainState, ChainWrite, HELD, NewJob, Stitched, Store, StoreTarget, UiFilter, now_ms};
 use crate::job::{JobId, JobState};
+use crate::tier::Tier;
 
 /// Runs `sql` (statements both dialects accept) on either backend.
 async fn exec(s: &Store, sql: &str) {
@@ -446,8 +447,8 @@ async fn ui_gauges_agree_on_both_backends() {
         let mut waiting = s.ui_waiting().await.expect("waiting");
         waiting.sort_by(|x, y| (x.0.as_str(), &x.1).cmp(&(y.0.as_str(), &y.1)));
         let flex_today = s.ui_flex_today(now - 1_000).await.expect("flex");
-        let m = ("m".to_string(), "default".to_string());
-        let mf = ("mf".to_string(), "flex".to_string());
+        let m = ("m".to_string(), Tier::Default);
+        let mf = ("mf".to_string(), Tier::Flex);
         assert_eq!(creates.get(&mf), Some(&1), "{name}");
         assert_eq!(creates.get(&m), None, "{name}: a minute ago");
         // The held shot (created_at 1) does not wait for a slot; shot 1 (5) does.
@@ -456,8 +457,8 @@ async fn ui_gauges_agree_on_both_backends() {
         assert_eq!(
             waiting,
             vec![
-                (JobState::Queued, "m".into(), "default".into(), 3),
-                (JobState::Submitted, "mf".into(), "flex".into(), 1)
+                (JobState::Queued, "m".into(), Tier::Default, 3),
+                (JobState::Submitted, "mf".into(), Tier::Flex, 1)
             ],
             "{name}"
         );
@@ -482,7 +483,7 @@ async fn kept(s: &Store, batches: &[&str]) -> Cells {
                 b.to_string(),
                 c.state.as_str().to_string(),
                 c.model,
-                c.tier,
+                c.tier.to_string(),
                 c.shape,
                 c.jobs,
                 c.usage_tokens,

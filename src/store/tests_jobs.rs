@@ -117,7 +117,15 @@ async fn transition_many_applies_each_item_on_its_own() {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 3, "{name}");
@@ -242,7 +250,15 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
             .await
             .expect("enqueue");
         let got: Vec<JobId> = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim")
             .into_iter()
@@ -254,10 +270,18 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
             "{name}: one create per (safety_identifier, seed) at a time"
         );
         assert!(
-            s.claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}: the twin waits while the first is unresolved"
         );
         let j = s
@@ -276,7 +300,15 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
         .await
         .expect("submitted");
         let next = s
-            .claim_for_submit_tier("m", "default", 10, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+            )
             .await
             .expect("claim");
         assert_eq!(next.len(), 1, "{name}");
@@ -290,10 +322,18 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
         no_seed.request_json = r#"{"model":"n","safety_identifier":"u2"}"#.into();
         s.enqueue(vec![null_seed, no_seed]).await.expect("enqueue");
         assert_eq!(
-            s.claim_for_submit_tier("n", "default", 10, ResolutionScope::All, 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .len(),
+            s.claim_for_submit_tier(
+                "n",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000
+            )
+            .await
+            .expect("claim")
+            .len(),
             1,
             "{name}: null seed and no seed serialise"
         );
@@ -302,10 +342,18 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
         s.enqueue(vec![job("p")]).await.expect("enqueue");
         s.pause(PauseKind::Model, "p").await.expect("pause");
         assert!(
-            s.claim_for_submit_tier("p", "default", 10, ResolutionScope::All, 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "p",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}: paused"
         );
     }
@@ -376,7 +424,7 @@ async fn postgres_workers_claiming_at_once_never_pass_the_in_flight_cap() {
         async move {
             s.claim_for_submit_tier(
                 "m",
-                "default",
+                Tier::Default,
                 7,
                 ResolutionScope::All,
                 3,
@@ -395,7 +443,10 @@ async fn postgres_workers_claiming_at_once_never_pass_the_in_flight_cap() {
     assert_eq!(got.len(), 7, "exactly the cap is claimed");
     let distinct: HashSet<&JobId> = got.iter().map(|j| &j.id).collect();
     assert_eq!(distinct.len(), 7, "no job claimed twice");
-    assert_eq!(b.in_flight_tier("m", "default").await.expect("count"), 7);
+    assert_eq!(
+        b.in_flight_tier("m", Tier::Default).await.expect("count"),
+        7
+    );
 }
 
 #[tokio::test]
@@ -404,7 +455,15 @@ async fn postgres_pollers_on_two_workers_take_different_jobs() {
     let jobs: Vec<NewJob> = (0..40).map(|_| job("m")).collect();
     a.enqueue(jobs).await.expect("enqueue");
     let claimed = a
-        .claim_for_submit_tier("m", "default", 100, ResolutionScope::All, 100, "w", 60_000)
+        .claim_for_submit_tier(
+            "m",
+            Tier::Default,
+            100,
+            ResolutionScope::All,
+            100,
+            "w",
+            60_000,
+        )
         .await
         .expect("claim");
     let batch = claimed
@@ -459,7 +518,7 @@ async fn postgres_cancels_racing_claims_never_lose_either() {
         async move {
             b.claim_for_submit_tier(
                 "m",
-                "default",
+                Tier::Default,
                 100,
                 ResolutionScope::All,
                 5,

@@ -23,7 +23,7 @@ pub(crate) async fn exec(s: &Store, sql: &str) {
 /// literals) set after the insert.
 pub(crate) struct Seed<'a> {
     pub model: &'a str,
-    pub tier: &'a str,
+    pub tier: Tier,
     pub state: &'a str,
     pub est_tokens: i64,
     pub batch: Option<&'a str>,
@@ -34,7 +34,7 @@ impl Default for Seed<'_> {
     fn default() -> Self {
         Self {
             model: "m",
-            tier: "default",
+            tier: Tier::Default,
             state: "queued",
             est_tokens: 100,
             batch: None,
@@ -113,7 +113,7 @@ async fn scheduling_reads_count_the_same_jobs() {
             &s,
             Seed {
                 model: "m1",
-                tier: "flex",
+                tier: Tier::Flex,
                 ..Seed::default()
             },
         )
@@ -143,7 +143,7 @@ async fn scheduling_reads_count_the_same_jobs() {
             &s,
             Seed {
                 model: "m3",
-                tier: "flex",
+                tier: Tier::Flex,
                 state: "submitted",
                 est_tokens: 70,
                 cols: &format!("submit_started_at = {now}, submitted_at = {now}"),
@@ -155,7 +155,7 @@ async fn scheduling_reads_count_the_same_jobs() {
             &s,
             Seed {
                 model: "m3",
-                tier: "flex",
+                tier: Tier::Flex,
                 state: "succeeded",
                 est_tokens: 70,
                 cols: &format!("submitted_at = {now}, usage_tokens = 30"),
@@ -167,7 +167,7 @@ async fn scheduling_reads_count_the_same_jobs() {
             &s,
             Seed {
                 model: "m3",
-                tier: "flex",
+                tier: Tier::Flex,
                 state: "succeeded",
                 cols: &format!("submitted_at = {}", now - 100_000),
                 ..Seed::default()
@@ -347,7 +347,7 @@ async fn only_late_queued_flex_jobs_expire_each_with_its_event() {
         let late = add(
             &s,
             Seed {
-                tier: "flex",
+                tier: Tier::Flex,
                 cols: &past,
                 ..Seed::default()
             },
@@ -356,7 +356,7 @@ async fn only_late_queued_flex_jobs_expire_each_with_its_event() {
         let early = add(
             &s,
             Seed {
-                tier: "flex",
+                tier: Tier::Flex,
                 cols: &format!("deadline_at = {}", now_ms() + 60_000),
                 ..Seed::default()
             },
@@ -365,7 +365,7 @@ async fn only_late_queued_flex_jobs_expire_each_with_its_event() {
         let gone = add(
             &s,
             Seed {
-                tier: "flex",
+                tier: Tier::Flex,
                 state: "submitted",
                 cols: &past,
                 ..Seed::default()
@@ -428,7 +428,7 @@ async fn generation_time_is_the_median_of_the_same_model_tier_and_shape() {
         let g = |shape: Option<&'static str>, n| {
             let s = s.clone();
             async move {
-                s.recent_generation_ms("m", "default", shape, n)
+                s.recent_generation_ms("m", Tier::Default, shape, n)
                     .await
                     .expect("gen")
             }
@@ -443,7 +443,7 @@ async fn generation_time_is_the_median_of_the_same_model_tier_and_shape() {
         );
         assert_eq!(g(Some("480p"), 10).await, None, "{name}");
         assert_eq!(
-            s.recent_generation_ms("m", "flex", Some("720p"), 10)
+            s.recent_generation_ms("m", Tier::Flex, Some("720p"), 10)
                 .await
                 .expect("gen"),
             None,

@@ -5,6 +5,7 @@
 //! LIMIT n`, which stays a short index walk whatever the page number, where `OFFSET` would
 //! read and drop every earlier row. With a million jobs page 10 000 costs what page 1 does.
 
+use crate::tier::Tier;
 use std::collections::BTreeMap;
 
 use rusqlite::types::Value;
@@ -33,7 +34,7 @@ pub struct UiFilter {
 pub struct UiCell {
     pub state: JobState,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     pub shape: Option<String>,
     pub jobs: i64,
     pub usage_tokens: i64,
@@ -47,7 +48,7 @@ pub struct UiCell {
 pub struct UiWait {
     pub batch: Option<String>,
     pub model: String,
-    pub tier: String,
+    pub tier: Tier,
     pub code: Option<String>,
     pub jobs: i64,
     /// The earliest `next_attempt_at` among them (`HELD`: until something wakes them).
@@ -165,7 +166,7 @@ impl Store {
     pub async fn ui_creates_since(
         &self,
         since_ms: i64,
-    ) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+    ) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::ui::ui_creates_since(pg, since_ms).await;
         }
@@ -186,7 +187,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn ui_oldest_queued(&self) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+    pub async fn ui_oldest_queued(&self) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::ui::ui_oldest_queued(pg).await;
         }
@@ -229,7 +230,7 @@ impl Store {
     ///
     /// # Errors
     /// SQL errors.
-    pub async fn ui_waiting(&self) -> Result<Vec<(JobState, String, String, i64)>, StoreError> {
+    pub async fn ui_waiting(&self) -> Result<Vec<(JobState, String, Tier, i64)>, StoreError> {
         if let Some(pg) = self.pg() {
             return pg::ui::ui_waiting(pg).await;
         }
@@ -415,6 +416,7 @@ mod tests {
     use super::{UiFilter, UiWait, fts_phrase, like_pattern};
     use crate::job::JobState;
     use crate::store::{NewJob, Store, testpg};
+    use crate::tier::Tier;
 
     fn prompt_job(prompt: &str) -> NewJob {
         NewJob::plain(
@@ -886,8 +888,8 @@ mod tests {
             .find(|w| w.code.is_none())
             .expect("the TPD waiter");
         assert_eq!(
-            (w.tier.as_str(), w.jobs, w.next_at),
-            ("flex", 1, t + 4000),
+            (w.tier, w.jobs, w.next_at),
+            (Tier::Flex, 1, t + 4000),
             "{name}"
         );
         assert!(

@@ -512,8 +512,17 @@ async fn cancel_requested_during_a_post_is_cancelled_by_the_next_claim(store: &S
         .expect("enqueue")
         .inserted
         .remove(0);
-    let claim =
-        || store.claim_for_submit_tier(model, "default", 10, ResolutionScope::All, 1, "w", 60_000);
+    let claim = || {
+        store.claim_for_submit_tier(
+            model,
+            Tier::Default,
+            10,
+            ResolutionScope::All,
+            1,
+            "w",
+            60_000,
+        )
+    };
     let job = claim().await.expect("claim").pop().expect("claimed");
     assert_eq!(job.id, id);
     assert_eq!(

@@ -14,6 +14,7 @@ use crate::bulk::estimate::{self, GenTimes};
 use crate::job::JobState;
 use crate::stage::limiter::Limiter;
 use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
+use crate::tier::Tier;
 
 /// Rows of the job list per page.
 pub const PAGE: u32 = 50;
@@ -147,10 +148,10 @@ fn state_badge(s: JobState) -> String {
 }
 
 /// Price of `tokens` of `model` (CNY), when the catalogue knows the model.
-fn cost(ui: &Ui, model: &str, tier: &str, tokens: i64) -> Option<f64> {
+fn cost(ui: &Ui, model: &str, tier: Tier, tokens: i64) -> Option<f64> {
     let cat = ui.ctx.ops.live.catalogue();
     cat.get(model)
-        .map(|spec| crate::catalogue::cost(spec, tokens, tier == "flex"))
+        .map(|spec| crate::catalogue::cost(spec, tokens, tier.is_flex()))
 }
 
 /// A model's or batch's paused badge, and (actions on) its Pause or Resume button.
@@ -226,12 +227,12 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     // Limits per (model, tier), as Ark applies them: the default tier has slots and RPM, flex
     // only its daily tokens plus the account's optional (or learned) ceilings. Every pair with
     // unfinished jobs, and every pair that created a task in the last minute.
-    let mut pairs: BTreeSet<(&str, &str)> = waiting
+    let mut pairs: BTreeSet<(&str, Tier)> = waiting
         .iter()
-        .map(|(_, m, t, _)| (m.as_str(), t.as_str()))
+        .map(|(_, m, t, _)| (m.as_str(), *t))
         .collect();
     for (m, t) in creates.keys() {
-        pairs.insert((m.as_str(), t.as_str()));
+        pairs.insert((m.as_str(), *t));
     }
     out.push_str(
         "<section><h2>Models</h2><table id=\"models\"><thead><tr><th>model</th><th>tier</th>\
@@ -245,16 +246,16 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     }
     for (model, tier) in &pairs {
         let limits = ctx.ops.live.limits(model);
-        let sum = |f: &dyn Fn(JobState) -> bool, t: Option<&str>| -> i64 {
+        let sum = |f: &dyn Fn(JobState) -> bool, t: Option<Tier>| -> i64 {
             waiting
                 .iter()
-                .filter(|(s, m, rt, _)| m == model && t.is_none_or(|t| rt == t) && f(*s))
+                .filter(|(s, m, rt, _)| m == model && t.is_none_or(|t| *rt == t) && f(*s))
                 .map(|r| r.3)
                 .sum()
         };
-        let in_flight = sum(&|s| s.is_remote(), Some(tier));
+        let in_flight = sum(&|s| s.is_remote(), Some(*tier));
         let opt = |v: Option<u32>| v.map_or("–".to_string(), |v| v.to_string());
-        let (slots, rpm) = if *tier == "flex" {
+        let (slots, rpm) = if tier.is_flex() {
             (
                 opt(limits
                     .flex_max_in_flight
@@ -264,8 +265,8 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         } else {
             (limits.concurrency.to_string(), limits.rpm.to_string())
         };
-        let queued = sum(&|s| s == JobState::Queued, Some(tier));
-        let tpd = if *tier == "flex" {
+        let queued = sum(&|s| s == JobState::Queued, Some(*tier));
+        let tpd = if tier.is_flex() {
             let used = flex_today.get(*model).copied().unwrap_or(0);
             match limits.flex_tpd {
                 Some(l) => format!(
@@ -279,7 +280,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             "–".to_string()
         };
         let old = oldest
-            .get(&(model.to_string(), tier.to_string()))
+            .get(&(model.to_string(), *tier))
             .map_or("–".to_string(), |t| format!("{} ago", human_dur(now - t)));
         let _ = write!(
             out,
@@ -288,7 +289,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
              <td class=\"num\">{cr} / {rpm}</td><td class=\"num\" data-k=\"tpd\">{tpd}</td>\
              <td class=\"num\" data-k=\"queued\">{queued}</td><td>{old}</td></tr>",
             m = esc(model),
-            t = esc(tier),
+            t = esc(tier.as_str()),
             // A model without a price: under a spend cap its jobs wait instead of being created.
             un = if ctx.ops.live.catalogue().get(model).is_none() {
                 format!(
@@ -301,7 +302,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             pz = pause_control(ui, &paused, "model", model),
             c = slots,
             cr = creates
-                .get(&(model.to_string(), tier.to_string()))
+                .get(&(model.to_string(), *tier))
                 .copied()
                 .unwrap_or(0),
             tpd = esc(&tpd),
@@ -323,7 +324,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
         let mut cny = 0.0;
         for c in &cs {
             *per_state.entry(c.state).or_default() += c.jobs;
-            cny += cost(ui, &c.model, &c.tier, c.usage_tokens).unwrap_or(0.0);
+            cny += cost(ui, &c.model, c.tier, c.usage_tokens).unwrap_or(0.0);
         }
         let total: i64 = per_state.values().sum();
         let done_state = |s: JobState| {
@@ -652,7 +653,7 @@ async fn batch_waits(
             }
             // A flex job due at the next TPD day's start: seedq's own TPD count (which keeps the
             // last error) or Ark's TPD refusal (whose 429 code it records) closed the day.
-            _ if w.tier == "flex"
+            _ if w.tier.is_flex()
                 && w.next_at
                     >= crate::stage::tpd_day_start(
                         now,
@@ -708,7 +709,7 @@ async fn eta(
     let mut per_model: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
     for c in cells {
         let remaining = times
-            .remaining(c.state, &c.model, &c.tier, c.shape.as_deref())
+            .remaining(c.state, &c.model, c.tier, c.shape.as_deref())
             .await?;
         let Some(gen_ms) = remaining else {
             continue;
@@ -818,7 +819,7 @@ pub async fn jobs(ui: &Ui, q: ListQuery) -> Result<String, String> {
             c = esc(&at(j.created_at)),
             st = state_badge(j.state),
             m = esc(&j.model),
-            t = esc(&j.service_tier),
+            t = esc(j.service_tier.as_str()),
             b = esc(j.batch_id.as_deref().unwrap_or("")),
             p = esc(&short),
         );
@@ -940,11 +941,11 @@ pub async fn job(ui: &Ui, id: &str) -> Result<Option<String>, StoreError> {
         );
     }
     let tokens = j.usage_tokens.or(j.est_tokens).unwrap_or(0);
-    let cny = cost(ui, &j.model, &j.service_tier, tokens)
+    let cny = cost(ui, &j.model, j.service_tier, tokens)
         .map_or("unpriced".to_string(), |c| format!("¥{c:.4}"));
     let rows: Vec<(&str, String)> = vec![
         ("model", j.model.clone()),
-        ("tier", j.service_tier.clone()),
+        ("tier", j.service_tier.to_string()),
         ("priority", j.priority.to_string()),
         ("batch", j.batch_id.clone().unwrap_or_default()),
         ("tags", j.tags.join(", ")),

@@ -702,7 +702,7 @@ impl Work<'_> {
             job_id: job.id.as_str().to_string(),
             task_id: job.remote_task_id.clone(),
             model: job.model.clone(),
-            service_tier: job.service_tier.clone(),
+            service_tier: job.service_tier,
             seed: meta.seed.or_else(|| asked_int("seed")),
             tags: job.tags.clone(),
             batch: job.batch_id.clone(),

@@ -14,6 +14,7 @@ use crate::ark::ErrorClass;
 use crate::job::JobState;
 use crate::store::budget::HoldStamp;
 use crate::store::{Accepted, ErrorNote, Job, LastError, Requeue, ResolutionScope, now_ms};
+use crate::tier::Tier;
 
 /// The dispatcher loop.
 ///
@@ -104,13 +105,13 @@ async fn claim_tier(
             .flatten()
             .min()
             .unwrap_or(u32::MAX);
-        (flex_key(model), limits.flex_rpm, ceiling, "flex")
+        (flex_key(model), limits.flex_rpm, ceiling, Tier::Flex)
     } else {
         (
             model.to_string(),
             Some(limits.rpm),
             limits.concurrency,
-            "default",
+            Tier::Default,
         )
     };
     // The limiter's check and record bracket the claim under one lock, so the RPM window can
@@ -482,7 +483,7 @@ async fn post(
     let result = ctx.ark.create(body).await;
     crate::metrics::create(
         &job.model,
-        &job.service_tier,
+        job.service_tier,
         result
             .as_ref()
             .map_or_else(|e| e.class().name(), |_| "accepted"),
@@ -628,7 +629,7 @@ async fn record_failed(
         // model is paused here too, for the whole fleet, until an operator resumes it. The job
         // keeps its attempts and waits queued.
         SubmitOutcome::PauseModel => {
-            crate::metrics::create_throttled(&job.model, job.service_tier.as_str(), &code);
+            crate::metrics::create_throttled(&job.model, job.service_tier, &code);
             ctx.store
                 .pause(crate::store::PauseKind::Model, &job.model)
                 .await?;
@@ -647,7 +648,7 @@ async fn record_failed(
             )
         }
         SubmitOutcome::FlexThrottled { tpd, retry_after } => {
-            crate::metrics::create_throttled(&job.model, "flex", &code);
+            crate::metrics::create_throttled(&job.model, Tier::Flex, &code);
             let until = flex_throttled(ctx, job, &code, tpd, retry_after, now).await?;
             // Ark's flex limit, not the job's fault: it keeps its attempts.
             (
@@ -656,7 +657,7 @@ async fn record_failed(
             )
         }
         SubmitOutcome::Throttled { retry_after } => {
-            crate::metrics::create_throttled(&job.model, "default", &code);
+            crate::metrics::create_throttled(&job.model, Tier::Default, &code);
             // `retry_after` is capped by the client (ark::MAX_RETRY_AFTER); the sum saturates
             // anyway, since a peer's number must never overflow our clock.
             let pause = retry_after.unwrap_or(ctx.cfg.dispatch.throttle_pause);
@@ -782,7 +783,7 @@ async fn flex_throttled(
         tracing::warn!(code, "flex TPD refused by ark; waiting for the next day");
         return Ok(day + day_ms);
     }
-    let in_flight = ctx.store.in_flight_tier(&job.model, "flex").await?;
+    let in_flight = ctx.store.in_flight_tier(&job.model, Tier::Flex).await?;
     let until = ctx.limiter.flex_throttled(
         &job.model,
         in_flight,
@@ -1082,7 +1083,7 @@ mod tests {
             .store
             .claim_for_submit_tier(
                 PRO,
-                "flex",
+                Tier::Flex,
                 u32::MAX,
                 ResolutionScope::All,
                 1,

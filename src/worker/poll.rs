@@ -22,6 +22,7 @@ use crate::ark::{ErrorClass, ListQuery};
 use crate::job::JobId;
 use crate::job::{Backoff, JobState};
 use crate::store::{Job, LastError, PollOutcome, Polled, RemoteResult, StoreError, now_ms};
+use crate::tier::Tier;
 
 /// Remote failure codes worth a new attempt: the service's fault, not the request's.
 const TRANSIENT_REMOTE_CODES: [&str; 3] = [
@@ -69,7 +70,7 @@ pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64
         None => {
             let v = ctx
                 .store
-                .recent_generation_ms(&job.model, &job.service_tier, job.shape.as_deref(), HISTORY)
+                .recent_generation_ms(&job.model, job.service_tier, job.shape.as_deref(), HISTORY)
                 .await?;
             ctx.expected
                 .lock()
@@ -142,7 +143,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
     let mut plans = Vec::with_capacity(jobs.len());
     // One list per tier: a list names the tier it looks at (module docs).
     let (flex, default): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(Job::is_flex);
-    for (tier, group) in [("default", default), ("flex", flex)] {
+    for (tier, group) in [(Tier::Default, default), (Tier::Flex, flex)] {
         if !group.is_empty() {
             poll_group(ctx, tier, group, &mut plans).await;
         }
@@ -152,7 +153,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
 }
 
 /// Polls the due jobs of one tier: a list when the fleet's budget has a turn soon, else GETs.
-async fn poll_group(ctx: &Ctx, tier: &str, jobs: Vec<Job>, plans: &mut Vec<Plan>) {
+async fn poll_group(ctx: &Ctx, tier: Tier, jobs: Vec<Job>, plans: &mut Vec<Plan>) {
     let ids: Vec<String> = jobs
         .iter()
         .filter_map(|j| j.remote_task_id.clone())

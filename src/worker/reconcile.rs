@@ -38,6 +38,7 @@ use crate::ark::{ArkError, ErrorClass, ListQuery};
 use crate::config::AmbiguousPolicy;
 use crate::job::{JobId, JobState};
 use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, now_ms};
+use crate::tier::Tier;
 
 /// Slack around the POST window (seconds), on top of the measured clock skew.
 const WINDOW_SLACK_S: i64 = 5;
@@ -178,12 +179,12 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
         });
     }
     // One listing per (model, tier) for all of its claimed jobs (module docs).
-    let mut listings: std::collections::HashMap<(String, String), Option<Listing>> =
+    let mut listings: std::collections::HashMap<(String, Tier), Option<Listing>> =
         std::collections::HashMap::new();
     for job in jobs {
-        let key = (job.model.clone(), job.service_tier.clone());
+        let key = (job.model.clone(), job.service_tier);
         if !listings.contains_key(&key) {
-            let listing = match list_all(ctx, &key.0, &key.1).await {
+            let listing = match list_all(ctx, &key.0, key.1).await {
                 Ok(l) => Some(l),
                 Err(e) => {
                     tracing::warn!(model = %key.0, tier = %key.1, error = %format!("{e:#}"), "listing remote tasks failed; will retry");
@@ -580,7 +581,7 @@ pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
     if tag_of(&job).is_none() {
         return Ok(());
     }
-    let listed = list_all(ctx, &job.model, &job.service_tier).await;
+    let listed = list_all(ctx, &job.model, job.service_tier).await;
     match async { scan_in(ctx, &job, &listed?).await }.await {
         Ok(s) => {
             for t in s.candidates.iter().filter(|t| t.id != kept) {
@@ -626,7 +627,7 @@ pub struct Listing {
 ///
 /// # Errors
 /// Ark failures.
-pub async fn list_all(ctx: &Ctx, model: &str, tier: &str) -> anyhow::Result<Listing> {
+pub async fn list_all(ctx: &Ctx, model: &str, tier: Tier) -> anyhow::Result<Listing> {
     let page_size = SCAN_PAGE_SIZE;
     let listed_at = now_ms();
     let mut items = Vec::new();
@@ -679,7 +680,7 @@ pub fn is_bare(t: &Task) -> bool {
 /// # Errors
 /// Ark or store failures.
 pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
-    let listing = list_all(ctx, &job.model, &job.service_tier).await?;
+    let listing = list_all(ctx, &job.model, job.service_tier).await?;
     scan_in(ctx, job, &listing).await
 }
 
@@ -765,7 +766,9 @@ pub fn matches(job: &Job, req: &CreateTaskRequest, t: &Task) -> bool {
         (Some(w), Some(g)) => w == g,
         _ => true,
     };
-    let tier = if job.is_flex() { "flex" } else { "default" };
+    // Ark's echo stays the raw string of the wire type: a value seedq does not know is simply
+    // not this job's tier (a mismatch, as before), not an error that stops reconciliation.
+    let tier = job.service_tier.as_str();
     job.seed.is_none_or(|s| t.seed == Some(s))
         && req.safety_identifier == t.safety_identifier
         && same(&req.resolution, &t.resolution)

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::ark::wire::Task;
 pub use crate::job::ResultMeta;
+use crate::tier::Tier;
 
 /// Video URLs are valid 24 h unless the URL says otherwise.
 pub(crate) const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
@@ -55,7 +56,7 @@ pub struct Sidecar {
     pub job_id: String,
     pub task_id: Option<String>,
     pub model: String,
-    pub service_tier: String,
+    pub service_tier: Tier,
     pub seed: Option<i64>,
     pub tags: Vec<String>,
     pub batch: Option<String>,
@@ -156,7 +157,7 @@ mod tests {
             job_id: "j1".into(),
             task_id: Some("cgt-1".into()),
             model: "m".into(),
-            service_tier: "default".into(),
+            service_tier: Tier::Default,
             seed: Some(7),
             tags: vec!["a".into()],
             batch: None,

@@ -13,6 +13,7 @@ use crate::store::bulk::{
     BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob,
 };
 use crate::store::{HELD, JOB_COLUMNS, Job, StoreError, now_ms};
+use crate::tier::Tier;
 
 /// The terminal failure states a `batch retry --failed` puts back in the queue (as
 /// `store/bulk.rs`'s `FAILED_STATES`).
@@ -79,7 +80,7 @@ pub(crate) async fn queue_of(pg: &Pg, model: &str) -> Result<Vec<QueuedJob>, Sto
             Ok(QueuedJob {
                 id: JobId::from(r.try_get::<_, String>(0)?),
                 token: r.try_get(1)?,
-                flex: r.try_get::<_, String>(2)? == "flex",
+                flex: r.try_get::<_, Tier>(2)?.is_flex(),
                 tokens: r.try_get(3)?,
                 shape: r.try_get(4)?,
                 deadline: r.try_get(5)?,

@@ -10,6 +10,7 @@
 //!   the fleet, and the in-flight cap holds however many workers claim at once;
 //! - a read-then-write (cancel, retry) locks its row `FOR UPDATE` first.
 
+use crate::tier::Tier;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
@@ -204,7 +205,7 @@ fn columns<'a>(rows: &[Insert<'a>], now: i64) -> Result<Columns<'a>, StoreError>
         c.images.extend(imgs);
         c.ids.push(j.id.as_str());
         c.models.push(&j.model);
-        c.tiers.push(if j.flex { "flex" } else { "default" });
+        c.tiers.push(Tier::from_flex(j.flex).as_str());
         c.priorities.push(j.priority);
         c.bodies.push(body);
         c.keys.push(j.key.as_deref());
@@ -362,7 +363,7 @@ async fn enqueue_copy(
         } else {
             None
         };
-        let tier = if j.flex { "flex" } else { "default" };
+        let tier = Tier::from_flex(j.flex);
         let body: &str = &body;
         writer
             .as_mut()
@@ -838,13 +839,13 @@ pub(crate) const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_iden
          ORDER BY p.priority DESC, p.id LIMIT 1)))";
 
 /// [`crate::store::Store::in_flight_tier`].
-pub(crate) async fn in_flight_tier(pg: &Pg, model: &str, tier: &str) -> Result<i64, StoreError> {
+pub(crate) async fn in_flight_tier(pg: &Pg, model: &str, tier: Tier) -> Result<i64, StoreError> {
     let c = pg.conn().await?;
     super::counters::in_flight_in_tx(&c, model, tier, None).await
 }
 
 /// [`crate::store::Store::in_flight_by_tier`].
-pub(crate) async fn in_flight_by_tier(pg: &Pg) -> Result<Vec<(String, String, i64)>, StoreError> {
+pub(crate) async fn in_flight_by_tier(pg: &Pg) -> Result<Vec<(String, Tier, i64)>, StoreError> {
     let c = pg.conn().await?;
     let st = c
         .prepare_cached(

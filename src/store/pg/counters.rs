@@ -1,6 +1,7 @@
 //! PostgreSQL bodies of the claim counters (store/counters.rs has the design and the SQLite
 //! ones; migrations/postgres/0005_claim_counters.sql the triggers).
 
+use crate::tier::Tier;
 use deadpool_postgres::GenericClient;
 
 use super::Pg;
@@ -13,7 +14,7 @@ use crate::store::counters::{
 pub(crate) async fn in_flight_in_tx(
     c: &impl GenericClient,
     model: &str,
-    tier: &str,
+    tier: Tier,
     res: Option<&str>,
 ) -> Result<i64, StoreError> {
     Ok(c.query_one(

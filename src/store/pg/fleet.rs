@@ -7,6 +7,7 @@
 //! `FOR UPDATE SKIP LOCKED`, so a claim never waits on a row another statement holds (a
 //! cancel, a poll).
 
+use crate::tier::Tier;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::Type;
 
@@ -23,7 +24,7 @@ use crate::store::{
 async fn room_in_tx(
     c: &impl GenericClient,
     model: &str,
-    tier: &str,
+    tier: Tier,
     only: Option<&str>,
     limits: &FleetLimits,
     now: i64,
@@ -69,7 +70,7 @@ async fn room_in_tx(
 pub(crate) async fn claim_for_submit_limited(
     pg: &Pg,
     model: &str,
-    tier: &str,
+    tier: Tier,
     max_in_flight: u32,
     scope: ResolutionScope,
     limit: u32,
@@ -223,7 +224,7 @@ pub(crate) async fn claim_for_submit_limited(
 pub(crate) async fn rpm_window_full_since(
     pg: &Pg,
     model: &str,
-    tier: &str,
+    tier: Tier,
     since_ms: i64,
     rpm: u32,
 ) -> Result<Option<i64>, StoreError> {

@@ -8,6 +8,7 @@
 //! because PostgreSQL sums BIGINT as NUMERIC) and what a fleet of workers sharing the rows
 //! needs (row locks where SQLite relied on its single writer).
 
+use crate::tier::Tier;
 use std::collections::{BTreeMap, HashMap};
 
 use super::Pg;
@@ -113,7 +114,7 @@ pub(crate) async fn expire_overdue(pg: &Pg) -> Result<Vec<JobId>, StoreError> {
 pub(crate) async fn recent_generation_ms(
     pg: &Pg,
     model: &str,
-    tier: &str,
+    tier: Tier,
     shape: Option<&str>,
     n: u32,
 ) -> Result<Option<i64>, StoreError> {

@@ -9,6 +9,7 @@
 //! choice SQLite's code makes by counting matches (`FTS_DENSE`). Without `pg_trgm` (a
 //! managed database that refuses the extension) the same query scans, and is still right.
 
+use crate::tier::Tier;
 use std::collections::BTreeMap;
 
 use tokio_postgres::types::ToSql;
@@ -83,7 +84,7 @@ pub(crate) async fn ui_jobs(pg: &Pg, f: &UiFilter) -> Result<Vec<Job>, StoreErro
 pub(crate) async fn ui_creates_since(
     pg: &Pg,
     since_ms: i64,
-) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
     let c = pg.conn().await?;
     let st = c
         .prepare_cached(
@@ -99,9 +100,7 @@ pub(crate) async fn ui_creates_since(
 }
 
 /// [`crate::store::Store::ui_oldest_queued`].
-pub(crate) async fn ui_oldest_queued(
-    pg: &Pg,
-) -> Result<BTreeMap<(String, String), i64>, StoreError> {
+pub(crate) async fn ui_oldest_queued(pg: &Pg) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
     let c = pg.conn().await?;
     let st = c
         .prepare_cached(
@@ -136,9 +135,7 @@ pub(crate) async fn ui_bench_finish(pg: &Pg, keep_every: i64) -> Result<usize, S
 }
 
 /// [`crate::store::Store::ui_waiting`].
-pub(crate) async fn ui_waiting(
-    pg: &Pg,
-) -> Result<Vec<(JobState, String, String, i64)>, StoreError> {
+pub(crate) async fn ui_waiting(pg: &Pg) -> Result<Vec<(JobState, String, Tier, i64)>, StoreError> {
     let c = pg.conn().await?;
     let st = c
         .prepare_cached(

@@ -404,9 +404,13 @@ impl Stopped {
 /// Worker 1's create is held 6 s by the sim before the task is made, and worker 1 is
 /// SIGSTOPped past its lease. Worker 2 takes the job over, finds no task once worker 1's
 /// POST must have timed out, and sends its own; then worker 1's task appears.
+///
+/// The sim runs one PRO task at a time, and worker 2's runs for 10 minutes, so the duplicate
+/// stays queued (cancellable) however slowly a loaded machine gets through the scenario; with
+/// the default 30 s it could start running first, and a running task cannot be cancelled.
 fn worker_one_posts_late() -> LateCreate {
     let sim = SimProc::start(&format!(
-        "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\n[faults.latency_ms]\ncreate = 6000\n"
+        "time_scale = 0.5\nvideo_downscale = 16\nreuse_videos = true\n[models.\"{PRO}\"]\nconcurrency = 1\ngeneration = {{ base = \"1200s\", per_video_second = \"0s\" }}\n[faults.latency_ms]\ncreate = 6000\n"
     ));
     // lease 3 s, request_timeout 2 s: worker 2 resends at about 3 s, the late task comes at 8 s.
     // This sim's second lasts half a real one: Ark's read rates are counted over it.

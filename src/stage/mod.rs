@@ -8,6 +8,7 @@
 //! the composition root (`service`) build them all without a cycle.
 
 pub mod archiver;
+pub mod error;
 pub mod fds;
 pub mod fleet;
 pub mod http;
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::job::Backoff;
 use crate::store::{Store, now_ms};
 
+pub use error::{StageContext, StageError, Verdict};
 pub use state::OpsState;
 
 /// Learned generation times: key `model|tier|shape` → (read at ms, expected ms).
@@ -158,6 +160,9 @@ pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
 
 /// The loop every stage runs: step until idle, then wait for a poke, the idle interval or
 /// shutdown. Errors are logged and backed off; only the store closing ends the loop early.
+///
+/// # Errors
+/// The store was closed.
 pub(crate) async fn stage_loop<F, Fut>(
     name: &'static str,
     ctx: &Ctx,
@@ -167,7 +172,7 @@ pub(crate) async fn stage_loop<F, Fut>(
 ) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Outcome>>,
+    Fut: Future<Output = Result<Outcome, StageError>>,
 {
     let Role {
         poke,
@@ -199,28 +204,30 @@ where
                     (None, None) => Duration::MAX,
                 }
             }
-            Err(e) => match StepError::from(e) {
-                StepError::StoreClosed(e) => {
-                    return Err(e.context(format!("{name} stage: the store is gone")));
+            Err(e) => match e.verdict() {
+                Verdict::End => {
+                    return Err(
+                        anyhow::Error::from(e).context(format!("{name} stage: the store is gone"))
+                    );
                 }
-                StepError::StoreOutage { reason, error } => {
+                Verdict::StoreOutage(reason) => {
                     errors += 1;
                     // A full disk, a read-only or unreachable database: nothing this stage
                     // did wrong, and it passes by itself. Recorded once (`/readyz`, the log),
                     // then looked at again soon, so work resumes within seconds of its end
                     // instead of after an exponential backoff.
                     ctx.ops.health.store_down(&reason);
-                    tracing::debug!(stage = name, error = %format!("{error:#}"), "step waits for the store");
+                    tracing::debug!(stage = name, error = %e.report(), "step waits for the store");
                     OUTAGE_RETRY
                 }
-                StepError::Failed(e) => {
+                Verdict::BackOff => {
                     errors += 1;
                     let d = Backoff {
                         base: Duration::from_millis(200),
                         max: Duration::from_secs(30),
                     }
                     .delay_random(errors, None);
-                    tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
+                    tracing::warn!(stage = name, error = %e.report(), retry_in = ?d, "stage step failed");
                     d
                 }
             },
@@ -241,56 +248,8 @@ where
     }
 }
 
-/// What a failed step (or any store-backed loop's turn) means for its loop, told once from
-/// the error so that each loop decides with a `match`: end, wait for the store, or back off.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// The store was closed (the service is stopping): the loop ends with this error.
-    #[error("{0:#}")]
-    StoreClosed(anyhow::Error),
-    /// A store outage ([`crate::store::StoreError::outage`]: a full disk, a read-only or
-    /// unreachable database): it passes by itself, so the loop waits for it.
-    #[error("{error:#}")]
-    StoreOutage {
-        /// What is wrong with the store, for `/readyz` and the log.
-        reason: String,
-        error: anyhow::Error,
-    },
-    /// Anything else: logged, and the loop backs off.
-    #[error("{0:#}")]
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for StepError {
-    /// The store error carried by `e`: `Closed` as the error itself or under its context, an
-    /// outage anywhere in its chain of causes.
-    fn from(e: anyhow::Error) -> Self {
-        use crate::store::StoreError;
-        if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
-            return StepError::StoreClosed(e);
-        }
-        match store_outage(&e) {
-            Some(reason) => StepError::StoreOutage { reason, error: e },
-            None => StepError::Failed(e),
-        }
-    }
-}
-
-impl From<crate::store::StoreError> for StepError {
-    fn from(e: crate::store::StoreError) -> Self {
-        anyhow::Error::from(e).into()
-    }
-}
-
 /// How soon a step, or a write that met a store outage, tries again.
 pub(crate) const OUTAGE_RETRY: Duration = Duration::from_secs(1);
-
-/// The store outage behind an error ([`crate::store::StoreError::outage`]), if it is one.
-pub fn store_outage(e: &anyhow::Error) -> Option<String> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
-        .and_then(crate::store::StoreError::outage)
-}
 
 /// Whether the store can take new work, asked before every claim. No: on SQLite the disk has
 /// less than [`crate::store::MIN_ROOM`] free, or an outage is on record and a write probe still
@@ -414,40 +373,6 @@ mod tests {
         assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
         assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
         assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
-    }
-
-    /// Each store error lands in the variant its loop decides on, through the context a step
-    /// adds; an outage is found anywhere in the chain of causes.
-    #[test]
-    fn step_errors_are_told_apart_once() {
-        use crate::store::StoreError;
-        let closed = anyhow::Error::from(StoreError::Closed).context("claiming");
-        assert!(matches!(StepError::from(closed), StepError::StoreClosed(_)));
-        assert!(matches!(
-            StepError::from(StoreError::Closed),
-            StepError::StoreClosed(_)
-        ));
-        let full = StoreError::NoRoom {
-            free: 1,
-            need: 2,
-            path: "/q".into(),
-        };
-        let want = full.outage().expect("an outage");
-        match StepError::from(anyhow::Error::from(full).context("recording")) {
-            StepError::StoreOutage { reason, error } => {
-                assert_eq!(reason, want);
-                assert!(format!("{error:#}").starts_with("recording: "), "{error:#}");
-            }
-            other => panic!("not an outage: {other:?}"),
-        }
-        assert!(matches!(
-            StepError::from(StoreError::Corrupt("row".into())),
-            StepError::Failed(_)
-        ));
-        assert!(matches!(
-            StepError::from(anyhow::anyhow!("ark said no")),
-            StepError::Failed(_)
-        ));
     }
 
     #[test]

@@ -22,6 +22,7 @@
 //! It deliberately does not verify video contents (that is the producer's job) and does not
 //! delete anything from the object store.
 
+use crate::stage::StageError;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -78,7 +79,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken, instance: u32) -> anyhow
 ///
 /// # Errors
 /// Store failures (the job's lease then lets it be claimed again).
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let Some(arch) = ctx.archive.clone() else {
         return Ok(Outcome::Idle(None));
     };
@@ -159,7 +160,7 @@ struct Done {
     archived_at: i64,
 }
 
-async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow::Result<()> {
+async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> Result<(), StageError> {
     let job = &claim.job;
     let token = job.lease_token;
     let key = match arch.video_key(job) {
@@ -235,7 +236,7 @@ async fn archived(
     token: i64,
     key: &ObjectKey,
     done: Done,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     let size = i64::try_from(done.video.size).unwrap_or(i64::MAX);
     let mut detail = format!("archived to {key} ({size} bytes)");
     let frame = match &done.frame {
@@ -278,7 +279,7 @@ async fn archived(
     Ok(())
 }
 
-async fn fail(ctx: &Ctx, job: &Job, token: i64, code: &str, why: String) -> anyhow::Result<()> {
+async fn fail(ctx: &Ctx, job: &Job, token: i64, code: &str, why: String) -> Result<(), StageError> {
     // The verb forgets any digest an attempt recorded: if the job is retried, a new task
     // makes a new video, and an old object under the same key must not pass for it.
     let detail = format!("{code}: {why}");
@@ -302,7 +303,7 @@ async fn retry_later(
     token: i64,
     error: anyhow::Error,
     denied: bool,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     let backoff = Backoff {
         base: ctx.cfg.dispatch.backoff_base,
         max: ctx.cfg.dispatch.backoff_max.min(MAX_RETRY_DELAY),

@@ -375,6 +375,113 @@ mod tests {
         assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
     }
 
+    /// A context on a scratch store; nothing in it calls Ark.
+    fn scratch_ctx(dir: &std::path::Path) -> Ctx {
+        let store = Store::open(&dir.join("q.db")).expect("store");
+        let mut cfg = Config::default();
+        cfg.ark.api_key = Some(secrecy::SecretString::from("sk-test".to_string()));
+        cfg.admin.listen = String::new();
+        cfg.archive.url = String::new();
+        let catalogue = cfg.validate().expect("valid config");
+        Ctx::new(cfg, catalogue, store).expect("ctx")
+    }
+
+    /// The loop acts on each kind of failed step as it did when it searched an `anyhow`
+    /// chain: a closed store ends it with the error; an outage is recorded for `/readyz` and
+    /// looked at again after [`OUTAGE_RETRY`]; anything else backs off (the first back-off is
+    /// at most 200 ms, well under it) and leaves readiness alone.
+    #[tokio::test]
+    async fn the_loop_ends_waits_or_backs_off_by_the_failure() {
+        use crate::store::StoreError;
+        #[derive(Debug, PartialEq)]
+        enum Seen {
+            Ended,
+            WaitedForTheStore(String),
+            BackedOff,
+        }
+        let no_room = || StoreError::NoRoom {
+            free: 1,
+            need: 2,
+            path: "/q".into(),
+        };
+        let outage = no_room().outage().expect("an outage");
+        let cases: Vec<(&str, StageError, Seen)> = vec![
+            ("closed", StoreError::Closed.into(), Seen::Ended),
+            (
+                "closed under context",
+                StageError::from(StoreError::Closed).context("claiming"),
+                Seen::Ended,
+            ),
+            (
+                "full disk under context",
+                StageError::from(no_room()).context("recording"),
+                Seen::WaitedForTheStore(outage),
+            ),
+            (
+                "corrupt row",
+                StoreError::Corrupt("row".into()).into(),
+                Seen::BackedOff,
+            ),
+            (
+                "ark",
+                crate::ark::ArkError::BaseUrl("x".into()).into(),
+                Seen::BackedOff,
+            ),
+            ("other", StageError::msg("no"), Seen::BackedOff),
+        ];
+        for (name, error, want) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ctx = scratch_ctx(dir.path());
+            let shutdown = CancellationToken::new();
+            let role = Role {
+                poke: None,
+                idle: Some(Duration::from_secs(60)),
+                cascade: false,
+            };
+            let mut error = Some(error);
+            let mut calls = Vec::new();
+            let stop = shutdown.clone();
+            // The first step fails; the second stops the loop.
+            let ended = stage_loop("t", &ctx, role, shutdown, || {
+                calls.push(tokio::time::Instant::now());
+                let result = match error.take() {
+                    Some(e) => Err(e),
+                    None => {
+                        stop.cancel();
+                        Ok(Outcome::Idle(None))
+                    }
+                };
+                async move { result }
+            })
+            .await;
+            let seen = match ended {
+                Err(e) => {
+                    assert!(
+                        format!("{e:#}").starts_with("t stage: the store is gone: "),
+                        "{name}: {e:#}"
+                    );
+                    assert_eq!(calls.len(), 1, "{name}");
+                    Seen::Ended
+                }
+                Ok(()) => {
+                    assert_eq!(calls.len(), 2, "{name}");
+                    let gap = calls[1] - calls[0];
+                    match ctx.ops.health.store_outage() {
+                        Some((_, reason)) => {
+                            assert!(gap >= OUTAGE_RETRY, "{name}: {gap:?}");
+                            Seen::WaitedForTheStore(reason)
+                        }
+                        None => {
+                            assert!(gap < OUTAGE_RETRY, "{name}: {gap:?}");
+                            Seen::BackedOff
+                        }
+                    }
+                }
+            };
+            assert_eq!(seen, want, "{name}");
+        }
+    }
+
     #[test]
     fn a_full_day_matches_the_dispatcher() {
         for now in [0, 1_778_774_400_000, 1_778_774_400_001, 1_778_774_399_999] {

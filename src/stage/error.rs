@@ -38,11 +38,12 @@ pub enum StageError {
         #[source]
         source: Box<StageError>,
     },
-    /// Failures the stage core makes no decision on beyond backing off: local file system
-    /// work of maintenance (backups), a clock or schedule that does not compute, a callback
-    /// URL that does not build. They come from many libraries with nothing in common but
-    /// their text, so they stay an `anyhow` chain. Never built from a store error (that is
-    /// [`StageError::Store`], through `From`), so no decision hides in here.
+    /// Failures the stage core makes no decision on beyond backing off: the file system work
+    /// of a backup (a directory, an upload, old copies), a backup time that does not format,
+    /// a queued body the governor cannot move to another tier, a chain shot whose row is
+    /// gone. They come from many sources with nothing in common but their text, so they stay
+    /// an `anyhow` chain. There is no `From<anyhow::Error>`: each is wrapped on purpose, and a
+    /// store error always arrives as [`StageError::Store`], so no decision hides in here.
     #[error(transparent)]
     Other(anyhow::Error),
 }
@@ -144,9 +145,9 @@ mod tests {
         }
     }
 
-    /// Each kind of failure leads a loop to the decision it led to when the loop searched an
-    /// `anyhow` chain: `Closed` ends it (bare or under context), an outage waits for the
-    /// store (under context too), everything else backs off.
+    /// Each kind of failure leads a loop to its decision: `Closed` ends it (bare or under
+    /// context), an outage waits for the store (under context too), everything else backs
+    /// off, Ark and object store failures included.
     #[test]
     fn each_kind_of_failure_gets_its_decision() {
         let outage = no_room().outage().expect("a full disk is an outage");
@@ -217,7 +218,8 @@ mod tests {
         }
     }
 
-    /// The log line is the one `anyhow`'s `{:#}` printed for the same failure.
+    /// The log line is the text `anyhow`'s `{:#}` prints for the same chain, so a failure
+    /// reads the same whichever type carried it.
     #[test]
     fn the_report_is_anyhows_chain() {
         let typed = StageError::from(no_room()).context("recording");

@@ -386,10 +386,10 @@ mod tests {
         Ctx::new(cfg, catalogue, store).expect("ctx")
     }
 
-    /// The loop acts on each kind of failed step as it did when it searched an `anyhow`
-    /// chain: a closed store ends it with the error; an outage is recorded for `/readyz` and
-    /// looked at again after [`OUTAGE_RETRY`]; anything else backs off (the first back-off is
-    /// at most 200 ms, well under it) and leaves readiness alone.
+    /// What the loop does with each kind of failed step: a closed store ends it with the
+    /// error (context or not); an outage is recorded for `/readyz` and looked at again after
+    /// [`OUTAGE_RETRY`]; anything else backs off (the first back-off is at most 200 ms, well
+    /// under it) and leaves readiness alone.
     #[tokio::test]
     async fn the_loop_ends_waits_or_backs_off_by_the_failure() {
         use crate::store::StoreError;

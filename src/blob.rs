@@ -99,6 +99,32 @@ impl BlobError {
         )
     }
 
+    /// The store's own storage is full (ENOSPC, EDQUOT under a `file://` archive, a quota):
+    /// the machine's or the bucket's state, which passes when an operator frees space, not a
+    /// fault of the object being written.
+    pub fn is_storage_full(&self) -> bool {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = cause {
+            // object_store keeps the file system's error as an opaque boxed source: its kind
+            // is only read by asking each cause whether it is an `io::Error`.
+            if e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                )
+            }) {
+                return true;
+            }
+            // object_store flattens some I/O errors into text.
+            let text = e.to_string();
+            if text.contains("No space left on device") || text.contains("Disk quota exceeded") {
+                return true;
+            }
+            cause = e.source();
+        }
+        false
+    }
+
     /// The bytes coming in were wrong or broken off (not the store's fault).
     pub fn is_source(&self) -> bool {
         matches!(self, BlobError::Source { .. } | BlobError::Size { .. })
@@ -805,6 +831,60 @@ pub fn utc_date(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A full file system under the archive is told apart wherever object_store puts it: as
+    /// an `io::Error` among the causes, or flattened into a cause's text. Other failures are
+    /// not storage being full.
+    #[test]
+    fn a_full_archive_disk_is_told_from_other_failures() {
+        let store_err = |source: Box<dyn std::error::Error + Send + Sync>| BlobError::Store {
+            op: "put",
+            key: "k".into(),
+            source: object_store::Error::Generic {
+                store: "LocalFileSystem",
+                source,
+            },
+        };
+        let cases: Vec<(&str, BlobError, bool)> = vec![
+            (
+                "ENOSPC",
+                store_err(Box::new(std::io::Error::from(
+                    std::io::ErrorKind::StorageFull,
+                ))),
+                true,
+            ),
+            (
+                "EDQUOT",
+                store_err(Box::new(std::io::Error::from(
+                    std::io::ErrorKind::QuotaExceeded,
+                ))),
+                true,
+            ),
+            (
+                "flattened",
+                store_err("write failed: No space left on device (os error 28)".into()),
+                true,
+            ),
+            (
+                "refused",
+                store_err(Box::new(std::io::Error::from(
+                    std::io::ErrorKind::PermissionDenied,
+                ))),
+                false,
+            ),
+            (
+                "short body",
+                BlobError::Size {
+                    expected: 2,
+                    received: 1,
+                },
+                false,
+            ),
+        ];
+        for (name, e, want) in cases {
+            assert_eq!(e.is_storage_full(), want, "{name}");
+        }
+    }
 
     fn vars<'a>() -> KeyVars<'a> {
         KeyVars {

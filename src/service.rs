@@ -102,7 +102,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         loop {
             // A chain may still have to release a shot or be stitched.
             let left = async {
-                anyhow::Ok(
+                Ok::<_, crate::store::StoreError>(
                     ctx.store.pending_work(ctx.archive.is_some()).await?
                         + ctx.store.active_chains().await?,
                 )
@@ -112,9 +112,9 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
                 Ok(_) => {}
                 // A store outage (full disk, database refusing) passes: `run` waits it out
                 // like the stages do, rather than ending with work left.
-                Err(e) => match crate::stage::store_outage(&e) {
+                Err(e) => match e.outage() {
                     Some(reason) => ctx.ops.health.store_down(&reason),
-                    None => return Err(e),
+                    None => return Err(e.into()),
                 },
             }
             tokio::time::sleep(

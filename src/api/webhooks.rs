@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::sign::hmac_sha256;
 use super::{Api, ark, openai};
-use crate::stage::Ctx;
 use crate::stage::safeurl::{UrlPolicy, download_client};
+use crate::stage::{Ctx, StageError};
 use crate::store::now_ms;
 use crate::store::webhooks::WebhookDue;
 
@@ -70,7 +70,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         let worked = match step(&api, &client, &policy).await {
             Ok(n) => n > 0,
             Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "webhooks: a step failed");
+                tracing::warn!(error = %e.report(), "webhooks: a step failed");
                 false
             }
         };
@@ -93,7 +93,7 @@ pub async fn step(
     api: &Api,
     client: &reqwest::Client,
     policy: &Arc<UrlPolicy>,
-) -> anyhow::Result<usize> {
+) -> Result<usize, StageError> {
     let ctx = &api.ctx;
     // The lease outlasts one attempt (its HTTP timeout), so no two workers send a row at once.
     let lease = ctx.cfg.ark.request_timeout.saturating_mul(2) + Duration::from_secs(5);

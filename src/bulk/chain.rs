@@ -30,7 +30,7 @@ use crate::blob::ObjectKey;
 use crate::job::{Backoff, JobState};
 use crate::request::{self, image};
 use crate::stage::archiver::last_frame_key;
-use crate::stage::{Ctx, Outcome};
+use crate::stage::{Ctx, Outcome, StageContext, StageError};
 use crate::store::{Chain, ChainState, ChainWrite, HELD, RetryOutcome, Shot, Stitched, now_ms};
 
 /// Chains looked at per step.
@@ -103,7 +103,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store failures.
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let chains = ctx.store.chains_due(CHAINS_PER_STEP).await?;
     if chains.is_empty() {
         // A chain backing off (a frame that did not download) says when to look again.
@@ -128,7 +128,7 @@ fn later(ctx: &Ctx, attempt: i64) -> i64 {
     now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-async fn advance(ctx: &Ctx, chain: Chain) -> anyhow::Result<()> {
+async fn advance(ctx: &Ctx, chain: Chain) -> Result<(), StageError> {
     match chain.state {
         ChainState::Running => advance_running(ctx, &chain).await,
         ChainState::Stitching => stitch_chain(ctx, &chain).await,
@@ -143,7 +143,7 @@ async fn stop(
     from: ChainState,
     to: ChainState,
     why: String,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     if ctx
         .store
         .set_chain_state(&chain.id, from, to, Some(why.clone()))
@@ -159,7 +159,7 @@ async fn stop(
     Ok(())
 }
 
-async fn advance_running(ctx: &Ctx, chain: &Chain) -> anyhow::Result<()> {
+async fn advance_running(ctx: &Ctx, chain: &Chain) -> Result<(), StageError> {
     let shots = ctx.store.chain_shots(&chain.id).await?;
     let Some(cur) = shots.iter().find(|s| s.shot == chain.released) else {
         let why = format!("shot {} is missing from the job store", chain.released);
@@ -257,7 +257,7 @@ enum FrameError {
 }
 
 /// Completes and releases `next` with `prev`'s last frame.
-async fn release(ctx: &Ctx, chain: &Chain, prev: &Shot, next: &Shot) -> anyhow::Result<()> {
+async fn release(ctx: &Ctx, chain: &Chain, prev: &Shot, next: &Shot) -> Result<(), StageError> {
     if next.job.state != JobState::Queued || next.job.next_attempt_at != HELD {
         // Cancelled (or otherwise moved on) while it waited.
         let why = format!(
@@ -300,9 +300,9 @@ async fn release(ctx: &Ctx, chain: &Chain, prev: &Shot, next: &Shot) -> anyhow::
         .store
         .job(next.job.id.as_str())
         .await?
-        .with_context(|| format!("shot {} vanished", next.shot))?;
+        .ok_or_else(|| StageError::msg(format!("shot {} vanished", next.shot)))?;
     let mut req: CreateTaskRequest = serde_json::from_str(&stored.request_json)
-        .with_context(|| format!("shot {}'s stored body", next.shot))?;
+        .stage_context(format!("shot {}'s stored body", next.shot))?;
     insert_first_frame(&mut req, image::to_data_url(&info, &bytes));
     let effective = match request::check(&req, &ctx.catalogue) {
         Ok(e) => e,
@@ -314,7 +314,7 @@ async fn release(ctx: &Ctx, chain: &Chain, prev: &Shot, next: &Shot) -> anyhow::
             return stop(ctx, chain, ChainState::Running, ChainState::Failed, why).await;
         }
     };
-    let body = serde_json::to_string(&req).context("serialising the released body")?;
+    let body = serde_json::to_string(&req).stage_context("serialising the released body")?;
     let est = effective.tokens(ctx.catalogue.get(&next.job.model));
     let detail = format!(
         "released: first frame is the last frame of shot {} (job {}, {}x{})",
@@ -427,7 +427,7 @@ async fn read_object(
 }
 
 /// Joins a finished chain's archived shots and archives the result next to them.
-async fn stitch_chain(ctx: &Ctx, chain: &Chain) -> anyhow::Result<()> {
+async fn stitch_chain(ctx: &Ctx, chain: &Chain) -> Result<(), StageError> {
     let Some(arch) = ctx.archive.clone() else {
         // Archiving was turned off after the chain finished: nothing to join from.
         let why = "not stitched: archiving is off".to_string();

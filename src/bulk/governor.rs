@@ -27,7 +27,7 @@ use crate::catalogue::{Catalogue, Limits};
 use crate::config::Config;
 use crate::request::{self, EXPIRES_RANGE, Invalid};
 use crate::stage::limiter::Limiter;
-use crate::stage::{Ctx, Outcome, StepError};
+use crate::stage::{Ctx, Outcome, StageError, Verdict};
 use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
 use crate::tier::Tier;
 
@@ -262,7 +262,7 @@ pub async fn admit(
     catalogue: &Catalogue,
     jobs: &mut [NewJob],
     deadline: i64,
-) -> anyhow::Result<(usize, usize)> {
+) -> Result<(usize, usize), StageError> {
     let now = now_ms();
     let expires = expires_for(deadline, now);
     let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -311,7 +311,7 @@ pub async fn admit(
             let flex = can_flex && !moves.contains(&(base + k));
             let j = &mut jobs[i];
             let (body, _) = retier(&j.request_json, flex, expires, catalogue)
-                .map_err(|e| anyhow::anyhow!("job for {}: {e}", j.model))?;
+                .map_err(|e| StageError::msg(format!("job for {}: {e}", j.model)))?;
             j.request_json = body;
             j.flex = flex;
             if flex {
@@ -339,13 +339,15 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
         } else {
             Ok(Outcome::Idle(None))
         };
-        match result.map_err(StepError::from) {
-            Ok(_) => {}
-            Err(StepError::StoreClosed(e)) => {
-                return Err(e.context("governor: the store is gone"));
-            }
-            Err(e @ (StepError::StoreOutage { .. } | StepError::Failed(_))) => {
-                tracing::warn!(error = %e, "governor step failed");
+        if let Err(e) = result {
+            match e.verdict() {
+                Verdict::End => {
+                    return Err(anyhow::Error::from(e).context("governor: the store is gone"));
+                }
+                // The governor runs on its own interval, outage or not: it has no backoff.
+                Verdict::StoreOutage(_) | Verdict::BackOff => {
+                    tracing::warn!(error = %e.report(), "governor step failed");
+                }
             }
         }
         // Cancel-safe: both branches only wait.
@@ -361,7 +363,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store failures.
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let models = ctx.store.governed_models().await?;
     if models.is_empty() {
         return Ok(Outcome::Idle(None));

@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{metrics, schedule};
 use crate::blob::{BlobStore, ObjectKey};
-use crate::stage::{Ctx, StepError, ms};
+use crate::stage::{Ctx, StageError, Verdict, ms};
 use crate::store::now_ms;
 
 /// One maintenance task.
@@ -181,18 +181,22 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
                 entry.plan(Utc::now());
                 continue;
             }
-            match run_task(&ctx, task).await.map_err(StepError::from) {
+            match run_task(&ctx, task).await {
                 Ok(summary) => {
                     metrics::maintenance(task.name(), true);
                     tracing::info!(task = task.name(), %summary, "maintenance done");
                 }
-                Err(StepError::StoreClosed(e)) => {
-                    return Err(e.context(format!("maintenance task {}", task.name())));
-                }
-                Err(e @ (StepError::StoreOutage { .. } | StepError::Failed(_))) => {
-                    metrics::maintenance(task.name(), false);
-                    tracing::error!(task = task.name(), error = %e, "maintenance failed");
-                }
+                Err(e) => match e.verdict() {
+                    Verdict::End => {
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("maintenance task {}", task.name())));
+                    }
+                    // A task runs at its next firing, outage or not: nothing to wait for.
+                    Verdict::StoreOutage(_) | Verdict::BackOff => {
+                        metrics::maintenance(task.name(), false);
+                        tracing::error!(task = task.name(), error = %e.report(), "maintenance failed");
+                    }
+                },
             }
             // From the time it finished: firings missed meanwhile are skipped.
             entry.plan(Utc::now());
@@ -204,7 +208,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store or file system failures.
-pub async fn run_task(ctx: &Ctx, task: Task) -> anyhow::Result<String> {
+pub async fn run_task(ctx: &Ctx, task: Task) -> Result<String, StageError> {
     match task {
         Task::Prune => prune(ctx).await,
         Task::Sweep => sweep(ctx).await,
@@ -227,7 +231,7 @@ pub async fn run_task(ctx: &Ctx, task: Task) -> anyhow::Result<String> {
 
 /// The claim counters against a full recount of the jobs (store/counters.rs): a drift means a
 /// write went around the triggers; it is logged, counted and repaired.
-async fn check_counters(ctx: &Ctx) -> anyhow::Result<String> {
+async fn check_counters(ctx: &Ctx) -> Result<String, StageError> {
     let drift = ctx.store.check_counters(true).await?;
     for d in &drift {
         metrics::counter_drift(d.counter);
@@ -246,7 +250,7 @@ async fn check_counters(ctx: &Ctx) -> anyhow::Result<String> {
     })
 }
 
-async fn prune(ctx: &Ctx) -> anyhow::Result<String> {
+async fn prune(ctx: &Ctx) -> Result<String, StageError> {
     let m = &ctx.cfg.maintenance;
     let now = now_ms();
     let report = ctx
@@ -272,7 +276,7 @@ async fn prune(ctx: &Ctx) -> anyhow::Result<String> {
     ))
 }
 
-async fn sweep(ctx: &Ctx) -> anyhow::Result<String> {
+async fn sweep(ctx: &Ctx) -> Result<String, StageError> {
     let recovered = crate::worker::reconcile::recover_stale(ctx).await?;
     let released = ctx.store.release_expired_leases().await?;
     metrics::leases_released(released as u64);
@@ -284,7 +288,7 @@ async fn sweep(ctx: &Ctx) -> anyhow::Result<String> {
     ))
 }
 
-async fn tpd_rollover(ctx: &Ctx) -> anyhow::Result<String> {
+async fn tpd_rollover(ctx: &Ctx) -> Result<String, StageError> {
     let now = now_ms();
     let offset = ctx.cfg.dispatch.tpd_utc_offset_hours;
     let today = crate::stage::day_start_ms(now, offset);
@@ -332,7 +336,7 @@ pub fn backup_target(ctx: &Ctx) -> BackupTarget {
     }
 }
 
-async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
+async fn backup(ctx: &Ctx) -> Result<String, StageError> {
     if ctx.store.is_postgres() {
         // A server database is backed up by the server's own tools, which know its WAL.
         return Ok(
@@ -343,18 +347,21 @@ async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
         .format(time::macros::format_description!(
             "[year][month][day]T[hour][minute][second]Z"
         ))
-        .map_err(|e| anyhow::anyhow!("formatting the backup time: {e}"))?;
+        .map_err(|e| StageError::msg(format!("formatting the backup time: {e}")))?;
     let name = format!("{BACKUP_PREFIX}{stamp}.db");
     let keep = ctx.cfg.maintenance.backup_keep as usize;
     let started = std::time::Instant::now();
     let (place, size, removed) = match backup_target(ctx) {
         BackupTarget::Dir(dir) => {
             tokio::fs::create_dir_all(&dir).await.map_err(|e| {
-                anyhow::anyhow!("creating the backup directory {}: {e}", dir.display())
+                StageError::msg(format!(
+                    "creating the backup directory {}: {e}",
+                    dir.display()
+                ))
             })?;
             let dest = dir.join(&name);
             let size = ctx.store.backup_to(&dest).await?;
-            let removed = remove_old_backups(&dir, keep)?;
+            let removed = remove_old_backups(&dir, keep).map_err(StageError::other)?;
             (dest.display().to_string(), size, removed)
         }
         BackupTarget::Store(blob) => {
@@ -368,8 +375,10 @@ async fn backup(ctx: &Ctx) -> anyhow::Result<String> {
             let key = ObjectKey::parse(&format!("{BACKUP_DIR}/{name}"))?;
             let uploaded = upload_file(&blob, &staged, &key).await;
             let _ = tokio::fs::remove_file(&staged).await;
-            uploaded?;
-            let removed = remove_old_stored_backups(&blob, keep).await?;
+            uploaded.map_err(StageError::other)?;
+            let removed = remove_old_stored_backups(&blob, keep)
+                .await
+                .map_err(StageError::other)?;
             (format!("{}/{key}", blob.url()), size, removed)
         }
     };

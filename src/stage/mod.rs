@@ -8,6 +8,7 @@
 //! the composition root (`service`) build them all without a cycle.
 
 pub mod archiver;
+pub mod error;
 pub mod fds;
 pub mod fleet;
 pub mod http;
@@ -33,6 +34,7 @@ use crate::config::Config;
 use crate::job::Backoff;
 use crate::store::{Store, now_ms};
 
+pub use error::{StageContext, StageError, Verdict};
 pub use state::OpsState;
 
 /// Learned generation times: key `model|tier|shape` → (read at ms, expected ms).
@@ -158,6 +160,9 @@ pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
 
 /// The loop every stage runs: step until idle, then wait for a poke, the idle interval or
 /// shutdown. Errors are logged and backed off; only the store closing ends the loop early.
+///
+/// # Errors
+/// The store was closed.
 pub(crate) async fn stage_loop<F, Fut>(
     name: &'static str,
     ctx: &Ctx,
@@ -167,7 +172,7 @@ pub(crate) async fn stage_loop<F, Fut>(
 ) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Outcome>>,
+    Fut: Future<Output = Result<Outcome, StageError>>,
 {
     let Role {
         poke,
@@ -199,28 +204,30 @@ where
                     (None, None) => Duration::MAX,
                 }
             }
-            Err(e) => match StepError::from(e) {
-                StepError::StoreClosed(e) => {
-                    return Err(e.context(format!("{name} stage: the store is gone")));
+            Err(e) => match e.verdict() {
+                Verdict::End => {
+                    return Err(
+                        anyhow::Error::from(e).context(format!("{name} stage: the store is gone"))
+                    );
                 }
-                StepError::StoreOutage { reason, error } => {
+                Verdict::StoreOutage(reason) => {
                     errors += 1;
                     // A full disk, a read-only or unreachable database: nothing this stage
                     // did wrong, and it passes by itself. Recorded once (`/readyz`, the log),
                     // then looked at again soon, so work resumes within seconds of its end
                     // instead of after an exponential backoff.
                     ctx.ops.health.store_down(&reason);
-                    tracing::debug!(stage = name, error = %format!("{error:#}"), "step waits for the store");
+                    tracing::debug!(stage = name, error = %e.report(), "step waits for the store");
                     OUTAGE_RETRY
                 }
-                StepError::Failed(e) => {
+                Verdict::BackOff => {
                     errors += 1;
                     let d = Backoff {
                         base: Duration::from_millis(200),
                         max: Duration::from_secs(30),
                     }
                     .delay_random(errors, None);
-                    tracing::warn!(stage = name, error = %format!("{e:#}"), retry_in = ?d, "stage step failed");
+                    tracing::warn!(stage = name, error = %e.report(), retry_in = ?d, "stage step failed");
                     d
                 }
             },
@@ -241,56 +248,8 @@ where
     }
 }
 
-/// What a failed step (or any store-backed loop's turn) means for its loop, told once from
-/// the error so that each loop decides with a `match`: end, wait for the store, or back off.
-#[derive(Debug, thiserror::Error)]
-pub enum StepError {
-    /// The store was closed (the service is stopping): the loop ends with this error.
-    #[error("{0:#}")]
-    StoreClosed(anyhow::Error),
-    /// A store outage ([`crate::store::StoreError::outage`]: a full disk, a read-only or
-    /// unreachable database): it passes by itself, so the loop waits for it.
-    #[error("{error:#}")]
-    StoreOutage {
-        /// What is wrong with the store, for `/readyz` and the log.
-        reason: String,
-        error: anyhow::Error,
-    },
-    /// Anything else: logged, and the loop backs off.
-    #[error("{0:#}")]
-    Failed(anyhow::Error),
-}
-
-impl From<anyhow::Error> for StepError {
-    /// The store error carried by `e`: `Closed` as the error itself or under its context, an
-    /// outage anywhere in its chain of causes.
-    fn from(e: anyhow::Error) -> Self {
-        use crate::store::StoreError;
-        if matches!(e.downcast_ref::<StoreError>(), Some(StoreError::Closed)) {
-            return StepError::StoreClosed(e);
-        }
-        match store_outage(&e) {
-            Some(reason) => StepError::StoreOutage { reason, error: e },
-            None => StepError::Failed(e),
-        }
-    }
-}
-
-impl From<crate::store::StoreError> for StepError {
-    fn from(e: crate::store::StoreError) -> Self {
-        anyhow::Error::from(e).into()
-    }
-}
-
 /// How soon a step, or a write that met a store outage, tries again.
 pub(crate) const OUTAGE_RETRY: Duration = Duration::from_secs(1);
-
-/// The store outage behind an error ([`crate::store::StoreError::outage`]), if it is one.
-pub fn store_outage(e: &anyhow::Error) -> Option<String> {
-    e.chain()
-        .find_map(|c| c.downcast_ref::<crate::store::StoreError>())
-        .and_then(crate::store::StoreError::outage)
-}
 
 /// Whether the store can take new work, asked before every claim. No: on SQLite the disk has
 /// less than [`crate::store::MIN_ROOM`] free, or an outage is on record and a write probe still
@@ -416,38 +375,111 @@ mod tests {
         assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
     }
 
-    /// Each store error lands in the variant its loop decides on, through the context a step
-    /// adds; an outage is found anywhere in the chain of causes.
-    #[test]
-    fn step_errors_are_told_apart_once() {
+    /// A context on a scratch store; nothing in it calls Ark.
+    fn scratch_ctx(dir: &std::path::Path) -> Ctx {
+        let store = Store::open(&dir.join("q.db")).expect("store");
+        let mut cfg = Config::default();
+        cfg.ark.api_key = Some(secrecy::SecretString::from("sk-test".to_string()));
+        cfg.admin.listen = String::new();
+        cfg.archive.url = String::new();
+        let catalogue = cfg.validate().expect("valid config");
+        Ctx::new(cfg, catalogue, store).expect("ctx")
+    }
+
+    /// What the loop does with each kind of failed step: a closed store ends it with the
+    /// error (context or not); an outage is recorded for `/readyz` and looked at again after
+    /// [`OUTAGE_RETRY`]; anything else backs off (the first back-off is at most 200 ms, well
+    /// under it) and leaves readiness alone.
+    #[tokio::test]
+    async fn the_loop_ends_waits_or_backs_off_by_the_failure() {
         use crate::store::StoreError;
-        let closed = anyhow::Error::from(StoreError::Closed).context("claiming");
-        assert!(matches!(StepError::from(closed), StepError::StoreClosed(_)));
-        assert!(matches!(
-            StepError::from(StoreError::Closed),
-            StepError::StoreClosed(_)
-        ));
-        let full = StoreError::NoRoom {
+        #[derive(Debug, PartialEq)]
+        enum Seen {
+            Ended,
+            WaitedForTheStore(String),
+            BackedOff,
+        }
+        let no_room = || StoreError::NoRoom {
             free: 1,
             need: 2,
             path: "/q".into(),
         };
-        let want = full.outage().expect("an outage");
-        match StepError::from(anyhow::Error::from(full).context("recording")) {
-            StepError::StoreOutage { reason, error } => {
-                assert_eq!(reason, want);
-                assert!(format!("{error:#}").starts_with("recording: "), "{error:#}");
-            }
-            other => panic!("not an outage: {other:?}"),
+        let outage = no_room().outage().expect("an outage");
+        let cases: Vec<(&str, StageError, Seen)> = vec![
+            ("closed", StoreError::Closed.into(), Seen::Ended),
+            (
+                "closed under context",
+                StageError::from(StoreError::Closed).context("claiming"),
+                Seen::Ended,
+            ),
+            (
+                "full disk under context",
+                StageError::from(no_room()).context("recording"),
+                Seen::WaitedForTheStore(outage),
+            ),
+            (
+                "corrupt row",
+                StoreError::Corrupt("row".into()).into(),
+                Seen::BackedOff,
+            ),
+            (
+                "ark",
+                crate::ark::ArkError::BaseUrl("x".into()).into(),
+                Seen::BackedOff,
+            ),
+            ("other", StageError::msg("no"), Seen::BackedOff),
+        ];
+        for (name, error, want) in cases {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let ctx = scratch_ctx(dir.path());
+            let shutdown = CancellationToken::new();
+            let role = Role {
+                poke: None,
+                idle: Some(Duration::from_secs(60)),
+                cascade: false,
+            };
+            let mut error = Some(error);
+            let mut calls = Vec::new();
+            let stop = shutdown.clone();
+            // The first step fails; the second stops the loop.
+            let ended = stage_loop("t", &ctx, role, shutdown, || {
+                calls.push(tokio::time::Instant::now());
+                let result = match error.take() {
+                    Some(e) => Err(e),
+                    None => {
+                        stop.cancel();
+                        Ok(Outcome::Idle(None))
+                    }
+                };
+                async move { result }
+            })
+            .await;
+            let seen = match ended {
+                Err(e) => {
+                    assert!(
+                        format!("{e:#}").starts_with("t stage: the store is gone: "),
+                        "{name}: {e:#}"
+                    );
+                    assert_eq!(calls.len(), 1, "{name}");
+                    Seen::Ended
+                }
+                Ok(()) => {
+                    assert_eq!(calls.len(), 2, "{name}");
+                    let gap = calls[1] - calls[0];
+                    match ctx.ops.health.store_outage() {
+                        Some((_, reason)) => {
+                            assert!(gap >= OUTAGE_RETRY, "{name}: {gap:?}");
+                            Seen::WaitedForTheStore(reason)
+                        }
+                        None => {
+                            assert!(gap < OUTAGE_RETRY, "{name}: {gap:?}");
+                            Seen::BackedOff
+                        }
+                    }
+                }
+            };
+            assert_eq!(seen, want, "{name}");
         }
-        assert!(matches!(
-            StepError::from(StoreError::Corrupt("row".into())),
-            StepError::Failed(_)
-        ));
-        assert!(matches!(
-            StepError::from(anyhow::anyhow!("ark said no")),
-            StepError::Failed(_)
-        ));
     }
 
     #[test]

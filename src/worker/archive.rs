@@ -22,6 +22,7 @@
 //! It deliberately does not verify video contents (that is the producer's job) and does not
 //! delete anything from the object store.
 
+use crate::stage::StageError;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -78,7 +79,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken, instance: u32) -> anyhow
 ///
 /// # Errors
 /// Store failures (the job's lease then lets it be claimed again).
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let Some(arch) = ctx.archive.clone() else {
         return Ok(Outcome::Idle(None));
     };
@@ -102,8 +103,13 @@ enum Failure {
     /// The result URL is one seedq will not fetch (see [`super::safeurl`]).
     Refused(String),
     /// Worth another attempt. `denied`: the object store refused our credentials, which a
-    /// quick retry will not fix.
-    Retry { error: anyhow::Error, denied: bool },
+    /// quick retry will not fix. `full`: the archive's storage is full, which waits for an
+    /// operator (told by the object store's error, [`BlobError::is_storage_full`]).
+    Retry {
+        error: anyhow::Error,
+        denied: bool,
+        full: bool,
+    },
     /// The job store failed, or the job is no longer ours.
     Store(StoreError),
 }
@@ -112,12 +118,14 @@ fn retry(error: anyhow::Error) -> Failure {
     Failure::Retry {
         error,
         denied: false,
+        full: false,
     }
 }
 
 fn blob_failure(what: &'static str) -> impl FnOnce(BlobError) -> Failure {
     move |e| Failure::Retry {
         denied: e.is_denied(),
+        full: e.is_storage_full(),
         error: anyhow::Error::new(e).context(what),
     }
 }
@@ -159,7 +167,7 @@ struct Done {
     archived_at: i64,
 }
 
-async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow::Result<()> {
+async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> Result<(), StageError> {
     let job = &claim.job;
     let token = job.lease_token;
     let key = match arch.video_key(job) {
@@ -194,9 +202,13 @@ async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> anyhow:
             crate::metrics::archive("failed", None, None);
             fail(ctx, job, token, URL_REFUSED, why).await
         }
-        Err(Failure::Retry { error, denied }) => {
+        Err(Failure::Retry {
+            error,
+            denied,
+            full,
+        }) => {
             crate::metrics::archive("retry", None, None);
-            retry_later(ctx, &claim, token, error, denied).await
+            retry_later(ctx, &claim, token, error, denied, full).await
         }
         Err(Failure::Store(StoreError::Conflict { .. })) => {
             tracing::warn!(
@@ -235,7 +247,7 @@ async fn archived(
     token: i64,
     key: &ObjectKey,
     done: Done,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     let size = i64::try_from(done.video.size).unwrap_or(i64::MAX);
     let mut detail = format!("archived to {key} ({size} bytes)");
     let frame = match &done.frame {
@@ -278,7 +290,7 @@ async fn archived(
     Ok(())
 }
 
-async fn fail(ctx: &Ctx, job: &Job, token: i64, code: &str, why: String) -> anyhow::Result<()> {
+async fn fail(ctx: &Ctx, job: &Job, token: i64, code: &str, why: String) -> Result<(), StageError> {
     // The verb forgets any digest an attempt recorded: if the job is retried, a new task
     // makes a new video, and an old object under the same key must not pass for it.
     let detail = format!("{code}: {why}");
@@ -302,13 +314,13 @@ async fn retry_later(
     token: i64,
     error: anyhow::Error,
     denied: bool,
-) -> anyhow::Result<()> {
+    full: bool,
+) -> Result<(), StageError> {
     let backoff = Backoff {
         base: ctx.cfg.dispatch.backoff_base,
         max: ctx.cfg.dispatch.backoff_max.min(MAX_RETRY_DELAY),
     };
     let attempt = u32::try_from(claim.attempts).unwrap_or(u32::MAX);
-    let full = storage_full(&error);
     let delay = if full {
         STORE_FULL_RETRY
     } else {
@@ -349,23 +361,6 @@ async fn retry_later(
         tracing::warn!(error = %message, attempt, retry_in = ?delay, "archive attempt failed; will retry");
     }
     Ok(())
-}
-
-/// Whether an archive failure is the archive's storage being full (ENOSPC, EDQUOT), anywhere
-/// in the error's chain.
-fn storage_full(error: &anyhow::Error) -> bool {
-    error.chain().any(|e| {
-        e.downcast_ref::<std::io::Error>().is_some_and(|io| {
-            matches!(
-                io.kind(),
-                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-            )
-        }) || {
-            // object_store flattens some I/O errors into text.
-            let text = e.to_string();
-            text.contains("No space left on device") || text.contains("Disk quota exceeded")
-        }
-    })
 }
 
 /// One archive attempt of one job.
@@ -472,12 +467,19 @@ impl Work<'_> {
                 Err(Failure::Retry {
                     error,
                     denied: false,
+                    full,
                 }) => match backoff.next() {
                     Some(wait) => {
                         tracing::warn!(file = kind.name(), error = %describe(&error), retry_in = ?wait, "transfer failed; retrying");
                         tokio::time::sleep(wait).await;
                     }
-                    None => return Err(retry(error)),
+                    None => {
+                        return Err(Failure::Retry {
+                            error,
+                            denied: false,
+                            full,
+                        });
+                    }
                 },
                 other => return other,
             }

@@ -10,6 +10,7 @@
 //! raised; `budget_daily`: until the next budget day). A job whose model has no price fits no
 //! cap at all (`budget_unpriced`): under any cap it is never created until it has a price.
 
+use crate::stage::StageError;
 use chrono::{Offset, TimeZone};
 use chrono_tz::Tz;
 
@@ -165,7 +166,7 @@ pub fn describe(r: &Refusal, job: &Job) -> String {
 ///
 /// # Errors
 /// Store failures.
-pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<HoldStamp, Wait>> {
+pub async fn reserve(ctx: &Ctx, job: &Job) -> Result<Result<HoldStamp, Wait>, StageError> {
     let now = now_ms();
     let day_ms = ctx.cfg.bulk.tpd_day_ms();
     let day = day_start(now, ctx.ops.live.tz(), day_ms);
@@ -211,7 +212,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> anyhow::Result<Result<HoldStamp, W
 ///
 /// # Errors
 /// Store failures.
-pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> anyhow::Result<bool> {
+pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> Result<bool, StageError> {
     let spent = wait.refusal.spent;
     let now = match wait.refusal.scope {
         Scope::BatchCost | Scope::BatchTokens => {
@@ -243,7 +244,7 @@ pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> anyhow::Result
 ///
 /// # Errors
 /// Store failures.
-pub async fn release(ctx: &Ctx, job: &Job) -> anyhow::Result<()> {
+pub async fn release(ctx: &Ctx, job: &Job) -> Result<(), StageError> {
     if ctx.store.budget_release(job.id.as_str()).await? {
         ctx.poke_dispatch.notify_one();
     }
@@ -374,7 +375,7 @@ pub async fn plan_for(
     batch: Option<&str>,
     extra_cap_fen: Option<i64>,
     models: &[String],
-) -> anyhow::Result<Plan> {
+) -> Result<Plan, StageError> {
     let mut plan = Plan::default();
     let mut cap_fen = extra_cap_fen;
     let mut cap_tokens = None;
@@ -420,7 +421,7 @@ pub async fn plan_for(
 ///
 /// # Errors
 /// Store failures.
-pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
+pub async fn keeps_flex(ctx: &Ctx, job: &Job) -> Result<bool, StageError> {
     let catalogue = ctx.ops.live.catalogue();
     let jobs: Vec<Job> = match &job.batch_id {
         Some(b) => ctx.store.batch_jobs(b).await?,

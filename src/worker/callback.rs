@@ -70,7 +70,7 @@ async fn receive(ctx: Ctx, id: &str, token: &str) -> StatusCode {
     match super::poll::apply(&ctx, &job, &task, "callback").await {
         Ok(()) => StatusCode::OK,
         Err(e) => {
-            tracing::warn!(job_id = %id, error = %format!("{e:#}"), "callback could not be recorded; polling will");
+            tracing::warn!(job_id = %id, error = %e.report(), "callback could not be recorded; polling will");
             StatusCode::SERVICE_UNAVAILABLE
         }
     }

@@ -5,6 +5,7 @@
 //! becomes `submit_unknown` for reconciliation and is never blindly re-POSTed. Only failures
 //! that provably did not reach the API (connect refused, 429, 4xx) go back to the queue.
 
+use crate::stage::StageError;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -38,7 +39,7 @@ const FLEX_CLAIM_BATCH: u32 = 64;
 ///
 /// # Errors
 /// Store failures.
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     // A full disk or a database that refuses writes: claim nothing (a claim is a promise to
     // record what Ark answers), look again shortly.
     if !crate::stage::store_takes_work(ctx).await {
@@ -95,7 +96,7 @@ async fn claim_tier(
     flex: bool,
     resolution: Option<&str>,
     wake: &mut Option<i64>,
-) -> anyhow::Result<Vec<Job>> {
+) -> Result<Vec<Job>, StageError> {
     let (key, rpm, max_in_flight, tier) = if flex {
         // Ark sets flex no concurrency ("flex：无", tutorial model table,
         // docs/reference/tutorial.txt:329-380): only the account's own ceiling and the
@@ -200,7 +201,7 @@ async fn claim_tier(
 }
 
 /// The current TPD day of `model`, with its spend loaded into the limiter.
-async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
+async fn flex_day(ctx: &Ctx, model: &str) -> Result<i64, StageError> {
     // `bulk.tpd_day` is a day except against a time-scaled simulator.
     let day = crate::stage::tpd_day_start(
         now_ms(),
@@ -220,7 +221,7 @@ async fn flex_day(ctx: &Ctx, model: &str) -> anyhow::Result<i64> {
 
 /// Whether flex jobs of `model` may be claimed today: the estimated tokens already submitted
 /// since the day began are below the TPD budget.
-async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::Result<bool> {
+async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> Result<bool, StageError> {
     let Some(tpd) = tpd else { return Ok(true) };
     let day = flex_day(ctx, model).await?;
     Ok(ctx.limiter.flex_room(model, day, tpd))
@@ -229,7 +230,7 @@ async fn flex_budget_left(ctx: &Ctx, model: &str, tpd: Option<u64>) -> anyhow::R
 /// Submits one claimed job, step by step: hold its budgets, build its body, check its lease,
 /// POST it, record what Ark answered. The holds are settled on every path: given back when no
 /// task can exist, kept as spent when one may (`Holds`).
-async fn submit(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
+async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
     if job.cancel_requested {
         ctx.store
             .cancel_before_submit(&job.id, job.lease_token)
@@ -327,7 +328,7 @@ impl<'a> Holds<'a> {
     }
 
     /// No task was made: gives everything back and wakes the jobs waiting on a budget.
-    async fn release(&mut self) -> anyhow::Result<()> {
+    async fn release(&mut self) -> Result<(), StageError> {
         if let Some((day, need)) = self.flex.take() {
             self.ctx.limiter.release_flex(&self.model, day, need);
         }
@@ -399,7 +400,7 @@ impl Drop for Holds<'_> {
 /// The hold step: reserves the job's flex tokens (its model's TPD, when it has one) and its
 /// estimated cost under the spend caps. `None`: it does not fit, and waits in the queue with
 /// the reason; nothing is held.
-async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> anyhow::Result<Option<Holds<'a>>> {
+async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> Result<Option<Holds<'a>>, StageError> {
     let token = job.lease_token;
     let mut holds = Holds::new(ctx, job);
     // The flex budget must hold for this job too, not only for those before it: reserve its
@@ -469,7 +470,7 @@ async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> anyhow::Result<Option<Holds<'a>>> 
 
 /// The body step: the frozen body with seedq's identity and callback, its embedded images
 /// inflated (they are stored once, apart from the row; the full body exists only now).
-async fn body(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
+async fn body(ctx: &Ctx, job: &Job) -> Result<String, StageError> {
     let body = with_callback(ctx, job)?;
     Ok(ctx.store.inflate_body(body).await?)
 }
@@ -498,7 +499,7 @@ async fn record_accepted(
     mut holds: Holds<'_>,
     remote_id: &str,
     now: i64,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     // In the log before the DB write: if the write fails, the id is not lost.
     tracing::warn!(remote_id = %remote_id, "create accepted; recording the remote id");
     let first_poll = super::poll::first_poll_at(ctx, job, now).await?;
@@ -607,7 +608,7 @@ async fn record_failed(
     mut holds: Holds<'_>,
     e: &crate::ark::ArkError,
     now: i64,
-) -> anyhow::Result<()> {
+) -> Result<(), StageError> {
     let token = job.lease_token;
     let outcome = classify(
         e,
@@ -775,7 +776,7 @@ async fn flex_throttled(
     tpd: bool,
     retry_after: Option<std::time::Duration>,
     now: i64,
-) -> anyhow::Result<i64> {
+) -> Result<i64, StageError> {
     if tpd {
         let day_ms = ctx.cfg.bulk.tpd_day_ms();
         let day = crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
@@ -802,7 +803,7 @@ async fn flex_throttled(
 }
 
 /// Whether the job is still in `submitting` under this worker's lease token and in time.
-async fn still_ours(ctx: &Ctx, job: &Job) -> anyhow::Result<bool> {
+async fn still_ours(ctx: &Ctx, job: &Job) -> Result<bool, StageError> {
     let now = now_ms();
     Ok(ctx.store.job(job.id.as_str()).await?.is_some_and(|j| {
         j.state == JobState::Submitting
@@ -824,7 +825,7 @@ enum AfterCreate {
 /// The frozen body, plus seedq's identity tag as `safety_identifier` (reconcile.rs) and its
 /// own callback URL when callbacks are on, each only where the user set none. The user's
 /// fields are never changed.
-fn with_callback(ctx: &Ctx, job: &Job) -> anyhow::Result<String> {
+fn with_callback(ctx: &Ctx, job: &Job) -> Result<String, StageError> {
     let url = super::callback::url_for(ctx, job);
     let tag = super::reconcile::tag_of(job);
     if url.is_none() && tag.is_none() {

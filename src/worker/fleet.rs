@@ -15,6 +15,7 @@
 //! at shutdown (a draining worker is alive and holds leases), and stops last, when the service
 //! deregisters and gives its singletons up for a successor to take at once.
 
+use crate::stage::{StageError, Verdict};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, ms};
@@ -48,7 +49,7 @@ fn this_worker(ctx: &Ctx) -> WorkerRow {
 ///
 /// # Errors
 /// Store failures.
-pub async fn join(ctx: &Ctx, names: &[&'static str]) -> anyhow::Result<()> {
+pub async fn join(ctx: &Ctx, names: &[&'static str]) -> Result<(), StageError> {
     *ctx.fleet
         .margin_ms
         .lock()
@@ -67,10 +68,14 @@ pub async fn run(ctx: Ctx, names: Vec<&'static str>, stop: CancellationToken) {
             _ = tokio::time::sleep(ctx.cfg.service.heartbeat_interval) => {}
         }
         if let Err(e) = tick(&ctx, &names).await {
-            match crate::stage::store_outage(&e) {
+            match e.verdict() {
                 // Said once for the whole outage (`Health::store_down`), not every beat.
-                Some(reason) => ctx.ops.health.store_down(&reason),
-                None => tracing::warn!(error = %format!("{e:#}"), "fleet heartbeat failed"),
+                Verdict::StoreOutage(reason) => ctx.ops.health.store_down(&reason),
+                // A closed store stops the stages, and with them the service: the heartbeat
+                // only says so.
+                Verdict::End | Verdict::BackOff => {
+                    tracing::warn!(error = %e.report(), "fleet heartbeat failed");
+                }
             }
         }
     }
@@ -89,7 +94,7 @@ pub async fn leave(ctx: &Ctx) {
 ///
 /// # Errors
 /// Store failures.
-pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> anyhow::Result<()> {
+pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> Result<(), StageError> {
     // Reap first: a dead leader's singletons are free for this very beat.
     reap(ctx, now_ms()).await?;
     let ttl = ms(ctx.cfg.service.leader_ttl);
@@ -118,7 +123,7 @@ pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> anyhow::Result<()> {
 
 /// Releases the leases of the workers that are dead: on this host and boot with their process
 /// gone (certain, at once), or anywhere with a heartbeat older than `service.worker_timeout`.
-async fn reap(ctx: &Ctx, now: i64) -> anyhow::Result<()> {
+async fn reap(ctx: &Ctx, now: i64) -> Result<(), StageError> {
     let lapsed_before = now - ms(ctx.cfg.service.worker_timeout);
     let mut released = 0;
     for w in ctx.store.workers().await? {

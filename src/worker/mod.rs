@@ -15,6 +15,7 @@ pub mod poll;
 pub mod reconcile;
 pub mod result;
 
+use crate::stage::StageError;
 pub(crate) use crate::stage::owner::owner_is_dead;
 pub use crate::stage::{Ctx, Outcome, limiter, safeurl};
 pub(crate) use crate::stage::{Role, ms, stage_loop};
@@ -24,7 +25,7 @@ pub(crate) use crate::stage::{Role, ms, stage_loop};
 ///
 /// # Errors
 /// Store failures.
-pub async fn reclaim_dead_owners(ctx: &Ctx) -> anyhow::Result<usize> {
+pub async fn reclaim_dead_owners(ctx: &Ctx) -> Result<usize, StageError> {
     let mut n = 0;
     for owner in ctx.store.live_lease_owners().await? {
         if owner_is_dead(&owner) {

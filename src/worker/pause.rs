@@ -4,6 +4,7 @@
 //! model or batch stay queued; jobs already at Ark are polled and finish as usual.
 
 use crate::catalogue::Catalogue;
+use crate::stage::StageError;
 use crate::store::{PauseKind, Store};
 
 /// What a pause or resume came to.
@@ -29,7 +30,7 @@ pub async fn set_paused(
     kind: PauseKind,
     name: &str,
     pause: bool,
-) -> anyhow::Result<PauseOutcome> {
+) -> Result<PauseOutcome, StageError> {
     let name = name.trim();
     let known = match kind {
         _ if name.is_empty() => false,

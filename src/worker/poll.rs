@@ -10,6 +10,7 @@
 //! ones back off exponentially with full jitter up to a cap. [`apply`] is shared with the
 //! callback endpoint, so a callback and a poll record a status the same way.
 
+use crate::stage::StageError;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -51,7 +52,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store failures.
-pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> anyhow::Result<i64> {
+pub async fn first_poll_at(ctx: &Ctx, job: &Job, now: i64) -> Result<i64, StageError> {
     let p = ctx.ops.live.poll();
     let key = format!(
         "{}|{}|{}",
@@ -116,7 +117,7 @@ fn next_poll_delay(ctx: &Ctx, job: &Job) -> Duration {
 ///
 /// # Errors
 /// Store failures.
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let lease = ctx.lease_ms();
     // The poller never reads the frozen bodies.
     let jobs = ctx
@@ -301,7 +302,7 @@ impl Plan {
 
 /// Writes a batch of plans in one transaction. A conflict means another path (a callback, a
 /// poll) recorded the job first, which is fine.
-async fn record(ctx: &Ctx, plans: Vec<Plan>) -> anyhow::Result<()> {
+async fn record(ctx: &Ctx, plans: Vec<Plan>) -> Result<(), StageError> {
     if plans.is_empty() {
         return Ok(());
     }
@@ -377,7 +378,7 @@ fn pending(job: &Job, at: i64, status: Option<&str>) -> Polled {
     }
 }
 
-async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> anyhow::Result<()> {
+async fn reschedule(ctx: &Ctx, job: &Job, at: i64, status: Option<&str>) -> Result<(), StageError> {
     match ctx.store.record_poll(pending(job, at, status)).await {
         Ok(_) | Err(StoreError::Conflict { .. }) => Ok(()),
         Err(e) => Err(e.into()),
@@ -391,7 +392,7 @@ async fn transition_or_skip(
     job: &Job,
     outcome: PollOutcome,
     detail: &str,
-) -> anyhow::Result<bool> {
+) -> Result<bool, StageError> {
     let polled = Polled {
         id: job.id.clone(),
         token: job.lease_token,
@@ -442,7 +443,7 @@ fn observed_generation(job: &Job, t: &Task, now: i64) -> i64 {
 ///
 /// # Errors
 /// Store failures (a conflict means another path recorded it first, and is not an error).
-pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> anyhow::Result<()> {
+pub async fn apply(ctx: &Ctx, job: &Job, t: &Task, via: &str) -> Result<(), StageError> {
     record(ctx, vec![plan(ctx, job, t, via, now_ms())]).await
 }
 
@@ -541,7 +542,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
 }
 
 /// `seedq cancel` of a remote job: DELETE, then record what the API answered.
-async fn cancel_remote(ctx: &Ctx, job: Job) -> anyhow::Result<()> {
+async fn cancel_remote(ctx: &Ctx, job: Job) -> Result<(), StageError> {
     let Some(remote) = job.remote_task_id.clone() else {
         return Ok(());
     };

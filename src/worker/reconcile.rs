@@ -29,6 +29,7 @@
 //! waits until the task shows its fields (a finished task carries them) or until its
 //! execution window has closed. Only then does policy decide, and `park` never creates again.
 
+use crate::stage::StageError;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -94,7 +95,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store failures.
-pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
+pub async fn recover_stale(ctx: &Ctx) -> Result<usize, StageError> {
     let stale = ctx
         .store
         .claim_due(JobState::Submitting, &ctx.owner, ctx.lease_ms(), 500)
@@ -138,7 +139,7 @@ pub async fn recover_stale(ctx: &Ctx) -> anyhow::Result<usize> {
 ///
 /// # Errors
 /// Store failures; Ark failures are retried on the next round.
-pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
+pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     // The sweeps run on one worker of a fleet (worker/fleet.rs); every worker reconciles the
     // jobs it claims below.
     let sweeps = ctx.fleet.leads(super::fleet::RECONCILE);
@@ -187,7 +188,7 @@ pub async fn step(ctx: &Ctx) -> anyhow::Result<Outcome> {
             let listing = match list_all(ctx, &key.0, key.1).await {
                 Ok(l) => Some(l),
                 Err(e) => {
-                    tracing::warn!(model = %key.0, tier = %key.1, error = %format!("{e:#}"), "listing remote tasks failed; will retry");
+                    tracing::warn!(model = %key.0, tier = %key.1, error = %e.report(), "listing remote tasks failed; will retry");
                     crate::metrics::reconcile("list_failed", 1);
                     None
                 }
@@ -228,7 +229,7 @@ fn listing_proves_absence(
     listing.complete && post_over && covered
 }
 
-async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow::Result<()> {
+async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> Result<(), StageError> {
     let now = now_ms();
     let token = job.lease_token;
     let retry_at = now + ms(ctx.cfg.dispatch.reconcile_interval);
@@ -238,7 +239,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> anyhow
     let scan = match scan_in(ctx, &job, listing).await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "reading the job for reconciliation failed; will retry");
+            tracing::warn!(error = %e.report(), "reading the job for reconciliation failed; will retry");
             return look_again_at(ctx, &job, retry_at).await;
         }
     };
@@ -399,7 +400,7 @@ fn progress(s: TaskStatus) -> u8 {
 }
 
 /// Records `task` as the job's remote task.
-async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> anyhow::Result<()> {
+async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> Result<(), StageError> {
     // The id is in the log before the write, so a failed write cannot lose it.
     tracing::warn!(remote_id = %task.id, "adopting the remote task of an ambiguous submit");
     crate::metrics::reconcile("adopted", 1);
@@ -452,7 +453,7 @@ async fn record_task(
 
 /// Parks a job for an operator. A parked job holds no slot and blocks no other job
 /// (except, for an untagged job, later creates with the same identity key).
-async fn park(ctx: &Ctx, job: &Job, reason: &str) -> anyhow::Result<()> {
+async fn park(ctx: &Ctx, job: &Job, reason: &str) -> Result<(), StageError> {
     let first = job.last_error_code.as_deref() != Some(PARKED);
     if first {
         crate::metrics::reconcile("parked", 1);
@@ -466,7 +467,7 @@ async fn park(ctx: &Ctx, job: &Job, reason: &str) -> anyhow::Result<()> {
 }
 
 /// Leaves an ambiguous submit for the next round at `at`.
-async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> anyhow::Result<()> {
+async fn look_again_at(ctx: &Ctx, job: &Job, at: i64) -> Result<(), StageError> {
     ctx.store.recheck_at(&job.id, job.lease_token, at).await?;
     Ok(())
 }
@@ -542,7 +543,12 @@ pub async fn retry_cancels(ctx: &Ctx) -> usize {
 ///
 /// # Errors
 /// Store failures.
-pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> anyhow::Result<()> {
+pub async fn adopt_known(
+    ctx: &Ctx,
+    id: &JobId,
+    remote_id: &str,
+    now: i64,
+) -> Result<(), StageError> {
     let Some(job) = ctx.store.job(id.as_str()).await? else {
         return Ok(());
     };
@@ -571,7 +577,7 @@ pub async fn adopt_known(ctx: &Ctx, id: &JobId, remote_id: &str, now: i64) -> an
 ///
 /// # Errors
 /// Store failures (Ark failures are logged: the sweep is best effort).
-pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
+pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> Result<(), StageError> {
     let Some(job) = ctx.store.job(id.as_str()).await? else {
         return Ok(());
     };
@@ -589,7 +595,7 @@ pub async fn sweep_duplicates(ctx: &Ctx, id: &JobId) -> anyhow::Result<()> {
             }
         }
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "could not look for a duplicate task")
+            tracing::error!(error = %e.report(), "could not look for a duplicate task")
         }
     }
     Ok(())
@@ -627,7 +633,7 @@ pub struct Listing {
 ///
 /// # Errors
 /// Ark failures.
-pub async fn list_all(ctx: &Ctx, model: &str, tier: Tier) -> anyhow::Result<Listing> {
+pub async fn list_all(ctx: &Ctx, model: &str, tier: Tier) -> Result<Listing, StageError> {
     let page_size = SCAN_PAGE_SIZE;
     let listed_at = now_ms();
     let mut items = Vec::new();
@@ -679,7 +685,7 @@ pub fn is_bare(t: &Task) -> bool {
 ///
 /// # Errors
 /// Ark or store failures.
-pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
+pub async fn scan(ctx: &Ctx, job: &Job) -> Result<Scan, StageError> {
     let listing = list_all(ctx, &job.model, job.service_tier).await?;
     scan_in(ctx, job, &listing).await
 }
@@ -688,7 +694,7 @@ pub async fn scan(ctx: &Ctx, job: &Job) -> anyhow::Result<Scan> {
 ///
 /// # Errors
 /// Store failures, or a frozen body that does not parse.
-pub async fn scan_in(ctx: &Ctx, job: &Job, listing: &Listing) -> anyhow::Result<Scan> {
+pub async fn scan_in(ctx: &Ctx, job: &Job, listing: &Listing) -> Result<Scan, StageError> {
     let req: CreateTaskRequest = serde_json::from_str(&job.request_json)?;
     let tag = tag_of(job);
     // The window is in Ark's clock: shift the local POST time by the measured skew.

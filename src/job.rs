@@ -15,9 +15,23 @@ use serde::{Deserialize, Serialize};
 pub struct JobId(String);
 
 impl JobId {
-    /// A fresh, time-ordered id.
+    /// A fresh, time-ordered id, larger than every id this process made before.
+    ///
+    /// Jobs of equal priority are claimed in id order, so ids must follow creation order:
+    /// two jobs created in the same millisecond (a burst through the API door, a bulk file)
+    /// with plain `Ulid::new()` got random low bits and were claimed in either order, and a
+    /// spend cap that fits one of them could hold the first and pass the second. The
+    /// generator increments the previous id within a millisecond instead.
     pub fn generate() -> Self {
-        Self(ulid::Ulid::new().to_string().to_ascii_lowercase())
+        static GENERATOR: std::sync::Mutex<ulid::Generator> =
+            std::sync::Mutex::new(ulid::Generator::new());
+        let id = GENERATOR
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .generate()
+            // Only after 2^80 ids in one millisecond; a fresh random id is still unique.
+            .unwrap_or_else(|_| ulid::Ulid::new());
+        Self(id.to_string().to_ascii_lowercase())
     }
 
     /// The id as stored and printed.
@@ -259,6 +273,13 @@ impl ResultMeta {
 mod tests {
     use super::*;
     use JobState::*;
+
+    /// Ids made one after another sort in that order, also within one millisecond.
+    #[test]
+    fn ids_follow_creation_order() {
+        let ids: Vec<JobId> = (0..10_000).map(|_| JobId::generate()).collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids out of order");
+    }
 
     #[test]
     fn happy_path_is_allowed() {

@@ -413,11 +413,17 @@ fn metrics_match_the_database_after_a_run() {
     assert_eq!(sum(&m, "seedq_concurrency_limit", &[("model", PRO)]), 10.0);
     assert_eq!(sum(&m, "seedq_oldest_queued_age_seconds", &[]), 0.0);
 
-    // Every HTTP call seedq made is one the simulator answered, route by route.
+    // Every HTTP call seedq made is one the simulator answered, route by route. A create
+    // whose answer came too late (a loaded machine: the client's 2 s timeout) is counted as
+    // ambiguous, though the sim made its task, so the sim's count lies between the accepted
+    // creates and those plus the ambiguous ones; on a quiet machine all are accepted.
     let stats = sim.stats();
-    assert_eq!(
-        sum(&m, "seedq_creates_total", &[("outcome", "accepted")]),
-        stats["creates_total"].as_f64().expect("creates")
+    let accepted = sum(&m, "seedq_creates_total", &[("outcome", "accepted")]);
+    let ambiguous = sum(&m, "seedq_creates_total", &[("outcome", "ambiguous")]);
+    let made = stats["creates_total"].as_f64().expect("creates");
+    assert!(
+        accepted <= made && made <= accepted + ambiguous && accepted + ambiguous > 0.0,
+        "seedq counted {accepted} accepted and {ambiguous} ambiguous creates; the sim made {made}"
     );
     assert_eq!(
         sum(&m, "seedq_creates_total", &[("outcome", "rejected")]),

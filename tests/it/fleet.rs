@@ -76,19 +76,13 @@ fn signal(pid: u32, sig: &str) {
 /// PostgreSQL, the tables' locks), which waits out any transaction of `pid`'s, stops it, and
 /// lets go.
 fn stop_between_transactions(env: &TestEnv, pid: u32) {
-    if env.postgres {
-        let text = std::fs::read_to_string(&env.config).expect("config");
-        let url = text
-            .lines()
-            .find_map(|l| l.strip_prefix("url = \"postgres"))
-            .map(|rest| format!("postgres{}", rest.trim_end_matches('"')))
-            .expect("a PostgreSQL url in the config");
+    if let Some(url) = &env.postgres_url {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("runtime");
         rt.block_on(async {
-            let (mut client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
                 .await
                 .expect("connect");
             tokio::spawn(conn);

@@ -15,6 +15,8 @@ pub struct TestEnv {
     pub config: PathBuf,
     /// The store is a fresh PostgreSQL database rather than `seedq.db` in `dir`.
     pub postgres: bool,
+    /// That database's URL, for tests that talk to it directly.
+    pub postgres_url: Option<String>,
 }
 
 /// True when `SEEDQ_TEST_STORE=postgres`: the suite then runs on PostgreSQL (tests/run.sh
@@ -46,24 +48,31 @@ impl TestEnv {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = dir.path().join("seedq.db");
         let store = format!("path = {:?}", db.display().to_string());
-        Self::with_store(dir, &store, extra, false)
+        Self::with_store(dir, &store, extra, None)
     }
 
     /// On a fresh PostgreSQL database.
     pub fn new_postgres(extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = format!("url = {:?}", fresh_postgres());
-        Self::with_store(dir, &store, extra, true)
+        let url = fresh_postgres();
+        let store = format!("url = {url:?}");
+        Self::with_store(dir, &store, extra, Some(url))
     }
 
-    fn with_store(dir: tempfile::TempDir, store: &str, extra: &str, postgres: bool) -> Self {
+    fn with_store(
+        dir: tempfile::TempDir,
+        store: &str,
+        extra: &str,
+        postgres_url: Option<String>,
+    ) -> Self {
         let config = dir.path().join("config.toml");
         let text = format!("[store]\n{store}\n\n[archive]\nurl = \"\"\n\n{extra}\n");
         std::fs::write(&config, text).expect("write config");
         Self {
             dir,
             config,
-            postgres,
+            postgres: postgres_url.is_some(),
+            postgres_url,
         }
     }
 

@@ -32,6 +32,10 @@ pub enum Mode {
 /// # Errors
 /// A stage died or panicked, or the store failed at start.
 pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if mode == Mode::Serve {
+        // Before the first reconcile or create is counted.
+        crate::ops::install_metrics();
+    }
     let since = now_ms() - ms(ctx.cfg.dispatch.rpm_window);
     ctx.limiter.seed(&ctx.store.creates_since(since).await?);
     // Reconcile once before anything new is submitted: whatever a crash left ambiguous is

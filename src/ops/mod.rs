@@ -34,6 +34,15 @@ pub use crate::stage::live;
 /// The supervisor's task set.
 pub type Tasks = JoinSet<(&'static str, anyhow::Result<()>)>;
 
+/// Installs the Prometheus recorder. `serve` calls this before any stage starts: counters
+/// recorded before it are lost, and on a busy machine the first creates come quickly.
+pub fn install_metrics() {
+    if let Err(e) = metrics::install() {
+        // Only possible if something else installed a recorder first; serving goes on.
+        tracing::warn!(error = %format!("{e:#}"), "metrics recorder not installed");
+    }
+}
+
 /// Starts the admin server, the watchdog, the SIGHUP handler and the maintenance scheduler
 /// when `serve` is true. Returns the STATUS line for READY=1.
 ///
@@ -48,10 +57,6 @@ pub async fn start(
 ) -> anyhow::Result<String> {
     if !serve {
         return Ok("running".into());
-    }
-    if let Err(e) = metrics::install() {
-        // Only possible if something else installed a recorder first; serving goes on.
-        tracing::warn!(error = %format!("{e:#}"), "metrics recorder not installed");
     }
     let mut status = vec!["ready".to_string()];
     if let Some(listener) = admin::bind(&ctx.cfg.admin.listen).await? {

@@ -5,7 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{Guard, SimProc, TestEnv, wait_until, worker_config_with, write_jobs};
+use crate::helpers::{
+    Guard, SimProc, TestEnv, signal, stop_outside_transactions, wait_until, worker_config_with,
+    write_jobs,
+};
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const LITE: &str = "doubao-seedance-1-0-lite-t2v-250428";
@@ -59,47 +62,6 @@ fn leader_pid(env: &TestEnv, name: &str) -> Option<i64> {
         .iter()
         .find(|w| w["id"] == owner.as_str())?["pid"]
         .as_i64()
-}
-
-fn signal(pid: u32, sig: &str) {
-    let ok = std::process::Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success(), "kill {sig} {pid}");
-}
-
-/// SIGSTOPs `pid` while it holds no write lock in the store. A process frozen inside a
-/// SQLite write transaction keeps the file's lock until it dies, and no heartbeat can end that
-/// (PostgreSQL's sessions end such a transaction after a minute: src/store/pg/mod.rs); this
-/// file's tests are about the silence, not that. So the test takes the write lock first (on
-/// PostgreSQL, the tables' locks), which waits out any transaction of `pid`'s, stops it, and
-/// lets go.
-fn stop_between_transactions(env: &TestEnv, pid: u32) {
-    if let Some(url) = &env.postgres_url {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let (mut client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .expect("connect");
-            tokio::spawn(conn);
-            let tx = client.transaction().await.expect("begin");
-            tx.batch_execute("LOCK TABLE jobs, workers IN EXCLUSIVE MODE")
-                .await
-                .expect("lock");
-            signal(pid, "-STOP");
-            tx.rollback().await.expect("rollback");
-        });
-    } else {
-        let db = rusqlite::Connection::open(env.path().join("seedq.db")).expect("open");
-        db.busy_timeout(Duration::from_secs(10)).expect("busy");
-        db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
-        signal(pid, "-STOP");
-        db.execute_batch("ROLLBACK").expect("rollback");
-    }
 }
 
 #[test]
@@ -180,7 +142,7 @@ fn a_worker_dies_mid_create(kill: bool) -> Duration {
     if kill {
         a.kill();
     } else {
-        stop_between_transactions(&env, a.id());
+        stop_outside_transactions(&env, a.id());
     }
     let t0 = Instant::now();
     let _b: Guard = env.serve();
@@ -243,7 +205,7 @@ fn a_dead_singleton_leader_is_replaced_within_seconds() {
         assert_eq!(leader_pid(&env, name), Some(i64::from(a.id())), "{name}");
     }
     // A stops answering (its process remains, as a hung or cut-off worker's would).
-    signal(a.id(), "-STOP");
+    stop_outside_transactions(&env, a.id());
     let t0 = Instant::now();
     wait_until(10, "B to lead every singleton", || {
         ["maintenance", "governor", "reconcile"]

@@ -526,3 +526,63 @@ pub fn get_status(port: u16, path: &str) -> Option<(u16, String)> {
         body.to_string(),
     ))
 }
+
+/// Sends `sig` (`-STOP`, `-CONT`, `-KILL`…) to `pid`.
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {sig} {pid}");
+}
+
+/// SIGSTOPs the seedq process `pid` while it holds no transaction open in `env`'s store.
+///
+/// A process frozen inside a transaction keeps its locks: SQLite's write lock until it dies,
+/// PostgreSQL's row and advisory locks until the server ends the session
+/// (`idle_in_transaction_session_timeout`, a minute: src/store/pg/mod.rs). The tests that
+/// stop a worker are about its silence, not that, so:
+/// - on SQLite the test takes the write lock first, which waits out any write transaction of
+///   `pid`'s, stops it, and lets go;
+/// - on PostgreSQL it stops the process, asks `pg_stat_activity` whether any of its sessions
+///   (named `seedq/<pid>`) is inside a statement or a transaction, and if so lets it run a
+///   moment and tries again.
+pub fn stop_outside_transactions(env: &TestEnv, pid: u32) {
+    let Some(url) = &env.postgres_url else {
+        let db = rusqlite::Connection::open(env.path().join("seedq.db")).expect("open");
+        db.busy_timeout(Duration::from_secs(10)).expect("busy");
+        db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
+        signal(pid, "-STOP");
+        db.execute_batch("ROLLBACK").expect("rollback");
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(conn);
+        let name = format!("seedq/{pid}");
+        for _ in 0..500 {
+            signal(pid, "-STOP");
+            let busy: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                     WHERE application_name = $1 AND state <> 'idle'",
+                    &[&name],
+                )
+                .await
+                .expect("pg_stat_activity")
+                .get(0);
+            if busy == 0 {
+                return;
+            }
+            signal(pid, "-CONT");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("seedq {pid} was inside a transaction at each of 500 tries");
+    });
+}

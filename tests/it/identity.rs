@@ -390,14 +390,7 @@ struct Stopped(crate::helpers::Guard);
 
 impl Stopped {
     fn signal(&self, sig: &str) {
-        let pid = self.0.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args([sig, &pid])
-                .status()
-                .expect("kill")
-                .success()
-        );
+        crate::helpers::signal(self.0.id(), sig);
     }
 }
 
@@ -424,8 +417,8 @@ fn worker_one_posts_late() -> LateCreate {
         env.jobs().iter().any(|j| j["state"] == "submitting")
             && sim.stats()["received"]["create"].as_u64().unwrap_or(0) >= 1
     });
+    crate::helpers::stop_outside_transactions(&env, w1.id());
     let w1 = Stopped(w1);
-    w1.signal("-STOP");
     set_faults(&sim, serde_json::json!({}));
     let w2 = env.serve();
     wait_until(30, "worker 2 to submit the job", || {

@@ -11,10 +11,12 @@ use seedq::pgscratch::Cluster;
 use crate::helpers::{SimProc, TestEnv, free_port, get_status as get, wait_until, worker_config};
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
-const JOBS: usize = 10;
+const JOBS: usize = 20;
 
 /// A service on a database of `cluster`, with [`JOBS`] jobs queued that run two at a time
-/// for a second each, so the run is under way when the server turns.
+/// for three seconds each, so the run is under way when the server turns: thirty seconds of
+/// work, of which the hog below can take twenty on a loaded machine before it holds every
+/// connection (a CI run with ten one-second jobs had made them all by then).
 struct Run {
     env: TestEnv,
     sim: SimProc,
@@ -25,7 +27,7 @@ struct Run {
 impl Run {
     fn start(cluster: &Cluster) -> (Self, crate::helpers::Guard) {
         let sim = SimProc::start(
-            "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"1s\"\nper_video_second = \"0s\"\n",
+            "video_downscale = 16\nreuse_videos = true\n[generation]\nbase = \"3s\"\nper_video_second = \"0s\"\n",
         );
         let admin = free_port();
         let url = cluster.create_db("outage").expect("create a database");

@@ -148,6 +148,11 @@ impl Pg {
         {
             config.password(p.expose_secret());
         }
+        // `pg_stat_activity` then shows which process holds a session (and a frozen
+        // worker's open transaction can be told from a live one's), unless the URL names one.
+        if config.get_application_name().is_none() {
+            config.application_name(format!("seedq/{}", std::process::id()));
+        }
         let manager = Manager::from_config(
             config,
             tls()?,
@@ -335,5 +340,14 @@ mod tests {
             .await
             .expect("show");
         assert_eq!(row.get::<_, String>(0), "1min");
+        // And names its process, so a DBA (or a test) can tell whose transaction it is.
+        let row = conn
+            .query_one("SHOW application_name", &[])
+            .await
+            .expect("show");
+        assert_eq!(
+            row.get::<_, String>(0),
+            format!("seedq/{}", std::process::id())
+        );
     }
 }

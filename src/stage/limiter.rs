@@ -5,7 +5,8 @@
 //! module keeps what the store does not: recent create times and pauses.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::catalogue::{Catalogue, Limits};
@@ -38,6 +39,11 @@ struct ModelState {
     flex_ceiling: Option<f64>,
     /// Consecutive flex 429s, for the backoff when Ark sends no `Retry-After`.
     flex_strikes: u32,
+    /// Held while this process reads the day's flex spend from the store, so the dispatch
+    /// tasks that find the copy stale together send one read, not one each: a fleet's
+    /// dispatchers all refreshing at once had kept about 20 copies of the sum running on
+    /// PostgreSQL (docs/performance-fleet.md).
+    flex_read: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The learned ceiling is forgotten once it has crept back this high: Ark sets no flex
@@ -154,6 +160,37 @@ impl Limiter {
             s.flex_spent
                 .is_some_and(|(d, _, at)| d == day_ms && at >= fresh_since_ms)
         })
+    }
+
+    /// Makes sure the day's flex spend of `model` was read at or after `fresh_since_ms`:
+    /// if not, `read` (the store's count) is called and its answer loaded as read at
+    /// `now_ms`. One read per model at a time; a caller that waited for another's read uses
+    /// it when it is fresh enough.
+    ///
+    /// # Errors
+    /// What `read` returns.
+    pub async fn refresh_flex_day<E, Fut>(
+        &self,
+        model: &str,
+        day_ms: i64,
+        fresh_since_ms: i64,
+        now_ms: i64,
+        read: impl FnOnce() -> Fut,
+    ) -> Result<(), E>
+    where
+        Fut: Future<Output = Result<i64, E>>,
+    {
+        if self.knows_flex_day(model, day_ms, fresh_since_ms) {
+            return Ok(());
+        }
+        let gate = self.with(model, |s| Arc::clone(&s.flex_read));
+        let _one = gate.lock().await;
+        if self.knows_flex_day(model, day_ms, fresh_since_ms) {
+            return Ok(());
+        }
+        let spent = read().await?;
+        self.load_flex_day(model, day_ms, spent, now_ms);
+        Ok(())
     }
 
     /// Sets the day's flex spend to what the store counts (submitted tasks, billed usage
@@ -275,6 +312,36 @@ impl Limiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn dispatchers_that_find_the_flex_day_stale_together_read_it_once() {
+        let l = Arc::new(Limiter::new(Duration::from_secs(60)));
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (l, reads) = (Arc::clone(&l), Arc::clone(&reads));
+            tasks.spawn(async move {
+                l.refresh_flex_day("m", 0, 1_000, 1_000, || async {
+                    reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    Ok::<i64, ()>(500)
+                })
+                .await
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            assert_eq!(r.expect("join"), Ok(()));
+        }
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(l.knows_flex_day("m", 0, 1_000));
+        assert!(l.flex_room("m", 0, 501) && !l.flex_room("m", 0, 500));
+        // Stale again later: read again; another model reads on its own.
+        l.refresh_flex_day("m", 0, 2_000, 2_000, || async { Ok::<i64, ()>(0) })
+            .await
+            .expect("read");
+        assert!(l.knows_flex_day("m", 0, 2_000));
+        assert!(!l.knows_flex_day("other", 0, 0));
+    }
 
     #[test]
     fn the_window_never_holds_more_than_rpm() {

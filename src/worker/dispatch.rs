@@ -212,10 +212,11 @@ async fn flex_day(ctx: &Ctx, model: &str) -> Result<i64, StageError> {
     // corrects the estimates reserved at submit.
     let now = now_ms();
     let fresh_since = now - (ctx.cfg.bulk.tpd_day_ms() / 100).clamp(100, 30_000);
-    if !ctx.limiter.knows_flex_day(model, day, fresh_since) {
-        let spent = ctx.store.flex_tokens_since(model, day).await?;
-        ctx.limiter.load_flex_day(model, day, spent, now);
-    }
+    ctx.limiter
+        .refresh_flex_day(model, day, fresh_since, now, || {
+            ctx.store.flex_tokens_since(model, day)
+        })
+        .await?;
     Ok(day)
 }
 

@@ -142,7 +142,7 @@ pub async fn step(
                 }
             }
         };
-        ctx.store.webhook_attempted(&w.id, now, outcome).await?;
+        ctx.store.webhook_attempted(&w, now, outcome).await?;
     }
     Ok(n)
 }

@@ -76,18 +76,24 @@ impl Store {
     /// Records the outcome of one attempt: delivered (`Ok`), or failed with the reason and
     /// either the time of the next attempt or, with `None`, given up.
     ///
+    /// The job's end trigger re-arms a row (due now, a new `created_at`) when the job reaches
+    /// another end while the attempt ran: a success deferred until the video is archived,
+    /// whose job was archived meanwhile. That re-arming wins over this attempt's next time or
+    /// giving up, which are kept only while `created_at` is still the claimed row's; the
+    /// attempt that deferred it had pushed it an hour back (a CI run's webhook never came).
+    ///
     /// # Errors
     /// SQL errors.
     pub async fn webhook_attempted(
         &self,
-        id: &str,
+        row: &WebhookDue,
         now: i64,
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         if let Some(pg) = self.pg() {
-            return super::pg::webhooks::webhook_attempted(pg, id, now, outcome).await;
+            return super::pg::webhooks::webhook_attempted(pg, row, now, outcome).await;
         }
-        let id = id.to_string();
+        let (id, claimed) = (row.id.clone(), row.created_at);
         self.call(move |c| {
             match outcome {
                 Ok(()) => c.execute(
@@ -96,14 +102,16 @@ impl Store {
                     params![id, now],
                 )?,
                 Err((error, Some(next))) => c.execute(
-                    "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = ?3, \
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                     next_attempt_at = CASE WHEN created_at = ?4 THEN ?3 ELSE next_attempt_at END, \
                      lease_until = NULL, last_error = ?2 WHERE id = ?1",
-                    params![id, error, next],
+                    params![id, error, next, claimed],
                 )?,
                 Err((error, None)) => c.execute(
-                    "UPDATE webhook_outbox SET attempts = attempts + 1, given_up_at = ?3, \
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                     given_up_at = CASE WHEN created_at = ?4 THEN ?3 END, \
                      lease_until = NULL, last_error = ?2 WHERE id = ?1",
-                    params![id, error, now],
+                    params![id, error, now, claimed],
                 )?,
             };
             Ok(())
@@ -207,7 +215,7 @@ mod tests {
                 .is_empty(),
             "leased"
         );
-        s.webhook_attempted(&due[0].id, now, Err(("503".into(), Some(now + 10))))
+        s.webhook_attempted(&due[0], now, Err(("503".into(), Some(now + 10))))
             .await
             .expect("retry");
         assert!(
@@ -219,7 +227,7 @@ mod tests {
         );
         let again = s.webhook_claim(now + 10, 5000, 10).await.expect("claim");
         assert_eq!((again.len(), again[0].attempts), (1, 1));
-        s.webhook_attempted(&again[0].id, now + 20, Ok(()))
+        s.webhook_attempted(&again[0], now + 20, Ok(()))
             .await
             .expect("done");
         let state = s.webhooks_of(&id).await.expect("read");
@@ -259,7 +267,7 @@ mod tests {
         let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].id, format!("msg_{ok_id}_success"));
-        s.webhook_attempted(&due[0].id, now + 100, Err(("deferred".into(), None)))
+        s.webhook_attempted(&due[0], now + 100, Err(("deferred".into(), None)))
             .await
             .expect("defer");
         exec(&s, &set("archiving", now + 150)).await;
@@ -269,10 +277,47 @@ mod tests {
             (due.len(), due[0].id.clone(), due[0].event.as_str()),
             (1, format!("msg_{ok_id}_success"), "succeeded")
         );
-        s.webhook_attempted(&due[0].id, now + 200, Ok(()))
+        s.webhook_attempted(&due[0], now + 200, Ok(()))
             .await
             .expect("done");
         assert_eq!(s.webhooks_of(&ok_id).await.expect("read").len(), 1);
+        // The race: the video is archived while an attempt is deciding to defer the success
+        // (it read the job as archiving). The archive's re-arming wins over its hour's wait.
+        let raced = NewJob::plain("{}");
+        let raced_id = raced.id.to_string();
+        s.api_enqueue(raced.clone(), door_job(&raced))
+            .await
+            .expect("enqueue");
+        let set_raced = |state: &str, at: i64| {
+            format!("UPDATE jobs SET state = '{state}', updated_at = {at} WHERE id = '{raced_id}'")
+        };
+        exec(&s, &set_raced("succeeded", now + 100)).await;
+        let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
+        assert_eq!(due.len(), 1);
+        exec(&s, &set_raced("archiving", now + 150)).await;
+        exec(&s, &set_raced("archived", now + 200)).await;
+        s.webhook_attempted(
+            &due[0],
+            now + 210,
+            Err(("deferred".into(), Some(now + 3_600_000))),
+        )
+        .await
+        .expect("defer");
+        let due = s.webhook_claim(now + 210, 5000, 10).await.expect("claim");
+        assert_eq!(
+            due.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+            [format!("msg_{raced_id}_success")],
+            "due at once, not in an hour"
+        );
+        s.webhook_attempted(&due[0], now + 220, Err(("deferred".into(), None)))
+            .await
+            .expect("give up");
+        let raced_state = s.webhooks_of(&raced_id).await.expect("read");
+        assert_eq!(
+            raced_state[0].given_up_at,
+            Some(now + 220),
+            "an unraced attempt still counts"
+        );
         // A job that fails, is retried and fails again gets a webhook each time.
         exec(&s, &set("failed", now + 300)).await;
         exec(&s, &set("queued", now + 400)).await;

@@ -37,36 +37,41 @@ pub(crate) async fn webhook_claim(
         .collect()
 }
 
-/// [`crate::store::Store::webhook_attempted`].
+/// [`crate::store::Store::webhook_attempted`]: a row re-armed meanwhile (a new `created_at`)
+/// keeps the trigger's time. Under READ COMMITTED an update that waited for the archive's
+/// transaction applies to the row it left, so the `CASE` sees the new `created_at`.
 pub(crate) async fn webhook_attempted(
     pg: &Pg,
-    id: &str,
+    row: &WebhookDue,
     now: i64,
     outcome: Result<(), (String, Option<i64>)>,
 ) -> Result<(), StoreError> {
     let c = pg.conn().await?;
+    let (id, claimed) = (&row.id, &row.created_at);
     match outcome {
         Ok(()) => {
             c.execute(
                 "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = $2, \
                  lease_until = NULL, last_error = NULL WHERE id = $1",
-                &[&id, &now],
+                &[id, &now],
             )
             .await?
         }
         Err((error, Some(next))) => {
             c.execute(
-                "UPDATE webhook_outbox SET attempts = attempts + 1, next_attempt_at = $3, \
+                "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                 next_attempt_at = CASE WHEN created_at = $4 THEN $3 ELSE next_attempt_at END, \
                  lease_until = NULL, last_error = $2 WHERE id = $1",
-                &[&id, &error, &next],
+                &[id, &error, &next, claimed],
             )
             .await?
         }
         Err((error, None)) => {
             c.execute(
-                "UPDATE webhook_outbox SET attempts = attempts + 1, given_up_at = $3, \
+                "UPDATE webhook_outbox SET attempts = attempts + 1, \
+                 given_up_at = CASE WHEN created_at = $4 THEN $3::bigint END, \
                  lease_until = NULL, last_error = $2 WHERE id = $1",
-                &[&id, &error, &now],
+                &[id, &error, &now, claimed],
             )
             .await?
         }

@@ -159,6 +159,11 @@ pub(crate) fn unpriced(req: &HoldRequest, batch_capped: bool, daily: DailyCaps) 
     })
 }
 
+/// A batch's jobs waiting on a cap: read from `jobs_budget_waiting`
+/// (migrations/0022_budget_waiting_index.sql), not a scan of the batch.
+pub(crate) const BATCH_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE batch_id = ?1 \
+     AND state = 'queued' AND last_error_code IN (?2, ?3, ?4)";
+
 impl Store {
     /// Reserves `req` against every cap it falls under, or says which one it does not fit.
     /// The stamp names the hold made, for [`Store::budget_release_hold`].
@@ -478,8 +483,7 @@ impl Store {
             let (su, st) = settled(c, &batch)?;
             let (units, billed_units, tokens) = (units + su, billed_units + su, tokens + st);
             let waiting = c.query_row(
-                "SELECT COUNT(*) FROM jobs WHERE batch_id = ?1 AND state = 'queued' \
-                 AND last_error_code IN (?2, ?3, ?4)",
+                BATCH_WAITING,
                 params![batch, WAIT_BATCH, WAIT_DAILY, WAIT_UNPRICED],
                 |r| r.get(0),
             )?;

@@ -89,6 +89,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0021_flex_day_index.sql",
         include_str!("../../migrations/0021_flex_day_index.sql"),
     ),
+    (
+        "0022_budget_waiting_index.sql",
+        include_str!("../../migrations/0022_budget_waiting_index.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -737,3 +737,53 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
         "the rows submitted since 10 000: 10 000, 10 100, …, 20 000"
     );
 }
+
+/// `batch show`'s count of a batch's jobs waiting on a cap reads the partial index of
+/// queued jobs with an error code, on both backends, not every queued job of the batch.
+#[tokio::test]
+async fn a_batchs_cap_waiters_are_counted_from_their_index() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s = Store::open(&dir.path().join("q.db")).expect("open");
+    let plan: Vec<String> = s
+        .call(|c| {
+            let mut st = c.prepare(&format!(
+                "EXPLAIN QUERY PLAN {}",
+                crate::store::budget::BATCH_WAITING
+            ))?;
+            let rows = st.query_map(rusqlite::params!["b", "x", "y", "z"], |r| {
+                r.get::<_, String>(3)
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+        .expect("plan");
+    let plan = plan.join("\n");
+    assert!(plan.contains("jobs_budget_waiting"), "sqlite: {plan}");
+
+    let s = testpg::pg_store().await;
+    // A large batch, all queued, a few of its jobs waiting on a cap.
+    exec(
+        &s,
+        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+         request_json, next_attempt_at, batch_id, last_error_code) \
+         SELECT lpad(i::text, 26, '0'), 0, 0, 'queued', 'm', 'default', '{}', 0, 'b', \
+                CASE WHEN i % 1000 = 0 THEN 'budget_batch' END \
+         FROM generate_series(1, 20000) AS i; \
+         ANALYZE jobs",
+    )
+    .await;
+    let c = s.pg().expect("pg").conn().await.expect("conn");
+    let plan: Vec<String> = c
+        .query(
+            &format!("EXPLAIN {}", crate::store::pg::budget::BATCH_WAITING),
+            &[&"b", &"budget_batch", &"budget_daily", &"budget_unpriced"],
+        )
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("jobs_budget_waiting"), "postgres: {plan}");
+    assert_eq!(s.batch_spend("b").await.expect("spend").waiting, 20);
+}

@@ -387,6 +387,11 @@ pub(crate) async fn wake_budget_waiters(pg: &Pg) -> Result<usize, StoreError> {
     .await
 }
 
+/// A batch's jobs waiting on a cap: read from `jobs_budget_waiting`
+/// (migrations/postgres/0012_budget_waiting_index.sql), not a scan of the batch.
+pub(crate) const BATCH_WAITING: &str = "SELECT COUNT(*) FROM jobs WHERE batch_id = $1 \
+     AND state = 'queued' AND last_error_code IN ($2, $3, $4)";
+
 /// [`crate::store::Store::batch_spend`].
 pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, StoreError> {
     let c = pg.conn().await?;
@@ -414,8 +419,7 @@ pub(crate) async fn batch_spend(pg: &Pg, batch: &str) -> Result<BatchSpend, Stor
         .await?;
     let waiting = c
         .query_one(
-            "SELECT COUNT(*) FROM jobs WHERE batch_id = $1 AND state = 'queued' \
-             AND last_error_code IN ($2, $3, $4)",
+            BATCH_WAITING,
             &[&batch, &WAIT_BATCH, &WAIT_DAILY, &WAIT_UNPRICED],
         )
         .await?

@@ -762,6 +762,22 @@ async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, S
     sql.push_str(&format!(" AND state = ${}", args.len()));
     args.push(Box::new(token));
     sql.push_str(&format!(" AND lease_token = ${}", args.len()));
+    // The event goes in the same statement as the change, so a transition is one round trip
+    // and the counter rows its triggers update (store/counters.rs, ui_batch_counts,
+    // job_counts) are locked only while it runs, not for a second statement's round trip as
+    // well: every job of a batch moves the same few counter rows, and a fleet's transitions
+    // queued behind each other's locks (a 1 000 000-job flex batch, docs/performance-fleet.md).
+    // The event's row count is the update's: it inserts one row per job changed.
+    if from != to || detail.is_some() {
+        let from_at = args.len() - 1;
+        args.push(Box::new(detail));
+        sql = format!(
+            "WITH u AS ({sql} RETURNING id) \
+             INSERT INTO job_events (job_id, at, from_state, to_state, detail) \
+             SELECT id, $2, ${from_at}, $1, ${} FROM u",
+            args.len()
+        );
+    }
     let params: Vec<&(dyn ToSql + Sync)> = args
         .iter()
         .map(|a| a.as_ref() as &(dyn ToSql + Sync))
@@ -775,21 +791,17 @@ async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, S
             token,
         });
     }
-    if from != to || detail.is_some() {
-        insert_event(c, id.as_str(), now, Some(from), to, detail.as_deref()).await?;
-    }
     Ok(token + 1)
 }
 
 /// [`crate::store::Store::transition`] (the caller has checked `t`).
 pub(crate) async fn transition(pg: &Pg, t: Transition) -> Result<i64, StoreError> {
     let t = &t;
+    // `apply` is one statement, atomic on its own: no transaction around it, so the commit
+    // comes with the statement's answer instead of a round trip later.
     pg.retry(|| async move {
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        let next = apply(&tx, t.clone(), now_ms()).await?;
-        tx.commit().await?;
-        Ok(next)
+        let c = pg.conn().await?;
+        apply(&c, t.clone(), now_ms()).await
     })
     .await
 }

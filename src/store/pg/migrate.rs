@@ -51,6 +51,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0011_flex_day_index.sql",
         include_str!("../../../migrations/postgres/0011_flex_day_index.sql"),
     ),
+    (
+        "0012_budget_waiting_index.sql",
+        include_str!("../../../migrations/postgres/0012_budget_waiting_index.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -117,8 +117,12 @@ fn twenty_percent_create_500s_finish_by_themselves_with_one_task_per_job() {
     let sim = sim(&format!(
         "rng_seed = 11\n[models.\"{PRO}\"]\nconcurrency = 10\n[faults.error_rate]\ncreate = 0.2\n"
     ));
-    let env = TestEnv::new(&worker_config(
+    // Every create is an attempt and one in five fails: with the default 5 attempts a job of
+    // the 100 would die in about one run in 30. The test is about finishing with one task per
+    // job, so it allows 30 attempts (100 × 0.2^30 ≈ 1e-19).
+    let env = TestEnv::new(&worker_config_with(
         &sim,
+        "max_attempts = 30",
         &format!("[models.\"{PRO}\"]\nlimits = {{ concurrency = 10 }}\n"),
     ));
     let lines: Vec<String> = (0..100)

@@ -40,9 +40,9 @@ struct ModelState {
     /// Consecutive flex 429s, for the backoff when Ark sends no `Retry-After`.
     flex_strikes: u32,
     /// Held while this process reads the day's flex spend from the store, so the dispatch
-    /// tasks that find the copy stale together send one read, not one each: a fleet's
-    /// dispatchers all refreshing at once had kept about 20 copies of the sum running on
-    /// PostgreSQL (docs/performance-fleet.md).
+    /// tasks that find the copy stale together send one read, not one each (a fleet's
+    /// dispatchers refreshing at once kept about 20 copies of the sum running on PostgreSQL:
+    /// docs/performance-fleet.md).
     flex_read: Arc<tokio::sync::Mutex<()>>,
 }
 

@@ -666,15 +666,7 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
         ..Default::default()
     };
     let (sql, args) = crate::store::pg::ui::ui_jobs_sql(&f);
-    let c = s.pg().expect("pg").conn().await.expect("conn");
-    let plan: Vec<String> = c
-        .query(&format!("EXPLAIN {sql}"), &[&args[0]])
-        .await
-        .expect("explain")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = pg_plan(&s, &sql, &[&args[0]]).await;
     assert!(plan.contains("jobs_prompt_trgm"), "{plan}");
     let found: Vec<String> = s
         .ui_jobs(f)
@@ -686,24 +678,49 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
     assert_eq!(found, ["5000", "4000", "3000"]);
 }
 
-/// A day's flex spend is read through the partial index of submitted flex rows, on both
-/// backends: with a large flex batch, a scan of the model's rows grew with the batch.
-#[tokio::test]
-async fn the_flex_day_spend_reads_the_submitted_flex_index() {
+/// SQLite's plan of `sql` with `params`, on a fresh file store, one line per step.
+async fn sqlite_plan(sql: &'static str, params: Vec<rusqlite::types::Value>) -> String {
     let dir = tempfile::tempdir().expect("tempdir");
     let s = Store::open(&dir.path().join("q.db")).expect("open");
     let plan: Vec<String> = s
-        .call(|c| {
-            let mut st = c.prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::store::FLEX_TOKENS_SINCE
-            ))?;
-            let rows = st.query_map(rusqlite::params!["m", 0], |r| r.get::<_, String>(3))?;
+        .call(move |c| {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let rows = st.query_map(rusqlite::params_from_iter(params), |r| {
+                r.get::<_, String>(3)
+            })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
         .await
         .expect("plan");
-    let plan = plan.join("\n");
+    plan.join("\n")
+}
+
+/// PostgreSQL's plan of `sql` with `params` on `s`, one line per step.
+async fn pg_plan(
+    s: &Store,
+    sql: &str,
+    params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+) -> String {
+    let c = s.pg().expect("pg").conn().await.expect("conn");
+    let plan: Vec<String> = c
+        .query(&format!("EXPLAIN {sql}"), params)
+        .await
+        .expect("explain")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    plan.join("\n")
+}
+
+/// A day's flex spend is read through the partial index of submitted flex rows, on both
+/// backends: with a large flex batch, a scan of the model's rows grew with the batch.
+#[tokio::test]
+async fn the_flex_day_spend_reads_the_submitted_flex_index() {
+    let plan = sqlite_plan(
+        crate::store::FLEX_TOKENS_SINCE,
+        vec!["m".to_string().into(), 0_i64.into()],
+    )
+    .await;
     assert!(plan.contains("jobs_flex_submitted"), "sqlite: {plan}");
 
     let s = testpg::pg_store().await;
@@ -718,18 +735,12 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
          ANALYZE jobs",
     )
     .await;
-    let c = s.pg().expect("pg").conn().await.expect("conn");
-    let plan: Vec<String> = c
-        .query(
-            &format!("EXPLAIN {}", crate::store::pg::ops::FLEX_TOKENS_SINCE),
-            &[&"m", &0_i64],
-        )
-        .await
-        .expect("explain")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = pg_plan(
+        &s,
+        crate::store::pg::ops::FLEX_TOKENS_SINCE,
+        &[&"m", &0_i64],
+    )
+    .await;
     assert!(plan.contains("jobs_flex_submitted"), "postgres: {plan}");
     assert_eq!(
         s.flex_tokens_since("m", 10_000).await.expect("spend"),
@@ -742,22 +753,11 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
 /// queued jobs with an error code, on both backends, not every queued job of the batch.
 #[tokio::test]
 async fn a_batchs_cap_waiters_are_counted_from_their_index() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let s = Store::open(&dir.path().join("q.db")).expect("open");
-    let plan: Vec<String> = s
-        .call(|c| {
-            let mut st = c.prepare(&format!(
-                "EXPLAIN QUERY PLAN {}",
-                crate::store::budget::BATCH_WAITING
-            ))?;
-            let rows = st.query_map(rusqlite::params!["b", "x", "y", "z"], |r| {
-                r.get::<_, String>(3)
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-        .expect("plan");
-    let plan = plan.join("\n");
+    let plan = sqlite_plan(
+        crate::store::budget::BATCH_WAITING,
+        ["b", "x", "y", "z"].map(|v| v.to_string().into()).to_vec(),
+    )
+    .await;
     assert!(plan.contains("jobs_budget_waiting"), "sqlite: {plan}");
 
     let s = testpg::pg_store().await;
@@ -772,18 +772,12 @@ async fn a_batchs_cap_waiters_are_counted_from_their_index() {
          ANALYZE jobs",
     )
     .await;
-    let c = s.pg().expect("pg").conn().await.expect("conn");
-    let plan: Vec<String> = c
-        .query(
-            &format!("EXPLAIN {}", crate::store::pg::budget::BATCH_WAITING),
-            &[&"b", &"budget_batch", &"budget_daily", &"budget_unpriced"],
-        )
-        .await
-        .expect("explain")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    let plan = plan.join("\n");
+    let plan = pg_plan(
+        &s,
+        crate::store::pg::budget::BATCH_WAITING,
+        &[&"b", &"budget_batch", &"budget_daily", &"budget_unpriced"],
+    )
+    .await;
     assert!(plan.contains("jobs_budget_waiting"), "postgres: {plan}");
     assert_eq!(s.batch_spend("b").await.expect("spend").waiting, 20);
 }

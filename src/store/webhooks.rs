@@ -79,8 +79,8 @@ impl Store {
     /// The job's end trigger re-arms a row (due now, a new `created_at`) when the job reaches
     /// another end while the attempt ran: a success deferred until the video is archived,
     /// whose job was archived meanwhile. That re-arming wins over this attempt's next time or
-    /// giving up, which are kept only while `created_at` is still the claimed row's; the
-    /// attempt that deferred it had pushed it an hour back (a CI run's webhook never came).
+    /// giving up, which are kept only while `created_at` is still the claimed row's (else the
+    /// deferring attempt would push an archived job's webhook an hour back).
     ///
     /// # Errors
     /// SQL errors.
@@ -260,9 +260,10 @@ mod tests {
         s.api_enqueue(ok.clone(), door_job(&ok))
             .await
             .expect("enqueue");
-        let set = |state: &str, at: i64| {
-            format!("UPDATE jobs SET state = '{state}', updated_at = {at} WHERE id = '{ok_id}'")
+        let set_job = |id: &str, state: &str, at: i64| {
+            format!("UPDATE jobs SET state = '{state}', updated_at = {at} WHERE id = '{id}'")
         };
+        let set = |state: &str, at: i64| set_job(&ok_id, state, at);
         exec(&s, &set("succeeded", now + 100)).await;
         let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
         assert_eq!(due.len(), 1);
@@ -288,9 +289,7 @@ mod tests {
         s.api_enqueue(raced.clone(), door_job(&raced))
             .await
             .expect("enqueue");
-        let set_raced = |state: &str, at: i64| {
-            format!("UPDATE jobs SET state = '{state}', updated_at = {at} WHERE id = '{raced_id}'")
-        };
+        let set_raced = |state: &str, at: i64| set_job(&raced_id, state, at);
         exec(&s, &set_raced("succeeded", now + 100)).await;
         let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
         assert_eq!(due.len(), 1);

@@ -183,7 +183,7 @@ fn migrate_is_idempotent_and_config_never_prints_secrets() {
     let env = TestEnv::new("");
     let a = env.ok(&["migrate"]);
     let b = env.ok(&["migrate"]);
-    let latest = if env.postgres {
+    let latest = if env.postgres_url.is_some() {
         seedq::store::postgres_latest()
     } else {
         seedq::store::migrate::latest()

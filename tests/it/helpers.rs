@@ -13,9 +13,8 @@ pub fn bin() -> &'static str {
 pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
-    /// The store is a fresh PostgreSQL database rather than `seedq.db` in `dir`.
-    pub postgres: bool,
-    /// That database's URL, for tests that talk to it directly.
+    /// The store's URL when it is a fresh PostgreSQL database rather than `seedq.db` in
+    /// `dir`, for tests that talk to it directly.
     pub postgres_url: Option<String>,
 }
 
@@ -71,14 +70,13 @@ impl TestEnv {
         Self {
             dir,
             config,
-            postgres: postgres_url.is_some(),
             postgres_url,
         }
     }
 
     /// Refused input stores nothing: on SQLite not even the file, on PostgreSQL no job.
     pub fn assert_nothing_stored(&self) {
-        if self.postgres {
+        if self.postgres_url.is_some() {
             assert!(self.jobs().is_empty(), "nothing stored");
         } else {
             assert!(!self.path().join("seedq.db").exists(), "nothing stored");
@@ -150,7 +148,7 @@ impl TestEnv {
     /// `ls --json` parsed; empty when no database was created (read commands don't create
     /// one, and refused input stores nothing).
     pub fn jobs(&self) -> Vec<serde_json::Value> {
-        if !self.postgres && !self.path().join("seedq.db").exists() {
+        if self.postgres_url.is_none() && !self.path().join("seedq.db").exists() {
             return Vec::new();
         }
         let out = self.ok(&["ls", "--json", "--limit", "100000"]);

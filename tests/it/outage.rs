@@ -16,7 +16,7 @@ const JOBS: usize = 20;
 /// A service on a database of `cluster`, with [`JOBS`] jobs queued that run two at a time
 /// for three seconds each, so the run is under way when the server turns: thirty seconds of
 /// work, of which the hog below can take twenty on a loaded machine before it holds every
-/// connection (a CI run with ten one-second jobs had made them all by then).
+/// connection.
 struct Run {
     env: TestEnv,
     sim: SimProc,

@@ -243,8 +243,8 @@ fn fault_matrix_500s_malformed_bodies_and_latency_all_finish() {
     );
     // A 500 on create is ambiguous: reconciliation looks for the task for the grace period,
     // then (by this test's policy) resubmits. Each create is an attempt, and one in five
-    // fails: with the default 5 attempts, a job of the 40 dies about one run in 80 (a CI run
-    // saw it). This test is about every job finishing, so it allows 30 (40 × 0.2^30 ≈ 4e-20);
+    // fails: with the default 5 attempts, a job of the 40 dies about one run in 80. This
+    // test is about every job finishing, so it allows 30 (40 × 0.2^30 ≈ 4e-20);
     // what running out of attempts does is table-tested in src/worker/dispatch.rs.
     let env = TestEnv::new(&worker_config_with(
         &sim,

@@ -15,7 +15,7 @@ use crate::config::Config;
 /// when idle (`ls /proc/<pid>/fd`: stdio, two epolls, an eventfd, a pipe, the three SQLite
 /// files, five sockets); the rest is headroom.
 const BASE_RESERVE: u64 = 32;
-/// The PostgreSQL pool's size (`store/pg/mod.rs`), one socket each.
+/// The PostgreSQL pool's size (`store/postgres/mod.rs`), one socket each.
 const PG_POOL: u64 = 16;
 /// Outgoing calls besides creates and archive downloads: the poller, the reconciler, the
 /// governor, the readiness probe of Ark.

@@ -6,12 +6,10 @@
 //! from the database on every request, never cached, so a revocation holds at once on every
 //! worker of a fleet. The PostgreSQL bodies are in `pg/api.rs`.
 
-use rusqlite::types::Value;
-use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{JOB_COLUMNS, Job, NewJob, Store, StoreError, insert_event, insert_job, job_from_row};
-use crate::job::{JobId, JobState};
+use super::{JOB_COLUMNS, Job, NewJob, StoreError};
+use crate::job::JobId;
 
 /// An API key as stored (its hash, never the key).
 #[derive(Clone, Debug, Serialize)]
@@ -205,431 +203,103 @@ pub(crate) const API_OFFSET: usize = 40;
 pub(crate) const KEY_COLUMNS: &str = "id, name, hash, max_cost_fen, rpm, models, webhook_url, \
      webhook_secret, created_at, revoked_at";
 
-fn key_from_row(r: &Row<'_>) -> rusqlite::Result<ApiKey> {
-    let models: Option<String> = r.get(5)?;
-    Ok(ApiKey {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        hash: r.get(2)?,
-        max_cost_fen: r.get(3)?,
-        rpm: r.get(4)?,
-        models: models.and_then(|m| serde_json::from_str(&m).ok()),
-        webhook_url: r.get(6)?,
-        webhook_secret: r.get(7)?,
-        created_at: r.get(8)?,
-        revoked_at: r.get(9)?,
-    })
-}
+backend_trait! {
+    /// The OpenAI- and Ark-compatible front door: API keys, their jobs, usage and rate windows.
+    trait ApiStore {
+        /// Stores a new key.
+        ///
+        /// # Errors
+        /// SQL errors; a name already taken is a constraint error.
+        pub fn api_key_create(&self, key: ApiKey) -> Result<(), StoreError>;
 
-fn row_pair(r: &Row<'_>) -> rusqlite::Result<ApiRow> {
-    let job = job_from_row(r)?;
-    let o = API_OFFSET;
-    let job_id: Option<String> = r.get(o)?;
-    let api = match job_id {
-        Some(job_id) => Some(ApiJob {
-            job_id,
-            api_key: r.get(o + 1)?,
-            door: r.get(o + 2)?,
-            body_sha256: r.get(o + 3)?,
-            info: r.get(o + 4)?,
-            webhook_url: r.get(o + 5)?,
-            created_at: r.get(o + 6)?,
-            deleted_at: r.get(o + 7)?,
-            result_meta: r.get(o + 8)?,
-        }),
-        None => None,
-    };
-    Ok((job, api))
-}
+        /// Every key, revoked ones included, oldest first.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
 
-/// The list's `WHERE` clause and its values (SQLite placeholders).
-fn list_where(f: &ApiListFilter, args: &mut Vec<Value>) -> String {
-    let mut sql = String::from(" WHERE a.deleted_at IS NULL");
-    if let Some(k) = &f.key {
-        args.push(k.clone().into());
-        sql.push_str(&format!(" AND a.api_key = ?{}", args.len()));
-    }
-    if let Some(d) = &f.door {
-        args.push(d.clone().into());
-        sql.push_str(&format!(" AND a.door = ?{}", args.len()));
-    }
-    let mut any = |col: &str, values: &[String], args: &mut Vec<Value>| {
-        if values.is_empty() {
-            return;
-        }
-        let marks: Vec<String> = values
-            .iter()
-            .map(|v| {
-                args.push(v.clone().into());
-                format!("?{}", args.len())
-            })
-            .collect();
-        sql.push_str(&format!(" AND {col} IN ({})", marks.join(", ")));
-    };
-    any(&status_case(f.archive_on), &f.statuses, args);
-    any("j.id", &f.ids, args);
-    if let Some(m) = &f.model {
-        args.push(m.clone().into());
-        sql.push_str(&format!(" AND j.model = ?{}", args.len()));
-    }
-    if let Some(t) = &f.service_tier {
-        args.push(t.clone().into());
-        sql.push_str(&format!(" AND j.service_tier = ?{}", args.len()));
-    }
-    if let Some(after) = &f.after {
-        args.push(after.clone().into());
-        let op = if f.ascending { ">" } else { "<" };
-        sql.push_str(&format!(" AND j.id {op} ?{}", args.len()));
-    }
-    sql
-}
+        /// The live (not revoked) key with this hash.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError>;
 
-impl Store {
-    /// Stores a new key.
-    ///
-    /// # Errors
-    /// SQL errors; a name already taken is a constraint error.
-    pub async fn api_key_create(&self, key: ApiKey) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_key_create(pg, &key).await;
-        }
-        self.call(move |c| {
-            let models = key
-                .models
-                .as_ref()
-                .map(|m| serde_json::to_string(m).unwrap_or_default());
-            c.execute(
-                &format!("INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    key.id,
-                    key.name,
-                    key.hash,
-                    key.max_cost_fen,
-                    key.rpm,
-                    models,
-                    key.webhook_url,
-                    key.webhook_secret,
-                    key.created_at,
-                    key.revoked_at
-                ],
-            )?;
-            Ok(())
-        })
-        .await
-    }
+        /// A key by id, revoked or not.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError>;
 
-    /// Every key, revoked ones included, oldest first.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_keys(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare(&format!(
-                "SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
-            ))?;
-            let rows = st.query_map([], key_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
+        /// Revokes the key named `name_or_id` (its name or its id); returns whether a live key
+        /// was revoked.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_key_revoke(&self, name_or_id: &str) -> Result<bool, StoreError>;
 
-    /// The live (not revoked) key with this hash.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_key_by_hash(&self, hash: &str) -> Result<Option<ApiKey>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_key_by_hash(pg, hash).await;
-        }
-        let hash = hash.to_string();
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {KEY_COLUMNS} FROM api_keys WHERE hash = ?1 AND revoked_at IS NULL"
-                ),
-                [hash],
-                key_from_row,
-            )
-            .optional()?)
-        })
-        .await
-    }
+        /// Enqueues a door's job and its door record in one transaction. A job whose
+        /// idempotency key (`job.key`) exists is not inserted: the existing job is returned,
+        /// as [`ApiEnqueued::Existing`] when its body hash is `api.body_sha256`, else as
+        /// [`ApiEnqueued::Conflict`].
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_enqueue(&self, job: NewJob, api: ApiJob) -> Result<ApiEnqueued, StoreError>;
 
-    /// A key by id, revoked or not.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_key(&self, id: &str) -> Result<Option<ApiKey>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_key(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?1"),
-                [id],
-                key_from_row,
-            )
-            .optional()?)
-        })
-        .await
-    }
+        /// One job with its door record; a job whose record the client deleted is not found.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_job(&self, id: &str) -> Result<Option<ApiRow>, StoreError>;
 
-    /// Revokes the key named `name_or_id` (its name or its id); returns whether a live key
-    /// was revoked.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_key_revoke(&self, name_or_id: &str) -> Result<bool, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_key_revoke(pg, name_or_id).await;
-        }
-        let n = name_or_id.to_string();
-        self.call(move |c| {
-            let changed = c.execute(
-                "UPDATE api_keys SET revoked_at = ?2 \
-                 WHERE (name = ?1 OR id = ?1) AND revoked_at IS NULL",
-                params![n, super::now_ms()],
-            )?;
-            Ok(changed > 0)
-        })
-        .await
-    }
+        /// A page of jobs matching `f` (newest first unless `ascending`), and how many match in
+        /// all (before paging).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_list(&self, f: ApiListFilter) -> Result<(i64, Vec<ApiRow>), StoreError>;
 
-    /// Enqueues a door's job and its door record in one transaction. A job whose
-    /// idempotency key (`job.key`) exists is not inserted: the existing job is returned,
-    /// as [`ApiEnqueued::Existing`] when its body hash is `api.body_sha256`, else as
-    /// [`ApiEnqueued::Conflict`].
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_enqueue(&self, job: NewJob, api: ApiJob) -> Result<ApiEnqueued, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_enqueue(pg, job, api).await;
-        }
-        self.call(move |c| {
-            let now = super::now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = if insert_job(&tx, &job, now, now, true, None)? == 1 {
-                insert_event(&tx, job.id.as_str(), now, None, JobState::Queued, Some("enqueued"))?;
-                tx.execute(
-                    "INSERT INTO api_jobs (job_id, api_key, door, body_sha256, info, webhook_url, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                    params![
-                        job.id.as_str(),
-                        api.api_key,
-                        api.door,
-                        api.body_sha256,
-                        api.info,
-                        api.webhook_url,
-                        now
-                    ],
-                )?;
-                ApiEnqueued::Created(job.id)
-            } else {
-                let (id, hash): (String, Option<String>) = tx.query_row(
-                    "SELECT j.id, a.body_sha256 FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
-                     WHERE j.idempotency_key = ?1",
-                    [&job.key],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                if hash.as_deref() == Some(api.body_sha256.as_str()) {
-                    ApiEnqueued::Existing(JobId::from(id))
-                } else {
-                    ApiEnqueued::Conflict(JobId::from(id))
-                }
-            };
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-    }
+        /// Deletes a finished job's record as the door sees it (its door row is marked deleted;
+        /// a job made outside the doors gets a door row that says so). Returns whether a
+        /// visible record was deleted.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_delete(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// One job with its door record; a job whose record the client deleted is not found.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_job(&self, id: &str) -> Result<Option<ApiRow>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_job(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!(
-                    "SELECT {} FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id \
-                     WHERE j.id = ?1 AND a.deleted_at IS NULL",
-                    joined_columns()
-                ),
-                [id],
-                row_pair,
-            )
-            .optional()?)
-        })
-        .await
-    }
+        /// Per key: its jobs' holds in the budget day starting at `day_start` (hold units, as
+        /// `budget_holds` counts them: billed where known, else the reservation) and how many
+        /// jobs it has created in all.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError>;
 
-    /// A page of jobs matching `f` (newest first unless `ascending`), and how many match in
-    /// all (before paging).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_list(&self, f: ApiListFilter) -> Result<(i64, Vec<ApiRow>), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_list(pg, f).await;
-        }
-        self.call(move |c| {
-            let mut args = Vec::new();
-            let from = format!(
-                " FROM jobs j LEFT JOIN api_jobs a ON a.job_id = j.id{}",
-                list_where(&f, &mut args)
-            );
-            let total: i64 = c.query_row(
-                &format!("SELECT COUNT(*){from}"),
-                rusqlite::params_from_iter(args.clone()),
-                |r| r.get(0),
-            )?;
-            let order = if f.ascending { "ASC" } else { "DESC" };
-            let sql = format!(
-                "SELECT {}{from} ORDER BY j.id {order} LIMIT {} OFFSET {}",
-                joined_columns(),
-                f.limit.max(0),
-                f.offset.max(0)
-            );
-            let mut st = c.prepare(&sql)?;
-            let rows = st.query_map(rusqlite::params_from_iter(args), row_pair)?;
-            Ok((total, rows.collect::<Result<Vec<_>, _>>()?))
-        })
-        .await
-    }
+        /// Takes one request of `key`'s rate (`rpm` a minute) for the whole fleet: the read and
+        /// the write of its [`rate_window`] row are one `BEGIN IMMEDIATE` transaction, so two
+        /// workers on one database count each other's requests.
+        ///
+        /// # Errors
+        /// `Ok(Err(ms))`: over the rate, the wait until one more request fits; `Err`: SQL errors.
+        pub fn api_rate_take(
+            &self,
+            key: &str,
+            rpm: i64,
+            now: i64,
+        ) -> Result<Result<(), i64>, StoreError>;
 
-    /// Deletes a finished job's record as the door sees it (its door row is marked deleted;
-    /// a job made outside the doors gets a door row that says so). Returns whether a
-    /// visible record was deleted.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_delete(&self, id: &str) -> Result<bool, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_delete(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let now = super::now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let n = tx.execute(
-                "UPDATE api_jobs SET deleted_at = ?2 WHERE job_id = ?1 AND deleted_at IS NULL",
-                params![id, now],
-            )?;
-            let n = if n == 0 {
-                // A job made outside the doors (seen by the admin token): a door row that
-                // only records the deletion.
-                tx.execute(
-                    "INSERT INTO api_jobs (job_id, door, body_sha256, info, created_at, deleted_at) \
-                     SELECT id, 'ark', '', '{}', ?2, ?2 FROM jobs WHERE id = ?1 \
-                     ON CONFLICT (job_id) DO NOTHING",
-                    params![id, now],
-                )?
-            } else {
-                n
-            };
-            tx.commit()?;
-            Ok(n > 0)
-        })
-        .await
-    }
-
-    /// Per key: its jobs' holds in the budget day starting at `day_start` (hold units, as
-    /// `budget_holds` counts them: billed where known, else the reservation) and how many
-    /// jobs it has created in all.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_key_usage(pg, day_start).await;
-        }
-        self.call(move |c| {
-            let mut st = c.prepare(KEY_USAGE_SQL)?;
-            let rows = st.query_map([day_start], |r| {
-                Ok(KeyUsage {
-                    key: r.get(0)?,
-                    jobs: r.get(1)?,
-                    units_today: r.get(2)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Takes one request of `key`'s rate (`rpm` a minute) for the whole fleet: the read and
-    /// the write of its [`rate_window`] row are one `BEGIN IMMEDIATE` transaction, so two
-    /// workers on one database count each other's requests.
-    ///
-    /// # Errors
-    /// `Ok(Err(ms))`: over the rate, the wait until one more request fits; `Err`: SQL errors.
-    pub async fn api_rate_take(
-        &self,
-        key: &str,
-        rpm: i64,
-        now: i64,
-    ) -> Result<Result<(), i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_rate_take(pg, key, rpm, now).await;
-        }
-        let key = key.to_string();
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let row: Option<RateRow> = tx
-                .prepare_cached(
-                    "SELECT window_start, count, prev_count FROM api_rate WHERE api_key = ?1",
-                )?
-                .query_row([&key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                .optional()?;
-            match rate_window(row, now, rpm) {
-                Ok((ws, n, prev)) => {
-                    tx.prepare_cached(
-                        "INSERT INTO api_rate (api_key, window_start, count, prev_count) \
-                         VALUES (?1, ?2, ?3, ?4) ON CONFLICT (api_key) DO UPDATE SET \
-                         window_start = excluded.window_start, count = excluded.count, \
-                         prev_count = excluded.prev_count",
-                    )?
-                    .execute(params![key, ws, n, prev])?;
-                    tx.commit()?;
-                    Ok(Ok(()))
-                }
-                Err(wait) => Ok(Err(wait)),
-            }
-        })
-        .await
-    }
-
-    /// The secret that signs file URLs (created by the migration, one per database).
-    ///
-    /// # Errors
-    /// SQL errors, or no secret row.
-    pub async fn api_url_secret(&self) -> Result<String, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::api::api_url_secret(pg).await;
-        }
-        self.call(|c| {
-            Ok(c.query_row(
-                "SELECT value FROM api_settings WHERE name = 'url_secret'",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
+        /// The secret that signs file URLs (created by the migration, one per database).
+        ///
+        /// # Errors
+        /// SQL errors, or no secret row.
+        pub fn api_url_secret(&self) -> Result<String, StoreError>;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::testpg;
 
     pub(crate) fn key(name: &str, hash: &str) -> ApiKey {

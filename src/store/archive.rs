@@ -6,11 +6,10 @@
 //! bump the lease token, so a heartbeat racing a URL refresh cannot fence the holder out; each
 //! still requires the holder's token and `archiving`, and zero rows changed is a conflict.
 
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use super::{JOB_COLUMNS, Job, Store, StoreError, insert_event, job_from_row, now_ms};
-use crate::job::{JobId, JobState};
+use super::{Job, StoreError};
+use crate::job::JobId;
 
 /// A job claimed for archiving, with the archive columns [`Job`] does not carry.
 #[derive(Clone, Debug)]
@@ -45,312 +44,100 @@ pub struct ArchiveStats {
 /// The failure code of a job whose result vanished before it was archived.
 pub const RESULT_EXPIRED: &str = "result_expired";
 
-/// Runs a fenced, state-preserving update of an `archiving` job; zero rows is a conflict.
-fn fenced(
-    c: &Connection,
-    id: &JobId,
-    token: i64,
-    sql: &str,
-    args: &[&dyn rusqlite::ToSql],
-) -> Result<(), StoreError> {
-    let n = c.execute(sql, args)?;
-    if n == 0 {
-        return Err(StoreError::Conflict {
-            id: id.clone(),
-            expected: JobState::Archiving,
-            token,
-        });
-    }
-    Ok(())
-}
+backend_trait! {
+    /// The archiver: claims of finished jobs, their leases and the verified digests of what was
+    /// stored.
+    trait ArchiveStore {
+        /// Claims the due job closest to losing its result (earliest `url_expires_at`) into
+        /// `archiving`: a `succeeded` job whose `next_attempt_at` has come, or an `archiving` job
+        /// whose holder's lease ran out (a crash or a kill mid-transfer).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn claim_for_archive(
+            &self,
+            owner: &str,
+            lease_ms: i64,
+        ) -> Result<Option<ArchiveClaim>, StoreError>;
 
-impl Store {
-    /// Claims the due job closest to losing its result (earliest `url_expires_at`) into
-    /// `archiving`: a `succeeded` job whose `next_attempt_at` has come, or an `archiving` job
-    /// whose holder's lease ran out (a crash or a kill mid-transfer).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn claim_for_archive(
-        &self,
-        owner: &str,
-        lease_ms: i64,
-    ) -> Result<Option<ArchiveClaim>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::claim_for_archive(pg, owner, lease_ms).await;
-        }
-        let owner = owner.to_string();
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let found: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT id, state FROM jobs \
-                     WHERE (state = 'succeeded' AND next_attempt_at <= ?1) \
-                        OR (state = 'archiving' AND COALESCE(lease_until, 0) <= ?1) \
-                     ORDER BY url_expires_at IS NULL, url_expires_at, next_attempt_at, id LIMIT 1",
-                    [now],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            let Some((id, from)) = found else {
-                return Ok(None);
-            };
-            let claim = tx.query_row(
-                &format!(
-                    "UPDATE jobs SET state = 'archiving', updated_at = ?1, lease_owner = ?2, \
-                     lease_until = ?1 + ?3, next_attempt_at = ?1 + ?3, \
-                     lease_token = lease_token + 1, archive_attempts = archive_attempts + 1 \
-                     WHERE id = ?4 \
-                     RETURNING {JOB_COLUMNS}, archive_attempts, archive_frame_sha256, archive_frame_size, \
-                     result_meta"
-                ),
-                params![now, owner, lease_ms, id],
-                |r| {
-                    // The extra columns follow the job's, however many those are.
-                    let n = JOB_COLUMNS.split(',').count();
-                    let frame: (Option<String>, Option<i64>) = (r.get(n + 1)?, r.get(n + 2)?);
-                    Ok(ArchiveClaim {
-                        job: job_from_row(r)?,
-                        attempts: r.get(n)?,
-                        result_meta: r.get(n + 3)?,
-                        frame: match frame {
-                            (Some(sha), Some(size)) => Some((sha, size)),
-                            _ => None,
-                        },
-                    })
-                },
-            )?;
-            let (from, detail) = if from == "archiving" {
-                (JobState::Archiving, "lease ran out; claimed again for archive")
-            } else {
-                (JobState::Succeeded, "claimed for archive")
-            };
-            insert_event(&tx, &id, now, Some(from), JobState::Archiving, Some(detail))?;
-            tx.commit()?;
-            Ok(Some(claim))
-        })
-        .await
-    }
+        /// Pushes the lease of an `archiving` job held with `token` to `lease_ms` from now, while a
+        /// long transfer runs. Returns false when the job is no longer ours.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn extend_archive_lease(
+            &self,
+            id: &JobId,
+            token: i64,
+            lease_ms: i64,
+        ) -> Result<bool, StoreError>;
 
-    /// Pushes the lease of an `archiving` job held with `token` to `lease_ms` from now, while a
-    /// long transfer runs. Returns false when the job is no longer ours.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn extend_archive_lease(
-        &self,
-        id: &JobId,
-        token: i64,
-        lease_ms: i64,
-    ) -> Result<bool, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::extend_archive_lease(pg, id, token, lease_ms).await;
-        }
-        let id = id.clone();
-        self.call(move |c| {
-            let now = now_ms();
-            let n = c.execute(
-                "UPDATE jobs SET lease_until = ?1 + ?2, next_attempt_at = ?1 + ?2 \
-                 WHERE id = ?3 AND state = 'archiving' AND lease_token = ?4",
-                params![now, lease_ms, id.as_str(), token],
-            )?;
-            Ok(n == 1)
-        })
-        .await
-    }
+        /// Records fresh result URLs (from a new GET of the task) for an `archiving` job.
+        ///
+        /// # Errors
+        /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+        pub fn record_archive_urls(
+            &self,
+            id: &JobId,
+            token: i64,
+            video_url: String,
+            last_frame_url: Option<String>,
+            url_expires_at: i64,
+        ) -> Result<(), StoreError>;
 
-    /// Records fresh result URLs (from a new GET of the task) for an `archiving` job.
-    ///
-    /// # Errors
-    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
-    pub async fn record_archive_urls(
-        &self,
-        id: &JobId,
-        token: i64,
-        video_url: String,
-        last_frame_url: Option<String>,
-        url_expires_at: i64,
-    ) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::record_archive_urls(
-                pg,
-                id,
-                token,
-                video_url,
-                last_frame_url,
-                url_expires_at,
-            )
-            .await;
-        }
-        let id = id.clone();
-        self.call(move |c| {
-            fenced(
-                c,
-                &id,
-                token,
-                "UPDATE jobs SET video_url = ?1, \
-                 last_frame_url = COALESCE(?2, last_frame_url), url_expires_at = ?3, updated_at = ?4 \
-                 WHERE id = ?5 AND state = 'archiving' AND lease_token = ?6",
-                &[
-                    &video_url,
-                    &last_frame_url,
-                    &url_expires_at,
-                    &now_ms(),
-                    &id.as_str(),
-                    &token,
-                ],
-            )
-        })
-        .await
-    }
+        /// Records the verified video (key, sha256, size) before its upload completes, so that
+        /// after a crash an object found under the key can be checked against it.
+        ///
+        /// # Errors
+        /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+        pub fn record_video_digest(
+            &self,
+            id: &JobId,
+            token: i64,
+            key: String,
+            sha256: String,
+            size: i64,
+        ) -> Result<(), StoreError>;
 
-    /// Records the verified video (key, sha256, size) before its upload completes, so that
-    /// after a crash an object found under the key can be checked against it.
-    ///
-    /// # Errors
-    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
-    pub async fn record_video_digest(
-        &self,
-        id: &JobId,
-        token: i64,
-        key: String,
-        sha256: String,
-        size: i64,
-    ) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::record_video_digest(pg, id, token, key, sha256, size).await;
-        }
-        let id = id.clone();
-        self.call(move |c| {
-            fenced(
-                c,
-                &id,
-                token,
-                "UPDATE jobs SET archive_key = ?1, archive_sha256 = ?2, archive_size = ?3 \
-                 WHERE id = ?4 AND state = 'archiving' AND lease_token = ?5",
-                &[&key, &sha256, &size, &id.as_str(), &token],
-            )
-        })
-        .await
-    }
+        /// Records the verified last frame (sha256, size) before its upload completes.
+        ///
+        /// # Errors
+        /// [`StoreError::Conflict`] when the job is no longer held with `token`.
+        pub fn record_frame_digest(
+            &self,
+            id: &JobId,
+            token: i64,
+            sha256: String,
+            size: i64,
+        ) -> Result<(), StoreError>;
 
-    /// Records the verified last frame (sha256, size) before its upload completes.
-    ///
-    /// # Errors
-    /// [`StoreError::Conflict`] when the job is no longer held with `token`.
-    pub async fn record_frame_digest(
-        &self,
-        id: &JobId,
-        token: i64,
-        sha256: String,
-        size: i64,
-    ) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::record_frame_digest(pg, id, token, sha256, size).await;
-        }
-        let id = id.clone();
-        self.call(move |c| {
-            fenced(
-                c,
-                &id,
-                token,
-                "UPDATE jobs SET archive_frame_sha256 = ?1, archive_frame_size = ?2 \
-                 WHERE id = ?3 AND state = 'archiving' AND lease_token = ?4",
-                &[&sha256, &size, &id.as_str(), &token],
-            )
-        })
-        .await
-    }
+        /// The archived last frame's (sha256, size), if the job has one.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError>;
 
-    /// The archived last frame's (sha256, size), if the job has one.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn frame_digest(&self, id: &str) -> Result<Option<(String, i64)>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::frame_digest(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let row: Option<(Option<String>, Option<i64>)> = c
-                .query_row(
-                    "SELECT archive_frame_sha256, archive_frame_size FROM jobs WHERE id = ?1",
-                    [id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-            Ok(match row {
-                Some((Some(sha), Some(size))) => Some((sha, size)),
-                _ => None,
-            })
-        })
-        .await
-    }
+        /// When archive work next comes due: the earliest retry of a `succeeded` job or lease end
+        /// of an `archiving` one.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn next_archive_due(&self) -> Result<Option<i64>, StoreError>;
 
-    /// When archive work next comes due: the earliest retry of a `succeeded` job or lease end
-    /// of an `archiving` one.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::next_archive_due(pg).await;
-        }
-        self.call(|c| {
-            Ok(c.query_row(
-                "SELECT MIN(t) FROM ( \
-                   SELECT MIN(next_attempt_at) AS t FROM jobs WHERE state = 'succeeded' \
-                   UNION ALL \
-                   SELECT MIN(COALESCE(lease_until, 0)) FROM jobs WHERE state = 'archiving')",
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-    }
-
-    /// Archive counts for `seedq stats`.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn archive_stats(&self) -> Result<ArchiveStats, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::archive::archive_stats(pg).await;
-        }
-        self.call(|c| {
-            Ok(c.query_row(
-                // The counts the triggers keep (migrations/0018_job_counts.sql, whose
-                // `result_expired` column counts RESULT_EXPIRED), not a scan of the jobs.
-                "SELECT \
-                   COALESCE(SUM(CASE WHEN state = 'archived' THEN jobs END), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'archived' THEN archive_bytes END), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'succeeded' THEN jobs END), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'succeeded' THEN archive_retried END), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'archiving' THEN jobs END), 0), \
-                   COALESCE(SUM(CASE WHEN state = 'failed' THEN result_expired END), 0) \
-                 FROM job_counts",
-                [],
-                |r| {
-                    Ok(ArchiveStats {
-                        archived: r.get(0)?,
-                        archived_bytes: r.get(1)?,
-                        waiting: r.get(2)?,
-                        retrying: r.get(3)?,
-                        archiving: r.get(4)?,
-                        result_expired: r.get(5)?,
-                    })
-                },
-            )?)
-        })
-        .await
+        /// Archive counts for `seedq stats`.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn archive_stats(&self) -> Result<ArchiveStats, StoreError>;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::job::JobState;
     use crate::store::{NewJob, Patch, ResolutionScope};
+    use crate::store::{Store, now_ms};
     use crate::tier::Tier;
 
     fn new_job(id: &JobId) -> NewJob {

@@ -15,10 +15,11 @@
 //! transaction ([`room_in_tx`]): the claim writes `submit_started_at` in that same transaction,
 //! so N processes claiming at once can never together exceed a limit.
 
+use super::{Job, ResolutionScope};
 use crate::tier::Tier;
-use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use rusqlite::{Connection, params};
 
-use super::{Store, StoreError, now_ms};
+use super::StoreError;
 
 /// One registered worker process.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -133,294 +134,129 @@ pub(super) fn release_leases(
     .execute(params![owner, now, dead])
 }
 
-/// The upsert behind [`Store::try_lead`]: takes the row when free or expired at `now`, renews
-/// it when `owner`'s; returns the new `until` when `owner` leads.
-fn lead(
-    conn: &Connection,
-    name: &str,
-    owner: &str,
-    now: i64,
-    ttl_ms: i64,
-) -> rusqlite::Result<Option<i64>> {
-    conn.prepare_cached(
-        "INSERT INTO leaders (name, owner, since, until) VALUES (?1, ?2, ?3, ?3 + ?4) \
-         ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until, \
-         since = CASE WHEN leaders.owner = excluded.owner THEN leaders.since \
-                      ELSE excluded.since END \
-         WHERE leaders.owner = excluded.owner OR leaders.until <= ?3 \
-         RETURNING until",
-    )?
-    .query_row(params![name, owner, now, ttl_ms], |r| r.get(0))
-    .optional()
-}
+backend_trait! {
+    /// A fleet of workers: registration, heartbeats, leadership, shared rate windows and limited
+    /// claims.
+    trait FleetStore {
+        /// Registers (or re-registers) a worker, heartbeat now.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn register_worker(&self, w: WorkerRow) -> Result<(), StoreError>;
 
-impl Store {
-    /// Registers (or re-registers) a worker, heartbeat now.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn register_worker(&self, w: WorkerRow) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::register_worker(pg, &w).await;
-        }
-        self.call(move |c| {
-            c.execute(
-                "INSERT INTO workers (id, host, pid, version, started_at, heartbeat_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                 ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
-                 version = excluded.version, started_at = excluded.started_at, \
-                 heartbeat_at = excluded.heartbeat_at",
-                params![w.id, w.host, w.pid, w.version, w.started_at, w.heartbeat_at],
-            )?;
-            Ok(())
-        })
-        .await
-    }
+        /// Records a heartbeat. False when the row is gone: another worker took this one for dead
+        /// (it was paused or cut off longer than the timeout) and released its leases.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn heartbeat_worker(&self, id: &str, now: i64) -> Result<bool, StoreError>;
 
-    /// Records a heartbeat. False when the row is gone: another worker took this one for dead
-    /// (it was paused or cut off longer than the timeout) and released its leases.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn heartbeat_worker(&self, id: &str, now: i64) -> Result<bool, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::heartbeat_worker(pg, id, now).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            Ok(
-                c.prepare_cached("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")?
-                    .execute(params![id, now])?
-                    == 1,
-            )
-        })
-        .await
-    }
+        /// Removes a worker that stops cleanly, with the singletons it leads, so a successor
+        /// need not wait for their leases to run out.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn deregister_worker(&self, id: &str) -> Result<(), StoreError>;
 
-    /// Removes a worker that stops cleanly, with the singletons it leads, so a successor
-    /// need not wait for their leases to run out.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn deregister_worker(&self, id: &str) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::deregister_worker(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.execute("DELETE FROM leaders WHERE owner = ?1", [&id])?;
-            tx.execute("DELETE FROM workers WHERE id = ?1", [&id])?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-    }
+        /// The registered workers, oldest first.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn workers(&self) -> Result<Vec<WorkerRow>, StoreError>;
 
-    /// The registered workers, oldest first.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn workers(&self) -> Result<Vec<WorkerRow>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::workers(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare(
-                "SELECT id, host, pid, version, started_at, heartbeat_at FROM workers \
-                 ORDER BY started_at, id",
-            )?;
-            let rows = st.query_map([], |r| {
-                Ok(WorkerRow {
-                    id: r.get(0)?,
-                    host: r.get(1)?,
-                    pid: r.get(2)?,
-                    version: r.get(3)?,
-                    started_at: r.get(4)?,
-                    heartbeat_at: r.get(5)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
+        /// Takes a worker for dead: releases its leases (see [`release_leases`] for `dead`),
+        /// drops the singletons it leads and deletes its row, in one transaction, and only if its
+        /// heartbeat is still older than `lapsed_before` then (it did not come back meanwhile).
+        /// Returns how many jobs it held, or `None` when it was alive after all.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn reap_worker(
+            &self,
+            id: &str,
+            lapsed_before: i64,
+            dead: bool,
+        ) -> Result<Option<usize>, StoreError>;
 
-    /// Takes a worker for dead: releases its leases (see [`release_leases`] for `dead`),
-    /// drops the singletons it leads and deletes its row, in one transaction, and only if its
-    /// heartbeat is still older than `lapsed_before` then (it did not come back meanwhile).
-    /// Returns how many jobs it held, or `None` when it was alive after all.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn reap_worker(
-        &self,
-        id: &str,
-        lapsed_before: i64,
-        dead: bool,
-    ) -> Result<Option<usize>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::reap_worker(pg, id, lapsed_before, dead).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let gone = tx.execute(
-                "DELETE FROM workers WHERE id = ?1 AND heartbeat_at < ?2",
-                params![id, lapsed_before],
-            )?;
-            if gone == 0 {
-                return Ok(None);
-            }
-            let jobs = release_leases(&tx, &id, now, dead)?;
-            tx.execute("DELETE FROM leaders WHERE owner = ?1", [&id])?;
-            tx.commit()?;
-            Ok(Some(jobs))
-        })
-        .await
-    }
+        /// Drops the singletons `owner` leads (a process known to be dead), so the next
+        /// [`Store::try_lead`] need not wait for their leases.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn drop_leadership_of(&self, owner: &str) -> Result<usize, StoreError>;
 
-    /// Drops the singletons `owner` leads (a process known to be dead), so the next
-    /// [`Store::try_lead`] need not wait for their leases.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn drop_leadership_of(&self, owner: &str) -> Result<usize, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::drop_leadership_of(pg, owner).await;
-        }
-        let owner = owner.to_string();
-        self.call(move |c| Ok(c.execute("DELETE FROM leaders WHERE owner = ?1", [owner])?))
-            .await
-    }
+        /// One heartbeat of worker `id` and the renewal of its singletons `names` for `ttl_ms`, in
+        /// one transaction: one commit a tick, so a worker holds the database's write lock as
+        /// briefly as it can (a worker stopped inside a write would stall every other). Returns
+        /// whether the worker was still registered (see [`Store::heartbeat_worker`]) and, per
+        /// name, the new `until` when it leads (see [`Store::try_lead`]).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn beat(
+            &self,
+            id: &str,
+            names: &[&'static str],
+            ttl_ms: i64,
+        ) -> Result<(bool, Vec<Option<i64>>), StoreError>;
 
-    /// One heartbeat of worker `id` and the renewal of its singletons `names` for `ttl_ms`, in
-    /// one transaction: one commit a tick, so a worker holds the database's write lock as
-    /// briefly as it can (a worker stopped inside a write would stall every other). Returns
-    /// whether the worker was still registered (see [`Store::heartbeat_worker`]) and, per
-    /// name, the new `until` when it leads (see [`Store::try_lead`]).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn beat(
-        &self,
-        id: &str,
-        names: &[&'static str],
-        ttl_ms: i64,
-    ) -> Result<(bool, Vec<Option<i64>>), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::beat(pg, id, names, ttl_ms).await;
-        }
-        let (id, names) = (id.to_string(), names.to_vec());
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let alive = tx
-                .prepare_cached("UPDATE workers SET heartbeat_at = ?2 WHERE id = ?1")?
-                .execute(params![id, now])?
-                == 1;
-            let mut leads = Vec::with_capacity(names.len());
-            for name in names {
-                leads.push(lead(&tx, name, &id, now, ttl_ms)?);
-            }
-            tx.commit()?;
-            Ok((alive, leads))
-        })
-        .await
-    }
+        /// Takes or renews the singleton `name` for `owner` for `ttl_ms`: one conditional upsert,
+        /// which succeeds when the row is free, expired or already ours. Returns the new `until`
+        /// when `owner` leads, `None` when another does.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn try_lead(
+            &self,
+            name: &str,
+            owner: &str,
+            ttl_ms: i64,
+        ) -> Result<Option<i64>, StoreError>;
 
-    /// Takes or renews the singleton `name` for `owner` for `ttl_ms`: one conditional upsert,
-    /// which succeeds when the row is free, expired or already ours. Returns the new `until`
-    /// when `owner` leads, `None` when another does.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn try_lead(
-        &self,
-        name: &str,
-        owner: &str,
-        ttl_ms: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::try_lead(pg, name, owner, ttl_ms).await;
-        }
-        let (name, owner) = (name.to_string(), owner.to_string());
-        self.call(move |c| Ok(lead(c, &name, &owner, now_ms(), ttl_ms)?))
-            .await
-    }
+        /// Gives up the singleton `name` if `owner` holds it (a clean stop).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn resign(&self, name: &str, owner: &str) -> Result<(), StoreError>;
 
-    /// Gives up the singleton `name` if `owner` holds it (a clean stop).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn resign(&self, name: &str, owner: &str) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::resign(pg, name, owner).await;
-        }
-        let (name, owner) = (name.to_string(), owner.to_string());
-        self.call(move |c| {
-            c.execute(
-                "DELETE FROM leaders WHERE name = ?1 AND owner = ?2",
-                [name, owner],
-            )?;
-            Ok(())
-        })
-        .await
-    }
+        /// When the `rpm`-th newest create of (`model`, `tier`) since `since_ms` started, i.e. the
+        /// create whose leaving the RPM window makes room again; `None` when the window has room.
+        /// A dispatcher that another worker's creates kept out sleeps until then.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn rpm_window_full_since(
+            &self,
+            model: &str,
+            tier: Tier,
+            since_ms: i64,
+            rpm: u32,
+        ) -> Result<Option<i64>, StoreError>;
 
-    /// When the `rpm`-th newest create of (`model`, `tier`) since `since_ms` started, i.e. the
-    /// create whose leaving the RPM window makes room again; `None` when the window has room.
-    /// A dispatcher that another worker's creates kept out sleeps until then.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn rpm_window_full_since(
-        &self,
-        model: &str,
-        tier: Tier,
-        since_ms: i64,
-        rpm: u32,
-    ) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::rpm_window_full_since(pg, model, tier, since_ms, rpm).await;
-        }
-        let (model, tier) = (model.to_string(), tier);
-        self.call(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT submit_started_at FROM jobs WHERE submit_started_at >= ?1 AND model = ?2 \
-                 AND service_tier = ?3 ORDER BY submit_started_at DESC LIMIT 1 OFFSET ?4",
-            )?
-            .query_row(
-                params![since_ms, model, tier, i64::from(rpm.max(1)) - 1],
-                |r| r.get(0),
-            )
-            .optional()?)
-        })
-        .await
-    }
+        /// Every singleton's holder, expired ones included (`until` says).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn leaders(&self) -> Result<Vec<LeaderRow>, StoreError>;
 
-    /// Every singleton's holder, expired ones included (`until` says).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn leaders(&self) -> Result<Vec<LeaderRow>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::fleet::leaders(pg).await;
-        }
-        self.call(|c| {
-            let mut st =
-                c.prepare("SELECT name, owner, since, until FROM leaders ORDER BY name")?;
-            let rows = st.query_map([], |r| {
-                Ok(LeaderRow {
-                    name: r.get(0)?,
-                    owner: r.get(1)?,
-                    since: r.get(2)?,
-                    until: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        /// [`Store::claim_for_submit_tier`] within the account's RPM and flex TPD as well, counted
+        /// for every worker on this database in the same transaction (store/fleet.rs), so that N
+        /// workers together never exceed them and one alone can use all of them.
+        ///
+        /// # Errors
+        /// SQL errors.
+        #[allow(clippy::too_many_arguments)]
+        pub fn claim_for_submit_limited(
+            &self,
+            model: &str,
+            tier: Tier,
+            max_in_flight: u32,
+            scope: ResolutionScope,
+            limit: u32,
+            owner: &str,
+            lease_ms: i64,
+            fleet: &FleetLimits,
+        ) -> Result<Vec<Job>, StoreError>;
     }
 }
 
@@ -429,6 +265,7 @@ mod tests {
     use super::*;
     use crate::job::JobState;
     use crate::store::{NewJob, ResolutionScope, testpg};
+    use crate::store::{Store, now_ms};
 
     fn worker(id: &str, heartbeat_at: i64) -> WorkerRow {
         WorkerRow {

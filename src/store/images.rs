@@ -164,22 +164,24 @@ impl Store {
         if !body.contains(REF_MEMBER) {
             return Ok(body);
         }
-        if let Some(pg) = self.pg() {
-            return super::pg::images::inflate(pg, &body).await;
-        }
-        self.call(move |c| inflate(c, &body)).await
+        self.inflate(body).await
     }
+}
 
-    /// How many distinct images are stored.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn image_count(&self) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::images::image_count(pg).await;
-        }
-        self.call(|c| Ok(c.query_row("SELECT COUNT(*) FROM images", [], |r| r.get(0))?))
-            .await
+backend_trait! {
+    /// Images interned out of request bodies, restored before a create.
+    trait ImageStore {
+        /// [`Store::inflate_body`] for a body that references interned images.
+        ///
+        /// # Errors
+        /// A referenced image is missing, or SQL errors.
+        pub(super) fn inflate(&self, body: String) -> Result<String, StoreError>;
+
+        /// How many distinct images are stored.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn image_count(&self) -> Result<i64, StoreError>;
     }
 }
 

@@ -1,12 +1,60 @@
 //! The durable job store: the only place SQL lives.
 //!
-//! One narrow interface (enqueue, claim, typed state-change verbs, query) over one SQLite
-//! connection thread (`conn`). The stages change a job only through the verbs in `verbs.rs`
-//! (`mark_submitted`, `record_polls`, `mark_archived`, …); the generic `transition`/`update`
-//! below them are private here. Every state change is a guarded compare-and-set on
-//! `(id, state, lease_token)` that also appends a `job_events` row in the same transaction;
-//! zero rows changed is a [`StoreError::Conflict`], never ignored. A PostgreSQL backend (`FOR UPDATE SKIP LOCKED`)
-//! could sit behind the same methods.
+//! [`Store`] is the handle the stages hold. Its methods are the store's whole interface:
+//! enqueue, claims, typed state-change verbs (`verbs.rs`: `mark_submitted`, `record_polls`,
+//! `mark_archived`, …) and queries. Below them, each area (the queue, archiving, budgets,
+//! batches, chains, the fleet, the dashboard, …) is one trait, declared in `store/<area>.rs`
+//! with `backend_trait!`, and implemented twice under the same file name: by
+//! `sqlite::SqliteStore` (one file, one connection thread, `conn.rs`) and by
+//! `postgres::PgStore` (a pool shared by a fleet). A backend missing a method does not compile.
+//!
+//! Every state change is a guarded compare-and-set on `(id, state, lease_token)` that also
+//! appends a `job_events` row atomically; zero rows changed is a [`StoreError::Conflict`],
+//! never ignored.
+
+/// Declares one area's backend trait and the [`Store`] methods that call it.
+///
+/// Each area (the queue, archiving, budgets, the fleet, …) is one trait with one method per
+/// query, implemented by [`sqlite::SqliteStore`] in `store/sqlite/<area>.rs` and by
+/// [`postgres::PgStore`] in `store/postgres/<area>.rs`. A backend that lacks a method does not
+/// compile. The `Store` method of the same name, with the documentation, dispatches to the
+/// backend the store was opened on; the stages call only those.
+macro_rules! backend_trait {
+    (
+        $(#[$tattr:meta])*
+        trait $tr:ident {
+            $(
+                $(#[$mattr:meta])*
+                $vis:vis fn $name:ident(&self $(, $arg:ident: $ty:ty)* $(,)?) -> $ret:ty;
+            )*
+        }
+    ) => {
+        $(#[$tattr])*
+        pub(crate) trait $tr {
+            $(
+                $(#[$mattr])*
+                fn $name(&self $(, $arg: $ty)*)
+                    -> impl ::std::future::Future<Output = $ret> + Send;
+            )*
+        }
+
+        impl $crate::store::Store {
+            $(
+                $(#[$mattr])*
+                $vis async fn $name(&self $(, $arg: $ty)*) -> $ret {
+                    match &self.backend {
+                        $crate::store::Backend::Sqlite(s) => {
+                            <$crate::store::sqlite::SqliteStore as $tr>::$name(s $(, $arg)*).await
+                        }
+                        $crate::store::Backend::Postgres(p) => {
+                            <$crate::store::postgres::PgStore as $tr>::$name(p $(, $arg)*).await
+                        }
+                    }
+                }
+            )*
+        }
+    };
+}
 
 pub mod api;
 mod archive;
@@ -15,14 +63,16 @@ mod bulk;
 mod bulk_index;
 mod chain;
 mod conn;
+mod core;
 pub(crate) mod counters;
 pub(crate) mod fleet;
 mod images;
 pub mod migrate;
 pub mod ops;
 mod pause;
-pub(crate) mod pg;
+pub(crate) mod postgres;
 mod reads;
+mod sqlite;
 mod tier_sql;
 mod ui;
 mod verbs;
@@ -50,8 +100,8 @@ pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
 pub use ops::MIN_ROOM;
 pub use pause::{PauseKind, Paused};
 /// The PostgreSQL schema version this binary expects (`migrate::latest` is SQLite's).
-pub use pg::migrate::latest as postgres_latest;
-pub use pg::redact_url;
+pub use postgres::migrate::latest as postgres_latest;
+pub use postgres::redact_url;
 pub use ui::{UiCell, UiFilter, UiWait};
 pub use verbs::{
     Accepted, Adopted, ArchiveRecord, ErrorNote, LastError, PARKED, PollOutcome, Polled,
@@ -569,8 +619,8 @@ pub struct Store {
 /// of workers shares.
 #[derive(Clone)]
 enum Backend {
-    Sqlite { conn: conn::Conn, path: PathBuf },
-    Postgres(pg::Pg),
+    Sqlite(sqlite::SqliteStore),
+    Postgres(postgres::PgStore),
 }
 
 /// `store.url` (or `store.path`), parsed: which backend, and where.
@@ -604,7 +654,7 @@ impl StoreTarget {
     pub fn describe(&self) -> String {
         match self {
             Self::Sqlite(p) => p.display().to_string(),
-            Self::Postgres { url, .. } => pg::redact_url(url),
+            Self::Postgres { url, .. } => postgres::redact_url(url),
         }
     }
 
@@ -715,10 +765,10 @@ impl Store {
     /// See [`StoreError`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Sqlite {
+            backend: Backend::Sqlite(sqlite::SqliteStore {
                 conn: conn::open(path, true)?,
                 path: path.to_path_buf(),
-            },
+            }),
         })
     }
 
@@ -733,29 +783,31 @@ impl Store {
             StoreTarget::Sqlite(path) if create => Self::open(path),
             StoreTarget::Sqlite(path) => Self::open_existing(path),
             StoreTarget::Postgres { url, password } => Ok(Self {
-                backend: Backend::Postgres(pg::Pg::connect(url, password.as_ref()).await?),
+                backend: Backend::Postgres(
+                    postgres::PgStore::connect(url, password.as_ref()).await?,
+                ),
             }),
         }
     }
 
-    /// The PostgreSQL pool, when that is the backend: each method with a PostgreSQL body
-    /// starts with `if let Some(pg) = self.pg() { … }`.
-    pub(crate) fn pg(&self) -> Option<&pg::Pg> {
+    /// The PostgreSQL backend, for tests that run its SQL directly.
+    #[cfg(test)]
+    pub(crate) fn pg(&self) -> Option<&postgres::PgStore> {
         match &self.backend {
             Backend::Postgres(pg) => Some(pg),
-            Backend::Sqlite { .. } => None,
+            Backend::Sqlite(_) => None,
         }
     }
 
     /// True on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
-        self.pg().is_some()
+        matches!(self.backend, Backend::Postgres(_))
     }
 
     /// For messages: the file, or the database URL without its password.
     pub fn describe(&self) -> String {
         match &self.backend {
-            Backend::Sqlite { path, .. } => path.display().to_string(),
+            Backend::Sqlite(s) => s.path.display().to_string(),
             Backend::Postgres(pg) => pg.describe().to_string(),
         }
     }
@@ -767,10 +819,10 @@ impl Store {
     /// [`StoreError::Missing`] when there is no file at `path`; else as [`Store::open`].
     pub fn open_existing(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
-            backend: Backend::Sqlite {
+            backend: Backend::Sqlite(sqlite::SqliteStore {
                 conn: conn::open(path, false)?,
                 path: path.to_path_buf(),
-            },
+            }),
         })
     }
 
@@ -780,7 +832,7 @@ impl Store {
     /// [`StoreError::Replaced`] when it was deleted or replaced.
     pub fn check_identity(&self) -> Result<(), StoreError> {
         match &self.backend {
-            Backend::Sqlite { conn, .. } => conn.check_identity(),
+            Backend::Sqlite(s) => s.conn.check_identity(),
             // A server's database has no file here to lose.
             Backend::Postgres(_) => Ok(()),
         }
@@ -789,129 +841,22 @@ impl Store {
     /// The database file; `None` on PostgreSQL.
     pub fn path(&self) -> Option<&Path> {
         match &self.backend {
-            Backend::Sqlite { path, .. } => Some(path),
+            Backend::Sqlite(s) => Some(&s.path),
             Backend::Postgres(_) => None,
         }
     }
 
-    /// Runs a closure on the connection thread. Only `store` submodules and tests use this.
+    /// Runs a closure on the SQLite connection thread, for tests that run its SQL directly.
+    #[cfg(test)]
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         match &self.backend {
-            Backend::Sqlite { conn, .. } => conn.call(f).await,
-            // Every method has a PostgreSQL body of its own before it gets here; reaching
-            // this is a method that was missed, and it must fail loudly, not quietly.
+            Backend::Sqlite(s) => s.call(f).await,
             Backend::Postgres(_) => Err(StoreError::Unsupported(std::any::type_name::<F>())),
         }
-    }
-
-    /// The schema version in the file.
-    ///
-    /// # Errors
-    /// The database cannot be read.
-    pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::migrate::version(pg).await;
-        }
-        self.call(|c| Ok(migrate::version(c)?)).await
-    }
-
-    /// Inserts jobs in one transaction. Jobs whose idempotency key exists are skipped.
-    ///
-    /// # Errors
-    /// Any SQL error rolls the whole batch back: nothing is inserted.
-    pub async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::enqueue(pg, jobs).await;
-        }
-        self.call(move |conn| {
-            let now = now_ms();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut report = EnqueueReport::default();
-            {
-                let mut existing =
-                    tx.prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?;
-                // The prompt index, batch counts and `enqueued` events are filled once for
-                // all rows at the end (bulk_index.rs: per row, FTS5 writes a segment per job).
-                bulk_index::begin(&tx)?;
-                let inserted = bulk_index::insert_rows(&tx, &jobs, now)?;
-                let rowids: Vec<i64> = inserted.iter().map(|r| r.0).collect();
-                let ids: HashSet<&str> = inserted.iter().map(|r| r.1.as_str()).collect();
-                for j in &jobs {
-                    if ids.contains(j.id.as_str()) {
-                        report.inserted.push(j.id.clone());
-                    } else if let Some(key) = &j.key {
-                        let id: String = existing.query_row([key], |r| r.get(0))?;
-                        report.skipped.push((key.clone(), JobId::from(id)));
-                    }
-                }
-                bulk_index::finish(&tx, &rowids, now)?;
-            }
-            tx.commit()?;
-            Ok(report)
-        })
-        .await
-    }
-
-    /// One job by id.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::job(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| Ok(load_job(c, &id)?)).await
-    }
-
-    /// A job by its remote task id.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn job_by_remote(&self, remote: &str) -> Result<Option<Job>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::job_by_remote(pg, remote).await;
-        }
-        let remote = remote.to_string();
-        self.call(move |c| {
-            Ok(c.query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE remote_task_id = ?1"),
-                [remote],
-                job_from_row,
-            )
-            .optional()?)
-        })
-        .await
-    }
-
-    /// The audit trail of a job, oldest first.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::events(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = ?1 ORDER BY id",
-            )?;
-            let rows = st.query_map([id], |r| {
-                Ok(JobEvent {
-                    at: r.get(0)?,
-                    from_state: r.get(1)?,
-                    to_state: r.get(2)?,
-                    detail: r.get(3)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
     }
 
     /// Jobs matching `f`, newest first.
@@ -929,159 +874,6 @@ impl Store {
     /// SQL errors.
     pub async fn list_lean(&self, f: ListFilter) -> Result<Vec<Job>, StoreError> {
         self.list_columns(f, lean_columns()).await
-    }
-
-    async fn list_columns(&self, f: ListFilter, columns: String) -> Result<Vec<Job>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::list_columns(pg, f, &columns).await;
-        }
-        self.call(move |c| {
-            let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
-            let mut args: Vec<Value> = Vec::new();
-            push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
-            sql.push_str(" ORDER BY id DESC");
-            if let Some(l) = f.limit {
-                sql.push_str(&format!(" LIMIT {l}"));
-            }
-            let mut st = c.prepare(&sql)?;
-            let rows = st.query_map(rusqlite::params_from_iter(args), job_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Counts and tokens per (state, model).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn stats(&self) -> Result<Vec<StatRow>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::stats(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare(
-                // The counts the triggers keep (migrations/0018_job_counts.sql), not a scan.
-                "SELECT state, model, jobs, est_tokens, usage_tokens \
-                 FROM job_counts WHERE jobs > 0 ORDER BY model, state",
-            )?;
-            let rows = st.query_map([], |r| {
-                let s: String = r.get(0)?;
-                Ok((s, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?;
-            let mut out = Vec::new();
-            for row in rows {
-                let (s, model, jobs, est_tokens, usage_tokens) = row?;
-                let state = s
-                    .parse()
-                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?;
-                out.push(StatRow {
-                    state,
-                    model,
-                    jobs,
-                    est_tokens,
-                    usage_tokens,
-                });
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Cancels a queued job at once, or flags a remote one for the worker to DELETE.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::cancel(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(job) = load_job(&tx, &id)? else {
-                return Ok(CancelOutcome::NotFound);
-            };
-            let now = now_ms();
-            let out = match job.state {
-                JobState::Queued => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2 \
-                         WHERE id = ?1 AND state = 'queued'",
-                        params![id, now],
-                    )?;
-                    insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("cancelled by user"))?;
-                    CancelOutcome::Cancelled
-                }
-                // A parked ambiguous submit has no remote id to DELETE: the operator decides
-                // it is over. (If a task did start, it is not tracked any more.)
-                JobState::SubmitUnknown if job.last_error_code.as_deref() == Some("parked") => {
-                    tx.execute(
-                        "UPDATE jobs SET state = 'cancelled', updated_at = ?2, finished_at = ?2, \
-                         lease_token = lease_token + 1 WHERE id = ?1 AND state = 'submit_unknown'",
-                        params![id, now],
-                    )?;
-                    insert_event(&tx, &id, now, Some(job.state), JobState::Cancelled, Some("parked submit cancelled by user"))?;
-                    CancelOutcome::Cancelled
-                }
-                s if s.is_remote() => {
-                    tx.execute(
-                        "UPDATE jobs SET cancel_requested = 1, updated_at = ?2, next_attempt_at = ?2 WHERE id = ?1",
-                        params![id, now],
-                    )?;
-                    insert_event(&tx, &id, now, Some(s), s, Some("cancel requested"))?;
-                    CancelOutcome::Requested
-                }
-                s => CancelOutcome::AlreadyFinal { state: s },
-            };
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
-    }
-
-    /// Puts a failed, dead, expired or cancelled job back in the queue with fresh attempts.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn retry(&self, id: &str) -> Result<RetryOutcome, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::retry(pg, id).await;
-        }
-        let id = id.to_string();
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let Some(job) = load_job(&tx, &id)? else {
-                return Ok(RetryOutcome::NotFound);
-            };
-            if job.next_attempt_at == chain::HELD {
-                return Ok(RetryOutcome::UnreleasedShot);
-            }
-            // A parked ambiguous submit may be resubmitted by an operator who checked that no
-            // task exists (reconciliation found none within its grace period).
-            let parked = job.state == JobState::SubmitUnknown
-                && job.last_error_code.as_deref() == Some("parked");
-            let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
-            if !(retryable || parked) {
-                return Ok(RetryOutcome::NotRetryable { state: job.state });
-            }
-            let now = now_ms();
-            // A retried job is a new remote task: forget the old one's traces. The frozen body
-            // (and its seed) stays: a retry asks for exactly the same video.
-            tx.execute(
-                "UPDATE jobs SET state = 'queued', updated_at = ?2, attempts = 0, next_attempt_at = ?2, \
-                 remote_task_id = NULL, remote_status = NULL, remote_created_at = NULL, \
-                 submit_started_at = NULL, submitted_at = NULL, cancel_requested = 0, \
-                 last_error_code = NULL, last_error_message = NULL, finished_at = NULL, \
-                 deadline_at = CASE WHEN deadline_at IS NULL THEN NULL ELSE ?2 + (deadline_at - created_at) END, \
-                 lease_token = lease_token + 1, lease_until = NULL, lease_owner = NULL \
-                 WHERE id = ?1 AND state = ?3",
-                params![id, now, job.state.as_str()],
-            )?;
-            insert_event(&tx, &id, now, Some(job.state), JobState::Queued, Some("retried by user"))?;
-            tx.commit()?;
-            Ok(RetryOutcome::Requeued)
-        })
-        .await
     }
 
     /// Moves a job from `from` (holding `token`) to `to`, applying `patch`, and records the
@@ -1109,48 +901,7 @@ impl Store {
             detail,
         };
         t.check()?;
-        if let Some(pg) = self.pg() {
-            return pg::core::transition(pg, t).await;
-        }
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let next = t.apply(&tx, now_ms())?;
-            tx.commit()?;
-            Ok(next)
-        })
-        .await
-    }
-
-    /// Applies many transitions in one transaction (the poller records a whole batch at
-    /// once). Each succeeds or conflicts on its own; the results come back in order.
-    ///
-    /// # Errors
-    /// SQL errors (then nothing is applied).
-    async fn transition_many(
-        &self,
-        batch: Vec<Transition>,
-    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::transition_many(pg, batch).await;
-        }
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let mut out = Vec::with_capacity(batch.len());
-            for t in batch {
-                let r = match t.check() {
-                    Ok(()) => match t.apply(&tx, now) {
-                        Err(StoreError::Sqlite(e)) => return Err(StoreError::Sqlite(e)),
-                        other => other,
-                    },
-                    Err(e) => Err(e),
-                };
-                out.push(r);
-            }
-            tx.commit()?;
-            Ok(out)
-        })
-        .await
+        self.apply_transition(t).await
     }
 
     /// Claims up to `limit` of the best due queued jobs of `model` on `tier` (priority, then
@@ -1193,161 +944,6 @@ impl Store {
         .await
     }
 
-    /// [`Store::claim_for_submit_tier`] within the account's RPM and flex TPD as well, counted
-    /// for every worker on this database in the same transaction (store/fleet.rs), so that N
-    /// workers together never exceed them and one alone can use all of them.
-    ///
-    /// # Errors
-    /// SQL errors.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn claim_for_submit_limited(
-        &self,
-        model: &str,
-        tier: Tier,
-        max_in_flight: u32,
-        scope: ResolutionScope,
-        limit: u32,
-        owner: &str,
-        lease_ms: i64,
-        fleet: &FleetLimits,
-    ) -> Result<Vec<Job>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::fleet::claim_for_submit_limited(
-                pg,
-                model,
-                tier,
-                max_in_flight,
-                scope,
-                limit,
-                owner,
-                lease_ms,
-                fleet,
-            )
-            .await;
-        }
-        let fleet = fleet.clone();
-        let (model, tier, owner) = (model.to_string(), tier, owner.to_string());
-        let (only, only_cap, except) = match scope {
-            ResolutionScope::All => (None, 0, "[]".to_string()),
-            ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), "[]".to_string()),
-            ResolutionScope::Except(list) => (
-                None,
-                0,
-                serde_json::to_string(&list).unwrap_or_else(|_| "[]".into()),
-            ),
-        };
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // The counters the triggers keep (store/counters.rs), not a count of the jobs:
-            // the claim costs the same with 100 or 100 000 tasks in flight.
-            let in_flight = counters::in_flight_in_tx(&tx, &model, tier, None)?;
-            let mut room = (i64::from(max_in_flight) - in_flight).min(i64::from(limit));
-            if let Some(res) = &only {
-                let res_in_flight = counters::in_flight_in_tx(&tx, &model, tier, Some(res))?;
-                room = room.min(only_cap - res_in_flight);
-            }
-            // The account's RPM and flex TPD, for every worker on this database (store/fleet.rs).
-            let account = fleet::room_in_tx(&tx, &model, tier, only.as_deref(), &fleet, now)?;
-            room = room.min(account.creates);
-            if room <= 0 {
-                return Ok(Vec::new());
-            }
-            // The due queued jobs in claim order (at most `room`). INDEXED BY: without
-            // statistics SQLite picks `jobs_due` for the `next_attempt_at` range and sorts
-            // every due queued job, 1.8 s a claim with 1 000 000 queued (`seedq bench
-            // claims`); walking the tier's queue index in claim order stops after `room`.
-            let candidates = format!(
-                "SELECT id, priority, est_tokens FROM jobs q INDEXED BY jobs_queue_tier WHERE state = 'queued' AND model = ?4 \
-                 AND next_attempt_at <= ?1 AND service_tier = ?5 \
-                 AND (?7 IS NULL OR q.shape = ?7 OR q.shape LIKE ?7 || '/%') \
-                 AND NOT EXISTS (SELECT 1 FROM json_each(?8) e \
-                     WHERE q.shape = e.value OR q.shape LIKE e.value || '/%') \
-                 AND {SERIALISED} \
-                 AND {NOT_PAUSED} \
-                 ORDER BY priority DESC, id LIMIT ?6"
-            );
-            let mut jobs = {
-                // Flex TPD: the candidates in claim order while their running token sum fits.
-                let mut st = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET state = 'submitting', updated_at = ?1, submit_started_at = ?1, \
-                     attempts = attempts + 1, lease_owner = ?2, lease_until = ?1 + ?3, \
-                     next_attempt_at = ?1 + ?3, lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM ( \
-                       SELECT id, SUM(COALESCE(est_tokens, 0)) OVER ( \
-                           ORDER BY priority DESC, id ROWS UNBOUNDED PRECEDING) AS tokens \
-                       FROM ({candidates})) WHERE ?9 IS NULL OR tokens <= ?9) \
-                     RETURNING {JOB_COLUMNS}"
-                ))?;
-                let rows = st.query_map(
-                    params![now, owner, lease_ms, model, tier, room, only, except, account.tokens],
-                    job_from_row,
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            for j in &jobs {
-                insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
-            }
-            if let (Some(left), Some((tpd, _, next_day))) = (account.tokens, fleet.tpd) {
-                // The next candidates that the day's budget cannot take wait for the next day,
-                // as the dispatcher's own reservation does (worker/dispatch.rs `submit`).
-                let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();
-                let mut st = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET next_attempt_at = ?9, updated_at = ?1 \
-                     WHERE id IN (SELECT id FROM ({candidates})) AND COALESCE(est_tokens, 0) > ?10 \
-                     RETURNING id, COALESCE(est_tokens, 0)"
-                ))?;
-                let waiting = st
-                    .query_map(
-                        params![now, owner, lease_ms, model, tier, room, only, except, next_day, left],
-                        |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)),
-                    )?
-                    .collect::<Result<Vec<_>, _>>()?;
-                for (id, need) in waiting {
-                    let spent = i64::try_from(tpd).unwrap_or(i64::MAX) - left;
-                    let why = format!("flex TPD budget reached ({spent}+{need} > {tpd} tokens)");
-                    insert_event(&tx, &id, now, Some(JobState::Queued), JobState::Queued, Some(&why))?;
-                }
-            }
-            tx.commit()?;
-            jobs.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.id.cmp(&b.id)));
-            Ok(jobs)
-        })
-        .await
-    }
-
-    /// Tasks of `model` on `tier` that occupy a remote slot (the AIMD cut starts from it).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn in_flight_tier(&self, model: &str, tier: Tier) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::in_flight_tier(pg, model, tier).await;
-        }
-        let (model, tier) = (model.to_string(), tier);
-        self.call(move |c| Ok(counters::in_flight_in_tx(c, &model, tier, None)?))
-            .await
-    }
-
-    /// Tasks that occupy a remote slot, per (model, tier).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn in_flight_by_tier(&self) -> Result<Vec<(String, Tier, i64)>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::in_flight_by_tier(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT model, service_tier, SUM(jobs) FROM in_flight_counts \
-                 GROUP BY model, service_tier HAVING SUM(jobs) <> 0",
-            )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
     /// Claims up to `limit` jobs in `state` that are due, bumping their lease token and pushing
     /// `next_attempt_at` to the lease's end, so a crashed holder's jobs come due again by
     /// themselves.
@@ -1381,41 +977,6 @@ impl Store {
             .await
     }
 
-    async fn claim_due_columns(
-        &self,
-        state: JobState,
-        owner: &str,
-        lease_ms: i64,
-        limit: u32,
-        columns: String,
-    ) -> Result<Vec<Job>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::core::claim_due_columns(pg, state, owner, lease_ms, limit, &columns).await;
-        }
-        let owner = owner.to_string();
-        self.call(move |c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let jobs = {
-                let mut st = tx.prepare_cached(&format!(
-                    "UPDATE jobs SET lease_owner = ?1, lease_until = ?2 + ?3, next_attempt_at = ?2 + ?3, \
-                     lease_token = lease_token + 1 \
-                     WHERE id IN (SELECT id FROM jobs WHERE state = ?4 AND next_attempt_at <= ?2 \
-                                  ORDER BY next_attempt_at LIMIT ?5) \
-                     RETURNING {columns}"
-                ))?;
-                let rows = st.query_map(
-                    params![owner, now, lease_ms, state.as_str(), limit],
-                    job_from_row,
-                )?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
-            Ok(jobs)
-        })
-        .await
-    }
-
     /// Updates columns of a job held with `token` without changing its state (no event).
     ///
     /// # Errors
@@ -1428,280 +989,6 @@ impl Store {
         patch: Patch,
     ) -> Result<i64, StoreError> {
         self.transition(id, state, token, state, patch, None).await
-    }
-
-    /// Models with queued jobs (due or not).
-    ///
-    /// A loose index scan: one index seek per distinct model, so it costs the same with ten
-    /// queued jobs or a million (a `GROUP BY` would visit every queued row on every claim).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::queued_models(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare_cached(
-                "WITH RECURSIVE m(model) AS ( \
-                   SELECT (SELECT MIN(model) FROM jobs WHERE state = 'queued') \
-                   UNION ALL \
-                   SELECT (SELECT MIN(model) FROM jobs WHERE state = 'queued' AND model > m.model) \
-                   FROM m WHERE m.model IS NOT NULL) \
-                 SELECT model FROM m WHERE model IS NOT NULL",
-            )?;
-            let rows = st.query_map([], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Tasks that occupy a remote slot, per model: submitting, submit_unknown and submitted.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::in_flight(pg).await;
-        }
-        self.call(|c| {
-            let mut st = c.prepare_cached(
-                "SELECT model, SUM(jobs) FROM in_flight_counts \
-                 GROUP BY model HAVING SUM(jobs) <> 0",
-            )?;
-            let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<HashMap<_, _>, _>>()?)
-        })
-        .await
-    }
-
-    /// Estimated flex tokens submitted for `model` since `since_ms` (the TPD budget's day).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::flex_tokens_since(pg, model, since_ms).await;
-        }
-        let model = model.to_string();
-        self.call(move |c| {
-            Ok(c.query_row(FLEX_TOKENS_SINCE, params![model, since_ms], |r| r.get(0))?)
-        })
-        .await
-    }
-
-    /// Queued flex jobs whose local deadline has passed become `expired`, without any API
-    /// call. Returns their ids.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::expire_overdue(pg).await;
-        }
-        self.call(|c| {
-            let now = now_ms();
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let ids: Vec<String> = {
-                let mut st = tx.prepare_cached(
-                    "UPDATE jobs SET state = 'expired', updated_at = ?1, finished_at = ?1, \
-                     lease_token = lease_token + 1, last_error_code = 'deadline_passed', \
-                     last_error_message = 'execution_expires_after passed before the job was submitted' \
-                     WHERE state = 'queued' AND deadline_at IS NOT NULL AND deadline_at <= ?1 RETURNING id",
-                )?;
-                let rows = st.query_map([now], |r| r.get(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            for id in &ids {
-                insert_event(&tx, id, now, Some(JobState::Queued), JobState::Expired, Some("deadline passed while queued locally"))?;
-            }
-            tx.commit()?;
-            Ok(ids.into_iter().map(JobId::from).collect())
-        })
-        .await
-    }
-
-    /// The median of the recent generation-time estimates (`gen_ms`) of the last `n`
-    /// succeeded jobs with the same model, tier and shape; `None` without history.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn recent_generation_ms(
-        &self,
-        model: &str,
-        tier: Tier,
-        shape: Option<&str>,
-        n: u32,
-    ) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::recent_generation_ms(pg, model, tier, shape, n).await;
-        }
-        let (model, tier, shape) = (model.to_string(), tier, shape.map(str::to_string));
-        self.call(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT gen_ms FROM jobs \
-                 WHERE model = ?1 AND service_tier = ?2 AND shape IS ?3 AND gen_ms IS NOT NULL \
-                 ORDER BY finished_at DESC LIMIT ?4",
-            )?;
-            let mut v: Vec<i64> = st
-                .query_map(params![model, tier, shape, n], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            if v.is_empty() {
-                return Ok(None);
-            }
-            v.sort_unstable();
-            Ok(Some(v[v.len() / 2]))
-        })
-        .await
-    }
-
-    /// The distinct owners of leases that have not run out yet.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn live_lease_owners(&self) -> Result<Vec<String>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::live_lease_owners(pg).await;
-        }
-        self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT DISTINCT lease_owner FROM jobs WHERE lease_owner IS NOT NULL AND lease_until > ?1",
-            )?;
-            let rows = st.query_map([now_ms()], |r| r.get(0))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Ends every lease `owner` holds (a process known to be dead), so its jobs come due at
-    /// once instead of when the lease would have run out. Returns how many jobs it held.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::release_leases_of(pg, owner).await;
-        }
-        let owner = owner.to_string();
-        self.call(move |c| {
-            // `holder_dead` tells reconciliation the create's POST is over (its process is).
-            Ok(fleet::release_leases(c, &owner, now_ms(), true)?)
-        })
-        .await
-    }
-
-    /// Jobs that did not finish well, with their state and last error (for the summary
-    /// `seedq run` ends with): every parked job (it waits for an operator, however old), and
-    /// the failed, dead, expired or unfinished ones that changed since `since_ms`.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn leftovers(
-        &self,
-        since_ms: i64,
-    ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::leftovers(pg, since_ms).await;
-        }
-        self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT id, state, last_error_code, last_error_message FROM jobs \
-                 WHERE (state = 'submit_unknown' AND last_error_code = 'parked') \
-                    OR (state NOT IN ('archived', 'succeeded', 'cancelled') AND updated_at >= ?1) \
-                 ORDER BY state, id",
-            )?;
-            let rows = st.query_map([since_ms], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Jobs that still need the service: queued, submitting, submitted, succeeded and
-    /// archiving (the last two only when archiving is on), and submit_unknown jobs that
-    /// reconciliation has not parked. Parked jobs wait for an operator, and so do jobs
-    /// waiting for a batch's budget to be raised (`seedq batch set`).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn pending_work(&self, archive: bool) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::pending_work(pg, archive).await;
-        }
-        self.call(move |c| {
-            Ok(c.query_row(
-                // A paused model's or batch's queued jobs wait for an operator, like a parked
-                // job: `seedq run` does not wait for them (`seedq pause`).
-                &format!("SELECT COUNT(*) FROM jobs q WHERE (state IN ('queued', 'submitting', 'submitted') \
-                 AND NOT (state = 'queued' AND COALESCE(last_error_code, '') IN (?2, ?4) AND next_attempt_at > ?3) \
-                 AND NOT (state = 'queued' AND NOT {NOT_PAUSED})) \
-                 OR (?1 AND state IN ('succeeded', 'archiving')) \
-                 OR (state = 'submit_unknown' AND COALESCE(last_error_code, '') <> 'parked')"),
-                params![archive, budget::WAIT_BATCH, now_ms(), budget::WAIT_UNPRICED],
-                |r| r.get(0),
-            )?)
-        })
-        .await
-    }
-
-    /// Creates per model since `since_ms`, to seed the RPM window after a restart.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::creates_since(pg, since_ms).await;
-        }
-        self.call(move |c| {
-            let mut st = c.prepare(
-                // Only the default tier has an RPM at Ark; flex creates must not fill its window.
-                "SELECT model, submit_started_at FROM jobs WHERE submit_started_at >= ?1 \
-                 AND service_tier = 'default'",
-            )?;
-            let rows = st.query_map([since_ms], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
-    }
-
-    /// Counts of jobs per state (all models).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::state_counts(pg).await;
-        }
-        let rows = self.stats().await?;
-        let mut m = HashMap::new();
-        for r in rows {
-            *m.entry(r.state).or_insert(0) += r.jobs;
-        }
-        Ok(m)
-    }
-
-    /// The earliest `next_attempt_at` among jobs in `states`, to sleep exactly until then.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return pg::ops::next_due(pg, states).await;
-        }
-        self.call(move |c| {
-            let list = states
-                .iter()
-                .map(|s| format!("'{}'", s.as_str()))
-                .collect::<Vec<_>>()
-                .join(", ");
-            Ok(c.query_row(
-                &format!("SELECT MIN(next_attempt_at) FROM jobs WHERE state IN ({list})"),
-                [],
-                |r| r.get(0),
-            )?)
-        })
-        .await
     }
 }
 

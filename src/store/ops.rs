@@ -5,18 +5,19 @@
 //! lifecycle. Long jobs are cut into short transactions (pruning deletes in batches) so the
 //! one connection thread keeps serving the stages; the backup runs on a connection of its own.
 
+use std::collections::HashMap;
+
+use crate::job::JobId;
 use crate::tier::Tier;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{BUSY_TIMEOUT, Store, StoreError, migrate, now_ms};
+use super::{BUSY_TIMEOUT, Store, StoreError, migrate};
 use crate::job::JobState;
 
-/// Rows deleted per pruning transaction: small enough that the stages barely notice.
-const PRUNE_BATCH: u32 = 500;
 /// Integrity problems reported at most (SQLite can list thousands for one bad page).
 const INTEGRITY_MAX: u32 = 10;
 
@@ -61,155 +62,6 @@ pub struct Inspection {
 pub const MIN_ROOM: u64 = 1 << 20;
 
 impl Store {
-    /// Counts, token sums, the oldest queued job and today's flex usage.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::ops_snapshot(pg, flex_day_start_ms).await;
-        }
-        self.call(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT state, model, service_tier, COUNT(*), COALESCE(SUM(est_tokens), 0), \
-                 COALESCE(SUM(usage_tokens), 0) FROM jobs GROUP BY state, model, service_tier",
-            )?;
-            let mut rows = Vec::new();
-            let mut q = st.query([])?;
-            while let Some(r) = q.next()? {
-                let state: String = r.get(0)?;
-                rows.push(StateRow {
-                    state: state.parse().map_err(|e: crate::job::UnknownState| {
-                        StoreError::Corrupt(e.to_string())
-                    })?,
-                    model: r.get(1)?,
-                    tier: r.get(2)?,
-                    jobs: r.get(3)?,
-                    est_tokens: r.get(4)?,
-                    usage_tokens: r.get(5)?,
-                });
-            }
-            let oldest_queued_ms = c.query_row(
-                "SELECT MIN(created_at) FROM jobs WHERE state = 'queued'",
-                [],
-                |r| r.get(0),
-            )?;
-            // The same sum as `flex_tokens_since`, for every model at once.
-            let mut st = c.prepare_cached(
-                "SELECT model, COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
-                 WHERE service_tier = 'flex' AND submitted_at >= ?1 GROUP BY model",
-            )?;
-            let flex_today = st
-                .query_map([flex_day_start_ms], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<BTreeMap<_, _>, _>>()?;
-            Ok(OpsSnapshot {
-                rows,
-                oldest_queued_ms,
-                flex_today,
-            })
-        })
-        .await
-    }
-
-    /// Deletes terminal jobs (and, by cascade, their events) that reached their state before
-    /// the cut-offs: `archived` (and `succeeded` when `succeeded_too`, i.e. archiving is off)
-    /// before `archived_before_ms`; `failed`, `dead`, `expired` and `cancelled` before
-    /// `failed_before_ms`. The time is `updated_at`, when the job last changed state. Archive
-    /// objects are not touched.
-    ///
-    /// # Errors
-    /// SQL errors; batches already deleted stay deleted.
-    pub async fn prune(
-        &self,
-        archived_before_ms: i64,
-        failed_before_ms: i64,
-        succeeded_too: bool,
-    ) -> Result<PruneReport, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::prune(pg, archived_before_ms, failed_before_ms, succeeded_too)
-                .await;
-        }
-        let mut report = PruneReport::new();
-        loop {
-            let batch = self
-                .call(move |c| {
-                    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                    let states: Vec<String> = {
-                        let mut st = tx.prepare_cached(
-                            "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs WHERE \
-                             ((state = 'archived' OR (?3 AND state = 'succeeded')) AND updated_at < ?1) \
-                             OR (state IN ('failed', 'dead', 'expired', 'cancelled') AND updated_at < ?2) \
-                             LIMIT ?4) RETURNING state",
-                        )?;
-                        st.query_map(
-                            params![archived_before_ms, failed_before_ms, succeeded_too, PRUNE_BATCH],
-                            |r| r.get(0),
-                        )?
-                        .collect::<Result<_, _>>()?
-                    };
-                    tx.commit()?;
-                    Ok(states)
-                })
-                .await?;
-            if batch.is_empty() {
-                if !report.is_empty() {
-                    // Images no remaining job refers to go with the last job that used them.
-                    self.call(|c| Ok(super::images::delete_orphans(c)?)).await?;
-                }
-                return Ok(report);
-            }
-            for s in batch {
-                let state = s
-                    .parse()
-                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?;
-                *report.entry(state).or_insert(0) += 1;
-            }
-        }
-    }
-
-    /// Releases leases that ran out on jobs polled or reconciled by a process that is gone:
-    /// clears the owner, bumps the token (fencing any zombie holder) and makes the job due.
-    /// Interrupted submits are not touched: `reconcile::recover_stale` owns those.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn release_expired_leases(&self) -> Result<usize, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::release_expired_leases(pg).await;
-        }
-        self.call(|c| {
-            let now = now_ms();
-            Ok(c.execute(
-                "UPDATE jobs SET lease_owner = NULL, lease_until = NULL, \
-                 lease_token = lease_token + 1, next_attempt_at = MIN(next_attempt_at, ?1) \
-                 WHERE lease_until IS NOT NULL AND lease_until < ?1 \
-                 AND state IN ('submitted', 'submit_unknown')",
-                [now],
-            )?)
-        })
-        .await
-    }
-
-    /// `PRAGMA optimize`, then a truncating WAL checkpoint. Returns the WAL frames
-    /// checkpointed (`-1` when the WAL was busy).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn upkeep(&self) -> Result<i64, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::upkeep(pg).await;
-        }
-        self.call(|c| {
-            c.execute_batch("PRAGMA optimize")?;
-            let (busy, _log, done): (i64, i64, i64) =
-                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
-            Ok(if busy != 0 { -1 } else { done })
-        })
-        .await
-    }
-
     /// Whether the file system under a SQLite database has room for the service to go on
     /// recording ([`MIN_ROOM`] free for an unprivileged process); always `Ok` on PostgreSQL,
     /// whose server reports a full disk as an error of its own. A `statvfs`, no I/O: cheap
@@ -218,61 +70,10 @@ impl Store {
     /// # Errors
     /// [`StoreError::NoRoom`] when less is free.
     pub fn room(&self) -> Result<(), StoreError> {
-        let Some(path) = self.path() else {
-            return Ok(());
-        };
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        // A file system that cannot be asked is not known to be full; the writes will tell.
-        let Ok(st) = rustix::fs::statvfs(dir) else {
-            return Ok(());
-        };
-        let free = st.f_bavail.saturating_mul(st.f_frsize);
-        if free < MIN_ROOM {
-            return Err(StoreError::NoRoom {
-                path: path.to_path_buf(),
-                free,
-                need: MIN_ROOM,
-            });
+        match &self.backend {
+            super::Backend::Sqlite(s) => s.room(),
+            super::Backend::Postgres(_) => Ok(()),
         }
-        Ok(())
-    }
-
-    /// Takes and releases the write lock (`BEGIN IMMEDIATE`, then rollback): the database
-    /// accepts writes right now. Nothing is written. On SQLite it also fails when the file
-    /// system is nearly full ([`Store::room`]): the lock alone needs no space, the next
-    /// commit does.
-    ///
-    /// # Errors
-    /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout),
-    /// or the disk has no room.
-    pub async fn write_probe(&self) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::write_probe(pg).await;
-        }
-        // A write to a deleted file succeeds and is lost: readiness fails instead.
-        self.check_identity()?;
-        self.room()?;
-        self.call(|c| {
-            let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            tx.rollback()?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// A round trip to the connection thread.
-    ///
-    /// # Errors
-    /// The thread is gone.
-    pub async fn ping(&self) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::ops::ping(pg).await;
-        }
-        self.call(|c| Ok(c.query_row("SELECT 1", [], |_| Ok(()))?))
-            .await
     }
 
     /// Copies the database to `dest` with SQLite's online backup, from a connection of its
@@ -376,9 +177,159 @@ pub fn inspect(path: &Path, busy: Duration) -> Result<Inspection, StoreError> {
     })
 }
 
+backend_trait! {
+    /// Operations: snapshots, pruning, leases, due times and health probes.
+    trait OpsStore {
+        /// Models with queued jobs (due or not).
+        ///
+        /// A loose index scan: one index seek per distinct model, so it costs the same with ten
+        /// queued jobs or a million (a `GROUP BY` would visit every queued row on every claim).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn queued_models(&self) -> Result<Vec<String>, StoreError>;
+
+        /// Tasks that occupy a remote slot, per model: submitting, submit_unknown and submitted.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn in_flight(&self) -> Result<HashMap<String, i64>, StoreError>;
+
+        /// Estimated flex tokens submitted for `model` since `since_ms` (the TPD budget's day).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError>;
+
+        /// Queued flex jobs whose local deadline has passed become `expired`, without any API
+        /// call. Returns their ids.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn expire_overdue(&self) -> Result<Vec<JobId>, StoreError>;
+
+        /// The median of the recent generation-time estimates (`gen_ms`) of the last `n`
+        /// succeeded jobs with the same model, tier and shape; `None` without history.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn recent_generation_ms(
+            &self,
+            model: &str,
+            tier: Tier,
+            shape: Option<&str>,
+            n: u32,
+        ) -> Result<Option<i64>, StoreError>;
+
+        /// The distinct owners of leases that have not run out yet.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn live_lease_owners(&self) -> Result<Vec<String>, StoreError>;
+
+        /// Ends every lease `owner` holds (a process known to be dead), so its jobs come due at
+        /// once instead of when the lease would have run out. Returns how many jobs it held.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn release_leases_of(&self, owner: &str) -> Result<usize, StoreError>;
+
+        /// Jobs that did not finish well, with their state and last error (for the summary
+        /// `seedq run` ends with): every parked job (it waits for an operator, however old), and
+        /// the failed, dead, expired or unfinished ones that changed since `since_ms`.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn leftovers(
+            &self,
+            since_ms: i64,
+        ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError>;
+
+        /// Jobs that still need the service: queued, submitting, submitted, succeeded and
+        /// archiving (the last two only when archiving is on), and submit_unknown jobs that
+        /// reconciliation has not parked. Parked jobs wait for an operator, and so do jobs
+        /// waiting for a batch's budget to be raised (`seedq batch set`).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn pending_work(&self, archive: bool) -> Result<i64, StoreError>;
+
+        /// Creates per model since `since_ms`, to seed the RPM window after a restart.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
+
+        /// Counts of jobs per state (all models).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError>;
+
+        /// The earliest `next_attempt_at` among jobs in `states`, to sleep exactly until then.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError>;
+
+        /// Counts, token sums, the oldest queued job and today's flex usage.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError>;
+
+        /// Deletes terminal jobs (and, by cascade, their events) that reached their state before
+        /// the cut-offs: `archived` (and `succeeded` when `succeeded_too`, i.e. archiving is off)
+        /// before `archived_before_ms`; `failed`, `dead`, `expired` and `cancelled` before
+        /// `failed_before_ms`. The time is `updated_at`, when the job last changed state. Archive
+        /// objects are not touched.
+        ///
+        /// # Errors
+        /// SQL errors; batches already deleted stay deleted.
+        pub fn prune(
+            &self,
+            archived_before_ms: i64,
+            failed_before_ms: i64,
+            succeeded_too: bool,
+        ) -> Result<PruneReport, StoreError>;
+
+        /// Releases leases that ran out on jobs polled or reconciled by a process that is gone:
+        /// clears the owner, bumps the token (fencing any zombie holder) and makes the job due.
+        /// Interrupted submits are not touched: `reconcile::recover_stale` owns those.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn release_expired_leases(&self) -> Result<usize, StoreError>;
+
+        /// `PRAGMA optimize`, then a truncating WAL checkpoint. Returns the WAL frames
+        /// checkpointed (`-1` when the WAL was busy).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn upkeep(&self) -> Result<i64, StoreError>;
+
+        /// Takes and releases the write lock (`BEGIN IMMEDIATE`, then rollback): the database
+        /// accepts writes right now. Nothing is written. On SQLite it also fails when the file
+        /// system is nearly full ([`Store::room`]): the lock alone needs no space, the next
+        /// commit does.
+        ///
+        /// # Errors
+        /// The lock cannot be taken (read-only file or mount, a lock held past the busy timeout),
+        /// or the disk has no room.
+        pub fn write_probe(&self) -> Result<(), StoreError>;
+
+        /// A round trip to the connection thread.
+        ///
+        /// # Errors
+        /// The thread is gone.
+        pub fn ping(&self) -> Result<(), StoreError>;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::now_ms;
     use crate::store::tests_ops::{Seed, add, exec};
     use crate::store::{NewJob, testpg};
 

@@ -8,41 +8,24 @@
 //! what keeps a fleet inside a per-account rate. The clock is the caller's: workers on several
 //! hosts must keep their clocks in step (NTP), as the leases already require.
 
-use rusqlite::{OptionalExtension, params};
+use super::StoreError;
 
-use super::{Store, StoreError};
-
-/// The one statement of [`Store::take_read_turn`] (SQLite spelling; see pg/reads.rs).
-const TAKE_TURN: &str = "INSERT INTO read_budget (route, next_us) VALUES (?1, ?2 + ?3) \
-     ON CONFLICT (route) DO UPDATE SET next_us = max(read_budget.next_us, ?2) + ?3 \
-     WHERE max(read_budget.next_us, ?2) <= ?4 \
-     RETURNING next_us - ?3";
-
-impl Store {
-    /// Takes the next turn on the read route `route`: turns are `spacing_us` apart across
-    /// every process on this store. Returns when the turn starts (unix µs, never before
-    /// `now_us`), or `None` when it would start after `latest_us` (nothing is taken then).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn take_read_turn(
-        &self,
-        route: &str,
-        now_us: i64,
-        spacing_us: i64,
-        latest_us: i64,
-    ) -> Result<Option<i64>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::reads::take_read_turn(pg, route, now_us, spacing_us, latest_us)
-                .await;
-        }
-        let route = route.to_string();
-        self.call(move |c| {
-            Ok(c.prepare_cached(TAKE_TURN)?
-                .query_row(params![route, now_us, spacing_us, latest_us], |r| r.get(0))
-                .optional()?)
-        })
-        .await
+backend_trait! {
+    /// Spacing of the reads (polls) a fleet sends to one Ark route.
+    trait ReadStore {
+        /// Takes the next turn on the read route `route`: turns are `spacing_us` apart across
+        /// every process on this store. Returns when the turn starts (unix µs, never before
+        /// `now_us`), or `None` when it would start after `latest_us` (nothing is taken then).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn take_read_turn(
+            &self,
+            route: &str,
+            now_us: i64,
+            spacing_us: i64,
+            latest_us: i64,
+        ) -> Result<Option<i64>, StoreError>;
     }
 }
 

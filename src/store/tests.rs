@@ -690,7 +690,7 @@ async fn postgres_migrations_apply_once_even_when_workers_start_together() {
         let s = s.expect("open");
         assert_eq!(
             s.schema_version().await.expect("version"),
-            pg::migrate::latest()
+            postgres::migrate::latest()
         );
     }
 }

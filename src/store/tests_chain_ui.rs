@@ -665,7 +665,7 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
         limit: 3,
         ..Default::default()
     };
-    let (sql, args) = crate::store::pg::ui::ui_jobs_sql(&f);
+    let (sql, args) = crate::store::postgres::ui::ui_jobs_sql(&f);
     let plan = pg_plan(&s, &sql, &[&args[0]]).await;
     assert!(plan.contains("jobs_prompt_trgm"), "{plan}");
     let found: Vec<String> = s
@@ -737,7 +737,7 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
     .await;
     let plan = pg_plan(
         &s,
-        crate::store::pg::ops::FLEX_TOKENS_SINCE,
+        crate::store::postgres::ops::FLEX_TOKENS_SINCE,
         &[&"m", &0_i64],
     )
     .await;
@@ -774,7 +774,7 @@ async fn a_batchs_cap_waiters_are_counted_from_their_index() {
     .await;
     let plan = pg_plan(
         &s,
-        crate::store::pg::budget::BATCH_WAITING,
+        crate::store::postgres::budget::BATCH_WAITING,
         &[&"b", &"budget_batch", &"budget_daily", &"budget_unpriced"],
     )
     .await;

@@ -3,9 +3,7 @@
 //! lease, and records each one delivered, retried later or given up. The PostgreSQL bodies
 //! are in `pg/webhooks.rs`.
 
-use rusqlite::params;
-
-use super::{Store, StoreError};
+use super::StoreError;
 
 /// One webhook to send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,127 +28,50 @@ pub struct WebhookState {
     pub last_error: Option<String>,
 }
 
-impl Store {
-    /// Claims up to `limit` due webhooks for `lease_ms` (another worker skips them until the
-    /// lease ends: a crashed sender's rows come back then).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn webhook_claim(
-        &self,
-        now: i64,
-        lease_ms: i64,
-        limit: i64,
-    ) -> Result<Vec<WebhookDue>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::webhooks::webhook_claim(pg, now, lease_ms, limit).await;
-        }
-        self.call(move |c| {
-            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let rows = {
-                let mut st = tx.prepare_cached(
-                    "UPDATE webhook_outbox SET lease_until = ?1 + ?2 WHERE id IN ( \
-                         SELECT id FROM webhook_outbox WHERE delivered_at IS NULL \
-                         AND given_up_at IS NULL AND next_attempt_at <= ?1 \
-                         AND (lease_until IS NULL OR lease_until <= ?1) \
-                         ORDER BY next_attempt_at LIMIT ?3) \
-                     RETURNING id, job_id, event, created_at, attempts",
-                )?;
-                let rows = st.query_map(params![now, lease_ms, limit], |r| {
-                    Ok(WebhookDue {
-                        id: r.get(0)?,
-                        job_id: r.get(1)?,
-                        event: r.get(2)?,
-                        created_at: r.get(3)?,
-                        attempts: r.get(4)?,
-                    })
-                })?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
-            Ok(rows)
-        })
-        .await
-    }
+backend_trait! {
+    /// Signed webhook deliveries: claims, attempts and their history.
+    trait WebhookStore {
+        /// Claims up to `limit` due webhooks for `lease_ms` (another worker skips them until the
+        /// lease ends: a crashed sender's rows come back then).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn webhook_claim(
+            &self,
+            now: i64,
+            lease_ms: i64,
+            limit: i64,
+        ) -> Result<Vec<WebhookDue>, StoreError>;
 
-    /// Records the outcome of one attempt: delivered (`Ok`), or failed with the reason and
-    /// either the time of the next attempt or, with `None`, given up.
-    ///
-    /// The job's end trigger re-arms a row (due now, a new `created_at`) when the job reaches
-    /// another end while the attempt ran: a success deferred until the video is archived,
-    /// whose job was archived meanwhile. That re-arming wins over this attempt's next time or
-    /// giving up, which are kept only while `created_at` is still the claimed row's (else the
-    /// deferring attempt would push an archived job's webhook an hour back).
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn webhook_attempted(
-        &self,
-        row: &WebhookDue,
-        now: i64,
-        outcome: Result<(), (String, Option<i64>)>,
-    ) -> Result<(), StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::webhooks::webhook_attempted(pg, row, now, outcome).await;
-        }
-        let (id, claimed) = (row.id.clone(), row.created_at);
-        self.call(move |c| {
-            match outcome {
-                Ok(()) => c.execute(
-                    "UPDATE webhook_outbox SET attempts = attempts + 1, delivered_at = ?2, \
-                     lease_until = NULL, last_error = NULL WHERE id = ?1",
-                    params![id, now],
-                )?,
-                Err((error, Some(next))) => c.execute(
-                    "UPDATE webhook_outbox SET attempts = attempts + 1, \
-                     next_attempt_at = CASE WHEN created_at = ?4 THEN ?3 ELSE next_attempt_at END, \
-                     lease_until = NULL, last_error = ?2 WHERE id = ?1",
-                    params![id, error, next, claimed],
-                )?,
-                Err((error, None)) => c.execute(
-                    "UPDATE webhook_outbox SET attempts = attempts + 1, \
-                     given_up_at = CASE WHEN created_at = ?4 THEN ?3 END, \
-                     lease_until = NULL, last_error = ?2 WHERE id = ?1",
-                    params![id, error, now, claimed],
-                )?,
-            };
-            Ok(())
-        })
-        .await
-    }
+        /// Records the outcome of one attempt: delivered (`Ok`), or failed with the reason and
+        /// either the time of the next attempt or, with `None`, given up.
+        ///
+        /// The job's end trigger re-arms a row (due now, a new `created_at`) when the job reaches
+        /// another end while the attempt ran: a success deferred until the video is archived,
+        /// whose job was archived meanwhile. That re-arming wins over this attempt's next time or
+        /// giving up, which are kept only while `created_at` is still the claimed row's (else the
+        /// deferring attempt would push an archived job's webhook an hour back).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn webhook_attempted(
+            &self,
+            row: &WebhookDue,
+            now: i64,
+            outcome: Result<(), (String, Option<i64>)>,
+        ) -> Result<(), StoreError>;
 
-    /// The outbox rows of a job.
-    ///
-    /// # Errors
-    /// SQL errors.
-    pub async fn webhooks_of(&self, job_id: &str) -> Result<Vec<WebhookState>, StoreError> {
-        if let Some(pg) = self.pg() {
-            return super::pg::webhooks::webhooks_of(pg, job_id).await;
-        }
-        let job_id = job_id.to_string();
-        self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT id, attempts, delivered_at, given_up_at, last_error FROM webhook_outbox \
-                 WHERE job_id = ?1 ORDER BY created_at, id",
-            )?;
-            let rows = st.query_map([job_id], |r| {
-                Ok(WebhookState {
-                    id: r.get(0)?,
-                    attempts: r.get(1)?,
-                    delivered_at: r.get(2)?,
-                    given_up_at: r.get(3)?,
-                    last_error: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+        /// The outbox rows of a job.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn webhooks_of(&self, job_id: &str) -> Result<Vec<WebhookState>, StoreError>;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::store::Store;
     use crate::store::api::{ApiJob, ApiKey};
     use crate::store::tests_ops::exec;
     use crate::store::{NewJob, testpg};

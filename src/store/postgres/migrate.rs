@@ -2,7 +2,7 @@
 //! one transaction under a transaction-scoped advisory lock, so that two workers starting
 //! together cannot both migrate: the second waits for the lock, then finds nothing to do.
 
-use super::Pg;
+use super::PgStore;
 use crate::store::StoreError;
 
 /// The migrations, in order. Append only.
@@ -69,7 +69,7 @@ pub fn latest() -> i64 {
 ///
 /// # Errors
 /// A migration fails (the transaction rolls back), or the database is newer than this binary.
-pub(crate) async fn apply(pg: &Pg) -> Result<usize, StoreError> {
+pub(crate) async fn apply(pg: &PgStore) -> Result<usize, StoreError> {
     let mut c = pg.conn().await?;
     let tx = c.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOCK])
@@ -106,17 +106,4 @@ pub(crate) async fn apply(pg: &Pg) -> Result<usize, StoreError> {
     }
     tx.commit().await?;
     Ok(pending.len())
-}
-
-/// The version recorded in the database.
-///
-/// # Errors
-/// The database cannot be read.
-pub(crate) async fn version(pg: &Pg) -> Result<i64, StoreError> {
-    let c = pg.conn().await?;
-    Ok(
-        c.query_one("SELECT COALESCE(MAX(version), 0) FROM seedq_schema", &[])
-            .await?
-            .try_get(0)?,
-    )
 }

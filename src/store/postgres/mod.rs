@@ -1,18 +1,17 @@
-//! The PostgreSQL backend: the same store methods as SQLite, for a fleet of workers on
-//! several machines sharing one queue.
+//! The PostgreSQL backend: the same area traits as SQLite (`store/sqlite/`), for a fleet of
+//! workers on several machines sharing one queue.
 //!
 //! `tokio-postgres` with a `deadpool-postgres` pool, and rustls for TLS (the one TLS stack
 //! reqwest already brings). Not sqlx: its SQLite driver would link a second libsqlite3-sys
 //! beside rusqlite's, and its checked macros want a database at build time.
 //!
-//! Each `Store` method that has a PostgreSQL body starts with
-//! `if let Some(pg) = self.pg() { return pg::<area>::<method>(pg, …).await; }`; the bodies
-//! live in the files of this module, named after the SQLite file they mirror. The schema is
+//! Each file implements one area's trait (declared with `backend_trait!` in `store/<area>.rs`)
+//! for [`PgStore`], under the same file name as the SQLite implementation. The schema is
 //! `migrations/postgres/`, as close to SQLite's as the dialects allow (BIGINT for every
 //! integer, TEXT for JSON), so the two sets of queries read alike.
 //!
 //! Transactions that touch rows other workers touch too can deadlock or fail serialisation;
-//! [`Pg::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
+//! [`PgStore::retry`] runs such a transaction again (PostgreSQL aborts one side cleanly).
 
 pub(crate) mod api;
 pub(crate) mod archive;
@@ -61,7 +60,7 @@ const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(60);
 
 /// A pool of connections to one PostgreSQL database.
 #[derive(Clone)]
-pub(crate) struct Pg {
+pub(crate) struct PgStore {
     pool: Pool,
     /// The URL without its password, for messages.
     shown: String,
@@ -126,7 +125,7 @@ fn with_causes(e: &dyn std::error::Error) -> String {
     out
 }
 
-impl Pg {
+impl PgStore {
     /// Connects to `url` (`postgres://user:pass@host:port/db?sslmode=…`) and applies the
     /// migrations the database lacks.
     ///
@@ -331,7 +330,7 @@ mod tests {
     /// session carries the server-side timeout that ends it.
     #[tokio::test]
     async fn every_pooled_session_ends_a_frozen_transaction() {
-        let pg = Pg::connect(&crate::store::testpg::fresh_database().await, None)
+        let pg = PgStore::connect(&crate::store::testpg::fresh_database().await, None)
             .await
             .expect("connect");
         let conn = pg.conn().await.expect("a connection");

@@ -1,10 +1,12 @@
-//! PostgreSQL bodies of the claim counters (store/counters.rs has the design and the SQLite
-//! ones; migrations/postgres/0005_claim_counters.sql the triggers).
+//! PostgreSQL implementation of the claim counters (`store/counters.rs` has the design,
+//! `store/sqlite/counters.rs` the SQLite one, `migrations/postgres/0005_claim_counters.sql`
+//! the triggers).
 
+use crate::store::counters::CounterStore;
 use crate::tier::Tier;
 use deadpool_postgres::GenericClient;
 
-use super::Pg;
+use super::PgStore;
 use crate::store::StoreError;
 use crate::store::counters::{
     CounterDrift, Counts, TOKEN_BUCKET_MS, bucket_ceil, diff, in_flight_key, tokens_key,
@@ -92,54 +94,56 @@ async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreErro
     Ok((counted, recounted))
 }
 
-/// [`crate::store::Store::check_counters`].
-///
-/// The check reads the counters and the recount from one REPEATABLE READ snapshot, where a
-/// trigger's change and the job's change are both visible or both not, so it takes no lock.
-/// Only a repair locks the counter tables against the triggers (SHARE ROW EXCLUSIVE conflicts
-/// with their ROW EXCLUSIVE), then recounts what is committed and replaces the counters.
-pub(crate) async fn check_counters(pg: &Pg, repair: bool) -> Result<Vec<CounterDrift>, StoreError> {
-    let mut c = pg.conn().await?;
-    let drift = {
-        let tx = c
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await?;
-        let (counted, recounted) = read_both(&tx).await?;
-        tx.commit().await?;
-        diff(&counted, &recounted)
-    };
-    if !repair || drift.is_empty() {
-        return Ok(drift);
-    }
-    let tx = c.transaction().await?;
-    tx.batch_execute("LOCK TABLE in_flight_counts, flex_token_counts IN SHARE ROW EXCLUSIVE MODE")
+impl CounterStore for PgStore {
+    ///
+    /// The check reads the counters and the recount from one REPEATABLE READ snapshot, where a
+    /// trigger's change and the job's change are both visible or both not, so it takes no lock.
+    /// Only a repair locks the counter tables against the triggers (SHARE ROW EXCLUSIVE conflicts
+    /// with their ROW EXCLUSIVE), then recounts what is committed and replaces the counters.
+    async fn check_counters(&self, repair: bool) -> Result<Vec<CounterDrift>, StoreError> {
+        let mut c = self.conn().await?;
+        let drift = {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let (counted, recounted) = read_both(&tx).await?;
+            tx.commit().await?;
+            diff(&counted, &recounted)
+        };
+        if !repair || drift.is_empty() {
+            return Ok(drift);
+        }
+        let tx = c.transaction().await?;
+        tx.batch_execute(
+            "LOCK TABLE in_flight_counts, flex_token_counts IN SHARE ROW EXCLUSIVE MODE",
+        )
         .await?;
-    // Under the lock no transaction has a counter change in flight, and this statement's
-    // snapshot sees every job change whose counter change committed.
-    let (counted, recounted) = read_both(&tx).await?;
-    let drift = diff(&counted, &recounted);
-    tx.batch_execute(&format!(
-        "DELETE FROM in_flight_counts; \
-         INSERT INTO in_flight_counts {RECOUNT_IN_FLIGHT}; \
-         DELETE FROM flex_token_counts; \
-         INSERT INTO flex_token_counts {};",
-        recount_tokens()
-    ))
-    .await?;
-    tx.commit().await?;
-    Ok(drift)
-}
+        // Under the lock no transaction has a counter change in flight, and this statement's
+        // snapshot sees every job change whose counter change committed.
+        let (counted, recounted) = read_both(&tx).await?;
+        let drift = diff(&counted, &recounted);
+        tx.batch_execute(&format!(
+            "DELETE FROM in_flight_counts; \
+     INSERT INTO in_flight_counts {RECOUNT_IN_FLIGHT}; \
+     DELETE FROM flex_token_counts; \
+     INSERT INTO flex_token_counts {};",
+            recount_tokens()
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(drift)
+    }
 
-/// [`crate::store::Store::prune_counters`].
-pub(crate) async fn prune_counters(pg: &Pg) -> Result<usize, StoreError> {
-    let c = pg.conn().await?;
-    let n = c
-        .execute("DELETE FROM flex_token_counts WHERE tokens = 0", &[])
-        .await?
-        + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", &[])
-            .await?;
-    Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    async fn prune_counters(&self) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute("DELETE FROM flex_token_counts WHERE tokens = 0", &[])
+            .await?
+            + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", &[])
+                .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
 }

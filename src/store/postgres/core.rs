@@ -1,4 +1,5 @@
-//! PostgreSQL bodies of the core job methods (the SQLite ones are in `store/mod.rs`).
+//! PostgreSQL implementation of the queue's core methods (the SQLite one is
+//! `store/sqlite/core.rs`).
 //!
 //! Same semantics as the SQLite bodies, line by line: the same guards, events and errors.
 //! What differs is how a fleet of workers on several machines is kept apart, where SQLite
@@ -10,6 +11,7 @@
 //!   the fleet, and the in-flight cap holds however many workers claim at once;
 //! - a read-then-write (cancel, retry) locks its row `FOR UPDATE` first.
 
+use crate::store::core::QueueStore;
 use crate::tier::Tier;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -18,46 +20,12 @@ use deadpool_postgres::GenericClient;
 use rusqlite::types::Value;
 use tokio_postgres::types::ToSql;
 
-use super::{Pg, job_from_pg};
+use super::{PgStore, job_from_pg};
 use crate::job::{JobId, JobState};
 use crate::store::{
     CancelOutcome, EnqueueReport, JOB_COLUMNS, Job, JobEvent, ListFilter, NewJob, RetryOutcome,
     StatRow, StoreError, Transition, chain, images, now_ms,
 };
-
-/// [`crate::store::Store::job`].
-pub(crate) async fn job(pg: &Pg, id: &str) -> Result<Option<Job>, StoreError> {
-    let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
-        .await?;
-    c.query_opt(&st, &[&id])
-        .await?
-        .as_ref()
-        .map(job_from_pg)
-        .transpose()
-}
-
-/// [`crate::store::Store::events`].
-pub(crate) async fn events(pg: &Pg, id: &str) -> Result<Vec<JobEvent>, StoreError> {
-    let c = pg.conn().await?;
-    let rows = c
-        .query(
-            "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = $1 ORDER BY id",
-            &[&id],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(JobEvent {
-                at: r.try_get(0)?,
-                from_state: r.try_get(1)?,
-                to_state: r.try_get(2)?,
-                detail: r.try_get(3)?,
-            })
-        })
-        .collect()
-}
 
 /// Appends the same event to each of `ids`, in order, in one statement (SQLite's
 /// `insert_event`, for many jobs at once).
@@ -393,56 +361,6 @@ async fn enqueue_copy(
     Ok(inserted)
 }
 
-/// [`crate::store::Store::enqueue`]: one transaction, a few multi-row statements, or for many
-/// jobs a `COPY` and one statement.
-pub(crate) async fn enqueue(pg: &Pg, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
-    let now = now_ms();
-    if jobs.len() >= COPY_MIN {
-        let jobs = &jobs;
-        return pg
-            .retry(|| async move {
-                let mut c = pg.conn().await?;
-                let tx = c.transaction().await?;
-                let inserted = enqueue_copy(&tx, jobs, now).await?;
-                let report = report_of(&tx, jobs, &inserted).await?;
-                tx.commit().await?;
-                Ok(report)
-            })
-            .await;
-    }
-    let rows: Vec<Insert<'_>> = jobs
-        .iter()
-        .map(|job| Insert {
-            job,
-            next_attempt_at: now,
-            deadline_now: true,
-            chain: None,
-        })
-        .collect();
-    let chunks = rows
-        .chunks(INSERT_CHUNK)
-        .map(|r| columns(r, now))
-        .collect::<Result<Vec<_>, _>>()?;
-    let (chunks, jobs) = (&chunks, &jobs);
-    pg.retry(|| async move {
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        let inserted = insert_columns(&tx, chunks, now).await?;
-        let new_ids: Vec<&str> = jobs
-            .iter()
-            .map(|j| j.id.as_str())
-            .filter(|id| inserted.contains(*id))
-            .collect();
-        for ids in new_ids.chunks(INSERT_CHUNK) {
-            insert_events(&tx, ids, now, None, JobState::Queued, Some("enqueued")).await?;
-        }
-        let report = report_of(&tx, jobs, &inserted).await?;
-        tx.commit().await?;
-        Ok(report)
-    })
-    .await
-}
-
 /// The enqueue's report: the jobs inserted, and for each skipped one the id of the job that
 /// holds its key.
 async fn report_of(
@@ -481,21 +399,6 @@ async fn report_of(
     Ok(report)
 }
 
-/// [`crate::store::Store::job_by_remote`].
-pub(crate) async fn job_by_remote(pg: &Pg, remote: &str) -> Result<Option<Job>, StoreError> {
-    let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE remote_task_id = $1"
-        ))
-        .await?;
-    c.query_opt(&st, &[&remote])
-        .await?
-        .as_ref()
-        .map(job_from_pg)
-        .transpose()
-}
-
 /// The filters `seedq list` and the dashboard share (SQLite's `push_job_filters`), with
 /// `$n` parameters numbered after those already in `args`; every value is text.
 pub(crate) fn push_job_filters(
@@ -528,65 +431,6 @@ pub(crate) fn push_job_filters(
     }
 }
 
-/// [`crate::store::Store::list`] and `list_lean` (`columns` is the column list).
-pub(crate) async fn list_columns(
-    pg: &Pg,
-    f: ListFilter,
-    columns: &str,
-) -> Result<Vec<Job>, StoreError> {
-    let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
-    let mut args: Vec<String> = Vec::new();
-    push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
-    sql.push_str(" ORDER BY id DESC");
-    // Bound, not written in: the statement cache keeps one entry per filter shape, not one
-    // per limit a user ever asked for.
-    let limit = f.limit.map(i64::from);
-    if limit.is_some() {
-        sql.push_str(&format!(" LIMIT ${}", args.len() + 1));
-    }
-    let mut params: Vec<&(dyn ToSql + Sync)> =
-        args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
-    if let Some(l) = &limit {
-        params.push(l);
-    }
-    let c = pg.conn().await?;
-    let st = c.prepare_cached(&sql).await?;
-    c.query(&st, &params)
-        .await?
-        .iter()
-        .map(job_from_pg)
-        .collect()
-}
-
-/// [`crate::store::Store::stats`].
-pub(crate) async fn stats(pg: &Pg) -> Result<Vec<StatRow>, StoreError> {
-    let c = pg.conn().await?;
-    // SUM(bigint) is NUMERIC in PostgreSQL; the cast brings it back to i64. COLLATE "C"
-    // sorts bytewise, as SQLite does, whatever the database's collation.
-    let rows = c
-        .query(
-            "SELECT state, model, COUNT(*), COALESCE(SUM(est_tokens), 0)::BIGINT, \
-             COALESCE(SUM(usage_tokens), 0)::BIGINT \
-             FROM jobs GROUP BY state, model ORDER BY model COLLATE \"C\", state COLLATE \"C\"",
-            &[],
-        )
-        .await?;
-    rows.iter()
-        .map(|r| {
-            let s: String = r.try_get(0)?;
-            Ok(StatRow {
-                state: s
-                    .parse()
-                    .map_err(|e: crate::job::UnknownState| StoreError::Corrupt(e.to_string()))?,
-                model: r.try_get(1)?,
-                jobs: r.try_get(2)?,
-                est_tokens: r.try_get(3)?,
-                usage_tokens: r.try_get(4)?,
-            })
-        })
-        .collect()
-}
-
 /// A job, its row locked until the transaction ends (SQLite's `load_job` under
 /// `BEGIN IMMEDIATE`).
 async fn load_for_update(c: &impl GenericClient, id: &str) -> Result<Option<Job>, StoreError> {
@@ -600,121 +444,6 @@ async fn load_for_update(c: &impl GenericClient, id: &str) -> Result<Option<Job>
         .as_ref()
         .map(job_from_pg)
         .transpose()
-}
-
-/// [`crate::store::Store::cancel`].
-pub(crate) async fn cancel(pg: &Pg, id: &str) -> Result<CancelOutcome, StoreError> {
-    pg.retry(|| async move {
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        let Some(job) = load_for_update(&tx, id).await? else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let now = now_ms();
-        let out = match job.state {
-            JobState::Queued => {
-                tx.execute(
-                    "UPDATE jobs SET state = 'cancelled', updated_at = $2, finished_at = $2 \
-                     WHERE id = $1 AND state = 'queued'",
-                    &[&id, &now],
-                )
-                .await?;
-                insert_event(
-                    &tx,
-                    id,
-                    now,
-                    Some(job.state),
-                    JobState::Cancelled,
-                    Some("cancelled by user"),
-                )
-                .await?;
-                CancelOutcome::Cancelled
-            }
-            // A parked ambiguous submit has no remote id to DELETE: the operator decides it
-            // is over. (If a task did start, it is not tracked any more.)
-            JobState::SubmitUnknown if job.last_error_code.as_deref() == Some("parked") => {
-                tx.execute(
-                    "UPDATE jobs SET state = 'cancelled', updated_at = $2, finished_at = $2, \
-                     lease_token = lease_token + 1 WHERE id = $1 AND state = 'submit_unknown'",
-                    &[&id, &now],
-                )
-                .await?;
-                insert_event(
-                    &tx,
-                    id,
-                    now,
-                    Some(job.state),
-                    JobState::Cancelled,
-                    Some("parked submit cancelled by user"),
-                )
-                .await?;
-                CancelOutcome::Cancelled
-            }
-            s if s.is_remote() => {
-                tx.execute(
-                    "UPDATE jobs SET cancel_requested = 1, updated_at = $2, next_attempt_at = $2 \
-                     WHERE id = $1",
-                    &[&id, &now],
-                )
-                .await?;
-                insert_event(&tx, id, now, Some(s), s, Some("cancel requested")).await?;
-                CancelOutcome::Requested
-            }
-            s => CancelOutcome::AlreadyFinal { state: s },
-        };
-        tx.commit().await?;
-        Ok(out)
-    })
-    .await
-}
-
-/// [`crate::store::Store::retry`].
-pub(crate) async fn retry(pg: &Pg, id: &str) -> Result<RetryOutcome, StoreError> {
-    pg.retry(|| async move {
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        let Some(job) = load_for_update(&tx, id).await? else {
-            return Ok(RetryOutcome::NotFound);
-        };
-        if job.next_attempt_at == chain::HELD {
-            return Ok(RetryOutcome::UnreleasedShot);
-        }
-        // A parked ambiguous submit may be resubmitted by an operator who checked that no
-        // task exists (reconciliation found none within its grace period).
-        let parked = job.state == JobState::SubmitUnknown
-            && job.last_error_code.as_deref() == Some("parked");
-        let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
-        if !(retryable || parked) {
-            return Ok(RetryOutcome::NotRetryable { state: job.state });
-        }
-        let now = now_ms();
-        // A retried job is a new remote task: forget the old one's traces. The frozen body
-        // (and its seed) stays: a retry asks for exactly the same video.
-        tx.execute(
-            "UPDATE jobs SET state = 'queued', updated_at = $2, attempts = 0, next_attempt_at = $2, \
-             remote_task_id = NULL, remote_status = NULL, remote_created_at = NULL, \
-             submit_started_at = NULL, submitted_at = NULL, cancel_requested = 0, \
-             last_error_code = NULL, last_error_message = NULL, finished_at = NULL, \
-             deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
-                                ELSE $2::bigint + (deadline_at - created_at) END, \
-             lease_token = lease_token + 1, lease_until = NULL, lease_owner = NULL \
-             WHERE id = $1 AND state = $3",
-            &[&id, &now, &job.state.as_str()],
-        )
-        .await?;
-        insert_event(
-            &tx,
-            id,
-            now,
-            Some(job.state),
-            JobState::Queued,
-            Some("retried by user"),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(RetryOutcome::Requeued)
-    })
-    .await
 }
 
 /// A patch value as a PostgreSQL parameter; `None` for NULL, which is written into the SQL
@@ -794,46 +523,6 @@ async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, S
     Ok(token + 1)
 }
 
-/// [`crate::store::Store::transition`] (the caller has checked `t`).
-pub(crate) async fn transition(pg: &Pg, t: Transition) -> Result<i64, StoreError> {
-    let t = &t;
-    // `apply` is one statement, atomic on its own: no transaction around it, so the commit
-    // comes with the statement's answer instead of a round trip later.
-    pg.retry(|| async move {
-        let c = pg.conn().await?;
-        apply(&c, t.clone(), now_ms()).await
-    })
-    .await
-}
-
-/// [`crate::store::Store::transition_many`]: one transaction for the batch; each item
-/// succeeds or conflicts on its own, and only a database error undoes them all.
-pub(crate) async fn transition_many(
-    pg: &Pg,
-    batch: Vec<Transition>,
-) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
-    let batch = &batch;
-    pg.retry(|| async move {
-        let now = now_ms();
-        let mut c = pg.conn().await?;
-        let tx = c.transaction().await?;
-        let mut out = Vec::with_capacity(batch.len());
-        for t in batch {
-            let r = match t.check() {
-                Ok(()) => match apply(&tx, t.clone(), now).await {
-                    Err(e @ (StoreError::Postgres(_) | StoreError::Pool(_))) => return Err(e),
-                    other => other,
-                },
-                Err(e) => Err(e),
-            };
-            out.push(r);
-        }
-        tx.commit().await?;
-        Ok(out)
-    })
-    .await
-}
-
 /// SQLite's `SERIALISED` in PostgreSQL's JSON dialect (`$1` is now). `->>` is
 /// `json_extract` for a string; the seed compares as jsonb (so 1 and 1.0 are equal, as in
 /// SQLite) with JSON null and a missing seed both NULL, as `json_extract` has them.
@@ -850,56 +539,376 @@ pub(crate) const SERIALISED_PG: &str = "((q.request_json::jsonb ->> 'safety_iden
              IS NOT DISTINCT FROM NULLIF(q.request_json::jsonb -> 'seed', 'null'::jsonb) \
          ORDER BY p.priority DESC, p.id LIMIT 1)))";
 
-/// [`crate::store::Store::in_flight_tier`].
-pub(crate) async fn in_flight_tier(pg: &Pg, model: &str, tier: Tier) -> Result<i64, StoreError> {
-    let c = pg.conn().await?;
-    super::counters::in_flight_in_tx(&c, model, tier, None).await
-}
-
-/// [`crate::store::Store::in_flight_by_tier`].
-pub(crate) async fn in_flight_by_tier(pg: &Pg) -> Result<Vec<(String, Tier, i64)>, StoreError> {
-    let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(
-            "SELECT model, service_tier, SUM(jobs)::BIGINT FROM in_flight_counts \
-             GROUP BY model, service_tier HAVING SUM(jobs) <> 0",
+impl QueueStore for PgStore {
+    /// The version recorded in the database.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    async fn schema_version(&self) -> Result<i64, StoreError> {
+        let c = self.conn().await?;
+        Ok(
+            c.query_one("SELECT COALESCE(MAX(version), 0) FROM seedq_schema", &[])
+                .await?
+                .try_get(0)?,
         )
-        .await?;
-    c.query(&st, &[])
+    }
+
+    /// [`crate::store::Store::enqueue`]: one transaction, a few multi-row statements, or for many
+    /// jobs a `COPY` and one statement.
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> Result<EnqueueReport, StoreError> {
+        let now = now_ms();
+        if jobs.len() >= COPY_MIN {
+            let jobs = &jobs;
+            return self
+                .retry(|| async move {
+                    let mut c = self.conn().await?;
+                    let tx = c.transaction().await?;
+                    let inserted = enqueue_copy(&tx, jobs, now).await?;
+                    let report = report_of(&tx, jobs, &inserted).await?;
+                    tx.commit().await?;
+                    Ok(report)
+                })
+                .await;
+        }
+        let rows: Vec<Insert<'_>> = jobs
+            .iter()
+            .map(|job| Insert {
+                job,
+                next_attempt_at: now,
+                deadline_now: true,
+                chain: None,
+            })
+            .collect();
+        let chunks = rows
+            .chunks(INSERT_CHUNK)
+            .map(|r| columns(r, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        let (chunks, jobs) = (&chunks, &jobs);
+        self.retry(|| async move {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let inserted = insert_columns(&tx, chunks, now).await?;
+            let new_ids: Vec<&str> = jobs
+                .iter()
+                .map(|j| j.id.as_str())
+                .filter(|id| inserted.contains(*id))
+                .collect();
+            for ids in new_ids.chunks(INSERT_CHUNK) {
+                insert_events(&tx, ids, now, None, JobState::Queued, Some("enqueued")).await?;
+            }
+            let report = report_of(&tx, jobs, &inserted).await?;
+            tx.commit().await?;
+            Ok(report)
+        })
+        .await
+    }
+
+    async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+            .await?;
+        c.query_opt(&st, &[&id])
+            .await?
+            .as_ref()
+            .map(job_from_pg)
+            .transpose()
+    }
+
+    async fn job_by_remote(&self, remote: &str) -> Result<Option<Job>, StoreError> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE remote_task_id = $1"
+            ))
+            .await?;
+        c.query_opt(&st, &[&remote])
+            .await?
+            .as_ref()
+            .map(job_from_pg)
+            .transpose()
+    }
+
+    async fn events(&self, id: &str) -> Result<Vec<JobEvent>, StoreError> {
+        let c = self.conn().await?;
+        let rows = c
+    .query(
+        "SELECT at, from_state, to_state, detail FROM job_events WHERE job_id = $1 ORDER BY id",
+        &[&id],
+    )
+    .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    at: r.try_get(0)?,
+                    from_state: r.try_get(1)?,
+                    to_state: r.try_get(2)?,
+                    detail: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// [`crate::store::Store::list`] and `list_lean` (`columns` is the column list).
+    async fn list_columns(&self, f: ListFilter, columns: String) -> Result<Vec<Job>, StoreError> {
+        let columns: &str = &columns;
+
+        let mut sql = format!("SELECT {columns} FROM jobs WHERE 1 = 1");
+        let mut args: Vec<String> = Vec::new();
+        push_job_filters(&mut sql, &mut args, f.state, f.model, f.batch, f.tag);
+        sql.push_str(" ORDER BY id DESC");
+        // Bound, not written in: the statement cache keeps one entry per filter shape, not one
+        // per limit a user ever asked for.
+        let limit = f.limit.map(i64::from);
+        if limit.is_some() {
+            sql.push_str(&format!(" LIMIT ${}", args.len() + 1));
+        }
+        let mut params: Vec<&(dyn ToSql + Sync)> =
+            args.iter().map(|a| a as &(dyn ToSql + Sync)).collect();
+        if let Some(l) = &limit {
+            params.push(l);
+        }
+        let c = self.conn().await?;
+        let st = c.prepare_cached(&sql).await?;
+        c.query(&st, &params)
+            .await?
+            .iter()
+            .map(job_from_pg)
+            .collect()
+    }
+
+    async fn stats(&self) -> Result<Vec<StatRow>, StoreError> {
+        let c = self.conn().await?;
+        // SUM(bigint) is NUMERIC in PostgreSQL; the cast brings it back to i64. COLLATE "C"
+        // sorts bytewise, as SQLite does, whatever the database's collation.
+        let rows = c
+            .query(
+                "SELECT state, model, COUNT(*), COALESCE(SUM(est_tokens), 0)::BIGINT, \
+         COALESCE(SUM(usage_tokens), 0)::BIGINT \
+         FROM jobs GROUP BY state, model ORDER BY model COLLATE \"C\", state COLLATE \"C\"",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let s: String = r.try_get(0)?;
+                Ok(StatRow {
+                    state: s.parse().map_err(|e: crate::job::UnknownState| {
+                        StoreError::Corrupt(e.to_string())
+                    })?,
+                    model: r.try_get(1)?,
+                    jobs: r.try_get(2)?,
+                    est_tokens: r.try_get(3)?,
+                    usage_tokens: r.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn cancel(&self, id: &str) -> Result<CancelOutcome, StoreError> {
+        self.retry(|| async move {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let Some(job) = load_for_update(&tx, id).await? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            let now = now_ms();
+            let out = match job.state {
+                JobState::Queued => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', updated_at = $2, finished_at = $2 \
+                 WHERE id = $1 AND state = 'queued'",
+                        &[&id, &now],
+                    )
+                    .await?;
+                    insert_event(
+                        &tx,
+                        id,
+                        now,
+                        Some(job.state),
+                        JobState::Cancelled,
+                        Some("cancelled by user"),
+                    )
+                    .await?;
+                    CancelOutcome::Cancelled
+                }
+                // A parked ambiguous submit has no remote id to DELETE: the operator decides it
+                // is over. (If a task did start, it is not tracked any more.)
+                JobState::SubmitUnknown if job.last_error_code.as_deref() == Some("parked") => {
+                    tx.execute(
+                        "UPDATE jobs SET state = 'cancelled', updated_at = $2, finished_at = $2, \
+                 lease_token = lease_token + 1 WHERE id = $1 AND state = 'submit_unknown'",
+                        &[&id, &now],
+                    )
+                    .await?;
+                    insert_event(
+                        &tx,
+                        id,
+                        now,
+                        Some(job.state),
+                        JobState::Cancelled,
+                        Some("parked submit cancelled by user"),
+                    )
+                    .await?;
+                    CancelOutcome::Cancelled
+                }
+                s if s.is_remote() => {
+                    tx.execute(
+                "UPDATE jobs SET cancel_requested = 1, updated_at = $2, next_attempt_at = $2 \
+                 WHERE id = $1",
+                &[&id, &now],
+            )
+            .await?;
+                    insert_event(&tx, id, now, Some(s), s, Some("cancel requested")).await?;
+                    CancelOutcome::Requested
+                }
+                s => CancelOutcome::AlreadyFinal { state: s },
+            };
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn retry(&self, id: &str) -> Result<RetryOutcome, StoreError> {
+        self.retry(|| async move {
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let Some(job) = load_for_update(&tx, id).await? else {
+                return Ok(RetryOutcome::NotFound);
+            };
+            if job.next_attempt_at == chain::HELD {
+                return Ok(RetryOutcome::UnreleasedShot);
+            }
+            // A parked ambiguous submit may be resubmitted by an operator who checked that no
+            // task exists (reconciliation found none within its grace period).
+            let parked = job.state == JobState::SubmitUnknown
+                && job.last_error_code.as_deref() == Some("parked");
+            let retryable = job.state.is_terminal() && job.state.can_transition(JobState::Queued);
+            if !(retryable || parked) {
+                return Ok(RetryOutcome::NotRetryable { state: job.state });
+            }
+            let now = now_ms();
+            // A retried job is a new remote task: forget the old one's traces. The frozen body
+            // (and its seed) stays: a retry asks for exactly the same video.
+            tx.execute(
+        "UPDATE jobs SET state = 'queued', updated_at = $2, attempts = 0, next_attempt_at = $2, \
+         remote_task_id = NULL, remote_status = NULL, remote_created_at = NULL, \
+         submit_started_at = NULL, submitted_at = NULL, cancel_requested = 0, \
+         last_error_code = NULL, last_error_message = NULL, finished_at = NULL, \
+         deadline_at = CASE WHEN deadline_at IS NULL THEN NULL \
+                            ELSE $2::bigint + (deadline_at - created_at) END, \
+         lease_token = lease_token + 1, lease_until = NULL, lease_owner = NULL \
+         WHERE id = $1 AND state = $3",
+        &[&id, &now, &job.state.as_str()],
+    )
+    .await?;
+            insert_event(
+                &tx,
+                id,
+                now,
+                Some(job.state),
+                JobState::Queued,
+                Some("retried by user"),
+            )
+            .await?;
+            tx.commit().await?;
+            Ok(RetryOutcome::Requeued)
+        })
+        .await
+    }
+
+    /// [`crate::store::Store::transition`] (the caller has checked `t`).
+    async fn apply_transition(&self, t: Transition) -> Result<i64, StoreError> {
+        let t = &t;
+        // `apply` is one statement, atomic on its own: no transaction around it, so the commit
+        // comes with the statement's answer instead of a round trip later.
+        self.retry(|| async move {
+            let c = self.conn().await?;
+            apply(&c, t.clone(), now_ms()).await
+        })
+        .await
+    }
+
+    /// [`crate::store::Store::transition_many`]: one transaction for the batch; each item
+    /// succeeds or conflicts on its own, and only a database error undoes them all.
+    async fn transition_many(
+        &self,
+        batch: Vec<Transition>,
+    ) -> Result<Vec<Result<i64, StoreError>>, StoreError> {
+        let batch = &batch;
+        self.retry(|| async move {
+            let now = now_ms();
+            let mut c = self.conn().await?;
+            let tx = c.transaction().await?;
+            let mut out = Vec::with_capacity(batch.len());
+            for t in batch {
+                let r = match t.check() {
+                    Ok(()) => match apply(&tx, t.clone(), now).await {
+                        Err(e @ (StoreError::Postgres(_) | StoreError::Pool(_))) => return Err(e),
+                        other => other,
+                    },
+                    Err(e) => Err(e),
+                };
+                out.push(r);
+            }
+            tx.commit().await?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn in_flight_tier(&self, model: &str, tier: Tier) -> Result<i64, StoreError> {
+        let c = self.conn().await?;
+        super::counters::in_flight_in_tx(&c, model, tier, None).await
+    }
+
+    async fn in_flight_by_tier(&self) -> Result<Vec<(String, Tier, i64)>, StoreError> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "SELECT model, service_tier, SUM(jobs)::BIGINT FROM in_flight_counts \
+         GROUP BY model, service_tier HAVING SUM(jobs) <> 0",
+            )
+            .await?;
+        c.query(&st, &[])
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+            .collect()
+    }
+
+    /// [`crate::store::Store::claim_due`] and `claim_due_lean` (`columns` is the column list).
+    /// One statement: the due rows are locked `FOR UPDATE SKIP LOCKED`, so pollers on several
+    /// workers each take different jobs and none waits for another.
+    async fn claim_due_columns(
+        &self,
+        state: JobState,
+        owner: &str,
+        lease_ms: i64,
+        limit: u32,
+        columns: String,
+    ) -> Result<Vec<Job>, StoreError> {
+        let columns: &str = &columns;
+
+        let now = now_ms();
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(&format!(
+                "UPDATE jobs SET lease_owner = $1, lease_until = $2::bigint + $3::bigint, \
+         next_attempt_at = $2::bigint + $3::bigint, lease_token = lease_token + 1 \
+         WHERE id IN (SELECT id FROM jobs WHERE state = $4 AND next_attempt_at <= $2 \
+                      ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
+         RETURNING {columns}"
+            ))
+            .await?;
+        c.query(
+            &st,
+            &[&owner, &now, &lease_ms, &state.as_str(), &i64::from(limit)],
+        )
         .await?
         .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+        .map(job_from_pg)
         .collect()
-}
-
-/// [`crate::store::Store::claim_due`] and `claim_due_lean` (`columns` is the column list).
-/// One statement: the due rows are locked `FOR UPDATE SKIP LOCKED`, so pollers on several
-/// workers each take different jobs and none waits for another.
-pub(crate) async fn claim_due_columns(
-    pg: &Pg,
-    state: JobState,
-    owner: &str,
-    lease_ms: i64,
-    limit: u32,
-    columns: &str,
-) -> Result<Vec<Job>, StoreError> {
-    let now = now_ms();
-    let c = pg.conn().await?;
-    let st = c
-        .prepare_cached(&format!(
-            "UPDATE jobs SET lease_owner = $1, lease_until = $2::bigint + $3::bigint, \
-             next_attempt_at = $2::bigint + $3::bigint, lease_token = lease_token + 1 \
-             WHERE id IN (SELECT id FROM jobs WHERE state = $4 AND next_attempt_at <= $2 \
-                          ORDER BY next_attempt_at LIMIT $5 FOR UPDATE SKIP LOCKED) \
-             RETURNING {columns}"
-        ))
-        .await?;
-    c.query(
-        &st,
-        &[&owner, &now, &lease_ms, &state.as_str(), &i64::from(limit)],
-    )
-    .await?
-    .iter()
-    .map(job_from_pg)
-    .collect()
+    }
 }

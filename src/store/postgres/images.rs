@@ -1,13 +1,14 @@
-//! PostgreSQL bodies of the embedded-image store (the SQLite ones are in `store/images.rs`).
+//! PostgreSQL implementation of the embedded-image store (the SQLite one is `store/sqlite/images.rs`).
 //!
 //! The text scan and the splice back are the shared pure functions [`images::scan`] and
 //! [`images::restore`]; only the reads and writes of the `images` table are here.
 
+use crate::store::images::ImageStore;
 use std::collections::HashMap;
 
 use deadpool_postgres::GenericClient;
 
-use super::Pg;
+use super::PgStore;
 use crate::store::{StoreError, images};
 
 /// Stores the (sha256, data URL) pairs [`images::scan`] found, once per distinct image, in
@@ -57,25 +58,28 @@ pub(crate) async fn intern(
     Ok(out.into_owned())
 }
 
-/// [`crate::store::Store::inflate_body`]: every referenced image in one query, then the
-/// shared splice.
-pub(crate) async fn inflate(pg: &Pg, body: &str) -> Result<String, StoreError> {
-    let hashes = images::references(body);
-    let c = pg.conn().await?;
-    let st = c
-        .prepare_cached("SELECT sha256, data_url FROM images WHERE sha256 = ANY($1::text[])")
-        .await?;
-    let mut found: HashMap<String, String> = HashMap::with_capacity(hashes.len());
-    for r in c.query(&st, &[&hashes]).await? {
-        found.insert(r.try_get(0)?, r.try_get(1)?);
-    }
-    images::restore(body, |hash| Ok(found.get(hash).cloned()))
-}
+impl ImageStore for PgStore {
+    /// [`crate::store::Store::inflate_body`]: every referenced image in one query, then the
+    /// shared splice.
+    async fn inflate(&self, body: String) -> Result<String, StoreError> {
+        let body: &str = &body;
 
-/// [`crate::store::Store::image_count`].
-pub(crate) async fn image_count(pg: &Pg) -> Result<i64, StoreError> {
-    let c = pg.conn().await?;
-    Ok(c.query_one("SELECT COUNT(*) FROM images", &[])
-        .await?
-        .try_get(0)?)
+        let hashes = images::references(body);
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached("SELECT sha256, data_url FROM images WHERE sha256 = ANY($1::text[])")
+            .await?;
+        let mut found: HashMap<String, String> = HashMap::with_capacity(hashes.len());
+        for r in c.query(&st, &[&hashes]).await? {
+            found.insert(r.try_get(0)?, r.try_get(1)?);
+        }
+        images::restore(body, |hash| Ok(found.get(hash).cloned()))
+    }
+
+    async fn image_count(&self) -> Result<i64, StoreError> {
+        let c = self.conn().await?;
+        Ok(c.query_one("SELECT COUNT(*) FROM images", &[])
+            .await?
+            .try_get(0)?)
+    }
 }

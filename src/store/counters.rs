@@ -15,10 +15,7 @@
 //! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
 //! means a write that bypassed the triggers (a hand edit, a restore of one table).
 
-use crate::tier::Tier;
 use std::collections::BTreeMap;
-
-use rusqlite::{Connection, params};
 
 use super::StoreError;
 
@@ -84,41 +81,6 @@ pub(crate) fn tokens_key(model: &str, bucket: i64) -> (&'static str, String) {
 /// The resolution of a shape as the counters key it (SQLite; `seedq_resolution` on PostgreSQL).
 pub(crate) const RESOLUTION_SQL: &str = "CASE WHEN instr(COALESCE(shape, ''), '/') > 0 \
      THEN substr(shape, 1, instr(shape, '/') - 1) ELSE COALESCE(shape, '') END";
-
-/// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
-pub(crate) fn in_flight_in_tx(
-    c: &Connection,
-    model: &str,
-    tier: Tier,
-    res: Option<&str>,
-) -> rusqlite::Result<i64> {
-    c.prepare_cached(
-        "SELECT COALESCE(SUM(jobs), 0) FROM in_flight_counts \
-         WHERE model = ?1 AND service_tier = ?2 AND (?3 IS NULL OR resolution = ?3)",
-    )?
-    .query_row(params![model, tier, res], |r| r.get(0))
-}
-
-/// Flex tokens of `model` spent since `day` (the recount of store/fleet.rs `room_in_tx`): the
-/// buckets from the first boundary at or after `day`, plus the jobs before it, an empty range
-/// when the day starts on a boundary.
-pub(crate) fn flex_spent_in_tx(c: &Connection, model: &str, day: i64) -> rusqlite::Result<i64> {
-    let edge = bucket_ceil(day);
-    let buckets: i64 = c
-        .prepare_cached(
-            "SELECT COALESCE(SUM(tokens), 0) FROM flex_token_counts WHERE model = ?1 AND bucket >= ?2",
-        )?
-        .query_row(params![model, edge], |r| r.get(0))?;
-    let head: i64 = c
-        .prepare_cached(
-            "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
-             WHERE submit_started_at >= ?1 AND submit_started_at < ?2 AND model = ?3 \
-             AND service_tier = 'flex' \
-             AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown'))",
-        )?
-        .query_row(params![day, edge, model], |r| r.get(0))?;
-    Ok(buckets + head)
-}
 
 backend_trait! {
     /// The trigger-kept counters, checked against a full recount and pruned.

@@ -17,7 +17,6 @@
 
 use super::{Job, ResolutionScope};
 use crate::tier::Tier;
-use rusqlite::{Connection, params};
 
 use super::StoreError;
 
@@ -67,71 +66,6 @@ pub(crate) struct Room {
     pub creates: i64,
     /// Tokens the flex day has left (`None` without a TPD).
     pub tokens: Option<i64>,
-}
-
-/// The room the fleet's account limits leave on (`model`, `tier`), read inside the claim's
-/// transaction. RPM counts creates started (`submit_started_at`, which the claim sets) in the
-/// last window on the same model and tier, as `Store::creates_since` seeds the in-process
-/// limiter; flex TPD sums the tokens of the day's flex jobs that made or may have made a task
-/// (billed usage where known, else the estimate), which is what the dispatcher reserves before
-/// its POST (worker/dispatch.rs).
-pub(super) fn room_in_tx(
-    tx: &Connection,
-    model: &str,
-    tier: Tier,
-    only: Option<&str>,
-    limits: &FleetLimits,
-    now: i64,
-) -> rusqlite::Result<Room> {
-    let mut creates = i64::MAX;
-    let since = now - limits.window_ms;
-    if let Some(rpm) = limits.rpm {
-        // At most `rpm` rows are read: a full window is full whatever its true count.
-        let n: i64 = tx
-            .prepare_cached(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = ?2 AND service_tier = ?3 \
-                 AND submit_started_at >= ?1 LIMIT ?4)",
-            )?
-            .query_row(params![since, model, tier, rpm], |r| r.get(0))?;
-        creates = creates.min(i64::from(rpm) - n);
-    }
-    if let (Some(rpm), Some(res)) = (limits.resolution_rpm, only) {
-        let n: i64 = tx
-            .prepare_cached(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE model = ?2 AND service_tier = ?3 \
-                 AND submit_started_at >= ?1 AND (shape = ?4 OR shape LIKE ?4 || '/%') LIMIT ?5)",
-            )?
-            .query_row(params![since, model, tier, res, rpm], |r| r.get(0))?;
-        creates = creates.min(i64::from(rpm) - n);
-    }
-    let tokens = match limits.tpd {
-        None => None,
-        Some((tpd, day, _)) => {
-            // The day's sum from the counters the triggers keep (store/counters.rs).
-            let spent = super::counters::flex_spent_in_tx(tx, model, day)?;
-            Some(i64::try_from(tpd).unwrap_or(i64::MAX).saturating_sub(spent))
-        }
-    };
-    Ok(Room { creates, tokens })
-}
-
-/// Ends every lease `owner` holds, so its jobs come due at once. `dead`: its process is known
-/// to be gone (same host, pid not running), so a create it was sending is over and
-/// reconciliation need not wait out the request timeout (`holder_dead`). A worker only known
-/// by its lapsed heartbeat may still be sending: its submits wait like any expired lease.
-pub(super) fn release_leases(
-    conn: &Connection,
-    owner: &str,
-    now: i64,
-    dead: bool,
-) -> rusqlite::Result<usize> {
-    conn.prepare_cached(
-        "UPDATE jobs SET next_attempt_at = MIN(next_attempt_at, ?2), lease_until = ?2, \
-         last_error_code = CASE WHEN ?3 AND state = 'submitting' THEN 'holder_dead' \
-                                ELSE last_error_code END \
-         WHERE lease_owner = ?1 AND lease_until > ?2",
-    )?
-    .execute(params![owner, now, dead])
 }
 
 backend_trait! {

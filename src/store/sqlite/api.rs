@@ -1,11 +1,11 @@
-//! SQLite implementation of [`ApiStore`] (declared in `store/api.rs`; the PostgreSQL one is
-//! `store/postgres/api.rs`).
+//! SQLite implementation of [`ApiStore`] (declared in `store/api.rs`; the PostgreSQL
+//! implementation is `store/postgres/api.rs`).
 
 use super::SqliteStore;
+use super::core::{insert_event, insert_job, job_from_row};
 use crate::job::{JobId, JobState};
-use crate::store::api::ApiStore;
 use crate::store::api::*;
-use crate::store::{NewJob, StoreError, insert_event, insert_job, job_from_row};
+use crate::store::{NewJob, StoreError};
 use rusqlite::types::Value;
 use rusqlite::{OptionalExtension, Row, TransactionBehavior, params};
 

@@ -1,11 +1,11 @@
-//! SQLite implementation of [`ArchiveStore`] (declared in `store/archive.rs`; the PostgreSQL one is
-//! `store/postgres/archive.rs`).
+//! SQLite implementation of [`ArchiveStore`] (declared in `store/archive.rs`; the PostgreSQL
+//! implementation is `store/postgres/archive.rs`).
 
 use super::SqliteStore;
+use super::core::{insert_event, job_from_row};
 use crate::job::{JobId, JobState};
-use crate::store::archive::ArchiveStore;
 use crate::store::archive::*;
-use crate::store::{JOB_COLUMNS, StoreError, insert_event, job_from_row, now_ms};
+use crate::store::{JOB_COLUMNS, StoreError, now_ms};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 /// Runs a fenced, state-preserving update of an `archiving` job; zero rows is a conflict.

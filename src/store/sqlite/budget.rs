@@ -1,8 +1,7 @@
-//! SQLite implementation of [`BudgetStore`] (declared in `store/budget.rs`; the PostgreSQL one is
-//! `store/postgres/budget.rs`).
+//! SQLite implementation of [`BudgetStore`] (declared in `store/budget.rs`; the PostgreSQL
+//! implementation is `store/postgres/budget.rs`).
 
 use super::SqliteStore;
-use crate::store::budget::BudgetStore;
 use crate::store::budget::*;
 use crate::store::{StoreError, now_ms};
 use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};

@@ -1,11 +1,11 @@
-//! SQLite implementation of [`BatchStore`] (declared in `store/bulk.rs`; the PostgreSQL one is
-//! `store/postgres/bulk.rs`).
+//! SQLite implementation of [`BatchStore`] (declared in `store/bulk.rs`; the PostgreSQL
+//! implementation is `store/postgres/bulk.rs`).
 
 use super::SqliteStore;
+use super::core::{insert_event, job_from_row};
 use crate::job::{JobId, JobState};
-use crate::store::bulk::BatchStore;
 use crate::store::bulk::*;
-use crate::store::{JOB_COLUMNS, Job, StoreError, insert_event, job_from_row, now_ms};
+use crate::store::{JOB_COLUMNS, Job, StoreError, now_ms};
 use crate::tier::Tier;
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 

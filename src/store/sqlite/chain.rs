@@ -1,11 +1,11 @@
-//! SQLite implementation of [`ChainStore`] (declared in `store/chain.rs`; the PostgreSQL one is
-//! `store/postgres/chain.rs`).
+//! SQLite implementation of [`ChainStore`] (declared in `store/chain.rs`; the PostgreSQL
+//! implementation is `store/postgres/chain.rs`).
 
 use super::SqliteStore;
+use super::core::{insert_event, job_from_row};
 use crate::job::{JobId, JobState};
-use crate::store::chain::ChainStore;
 use crate::store::chain::*;
-use crate::store::{JOB_COLUMNS, NewJob, StoreError, insert_event, job_from_row, now_ms};
+use crate::store::{JOB_COLUMNS, NewJob, StoreError, now_ms};
 use rusqlite::{OptionalExtension, TransactionBehavior, params};
 
 fn chain_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, Chain)> {
@@ -62,7 +62,7 @@ impl ChainStore for SqliteStore {
                 let first = shot == 1;
                 // A held shot's local deadline starts when it is released.
                 let due = if first { now } else { HELD };
-                if crate::store::insert_job(&tx, &j, now, due, first, Some((id.as_str(), shot)))? == 0 {
+                if super::core::insert_job(&tx, &j, now, due, first, Some((id.as_str(), shot)))? == 0 {
                     // Its idempotency key exists already: the chain would have a hole.
                     return Err(StoreError::Corrupt(format!(
                         "shot {shot} of chain {id}: idempotency key {:?} is already used by another job",
@@ -174,7 +174,7 @@ impl ChainStore for SqliteStore {
                 return Ok(ChainWrite::Conflict);
             }
             // The released body may embed an image again (the previous shot's last frame).
-            let body = crate::store::images::intern(&tx, &body, now)?;
+            let body = super::images::intern(&tx, &body, now)?;
             let n = tx.execute(
                 "UPDATE jobs SET request_json = ?2, est_tokens = COALESCE(?3, est_tokens), \
              next_attempt_at = ?4, updated_at = ?4, lease_token = lease_token + 1, \

@@ -1,11 +1,11 @@
-//! SQLite implementation of [`CounterStore`] (declared in `store/counters.rs`; the PostgreSQL one is
-//! `store/postgres/counters.rs`).
+//! SQLite implementation of [`CounterStore`] (declared in `store/counters.rs`; the PostgreSQL
+//! implementation is `store/postgres/counters.rs`).
 
 use super::SqliteStore;
 use crate::store::StoreError;
-use crate::store::counters::CounterStore;
 use crate::store::counters::*;
-use rusqlite::{Connection, TransactionBehavior};
+use crate::tier::Tier;
+use rusqlite::{Connection, TransactionBehavior, params};
 
 /// Both counters as stored, and as recounted from the jobs.
 fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
@@ -32,7 +32,7 @@ fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
     let mut st = c.prepare_cached(&format!(
         "SELECT model, service_tier, {RESOLUTION_SQL}, COUNT(*) FROM jobs \
          WHERE {} GROUP BY 1, 2, 3",
-        crate::store::IN_FLIGHT_PREDICATE
+        super::core::IN_FLIGHT_PREDICATE
     ))?;
     for r in st.query_map([], |r| {
         Ok((
@@ -120,8 +120,43 @@ fn rebuild(c: &Connection) -> rusqlite::Result<()> {
            GROUP BY 1, 2; \
          DELETE FROM job_counts; \
          INSERT INTO job_counts {JOB_COUNTS_RECOUNT};",
-        crate::store::IN_FLIGHT_PREDICATE
+        super::core::IN_FLIGHT_PREDICATE
     ))
+}
+
+/// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
+pub(crate) fn in_flight_in_tx(
+    c: &Connection,
+    model: &str,
+    tier: Tier,
+    res: Option<&str>,
+) -> rusqlite::Result<i64> {
+    c.prepare_cached(
+        "SELECT COALESCE(SUM(jobs), 0) FROM in_flight_counts \
+         WHERE model = ?1 AND service_tier = ?2 AND (?3 IS NULL OR resolution = ?3)",
+    )?
+    .query_row(params![model, tier, res], |r| r.get(0))
+}
+
+/// Flex tokens of `model` spent since `day` (the recount of store/fleet.rs `room_in_tx`): the
+/// buckets from the first boundary at or after `day`, plus the jobs before it, an empty range
+/// when the day starts on a boundary.
+pub(crate) fn flex_spent_in_tx(c: &Connection, model: &str, day: i64) -> rusqlite::Result<i64> {
+    let edge = bucket_ceil(day);
+    let buckets: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(tokens), 0) FROM flex_token_counts WHERE model = ?1 AND bucket >= ?2",
+        )?
+        .query_row(params![model, edge], |r| r.get(0))?;
+    let head: i64 = c
+        .prepare_cached(
+            "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+             WHERE submit_started_at >= ?1 AND submit_started_at < ?2 AND model = ?3 \
+             AND service_tier = 'flex' \
+             AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown'))",
+        )?
+        .query_row(params![day, edge, model], |r| r.get(0))?;
+    Ok(buckets + head)
 }
 
 impl CounterStore for SqliteStore {

@@ -6,11 +6,14 @@ pub(crate) mod api;
 pub(crate) mod archive;
 pub(crate) mod budget;
 pub(crate) mod bulk;
+pub(crate) mod bulk_index;
 pub(crate) mod chain;
+pub(crate) mod conn;
 pub(crate) mod core;
 pub(crate) mod counters;
 pub(crate) mod fleet;
 pub(crate) mod images;
+pub mod migrate;
 pub(crate) mod ops;
 pub(crate) mod pause;
 pub(crate) mod reads;
@@ -23,8 +26,8 @@ use crate::store::MIN_ROOM;
 
 use rusqlite::Connection;
 
+use self::conn::Conn;
 use crate::store::StoreError;
-use crate::store::conn::Conn;
 
 /// A SQLite job store: the connection thread and the file it opened.
 #[derive(Clone)]

@@ -1,10 +1,10 @@
-//! SQLite implementation of [`OpsStore`] (declared in `store/ops.rs`; the PostgreSQL one is
-//! `store/postgres/ops.rs`).
+//! SQLite implementation of [`OpsStore`] (declared in `store/ops.rs`; the PostgreSQL
+//! implementation is `store/postgres/ops.rs`).
 
 use super::SqliteStore;
+use super::core::insert_event;
 use crate::job::JobState;
 use crate::store::core::QueueStore;
-use crate::store::ops::OpsStore;
 use crate::store::ops::*;
 use crate::store::*;
 use crate::store::{StoreError, now_ms};
@@ -116,7 +116,7 @@ impl OpsStore for SqliteStore {
         let owner = owner.to_string();
         self.call(move |c| {
             // `holder_dead` tells reconciliation the create's POST is over (its process is).
-            Ok(fleet::release_leases(c, &owner, now_ms(), true)?)
+            Ok(super::fleet::release_leases(c, &owner, now_ms(), true)?)
         })
         .await
     }
@@ -269,8 +269,7 @@ impl OpsStore for SqliteStore {
             if batch.is_empty() {
                 if !report.is_empty() {
                     // Images no remaining job refers to go with the last job that used them.
-                    self.call(|c| Ok(crate::store::images::delete_orphans(c)?))
-                        .await?;
+                    self.call(|c| Ok(super::images::delete_orphans(c)?)).await?;
                 }
                 return Ok(report);
             }

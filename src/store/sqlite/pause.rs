@@ -1,8 +1,7 @@
-//! SQLite implementation of [`PauseStore`] (declared in `store/pause.rs`; the PostgreSQL one is
-//! `store/postgres/pause.rs`).
+//! SQLite implementation of [`PauseStore`] (declared in `store/pause.rs`; the PostgreSQL
+//! implementation is `store/postgres/pause.rs`).
 
 use super::SqliteStore;
-use crate::store::pause::PauseStore;
 use crate::store::pause::*;
 use crate::store::{StoreError, now_ms};
 use rusqlite::params;

@@ -1,5 +1,5 @@
-//! SQLite implementation of [`ReadStore`] (declared in `store/reads.rs`; the PostgreSQL one is
-//! `store/postgres/reads.rs`).
+//! SQLite implementation of [`ReadStore`] (declared in `store/reads.rs`; the PostgreSQL
+//! implementation is `store/postgres/reads.rs`).
 
 use super::SqliteStore;
 use crate::store::StoreError;

@@ -1,11 +1,11 @@
-//! SQLite implementation of [`DashboardStore`] (declared in `store/ui.rs`; the PostgreSQL one is
-//! `store/postgres/ui.rs`).
+//! SQLite implementation of [`DashboardStore`] (declared in `store/ui.rs`; the PostgreSQL
+//! implementation is `store/postgres/ui.rs`).
 
 use super::SqliteStore;
+use super::core::{job_from_row, push_job_filters};
 use crate::job::JobState;
-use crate::store::ui::DashboardStore;
 use crate::store::ui::*;
-use crate::store::{JOB_COLUMNS, Job, StoreError, job_from_row, push_job_filters};
+use crate::store::{JOB_COLUMNS, Job, StoreError};
 use crate::tier::Tier;
 use rusqlite::types::Value;
 use std::collections::BTreeMap;

@@ -1,9 +1,8 @@
-//! SQLite implementation of [`WebhookStore`] (declared in `store/webhooks.rs`; the PostgreSQL one is
-//! `store/postgres/webhooks.rs`).
+//! SQLite implementation of [`WebhookStore`] (declared in `store/webhooks.rs`; the PostgreSQL
+//! implementation is `store/postgres/webhooks.rs`).
 
 use super::SqliteStore;
 use crate::store::StoreError;
-use crate::store::webhooks::WebhookStore;
 use crate::store::webhooks::*;
 use rusqlite::params;
 

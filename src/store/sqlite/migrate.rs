@@ -10,88 +10,91 @@ use rusqlite::{Connection, TransactionBehavior};
 pub const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0001_init.sql",
-        include_str!("../../migrations/0001_init.sql"),
+        include_str!("../../../migrations/0001_init.sql"),
     ),
     (
         "0002_generation_time.sql",
-        include_str!("../../migrations/0002_generation_time.sql"),
+        include_str!("../../../migrations/0002_generation_time.sql"),
     ),
     (
         "0003_archive.sql",
-        include_str!("../../migrations/0003_archive.sql"),
+        include_str!("../../../migrations/0003_archive.sql"),
     ),
     (
         "0004_bulk.sql",
-        include_str!("../../migrations/0004_bulk.sql"),
+        include_str!("../../../migrations/0004_bulk.sql"),
     ),
     (
         "0005_flex_tier.sql",
-        include_str!("../../migrations/0005_flex_tier.sql"),
+        include_str!("../../../migrations/0005_flex_tier.sql"),
     ),
     (
         "0006_images.sql",
-        include_str!("../../migrations/0006_images.sql"),
+        include_str!("../../../migrations/0006_images.sql"),
     ),
     (
         "0007_budget.sql",
-        include_str!("../../migrations/0007_budget.sql"),
+        include_str!("../../../migrations/0007_budget.sql"),
     ),
-    ("0008_ui.sql", include_str!("../../migrations/0008_ui.sql")),
+    (
+        "0008_ui.sql",
+        include_str!("../../../migrations/0008_ui.sql"),
+    ),
     (
         "0009_pause.sql",
-        include_str!("../../migrations/0009_pause.sql"),
+        include_str!("../../../migrations/0009_pause.sql"),
     ),
     (
         "0010_prompt_fts.sql",
-        include_str!("../../migrations/0010_prompt_fts.sql"),
+        include_str!("../../../migrations/0010_prompt_fts.sql"),
     ),
     (
         "0011_enqueue_speed.sql",
-        include_str!("../../migrations/0011_enqueue_speed.sql"),
+        include_str!("../../../migrations/0011_enqueue_speed.sql"),
     ),
     (
         "0012_fleet.sql",
-        include_str!("../../migrations/0012_fleet.sql"),
+        include_str!("../../../migrations/0012_fleet.sql"),
     ),
     (
         "0013_read_budget.sql",
-        include_str!("../../migrations/0013_read_budget.sql"),
+        include_str!("../../../migrations/0013_read_budget.sql"),
     ),
     (
         "0014_claim_counters.sql",
-        include_str!("../../migrations/0014_claim_counters.sql"),
+        include_str!("../../../migrations/0014_claim_counters.sql"),
     ),
     (
         "0015_api.sql",
-        include_str!("../../migrations/0015_api.sql"),
+        include_str!("../../../migrations/0015_api.sql"),
     ),
     (
         "0016_webhooks.sql",
-        include_str!("../../migrations/0016_webhooks.sql"),
+        include_str!("../../../migrations/0016_webhooks.sql"),
     ),
     (
         "0017_api_rate.sql",
-        include_str!("../../migrations/0017_api_rate.sql"),
+        include_str!("../../../migrations/0017_api_rate.sql"),
     ),
     (
         "0018_job_counts.sql",
-        include_str!("../../migrations/0018_job_counts.sql"),
+        include_str!("../../../migrations/0018_job_counts.sql"),
     ),
     (
         "0019_admin_webhooks.sql",
-        include_str!("../../migrations/0019_admin_webhooks.sql"),
+        include_str!("../../../migrations/0019_admin_webhooks.sql"),
     ),
     (
         "0020_enqueue_trigger_order.sql",
-        include_str!("../../migrations/0020_enqueue_trigger_order.sql"),
+        include_str!("../../../migrations/0020_enqueue_trigger_order.sql"),
     ),
     (
         "0021_flex_day_index.sql",
-        include_str!("../../migrations/0021_flex_day_index.sql"),
+        include_str!("../../../migrations/0021_flex_day_index.sql"),
     ),
     (
         "0022_budget_waiting_index.sql",
-        include_str!("../../migrations/0022_budget_waiting_index.sql"),
+        include_str!("../../../migrations/0022_budget_waiting_index.sql"),
     ),
 ];
 

@@ -18,7 +18,7 @@ use std::sync::LazyLock;
 use rusqlite::types::ToSql;
 use rusqlite::{Connection, params};
 
-use super::{NewJob, StoreError, images};
+use crate::store::{NewJob, StoreError};
 
 /// Jobs per INSERT statement of a bulk enqueue. One statement per job opened the table's and
 /// each index's cursor, a statement journal and the insert triggers' checks again for every
@@ -84,7 +84,7 @@ pub(crate) fn insert_rows(
         let mut deadlines: Vec<Option<i64>> = Vec::with_capacity(chunk.len());
         for j in chunk {
             // Embedded images go to their own table, once each; the row keeps references.
-            bodies.push(images::intern(conn, &j.request_json, now)?);
+            bodies.push(super::images::intern(conn, &j.request_json, now)?);
             tags.push(
                 serde_json::to_string(&j.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?,
             );

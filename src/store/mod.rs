@@ -81,8 +81,6 @@ pub mod webhooks;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
-use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::Serialize;
 
 use crate::job::{JobId, JobState};
@@ -384,11 +382,38 @@ pub struct StatRow {
 
 /// Column updates that ride along with a transition.
 ///
-/// Only the store's own (private) `transition`/`update` take one, so code outside the store
-/// cannot write a column with it: it calls a typed verb (`verbs.rs`). `pub(crate)` only so the
-/// PostgreSQL twin of those methods (`pg/core.rs`, a `pub(crate)` module) may name it.
+/// Only the store's own (private) `transition` takes one, so code outside the store cannot
+/// write a column with it: it calls a typed verb (`verbs.rs`). `pub(crate)` only so both
+/// backends' implementations (`sqlite/core.rs`, `postgres/core.rs`) may read it.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct Patch(Vec<(&'static str, Value)>);
+pub(crate) struct Patch(pub(crate) Vec<(&'static str, PatchValue)>);
+
+/// A value a [`Patch`] writes: the store's own type, so the verbs above the backends name
+/// neither rusqlite's nor tokio-postgres's. Every column a verb sets is an integer or text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum PatchValue {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+impl From<i64> for PatchValue {
+    fn from(v: i64) -> Self {
+        Self::Int(v)
+    }
+}
+
+impl From<String> for PatchValue {
+    fn from(v: String) -> Self {
+        Self::Text(v)
+    }
+}
+
+impl<T: Into<PatchValue>> From<Option<T>> for PatchValue {
+    fn from(v: Option<T>) -> Self {
+        v.map_or(Self::Null, Into::into)
+    }
+}
 
 impl Patch {
     /// An empty patch.
@@ -397,14 +422,14 @@ impl Patch {
     }
 
     /// Sets `column` to `value`. Column names are compile-time constants, never user input.
-    pub fn set(mut self, column: &'static str, value: impl Into<Value>) -> Self {
+    pub fn set(mut self, column: &'static str, value: impl Into<PatchValue>) -> Self {
         self.0.push((column, value.into()));
         self
     }
 
     /// Sets `column` to NULL.
     pub fn clear(mut self, column: &'static str) -> Self {
-        self.0.push((column, Value::Null));
+        self.0.push((column, PatchValue::Null));
         self
     }
 }
@@ -611,7 +636,7 @@ impl Store {
     async fn call<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&mut rusqlite::Connection) -> Result<T, StoreError> + Send + 'static,
     {
         match &self.backend {
             Backend::Sqlite(s) => s.call(f).await,

@@ -2,6 +2,7 @@
 //! [`testpg::both`], a fresh PostgreSQL database, the same assertions on each.
 
 use super::*;
+use rusqlite::Connection;
 
 fn new_job(model: &str, key: Option<&str>, priority: i64) -> NewJob {
     NewJob {

@@ -16,8 +16,8 @@ use crate::tier::Tier;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
+use crate::store::PatchValue;
 use deadpool_postgres::GenericClient;
-use rusqlite::types::Value;
 use tokio_postgres::types::ToSql;
 
 use super::{PgStore, job_from_pg};
@@ -448,13 +448,11 @@ async fn load_for_update(c: &impl GenericClient, id: &str) -> Result<Option<Job>
 
 /// A patch value as a PostgreSQL parameter; `None` for NULL, which is written into the SQL
 /// as the literal (a NULL parameter would need the column's type).
-fn bind(v: Value) -> Option<Box<dyn ToSql + Sync + Send>> {
+fn bind(v: PatchValue) -> Option<Box<dyn ToSql + Sync + Send>> {
     match v {
-        Value::Null => None,
-        Value::Integer(i) => Some(Box::new(i)),
-        Value::Real(f) => Some(Box::new(f)),
-        Value::Text(s) => Some(Box::new(s)),
-        Value::Blob(b) => Some(Box::new(b)),
+        PatchValue::Null => None,
+        PatchValue::Int(i) => Some(Box::new(i)),
+        PatchValue::Text(s) => Some(Box::new(s)),
     }
 }
 

@@ -2,8 +2,11 @@
 //! implementation is `store/postgres/core.rs`).
 
 use super::SqliteStore;
+use crate::store::PatchValue;
 use crate::store::core::QueueStore;
 use crate::store::*;
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 
 /// The jobs that hold a remote slot (count against a tier's in-flight limit). One place, so
 /// the tier-aware claim and the in-flight queries agree.
@@ -219,7 +222,11 @@ impl Transition {
         );
         let mut args: Vec<Value> = vec![to.as_str().to_string().into(), now.into()];
         for (col, val) in patch.0 {
-            args.push(val);
+            args.push(match val {
+                PatchValue::Null => Value::Null,
+                PatchValue::Int(i) => Value::Integer(i),
+                PatchValue::Text(s) => Value::Text(s),
+            });
             sql.push_str(&format!(", {col} = ?{}", args.len()));
         }
         if to.is_terminal() {

@@ -514,4 +514,30 @@ mod tests {
             assert!(got.is_empty(), "{b}");
         }
     }
+
+    /// A dead owner's singletons are free at once, without waiting out their leases, and
+    /// nobody else's leadership goes with them.
+    #[tokio::test]
+    async fn a_dead_owners_leadership_is_dropped_and_no_one_elses() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            let lead = |name: &'static str, owner: &'static str| {
+                let s = s.clone();
+                async move { s.try_lead(name, owner, 60_000).await.expect("lead") }
+            };
+            assert!(lead("poller", "w1").await.is_some(), "{b}");
+            assert!(lead("archiver", "w2").await.is_some(), "{b}");
+            assert!(
+                lead("poller", "w3").await.is_none(),
+                "{b}: w1's lease holds"
+            );
+            assert_eq!(s.drop_leadership_of("w1").await.expect("drop"), 1, "{b}");
+            assert!(lead("poller", "w3").await.is_some(), "{b}: free at once");
+            assert!(
+                lead("archiver", "w3").await.is_none(),
+                "{b}: w2 still leads"
+            );
+            assert_eq!(s.drop_leadership_of("w1").await.expect("drop"), 0, "{b}");
+        }
+    }
 }

@@ -1,12 +1,11 @@
 //! seedq: a durable job-queue worker for the Seedance video-generation API.
 //!
 //! # Layout
-//! - `job`: job ids, the state machine and the backoff policy (pure).
-//! - `tier`: Ark's service tier (`default`/`flex`) as a type, with its wire strings.
+//! - `job`, `tier`: the domain types (crate `seedq-core`).
 //! - `catalogue`: what each model accepts, its limits and prices (data).
 //! - `request`: the user's job spec, validation against the catalogue, the frozen body.
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
-//! - `store`: the SQLite job store: the only place SQL lives.
+//! - `store`: the job store, SQLite and PostgreSQL (crate `seedq-store`): the only place SQL lives.
 //! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
 //! - `schedule`: parsing the `[maintenance]` times (zones, cron, the flex window).
 //! - `stage`: the stage core every stage shares: `Ctx`, the stage loop, the limiter, leases' owner.
@@ -22,7 +21,8 @@
 //! - `ui`: the web dashboard under `/ui` on the admin listener.
 //! - `api`: the front doors on `[api] listen`: Ark's task API and OpenAI's video API, keys.
 //! - `cli`: the command line; `telemetry`: tracing setup.
-//! - `pgscratch`: a throwaway PostgreSQL cluster for tests and benchmarks.
+//! - `pgscratch`: a throwaway PostgreSQL cluster for tests and benchmarks (crate
+//!   `seedq-pgscratch`).
 
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
@@ -33,19 +33,20 @@ pub mod bulk;
 pub mod catalogue;
 pub mod cli;
 pub mod config;
-pub mod job;
 pub mod media;
 pub mod metrics;
 pub mod ops;
-#[doc(hidden)]
-pub mod pgscratch;
 pub mod request;
 pub mod schedule;
 pub mod service;
 pub mod sim;
 pub mod stage;
-pub mod store;
 pub mod telemetry;
-pub mod tier;
 pub mod ui;
 pub mod worker;
+
+// The lower crates of the workspace, under the names the modules above use.
+pub use seedq_core::{job, tier};
+#[doc(hidden)]
+pub use seedq_pgscratch as pgscratch;
+pub use seedq_store as store;

@@ -267,6 +267,32 @@ mod tests {
         assert_eq!(deps, want);
     }
 
+    /// The `seedq-*` crates a workspace crate's manifest names, in `[dependencies]` and
+    /// `[dev-dependencies]` alike.
+    fn workspace_deps(krate: &str) -> BTreeSet<String> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("crates")
+            .join(krate)
+            .join("Cargo.toml");
+        std::fs::read_to_string(&path)
+            .expect("manifest")
+            .lines()
+            .filter(|l| l.starts_with("seedq-"))
+            .filter_map(|l| l.split_once(" =").map(|(name, _)| name.trim().to_string()))
+            .collect()
+    }
+
+    /// The crates are layers: `seedq-core` and `seedq-pgscratch` depend on no other seedq
+    /// crate, `seedq-store` on `seedq-core` (and the scratch cluster, for tests) only, and
+    /// this crate sits on top. Cargo refuses a cycle; this keeps a layer from reaching sideways.
+    #[test]
+    fn the_workspace_crates_are_layered() {
+        assert_eq!(workspace_deps("seedq-core"), BTreeSet::new());
+        assert_eq!(workspace_deps("seedq-pgscratch"), BTreeSet::new());
+        let want: BTreeSet<String> = ["seedq-core", "seedq-pgscratch"].map(String::from).into();
+        assert_eq!(workspace_deps("seedq-store"), want);
+    }
+
     #[test]
     fn nothing_below_the_cli_imports_the_composition_root() {
         let bad: Vec<String> = sources()

@@ -21,7 +21,7 @@
 # - chromium and chromium-driver (the dashboard's browser tests, `--test browser`).
 # - PostgreSQL's server binaries (Debian's `postgresql`), when no /usr/lib/postgresql/*/bin/initdb
 #   exists: the PostgreSQL store tests start their own throwaway cluster with initdb + pg_ctl
-#   (src/pgscratch.rs) on a random loopback port. No service is started by the install (a
+#   (crates/seedq-pgscratch/src/lib.rs) on a random loopback port. No service is started by the install (a
 #   policy-rc.d says no), and SEEDQ_PG_BIN is exported for the newest version found.
 set -euo pipefail
 cd "$(dirname "$0")/.."

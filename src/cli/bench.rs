@@ -49,7 +49,7 @@ pub struct EnqueueArgs {
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
     /// Which backend: `sqlite` (a temp file per run) or `postgres` (a fresh database per run
-    /// on a scratch cluster, `src/pgscratch.rs`, stopped and deleted at the end).
+    /// on a scratch cluster, `crates/seedq-pgscratch/src/lib.rs`, stopped and deleted at the end).
     #[arg(long, value_enum, default_value = "sqlite")]
     pub store: super::bench_fleet::Backend,
 }

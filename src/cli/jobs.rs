@@ -519,7 +519,7 @@ pub(crate) async fn submit(ctx: &Ctx, a: SubmitArgs) -> anyhow::Result<ExitCode>
 /// `seedq ls`.
 #[derive(Debug, Args)]
 pub struct LsArgs {
-    #[arg(long)]
+    #[arg(long, value_parser = state_parser())]
     pub state: Option<JobState>,
     #[arg(long)]
     pub tag: Option<String>,
@@ -534,13 +534,11 @@ pub struct LsArgs {
     pub json: bool,
 }
 
-impl clap::ValueEnum for JobState {
-    fn value_variants<'a>() -> &'a [Self] {
-        &JobState::ALL
-    }
-    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
-        Some(clap::builder::PossibleValue::new(self.as_str()))
-    }
+/// `--state`: one of the job states, listed in `--help` and in the error for any other value.
+fn state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(JobState::ALL.map(JobState::as_str))
+        .try_map(|s| s.parse::<JobState>())
 }
 
 pub(crate) fn fmt_time(ms: i64) -> String {

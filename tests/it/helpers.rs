@@ -538,7 +538,7 @@ pub fn signal(pid: u32, sig: &str) {
 ///
 /// A process frozen inside a transaction keeps its locks: SQLite's write lock until it dies,
 /// PostgreSQL's row and advisory locks until the server ends the session
-/// (`idle_in_transaction_session_timeout`, a minute: src/store/pg/mod.rs). The tests that
+/// (`idle_in_transaction_session_timeout`, a minute: crates/seedq-store/src/postgres/mod.rs). The tests that
 /// stop a worker are about its silence, not that, so:
 /// - on SQLite the test takes the write lock first, which waits out any write transaction of
 ///   `pid`'s, stops it, and lets go;

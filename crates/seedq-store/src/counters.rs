@@ -1,0 +1,423 @@
+//! Claims that do not count: the in-flight and flex-token counters the submit claim reads
+//! (migrations/0014_claim_counters.sql, postgres/0005_claim_counters.sql).
+//!
+//! Triggers on `jobs` keep `in_flight_counts` (tasks holding a remote slot per model, tier and
+//! resolution) and `flex_token_counts` (the flex TPD spend per model and 15-minute bucket of
+//! `submit_started_at`). A trigger runs inside the statement that changes the job, so a
+//! counter moves in the same transaction as every change that moves it, whichever verb or
+//! bulk statement makes it, and a crash anywhere leaves both as they were or both changed.
+//!
+//! On SQLite, `job_counts` (migrations/0018_job_counts.sql: jobs, tokens and the archive's
+//! numbers per model and state, what `seedq stats` reads) is kept the same way and checked
+//! with them.
+//!
+//! [`Store::check_counters`] recounts them from the jobs and compares; maintenance runs it now
+//! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
+//! means a write that bypassed the triggers (a hand edit, a restore of one table).
+
+use std::collections::BTreeMap;
+
+use super::StoreError;
+
+/// The width of a flex token bucket (ms): 15 minutes, so a day that starts at midnight in any
+/// real time zone starts on a bucket boundary.
+pub const TOKEN_BUCKET_MS: i64 = 900_000;
+
+/// The first bucket boundary at or after `t`.
+pub(crate) fn bucket_ceil(t: i64) -> i64 {
+    t.div_euclid(TOKEN_BUCKET_MS) * TOKEN_BUCKET_MS
+        + if t.rem_euclid(TOKEN_BUCKET_MS) == 0 {
+            0
+        } else {
+            TOKEN_BUCKET_MS
+        }
+}
+
+/// One counter that disagreed with the recount.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct CounterDrift {
+    /// `in_flight`, `flex_tokens`, or (SQLite) `job_counts`.
+    pub counter: &'static str,
+    /// `model/tier/resolution`, `model@bucket_start_ms`, or `model/state/column`.
+    pub key: String,
+    /// What the counter said.
+    pub counted: i64,
+    /// What the jobs say.
+    pub recounted: i64,
+}
+
+/// Counter rows keyed for comparison: (counter, key) → value.
+pub(crate) type Counts = BTreeMap<(&'static str, String), i64>;
+
+/// The differences between the counters and the recount (zeros and missing rows are equal).
+pub(crate) fn diff(counted: &Counts, recounted: &Counts) -> Vec<CounterDrift> {
+    let mut keys: Vec<&(&'static str, String)> = counted.keys().chain(recounted.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter_map(|k| {
+            let a = counted.get(k).copied().unwrap_or(0);
+            let b = recounted.get(k).copied().unwrap_or(0);
+            (a != b).then(|| CounterDrift {
+                counter: k.0,
+                key: k.1.clone(),
+                counted: a,
+                recounted: b,
+            })
+        })
+        .collect()
+}
+
+/// The tier stays the column's raw text here: the drift check compares the counter table with a
+/// recount row by row and must report whatever either side holds, even a value no Tier names.
+pub(crate) fn in_flight_key(model: &str, tier: &str, res: &str) -> (&'static str, String) {
+    ("in_flight", format!("{model}/{tier}/{res}"))
+}
+
+pub(crate) fn tokens_key(model: &str, bucket: i64) -> (&'static str, String) {
+    ("flex_tokens", format!("{model}@{bucket}"))
+}
+
+/// The resolution of a shape as the counters key it (SQLite; `seedq_resolution` on PostgreSQL).
+pub(crate) const RESOLUTION_SQL: &str = "CASE WHEN instr(COALESCE(shape, ''), '/') > 0 \
+     THEN substr(shape, 1, instr(shape, '/') - 1) ELSE COALESCE(shape, '') END";
+
+backend_trait! {
+    /// The trigger-kept counters, checked against a full recount and pruned.
+    trait CounterStore {
+        /// Recounts the claim counters from the jobs and returns every counter that disagreed;
+        /// with `repair`, replaces them with the recount in the same transaction. Costs a scan of
+        /// the in-flight and submitted flex jobs: maintenance runs it, the claim never does.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn check_counters(&self, repair: bool) -> Result<Vec<CounterDrift>, StoreError>;
+
+        /// Removes token buckets that fell to zero (every job in them pruned or given back).
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn prune_counters(&self) -> Result<usize, StoreError>;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TOKEN_BUCKET_MS, bucket_ceil};
+    use crate::job::JobState;
+    use crate::tier::Tier;
+    use crate::{FleetLimits, NewJob, ResolutionScope, Store, now_ms, testpg};
+
+    /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
+    /// (the triggers still run), or, on a counter table, the drift maintenance must catch.
+    async fn raw(store: &Store, sql: &'static str) {
+        if let Some(pg) = store.pg() {
+            let c = pg.conn().await.expect("conn");
+            c.batch_execute(sql).await.expect(sql);
+        } else {
+            store
+                .call(move |c| Ok(c.execute_batch(sql)?))
+                .await
+                .expect(sql);
+        }
+    }
+
+    /// The claim reads the counters: the tier's cap and the day's flex tokens hold with
+    /// counters alone; a counter changed behind the triggers' back is found by the recount,
+    /// and the repair puts back what the jobs say.
+    async fn counters_cap_claims_and_drift_is_repaired(name: &str, s: &Store) {
+        let jobs: Vec<NewJob> = (0..10)
+            .map(|i| {
+                let mut j = NewJob::plain("{}");
+                j.flex = true;
+                j.shape = Some(if i % 2 == 0 { "720p/5s" } else { "1080p/5s" }.into());
+                j.est_tokens = Some(100);
+                j
+            })
+            .collect();
+        s.enqueue(jobs).await.expect("enqueue");
+        let now = now_ms();
+        let limits = |tpd: i64, day: i64| FleetLimits {
+            tpd: Some((u64::try_from(tpd).expect("tpd"), day, day + 86_400_000)),
+            window_ms: 60_000,
+            ..FleetLimits::default()
+        };
+        let aligned = bucket_ceil(now) - TOKEN_BUCKET_MS;
+        let got = s
+            .claim_for_submit_limited(
+                "m",
+                Tier::Flex,
+                3,
+                ResolutionScope::All,
+                10,
+                "w",
+                60_000,
+                &limits(10_000, aligned),
+            )
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 3, "{name}: the in-flight cap of 3 holds");
+        // A cap of 2 on 1080p alone leaves room for what the first claim did not take.
+        let n1080 = got
+            .iter()
+            .filter(|j| j.shape.as_deref() == Some("1080p/5s"))
+            .count();
+        let only = s
+            .claim_for_submit_tier(
+                "m",
+                Tier::Flex,
+                100,
+                ResolutionScope::Only("1080p".into(), 2),
+                10,
+                "w",
+                60_000,
+            )
+            .await
+            .expect("claim 1080p");
+        assert_eq!(only.len(), 2usize.saturating_sub(n1080), "{name}");
+        assert!(
+            only.iter().all(|j| j.shape.as_deref() == Some("1080p/5s")),
+            "{name}"
+        );
+        // The day's spend is exact, whether the day starts on a bucket boundary (the counters
+        // alone) or not (the counters plus the jobs of the part-bucket before the first
+        // boundary): with two 100-token jobs in flight, a TPD of 299 has no room for a third
+        // and one of 300 has. (A claim that finds no room defers the rest to the next day,
+        // so each case has a model of its own.)
+        for (model, day, tpd, want) in [
+            ("a", aligned, 299, 0),
+            ("b", aligned, 300, 1),
+            ("c", now - 1, 299, 0),
+            ("d", now - 1, 300, 1),
+        ] {
+            let jobs: Vec<NewJob> = (0..3)
+                .map(|_| {
+                    let mut j = NewJob::plain("{}");
+                    j.model = model.into();
+                    j.flex = true;
+                    j.est_tokens = Some(100);
+                    j
+                })
+                .collect();
+            s.enqueue(jobs).await.expect("enqueue");
+            let claim = async |limit: u32, tpd: i64| {
+                s.claim_for_submit_limited(
+                    model,
+                    Tier::Flex,
+                    100,
+                    ResolutionScope::All,
+                    limit,
+                    "w",
+                    60_000,
+                    &limits(tpd, day),
+                )
+                .await
+            };
+            assert_eq!(claim(2, 10_000).await.expect("claim").len(), 2, "{name}");
+            let got = claim(10, tpd).await.expect("claim within TPD");
+            assert_eq!(got.len(), want, "{name}: {model}: TPD {tpd}");
+        }
+        let in_flight = s.in_flight_tier("m", Tier::Flex).await.expect("n");
+        assert_eq!(in_flight, 3 + only.len() as i64, "{name}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+
+        raw(s, "UPDATE in_flight_counts SET jobs = jobs + 5").await;
+        raw(s, "UPDATE flex_token_counts SET tokens = tokens - 7").await;
+        let drift = s.check_counters(false).await.expect("check");
+        assert!(
+            drift
+                .iter()
+                .any(|d| d.counter == "in_flight" && d.counted == d.recounted + 5),
+            "{name}: {drift:?}"
+        );
+        assert!(
+            drift
+                .iter()
+                .any(|d| d.counter == "flex_tokens" && d.counted == d.recounted - 7),
+            "{name}: {drift:?}"
+        );
+        assert_eq!(
+            s.check_counters(false).await.expect("check"),
+            drift,
+            "{name}: a check alone repairs nothing"
+        );
+        assert_eq!(
+            s.check_counters(true).await.expect("repair"),
+            drift,
+            "{name}"
+        );
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}: repaired"
+        );
+        assert_eq!(
+            s.in_flight_tier("m", Tier::Flex).await.expect("n"),
+            in_flight,
+            "{name}"
+        );
+    }
+
+    #[tokio::test]
+    async fn counters_cap_claims_and_drift_is_repaired_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            counters_cap_claims_and_drift_is_repaired(name, &s).await;
+        }
+    }
+
+    /// `seedq stats` reads counts the triggers keep (SQLite) or a scan (PostgreSQL): either
+    /// way they follow the bulk enqueue, a single insert, claims and deletes; on SQLite a count
+    /// changed behind the triggers' back is found by the recount and repaired.
+    async fn stats_follow_every_change(name: &str, s: &Store) {
+        let jobs: Vec<NewJob> = (0..6)
+            .map(|_| {
+                let mut j = NewJob::plain("{}");
+                j.est_tokens = Some(10);
+                j
+            })
+            .collect();
+        s.enqueue(jobs).await.expect("bulk enqueue");
+        // One job alone takes the same path as a batch: a second insert path is a chain shot.
+        let mut shot = NewJob::plain("{}");
+        shot.est_tokens = Some(5);
+        s.enqueue_chain("c1", 0, vec![shot]).await.expect("chain");
+        let got = s
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                2,
+                "w",
+                60_000,
+            )
+            .await
+            .expect("claim");
+        assert_eq!(got.len(), 2, "{name}");
+        let stats = s.stats().await.expect("stats");
+        let by = |state: JobState| {
+            stats
+                .iter()
+                .filter(|r| r.state == state)
+                .map(|r| (r.jobs, r.est_tokens))
+                .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+        };
+        assert_eq!(by(JobState::Submitting), (2, 20), "{name}: {stats:?}");
+        assert_eq!(by(JobState::Queued), (5, 45), "{name}: {stats:?}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+        if s.pg().is_none() {
+            raw(
+                s,
+                "UPDATE job_counts SET jobs = jobs + 3 WHERE state = 'queued'",
+            )
+            .await;
+            let drift = s.check_counters(false).await.expect("check");
+            assert!(
+                drift
+                    .iter()
+                    .any(|d| d.counter == "job_counts" && d.counted == d.recounted + 3),
+                "{name}: {drift:?}"
+            );
+            assert_eq!(
+                s.check_counters(true).await.expect("repair"),
+                drift,
+                "{name}"
+            );
+            assert!(
+                s.check_counters(false).await.expect("check").is_empty(),
+                "{name}"
+            );
+            assert_eq!(s.stats().await.expect("stats"), stats, "{name}: repaired");
+        }
+    }
+
+    #[tokio::test]
+    async fn stats_follow_every_change_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            stats_follow_every_change(name, &s).await;
+        }
+    }
+
+    #[test]
+    fn bucket_ceil_rounds_up_to_a_boundary() {
+        assert_eq!(bucket_ceil(0), 0);
+        assert_eq!(bucket_ceil(1), TOKEN_BUCKET_MS);
+        assert_eq!(bucket_ceil(TOKEN_BUCKET_MS), TOKEN_BUCKET_MS);
+        assert_eq!(bucket_ceil(TOKEN_BUCKET_MS + 1), 2 * TOKEN_BUCKET_MS);
+        // A UTC+8 midnight is a boundary.
+        let day = 1_700_000_000_000i64.div_euclid(86_400_000) * 86_400_000 - 8 * 3_600_000;
+        assert_eq!(bucket_ceil(day), day);
+    }
+
+    /// A counter row that fell to zero (its job left flight) is pruned, once, and the
+    /// counters still agree with a recount before and after; a later claim counts anew.
+    async fn zero_rows_are_pruned(name: &str, s: &Store) {
+        let mut j = NewJob::plain("{}");
+        j.flex = true;
+        j.shape = Some("720p/5s".into());
+        j.est_tokens = Some(100);
+        s.enqueue(vec![j]).await.expect("enqueue");
+        let claim = |s: &Store| {
+            let s = s.clone();
+            async move {
+                s.claim_for_submit_tier("m", Tier::Flex, 5, ResolutionScope::All, 1, "w", 60_000)
+                    .await
+                    .expect("claim")
+            }
+        };
+        let got = claim(s).await;
+        assert_eq!(got.len(), 1, "{name}");
+        let requeue = crate::Requeue {
+            at: 0,
+            attempts: Some(0),
+            error: crate::ErrorNote::Clear,
+        };
+        s.requeue(
+            &got[0].id,
+            JobState::Submitting,
+            got[0].lease_token,
+            requeue,
+            "no task was made".into(),
+        )
+        .await
+        .expect("requeue");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+        let pruned = s.prune_counters().await.expect("prune");
+        assert!(
+            pruned >= 1,
+            "{name}: the in-flight row at zero goes, pruned {pruned}"
+        );
+        assert_eq!(s.prune_counters().await.expect("prune again"), 0, "{name}");
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+        assert_eq!(
+            claim(s).await.len(),
+            1,
+            "{name}: claimed again, counted anew"
+        );
+        assert!(
+            s.check_counters(false).await.expect("check").is_empty(),
+            "{name}"
+        );
+    }
+
+    #[tokio::test]
+    async fn counter_rows_at_zero_are_pruned_on_both_backends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (name, s) in testpg::both(dir.path()).await {
+            zero_rows_are_pruned(name, &s).await;
+        }
+    }
+}

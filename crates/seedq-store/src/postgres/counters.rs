@@ -1,0 +1,149 @@
+//! PostgreSQL implementation of the claim counters (`store/counters.rs` has the design,
+//! `store/sqlite/counters.rs` the SQLite one, `migrations/postgres/0005_claim_counters.sql`
+//! the triggers).
+
+use crate::counters::CounterStore;
+use crate::tier::Tier;
+use deadpool_postgres::GenericClient;
+
+use super::PgStore;
+use crate::StoreError;
+use crate::counters::{
+    CounterDrift, Counts, TOKEN_BUCKET_MS, bucket_ceil, diff, in_flight_key, tokens_key,
+};
+
+/// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
+pub(crate) async fn in_flight_in_tx(
+    c: &impl GenericClient,
+    model: &str,
+    tier: Tier,
+    res: Option<&str>,
+) -> Result<i64, StoreError> {
+    Ok(c.query_one(
+        "SELECT COALESCE(SUM(jobs), 0)::BIGINT FROM in_flight_counts \
+         WHERE model = $1 AND service_tier = $2 AND ($3::text IS NULL OR resolution = $3)",
+        &[&model, &tier, &res],
+    )
+    .await?
+    .try_get(0)?)
+}
+
+/// Flex tokens of `model` spent since `day` (see the SQLite `flex_spent_in_tx`).
+pub(crate) async fn flex_spent_in_tx(
+    c: &impl GenericClient,
+    model: &str,
+    day: i64,
+) -> Result<i64, StoreError> {
+    let edge = bucket_ceil(day);
+    Ok(c.query_one(
+        "SELECT (SELECT COALESCE(SUM(tokens), 0) FROM flex_token_counts \
+                 WHERE model = $1 AND bucket >= $3)::BIGINT \
+              + (SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+                 WHERE submit_started_at >= $2 AND submit_started_at < $3 AND model = $1 \
+                 AND service_tier = 'flex' \
+                 AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')))::BIGINT",
+        &[&model, &day, &edge],
+    )
+    .await?
+    .try_get(0)?)
+}
+
+const RECOUNT_IN_FLIGHT: &str = "SELECT model, service_tier, seedq_resolution(shape), \
+     COUNT(*)::BIGINT FROM jobs WHERE seedq_in_flight(state, last_error_code) GROUP BY 1, 2, 3";
+
+fn recount_tokens() -> String {
+    format!(
+        "SELECT model, (submit_started_at / {TOKEN_BUCKET_MS}) * {TOKEN_BUCKET_MS}, \
+         SUM(COALESCE(usage_tokens, est_tokens, 0))::BIGINT FROM jobs \
+         WHERE service_tier = 'flex' AND submit_started_at IS NOT NULL \
+         AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')) \
+         GROUP BY 1, 2"
+    )
+}
+
+async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreError> {
+    let mut counted = Counts::new();
+    for r in c
+        .query(
+            "SELECT model, service_tier, resolution, jobs FROM in_flight_counts",
+            &[],
+        )
+        .await?
+    {
+        counted.insert(
+            in_flight_key(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+            r.try_get(3)?,
+        );
+    }
+    for r in c
+        .query("SELECT model, bucket, tokens FROM flex_token_counts", &[])
+        .await?
+    {
+        counted.insert(tokens_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    let mut recounted = Counts::new();
+    for r in c.query(RECOUNT_IN_FLIGHT, &[]).await? {
+        recounted.insert(
+            in_flight_key(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?),
+            r.try_get(3)?,
+        );
+    }
+    for r in c.query(&recount_tokens(), &[]).await? {
+        recounted.insert(tokens_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    Ok((counted, recounted))
+}
+
+impl CounterStore for PgStore {
+    ///
+    /// The check reads the counters and the recount from one REPEATABLE READ snapshot, where a
+    /// trigger's change and the job's change are both visible or both not, so it takes no lock.
+    /// Only a repair locks the counter tables against the triggers (SHARE ROW EXCLUSIVE conflicts
+    /// with their ROW EXCLUSIVE), then recounts what is committed and replaces the counters.
+    async fn check_counters(&self, repair: bool) -> Result<Vec<CounterDrift>, StoreError> {
+        let mut c = self.conn().await?;
+        let drift = {
+            let tx = c
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await?;
+            let (counted, recounted) = read_both(&tx).await?;
+            tx.commit().await?;
+            diff(&counted, &recounted)
+        };
+        if !repair || drift.is_empty() {
+            return Ok(drift);
+        }
+        let tx = c.transaction().await?;
+        tx.batch_execute(
+            "LOCK TABLE in_flight_counts, flex_token_counts IN SHARE ROW EXCLUSIVE MODE",
+        )
+        .await?;
+        // Under the lock no transaction has a counter change in flight, and this statement's
+        // snapshot sees every job change whose counter change committed.
+        let (counted, recounted) = read_both(&tx).await?;
+        let drift = diff(&counted, &recounted);
+        tx.batch_execute(&format!(
+            "DELETE FROM in_flight_counts; \
+     INSERT INTO in_flight_counts {RECOUNT_IN_FLIGHT}; \
+     DELETE FROM flex_token_counts; \
+     INSERT INTO flex_token_counts {};",
+            recount_tokens()
+        ))
+        .await?;
+        tx.commit().await?;
+        Ok(drift)
+    }
+
+    async fn prune_counters(&self) -> Result<usize, StoreError> {
+        let c = self.conn().await?;
+        let n = c
+            .execute("DELETE FROM flex_token_counts WHERE tokens = 0", &[])
+            .await?
+            + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", &[])
+                .await?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+}

@@ -716,7 +716,7 @@ mod tests {
             .args([
                 "--ignored",
                 "--exact",
-                "pgscratch::tests::helper_start_shared_then_abort",
+                "tests::helper_start_shared_then_abort",
                 "--test-threads=1",
             ])
             .env(CHILD_ENV, &out)

@@ -58,8 +58,13 @@ fn a_foreign_task_with_the_same_seed_is_never_adopted() {
         .trim()
         .to_string();
     let mut serve = env.serve();
-    wait_until(20, "A's create to fail", || {
-        env.jobs().iter().any(|j| j["state"] == "submit_unknown")
+    // After the 500 the job is `submit_unknown` until reconciliation finds no task, then
+    // `queued` again with the attempt counted; a loaded machine's poll can miss the first.
+    wait_until(60, "A's create to fail", || {
+        env.jobs().iter().any(|j| {
+            j["state"] == "submit_unknown"
+                || (j["state"] == "queued" && j["attempts"].as_i64().unwrap_or(0) >= 1)
+        })
     });
     serve.kill();
     set_faults(&sim, serde_json::json!({"drop_after_create": 1}));

@@ -158,9 +158,16 @@ async fn claim_tier(
         window_ms: ms(ctx.cfg.dispatch.rpm_window),
         tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
             let day_ms = ctx.cfg.bulk.tpd_day_ms();
-            let day =
+            let start =
                 crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
-            (tpd, day, day + day_ms)
+            crate::store::FlexDay {
+                tpd,
+                start,
+                next: start + day_ms,
+                // A create claimed this long before the day began may still be sent (the
+                // lease) and be in flight (the request timeout) after it.
+                straddle_ms: ctx.lease_ms() + ms(ctx.cfg.ark.request_timeout),
+            }
         }),
     };
     let jobs = ctx

@@ -105,22 +105,9 @@ backend_trait! {
 mod tests {
     use super::{TOKEN_BUCKET_MS, bucket_ceil};
     use crate::job::JobState;
+    use crate::tests::raw;
     use crate::tier::Tier;
     use crate::{FleetLimits, NewJob, ResolutionScope, Store, now_ms, testpg};
-
-    /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
-    /// (the triggers still run), or, on a counter table, the drift maintenance must catch.
-    async fn raw(store: &Store, sql: &'static str) {
-        if let Some(pg) = store.pg() {
-            let c = pg.conn().await.expect("conn");
-            c.batch_execute(sql).await.expect(sql);
-        } else {
-            store
-                .call(move |c| Ok(c.execute_batch(sql)?))
-                .await
-                .expect(sql);
-        }
-    }
 
     /// The claim reads the counters: the tier's cap and the day's flex tokens hold with
     /// counters alone; a counter changed behind the triggers' back is found by the recount,
@@ -138,7 +125,12 @@ mod tests {
         s.enqueue(jobs).await.expect("enqueue");
         let now = now_ms();
         let limits = |tpd: i64, day: i64| FleetLimits {
-            tpd: Some((u64::try_from(tpd).expect("tpd"), day, day + 86_400_000)),
+            tpd: Some(crate::FlexDay {
+                tpd: u64::try_from(tpd).expect("tpd"),
+                start: day,
+                next: day + 86_400_000,
+                straddle_ms: 0,
+            }),
             window_ms: 60_000,
             ..FleetLimits::default()
         };

@@ -54,10 +54,27 @@ pub struct FleetLimits {
     pub resolution_rpm: Option<u32>,
     /// The RPM window (`dispatch.rpm_window`).
     pub window_ms: i64,
-    /// Flex only: the daily token budget, the start of its day and of the next (ms). The claim
-    /// takes jobs in claim order while their estimated tokens fit in what the day has left;
-    /// the next candidates that do not fit wait for the next day.
-    pub tpd: Option<(u64, i64, i64)>,
+    /// Flex only: the day's token budget. The claim takes jobs in claim order while their
+    /// estimated tokens fit in what the day has left; the next candidates that do not fit
+    /// wait for the next day.
+    pub tpd: Option<FlexDay>,
+}
+
+/// A flex TPD day as a claim sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlexDay {
+    /// The day's token budget.
+    pub tpd: u64,
+    /// When the day starts and when the next one does (unix ms).
+    pub start: i64,
+    pub next: i64,
+    /// How long before `start` a create may have been claimed and still reach Ark after it
+    /// (the submit lease plus the request timeout). Ark counts a create in the day it
+    /// arrives in, and seedq only knows when it was claimed and when it was answered: a
+    /// create claimed in that span counts in this day too, unless its answer came before the
+    /// day began. Counting it twice costs a clip of budget at most; counting it once in the
+    /// wrong day gets a create refused.
+    pub straddle_ms: i64,
 }
 
 /// What [`room_in_tx`] allows.
@@ -461,7 +478,12 @@ mod tests {
             let day = now_ms() - 1_000;
             let next = now_ms() + 3_600_000;
             let limits = FleetLimits {
-                tpd: Some((250, day, next)),
+                tpd: Some(FlexDay {
+                    tpd: 250,
+                    start: day,
+                    next,
+                    straddle_ms: 0,
+                }),
                 ..FleetLimits::default()
             };
             let got = s
@@ -512,6 +534,73 @@ mod tests {
                 .await
                 .expect("claim");
             assert!(got.is_empty(), "{b}");
+        }
+    }
+
+    /// Ark counts a flex create in the day it arrives in; seedq knows when it claimed the
+    /// create and when Ark answered. A create claimed before the day began counts in the new
+    /// day while it is unanswered or was answered after the start, and not once it was
+    /// answered before.
+    #[tokio::test]
+    async fn a_create_that_may_arrive_after_the_day_began_counts_in_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            let claim = async |d: FlexDay| {
+                s.claim_for_submit_limited(
+                    "m",
+                    Tier::Flex,
+                    100,
+                    ResolutionScope::All,
+                    10,
+                    "w",
+                    60_000,
+                    &FleetLimits {
+                        tpd: Some(d),
+                        ..FleetLimits::default()
+                    },
+                )
+                .await
+                .expect("claim")
+            };
+            let first = add(&s, 1, Some(100)).await;
+            let old = now_ms() - 60_000;
+            let before = claim(FlexDay {
+                tpd: 250,
+                start: old,
+                next: old + 3_600_000,
+                straddle_ms: 60_000,
+            })
+            .await;
+            assert_eq!(before.len(), 1, "{b}");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            let start = now_ms();
+            let day = FlexDay {
+                tpd: 250,
+                start,
+                next: start + 3_600_000,
+                straddle_ms: 60_000,
+            };
+            // In flight: 100 of the new day's 250 may be its, so one more fits, not two.
+            add(&s, 2, Some(100)).await;
+            assert_eq!(
+                claim(day).await.len(),
+                1,
+                "{b}: the unanswered create counts"
+            );
+            // Answered after the day began: it may have arrived in it.
+            let answered = |at: i64| {
+                format!(
+                    "UPDATE jobs SET state = 'submitted', submitted_at = {at} WHERE id = '{}'",
+                    first[0]
+                )
+            };
+            crate::tests::raw(&s, answered(start + 1)).await;
+            add(&s, 1, Some(100)).await;
+            assert!(claim(day).await.is_empty(), "{b}: 100 + 100 + 100 > 250");
+            // Answered before the day began: it arrived in the day before.
+            crate::tests::raw(&s, answered(start - 1)).await;
+            add(&s, 1, Some(100)).await;
+            assert_eq!(claim(day).await.len(), 1, "{b}: 100 + 100 <= 250");
         }
     }
 

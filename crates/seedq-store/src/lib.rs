@@ -92,7 +92,7 @@ pub use archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
 pub use bulk::{BatchCancel, BatchCell, BatchMeta, BatchRetry, CostRow, Failure, QueuedJob};
 pub use chain::{Chain, ChainState, ChainWrite, HELD, Shot, Stitched};
 pub use counters::CounterDrift;
-pub use fleet::{FleetLimits, LeaderRow, WorkerRow};
+pub use fleet::{FleetLimits, FlexDay, LeaderRow, WorkerRow};
 pub use ops::MIN_ROOM;
 pub use pause::{PauseKind, Paused};
 /// The PostgreSQL schema version this binary expects (`migrate::latest` is SQLite's).

@@ -4,6 +4,22 @@
 use super::*;
 use rusqlite::Connection;
 
+/// Runs one statement of our own past the store's verbs: a write that bypasses nothing
+/// (the triggers still run), or, on a counter table, the drift maintenance must catch.
+pub(crate) async fn raw(store: &Store, sql: impl Into<String>) {
+    let sql: String = sql.into();
+    if let Some(pg) = store.pg() {
+        let c = pg.conn().await.expect("conn");
+        c.batch_execute(&sql).await.expect(&sql);
+    } else {
+        let q = sql.clone();
+        store
+            .call(move |c| Ok(c.execute_batch(&q)?))
+            .await
+            .expect(&sql);
+    }
+}
+
 fn new_job(model: &str, key: Option<&str>, priority: i64) -> NewJob {
     NewJob {
         id: JobId::generate(),

@@ -57,13 +57,36 @@ async fn room_in_tx(
     }
     let tokens = match limits.tpd {
         None => None,
-        Some((tpd, day, _)) => {
-            // The day's sum from the counters the triggers keep (store/counters.rs).
-            let spent = super::counters::flex_spent_in_tx(c, model, day).await?;
-            Some(i64::try_from(tpd).unwrap_or(i64::MAX).saturating_sub(spent))
+        Some(d) => {
+            // The day's sum from the counters the triggers keep (store/counters.rs), and the
+            // creates of the day before that may have reached Ark in this one (`FlexDay`).
+            let spent = super::counters::flex_spent_in_tx(c, model, d.start).await?
+                + flex_straddling_in_tx(c, model, &d).await?;
+            Some(
+                i64::try_from(d.tpd)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(spent),
+            )
         }
     };
     Ok(Room { creates, tokens })
+}
+
+/// The SQLite `flex_straddling_in_tx` on PostgreSQL.
+async fn flex_straddling_in_tx(
+    c: &impl GenericClient,
+    model: &str,
+    d: &crate::FlexDay,
+) -> Result<i64, StoreError> {
+    Ok(c.query_one(
+        "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0)::BIGINT FROM jobs \
+         WHERE model = $1 AND service_tier = 'flex' \
+         AND submit_started_at >= $2 AND submit_started_at < $3 \
+         AND (submitted_at >= $3 OR (submitted_at IS NULL AND state IN ('submitting', 'submit_unknown')))",
+        &[&model, &(d.start - d.straddle_ms), &d.start],
+    )
+    .await?
+    .try_get(0)?)
 }
 
 /// `store::fleet::release_leases` on PostgreSQL.
@@ -416,7 +439,15 @@ impl FleetStore for PgStore {
                 Some("claimed for submit"),
             )
             .await?;
-            if let (Some(left), Some((tpd, _, next_day))) = (account.tokens, fleet.tpd) {
+            if let (
+                Some(left),
+                Some(crate::FlexDay {
+                    tpd,
+                    next: next_day,
+                    ..
+                }),
+            ) = (account.tokens, fleet.tpd)
+            {
                 // As on SQLite: the next candidates the day cannot take wait for the next day.
                 let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();
                 // $2 and $3 (owner, lease) are the claim's; they are bound here too, typed, so

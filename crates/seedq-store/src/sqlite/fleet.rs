@@ -67,13 +67,36 @@ pub(super) fn room_in_tx(
     }
     let tokens = match limits.tpd {
         None => None,
-        Some((tpd, day, _)) => {
-            // The day's sum from the counters the triggers keep (store/counters.rs).
-            let spent = super::counters::flex_spent_in_tx(tx, model, day)?;
-            Some(i64::try_from(tpd).unwrap_or(i64::MAX).saturating_sub(spent))
+        Some(d) => {
+            // The day's sum from the counters the triggers keep (store/counters.rs), and the
+            // creates of the day before that may have reached Ark in this one (`FlexDay`).
+            let spent = super::counters::flex_spent_in_tx(tx, model, d.start)?
+                + flex_straddling_in_tx(tx, model, &d)?;
+            Some(
+                i64::try_from(d.tpd)
+                    .unwrap_or(i64::MAX)
+                    .saturating_sub(spent),
+            )
         }
     };
     Ok(Room { creates, tokens })
+}
+
+/// Flex tokens of `model` claimed in the `straddle_ms` before the day began whose create may
+/// have arrived in it: still unanswered, or answered after the start. A range of
+/// `jobs_creates` (migrations/0012_fleet.sql) as long as a lease.
+fn flex_straddling_in_tx(
+    tx: &Connection,
+    model: &str,
+    d: &crate::FlexDay,
+) -> rusqlite::Result<i64> {
+    tx.prepare_cached(
+        "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
+         WHERE model = ?1 AND service_tier = 'flex' \
+         AND submit_started_at >= ?2 AND submit_started_at < ?3 \
+         AND (submitted_at >= ?3 OR (submitted_at IS NULL AND state IN ('submitting', 'submit_unknown')))",
+    )?
+    .query_row(params![model, d.start - d.straddle_ms, d.start], |r| r.get(0))
 }
 
 /// Ends every lease `owner` holds, so its jobs come due at once. `dead`: its process is known
@@ -347,7 +370,7 @@ impl FleetStore for SqliteStore {
         for j in &jobs {
             insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
         }
-        if let (Some(left), Some((tpd, _, next_day))) = (account.tokens, fleet.tpd) {
+        if let (Some(left), Some(crate::FlexDay { tpd, next: next_day, .. })) = (account.tokens, fleet.tpd) {
             // The next candidates that the day's budget cannot take wait for the next day,
             // as the dispatcher's own reservation does (worker/dispatch.rs `submit`).
             let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();

@@ -2,11 +2,12 @@
 //!
 //! # Layout
 //! - `job`, `tier`: the domain types (crate `seedq-core`).
-//! - `catalogue`: what each model accepts, its limits and prices (data).
-//! - `request`: the user's job spec, validation against the catalogue, the frozen body.
+//! - `catalogue`, `request`, `ark`: Ark as seedq reads it: what each model accepts, its limits
+//!   and prices; the user's job spec checked against it and frozen into the body; the HTTP
+//!   client, with `ark::wire` mirroring the API's JSON (crate `seedq-ark`).
+//! - `intake`: a checked request as the store row `submit` and the front doors enqueue.
 //! - `config`: typed configuration, layered loading, validation, redacted secrets.
 //! - `store`: the job store, SQLite and PostgreSQL (crate `seedq-store`): the only place SQL lives.
-//! - `ark`: the Ark HTTP client; `ark::wire` mirrors the API's JSON exactly.
 //! - `schedule`: parsing the `[maintenance]` times (zones, cron, the flex window).
 //! - `stage`: the stage core every stage shares: `Ctx`, the stage loop, the limiter, leases' owner.
 //! - `worker`: the service's stages (dispatch, poll, reconcile, callbacks, archive).
@@ -16,8 +17,10 @@
 //!   Prometheus metrics), SIGHUP reload, scheduled maintenance.
 //! - `blob`: the archive's object store (S3-compatible, local files, memory) and object keys.
 //! - `bulk`: batches (CSV import), estimates, chains of shots, stitching, the flex governor.
-//! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching.
-//! - `sim`: a faithful local Ark server (axum) with fault injection, for tests and the demo.
+//! - `media`: real MP4 files: encoding (simulator), probing and lossless stitching (crate
+//!   `seedq-media`).
+//! - `sim`: a local Ark server (axum) with fault injection, for tests and the demo (crate
+//!   `seedq-sim`).
 //! - `ui`: the web dashboard under `/ui` on the admin listener.
 //! - `api`: the front doors on `[api] listen`: Ark's task API and OpenAI's video API, keys.
 //! - `cli`: the command line; `telemetry`: tracing setup.
@@ -27,26 +30,26 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod api;
-pub mod ark;
 pub mod blob;
 pub mod bulk;
-pub mod catalogue;
 pub mod cli;
 pub mod config;
-pub mod media;
+pub mod intake;
 pub mod metrics;
 pub mod ops;
-pub mod request;
 pub mod schedule;
 pub mod service;
-pub mod sim;
 pub mod stage;
 pub mod telemetry;
 pub mod ui;
 pub mod worker;
 
 // The lower crates of the workspace, under the names the modules above use.
+pub use seedq_ark as ark;
+pub use seedq_ark::{catalogue, request};
 pub use seedq_core::{job, tier};
+pub use seedq_media as media;
 #[doc(hidden)]
 pub use seedq_pgscratch as pgscratch;
+pub use seedq_sim as sim;
 pub use seedq_store as store;

@@ -5,24 +5,17 @@
 //! [`install`] sets the Prometheus recorder, which only `seedq serve` does. Levels that live
 //! in the database (jobs per state, in flight, tokens, cost) are not mirrored into gauges:
 //! `/metrics` reads them from the database at scrape time (`ops::admin`), so they always
-//! agree with `seedq stats`. This module is a leaf: `ark`, `worker` and `store` may call it.
+//! agree with `seedq stats`. This module is a leaf: `worker` and the stages may call it. The
+//! Ark client's own metrics live with it (`seedq_ark::metrics`) and are exported from here.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use crate::tier::Tier;
+pub use seedq_ark::metrics::{ARK_DURATION, ARK_ERRORS, ARK_REQUESTS, ARK_THROTTLED, ark_request};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-/// HTTP requests to Ark, per attempt: `op` (create, get, list, delete), `status` (`2xx`, the
-/// HTTP code of a failure, or `connect`, `transport`).
-pub const ARK_REQUESTS: &str = "seedq_ark_requests_total";
-/// Failed Ark requests by `op` and the API's error `code` (or `connect`, `transport`, `decode`).
-pub const ARK_ERRORS: &str = "seedq_ark_errors_total";
-/// 429 answers by `op`.
-pub const ARK_THROTTLED: &str = "seedq_ark_throttled_total";
-/// Ark request latency by `op`.
-pub const ARK_DURATION: &str = "seedq_ark_request_duration_seconds";
 /// Create outcomes by `model`, `tier` and `outcome` (accepted, throttled, never_sent,
 /// rejected, ambiguous, transient).
 pub const CREATES: &str = "seedq_creates_total";
@@ -173,25 +166,6 @@ fn describe() {
 /// Counts a create held back by a spend cap.
 pub fn budget_refused(reason: &'static str) {
     metrics::counter!(BUDGET_REFUSED, "reason" => reason).increment(1);
-}
-
-/// Records one HTTP attempt to Ark: `status` is the HTTP status of a failed response, `code`
-/// the error code of a failure; both `None` for a success.
-pub fn ark_request(op: &'static str, status: Option<u16>, code: Option<&str>, took: Duration) {
-    let status_label = match (status, code) {
-        (Some(s), _) => s.to_string(),
-        (None, None) => "2xx".to_string(),
-        (None, Some("connect")) => "connect".to_string(),
-        (None, Some(_)) => "transport".to_string(),
-    };
-    metrics::counter!(ARK_REQUESTS, "op" => op, "status" => status_label).increment(1);
-    metrics::histogram!(ARK_DURATION, "op" => op).record(took.as_secs_f64());
-    if let Some(code) = code {
-        metrics::counter!(ARK_ERRORS, "op" => op, "code" => code.to_string()).increment(1);
-    }
-    if status == Some(429) {
-        metrics::counter!(ARK_THROTTLED, "op" => op).increment(1);
-    }
 }
 
 /// Records the outcome of one create.

@@ -282,15 +282,22 @@ mod tests {
             .collect()
     }
 
-    /// The crates are layers: `seedq-core` and `seedq-pgscratch` depend on no other seedq
-    /// crate, `seedq-store` on `seedq-core` (and the scratch cluster, for tests) only, and
-    /// this crate sits on top. Cargo refuses a cycle; this keeps a layer from reaching sideways.
+    /// The crates are layers: `seedq-core`, `seedq-media` and `seedq-pgscratch` depend on no
+    /// other seedq crate; `seedq-store` on `seedq-core` (and the scratch cluster, for tests);
+    /// `seedq-ark` on `seedq-core`; `seedq-sim` on `seedq-ark` and `seedq-media`, and not on the
+    /// store; this crate sits on top. Cargo refuses a cycle; this keeps a layer from reaching
+    /// sideways: the Ark client knows no store, the store no Ark, the simulator neither.
     #[test]
     fn the_workspace_crates_are_layered() {
         assert_eq!(workspace_deps("seedq-core"), BTreeSet::new());
         assert_eq!(workspace_deps("seedq-pgscratch"), BTreeSet::new());
         let want: BTreeSet<String> = ["seedq-core", "seedq-pgscratch"].map(String::from).into();
         assert_eq!(workspace_deps("seedq-store"), want);
+        assert_eq!(workspace_deps("seedq-media"), BTreeSet::new());
+        let want: BTreeSet<String> = ["seedq-core"].map(String::from).into();
+        assert_eq!(workspace_deps("seedq-ark"), want);
+        let want: BTreeSet<String> = ["seedq-ark", "seedq-media"].map(String::from).into();
+        assert_eq!(workspace_deps("seedq-sim"), want);
     }
 
     #[test]

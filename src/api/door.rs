@@ -260,7 +260,7 @@ fn admin_can_sign(api: &Api) -> bool {
 
 /// A validated job as a store row (as `seedq submit` stores it).
 fn new_job(p: request::Prepared) -> Result<NewJob, DoorError> {
-    request::new_job(p).map_err(DoorError::Invalid)
+    crate::intake::new_job(p).map_err(DoorError::Invalid)
 }
 
 /// A job's status in Ark's words (the same mapping as `store::api::status_case`).

@@ -43,7 +43,7 @@ const FILL_BATCH: usize = 10_000;
 /// `seedq ls`'s default `--limit` (cli/jobs.rs `LsArgs`).
 const LS_LIMIT: u32 = 50;
 
-/// The sim's RPM window at `time_scale = 1` (src/sim/state.rs `RPM_WINDOW`).
+/// The sim's RPM window at `time_scale = 1` (crates/seedq-sim/src/state.rs `RPM_WINDOW`).
 const RPM_WINDOW_MS: i64 = 60_000;
 
 /// Which stores `seedq bench claims` measures.

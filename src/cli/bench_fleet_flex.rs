@@ -195,7 +195,7 @@ pub(crate) async fn run(a: &FleetArgs) -> anyhow::Result<ExitCode> {
          [read_limits]\nlist_qps = 0\nget_qps = 0\ndelete_qps = 0\n\
          [models.\"{MODEL}\"]\nflex_tpd = {tpd}\n",
         pool = a.pool,
-        // The sim's day is nominal: real = nominal × scale (src/sim/state.rs `tpd_day_start`).
+        // The sim's day is nominal: real = nominal × scale (crates/seedq-sim/src/state.rs `tpd_day_start`).
         nominal_day = (day_ms as f64 / scale).round() as u64,
     ))?;
     let sim =

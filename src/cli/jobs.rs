@@ -167,7 +167,7 @@ impl SubmitArgs {
 
 /// Converts a prepared job into a store row.
 pub(crate) fn new_job(p: Prepared) -> anyhow::Result<NewJob> {
-    Ok(request::new_job(p)?)
+    Ok(crate::intake::new_job(p)?)
 }
 
 /// The most errors listed before the rest are summarised.

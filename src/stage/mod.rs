@@ -347,19 +347,7 @@ impl Role {
     }
 }
 
-/// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).
-pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
-    let off = i64::from(offset_hours) * 3_600_000;
-    (now + off).div_euclid(86_400_000) * 86_400_000 - off
-}
-
-/// Start of the TPD day containing `now` (ms): days of `day_ms` counted from midnight at
-/// UTC+`offset_hours`. With a 24 h day this is [`day_start_ms`].
-pub fn tpd_day_start(now: i64, offset_hours: i32, day_ms: i64) -> i64 {
-    let off = i64::from(offset_hours) * 3_600_000;
-    let day = day_ms.max(1);
-    (now + off).div_euclid(day) * day - off
-}
+pub use seedq_ark::catalogue::{day_start_ms, tpd_day_start};
 
 #[cfg(test)]
 mod tests {

@@ -1082,7 +1082,7 @@ mod tests {
             ..Default::default()
         };
         let p = crate::request::prepare(spec, &ctx.ops.live.catalogue(), dir).expect("spec");
-        let new = crate::request::new_job(p).expect("job");
+        let new = crate::intake::new_job(p).expect("job");
         assert!(
             new.est_tokens.unwrap_or(0) > 0,
             "the job has a size estimate"

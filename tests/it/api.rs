@@ -482,7 +482,7 @@ fn two_hundred_clients_create_at_once_on_a_three_worker_fleet() {
 
 #[test]
 fn deleting_a_running_job_is_refused_by_ark_and_keeps_it_visible_through_openai() {
-    // Real-time sim: a 5 s clip runs for about a minute (src/sim/config.rs, Timing).
+    // Real-time sim: a 5 s clip runs for about a minute (crates/seedq-sim/src/config.rs, Timing).
     let sim = crate::helpers::SimProc::start("video_downscale = 16\nreuse_videos = true\n");
     let port = free_port();
     let env = env_with_doors(&sim, port);

@@ -17,7 +17,7 @@ use std::sync::OnceLock;
 use serde::{Deserialize, Serialize};
 
 /// The catalogue's data file, compiled in.
-const DATA: &str = include_str!("../catalogue/models.toml");
+const DATA: &str = include_str!("../../../catalogue/models.toml");
 
 /// The pixel-size table a model family uses (the tables are in `catalogue/models.toml`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -604,6 +604,20 @@ pub fn cost(spec: &ModelSpec, tokens: i64, flex: bool) -> f64 {
     tokens as f64 * per_token * tier
 }
 
+/// Start of the current TPD day (ms), in the configured UTC offset (Ark counts in Beijing).
+pub fn day_start_ms(now: i64, offset_hours: i32) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    (now + off).div_euclid(86_400_000) * 86_400_000 - off
+}
+
+/// Start of the TPD day containing `now` (ms): days of `day_ms` counted from midnight at
+/// UTC+`offset_hours`. With a 24 h day this is [`day_start_ms`].
+pub fn tpd_day_start(now: i64, offset_hours: i32, day_ms: i64) -> i64 {
+    let off = i64::from(offset_hours) * 3_600_000;
+    let day = day_ms.max(1);
+    (now + off).div_euclid(day) * day - off
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -777,7 +791,7 @@ mod tests {
 
     #[test]
     fn every_row_has_region_since_and_a_source_in_the_repo() {
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let root = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
         for (id, s) in Catalogue::default().iter() {
             let since = chrono::NaiveDate::parse_from_str(&s.since, "%Y-%m-%d");
             assert!(since.is_ok(), "{id}: since {:?} is a date", s.since);

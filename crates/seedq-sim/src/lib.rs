@@ -1,9 +1,9 @@
 //! `seedq sim`: a faithful local Ark server for tests, benchmarks and the demo.
 //!
-//! It speaks the wire contract of `docs/ark-api.md` with the serde types of [`crate::ark::wire`] and
-//! validates create bodies with [`crate::request::check`], the function seedq itself runs at
+//! It speaks the wire contract of `docs/ark-api.md` with the serde types of [`seedq_ark::wire`] and
+//! validates create bodies with [`seedq_ark::request::check`], the function seedq itself runs at
 //! enqueue, so client and simulator cannot disagree on the rules. On top of the API it renders
-//! real H.264 videos ([`crate::media`]), serves them at expiring pre-signed-looking URLs, sends
+//! real H.264 videos ([`seedq_media`]), serves them at expiring pre-signed-looking URLs, sends
 //! callbacks, and injects faults. It deliberately does not persist anything: a restart forgets
 //! every task, as a test server should.
 //!

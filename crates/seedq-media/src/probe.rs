@@ -94,7 +94,7 @@ pub(crate) fn ticks_to_duration(ticks: u64, timescale: u32) -> Option<Duration> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{VideoSpec, render};
+    use crate::{VideoSpec, render};
 
     #[test]
     fn ticks_convert_exactly() {

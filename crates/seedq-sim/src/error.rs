@@ -8,8 +8,8 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::ark::wire::{ApiErrorBody, ErrorEnvelope, TaskStatus};
-use crate::request::Invalid;
+use seedq_ark::request::Invalid;
+use seedq_ark::wire::{ApiErrorBody, ErrorEnvelope, TaskStatus};
 
 /// The account id the simulator names in account-state messages.
 const SIM_ACCOUNT: &str = "2100000000";

@@ -1,6 +1,9 @@
-//! The Ark client: create, get, list and delete generation tasks.
+//! Ark as seedq reads it: the wire types (`wire`), what each model accepts and costs per
+//! region (`catalogue`), a job spec checked against it and frozen into the body Ark gets
+//! (`request`), and the client below: create, get, list and delete generation tasks.
 //!
-//! It owns auth, timeouts and error classification. It never retries a create by itself: the
+//! The client
+//! owns auth, timeouts and error classification. It never retries a create by itself: the
 //! API has no idempotency key, so only the dispatcher, which knows what was recorded, may
 //! decide (docs/design.md, "Never pay twice"). Reads (get, list) and delete are retried here with
 //! backon and jitter. Wire types stay in `wire`; callers get typed errors.
@@ -10,7 +13,13 @@
 //! retries included, so every client sharing one gate (a fleet sharing one store) keeps them
 //! together.
 
+pub mod catalogue;
+pub mod metrics;
+pub mod request;
 pub mod wire;
+
+// The domain types the request module names, under the paths it uses.
+pub(crate) use seedq_core::{job, tier};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -21,7 +30,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use secrecy::{ExposeSecret, SecretString};
 
-use wire::{CreateTaskResponse, ErrorEnvelope, ListTasksResponse, TASKS_PATH, Task};
+use crate::wire::{CreateTaskResponse, ErrorEnvelope, ListTasksResponse, TASKS_PATH, Task};
 
 /// How a failed call should be treated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

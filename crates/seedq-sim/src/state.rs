@@ -37,11 +37,11 @@ use super::config::{Faults, LimitsSim, MIN_READ_WINDOW, Route, SimConfig, Timing
 use super::error::ApiError;
 use super::files;
 use super::video::{self, RenderJob, Rendered, VideoKey};
-use crate::ark::wire::{
+use seedq_ark::catalogue::{self, Catalogue, PixelTable};
+use seedq_ark::request::Effective;
+use seedq_ark::wire::{
     ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, ToolUsage, Usage,
 };
-use crate::catalogue::{self, Catalogue, PixelTable};
-use crate::request::Effective;
 
 /// The rate-limit window: RPM counts creates in the last (scaled) minute.
 const RPM_WINDOW: Duration = Duration::from_secs(60);
@@ -573,7 +573,7 @@ impl Sim {
         let day = (self.cfg.tpd_day.as_secs_f64() * self.cfg.time_scale * 1000.0)
             .round()
             .clamp(1.0, 1e15) as i64;
-        crate::bulk::tpd_day_start(now_ms, 8, day)
+        seedq_ark::catalogue::tpd_day_start(now_ms, 8, day)
     }
 
     /// Real time a task spends running.
@@ -708,10 +708,15 @@ impl Sim {
                     });
                     (Some(d), None)
                 }
-                (None, d) => (Some(d.unwrap_or(crate::request::DEFAULT_DURATION)), None),
+                (None, d) => (
+                    Some(d.unwrap_or(seedq_ark::request::DEFAULT_DURATION)),
+                    None,
+                ),
             };
             let frame_count = frames.unwrap_or_else(|| {
-                catalogue::frames_for_duration(duration.unwrap_or(crate::request::DEFAULT_DURATION))
+                catalogue::frames_for_duration(
+                    duration.unwrap_or(seedq_ark::request::DEFAULT_DURATION),
+                )
             });
             let table = spec.map_or(PixelTable::V2, |s| s.pixel_table);
             let size = eff
@@ -728,7 +733,7 @@ impl Sim {
                         size.0,
                         size.1,
                         f64::from(eff.video_inputs) * self.cfg.reference_video_seconds,
-                        duration.unwrap_or(crate::request::DEFAULT_DURATION),
+                        duration.unwrap_or(seedq_ark::request::DEFAULT_DURATION),
                     )
                 }
                 _ => catalogue::tokens(size.0, size.1, frame_count),

@@ -16,10 +16,10 @@ use axum::response::{IntoResponse, Response};
 use super::error::ApiError;
 use super::http::{ConnTag, Dropped, MAX_BODY};
 use super::state::{ListQuery, Sim};
-use crate::ark::wire::{
+use seedq_ark::request;
+use seedq_ark::wire::{
     ContentItem, CreateTaskRequest, CreateTaskResponse, ListTasksResponse, TaskStatus,
 };
-use crate::request;
 
 /// `page_size` when none is given (docs/ark-api.md §14: 20).
 const DEFAULT_PAGE_SIZE: usize = 20;

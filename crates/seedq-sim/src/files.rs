@@ -29,7 +29,7 @@ use sha2::{Digest, Sha256};
 
 use super::http::request_id;
 use super::state::{Counters, Sim, now_ms, scale};
-use crate::ark::wire::TaskStatus;
+use seedq_ark::wire::TaskStatus;
 
 /// The video file name in file URLs.
 pub const VIDEO: &str = "video.mp4";

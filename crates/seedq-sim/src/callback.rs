@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::config::SimConfig;
 use super::state::{Counters, scale};
-use crate::ark::wire::{Task, TaskStatus};
+use seedq_ark::wire::{Task, TaskStatus};
 
 /// What the workers share.
 pub struct CallbackCtx {

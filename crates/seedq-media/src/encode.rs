@@ -396,7 +396,7 @@ fn paint_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::probe_bytes;
+    use crate::probe_bytes;
     use std::time::{Duration, Instant};
 
     fn spec(width: u32, height: u32, frames: u32, seed: u64) -> VideoSpec {

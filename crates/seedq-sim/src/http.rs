@@ -40,7 +40,7 @@ use super::{admin, api, files};
 
 /// Largest request body (docs/ark-api.md §8: "whole request body ≤ 64 MB"); seedq checks the same
 /// limit at submit.
-pub const MAX_BODY: usize = crate::request::image::MAX_REQUEST_BODY;
+pub const MAX_BODY: usize = seedq_ark::request::image::MAX_REQUEST_BODY;
 /// The Ark API prefix.
 pub const API_PREFIX: &str = "/api/v3";
 /// Marks a response whose connection was severed, for the stats.
@@ -58,7 +58,7 @@ pub fn request_id() -> String {
 
 /// All routes.
 pub fn router(sim: Arc<Sim>) -> Router {
-    let tasks = format!("{API_PREFIX}{}", crate::ark::wire::TASKS_PATH);
+    let tasks = format!("{API_PREFIX}{}", seedq_ark::wire::TASKS_PATH);
     Router::new()
         .route(&tasks, get(api::list).post(api::create))
         .route(
@@ -81,7 +81,7 @@ pub fn router(sim: Arc<Sim>) -> Router {
 /// Which stats/fault route a request belongs to.
 fn classify(method: &Method, path: &str) -> Option<Route> {
     let tasks = path.strip_prefix(API_PREFIX)?;
-    if let Some(rest) = tasks.strip_prefix(crate::ark::wire::TASKS_PATH) {
+    if let Some(rest) = tasks.strip_prefix(seedq_ark::wire::TASKS_PATH) {
         return match (method, rest) {
             (&Method::POST, "" | "/") => Some(Route::Create),
             (&Method::GET, "" | "/") => Some(Route::List),

@@ -3,14 +3,14 @@
 //! Owns the rendered-video record ([`Rendered`]), the rendered size (the nominal pixel size
 //! divided by `video_downscale`, even and at least 16 px), the inspection of input images
 //! (hashes for introspection, the first frame for image-to-video) and the call into
-//! [`crate::media::render`]. [`render`] is CPU-bound and must run on a blocking thread.
+//! [`seedq_media::render`]. [`render`] is CPU-bound and must run on a blocking thread.
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
-use crate::ark::wire::{ContentItem, CreateTaskRequest};
-use crate::catalogue;
-use crate::request::image;
+use seedq_ark::catalogue;
+use seedq_ark::request::image;
+use seedq_ark::wire::{ContentItem, CreateTaskRequest};
 
 /// Smallest side of a rendered video: H.264 macroblocks are 16 px.
 const MIN_VIDEO_SIDE: u32 = 16;
@@ -75,7 +75,7 @@ pub fn inspect_images(req: &CreateTaskRequest) -> (Vec<Option<String>>, Option<B
 
 /// The blocking part: decode the first frame, encode the clip, hash the results.
 pub fn render(job: RenderJob) -> Result<Rendered, String> {
-    use crate::media;
+    use seedq_media as media;
     let first_frame = match &job.first_frame_png {
         Some(png) => Some(media::decode_png(png).map_err(|e| format!("first frame: {e}"))?),
         None => None,

@@ -557,7 +557,7 @@ impl Drop for TempOutput {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::{VideoSpec, probe, render};
+    use crate::{VideoSpec, probe, render};
 
     fn write_clip(
         dir: &Path,
@@ -600,7 +600,7 @@ mod tests {
             .collect()
     }
 
-    fn info(path: &Path) -> crate::media::Mp4Info {
+    fn info(path: &Path) -> crate::Mp4Info {
         let file = File::open(path).expect("open");
         let size = file.metadata().expect("metadata").len();
         probe(BufReader::new(file), size).expect("probe")

@@ -13,10 +13,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::ark::wire::{ContentItem, CreateTaskRequest, DraftTaskRef, MediaUrl, Tool};
 use crate::catalogue::{self, Catalogue, ModelSpec, ParamStyle};
 use crate::job::JobId;
 use crate::tier::Tier;
+use crate::wire::{ContentItem, CreateTaskRequest, DraftTaskRef, MediaUrl, Tool};
 
 /// Bounds of `execution_expires_after`, in seconds.
 pub const EXPIRES_RANGE: (i64, i64) = (3600, 259_200);
@@ -1569,35 +1569,3 @@ fn resolve_image(field: &str, src: &str, model: &str, base: &Path) -> Result<Str
 
 #[cfg(test)]
 mod tests;
-
-/// A prepared job as the store row `seedq submit` and the API doors enqueue: the body as it
-/// will be POSTed (images embedded), checked against the API's 64 MB limit, and the shape
-/// (`720p/5s`) the dispatcher learns generation times by.
-///
-/// # Errors
-/// The body is over the API's size limit.
-pub fn new_job(p: Prepared) -> Result<crate::store::NewJob, Invalid> {
-    let request_json =
-        serde_json::to_string(&p.request).expect("a create request always serialises to JSON");
-    image::check_body_size(request_json.len(), &p.model)?;
-    let e = &p.effective;
-    let shape = Some(match (e.frames, e.duration) {
-        (Some(f), _) => format!("{}/{f}f", e.resolution),
-        (None, Some(d)) => format!("{}/{d}s", e.resolution),
-        (None, None) => e.resolution.clone(),
-    });
-    Ok(crate::store::NewJob {
-        id: p.id,
-        model: p.model,
-        flex: p.flex,
-        priority: p.priority,
-        request_json,
-        key: p.key,
-        tags: p.tags,
-        batch: p.batch,
-        shape,
-        est_tokens: p.est_tokens,
-        expires_after: Some(p.expires_after),
-        seed: p.seed,
-    })
-}

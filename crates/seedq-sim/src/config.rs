@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::catalogue::Catalogue;
+use seedq_ark::catalogue::Catalogue;
 
 /// The API key the simulator accepts when none is configured.
 pub const DEFAULT_API_KEY: &str = "sk-sim";

@@ -10,8 +10,17 @@ use reqwest::header::HeaderMap;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::ark::wire::{ListTasksResponse, Task, TaskStatus};
-use crate::request::image::tests::png;
+use seedq_ark::wire::{ListTasksResponse, Task, TaskStatus};
+
+/// A real PNG of the given size, one flat colour.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    seedq_media::encode_png(&seedq_media::RgbImage {
+        width,
+        height,
+        pixels: vec![120; (width * height * 3) as usize],
+    })
+    .expect("png")
+}
 
 const PRO: &str = "doubao-seedance-1-0-pro-250528";
 const LITE: &str = "doubao-seedance-1-0-lite-t2v-250428";
@@ -333,7 +342,7 @@ async fn served_video_is_an_mp4_with_the_task_frames_and_downscaled_size() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "video/mp4");
     assert_eq!(h["content-length"], mp4.len().to_string().as_str());
-    let info = crate::media::probe_bytes(&mp4).expect("a real mp4");
+    let info = seedq_media::probe_bytes(&mp4).expect("a real mp4");
     assert_eq!((info.width, info.height, info.frames), (78, 44, 29));
 
     let (s, h, last) = t
@@ -341,7 +350,7 @@ async fn served_video_is_an_mp4_with_the_task_frames_and_downscaled_size() {
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["content-type"], "image/png");
-    let img = crate::media::decode_png(&last).expect("a real png");
+    let img = seedq_media::decode_png(&last).expect("a real png");
     assert_eq!((img.width, img.height), (78, 44));
 
     let d = t.dump(&id).await;
@@ -391,7 +400,7 @@ async fn default_duration_video_has_24_fps_frame_count() {
     let (_, _, mp4) = t
         .fetch(&done.content.and_then(|c| c.video_url).expect("url"), &[])
         .await;
-    let info = crate::media::probe_bytes(&mp4).expect("mp4");
+    let info = seedq_media::probe_bytes(&mp4).expect("mp4");
     // lite-t2v defaults to 720p 16:9 (1248×704) → /32 → 38×22; 2 s → 49 frames.
     assert_eq!((info.width, info.height, info.frames), (38, 22, 49));
     t.handle.shutdown().await;
@@ -891,12 +900,13 @@ async fn flex_has_no_rpm_nor_concurrency_only_its_pool_and_tpd() {
     let mut cfg = fast();
     cfg.time_scale = 0.1;
     cfg.generation.base = Duration::from_secs(3600);
-    let (w, h) = crate::catalogue::pixel_size(crate::catalogue::PixelTable::V1, "480p", "16:9")
-        .expect("480p");
-    let one = u64::try_from(crate::catalogue::tokens(
+    let (w, h) =
+        seedq_ark::catalogue::pixel_size(seedq_ark::catalogue::PixelTable::V1, "480p", "16:9")
+            .expect("480p");
+    let one = u64::try_from(seedq_ark::catalogue::tokens(
         w,
         h,
-        crate::catalogue::frames_for_duration(5),
+        seedq_ark::catalogue::frames_for_duration(5),
     ))
     .expect("tokens");
     cfg.models.insert(
@@ -1363,7 +1373,7 @@ async fn video_urls_expire_and_a_fresh_get_issues_a_working_one() {
     assert_ne!(fresh, url);
     let (s, _, mp4) = t.fetch(&fresh, &[]).await;
     assert_eq!(s, StatusCode::OK);
-    assert!(crate::media::probe_bytes(&mp4).is_ok());
+    assert!(seedq_media::probe_bytes(&mp4).is_ok());
     t.handle.shutdown().await;
 }
 
@@ -1383,7 +1393,7 @@ async fn padded_videos_have_the_exact_size_and_still_probe() {
     assert_eq!(s, StatusCode::OK);
     assert_eq!(file.len() as u64, SIZE);
     assert_eq!(h["content-length"], SIZE.to_string().as_str());
-    let info = crate::media::probe_bytes(&file).expect("padded file still parses");
+    let info = seedq_media::probe_bytes(&file).expect("padded file still parses");
     assert_eq!((info.width, info.height, info.frames), (78, 44, 121));
     let d = t.dump(&id).await;
     assert_eq!(d["video_size"], SIZE);
@@ -1689,7 +1699,7 @@ async fn official_python_sdk_works_against_the_simulator() {
         Ok(_) => {}
     }
     let t = T::new(fast()).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/sdk_check.py");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/sdk/sdk_check.py");
     let out = tokio::process::Command::new(&python)
         .arg(script)
         .arg(&t.api)

@@ -258,29 +258,29 @@ async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
         holds.release().await?;
         return Ok(());
     }
-    if let Some(wait_until) = flex_day_turns(ctx, &holds) {
-        // Ark counts a flex task in the TPD day its create arrives in, and this job's tokens
-        // were reserved in the day of its hold: a POST that could land in the next day would
-        // spend that day's budget uncounted. Nothing was sent; it is claimed again (and
-        // reserved in the right day) once the day has turned.
-        holds.release().await?;
-        ctx.store
-            .requeue(
-                &job.id,
-                JobState::Submitting,
-                job.lease_token,
-                Requeue {
-                    at: wait_until,
-                    attempts: Some(job.attempts - 1),
-                    error: ErrorNote::Keep,
-                },
-                "the flex TPD day turns before the create would arrive".to_string(),
-            )
-            .await?;
-        return Ok(());
-    }
+    let within = match flex_timing(ctx, &job, &holds) {
+        FlexTiming::Go(within) => within,
+        FlexTiming::Wait(wait_until, why) => {
+            // Nothing was sent; the job is claimed again (and counted in the right day).
+            holds.release().await?;
+            ctx.store
+                .requeue(
+                    &job.id,
+                    JobState::Submitting,
+                    job.lease_token,
+                    Requeue {
+                        at: wait_until,
+                        attempts: Some(job.attempts - 1),
+                        error: ErrorNote::Keep,
+                    },
+                    why.to_string(),
+                )
+                .await?;
+            return Ok(());
+        }
+    };
     holds.sending();
-    let result = post(ctx, &job, &body).await;
+    let result = post(ctx, &job, &body, within).await;
     let now = now_ms();
     match result {
         Ok(resp) => record_accepted(ctx, &job, holds, &resp.id, now).await,
@@ -288,15 +288,47 @@ async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
     }
 }
 
-/// When a flex hold's TPD day ends within the create's transit margin (or has ended), the
-/// start of the next day: the job must wait for it. The margin is a twentieth of the day,
-/// between 50 ms and 5 s (5 s of a real day; a time-scaled day's share).
-fn flex_day_turns(ctx: &Ctx, holds: &Holds<'_>) -> Option<i64> {
-    let (day, _) = holds.flex?;
+/// When a flex create may go. The store counts a create in the TPD day it was claimed in
+/// (`submit_started_at`), Ark in the day it arrives in: the create must arrive in its claim
+/// day, which is also the day its tokens were reserved in here (the hold).
+#[derive(Debug)]
+enum FlexTiming {
+    /// Send, answered within this (the day's end) or given up as ambiguous: an unanswered
+    /// create is counted in the following days too (store `FlexDay::straddle_ms`). `None`:
+    /// no TPD day to keep to.
+    Go(Option<std::time::Duration>),
+    /// Do not send; the job is claimed again at .0, for the reason .1.
+    Wait(i64, &'static str),
+}
+
+/// The [`FlexTiming`] of `job` now. A job claimed in an earlier day than its hold is claimed
+/// again at once, to be counted in this one; a day that ends within the create's transit
+/// margin (a twentieth of the day, between 50 ms and 5 s: 5 s of a real day, a time-scaled
+/// day's share) waits for the next.
+fn flex_timing(ctx: &Ctx, job: &Job, holds: &Holds<'_>) -> FlexTiming {
+    let Some((day, _)) = holds.flex else {
+        return FlexTiming::Go(None);
+    };
     let len = ctx.cfg.bulk.tpd_day_ms();
     let next = day + len;
+    let now = now_ms();
+    let claimed = job.submit_started_at.unwrap_or(now);
+    if crate::stage::tpd_day_start(claimed, ctx.cfg.dispatch.tpd_utc_offset_hours, len) < day {
+        return FlexTiming::Wait(
+            now,
+            "the flex TPD day turned between the claim and the create",
+        );
+    }
     let margin = (len / 20).clamp(50, 5_000);
-    (now_ms() + margin >= next).then_some(next)
+    if now + margin >= next {
+        return FlexTiming::Wait(
+            next,
+            "the flex TPD day turns before the create would arrive",
+        );
+    }
+    FlexTiming::Go(Some(std::time::Duration::from_millis(
+        u64::try_from(next - now).unwrap_or(0),
+    )))
 }
 
 /// What one submit holds before its POST: the flex TPD reservation (this process's limiter)
@@ -488,8 +520,9 @@ async fn post(
     ctx: &Ctx,
     job: &Job,
     body: &str,
+    within: Option<std::time::Duration>,
 ) -> Result<crate::ark::wire::CreateTaskResponse, crate::ark::ArkError> {
-    let result = ctx.ark.create(body).await;
+    let result = ctx.ark.create_within(body, within).await;
     crate::metrics::create(
         &job.model,
         job.service_tier,
@@ -1248,6 +1281,50 @@ mod tests {
             job.est_tokens.unwrap_or(0),
             "its flex tokens count as spent"
         );
+    }
+
+    /// A flex create goes only in the TPD day it was claimed in (the store counted it there),
+    /// not within the day's transit margin, and must be answered by the day's end.
+    #[tokio::test]
+    async fn a_flex_create_goes_only_in_its_claim_day_and_ends_with_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("q.db")).expect("store");
+        let ctx = ctx_on(store, "http://127.0.0.1:9/api/v3".into());
+        let job = claimed_flex_job(&ctx, dir.path(), 60_000).await;
+        let len = ctx.cfg.bulk.tpd_day_ms();
+        let now = now_ms();
+        let today = crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, len);
+        let mut holds = Holds::new(&ctx, &job);
+        holds.flex = Some((today, 0));
+        match flex_timing(&ctx, &job, &holds) {
+            FlexTiming::Go(Some(within)) => {
+                let within = i64::try_from(within.as_millis()).expect("ms");
+                assert!(
+                    within > 0 && within <= today + len - now,
+                    "answered by the day's end: {within} ms"
+                );
+            }
+            other => panic!("claimed and held today: {other:?}"),
+        }
+        let mut yesterdays = job.clone();
+        yesterdays.submit_started_at = Some(today - 1);
+        match flex_timing(&ctx, &yesterdays, &holds) {
+            FlexTiming::Wait(at, why) => {
+                assert!(at <= now_ms() && why.contains("between the claim and the create"));
+            }
+            other => panic!("claimed yesterday: {other:?}"),
+        }
+        // A hold in a day that ends 10 ms from now: within the margin, it waits for the next.
+        let ending = now_ms() + 10 - len;
+        holds.flex = Some((ending, 0));
+        match flex_timing(&ctx, &job, &holds) {
+            FlexTiming::Wait(at, why) => {
+                assert_eq!(at, ending + len);
+                assert!(why.contains("turns before"), "{why}");
+            }
+            other => panic!("the day ends in 10 ms: {other:?}"),
+        }
+        holds.flex = None;
     }
 
     #[test]

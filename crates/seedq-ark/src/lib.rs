@@ -239,6 +239,8 @@ pub struct ArkClient {
     base: String,
     key: SecretString,
     read_retries: usize,
+    /// The whole-request timeout the client was built with (`ark.request_timeout`).
+    request_timeout: Duration,
     /// Unix ms of the last 2xx answer (0: none yet), shared by clones; `/readyz` reads it.
     last_ok: Arc<AtomicI64>,
     /// Ark's clock minus ours in ms (`i64::MIN`: not measured yet), shared by clones.
@@ -373,6 +375,7 @@ impl ArkClient {
             base: base_url.trim_end_matches('/').to_string(),
             key,
             read_retries: 2,
+            request_timeout,
             last_ok: Arc::new(AtomicI64::new(0)),
             skew_ms: Arc::new(AtomicI64::new(i64::MIN)),
             gate: None,
@@ -543,11 +546,28 @@ impl ArkClient {
     /// # Errors
     /// See [`ArkError::class`]: `Ambiguous` means a task may exist.
     pub async fn create(&self, body_json: &str) -> Result<CreateTaskResponse, ArkError> {
+        self.create_within(body_json, None).await
+    }
+
+    /// [`ArkClient::create`], given up after `within` when that is sooner than the client's own
+    /// request timeout: a create that must not be answered after a moment (a flex TPD day's
+    /// end) ends by then, answered or ambiguous.
+    ///
+    /// # Errors
+    /// As [`ArkClient::create`]; running out of `within` after the request left is `Ambiguous`.
+    pub async fn create_within(
+        &self,
+        body_json: &str,
+        within: Option<Duration>,
+    ) -> Result<CreateTaskResponse, ArkError> {
         let url = self.url("");
-        let req = self
+        let mut req = self
             .request(reqwest::Method::POST, &url)
             .header("Content-Type", "application/json")
             .body(body_json.to_string());
+        if let Some(within) = within {
+            req = req.timeout(within.min(self.request_timeout));
+        }
         self.send(req, &url, "create").await
     }
 

@@ -70,10 +70,11 @@ pub struct FlexDay {
     pub next: i64,
     /// How long before `start` a create may have been claimed and still reach Ark after it
     /// (the submit lease plus the request timeout). Ark counts a create in the day it
-    /// arrives in, and seedq only knows when it was claimed and when it was answered: a
-    /// create claimed in that span counts in this day too, unless its answer came before the
-    /// day began. Counting it twice costs a clip of budget at most; counting it once in the
-    /// wrong day gets a create refused.
+    /// arrives in; the store counts it in the day it was claimed in, and the dispatcher sends
+    /// a create only in its claim day, answered before the day ends or given up. So only a
+    /// create still unanswered (`submitting`, `submit_unknown`) may have arrived in a later
+    /// day: one claimed in this span counts in this day too. Counting it twice costs a clip
+    /// of budget at most; counting it once in the wrong day gets a create refused.
     pub straddle_ms: i64,
 }
 
@@ -537,10 +538,11 @@ mod tests {
         }
     }
 
-    /// Ark counts a flex create in the day it arrives in; seedq knows when it claimed the
-    /// create and when Ark answered. A create claimed before the day began counts in the new
-    /// day while it is unanswered or was answered after the start, and not once it was
-    /// answered before.
+    /// Ark counts a flex create in the day it arrives in, the store in the day it was claimed
+    /// in. A create claimed before a day began counts in the new day too while it is
+    /// unanswered (`submitting`, `submit_unknown`), and not once it was answered (the
+    /// dispatcher has it answered before its claim day ends), nor when it was claimed longer
+    /// ago than a lease and a request timeout.
     #[tokio::test]
     async fn a_create_that_may_arrive_after_the_day_began_counts_in_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -574,33 +576,44 @@ mod tests {
             assert_eq!(before.len(), 1, "{b}");
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             let start = now_ms();
-            let day = FlexDay {
-                tpd: 250,
+            let day = |straddle_ms, tpd| FlexDay {
+                tpd,
                 start,
                 next: start + 3_600_000,
-                straddle_ms: 60_000,
+                straddle_ms,
             };
             // In flight: 100 of the new day's 250 may be its, so one more fits, not two.
             add(&s, 2, Some(100)).await;
             assert_eq!(
-                claim(day).await.len(),
+                claim(day(60_000, 250)).await.len(),
                 1,
                 "{b}: the unanswered create counts"
             );
-            // Answered after the day began: it may have arrived in it.
-            let answered = |at: i64| {
+            let set = |state: &str, submitted: &str| {
                 format!(
-                    "UPDATE jobs SET state = 'submitted', submitted_at = {at} WHERE id = '{}'",
+                    "UPDATE jobs SET state = '{state}', submitted_at = {submitted} WHERE id = '{}'",
                     first[0]
                 )
             };
-            crate::tests::raw(&s, answered(start + 1)).await;
+            // Ambiguous: it may still arrive, so it still counts (100 + 100 + 100 > 250).
+            crate::tests::raw(&s, set("submit_unknown", "NULL")).await;
             add(&s, 1, Some(100)).await;
-            assert!(claim(day).await.is_empty(), "{b}: 100 + 100 + 100 > 250");
-            // Answered before the day began: it arrived in the day before.
-            crate::tests::raw(&s, answered(start - 1)).await;
+            assert!(
+                claim(day(60_000, 250)).await.is_empty(),
+                "{b}: submit_unknown counts"
+            );
+            // Claimed longer ago than the span: it cannot arrive in this day.
             add(&s, 1, Some(100)).await;
-            assert_eq!(claim(day).await.len(), 1, "{b}: 100 + 100 <= 250");
+            assert_eq!(claim(day(1, 250)).await.len(), 1, "{b}: outside the span");
+            // Answered: it arrived in the day it was claimed in. This day's own two creates
+            // and one more fit in 300 only if the answered one no longer counts.
+            crate::tests::raw(&s, set("submitted", &(start - 1).to_string())).await;
+            add(&s, 1, Some(100)).await;
+            assert_eq!(
+                claim(day(60_000, 300)).await.len(),
+                1,
+                "{b}: an answered create counts in its claim day only"
+            );
         }
     }
 

@@ -744,6 +744,38 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
     );
 }
 
+/// The flex creates in flight across a TPD day's start are read through the partial index
+/// of unanswered flex rows, on both backends: every flex claim reads them.
+#[tokio::test]
+async fn the_creates_straddling_a_day_read_the_unanswered_flex_index() {
+    let plan = sqlite_plan(
+        crate::sqlite::fleet::FLEX_STRADDLING,
+        vec!["m".to_string().into(), 0_i64.into(), 1_i64.into()],
+    )
+    .await;
+    assert!(plan.contains("jobs_flex_unanswered"), "sqlite: {plan}");
+
+    let s = testpg::pg_store().await;
+    exec(
+        &s,
+        "INSERT INTO jobs (id, created_at, updated_at, state, model, service_tier, \
+         request_json, next_attempt_at, submit_started_at, submitted_at, est_tokens) \
+         SELECT lpad(i::text, 26, '0'), 0, 0, \
+                CASE WHEN i % 100 = 0 THEN 'submitting' ELSE 'succeeded' END, 'm', 'flex', \
+                '{}', 0, i, CASE WHEN i % 100 = 0 THEN NULL ELSE i END, 10 \
+         FROM generate_series(1, 20000) AS i; \
+         ANALYZE jobs",
+    )
+    .await;
+    let plan = pg_plan(
+        &s,
+        crate::postgres::fleet::FLEX_STRADDLING,
+        &[&"m", &0_i64, &20_001_i64],
+    )
+    .await;
+    assert!(plan.contains("jobs_flex_unanswered"), "postgres: {plan}");
+}
+
 /// `batch show`'s count of a batch's jobs waiting on a cap reads the partial index of
 /// queued jobs with an error code, on both backends, not every queued job of the batch.
 #[tokio::test]

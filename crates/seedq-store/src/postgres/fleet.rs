@@ -57,6 +57,9 @@ async fn room_in_tx(
     }
     let tokens = match limits.tpd {
         None => None,
+        // The day ended after the caller read its clock: this claim would be stamped (and
+        // counted) in the next day, whose spend was not read. None fit; the caller asks again.
+        Some(d) if now >= d.next => Some(0),
         Some(d) => {
             // The day's sum from the counters the triggers keep (store/counters.rs), and the
             // creates of the day before that may have reached Ark in this one (`FlexDay`).
@@ -72,6 +75,12 @@ async fn room_in_tx(
     Ok(Room { creates, tokens })
 }
 
+/// The sum [`flex_straddling_in_tx`] reads.
+pub(crate) const FLEX_STRADDLING: &str = "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0)::BIGINT FROM jobs \
+         WHERE model = $1 AND service_tier = 'flex' \
+         AND state IN ('submitting', 'submit_unknown') \
+         AND submit_started_at >= $2 AND submit_started_at < $3";
+
 /// The SQLite `flex_straddling_in_tx` on PostgreSQL.
 async fn flex_straddling_in_tx(
     c: &impl GenericClient,
@@ -79,10 +88,7 @@ async fn flex_straddling_in_tx(
     d: &crate::FlexDay,
 ) -> Result<i64, StoreError> {
     Ok(c.query_one(
-        "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0)::BIGINT FROM jobs \
-         WHERE model = $1 AND service_tier = 'flex' \
-         AND submit_started_at >= $2 AND submit_started_at < $3 \
-         AND (submitted_at >= $3 OR (submitted_at IS NULL AND state IN ('submitting', 'submit_unknown')))",
+        FLEX_STRADDLING,
         &[&model, &(d.start - d.straddle_ms), &d.start],
     )
     .await?
@@ -447,6 +453,7 @@ impl FleetStore for PgStore {
                     ..
                 }),
             ) = (account.tokens, fleet.tpd)
+                && now < next_day
             {
                 // As on SQLite: the next candidates the day cannot take wait for the next day.
                 let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();

@@ -55,6 +55,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0012_budget_waiting_index.sql",
         include_str!("../../../../migrations/postgres/0012_budget_waiting_index.sql"),
     ),
+    (
+        "0013_flex_unanswered_index.sql",
+        include_str!("../../../../migrations/postgres/0013_flex_unanswered_index.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -67,6 +67,9 @@ pub(super) fn room_in_tx(
     }
     let tokens = match limits.tpd {
         None => None,
+        // The day ended after the caller read its clock: this claim would be stamped (and
+        // counted) in the next day, whose spend was not read. None fit; the caller asks again.
+        Some(d) if now >= d.next => Some(0),
         Some(d) => {
             // The day's sum from the counters the triggers keep (store/counters.rs), and the
             // creates of the day before that may have reached Ark in this one (`FlexDay`).
@@ -82,21 +85,25 @@ pub(super) fn room_in_tx(
     Ok(Room { creates, tokens })
 }
 
+/// The sum [`flex_straddling_in_tx`] reads. `INDEXED BY`: without statistics the planner
+/// takes `jobs_creates`, a range of every create of the span, not only those in flight.
+pub(crate) const FLEX_STRADDLING: &str = "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs INDEXED BY jobs_flex_unanswered \
+         WHERE model = ?1 AND service_tier = 'flex' \
+         AND state IN ('submitting', 'submit_unknown') \
+         AND submit_started_at >= ?2 AND submit_started_at < ?3";
+
 /// Flex tokens of `model` claimed in the `straddle_ms` before the day began whose create may
-/// have arrived in it: still unanswered, or answered after the start. A range of
-/// `jobs_creates` (migrations/0012_fleet.sql) as long as a lease.
+/// have arrived in it: the ones still unanswered (`FlexDay`). A range of the partial index
+/// `jobs_flex_unanswered` (migrations/0023_flex_unanswered_index.sql): creates in flight only.
 fn flex_straddling_in_tx(
     tx: &Connection,
     model: &str,
     d: &crate::FlexDay,
 ) -> rusqlite::Result<i64> {
-    tx.prepare_cached(
-        "SELECT COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \
-         WHERE model = ?1 AND service_tier = 'flex' \
-         AND submit_started_at >= ?2 AND submit_started_at < ?3 \
-         AND (submitted_at >= ?3 OR (submitted_at IS NULL AND state IN ('submitting', 'submit_unknown')))",
-    )?
-    .query_row(params![model, d.start - d.straddle_ms, d.start], |r| r.get(0))
+    tx.prepare_cached(FLEX_STRADDLING)?
+        .query_row(params![model, d.start - d.straddle_ms, d.start], |r| {
+            r.get(0)
+        })
 }
 
 /// Ends every lease `owner` holds, so its jobs come due at once. `dead`: its process is known
@@ -370,7 +377,10 @@ impl FleetStore for SqliteStore {
         for j in &jobs {
             insert_event(&tx, j.id.as_str(), now, Some(JobState::Queued), JobState::Submitting, Some("claimed for submit"))?;
         }
-        if let (Some(left), Some(crate::FlexDay { tpd, next: next_day, .. })) = (account.tokens, fleet.tpd) {
+        // (Not when the day has ended: the next one's spend was not read.)
+        if let (Some(left), Some(crate::FlexDay { tpd, next: next_day, .. })) = (account.tokens, fleet.tpd)
+            && now < next_day
+        {
             // The next candidates that the day's budget cannot take wait for the next day,
             // as the dispatcher's own reservation does (worker/dispatch.rs `submit`).
             let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();

@@ -96,6 +96,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0022_budget_waiting_index.sql",
         include_str!("../../../../migrations/0022_budget_waiting_index.sql"),
     ),
+    (
+        "0023_flex_unanswered_index.sql",
+        include_str!("../../../../migrations/0023_flex_unanswered_index.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -353,16 +353,6 @@ pub use seedq_ark::catalogue::{day_start_ms, tpd_day_start};
 mod tests {
     use super::*;
 
-    #[test]
-    fn tpd_days_start_at_beijing_midnight() {
-        // 2026-05-14T16:00:00Z is midnight in UTC+8.
-        let midnight_bj = 1_778_774_400_000;
-        assert_eq!(day_start_ms(midnight_bj, 8), midnight_bj);
-        assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
-        assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
-        assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
-    }
-
     /// A context on a scratch store; nothing in it calls Ark.
     fn scratch_ctx(dir: &std::path::Path) -> Ctx {
         let store = Store::open(&dir.join("q.db")).expect("store");

@@ -623,6 +623,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn tpd_days_start_at_beijing_midnight() {
+        // 2026-05-14T16:00:00Z is midnight in UTC+8.
+        let midnight_bj = 1_778_774_400_000;
+        assert_eq!(day_start_ms(midnight_bj, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj + 1, 8), midnight_bj);
+        assert_eq!(day_start_ms(midnight_bj - 1, 8), midnight_bj - 86_400_000);
+        assert_eq!(day_start_ms(86_400_000 * 3 + 5, 0), 86_400_000 * 3);
+    }
+
+    #[test]
     fn tutorial_limits_for_the_1_0_models() {
         let c = Catalogue::default();
         let pro = c.get("doubao-seedance-1-0-pro-250528").expect("pro");

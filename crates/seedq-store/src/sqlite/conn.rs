@@ -126,7 +126,7 @@ const BUSY_NAP: Duration = Duration::from_micros(500);
 /// file, 2 % of the claims took 0.1–1 s while the median was 3 ms (`seedq bench claims`,
 /// docs/performance-claims.md). Naps of half a millisecond take the lock soon after it is free;
 /// SQLite has no queue of waiters, so the nap length is all the fairness there is.
-fn busy_wait(attempt: i32) -> bool {
+pub(super) fn busy_wait(attempt: i32) -> bool {
     let waited = BUSY_NAP * u32::try_from(attempt).unwrap_or(0);
     if waited >= BUSY_TIMEOUT {
         return false;
@@ -225,6 +225,89 @@ mod tests {
         drop(Store::open(&sub.join("q.db")).expect("another store"));
         let e = s.check_identity().expect_err("replaced");
         assert!(e.to_string().contains("another file"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_stays_never_holds_writers_behind_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("q.db");
+        let s = Store::open(&path).expect("open");
+        let write = |n: i64| {
+            s.call(move |c| {
+                c.execute("INSERT INTO scratch VALUES (?1)", [n])?;
+                Ok(())
+            })
+        };
+        s.call(|c| Ok(c.execute_batch("CREATE TABLE scratch (n INTEGER)")?))
+            .await
+            .expect("table");
+        write(1).await.expect("write");
+        // Another process inside a read transaction that does not end (a stopped `seedq`,
+        // a slow export), pinning the WAL frames after its snapshot.
+        let reader = rusqlite::Connection::open(&path).expect("reader");
+        reader.execute_batch("BEGIN").expect("begin");
+        let seen: i64 = reader
+            .query_row("SELECT count(*) FROM scratch", [], |r| r.get(0))
+            .expect("read");
+        assert_eq!(seen, 1);
+        write(2).await.expect("write");
+
+        // The checkpoint gives up at once instead of holding the write lock for the busy
+        // timeout (30 s) while it waits for the reader.
+        let t0 = std::time::Instant::now();
+        assert_eq!(
+            s.upkeep().await.expect("upkeep"),
+            -1,
+            "busy: a reader remains"
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
+        // Another process can write meanwhile, with no wait to speak of.
+        let other = rusqlite::Connection::open(&path).expect("writer");
+        other
+            .busy_timeout(std::time::Duration::from_secs(1))
+            .expect("busy timeout");
+        other
+            .execute("INSERT INTO scratch VALUES (3)", [])
+            .expect("a writer beside the reader");
+        // Our own writes still wait for a lock when they must: the busy handler is back.
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("hold the lock");
+        let held = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            other.execute_batch("COMMIT").expect("commit");
+        });
+        write(4).await.expect("waits for the lock, then writes");
+        held.await.expect("join");
+
+        reader.execute_batch("COMMIT").expect("end the read");
+        assert!(
+            s.upkeep().await.expect("upkeep") >= 0,
+            "checkpointed once it left"
+        );
+    }
+
+    #[test]
+    fn opening_an_up_to_date_store_takes_no_write_lock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("q.db");
+        drop(Store::open(&path).expect("create and migrate"));
+        // The service in the middle of a long write: `seedq ls` opens and reads beside it.
+        let busy = rusqlite::Connection::open(&path).expect("writer");
+        busy.execute_batch("BEGIN IMMEDIATE")
+            .expect("hold the write lock");
+        let t0 = std::time::Instant::now();
+        drop(Store::open_existing(&path).expect("open beside a writer"));
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t0.elapsed()
+        );
+        busy.execute_batch("ROLLBACK").expect("rollback");
     }
 
     #[test]

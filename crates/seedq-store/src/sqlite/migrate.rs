@@ -112,6 +112,11 @@ pub fn latest() -> i64 {
 /// # Errors
 /// A migration fails (the transaction rolls back), or the database is newer than this binary.
 pub fn apply(conn: &mut Connection) -> Result<usize, super::StoreError> {
+    // Up to date, as on every open but the first after an upgrade: read, and take no write
+    // lock. A `seedq ls` then never queues behind the service's writers.
+    if version(conn)? == latest() {
+        return Ok(0);
+    }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let current: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if current > latest() {

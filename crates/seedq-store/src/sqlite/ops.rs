@@ -299,10 +299,18 @@ impl OpsStore for SqliteStore {
     async fn upkeep(&self) -> Result<i64, StoreError> {
         self.call(|c| {
             c.execute_batch("PRAGMA optimize")?;
-            let (busy, _log, done): (i64, i64, i64) =
-                c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-                })?;
+            // A truncating checkpoint takes the write lock and then waits, through the busy
+            // handler, for every reader to leave the WAL. One reader that stays (a stopped
+            // process, a slow export) would hold every writer behind it for the whole busy
+            // timeout. Without a busy handler SQLite tries once: it backfills what it can and
+            // answers "busy" at once if it cannot have the write lock or readers remain, and
+            // the next upkeep tries again.
+            c.busy_handler(None)?;
+            let checkpoint = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(2)?))
+            });
+            c.busy_handler(Some(super::conn::busy_wait))?;
+            let (busy, done) = checkpoint?;
             Ok(if busy != 0 { -1 } else { done })
         })
         .await

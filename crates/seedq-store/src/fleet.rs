@@ -538,6 +538,59 @@ mod tests {
         }
     }
 
+    /// The dispatcher read its clock in one day and the claim runs in the next: the claim
+    /// would be stamped in a day whose spend it did not read. It takes nothing, and puts no
+    /// job off to the "next" day (which has already begun).
+    #[tokio::test]
+    async fn a_claim_whose_day_ended_under_it_takes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (b, s) in testpg::both(dir.path()).await {
+            let ids = add(&s, 3, Some(100)).await;
+            let due: Vec<i64> = {
+                let mut due = Vec::new();
+                for id in &ids {
+                    due.push(
+                        s.job(id)
+                            .await
+                            .expect("job")
+                            .expect("exists")
+                            .next_attempt_at,
+                    );
+                }
+                due
+            };
+            let ended = now_ms() - 1;
+            let limits = FleetLimits {
+                tpd: Some(FlexDay {
+                    tpd: 1_000_000,
+                    start: ended - 3_600_000,
+                    next: ended,
+                    straddle_ms: 0,
+                }),
+                ..FleetLimits::default()
+            };
+            let got = s
+                .claim_for_submit_limited(
+                    "m",
+                    Tier::Flex,
+                    100,
+                    ResolutionScope::All,
+                    64,
+                    "a",
+                    60_000,
+                    &limits,
+                )
+                .await
+                .expect("claim");
+            assert!(got.is_empty(), "{b}: the day it read has ended");
+            for (id, due) in ids.iter().zip(due) {
+                let j = s.job(id).await.expect("job").expect("exists");
+                assert_eq!(j.state, JobState::Queued, "{b}");
+                assert_eq!(j.next_attempt_at, due, "{b}: not put off");
+            }
+        }
+    }
+
     /// Ark counts a flex create in the day it arrives in, the store in the day it was claimed
     /// in. A create claimed before a day began counts in the new day too while it is
     /// unanswered (`submitting`, `submit_unknown`), and not once it was answered (the

@@ -192,10 +192,29 @@ pub struct DispatchConfig {
     pub tpd_utc_offset_hours: i32,
     /// Concurrent create requests in flight.
     pub workers: u32,
-    /// The window over which `rpm` creates are allowed. 60 s against the real API; only
-    /// shorten it to match a time-scaled simulator.
+    /// Ark's window over which `rpm` creates are allowed: 60 s against the real API; only
+    /// shorten it to match a time-scaled simulator. seedq counts over this plus
+    /// [`DispatchConfig::rpm_transit`].
     #[serde(with = "humantime_serde")]
     pub rpm_window: Duration,
+}
+
+impl DispatchConfig {
+    /// How long after its claim a create may still leave: a thirtieth of the RPM window,
+    /// between 200 ms and 2 s (2 s of Ark's minute). The store counts a create from its claim;
+    /// Ark counts it when it arrives. A create that left later than this is not sent but
+    /// claimed again (`worker/dispatch.rs`, `send_timing`), so the two clocks differ by at
+    /// most this much plus the network.
+    pub fn rpm_transit(&self) -> Duration {
+        (self.rpm_window / 30).clamp(Duration::from_millis(200), Duration::from_secs(2))
+    }
+
+    /// The window seedq counts creates over: Ark's window (`rpm_window`) plus the transit
+    /// margin. Claims spaced by this arrive at least `rpm_window` apart, however late within
+    /// its margin each create left.
+    pub fn rpm_count_window(&self) -> Duration {
+        self.rpm_window + self.rpm_transit()
+    }
 }
 
 impl Default for DispatchConfig {

@@ -36,7 +36,7 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         // Before the first reconcile or create is counted.
         crate::ops::install_metrics();
     }
-    let since = now_ms() - ms(ctx.cfg.dispatch.rpm_window);
+    let since = now_ms() - ms(ctx.cfg.dispatch.rpm_count_window());
     ctx.limiter.seed(&ctx.store.creates_since(since).await?);
     // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
     // resolved (or parked) first. A dead holder's leases end now, not when they run out.

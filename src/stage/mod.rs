@@ -110,7 +110,7 @@ impl Ctx {
             ark,
             ops: Arc::new(OpsState::new(&cfg, catalogue.clone())),
             catalogue,
-            limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_window)),
+            limiter: Arc::new(limiter::Limiter::new(cfg.dispatch.rpm_count_window())),
             cfg: Arc::new(cfg),
             admission: Arc::new(tokio::sync::Mutex::new(())),
             poke_poll: Arc::new(Notify::new()),

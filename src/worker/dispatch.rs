@@ -155,7 +155,7 @@ async fn claim_tier(
     let account = crate::store::FleetLimits {
         rpm,
         resolution_rpm: own.map(|(_, l)| l.rpm),
-        window_ms: ms(ctx.cfg.dispatch.rpm_window),
+        window_ms: ms(ctx.cfg.dispatch.rpm_count_window()),
         tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
             let day_ms = ctx.cfg.bulk.tpd_day_ms();
             let start =
@@ -258,9 +258,9 @@ async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
         holds.release().await?;
         return Ok(());
     }
-    let within = match flex_timing(ctx, &job, &holds) {
-        FlexTiming::Go(within) => within,
-        FlexTiming::Wait(wait_until, why) => {
+    let within = match send_timing(ctx, &job, &holds) {
+        SendTiming::Go(within) => within,
+        SendTiming::Wait(wait_until, why) => {
             // Nothing was sent; the job is claimed again (and counted in the right day).
             holds.release().await?;
             ctx.store
@@ -288,11 +288,12 @@ async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
     }
 }
 
-/// When a flex create may go. The store counts a create in the TPD day it was claimed in
-/// (`submit_started_at`), Ark in the day it arrives in: the create must arrive in its claim
-/// day, which is also the day its tokens were reserved in here (the hold).
+/// When a create may go. The store counts a create in the RPM window and the TPD day it was
+/// claimed in (`submit_started_at`), Ark in those it arrives in: the create must leave soon
+/// after its claim (RPM), and arrive in its claim day, which is also the day its tokens were
+/// reserved in here (the hold).
 #[derive(Debug)]
-enum FlexTiming {
+enum SendTiming {
     /// Send, answered within this (the day's end) or given up as ambiguous: an unanswered
     /// create is counted in the following days too (store `FlexDay::straddle_ms`). `None`:
     /// no TPD day to keep to.
@@ -301,32 +302,46 @@ enum FlexTiming {
     Wait(i64, &'static str),
 }
 
-/// The [`FlexTiming`] of `job` now. A job claimed in an earlier day than its hold is claimed
-/// again at once, to be counted in this one; a day that ends within the create's transit
-/// margin (a twentieth of the day, between 50 ms and 5 s: 5 s of a real day, a time-scaled
-/// day's share) waits for the next.
-fn flex_timing(ctx: &Ctx, job: &Job, holds: &Holds<'_>) -> FlexTiming {
+/// The [`SendTiming`] of `job` now.
+///
+/// A job of a model with an RPM limit whose create would leave later than the RPM transit
+/// margin after its claim (`DispatchConfig::rpm_transit`) is claimed again at once, so that
+/// it is counted from when it leaves: the store spaces claims by the window plus that margin,
+/// and Ark then sees them at least a window apart. A job claimed in an earlier TPD day than
+/// its flex hold is claimed again at once, to be counted in this one; a day that ends within
+/// the create's transit margin (a twentieth of the day, between 50 ms and 5 s: 5 s of a real
+/// day, a time-scaled day's share) waits for the next.
+fn send_timing(ctx: &Ctx, job: &Job, holds: &Holds<'_>) -> SendTiming {
+    let now = now_ms();
+    let claimed = job.submit_started_at.unwrap_or(now);
+    let limits = ctx.ops.live.limits(&job.model);
+    let rpm_limited = if job.is_flex() {
+        limits.flex_rpm.is_some()
+    } else {
+        true
+    };
+    if rpm_limited && now - claimed > ms(ctx.cfg.dispatch.rpm_transit()) {
+        return SendTiming::Wait(now, "the create would leave too long after its RPM claim");
+    }
     let Some((day, _)) = holds.flex else {
-        return FlexTiming::Go(None);
+        return SendTiming::Go(None);
     };
     let len = ctx.cfg.bulk.tpd_day_ms();
     let next = day + len;
-    let now = now_ms();
-    let claimed = job.submit_started_at.unwrap_or(now);
     if crate::stage::tpd_day_start(claimed, ctx.cfg.dispatch.tpd_utc_offset_hours, len) < day {
-        return FlexTiming::Wait(
+        return SendTiming::Wait(
             now,
             "the flex TPD day turned between the claim and the create",
         );
     }
     let margin = (len / 20).clamp(50, 5_000);
     if now + margin >= next {
-        return FlexTiming::Wait(
+        return SendTiming::Wait(
             next,
             "the flex TPD day turns before the create would arrive",
         );
     }
-    FlexTiming::Go(Some(std::time::Duration::from_millis(
+    SendTiming::Go(Some(std::time::Duration::from_millis(
         u64::try_from(next - now).unwrap_or(0),
     )))
 }
@@ -1296,8 +1311,8 @@ mod tests {
         let today = crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, len);
         let mut holds = Holds::new(&ctx, &job);
         holds.flex = Some((today, 0));
-        match flex_timing(&ctx, &job, &holds) {
-            FlexTiming::Go(Some(within)) => {
+        match send_timing(&ctx, &job, &holds) {
+            SendTiming::Go(Some(within)) => {
                 let within = i64::try_from(within.as_millis()).expect("ms");
                 assert!(
                     within > 0 && within <= today + len - now,
@@ -1308,8 +1323,8 @@ mod tests {
         }
         let mut yesterdays = job.clone();
         yesterdays.submit_started_at = Some(today - 1);
-        match flex_timing(&ctx, &yesterdays, &holds) {
-            FlexTiming::Wait(at, why) => {
+        match send_timing(&ctx, &yesterdays, &holds) {
+            SendTiming::Wait(at, why) => {
                 assert!(at <= now_ms() && why.contains("between the claim and the create"));
             }
             other => panic!("claimed yesterday: {other:?}"),
@@ -1317,14 +1332,46 @@ mod tests {
         // A hold in a day that ends 10 ms from now: within the margin, it waits for the next.
         let ending = now_ms() + 10 - len;
         holds.flex = Some((ending, 0));
-        match flex_timing(&ctx, &job, &holds) {
-            FlexTiming::Wait(at, why) => {
+        match send_timing(&ctx, &job, &holds) {
+            SendTiming::Wait(at, why) => {
                 assert_eq!(at, ending + len);
                 assert!(why.contains("turns before"), "{why}");
             }
             other => panic!("the day ends in 10 ms: {other:?}"),
         }
         holds.flex = None;
+    }
+
+    /// A create counted in the RPM window from its claim leaves within the transit margin
+    /// of it, or is claimed again to be counted from when it leaves.
+    #[tokio::test]
+    async fn a_create_leaves_within_the_rpm_transit_margin_of_its_claim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = crate::store::Store::open(&dir.path().join("q.db")).expect("store");
+        let ctx = ctx_on(store, "http://127.0.0.1:9/api/v3".into());
+        let mut job = claimed_flex_job(&ctx, dir.path(), 60_000).await;
+        job.service_tier = Tier::Default;
+        let holds = Holds::new(&ctx, &job);
+        let transit = ms(ctx.cfg.dispatch.rpm_transit());
+        assert_eq!(transit, 2_000, "a thirtieth of Ark's minute");
+        job.submit_started_at = Some(now_ms() - transit / 2);
+        assert!(matches!(
+            send_timing(&ctx, &job, &holds),
+            SendTiming::Go(None)
+        ));
+        job.submit_started_at = Some(now_ms() - transit - 1);
+        match send_timing(&ctx, &job, &holds) {
+            SendTiming::Wait(at, why) => {
+                assert!(at <= now_ms() && why.contains("RPM claim"), "{why}");
+            }
+            other => panic!("claimed {transit} ms ago: {other:?}"),
+        }
+        // Flex creates have no RPM unless the account sets `flex_rpm`.
+        job.service_tier = Tier::Flex;
+        assert!(matches!(
+            send_timing(&ctx, &job, &holds),
+            SendTiming::Go(None)
+        ));
     }
 
     #[test]

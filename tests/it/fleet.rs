@@ -76,11 +76,11 @@ fn two_workers_share_one_accounts_rpm_and_concurrency() {
     ));
     let env = fleet_env(
         &sim,
-        // No shorter than the sim's window (60 s × 0.01), with room for jitter. seedq counts a
-        // create from its claim, the sim from its arrival, and the delay between them (hold,
-        // body, lease check, POST) is not scaled: on a loaded 2-core machine with PostgreSQL
-        // it varied by more than 200 ms (four 429s in a CI run), so the room is 400 ms.
-        "rpm_window = \"1000ms\"",
+        // The sim's window (60 s × 0.01). seedq counts a create from its claim, the sim from
+        // its arrival; the delay between them (hold, body, lease check, POST) is not scaled,
+        // and on a loaded machine it passed 200 ms. seedq's transit margin bounds it
+        // (`DispatchConfig::rpm_transit`: 200 ms here), not a wider window in the test.
+        "rpm_window = \"600ms\"",
         &format!(
             "[models.\"{PRO}\"]\nlimits = {{ rpm = 4, concurrency = 50 }}\n\
              [models.\"{LITE}\"]\nlimits = {{ rpm = 1000, concurrency = 2 }}\n"
@@ -259,7 +259,7 @@ fn three_workers_lose_one_gain_one_and_keep_the_accounts_limits() {
     ));
     let env = fleet_env(
         &sim,
-        "rpm_window = \"800ms\"",
+        "rpm_window = \"600ms\"",
         &format!("[models.\"{PRO}\"]\nlimits = {{ rpm = 60, concurrency = 12 }}\n"),
     );
     let file = write_jobs(&env, "jobs.jsonl", &lines(PRO, "fleet", 300));

@@ -49,10 +49,10 @@ fn default_keeps_its_limits_while_flex_goes_far_beyond_them() {
     let sim = sim(&format!(
         "flex_pool = 200\n[models.\"{LITE}\"]\nrpm = 60\nconcurrency = 3\n"
     ));
-    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq's must be no shorter.
+    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq adds its transit margin.
     let env = TestEnv::new(&worker_config_with(
         &sim,
-        "rpm_window = \"130ms\"",
+        "rpm_window = \"120ms\"",
         &format!("[models.\"{LITE}\"]\nlimits = {{ rpm = 60, concurrency = 3 }}\n"),
     ));
     let mut lines = jobs(80, true, "flex");
@@ -289,8 +289,8 @@ fn a_flex_ceiling_holds_and_metrics_show_each_tier_against_its_limits() {
 fn seedance_2_4k_jobs_keep_their_own_limits_beside_other_resolutions() {
     const V20: &str = "doubao-seedance-2-0-260128";
     let sim = sim("");
-    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq's must be no shorter.
-    let env = TestEnv::new(&worker_config_with(&sim, "rpm_window = \"130ms\"", ""));
+    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq adds its transit margin.
+    let env = TestEnv::new(&worker_config_with(&sim, "rpm_window = \"120ms\"", ""));
     let lines: Vec<String> = (0..12)
         .map(|i| {
             let res = if i % 2 == 0 { "4k" } else { "720p" };

@@ -93,10 +93,10 @@ fn limits_hold_and_429_bursts_are_absorbed() {
         "[models.\"{PRO}\"]\nrpm = 60\nconcurrency = 4\n\n[faults]\nrate_limit_burst = 5\nretry_after_secs = 0\n"
     );
     let sim = sim(&limits);
-    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq's must be no shorter.
+    // The sim's RPM window is 60 s × 0.002 = 120 ms; seedq adds its transit margin.
     let env = TestEnv::new(&worker_config_with(
         &sim,
-        "rpm_window = \"130ms\"",
+        "rpm_window = \"120ms\"",
         &format!("[models.\"{PRO}\"]\nlimits = {{ rpm = 60, concurrency = 4 }}\n"),
     ));
     let lines: Vec<String> = (0..200)

@@ -81,6 +81,10 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         let (c, t) = (ctx.clone(), token.child_token());
         set.spawn(async move { ("governor", crate::bulk::governor::run(c, t).await) });
     }
+    if ctx.store.is_postgres() {
+        let (c, t) = (ctx.clone(), token.child_token());
+        set.spawn(async move { ("prompt_index", crate::worker::prompts::run(c, t).await) });
+    }
     let mut status = crate::ops::start(&ctx, mode == Mode::Serve, &token, &mut set).await?;
     // The front doors: only `serve` opens them, on every worker of a fleet.
     if mode == Mode::Serve

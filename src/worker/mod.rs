@@ -12,6 +12,7 @@ pub mod dispatch;
 pub mod fleet;
 pub mod pause;
 pub mod poll;
+pub mod prompts;
 pub mod reconcile;
 pub mod result;
 

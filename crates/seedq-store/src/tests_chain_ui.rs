@@ -642,8 +642,8 @@ async fn batch_counts_equal_a_recount() {
     }
 }
 
-/// On PostgreSQL the prompt search is answered by the trigram index on a table of some
-/// thousands of jobs, and still finds exactly the matching prompts.
+/// On PostgreSQL the prompt search is answered by the trigram index on a table of tens of
+/// thousands of jobs, and finds exactly the matching prompts before and after indexing.
 #[tokio::test]
 async fn postgres_prompt_search_uses_the_trigram_index() {
     let s = testpg::pg_store().await;
@@ -654,9 +654,9 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
          SELECT lpad(i::text, 26, '0'), 0, 0, 'queued', 'm', 'default', \
                 json_build_object('model', 'm', 'content', json_build_array( \
                     json_build_object('type', 'text', 'text', \
-                        CASE WHEN i % 1000 = 0 THEN 'A Red Fox number ' || i \
+                        CASE WHEN i % 10000 = 0 THEN 'A Red Fox number ' || i \
                              ELSE 'a grey wolf number ' || i END)))::text, 0 \
-         FROM generate_series(1, 5000) AS i; \
+         FROM generate_series(1, 50000) AS i; \
          ANALYZE jobs",
     )
     .await;
@@ -665,17 +665,33 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
         limit: 3,
         ..Default::default()
     };
+    let found = |s: Store, f: UiFilter| async move {
+        s.ui_jobs(f)
+            .await
+            .expect("search")
+            .into_iter()
+            .map(|j| j.id.as_str().trim_start_matches('0').to_string())
+            .collect::<Vec<String>>()
+    };
+    // Not indexed yet: found from the pending jobs' bodies.
+    assert_eq!(
+        found(s.clone(), f.clone()).await,
+        ["50000", "40000", "30000"]
+    );
+    let mut indexed = 0;
+    loop {
+        let n = s.index_prompts(20_000).await.expect("index");
+        if n == 0 {
+            break;
+        }
+        indexed += n;
+    }
+    assert_eq!(indexed, 50_000);
+    exec(&s, "ANALYZE job_prompts; ANALYZE prompt_pending").await;
     let (sql, args) = crate::postgres::ui::ui_jobs_sql(&f);
     let plan = pg_plan(&s, &sql, &[&args[0]]).await;
-    assert!(plan.contains("jobs_prompt_trgm"), "{plan}");
-    let found: Vec<String> = s
-        .ui_jobs(f)
-        .await
-        .expect("search")
-        .into_iter()
-        .map(|j| j.id.as_str().trim_start_matches('0').to_string())
-        .collect();
-    assert_eq!(found, ["5000", "4000", "3000"]);
+    assert!(plan.contains("job_prompts_trgm"), "{plan}");
+    assert_eq!(found(s.clone(), f).await, ["50000", "40000", "30000"]);
 }
 
 /// SQLite's plan of `sql` with `params`, on a fresh file store, one line per step.

@@ -126,12 +126,23 @@ backend_trait! {
         pub fn ui_bench_finish(&self, keep_every: i64) -> Result<usize, StoreError>;
 
         /// Jobs per (state, model, tier) over the states that still hold or wait for a slot: the
-        /// model table of the overview. An index walk over the unfinished jobs only (`jobs_queue`
-        /// starts with `state`), not a scan of every job ever run.
+        /// model table of the overview. An index walk over the unfinished jobs only (the queue
+        /// index starts with `state`), not a scan of every job ever run.
         ///
         /// # Errors
         /// SQL errors.
         pub fn ui_waiting(&self) -> Result<Vec<(JobState, String, Tier, i64)>, StoreError>;
+
+        /// Indexes the prompts of up to `limit` jobs stored or rewritten since their last
+        /// indexing for the prompt search; returns how many. PostgreSQL keeps its search
+        /// table behind the writes, so that storing or changing a job never pays for a
+        /// trigram index (migrations/postgres/0014_prompt_search_table.sql); the service runs
+        /// this in a loop, and the search reads the jobs not indexed yet as well. SQLite fills
+        /// its FTS5 table in the writing transaction: always 0 there.
+        ///
+        /// # Errors
+        /// SQL errors.
+        pub fn index_prompts(&self, limit: u32) -> Result<u64, StoreError>;
 
         /// Flex tokens submitted since `day_start_ms` per model: the same sum as
         /// `ops_snapshot().flex_today`, through the `jobs_submit_started` index. A submit starts
@@ -399,12 +410,38 @@ mod tests {
         assert!(none.is_empty(), "{name}");
     }
 
+    /// Runs `index_prompts` until nothing is pending; returns how many it indexed.
+    async fn index_all(s: &Store) -> u64 {
+        let mut total = 0;
+        loop {
+            let n = s.index_prompts(2).await.expect("index_prompts");
+            if n == 0 {
+                return total;
+            }
+            total += n;
+        }
+    }
+
     /// The index follows the jobs: a rewritten request is searched by its new prompt, a
-    /// deleted job is gone from it.
+    /// deleted job is gone from it, both before the indexer has run since (PostgreSQL keeps
+    /// its search table behind the writes) and after.
     #[tokio::test]
     async fn prompt_index_follows_updates_and_deletes() {
-        let (_d, stores) = stores_with(&["old prompt text", "doomed prompt"]).await;
+        let (_d, stores) = stores_with(&["old prompt text", "doomed prompt", "third"]).await;
         for (name, s) in &stores {
+            // Found while pending, and once indexed; SQLite indexes in the write itself.
+            assert_eq!(
+                search(s, "doomed", 10).await,
+                vec!["doomed prompt"],
+                "{name}"
+            );
+            let indexed = index_all(s).await;
+            assert_eq!(indexed, if s.pg().is_some() { 3 } else { 0 }, "{name}");
+            assert_eq!(
+                search(s, "old prompt", 10).await,
+                vec!["old prompt text"],
+                "{name}"
+            );
             exec(
                 s,
                 "UPDATE jobs SET request_json = json_set(request_json, '$.content[0].text', \
@@ -415,13 +452,25 @@ mod tests {
                  DELETE FROM jobs WHERE request_json LIKE '%doomed%'",
             )
             .await;
-            assert!(search(s, "old prompt", 10).await.is_empty(), "{name}");
-            assert_eq!(
-                search(s, "new prompt", 10).await,
-                vec!["new prompt text"],
-                "{name}"
-            );
-            assert!(search(s, "doomed", 10).await.is_empty(), "{name}");
+            for pass in ["before indexing", "after indexing"] {
+                assert!(
+                    search(s, "old prompt", 10).await.is_empty(),
+                    "{name} {pass}"
+                );
+                assert_eq!(
+                    search(s, "new prompt", 10).await,
+                    vec!["new prompt text"],
+                    "{name} {pass}"
+                );
+                assert!(search(s, "doomed", 10).await.is_empty(), "{name} {pass}");
+                assert_eq!(search(s, "third", 10).await, vec!["third"], "{name} {pass}");
+                let indexed = index_all(s).await;
+                assert_eq!(
+                    indexed,
+                    u64::from(s.pg().is_some() && pass == "before indexing"),
+                    "{name}"
+                );
+            }
             if s.pg().is_none() {
                 let fts_rows: i64 = s
                     .call(|c| {
@@ -429,7 +478,7 @@ mod tests {
                     })
                     .await
                     .expect("count");
-                assert_eq!(fts_rows, 1);
+                assert_eq!(fts_rows, 2, "the new prompt and the third");
             }
         }
     }

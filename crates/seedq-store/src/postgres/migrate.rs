@@ -59,6 +59,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0013_flex_unanswered_index.sql",
         include_str!("../../../../migrations/postgres/0013_flex_unanswered_index.sql"),
     ),
+    (
+        "0014_prompt_search_table.sql",
+        include_str!("../../../../migrations/postgres/0014_prompt_search_table.sql"),
+    ),
+    (
+        "0015_drop_jobs_queue.sql",
+        include_str!("../../../../migrations/postgres/0015_drop_jobs_queue.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -62,7 +62,7 @@ async fn delete_orphan_images(pg: &PgStore) -> Result<u64, StoreError> {
 }
 
 impl OpsStore for PgStore {
-    /// [`crate::Store::queued_models`]: the same loose index scan over `jobs_queue`
+    /// [`crate::Store::queued_models`]: the same loose index scan, over `jobs_queue_tier`
     /// (one index seek per distinct model), which PostgreSQL runs as written.
     async fn queued_models(&self) -> Result<Vec<String>, StoreError> {
         let c = self.conn().await?;

@@ -1,13 +1,14 @@
 //! PostgreSQL implementation of the dashboard's queries (the SQLite one is `store/sqlite/ui.rs`).
 //!
-//! The prompt search differs: SQLite has an FTS5 trigram table, PostgreSQL a `pg_trgm` GIN
-//! index on the expression `lower(seedq_prompt(request_json))` (`jobs_prompt_trgm`,
-//! migrations/postgres/0001_init.sql). The search is that exact expression `LIKE` the
-//! escaped, lowered text between `%`s, which the index answers for any length (short
-//! patterns become a recheck of the candidate rows); the planner itself chooses between the
-//! index and walking the id index newest first for a search that matches most jobs, the
-//! choice SQLite's code makes by counting matches (`FTS_DENSE`). Without `pg_trgm` (a
-//! managed database that refuses the extension) the same query scans, and is still right.
+//! The prompt search differs: SQLite has an FTS5 trigram table filled in the writing
+//! transaction, PostgreSQL a table of prompts (`job_prompts`) with a `pg_trgm` GIN index
+//! (`job_prompts_trgm`, migrations/postgres/0014_prompt_search_table.sql), filled behind the
+//! writes by [`DashboardStore::index_prompts`] from the ids the triggers put in
+//! `prompt_pending`. The search is `lower(prompt) LIKE` the escaped, lowered text between
+//! `%`s, which the index answers for any length (short patterns become a recheck of the
+//! candidate rows), plus the same test on the pending jobs' bodies, so a job is found the
+//! moment it is stored. Without `pg_trgm` (a managed database that refuses the extension) the
+//! same query scans, and is still right.
 
 use crate::tier::Tier;
 use crate::ui::DashboardStore;
@@ -52,11 +53,15 @@ pub(crate) fn ui_jobs_sql(f: &UiFilter) -> (String, Vec<String>) {
         );
     }
     if let Some(t) = &f.text {
-        // The indexed expression, verbatim, so the planner can match it to jobs_prompt_trgm.
+        // The indexed expression, verbatim, so the planner can match it to job_prompts_trgm;
+        // the pending jobs (not indexed yet, a few batches at most) are tested one by one.
         // `like_pattern` escapes `%`, `_` and `\`; lower() leaves those alone.
         push(
             &mut sql,
-            " AND lower(seedq_prompt(request_json)) LIKE lower($?) ESCAPE '\\'",
+            " AND id IN (SELECT p.id FROM job_prompts p \
+             WHERE lower(p.prompt) LIKE lower($?) ESCAPE '\\' \
+             UNION ALL SELECT q.id FROM prompt_pending q JOIN jobs pj ON pj.id = q.id \
+             WHERE lower(seedq_prompt(pj.request_json)) LIKE lower($?) ESCAPE '\\')",
             like_pattern(t),
         );
     }
@@ -68,6 +73,25 @@ pub(crate) fn ui_jobs_sql(f: &UiFilter) -> (String, Vec<String>) {
 }
 
 impl DashboardStore for PgStore {
+    /// [`crate::Store::index_prompts`]: moves a batch of pending ids into `job_prompts`.
+    /// `SKIP LOCKED`: the workers of a fleet index disjoint batches. A job rewritten while its
+    /// batch is indexed is pended again by the trigger once this transaction ends, so its
+    /// new body is indexed by the next batch; a job deleted meanwhile drops out of the join.
+    async fn index_prompts(&self, limit: u32) -> Result<u64, StoreError> {
+        let c = self.conn().await?;
+        let st = c
+            .prepare_cached(
+                "WITH batch AS (DELETE FROM prompt_pending WHERE id IN \
+                 (SELECT id FROM prompt_pending LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id) \
+                 INSERT INTO job_prompts (id, prompt) \
+                 SELECT j.id, COALESCE(seedq_prompt(j.request_json), '') \
+                 FROM batch b JOIN jobs j ON j.id = b.id \
+                 ON CONFLICT (id) DO UPDATE SET prompt = excluded.prompt",
+            )
+            .await?;
+        Ok(c.execute(&st, &[&i64::from(limit)]).await?)
+    }
+
     async fn ui_jobs(&self, f: UiFilter) -> Result<Vec<Job>, StoreError> {
         let f: &UiFilter = &f;
 

@@ -29,6 +29,11 @@ pub(crate) fn fts_phrase(text: &str) -> String {
 }
 
 impl DashboardStore for SqliteStore {
+    /// [`crate::Store::index_prompts`]: the FTS5 table is filled by the writing transaction.
+    async fn index_prompts(&self, _limit: u32) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     async fn ui_jobs(&self, f: UiFilter) -> Result<Vec<Job>, StoreError> {
         self.call(move |c| {
             let mut sql = format!("SELECT {JOB_COLUMNS} FROM jobs WHERE 1 = 1");

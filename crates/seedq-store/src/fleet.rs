@@ -232,6 +232,25 @@ mod tests {
 
     /// Adds `n` queued jobs of model `m` (flex with `tokens` each when given); their ids.
     /// On PostgreSQL the rows are written directly until its `enqueue` lands (pgcore).
+    /// A flex claim of up to `limit` jobs by `owner` under the TPD day `day` alone.
+    async fn claim_flex(s: &Store, owner: &str, limit: u32, day: FlexDay) -> Vec<Job> {
+        s.claim_for_submit_limited(
+            "m",
+            Tier::Flex,
+            100,
+            ResolutionScope::All,
+            limit,
+            owner,
+            60_000,
+            &FleetLimits {
+                tpd: Some(day),
+                ..FleetLimits::default()
+            },
+        )
+        .await
+        .expect("claim")
+    }
+
     async fn add(s: &Store, n: usize, flex: Option<i64>) -> Vec<String> {
         let jobs: Vec<NewJob> = (0..n)
             .map(|_| {
@@ -476,30 +495,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for (b, s) in testpg::both(dir.path()).await {
             let ids = add(&s, 5, Some(100)).await;
-            let day = now_ms() - 1_000;
             let next = now_ms() + 3_600_000;
-            let limits = FleetLimits {
-                tpd: Some(FlexDay {
-                    tpd: 250,
-                    start: day,
-                    next,
-                    straddle_ms: 0,
-                }),
-                ..FleetLimits::default()
+            let day = FlexDay {
+                tpd: 250,
+                start: now_ms() - 1_000,
+                next,
+                straddle_ms: 0,
             };
-            let got = s
-                .claim_for_submit_limited(
-                    "m",
-                    Tier::Flex,
-                    100,
-                    ResolutionScope::All,
-                    64,
-                    "a",
-                    60_000,
-                    &limits,
-                )
-                .await
-                .expect("claim");
+            let got = claim_flex(&s, "a", 64, day).await;
             assert_eq!(got.len(), 2, "{b}: two of 100 tokens fit in 250");
             // The rest waits for the next day, with the reason in its history.
             let mut waiting = Vec::new();
@@ -521,20 +524,7 @@ mod tests {
                 "{b}: {events:?}"
             );
             // Another worker's claim sees the same spend.
-            let got = s
-                .claim_for_submit_limited(
-                    "m",
-                    Tier::Flex,
-                    100,
-                    ResolutionScope::All,
-                    64,
-                    "b",
-                    60_000,
-                    &limits,
-                )
-                .await
-                .expect("claim");
-            assert!(got.is_empty(), "{b}");
+            assert!(claim_flex(&s, "b", 64, day).await.is_empty(), "{b}");
         }
     }
 
@@ -546,42 +536,24 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         for (b, s) in testpg::both(dir.path()).await {
             let ids = add(&s, 3, Some(100)).await;
-            let due: Vec<i64> = {
-                let mut due = Vec::new();
-                for id in &ids {
-                    due.push(
-                        s.job(id)
-                            .await
-                            .expect("job")
-                            .expect("exists")
-                            .next_attempt_at,
-                    );
-                }
-                due
-            };
+            let mut due = Vec::new();
+            for id in &ids {
+                due.push(
+                    s.job(id)
+                        .await
+                        .expect("job")
+                        .expect("exists")
+                        .next_attempt_at,
+                );
+            }
             let ended = now_ms() - 1;
-            let limits = FleetLimits {
-                tpd: Some(FlexDay {
-                    tpd: 1_000_000,
-                    start: ended - 3_600_000,
-                    next: ended,
-                    straddle_ms: 0,
-                }),
-                ..FleetLimits::default()
+            let day = FlexDay {
+                tpd: 1_000_000,
+                start: ended - 3_600_000,
+                next: ended,
+                straddle_ms: 0,
             };
-            let got = s
-                .claim_for_submit_limited(
-                    "m",
-                    Tier::Flex,
-                    100,
-                    ResolutionScope::All,
-                    64,
-                    "a",
-                    60_000,
-                    &limits,
-                )
-                .await
-                .expect("claim");
+            let got = claim_flex(&s, "a", 64, day).await;
             assert!(got.is_empty(), "{b}: the day it read has ended");
             for (id, due) in ids.iter().zip(due) {
                 let j = s.job(id).await.expect("job").expect("exists");
@@ -600,23 +572,7 @@ mod tests {
     async fn a_create_that_may_arrive_after_the_day_began_counts_in_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         for (b, s) in testpg::both(dir.path()).await {
-            let claim = async |d: FlexDay| {
-                s.claim_for_submit_limited(
-                    "m",
-                    Tier::Flex,
-                    100,
-                    ResolutionScope::All,
-                    10,
-                    "w",
-                    60_000,
-                    &FleetLimits {
-                        tpd: Some(d),
-                        ..FleetLimits::default()
-                    },
-                )
-                .await
-                .expect("claim")
-            };
+            let claim = async |d: FlexDay| claim_flex(&s, "w", 10, d).await;
             let first = add(&s, 1, Some(100)).await;
             let old = now_ms() - 60_000;
             let before = claim(FlexDay {

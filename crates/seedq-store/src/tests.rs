@@ -4,6 +4,19 @@
 use super::*;
 use rusqlite::Connection;
 
+/// Runs `index_prompts` in batches of `batch` until nothing is pending; returns how many jobs
+/// it indexed (always 0 on SQLite, which indexes in the write itself).
+pub(crate) async fn index_all(store: &Store, batch: u32) -> u64 {
+    let mut total = 0;
+    loop {
+        let n = store.index_prompts(batch).await.expect("index_prompts");
+        if n == 0 {
+            return total;
+        }
+        total += n;
+    }
+}
+
 /// Runs one statement of our own past the store's verbs: a write that bypasses nothing
 /// (the triggers still run), or, on a counter table, the drift maintenance must catch.
 pub(crate) async fn raw(store: &Store, sql: impl Into<String>) {

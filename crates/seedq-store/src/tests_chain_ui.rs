@@ -678,15 +678,7 @@ async fn postgres_prompt_search_uses_the_trigram_index() {
         found(s.clone(), f.clone()).await,
         ["50000", "40000", "30000"]
     );
-    let mut indexed = 0;
-    loop {
-        let n = s.index_prompts(20_000).await.expect("index");
-        if n == 0 {
-            break;
-        }
-        indexed += n;
-    }
-    assert_eq!(indexed, 50_000);
+    assert_eq!(crate::tests::index_all(&s, 20_000).await, 50_000);
     exec(&s, "ANALYZE job_prompts; ANALYZE prompt_pending").await;
     let (sql, args) = crate::postgres::ui::ui_jobs_sql(&f);
     let plan = pg_plan(&s, &sql, &[&args[0]]).await;

@@ -410,18 +410,6 @@ mod tests {
         assert!(none.is_empty(), "{name}");
     }
 
-    /// Runs `index_prompts` until nothing is pending; returns how many it indexed.
-    async fn index_all(s: &Store) -> u64 {
-        let mut total = 0;
-        loop {
-            let n = s.index_prompts(2).await.expect("index_prompts");
-            if n == 0 {
-                return total;
-            }
-            total += n;
-        }
-    }
-
     /// The index follows the jobs: a rewritten request is searched by its new prompt, a
     /// deleted job is gone from it, both before the indexer has run since (PostgreSQL keeps
     /// its search table behind the writes) and after.
@@ -435,7 +423,7 @@ mod tests {
                 vec!["doomed prompt"],
                 "{name}"
             );
-            let indexed = index_all(s).await;
+            let indexed = crate::tests::index_all(s, 2).await;
             assert_eq!(indexed, if s.pg().is_some() { 3 } else { 0 }, "{name}");
             assert_eq!(
                 search(s, "old prompt", 10).await,
@@ -464,7 +452,7 @@ mod tests {
                 );
                 assert!(search(s, "doomed", 10).await.is_empty(), "{name} {pass}");
                 assert_eq!(search(s, "third", 10).await, vec!["third"], "{name} {pass}");
-                let indexed = index_all(s).await;
+                let indexed = crate::tests::index_all(s, 2).await;
                 assert_eq!(
                     indexed,
                     u64::from(s.pg().is_some() && pass == "before indexing"),

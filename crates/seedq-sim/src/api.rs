@@ -2,8 +2,8 @@
 //!
 //! Create parses the body itself rather than through `axum::Json`, so that every way a body
 //! can be wrong becomes the Ark answer (400 `InvalidParameter`, with `param` when the field can
-//! be told) and never axum's plain-text 415/422. Validation is `request::check`, the same
-//! function seedq runs at enqueue; this module only maps its verdict onto HTTP.
+//! be told) and never axum's plain-text 415/422. Validation is the simulator's own reading of
+//! Ark's rules (`rules.rs`); this module only maps its verdict onto HTTP.
 //! Auth, request ids and injected 500s happen in the middleware (`http.rs`) before these run.
 
 use std::sync::Arc;
@@ -15,8 +15,8 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 use super::http::{ConnTag, Dropped, MAX_BODY};
+use super::rules;
 use super::state::{ListQuery, Sim};
-use seedq_ark::request;
 use seedq_ark::wire::{
     ContentItem, CreateTaskRequest, CreateTaskResponse, ListTasksResponse, TaskStatus,
 };
@@ -43,7 +43,7 @@ pub async fn create(
     {
         return Err(ApiError::unknown_model(&req.model));
     }
-    let eff = request::check(&req, &sim.catalogue).map_err(|e| ApiError::from_invalid(&e))?;
+    let eff = rules::judge(&req, &sim.catalogue).map_err(|r| ApiError::refused(&r))?;
     let words = sim.faults().input_moderation_words;
     let prompt = eff.prompt.to_lowercase();
     if words

@@ -8,7 +8,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use seedq_ark::request::Invalid;
+use super::rules::Refusal;
 use seedq_ark::wire::{ApiErrorBody, ErrorEnvelope, TaskStatus};
 
 /// The account id the simulator names in account-state messages.
@@ -53,24 +53,24 @@ impl ApiError {
         }
     }
 
-    /// The answer to a request that `request::check` refused.
-    pub fn from_invalid(e: &Invalid) -> Self {
-        if e.missing {
+    /// The answer to a create that Ark's rules refuse (`rules.rs`).
+    pub fn refused(r: &Refusal) -> Self {
+        if r.code == "MissingParameter" {
             Self {
-                param: Some(e.param.clone()),
+                param: Some(r.param.clone()),
                 ..Self::new(
                     StatusCode::BAD_REQUEST,
-                    "MissingParameter",
+                    r.code,
                     format!(
-                        "The request failed because it is missing one or multiple required parameters: `{}` ({e}).",
-                        e.param
+                        "The request failed because it is missing one or multiple required parameters: `{}` ({}).",
+                        r.param, r.message
                     ),
                 )
             }
         } else {
             Self {
-                code: e.ark_code().to_string(),
-                ..Self::invalid(Some(&e.param), &e.to_string())
+                code: r.code.to_string(),
+                ..Self::invalid(Some(&r.param), &r.message)
             }
         }
     }

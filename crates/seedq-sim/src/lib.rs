@@ -1,8 +1,9 @@
 //! `seedq sim`: a faithful local Ark server for tests, benchmarks and the demo.
 //!
 //! It speaks the wire contract of `docs/ark-api.md` with the serde types of [`seedq_ark::wire`] and
-//! validates create bodies with [`seedq_ark::request::check`], the function seedq itself runs at
-//! enqueue, so client and simulator cannot disagree on the rules. On top of the API it renders
+//! judges create bodies with its own reading of Ark's rules (`rules.rs`), written apart from
+//! the validator seedq runs at enqueue so that a wrong rule cannot pass both sides unseen: the
+//! golden corpus judges both, and a test compares them on generated bodies. On top of the API it renders
 //! real H.264 videos ([`seedq_media`]), serves them at expiring pre-signed-looking URLs, sends
 //! callbacks, and injects faults. It deliberately does not persist anything: a restart forgets
 //! every task, as a test server should.
@@ -43,6 +44,7 @@ mod config;
 mod error;
 mod files;
 mod http;
+mod rules;
 mod state;
 #[cfg(test)]
 mod tests;

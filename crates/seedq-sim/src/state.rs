@@ -36,9 +36,9 @@ use super::callback::CallbackCtx;
 use super::config::{Faults, LimitsSim, MIN_READ_WINDOW, Route, SimConfig, Timing};
 use super::error::ApiError;
 use super::files;
+use super::rules::{self, Accepted};
 use super::video::{self, RenderJob, Rendered, VideoKey};
 use seedq_ark::catalogue::{self, Catalogue, PixelTable};
-use seedq_ark::request::Effective;
 use seedq_ark::wire::{
     ContentItem, CreateTaskRequest, Task, TaskContent, TaskError, TaskStatus, ToolUsage, Usage,
 };
@@ -220,7 +220,7 @@ pub struct TaskRec {
     pub req: CreateTaskRequest,
     /// The body as received (after JSON parsing).
     pub body: serde_json::Value,
-    pub eff: Effective,
+    pub eff: Accepted,
     pub flex: bool,
     /// The seed the video is rendered with (random when the request gave none or −1). Every
     /// model echoes one: docs/ark-api.md §3.2 shows a real 2.0 task, which takes no seed, with
@@ -594,7 +594,7 @@ impl Sim {
         self: &Arc<Self>,
         req: CreateTaskRequest,
         body: serde_json::Value,
-        eff: Effective,
+        eff: Accepted,
     ) -> Result<Created, ApiError> {
         let now = Instant::now();
         let now_ms = now_ms();
@@ -708,15 +708,10 @@ impl Sim {
                     });
                     (Some(d), None)
                 }
-                (None, d) => (
-                    Some(d.unwrap_or(seedq_ark::request::DEFAULT_DURATION)),
-                    None,
-                ),
+                (None, d) => (Some(d.unwrap_or(rules::DURATION_DEFAULT)), None),
             };
             let frame_count = frames.unwrap_or_else(|| {
-                catalogue::frames_for_duration(
-                    duration.unwrap_or(seedq_ark::request::DEFAULT_DURATION),
-                )
+                catalogue::frames_for_duration(duration.unwrap_or(rules::DURATION_DEFAULT))
             });
             let table = spec.map_or(PixelTable::V2, |s| s.pixel_table);
             let size = eff
@@ -733,7 +728,7 @@ impl Sim {
                         size.0,
                         size.1,
                         f64::from(eff.video_inputs) * self.cfg.reference_video_seconds,
-                        duration.unwrap_or(seedq_ark::request::DEFAULT_DURATION),
+                        duration.unwrap_or(rules::DURATION_DEFAULT),
                     )
                 }
                 _ => catalogue::tokens(size.0, size.1, frame_count),

@@ -2,8 +2,9 @@
 //!
 //! Bad jobs never enter the queue: [`prepare`] turns a [`JobSpec`] (CLI flags or one JSONL
 //! line) into the exact body that will be POSTed, after checking it against the model
-//! catalogue. [`check`] is the validation itself; the simulator runs the same function on
-//! incoming bodies, so enqueue-time and server-side rules cannot drift apart.
+//! catalogue. [`check`] is the validation itself. The simulator has its own reading of the same
+//! rules (`crates/seedq-sim/src/rules`), compared with this one on generated bodies; the golden
+//! corpus (`tests/golden/`) judges both.
 
 pub mod image;
 pub mod inline;

@@ -304,6 +304,36 @@ mod tests {
         assert_eq!(workspace_deps("seedq-sim"), want);
     }
 
+    /// The simulator judges creates with its own reading of Ark (`crates/seedq-sim/src/rules`):
+    /// if it called seedq's validator, a wrong rule would pass on both sides. Its tests may
+    /// call seedq's, to compare the two.
+    #[test]
+    fn the_simulator_does_not_validate_with_seedqs_rules() {
+        fn walk(dir: &Path, out: &mut Vec<String>) {
+            for entry in std::fs::read_dir(dir).expect("the simulator's sources") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    walk(&path, out);
+                    continue;
+                }
+                if path.file_name().is_some_and(|n| n == "tests.rs") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                let code = text.lines().filter(|l| !l.trim_start().starts_with("//"));
+                for line in code.filter(|l| l.contains("request::") || l.contains("request;")) {
+                    out.push(format!("{}: {}", path.display(), line.trim()));
+                }
+            }
+        }
+        let mut uses = Vec::new();
+        walk(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/seedq-sim/src"),
+            &mut uses,
+        );
+        assert_eq!(uses, Vec::<String>::new());
+    }
+
     #[test]
     fn nothing_below_the_cli_imports_the_composition_root() {
         let bad: Vec<String> = sources()

@@ -39,8 +39,8 @@ use super::state::{Sim, now_ms};
 use super::{admin, api, files};
 
 /// Largest request body (docs/ark-api.md §8: "whole request body ≤ 64 MB"); seedq checks the same
-/// limit at submit.
-pub const MAX_BODY: usize = seedq_ark::request::image::MAX_REQUEST_BODY;
+/// limit at submit with its own constant.
+pub const MAX_BODY: usize = 64 * 1024 * 1024;
 /// The Ark API prefix.
 pub const API_PREFIX: &str = "/api/v3";
 /// Marks a response whose connection was severed, for the stats.

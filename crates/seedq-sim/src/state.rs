@@ -1172,7 +1172,7 @@ impl Sim {
             return;
         };
         // A task Ark reads as an edit or extension whose rules it breaks is created and then
-        // fails with `InvalidParameter.TaskTypeConstraint` (request::inferred_task_type_failure).
+        // fails with `InvalidParameter.TaskTypeConstraint` (`rules::task_type_failure`).
         let task_type = t
             .eff
             .task_type_failure

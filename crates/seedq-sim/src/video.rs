@@ -8,8 +8,8 @@
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
+use super::rules;
 use seedq_ark::catalogue;
-use seedq_ark::request::image;
 use seedq_ark::wire::{ContentItem, CreateTaskRequest};
 
 /// Smallest side of a rendered video: H.264 macroblocks are 16 px.
@@ -58,15 +58,14 @@ pub fn inspect_images(req: &CreateTaskRequest) -> (Vec<Option<String>>, Option<B
         let bytes = image_url
             .url
             .starts_with("data:")
-            .then(|| image::decode_data_url(&image_url.url).ok())
-            .flatten()
-            .map(|(_, b)| b);
+            .then(|| rules::data_url_bytes(&image_url.url))
+            .flatten();
         hashes.push(bytes.as_ref().map(|b| hex::encode(Sha256::digest(b))));
         let is_first = matches!(role.as_deref(), None | Some("first_frame"));
         if is_first && !seen_first {
             seen_first = true;
             first = bytes
-                .filter(|b| image::sniff(b) == Some("png"))
+                .filter(|b| imagesize::image_type(b).is_ok_and(|t| t == imagesize::ImageType::Png))
                 .map(Bytes::from);
         }
     }

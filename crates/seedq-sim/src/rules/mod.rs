@@ -227,6 +227,15 @@ fn read_inline(text: &str, index: usize) -> Result<(String, Inline), Refusal> {
     Ok((kept.concat().trim().to_string(), out))
 }
 
+/// The bytes of a well-formed `data:image/…;base64,` URL.
+pub fn data_url_bytes(url: &str) -> Option<Vec<u8>> {
+    let (meta, payload) = url.strip_prefix("data:")?.split_once(',')?;
+    meta.strip_suffix(";base64")?.strip_prefix("image/")?;
+    base64::engine::general_purpose::STANDARD
+        .decode(payload.trim())
+        .ok()
+}
+
 /// A `data:` image read far enough to judge it: `None` when its bytes are no image format the
 /// simulator knows (Ark's answer to those is not shown by any source, so they pass).
 fn read_data_image(url: &str, param: &str) -> Result<Option<(u32, u32)>, Refusal> {

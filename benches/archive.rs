@@ -308,7 +308,7 @@ async fn archive_run(
     );
     Ok((
         Measured {
-            secs: (b - a) as f64 / 1000.0,
+            secs: b.since(a).as_secs_f64(),
             fsync_secs: 0.0,
             bytes: on_disk,
             peak_rss: (peak > 0).then_some(peak),

@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::store::Timestamp;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -822,8 +824,8 @@ impl Upload {
 }
 
 /// `YYYY-MM-DD` (UTC) of a unix-ms timestamp, for `{date}`.
-pub fn utc_date(ms: i64) -> String {
-    let t = time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+pub fn utc_date(at: Timestamp) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(at.secs())
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     format!("{:04}-{:02}-{:02}", t.year(), u8::from(t.month()), t.day())
 }
@@ -991,8 +993,11 @@ mod tests {
             "s3://bucket/prefix"
         );
         assert!(!redact_url("s3://AKID:SECRET@bucket/p").contains("SECRET"));
-        assert_eq!(utc_date(0), "1970-01-01");
-        assert_eq!(utc_date(1_778_754_737_000), "2026-05-14");
+        assert_eq!(utc_date(Timestamp::EPOCH), "1970-01-01");
+        assert_eq!(
+            utc_date(Timestamp::from_ms(1_778_754_737_000)),
+            "2026-05-14"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::keys::{self, Caller, Refused};
 use super::{Api, ark, sign};
 use crate::ark::wire::{ContentItem, CreateTaskRequest, MediaUrl};
 use crate::catalogue::{ModelSpec, pixel_size};
-use crate::store::{ApiJob, ApiListFilter, CancelOutcome, Job};
+use crate::store::{ApiJob, ApiListFilter, CancelOutcome, Job, Timestamp};
 
 /// The most videos one list page carries.
 const MAX_LIMIT: i64 = 100;
@@ -430,13 +430,13 @@ pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
         .archived_at
         .or(job.finished_at)
         .filter(|_| status == "completed" || status == "failed")
-        .map(|t| t / 1000);
+        .map(Timestamp::secs);
     // When the downloadable file stops working. Archived: never (`expires_at` null): the
     // archive keeps its objects, and pruning removes only job rows (docs/api.md). Archiving
     // off: the content is Ark's pre-signed URL, valid 24 h or what its `X-Tos-Expires` says
     // (docs/ark-api.md §3.2 and §3.4), recorded as `url_expires_at` when the task succeeded.
     let expires_at = if api.ctx.archive.is_none() && status == "completed" {
-        job.url_expires_at.map(|t| t / 1000)
+        job.url_expires_at.map(Timestamp::secs)
     } else {
         None
     };
@@ -446,7 +446,7 @@ pub(crate) fn video(api: &Api, job: &Job, meta: Option<&ApiJob>) -> Value {
         "model": job.model,
         "status": status,
         "progress": progress,
-        "created_at": job.created_at / 1000,
+        "created_at": job.created_at.secs(),
         "completed_at": completed_at,
         "expires_at": expires_at,
         "error": error,
@@ -544,12 +544,12 @@ fn ark_file(job: &Job, file: &str) -> Response {
         )));
     };
     if let Some(exp) = job.url_expires_at
-        && exp <= crate::store::now_ms()
+        && exp <= Timestamp::now()
     {
         return door_error(DoorError::NotFound(format!(
             "video {id}'s file expired at {} (unix seconds): Ark keeps it 24 h and archiving \
              is off (set archive.url to keep videos)",
-            exp / 1000
+            exp.secs()
         )));
     }
     match HeaderValue::from_str(url) {

@@ -31,7 +31,9 @@ use crate::job::{Backoff, JobState};
 use crate::request::{self, image};
 use crate::stage::archiver::last_frame_key;
 use crate::stage::{Ctx, Outcome, StageContext, StageError};
-use crate::store::{Chain, ChainState, ChainWrite, HELD, RetryOutcome, Shot, Stitched, now_ms};
+use crate::store::{
+    Chain, ChainState, ChainWrite, HELD, RetryOutcome, Shot, Stitched, Timestamp, now_ms,
+};
 
 /// Chains looked at per step.
 const CHAINS_PER_STEP: u32 = 16;
@@ -123,9 +125,9 @@ fn backoff(ctx: &Ctx) -> Backoff {
     }
 }
 
-fn later(ctx: &Ctx, attempt: i64) -> i64 {
+fn later(ctx: &Ctx, attempt: i64) -> Timestamp {
     let d = backoff(ctx).delay_random(u32::try_from(attempt.max(1)).unwrap_or(u32::MAX), None);
-    now_ms() + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+    Timestamp::now() + d
 }
 
 async fn advance(ctx: &Ctx, chain: Chain) -> Result<(), StageError> {
@@ -211,7 +213,7 @@ async fn advance_running(ctx: &Ctx, chain: &Chain) -> Result<(), StageError> {
                         &chain.id,
                         ChainState::Running,
                         chain.retries,
-                        now_ms(),
+                        Timestamp::now(),
                         note.clone(),
                     )
                     .await?

@@ -28,7 +28,7 @@ use crate::config::Config;
 use crate::request::{self, EXPIRES_RANGE, Invalid};
 use crate::stage::limiter::Limiter;
 use crate::stage::{Ctx, Outcome, StageError, Verdict};
-use crate::store::{NewJob, QueuedJob, Store, StoreError, now_ms};
+use crate::store::{NewJob, QueuedJob, Store, StoreError, Timestamp, now_ms};
 use crate::tier::Tier;
 
 /// One queued job in claim order, as the plan sees it.
@@ -261,8 +261,9 @@ pub async fn admit(
     cfg: &Config,
     catalogue: &Catalogue,
     jobs: &mut [NewJob],
-    deadline: i64,
+    deadline: Timestamp,
 ) -> Result<(usize, usize), StageError> {
+    let deadline = deadline.ms();
     let now = now_ms();
     let expires = expires_for(deadline, now);
     let mut by_model: BTreeMap<String, Vec<usize>> = BTreeMap::new();

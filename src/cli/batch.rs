@@ -20,7 +20,7 @@ use crate::bulk::import;
 use crate::catalogue::{self, Catalogue};
 use crate::job::JobState;
 use crate::request::{self, SpecError};
-use crate::store::{BatchCell, BatchMeta, NewJob, Store};
+use crate::store::{BatchCell, BatchMeta, NewJob, Store, Timestamp};
 use crate::tier::Tier;
 
 /// The format of a `submit --file`.
@@ -112,9 +112,9 @@ fn spec_error(row: u64, line: u64, e: &SpecError) -> String {
 }
 
 /// Parses `--deadline`: a duration from now (`8h`) or an RFC 3339 time.
-pub(crate) fn parse_deadline(s: &str, now: i64) -> anyhow::Result<i64> {
+pub(crate) fn parse_deadline(s: &str, now: Timestamp) -> anyhow::Result<Timestamp> {
     if let Ok(d) = humantime::parse_duration(s) {
-        return Ok(now + i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2));
+        return Ok(now + d);
     }
     let t = humantime::parse_rfc3339_weak(s).with_context(|| {
         format!("--deadline {s:?} is neither a duration (8h) nor a time (2026-05-15T08:00:00Z)")
@@ -123,7 +123,7 @@ pub(crate) fn parse_deadline(s: &str, now: i64) -> anyhow::Result<i64> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis())
         .unwrap_or(0);
-    Ok(i64::try_from(ms).unwrap_or(i64::MAX))
+    Ok(Timestamp::from_ms(i64::try_from(ms).unwrap_or(i64::MAX)))
 }
 
 /// Admission bookkeeping before the jobs are stored: a row for every batch named by the
@@ -145,7 +145,7 @@ pub(crate) async fn register(
         return Ok(());
     }
     let deadline = match (&a.deadline, &a.batch) {
-        (Some(d), Some(_)) => Some(parse_deadline(d, crate::store::now_ms())?),
+        (Some(d), Some(_)) => Some(parse_deadline(d, Timestamp::now())?),
         (Some(_), None) => bail!("--deadline belongs to a batch: give --batch NAME too"),
         _ => None,
     };
@@ -163,7 +163,7 @@ pub(crate) async fn register(
             crate::worker::budget::default_cost_exceeds(&ctx.catalogue, &priced, fen)
         });
         if binds {
-            let expires = crate::bulk::governor::expires_for(d, crate::store::now_ms());
+            let expires = crate::bulk::governor::expires_for(d.ms(), crate::store::now_ms());
             let mut flex = 0;
             for &i in &own {
                 let j = &mut jobs[i];
@@ -403,9 +403,9 @@ pub(crate) struct Summary {
     /// CNY at the catalogue's prices: the whole batch's estimate, and what was billed.
     pub est_cost: f64,
     pub spent_cost: f64,
-    pub first_created: Option<i64>,
-    pub first_submitted: Option<i64>,
-    pub last_finished: Option<i64>,
+    pub first_created: Option<Timestamp>,
+    pub first_submitted: Option<Timestamp>,
+    pub last_finished: Option<Timestamp>,
     pub mean_gen_ms: Option<i64>,
 }
 
@@ -489,14 +489,14 @@ impl Summary {
     }
 }
 
-fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+fn min_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.min(y)),
         (x, y) => x.or(y),
     }
 }
 
-fn max_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+fn max_opt(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.max(y)),
         (x, y) => x.or(y),
@@ -520,8 +520,8 @@ pub(crate) fn grouped(n: i64) -> String {
     if n < 0 { format!("-{out}") } else { out }
 }
 
-pub(crate) fn fmt_opt_time(ms: Option<i64>) -> String {
-    ms.map_or_else(|| "-".into(), super::jobs::fmt_time)
+pub(crate) fn fmt_opt_time(t: Option<Timestamp>) -> String {
+    t.map_or_else(|| "-".into(), super::jobs::fmt_time)
 }
 
 #[derive(Serialize)]
@@ -722,10 +722,12 @@ async fn show(ctx: &Ctx, a: ShowArgs) -> anyhow::Result<ExitCode> {
         )
     )?;
     let elapsed = match (s.first_created, s.last_finished) {
-        (Some(a), Some(b)) if s.active(arch) == 0 => crate::bulk::estimate::human_ms(b - a),
+        (Some(a), Some(b)) if s.active(arch) == 0 => {
+            crate::bulk::estimate::human_ms(b.ms() - a.ms())
+        }
         (Some(a), _) => format!(
             "{} so far",
-            crate::bulk::estimate::human_ms(crate::store::now_ms() - a)
+            crate::bulk::estimate::human_ms(Timestamp::now().ms() - a.ms())
         ),
         _ => "-".into(),
     };

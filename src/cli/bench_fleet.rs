@@ -31,7 +31,7 @@ use super::jobs::new_job;
 use crate::job::{JobId, JobState};
 use crate::pgscratch::Cluster;
 use crate::request::{self, JobSpec};
-use crate::store::{ListFilter, NewJob, ResolutionScope, Store, StoreTarget};
+use crate::store::{ListFilter, NewJob, ResolutionScope, Store, StoreTarget, Timestamp};
 use crate::tier::Tier;
 
 const MODEL: &str = "doubao-seedance-1-0-pro-250528";
@@ -749,7 +749,7 @@ async fn fleet_run(
     let first_create = created.first().copied().unwrap_or(0);
     let last_done = succeeded
         .iter()
-        .filter_map(|j| j.finished_at)
+        .filter_map(|j| j.finished_at.map(Timestamp::ms))
         .max()
         .unwrap_or(first_create);
     let span_s = ((last_done - first_create) as f64 / 1000.0).max(0.001);
@@ -764,11 +764,11 @@ async fn fleet_run(
     // Where a job's time goes: claim → create answered, and create → success recorded.
     let submit_ms: Vec<f64> = succeeded
         .iter()
-        .filter_map(|j| Some((j.submitted_at? - j.submit_started_at?) as f64))
+        .filter_map(|j| Some(j.submitted_at?.since(j.submit_started_at?).as_secs_f64() * 1000.0))
         .collect();
     let record_ms: Vec<f64> = succeeded
         .iter()
-        .filter_map(|j| Some((j.finished_at? - j.submitted_at?) as f64))
+        .filter_map(|j| Some(j.finished_at?.since(j.submitted_at?).as_secs_f64() * 1000.0))
         .collect();
     let mut by_owner: HashMap<String, usize> = HashMap::new();
     for j in &succeeded {

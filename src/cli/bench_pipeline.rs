@@ -172,7 +172,7 @@ async fn one_run(
         .iter()
         .filter_map(|j| {
             let remote = finished_at.get(j.remote_task_id.as_deref()?)?;
-            Some((j.finished_at? - remote) as f64)
+            Some((j.finished_at?.ms() - remote) as f64)
         })
         .collect();
     let (mut gens, mut wait) = (Vec::new(), Vec::new());

@@ -194,7 +194,7 @@ pub(crate) async fn run(ctx: &Ctx, a: DemoArgs) -> anyhow::Result<ExitCode> {
             continue;
         };
         let secs = match (j.submitted_at, j.finished_at) {
-            (Some(s), Some(f)) => format!("{:.2}", (f - s) as f64 / 1000.0),
+            (Some(s), Some(f)) => format!("{:.2}", f.since(s).as_secs_f64()),
             _ => "-".into(),
         };
         all_ok &= j.state == crate::job::JobState::Archived;

@@ -12,7 +12,7 @@ use super::Ctx;
 use crate::bulk::import;
 use crate::job::JobState;
 use crate::request::{self, JobSpec, Prepared};
-use crate::store::{CancelOutcome, Job, ListFilter, NewJob, RetryOutcome};
+use crate::store::{CancelOutcome, Job, ListFilter, NewJob, RetryOutcome, Timestamp};
 
 /// `--json` alone.
 #[derive(Debug, Args)]
@@ -541,8 +541,8 @@ fn state_parser() -> impl clap::builder::TypedValueParser<Value = JobState> {
         .try_map(|s| s.parse::<JobState>())
 }
 
-pub(crate) fn fmt_time(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+pub(crate) fn fmt_time(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.ms()) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(time::macros::format_description!(
@@ -550,7 +550,7 @@ pub(crate) fn fmt_time(ms: i64) -> String {
             ))
             .ok()
         })
-        .unwrap_or_else(|| ms.to_string())
+        .unwrap_or_else(|| t.ms().to_string())
 }
 
 fn color(state: JobState) -> &'static str {
@@ -628,7 +628,7 @@ pub struct ShowArgs {
 fn print_job(out: &mut impl Write, j: &Job) -> std::io::Result<()> {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     let num = |v: Option<i64>| v.map_or_else(|| "-".into(), |n| n.to_string());
-    let time = |v: Option<i64>| v.map_or_else(|| "-".into(), fmt_time);
+    let time = |v: Option<Timestamp>| v.map_or_else(|| "-".into(), fmt_time);
     let rows = [
         ("id", j.id.to_string()),
         ("state", j.state.to_string()),

@@ -32,7 +32,7 @@ use crate::ark::ArkClient;
 use crate::catalogue::Catalogue;
 use crate::config::Config;
 use crate::job::Backoff;
-use crate::store::{Store, now_ms};
+use crate::store::{Store, Timestamp};
 
 pub use error::{StageContext, StageError, Verdict};
 pub use state::OpsState;
@@ -45,8 +45,8 @@ pub(crate) type ExpectedTimes = HashMap<String, (i64, Option<i64>)>;
 pub enum Outcome {
     /// Did something; call again at once.
     Worked,
-    /// Nothing to do now; the optional hint says when something will be due (ms).
-    Idle(Option<i64>),
+    /// Nothing to do now; the optional hint says when something will be due.
+    Idle(Option<Timestamp>),
 }
 
 /// Shared state for the stages.
@@ -148,12 +148,9 @@ pub(crate) fn ms(d: Duration) -> i64 {
 }
 
 /// How long to sleep when a step reported `Idle(hint)`.
-pub(crate) fn idle_sleep(idle: Duration, hint: Option<i64>) -> Duration {
+pub(crate) fn idle_sleep(idle: Duration, hint: Option<Timestamp>) -> Duration {
     match hint {
-        Some(at) => {
-            let wait = Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0));
-            wait.min(idle)
-        }
+        Some(at) => at.since(Timestamp::now()).min(idle),
         None => idle,
     }
 }

@@ -13,7 +13,7 @@ use super::Ui;
 use crate::bulk::estimate::{self, GenTimes};
 use crate::job::JobState;
 use crate::stage::limiter::Limiter;
-use crate::store::{HELD, Job, StoreError, UiCell, UiFilter, now_ms};
+use crate::store::{HELD, Job, StoreError, Timestamp, UiCell, UiFilter, now_ms};
 use crate::tier::Tier;
 
 /// Rows of the job list per page.
@@ -50,8 +50,8 @@ fn qp(s: &str) -> String {
 }
 
 /// A unix-ms time as `YYYY-MM-DD HH:MM:SS` UTC.
-fn at(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+fn at(t: Timestamp) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t.ms()) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(time::macros::format_description!(
@@ -59,7 +59,7 @@ fn at(ms: i64) -> String {
             ))
             .ok()
         })
-        .unwrap_or_else(|| ms.to_string())
+        .unwrap_or_else(|| t.ms().to_string())
 }
 
 /// A token count in human units: `950`, `103.8 k`, `2.5 M`, `250 G`.
@@ -107,8 +107,8 @@ pub fn yuan_units(units: i64) -> String {
 }
 
 /// A unix-ms time as `HH:MM` at UTC+`offset_hours`, with the offset: `00:00 +08:00`.
-fn clock(ms: i64, offset_hours: i32) -> String {
-    let local = (ms + i64::from(offset_hours) * 3_600_000).rem_euclid(86_400_000) / 60_000;
+fn clock(t: Timestamp, offset_hours: i32) -> String {
+    let local = (t.ms() + i64::from(offset_hours) * 3_600_000).rem_euclid(86_400_000) / 60_000;
     let sign = if offset_hours < 0 { '-' } else { '+' };
     format!(
         "{:02}:{:02} {sign}{:02}:00",
@@ -351,7 +351,7 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
             // Every job left is held until someone acts: no time would be true.
             _ if why.held >= left => "held (see below)".to_string(),
             Some(ms) => {
-                let ms = why.until.map_or(ms, |u| ms.max(u - now));
+                let ms = why.until.map_or(ms, |u| ms.max(u.ms() - now));
                 let mut e = format!("eta {}", human_dur(ms));
                 if why.held > 0 {
                     let _ = write!(e, " for the rest; {} held", why.held);
@@ -442,7 +442,7 @@ struct Why {
     /// Jobs held until someone acts (a batch cap, no price, a pause).
     held: i64,
     /// The latest time a timed wait (a daily cap, a TPD day, a backoff) ends.
-    until: Option<i64>,
+    until: Option<Timestamp>,
 }
 
 impl Why {
@@ -522,14 +522,14 @@ async fn batch_waits(
     }
     // Daily caps, one line per cap however many (model, key) groups wait on it:
     // label → (spent and cap, or the recorded refusal; jobs; when the day ends).
-    let mut daily: BTreeMap<String, (String, i64, i64)> = BTreeMap::new();
+    let mut daily: BTreeMap<String, (String, i64, Timestamp)> = BTreeMap::new();
     let mut keys: Option<BTreeMap<String, (crate::store::ApiKey, i64)>> = None;
     for w in waits.iter().filter(|w| w.batch.as_deref() == name) {
         if paused.contains(&("model".to_string(), w.model.clone())) {
             continue;
         }
         let n = jobs_wait(w.jobs);
-        let left = human_dur(w.next_at - now);
+        let left = human_dur(w.next_at.ms() - now);
         match w.code.as_deref() {
             Some(WAIT_BATCH) => {
                 why.held += w.jobs;
@@ -654,7 +654,7 @@ async fn batch_waits(
             // A flex job due at the next TPD day's start: seedq's own TPD count (which keeps the
             // last error) or Ark's TPD refusal (whose 429 code it records) closed the day.
             _ if w.tier.is_flex()
-                && w.next_at
+                && w.next_at.ms()
                     >= crate::stage::tpd_day_start(
                         now,
                         ctx.cfg.dispatch.tpd_utc_offset_hours,
@@ -692,7 +692,7 @@ async fn batch_waits(
                 esc(&numbers),
                 jobs_wait(jobs),
                 esc(&tz.to_string()),
-                human_dur(next_at - now)
+                human_dur(next_at.ms() - now)
             ),
         ));
     }
@@ -848,7 +848,7 @@ pub async fn jobs(ui: &Ui, q: ListQuery) -> Result<String, String> {
     Ok(page("Jobs", &body))
 }
 
-fn opt_ms(v: Option<i64>) -> String {
+fn opt_ms(v: Option<Timestamp>) -> String {
     v.map_or("–".to_string(), at)
 }
 
@@ -1233,7 +1233,7 @@ mod tests {
         assert_eq!(yuan_fen(488), "¥4.88");
         assert_eq!(yuan_units(1), "¥0.01", "rounded up to the fen");
         // Midnight in UTC+8 is 16:00 UTC.
-        assert_eq!(clock(16 * 3_600_000, 8), "00:00 +08:00");
-        assert_eq!(clock(0, -5), "19:00 -05:00");
+        assert_eq!(clock(Timestamp::from_ms(16 * 3_600_000), 8), "00:00 +08:00");
+        assert_eq!(clock(Timestamp::EPOCH, -5), "19:00 -05:00");
     }
 }

@@ -40,7 +40,7 @@ use crate::ark::wire::{Task, TaskStatus};
 use crate::blob::{BlobError, Digest, ObjectKey};
 use crate::job::{Backoff, JobId};
 use crate::store::{
-    ArchiveClaim, ArchiveRecord, Job, LastError, RESULT_EXPIRED, StoreError, now_ms,
+    ArchiveClaim, ArchiveRecord, Job, LastError, RESULT_EXPIRED, StoreError, Timestamp, now_ms,
 };
 
 /// Quick retries of one transfer inside a step, before the job goes back to wait.
@@ -164,7 +164,7 @@ enum Frame {
 struct Done {
     video: Digest,
     frame: Frame,
-    archived_at: i64,
+    archived_at: Timestamp,
 }
 
 async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> Result<(), StageError> {
@@ -371,7 +371,7 @@ struct Work<'a> {
     key: ObjectKey,
     video_url: Option<String>,
     frame_url: Option<String>,
-    url_expires_at: Option<i64>,
+    url_expires_at: Option<Timestamp>,
     /// The task from a refresh, when there was one (exact resolution, ratio… for the sidecar).
     task: Option<Task>,
     /// A fresh URL has been fetched in this attempt; a second refusal is then believed.
@@ -413,7 +413,7 @@ impl Work<'_> {
         } else {
             Frame::NotRequested
         };
-        let archived_at = now_ms();
+        let archived_at = Timestamp::now();
         let sidecar = self.sidecar(&video, &frame, archived_at).to_bytes();
         self.arch
             .blob
@@ -580,7 +580,7 @@ impl Work<'_> {
     async fn url(&mut self, kind: Kind) -> Result<String, Failure> {
         let expiring = self
             .url_expires_at
-            .is_some_and(|t| t <= now_ms() + URL_MARGIN_MS);
+            .is_some_and(|t| t.ms() <= now_ms() + URL_MARGIN_MS);
         let current = match kind {
             Kind::Video => &self.video_url,
             Kind::Frame => &self.frame_url,
@@ -626,7 +626,7 @@ impl Work<'_> {
                 "task {remote} no longer has a video URL"
             )));
         };
-        let expires = url_expiry(&video, now_ms());
+        let expires = url_expiry(&video, Timestamp::now());
         self.ctx
             .store
             .record_archive_urls(
@@ -650,7 +650,7 @@ impl Work<'_> {
 
     /// The JSON sidecar: who, what was asked, what came out, what it cost, when, and the
     /// hashes of the stored objects.
-    fn sidecar(&self, video: &Digest, frame: &Frame, archived_at: i64) -> Sidecar {
+    fn sidecar(&self, video: &Digest, frame: &Frame, archived_at: Timestamp) -> Sidecar {
         let job = self.job();
         let request = serde_json::from_str::<Value>(&job.request_json)
             .map(redact_images)
@@ -777,8 +777,8 @@ fn redact_images(v: Value) -> Value {
     }
 }
 
-fn rfc3339(ms: Option<i64>) -> Option<String> {
-    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms?) * 1_000_000)
+fn rfc3339(at: Option<Timestamp>) -> Option<String> {
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(at?.ms()) * 1_000_000)
         .ok()
         .and_then(|t| {
             t.format(&time::format_description::well_known::Rfc3339)
@@ -837,7 +837,7 @@ mod tests {
     #[test]
     fn timestamps_are_rfc3339_utc() {
         assert_eq!(
-            rfc3339(Some(1_778_754_737_123)).as_deref(),
+            rfc3339(Some(Timestamp::from_ms(1_778_754_737_123))).as_deref(),
             Some("2026-05-14T10:32:17.123Z")
         );
         assert_eq!(rfc3339(None), None);

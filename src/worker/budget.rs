@@ -21,7 +21,7 @@ use crate::store::budget::{
     DailyCaps, HoldRequest, HoldStamp, Refusal, Scope, UNITS_PER_FEN, WAIT_BATCH, WAIT_DAILY,
     WAIT_UNPRICED,
 };
-use crate::store::{HELD, Job, now_ms};
+use crate::store::{HELD, Job, Timestamp, now_ms};
 
 /// Hold units per token of `model` on its tier: the catalogue's price (overridable per model)
 /// in whole fen per million tokens, doubled on the default tier so flex's half stays whole.
@@ -103,7 +103,7 @@ pub struct Wait {
     /// `budget_batch` or `budget_daily` (the job's `last_error_code`).
     pub code: &'static str,
     /// When the dispatcher looks at it again (`HELD` for a batch cap: until it is raised).
-    pub until: i64,
+    pub until: Timestamp,
     pub message: String,
     /// The refusal: which cap, and what was spent under it when the job was refused.
     pub refusal: Refusal,
@@ -189,7 +189,9 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> Result<Result<HoldStamp, Wait>, St
             let message = describe(&r, job);
             let (code, until) = match r.scope {
                 Scope::BatchCost | Scope::BatchTokens => (WAIT_BATCH, HELD),
-                Scope::Daily | Scope::ModelDaily | Scope::KeyDaily => (WAIT_DAILY, day + day_ms),
+                Scope::Daily | Scope::ModelDaily | Scope::KeyDaily => {
+                    (WAIT_DAILY, Timestamp::from_ms(day + day_ms))
+                }
                 // Until a reload gives the model a price or the cap goes (both wake it).
                 Scope::Unpriced => (WAIT_UNPRICED, HELD),
             };

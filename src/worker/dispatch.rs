@@ -14,7 +14,9 @@ use super::{Ctx, Outcome, ms};
 use crate::ark::ErrorClass;
 use crate::job::JobState;
 use crate::store::budget::HoldStamp;
-use crate::store::{Accepted, ErrorNote, Job, LastError, Requeue, ResolutionScope, now_ms};
+use crate::store::{
+    Accepted, ErrorNote, Job, LastError, Requeue, ResolutionScope, Timestamp, now_ms,
+};
 use crate::tier::Tier;
 
 /// The dispatcher loop.
@@ -44,7 +46,7 @@ pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     // record what Ark answers), look again shortly.
     if !crate::stage::store_takes_work(ctx).await {
         return Ok(Outcome::Idle(Some(
-            now_ms() + crate::stage::ms(crate::stage::OUTAGE_RETRY),
+            Timestamp::now() + crate::stage::OUTAGE_RETRY,
         )));
     }
     let mut models = ctx.store.queued_models().await?;
@@ -85,7 +87,7 @@ pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
             }
         }
     }
-    Ok(Outcome::Idle(wake))
+    Ok(Outcome::Idle(wake.map(Timestamp::from_ms)))
 }
 
 /// Claims up to a batch of `model`'s queued jobs of one tier within that tier's limits.
@@ -269,7 +271,7 @@ async fn submit(ctx: &Ctx, job: Job) -> Result<(), StageError> {
                     JobState::Submitting,
                     job.lease_token,
                     Requeue {
-                        at: wait_until,
+                        at: Timestamp::from_ms(wait_until),
                         attempts: Some(job.attempts - 1),
                         error: ErrorNote::Keep,
                     },
@@ -313,7 +315,7 @@ enum SendTiming {
 /// day, a time-scaled day's share) waits for the next.
 fn send_timing(ctx: &Ctx, job: &Job, holds: &Holds<'_>) -> SendTiming {
     let now = now_ms();
-    let claimed = job.submit_started_at.unwrap_or(now);
+    let claimed = job.submit_started_at.map_or(now, Timestamp::ms);
     let limits = ctx.ops.live.limits(&job.model);
     let rpm_limited = if job.is_flex() {
         limits.flex_rpm.is_some()
@@ -479,7 +481,7 @@ async fn hold<'a>(ctx: &'a Ctx, job: &Job) -> Result<Option<Holds<'a>>, StageErr
                     JobState::Submitting,
                     token,
                     Requeue {
-                        at: next_day,
+                        at: Timestamp::from_ms(next_day),
                         attempts: Some(job.attempts - 1),
                         error: ErrorNote::Keep,
                     },
@@ -562,7 +564,10 @@ async fn record_accepted(
     // Ark has the task: recording its id must survive a store outage (a full disk, a
     // read-only or unreachable database) for as long as the lease holds the job.
     // After that, reconciliation finds the task by its tag; either way it is paid once.
-    let lease_left = job.lease_until.map_or(0, |until| until - now_ms()).max(0);
+    let lease_left = job
+        .lease_until
+        .map_or(0, |until| until.ms() - now_ms())
+        .max(0);
     let moved = crate::stage::ride_out(
         ctx,
         std::time::Duration::from_millis(u64::try_from(lease_left).unwrap_or(0)),
@@ -572,8 +577,8 @@ async fn record_accepted(
                 job.lease_token,
                 Accepted {
                     remote_id: remote_id.to_string(),
-                    submitted_at: now,
-                    first_poll_at: first_poll,
+                    submitted_at: Timestamp::from_ms(now),
+                    first_poll_at: Timestamp::from_ms(first_poll),
                 },
             )
         },
@@ -766,7 +771,7 @@ async fn record_failed(
     let written = match next {
         AfterCreate::Requeue(at, attempts) => {
             let r = Requeue {
-                at,
+                at: Timestamp::from_ms(at),
                 attempts,
                 error: ErrorNote::Set(why),
             };
@@ -864,7 +869,7 @@ async fn still_ours(ctx: &Ctx, job: &Job) -> Result<bool, StageError> {
     Ok(ctx.store.job(job.id.as_str()).await?.is_some_and(|j| {
         j.state == JobState::Submitting
             && j.lease_token == job.lease_token
-            && j.lease_until.is_some_and(|u| u > now)
+            && j.lease_until.is_some_and(|u| u.ms() > now)
     }))
 }
 
@@ -1322,7 +1327,7 @@ mod tests {
             other => panic!("claimed and held today: {other:?}"),
         }
         let mut yesterdays = job.clone();
-        yesterdays.submit_started_at = Some(today - 1);
+        yesterdays.submit_started_at = Some(Timestamp::from_ms(today - 1));
         match send_timing(&ctx, &yesterdays, &holds) {
             SendTiming::Wait(at, why) => {
                 assert!(at <= now_ms() && why.contains("between the claim and the create"));
@@ -1354,12 +1359,12 @@ mod tests {
         let holds = Holds::new(&ctx, &job);
         let transit = ms(ctx.cfg.dispatch.rpm_transit());
         assert_eq!(transit, 2_000, "a thirtieth of Ark's minute");
-        job.submit_started_at = Some(now_ms() - transit / 2);
+        job.submit_started_at = Some(Timestamp::from_ms(now_ms() - transit / 2));
         assert!(matches!(
             send_timing(&ctx, &job, &holds),
             SendTiming::Go(None)
         ));
-        job.submit_started_at = Some(now_ms() - transit - 1);
+        job.submit_started_at = Some(Timestamp::from_ms(now_ms() - transit - 1));
         match send_timing(&ctx, &job, &holds) {
             SendTiming::Wait(at, why) => {
                 assert!(at <= now_ms() && why.contains("RPM claim"), "{why}");

@@ -22,7 +22,9 @@ use crate::ark::wire::{Task, TaskStatus};
 use crate::ark::{ErrorClass, ListQuery};
 use crate::job::JobId;
 use crate::job::{Backoff, JobState};
-use crate::store::{Job, LastError, PollOutcome, Polled, RemoteResult, StoreError, now_ms};
+use crate::store::{
+    Job, LastError, PollOutcome, Polled, RemoteResult, StoreError, Timestamp, now_ms,
+};
 use crate::tier::Tier;
 
 /// Remote failure codes worth a new attempt: the service's fault, not the request's.
@@ -207,7 +209,7 @@ async fn poll_group(ctx: &Ctx, tier: Tier, jobs: Vec<Job>, plans: &mut Vec<Plan>
                         id: job.id.clone(),
                         token: job.lease_token,
                         outcome: PollOutcome::Pending {
-                            next_at: at,
+                            next_at: Timestamp::from_ms(at),
                             poll_count: job.poll_count,
                             remote_status: None,
                         },
@@ -370,7 +372,7 @@ fn pending(job: &Job, at: i64, status: Option<&str>) -> Polled {
         id: job.id.clone(),
         token: job.lease_token,
         outcome: PollOutcome::Pending {
-            next_at: at,
+            next_at: Timestamp::from_ms(at),
             poll_count: job.poll_count + 1,
             remote_status: status.map(str::to_string),
         },
@@ -417,9 +419,10 @@ async fn transition_or_skip(
 /// every reschedule) and now. Without such a poll, now is only an upper bound. Learning from
 /// midpoints keeps the first-poll time from drifting upwards with the polling lag.
 fn generation_estimate(job: &Job, now: i64) -> i64 {
-    let submitted = job.submitted_at.unwrap_or(job.created_at);
-    if job.poll_count > 0 && job.updated_at > submitted {
-        (job.updated_at + now) / 2 - submitted
+    let submitted = job.submitted_at.unwrap_or(job.created_at).ms();
+    let updated = job.updated_at.ms();
+    if job.poll_count > 0 && updated > submitted {
+        (updated + now) / 2 - submitted
     } else {
         now - submitted
     }
@@ -452,7 +455,7 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
     // The task's `created_at` against our POST window is a reading of Ark's clock (used
     // where no `Date` header gave one; reconciliation windows are in Ark's clock).
     if let (Some(lo), Some(hi)) = (job.submit_started_at, job.submitted_at) {
-        ctx.ark.note_created(t.created_at, lo, hi);
+        ctx.ark.note_created(t.created_at, lo.ms(), hi.ms());
     }
     match t.status {
         TaskStatus::Queued | TaskStatus::Running | TaskStatus::Unknown => {
@@ -465,11 +468,14 @@ fn plan(ctx: &Ctx, job: &Job, t: &Task, via: &str, now: i64) -> Plan {
                 .as_ref()
                 .map(|u| u.total_tokens.max(u.completion_tokens));
             let result = RemoteResult {
-                at: now,
+                at: Timestamp::from_ms(now),
                 gen_ms: observed_generation(job, t, now),
                 poll_count: job.poll_count + 1,
                 usage_tokens: billed,
-                url_expires_at: content.video_url.as_deref().map(|v| url_expiry(v, now)),
+                url_expires_at: content
+                    .video_url
+                    .as_deref()
+                    .map(|v| url_expiry(v, Timestamp::from_ms(now))),
                 video_url: content.video_url,
                 last_frame_url: content.last_frame_url,
                 meta: result_meta(t),

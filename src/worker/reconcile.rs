@@ -38,7 +38,7 @@ use crate::ark::wire::{CreateTaskRequest, Task, TaskStatus};
 use crate::ark::{ArkError, ErrorClass, ListQuery};
 use crate::config::AmbiguousPolicy;
 use crate::job::{JobId, JobState};
-use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, now_ms};
+use crate::store::{Adopted, ErrorNote, Job, LastError, Requeue, StoreError, Timestamp, now_ms};
 use crate::tier::Tier;
 
 /// Slack around the POST window (seconds), on top of the measured clock skew.
@@ -211,7 +211,10 @@ fn post_of(job: &Job) -> (i64, bool) {
         .last_error_code
         .as_deref()
         .is_some_and(|c| !matches!(c, "transport" | LEASE_EXPIRED | PARKED));
-    (job.submit_started_at.unwrap_or(job.updated_at), answered)
+    (
+        job.submit_started_at.unwrap_or(job.updated_at).ms(),
+        answered,
+    )
 }
 
 /// Whether a complete listing proves that a create POSTed at `started` (local ms) never made
@@ -330,7 +333,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> Result
                 JobState::SubmitUnknown,
                 token,
                 Requeue {
-                    at: now,
+                    at: Timestamp::from_ms(now),
                     attempts: None,
                     error: ErrorNote::Clear,
                 },
@@ -358,7 +361,7 @@ async fn reconcile_one(ctx: &Ctx, job: Job, listing: Option<&Listing>) -> Result
                     JobState::SubmitUnknown,
                     token,
                     Requeue {
-                        at: now,
+                        at: Timestamp::from_ms(now),
                         attempts: None,
                         error: ErrorNote::Keep,
                     },
@@ -409,8 +412,8 @@ async fn adopt(ctx: &Ctx, job: &Job, task: &Task, what: &str) -> Result<(), Stag
         job,
         &task.id,
         task.status.as_str(),
-        task.created_at.saturating_mul(1000),
-        now_ms(),
+        Timestamp::from_ms(task.created_at.saturating_mul(1000)),
+        Timestamp::now(),
         format!("{what} {}", task.id),
     )
     .await?;
@@ -430,8 +433,8 @@ async fn record_task(
     job: &Job,
     remote_id: &str,
     status: &str,
-    submitted_at: i64,
-    due: i64,
+    submitted_at: Timestamp,
+    due: Timestamp,
     reason: String,
 ) -> Result<bool, StoreError> {
     let task = Adopted {
@@ -554,7 +557,8 @@ pub async fn adopt_known(
     };
     if job.state == JobState::SubmitUnknown {
         let reason = format!("late create response: adopted {remote_id}");
-        if record_task(ctx, &job, remote_id, "queued", now, now, reason).await? {
+        let at = Timestamp::from_ms(now);
+        if record_task(ctx, &job, remote_id, "queued", at, at, reason).await? {
             crate::metrics::reconcile("adopted_late", 1);
             ctx.poke_poll.notify_one();
             return Ok(());
@@ -699,7 +703,7 @@ pub async fn scan_in(ctx: &Ctx, job: &Job, listing: &Listing) -> Result<Scan, St
     let tag = tag_of(job);
     // The window is in Ark's clock: shift the local POST time by the measured skew.
     let skew_s = ctx.ark.clock_skew_ms().unwrap_or(0) / 1000;
-    let started_s = job.submit_started_at.unwrap_or(job.updated_at) / 1000 + skew_s;
+    let started_s = job.submit_started_at.unwrap_or(job.updated_at).secs() + skew_s;
     let lo = started_s - WINDOW_SLACK_S;
     let hi = started_s
         + ctx.cfg.ark.request_timeout.as_secs() as i64
@@ -860,12 +864,11 @@ pub async fn operator_adopt(w: &Ctx, job_id: &str, task_id: &str) -> anyhow::Res
         ));
     }
     tracing::warn!(job_id = %job.id, remote_id = %task.id, "operator adopts a remote task");
-    let now = now_ms();
     let adopted = Adopted {
         remote_id: task.id.clone(),
         remote_status: task.status.as_str().to_string(),
-        submitted_at: task.created_at * 1000,
-        next_poll_at: now,
+        submitted_at: Timestamp::from_ms(task.created_at * 1000),
+        next_poll_at: Timestamp::now(),
     };
     w.store
         .adopt_task(

@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::ark::wire::Task;
 pub use crate::job::ResultMeta;
+use crate::store::Timestamp;
 use crate::tier::Tier;
 
 /// Video URLs are valid 24 h unless the URL says otherwise.
@@ -19,8 +20,9 @@ pub(crate) const DEFAULT_URL_TTL_MS: i64 = 24 * 3_600_000;
 pub const SIDECAR_FORMAT: &str = "seedq.archive/1";
 
 /// When a result URL stops working: from `X-Tos-Expires` (seconds) when present.
-pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
-    url::Url::parse(url)
+pub(crate) fn url_expiry(url: &str, now: Timestamp) -> Timestamp {
+    let now = now.ms();
+    let expires = url::Url::parse(url)
         .ok()
         .and_then(|u| {
             u.query_pairs()
@@ -30,7 +32,8 @@ pub(crate) fn url_expiry(url: &str, now: i64) -> i64 {
         // The number is the peer's: saturate rather than overflow.
         .map_or(now.saturating_add(DEFAULT_URL_TTL_MS), |s| {
             now.saturating_add(s.saturating_mul(1000))
-        })
+        });
+    Timestamp::from_ms(expires)
 }
 
 /// What a succeeded task says about its output (the conversion at the edge of `ark::wire`).
@@ -127,14 +130,16 @@ mod tests {
 
     #[test]
     fn url_expiry_reads_the_tos_parameter() {
+        let at = Timestamp::from_ms;
+        let expiry = |url, now| url_expiry(url, at(now)).ms();
         assert_eq!(
-            url_expiry("https://x/v.mp4?X-Tos-Expires=86400&a=b", 1000),
+            expiry("https://x/v.mp4?X-Tos-Expires=86400&a=b", 1000),
             1000 + 86_400_000
         );
-        assert_eq!(url_expiry("https://x/v.mp4?x-tos-expires=10", 0), 10_000);
-        assert_eq!(url_expiry("https://x/v.mp4", 5), 5 + DEFAULT_URL_TTL_MS);
+        assert_eq!(expiry("https://x/v.mp4?x-tos-expires=10", 0), 10_000);
+        assert_eq!(expiry("https://x/v.mp4", 5), 5 + DEFAULT_URL_TTL_MS);
         assert_eq!(
-            url_expiry("https://x/v.mp4?X-Tos-Expires=9223372036854775807", 5),
+            expiry("https://x/v.mp4?X-Tos-Expires=9223372036854775807", 5),
             i64::MAX,
             "a huge expiry saturates instead of overflowing"
         );

@@ -82,7 +82,7 @@ backend_trait! {
             token: i64,
             video_url: String,
             last_frame_url: Option<String>,
-            url_expires_at: i64,
+            url_expires_at: crate::Timestamp,
         ) -> Result<(), StoreError>;
 
         /// Records the verified video (key, sha256, size) before its upload completes, so that
@@ -122,7 +122,7 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn next_archive_due(&self) -> Result<Option<i64>, StoreError>;
+        pub fn next_archive_due(&self) -> Result<Option<crate::Timestamp>, StoreError>;
 
         /// Archive counts for `seedq stats`.
         ///

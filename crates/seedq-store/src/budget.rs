@@ -755,7 +755,7 @@ mod tests {
                         .expect("job")
                         .expect("exists")
                         .next_attempt_at
-                        <= now_ms()
+                        <= crate::Timestamp::now()
                 }
             };
             // Batch b's cap raised: its waiter and every daily waiter; not batch c's.

@@ -9,7 +9,7 @@
 use crate::tier::Tier;
 use serde::Serialize;
 
-use super::{Job, StoreError};
+use super::{Job, StoreError, Timestamp};
 use crate::job::{JobId, JobState};
 
 /// A batch's own row. Batches that only exist through their jobs have `created_at` = their
@@ -17,9 +17,9 @@ use crate::job::{JobId, JobState};
 #[derive(Clone, Debug, Serialize)]
 pub struct BatchMeta {
     pub name: String,
-    pub created_at: i64,
-    /// Unix ms by which the batch should be done (the governor's target).
-    pub deadline_at: Option<i64>,
+    pub created_at: Timestamp,
+    /// When the batch should be done by (the governor's target).
+    pub deadline_at: Option<Timestamp>,
     pub source: Option<String>,
 }
 
@@ -38,9 +38,9 @@ pub struct BatchCell {
     pub usage_tokens: i64,
     /// The estimate of only those jobs that have a recorded usage (to compare like with like).
     pub est_tokens_of_used: i64,
-    pub first_created: i64,
-    pub first_submitted: Option<i64>,
-    pub last_finished: Option<i64>,
+    pub first_created: Timestamp,
+    pub first_submitted: Option<Timestamp>,
+    pub last_finished: Option<Timestamp>,
     /// Sum and count of the learned generation times (ms), for means.
     pub gen_ms_sum: i64,
     pub gen_ms_count: i64,
@@ -146,7 +146,7 @@ backend_trait! {
         /// SQL errors.
         pub fn ensure_batches(
             &self,
-            batches: Vec<(String, Option<i64>, Option<String>)>,
+            batches: Vec<(String, Option<Timestamp>, Option<String>)>,
         ) -> Result<(), StoreError>;
 
         /// Every batch: rows of the `batches` table plus batch names that only jobs carry.

@@ -9,11 +9,11 @@
 
 use serde::Serialize;
 
-use super::{Job, NewJob, StoreError};
+use super::{Job, NewJob, StoreError, Timestamp};
 use crate::job::JobId;
 
 /// `next_attempt_at` of a held shot: later than any real time, so it is never due.
-pub const HELD: i64 = i64::MAX;
+pub const HELD: Timestamp = Timestamp::from_ms(i64::MAX);
 
 /// A chain's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -77,8 +77,8 @@ impl std::fmt::Display for ChainState {
 #[derive(Clone, Debug, Serialize)]
 pub struct Chain {
     pub id: String,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub state: ChainState,
     pub shots: i64,
     /// Shots `1..=released` have their complete body.
@@ -86,14 +86,14 @@ pub struct Chain {
     pub max_retries: i64,
     /// Retries spent on the current shot (or stitch attempts while stitching).
     pub retries: i64,
-    pub next_check_at: i64,
+    pub next_check_at: Timestamp,
     pub last_error: Option<String>,
     pub stitch_key: Option<String>,
     pub stitch_sha256: Option<String>,
     pub stitch_size: Option<i64>,
     pub stitch_frames: Option<i64>,
     pub stitch_ms: Option<i64>,
-    pub finished_at: Option<i64>,
+    pub finished_at: Option<Timestamp>,
 }
 
 pub(crate) const CHAIN_COLUMNS: &str = "id, created_at, updated_at, state, shots, released, max_retries, \
@@ -213,7 +213,7 @@ backend_trait! {
             id: &str,
             state: ChainState,
             retries: i64,
-            next_check_at: i64,
+            next_check_at: Timestamp,
             error: String,
         ) -> Result<ChainWrite, StoreError>;
 
@@ -225,7 +225,7 @@ backend_trait! {
         pub fn chain_later(
             &self,
             id: &str,
-            next_check_at: i64,
+            next_check_at: Timestamp,
             error: String,
         ) -> Result<(), StoreError>;
 
@@ -239,7 +239,7 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn next_chain_check(&self) -> Result<Option<i64>, StoreError>;
+        pub fn next_chain_check(&self) -> Result<Option<Timestamp>, StoreError>;
 
         /// Chains the chain stage still has to finish (for `seedq run`'s drain check). A chain
         /// whose current shot is a parked ambiguous submit waits for an operator, like the shot
@@ -257,7 +257,7 @@ mod tests {
     use crate::job::JobState;
     use crate::tier::Tier;
     use crate::{ResolutionScope, RetryOutcome, testpg};
-    use crate::{Store, now_ms};
+    use crate::{Store, Timestamp};
 
     fn shot(n: usize) -> NewJob {
         NewJob {
@@ -322,7 +322,7 @@ mod tests {
         let job = s.job(ids[1].as_str()).await.expect("job").expect("exists");
         assert_eq!(job.request_json, "{\"done\":1}", "{name}");
         assert_eq!(job.est_tokens, Some(20), "{name}");
-        assert!(job.next_attempt_at <= now_ms(), "{name}");
+        assert!(job.next_attempt_at <= Timestamp::now(), "{name}");
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2, "{name}");
         let claimed = s

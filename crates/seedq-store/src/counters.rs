@@ -367,7 +367,7 @@ mod tests {
         let got = claim(s).await;
         assert_eq!(got.len(), 1, "{name}");
         let requeue = crate::Requeue {
-            at: 0,
+            at: crate::Timestamp::EPOCH,
             attempts: Some(0),
             error: crate::ErrorNote::Clear,
         };

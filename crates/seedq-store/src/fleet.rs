@@ -367,8 +367,11 @@ mod tests {
                 .await
                 .expect("job")
                 .expect("exists");
-            assert!(j.lease_until.is_some_and(|u| u <= now_ms()), "{b}");
-            assert!(j.next_attempt_at <= now_ms(), "{b}");
+            assert!(
+                j.lease_until.is_some_and(|u| u <= crate::Timestamp::now()),
+                "{b}"
+            );
+            assert!(j.next_attempt_at <= crate::Timestamp::now(), "{b}");
             assert_eq!(j.last_error_code, None, "{b}");
             // Its own heartbeat now says it was taken for dead.
             assert!(
@@ -513,7 +516,10 @@ mod tests {
                 }
             }
             assert_eq!(waiting.len(), 3, "{b}");
-            assert!(waiting.iter().all(|j| j.next_attempt_at == next), "{b}");
+            assert!(
+                waiting.iter().all(|j| j.next_attempt_at.ms() == next),
+                "{b}"
+            );
             let events = s.events(waiting[0].id.as_str()).await.expect("events");
             assert!(
                 events

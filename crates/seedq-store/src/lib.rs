@@ -56,6 +56,7 @@ macro_rules! backend_trait {
     };
 }
 
+pub use seedq_core::time::Timestamp;
 use seedq_core::{job, tier};
 
 pub mod api;
@@ -227,8 +228,8 @@ pub fn now_ms() -> i64 {
 #[derive(Clone, Debug, Serialize)]
 pub struct Job {
     pub id: JobId,
-    pub created_at: i64,
-    pub updated_at: i64,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
     pub state: JobState,
     pub model: String,
     pub service_tier: Tier,
@@ -239,17 +240,17 @@ pub struct Job {
     pub batch_id: Option<String>,
     pub shape: Option<String>,
     pub est_tokens: Option<i64>,
-    pub deadline_at: Option<i64>,
+    pub deadline_at: Option<Timestamp>,
     pub attempts: i64,
-    pub next_attempt_at: i64,
+    pub next_attempt_at: Timestamp,
     pub lease_owner: Option<String>,
-    pub lease_until: Option<i64>,
+    pub lease_until: Option<Timestamp>,
     pub lease_token: i64,
-    pub submit_started_at: Option<i64>,
-    pub submitted_at: Option<i64>,
+    pub submit_started_at: Option<Timestamp>,
+    pub submitted_at: Option<Timestamp>,
     pub remote_task_id: Option<String>,
     pub remote_status: Option<String>,
-    pub remote_created_at: Option<i64>,
+    pub remote_created_at: Option<Timestamp>,
     pub seed: Option<i64>,
     pub poll_count: i64,
     pub cancel_requested: bool,
@@ -260,12 +261,12 @@ pub struct Job {
     pub usage_tokens: Option<i64>,
     pub video_url: Option<String>,
     pub last_frame_url: Option<String>,
-    pub url_expires_at: Option<i64>,
-    pub finished_at: Option<i64>,
+    pub url_expires_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
     pub archive_key: Option<String>,
     pub archive_sha256: Option<String>,
     pub archive_size: Option<i64>,
-    pub archived_at: Option<i64>,
+    pub archived_at: Option<Timestamp>,
     /// Estimated remote generation time (ms), set on success.
     pub gen_ms: Option<i64>,
 }
@@ -306,7 +307,7 @@ fn lean_columns() -> String {
 /// One row of the audit trail.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobEvent {
-    pub at: i64,
+    pub at: Timestamp,
     pub from_state: Option<String>,
     pub to_state: String,
     pub detail: Option<String>,
@@ -401,6 +402,13 @@ pub(crate) enum PatchValue {
 impl From<i64> for PatchValue {
     fn from(v: i64) -> Self {
         Self::Int(v)
+    }
+}
+
+/// Times are stored as Unix milliseconds (`seedq_core::time`).
+impl From<Timestamp> for PatchValue {
+    fn from(v: Timestamp) -> Self {
+        Self::Int(v.ms())
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 
+use crate::Timestamp;
 use crate::job::JobId;
 use crate::tier::Tier;
 use std::collections::BTreeMap;
@@ -270,7 +271,10 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError>;
+        pub fn next_due(
+            &self,
+            states: &'static [JobState],
+        ) -> Result<Option<Timestamp>, StoreError>;
 
         /// Counts, token sums, the oldest queued job and today's flex usage.
         ///

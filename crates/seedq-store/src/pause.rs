@@ -35,7 +35,7 @@ impl PauseKind {
 pub struct Paused {
     pub kind: String,
     pub name: String,
-    pub paused_at: i64,
+    pub paused_at: crate::Timestamp,
 }
 
 backend_trait! {
@@ -63,6 +63,10 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn paused_at(&self, kind: PauseKind, name: &str) -> Result<Option<i64>, StoreError>;
+        pub fn paused_at(
+            &self,
+            kind: PauseKind,
+            name: &str,
+        ) -> Result<Option<crate::Timestamp>, StoreError>;
     }
 }

@@ -382,7 +382,7 @@ async fn a_retried_flex_job_gets_its_whole_deadline_again() {
         let got = s.job(j.id.as_str()).await.expect("get").expect("exists");
         assert_eq!(
             got.deadline_at,
-            Some(got.created_at + 3_600_000),
+            Some(got.created_at + std::time::Duration::from_secs(3600)),
             "{name}: the local deadline starts at enqueue"
         );
         s.cancel(j.id.as_str()).await.expect("cancel");
@@ -394,7 +394,7 @@ async fn a_retried_flex_job_gets_its_whole_deadline_again() {
         let again = s.job(j.id.as_str()).await.expect("get").expect("exists");
         assert_eq!(
             again.deadline_at,
-            Some(again.updated_at + 3_600_000),
+            Some(again.updated_at + std::time::Duration::from_secs(3600)),
             "{name}: the deadline restarts at the retry"
         );
         assert!(again.deadline_at > got.deadline_at, "{name}");
@@ -433,7 +433,7 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         assert_eq!(due.len(), 1, "{name}");
         assert_eq!(due[0].lease_token, tok + 1, "{name}");
         assert_eq!(due[0].lease_owner.as_deref(), Some("p"), "{name}");
-        assert!(due[0].next_attempt_at >= before + 60_000, "{name}");
+        assert!(due[0].next_attempt_at.ms() >= before + 60_000, "{name}");
         assert_eq!(Some(due[0].next_attempt_at), due[0].lease_until, "{name}");
         assert!(
             s.claim_due(JobState::Submitted, "p", 60_000, 10)

@@ -202,8 +202,8 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         // The earliest lease end is what comes due next (the backing-off job is later).
         let due = s.next_archive_due().await.expect("due").expect("some");
         assert!(
-            (now + 60_000..now + 120_000).contains(&due),
-            "{name}: {due}"
+            (now + 60_000..now + 120_000).contains(&due.ms()),
+            "{name}: {due:?}"
         );
 
         // A holder that vanished: its lease lapses and the job is claimed again, fencing it.
@@ -213,7 +213,11 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             format!("UPDATE jobs SET lease_until = 0 WHERE id = '{soon}'"),
         )
         .await;
-        assert_eq!(s.next_archive_due().await.expect("due"), Some(0), "{name}");
+        assert_eq!(
+            s.next_archive_due().await.expect("due"),
+            Some(crate::Timestamp::EPOCH),
+            "{name}"
+        );
         let again = s
             .claim_for_archive("w2", 60_000)
             .await
@@ -244,7 +248,13 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             "{name}: {stale:?}"
         );
         let stale = s
-            .record_archive_urls(&soon, old, "https://x".into(), None, 1)
+            .record_archive_urls(
+                &soon,
+                old,
+                "https://x".into(),
+                None,
+                crate::Timestamp::from_ms(1),
+            )
             .await;
         assert!(
             matches!(stale, Err(StoreError::Conflict { .. })),
@@ -263,7 +273,10 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             "{name}"
         );
         let j = get(&s, &soon).await;
-        assert!(j.lease_until.expect("lease") >= now + 600_000, "{name}");
+        assert!(
+            j.lease_until.expect("lease").ms() >= now + 600_000,
+            "{name}"
+        );
         assert_eq!(j.lease_token, t, "{name}: extending keeps the token");
         s.record_video_digest(&soon, t, "k/v.mp4".into(), "abc".into(), 3)
             .await
@@ -276,14 +289,20 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             t,
             "https://new/v.mp4".into(),
             Some("https://new/f.png".into()),
-            now + 1,
+            crate::Timestamp::from_ms(now + 1),
         )
         .await
         .expect("urls");
         // No new frame URL: the old one stays.
-        s.record_archive_urls(&soon, t, "https://newer/v.mp4".into(), None, now + 2)
-            .await
-            .expect("urls");
+        s.record_archive_urls(
+            &soon,
+            t,
+            "https://newer/v.mp4".into(),
+            None,
+            crate::Timestamp::from_ms(now + 2),
+        )
+        .await
+        .expect("urls");
         let j = get(&s, &soon).await;
         assert_eq!(
             j.video_url.as_deref(),
@@ -295,7 +314,11 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             Some("https://new/f.png"),
             "{name}"
         );
-        assert_eq!(j.url_expires_at, Some(now + 2), "{name}");
+        assert_eq!(
+            j.url_expires_at.map(crate::Timestamp::ms),
+            Some(now + 2),
+            "{name}"
+        );
         assert_eq!(
             (j.archive_key.as_deref(), j.archive_sha256.as_deref()),
             (Some("k/v.mp4"), Some("abc")),
@@ -445,7 +468,11 @@ async fn archive_stats_on_both_backends() {
             },
             "{name}"
         );
-        assert_eq!(s.next_archive_due().await.expect("due"), Some(0), "{name}");
+        assert_eq!(
+            s.next_archive_due().await.expect("due"),
+            Some(crate::Timestamp::EPOCH),
+            "{name}"
+        );
     }
 }
 
@@ -456,7 +483,11 @@ async fn batches_are_recorded_listed_and_read_on_both_backends() {
         assert!(s.batches().await.expect("batches").is_empty(), "{name}");
         assert!(s.batch("b1").await.expect("batch").is_none(), "{name}");
         s.ensure_batches(vec![
-            ("b1".into(), Some(5_000), Some("jobs.jsonl".into())),
+            (
+                "b1".into(),
+                Some(crate::Timestamp::from_ms(5_000)),
+                Some("jobs.jsonl".into()),
+            ),
             ("b2".into(), None, None),
         ])
         .await
@@ -464,15 +495,23 @@ async fn batches_are_recorded_listed_and_read_on_both_backends() {
         // Again: no deadline keeps the old one, a deadline replaces it; the source stays.
         s.ensure_batches(vec![
             ("b1".into(), None, Some("other.jsonl".into())),
-            ("b2".into(), Some(9_000), None),
+            ("b2".into(), Some(crate::Timestamp::from_ms(9_000)), None),
         ])
         .await
         .expect("ensure again");
         let b1 = s.batch("b1").await.expect("batch").expect("b1");
-        assert_eq!(b1.deadline_at, Some(5_000), "{name}");
+        assert_eq!(
+            b1.deadline_at.map(crate::Timestamp::ms),
+            Some(5_000),
+            "{name}"
+        );
         assert_eq!(b1.source.as_deref(), Some("jobs.jsonl"), "{name}");
         let b2 = s.batch("b2").await.expect("batch").expect("b2");
-        assert_eq!(b2.deadline_at, Some(9_000), "{name}");
+        assert_eq!(
+            b2.deadline_at.map(crate::Timestamp::ms),
+            Some(9_000),
+            "{name}"
+        );
         // A batch only its jobs name, older than the others: listed first.
         seed(
             &s,
@@ -496,7 +535,7 @@ async fn batches_are_recorded_listed_and_read_on_both_backends() {
         .await;
         let b0 = s.batch("b0").await.expect("batch").expect("b0");
         assert_eq!(
-            (b0.created_at, b0.deadline_at, b0.source),
+            (b0.created_at.ms(), b0.deadline_at, b0.source),
             (3, None, None),
             "{name}"
         );
@@ -516,7 +555,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
     let dir = tempfile::tempdir().expect("tempdir");
     for (name, s) in testpg::both(dir.path()).await {
         s.ensure_batches(vec![
-            ("due".into(), Some(50_000), None),
+            ("due".into(), Some(crate::Timestamp::from_ms(50_000)), None),
             ("free".into(), None, None),
         ])
         .await
@@ -552,7 +591,7 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
                 model: "m1",
                 tier: Tier::Flex,
                 batch: Some("due"),
-                next_attempt_at: HELD,
+                next_attempt_at: HELD.ms(),
                 ..Row::new("queued")
             },
             // m2: flex, but its batch has no deadline; m3: flex with a deadline, submitted.
@@ -625,7 +664,10 @@ async fn the_governor_reads_queues_and_moves_flex_jobs_on_both_backends() {
         );
         assert_eq!(j.deadline_at, None, "{name}");
         assert_eq!(j.lease_token, 1, "{name}");
-        assert!(j.next_attempt_at <= now_ms(), "{name}: due at once");
+        assert!(
+            j.next_attempt_at <= crate::Timestamp::now(),
+            "{name}: due at once"
+        );
         assert_eq!(
             trail(&s, &ids[0]).await,
             vec![ev("queued", "queued", "deadline at risk")],
@@ -717,6 +759,7 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
             "{name}"
         );
         let a = &cells[0];
+        let at = crate::Timestamp::from_ms;
         assert_eq!(
             (
                 a.est_tokens,
@@ -728,7 +771,7 @@ async fn batch_summaries_failures_costs_and_exports_on_both_backends() {
                 a.gen_ms_sum,
                 a.gen_ms_count,
             ),
-            (300, 300, 300, 10, Some(15), Some(70), 4_000, 2),
+            (300, 300, 300, at(10), Some(at(15)), Some(at(70)), 4_000, 2),
             "{name}"
         );
         assert_eq!(a.shape.as_deref(), Some("720p/5s"), "{name}");
@@ -825,12 +868,12 @@ async fn cancel_batch_cancels_queued_and_flags_remote_jobs_on_both_backends() {
             // A held chain shot is queued too: cancelled at once.
             Row {
                 batch: Some("b"),
-                next_attempt_at: HELD,
+                next_attempt_at: HELD.ms(),
                 ..Row::new("queued")
             },
             Row {
                 batch: Some("b"),
-                next_attempt_at: HELD,
+                next_attempt_at: HELD.ms(),
                 ..Row::new("submitted")
             },
             Row {
@@ -869,7 +912,7 @@ async fn cancel_batch_cancels_queued_and_flags_remote_jobs_on_both_backends() {
         assert_eq!(sub.state, JobState::Submitted, "{name}");
         assert!(sub.cancel_requested, "{name}");
         assert!(
-            sub.next_attempt_at <= now_ms(),
+            sub.next_attempt_at <= crate::Timestamp::now(),
             "{name}: due for the DELETE"
         );
         assert_eq!(
@@ -961,9 +1004,9 @@ async fn retry_batch_requeues_failures_and_leaves_chain_shots_on_both_backends()
             "{name}"
         );
         // The deadline keeps its distance from the (new) start.
-        let d = j.deadline_at.expect("deadline") - j.next_attempt_at;
-        assert_eq!(d, 60_000, "{name}");
-        assert!(j.next_attempt_at >= before, "{name}");
+        let d = j.deadline_at.expect("deadline").since(j.next_attempt_at);
+        assert_eq!(d.as_millis(), 60_000, "{name}");
+        assert!(j.next_attempt_at.ms() >= before, "{name}");
         assert_eq!(
             trail(&s, &ids[0]).await,
             vec![ev("failed", "queued", "retried with its batch")],

@@ -86,7 +86,10 @@ async fn chain_methods_behave_alike_on_both_backends() {
             [1, 2, 3],
             "{name}"
         );
-        assert!(shots[0].job.next_attempt_at <= now_ms(), "{name}");
+        assert!(
+            shots[0].job.next_attempt_at <= crate::Timestamp::now(),
+            "{name}"
+        );
         assert_eq!(shots[1].job.next_attempt_at, HELD, "{name}");
         assert!(shots[1].job.request_json.is_empty(), "{name}: no bodies");
         assert_eq!(
@@ -152,7 +155,7 @@ async fn chain_methods_behave_alike_on_both_backends() {
         assert_eq!(due(s.clone()).await, ["c1"], "{name}");
 
         // A retry is guarded on the count and backs the check off.
-        let later = now_ms() + 3_600_000;
+        let later = crate::Timestamp::now() + std::time::Duration::from_secs(3600);
         let r = s
             .chain_retry("c1", ChainState::Running, 0, later, "boom".into())
             .await
@@ -180,9 +183,13 @@ async fn chain_methods_behave_alike_on_both_backends() {
             Some(later),
             "{name}"
         );
-        s.chain_later("c1", now_ms() - 1, "url down".into())
-            .await
-            .expect("later");
+        s.chain_later(
+            "c1",
+            crate::Timestamp::now() - std::time::Duration::from_millis(1),
+            "url down".into(),
+        )
+        .await
+        .expect("later");
         assert_eq!(due(s.clone()).await, ["c1"], "{name}");
         assert_eq!(s.next_chain_check().await.expect("next"), None, "{name}");
         let c = s.chain("c1").await.expect("chain").expect("exists");
@@ -235,7 +242,7 @@ async fn chain_methods_behave_alike_on_both_backends() {
         );
         assert_eq!(job.est_tokens, Some(30), "{name}");
         assert_eq!(job.deadline_at, None, "{name}: not flex");
-        assert!(job.next_attempt_at <= now_ms(), "{name}");
+        assert!(job.next_attempt_at <= crate::Timestamp::now(), "{name}");
         let ev = s.events(ids[1].as_str()).await.expect("events");
         assert_eq!(
             ev.last().and_then(|e| e.detail.as_deref()),

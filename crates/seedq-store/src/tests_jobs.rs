@@ -639,8 +639,8 @@ fn stored(j: &Job) -> String {
         j.est_tokens,
         j.seed,
         j.request_json,
-        j.deadline_at.map(|d| d - j.created_at),
-        j.next_attempt_at - j.created_at,
+        j.deadline_at.map(|d| d.ms() - j.created_at.ms()),
+        j.next_attempt_at.ms() - j.created_at.ms(),
         j.callback_token.as_ref().map_or(0, String::len),
     )
 }

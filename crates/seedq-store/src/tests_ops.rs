@@ -224,13 +224,13 @@ async fn scheduling_reads_count_the_same_jobs() {
         let reconcile = &[JobState::Submitting, JobState::SubmitUnknown];
         assert_eq!(
             s.next_due(reconcile).await.expect("due"),
-            Some(now - 9_000),
+            Some(crate::Timestamp::from_ms(now - 9_000)),
             "{name}"
         );
         let some_empty = &[JobState::Archiving, JobState::Submitting];
         assert_eq!(
             s.next_due(some_empty).await.expect("due"),
-            Some(now),
+            Some(crate::Timestamp::from_ms(now)),
             "{name}"
         );
         let mut creates = s.creates_since(now - 1_000).await.expect("creates");
@@ -312,14 +312,15 @@ async fn a_dead_workers_leases_come_back_and_run_out_ones_are_released() {
         let j = job(&s, &submitting).await;
         assert_eq!(j.last_error_code.as_deref(), Some("holder_dead"), "{name}");
         assert!(
-            j.next_attempt_at <= now_ms() && j.lease_until <= Some(now_ms()),
+            j.next_attempt_at <= crate::Timestamp::now()
+                && j.lease_until <= Some(crate::Timestamp::now()),
             "{name}"
         );
         // The token is untouched: the reconciler takes the job over by it.
         assert_eq!(j.lease_token, 3, "{name}");
         let j = job(&s, &submitted).await;
         assert_eq!(j.last_error_code, None, "{name}");
-        assert!(j.next_attempt_at <= now_ms(), "{name}");
+        assert!(j.next_attempt_at <= crate::Timestamp::now(), "{name}");
         assert_eq!(s.release_leases_of("w1").await.expect("again"), 0, "{name}");
 
         // The sweep: polls whose lease ran out lose it (and its holder is fenced off);
@@ -332,10 +333,10 @@ async fn a_dead_workers_leases_come_back_and_run_out_ones_are_released() {
             (None, None, 6),
             "{name}"
         );
-        assert!(j.next_attempt_at <= now_ms(), "{name}");
+        assert!(j.next_attempt_at <= crate::Timestamp::now(), "{name}");
         let j = job(&s, &ran_out_submit).await;
         assert_eq!(j.lease_owner.as_deref(), Some("w2"), "{name}");
-        assert_eq!(j.next_attempt_at, later, "{name}");
+        assert_eq!(j.next_attempt_at.ms(), later, "{name}");
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::tier::Tier;
 use std::collections::BTreeMap;
 
-use super::{Job, StoreError};
+use super::{Job, StoreError, Timestamp};
 use crate::job::JobState;
 
 /// Filters of the dashboard's job list. Every field is optional; they combine with AND.
@@ -50,7 +50,7 @@ pub struct UiWait {
     pub code: Option<String>,
     pub jobs: i64,
     /// The earliest `next_attempt_at` among them (`HELD`: until something wakes them).
-    pub next_at: i64,
+    pub next_at: Timestamp,
     /// One of their `last_error_message`s (the greatest: any one will do).
     pub message: Option<String>,
     /// The API key that created them through a door (`None`: not through a door).
@@ -659,7 +659,7 @@ mod tests {
             "UPDATE jobs SET batch_id = 'night', next_attempt_at = {}, \
              last_error_code = 'budget_batch', last_error_message = 'cap' \
              WHERE id IN ('{}', '{}')",
-            crate::HELD,
+            crate::HELD.ms(),
             ids[0],
             ids[1]
         );
@@ -695,7 +695,7 @@ mod tests {
             .expect("the TPD waiter");
         assert_eq!(
             (w.tier, w.jobs, w.next_at),
-            (Tier::Flex, 1, t + 4000),
+            (Tier::Flex, 1, crate::Timestamp::from_ms(t + 4000)),
             "{name}"
         );
         assert!(

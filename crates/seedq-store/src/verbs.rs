@@ -9,7 +9,7 @@
 //! (another state or token), or [`StoreError::IllegalTransition`] for a from-state the verb
 //! does not take. `verbs_tests.rs` checks every verb against `job.rs`'s transition table.
 
-use super::{Patch, Store, StoreError, Transition};
+use super::{Patch, Store, StoreError, Timestamp, Transition};
 use crate::job::{JobId, JobState};
 
 /// `last_error_code` of an ambiguous submit parked for an operator (it holds no remote slot
@@ -48,7 +48,7 @@ pub enum ErrorNote {
 #[derive(Clone, Debug)]
 pub struct Requeue {
     /// When it is due again.
-    pub at: i64,
+    pub at: Timestamp,
     /// The attempt count to restore when the attempt the claim counted was not the job's
     /// fault (a 429, a budget, a local resource); `None` keeps the attempt counted.
     pub attempts: Option<i64>,
@@ -60,9 +60,9 @@ pub struct Requeue {
 pub struct Accepted {
     pub remote_id: String,
     /// When the create returned (ms).
-    pub submitted_at: i64,
+    pub submitted_at: Timestamp,
     /// When the first status check is due.
-    pub first_poll_at: i64,
+    pub first_poll_at: Timestamp,
 }
 
 /// A remote task recorded for an ambiguous submit ([`Store::adopt_task`]): found by
@@ -73,16 +73,16 @@ pub struct Adopted {
     /// The task's status at Ark as last seen (`queued`, `running`, …).
     pub remote_status: String,
     /// When the task was created (ms).
-    pub submitted_at: i64,
+    pub submitted_at: Timestamp,
     /// When the next status check is due.
-    pub next_poll_at: i64,
+    pub next_poll_at: Timestamp,
 }
 
 /// A finished task's result, as the poller or a callback saw it.
 #[derive(Clone, Debug)]
 pub struct RemoteResult {
     /// When it was seen finished (ms): the job's `finished_at`, and due for the archiver.
-    pub at: i64,
+    pub at: Timestamp,
     /// The estimated remote generation time (ms), learned for the next first poll.
     pub gen_ms: i64,
     /// Status checks made, this one included.
@@ -91,7 +91,7 @@ pub struct RemoteResult {
     pub usage_tokens: Option<i64>,
     pub video_url: Option<String>,
     /// When `video_url` stops working (ms).
-    pub url_expires_at: Option<i64>,
+    pub url_expires_at: Option<Timestamp>,
     pub last_frame_url: Option<String>,
     /// The task's descriptive fields (resolution, ratio, seed, …), for the archive's sidecar;
     /// stored as JSON in `result_meta`.
@@ -103,7 +103,7 @@ pub struct RemoteResult {
 pub enum PollOutcome {
     /// Still queued or running at Ark: look again at `next_at`. Stays `submitted`.
     Pending {
-        next_at: i64,
+        next_at: Timestamp,
         poll_count: i64,
         remote_status: Option<String>,
     },
@@ -239,7 +239,7 @@ pub struct ArchiveRecord {
     pub key: String,
     pub sha256: String,
     pub size: i64,
-    pub archived_at: i64,
+    pub archived_at: Timestamp,
     /// The last frame's (sha256, size), when it was stored too.
     pub frame: Option<(String, i64)>,
 }

@@ -144,17 +144,17 @@ fn poll_outcome(k: PollKind) -> PollOutcome {
     let error = LastError::new("OutputVideoSensitiveContentDetected", "refused");
     match k {
         PollKind::Pending => PollOutcome::Pending {
-            next_at: 4_000,
+            next_at: at(4_000),
             poll_count: 3,
             remote_status: Some("running".into()),
         },
         PollKind::Succeeded => PollOutcome::Succeeded(RemoteResult {
-            at: 5_000,
+            at: at(5_000),
             gen_ms: 1_234,
             poll_count: 2,
             usage_tokens: Some(108_900),
             video_url: Some("https://tos.example/v.mp4".into()),
-            url_expires_at: Some(86_405_000),
+            url_expires_at: Some(at(86_405_000)),
             last_frame_url: Some("https://tos.example/f.png".into()),
             meta: crate::job::ResultMeta {
                 seed: Some(7),
@@ -191,14 +191,14 @@ async fn call(
         Verb::MarkSubmitted => {
             let a = Accepted {
                 remote_id: "cgt-accepted".into(),
-                submitted_at: 1_000,
-                first_poll_at: 2_000,
+                submitted_at: at(1_000),
+                first_poll_at: at(2_000),
             };
             store.mark_submitted(id, token, a).await
         }
         Verb::Requeue => {
             let r = Requeue {
-                at: 3_000,
+                at: at(3_000),
                 attempts: Some(0),
                 error: ErrorNote::Set(why()),
             };
@@ -219,8 +219,8 @@ async fn call(
             let a = Adopted {
                 remote_id: "cgt-adopted".into(),
                 remote_status: "running".into(),
-                submitted_at: 1_000,
-                next_poll_at: 2_000,
+                submitted_at: at(1_000),
+                next_poll_at: at(2_000),
             };
             store.adopt_task(id, token, a, "adopted".into()).await
         }
@@ -247,7 +247,7 @@ async fn call(
                 key: "videos/x.mp4".into(),
                 sha256: "ab".repeat(32),
                 size: 1_000,
-                archived_at: 8_000,
+                archived_at: at(8_000),
                 frame: Some(("cd".repeat(32), 10)),
             };
             store.mark_archived(id, token, rec, "archived".into()).await
@@ -266,6 +266,11 @@ async fn call(
 }
 
 /// What each verb records besides the state, checked after it succeeded.
+/// The instant `ms` milliseconds after the epoch: the verbs below run on a fixed clock.
+fn at(ms: i64) -> crate::Timestamp {
+    crate::Timestamp::from_ms(ms)
+}
+
 fn check_fields(verb: Verb, j: &Job) {
     let why = (
         j.last_error_code.as_deref(),
@@ -277,18 +282,21 @@ fn check_fields(verb: Verb, j: &Job) {
         Verb::MarkSubmitted => {
             assert_eq!(j.remote_task_id.as_deref(), Some("cgt-accepted"));
             assert_eq!(j.remote_status.as_deref(), Some("queued"));
-            assert_eq!((j.submitted_at, j.next_attempt_at), (Some(1_000), 2_000));
+            assert_eq!(
+                (j.submitted_at, j.next_attempt_at),
+                (Some(at(1_000)), at(2_000))
+            );
             assert_eq!((j.poll_count, j.lease_until), (0, None));
         }
         Verb::Requeue => {
             assert_eq!(
                 (j.next_attempt_at, j.attempts, j.lease_until),
-                (3_000, 0, None)
+                (at(3_000), 0, None)
             );
             assert_eq!(why, x);
         }
         Verb::MarkUnknown => {
-            assert_eq!((j.next_attempt_at, j.lease_until), (3_000, None));
+            assert_eq!((j.next_attempt_at, j.lease_until), (at(3_000), None));
             assert_eq!(why, x);
         }
         Verb::MarkFailed | Verb::MarkDead | Verb::MarkArchiveFailed => {
@@ -299,17 +307,17 @@ fn check_fields(verb: Verb, j: &Job) {
         Verb::AdoptTask => {
             assert_eq!(j.remote_task_id.as_deref(), Some("cgt-adopted"));
             assert_eq!(j.remote_status.as_deref(), Some("running"));
-            assert_eq!((j.next_attempt_at, why), (2_000, (None, None)));
+            assert_eq!((j.next_attempt_at, why), (at(2_000), (None, None)));
         }
         Verb::Park => {
             assert_eq!(j.last_error_code.as_deref(), Some(PARKED));
             assert_eq!(j.last_error_message.as_deref(), Some("parked: cannot tell"));
-            assert_eq!(j.next_attempt_at, 9_000);
+            assert_eq!(j.next_attempt_at, at(9_000));
         }
-        Verb::RecheckAt => assert_eq!(j.next_attempt_at, 9_000),
+        Verb::RecheckAt => assert_eq!(j.next_attempt_at, at(9_000)),
         Verb::CancelRefused => {
             assert!(!j.cancel_requested);
-            assert_eq!(j.next_attempt_at, 7_000);
+            assert_eq!(j.next_attempt_at, at(7_000));
             assert_eq!(
                 j.last_error_message.as_deref(),
                 Some("cancel refused: running")
@@ -317,18 +325,21 @@ fn check_fields(verb: Verb, j: &Job) {
         }
         Verb::MarkArchived => {
             assert_eq!(j.archive_key.as_deref(), Some("videos/x.mp4"));
-            assert_eq!((j.archive_size, j.archived_at), (Some(1_000), Some(8_000)));
+            assert_eq!(
+                (j.archive_size, j.archived_at),
+                (Some(1_000), Some(at(8_000)))
+            );
         }
         Verb::ArchiveLater => {
             assert_eq!(
                 (j.next_attempt_at, j.lease_until, j.lease_owner.as_deref()),
-                (8_500, None, None)
+                (at(8_500), None, None)
             );
             assert_eq!(why, x);
         }
         Verb::Poll(k, _) => match k {
             PollKind::Pending => {
-                assert_eq!((j.next_attempt_at, j.poll_count), (4_000, 3));
+                assert_eq!((j.next_attempt_at, j.poll_count), (at(4_000), 3));
                 assert_eq!(j.remote_status.as_deref(), Some("running"));
             }
             PollKind::Succeeded => {
@@ -339,11 +350,11 @@ fn check_fields(verb: Verb, j: &Job) {
                 );
                 assert_eq!(
                     (j.url_expires_at, j.usage_tokens),
-                    (Some(86_405_000), Some(108_900))
+                    (Some(at(86_405_000)), Some(108_900))
                 );
                 assert_eq!(
                     (j.finished_at, j.next_attempt_at, j.gen_ms),
-                    (Some(5_000), 5_000, Some(1_234))
+                    (Some(at(5_000)), at(5_000), Some(1_234))
                 );
                 assert_eq!(j.remote_status.as_deref(), Some("succeeded"));
             }
@@ -357,7 +368,7 @@ fn check_fields(verb: Verb, j: &Job) {
             PollKind::Retry => {
                 assert_eq!(
                     (j.remote_task_id.as_deref(), j.next_attempt_at),
-                    (None, 6_000)
+                    (None, at(6_000))
                 );
                 assert_eq!(j.remote_status.as_deref(), Some("failed"));
             }
@@ -530,7 +541,7 @@ async fn cancel_requested_during_a_post_is_cancelled_by_the_next_claim(store: &S
         CancelOutcome::Requested
     );
     let r = Requeue {
-        at: 0,
+        at: at(0),
         attempts: None,
         error: ErrorNote::Set(LastError::new("transport", "connection refused")),
     };

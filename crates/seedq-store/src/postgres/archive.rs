@@ -129,7 +129,7 @@ impl ArchiveStore for PgStore {
         token: i64,
         video_url: String,
         last_frame_url: Option<String>,
-        url_expires_at: i64,
+        url_expires_at: crate::Timestamp,
     ) -> Result<(), StoreError> {
         fenced(
             self,
@@ -205,7 +205,7 @@ impl ArchiveStore for PgStore {
         })
     }
 
-    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_archive_due(&self) -> Result<Option<crate::Timestamp>, StoreError> {
         let c = self.conn().await?;
         // PostgreSQL 15 wants the derived table named.
         let st = c

@@ -164,7 +164,7 @@ impl BatchStore for PgStore {
 
     async fn ensure_batches(
         &self,
-        batches: Vec<(String, Option<i64>, Option<String>)>,
+        batches: Vec<(String, Option<crate::Timestamp>, Option<String>)>,
     ) -> Result<(), StoreError> {
         let batches = &batches;
         self.retry(|| async move {
@@ -217,7 +217,7 @@ impl BatchStore for PgStore {
         {
             return Ok(Some(meta(&r)?));
         }
-        let first: Option<i64> = c
+        let first: Option<crate::Timestamp> = c
             .query_one(
                 "SELECT MIN(created_at) FROM jobs WHERE batch_id = $1",
                 &[&name],

@@ -82,7 +82,7 @@ impl ChainStore for PgStore {
         let shot = i as i64 + 1;
         let first = shot == 1;
         // A held shot's local deadline starts when it is released.
-        let due = if first { now } else { HELD };
+        let due = if first { now } else { HELD.ms() };
         if insert_job(&tx, j, now, due, first, Some((id, shot))).await? == 0 {
             // Its idempotency key exists already: the chain would have a hole. Returning
             // drops the transaction, which rolls the chain and earlier shots back.
@@ -310,7 +310,7 @@ impl ChainStore for PgStore {
         id: &str,
         state: ChainState,
         retries: i64,
-        next_check_at: i64,
+        next_check_at: crate::Timestamp,
         error: String,
     ) -> Result<ChainWrite, StoreError> {
         let error: &str = &error;
@@ -333,7 +333,7 @@ impl ChainStore for PgStore {
     async fn chain_later(
         &self,
         id: &str,
-        next_check_at: i64,
+        next_check_at: crate::Timestamp,
         error: String,
     ) -> Result<(), StoreError> {
         let error: &str = &error;
@@ -374,7 +374,7 @@ impl ChainStore for PgStore {
         })
     }
 
-    async fn next_chain_check(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_chain_check(&self) -> Result<Option<crate::Timestamp>, StoreError> {
         let c = self.conn().await?;
         Ok(c.query_one(
             "SELECT MIN(next_check_at) FROM chains \

@@ -50,7 +50,11 @@ impl PauseStore for PgStore {
             .collect()
     }
 
-    async fn paused_at(&self, kind: PauseKind, name: &str) -> Result<Option<i64>, StoreError> {
+    async fn paused_at(
+        &self,
+        kind: PauseKind,
+        name: &str,
+    ) -> Result<Option<crate::Timestamp>, StoreError> {
         let c = self.conn().await?;
         Ok(c.query_opt(
             "SELECT paused_at FROM paused WHERE kind = $1 AND name = $2",

@@ -112,7 +112,7 @@ impl ArchiveStore for SqliteStore {
         token: i64,
         video_url: String,
         last_frame_url: Option<String>,
-        url_expires_at: i64,
+        url_expires_at: crate::Timestamp,
     ) -> Result<(), StoreError> {
         let id = id.clone();
         self.call(move |c| {
@@ -197,7 +197,7 @@ impl ArchiveStore for SqliteStore {
         .await
     }
 
-    async fn next_archive_due(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_archive_due(&self) -> Result<Option<crate::Timestamp>, StoreError> {
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT MIN(t) FROM ( \

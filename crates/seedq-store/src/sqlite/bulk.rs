@@ -110,7 +110,7 @@ impl BatchStore for SqliteStore {
 
     async fn ensure_batches(
         &self,
-        batches: Vec<(String, Option<i64>, Option<String>)>,
+        batches: Vec<(String, Option<crate::Timestamp>, Option<String>)>,
     ) -> Result<(), StoreError> {
         self.call(move |c| {
         let now = now_ms();
@@ -173,7 +173,7 @@ impl BatchStore for SqliteStore {
             if row.is_some() {
                 return Ok(row);
             }
-            let first: Option<i64> = c.query_row(
+            let first: Option<crate::Timestamp> = c.query_row(
                 "SELECT MIN(created_at) FROM jobs WHERE batch_id = ?1",
                 [&name],
                 |r| r.get(0),

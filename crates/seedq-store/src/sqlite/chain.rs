@@ -61,7 +61,7 @@ impl ChainStore for SqliteStore {
                 let shot = i as i64 + 1;
                 let first = shot == 1;
                 // A held shot's local deadline starts when it is released.
-                let due = if first { now } else { HELD };
+                let due = if first { now } else { HELD.ms() };
                 if super::core::insert_job(&tx, &j, now, due, first, Some((id.as_str(), shot)))? == 0 {
                     // Its idempotency key exists already: the chain would have a hole.
                     return Err(StoreError::Corrupt(format!(
@@ -256,7 +256,7 @@ impl ChainStore for SqliteStore {
         id: &str,
         state: ChainState,
         retries: i64,
-        next_check_at: i64,
+        next_check_at: crate::Timestamp,
         error: String,
     ) -> Result<ChainWrite, StoreError> {
         let id = id.to_string();
@@ -274,7 +274,7 @@ impl ChainStore for SqliteStore {
     async fn chain_later(
         &self,
         id: &str,
-        next_check_at: i64,
+        next_check_at: crate::Timestamp,
         error: String,
     ) -> Result<(), StoreError> {
         let id = id.to_string();
@@ -303,7 +303,7 @@ impl ChainStore for SqliteStore {
     .await
     }
 
-    async fn next_chain_check(&self) -> Result<Option<i64>, StoreError> {
+    async fn next_chain_check(&self) -> Result<Option<crate::Timestamp>, StoreError> {
         self.call(|c| {
             Ok(c.query_row(
                 "SELECT MIN(next_check_at) FROM chains \

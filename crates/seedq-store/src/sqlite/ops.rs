@@ -179,7 +179,10 @@ impl OpsStore for SqliteStore {
         Ok(m)
     }
 
-    async fn next_due(&self, states: &'static [JobState]) -> Result<Option<i64>, StoreError> {
+    async fn next_due(
+        &self,
+        states: &'static [JobState],
+    ) -> Result<Option<crate::Timestamp>, StoreError> {
         self.call(move |c| {
             let list = states
                 .iter()

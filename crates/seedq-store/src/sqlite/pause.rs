@@ -48,7 +48,11 @@ impl PauseStore for SqliteStore {
         .await
     }
 
-    async fn paused_at(&self, kind: PauseKind, name: &str) -> Result<Option<i64>, StoreError> {
+    async fn paused_at(
+        &self,
+        kind: PauseKind,
+        name: &str,
+    ) -> Result<Option<crate::Timestamp>, StoreError> {
         use rusqlite::OptionalExtension as _;
         let name = name.to_string();
         self.call(move |c| {

@@ -37,7 +37,11 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         crate::ops::install_metrics();
     }
     let since = now_ms() - ms(ctx.cfg.dispatch.rpm_count_window());
-    ctx.limiter.seed(&ctx.store.creates_since(since).await?);
+    ctx.limiter.seed(
+        &ctx.store
+            .creates_since(crate::store::Timestamp::from_ms(since))
+            .await?,
+    );
     // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
     // resolved (or parked) first. A dead holder's leases end now, not when they run out.
     reclaim_dead_owners(&ctx).await?;

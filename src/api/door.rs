@@ -229,7 +229,7 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
         body_sha256: c.body_sha256,
         info: serde_json::to_string(&info).unwrap_or_else(|_| "{}".into()),
         webhook_url: c.webhook_url,
-        created_at: now_ms(),
+        created_at: crate::store::Timestamp::now(),
         deleted_at: None,
         result_meta: None,
     };

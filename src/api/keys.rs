@@ -81,7 +81,7 @@ pub fn generate(name: &str) -> (ApiKey, String, String) {
         models: None,
         webhook_url: None,
         webhook_secret: secret.clone(),
-        created_at: crate::store::now_ms(),
+        created_at: crate::store::Timestamp::now(),
         revoked_at: None,
     };
     (row, key, secret)

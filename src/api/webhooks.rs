@@ -133,7 +133,7 @@ pub async fn step(
                 let max_age =
                     i64::try_from(ctx.cfg.api.webhook_max_age.as_millis()).unwrap_or(i64::MAX / 2);
                 let next = next_attempt(now, w.attempts, ctx.cfg.api.webhook_min_backoff);
-                if next - w.created_at > max_age {
+                if next - w.created_at.ms() > max_age {
                     tracing::warn!(job_id = %w.job_id, webhook = %w.id, error = %e, "webhook given up after its retries");
                     Err((e, None))
                 } else {

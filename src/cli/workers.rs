@@ -33,8 +33,8 @@ pub async fn run(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
                     "version": w.version,
                     "started_at": w.started_at,
                     "heartbeat_at": w.heartbeat_at,
-                    "heartbeat_age_ms": now - w.heartbeat_at,
-                    "alive": now - w.heartbeat_at <= timeout,
+                    "heartbeat_age_ms": now - w.heartbeat_at.ms(),
+                    "alive": now - w.heartbeat_at.ms() <= timeout,
                     "leads": leads,
                 })
             })
@@ -68,7 +68,7 @@ pub async fn run(ctx: &Ctx, a: JsonArg) -> anyhow::Result<ExitCode> {
             "WORKER", "PID", "VERSION", "HEARTBEAT"
         );
         for w in &workers {
-            let age = now - w.heartbeat_at;
+            let age = now - w.heartbeat_at.ms();
             let status = if age <= timeout { "alive" } else { "lapsed" };
             println!(
                 "{:<40} {:>8} {:<10} {:>8}ms  {status}",

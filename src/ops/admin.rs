@@ -129,7 +129,10 @@ impl Family<'_> {
 pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     let now = now_ms();
     let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
-    let snap = ctx.store.ops_snapshot(day).await?;
+    let snap = ctx
+        .store
+        .ops_snapshot(crate::store::Timestamp::from_ms(day))
+        .await?;
     let mut out = match metrics::install() {
         Ok(h) => {
             // Upkeep drains histogram buckets; doing it per scrape spares a timer task.
@@ -243,8 +246,8 @@ pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
         "Age of the oldest queued job (0 when none is queued).",
     );
     let age = snap
-        .oldest_queued_ms
-        .map_or(0.0, |t| (now - t).max(0) as f64 / 1000.0);
+        .oldest_queued
+        .map_or(0.0, |t| (now - t.ms()).max(0) as f64 / 1000.0);
     f.sample("seedq_oldest_queued_age_seconds", &[], age);
 
     let mut tokens: BTreeMap<(&str, Tier), (i64, i64)> = BTreeMap::new();

@@ -256,8 +256,8 @@ async fn prune(ctx: &Ctx) -> Result<String, StageError> {
     let report = ctx
         .store
         .prune(
-            now - ms(m.retain_archived),
-            now - ms(m.retain_failed),
+            crate::store::Timestamp::from_ms(now - ms(m.retain_archived)),
+            crate::store::Timestamp::from_ms(now - ms(m.retain_failed)),
             // With archiving off, `succeeded` is where a job ends.
             ctx.cfg.archive.url.is_empty(),
         )
@@ -295,7 +295,10 @@ async fn tpd_rollover(ctx: &Ctx) -> Result<String, StageError> {
     // The firing may land a moment before the boundary by the scheduler's clock: take the day
     // that is ending, whichever side of midnight we are on.
     let ended = crate::stage::day_start_ms(now - 60_000, offset);
-    let snap = ctx.store.ops_snapshot(ended).await?;
+    let snap = ctx
+        .store
+        .ops_snapshot(crate::store::Timestamp::from_ms(ended))
+        .await?;
     ctx.poke_dispatch.notify_waiters();
     let used: Vec<String> = snap
         .flex_today

@@ -212,8 +212,10 @@ pub async fn live(ui: &Ui) -> Result<String, StoreError> {
     let now = now_ms();
     let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
     let waiting = store.ui_waiting().await?;
-    let flex_today = store.ui_flex_today(day).await?;
-    let creates = store.ui_creates_since(now - 60_000).await?;
+    let flex_today = store.ui_flex_today(Timestamp::from_ms(day)).await?;
+    let creates = store
+        .ui_creates_since(Timestamp::from_ms(now - 60_000))
+        .await?;
     let oldest = store.ui_oldest_queued().await?;
     let waits = store.ui_waits(now).await?;
     let paused: BTreeSet<(String, String)> = store

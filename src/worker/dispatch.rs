@@ -191,10 +191,15 @@ async fn claim_tier(
         && let Some(rpm) = rpm
         && let Some(t) = ctx
             .store
-            .rpm_window_full_since(model, tier, now - account.window_ms, rpm)
+            .rpm_window_full_since(
+                model,
+                tier,
+                Timestamp::from_ms(now - account.window_ms),
+                rpm,
+            )
             .await?
     {
-        let t = t + account.window_ms;
+        let t = t.ms() + account.window_ms;
         *wake = Some(wake.map_or(t, |w| w.min(t)));
     }
     // Without `flex_rpm` nothing reads the flex window: keep it empty.
@@ -223,7 +228,7 @@ async fn flex_day(ctx: &Ctx, model: &str) -> Result<i64, StageError> {
     let fresh_since = now - (ctx.cfg.bulk.tpd_day_ms() / 100).clamp(100, 30_000);
     ctx.limiter
         .refresh_flex_day(model, day, fresh_since, now, || {
-            ctx.store.flex_tokens_since(model, day)
+            ctx.store.flex_tokens_since(model, Timestamp::from_ms(day))
         })
         .await?;
     Ok(day)

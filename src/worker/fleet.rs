@@ -39,8 +39,8 @@ fn this_worker(ctx: &Ctx) -> WorkerRow {
         host: crate::stage::owner::hostname(),
         pid: i64::from(std::process::id()),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: now,
-        heartbeat_at: now,
+        started_at: crate::store::Timestamp::from_ms(now),
+        heartbeat_at: crate::store::Timestamp::from_ms(now),
     }
 }
 
@@ -131,7 +131,7 @@ async fn reap(ctx: &Ctx, now: i64) -> Result<(), StageError> {
             continue;
         }
         let gone = crate::stage::owner::owner_is_dead(&w.id);
-        if !gone && w.heartbeat_at >= lapsed_before {
+        if !gone && w.heartbeat_at.ms() >= lapsed_before {
             continue;
         }
         let before = if gone { i64::MAX } else { lapsed_before };
@@ -139,7 +139,7 @@ async fn reap(ctx: &Ctx, now: i64) -> Result<(), StageError> {
             tracing::warn!(
                 worker = %w.id,
                 jobs,
-                heartbeat_age_ms = now - w.heartbeat_at,
+                heartbeat_age_ms = now - w.heartbeat_at.ms(),
                 process_gone = gone,
                 "a worker is dead; its jobs are taken back now"
             );

@@ -25,8 +25,8 @@ pub struct ApiKey {
     /// The Standard Webhooks signing secret; never serialised.
     #[serde(skip)]
     pub webhook_secret: String,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
+    pub created_at: crate::Timestamp,
+    pub revoked_at: Option<crate::Timestamp>,
 }
 
 /// The door record of a job created through a door.
@@ -41,8 +41,8 @@ pub struct ApiJob {
     /// What the create asked for in the door's own terms (JSON).
     pub info: String,
     pub webhook_url: Option<String>,
-    pub created_at: i64,
-    pub deleted_at: Option<i64>,
+    pub created_at: crate::Timestamp,
+    pub deleted_at: Option<crate::Timestamp>,
     /// The job's `result_meta` (what Ark's task reported once it succeeded: the actual seed,
     /// fps, …), read with the record so a door answers as Ark's task does; never written
     /// through it (`None` in a new record).
@@ -312,7 +312,7 @@ mod tests {
             models: Some(vec!["m".into()]),
             webhook_url: None,
             webhook_secret: "whsec_x".into(),
-            created_at: 1,
+            created_at: crate::Timestamp::from_ms(1),
             revoked_at: None,
         }
     }
@@ -325,7 +325,7 @@ mod tests {
             body_sha256: body.into(),
             info: "{}".into(),
             webhook_url: None,
-            created_at: 0,
+            created_at: crate::Timestamp::EPOCH,
             deleted_at: None,
             result_meta: None,
         }

@@ -911,7 +911,7 @@ mod tests {
                 models: None,
                 webhook_url: None,
                 webhook_secret: "whsec_x".into(),
-                created_at: 1,
+                created_at: crate::Timestamp::from_ms(1),
                 revoked_at: None,
             })
             .await
@@ -926,7 +926,7 @@ mod tests {
                     body_sha256: j.id.to_string(),
                     info: "{}".into(),
                     webhook_url: None,
-                    created_at: 0,
+                    created_at: crate::Timestamp::EPOCH,
                     deleted_at: None,
                     result_meta: None,
                 };

@@ -29,8 +29,8 @@ pub struct WorkerRow {
     pub pid: i64,
     /// seedq's version.
     pub version: String,
-    pub started_at: i64,
-    pub heartbeat_at: i64,
+    pub started_at: crate::Timestamp,
+    pub heartbeat_at: crate::Timestamp,
 }
 
 /// The holder of one singleton.
@@ -181,9 +181,9 @@ backend_trait! {
             &self,
             model: &str,
             tier: Tier,
-            since_ms: i64,
+            since: crate::Timestamp,
             rpm: u32,
-        ) -> Result<Option<i64>, StoreError>;
+        ) -> Result<Option<crate::Timestamp>, StoreError>;
 
         /// Every singleton's holder, expired ones included (`until` says).
         ///
@@ -225,8 +225,8 @@ mod tests {
             host: "h".into(),
             pid: 1,
             version: "v".into(),
-            started_at: heartbeat_at,
-            heartbeat_at,
+            started_at: crate::Timestamp::from_ms(heartbeat_at),
+            heartbeat_at: crate::Timestamp::from_ms(heartbeat_at),
         }
     }
 
@@ -430,14 +430,24 @@ mod tests {
             assert_eq!(claim("a", Tier::Default).await, 0, "{b}");
             // The window is full since the fourth newest create.
             let full = s
-                .rpm_window_full_since("m", Tier::Default, now_ms() - 60_000, 4)
+                .rpm_window_full_since(
+                    "m",
+                    Tier::Default,
+                    crate::Timestamp::from_ms(now_ms() - 60_000),
+                    4,
+                )
                 .await
                 .expect("window");
-            assert!(full.is_some_and(|t| t <= now_ms()), "{b}");
+            assert!(full.is_some_and(|t| t.ms() <= now_ms()), "{b}");
             assert_eq!(
-                s.rpm_window_full_since("m", Tier::Default, now_ms() - 60_000, 5)
-                    .await
-                    .expect("window"),
+                s.rpm_window_full_since(
+                    "m",
+                    Tier::Default,
+                    crate::Timestamp::from_ms(now_ms() - 60_000),
+                    5
+                )
+                .await
+                .expect("window"),
                 None,
                 "{b}: room for a fifth"
             );

@@ -219,14 +219,26 @@ mod tests {
             s.cancel(ida.as_str()).await.expect("cancel");
             s.cancel(idc.as_str()).await.expect("cancel");
             let far = crate::now_ms() + 60_000;
-            s.prune(0, far, false).await.expect("prune");
+            s.prune(
+                crate::Timestamp::EPOCH,
+                crate::Timestamp::from_ms(far),
+                false,
+            )
+            .await
+            .expect("prune");
             assert_eq!(
                 s.image_count().await.expect("count"),
                 2,
                 "{name}: still used by b"
             );
             s.cancel(idb.as_str()).await.expect("cancel");
-            s.prune(0, far, false).await.expect("prune");
+            s.prune(
+                crate::Timestamp::EPOCH,
+                crate::Timestamp::from_ms(far),
+                false,
+            )
+            .await
+            .expect("prune");
             assert_eq!(
                 s.image_count().await.expect("count"),
                 0,

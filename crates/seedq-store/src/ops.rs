@@ -38,7 +38,7 @@ pub struct StateRow {
 pub struct OpsSnapshot {
     pub rows: Vec<StateRow>,
     /// `created_at` of the oldest queued job.
-    pub oldest_queued_ms: Option<i64>,
+    pub oldest_queued: Option<Timestamp>,
     /// Flex tokens submitted since the TPD day began, per model (the sum dispatch starts each
     /// day from).
     pub flex_today: BTreeMap<String, i64>,
@@ -200,7 +200,8 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError>;
+        pub fn flex_tokens_since(&self, model: &str, since: Timestamp)
+        -> Result<i64, StoreError>;
 
         /// Queued flex jobs whose local deadline has passed become `expired`, without any API
         /// call. Returns their ids.
@@ -243,7 +244,7 @@ backend_trait! {
         /// SQL errors.
         pub fn leftovers(
             &self,
-            since_ms: i64,
+            since: Timestamp,
         ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError>;
 
         /// Jobs that still need the service: queued, submitting, submitted, succeeded and
@@ -259,7 +260,7 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError>;
+        pub fn creates_since(&self, since: Timestamp) -> Result<Vec<(String, i64)>, StoreError>;
 
         /// Counts of jobs per state (all models).
         ///
@@ -280,7 +281,7 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError>;
+        pub fn ops_snapshot(&self, flex_day_start: Timestamp) -> Result<OpsSnapshot, StoreError>;
 
         /// Deletes terminal jobs (and, by cascade, their events) that reached their state before
         /// the cut-offs: `archived` (and `succeeded` when `succeeded_too`, i.e. archiving is off)
@@ -292,8 +293,8 @@ backend_trait! {
         /// SQL errors; batches already deleted stay deleted.
         pub fn prune(
             &self,
-            archived_before_ms: i64,
-            failed_before_ms: i64,
+            archived_before: Timestamp,
+            failed_before: Timestamp,
             succeeded_too: bool,
         ) -> Result<PruneReport, StoreError>;
 
@@ -372,7 +373,11 @@ mod tests {
             }
             let now = now_ms();
             let report = s
-                .prune(now - 30 * day, now - 90 * day, false)
+                .prune(
+                    crate::Timestamp::from_ms(now - 30 * day),
+                    crate::Timestamp::from_ms(now - 90 * day),
+                    false,
+                )
                 .await
                 .expect("prune");
             assert_eq!(report.values().sum::<u64>(), 4, "{name}: {report:?}");
@@ -385,7 +390,11 @@ mod tests {
             }
             // Archiving off: old succeeded jobs are as done as archived ones.
             let report = s
-                .prune(now - 30 * day, now - 90 * day, true)
+                .prune(
+                    crate::Timestamp::from_ms(now - 30 * day),
+                    crate::Timestamp::from_ms(now - 90 * day),
+                    true,
+                )
                 .await
                 .expect("prune");
             assert_eq!(report.get(&JobState::Succeeded), Some(&1), "{name}");
@@ -446,7 +455,10 @@ mod tests {
                       ('aaaa', 'data:a', 0), ('bbbb', 'data:b', 0)",
             )
             .await;
-            let report = s.prune(0, now_ms(), false).await.expect("prune");
+            let report = s
+                .prune(crate::Timestamp::EPOCH, crate::Timestamp::now(), false)
+                .await
+                .expect("prune");
             assert_eq!(report.get(&JobState::Failed), Some(&2), "{name}");
             // "aaaa" went with its last job; "bbbb" is still used by the queued one.
             assert_eq!(images(&s).await, 1, "{name}");
@@ -497,7 +509,10 @@ mod tests {
         .expect("the other worker's enqueue");
         let pruning = tokio::spawn({
             let s = s.clone();
-            async move { s.prune(0, now_ms(), false).await }
+            async move {
+                s.prune(crate::Timestamp::EPOCH, crate::Timestamp::now(), false)
+                    .await
+            }
         });
         tokio::time::sleep(Duration::from_millis(500)).await;
         assert!(
@@ -539,7 +554,10 @@ mod tests {
                 },
             )
             .await;
-            let snap = s.ops_snapshot(0).await.expect("snapshot");
+            let snap = s
+                .ops_snapshot(crate::Timestamp::EPOCH)
+                .await
+                .expect("snapshot");
             let a = snap.rows.iter().find(|r| r.model == "a").expect("a row");
             assert_eq!(
                 (a.jobs, a.est_tokens, a.state),
@@ -547,7 +565,7 @@ mod tests {
                 "{name}"
             );
             assert_eq!(snap.rows.len(), 2, "{name}");
-            assert!(snap.oldest_queued_ms.is_some(), "{name}");
+            assert!(snap.oldest_queued.is_some(), "{name}");
             assert!(snap.flex_today.is_empty(), "{name}: nothing submitted yet");
             let now = now_ms();
             let cols = format!("submitted_at = {now}, usage_tokens = 40");
@@ -562,7 +580,10 @@ mod tests {
                 },
             )
             .await;
-            let snap = s.ops_snapshot(now - 1).await.expect("snapshot");
+            let snap = s
+                .ops_snapshot(crate::Timestamp::from_ms(now - 1))
+                .await
+                .expect("snapshot");
             let b = snap
                 .rows
                 .iter()
@@ -575,7 +596,7 @@ mod tests {
             );
             assert_eq!(snap.flex_today.get("b"), Some(&40), "{name}");
             assert!(
-                s.ops_snapshot(now + 1)
+                s.ops_snapshot(crate::Timestamp::from_ms(now + 1))
                     .await
                     .expect("snapshot")
                     .flex_today

@@ -449,11 +449,17 @@ async fn ui_gauges_agree_on_both_backends() {
             ),
         )
         .await;
-        let creates = s.ui_creates_since(now - 60_000).await.expect("creates");
+        let creates = s
+            .ui_creates_since(crate::Timestamp::from_ms(now - 60_000))
+            .await
+            .expect("creates");
         let oldest = s.ui_oldest_queued().await.expect("oldest");
         let mut waiting = s.ui_waiting().await.expect("waiting");
         waiting.sort_by(|x, y| (x.0.as_str(), &x.1).cmp(&(y.0.as_str(), &y.1)));
-        let flex_today = s.ui_flex_today(now - 1_000).await.expect("flex");
+        let flex_today = s
+            .ui_flex_today(crate::Timestamp::from_ms(now - 1_000))
+            .await
+            .expect("flex");
         let m = ("m".to_string(), Tier::Default);
         let mf = ("mf".to_string(), Tier::Flex);
         assert_eq!(creates.get(&mf), Some(&1), "{name}");
@@ -753,7 +759,9 @@ async fn the_flex_day_spend_reads_the_submitted_flex_index() {
     let plan = pg_plan(&s, crate::postgres::ops::FLEX_TOKENS_SINCE, &[&"m", &0_i64]).await;
     assert!(plan.contains("jobs_flex_submitted"), "postgres: {plan}");
     assert_eq!(
-        s.flex_tokens_since("m", 10_000).await.expect("spend"),
+        s.flex_tokens_since("m", crate::Timestamp::from_ms(10_000))
+            .await
+            .expect("spend"),
         1_010,
         "the rows submitted since 10 000: 10 000, 10 100, …, 20 000"
     );

@@ -233,7 +233,10 @@ async fn scheduling_reads_count_the_same_jobs() {
             Some(crate::Timestamp::from_ms(now)),
             "{name}"
         );
-        let mut creates = s.creates_since(now - 1_000).await.expect("creates");
+        let mut creates = s
+            .creates_since(crate::Timestamp::from_ms(now - 1_000))
+            .await
+            .expect("creates");
         creates.sort();
         assert_eq!(
             creates,
@@ -242,12 +245,16 @@ async fn scheduling_reads_count_the_same_jobs() {
         );
         // Billed tokens where known (30), else the estimate (70); yesterday's job not at all.
         assert_eq!(
-            s.flex_tokens_since("m3", now - 1_000).await.expect("tpd"),
+            s.flex_tokens_since("m3", crate::Timestamp::from_ms(now - 1_000))
+                .await
+                .expect("tpd"),
             100,
             "{name}"
         );
         assert_eq!(
-            s.flex_tokens_since("m1", now - 1_000).await.expect("tpd"),
+            s.flex_tokens_since("m1", crate::Timestamp::from_ms(now - 1_000))
+                .await
+                .expect("tpd"),
             0,
             "{name}"
         );
@@ -518,7 +525,9 @@ async fn leftovers_and_pending_work_skip_what_waits_for_an_operator() {
             ),
         ];
         assert_eq!(
-            s.leftovers(now - 1_000).await.expect("leftovers"),
+            s.leftovers(crate::Timestamp::from_ms(now - 1_000))
+                .await
+                .expect("leftovers"),
             want,
             "{name}"
         );

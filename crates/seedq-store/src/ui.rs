@@ -107,7 +107,7 @@ backend_trait! {
         /// SQL errors.
         pub fn ui_creates_since(
             &self,
-            since_ms: i64,
+            since: Timestamp,
         ) -> Result<BTreeMap<(String, Tier), i64>, StoreError>;
 
         /// `created_at` of the oldest queued job per (model, tier). Held chain shots are not
@@ -150,7 +150,10 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn ui_flex_today(&self, day_start_ms: i64) -> Result<BTreeMap<String, i64>, StoreError>;
+        pub fn ui_flex_today(
+            &self,
+            day_start: Timestamp,
+        ) -> Result<BTreeMap<String, i64>, StoreError>;
 
         /// The batches the overview shows: every batch with unfinished work (`succeeded` counts as
         /// unfinished when `archiving`), then the `recent` newest others. Read from the
@@ -713,7 +716,7 @@ mod tests {
                 body_sha256: format!("h{i}"),
                 info: "{}".into(),
                 webhook_url: None,
-                created_at: 0,
+                created_at: crate::Timestamp::EPOCH,
                 deleted_at: None,
                 result_meta: None,
             };

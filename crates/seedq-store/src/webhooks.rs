@@ -13,7 +13,7 @@ pub struct WebhookDue {
     pub job_id: String,
     /// The job's terminal state.
     pub event: String,
-    pub created_at: i64,
+    pub created_at: crate::Timestamp,
     /// Attempts made before this one.
     pub attempts: i64,
 }
@@ -23,8 +23,8 @@ pub struct WebhookDue {
 pub struct WebhookState {
     pub id: String,
     pub attempts: i64,
-    pub delivered_at: Option<i64>,
-    pub given_up_at: Option<i64>,
+    pub delivered_at: Option<crate::Timestamp>,
+    pub given_up_at: Option<crate::Timestamp>,
     pub last_error: Option<String>,
 }
 
@@ -88,7 +88,7 @@ mod tests {
             models: None,
             webhook_url: Some("https://example.com/hook".into()),
             webhook_secret: "whsec_x".into(),
-            created_at: 0,
+            created_at: crate::Timestamp::EPOCH,
             revoked_at: None,
         };
         s.api_key_create(key).await.expect("key");
@@ -101,7 +101,7 @@ mod tests {
             body_sha256: "h".into(),
             info: "{}".into(),
             webhook_url: None,
-            created_at: 0,
+            created_at: crate::Timestamp::EPOCH,
             deleted_at: None,
             result_meta: None,
         };
@@ -154,7 +154,7 @@ mod tests {
         let state = s.webhooks_of(&id).await.expect("read");
         assert_eq!(
             (state.len(), state[0].attempts, state[0].delivered_at),
-            (1, 2, Some(now + 20))
+            (1, 2, Some(crate::Timestamp::from_ms(now + 20)))
         );
         assert!(
             s.webhook_claim(now + 10_000, 5000, 10)
@@ -172,7 +172,7 @@ mod tests {
             body_sha256: "h".into(),
             info: "{}".into(),
             webhook_url: None,
-            created_at: 0,
+            created_at: crate::Timestamp::EPOCH,
             deleted_at: None,
             result_meta: None,
         };
@@ -235,7 +235,7 @@ mod tests {
         let raced_state = s.webhooks_of(&raced_id).await.expect("read");
         assert_eq!(
             raced_state[0].given_up_at,
-            Some(now + 220),
+            Some(crate::Timestamp::from_ms(now + 220)),
             "an unraced attempt still counts"
         );
         // A job that fails, is retried and fails again gets a webhook each time.
@@ -246,7 +246,13 @@ mod tests {
 
         // Pruning the job takes its door record and its webhooks with it.
         let far = crate::now_ms() + 60_000;
-        s.prune(far, far, false).await.expect("prune");
+        s.prune(
+            crate::Timestamp::from_ms(far),
+            crate::Timestamp::from_ms(far),
+            false,
+        )
+        .await
+        .expect("prune");
         assert!(s.webhooks_of(&id).await.expect("read").is_empty());
         assert!(s.api_key_usage(0).await.expect("usage").is_empty());
     }

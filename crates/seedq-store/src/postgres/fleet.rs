@@ -295,9 +295,10 @@ impl FleetStore for PgStore {
         &self,
         model: &str,
         tier: Tier,
-        since_ms: i64,
+        since: crate::Timestamp,
         rpm: u32,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<crate::Timestamp>, StoreError> {
+        let since_ms = since.ms();
         let c = self.conn().await?;
         let offset = i64::from(rpm.max(1)) - 1;
         Ok(c.query_opt(

@@ -98,7 +98,12 @@ impl OpsStore for PgStore {
             .collect()
     }
 
-    async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+    async fn flex_tokens_since(
+        &self,
+        model: &str,
+        since: crate::Timestamp,
+    ) -> Result<i64, StoreError> {
+        let since_ms = since.ms();
         let c = self.conn().await?;
         let st = c.prepare_cached(FLEX_TOKENS_SINCE).await?;
         Ok(c.query_one(&st, &[&model, &since_ms]).await?.try_get(0)?)
@@ -204,8 +209,9 @@ impl OpsStore for PgStore {
 
     async fn leftovers(
         &self,
-        since_ms: i64,
+        since: crate::Timestamp,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        let since_ms = since.ms();
         let c = self.conn().await?;
         // `COLLATE "C"`: byte order, as SQLite sorts, whatever the database's locale.
         let st = c
@@ -250,7 +256,11 @@ impl OpsStore for PgStore {
         .try_get(0)?)
     }
 
-    async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn creates_since(
+        &self,
+        since: crate::Timestamp,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let since_ms = since.ms();
         let c = self.conn().await?;
         // Only the default tier has an RPM at Ark; flex creates must not fill its window.
         let st = c
@@ -301,7 +311,11 @@ impl OpsStore for PgStore {
 
     /// [`crate::Store::ops_snapshot`]: the three reads are pipelined on one connection
     /// (sent together, answered in order), so `/metrics` still costs one round trip.
-    async fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError> {
+    async fn ops_snapshot(
+        &self,
+        flex_day_start: crate::Timestamp,
+    ) -> Result<OpsSnapshot, StoreError> {
+        let flex_day_start_ms = flex_day_start.ms();
         let c = self.conn().await?;
         let day: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&flex_day_start_ms];
         let (rows, oldest, flex) = tokio::try_join!(
@@ -337,7 +351,7 @@ impl OpsStore for PgStore {
             .collect::<Result<BTreeMap<_, _>, StoreError>>()?;
         Ok(OpsSnapshot {
             rows,
-            oldest_queued_ms: oldest.try_get(0)?,
+            oldest_queued: oldest.try_get(0)?,
             flex_today,
         })
     }
@@ -350,10 +364,11 @@ impl OpsStore for PgStore {
     /// retried is never deleted.
     async fn prune(
         &self,
-        archived_before_ms: i64,
-        failed_before_ms: i64,
+        archived_before: crate::Timestamp,
+        failed_before: crate::Timestamp,
         succeeded_too: bool,
     ) -> Result<PruneReport, StoreError> {
+        let (archived_before_ms, failed_before_ms) = (archived_before.ms(), failed_before.ms());
         let mut report = PruneReport::new();
         loop {
             let states: Vec<String> = {

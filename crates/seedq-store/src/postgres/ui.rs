@@ -130,8 +130,9 @@ impl DashboardStore for PgStore {
 
     async fn ui_creates_since(
         &self,
-        since_ms: i64,
+        since: crate::Timestamp,
     ) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
+        let since_ms = since.ms();
         let c = self.conn().await?;
         let st = c
             .prepare_cached(
@@ -206,7 +207,11 @@ impl DashboardStore for PgStore {
 
     /// [`crate::Store::ui_flex_today`]. `SUM(bigint)` is NUMERIC in PostgreSQL: cast back;
     /// and `$1 - 3600000` alone would make `$1` an int4.
-    async fn ui_flex_today(&self, day_start_ms: i64) -> Result<BTreeMap<String, i64>, StoreError> {
+    async fn ui_flex_today(
+        &self,
+        day_start: crate::Timestamp,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let day_start_ms = day_start.ms();
         let c = self.conn().await?;
         let st = c
             .prepare_cached(

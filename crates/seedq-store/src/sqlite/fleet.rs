@@ -268,9 +268,10 @@ impl FleetStore for SqliteStore {
         &self,
         model: &str,
         tier: Tier,
-        since_ms: i64,
+        since: crate::Timestamp,
         rpm: u32,
-    ) -> Result<Option<i64>, StoreError> {
+    ) -> Result<Option<crate::Timestamp>, StoreError> {
+        let since_ms = since.ms();
         let (model, tier) = (model.to_string(), tier);
         self.call(move |c| {
             Ok(c.prepare_cached(

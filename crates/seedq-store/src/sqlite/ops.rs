@@ -44,7 +44,12 @@ impl OpsStore for SqliteStore {
         .await
     }
 
-    async fn flex_tokens_since(&self, model: &str, since_ms: i64) -> Result<i64, StoreError> {
+    async fn flex_tokens_since(
+        &self,
+        model: &str,
+        since: crate::Timestamp,
+    ) -> Result<i64, StoreError> {
+        let since_ms = since.ms();
         let model = model.to_string();
         self.call(move |c| {
             Ok(c.query_row(FLEX_TOKENS_SINCE, params![model, since_ms], |r| r.get(0))?)
@@ -123,8 +128,9 @@ impl OpsStore for SqliteStore {
 
     async fn leftovers(
         &self,
-        since_ms: i64,
+        since: crate::Timestamp,
     ) -> Result<Vec<(String, String, Option<String>, Option<String>)>, StoreError> {
+        let since_ms = since.ms();
         self.call(move |c| {
             let mut st = c.prepare(
                 "SELECT id, state, last_error_code, last_error_message FROM jobs \
@@ -157,7 +163,11 @@ impl OpsStore for SqliteStore {
     .await
     }
 
-    async fn creates_since(&self, since_ms: i64) -> Result<Vec<(String, i64)>, StoreError> {
+    async fn creates_since(
+        &self,
+        since: crate::Timestamp,
+    ) -> Result<Vec<(String, i64)>, StoreError> {
+        let since_ms = since.ms();
         self.call(move |c| {
             let mut st = c.prepare(
                 // Only the default tier has an RPM at Ark; flex creates must not fill its window.
@@ -198,7 +208,11 @@ impl OpsStore for SqliteStore {
         .await
     }
 
-    async fn ops_snapshot(&self, flex_day_start_ms: i64) -> Result<OpsSnapshot, StoreError> {
+    async fn ops_snapshot(
+        &self,
+        flex_day_start: crate::Timestamp,
+    ) -> Result<OpsSnapshot, StoreError> {
+        let flex_day_start_ms = flex_day_start.ms();
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT state, model, service_tier, COUNT(*), COALESCE(SUM(est_tokens), 0), \
@@ -219,7 +233,7 @@ impl OpsStore for SqliteStore {
                     usage_tokens: r.get(5)?,
                 });
             }
-            let oldest_queued_ms = c.query_row(
+            let oldest_queued = c.query_row(
                 "SELECT MIN(created_at) FROM jobs WHERE state = 'queued'",
                 [],
                 |r| r.get(0),
@@ -234,7 +248,7 @@ impl OpsStore for SqliteStore {
                 .collect::<Result<BTreeMap<_, _>, _>>()?;
             Ok(OpsSnapshot {
                 rows,
-                oldest_queued_ms,
+                oldest_queued,
                 flex_today,
             })
         })
@@ -243,10 +257,11 @@ impl OpsStore for SqliteStore {
 
     async fn prune(
         &self,
-        archived_before_ms: i64,
-        failed_before_ms: i64,
+        archived_before: crate::Timestamp,
+        failed_before: crate::Timestamp,
         succeeded_too: bool,
     ) -> Result<PruneReport, StoreError> {
+        let (archived_before_ms, failed_before_ms) = (archived_before.ms(), failed_before.ms());
         let mut report = PruneReport::new();
         loop {
             let batch = self

@@ -75,8 +75,9 @@ impl DashboardStore for SqliteStore {
 
     async fn ui_creates_since(
         &self,
-        since_ms: i64,
+        since: crate::Timestamp,
     ) -> Result<BTreeMap<(String, Tier), i64>, StoreError> {
+        let since_ms = since.ms();
         self.call(move |c| {
             // Per tier: RPM binds the default tier only, flex has a ceiling of its own if any.
             let mut st = c.prepare_cached(
@@ -135,7 +136,11 @@ impl DashboardStore for SqliteStore {
         .await
     }
 
-    async fn ui_flex_today(&self, day_start_ms: i64) -> Result<BTreeMap<String, i64>, StoreError> {
+    async fn ui_flex_today(
+        &self,
+        day_start: crate::Timestamp,
+    ) -> Result<BTreeMap<String, i64>, StoreError> {
+        let day_start_ms = day_start.ms();
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT model, COALESCE(SUM(COALESCE(usage_tokens, est_tokens, 0)), 0) FROM jobs \

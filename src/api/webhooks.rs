@@ -97,14 +97,13 @@ pub async fn step(
     let ctx = &api.ctx;
     // The lease outlasts one attempt (its HTTP timeout), so no two workers send a row at once.
     let lease = ctx.cfg.ark.request_timeout.saturating_mul(2) + Duration::from_secs(5);
-    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(60_000);
     // One row per claim: each lease covers one attempt only, so a slow receiver cannot
     // keep the rows behind it leased past their lease (and sent twice by another worker).
     let mut n = 0;
     while n < BATCH as usize {
         let Some(w) = ctx
             .store
-            .webhook_claim(now_ms(), lease_ms, 1)
+            .webhook_claim(crate::store::Timestamp::now(), lease, 1)
             .await?
             .into_iter()
             .next()

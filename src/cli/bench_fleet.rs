@@ -238,7 +238,7 @@ async fn claims_on(name: &str, target: &StoreTarget, a: &ClaimsArgs) -> anyhow::
                     ResolutionScope::All,
                     want,
                     "bench-in-flight",
-                    1,
+                    std::time::Duration::from_millis(1),
                 )
                 .await?;
             anyhow::ensure!(!jobs.is_empty(), "{name}: nothing left to put in flight");
@@ -465,7 +465,12 @@ async fn claim_run(
                 let claimed = if due {
                     // What reconciliation claims: submits whose lease ran out.
                     store
-                        .claim_due(JobState::Submitting, &owner, 600_000, batch)
+                        .claim_due(
+                            JobState::Submitting,
+                            &owner,
+                            std::time::Duration::from_millis(600_000),
+                            batch,
+                        )
                         .await
                 } else {
                     store
@@ -476,7 +481,7 @@ async fn claim_run(
                             ResolutionScope::All,
                             batch,
                             &owner,
-                            600_000,
+                            std::time::Duration::from_millis(600_000),
                         )
                         .await
                 };

@@ -133,8 +133,13 @@ impl Ctx {
         }
     }
 
+    /// How long a claim holds a job before another worker may take it.
+    pub(crate) fn lease(&self) -> Duration {
+        self.cfg.dispatch.lease
+    }
+
     pub(crate) fn lease_ms(&self) -> i64 {
-        ms(self.cfg.dispatch.lease)
+        ms(self.lease())
     }
 
     pub(crate) fn callbacks_on(&self) -> bool {

@@ -83,11 +83,7 @@ pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     let Some(arch) = ctx.archive.clone() else {
         return Ok(Outcome::Idle(None));
     };
-    let Some(claim) = ctx
-        .store
-        .claim_for_archive(&ctx.owner, ctx.lease_ms())
-        .await?
-    else {
+    let Some(claim) = ctx.store.claim_for_archive(&ctx.owner, ctx.lease()).await? else {
         return Ok(Outcome::Idle(ctx.store.next_archive_due().await?));
     };
     let span = tracing::info_span!("job", job_id = %claim.job.id, stage = "archive");
@@ -222,8 +218,8 @@ async fn archive_job(ctx: &Ctx, arch: &Archiver, claim: ArchiveClaim) -> Result<
 
 /// Runs `fut`, renewing the job's lease every third of it meanwhile.
 async fn with_heartbeat<F: Future>(ctx: &Ctx, id: &JobId, token: i64, fut: F) -> F::Output {
-    let lease = ctx.lease_ms();
-    let every = Duration::from_millis(u64::try_from(lease / 3).unwrap_or(1).max(1));
+    let lease = ctx.lease();
+    let every = (lease / 3).max(Duration::from_millis(1));
     tokio::pin!(fut);
     loop {
         // Cancel-safe: `fut` is polled by reference and never dropped here; the sleep only waits.

@@ -181,7 +181,7 @@ async fn claim_tier(
             scope,
             limit,
             &ctx.owner,
-            ctx.lease_ms(),
+            ctx.lease(),
             &account,
         )
         .await?;
@@ -1130,7 +1130,7 @@ mod tests {
     }
 
     /// Enqueues a flex job on `PRO` and claims it for `ctx` with a lease of `lease_ms`.
-    async fn claimed_flex_job(ctx: &Ctx, dir: &std::path::Path, lease_ms: i64) -> Job {
+    async fn claimed_flex_job(ctx: &Ctx, dir: &std::path::Path, lease_ms: u64) -> Job {
         let spec = crate::request::JobSpec {
             model: Some(PRO.into()),
             prompt: Some("a fox in snow".into()),
@@ -1155,7 +1155,7 @@ mod tests {
                 ResolutionScope::All,
                 1,
                 &ctx.owner,
-                lease_ms,
+                std::time::Duration::from_millis(lease_ms),
             )
             .await
             .expect("claim");
@@ -1205,7 +1205,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let stolen = ctx
                 .store
-                .claim_due(JobState::Submitting, "another-worker", 60_000, 10)
+                .claim_due(
+                    JobState::Submitting,
+                    "another-worker",
+                    std::time::Duration::from_millis(60_000),
+                    10,
+                )
                 .await
                 .expect("steal");
             assert_eq!(stolen.len(), 1, "{name}: the expired lease is taken over");
@@ -1250,7 +1255,12 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(400)).await;
             let stolen = ctx
                 .store
-                .claim_due(JobState::Submitting, "another-worker", 60_000, 10)
+                .claim_due(
+                    JobState::Submitting,
+                    "another-worker",
+                    std::time::Duration::from_millis(60_000),
+                    10,
+                )
                 .await
                 .expect("steal");
             assert_eq!(stolen.len(), 1, "{name}: the expired lease is taken over");

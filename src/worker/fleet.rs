@@ -97,7 +97,7 @@ pub async fn leave(ctx: &Ctx) {
 pub async fn tick(ctx: &Ctx, names: &[&'static str]) -> Result<(), StageError> {
     // Reap first: a dead leader's singletons are free for this very beat.
     reap(ctx, now_ms()).await?;
-    let ttl = ms(ctx.cfg.service.leader_ttl);
+    let ttl = ctx.cfg.service.leader_ttl;
     let (alive, leads) = ctx.store.beat(&ctx.owner, names, ttl).await?;
     if !alive {
         // Another worker took this one for dead (a pause, a cut-off database) and released

@@ -120,7 +120,7 @@ fn next_poll_delay(ctx: &Ctx, job: &Job) -> Duration {
 /// # Errors
 /// Store failures.
 pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
-    let lease = ctx.lease_ms();
+    let lease = ctx.lease();
     // The poller never reads the frozen bodies.
     let jobs = ctx
         .store

@@ -98,7 +98,7 @@ pub async fn run(ctx: Ctx, shutdown: CancellationToken) -> anyhow::Result<()> {
 pub async fn recover_stale(ctx: &Ctx) -> Result<usize, StageError> {
     let stale = ctx
         .store
-        .claim_due(JobState::Submitting, &ctx.owner, ctx.lease_ms(), 500)
+        .claim_due(JobState::Submitting, &ctx.owner, ctx.lease(), 500)
         .await?;
     let n = stale.len();
     for j in stale {
@@ -166,7 +166,7 @@ pub async fn step(ctx: &Ctx) -> Result<Outcome, StageError> {
     }
     let jobs = ctx
         .store
-        .claim_due(JobState::SubmitUnknown, &ctx.owner, ctx.lease_ms(), 20)
+        .claim_due(JobState::SubmitUnknown, &ctx.owner, ctx.lease(), 20)
         .await?;
     if jobs.is_empty() {
         return Ok(if stale > 0 {

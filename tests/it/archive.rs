@@ -619,7 +619,7 @@ async fn existing_object_counts_only_with_the_recorded_hash() {
         let claim = rig
             .ctx
             .store
-            .claim_for_archive("crashed", 60_000)
+            .claim_for_archive("crashed", std::time::Duration::from_millis(60_000))
             .await
             .expect("claim")
             .expect("due");
@@ -657,7 +657,7 @@ async fn existing_object_counts_only_with_the_recorded_hash() {
         assert!(
             rig.ctx
                 .store
-                .extend_archive_lease(&id, claim.job.lease_token, -1)
+                .extend_archive_lease(&id, claim.job.lease_token, std::time::Duration::ZERO)
                 .await
                 .expect("lapse")
         );

@@ -57,7 +57,7 @@ backend_trait! {
         pub fn claim_for_archive(
             &self,
             owner: &str,
-            lease_ms: i64,
+            lease: std::time::Duration,
         ) -> Result<Option<ArchiveClaim>, StoreError>;
 
         /// Pushes the lease of an `archiving` job held with `token` to `lease_ms` from now, while a
@@ -69,7 +69,7 @@ backend_trait! {
             &self,
             id: &JobId,
             token: i64,
-            lease_ms: i64,
+            lease: std::time::Duration,
         ) -> Result<bool, StoreError>;
 
         /// Records fresh result URLs (from a new GET of the task) for an `archiving` job.
@@ -159,7 +159,7 @@ mod tests {
                 ResolutionScope::All,
                 1,
                 "t",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim")
@@ -210,7 +210,11 @@ mod tests {
 
         let order: Vec<JobId> = {
             let mut v = Vec::new();
-            while let Some(c) = store.claim_for_archive("w", 60_000).await.expect("claim") {
+            while let Some(c) = store
+                .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+                .await
+                .expect("claim")
+            {
                 assert_eq!(c.job.state, JobState::Archiving);
                 assert_eq!(c.attempts, 1);
                 v.push(c.job.id);
@@ -235,7 +239,7 @@ mod tests {
             .await
             .expect("lapse");
         let again = store
-            .claim_for_archive("w2", 60_000)
+            .claim_for_archive("w2", std::time::Duration::from_millis(60_000))
             .await
             .expect("claim")
             .expect("reclaimed");
@@ -253,7 +257,7 @@ mod tests {
         );
         assert!(
             !store
-                .extend_archive_lease(&soon, dead.lease_token, 1)
+                .extend_archive_lease(&soon, dead.lease_token, std::time::Duration::from_millis(1))
                 .await
                 .expect("extend"),
             "{name}"
@@ -261,7 +265,7 @@ mod tests {
         let t = again.job.lease_token;
         assert!(
             store
-                .extend_archive_lease(&soon, t, 60_000)
+                .extend_archive_lease(&soon, t, std::time::Duration::from_millis(60_000))
                 .await
                 .expect("extend")
         );
@@ -297,7 +301,7 @@ mod tests {
             .await
             .expect("retry later");
         let c = store
-            .claim_for_archive("w", 60_000)
+            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
             .await
             .expect("claim")
             .expect("due");
@@ -320,7 +324,7 @@ mod tests {
         // Equal deadlines: which job comes first does not matter here.
         for ok in [true, false] {
             let c = store
-                .claim_for_archive("w", 60_000)
+                .claim_for_archive("w", std::time::Duration::from_millis(60_000))
                 .await
                 .expect("claim")
                 .expect("job");

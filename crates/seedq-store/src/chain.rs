@@ -280,7 +280,15 @@ mod tests {
             .await
             .expect("enqueue");
         let claimed = s
-            .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 10, "t", 1_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "t",
+                std::time::Duration::from_millis(1_000),
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "{name}: only shot 1 is due");
@@ -326,7 +334,15 @@ mod tests {
         let chain = s.chain("c").await.expect("chain").expect("exists");
         assert_eq!(chain.released, 2, "{name}");
         let claimed = s
-            .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 10, "t", 1_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                ResolutionScope::All,
+                10,
+                "t",
+                std::time::Duration::from_millis(1_000),
+            )
             .await
             .expect("claim");
         assert_eq!(claimed.len(), 1, "{name}: the released shot is due");

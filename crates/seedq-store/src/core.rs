@@ -94,7 +94,7 @@ backend_trait! {
             &self,
             state: JobState,
             owner: &str,
-            lease_ms: i64,
+            lease: std::time::Duration,
             limit: u32,
             columns: String,
         ) -> Result<Vec<Job>, StoreError>;

@@ -143,7 +143,7 @@ mod tests {
                 ResolutionScope::All,
                 10,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
                 &limits(10_000, aligned),
             )
             .await
@@ -162,7 +162,7 @@ mod tests {
                 ResolutionScope::Only("1080p".into(), 2),
                 10,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim 1080p");
@@ -200,7 +200,7 @@ mod tests {
                     ResolutionScope::All,
                     limit,
                     "w",
-                    60_000,
+                    std::time::Duration::from_millis(60_000),
                     &limits(tpd, day),
                 )
                 .await
@@ -284,7 +284,7 @@ mod tests {
                 ResolutionScope::All,
                 2,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim");
@@ -359,9 +359,17 @@ mod tests {
         let claim = |s: &Store| {
             let s = s.clone();
             async move {
-                s.claim_for_submit_tier("m", Tier::Flex, 5, ResolutionScope::All, 1, "w", 60_000)
-                    .await
-                    .expect("claim")
+                s.claim_for_submit_tier(
+                    "m",
+                    Tier::Flex,
+                    5,
+                    ResolutionScope::All,
+                    1,
+                    "w",
+                    std::time::Duration::from_millis(60_000),
+                )
+                .await
+                .expect("claim")
             }
         };
         let got = claim(s).await;

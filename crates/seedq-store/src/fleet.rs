@@ -149,7 +149,7 @@ backend_trait! {
             &self,
             id: &str,
             names: &[&'static str],
-            ttl_ms: i64,
+            ttl: std::time::Duration,
         ) -> Result<(bool, Vec<Option<i64>>), StoreError>;
 
         /// Takes or renews the singleton `name` for `owner` for `ttl_ms`: one conditional upsert,
@@ -162,7 +162,7 @@ backend_trait! {
             &self,
             name: &str,
             owner: &str,
-            ttl_ms: i64,
+            ttl: std::time::Duration,
         ) -> Result<Option<i64>, StoreError>;
 
         /// Gives up the singleton `name` if `owner` holds it (a clean stop).
@@ -206,7 +206,7 @@ backend_trait! {
             scope: ResolutionScope,
             limit: u32,
             owner: &str,
-            lease_ms: i64,
+            lease: std::time::Duration,
             fleet: &FleetLimits,
         ) -> Result<Vec<Job>, StoreError>;
     }
@@ -241,7 +241,7 @@ mod tests {
             ResolutionScope::All,
             limit,
             owner,
-            60_000,
+            std::time::Duration::from_millis(60_000),
             &FleetLimits {
                 tpd: Some(day),
                 ..FleetLimits::default()
@@ -291,8 +291,9 @@ mod tests {
     async fn a_singleton_has_one_leader_until_its_lease_runs_out() {
         let dir = tempfile::tempdir().expect("tempdir");
         for (b, s) in testpg::both(dir.path()).await {
-            let lead = |n: &'static str, o: &'static str, ttl: i64| {
+            let lead = |n: &'static str, o: &'static str, ttl: u64| {
                 let s = s.clone();
+                let ttl = std::time::Duration::from_millis(ttl);
                 async move { s.try_lead(n, o, ttl).await.expect("lead").is_some() }
             };
             assert!(lead("governor", "a", 60_000).await, "{b}");
@@ -303,8 +304,8 @@ mod tests {
             assert_eq!(s.leaders().await.expect("leaders")[0].since, since, "{b}");
             // Another name is another lock.
             assert!(lead("maintenance", "b", 60_000).await, "{b}");
-            // An expired lease is anyone's.
-            assert!(lead("governor", "a", -1).await, "{b}");
+            // An expired lease (a zero TTL: over as soon as it starts) is anyone's.
+            assert!(lead("governor", "a", 0).await, "{b}");
             assert!(lead("governor", "b", 60_000).await, "{b}");
             assert_eq!(s.leaders().await.expect("leaders")[0].owner, "b", "{b}");
             // Resigning frees it at once.
@@ -326,7 +327,7 @@ mod tests {
                     ResolutionScope::All,
                     1,
                     "dead",
-                    600_000,
+                    std::time::Duration::from_millis(600_000),
                 )
                 .await
                 .expect("claim");
@@ -337,9 +338,13 @@ mod tests {
             s.register_worker(worker("live", now_ms()))
                 .await
                 .expect("register");
-            s.try_lead("maintenance", "dead", 600_000)
-                .await
-                .expect("lead");
+            s.try_lead(
+                "maintenance",
+                "dead",
+                std::time::Duration::from_millis(600_000),
+            )
+            .await
+            .expect("lead");
             // A live heartbeat is not reaped.
             assert_eq!(
                 s.reap_worker("live", 2_000, false).await.expect("reap"),
@@ -383,10 +388,24 @@ mod tests {
                 "{b}"
             );
             // The service's beat says the same, and renews its singletons in the same commit.
-            let (alive, leads) = s.beat("live", &["governor"], 60_000).await.expect("beat");
+            let (alive, leads) = s
+                .beat(
+                    "live",
+                    &["governor"],
+                    std::time::Duration::from_millis(60_000),
+                )
+                .await
+                .expect("beat");
             assert!(alive, "{b}");
             assert!(leads[0].is_some(), "{b}");
-            let (alive, leads) = s.beat("dead", &["governor"], 60_000).await.expect("beat");
+            let (alive, leads) = s
+                .beat(
+                    "dead",
+                    &["governor"],
+                    std::time::Duration::from_millis(60_000),
+                )
+                .await
+                .expect("beat");
             assert!(!alive, "{b}");
             assert_eq!(leads, vec![None], "{b}: the live worker leads");
             // A clean stop leaves nothing behind.
@@ -416,7 +435,7 @@ mod tests {
                         ResolutionScope::All,
                         3,
                         owner,
-                        60_000,
+                        std::time::Duration::from_millis(60_000),
                         &limits,
                     )
                     .await
@@ -481,7 +500,7 @@ mod tests {
                                     ResolutionScope::All,
                                     2,
                                     &format!("w{i}"),
-                                    60_000,
+                                    std::time::Duration::from_millis(60_000),
                                     &limits,
                                 )
                                 .await
@@ -650,7 +669,11 @@ mod tests {
         for (b, s) in testpg::both(dir.path()).await {
             let lead = |name: &'static str, owner: &'static str| {
                 let s = s.clone();
-                async move { s.try_lead(name, owner, 60_000).await.expect("lead") }
+                async move {
+                    s.try_lead(name, owner, std::time::Duration::from_millis(60_000))
+                        .await
+                        .expect("lead")
+                }
             };
             assert!(lead("poller", "w1").await.is_some(), "{b}");
             assert!(lead("archiver", "w2").await.is_some(), "{b}");

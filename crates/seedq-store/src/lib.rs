@@ -82,6 +82,7 @@ pub mod webhooks;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -214,6 +215,11 @@ impl StoreError {
             _ => None,
         }
     }
+}
+
+/// A span in whole milliseconds, as the store's columns keep times.
+pub(crate) fn span_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Unix milliseconds now.
@@ -723,7 +729,7 @@ impl Store {
         scope: ResolutionScope,
         limit: u32,
         owner: &str,
-        lease_ms: i64,
+        lease: Duration,
     ) -> Result<Vec<Job>, StoreError> {
         self.claim_for_submit_limited(
             model,
@@ -732,7 +738,7 @@ impl Store {
             scope,
             limit,
             owner,
-            lease_ms,
+            lease,
             &FleetLimits::default(),
         )
         .await
@@ -748,10 +754,10 @@ impl Store {
         &self,
         state: JobState,
         owner: &str,
-        lease_ms: i64,
+        lease: Duration,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
-        self.claim_due_columns(state, owner, lease_ms, limit, JOB_COLUMNS.to_string())
+        self.claim_due_columns(state, owner, lease, limit, JOB_COLUMNS.to_string())
             .await
     }
 
@@ -764,10 +770,10 @@ impl Store {
         &self,
         state: JobState,
         owner: &str,
-        lease_ms: i64,
+        lease: Duration,
         limit: u32,
     ) -> Result<Vec<Job>, StoreError> {
-        self.claim_due_columns(state, owner, lease_ms, limit, lean_columns())
+        self.claim_due_columns(state, owner, lease, limit, lean_columns())
             .await
     }
 

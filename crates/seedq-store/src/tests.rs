@@ -152,7 +152,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim")
@@ -170,7 +170,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim")
@@ -185,7 +185,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                60_000
+                std::time::Duration::from_millis(60_000)
             )
             .await
             .expect("claim")
@@ -274,17 +274,33 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
             .await
             .expect("enqueue");
         assert!(
-            s.claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 5, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                2,
+                ResolutionScope::All,
+                5,
+                "w",
+                std::time::Duration::from_millis(60_000)
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}: the in-flight cap holds inside the claim"
         );
         assert_eq!(
-            s.claim_for_submit_tier("m", Tier::Default, 3, ResolutionScope::All, 5, "w", 60_000)
-                .await
-                .expect("claim")
-                .len(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                3,
+                ResolutionScope::All,
+                5,
+                "w",
+                std::time::Duration::from_millis(60_000)
+            )
+            .await
+            .expect("claim")
+            .len(),
             1,
             "{name}"
         );
@@ -355,7 +371,15 @@ async fn cancel_and_retry() {
         );
         // Remote jobs are only flagged.
         let c = s
-            .claim_for_submit_tier("m", Tier::Default, 100, ResolutionScope::All, 1, "w", 1000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                1,
+                "w",
+                std::time::Duration::from_millis(1000),
+            )
             .await
             .expect("claim")
             .pop()
@@ -409,7 +433,15 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
             .await
             .expect("enqueue");
         let j = s
-            .claim_for_submit_tier("m", Tier::Default, 100, ResolutionScope::All, 1, "w", 1000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                100,
+                ResolutionScope::All,
+                1,
+                "w",
+                std::time::Duration::from_millis(1000),
+            )
             .await
             .expect("claim")
             .pop()
@@ -427,7 +459,12 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
             .expect("submitted");
         let before = now_ms();
         let due = s
-            .claim_due(JobState::Submitted, "p", 60_000, 10)
+            .claim_due(
+                JobState::Submitted,
+                "p",
+                std::time::Duration::from_millis(60_000),
+                10,
+            )
             .await
             .expect("claim");
         assert_eq!(due.len(), 1, "{name}");
@@ -436,10 +473,15 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         assert!(due[0].next_attempt_at.ms() >= before + 60_000, "{name}");
         assert_eq!(Some(due[0].next_attempt_at), due[0].lease_until, "{name}");
         assert!(
-            s.claim_due(JobState::Submitted, "p", 60_000, 10)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_due(
+                JobState::Submitted,
+                "p",
+                std::time::Duration::from_millis(60_000),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}"
         );
     }
@@ -480,7 +522,15 @@ async fn parked_submits_can_be_retried_or_cancelled_by_an_operator() {
             .expect("enqueue");
         for _ in 0..2 {
             let j = s
-                .claim_for_submit_tier("m", Tier::Default, 10, ResolutionScope::All, 1, "w", 1000)
+                .claim_for_submit_tier(
+                    "m",
+                    Tier::Default,
+                    10,
+                    ResolutionScope::All,
+                    1,
+                    "w",
+                    std::time::Duration::from_millis(1000),
+                )
                 .await
                 .expect("claim")
                 .pop()
@@ -558,21 +608,45 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
         s.enqueue(jobs).await.expect("enqueue");
         // Two default tasks fill a default cap of 2 ...
         let d = s
-            .claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                2,
+                ResolutionScope::All,
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000),
+            )
             .await
             .expect("claim");
         assert_eq!(d.len(), 2, "{name}");
         assert!(d.iter().all(|j| !j.is_flex()), "{name}");
         assert!(
-            s.claim_for_submit_tier("m", Tier::Default, 2, ResolutionScope::All, 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                2,
+                ResolutionScope::All,
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000)
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}"
         );
         // ... and do not count against flex, whose own cap of 2 holds separately.
         let f = s
-            .claim_for_submit_tier("m", Tier::Flex, 2, ResolutionScope::All, 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Flex,
+                2,
+                ResolutionScope::All,
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000),
+            )
             .await
             .expect("claim");
         assert_eq!(f.len(), 2, "{name}");
@@ -590,10 +664,18 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
             "{name}"
         );
         assert_eq!(
-            s.claim_for_submit_tier("m", Tier::Flex, 10, ResolutionScope::All, 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .len(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Flex,
+                10,
+                ResolutionScope::All,
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000)
+            )
+            .await
+            .expect("claim")
+            .len(),
             1,
             "{name}"
         );
@@ -613,7 +695,15 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         s.enqueue(jobs).await.expect("enqueue");
         let except = ResolutionScope::Except(vec!["4k".into()]);
         let rest = s
-            .claim_for_submit_tier("m", Tier::Default, 10, except.clone(), 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                except.clone(),
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000),
+            )
             .await
             .expect("claim");
         assert_eq!(rest.len(), 3, "{name}");
@@ -624,15 +714,31 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
         );
         let only = ResolutionScope::Only("4k".into(), 1);
         let k = s
-            .claim_for_submit_tier("m", Tier::Default, 10, only.clone(), 10, "w", 60_000)
+            .claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                only.clone(),
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000),
+            )
             .await
             .expect("claim");
         assert_eq!(k.len(), 1, "{name}: 4k's own cap of one");
         assert!(
-            s.claim_for_submit_tier("m", Tier::Default, 10, only.clone(), 10, "w", 60_000)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.claim_for_submit_tier(
+                "m",
+                Tier::Default,
+                10,
+                only.clone(),
+                10,
+                "w",
+                std::time::Duration::from_millis(60_000)
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "{name}"
         );
         // The model's cap binds 4k too: 4 in flight of 4.
@@ -644,7 +750,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
                 ResolutionScope::Only("4k".into(), 5),
                 10,
                 "w",
-                60_000
+                std::time::Duration::from_millis(60_000)
             )
             .await
             .expect("claim")
@@ -674,7 +780,7 @@ async fn lean_paths_read_no_bodies() {
                 ResolutionScope::All,
                 10,
                 "w",
-                60_000,
+                std::time::Duration::from_millis(60_000),
             )
             .await
             .expect("claim");
@@ -695,7 +801,12 @@ async fn lean_paths_read_no_bodies() {
         .await
         .expect("submitted");
         let polled = s
-            .claim_due_lean(JobState::Submitted, "p", 60_000, 10)
+            .claim_due_lean(
+                JobState::Submitted,
+                "p",
+                std::time::Duration::from_millis(60_000),
+                10,
+            )
             .await
             .expect("poll");
         assert_eq!(polled.len(), 1, "{name}");

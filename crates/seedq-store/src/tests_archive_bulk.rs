@@ -185,7 +185,11 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         let (late, none, soon) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
 
         let mut order = Vec::new();
-        while let Some(c) = s.claim_for_archive("w", 60_000).await.expect("claim") {
+        while let Some(c) = s
+            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+            .await
+            .expect("claim")
+        {
             assert_eq!(c.job.state, JobState::Archiving, "{name}");
             assert_eq!(c.attempts, 1, "{name}");
             assert_eq!(c.job.lease_token, 1, "{name}: a fresh token");
@@ -219,7 +223,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             "{name}"
         );
         let again = s
-            .claim_for_archive("w2", 60_000)
+            .claim_for_archive("w2", std::time::Duration::from_millis(60_000))
             .await
             .expect("claim")
             .expect("reclaimed");
@@ -261,13 +265,15 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             "{name}: {stale:?}"
         );
         assert!(
-            !s.extend_archive_lease(&soon, old, 1).await.expect("extend"),
+            !s.extend_archive_lease(&soon, old, std::time::Duration::from_millis(1))
+                .await
+                .expect("extend"),
             "{name}"
         );
 
         let t = again.job.lease_token;
         assert!(
-            s.extend_archive_lease(&soon, t, 600_000)
+            s.extend_archive_lease(&soon, t, std::time::Duration::from_millis(600_000))
                 .await
                 .expect("extend"),
             "{name}"
@@ -347,7 +353,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         )
         .await;
         let c = s
-            .claim_for_archive("w", 60_000)
+            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
             .await
             .expect("claim")
             .expect("due");
@@ -356,7 +362,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         assert_eq!(c.frame, Some(("def".to_string(), 4)), "{name}");
         assert_eq!(c.job.archive_sha256.as_deref(), Some("abc"), "{name}");
         assert!(
-            s.claim_for_archive("w", 60_000)
+            s.claim_for_archive("w", std::time::Duration::from_millis(60_000))
                 .await
                 .expect("claim")
                 .is_none(),
@@ -379,7 +385,10 @@ async fn concurrent_archive_claims_take_each_job_once() {
                 tokio::spawn(async move {
                     let mut got = Vec::new();
                     while let Some(c) = s
-                        .claim_for_archive(&format!("w{w}"), 60_000)
+                        .claim_for_archive(
+                            &format!("w{w}"),
+                            std::time::Duration::from_millis(60_000),
+                        )
                         .await
                         .expect("claim")
                     {

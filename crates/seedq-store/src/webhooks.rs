@@ -38,8 +38,8 @@ backend_trait! {
         /// SQL errors.
         pub fn webhook_claim(
             &self,
-            now: i64,
-            lease_ms: i64,
+            now: crate::Timestamp,
+            lease: std::time::Duration,
             limit: i64,
         ) -> Result<Vec<WebhookDue>, StoreError>;
 
@@ -121,7 +121,14 @@ mod tests {
         assert!(s.webhooks_of(&other_id).await.expect("read").is_empty());
 
         let now = crate::now_ms() + 1000;
-        let due = s.webhook_claim(now, 5000, 10).await.expect("claim");
+        let due = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!(due.len(), 1);
         assert!(
             due[0].id.starts_with(&format!("msg_{id}_cancelled_")),
@@ -130,23 +137,38 @@ mod tests {
         );
         assert_eq!((due[0].event.as_str(), due[0].attempts), ("cancelled", 0));
         assert!(
-            s.webhook_claim(now, 5000, 10)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.webhook_claim(
+                crate::Timestamp::from_ms(now),
+                std::time::Duration::from_millis(5000),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "leased"
         );
         s.webhook_attempted(&due[0], now, Err(("503".into(), Some(now + 10))))
             .await
             .expect("retry");
         assert!(
-            s.webhook_claim(now, 5000, 10)
-                .await
-                .expect("claim")
-                .is_empty(),
+            s.webhook_claim(
+                crate::Timestamp::from_ms(now),
+                std::time::Duration::from_millis(5000),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty(),
             "not yet due"
         );
-        let again = s.webhook_claim(now + 10, 5000, 10).await.expect("claim");
+        let again = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now + 10),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!((again.len(), again[0].attempts), (1, 1));
         s.webhook_attempted(&again[0], now + 20, Ok(()))
             .await
@@ -157,10 +179,14 @@ mod tests {
             (1, 2, Some(crate::Timestamp::from_ms(now + 20)))
         );
         assert!(
-            s.webhook_claim(now + 10_000, 5000, 10)
-                .await
-                .expect("claim")
-                .is_empty()
+            s.webhook_claim(
+                crate::Timestamp::from_ms(now + 10_000),
+                std::time::Duration::from_millis(5000),
+                10
+            )
+            .await
+            .expect("claim")
+            .is_empty()
         );
 
         // Success: 'succeeded' then 'archived' share one row; a row deferred while the video
@@ -186,7 +212,14 @@ mod tests {
         };
         let set = |state: &str, at: i64| set_job(&ok_id, state, at);
         exec(&s, &set("succeeded", now + 100)).await;
-        let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
+        let due = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now + 100),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].id, format!("msg_{ok_id}_success"));
         s.webhook_attempted(&due[0], now + 100, Err(("deferred".into(), None)))
@@ -194,7 +227,14 @@ mod tests {
             .expect("defer");
         exec(&s, &set("archiving", now + 150)).await;
         exec(&s, &set("archived", now + 200)).await;
-        let due = s.webhook_claim(now + 200, 5000, 10).await.expect("claim");
+        let due = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now + 200),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!(
             (due.len(), due[0].id.clone(), due[0].event.as_str()),
             (1, format!("msg_{ok_id}_success"), "succeeded")
@@ -212,7 +252,14 @@ mod tests {
             .expect("enqueue");
         let set_raced = |state: &str, at: i64| set_job(&raced_id, state, at);
         exec(&s, &set_raced("succeeded", now + 100)).await;
-        let due = s.webhook_claim(now + 100, 5000, 10).await.expect("claim");
+        let due = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now + 100),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!(due.len(), 1);
         exec(&s, &set_raced("archiving", now + 150)).await;
         exec(&s, &set_raced("archived", now + 200)).await;
@@ -223,7 +270,14 @@ mod tests {
         )
         .await
         .expect("defer");
-        let due = s.webhook_claim(now + 210, 5000, 10).await.expect("claim");
+        let due = s
+            .webhook_claim(
+                crate::Timestamp::from_ms(now + 210),
+                std::time::Duration::from_millis(5000),
+                10,
+            )
+            .await
+            .expect("claim");
         assert_eq!(
             due.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             [format!("msg_{raced_id}_success")],

@@ -39,8 +39,9 @@ impl ArchiveStore for PgStore {
     async fn claim_for_archive(
         &self,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
     ) -> Result<Option<ArchiveClaim>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         self.retry(|| async move {
             let now = now_ms();
             let mut c = self.conn().await?;
@@ -105,8 +106,9 @@ impl ArchiveStore for PgStore {
         &self,
         id: &JobId,
         token: i64,
-        lease_ms: i64,
+        lease: std::time::Duration,
     ) -> Result<bool, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let now = now_ms();
         let c = self.conn().await?;
         // Typed sums: PostgreSQL cannot pick a `+` for two untyped parameters.

@@ -883,10 +883,11 @@ impl QueueStore for PgStore {
         &self,
         state: JobState,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
         limit: u32,
         columns: String,
     ) -> Result<Vec<Job>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let columns: &str = &columns;
 
         let now = now_ms();

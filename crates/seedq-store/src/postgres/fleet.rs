@@ -248,8 +248,9 @@ impl FleetStore for PgStore {
         &self,
         id: &str,
         names: &[&'static str],
-        ttl_ms: i64,
+        ttl: std::time::Duration,
     ) -> Result<(bool, Vec<Option<i64>>), StoreError> {
+        let ttl_ms = crate::span_ms(ttl);
         self.retry(|| async move {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -275,8 +276,9 @@ impl FleetStore for PgStore {
         &self,
         name: &str,
         owner: &str,
-        ttl_ms: i64,
+        ttl: std::time::Duration,
     ) -> Result<Option<i64>, StoreError> {
+        let ttl_ms = crate::span_ms(ttl);
         let c = self.conn().await?;
         lead(&c, name, owner, now_ms(), ttl_ms).await
     }
@@ -340,9 +342,10 @@ impl FleetStore for PgStore {
         scope: ResolutionScope,
         limit: u32,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
         fleet: &FleetLimits,
     ) -> Result<Vec<Job>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let (only, only_cap, except) = match scope {
             ResolutionScope::All => (None, 0, "[]".to_string()),
             ResolutionScope::Only(res, cap) => (Some(res), i64::from(cap), "[]".to_string()),

@@ -9,10 +9,11 @@ use crate::webhooks::{WebhookDue, WebhookState};
 impl WebhookStore for PgStore {
     async fn webhook_claim(
         &self,
-        now: i64,
-        lease_ms: i64,
+        now: crate::Timestamp,
+        lease: std::time::Duration,
         limit: i64,
     ) -> Result<Vec<WebhookDue>, StoreError> {
+        let (now, lease_ms) = (now.ms(), crate::span_ms(lease));
         let c = self.conn().await?;
         let rows = c
             .query(

@@ -31,8 +31,9 @@ impl ArchiveStore for SqliteStore {
     async fn claim_for_archive(
         &self,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
     ) -> Result<Option<ArchiveClaim>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let owner = owner.to_string();
         self.call(move |c| {
         let now = now_ms();
@@ -91,8 +92,9 @@ impl ArchiveStore for SqliteStore {
         &self,
         id: &JobId,
         token: i64,
-        lease_ms: i64,
+        lease: std::time::Duration,
     ) -> Result<bool, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let id = id.clone();
         self.call(move |c| {
             let now = now_ms();

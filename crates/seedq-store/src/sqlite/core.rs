@@ -510,10 +510,11 @@ impl QueueStore for SqliteStore {
         &self,
         state: JobState,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
         limit: u32,
         columns: String,
     ) -> Result<Vec<Job>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let owner = owner.to_string();
         self.call(move |c| {
         let now = now_ms();

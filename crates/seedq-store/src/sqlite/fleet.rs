@@ -221,8 +221,9 @@ impl FleetStore for SqliteStore {
         &self,
         id: &str,
         names: &[&'static str],
-        ttl_ms: i64,
+        ttl: std::time::Duration,
     ) -> Result<(bool, Vec<Option<i64>>), StoreError> {
+        let ttl_ms = crate::span_ms(ttl);
         let (id, names) = (id.to_string(), names.to_vec());
         self.call(move |c| {
             let now = now_ms();
@@ -245,8 +246,9 @@ impl FleetStore for SqliteStore {
         &self,
         name: &str,
         owner: &str,
-        ttl_ms: i64,
+        ttl: std::time::Duration,
     ) -> Result<Option<i64>, StoreError> {
+        let ttl_ms = crate::span_ms(ttl);
         let (name, owner) = (name.to_string(), owner.to_string());
         self.call(move |c| Ok(lead(c, &name, &owner, now_ms(), ttl_ms)?))
             .await
@@ -312,9 +314,10 @@ impl FleetStore for SqliteStore {
         scope: ResolutionScope,
         limit: u32,
         owner: &str,
-        lease_ms: i64,
+        lease: std::time::Duration,
         fleet: &FleetLimits,
     ) -> Result<Vec<Job>, StoreError> {
+        let lease_ms = crate::span_ms(lease);
         let fleet = fleet.clone();
         let (model, tier, owner) = (model.to_string(), tier, owner.to_string());
         let (only, only_cap, except) = match scope {

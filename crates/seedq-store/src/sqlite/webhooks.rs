@@ -9,10 +9,11 @@ use rusqlite::params;
 impl WebhookStore for SqliteStore {
     async fn webhook_claim(
         &self,
-        now: i64,
-        lease_ms: i64,
+        now: crate::Timestamp,
+        lease: std::time::Duration,
         limit: i64,
     ) -> Result<Vec<WebhookDue>, StoreError> {
+        let (now, lease_ms) = (now.ms(), crate::span_ms(lease));
         self.call(move |c| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let rows = {

@@ -157,18 +157,18 @@ async fn claim_tier(
     let account = crate::store::FleetLimits {
         rpm,
         resolution_rpm: own.map(|(_, l)| l.rpm),
-        window_ms: ms(ctx.cfg.dispatch.rpm_count_window()),
+        window: ctx.cfg.dispatch.rpm_count_window(),
         tpd: limits.flex_tpd.filter(|_| flex).map(|tpd| {
             let day_ms = ctx.cfg.bulk.tpd_day_ms();
             let start =
                 crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
             crate::store::FlexDay {
                 tpd,
-                start,
-                next: start + day_ms,
+                start: crate::store::Timestamp::from_ms(start),
+                next: crate::store::Timestamp::from_ms(start + day_ms),
                 // A create claimed this long before the day began may still be sent (the
                 // lease) and be in flight (the request timeout) after it.
-                straddle_ms: ctx.lease_ms() + ms(ctx.cfg.ark.request_timeout),
+                straddle: ctx.lease() + ctx.cfg.ark.request_timeout,
             }
         }),
     };
@@ -191,15 +191,10 @@ async fn claim_tier(
         && let Some(rpm) = rpm
         && let Some(t) = ctx
             .store
-            .rpm_window_full_since(
-                model,
-                tier,
-                Timestamp::from_ms(now - account.window_ms),
-                rpm,
-            )
+            .rpm_window_full_since(model, tier, Timestamp::from_ms(now) - account.window, rpm)
             .await?
     {
-        let t = t.ms() + account.window_ms;
+        let t = (t + account.window).ms();
         *wake = Some(wake.map_or(t, |w| w.min(t)));
     }
     // Without `flex_rpm` nothing reads the flex window: keep it empty.

@@ -127,11 +127,11 @@ mod tests {
         let limits = |tpd: i64, day: i64| FleetLimits {
             tpd: Some(crate::FlexDay {
                 tpd: u64::try_from(tpd).expect("tpd"),
-                start: day,
-                next: day + 86_400_000,
-                straddle_ms: 0,
+                start: crate::Timestamp::from_ms(day),
+                next: crate::Timestamp::from_ms(day + 86_400_000),
+                straddle: std::time::Duration::from_millis(0),
             }),
-            window_ms: 60_000,
+            window: std::time::Duration::from_millis(60_000),
             ..FleetLimits::default()
         };
         let aligned = bucket_ceil(now) - TOKEN_BUCKET_MS;

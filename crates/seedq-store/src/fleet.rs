@@ -48,12 +48,12 @@ pub struct LeaderRow {
 /// The account limits a claim enforces for the whole fleet, beside the concurrency cap.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FleetLimits {
-    /// Creates per `window_ms` on the (model, tier), counted from every worker's claims.
+    /// Creates per `window` on the (model, tier), counted from every worker's claims.
     pub rpm: Option<u32>,
     /// The same for the claimed resolution alone (`ResolutionScope::Only`, 2.0 `4k`).
     pub resolution_rpm: Option<u32>,
     /// The RPM window (`dispatch.rpm_window`).
-    pub window_ms: i64,
+    pub window: std::time::Duration,
     /// Flex only: the day's token budget. The claim takes jobs in claim order while their
     /// estimated tokens fit in what the day has left; the next candidates that do not fit
     /// wait for the next day.
@@ -65,9 +65,9 @@ pub struct FleetLimits {
 pub struct FlexDay {
     /// The day's token budget.
     pub tpd: u64,
-    /// When the day starts and when the next one does (unix ms).
-    pub start: i64,
-    pub next: i64,
+    /// When the day starts and when the next one does.
+    pub start: crate::Timestamp,
+    pub next: crate::Timestamp,
     /// How long before `start` a create may have been claimed and still reach Ark after it
     /// (the submit lease plus the request timeout). Ark counts a create in the day it
     /// arrives in; the store counts it in the day it was claimed in, and the dispatcher sends
@@ -75,7 +75,7 @@ pub struct FlexDay {
     /// create still unanswered (`submitting`, `submit_unknown`) may have arrived in a later
     /// day: one claimed in this span counts in this day too. Counting it twice costs a clip
     /// of budget at most; counting it once in the wrong day gets a create refused.
-    pub straddle_ms: i64,
+    pub straddle: std::time::Duration,
 }
 
 /// What [`room_in_tx`] allows.
@@ -422,7 +422,7 @@ mod tests {
             add(&s, 10, None).await;
             let limits = FleetLimits {
                 rpm: Some(4),
-                window_ms: 60_000,
+                window: std::time::Duration::from_millis(60_000),
                 ..FleetLimits::default()
             };
             let claim = |owner: &'static str, tier: Tier| {
@@ -483,7 +483,7 @@ mod tests {
             add(&s, 60, None).await;
             let limits = FleetLimits {
                 rpm: Some(25),
-                window_ms: 60_000,
+                window: std::time::Duration::from_millis(60_000),
                 ..FleetLimits::default()
             };
             let tasks: Vec<_> = (0..8)
@@ -530,9 +530,9 @@ mod tests {
             let next = now_ms() + 3_600_000;
             let day = FlexDay {
                 tpd: 250,
-                start: now_ms() - 1_000,
-                next,
-                straddle_ms: 0,
+                start: crate::Timestamp::from_ms(now_ms() - 1_000),
+                next: crate::Timestamp::from_ms(next),
+                straddle: std::time::Duration::from_millis(0),
             };
             let got = claim_flex(&s, "a", 64, day).await;
             assert_eq!(got.len(), 2, "{b}: two of 100 tokens fit in 250");
@@ -584,9 +584,9 @@ mod tests {
             let ended = now_ms() - 1;
             let day = FlexDay {
                 tpd: 1_000_000,
-                start: ended - 3_600_000,
-                next: ended,
-                straddle_ms: 0,
+                start: crate::Timestamp::from_ms(ended - 3_600_000),
+                next: crate::Timestamp::from_ms(ended),
+                straddle: std::time::Duration::from_millis(0),
             };
             let got = claim_flex(&s, "a", 64, day).await;
             assert!(got.is_empty(), "{b}: the day it read has ended");
@@ -612,9 +612,9 @@ mod tests {
             let old = now_ms() - 60_000;
             let before = claim(FlexDay {
                 tpd: 250,
-                start: old,
-                next: old + 3_600_000,
-                straddle_ms: 60_000,
+                start: crate::Timestamp::from_ms(old),
+                next: crate::Timestamp::from_ms(old + 3_600_000),
+                straddle: std::time::Duration::from_millis(60_000),
             })
             .await;
             assert_eq!(before.len(), 1, "{b}");
@@ -622,9 +622,9 @@ mod tests {
             let start = now_ms();
             let day = |straddle_ms, tpd| FlexDay {
                 tpd,
-                start,
-                next: start + 3_600_000,
-                straddle_ms,
+                start: crate::Timestamp::from_ms(start),
+                next: crate::Timestamp::from_ms(start + 3_600_000),
+                straddle: std::time::Duration::from_millis(straddle_ms),
             };
             // In flight: 100 of the new day's 250 may be its, so one more fits, not two.
             add(&s, 2, Some(100)).await;

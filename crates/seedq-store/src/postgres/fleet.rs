@@ -31,7 +31,7 @@ async fn room_in_tx(
     now: i64,
 ) -> Result<Room, StoreError> {
     let mut creates = i64::MAX;
-    let since = now - limits.window_ms;
+    let since = now - crate::span_ms(limits.window);
     if let Some(rpm) = limits.rpm {
         // At most `rpm` rows are read: a full window is full whatever its true count.
         let n: i64 = c
@@ -59,11 +59,11 @@ async fn room_in_tx(
         None => None,
         // The day ended after the caller read its clock: this claim would be stamped (and
         // counted) in the next day, whose spend was not read. None fit; the caller asks again.
-        Some(d) if now >= d.next => Some(0),
+        Some(d) if now >= d.next.ms() => Some(0),
         Some(d) => {
             // The day's sum from the counters the triggers keep (store/counters.rs), and the
             // creates of the day before that may have reached Ark in this one (`FlexDay`).
-            let spent = super::counters::flex_spent_in_tx(c, model, d.start).await?
+            let spent = super::counters::flex_spent_in_tx(c, model, d.start.ms()).await?
                 + flex_straddling_in_tx(c, model, &d).await?;
             Some(
                 i64::try_from(d.tpd)
@@ -89,7 +89,7 @@ async fn flex_straddling_in_tx(
 ) -> Result<i64, StoreError> {
     Ok(c.query_one(
         FLEX_STRADDLING,
-        &[&model, &(d.start - d.straddle_ms), &d.start],
+        &[&model, &(d.start - d.straddle), &d.start],
     )
     .await?
     .try_get(0)?)
@@ -457,7 +457,7 @@ impl FleetStore for PgStore {
                     ..
                 }),
             ) = (account.tokens, fleet.tpd)
-                && now < next_day
+                && now < next_day.ms()
             {
                 // As on SQLite: the next candidates the day cannot take wait for the next day.
                 let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();

@@ -45,7 +45,7 @@ pub(super) fn room_in_tx(
     now: i64,
 ) -> rusqlite::Result<Room> {
     let mut creates = i64::MAX;
-    let since = now - limits.window_ms;
+    let since = now - crate::span_ms(limits.window);
     if let Some(rpm) = limits.rpm {
         // At most `rpm` rows are read: a full window is full whatever its true count.
         let n: i64 = tx
@@ -69,11 +69,11 @@ pub(super) fn room_in_tx(
         None => None,
         // The day ended after the caller read its clock: this claim would be stamped (and
         // counted) in the next day, whose spend was not read. None fit; the caller asks again.
-        Some(d) if now >= d.next => Some(0),
+        Some(d) if now >= d.next.ms() => Some(0),
         Some(d) => {
             // The day's sum from the counters the triggers keep (store/counters.rs), and the
             // creates of the day before that may have reached Ark in this one (`FlexDay`).
-            let spent = super::counters::flex_spent_in_tx(tx, model, d.start)?
+            let spent = super::counters::flex_spent_in_tx(tx, model, d.start.ms())?
                 + flex_straddling_in_tx(tx, model, &d)?;
             Some(
                 i64::try_from(d.tpd)
@@ -92,7 +92,7 @@ pub(crate) const FLEX_STRADDLING: &str = "SELECT COALESCE(SUM(COALESCE(usage_tok
          AND state IN ('submitting', 'submit_unknown') \
          AND submit_started_at >= ?2 AND submit_started_at < ?3";
 
-/// Flex tokens of `model` claimed in the `straddle_ms` before the day began whose create may
+/// Flex tokens of `model` claimed in the `straddle` before the day began whose create may
 /// have arrived in it: the ones still unanswered (`FlexDay`). A range of the partial index
 /// `jobs_flex_unanswered` (migrations/0023_flex_unanswered_index.sql): creates in flight only.
 fn flex_straddling_in_tx(
@@ -101,9 +101,7 @@ fn flex_straddling_in_tx(
     d: &crate::FlexDay,
 ) -> rusqlite::Result<i64> {
     tx.prepare_cached(FLEX_STRADDLING)?
-        .query_row(params![model, d.start - d.straddle_ms, d.start], |r| {
-            r.get(0)
-        })
+        .query_row(params![model, d.start - d.straddle, d.start], |r| r.get(0))
 }
 
 /// Ends every lease `owner` holds, so its jobs come due at once. `dead`: its process is known
@@ -383,7 +381,7 @@ impl FleetStore for SqliteStore {
         }
         // (Not when the day has ended: the next one's spend was not read.)
         if let (Some(left), Some(crate::FlexDay { tpd, next: next_day, .. })) = (account.tokens, fleet.tpd)
-            && now < next_day
+            && now < next_day.ms()
         {
             // The next candidates that the day's budget cannot take wait for the next day,
             // as the dispatcher's own reservation does (worker/dispatch.rs `submit`).

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::stage::{Ctx, ms};
+use crate::store::Timestamp;
 use crate::store::now_ms;
 use crate::worker::{archive, callback, dispatch, fleet, poll, reclaim_dead_owners, reconcile};
 
@@ -37,11 +38,8 @@ pub async fn run(ctx: Ctx, mode: Mode, shutdown: impl Future<Output = ()>) -> an
         crate::ops::install_metrics();
     }
     let since = now_ms() - ms(ctx.cfg.dispatch.rpm_count_window());
-    ctx.limiter.seed(
-        &ctx.store
-            .creates_since(crate::store::Timestamp::from_ms(since))
-            .await?,
-    );
+    ctx.limiter
+        .seed(&ctx.store.creates_since(Timestamp::from_ms(since)).await?);
     // Reconcile once before anything new is submitted: whatever a crash left ambiguous is
     // resolved (or parked) first. A dead holder's leases end now, not when they run out.
     reclaim_dead_owners(&ctx).await?;

@@ -16,6 +16,7 @@ use crate::ark::wire::CreateTaskRequest;
 use crate::blob::ObjectKey;
 use crate::job::JobState;
 use crate::request::{self, Invalid, JobSpec, SpecError};
+use crate::store::Timestamp;
 use crate::store::{ApiEnqueued, ApiJob, Job, NewJob, StoreError, now_ms};
 
 /// The video's file name in file URLs.
@@ -229,7 +230,7 @@ pub async fn create(api: &Api, caller: &Caller, c: Create) -> Result<(String, bo
         body_sha256: c.body_sha256,
         info: serde_json::to_string(&info).unwrap_or_else(|_| "{}".into()),
         webhook_url: c.webhook_url,
-        created_at: crate::store::Timestamp::now(),
+        created_at: Timestamp::now(),
         deleted_at: None,
         result_meta: None,
     };

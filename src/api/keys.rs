@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use super::sign::{same, sha256_hex};
 use crate::stage::Ctx;
 use crate::store::ApiKey;
+use crate::store::Timestamp;
 
 /// The prefix of every key: it tells a seedq key from an Ark key at a glance.
 pub const KEY_PREFIX: &str = "sq_";
@@ -81,7 +82,7 @@ pub fn generate(name: &str) -> (ApiKey, String, String) {
         models: None,
         webhook_url: None,
         webhook_secret: secret.clone(),
-        created_at: crate::store::Timestamp::now(),
+        created_at: Timestamp::now(),
         revoked_at: None,
     };
     (row, key, secret)

@@ -27,6 +27,7 @@ use super::sign::hmac_sha256;
 use super::{Api, ark, openai};
 use crate::stage::safeurl::{UrlPolicy, download_client};
 use crate::stage::{Ctx, StageError};
+use crate::store::Timestamp;
 use crate::store::now_ms;
 use crate::store::webhooks::WebhookDue;
 
@@ -103,7 +104,7 @@ pub async fn step(
     while n < BATCH as usize {
         let Some(w) = ctx
             .store
-            .webhook_claim(crate::store::Timestamp::now(), lease, 1)
+            .webhook_claim(Timestamp::now(), lease, 1)
             .await?
             .into_iter()
             .next()

@@ -193,7 +193,7 @@ async fn model_state(
     let day_start = super::tpd_day_start(now_ms(), cfg.dispatch.tpd_utc_offset_hours, day_ms);
     let spent_today = if limits.flex_tpd.is_some() {
         store
-            .flex_tokens_since(model, crate::store::Timestamp::from_ms(day_start))
+            .flex_tokens_since(model, Timestamp::from_ms(day_start))
             .await?
     } else {
         0

@@ -8,6 +8,7 @@ use super::Ctx;
 use crate::ops::reload::Reloader;
 use crate::service::Mode;
 use crate::stage::Ctx as StageCtx;
+use crate::store::Timestamp;
 
 /// Resolves on SIGTERM (systemd's stop) or SIGINT (Ctrl-C).
 ///
@@ -89,9 +90,7 @@ pub const EXIT_LEFT_OVER: u8 = 3;
 /// What `seedq run` leaves behind, and why, on stderr; exit 3 when any job is parked, or
 /// failed during this run (a drained queue is not a clean run when jobs need an operator).
 async fn summary(store: &crate::store::Store, since: i64) -> anyhow::Result<ExitCode> {
-    let left = store
-        .leftovers(crate::store::Timestamp::from_ms(since))
-        .await?;
+    let left = store.leftovers(Timestamp::from_ms(since)).await?;
     if left.is_empty() {
         eprintln!("seedq run: done; every job finished");
         return Ok(ExitCode::SUCCESS);

@@ -21,6 +21,7 @@ use crate::job::JobState;
 use crate::stage::Ctx;
 // The guarded server moved to the stage core: the callback stage serves with it too.
 pub use crate::stage::http::{ServerLimits, serve_guarded};
+use crate::store::Timestamp;
 use crate::store::now_ms;
 use crate::tier::Tier;
 
@@ -129,10 +130,7 @@ impl Family<'_> {
 pub async fn render(ctx: &Ctx) -> anyhow::Result<String> {
     let now = now_ms();
     let day = crate::stage::day_start_ms(now, ctx.cfg.dispatch.tpd_utc_offset_hours);
-    let snap = ctx
-        .store
-        .ops_snapshot(crate::store::Timestamp::from_ms(day))
-        .await?;
+    let snap = ctx.store.ops_snapshot(Timestamp::from_ms(day)).await?;
     let mut out = match metrics::install() {
         Ok(h) => {
             // Upkeep drains histogram buckets; doing it per scrape spares a timer task.

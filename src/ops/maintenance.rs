@@ -32,6 +32,7 @@ use tokio_util::sync::CancellationToken;
 use super::{metrics, schedule};
 use crate::blob::{BlobStore, ObjectKey};
 use crate::stage::{Ctx, StageError, Verdict, ms};
+use crate::store::Timestamp;
 use crate::store::now_ms;
 
 /// One maintenance task.
@@ -256,8 +257,8 @@ async fn prune(ctx: &Ctx) -> Result<String, StageError> {
     let report = ctx
         .store
         .prune(
-            crate::store::Timestamp::from_ms(now - ms(m.retain_archived)),
-            crate::store::Timestamp::from_ms(now - ms(m.retain_failed)),
+            Timestamp::from_ms(now - ms(m.retain_archived)),
+            Timestamp::from_ms(now - ms(m.retain_failed)),
             // With archiving off, `succeeded` is where a job ends.
             ctx.cfg.archive.url.is_empty(),
         )
@@ -269,7 +270,10 @@ async fn prune(ctx: &Ctx) -> Result<String, StageError> {
     // Billed holds of budget days that are over: no daily cap reads them again, and their
     // batch's total moves into `budget_settled` with them (store/budget.rs).
     let today = crate::worker::budget::day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-    let holds = ctx.store.prune_budget_holds(today).await?;
+    let holds = ctx
+        .store
+        .prune_budget_holds(Timestamp::from_ms(today))
+        .await?;
     let buckets = ctx.store.prune_counters().await?;
     Ok(format!(
         "pruned {total} jobs {report:?}, {holds} settled budget holds, {buckets} empty counter rows"
@@ -295,10 +299,7 @@ async fn tpd_rollover(ctx: &Ctx) -> Result<String, StageError> {
     // The firing may land a moment before the boundary by the scheduler's clock: take the day
     // that is ending, whichever side of midnight we are on.
     let ended = crate::stage::day_start_ms(now - 60_000, offset);
-    let snap = ctx
-        .store
-        .ops_snapshot(crate::store::Timestamp::from_ms(ended))
-        .await?;
+    let snap = ctx.store.ops_snapshot(Timestamp::from_ms(ended)).await?;
     ctx.poke_dispatch.notify_waiters();
     let used: Vec<String> = snap
         .flex_today

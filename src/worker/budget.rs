@@ -174,7 +174,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> Result<Result<HoldStamp, Wait>, St
         job_id: job.id.to_string(),
         batch: job.batch_id.clone(),
         model: job.model.clone(),
-        day_start: day,
+        day_start: Timestamp::from_ms(day),
         tokens: job.est_tokens.unwrap_or(0).max(0),
         rate: rate(&ctx.ops.live.catalogue(), &job.model, job.is_flex()),
         priced: ctx.ops.live.catalogue().get(&job.model).is_some(),
@@ -228,10 +228,15 @@ pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> Result<bool, S
                 s.tokens
             }
         }
-        Scope::Daily => ctx.store.day_spend(wait.day, None).await?.0,
+        Scope::Daily => {
+            ctx.store
+                .day_spend(Timestamp::from_ms(wait.day), None)
+                .await?
+                .0
+        }
         Scope::ModelDaily => {
             ctx.store
-                .day_spend(wait.day, Some(job.model.clone()))
+                .day_spend(Timestamp::from_ms(wait.day), Some(job.model.clone()))
                 .await?
                 .1
         }
@@ -393,7 +398,7 @@ pub async fn plan_for(
     plan.batch_tokens_left = cap_tokens.map(|t| t - held_tokens);
     let day = day_start(now_ms(), tz, day_ms);
     if let Some(fen) = daily_cny.and_then(|v| fen_of_cny(v).ok()) {
-        let (spent, _) = store.day_spend(day, None).await?;
+        let (spent, _) = store.day_spend(Timestamp::from_ms(day), None).await?;
         plan.daily_left = Some(fen.saturating_mul(UNITS_PER_FEN) - spent);
     }
     for m in models {
@@ -408,7 +413,9 @@ pub async fn plan_for(
             .and_then(|s| s.daily_cny)
             .and_then(|v| fen_of_cny(v).ok())
         {
-            let (_, spent) = store.day_spend(day, Some(m.clone())).await?;
+            let (_, spent) = store
+                .day_spend(Timestamp::from_ms(day), Some(m.clone()))
+                .await?;
             plan.model_left
                 .insert(m.clone(), fen.saturating_mul(UNITS_PER_FEN) - spent);
         }
@@ -509,7 +516,7 @@ pub async fn metrics_text(ctx: &Ctx, out: &mut String, now: i64) -> anyhow::Resu
         let _ = writeln!(out, "seedq_budget_waiting_jobs{{reason=\"{code}\"}} {n}");
     }
     let day = day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-    let (units, _) = ctx.store.day_spend(day, None).await?;
+    let (units, _) = ctx.store.day_spend(Timestamp::from_ms(day), None).await?;
     let _ = writeln!(
         out,
         "# HELP seedq_budget_day_spent_fen Reserved and billed spend of the current budget day (fen).\n\

@@ -164,8 +164,8 @@ async fn claim_tier(
                 crate::stage::tpd_day_start(now, ctx.cfg.dispatch.tpd_utc_offset_hours, day_ms);
             crate::store::FlexDay {
                 tpd,
-                start: crate::store::Timestamp::from_ms(start),
-                next: crate::store::Timestamp::from_ms(start + day_ms),
+                start: Timestamp::from_ms(start),
+                next: Timestamp::from_ms(start + day_ms),
                 // A create claimed this long before the day began may still be sent (the
                 // lease) and be in flight (the request timeout) after it.
                 straddle: ctx.lease() + ctx.cfg.ark.request_timeout,
@@ -1162,7 +1162,11 @@ mod tests {
     async fn held(ctx: &Ctx) -> (i64, i64) {
         let day =
             super::super::budget::day_start(now_ms(), ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-        let (units, _) = ctx.store.day_spend(day, None).await.expect("day spend");
+        let (units, _) = ctx
+            .store
+            .day_spend(Timestamp::from_ms(day), None)
+            .await
+            .expect("day spend");
         let tpd = ctx
             .ops
             .live

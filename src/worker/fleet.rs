@@ -19,6 +19,7 @@ use crate::stage::{StageError, Verdict};
 use tokio_util::sync::CancellationToken;
 
 use super::{Ctx, ms};
+use crate::store::Timestamp;
 use crate::store::{WorkerRow, now_ms};
 
 pub use crate::stage::fleet::{Fleet, GOVERNOR, MAINTENANCE, RECONCILE};
@@ -39,8 +40,8 @@ fn this_worker(ctx: &Ctx) -> WorkerRow {
         host: crate::stage::owner::hostname(),
         pid: i64::from(std::process::id()),
         version: env!("CARGO_PKG_VERSION").to_string(),
-        started_at: crate::store::Timestamp::from_ms(now),
-        heartbeat_at: crate::store::Timestamp::from_ms(now),
+        started_at: Timestamp::from_ms(now),
+        heartbeat_at: Timestamp::from_ms(now),
     }
 }
 

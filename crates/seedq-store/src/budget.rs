@@ -26,7 +26,7 @@ pub struct HoldRequest {
     pub job_id: String,
     pub batch: Option<String>,
     pub model: String,
-    pub day_start: i64,
+    pub day_start: crate::Timestamp,
     pub tokens: i64,
     /// Hold units per token (0 when the model has no price).
     pub rate: i64,
@@ -203,7 +203,8 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn prune_budget_holds(&self, before_day: i64) -> Result<usize, StoreError>;
+        pub fn prune_budget_holds(&self, before_day: crate::Timestamp)
+        -> Result<usize, StoreError>;
 
         /// Hold units counted in the budget day starting at `day_start`: all models, and `model`'s.
         ///
@@ -211,7 +212,7 @@ backend_trait! {
         /// SQL errors.
         pub fn day_spend(
             &self,
-            day_start: i64,
+            day_start: crate::Timestamp,
             model: Option<String>,
         ) -> Result<(i64, i64), StoreError>;
 
@@ -237,7 +238,7 @@ mod tests {
             job_id: id.into(),
             batch: Some("b".into()),
             model: "m".into(),
-            day_start: 0,
+            day_start: crate::Timestamp::from_ms(0),
             tokens,
             rate: 2,
             priced: true,
@@ -257,7 +258,7 @@ mod tests {
                 .expect("cap");
             let daily = DailyCaps::default();
             let at = |id: &str, tokens: i64, day: i64| HoldRequest {
-                day_start: day,
+                day_start: crate::Timestamp::from_ms(day),
                 ..hold(id, tokens)
             };
             for (id, day) in [("old1", 0), ("old2", 0), ("unbilled", 0), ("today", 100)] {
@@ -274,10 +275,21 @@ mod tests {
             s.budget_commit("old2", 100_000).await.expect("commit");
             s.budget_commit("today", 100_000).await.expect("commit");
             let before = s.batch_spend("b").await.expect("spend");
-            let day_before = s.day_spend(100, None).await.expect("day");
-            assert_eq!(s.prune_budget_holds(100).await.expect("prune"), 2, "{name}");
+            let day_before = s
+                .day_spend(crate::Timestamp::from_ms(100), None)
+                .await
+                .expect("day");
             assert_eq!(
-                s.prune_budget_holds(100).await.expect("prune"),
+                s.prune_budget_holds(crate::Timestamp::from_ms(100))
+                    .await
+                    .expect("prune"),
+                2,
+                "{name}"
+            );
+            assert_eq!(
+                s.prune_budget_holds(crate::Timestamp::from_ms(100))
+                    .await
+                    .expect("prune"),
                 0,
                 "{name}: once"
             );
@@ -288,7 +300,9 @@ mod tests {
                 "{name}: the batch's spend did not change"
             );
             assert_eq!(
-                s.day_spend(100, None).await.expect("day"),
+                s.day_spend(crate::Timestamp::from_ms(100), None)
+                    .await
+                    .expect("day"),
                 day_before,
                 "{name}"
             );
@@ -629,7 +643,7 @@ mod tests {
             let day = |id: &str, model: &str, tokens| HoldRequest {
                 batch: None,
                 model: model.into(),
-                day_start: 7,
+                day_start: crate::Timestamp::from_ms(7),
                 ..hold(id, tokens)
             };
             let all = DailyCaps {
@@ -681,22 +695,30 @@ mod tests {
                 "{name}"
             );
             assert_eq!(
-                s.day_spend(7, Some("m".into())).await.expect("day"),
+                s.day_spend(crate::Timestamp::from_ms(7), Some("m".into()))
+                    .await
+                    .expect("day"),
                 (2_200_000, 1_400_000),
                 "{name}"
             );
             assert_eq!(
-                s.day_spend(7, Some("n".into())).await.expect("day"),
+                s.day_spend(crate::Timestamp::from_ms(7), Some("n".into()))
+                    .await
+                    .expect("day"),
                 (2_200_000, 800_000),
                 "{name}"
             );
             assert_eq!(
-                s.day_spend(7, None).await.expect("day"),
+                s.day_spend(crate::Timestamp::from_ms(7), None)
+                    .await
+                    .expect("day"),
                 (2_200_000, 0),
                 "{name}"
             );
             assert_eq!(
-                s.day_spend(8, Some("m".into())).await.expect("day"),
+                s.day_spend(crate::Timestamp::from_ms(8), Some("m".into()))
+                    .await
+                    .expect("day"),
                 (0, 0),
                 "{name}"
             );
@@ -876,7 +898,7 @@ mod tests {
                     job_id: format!("{scope}-{i}"),
                     batch: batch.map(str::to_string),
                     model: "m".into(),
-                    day_start: round as i64,
+                    day_start: crate::Timestamp::from_ms(round as i64),
                     tokens: 100_000,
                     rate: 2,
                     priced: true,
@@ -890,9 +912,18 @@ mod tests {
             );
         }
         assert_eq!(a.batch_spend("b").await.expect("spend").units, 2_000_000);
-        assert_eq!(b.day_spend(1, None).await.expect("day").0, 2_000_000);
         assert_eq!(
-            b.day_spend(2, Some("m".into())).await.expect("day").1,
+            b.day_spend(crate::Timestamp::from_ms(1), None)
+                .await
+                .expect("day")
+                .0,
+            2_000_000
+        );
+        assert_eq!(
+            b.day_spend(crate::Timestamp::from_ms(2), Some("m".into()))
+                .await
+                .expect("day")
+                .1,
             2_000_000
         );
     }
@@ -937,7 +968,7 @@ mod tests {
                 job_id: id.into(),
                 batch: None,
                 model: "m".into(),
-                day_start: 0,
+                day_start: crate::Timestamp::from_ms(0),
                 tokens: 1000,
                 rate,
                 priced: rate > 0,

@@ -82,10 +82,14 @@ fn lock_names(req: &HoldRequest, daily: DailyCaps) -> Vec<String> {
         names.push(format!("seedq/budget/batch/{batch}"));
     }
     if daily.all_fen.is_some() {
-        names.push(format!("seedq/budget/day/{}", req.day_start));
+        names.push(format!("seedq/budget/day/{}", req.day_start.ms()));
     }
     if daily.model_fen.is_some() {
-        names.push(format!("seedq/budget/day/{}/{}", req.day_start, req.model));
+        names.push(format!(
+            "seedq/budget/day/{}/{}",
+            req.day_start.ms(),
+            req.model
+        ));
     }
     names
 }
@@ -410,7 +414,7 @@ impl BudgetStore for PgStore {
         })
     }
 
-    async fn prune_budget_holds(&self, before_day: i64) -> Result<usize, StoreError> {
+    async fn prune_budget_holds(&self, before_day: crate::Timestamp) -> Result<usize, StoreError> {
         self.retry(|| async move {
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
@@ -440,7 +444,7 @@ impl BudgetStore for PgStore {
 
     async fn day_spend(
         &self,
-        day_start: i64,
+        day_start: crate::Timestamp,
         model: Option<String>,
     ) -> Result<(i64, i64), StoreError> {
         let model: Option<&str> = model.as_deref();

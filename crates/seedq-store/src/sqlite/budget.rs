@@ -326,7 +326,7 @@ impl BudgetStore for SqliteStore {
         .await
     }
 
-    async fn prune_budget_holds(&self, before_day: i64) -> Result<usize, StoreError> {
+    async fn prune_budget_holds(&self, before_day: crate::Timestamp) -> Result<usize, StoreError> {
         self.call(move |c| {
             let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
             tx.execute(
@@ -350,7 +350,7 @@ impl BudgetStore for SqliteStore {
 
     async fn day_spend(
         &self,
-        day_start: i64,
+        day_start: crate::Timestamp,
         model: Option<String>,
     ) -> Result<(i64, i64), StoreError> {
         self.call(move |c| {

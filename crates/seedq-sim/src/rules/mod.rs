@@ -101,8 +101,8 @@ pub struct Accepted {
     pub task_type_failure: Option<(String, String)>,
 }
 
-/// Inline text commands (docs/reference/tutorial.txt, "文本提示词中的参数"): long and short
-/// names. Only these are taken out of the prompt; any other `--word` is prompt text.
+/// Inline text commands (docs/reference/tutorial.txt:1425-1434, "设置输出视频格式", and the
+/// parameter table after it): long and short names. Only these are taken out of the prompt; any other `--word` is prompt text.
 const INLINE: [(&str, &str); 8] = [
     ("resolution", "rs"),
     ("ratio", "rt"),
@@ -252,7 +252,7 @@ fn read_data_image(url: &str, param: &str) -> Result<Option<(u32, u32)>, Refusal
         .ok_or_else(|| bad("not base64"))?
         .strip_prefix("image/")
         .ok_or_else(|| bad("not an image type"))?;
-    // "图片格式需小写" (docs/ark-api.md §8).
+    // "`<fmt>` must be lowercase" (docs/ark-api.md §8).
     if fmt.is_empty() || fmt.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(bad("the format must be lowercase"));
     }
@@ -491,8 +491,9 @@ impl<'a> Ask<'a> {
         let draft = req.draft == Some(true);
         let text_param = |name: &str| format!("contents[{}].text.{name}", c.text_index);
 
-        // Top-level fields win over inline commands (docs/reference/tutorial.txt: "新版本"
-        // parameters; docs/ark-api.md §2.1). A draft renders at 480p (docs/ark-api.md §2.1).
+        // Top-level fields win over inline commands (docs/ark-api.md §2.1 and §7: the newer
+        // docs prefer the fields; the precedence itself is not documented, so this is the
+        // reading that keeps an explicit field). A draft renders at 480p (§2.1 `draft`).
         let (resolution, resolution_param) = match (&req.resolution, &c.inline.resolution) {
             (Some(r), _) => (r.clone(), "resolution".to_string()),
             (None, Some(r)) => (r.clone(), text_param("resolution")),

@@ -159,7 +159,7 @@ mod tests {
                 ResolutionScope::All,
                 1,
                 "t",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")
@@ -211,7 +211,7 @@ mod tests {
         let order: Vec<JobId> = {
             let mut v = Vec::new();
             while let Some(c) = store
-                .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+                .claim_for_archive("w", crate::tests::LEASE)
                 .await
                 .expect("claim")
             {
@@ -239,7 +239,7 @@ mod tests {
             .await
             .expect("lapse");
         let again = store
-            .claim_for_archive("w2", std::time::Duration::from_millis(60_000))
+            .claim_for_archive("w2", crate::tests::LEASE)
             .await
             .expect("claim")
             .expect("reclaimed");
@@ -265,7 +265,7 @@ mod tests {
         let t = again.job.lease_token;
         assert!(
             store
-                .extend_archive_lease(&soon, t, std::time::Duration::from_millis(60_000))
+                .extend_archive_lease(&soon, t, crate::tests::LEASE)
                 .await
                 .expect("extend")
         );
@@ -301,7 +301,7 @@ mod tests {
             .await
             .expect("retry later");
         let c = store
-            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+            .claim_for_archive("w", crate::tests::LEASE)
             .await
             .expect("claim")
             .expect("due");
@@ -324,7 +324,7 @@ mod tests {
         // Equal deadlines: which job comes first does not matter here.
         for ok in [true, false] {
             let c = store
-                .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+                .claim_for_archive("w", crate::tests::LEASE)
                 .await
                 .expect("claim")
                 .expect("job");

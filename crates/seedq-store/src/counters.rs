@@ -129,9 +129,9 @@ mod tests {
                 tpd: u64::try_from(tpd).expect("tpd"),
                 start: crate::Timestamp::from_ms(day),
                 next: crate::Timestamp::from_ms(day + 86_400_000),
-                straddle: std::time::Duration::from_millis(0),
+                straddle: std::time::Duration::ZERO,
             }),
-            window: std::time::Duration::from_millis(60_000),
+            window: crate::tests::LEASE,
             ..FleetLimits::default()
         };
         let aligned = bucket_ceil(now) - TOKEN_BUCKET_MS;
@@ -143,7 +143,7 @@ mod tests {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
                 &limits(10_000, aligned),
             )
             .await
@@ -162,7 +162,7 @@ mod tests {
                 ResolutionScope::Only("1080p".into(), 2),
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim 1080p");
@@ -200,7 +200,7 @@ mod tests {
                     ResolutionScope::All,
                     limit,
                     "w",
-                    std::time::Duration::from_millis(60_000),
+                    crate::tests::LEASE,
                     &limits(tpd, day),
                 )
                 .await
@@ -284,7 +284,7 @@ mod tests {
                 ResolutionScope::All,
                 2,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -366,7 +366,7 @@ mod tests {
                     ResolutionScope::All,
                     1,
                     "w",
-                    std::time::Duration::from_millis(60_000),
+                    crate::tests::LEASE,
                 )
                 .await
                 .expect("claim")

@@ -241,7 +241,7 @@ mod tests {
             ResolutionScope::All,
             limit,
             owner,
-            std::time::Duration::from_millis(60_000),
+            crate::tests::LEASE,
             &FleetLimits {
                 tpd: Some(day),
                 ..FleetLimits::default()
@@ -389,21 +389,13 @@ mod tests {
             );
             // The service's beat says the same, and renews its singletons in the same commit.
             let (alive, leads) = s
-                .beat(
-                    "live",
-                    &["governor"],
-                    std::time::Duration::from_millis(60_000),
-                )
+                .beat("live", &["governor"], crate::tests::LEASE)
                 .await
                 .expect("beat");
             assert!(alive, "{b}");
             assert!(leads[0].is_some(), "{b}");
             let (alive, leads) = s
-                .beat(
-                    "dead",
-                    &["governor"],
-                    std::time::Duration::from_millis(60_000),
-                )
+                .beat("dead", &["governor"], crate::tests::LEASE)
                 .await
                 .expect("beat");
             assert!(!alive, "{b}");
@@ -422,7 +414,7 @@ mod tests {
             add(&s, 10, None).await;
             let limits = FleetLimits {
                 rpm: Some(4),
-                window: std::time::Duration::from_millis(60_000),
+                window: crate::tests::LEASE,
                 ..FleetLimits::default()
             };
             let claim = |owner: &'static str, tier: Tier| {
@@ -435,7 +427,7 @@ mod tests {
                         ResolutionScope::All,
                         3,
                         owner,
-                        std::time::Duration::from_millis(60_000),
+                        crate::tests::LEASE,
                         &limits,
                     )
                     .await
@@ -483,7 +475,7 @@ mod tests {
             add(&s, 60, None).await;
             let limits = FleetLimits {
                 rpm: Some(25),
-                window: std::time::Duration::from_millis(60_000),
+                window: crate::tests::LEASE,
                 ..FleetLimits::default()
             };
             let tasks: Vec<_> = (0..8)
@@ -500,7 +492,7 @@ mod tests {
                                     ResolutionScope::All,
                                     2,
                                     &format!("w{i}"),
-                                    std::time::Duration::from_millis(60_000),
+                                    crate::tests::LEASE,
                                     &limits,
                                 )
                                 .await
@@ -532,7 +524,7 @@ mod tests {
                 tpd: 250,
                 start: crate::Timestamp::from_ms(now_ms() - 1_000),
                 next: crate::Timestamp::from_ms(next),
-                straddle: std::time::Duration::from_millis(0),
+                straddle: std::time::Duration::ZERO,
             };
             let got = claim_flex(&s, "a", 64, day).await;
             assert_eq!(got.len(), 2, "{b}: two of 100 tokens fit in 250");
@@ -586,7 +578,7 @@ mod tests {
                 tpd: 1_000_000,
                 start: crate::Timestamp::from_ms(ended - 3_600_000),
                 next: crate::Timestamp::from_ms(ended),
-                straddle: std::time::Duration::from_millis(0),
+                straddle: std::time::Duration::ZERO,
             };
             let got = claim_flex(&s, "a", 64, day).await;
             assert!(got.is_empty(), "{b}: the day it read has ended");
@@ -614,7 +606,7 @@ mod tests {
                 tpd: 250,
                 start: crate::Timestamp::from_ms(old),
                 next: crate::Timestamp::from_ms(old + 3_600_000),
-                straddle: std::time::Duration::from_millis(60_000),
+                straddle: crate::tests::LEASE,
             })
             .await;
             assert_eq!(before.len(), 1, "{b}");
@@ -670,7 +662,7 @@ mod tests {
             let lead = |name: &'static str, owner: &'static str| {
                 let s = s.clone();
                 async move {
-                    s.try_lead(name, owner, std::time::Duration::from_millis(60_000))
+                    s.try_lead(name, owner, crate::tests::LEASE)
                         .await
                         .expect("lead")
                 }

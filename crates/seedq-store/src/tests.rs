@@ -4,6 +4,9 @@
 use super::*;
 use rusqlite::Connection;
 
+/// The lease most claims in these tests take: long enough that it never runs out mid-test.
+pub(crate) const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Runs `index_prompts` in batches of `batch` until nothing is pending; returns how many jobs
 /// it indexed (always 0 on SQLite, which indexes in the write itself).
 pub(crate) async fn index_all(store: &Store, batch: u32) -> u64 {
@@ -152,7 +155,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")
@@ -170,7 +173,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")
@@ -185,7 +188,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 1,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -281,7 +284,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 5,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -296,7 +299,7 @@ async fn claims_by_priority_then_age_and_fences_on_the_token() {
                 ResolutionScope::All,
                 5,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -459,12 +462,7 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
             .expect("submitted");
         let before = now_ms();
         let due = s
-            .claim_due(
-                JobState::Submitted,
-                "p",
-                std::time::Duration::from_millis(60_000),
-                10,
-            )
+            .claim_due(JobState::Submitted, "p", crate::tests::LEASE, 10)
             .await
             .expect("claim");
         assert_eq!(due.len(), 1, "{name}");
@@ -473,15 +471,10 @@ async fn claim_due_pushes_next_attempt_to_the_lease_end() {
         assert!(due[0].next_attempt_at.ms() >= before + 60_000, "{name}");
         assert_eq!(Some(due[0].next_attempt_at), due[0].lease_until, "{name}");
         assert!(
-            s.claim_due(
-                JobState::Submitted,
-                "p",
-                std::time::Duration::from_millis(60_000),
-                10
-            )
-            .await
-            .expect("claim")
-            .is_empty(),
+            s.claim_due(JobState::Submitted, "p", crate::tests::LEASE, 10)
+                .await
+                .expect("claim")
+                .is_empty(),
             "{name}"
         );
     }
@@ -615,7 +608,7 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -629,7 +622,7 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -645,7 +638,7 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -671,7 +664,7 @@ async fn each_tier_counts_only_its_own_tasks_in_flight() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -702,7 +695,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
                 except.clone(),
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -721,7 +714,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
                 only.clone(),
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -734,7 +727,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
                 only.clone(),
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -750,7 +743,7 @@ async fn a_resolution_with_its_own_limits_is_claimed_apart() {
                 ResolutionScope::Only("4k".into(), 5),
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -780,7 +773,7 @@ async fn lean_paths_read_no_bodies() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -801,12 +794,7 @@ async fn lean_paths_read_no_bodies() {
         .await
         .expect("submitted");
         let polled = s
-            .claim_due_lean(
-                JobState::Submitted,
-                "p",
-                std::time::Duration::from_millis(60_000),
-                10,
-            )
+            .claim_due_lean(JobState::Submitted, "p", crate::tests::LEASE, 10)
             .await
             .expect("poll");
         assert_eq!(polled.len(), 1, "{name}");

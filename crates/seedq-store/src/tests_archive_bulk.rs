@@ -186,7 +186,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
 
         let mut order = Vec::new();
         while let Some(c) = s
-            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+            .claim_for_archive("w", crate::tests::LEASE)
             .await
             .expect("claim")
         {
@@ -223,7 +223,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
             "{name}"
         );
         let again = s
-            .claim_for_archive("w2", std::time::Duration::from_millis(60_000))
+            .claim_for_archive("w2", crate::tests::LEASE)
             .await
             .expect("claim")
             .expect("reclaimed");
@@ -353,7 +353,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         )
         .await;
         let c = s
-            .claim_for_archive("w", std::time::Duration::from_millis(60_000))
+            .claim_for_archive("w", crate::tests::LEASE)
             .await
             .expect("claim")
             .expect("due");
@@ -362,7 +362,7 @@ async fn archive_claims_in_deadline_order_fenced_on_both_backends() {
         assert_eq!(c.frame, Some(("def".to_string(), 4)), "{name}");
         assert_eq!(c.job.archive_sha256.as_deref(), Some("abc"), "{name}");
         assert!(
-            s.claim_for_archive("w", std::time::Duration::from_millis(60_000))
+            s.claim_for_archive("w", crate::tests::LEASE)
                 .await
                 .expect("claim")
                 .is_none(),
@@ -385,10 +385,7 @@ async fn concurrent_archive_claims_take_each_job_once() {
                 tokio::spawn(async move {
                     let mut got = Vec::new();
                     while let Some(c) = s
-                        .claim_for_archive(
-                            &format!("w{w}"),
-                            std::time::Duration::from_millis(60_000),
-                        )
+                        .claim_for_archive(&format!("w{w}"), crate::tests::LEASE)
                         .await
                         .expect("claim")
                     {

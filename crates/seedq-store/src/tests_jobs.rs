@@ -124,7 +124,7 @@ async fn transition_many_applies_each_item_on_its_own() {
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -257,7 +257,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")
@@ -277,7 +277,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -307,7 +307,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim");
@@ -329,7 +329,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -349,7 +349,7 @@ async fn a_safety_identifier_serialises_its_creates_and_a_pause_holds_a_model() 
                 ResolutionScope::All,
                 10,
                 "w",
-                std::time::Duration::from_millis(60_000)
+                crate::tests::LEASE
             )
             .await
             .expect("claim")
@@ -429,7 +429,7 @@ async fn postgres_workers_claiming_at_once_never_pass_the_in_flight_cap() {
                 ResolutionScope::All,
                 3,
                 &format!("w{i}"),
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")
@@ -462,7 +462,7 @@ async fn postgres_pollers_on_two_workers_take_different_jobs() {
             ResolutionScope::All,
             100,
             "w",
-            std::time::Duration::from_millis(60_000),
+            crate::tests::LEASE,
         )
         .await
         .expect("claim");
@@ -490,7 +490,7 @@ async fn postgres_pollers_on_two_workers_take_different_jobs() {
             s.claim_due_lean(
                 JobState::Submitted,
                 &format!("p{i}"),
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
                 7,
             )
             .await
@@ -528,7 +528,7 @@ async fn postgres_cancels_racing_claims_never_lose_either() {
                 ResolutionScope::All,
                 5,
                 &format!("w{i}"),
-                std::time::Duration::from_millis(60_000),
+                crate::tests::LEASE,
             )
             .await
             .expect("claim")

@@ -531,7 +531,7 @@ async fn cancel_requested_during_a_post_is_cancelled_by_the_next_claim(store: &S
             ResolutionScope::All,
             1,
             "w",
-            std::time::Duration::from_millis(60_000),
+            crate::tests::LEASE,
         )
     };
     let job = claim().await.expect("claim").pop().expect("claimed");

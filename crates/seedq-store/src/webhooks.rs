@@ -76,6 +76,17 @@ mod tests {
     use crate::tests_ops::exec;
     use crate::{NewJob, testpg};
 
+    /// Claims up to ten due webhooks at `at` (Unix ms), each for 5 s.
+    async fn claim(s: &Store, at: i64) -> Vec<super::WebhookDue> {
+        s.webhook_claim(
+            crate::Timestamp::from_ms(at),
+            std::time::Duration::from_secs(5),
+            10,
+        )
+        .await
+        .expect("claim")
+    }
+
     /// The conformance test both backends run: a door job's end adds one outbox row (and
     /// only one), which is claimed once per lease, retried, then delivered.
     async fn an_ended_job_queues_one_webhook(s: Store) {
@@ -121,14 +132,7 @@ mod tests {
         assert!(s.webhooks_of(&other_id).await.expect("read").is_empty());
 
         let now = crate::now_ms() + 1000;
-        let due = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        let due = claim(&s, now).await;
         assert_eq!(due.len(), 1);
         assert!(
             due[0].id.starts_with(&format!("msg_{id}_cancelled_")),
@@ -136,39 +140,12 @@ mod tests {
             due[0].id
         );
         assert_eq!((due[0].event.as_str(), due[0].attempts), ("cancelled", 0));
-        assert!(
-            s.webhook_claim(
-                crate::Timestamp::from_ms(now),
-                std::time::Duration::from_millis(5000),
-                10
-            )
-            .await
-            .expect("claim")
-            .is_empty(),
-            "leased"
-        );
+        assert!(claim(&s, now).await.is_empty(), "leased");
         s.webhook_attempted(&due[0], now, Err(("503".into(), Some(now + 10))))
             .await
             .expect("retry");
-        assert!(
-            s.webhook_claim(
-                crate::Timestamp::from_ms(now),
-                std::time::Duration::from_millis(5000),
-                10
-            )
-            .await
-            .expect("claim")
-            .is_empty(),
-            "not yet due"
-        );
-        let again = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now + 10),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        assert!(claim(&s, now).await.is_empty(), "not yet due");
+        let again = claim(&s, now + 10).await;
         assert_eq!((again.len(), again[0].attempts), (1, 1));
         s.webhook_attempted(&again[0], now + 20, Ok(()))
             .await
@@ -178,16 +155,7 @@ mod tests {
             (state.len(), state[0].attempts, state[0].delivered_at),
             (1, 2, Some(crate::Timestamp::from_ms(now + 20)))
         );
-        assert!(
-            s.webhook_claim(
-                crate::Timestamp::from_ms(now + 10_000),
-                std::time::Duration::from_millis(5000),
-                10
-            )
-            .await
-            .expect("claim")
-            .is_empty()
-        );
+        assert!(claim(&s, now + 10_000).await.is_empty());
 
         // Success: 'succeeded' then 'archived' share one row; a row deferred while the video
         // was archived (here: given up) is due again once the job is archived.
@@ -212,14 +180,7 @@ mod tests {
         };
         let set = |state: &str, at: i64| set_job(&ok_id, state, at);
         exec(&s, &set("succeeded", now + 100)).await;
-        let due = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now + 100),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        let due = claim(&s, now + 100).await;
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].id, format!("msg_{ok_id}_success"));
         s.webhook_attempted(&due[0], now + 100, Err(("deferred".into(), None)))
@@ -227,14 +188,7 @@ mod tests {
             .expect("defer");
         exec(&s, &set("archiving", now + 150)).await;
         exec(&s, &set("archived", now + 200)).await;
-        let due = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now + 200),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        let due = claim(&s, now + 200).await;
         assert_eq!(
             (due.len(), due[0].id.clone(), due[0].event.as_str()),
             (1, format!("msg_{ok_id}_success"), "succeeded")
@@ -252,14 +206,7 @@ mod tests {
             .expect("enqueue");
         let set_raced = |state: &str, at: i64| set_job(&raced_id, state, at);
         exec(&s, &set_raced("succeeded", now + 100)).await;
-        let due = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now + 100),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        let due = claim(&s, now + 100).await;
         assert_eq!(due.len(), 1);
         exec(&s, &set_raced("archiving", now + 150)).await;
         exec(&s, &set_raced("archived", now + 200)).await;
@@ -270,14 +217,7 @@ mod tests {
         )
         .await
         .expect("defer");
-        let due = s
-            .webhook_claim(
-                crate::Timestamp::from_ms(now + 210),
-                std::time::Duration::from_millis(5000),
-                10,
-            )
-            .await
-            .expect("claim");
+        let due = claim(&s, now + 210).await;
         assert_eq!(
             due.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
             [format!("msg_{raced_id}_success")],

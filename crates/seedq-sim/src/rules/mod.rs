@@ -80,7 +80,6 @@ pub enum Mode {
 /// What an accepted request runs with, defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Accepted {
-    pub mode: Mode,
     pub resolution: String,
     /// The ratio of the output: `adaptive` resolved from the first image when it can be read.
     pub concrete_ratio: String,
@@ -1125,7 +1124,6 @@ pub fn judge(req: &CreateTaskRequest, catalogue: &Catalogue) -> Result<Accepted,
         .seed
         .filter(|v| (-1..=spec.map_or(SEED_MAX, |s| s.seed_max)).contains(v)));
     Ok(Accepted {
-        mode: ask.mode,
         resolution: ask.resolution.clone(),
         concrete_ratio,
         duration: ask.frames.is_none().then_some(ask.duration),

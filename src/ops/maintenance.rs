@@ -270,10 +270,7 @@ async fn prune(ctx: &Ctx) -> Result<String, StageError> {
     // Billed holds of budget days that are over: no daily cap reads them again, and their
     // batch's total moves into `budget_settled` with them (store/budget.rs).
     let today = crate::worker::budget::day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-    let holds = ctx
-        .store
-        .prune_budget_holds(Timestamp::from_ms(today))
-        .await?;
+    let holds = ctx.store.prune_budget_holds(today).await?;
     let buckets = ctx.store.prune_counters().await?;
     Ok(format!(
         "pruned {total} jobs {report:?}, {holds} settled budget holds, {buckets} empty counter rows"

@@ -595,7 +595,7 @@ async fn batch_waits(
                         .budget()
                         .daily_cny
                         .and_then(|v| crate::config::fen_of_cny(v).ok());
-                    let (units, _) = ctx.store.day_spend(Timestamp::from_ms(day), None).await?;
+                    let (units, _) = ctx.store.day_spend(day, None).await?;
                     ("the daily cap (budget.daily_cny)".to_string(), (units, cap))
                 } else if msg.contains("API key") {
                     // The cap of the key that created the jobs (`seedq keys create
@@ -639,10 +639,7 @@ async fn batch_waits(
                         .get(&w.model)
                         .and_then(|s| s.daily_cny)
                         .and_then(|v| crate::config::fen_of_cny(v).ok());
-                    let (_, units) = ctx
-                        .store
-                        .day_spend(Timestamp::from_ms(day), Some(w.model.clone()))
-                        .await?;
+                    let (_, units) = ctx.store.day_spend(day, Some(w.model.clone())).await?;
                     (format!("{}'s daily cap", w.model), (units, cap))
                 };
                 let numbers = match spent {

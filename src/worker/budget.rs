@@ -66,9 +66,9 @@ pub fn fmt_fen(fen: i64) -> String {
     fmt_units(fen.saturating_mul(UNITS_PER_FEN))
 }
 
-/// Start (ms) of the budget day holding `now`: midnight in `tz` (at its current offset), in
-/// days of `day_ms` (a day, except against a time-scaled simulator: `bulk.tpd_day`).
-pub fn day_start(now: i64, tz: Tz, day_ms: i64) -> i64 {
+/// Start of the budget day holding `now` (Unix ms): midnight in `tz` (at its current offset),
+/// in days of `day_ms` (a day, except against a time-scaled simulator: `bulk.tpd_day`).
+pub fn day_start(now: i64, tz: Tz, day_ms: i64) -> Timestamp {
     let off = chrono::DateTime::from_timestamp_millis(now).map_or(0, |t| {
         tz.offset_from_utc_datetime(&t.naive_utc())
             .fix()
@@ -76,7 +76,7 @@ pub fn day_start(now: i64, tz: Tz, day_ms: i64) -> i64 {
     });
     let off = i64::from(off) * 1000;
     let day = day_ms.max(1);
-    (now + off).div_euclid(day) * day - off
+    Timestamp::from_ms((now + off).div_euclid(day) * day - off)
 }
 
 /// The daily caps in force for `model`, in fen.
@@ -108,7 +108,7 @@ pub struct Wait {
     /// The refusal: which cap, and what was spent under it when the job was refused.
     pub refusal: Refusal,
     /// The budget day the refusal counted in.
-    pub day: i64,
+    pub day: Timestamp,
 }
 
 /// Why a job on a model without a price waits under a spend cap, and what to do about it.
@@ -174,7 +174,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> Result<Result<HoldStamp, Wait>, St
         job_id: job.id.to_string(),
         batch: job.batch_id.clone(),
         model: job.model.clone(),
-        day_start: Timestamp::from_ms(day),
+        day_start: day,
         tokens: job.est_tokens.unwrap_or(0).max(0),
         rate: rate(&ctx.ops.live.catalogue(), &job.model, job.is_flex()),
         priced: ctx.ops.live.catalogue().get(&job.model).is_some(),
@@ -190,7 +190,7 @@ pub async fn reserve(ctx: &Ctx, job: &Job) -> Result<Result<HoldStamp, Wait>, St
             let (code, until) = match r.scope {
                 Scope::BatchCost | Scope::BatchTokens => (WAIT_BATCH, HELD),
                 Scope::Daily | Scope::ModelDaily | Scope::KeyDaily => {
-                    (WAIT_DAILY, Timestamp::from_ms(day + day_ms))
+                    (WAIT_DAILY, Timestamp::from_ms(day.ms() + day_ms))
                 }
                 // Until a reload gives the model a price or the cap goes (both wake it).
                 Scope::Unpriced => (WAIT_UNPRICED, HELD),
@@ -228,15 +228,10 @@ pub async fn released_since(ctx: &Ctx, job: &Job, wait: &Wait) -> Result<bool, S
                 s.tokens
             }
         }
-        Scope::Daily => {
-            ctx.store
-                .day_spend(Timestamp::from_ms(wait.day), None)
-                .await?
-                .0
-        }
+        Scope::Daily => ctx.store.day_spend(wait.day, None).await?.0,
         Scope::ModelDaily => {
             ctx.store
-                .day_spend(Timestamp::from_ms(wait.day), Some(job.model.clone()))
+                .day_spend(wait.day, Some(job.model.clone()))
                 .await?
                 .1
         }
@@ -398,7 +393,7 @@ pub async fn plan_for(
     plan.batch_tokens_left = cap_tokens.map(|t| t - held_tokens);
     let day = day_start(now_ms(), tz, day_ms);
     if let Some(fen) = daily_cny.and_then(|v| fen_of_cny(v).ok()) {
-        let (spent, _) = store.day_spend(Timestamp::from_ms(day), None).await?;
+        let (spent, _) = store.day_spend(day, None).await?;
         plan.daily_left = Some(fen.saturating_mul(UNITS_PER_FEN) - spent);
     }
     for m in models {
@@ -413,9 +408,7 @@ pub async fn plan_for(
             .and_then(|s| s.daily_cny)
             .and_then(|v| fen_of_cny(v).ok())
         {
-            let (_, spent) = store
-                .day_spend(Timestamp::from_ms(day), Some(m.clone()))
-                .await?;
+            let (_, spent) = store.day_spend(day, Some(m.clone())).await?;
             plan.model_left
                 .insert(m.clone(), fen.saturating_mul(UNITS_PER_FEN) - spent);
         }
@@ -516,7 +509,7 @@ pub async fn metrics_text(ctx: &Ctx, out: &mut String, now: i64) -> anyhow::Resu
         let _ = writeln!(out, "seedq_budget_waiting_jobs{{reason=\"{code}\"}} {n}");
     }
     let day = day_start(now, ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-    let (units, _) = ctx.store.day_spend(Timestamp::from_ms(day), None).await?;
+    let (units, _) = ctx.store.day_spend(day, None).await?;
     let _ = writeln!(
         out,
         "# HELP seedq_budget_day_spent_fen Reserved and billed spend of the current budget day (fen).\n\
@@ -548,13 +541,11 @@ mod tests {
         let tz: Tz = "Asia/Shanghai".parse().expect("zone");
         // 2026-05-14T16:00:00Z is midnight in Shanghai (UTC+8, no DST).
         let midnight = 1_778_774_400_000;
-        assert_eq!(day_start(midnight, tz, 86_400_000), midnight);
-        assert_eq!(
-            day_start(midnight - 1, tz, 86_400_000),
-            midnight - 86_400_000
-        );
+        let day = |now, len| day_start(now, tz, len).ms();
+        assert_eq!(day(midnight, 86_400_000), midnight);
+        assert_eq!(day(midnight - 1, 86_400_000), midnight - 86_400_000);
         // Short days (bulk.tpd_day) are counted from that midnight too.
-        assert_eq!(day_start(midnight + 2_500, tz, 2_000), midnight + 2_000);
+        assert_eq!(day(midnight + 2_500, 2_000), midnight + 2_000);
     }
 
     #[test]

@@ -1162,11 +1162,7 @@ mod tests {
     async fn held(ctx: &Ctx) -> (i64, i64) {
         let day =
             super::super::budget::day_start(now_ms(), ctx.ops.live.tz(), ctx.cfg.bulk.tpd_day_ms());
-        let (units, _) = ctx
-            .store
-            .day_spend(Timestamp::from_ms(day), None)
-            .await
-            .expect("day spend");
+        let (units, _) = ctx.store.day_spend(day, None).await.expect("day spend");
         let tpd = ctx
             .ops
             .live

@@ -273,7 +273,10 @@ backend_trait! {
         ///
         /// # Errors
         /// SQL errors.
-        pub fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError>;
+        pub fn api_key_usage(
+            &self,
+            day_start: crate::Timestamp,
+        ) -> Result<Vec<KeyUsage>, StoreError>;
 
         /// Takes one request of `key`'s rate (`rpm` a minute) for the whole fleet: the read and
         /// the write of its [`rate_window`] row are one `BEGIN IMMEDIATE` transaction, so two
@@ -479,7 +482,10 @@ mod tests {
         assert!(!s.api_key_revoke("key_a").await.expect("the store answers"));
         assert_eq!(s.api_keys().await.expect("the store answers").len(), 2);
         assert!(s.api_url_secret().await.expect("the store answers").len() >= 32);
-        let usage = s.api_key_usage(0).await.expect("the store answers");
+        let usage = s
+            .api_key_usage(crate::Timestamp::EPOCH)
+            .await
+            .expect("the store answers");
         let jobs: Vec<(String, i64, i64)> = usage
             .into_iter()
             .map(|u| (u.key, u.jobs, u.units_today))

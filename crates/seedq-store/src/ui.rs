@@ -181,7 +181,7 @@ backend_trait! {
         /// SQL errors.
         pub fn ui_key_states(
             &self,
-            day_start: i64,
+            day_start: crate::Timestamp,
         ) -> Result<Vec<(String, JobState, i64, i64)>, StoreError>;
 
         /// One batch's jobs per (state, model, tier, shape) with their billed tokens, from the
@@ -724,7 +724,10 @@ mod tests {
         }
         // `created_at` is the door's clock: all three are of a day that began at 0, none of
         // one that begins in an hour.
-        let states = s.ui_key_states(0).await.expect("ui_key_states");
+        let states = s
+            .ui_key_states(crate::Timestamp::EPOCH)
+            .await
+            .expect("ui_key_states");
         assert_eq!(
             states,
             vec![
@@ -734,7 +737,10 @@ mod tests {
             "{name}"
         );
         let later = crate::now_ms() + 3_600_000;
-        let states = s.ui_key_states(later).await.expect("ui_key_states");
+        let states = s
+            .ui_key_states(crate::Timestamp::from_ms(later))
+            .await
+            .expect("ui_key_states");
         assert_eq!(
             states,
             vec![

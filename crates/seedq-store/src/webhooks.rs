@@ -248,7 +248,12 @@ mod tests {
         .await
         .expect("prune");
         assert!(s.webhooks_of(&id).await.expect("read").is_empty());
-        assert!(s.api_key_usage(0).await.expect("usage").is_empty());
+        assert!(
+            s.api_key_usage(crate::Timestamp::EPOCH)
+                .await
+                .expect("usage")
+                .is_empty()
+        );
     }
 
     #[tokio::test]

@@ -291,7 +291,10 @@ impl ApiStore for PgStore {
         Ok(n > 0)
     }
 
-    async fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError> {
+    async fn api_key_usage(
+        &self,
+        day_start: crate::Timestamp,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
         let c = self.conn().await?;
         // SUM of BIGINTs is NUMERIC in PostgreSQL: cast back.
         let sql = KEY_USAGE_SQL.replace(", 0) FROM", ", 0)::BIGINT FROM");

@@ -286,7 +286,7 @@ impl DashboardStore for PgStore {
 
     async fn ui_key_states(
         &self,
-        day_start: i64,
+        day_start: crate::Timestamp,
     ) -> Result<Vec<(String, JobState, i64, i64)>, StoreError> {
         let c = self.conn().await?;
         // SUM of integers is BIGINT here only after a cast (it is NUMERIC for BIGINT input).

@@ -276,7 +276,10 @@ impl ApiStore for SqliteStore {
         .await
     }
 
-    async fn api_key_usage(&self, day_start: i64) -> Result<Vec<KeyUsage>, StoreError> {
+    async fn api_key_usage(
+        &self,
+        day_start: crate::Timestamp,
+    ) -> Result<Vec<KeyUsage>, StoreError> {
         self.call(move |c| {
             let mut st = c.prepare(KEY_USAGE_SQL)?;
             let rows = st.query_map([day_start], |r| {

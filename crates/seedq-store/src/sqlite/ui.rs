@@ -206,7 +206,7 @@ impl DashboardStore for SqliteStore {
 
     async fn ui_key_states(
         &self,
-        day_start: i64,
+        day_start: crate::Timestamp,
     ) -> Result<Vec<(String, JobState, i64, i64)>, StoreError> {
         self.call(move |c| {
             let mut st = c.prepare_cached(UI_KEY_STATES_SQL)?;

@@ -138,10 +138,6 @@ impl Ctx {
         self.cfg.dispatch.lease
     }
 
-    pub(crate) fn lease_ms(&self) -> i64 {
-        ms(self.lease())
-    }
-
     pub(crate) fn callbacks_on(&self) -> bool {
         !self.cfg.callback.public_url.is_empty()
     }

@@ -707,7 +707,7 @@ pub async fn scan_in(ctx: &Ctx, job: &Job, listing: &Listing) -> Result<Scan, St
     let lo = started_s - WINDOW_SLACK_S;
     let hi = started_s
         + ctx.cfg.ark.request_timeout.as_secs() as i64
-        + ctx.lease_ms() / 1000
+        + ctx.lease().as_secs() as i64
         + WINDOW_SLACK_S;
     // Tasks this job had before (an earlier attempt that failed) are not this attempt's.
     let earlier: Vec<String> = ctx

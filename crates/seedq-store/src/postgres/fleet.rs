@@ -458,8 +458,10 @@ impl FleetStore for PgStore {
                 }),
             ) = (account.tokens, fleet.tpd)
                 && now < next_day.ms()
+                && i64::try_from(jobs.len()).unwrap_or(i64::MAX) < room
             {
-                // As on SQLite: the next candidates the day cannot take wait for the next day.
+                // As on SQLite: the next candidates the day cannot take wait for the next day
+                // (only when the claim stopped short of `room`; see there).
                 let left = left - jobs.iter().map(|j| j.est_tokens.unwrap_or(0)).sum::<i64>();
                 // $2 and $3 (owner, lease) are the claim's; they are bound here too, typed, so
                 // both statements share one list of parameters.

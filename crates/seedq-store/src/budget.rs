@@ -248,6 +248,51 @@ mod tests {
     /// Maintenance prunes billed holds of days that are over; a batch's cap sees the same
     /// spend before and after, today's holds and unbilled ones stay, and a reservation that
     /// did not fit before the prune does not fit after it.
+    /// PostgreSQL (store/postgres/budget.rs): reservations of an uncapped batch hold its lock
+    /// shared, so one does not wait for another that is still on its way to its commit; a
+    /// cap being set waits for them, and the reservations after it check the cap.
+    #[tokio::test]
+    async fn an_uncapped_batch_reserves_without_queueing_and_a_new_cap_waits_for_it() {
+        let s = testpg::pg_store().await;
+        let daily = DailyCaps::default();
+        let pg = s.pg().expect("postgres");
+        // Another reservation of batch `b`, between its lock and its commit.
+        let mut other = pg.conn().await.expect("conn");
+        let in_flight = other.transaction().await.expect("begin");
+        in_flight
+            .execute(
+                "SELECT pg_advisory_xact_lock_shared(hashtextextended($1, 0))",
+                &[&"seedq/budget/batch/b"],
+            )
+            .await
+            .expect("shared lock");
+        let reserved = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            s.budget_reserve(hold("j1", 600_000), daily),
+        )
+        .await
+        .expect("an uncapped reservation does not wait for another one")
+        .expect("reserve");
+        assert!(reserved.is_ok(), "{reserved:?}");
+        // A cap of 1 fen (1 000 000 tokens at rate 2) waits until the other commits.
+        let setter = s.clone();
+        let cap =
+            tokio::spawn(async move { setter.set_batch_budget("b", Some(Some(1)), None).await });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(
+            !cap.is_finished(),
+            "the cap waits for the reservation in flight"
+        );
+        in_flight.commit().await.expect("commit");
+        cap.await.expect("join").expect("cap");
+        let refused = s
+            .budget_reserve(hold("j2", 600_000), daily)
+            .await
+            .expect("reserve")
+            .expect_err("600 000 more tokens exceed the new cap");
+        assert_eq!(refused.scope, Scope::BatchCost, "{refused:?}");
+    }
+
     #[tokio::test]
     async fn settled_holds_are_pruned_and_their_batch_keeps_its_spend() {
         let dir = tempfile::tempdir().expect("tempdir");

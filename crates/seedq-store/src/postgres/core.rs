@@ -458,7 +458,37 @@ fn bind(v: PatchValue) -> Option<Box<dyn ToSql + Sync + Send>> {
 
 /// The compare-and-set of a checked [`Transition`] inside an open transaction (SQLite's
 /// `Transition::apply`). Zero rows changed is a conflict.
-async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, StoreError> {
+/// A transition as one statement: its SQL and parameters, and what a miss reports.
+struct Built {
+    sql: String,
+    args: Vec<Box<dyn ToSql + Sync + Send>>,
+    id: JobId,
+    from: JobState,
+    token: i64,
+}
+
+impl Built {
+    fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
+        self.args
+            .iter()
+            .map(|a| a.as_ref() as &(dyn ToSql + Sync))
+            .collect()
+    }
+
+    /// The new lease token, or the conflict when no row had the expected state and token.
+    fn outcome(self, changed: u64) -> Result<i64, StoreError> {
+        if changed == 0 {
+            return Err(StoreError::Conflict {
+                id: self.id,
+                expected: self.from,
+                token: self.token,
+            });
+        }
+        Ok(self.token + 1)
+    }
+}
+
+fn build(t: Transition, now: i64) -> Built {
     let Transition {
         id,
         from,
@@ -490,10 +520,10 @@ async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, S
     args.push(Box::new(token));
     sql.push_str(&format!(" AND lease_token = ${}", args.len()));
     // The event goes in the same statement as the change, so a transition is one round trip
-    // and the counter rows its triggers update (store/counters.rs, ui_batch_counts,
-    // job_counts) are locked only while it runs, not for a second statement's round trip as
-    // well: every job of a batch moves the same few counter rows, and a fleet's transitions
-    // queued behind each other's locks (a 1 000 000-job flex batch, docs/performance-fleet.md).
+    // and the counter rows its triggers update (store/counters.rs, ui_batch_counts) are locked
+    // only while it runs, not for a second statement's round trip as well: every job of a
+    // batch moves the same few counter rows, and a fleet's transitions queued behind each
+    // other's locks (a 1 000 000-job flex batch, docs/performance-fleet.md).
     // The event's row count is the update's: it inserts one row per job changed.
     if from != to || detail.is_some() {
         let from_at = args.len() - 1;
@@ -505,20 +535,20 @@ async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, S
             args.len()
         );
     }
-    let params: Vec<&(dyn ToSql + Sync)> = args
-        .iter()
-        .map(|a| a.as_ref() as &(dyn ToSql + Sync))
-        .collect();
-    let st = c.prepare_cached(&sql).await?;
-    let n = c.execute(&st, &params).await?;
-    if n == 0 {
-        return Err(StoreError::Conflict {
-            id,
-            expected: from,
-            token,
-        });
+    Built {
+        sql,
+        args,
+        id,
+        from,
+        token,
     }
-    Ok(token + 1)
+}
+
+async fn apply(c: &impl GenericClient, t: Transition, now: i64) -> Result<i64, StoreError> {
+    let b = build(t, now);
+    let st = c.prepare_cached(&b.sql).await?;
+    let n = c.execute(&st, &b.params()).await?;
+    b.outcome(n)
 }
 
 /// SQLite's `SERIALISED` in PostgreSQL's JSON dialect (`$1` is now). `->>` is
@@ -839,16 +869,46 @@ impl QueueStore for PgStore {
             let now = now_ms();
             let mut c = self.conn().await?;
             let tx = c.transaction().await?;
+            // Pipelined: the statements are prepared first (a cache hit after the first
+            // batch), then all sent at once and answered in order, so the transaction holds its
+            // rows (the jobs', and the counter rows their triggers move) for about one round
+            // trip rather than one per job. A batched poll of 50 jobs held the counters' stripe
+            // for 50 round trips, and every transition on that stripe waited
+            // (docs/performance-fleet.md). In order: a job twice in a batch is changed twice in
+            // the order given, as before.
+            let built: Vec<Result<Built, StoreError>> = batch
+                .iter()
+                .map(|t| t.check().map(|()| build(t.clone(), now)))
+                .collect();
+            let mut statements = Vec::with_capacity(built.len());
+            for b in built.iter().flatten() {
+                statements.push(tx.prepare_cached(&b.sql).await?);
+            }
+            let client = &tx;
+            let params: Vec<Vec<&(dyn ToSql + Sync)>> =
+                built.iter().flatten().map(Built::params).collect();
+            let changed = futures::future::join_all(
+                statements
+                    .iter()
+                    .zip(&params)
+                    .map(|(st, p)| async move { client.execute(st, p).await }),
+            )
+            .await;
+            let mut changed = changed.into_iter();
             let mut out = Vec::with_capacity(batch.len());
-            for t in batch {
-                let r = match t.check() {
-                    Ok(()) => match apply(&tx, t.clone(), now).await {
-                        Err(e @ (StoreError::Postgres(_) | StoreError::Pool(_))) => return Err(e),
-                        other => other,
+            for b in built {
+                out.push(match b {
+                    Ok(b) => match changed.next() {
+                        Some(Ok(n)) => b.outcome(n),
+                        Some(Err(e)) => return Err(e.into()),
+                        None => {
+                            return Err(StoreError::Corrupt(
+                                "a pipelined transition went unanswered".into(),
+                            ));
+                        }
                     },
                     Err(e) => Err(e),
-                };
-                out.push(r);
+                });
             }
             tx.commit().await?;
             Ok(out)

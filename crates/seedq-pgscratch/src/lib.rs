@@ -44,6 +44,36 @@ const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
 /// Overrides the search for the server binaries: a directory holding `initdb` and `pg_ctl`.
 pub const BIN_ENV: &str = "SEEDQ_PG_BIN";
 
+/// Extra server settings for a scratch cluster, `name=value` separated by spaces (for a
+/// benchmark's profile: `SEEDQ_PG_SETTINGS="shared_preload_libraries=pg_stat_statements"`).
+/// Names are lower case letters, digits, `_` and `.`; values letters, digits and `_.,:-`.
+pub const SETTINGS_ENV: &str = "SEEDQ_PG_SETTINGS";
+
+/// [`SETTINGS_ENV`] as `-c name=value` options; a setting outside its alphabet is an error
+/// naming it (it goes into the command line `pg_ctl` hands to a shell).
+fn extra_settings() -> Result<String, PgScratchError> {
+    let Ok(all) = std::env::var(SETTINGS_ENV) else {
+        return Ok(String::new());
+    };
+    let mut out = String::new();
+    for s in all.split_whitespace() {
+        let ok = s.split_once('=').is_some_and(|(k, v)| {
+            !k.is_empty()
+                && !v.is_empty()
+                && k.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.".contains(c))
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_.,:-".contains(c))
+        });
+        if !ok {
+            return Err(PgScratchError::Settings(s.to_string()));
+        }
+        out.push_str(" -c ");
+        out.push_str(s);
+    }
+    Ok(out)
+}
+
 /// The superuser `initdb` creates; every URL connects as it.
 pub const SUPERUSER: &str = "seedq";
 
@@ -98,6 +128,12 @@ pub enum PgScratchError {
         /// Its stderr and stdout (or the server log), trimmed.
         output: String,
     },
+    /// A setting of [`SETTINGS_ENV`] outside its alphabet.
+    #[error(
+        "{SETTINGS_ENV}: {0:?} is not name=value (names: a-z, 0-9, _ and .; values: letters, \
+         digits and _.,:-)"
+    )]
+    Settings(String),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> PgScratchError {
@@ -248,8 +284,9 @@ impl Cluster {
             let log_before = file_len(&self.log());
             let opts = format!(
                 "-h 127.0.0.1 -p {port} -k {sock} -c fsync=off -c synchronous_commit=off \
-                 -c full_page_writes=off -c max_connections={}",
-                self.max_connections
+                 -c full_page_writes=off -c max_connections={}{}",
+                self.max_connections,
+                extra_settings()?
             );
             let mut cmd = self.server_tool("pg_ctl");
             cmd.args(["-w", "-t", "60", "-D"])

@@ -38,6 +38,10 @@ pub struct BatchCell {
     pub usage_tokens: i64,
     /// The estimate of only those jobs that have a recorded usage (to compare like with like).
     pub est_tokens_of_used: i64,
+    /// The earliest creation and submission and the latest finish of the jobs that came into
+    /// this cell, kept as bounds by the triggers (store/counters.rs): a job that moved on to
+    /// another cell may still be in them. Over a whole batch (what `batch show` sums) they are
+    /// its own first and last, unless a job was retried or pruned since.
     pub first_created: Timestamp,
     pub first_submitted: Option<Timestamp>,
     pub last_finished: Option<Timestamp>,
@@ -163,6 +167,7 @@ backend_trait! {
         pub fn batch(&self, name: &str) -> Result<Option<BatchMeta>, StoreError>;
 
         /// Per (batch, state, model, tier, shape) counts, tokens and timings; one batch or all.
+        /// Read from the trigger-kept cells: a few rows however large the batch.
         ///
         /// # Errors
         /// SQL errors.

@@ -9,7 +9,16 @@
 //!
 //! On SQLite, `job_counts` (migrations/0018_job_counts.sql: jobs, tokens and the archive's
 //! numbers per model and state, what `seedq stats` reads) is kept the same way and checked
-//! with them.
+//! with them. On both, so is `ui_batch_counts` (jobs and billed tokens per batch, state, model,
+//! tier and shape: the dashboard's batch cells, migrations/0008_ui.sql and postgres/0001).
+//!
+//! On PostgreSQL each counter key has up to 16 rows (migrations/postgres/0016): a
+//! trigger adds its change to the row of its own backend's stripe, and every read sums the
+//! stripes. Every job of a one-model batch moves the same few keys, so with one row a key the
+//! fleet's transitions queued behind each other's row locks until commit
+//! (docs/performance-fleet.md); with stripes, two transactions wait for each other only when
+//! their backends share a stripe. A stripe may hold a negative number (a job counted in by
+//! one backend and out by another); only a key's sum means anything.
 //!
 //! [`Store::check_counters`] recounts them from the jobs and compares; maintenance runs it now
 //! and then, logs and counts any drift (`seedq_counter_drift_total`) and repairs it. Drift
@@ -36,9 +45,10 @@ pub(crate) fn bucket_ceil(t: i64) -> i64 {
 /// One counter that disagreed with the recount.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CounterDrift {
-    /// `in_flight`, `flex_tokens`, or (SQLite) `job_counts`.
+    /// `in_flight`, `flex_tokens`, `batch_cells`, or (SQLite) `job_counts`.
     pub counter: &'static str,
-    /// `model/tier/resolution`, `model@bucket_start_ms`, or `model/state/column`.
+    /// `model/tier/resolution`, `model@bucket_start_ms`, `batch/state/model/tier/shape/column`,
+    /// or `model/state/column`.
     pub key: String,
     /// What the counter said.
     pub counted: i64,
@@ -76,6 +86,59 @@ pub(crate) fn in_flight_key(model: &str, tier: &str, res: &str) -> (&'static str
 
 pub(crate) fn tokens_key(model: &str, bucket: i64) -> (&'static str, String) {
     ("flex_tokens", format!("{model}@{bucket}"))
+}
+
+/// The columns of `ui_batch_counts` after its key (and, on PostgreSQL, its stripe), in the
+/// order [`BATCH_CELLS_COUNTED`] and [`BATCH_CELLS_RECOUNT`] return them. The first six are
+/// sums, kept exactly and checked against the recount; the last three are bounds, the earliest
+/// (or latest) value any job brought into the cell: a job that leaves a cell does not take its
+/// time with it, since a minimum cannot be undone by a delta (migrations/0024_batch_cell_sums.sql).
+pub(crate) const BATCH_CELL_COLUMNS: &str = "jobs, usage_tokens, est_tokens, est_tokens_of_used, \
+     gen_ms_sum, gen_ms_count, first_created, first_submitted, last_finished";
+
+/// The sums of [`BATCH_CELL_COLUMNS`], as drift keys name them.
+const BATCH_CELL_SUMS: [&str; 6] = [
+    "jobs",
+    "usage_tokens",
+    "est_tokens",
+    "est_tokens_of_used",
+    "gen_ms_sum",
+    "gen_ms_count",
+];
+
+/// `ui_batch_counts` as stored, one row a cell (PostgreSQL sums a cell's stripes). The same
+/// statement on both backends: `CAST(… AS BIGINT)` because
+/// PostgreSQL's `SUM(bigint)` is numeric.
+pub(crate) const BATCH_CELLS_COUNTED: &str = "SELECT batch_id, state, model, service_tier, shape, \
+     CAST(SUM(jobs) AS BIGINT), CAST(SUM(usage_tokens) AS BIGINT), \
+     CAST(SUM(est_tokens) AS BIGINT), CAST(SUM(est_tokens_of_used) AS BIGINT), \
+     CAST(SUM(gen_ms_sum) AS BIGINT), CAST(SUM(gen_ms_count) AS BIGINT), \
+     MIN(first_created), MIN(first_submitted), MAX(last_finished) FROM ui_batch_counts \
+     GROUP BY 1, 2, 3, 4, 5";
+
+/// `ui_batch_counts` recounted from the jobs (a scan of the batched ones): what the triggers
+/// keep, and what a repair writes.
+pub(crate) const BATCH_CELLS_RECOUNT: &str = "SELECT batch_id, state, model, service_tier, \
+     COALESCE(shape, ''), COUNT(*), CAST(COALESCE(SUM(usage_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(est_tokens), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(CASE WHEN usage_tokens IS NOT NULL THEN est_tokens END), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(gen_ms), 0) AS BIGINT), COUNT(gen_ms), \
+     MIN(created_at), MIN(submitted_at), MAX(finished_at) FROM jobs \
+     WHERE batch_id IS NOT NULL GROUP BY 1, 2, 3, 4, 5";
+
+/// One row of [`BATCH_CELLS_COUNTED`] or [`BATCH_CELLS_RECOUNT`] (its key and sums), as drift
+/// keys.
+pub(crate) fn batch_cell_keys(cell: [&str; 5], sums: [i64; 6], into: &mut Counts) {
+    let [batch, state, model, tier, shape] = cell;
+    for (column, v) in BATCH_CELL_SUMS.iter().zip(sums) {
+        into.insert(
+            (
+                "batch_cells",
+                format!("{batch}/{state}/{model}/{tier}/{shape}/{column}"),
+            ),
+            v,
+        );
+    }
 }
 
 /// The resolution of a shape as the counters key it (SQLite; `seedq_resolution` on PostgreSQL).
@@ -117,6 +180,7 @@ mod tests {
             .map(|i| {
                 let mut j = NewJob::plain("{}");
                 j.flex = true;
+                j.batch = Some("b".into());
                 j.shape = Some(if i % 2 == 0 { "720p/5s" } else { "1080p/5s" }.into());
                 j.est_tokens = Some(100);
                 j
@@ -216,21 +280,21 @@ mod tests {
             "{name}"
         );
 
+        // Each row of a key moves (PostgreSQL may keep a key in several stripes), so a drift is
+        // a multiple of the change.
         raw(s, "UPDATE in_flight_counts SET jobs = jobs + 5").await;
         raw(s, "UPDATE flex_token_counts SET tokens = tokens - 7").await;
+        raw(s, "UPDATE ui_batch_counts SET jobs = jobs + 2").await;
         let drift = s.check_counters(false).await.expect("check");
-        assert!(
-            drift
-                .iter()
-                .any(|d| d.counter == "in_flight" && d.counted == d.recounted + 5),
-            "{name}: {drift:?}"
-        );
-        assert!(
-            drift
-                .iter()
-                .any(|d| d.counter == "flex_tokens" && d.counted == d.recounted - 7),
-            "{name}: {drift:?}"
-        );
+        let drifted = |counter: &str, by: i64| {
+            drift.iter().any(|d| {
+                let off = d.counted - d.recounted;
+                d.counter == counter && off != 0 && off.signum() == by.signum() && off % by == 0
+            })
+        };
+        assert!(drifted("in_flight", 5), "{name}: {drift:?}");
+        assert!(drifted("flex_tokens", -7), "{name}: {drift:?}");
+        assert!(drifted("batch_cells", 2), "{name}: {drift:?}");
         assert_eq!(
             s.check_counters(false).await.expect("check"),
             drift,
@@ -410,6 +474,71 @@ mod tests {
         assert!(
             s.check_counters(false).await.expect("check").is_empty(),
             "{name}"
+        );
+    }
+
+    /// PostgreSQL (migrations/postgres/0016_striped_counters.sql): two transactions on backends
+    /// of different stripes move jobs of one batch cell, tier and flex bucket into flight
+    /// without waiting for each other's counter rows, and the sums stay equal to a recount.
+    /// With one row a key, the second would wait on the first's row locks until its commit.
+    #[tokio::test]
+    async fn transitions_on_two_stripes_do_not_wait_for_each_other() {
+        let s = testpg::pg_store().await;
+        let jobs: Vec<NewJob> = (0..2)
+            .map(|_| {
+                let mut j = NewJob::plain("{}");
+                j.flex = true;
+                j.batch = Some("b".into());
+                j.shape = Some("720p/5s".into());
+                j.est_tokens = Some(100);
+                j
+            })
+            .collect();
+        let ids = s.enqueue(jobs).await.expect("enqueue").inserted;
+        let pg = s.pg().expect("postgres");
+        let stripe = async |c: &deadpool_postgres::Object| -> i32 {
+            // The triggers' stripe (migrations/postgres/0016_striped_counters.sql).
+            c.query_one("SELECT pg_backend_pid() % 16", &[])
+                .await
+                .expect("pid")
+                .get(0)
+        };
+        let mut a = pg.conn().await.expect("conn");
+        let first = stripe(&a).await;
+        // Held until one on another stripe turns up (pool connections are distinct backends).
+        let mut held = Vec::new();
+        let mut b = loop {
+            let c = pg.conn().await.expect("conn");
+            if stripe(&c).await != first {
+                break c;
+            }
+            held.push(c);
+            assert!(held.len() < 8, "eight backends on one stripe");
+        };
+        let submit = "UPDATE jobs SET state = 'submitting', submit_started_at = $2 WHERE id = $1";
+        let now = now_ms();
+        let ta = a.transaction().await.expect("begin a");
+        ta.execute(submit, &[&ids[0].as_str(), &now])
+            .await
+            .expect("a moves its job");
+        let tb = b.transaction().await.expect("begin b");
+        tb.batch_execute("SET LOCAL lock_timeout = '2s'")
+            .await
+            .expect("lock timeout");
+        tb.execute(submit, &[&ids[1].as_str(), &now])
+            .await
+            .expect("b moves its job without waiting for a's commit");
+        tb.commit().await.expect("commit b");
+        ta.commit().await.expect("commit a");
+        drop(held);
+        assert!(s.check_counters(false).await.expect("check").is_empty());
+        assert_eq!(s.in_flight_tier("m", Tier::Flex).await.expect("n"), 2);
+        let cells = s.ui_batch_cells("b").await.expect("cells");
+        assert_eq!(cells.len(), 1, "{cells:?}");
+        assert_eq!(
+            (cells[0].state, cells[0].jobs),
+            (JobState::Submitting, 2),
+            "{cells:?}"
         );
     }
 

@@ -93,8 +93,8 @@ fn path_to(state: JobState) -> &'static [JobState] {
     }
 }
 
-/// Every other job of the suite is a flex job with a resolution and estimated tokens, so
-/// that each verb moves the in-flight and the flex token counters too.
+/// Every other job of the suite is a flex job of a batch, with a resolution and estimated
+/// tokens, so that each verb moves the in-flight, flex token and batch cell counters too.
 static FLEX_NEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// A new job walked to `state` through the generic guarded transition; returns it.
@@ -102,6 +102,7 @@ async fn job_in(store: &Store, state: JobState) -> Job {
     let mut nj = NewJob::plain("{}");
     if FLEX_NEXT.fetch_xor(true, std::sync::atomic::Ordering::Relaxed) {
         nj.flex = true;
+        nj.batch = Some("verbs".into());
         nj.shape = Some("720p/5s".into());
         nj.est_tokens = Some(1000);
     }
@@ -138,6 +139,32 @@ async fn counters_agree(store: &Store, ctx: &str) {
         drift.is_empty(),
         "{ctx}: the claim counters drifted: {drift:?}"
     );
+    // The batch cells' times are bounds (store/counters.rs): over the batch, no later than
+    // its first creation and submission, no earlier than its last finish.
+    let cells = store
+        .batch_cells(Some("verbs".into()))
+        .await
+        .expect("cells");
+    let jobs = store.batch_jobs("verbs").await.expect("jobs");
+    let cells_jobs: i64 = cells.iter().map(|c| c.jobs).sum();
+    assert_eq!(cells_jobs, jobs.len() as i64, "{ctx}: {cells:?}");
+    if let Some(first) = jobs.iter().map(|j| j.created_at).min() {
+        let bound = cells.iter().map(|c| c.first_created).min();
+        assert!(bound.is_some_and(|b| b <= first), "{ctx}: {cells:?}");
+    }
+    if let Some(first) = jobs.iter().filter_map(|j| j.submitted_at).min() {
+        let bound = cells.iter().filter_map(|c| c.first_submitted).min();
+        assert!(bound.is_some_and(|b| b <= first), "{ctx}: {cells:?}");
+    }
+    for j in &jobs {
+        if let Some(done) = j.finished_at {
+            let cell = cells.iter().find(|c| c.state == j.state).expect("its cell");
+            assert!(
+                cell.last_finished.is_some_and(|b| b >= done),
+                "{ctx}: {cells:?}"
+            );
+        }
+    }
 }
 
 fn poll_outcome(k: PollKind) -> PollOutcome {

@@ -9,7 +9,8 @@ use deadpool_postgres::GenericClient;
 use super::PgStore;
 use crate::StoreError;
 use crate::counters::{
-    CounterDrift, Counts, TOKEN_BUCKET_MS, bucket_ceil, diff, in_flight_key, tokens_key,
+    BATCH_CELL_COLUMNS, BATCH_CELLS_COUNTED, BATCH_CELLS_RECOUNT, CounterDrift, Counts,
+    TOKEN_BUCKET_MS, batch_cell_keys, bucket_ceil, diff, in_flight_key, tokens_key,
 };
 
 /// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
@@ -63,9 +64,11 @@ fn recount_tokens() -> String {
 
 async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreError> {
     let mut counted = Counts::new();
+    // A key's stripes summed (migrations/postgres/0016_striped_counters.sql).
     for r in c
         .query(
-            "SELECT model, service_tier, resolution, jobs FROM in_flight_counts",
+            "SELECT model, service_tier, resolution, SUM(jobs)::BIGINT FROM in_flight_counts \
+             GROUP BY 1, 2, 3",
             &[],
         )
         .await?
@@ -76,7 +79,10 @@ async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreErro
         );
     }
     for r in c
-        .query("SELECT model, bucket, tokens FROM flex_token_counts", &[])
+        .query(
+            "SELECT model, bucket, SUM(tokens)::BIGINT FROM flex_token_counts GROUP BY 1, 2",
+            &[],
+        )
         .await?
     {
         counted.insert(tokens_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
@@ -90,6 +96,29 @@ async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreErro
     }
     for r in c.query(&recount_tokens(), &[]).await? {
         recounted.insert(tokens_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    for (sql, into) in [
+        (BATCH_CELLS_COUNTED, &mut counted),
+        (BATCH_CELLS_RECOUNT, &mut recounted),
+    ] {
+        for r in c.query(sql, &[]).await? {
+            let cell: [String; 5] = [
+                r.try_get(0)?,
+                r.try_get(1)?,
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+            ];
+            let sums: [i64; 6] = [
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+                r.try_get(8)?,
+                r.try_get(9)?,
+                r.try_get(10)?,
+            ];
+            batch_cell_keys(cell.each_ref().map(String::as_str), sums, into);
+        }
     }
     Ok((counted, recounted))
 }
@@ -118,18 +147,23 @@ impl CounterStore for PgStore {
         }
         let tx = c.transaction().await?;
         tx.batch_execute(
-            "LOCK TABLE in_flight_counts, flex_token_counts IN SHARE ROW EXCLUSIVE MODE",
+            "LOCK TABLE in_flight_counts, flex_token_counts, ui_batch_counts \
+             IN SHARE ROW EXCLUSIVE MODE",
         )
         .await?;
         // Under the lock no transaction has a counter change in flight, and this statement's
-        // snapshot sees every job change whose counter change committed.
+        // snapshot sees every job change whose counter change committed. The recount goes into
+        // stripe 0 (the column's default) of each key.
         let (counted, recounted) = read_both(&tx).await?;
         let drift = diff(&counted, &recounted);
         tx.batch_execute(&format!(
             "DELETE FROM in_flight_counts; \
-     INSERT INTO in_flight_counts {RECOUNT_IN_FLIGHT}; \
+     INSERT INTO in_flight_counts (model, service_tier, resolution, jobs) {RECOUNT_IN_FLIGHT}; \
      DELETE FROM flex_token_counts; \
-     INSERT INTO flex_token_counts {};",
+     INSERT INTO flex_token_counts (model, bucket, tokens) {}; \
+     DELETE FROM ui_batch_counts; \
+     INSERT INTO ui_batch_counts (batch_id, state, model, service_tier, shape, \
+                                  {BATCH_CELL_COLUMNS}) {BATCH_CELLS_RECOUNT};",
             recount_tokens()
         ))
         .await?;
@@ -138,12 +172,34 @@ impl CounterStore for PgStore {
     }
 
     async fn prune_counters(&self) -> Result<usize, StoreError> {
-        let c = self.conn().await?;
-        let n = c
+        let mut c = self.conn().await?;
+        // A claim counter's row at zero adds nothing to its key's sum. A trigger's concurrent
+        // change of the row waits for this delete, which then re-reads the row and keeps it.
+        let mut n = c
             .execute("DELETE FROM flex_token_counts WHERE tokens = 0", &[])
             .await?
             + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", &[])
                 .await?;
+        // A batch cell's rows go together, once its stripes sum to zero: a stripe's bounds
+        // may be the cell's own (migrations/postgres/0017_batch_cell_sums.sql). The sums are
+        // read across rows, so the triggers wait for the lock (the repair's) meanwhile.
+        let tx = c.transaction().await?;
+        tx.batch_execute("LOCK TABLE ui_batch_counts IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        n += tx
+            .execute(
+                "DELETE FROM ui_batch_counts u USING ( \
+                 SELECT batch_id, state, model, service_tier, shape FROM ui_batch_counts \
+                 GROUP BY 1, 2, 3, 4, 5 \
+                 HAVING SUM(jobs) = 0 AND SUM(usage_tokens) = 0 AND SUM(est_tokens) = 0 \
+                 AND SUM(est_tokens_of_used) = 0 AND SUM(gen_ms_sum) = 0 \
+                 AND SUM(gen_ms_count) = 0) z \
+                 WHERE u.batch_id = z.batch_id AND u.state = z.state AND u.model = z.model \
+                 AND u.service_tier = z.service_tier AND u.shape = z.shape",
+                &[],
+            )
+            .await?;
+        tx.commit().await?;
         Ok(usize::try_from(n).unwrap_or(usize::MAX))
     }
 }

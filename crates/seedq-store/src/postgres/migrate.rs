@@ -67,6 +67,14 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0015_drop_jobs_queue.sql",
         include_str!("../../../../migrations/postgres/0015_drop_jobs_queue.sql"),
     ),
+    (
+        "0016_striped_counters.sql",
+        include_str!("../../../../migrations/postgres/0016_striped_counters.sql"),
+    ),
+    (
+        "0017_batch_cell_sums.sql",
+        include_str!("../../../../migrations/postgres/0017_batch_cell_sums.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

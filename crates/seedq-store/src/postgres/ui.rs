@@ -241,8 +241,9 @@ impl DashboardStore for PgStore {
         let c = self.conn().await?;
         let st = c
             .prepare_cached(&format!(
-                "SELECT DISTINCT batch_id FROM ui_batch_counts WHERE state IN ({states}) \
-         ORDER BY batch_id"
+                // A cell's stripes summed (migrations/postgres/0016_striped_counters.sql).
+                "SELECT batch_id FROM ui_batch_counts WHERE state IN ({states}) \
+         GROUP BY batch_id HAVING SUM(jobs) > 0 ORDER BY batch_id"
             ))
             .await?;
         let mut names: Vec<String> = c
@@ -310,8 +311,10 @@ impl DashboardStore for PgStore {
         let c = self.conn().await?;
         let st = c
             .prepare_cached(
-                "SELECT state, model, service_tier, NULLIF(shape, ''), jobs, usage_tokens \
-         FROM ui_batch_counts WHERE batch_id = $1 AND jobs > 0",
+                // A cell's stripes summed (migrations/postgres/0016_striped_counters.sql).
+                "SELECT state, model, service_tier, NULLIF(shape, ''), SUM(jobs)::BIGINT, \
+         SUM(usage_tokens)::BIGINT FROM ui_batch_counts WHERE batch_id = $1 \
+         GROUP BY state, model, service_tier, shape HAVING SUM(jobs) > 0",
             )
             .await?;
         c.query(&st, &[&batch])

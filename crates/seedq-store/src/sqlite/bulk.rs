@@ -190,14 +190,13 @@ impl BatchStore for SqliteStore {
 
     async fn batch_cells(&self, batch: Option<String>) -> Result<Vec<BatchCell>, StoreError> {
         self.call(move |c| {
-            let mut st = c.prepare(
-                "SELECT batch_id, state, model, service_tier, COUNT(*), \
-               COALESCE(SUM(est_tokens), 0), COALESCE(SUM(usage_tokens), 0), \
-               COALESCE(SUM(CASE WHEN usage_tokens IS NOT NULL THEN est_tokens END), 0), \
-               MIN(created_at), MIN(submitted_at), MAX(finished_at), \
-               COALESCE(SUM(gen_ms), 0), COUNT(gen_ms), shape \
-             FROM jobs WHERE batch_id IS NOT NULL AND (?1 IS NULL OR batch_id = ?1) \
-             GROUP BY batch_id, state, model, service_tier, shape \
+            // The cells the triggers keep (store/counters.rs, migrations/0024_batch_cell_sums.sql):
+            // a few rows however large the batch.
+            let mut st = c.prepare_cached(
+                "SELECT batch_id, state, model, service_tier, jobs, est_tokens, usage_tokens, \
+               est_tokens_of_used, first_created, first_submitted, last_finished, gen_ms_sum, \
+               gen_ms_count, NULLIF(shape, '') \
+             FROM ui_batch_counts WHERE (?1 IS NULL OR batch_id = ?1) AND jobs > 0 \
              ORDER BY batch_id, model, service_tier, state",
             )?;
             let rows = st.query_map([batch], |r| {

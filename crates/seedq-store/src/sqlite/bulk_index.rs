@@ -134,15 +134,29 @@ const FTS_FILL: &str = "INSERT INTO jobs_prompt_fts (rowid, prompt) \
                       WHERE json_extract(c.value, '$.type') = 'text') \
      FROM jobs AS j WHERE {rows} AND json_valid(j.request_json)";
 
-/// The insert trigger of 0008/0011, summed per cell.
+/// The insert trigger of 0024 (0008/0011 with the cells' sums and bounds), summed per cell.
 const COUNTS_FILL: &str = "INSERT INTO ui_batch_counts \
-     (batch_id, state, model, service_tier, shape, jobs, usage_tokens) \
+     (batch_id, state, model, service_tier, shape, jobs, usage_tokens, est_tokens, \
+      est_tokens_of_used, gen_ms_sum, gen_ms_count, first_created, first_submitted, last_finished) \
      SELECT j.batch_id, j.state, j.model, j.service_tier, COALESCE(j.shape, ''), COUNT(*), \
-            COALESCE(SUM(j.usage_tokens), 0) \
+            COALESCE(SUM(j.usage_tokens), 0), COALESCE(SUM(j.est_tokens), 0), \
+            COALESCE(SUM(CASE WHEN j.usage_tokens IS NOT NULL THEN j.est_tokens END), 0), \
+            COALESCE(SUM(j.gen_ms), 0), COUNT(j.gen_ms), MIN(j.created_at), \
+            MIN(j.submitted_at), MAX(j.finished_at) \
      FROM jobs AS j WHERE {rows} AND j.batch_id IS NOT NULL \
      GROUP BY j.batch_id, j.state, j.model, j.service_tier, COALESCE(j.shape, '') \
      ON CONFLICT DO UPDATE SET jobs = jobs + excluded.jobs, \
-                               usage_tokens = usage_tokens + excluded.usage_tokens";
+         usage_tokens = usage_tokens + excluded.usage_tokens, \
+         est_tokens = est_tokens + excluded.est_tokens, \
+         est_tokens_of_used = est_tokens_of_used + excluded.est_tokens_of_used, \
+         gen_ms_sum = gen_ms_sum + excluded.gen_ms_sum, \
+         gen_ms_count = gen_ms_count + excluded.gen_ms_count, \
+         first_created = COALESCE(min(first_created, excluded.first_created), first_created, \
+                                  excluded.first_created), \
+         first_submitted = COALESCE(min(first_submitted, excluded.first_submitted), \
+                                    first_submitted, excluded.first_submitted), \
+         last_finished = COALESCE(max(last_finished, excluded.last_finished), last_finished, \
+                                  excluded.last_finished)";
 
 /// The insert trigger of 0018 (`seedq stats`' counts), summed per cell.
 const JOB_COUNTS_FILL: &str = "INSERT INTO job_counts \

@@ -87,7 +87,38 @@ fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
         &mut counted,
     )?;
     job_counts(JOB_COUNTS_RECOUNT, &mut recounted)?;
+    batch_cells(c, BATCH_CELLS_COUNTED, &mut counted)?;
+    batch_cells(c, BATCH_CELLS_RECOUNT, &mut recounted)?;
     Ok((counted, recounted))
+}
+
+/// The batch cells one of `BATCH_CELLS_COUNTED` or `BATCH_CELLS_RECOUNT` reads (their sums).
+fn batch_cells(c: &Connection, sql: &str, into: &mut Counts) -> rusqlite::Result<()> {
+    let mut st = c.prepare_cached(sql)?;
+    let rows = st.query_map([], |r| {
+        Ok((
+            [
+                r.get::<_, String>(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+            ],
+            [
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+            ],
+        ))
+    })?;
+    for r in rows {
+        let (cell, sums) = r?;
+        batch_cell_keys(cell.each_ref().map(String::as_str), sums, into);
+    }
+    Ok(())
 }
 
 /// The columns of `job_counts` after its key, as drift keys name them.
@@ -119,7 +150,10 @@ fn rebuild(c: &Connection) -> rusqlite::Result<()> {
              AND (submitted_at IS NOT NULL OR state IN ('submitting', 'submit_unknown')) \
            GROUP BY 1, 2; \
          DELETE FROM job_counts; \
-         INSERT INTO job_counts {JOB_COUNTS_RECOUNT};",
+         INSERT INTO job_counts {JOB_COUNTS_RECOUNT}; \
+         DELETE FROM ui_batch_counts; \
+         INSERT INTO ui_batch_counts (batch_id, state, model, service_tier, shape, \
+                                      {BATCH_CELL_COLUMNS}) {BATCH_CELLS_RECOUNT};",
         super::core::IN_FLIGHT_PREDICATE
     ))
 }

@@ -100,6 +100,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0023_flex_unanswered_index.sql",
         include_str!("../../../../migrations/0023_flex_unanswered_index.sql"),
     ),
+    (
+        "0024_batch_cell_sums.sql",
+        include_str!("../../../../migrations/0024_batch_cell_sums.sql"),
+    ),
 ];
 
 /// The schema version this binary expects.

@@ -914,8 +914,9 @@ impl Sim {
         };
         let matches = candidates.into_iter().filter_map(|id| {
             let t = inner.tasks.get(id)?;
+            // No test of `t.id` against `task_ids`: the candidates are those ids already, and
+            // testing each against the whole list made a batch poll quadratic in its size.
             let ok = q.status.is_none_or(|s| s == t.status)
-                && (q.task_ids.is_empty() || q.task_ids.iter().any(|x| x == &t.id))
                 && q.model.as_ref().is_none_or(|m| m == &t.model)
                 && tier == tier_name(t.flex)
                 && now.saturating_duration_since(t.created_instant) < window;

@@ -217,9 +217,12 @@ impl BatchStore for PgStore {
         {
             return Ok(Some(meta(&r)?));
         }
+        // A batch only jobs name: its first creation from the batch cells (the earliest bound
+        // of any cell is the batch's own), not a scan of its jobs (1.0-1.3 s at 1 000 000).
         let first: Option<crate::Timestamp> = c
             .query_one(
-                "SELECT MIN(created_at) FROM jobs WHERE batch_id = $1",
+                "SELECT CASE WHEN SUM(jobs) > 0 THEN MIN(first_created) END \
+                 FROM ui_batch_counts WHERE batch_id = $1",
                 &[&name],
             )
             .await?

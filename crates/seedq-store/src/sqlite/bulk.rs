@@ -173,8 +173,11 @@ impl BatchStore for SqliteStore {
             if row.is_some() {
                 return Ok(row);
             }
+            // A batch only jobs name: its first creation from the batch cells (the earliest
+            // bound of any cell is the batch's own), not a scan of its jobs.
             let first: Option<crate::Timestamp> = c.query_row(
-                "SELECT MIN(created_at) FROM jobs WHERE batch_id = ?1",
+                "SELECT CASE WHEN SUM(jobs) > 0 THEN MIN(first_created) END \
+                 FROM ui_batch_counts WHERE batch_id = ?1",
                 [&name],
                 |r| r.get(0),
             )?;

@@ -10,7 +10,7 @@ use tokio_postgres::types::ToSql;
 
 use super::core::insert_event;
 use super::{PgStore, job_from_pg};
-use crate::archive::{ArchiveClaim, ArchiveStats, RESULT_EXPIRED};
+use crate::archive::{ArchiveClaim, ArchiveStats};
 use crate::job::{JobId, JobState};
 use crate::{JOB_COLUMNS, StoreError, now_ms};
 
@@ -224,19 +224,20 @@ impl ArchiveStore for PgStore {
 
     async fn archive_stats(&self) -> Result<ArchiveStats, StoreError> {
         let c = self.conn().await?;
-        // SQLite sums booleans; PostgreSQL counts with FILTER (BIGINT, never NULL), and its SUM of
-        // BIGINT is NUMERIC, hence the cast.
+        // The counts the triggers keep (migrations/postgres/0018_job_counts.sql, whose
+        // `result_expired` column counts RESULT_EXPIRED), not a scan of the jobs. SUM of BIGINT
+        // is NUMERIC, hence the casts.
         let r = c
             .query_one(
                 "SELECT \
-           COUNT(*) FILTER (WHERE state = 'archived'), \
-           COALESCE(SUM(archive_size) FILTER (WHERE state = 'archived'), 0)::BIGINT, \
-           COUNT(*) FILTER (WHERE state = 'succeeded'), \
-           COUNT(*) FILTER (WHERE state = 'succeeded' AND archive_attempts > 0), \
-           COUNT(*) FILTER (WHERE state = 'archiving'), \
-           COUNT(*) FILTER (WHERE state = 'failed' AND last_error_code = $1) \
-         FROM jobs",
-                &[&RESULT_EXPIRED],
+           COALESCE(SUM(jobs) FILTER (WHERE state = 'archived'), 0)::BIGINT, \
+           COALESCE(SUM(archive_bytes) FILTER (WHERE state = 'archived'), 0)::BIGINT, \
+           COALESCE(SUM(jobs) FILTER (WHERE state = 'succeeded'), 0)::BIGINT, \
+           COALESCE(SUM(archive_retried) FILTER (WHERE state = 'succeeded'), 0)::BIGINT, \
+           COALESCE(SUM(jobs) FILTER (WHERE state = 'archiving'), 0)::BIGINT, \
+           COALESCE(SUM(result_expired) FILTER (WHERE state = 'failed'), 0)::BIGINT \
+         FROM job_counts",
+                &[],
             )
             .await?;
         Ok(ArchiveStats {

@@ -10,7 +10,7 @@ use super::PgStore;
 use crate::StoreError;
 use crate::counters::{
     BATCH_CELL_COLUMNS, BATCH_CELLS_COUNTED, BATCH_CELLS_RECOUNT, CounterDrift, Counts,
-    TOKEN_BUCKET_MS, batch_cell_keys, bucket_ceil, diff, in_flight_key, tokens_key,
+    TOKEN_BUCKET_MS, batch_cell_keys, bucket_ceil, diff, in_flight_key, job_count_keys, tokens_key,
 };
 
 /// Tasks of (`model`, `tier`) holding a remote slot, of resolution `res` alone when given.
@@ -62,6 +62,17 @@ fn recount_tokens() -> String {
     )
 }
 
+/// `job_counts` as stored, a key's stripes summed (migrations/postgres/0018_job_counts.sql).
+const JOB_COUNTS_COUNTED: &str = "SELECT model, state, SUM(jobs)::BIGINT, \
+     SUM(est_tokens)::BIGINT, SUM(usage_tokens)::BIGINT, SUM(archive_bytes)::BIGINT, \
+     SUM(archive_retried)::BIGINT, SUM(result_expired)::BIGINT FROM job_counts GROUP BY 1, 2";
+
+/// `job_counts` recounted from the jobs (a scan of them all), in its columns' order.
+const JOB_COUNTS_RECOUNT: &str = "SELECT model, state, COUNT(*), \
+     COALESCE(SUM(est_tokens), 0)::BIGINT, COALESCE(SUM(usage_tokens), 0)::BIGINT, \
+     COALESCE(SUM(archive_size), 0)::BIGINT, COUNT(*) FILTER (WHERE archive_attempts > 0), \
+     COUNT(*) FILTER (WHERE last_error_code = 'result_expired') FROM jobs GROUP BY 1, 2";
+
 async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreError> {
     let mut counted = Counts::new();
     // A key's stripes summed (migrations/postgres/0016_striped_counters.sql).
@@ -96,6 +107,23 @@ async fn read_both(c: &impl GenericClient) -> Result<(Counts, Counts), StoreErro
     }
     for r in c.query(&recount_tokens(), &[]).await? {
         recounted.insert(tokens_key(r.try_get(0)?, r.try_get(1)?), r.try_get(2)?);
+    }
+    for (sql, into) in [
+        (JOB_COUNTS_COUNTED, &mut counted),
+        (JOB_COUNTS_RECOUNT, &mut recounted),
+    ] {
+        for r in c.query(sql, &[]).await? {
+            let (model, state): (String, String) = (r.try_get(0)?, r.try_get(1)?);
+            let values: [i64; 6] = [
+                r.try_get(2)?,
+                r.try_get(3)?,
+                r.try_get(4)?,
+                r.try_get(5)?,
+                r.try_get(6)?,
+                r.try_get(7)?,
+            ];
+            job_count_keys(&model, &state, values, into);
+        }
     }
     for (sql, into) in [
         (BATCH_CELLS_COUNTED, &mut counted),
@@ -147,7 +175,7 @@ impl CounterStore for PgStore {
         }
         let tx = c.transaction().await?;
         tx.batch_execute(
-            "LOCK TABLE in_flight_counts, flex_token_counts, ui_batch_counts \
+            "LOCK TABLE in_flight_counts, flex_token_counts, ui_batch_counts, job_counts \
              IN SHARE ROW EXCLUSIVE MODE",
         )
         .await?;
@@ -163,7 +191,10 @@ impl CounterStore for PgStore {
      INSERT INTO flex_token_counts (model, bucket, tokens) {}; \
      DELETE FROM ui_batch_counts; \
      INSERT INTO ui_batch_counts (batch_id, state, model, service_tier, shape, \
-                                  {BATCH_CELL_COLUMNS}) {BATCH_CELLS_RECOUNT};",
+                                  {BATCH_CELL_COLUMNS}) {BATCH_CELLS_RECOUNT}; \
+     DELETE FROM job_counts; \
+     INSERT INTO job_counts (model, state, jobs, est_tokens, usage_tokens, archive_bytes, \
+                             archive_retried, result_expired) {JOB_COUNTS_RECOUNT};",
             recount_tokens()
         ))
         .await?;
@@ -179,7 +210,14 @@ impl CounterStore for PgStore {
             .execute("DELETE FROM flex_token_counts WHERE tokens = 0", &[])
             .await?
             + c.execute("DELETE FROM in_flight_counts WHERE jobs = 0", &[])
-                .await?;
+                .await?
+            + c.execute(
+                "DELETE FROM job_counts WHERE jobs = 0 AND est_tokens = 0 \
+                 AND usage_tokens = 0 AND archive_bytes = 0 AND archive_retried = 0 \
+                 AND result_expired = 0",
+                &[],
+            )
+            .await?;
         // A batch cell's rows go together, once its stripes sum to zero: a stripe's bounds
         // may be the cell's own (migrations/postgres/0017_batch_cell_sums.sql). The sums are
         // read across rows, so the triggers wait for the lock (the repair's) meanwhile.

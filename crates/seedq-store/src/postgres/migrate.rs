@@ -75,6 +75,10 @@ pub const MIGRATIONS: &[(&str, &str)] = &[
         "0017_batch_cell_sums.sql",
         include_str!("../../../../migrations/postgres/0017_batch_cell_sums.sql"),
     ),
+    (
+        "0018_job_counts.sql",
+        include_str!("../../../../migrations/postgres/0018_job_counts.sql"),
+    ),
 ];
 
 /// The advisory lock key of migrations: any constant of our own ("seedq" in ASCII).

@@ -281,7 +281,11 @@ impl OpsStore for PgStore {
     async fn state_counts(&self) -> Result<HashMap<JobState, i64>, StoreError> {
         let c = self.conn().await?;
         let st = c
-            .prepare_cached("SELECT state, COUNT(*) FROM jobs GROUP BY state")
+            // The counts the triggers keep (migrations/postgres/0018_job_counts.sql).
+            .prepare_cached(
+                "SELECT state, SUM(jobs)::BIGINT FROM job_counts GROUP BY state \
+                 HAVING SUM(jobs) > 0",
+            )
             .await?;
         c.query(&st, &[])
             .await?

@@ -75,9 +75,7 @@ fn read_both(c: &Connection) -> rusqlite::Result<(Counts, Counts)> {
         })?;
         for r in rows {
             let (m, state, values) = r?;
-            for (field, v) in JOB_COUNT_FIELDS.iter().zip(values) {
-                into.insert(("job_counts", format!("{m}/{state}/{field}")), v);
-            }
+            job_count_keys(&m, &state, values, into);
         }
         Ok(())
     };
@@ -120,16 +118,6 @@ fn batch_cells(c: &Connection, sql: &str, into: &mut Counts) -> rusqlite::Result
     }
     Ok(())
 }
-
-/// The columns of `job_counts` after its key, as drift keys name them.
-const JOB_COUNT_FIELDS: [&str; 6] = [
-    "jobs",
-    "est_tokens",
-    "usage_tokens",
-    "archive_bytes",
-    "archive_retried",
-    "result_expired",
-];
 
 /// `job_counts` recounted from the jobs (a scan of them all).
 const JOB_COUNTS_RECOUNT: &str = "SELECT model, state, COUNT(*), COALESCE(SUM(est_tokens), 0), \

@@ -54,14 +54,19 @@ CREATE TRIGGER job_counts_delete AFTER DELETE ON jobs
 
 -- Updates move one job from one key to another, per row, only when a counted column changes
 -- (leases, heartbeats and polls leave them alone).
--- One change of one key's stripe (PL/pgSQL: its statement's plan is kept for the session).
-CREATE FUNCTION seedq_job_counts_add(m TEXT, st TEXT, s SMALLINT, n BIGINT, est BIGINT,
-    usage BIGINT, bytes BIGINT, retried BIGINT, expired BIGINT) RETURNS void
-LANGUAGE plpgsql AS $$
+-- Two statements, not one of two rows: when the key stays (a change of tokens alone), one
+-- upsert may not touch its row twice. Written out rather than calling a helper: a claim runs
+-- this for each job it takes, under the tier's lock, and a PL/pgSQL call costs a context each.
+CREATE FUNCTION seedq_job_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    s SMALLINT := pg_backend_pid() % 16;
 BEGIN
     INSERT INTO job_counts (model, state, stripe, jobs, est_tokens, usage_tokens, archive_bytes,
         archive_retried, result_expired)
-    VALUES (m, st, s, n, est, usage, bytes, retried, expired)
+    VALUES (OLD.model, OLD.state, s, -1, -COALESCE(OLD.est_tokens, 0),
+        -COALESCE(OLD.usage_tokens, 0), -COALESCE(OLD.archive_size, 0),
+        CASE WHEN OLD.archive_attempts > 0 THEN -1 ELSE 0 END,
+        CASE WHEN OLD.last_error_code = 'result_expired' THEN -1 ELSE 0 END)
     ON CONFLICT (model, state, stripe) DO UPDATE SET
         jobs = job_counts.jobs + excluded.jobs,
         est_tokens = job_counts.est_tokens + excluded.est_tokens,
@@ -69,22 +74,19 @@ BEGIN
         archive_bytes = job_counts.archive_bytes + excluded.archive_bytes,
         archive_retried = job_counts.archive_retried + excluded.archive_retried,
         result_expired = job_counts.result_expired + excluded.result_expired;
-END $$;
-
--- Two statements, not one of two rows: when the key stays (a change of tokens alone), one
--- upsert may not touch its row twice.
-CREATE FUNCTION seedq_job_counts_move() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    s SMALLINT := pg_backend_pid() % 16;
-BEGIN
-    PERFORM seedq_job_counts_add(OLD.model, OLD.state, s, -1, -COALESCE(OLD.est_tokens, 0),
-        -COALESCE(OLD.usage_tokens, 0), -COALESCE(OLD.archive_size, 0),
-        CASE WHEN OLD.archive_attempts > 0 THEN -1 ELSE 0 END,
-        CASE WHEN OLD.last_error_code = 'result_expired' THEN -1 ELSE 0 END);
-    PERFORM seedq_job_counts_add(NEW.model, NEW.state, s, 1, COALESCE(NEW.est_tokens, 0),
+    INSERT INTO job_counts (model, state, stripe, jobs, est_tokens, usage_tokens, archive_bytes,
+        archive_retried, result_expired)
+    VALUES (NEW.model, NEW.state, s, 1, COALESCE(NEW.est_tokens, 0),
         COALESCE(NEW.usage_tokens, 0), COALESCE(NEW.archive_size, 0),
         CASE WHEN NEW.archive_attempts > 0 THEN 1 ELSE 0 END,
-        CASE WHEN NEW.last_error_code = 'result_expired' THEN 1 ELSE 0 END);
+        CASE WHEN NEW.last_error_code = 'result_expired' THEN 1 ELSE 0 END)
+    ON CONFLICT (model, state, stripe) DO UPDATE SET
+        jobs = job_counts.jobs + excluded.jobs,
+        est_tokens = job_counts.est_tokens + excluded.est_tokens,
+        usage_tokens = job_counts.usage_tokens + excluded.usage_tokens,
+        archive_bytes = job_counts.archive_bytes + excluded.archive_bytes,
+        archive_retried = job_counts.archive_retried + excluded.archive_retried,
+        result_expired = job_counts.result_expired + excluded.result_expired;
     RETURN NULL;
 END $$;
 

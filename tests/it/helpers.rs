@@ -534,6 +534,24 @@ pub fn signal(pid: u32, sig: &str) {
     assert!(ok.success(), "kill {sig} {pid}");
 }
 
+/// Waits until every thread of `pid` is stopped (`T` in `/proc/<pid>/task/*/stat`).
+fn wait_stopped(pid: u32) {
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                        // The state follows the command name's closing parenthesis.
+                        stat.rsplit_once(") ")
+                            .is_some_and(|(_, rest)| rest.starts_with(['T', 't']))
+                    })
+                })
+            })
+            .unwrap_or(false)
+    };
+    wait_until(5, "every thread of the worker to stop", stopped);
+}
+
 /// SIGSTOPs the seedq process `pid` while it holds no transaction open in `env`'s store.
 ///
 /// A process frozen inside a transaction keeps its locks: SQLite's write lock until it dies,
@@ -551,6 +569,10 @@ pub fn stop_outside_transactions(env: &TestEnv, pid: u32) {
         db.busy_timeout(Duration::from_secs(10)).expect("busy");
         db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
         signal(pid, "-STOP");
+        // `kill` returns once the signal is sent, not once every thread has stopped: a thread
+        // inside a lock attempt can still take the write lock the ROLLBACK frees, and then
+        // hold it stopped (a 10 s stall of the other worker in one CI run).
+        wait_stopped(pid);
         db.execute_batch("ROLLBACK").expect("rollback");
         return;
     };

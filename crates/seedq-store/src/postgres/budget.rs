@@ -142,32 +142,24 @@ impl BudgetStore for PgStore {
 
         let names = lock_names(req, daily);
         let names = &names;
-        // Whether the batch's lock is taken exclusive: first a guess from the caps as they are
-        // now, then what the caps say once the lock is held.
-        let exclusive = std::sync::atomic::AtomicBool::new(false);
-        let exclusive = &exclusive;
-        if let Some(batch) = &req.batch {
-            let c = self.conn().await?;
-            exclusive.store(
-                is_capped(batch_caps(&c, batch).await?),
-                std::sync::atomic::Ordering::Relaxed,
-            );
-        }
         self.retry(|| async move {
+            // The batch's lock is taken exclusive when the batch is capped: a guess from its
+            // caps read before the lock, checked by reading them again once it is held.
+            let mut exclusive = false;
             loop {
                 let mut c = self.conn().await?;
                 let tx = c.transaction().await?;
                 let lock = tx.prepare_cached(LOCK).await?;
                 let mut caps = None;
                 if let Some(batch) = &req.batch {
-                    let held_exclusive = exclusive.load(std::sync::atomic::Ordering::Relaxed);
-                    let st = if held_exclusive { LOCK } else { LOCK_SHARED };
+                    exclusive = exclusive || is_capped(batch_caps(&tx, batch).await?);
+                    let st = if exclusive { LOCK } else { LOCK_SHARED };
                     tx.execute(&tx.prepare_cached(st).await?, &[&batch_lock(batch)])
                         .await?;
                     caps = batch_caps(&tx, batch).await?;
-                    if is_capped(caps) && !held_exclusive {
+                    if is_capped(caps) && !exclusive {
                         // A cap was set since the guess: check it under the exclusive lock.
-                        exclusive.store(true, std::sync::atomic::Ordering::Relaxed);
+                        exclusive = true;
                         continue;
                     }
                 }

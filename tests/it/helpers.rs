@@ -570,8 +570,8 @@ pub fn stop_outside_transactions(env: &TestEnv, pid: u32) {
         db.execute_batch("BEGIN IMMEDIATE").expect("the write lock");
         signal(pid, "-STOP");
         // `kill` returns once the signal is sent, not once every thread has stopped: a thread
-        // inside a lock attempt can still take the write lock the ROLLBACK frees, and then
-        // hold it stopped (a 10 s stall of the other worker in one CI run).
+        // inside a lock attempt could still take the write lock the ROLLBACK frees, and then
+        // hold it stopped, so that no other worker could write.
         wait_stopped(pid);
         db.execute_batch("ROLLBACK").expect("rollback");
         return;
